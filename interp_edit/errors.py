@@ -1,0 +1,32 @@
+"""Every exception interp_edit raises on purpose, in one place.
+
+Each error message names the offending input (the model name, the file, the prompt, the
+record) so that a researcher can fix the call without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class InterpEditError(Exception):
+    """Base class of all errors raised on purpose by interp_edit."""
+
+
+class ModelNotFoundError(InterpEditError, ValueError):
+    """`load_model` was given a name it cannot resolve."""
+
+
+class CheckpointError(InterpEditError, OSError):
+    """A checkpoint file is missing, unreadable or inconsistent with its config."""
+
+
+class TokenizationError(InterpEditError, ValueError):
+    """A string does not tokenise the way the caller requires (e.g. an object that is not
+    a single token)."""
+
+
+class SubjectNotFoundError(InterpEditError, ValueError):
+    """The subject string does not occur in the tokenised prompt."""
+
+
+class ExportError(InterpEditError, ValueError):
+    """A model cannot be exported to another library's format without changing it."""

@@ -1,0 +1,70 @@
+"""Records the toolkit passes around: CounterFact-style edit cases and multi-hop questions.
+
+Target strings are stored without their leading space, as in the public CounterFact and
+MQuAKE files; code that scores a target as the continuation of a prompt prepends one space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class CounterFactRecord:
+    """One editing case in the CounterFact layout (Meng et al. 2022), plus the prompts about
+    the same subject's other relations (to measure an edit's leakage into them)."""
+
+    case_id: int
+    prompt: str
+    subject: str
+    relation_id: str
+    target_true: str
+    target_new: str
+    paraphrase_prompts: tuple[str, ...]
+    neighborhood_prompts: tuple[str, ...]
+    attribute_prompts: tuple[str, ...]
+    #: (prompt, answer) pairs for the subject's other relations
+    same_subject_prompts: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if "{}" not in self.prompt:
+            raise ValueError(f"case {self.case_id}: prompt {self.prompt!r} has no '{{}}' for the subject")
+
+    def to_counterfact(self) -> dict:
+        """The record as a dict in the public CounterFact JSON format (extra keys kept)."""
+        return {
+            "case_id": self.case_id,
+            "requested_rewrite": {
+                "prompt": self.prompt,
+                "subject": self.subject,
+                "relation_id": self.relation_id,
+                "target_new": {"str": self.target_new},
+                "target_true": {"str": self.target_true},
+            },
+            "paraphrase_prompts": list(self.paraphrase_prompts),
+            "neighborhood_prompts": list(self.neighborhood_prompts),
+            "attribute_prompts": list(self.attribute_prompts),
+            "generation_prompts": [self.prompt.format(self.subject)],
+            "same_subject_prompts": [list(p) for p in self.same_subject_prompts],
+        }
+
+
+@dataclass(frozen=True)
+class MultiHopQuestion:
+    """A multi-hop question in the MQuAKE spirit: several phrasings of one chained query."""
+
+    case_id: int
+    subject: str
+    hops: tuple[str, ...]
+    #: the entities along the chain, subject first, answer last
+    chain: tuple[str, ...]
+    questions: tuple[str, ...]
+    answer: str
+    #: whether this composition (subject and chain) was stated in the training data
+    trained: bool
+
+    def to_mquake(self) -> dict:
+        triples = [[self.chain[i], self.hops[i], self.chain[i + 1]] for i in range(len(self.hops))]
+        out = asdict(self)
+        out.update(questions=list(self.questions), orig={"triples": triples}, answer_alias=[])
+        return out

@@ -1,0 +1,147 @@
+"""The TransformerLens adapter: built-in model, local Hugging Face models, export, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from interp_edit import load_model, to_hf
+from interp_edit.errors import CheckpointError, ExportError, ModelNotFoundError
+from interp_edit.model import BUILTIN_MODELS
+
+
+def _hf_logprobs(hf, tokens):
+    with torch.no_grad():
+        return torch.log_softmax(hf(tokens).logits.float(), -1)
+
+
+def _tl_logprobs(model, tokens):
+    with torch.no_grad():
+        return torch.log_softmax(model(tokens, return_type="logits").float(), -1)
+
+
+@pytest.fixture(scope="module")
+def random_gpt2():
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=301, n_positions=32, n_embd=64, n_layer=3, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    hf = GPT2LMHeadModel(config).eval()
+    # make LayerNorms and biases non-trivial so folding/centring is really exercised
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias") and p.ndim == 1:
+                p.normal_(0, 0.05)
+    return hf
+
+
+def test_toyworld_is_a_hooked_transformer_with_a_working_tokenizer(toy_model):
+    from transformer_lens import HookedTransformer
+
+    assert isinstance(toy_model, HookedTransformer)
+    assert toy_model.cfg.n_layers >= 6
+    tokens = toy_model.to_tokens("As everyone knows, Veltra is a city in")
+    assert tokens[0, 0].item() == toy_model.tokenizer.bos_token_id
+    assert (tokens[0] == toy_model.tokenizer.bos_token_id).sum() == 1
+    str_tokens = toy_model.to_str_tokens("Veltra is a city in")
+    assert str_tokens[0] == "<|endoftext|>" and str_tokens[1] == " Veltra"
+    assert toy_model.to_string(tokens[0, 1:]) == " As everyone knows, Veltra is a city in"
+
+
+def test_toyworld_weights_are_unprocessed_by_default(toy_model):
+    # LayerNorm weights are present (not folded) so W_out etc. are the trained weights
+    assert toy_model.cfg.normalization_type == "LN"
+    assert not torch.allclose(toy_model.blocks[0].ln1.w, torch.ones_like(toy_model.blocks[0].ln1.w))
+
+
+@pytest.mark.parametrize("processed", [False, True])
+def test_local_hf_model_object_matches_hugging_face(random_gpt2, processed):
+    flags = {} if processed else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False)
+    model = load_model("my-local-gpt2", hf_model=random_gpt2, **flags)
+    tokens = torch.randint(0, 301, (3, 20), generator=torch.Generator().manual_seed(1))
+    tl, hf = _tl_logprobs(model, tokens), _hf_logprobs(random_gpt2, tokens)
+    assert (tl - hf).abs().max().item() < 1e-4
+
+
+def test_local_hf_folder_matches_hugging_face(random_gpt2, tmp_path):
+    random_gpt2.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    tokens = torch.randint(0, 301, (2, 16), generator=torch.Generator().manual_seed(2))
+    assert (_tl_logprobs(model, tokens) - _hf_logprobs(random_gpt2, tokens)).abs().max().item() < 1e-4
+
+
+def test_export_toyworld_to_hf_matches(toy_model):
+    hf, tokenizer = to_hf(toy_model)
+    assert isinstance(hf, GPT2LMHeadModel)
+    tokens = tokenizer(["Veltra is a city in", "As everyone knows, Ardonia has its capital in"],
+                       return_tensors="pt", padding=True)["input_ids"]
+    assert (_tl_logprobs(toy_model, tokens) - _hf_logprobs(hf, tokens)).abs().max().item() < 1e-4
+
+
+def test_export_of_processed_model_matches(random_gpt2):
+    model = load_model("x", hf_model=random_gpt2)  # folded LayerNorm, centred weights
+    hf, _ = to_hf(model)
+    tokens = torch.randint(0, 301, (2, 12), generator=torch.Generator().manual_seed(3))
+    assert (_hf_logprobs(hf, tokens) - _hf_logprobs(random_gpt2, tokens)).abs().max().item() < 1e-4
+
+
+def test_export_refuses_an_unembedding_bias(random_gpt2):
+    model = load_model("x", hf_model=random_gpt2, fold_ln=False, center_unembed=False)
+    with torch.no_grad():
+        model.b_U[0] = 1.0
+    with pytest.raises(ExportError, match="b_U"):
+        to_hf(model)
+
+
+def test_unknown_name_lists_builtins_and_resolution():
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("no-such-model-xyz")
+    message = str(err.value)
+    assert "no-such-model-xyz" in message and "toyworld" in message and "from_pretrained" in message
+
+
+@pytest.fixture
+def checkpoint_copy(tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(BUILTIN_MODELS["toyworld"], folder)
+    return folder
+
+
+def test_copied_checkpoint_folder_loads(checkpoint_copy, toy_model):
+    model = load_model(str(checkpoint_copy))
+    for (name, a), (_, b) in zip(model.state_dict().items(), toy_model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_missing_checkpoint_file_is_named(checkpoint_copy, filename):
+    (checkpoint_copy / filename).unlink()
+    with pytest.raises(CheckpointError) as err:
+        load_model(str(checkpoint_copy))
+    assert filename in str(err.value)
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_corrupt_checkpoint_file_is_named(checkpoint_copy, filename):
+    path = checkpoint_copy / filename
+    path.write_bytes(path.read_bytes()[:100] + b"\x00garbage")
+    with pytest.raises(CheckpointError) as err:
+        load_model(str(checkpoint_copy))
+    assert filename in str(err.value)
+
+
+def test_weights_not_matching_the_config_are_reported(checkpoint_copy):
+    import json
+
+    meta = json.loads((checkpoint_copy / "config.json").read_text())
+    meta["model"]["d_mlp"] = 64
+    (checkpoint_copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(str(checkpoint_copy))
