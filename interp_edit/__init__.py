@@ -12,6 +12,20 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AIEResult": "interp_edit.analysis",
+    "CausalTraceResult": "interp_edit.analysis",
+    "DLAResult": "interp_edit.analysis",
+    "LogitLensResult": "interp_edit.analysis",
+    "PatchingResult": "interp_edit.analysis",
+    "activation_patch": "interp_edit.analysis",
+    "attention_mlp_balance": "interp_edit.analysis",
+    "attribution_patch": "interp_edit.analysis",
+    "attribution_patch_error": "interp_edit.analysis",
+    "average_indirect_effect": "interp_edit.analysis",
+    "causal_trace": "interp_edit.analysis",
+    "direct_logit_attribution": "interp_edit.analysis",
+    "logit_lens": "interp_edit.analysis",
+    "select_layer_window": "interp_edit.analysis",
     "load_model": "interp_edit.model",
     "to_hf": "interp_edit.model",
     "BUILTIN_MODELS": "interp_edit.model",
@@ -27,22 +41,52 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AIEResult",
     "BUILTIN_MODELS",
+    "CausalTraceResult",
     "CheckpointError",
     "CounterFactRecord",
+    "DLAResult",
     "ExportError",
     "InterpEditError",
+    "LogitLensResult",
     "ModelNotFoundError",
     "MultiHopQuestion",
+    "PatchingResult",
     "SubjectNotFoundError",
     "TokenizationError",
+    "activation_patch",
+    "attention_mlp_balance",
+    "attribution_patch",
+    "attribution_patch_error",
+    "average_indirect_effect",
+    "causal_trace",
+    "direct_logit_attribution",
     "last_token_logits",
     "load_model",
+    "logit_lens",
+    "select_layer_window",
     "to_hf",
     "__version__",
 ]
 
 if TYPE_CHECKING:
+    from interp_edit.analysis import (
+        AIEResult,
+        CausalTraceResult,
+        DLAResult,
+        LogitLensResult,
+        PatchingResult,
+        activation_patch,
+        attention_mlp_balance,
+        attribution_patch,
+        attribution_patch_error,
+        average_indirect_effect,
+        causal_trace,
+        direct_logit_attribution,
+        logit_lens,
+        select_layer_window,
+    )
     from interp_edit.batching import last_token_logits
     from interp_edit.errors import (
         CheckpointError,

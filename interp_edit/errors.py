@@ -30,3 +30,15 @@ class SubjectNotFoundError(InterpEditError, ValueError):
 
 class ExportError(InterpEditError, ValueError):
     """A model cannot be exported to another library's format without changing it."""
+
+
+class EmptyInputError(InterpEditError, ValueError):
+    """A prompt, subject or target is empty."""
+
+
+class PromptTooLongError(InterpEditError, ValueError):
+    """A prompt (with its teacher-forced target) is longer than the model's context."""
+
+
+class InvalidArgumentError(InterpEditError, ValueError):
+    """An analysis argument is out of range (noise <= 0, window < 1, an unknown kind...)."""

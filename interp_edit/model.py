@@ -360,3 +360,63 @@ def to_hf(model):
         raise ExportError(f"GPT2LMHeadModel weights not matched: missing {missing}, unexpected {unexpected}")
     hf.eval()
     return hf, model.tokenizer
+
+
+# --- hook points -------------------------------------------------------------------------
+#: Activation sites by the names interp_edit uses, and their TransformerLens hook names.
+_SITE_HOOKS = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "mlp_post": "blocks.{layer}.mlp.hook_post",
+    "z": "blocks.{layer}.attn.hook_z",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "ln_final_scale": "ln_final.hook_scale",
+}
+
+
+def hook_name(site: str, layer: int | None = None) -> str:
+    """The TransformerLens hook name of an activation site (``"mlp_out"``, 3) -> ``"blocks.3.hook_mlp_out"``."""
+    try:
+        template = _SITE_HOOKS[site]
+    except KeyError:
+        raise KeyError(f"unknown activation site {site!r}; known: {sorted(_SITE_HOOKS)}") from None
+    if "{layer}" in template:
+        if layer is None:
+            raise ValueError(f"site {site!r} needs a layer")
+        return template.format(layer=layer)
+    return template
+
+
+def run_with_hooks(model, tokens, hooks: list[tuple[str, Any]]) -> torch.Tensor:
+    """Logits of a forward with temporary hooks; the hooks are removed even on an exception."""
+    with model.hooks(fwd_hooks=hooks):
+        return model(tokens, return_type="logits")
+
+
+def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = (),
+                       positions: list[int] | None = None) -> torch.Tensor:
+    """Logits of the model run from the input of block ``start_layer`` (``n_layers``: only the
+    final norm and unembedding) on a given residual stream, with temporary hooks. With
+    ``positions``, only those positions are unembedded: logits [batch, len(positions), vocab]."""
+    with model.hooks(fwd_hooks=list(hooks)):
+        final = model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)
+    if positions is not None:
+        final = final[:, positions]
+    return model.unembed(model.ln_final(final))
+
+
+def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the activations at ``names`` of one forward (extra hooks run first)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def save(act, hook):
+        cache[hook.name] = act.detach()
+
+    with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
+        logits = model(tokens, return_type="logits")
+    return logits, cache

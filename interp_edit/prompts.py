@@ -68,3 +68,45 @@ class MultiHopQuestion:
         out = asdict(self)
         out.update(questions=list(self.questions), orig={"triples": triples}, answer_alias=[])
         return out
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt's token ids (BOS first) and the token span of its subject."""
+
+    prompt: str
+    tokens: tuple[int, ...]
+    str_tokens: tuple[str, ...]
+    subject: str
+    #: token indices [start, end) of the subject in ``tokens``
+    subject_span: tuple[int, int]
+
+
+def tokenize_with_subject(tokenizer, prompt: str, subject: str, occurrence: int = 0) -> TokenizedPrompt:
+    """Tokenise ``prompt`` (BOS prepended) and locate ``subject``'s tokens.
+
+    The subject is found by characters (its ``occurrence``-th appearance, 0 = first) and
+    mapped to the tokens that overlap it, so it works whether or not the tokenizer folds the
+    preceding space into the subject's first token.
+    """
+    from interp_edit.errors import EmptyInputError, SubjectNotFoundError
+
+    if not prompt or not prompt.strip():
+        raise EmptyInputError(f"empty prompt {prompt!r}")
+    if not subject or not subject.strip():
+        raise EmptyInputError(f"empty subject {subject!r} for prompt {prompt!r}")
+    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    tokens = (tokenizer.bos_token_id, *ids) if tokenizer.bos_token_id is not None else tuple(ids)
+    shift = len(tokens) - len(ids)
+    str_tokens = tuple(tokenizer.decode([t]) for t in tokens)
+    starts = [i for i in range(len(prompt)) if prompt.startswith(subject, i)]
+    if occurrence >= len(starts) or occurrence < 0:
+        found = f"it occurs {len(starts)} time(s)" if starts else "it does not occur"
+        raise SubjectNotFoundError(
+            f"subject {subject!r} (occurrence {occurrence}) not found in prompt {prompt!r}: {found}; "
+            f"the prompt tokenises as {list(str_tokens)}"
+        )
+    lo, hi = starts[occurrence], starts[occurrence] + len(subject)
+    inside = [i for i, (a, b) in enumerate(offsets) if a < hi and b > lo]
+    return TokenizedPrompt(prompt, tokens, str_tokens, subject, (inside[0] + shift, inside[-1] + 1 + shift))

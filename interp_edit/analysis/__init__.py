@@ -1,0 +1,24 @@
+"""First-class analyses: each is ``fn(model, inputs, ...) -> XResult`` with ``.plot()`` and ``.save()``."""
+
+from interp_edit.analysis.aie import AIEResult, average_indirect_effect
+from interp_edit.analysis.layers import attention_mlp_balance, select_layer_window
+from interp_edit.analysis.lens import DLAResult, LogitLensResult, direct_logit_attribution, logit_lens
+from interp_edit.analysis.patching import PatchingResult, activation_patch, attribution_patch, attribution_patch_error
+from interp_edit.analysis.tracing import CausalTraceResult, causal_trace
+
+__all__ = [
+    "AIEResult",
+    "CausalTraceResult",
+    "DLAResult",
+    "LogitLensResult",
+    "PatchingResult",
+    "activation_patch",
+    "attention_mlp_balance",
+    "attribution_patch",
+    "attribution_patch_error",
+    "average_indirect_effect",
+    "causal_trace",
+    "direct_logit_attribution",
+    "logit_lens",
+    "select_layer_window",
+]

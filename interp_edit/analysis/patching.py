@@ -1,0 +1,285 @@
+"""Activation patching and attribution patching between a clean and a corrupted prompt.
+Spec: shared/reference/methods.md A2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
+from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
+from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
+from interp_edit.model import hook_name
+
+#: site name -> (engine site, what the scores are indexed by)
+SITES = {
+    "resid_pre": ("resid_pre", "layer pos"),
+    "attn_out": ("attn_out", "layer pos"),
+    "mlp_out": ("mlp_out", "layer pos"),
+    "head_out": ("z", "layer head"),
+    "head_out_pos": ("z", "layer head pos"),
+}
+DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out", "head_out")
+
+
+@dataclass
+class PatchingResult:
+    """Normalised metric per site: 1 = the clean run's value, 0 = the corrupted run's.
+
+    ``results[site]`` is [layer, pos], [layer, head] or [layer, head, pos] (see ``SITES``).
+    ``method`` is ``"exact"`` (one patched run per site) or ``"attribution"`` (first-order
+    estimate from 2 forwards + 1 backward)."""
+
+    results: dict[str, Tensor]
+    method: str
+    direction: str
+    metric: str
+    clean_value: float
+    corrupted_value: float
+    clean_prompt: str
+    corrupted_prompt: str
+    str_tokens: tuple[str, ...]
+    answer: str
+    foil: str | None
+    settings: dict = field(default_factory=dict)
+
+    def plot(self, sites: Sequence[str] | None = None):
+        from interp_edit.viz.patching import patching_figure
+
+        return patching_figure(self, sites)
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        from interp_edit.viz.export import save_figure
+
+        return save_figure(self.plot(), path)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    clean: Tensor
+    corrupted: Tensor
+    prompt_len: int
+    target: Target
+    str_tokens: tuple[str, ...]
+    foil_text: str | None
+    #: the first position where the prompts differ (activations before it are identical)
+    first_diff: int
+
+    @property
+    def positions(self) -> list[int]:
+        return score_positions(self.prompt_len, self.target)
+
+
+def _prepare(model, clean: str, corrupted: str, answer: str | None, foil: str | None, metric: str, sites) -> _Pair:
+    check_metric(metric)
+    unknown = [s for s in sites if s not in SITES]
+    if unknown or not sites:
+        raise InvalidArgumentError(f"unknown patching sites {unknown or sites}; choose from {sorted(SITES)}")
+    for name, text in (("clean", clean), ("corrupted", corrupted)):
+        if not text or not text.strip():
+            raise EmptyInputError(f"empty {name} prompt {text!r}")
+    tok = model.tokenizer
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    clean_ids = bos + tok.encode(clean, add_special_tokens=False)
+    corrupted_ids = bos + tok.encode(corrupted, add_special_tokens=False)
+    if len(clean_ids) != len(corrupted_ids):
+        raise InvalidArgumentError(
+            f"clean prompt {clean!r} has {len(clean_ids)} tokens but corrupted prompt {corrupted!r} has "
+            f"{len(corrupted_ids)}; patching needs prompts of equal token length"
+        )
+    device = model.cfg.device
+    with torch.no_grad():
+        both = model(torch.tensor([clean_ids, corrupted_ids], device=device), return_type="logits")[:, -1]
+    answer_ids = encode_target(tok, answer) if answer is not None else (both[0].argmax().item(),)
+    foil_id = None
+    if metric == "logit_diff":
+        foil_id = encode_target(tok, foil)[0] if foil is not None else both[1].argmax().item()
+        if foil_id == answer_ids[0]:
+            raise InvalidArgumentError(
+                f"the foil {tok.decode([foil_id])!r} equals the answer; pass answer= and foil= that differ"
+            )
+    extra = list(answer_ids[:-1])
+    if len(clean_ids) + len(extra) > model.cfg.n_ctx:
+        raise PromptTooLongError(f"prompt {clean!r} with its answer exceeds the model's context {model.cfg.n_ctx}")
+    target = Target(answer if answer is not None else tok.decode(list(answer_ids)), answer_ids, foil_id)
+    ids = clean_ids + extra
+    return _Pair(
+        torch.tensor([ids], device=device),
+        torch.tensor([corrupted_ids + extra], device=device),
+        len(clean_ids),
+        target,
+        tuple(tok.decode([t]) for t in ids),
+        None if foil_id is None else tok.decode([foil_id]),
+        next((i for i, (a, b) in enumerate(zip(clean_ids, corrupted_ids, strict=True)) if a != b), len(clean_ids)),
+    )
+
+
+def _restorations(site: str, n_layers: int, n_heads: int, positions: range) -> list[Restoration]:
+    engine_site, index = SITES[site]
+    if index == "layer pos":
+        return [Restoration(engine_site, (layer,), pos) for layer in range(n_layers) for pos in positions]
+    if index == "layer head":
+        return [Restoration(engine_site, (layer,), None, head) for layer in range(n_layers) for head in range(n_heads)]
+    return [Restoration(engine_site, (layer,), pos, head) for layer in range(n_layers) for head in range(n_heads)
+            for pos in positions]
+
+
+def _shape(site: str, cfg, n_pos: int) -> tuple[int, ...]:
+    index = SITES[site][1]
+    return {"layer pos": (cfg.n_layers, n_pos), "layer head": (cfg.n_layers, cfg.n_heads),
+            "layer head pos": (cfg.n_layers, cfg.n_heads, n_pos)}[index]
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("denoise", "noise"):
+        raise InvalidArgumentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+
+
+@torch.no_grad()
+def activation_patch(
+    model,
+    clean: str,
+    corrupted: str,
+    *,
+    answer: str | None = None,
+    foil: str | None = None,
+    metric: str = "logit_diff",
+    sites: Sequence[str] = DEFAULT_SITES,
+    direction: str = "denoise",
+    max_rows: int = 1024,
+) -> PatchingResult:
+    """Exact activation patching at every (layer, pos) / (layer, head[, pos]) of each site.
+
+    ``denoise`` runs the corrupted prompt with one clean activation patched in (is the site
+    sufficient?); ``noise`` runs the clean prompt with one corrupted activation (is it
+    necessary?). The metric (default: logit difference between ``answer`` — the clean top-1
+    by default — and ``foil`` — the corrupted top-1 by default) is normalised so that the clean
+    run scores 1 and the corrupted run 0. Restorations share batched forwards that start at
+    the patched layer."""
+    _check_direction(direction)
+    pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
+
+    def score(logits):
+        return score_logits(logits, pair.target, metric)
+
+    cache_sites = sorted({SITES[s][0] for s in sites} - {"resid_pre"})
+    clean_logits, clean_cache = cache_run(model, pair.clean, [], cache_sites)
+    corr_logits, corr_cache = cache_run(model, pair.corrupted, [], cache_sites)
+    m_clean, m_corr = score(clean_logits[:, pair.positions]).item(), score(corr_logits[:, pair.positions]).item()
+    base, source = (corr_cache, clean_cache) if direction == "denoise" else (clean_cache, corr_cache)
+    m_base = m_corr if direction == "denoise" else m_clean
+    n_pos = pair.clean.shape[1]
+    # Before the first differing token both runs are identical: patching there changes nothing.
+    first = pair.first_diff
+    results = {}
+    for site in sites:
+        by_pos = SITES[site][1] != "layer head"
+        jobs = _restorations(site, model.cfg.n_layers, model.cfg.n_heads, range(first if by_pos else 0, n_pos))
+        values = run_restorations(model, jobs, base, source, score, pair.positions, max_rows=max_rows)[:, 0]
+        full = torch.full(_shape(site, model.cfg, n_pos), m_base)
+        if by_pos:
+            full[..., first:] = values.reshape(full[..., first:].shape)
+        else:
+            full = values.reshape(full.shape)
+        results[site] = _normalise(full, m_clean, m_corr)
+    return _result(results, "exact", direction, metric, m_clean, m_corr, clean, corrupted, pair)
+
+
+def _normalise(values: Tensor, m_clean: float, m_corr: float) -> Tensor:
+    denom = m_clean - m_corr
+    if abs(denom) < 1e-12:
+        raise InvalidArgumentError("the clean and corrupted prompts score the same; the normalised metric is undefined")
+    return (values - m_corr) / denom
+
+
+def _result(results, method, direction, metric, m_clean, m_corr, clean, corrupted, pair: _Pair) -> PatchingResult:
+    foil = None if pair.target.foil_id is None else pair.foil_text
+    return PatchingResult(results, method, direction, metric, m_clean, m_corr, clean, corrupted, pair.str_tokens,
+                          pair.target.text, foil)
+
+
+def attribution_patch(
+    model,
+    clean: str,
+    corrupted: str,
+    *,
+    answer: str | None = None,
+    foil: str | None = None,
+    metric: str = "logit_diff",
+    sites: Sequence[str] = DEFAULT_SITES,
+    direction: str = "denoise",
+) -> PatchingResult:
+    """Attribution patching (Nanda 2023; Syed et al. 2023): the first-order estimate
+    (a_source − a_base) · ∂M/∂a at the base run, for every site at once, from 2 forwards and 1
+    backward. Normalised like :func:`activation_patch`."""
+    _check_direction(direction)
+    pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
+    names = _grad_names(model, sites)
+    with torch.no_grad():
+        from interp_edit.model import run_with_cache
+
+        clean_logits, clean_acts = run_with_cache(model, pair.clean, names)
+        corr_logits, corr_acts = run_with_cache(model, pair.corrupted, names)
+    m_clean = score_logits(clean_logits[:, pair.positions], pair.target, metric).item()
+    m_corr = score_logits(corr_logits[:, pair.positions], pair.target, metric).item()
+    base_tokens, source_acts = (pair.corrupted, clean_acts) if direction == "denoise" else (pair.clean, corr_acts)
+    grads, base_acts = _gradients(model, base_tokens, names, lambda lg: score_logits(lg[:, pair.positions], pair.target, metric).sum())
+    n_pos = pair.clean.shape[1]
+    results = {}
+    m_base = m_corr if direction == "denoise" else m_clean
+    for site in sites:
+        per_layer = []
+        for layer in range(model.cfg.n_layers):
+            name = hook_name(SITES[site][0], layer)
+            contrib = ((source_acts[name] - base_acts[name]) * grads[name])[0]  # [pos, d] or [pos, head, d_head]
+            if SITES[site][1] == "layer pos":
+                per_layer.append(contrib.sum(-1))
+            elif SITES[site][1] == "layer head":
+                per_layer.append(contrib.sum((0, -1)))
+            else:
+                per_layer.append(contrib.sum(-1).T)
+        estimate = m_base + torch.stack(per_layer).cpu()
+        results[site] = _normalise(estimate, m_clean, m_corr).reshape(_shape(site, model.cfg, n_pos))
+    return _result(results, "attribution", direction, metric, m_clean, m_corr, clean, corrupted, pair)
+
+
+def _grad_names(model, sites) -> list[str]:
+    return sorted({hook_name(SITES[s][0], layer) for s in sites for layer in range(model.cfg.n_layers)})
+
+
+def _gradients(model, tokens, names, metric_fn) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Gradients of the metric w.r.t. the activations at ``names`` (parameters get none)."""
+    acts: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        acts[hook.name] = act
+        return act
+
+    def ensure_graph(embed, hook):  # also when the parameters are frozen
+        return embed if embed.requires_grad else embed.detach().requires_grad_(True)
+
+    hooks = [(hook_name("embed"), ensure_graph)] + [(n, keep) for n in names]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        value = metric_fn(model(tokens, return_type="logits"))
+        ordered = [acts[n] for n in names]
+        grads = torch.autograd.grad(value, ordered, allow_unused=True)
+    out = {n: (g if g is not None else torch.zeros_like(a)).detach() for n, a, g in zip(names, ordered, grads, strict=True)}
+    return out, {n: a.detach() for n, a in acts.items()}
+
+
+def attribution_patch_error(model, clean: str, corrupted: str, **kwargs) -> dict[str, dict[str, float]]:
+    """How far attribution patching is from exact patching on the same sites: per site the
+    max and mean absolute error of the normalised metric and their Pearson correlation."""
+    exact = activation_patch(model, clean, corrupted, **kwargs)
+    approx = attribution_patch(model, clean, corrupted, **{k: v for k, v in kwargs.items() if k != "max_rows"})
+    report = {}
+    for site, value in exact.results.items():
+        a, b = value.flatten(), approx.results[site].flatten()
+        diff = (a - b).abs()
+        corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item() if a.std() > 0 and b.std() > 0 else float("nan")
+        report[site] = dict(max_abs_error=diff.max().item(), mean_abs_error=diff.mean().item(), correlation=corr)
+    return report

@@ -1,0 +1,154 @@
+"""The batched restoration engine behind causal tracing and activation patching.
+
+A *restoration* is one run of the model on a *base* input (the corrupted prompt, or the clean
+one when noising) in which some activations are replaced by those of a *source* run (the
+other prompt), optionally with other activations *frozen* at their base values (ROME's
+severed traces). The engine runs many restorations at once:
+
+- restorations that patch the same site at the same layers (differing only in position, head
+  or noise sample) share one batched forward, in chunks of at most ``max_rows`` rows;
+- a run that first differs from the base at layer l starts from the cached base residual
+  stream at layer l (``start_at_layer``): the layers below are identical and are not rerun.
+
+Its results equal one ``run_with_hooks`` per restoration (tests/test_tracing_exact.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.model import forward_from_layer, hook_name
+
+#: Sites whose value is the residual stream itself (patched at the run's input).
+RESIDUAL_SITES = ("resid_pre", "resid_post")
+#: Sites written by a hook during the run.
+OUTPUT_SITES = ("attn_out", "mlp_out", "z")
+
+
+@dataclass(frozen=True)
+class Restoration:
+    """One run: ``site`` at ``layers`` (at ``pos``, or every position if None; at ``head`` for
+    ``z``) takes the source's values; ``freeze`` sites keep their base values at ``pos``."""
+
+    site: str
+    layers: tuple[int, ...]
+    pos: int | None = None
+    head: int | None = None
+    freeze: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def start_layer(self) -> int:
+        if self.site == "resid_post":
+            return self.layers[0] + 1
+        return min(self.layers)
+
+
+@dataclass
+class RunCache:
+    """Residual streams (input of every block, and the final residual) and output-site
+    activations of one run, each with a leading sample dimension."""
+
+    streams: list[Float[Tensor, "sample pos d_model"]]
+    acts: dict[tuple[str, int], Tensor]
+
+    @property
+    def samples(self) -> int:
+        return self.streams[0].shape[0]
+
+
+def cache_run(model, tokens, hooks, sites: Sequence[str]) -> tuple[Tensor, RunCache]:
+    """One forward (with ``hooks``, e.g. embedding noise) caching what restorations need."""
+    from interp_edit.model import run_with_cache
+
+    n = model.cfg.n_layers
+    names = [hook_name("resid_pre", layer) for layer in range(n)] + [hook_name("resid_post", n - 1)]
+    names += [hook_name(site, layer) for site in sites for layer in range(n)]
+    logits, cache = run_with_cache(model, tokens, names, hooks)
+    streams = [cache[hook_name("resid_pre", layer)] for layer in range(n)] + [cache[hook_name("resid_post", n - 1)]]
+    acts = {(site, layer): cache[hook_name(site, layer)] for site in sites for layer in range(n)}
+    return logits, RunCache(streams, acts)
+
+
+def _sample_index(cache: RunCache, rows: int, samples: int, device) -> Tensor:
+    """For each row (job-major, sample-minor), the sample of ``cache`` to read (0 if it has one)."""
+    idx = torch.arange(rows, device=device) % samples
+    return idx if cache.samples > 1 else torch.zeros_like(idx)
+
+
+def _patch_hook(values: Tensor, rows: Tensor, src: Tensor, pos: Tensor | None, head: Tensor | None) -> Callable:
+    def hook(act, hook):
+        if pos is None:
+            if head is None:
+                act[rows] = values[src]
+            else:
+                act[rows, :, head] = values[src, :, head]
+        elif head is None:
+            act[rows, pos] = values[src, pos]
+        else:
+            act[rows, pos, head] = values[src, pos, head]
+        return act
+
+    return hook
+
+
+def run_restorations(
+    model,
+    restorations: Sequence[Restoration],
+    base: RunCache,
+    source: RunCache,
+    score: Callable[[Tensor], Tensor],
+    positions: list[int],
+    *,
+    max_rows: int = 1024,
+) -> Float[Tensor, "restoration sample"]:
+    """Score every restoration on every base sample. Only ``positions`` are unembedded;
+    ``score`` maps their logits [rows, len(positions), vocab] to one number per row."""
+    samples = base.samples
+    out = torch.empty(len(restorations), samples)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(restorations):
+        groups[(r.site, r.layers, r.freeze, r.pos is None, r.head is None)].append(i)
+    per_chunk = max(1, max_rows // samples)
+    for members in groups.values():
+        for start in range(0, len(members), per_chunk):
+            chunk = members[start : start + per_chunk]
+            out[chunk] = _run_group(model, [restorations[i] for i in chunk], base, source, score, positions).reshape(len(chunk), samples).cpu()
+    return out
+
+
+def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache, score, positions) -> Tensor:
+    first = group[0]
+    samples = base.samples
+    rows = len(group) * samples
+    device = base.streams[0].device
+    job = torch.arange(rows, device=device) // samples
+    base_idx = torch.arange(rows, device=device) % samples
+    src_idx = _sample_index(source, rows, samples, device)
+    pos = None if first.pos is None else torch.tensor([r.pos for r in group], device=device)[job]
+    head = None if first.head is None else torch.tensor([r.head for r in group], device=device)[job]
+    all_rows = torch.arange(rows, device=device)
+
+    start = first.start_layer
+    residual = base.streams[start][base_idx].clone()
+    hooks = []
+    if first.site in RESIDUAL_SITES:
+        if pos is None:
+            residual = source.streams[start][src_idx].clone()
+        else:
+            residual[all_rows, pos] = source.streams[start][src_idx, pos]
+    else:
+        for layer in first.layers:
+            values = source.acts[(first.site, layer)]
+            hooks.append((hook_name(first.site, layer), _patch_hook(values, all_rows, src_idx, pos, head)))
+    for site, layers in first.freeze:
+        for layer in layers:
+            values = base.acts[(site, layer)]
+            hooks.append((hook_name(site, layer), _patch_hook(values, all_rows, base_idx, pos, None)))
+    logits = forward_from_layer(model, residual, start, hooks, positions)
+    return score(logits)

@@ -1,0 +1,288 @@
+"""Causal tracing (ROME, Meng et al. 2022): where does restoring a clean activation bring the
+fact back into a run whose subject was corrupted? Spec: shared/reference/methods.md A1."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
+from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
+from interp_edit.errors import InvalidArgumentError, PromptTooLongError
+from interp_edit.model import hook_name
+from interp_edit.prompts import TokenizedPrompt, tokenize_with_subject
+
+KINDS = ("hidden", "mlp", "attn")
+_KIND_SITE = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+_SEVER_SITE = {"mlp": "mlp_out", "attn": "attn_out"}
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    kinds: tuple[str, ...] = KINDS
+    corruption: str = "gaussian"
+    noise: float = 3.0
+    samples: int = 10
+    window: int = 10
+    metric: str = "prob"
+    severed: str | None = None
+    seed: int = 0
+    embedding_std: float | None = None
+    replacement: str | None = None
+    subject_occurrence: int = 0
+
+    def validate(self) -> None:
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown or not self.kinds:
+            raise InvalidArgumentError(f"unknown trace kinds {unknown or self.kinds}; choose from {KINDS}")
+        if self.corruption not in ("gaussian", "replace"):
+            raise InvalidArgumentError(f"corruption must be 'gaussian' or 'replace', got {self.corruption!r}")
+        if not self.noise > 0:
+            raise InvalidArgumentError(f"noise must be > 0 (a multiple of the embedding std), got {self.noise}")
+        if self.samples < 1:
+            raise InvalidArgumentError(f"samples must be >= 1, got {self.samples}")
+        if self.window < 1:
+            raise InvalidArgumentError(f"window must be >= 1, got {self.window}")
+        if self.severed not in (None, "mlp", "attn"):
+            raise InvalidArgumentError(f"severed must be None, 'mlp' or 'attn', got {self.severed!r}")
+        if self.embedding_std is not None and not self.embedding_std > 0:
+            raise InvalidArgumentError(f"embedding_std must be > 0, got {self.embedding_std}")
+        check_metric(self.metric)
+
+
+@dataclass
+class CausalTraceResult:
+    """Scores of restored runs: ``scores[kind, layer, pos]`` is the metric when the clean
+    activation of ``kind`` is restored at (layer, pos) into the corrupted run."""
+
+    scores: Float[Tensor, "kind layer pos"]
+    kinds: tuple[str, ...]
+    clean_score: float
+    corrupted_score: float
+    prompt: str
+    subject: str
+    tokens: tuple[int, ...]
+    str_tokens: tuple[str, ...]
+    subject_span: tuple[int, int]
+    target: str
+    target_ids: tuple[int, ...]
+    settings: TraceSettings
+    replacement: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def indirect_effects(self) -> Float[Tensor, "kind layer pos"]:
+        """Restored score minus corrupted score."""
+        return self.scores - self.corrupted_score
+
+    def kind(self, kind: str) -> Float[Tensor, "layer pos"]:
+        return self.scores[self.kinds.index(kind)]
+
+    def top_sites(self, k: int = 5) -> list[dict]:
+        """The ``k`` restorations with the largest indirect effect, over all kinds."""
+        ie = self.indirect_effects
+        order = torch.argsort(ie.flatten(), descending=True)[:k]
+        sites = []
+        for flat in order.tolist():
+            kind_i, rest = divmod(flat, ie.shape[1] * ie.shape[2])
+            layer, pos = divmod(rest, ie.shape[2])
+            sites.append(dict(kind=self.kinds[kind_i], layer=layer, pos=pos, token=self.str_tokens[pos],
+                              indirect_effect=ie[kind_i, layer, pos].item()))
+        return sites
+
+    def plot(self, layout: str = "rome"):
+        from interp_edit.viz.traces import causal_trace_figure
+
+        return causal_trace_figure(self, layout=layout)
+
+    def save(self, path: str | Path, layout: str = "rome") -> tuple[Path, Path]:
+        from interp_edit.viz.export import save_figure
+
+        return save_figure(self.plot(layout), path)
+
+
+def subject_embedding_std(model, subjects: Sequence[str]) -> float:
+    """Standard deviation of the token embeddings of the subjects' tokens (ROME's noise scale)."""
+    ids = [t for s in subjects for t in model.tokenizer.encode(" " + s.strip(), add_special_tokens=False)]
+    return model.W_E[torch.tensor(ids, device=model.W_E.device)].float().std().item()
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
+    """ROME's window of ``window`` layers centred on ``layer``, clipped at the ends."""
+    return tuple(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+
+
+def restorations_for(kind: str, n_layers: int, positions: range, window: int, severed: str | None) -> list[Restoration]:
+    """The (layer, pos) restorations of one kind at ``positions``, layer-major."""
+    out = []
+    for layer in range(n_layers):
+        for pos in positions:
+            if kind == "hidden":
+                freeze = ()
+                if severed is not None and layer + 1 < n_layers:
+                    freeze = ((_SEVER_SITE[severed], tuple(range(layer + 1, n_layers))),)
+                out.append(Restoration("resid_post", (layer,), pos, freeze=freeze))
+            else:
+                out.append(Restoration(_KIND_SITE[kind], window_layers(layer, window, n_layers), pos))
+    return out
+
+
+@dataclass(frozen=True)
+class TraceInputs:
+    """Everything a trace runs on, prepared and validated once."""
+
+    tokenized: TokenizedPrompt
+    clean_tokens: Tensor
+    base_tokens: Tensor
+    base_hooks: list
+    target: Target
+    replacement: str | None
+
+
+def prepare_trace(model, prompt: str, subject: str, target: str | None, settings: TraceSettings,
+                  replacements: Sequence[str] = (), foil: str | None = None) -> TraceInputs:
+    """Tokenise, locate the subject, resolve the target and build the corrupted input."""
+    settings.validate()
+    tok = tokenize_with_subject(model.tokenizer, prompt, subject, settings.subject_occurrence)
+    device = model.cfg.device
+    prompt_ids = list(tok.tokens)
+    if target is None:
+        with torch.no_grad():
+            top = model(torch.tensor([prompt_ids], device=device), return_type="logits")[0, -1].argmax().item()
+        target_ids = (top,)
+        target_text = model.tokenizer.decode([top])
+    else:
+        target_ids = encode_target(model.tokenizer, target)
+        target_text = target
+    foil_id = None
+    if settings.metric == "logit_diff":
+        if foil is None:
+            raise InvalidArgumentError("metric 'logit_diff' needs a foil (the competing answer)")
+        foil_id = encode_target(model.tokenizer, foil)[0]
+    ids = prompt_ids + list(target_ids[:-1])
+    if len(ids) > model.cfg.n_ctx:
+        raise PromptTooLongError(
+            f"prompt {prompt!r} with its target is {len(ids)} tokens; the model's context is {model.cfg.n_ctx}"
+        )
+    clean = torch.tensor([ids], device=device)
+    s0, s1 = tok.subject_span
+    replacement = None
+    if settings.corruption == "replace":
+        replacement, repl_ids = _pick_replacement(model, tok, settings, replacements)
+        base_ids = ids[:s0] + repl_ids + ids[s1:]
+        return TraceInputs(tok, clean, torch.tensor([base_ids], device=device), [], Target(target_text, target_ids, foil_id), replacement)
+    std = settings.embedding_std or subject_embedding_std(model, [subject])
+    gen = torch.Generator().manual_seed(settings.seed)
+    noise = (torch.randn(settings.samples, s1 - s0, model.cfg.d_model, generator=gen) * settings.noise * std).to(device)
+
+    def add_noise(embed, hook):
+        embed[:, s0:s1] = embed[:, s0:s1] + noise.to(embed.dtype)
+        return embed
+
+    base = clean.repeat(settings.samples, 1)
+    return TraceInputs(tok, clean, base, [(hook_name("embed"), add_noise)], Target(target_text, target_ids, foil_id), None)
+
+
+def _pick_replacement(model, tok: TokenizedPrompt, settings: TraceSettings, replacements: Sequence[str]):
+    s0, s1 = tok.subject_span
+    n = s1 - s0
+    candidates = [settings.replacement] if settings.replacement else list(replacements)
+    if not candidates:
+        raise InvalidArgumentError("corruption='replace' needs replacement='<subject>' or a list of replacements")
+    # match how the prompt tokenises the subject: with or without the space before it
+    spaced = tok.str_tokens[s0].startswith(" ")
+    fitting = []
+    for cand in candidates:
+        text = (" " if spaced else "") + cand.strip()
+        ids = list(model.tokenizer.encode(text, add_special_tokens=False))
+        if len(ids) == n and cand.strip() != tok.subject.strip():
+            fitting.append((cand, ids))
+    if not fitting:
+        raise InvalidArgumentError(
+            f"no replacement subject of {n} tokens (like {tok.subject!r}) among {candidates[:10]}"
+            + (" ..." if len(candidates) > 10 else "")
+        )
+    return random.Random(settings.seed).choice(fitting)
+
+
+@torch.no_grad()
+def causal_trace(
+    model,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    *,
+    kinds: Sequence[str] = KINDS,
+    corruption: str = "gaussian",
+    noise: float = 3.0,
+    samples: int = 10,
+    window: int = 10,
+    metric: str = "prob",
+    severed: str | None = None,
+    seed: int = 0,
+    embedding_std: float | None = None,
+    replacement: str | None = None,
+    replacements: Sequence[str] = (),
+    foil: str | None = None,
+    subject_occurrence: int = 0,
+    max_rows: int = 1024,
+) -> CausalTraceResult:
+    """ROME's causal trace of one fact.
+
+    Corruption: ``"gaussian"`` adds N(0, (noise·σ)²) to the subject's token embeddings only
+    (σ = ``embedding_std``, by default the std of the subject tokens' embeddings; ``samples``
+    draws, fixed ``seed``; scores are averaged over the draws), or ``"replace"`` swaps the
+    subject's tokens for another subject of the same token length (``replacement``, or one
+    drawn from ``replacements``).
+
+    For each layer and position the clean value is restored into the corrupted run:
+    ``hidden`` = the residual stream after the layer (``severed="mlp"|"attn"`` freezes the MLP
+    or attention outputs of all later layers at that position to their corrupted values);
+    ``mlp`` / ``attn`` = the MLP / attention outputs of ``window`` layers centred on the layer
+    (clipped at the ends). The target defaults to the clean top-1 token; see
+    :mod:`interp_edit.analysis.scoring` for metrics and multi-token targets. The subject's
+    first occurrence is used unless ``subject_occurrence`` says otherwise.
+    """
+    settings = TraceSettings(tuple(kinds), corruption, noise, samples, window, metric, severed, seed,
+                             embedding_std, replacement, subject_occurrence)
+    inputs = prepare_trace(model, prompt, subject, target, settings, replacements, foil)
+    positions = score_positions(len(inputs.tokenized.tokens), inputs.target)
+
+    def score(logits):
+        return score_logits(logits, inputs.target, metric)
+
+    sites = ["mlp_out", "attn_out"]
+    clean_logits, clean_cache = cache_run(model, inputs.clean_tokens, [], sites)
+    base_logits, base_cache = cache_run(model, inputs.base_tokens, inputs.base_hooks, sites)
+    corrupted_score = score(base_logits[:, positions]).mean().item()
+    n_layers, n_pos = model.cfg.n_layers, inputs.clean_tokens.shape[1]
+    # Positions before the subject are the same in the clean and corrupted runs (the model is
+    # causal): restoring there changes nothing, so only later positions are run.
+    first = inputs.tokenized.subject_span[0]
+    scores = torch.full((len(settings.kinds), n_layers, n_pos), corrupted_score)
+    for i, kind in enumerate(settings.kinds):
+        jobs = restorations_for(kind, n_layers, range(first, n_pos), window, severed)
+        values = run_restorations(model, jobs, base_cache, clean_cache, score, positions, max_rows=max_rows)
+        scores[i, :, first:] = values.mean(1).reshape(n_layers, n_pos - first)
+    tok = inputs.tokenized
+    return CausalTraceResult(
+        scores=scores,
+        kinds=settings.kinds,
+        clean_score=score(clean_logits[:, positions]).mean().item(),
+        corrupted_score=corrupted_score,
+        prompt=prompt,
+        subject=subject,
+        tokens=tuple(inputs.clean_tokens[0].tolist()),
+        str_tokens=tuple(model.tokenizer.decode([t]) for t in inputs.clean_tokens[0].tolist()),
+        subject_span=tok.subject_span,
+        target=inputs.target.text,
+        target_ids=inputs.target.ids,
+        settings=settings,
+        replacement=inputs.replacement,
+    )

@@ -1,0 +1,1 @@
+"""Plotly figure builders, one module per figure family. Results call them from ``.plot()``."""

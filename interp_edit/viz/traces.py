@@ -1,0 +1,84 @@
+"""Causal-trace heatmaps (ROME and TransformerLens layouts) and AIE curves."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+_ROME = {"hidden": ("Purples", "single restored layer"), "mlp": ("Greens", "MLP"), "attn": ("Reds", "Attn")}
+
+
+def _token_labels(result) -> list[str]:
+    s0, s1 = result.subject_span
+    labels = []
+    for i, tok in enumerate(result.str_tokens):
+        text = repr(tok)[1:-1]
+        labels.append(f"{i}: {text}*" if s0 <= i < s1 else f"{i}: {text}")
+    return labels
+
+
+def causal_trace_figure(result, layout: str = "rome") -> go.Figure:
+    """``rome``: one panel per kind, layers on x, tokens on y (first on top, subject marked
+    ``*``), sequential colours with the floor at the corrupted score. ``tl``: layers on y,
+    positions on x, indirect effect on a diverging RdBu scale centred at 0."""
+    if layout not in ("rome", "tl"):
+        raise ValueError(f"layout must be 'rome' or 'tl', got {layout!r}")
+    labels = _token_labels(result)
+    kinds = result.kinds
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.08,
+                        subplot_titles=[f"{k}: restore {'window ' + str(result.settings.window) if k != 'hidden' else 'layer'}" for k in kinds])
+    n = len(kinds)
+    for i, kind in enumerate(kinds):
+        scores = result.kind(kind)
+        if layout == "rome":
+            colors, _ = _ROME[kind]
+            trace = go.Heatmap(
+                z=scores.T.tolist(), x=list(range(scores.shape[0])), y=labels, colorscale=colors,
+                zmin=result.corrupted_score, zmax=max(result.clean_score, scores.max().item()),
+                colorbar=dict(x=(i + 1) / n - 0.02, len=0.9, thickness=10, title=result.settings.metric),
+                hovertemplate="layer %{x}<br>%{y}<br>score %{z:.4f}<extra>" + kind + "</extra>",
+            )
+        else:
+            ie = (scores - result.corrupted_score)
+            bound = max(abs(ie.min().item()), abs(ie.max().item()), 1e-9)
+            trace = go.Heatmap(
+                z=ie.tolist(), x=labels, y=list(range(scores.shape[0])), colorscale="RdBu", zmid=0,
+                zmin=-bound, zmax=bound, colorbar=dict(x=(i + 1) / n - 0.02, len=0.9, thickness=10, title="IE"),
+                hovertemplate="layer %{y}<br>%{x}<br>effect %{z:.4f}<extra>" + kind + "</extra>",
+            )
+        fig.add_trace(trace, row=1, col=i + 1)
+        if layout == "rome":
+            fig.update_xaxes(title_text="layer", row=1, col=i + 1)
+        else:
+            fig.update_yaxes(title_text="layer", row=1, col=i + 1)
+    if layout == "rome":
+        fig.update_yaxes(autorange="reversed")
+    title = (f"Causal trace of {result.prompt!r} → {result.target!r} ({result.settings.corruption} corruption"
+             f"{', severed ' + result.settings.severed if result.settings.severed else ''}; clean "
+             f"{result.clean_score:.3f}, corrupted {result.corrupted_score:.3f})")
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=120 + 28 * len(labels), width=360 * n + 120)
+    return fig
+
+
+def aie_figure(result) -> go.Figure:
+    """One panel per kind: mean indirect effect per layer, one line per token role."""
+    kinds = result.kinds
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, subplot_titles=list(kinds))
+    for i, kind in enumerate(kinds):
+        for r, role in enumerate(result.roles):
+            curve = result.curve(kind, role)
+            if curve.isnan().all():
+                continue
+            fig.add_trace(go.Scatter(x=list(range(curve.shape[0])), y=curve.tolist(), mode="lines+markers",
+                                     name=role, legendgroup=role, showlegend=i == 0,
+                                     line=dict(color=_ROLE_COLORS[r])), row=1, col=i + 1)
+        fig.update_xaxes(title_text="layer", row=1, col=i + 1)
+    fig.update_yaxes(title_text="average indirect effect", row=1, col=1)
+    fig.update_layout(
+        title=f"Average indirect effect over {result.n_facts} facts ({result.n_skipped} skipped: not known); "
+              f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}",
+        height=420, width=380 * len(kinds) + 200)
+    return fig
+
+
+_ROLE_COLORS = ("#9ecae1", "#6baed6", "#08519c", "#fdae6b", "#e6550d", "#a50f15")
