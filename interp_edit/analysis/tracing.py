@@ -152,6 +152,8 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None, settings
     tok = tokenize_with_subject(model.tokenizer, prompt, subject, settings.subject_occurrence)
     device = model.cfg.device
     prompt_ids = list(tok.tokens)
+    if len(prompt_ids) > model.cfg.n_ctx:
+        raise PromptTooLongError(f"prompt {prompt!r} is {len(prompt_ids)} tokens; the model's context is {model.cfg.n_ctx}")
     if target is None:
         with torch.no_grad():
             top = model(torch.tensor([prompt_ids], device=device), return_type="logits")[0, -1].argmax().item()

@@ -1,0 +1,135 @@
+"""Causal tracing: the batched engine equals the straightforward loop, and bad input fails
+cleanly without leaving hooks behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp_edit import causal_trace
+from interp_edit.analysis.tracing_reference import causal_trace_loop
+from interp_edit.errors import (
+    EmptyInputError,
+    InvalidArgumentError,
+    PromptTooLongError,
+    SubjectNotFoundError,
+)
+from interp_edit.model import build_hooked_transformer
+
+PROMPT = "As everyone knows, Talvik Corlo was born in"
+SUBJECT = "Talvik Corlo"
+
+CASES = [
+    dict(),
+    dict(window=3),
+    dict(window=1, kinds=("mlp",)),
+    dict(severed="mlp"),
+    dict(severed="attn", window=2, metric="logprob"),
+    dict(corruption="replace", replacements=["Fenpas Astlo", "Corta Astgun"]),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(toy_model):
+    """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer."""
+    torch.manual_seed(0)
+    cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
+               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+               default_prepend_bos=True)
+    model = build_hooked_transformer(cfg, toy_model.tokenizer)
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("settings", CASES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "default")
+@pytest.mark.parametrize("which", ["tiny", "toy"])
+def test_batched_trace_equals_loop(which, settings, tiny_model, toy_model):
+    model = tiny_model if which == "tiny" else toy_model
+    fast = causal_trace(model, PROMPT, SUBJECT, max_rows=64, **settings)
+    slow = causal_trace_loop(model, PROMPT, SUBJECT, **{k: v for k, v in settings.items()})
+    assert fast.scores.shape == slow.shape
+    assert (fast.scores - slow).abs().max().item() < 1e-5
+    assert not model.hook_dict["hook_embed"].fwd_hooks
+
+
+def test_multi_token_target_is_teacher_forced(toy_model):
+    result = causal_trace(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden",), samples=3)
+    slow = causal_trace_loop(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden",), samples=3)
+    assert (result.scores - slow).abs().max().item() < 1e-5
+    assert result.target_ids == tuple(toy_model.tokenizer.encode(" Karsa Veltra", add_special_tokens=False))
+    # the clean score is the product of the two teacher-forced probabilities
+    tokens = toy_model.to_tokens(PROMPT + " Karsa")
+    with torch.no_grad():
+        probs = torch.softmax(toy_model(tokens)[0], -1)
+    expected = probs[-2, result.target_ids[0]] * probs[-1, result.target_ids[1]]
+    assert result.clean_score == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_trace_finds_the_fact_and_restoring_everything_restores_it(toy_model):
+    result = causal_trace(toy_model, PROMPT, SUBJECT)
+    assert result.target.strip() == "Karsa"
+    assert result.clean_score > 0.9 and result.corrupted_score < 0.5
+    # restoring the hidden state at the last token of the last layer restores the clean run
+    last = len(result.tokens) - 1
+    assert result.kind("hidden")[-1, last].item() == pytest.approx(result.clean_score, abs=1e-5)
+    # positions before the subject change nothing
+    assert torch.allclose(result.scores[:, :, : result.subject_span[0]], torch.tensor(result.corrupted_score))
+    assert result.str_tokens[result.subject_span[0]] == " Talvik"
+
+
+def test_seed_controls_the_noise(toy_model):
+    a = causal_trace(toy_model, PROMPT, SUBJECT, kinds=("hidden",), samples=2, seed=1)
+    b = causal_trace(toy_model, PROMPT, SUBJECT, kinds=("hidden",), samples=2, seed=1)
+    c = causal_trace(toy_model, PROMPT, SUBJECT, kinds=("hidden",), samples=2, seed=2)
+    assert torch.equal(a.scores, b.scores) and not torch.equal(a.scores, c.scores)
+
+
+def test_subject_occurrence(toy_model):
+    prompt = "Talvik Corlo met Talvik Corlo, who was born in"
+    first = causal_trace(toy_model, prompt, SUBJECT, kinds=("hidden",), samples=2)
+    second = causal_trace(toy_model, prompt, SUBJECT, kinds=("hidden",), samples=2, subject_occurrence=1)
+    assert first.subject_span[0] < second.subject_span[0]
+    with pytest.raises(SubjectNotFoundError, match="occurs 2 time"):
+        causal_trace(toy_model, prompt, SUBJECT, subject_occurrence=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(prompt=PROMPT, subject="Nobody Here"), SubjectNotFoundError, ["Nobody Here", "tokenises as", "' Talvik'"]),
+        (dict(prompt="", subject=SUBJECT), EmptyInputError, ["prompt"]),
+        (dict(prompt=PROMPT, subject=" "), EmptyInputError, ["subject"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, target=""), EmptyInputError, ["target"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, noise=0.0), InvalidArgumentError, ["noise"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, window=0), InvalidArgumentError, ["window"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, kinds=("nope",)), InvalidArgumentError, ["nope"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, metric="acc"), InvalidArgumentError, ["acc"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, metric="logit_diff"), InvalidArgumentError, ["foil"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, corruption="replace"), InvalidArgumentError, ["replacement"]),
+        (dict(prompt=PROMPT, subject=SUBJECT, corruption="replace", replacement="Tal"), InvalidArgumentError, ["2 tokens"]),
+        (dict(prompt=" ".join(["Veltra"] * 70) + " " + SUBJECT + " was born in", subject=SUBJECT), PromptTooLongError, ["context"]),
+    ],
+)
+def test_bad_input_raises_specific_errors(toy_model, kwargs, error, words):
+    prompt, subject = kwargs.pop("prompt"), kwargs.pop("subject")
+    with pytest.raises(error) as err:
+        causal_trace(toy_model, prompt, subject, **kwargs)
+    for word in words:
+        assert word in str(err.value)
+    assert all(not hp.fwd_hooks for hp in toy_model.hook_dict.values())
+
+
+def test_hooks_are_removed_after_an_exception_inside_a_hook(toy_model, monkeypatch):
+    import interp_edit.analysis.restore as restore
+
+    def broken(*args, **kwargs):
+        def hook(act, hook):
+            raise RuntimeError("boom inside a hook")
+        return hook
+
+    monkeypatch.setattr(restore, "_patch_hook", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        causal_trace(toy_model, PROMPT, SUBJECT, kinds=("mlp",), samples=2)
+    assert all(not hp.fwd_hooks for hp in toy_model.hook_dict.values())
+    monkeypatch.undo()
+    assert causal_trace(toy_model, PROMPT, SUBJECT, kinds=("hidden",), samples=2).clean_score > 0.9
