@@ -17,12 +17,13 @@ Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2smal
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import os
+os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens patching draws progress bars
 
-import torch
+import torch  # noqa: E402
 
 PROMPT = "People say that Talvik Corlo is a musician who plays the"
 SUBJECT = "Talvik Corlo"
@@ -68,14 +69,20 @@ def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
 
 
 def bench(name: str, model, repeats: int) -> None:
-    from interp_edit.analysis.tracing import causal_trace, prepare_trace, TraceSettings
+    from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
     from interp_edit.analysis.tracing_reference import causal_trace_loop
 
     target = None
     n_tokens = model.to_tokens(PROMPT).shape[1]
+    print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab}", flush=True)
     t_fast, fast = _time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10), repeats)
+    print(f"{name}.trace_s={t_fast:.3f}", flush=True)
     t_loop, loop = _time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10), max(1, repeats // 2))
+    print(f"{name}.loop_s={t_loop:.3f}")
+    print(f"{name}.trace_speedup_vs_loop={t_loop / t_fast:.2f}")
+    print(f"{name}.trace_max_abs_diff_vs_loop={(fast.scores - loop).abs().max().item():.2e}", flush=True)
     t_fast1, fast1 = _time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1), repeats)
+    print(f"{name}.trace_window1_s={t_fast1:.3f}", flush=True)
     inputs = prepare_trace(model, PROMPT, SUBJECT, target, TraceSettings(window=1))
     t_tl, (resid, mlp, attn) = _time(
         lambda: tl_patching_trace(model, PROMPT, SUBJECT, inputs.target.ids[0], inputs.base_hooks[0], 10),
@@ -84,15 +91,9 @@ def bench(name: str, model, repeats: int) -> None:
     tl_diff = max((fast1.kind("hidden")[:-1] - resid[1:].cpu()).abs().max().item(),
                   (fast1.kind("mlp") - mlp.cpu()).abs().max().item(),
                   (fast1.kind("attn") - attn.cpu()).abs().max().item())
-    print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab}")
-    print(f"{name}.trace_s={t_fast:.3f}")
-    print(f"{name}.loop_s={t_loop:.3f}")
-    print(f"{name}.trace_speedup_vs_loop={t_loop / t_fast:.2f}")
-    print(f"{name}.trace_max_abs_diff_vs_loop={(fast.scores - loop).abs().max().item():.2e}")
-    print(f"{name}.trace_window1_s={t_fast1:.3f}")
     print(f"{name}.tl_patching_s={t_tl:.3f}")
     print(f"{name}.trace_speedup_vs_tl_patching={t_tl / t_fast1:.2f}")
-    print(f"{name}.trace_max_abs_diff_vs_tl_patching={tl_diff:.2e}")
+    print(f"{name}.trace_max_abs_diff_vs_tl_patching={tl_diff:.2e}", flush=True)
 
 
 def main() -> None:
@@ -101,7 +102,6 @@ def main() -> None:
     parser.add_argument("--models", default="toy,gpt2small")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens patching draws progress bars
     from interp_edit import load_model
 
     toy = load_model("toyworld")

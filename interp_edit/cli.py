@@ -11,7 +11,7 @@ from pathlib import Path
 def _cmd_demo(args: argparse.Namespace) -> int:
     from interp_edit.demo import run_demo
 
-    run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed)
+    run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed, figures=args.figures, aie_facts=args.aie_facts)
     return 0
 
 
@@ -45,6 +45,27 @@ def _cmd_toy_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from interp_edit.analysis import causal_trace
+    from interp_edit.model import load_model
+
+    model = load_model(args.model)
+    result = causal_trace(
+        model, args.prompt, args.subject, args.target, kinds=tuple(args.kinds.split(",")),
+        corruption=args.corruption, noise=args.noise, samples=args.samples, window=args.window,
+        metric=args.metric, severed=args.severed, seed=args.seed, replacement=args.replacement, foil=args.foil,
+    )
+    out = Path(args.out)
+    html, png = result.save(out / f"{args.name}_rome")
+    result.save(out / f"{args.name}_tl", layout="tl")
+    print(f"target={result.target!r} clean_score={result.clean_score:.4f} corrupted_score={result.corrupted_score:.4f}")
+    print(f"figures={html} {png}")
+    for i, site in enumerate(result.top_sites(args.top), 1):
+        print(f"top{i}: kind={site['kind']} layer={site['layer']} pos={site['pos']} token={site['token']!r} "
+              f"indirect_effect={site['indirect_effect']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,7 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--facts", type=int, default=6, help="number of facts to show")
     demo.add_argument("--top-k", type=int, default=5, help="predictions shown per fact")
     demo.add_argument("--seed", type=int, default=0, help="which facts are drawn")
+    demo.add_argument("--figures", default="figures", help="folder for the trace and AIE figures")
+    demo.add_argument("--aie-facts", type=int, default=100, help="facts averaged in the AIE figure")
     demo.set_defaults(func=_cmd_demo)
+
+    trace = sub.add_parser("trace", help="causal trace of one fact: figures + the top restoration sites")
+    trace.add_argument("--prompt", required=True, help="the prompt, e.g. 'Talvik Corlo was born in'")
+    trace.add_argument("--subject", required=True, help="the subject as it appears in the prompt")
+    trace.add_argument("--target", help="the answer to score (default: the clean top-1 token)")
+    trace.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
+    trace.add_argument("--kinds", default="hidden,mlp,attn")
+    trace.add_argument("--corruption", default="gaussian", choices=("gaussian", "replace"))
+    trace.add_argument("--replacement", help="subject swapped in by --corruption replace")
+    trace.add_argument("--noise", type=float, default=3.0, help="noise scale in embedding stds")
+    trace.add_argument("--samples", type=int, default=10)
+    trace.add_argument("--window", type=int, default=10)
+    trace.add_argument("--metric", default="prob", choices=("prob", "logprob", "logit_diff"))
+    trace.add_argument("--foil", help="competing answer for --metric logit_diff")
+    trace.add_argument("--severed", choices=("mlp", "attn"))
+    trace.add_argument("--seed", type=int, default=0)
+    trace.add_argument("--top", type=int, default=5, help="restoration sites printed")
+    trace.add_argument("--out", default="figures", help="folder for the figures")
+    trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
+    trace.set_defaults(func=_cmd_trace)
 
     toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")

@@ -374,6 +374,8 @@ _SITE_HOOKS = {
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "mlp_post": "blocks.{layer}.mlp.hook_post",
     "z": "blocks.{layer}.attn.hook_z",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
     "pattern": "blocks.{layer}.attn.hook_pattern",
     "ln_final_scale": "ln_final.hook_scale",
 }
@@ -399,15 +401,36 @@ def run_with_hooks(model, tokens, hooks: list[tuple[str, Any]]) -> torch.Tensor:
 
 
 def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = (),
-                       positions: list[int] | None = None) -> torch.Tensor:
+                       positions: list[int] | None = None,
+                       prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> torch.Tensor:
     """Logits of the model run from the input of block ``start_layer`` (``n_layers``: only the
-    final norm and unembedding) on a given residual stream, with temporary hooks. With
-    ``positions``, only those positions are unembedded: logits [batch, len(positions), vocab]."""
+    final norm and unembedding) on a given residual stream, with temporary hooks.
+
+    With ``positions``, only those positions (indices into ``residual``) are unembedded:
+    logits [batch, len(positions), vocab]. With ``prefix_kv = (keys, values)`` (per layer,
+    [batch, prefix, head, d_head]), ``residual`` holds only the positions after a prefix whose
+    attention keys and values are given: the prefix is not recomputed.
+    """
+    kwargs = {}
+    if prefix_kv is not None:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        keys, values = prefix_kv
+        entries = [TransformerLensKeyValueCacheEntry(k, v, frozen=True) for k, v in zip(keys, values, strict=True)]
+        mask = torch.ones(residual.shape[0], keys[0].shape[1], dtype=torch.int, device=residual.device)
+        kwargs["past_kv_cache"] = TransformerLensKeyValueCache(entries, mask, frozen=True)
     with model.hooks(fwd_hooks=list(hooks)):
-        final = model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)
+        final = model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers, **kwargs)
     if positions is not None:
         final = final[:, positions]
-    return model.unembed(model.ln_final(final))
+    return unembed(model, model.ln_final(final))
+
+
+def unembed(model, normalised: torch.Tensor) -> torch.Tensor:
+    """Logits from the final-normed residual. Same as TransformerLens' ``model.unembed`` but
+    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary)."""
+    return normalised @ model.W_U + model.b_U
 
 
 def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

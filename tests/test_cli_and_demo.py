@@ -18,12 +18,31 @@ def test_help_is_quick_and_lists_commands():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
-def test_demo_prints_facts_with_top_predictions(capsys):
-    assert main(["demo", "--facts", "3", "--top-k", "5"]) == 0
+def test_demo_prints_facts_with_top_predictions_and_writes_figures(capsys, tmp_path):
+    assert main(["demo", "--facts", "3", "--top-k", "5", "--figures", str(tmp_path), "--aie-facts", "4"]) == 0
     out = capsys.readouterr().out
     assert out.count("-> true object") == 3
     assert out.count("  1. ") == 3 and out.count("  5. ") == 3
     assert "<- true" in out
+    assert "Average indirect effect over 4 facts" in out and "mlp    peak" in out
+    for stem in ("demo_causal_trace", "demo_aie"):
+        assert (tmp_path / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / f"{stem}.html").stat().st_size > 1000
+
+
+def test_trace_command_writes_figures_and_prints_top_sites(capsys, tmp_path):
+    args = ["trace", "--prompt", "Talvik Corlo was born in", "--subject", "Talvik Corlo", "--window", "1",
+            "--samples", "3", "--out", str(tmp_path), "--top", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "target=' Karsa'" in out and out.count("top") >= 3 and "indirect_effect=" in out
+    assert (tmp_path / "causal_trace_rome.png").exists() and (tmp_path / "causal_trace_tl.html").exists()
+
+
+def test_trace_command_reports_bad_input(capsys, tmp_path):
+    args = ["trace", "--prompt", "Talvik Corlo was born in", "--subject", "Nobody", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "Nobody" in capsys.readouterr().err
 
 
 def test_toy_eval_prints_key_value_lines(capsys, toy_metrics):

@@ -68,6 +68,7 @@ def cache_run(model, tokens, hooks, sites: Sequence[str]) -> tuple[Tensor, RunCa
 
     n = model.cfg.n_layers
     names = [hook_name("resid_pre", layer) for layer in range(n)] + [hook_name("resid_post", n - 1)]
+    sites = list(sites) + ["k", "v"]  # attention keys/values: to reuse an unchanged prefix
     names += [hook_name(site, layer) for site in sites for layer in range(n)]
     logits, cache = run_with_cache(model, tokens, names, hooks)
     streams = [cache[hook_name("resid_pre", layer)] for layer in range(n)] + [cache[hook_name("resid_post", n - 1)]]
@@ -81,7 +82,12 @@ def _sample_index(cache: RunCache, rows: int, samples: int, device) -> Tensor:
     return idx if cache.samples > 1 else torch.zeros_like(idx)
 
 
-def _patch_hook(values: Tensor, rows: Tensor, src: Tensor, pos: Tensor | None, head: Tensor | None) -> Callable:
+def _patch_hook(values: Tensor, rows: Tensor, src: Tensor, pos: Tensor | None, head: Tensor | None,
+                shift: int = 0) -> Callable:
+    """Set ``act[rows, pos - shift(, head)] = values[src, pos(, head)]`` (every position if
+    ``pos`` is None); ``shift`` is the number of prefix positions the run does not compute."""
+    at = None if pos is None else pos - shift
+
     def hook(act, hook):
         if pos is None:
             if head is None:
@@ -89,12 +95,31 @@ def _patch_hook(values: Tensor, rows: Tensor, src: Tensor, pos: Tensor | None, h
             else:
                 act[rows, :, head] = values[src, :, head]
         elif head is None:
-            act[rows, pos] = values[src, pos]
+            act[rows, at] = values[src, pos]
         else:
-            act[rows, pos, head] = values[src, pos, head]
+            act[rows, at, head] = values[src, pos, head]
         return act
 
     return hook
+
+
+def _position_chunks(jobs: list[int], restorations: Sequence[Restoration], rows_per_job: int, max_jobs: int,
+                     n_pos: int, overhead_rows: float) -> list[list[int]]:
+    """Split jobs (sorted by position) into chunks run as one forward each. A chunk computes
+    only the positions from its smallest restored position on, so splitting saves compute;
+    it is split where the saving outweighs the cost of one more forward (``overhead_rows``)."""
+    ordered = sorted(jobs, key=lambda i: -1 if restorations[i].pos is None else restorations[i].pos)
+    chunks: list[list[int]] = []
+    for i in ordered:
+        pos = restorations[i].pos
+        if chunks and len(chunks[-1]) < max_jobs:
+            first = restorations[chunks[-1][0]].pos
+            waste = 0 if pos is None or first is None else rows_per_job * (pos - first)
+            if waste <= overhead_rows:
+                chunks[-1].append(i)
+                continue
+        chunks.append([i])
+    return chunks
 
 
 def run_restorations(
@@ -114,11 +139,13 @@ def run_restorations(
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(restorations):
         groups[(r.site, r.layers, r.freeze, r.pos is None, r.head is None)].append(i)
-    per_chunk = max(1, max_rows // samples)
+    n_pos = base.streams[0].shape[1]
+    # one more forward costs about as much as computing this many extra row-positions
+    overhead_rows = max(32.0, 8e6 / model.cfg.d_model**2)
     for members in groups.values():
-        for start in range(0, len(members), per_chunk):
-            chunk = members[start : start + per_chunk]
-            out[chunk] = _run_group(model, [restorations[i] for i in chunk], base, source, score, positions).reshape(len(chunk), samples).cpu()
+        for chunk in _position_chunks(members, restorations, samples, max(1, max_rows // samples), n_pos, overhead_rows):
+            values = _run_group(model, [restorations[i] for i in chunk], base, source, score, positions)
+            out[chunk] = values.reshape(len(chunk), samples).cpu()
     return out
 
 
@@ -135,20 +162,28 @@ def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache
     all_rows = torch.arange(rows, device=device)
 
     start = first.start_layer
-    residual = base.streams[start][base_idx].clone()
+    # Positions before the first restored one are unchanged: reuse their attention keys and
+    # values from the base run instead of recomputing them (never past the scored positions).
+    t0 = 0 if pos is None else min(int(pos.min()), min(positions))
+    residual = base.streams[start][base_idx][:, t0:].clone()
     hooks = []
     if first.site in RESIDUAL_SITES:
         if pos is None:
             residual = source.streams[start][src_idx].clone()
         else:
-            residual[all_rows, pos] = source.streams[start][src_idx, pos]
+            residual[all_rows, pos - t0] = source.streams[start][src_idx, pos]
     else:
         for layer in first.layers:
             values = source.acts[(first.site, layer)]
-            hooks.append((hook_name(first.site, layer), _patch_hook(values, all_rows, src_idx, pos, head)))
+            hooks.append((hook_name(first.site, layer), _patch_hook(values, all_rows, src_idx, pos, head, t0)))
     for site, layers in first.freeze:
         for layer in layers:
             values = base.acts[(site, layer)]
-            hooks.append((hook_name(site, layer), _patch_hook(values, all_rows, base_idx, pos, None)))
-    logits = forward_from_layer(model, residual, start, hooks, positions)
+            hooks.append((hook_name(site, layer), _patch_hook(values, all_rows, base_idx, pos, None, t0)))
+    prefix_kv = None
+    if t0 > 0:
+        n = model.cfg.n_layers
+        prefix_kv = ([base.acts[("k", layer)][base_idx, :t0] for layer in range(n)],
+                     [base.acts[("v", layer)][base_idx, :t0] for layer in range(n)])
+    logits = forward_from_layer(model, residual, start, hooks, [p - t0 for p in positions], prefix_kv)
     return score(logits)
