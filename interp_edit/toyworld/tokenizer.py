@@ -13,8 +13,6 @@ before the first word too, so a word tokenises the same anywhere in a prompt.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -124,14 +122,4 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerFast, world: ToyWorld) -> None
         if not 2 <= len(ids) <= 3:
             pieces = tokenizer.convert_ids_to_tokens(ids)
             raise TokenizationError(f"toy-world name {person.name!r} has {len(ids)} tokens {pieces}; expected 2-3")
-
-
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
-    """Save in the Hugging Face layout (tokenizer.json + tokenizer_config.json)."""
-    tokenizer.save_pretrained(str(folder))
-    # Drop files save_pretrained may write that the fast tokenizer does not need.
-    for extra in ("special_tokens_map.json",):
-        path = folder / extra
-        if path.exists():
-            path.unlink()
 

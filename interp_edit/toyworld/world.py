@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from interp_edit.toyworld.templates import BIRTH_COUNTRY, PERSON_RELATIONS, RELATIONS, relation
+from interp_edit.toyworld.templates import BIRTH_COUNTRY, PERSON_RELATIONS, relation
 
 CITIES = (
     "Veltra", "Osmark", "Briva", "Calden", "Dunmor", "Elvast", "Farrow", "Gemmel",
@@ -204,6 +204,3 @@ def build_world(seed: int = 0, n_people: int = 400) -> ToyWorld:
         person_attributes=person_attributes,
     )
 
-
-def relation_ids() -> tuple[str, ...]:
-    return tuple(r.id for r in RELATIONS)
