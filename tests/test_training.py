@@ -20,6 +20,7 @@ def test_training_is_deterministic_and_keeps_the_unembedding_bias_at_zero():
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
     assert torch.count_nonzero(a.b_U) == 0
+    assert not torch.are_deterministic_algorithms_enabled()  # the global setting is restored
     assert not torch.equal(a.W_E, train_toy_model(TINY.__class__(**{**TINY.__dict__, "seed": 1}), progress=False)[0].W_E)
 
 
