@@ -13,6 +13,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AIEResult": "interp_edit.analysis",
+    "AblationResult": "interp_edit.analysis",
+    "Neuron": "interp_edit.analysis",
+    "NeuronAttributionResult": "interp_edit.analysis",
+    "Pathway": "interp_edit.analysis",
+    "PathwayResult": "interp_edit.analysis",
+    "ScoredNeuron": "interp_edit.analysis",
+    "ablate_neurons": "interp_edit.analysis",
+    "layer_attribution_scores": "interp_edit.analysis",
+    "neuron_attribution": "interp_edit.analysis",
+    "qv_pathways": "interp_edit.analysis",
     "CausalTraceResult": "interp_edit.analysis",
     "DLAResult": "interp_edit.analysis",
     "LogitLensResult": "interp_edit.analysis",
@@ -42,6 +52,16 @@ _EXPORTS = {
 
 __all__ = [
     "AIEResult",
+    "AblationResult",
+    "Neuron",
+    "NeuronAttributionResult",
+    "Pathway",
+    "PathwayResult",
+    "ScoredNeuron",
+    "ablate_neurons",
+    "layer_attribution_scores",
+    "neuron_attribution",
+    "qv_pathways",
     "BUILTIN_MODELS",
     "CausalTraceResult",
     "CheckpointError",
@@ -72,11 +92,18 @@ __all__ = [
 
 if TYPE_CHECKING:
     from interp_edit.analysis import (
+        AblationResult,
         AIEResult,
         CausalTraceResult,
         DLAResult,
         LogitLensResult,
+        Neuron,
+        NeuronAttributionResult,
         PatchingResult,
+        Pathway,
+        PathwayResult,
+        ScoredNeuron,
+        ablate_neurons,
         activation_patch,
         attention_mlp_balance,
         attribution_patch,
@@ -84,7 +111,10 @@ if TYPE_CHECKING:
         average_indirect_effect,
         causal_trace,
         direct_logit_attribution,
+        layer_attribution_scores,
         logit_lens,
+        neuron_attribution,
+        qv_pathways,
         select_layer_window,
     )
     from interp_edit.batching import last_token_logits

@@ -372,11 +372,14 @@ _SITE_HOOKS = {
     "resid_post": "blocks.{layer}.hook_resid_post",
     "attn_out": "blocks.{layer}.hook_attn_out",
     "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "mlp_pre": "blocks.{layer}.mlp.hook_pre",
     "mlp_post": "blocks.{layer}.mlp.hook_post",
     "z": "blocks.{layer}.attn.hook_z",
     "k": "blocks.{layer}.attn.hook_k",
     "v": "blocks.{layer}.attn.hook_v",
     "pattern": "blocks.{layer}.attn.hook_pattern",
+    "ln1_scale": "blocks.{layer}.ln1.hook_scale",
+    "ln2_scale": "blocks.{layer}.ln2.hook_scale",
     "ln_final_scale": "ln_final.hook_scale",
 }
 
@@ -392,6 +395,43 @@ def hook_name(site: str, layer: int | None = None) -> str:
             raise ValueError(f"site {site!r} needs a layer")
         return template.format(layer=layer)
     return template
+
+
+#: Per-block weights by their TransformerLens names (shapes as TransformerLens stores them).
+_LAYER_WEIGHTS = {
+    "W_in": "mlp.W_in", "b_in": "mlp.b_in", "W_out": "mlp.W_out",  # [d_model, d_mlp], [d_mlp], [d_mlp, d_model]
+    "W_V": "attn.W_V", "W_O": "attn.W_O",  # [head, d_model, d_head], [head, d_head, d_model]
+}
+
+
+def layer_weight(model, name: str, layer: int) -> torch.Tensor:
+    """A block's weight, detached, without stacking all layers (``("W_out", 3)`` -> ``blocks.3.mlp.W_out``)."""
+    try:
+        path = _LAYER_WEIGHTS[name]
+    except KeyError:
+        raise KeyError(f"unknown layer weight {name!r}; known: {sorted(_LAYER_WEIGHTS)}") from None
+    module, attr = path.split(".")
+    return getattr(getattr(model.blocks[layer], module), attr).detach()
+
+
+def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
+    """The gain γ [d_model] of a normalisation (``"ln1"``, ``"ln2"`` of a block, or
+    ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``)."""
+    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
+    weight = getattr(module, "w", None)
+    return weight.detach() if weight is not None else torch.ones(model.cfg.d_model, device=model.cfg.device)
+
+
+def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
+    """The bias β [d_model] of a normalisation (zeros where it has none)."""
+    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
+    bias = getattr(module, "b", None)
+    return bias.detach() if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
+
+
+def norm_centres(model) -> bool:
+    """Whether the model's normalisations subtract the mean (LayerNorm) or not (RMSNorm)."""
+    return model.cfg.normalization_type in ("LN", "LNPre")
 
 
 def run_with_hooks(model, tokens, hooks: list[tuple[str, Any]]) -> torch.Tensor:

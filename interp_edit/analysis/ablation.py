@@ -1,0 +1,188 @@
+"""Zero / mean ablation of FFN and attention neurons, to check what attribution finds.
+
+- FFN neuron (l, i): ``mlp.hook_post[..., i]`` at every position is set to 0 or to its mean.
+- Attention neuron (l, h, j) without ``pos``: ``attn.hook_z[..., h, j]`` (the head's output
+  dimension j at every position); with ``pos = p``: the value ``attn.hook_v[:, p, h, j]``, i.e.
+  that source position's contribution through dimension j to every later position.
+
+``mode="mean"``: the mean over every real (non-padding) position of every given prompt in the
+unablated run. Prompts run in right-padded batches; hooks are removed even on an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp_edit.analysis.attribution import Neuron, ScoredNeuron, resolve_target
+from interp_edit.batching import encode_prompts, pad_right
+from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
+from interp_edit.model import hook_name, run_with_cache, run_with_hooks
+
+MODES = ("zero", "mean")
+
+
+@dataclass
+class AblationResult:
+    """Target probability and top-1 token of each prompt before and after the ablation."""
+
+    prompts: tuple[str, ...]
+    targets: tuple[str | int | None, ...]
+    target_ids: Int[Tensor, " prompt"]
+    neurons: tuple[Neuron, ...]
+    mode: str
+    probs_before: Float[Tensor, " prompt"]
+    probs_after: Float[Tensor, " prompt"]
+    top1_before: Int[Tensor, " prompt"]
+    top1_after: Int[Tensor, " prompt"]
+
+    @property
+    def drop(self) -> Float[Tensor, " prompt"]:
+        """Probability lost by the ablation, per prompt."""
+        return self.probs_before - self.probs_after
+
+    @property
+    def mean_drop(self) -> float:
+        return self.drop.mean().item()
+
+    @property
+    def accuracy_before(self) -> float:
+        return (self.top1_before == self.target_ids).float().mean().item()
+
+    @property
+    def accuracy_after(self) -> float:
+        return (self.top1_after == self.target_ids).float().mean().item()
+
+    def plot(self):
+        from interp_edit.viz.attribution import ablation_figure
+
+        return ablation_figure(self)
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        from interp_edit.viz.export import save_figure
+
+        return save_figure(self.plot(), path)
+
+
+def _as_neuron(item) -> Neuron:
+    if isinstance(item, ScoredNeuron):
+        return item.neuron
+    if isinstance(item, Neuron):
+        return item
+    raise InvalidArgumentError(f"expected a Neuron or ScoredNeuron, got {item!r}")
+
+
+def _sites(model, neurons: Sequence[Neuron]) -> dict[str, list[tuple[tuple, ...]]]:
+    """Hook name -> index tuples (into the activation after the batch and position axes)."""
+    cfg = model.cfg
+    sites: dict[str, list[tuple]] = {}
+    for nrn in neurons:
+        if not 0 <= nrn.layer < cfg.n_layers:
+            raise InvalidArgumentError(f"neuron {nrn.label}: layer {nrn.layer} is outside 0..{cfg.n_layers - 1}")
+        if nrn.kind == "ffn":
+            if not 0 <= nrn.index < cfg.d_mlp:
+                raise InvalidArgumentError(f"neuron {nrn.label}: index {nrn.index} is outside 0..{cfg.d_mlp - 1}")
+            sites.setdefault(hook_name("mlp_post", nrn.layer), []).append((nrn.index,))
+            continue
+        if not (0 <= nrn.head < cfg.n_heads and 0 <= nrn.index < cfg.d_head):
+            raise InvalidArgumentError(f"neuron {nrn.label}: head/dimension outside {cfg.n_heads} heads x {cfg.d_head}")
+        if nrn.pos is None:
+            sites.setdefault(hook_name("z", nrn.layer), []).append((nrn.head, nrn.index))
+        elif getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+            raise InvalidArgumentError(f"neuron {nrn.label}: per-position ablation needs one value head per head (no grouped-query attention)")
+        else:
+            sites.setdefault(hook_name("v", nrn.layer), []).append((nrn.pos, nrn.head, nrn.index))
+    return sites
+
+
+@torch.no_grad()
+def ablate_neurons(
+    model,
+    neurons: Sequence[Neuron | ScoredNeuron],
+    prompts: str | Sequence[str],
+    targets: str | int | Sequence[str | int | None] | None = None,
+    *,
+    mode: str = "zero",
+    batch_size: int = 64,
+) -> AblationResult:
+    """Ablate ``neurons`` together on every prompt; the target (default: each prompt's
+    unablated top-1 token; a multi-token string: its first token) probability at the last
+    position before and after."""
+    if mode not in MODES:
+        raise InvalidArgumentError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise EmptyInputError("no prompts to ablate on")
+    if targets is None or isinstance(targets, (str, int)):
+        targets = [targets] * len(prompts)
+    targets = list(targets)
+    if len(targets) != len(prompts):
+        raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
+    nrns = tuple(_as_neuron(n) for n in neurons)
+    sites = _sites(model, nrns)
+    ids = encode_prompts(model.tokenizer, prompts)
+    for prompt, row in zip(prompts, ids, strict=True):
+        if not prompt.strip():
+            raise EmptyInputError(f"empty prompt {prompt!r}")
+        if len(row) > model.cfg.n_ctx:
+            raise PromptTooLongError(f"prompt {prompt!r} is {len(row)} tokens; the context is {model.cfg.n_ctx}")
+        for nrn in nrns:
+            if nrn.pos is not None and nrn.pos >= len(row):
+                raise InvalidArgumentError(f"neuron {nrn.label}: position {nrn.pos} is beyond prompt {prompt!r} ({len(row)} tokens)")
+
+    batches = [pad_right(ids[i : i + batch_size], model.tokenizer.pad_token_id) for i in range(0, len(ids), batch_size)]
+    device = model.cfg.device
+    before, means = [], {name: 0.0 for name in sites}
+    count = 0
+    for tokens, lengths in batches:
+        logits, cache = run_with_cache(model, tokens.to(device), list(sites))
+        before.append(logits[torch.arange(len(lengths)), lengths.to(logits.device) - 1].float())
+        real = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).to(device)  # [batch, pos]
+        for name in sites:
+            means[name] = means[name] + cache[name][real].sum(0)
+        count += int(lengths.sum())
+    means = {name: total / count for name, total in means.items()}
+
+    hooks = [(name, _ablation_hook(idx, means[name] if mode == "mean" else None)) for name, idx in sites.items()]
+    after = []
+    for tokens, lengths in batches:
+        logits = run_with_hooks(model, tokens.to(device), hooks)
+        after.append(logits[torch.arange(len(lengths)), lengths.to(logits.device) - 1].float())
+    before_t, after_t = torch.cat(before), torch.cat(after)
+    target_ids = torch.tensor([resolve_target(model, t, row, p)[0] for t, row, p in zip(targets, before_t, prompts, strict=True)])
+    p_before = torch.softmax(before_t, -1).cpu()
+    p_after = torch.softmax(after_t, -1).cpu()
+    rows = torch.arange(len(prompts))
+    return AblationResult(
+        prompts=tuple(prompts),
+        targets=tuple(targets),
+        target_ids=target_ids,
+        neurons=nrns,
+        mode=mode,
+        probs_before=p_before[rows, target_ids],
+        probs_after=p_after[rows, target_ids],
+        top1_before=p_before.argmax(-1),
+        top1_after=p_after.argmax(-1),
+    )
+
+
+def _ablation_hook(index: list[tuple[int, ...]], mean: Tensor | None):
+    """Set the indexed entries (after the batch and position axes; for ``hook_v`` the first
+    index is the position) to zero or to ``mean``."""
+    cols = [torch.tensor(c) for c in zip(*index, strict=True)]
+    positional = len(cols) == 3
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if positional:
+            pos, head, dim = cols
+            act[:, pos, head, dim] = 0.0 if mean is None else mean[head, dim].to(act.dtype)
+        else:
+            act[(slice(None), slice(None), *cols)] = 0.0 if mean is None else mean[tuple(cols)].to(act.dtype)
+        return act
+
+    return hook

@@ -1,0 +1,464 @@
+"""Neuron-level knowledge attribution (NLKA, Yu & Ananiadou, EMNLP 2024; spec A3).
+
+Every score is a log-probability increase of the target token at the last position, read
+through the *frozen* final norm: for a residual-stream vector ``x``
+
+    U(x) = (γ ⊙ (x − mean x) / σ*) @ W_U,        p(· | x) = softmax(U(x)),
+
+where ``σ*`` is this prompt's final-norm scale (``ln_final.hook_scale`` at the last position)
+and γ the final norm's gain. Centring applies to LayerNorm only (RMSNorm: none). The final
+norm's bias β and the unembedding bias b_U are **dropped** by default, as in the spec; with
+``keep_bias=True`` they are added (``β @ W_U + b_U``) and ``U`` of the last residual is then
+exactly the model's logits. Because ``U`` is affine, adding ``c · w`` to a base residual moves
+the logits along a fixed direction ``U_lin(w)``: all neurons of a layer are scored with one
+batched projection of their output weights and one log-sum-exp per neuron (chunked to bound
+memory), from a single cached forward — no loop over neurons.
+
+- FFN value neuron (l, i): ``v = m_i · W_out^l[i]`` (``m`` = ``mlp.hook_post`` at the last
+  position), base = ``resid_mid^l`` = h^{l−1} + A^l.
+- Attention neuron (l, h, j, p): ``v = α_h(T→p) · v_{h,p,j} · W_O^l[h, j]``, base =
+  ``resid_pre^l`` = h^{l−1}. The attention output bias ``b_O`` belongs to no neuron; head score
+  = the sum of its neurons' scores over j and p.
+- Layer scores: attention ``log p(h^{l−1}+A^l) − log p(h^{l−1})``, FFN
+  ``log p(h^{l−1}+A^l+F^l) − log p(h^{l−1}+A^l)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp_edit.analysis.scoring import encode_target
+from interp_edit.batching import encode_prompts
+from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
+from interp_edit.model import hook_name, layer_weight, norm_bias, norm_centres, norm_weight, run_with_cache
+
+#: Elements of the largest temporary [rows, positions, vocab] logits block.
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """An FFN neuron ``(layer, index)`` or an attention neuron ``(layer, head, index = head
+    dimension j)``, optionally restricted to one source position ``pos``."""
+
+    kind: str
+    layer: int
+    index: int
+    head: int | None = None
+    pos: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ffn", "attn"):
+            raise InvalidArgumentError(f"neuron kind must be 'ffn' or 'attn', got {self.kind!r}")
+        if self.kind == "attn" and self.head is None:
+            raise InvalidArgumentError(f"attention neuron L{self.layer} d{self.index} needs a head")
+
+    @property
+    def label(self) -> str:
+        if self.kind == "ffn":
+            return f"L{self.layer}N{self.index}"
+        return f"L{self.layer}H{self.head}.{self.index}" + (f"@{self.pos}" if self.pos is not None else "")
+
+
+@dataclass(frozen=True)
+class ScoredNeuron:
+    """A neuron with its score, its coefficient (activation ``m_i`` or ``α·v``) and the tokens
+    its output vector promotes most (vocabulary projection through the frozen final norm)."""
+
+    neuron: Neuron
+    score: float
+    coefficient: float
+    top_tokens: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.neuron.label
+
+
+@dataclass(frozen=True)
+class FrozenUnembed:
+    """The affine readout ``U(x) = (γ ⊙ centre(x) / σ*) @ W_U (+ bias)``."""
+
+    w_u: Float[Tensor, "d_model vocab"]  # γ[:, None] * W_U
+    scale: float
+    centre: bool
+    bias: Float[Tensor, " vocab"] | None
+
+    def directions(self, vectors: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """The linear part: how adding ``vectors`` moves the logits."""
+        if self.centre:
+            vectors = vectors - vectors.mean(-1, keepdim=True)
+        return (vectors / self.scale) @ self.w_u
+
+    def logits(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        out = self.directions(residual)
+        return out + self.bias if self.bias is not None else out
+
+    def logprob(self, residual: Float[Tensor, "*batch d_model"], target_id: int) -> Float[Tensor, "*batch"]:
+        return torch.log_softmax(self.logits(residual).float(), -1)[..., target_id]
+
+
+def frozen_unembed(model, scale: float, *, keep_bias: bool = False) -> FrozenUnembed:
+    """The final norm frozen at ``scale`` (σ*) followed by the unembedding."""
+    gamma = norm_weight(model, "ln_final")
+    w_u = model.W_U.detach()
+    bias = norm_bias(model, "ln_final") @ w_u + model.b_U.detach() if keep_bias else None
+    return FrozenUnembed(gamma[:, None] * w_u, float(scale), norm_centres(model), bias)
+
+
+def shifted_logprobs(
+    readout: FrozenUnembed,
+    base: Float[Tensor, " d_model"],
+    weights: Float[Tensor, "row d_model"],
+    coefs: Float[Tensor, "row pos"],
+    target_id: int,
+    *,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> Float[Tensor, "row pos"]:
+    """``log p(target | base + coefs[r, p] · weights[r]) − log p(target | base)`` for every row
+    and column, through the frozen readout. Rows are processed in chunks so that the temporary
+    logits stay below ``chunk_elements``."""
+    base_logits = readout.logits(base).float()
+    base_lp = torch.log_softmax(base_logits, -1)[target_id]
+    n_rows, n_pos = coefs.shape
+    vocab = base_logits.shape[-1]
+    step = max(1, chunk_elements // (n_pos * vocab))
+    out = torch.empty(n_rows, n_pos, dtype=torch.float32, device=coefs.device)
+    for start in range(0, n_rows, step):
+        dirs = readout.directions(weights[start : start + step]).float()  # [r, vocab]
+        c = coefs[start : start + step].float()  # [r, pos]
+        shifted = torch.addcmul(base_logits, c[..., None], dirs[:, None, :])  # [r, pos, vocab]
+        target = base_logits[target_id] + c * dirs[:, target_id, None]
+        out[start : start + step] = target - torch.logsumexp(shifted, -1) - base_lp
+    return out
+
+
+def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
+    """BOS + the prompt's tokens; a prompt longer than the context is an error (TransformerLens'
+    ``to_tokens`` would silently truncate it)."""
+    if not prompt or not prompt.strip():
+        raise EmptyInputError(f"empty prompt {prompt!r}")
+    ids = encode_prompts(model.tokenizer, [prompt])[0]
+    if len(ids) > model.cfg.n_ctx:
+        raise PromptTooLongError(f"prompt {prompt!r} is {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
+    return torch.tensor([ids], device=model.cfg.device)
+
+
+def resolve_target(model, target: str | int | None, logits: Float[Tensor, " vocab"], prompt: str) -> tuple[int, str | None]:
+    """The target token id and, for a multi-token target string, a note that only its first
+    token is scored. ``None``: the model's top-1 next token."""
+    if target is None:
+        return int(logits.argmax()), None
+    if isinstance(target, int):
+        if not 0 <= target < logits.shape[-1]:
+            raise InvalidArgumentError(f"target id {target} is outside the vocabulary (size {logits.shape[-1]}) for prompt {prompt!r}")
+        return target, None
+    ids = encode_target(model.tokenizer, target)
+    if len(ids) == 1:
+        return ids[0], None
+    first = model.tokenizer.decode([ids[0]])
+    return ids[0], f"target {target!r} is {len(ids)} tokens; only its first token {first!r} is scored"
+
+
+def _layer_names(model) -> list[str]:
+    n = model.cfg.n_layers
+    return [hook_name(site, layer) for site in ("resid_pre", "resid_mid", "resid_post") for layer in range(n)]
+
+
+def _layer_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int) -> Float[Tensor, "layer 2"]:
+    n = model.cfg.n_layers
+    points = [cache[hook_name("resid_pre", 0)][0, -1]]
+    for layer in range(n):
+        points += [cache[hook_name("resid_mid", layer)][0, -1], cache[hook_name("resid_post", layer)][0, -1]]
+    lp = readout.logprob(torch.stack(points), target_id)  # [2n + 1]
+    steps = lp[1:] - lp[:-1]
+    return einops.rearrange(steps, "(layer kind) -> layer kind", kind=2).cpu()
+
+
+@torch.no_grad()
+def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias: bool = False) -> Float[Tensor, "layer 2"]:
+    """Layer-level NLKA scores of ``target`` (a token id, or a string: its first token) at the
+    last position: ``[:, 0]`` attention layers, ``[:, 1]`` FFN layers (see the module doc).
+    One forward; cheap enough to call for the new and the old object on an edited model."""
+    tokens = prompt_tokens(model, prompt)
+    names = _layer_names(model) + [hook_name("ln_final_scale")]
+    logits, cache = run_with_cache(model, tokens, names)
+    target_id, _ = resolve_target(model, target, logits[0, -1], prompt)
+    readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
+    return _layer_scores(model, cache, readout, target_id)
+
+
+def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int,
+                     *, chunk_elements: int = CHUNK_ELEMENTS) -> Float[Tensor, "layer d_mlp"]:
+    """Exact value scores of every FFN neuron at the last position (needs ``resid_mid`` and
+    ``mlp_post`` of every layer in ``cache``)."""
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        acts = cache[hook_name("mlp_post", layer)][0, -1]
+        rows.append(shifted_logprobs(readout, cache[hook_name("resid_mid", layer)][0, -1],
+                                     layer_weight(model, "W_out", layer), acts[:, None], target_id,
+                                     chunk_elements=chunk_elements)[:, 0])
+    return torch.stack(rows)
+
+
+def _kv_heads(model) -> Int[Tensor, " head"]:
+    """Which key/value head each query head reads (grouped-query attention; identity otherwise)."""
+    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+    return torch.arange(model.cfg.n_heads) // (model.cfg.n_heads // n_kv)
+
+
+def _attention_coefficients(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "head d_head pos"]:
+    """``α_h(T→p) · v_{h,p,j}`` of every attention neuron (T = the last position)."""
+    pattern = cache[hook_name("pattern", layer)][0, :, -1]  # [head, pos]
+    values = cache[hook_name("v", layer)][0][:, _kv_heads(model)]  # [pos, head, d_head]
+    return einops.einsum(pattern, values, "head pos, pos head d -> head d pos")
+
+
+@dataclass
+class NeuronAttributionResult:
+    """Value neurons, query neurons and layer scores of one prompt (see the module doc).
+
+    Scores are log-probability increases of ``target_id`` at the last position. ``top_ffn`` /
+    ``top_attn``: the ``top_k`` FFN / attention value neurons (separately, best first).
+    ``query_neurons``: earlier FFN neurons ranked by their accumulated share in the value
+    vectors read by the top attention value neurons. ``ffn_query_scores[l, 0 | 1]``: the
+    share of attention / FFN layer ``l``'s output (``ffn_query_embed``: the embeddings') in the
+    input of the top FFN value neurons, times their importance."""
+
+    prompt: str
+    str_tokens: tuple[str, ...]
+    target: str | int | None
+    target_id: int
+    target_token: str
+    target_note: str | None
+    top_k: int
+    keep_bias: bool
+    logprob: float
+    model_logprob: float
+    layer_scores: Float[Tensor, "layer 2"]
+    ffn_scores: Float[Tensor, "layer d_mlp"]
+    ffn_activations: Float[Tensor, "layer d_mlp"]
+    attn_scores: Float[Tensor, "layer head d_head pos"]
+    attn_coefficients: Float[Tensor, "layer head d_head pos"]
+    top_ffn: list[ScoredNeuron]
+    top_attn: list[ScoredNeuron]
+    query_scores: Float[Tensor, "layer d_mlp"]
+    query_neurons: list[ScoredNeuron]
+    ffn_query_scores: Float[Tensor, "layer 2"]
+    ffn_query_embed: float
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def head_scores(self) -> Float[Tensor, "layer head"]:
+        return self.attn_scores.sum((-1, -2))
+
+    def value_neurons(self, k: int | None = None, kinds: Sequence[str] = ("ffn", "attn")) -> list[ScoredNeuron]:
+        """The best ``k`` value neurons of the chosen kinds together (default: ``top_k``)."""
+        pool = (self.top_ffn if "ffn" in kinds else []) + (self.top_attn if "attn" in kinds else [])
+        return sorted(pool, key=lambda s: -s.score)[: k or self.top_k]
+
+    def table(self, k: int = 10) -> list[dict]:
+        """Rows for printing / a DataFrame: the best ``k`` value neurons of both kinds."""
+        return [dict(rank=r, neuron=s.label, kind=s.neuron.kind, score=s.score, coefficient=s.coefficient,
+                     top_tokens=" ".join(s.top_tokens)) for r, s in enumerate(self.value_neurons(k), 1)]
+
+    def plot(self, view: str = "overview"):
+        """``overview`` (top neurons, heads and layer heatmap), ``neurons``, ``heads``, ``layers``, ``query``."""
+        from interp_edit.viz.attribution import attribution_figure
+
+        return attribution_figure(self, view)
+
+    def save(self, path: str | Path, view: str = "overview") -> tuple[Path, Path]:
+        from interp_edit.viz.export import save_figure
+
+        return save_figure(self.plot(view), path)
+
+
+def _promoted_tokens(model, readout: FrozenUnembed, vectors: Float[Tensor, "n d_model"], n_tokens: int) -> list[tuple[str, ...]]:
+    if len(vectors) == 0 or n_tokens <= 0:
+        return [() for _ in range(len(vectors))]
+    top = readout.directions(vectors).topk(min(n_tokens, readout.w_u.shape[1]), dim=-1).indices.tolist()
+    names = {i: model.tokenizer.decode([i]) for i in {i for row in top for i in row}}
+    return [tuple(names[i] for i in row) for row in top]
+
+
+def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    k = min(k, scores.numel())
+    top = scores.flatten().topk(k)
+    return top.values, top.indices
+
+
+@torch.no_grad()
+def neuron_attribution(
+    model,
+    prompt: str,
+    target: str | int | None = None,
+    *,
+    top_k: int = 300,
+    keep_bias: bool = False,
+    n_tokens: int = 5,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> NeuronAttributionResult:
+    """NLKA of one prompt: exact log-prob increase of every FFN and attention neuron, layer
+    scores, query neurons / layers, and the promoted tokens of the top neurons.
+
+    ``target``: a string (leading space added; a multi-token string is scored by its first
+    token and ``target_note`` says so), a token id, or ``None`` for the model's top-1 token.
+    ``top_k`` is clipped to the number of neurons. ``keep_bias``: add the final norm's and the
+    unembedding's biases to the readout (default: dropped, as in the spec). ``n_tokens``: tokens
+    shown per top neuron.
+    """
+    if top_k < 1:
+        raise InvalidArgumentError(f"top_k must be >= 1, got {top_k} (prompt {prompt!r})")
+    tokens = prompt_tokens(model, prompt)
+    cfg = model.cfg
+    n = cfg.n_layers
+    names = _layer_names(model) + [hook_name("ln_final_scale"), hook_name("embed")]
+    if cfg.positional_embedding_type == "standard":
+        names.append(hook_name("pos_embed"))
+    names += [hook_name(site, layer) for site in ("mlp_post", "v", "pattern", "attn_out", "mlp_out") for layer in range(n)]
+    logits, cache = run_with_cache(model, tokens, names)
+    target_id, note = resolve_target(model, target, logits[0, -1], prompt)
+    readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
+
+    ffn_scores = ffn_value_scores(model, cache, readout, target_id, chunk_elements=chunk_elements)
+    ffn_acts = torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)])
+    attn_scores, attn_coefs = [], []
+    for layer in range(n):
+        coefs = _attention_coefficients(model, cache, layer)  # [head, d, pos]
+        w_o = einops.rearrange(layer_weight(model, "W_O", layer), "head d m -> (head d) m")
+        flat = shifted_logprobs(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
+                                einops.rearrange(coefs, "head d pos -> (head d) pos"), target_id,
+                                chunk_elements=chunk_elements)
+        attn_scores.append(flat.view_as(coefs))
+        attn_coefs.append(coefs)
+    attn_scores_t, attn_coefs_t = torch.stack(attn_scores), torch.stack(attn_coefs)
+
+    top_ffn = _scored_ffn(model, readout, ffn_scores, ffn_acts, top_k, n_tokens)
+    top_attn = _scored_attn(model, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens)
+    query_scores = attention_query_scores(model, cache, top_attn)
+    q_vals, q_idx = _top(query_scores, top_k)
+    d_mlp = query_scores.shape[1]
+    query_neurons = [ScoredNeuron(Neuron("ffn", i // d_mlp, i % d_mlp), v, ffn_acts[i // d_mlp, i % d_mlp].item())
+                     for v, i in zip(q_vals.tolist(), q_idx.tolist(), strict=True)]
+    ffn_query, ffn_query_embed = ffn_query_layer_scores(model, cache, top_ffn)
+    final = cache[hook_name("resid_post", n - 1)][0, -1]
+    decode = model.tokenizer.decode
+    return NeuronAttributionResult(
+        prompt=prompt,
+        str_tokens=tuple(decode([t]) for t in tokens[0].tolist()),
+        target=target,
+        target_id=target_id,
+        target_token=decode([target_id]),
+        target_note=note,
+        top_k=top_k,
+        keep_bias=keep_bias,
+        logprob=readout.logprob(final, target_id).item(),
+        model_logprob=torch.log_softmax(logits[0, -1].float(), -1)[target_id].item(),
+        layer_scores=_layer_scores(model, cache, readout, target_id),
+        ffn_scores=ffn_scores.cpu(),
+        ffn_activations=ffn_acts.cpu(),
+        attn_scores=attn_scores_t.cpu(),
+        attn_coefficients=attn_coefs_t.cpu(),
+        top_ffn=top_ffn,
+        top_attn=top_attn,
+        query_scores=query_scores.cpu(),
+        query_neurons=query_neurons,
+        ffn_query_scores=ffn_query.cpu(),
+        ffn_query_embed=ffn_query_embed,
+        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, sigma=readout.scale),
+    )
+
+
+def _scored_ffn(model, readout, scores, acts, k, n_tokens) -> list[ScoredNeuron]:
+    values, idx = _top(scores, k)
+    d_mlp = scores.shape[1]
+    layers, units = (idx // d_mlp).tolist(), (idx % d_mlp).tolist()
+    coefs = acts[idx // d_mlp, idx % d_mlp]
+    vectors = torch.stack([layer_weight(model, "W_out", lay)[u] for lay, u in zip(layers, units, strict=True)]) \
+        if layers else torch.empty(0, model.cfg.d_model)
+    tokens = _promoted_tokens(model, readout, vectors * coefs.sign()[:, None], n_tokens)
+    return [ScoredNeuron(Neuron("ffn", lay, u), v, c, t)
+            for lay, u, v, c, t in zip(layers, units, values.tolist(), coefs.tolist(), tokens, strict=True)]
+
+
+def _scored_attn(model, readout, scores, coefs, k, n_tokens) -> list[ScoredNeuron]:
+    values, idx = _top(scores, k)
+    _, n_heads, d_head, n_pos = scores.shape
+    layer, rest = idx // (n_heads * d_head * n_pos), idx % (n_heads * d_head * n_pos)
+    head, rest = rest // (d_head * n_pos), rest % (d_head * n_pos)
+    dim, pos = rest // n_pos, rest % n_pos
+    c = coefs[layer, head, dim, pos]
+    vectors = torch.stack([layer_weight(model, "W_O", lay)[h, j] for lay, h, j in
+                           zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \
+        if len(idx) else torch.empty(0, model.cfg.d_model)
+    tokens = _promoted_tokens(model, readout, vectors * c.sign()[:, None], n_tokens)
+    return [ScoredNeuron(Neuron("attn", lay, j, head=h, pos=p), v, cc, t) for lay, h, j, p, v, cc, t in
+            zip(layer.tolist(), head.tolist(), dim.tolist(), pos.tolist(), values.tolist(), c.tolist(), tokens, strict=True)]
+
+
+def _centre(model, vectors: Tensor) -> Tensor:
+    return vectors - vectors.mean(-1, keepdim=True) if norm_centres(model) else vectors
+
+
+#: Denominators below this (|h·κ|) give no query share (a share of almost nothing is noise).
+_MIN_DENOMINATOR = 1e-6
+
+
+def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Sequence[ScoredNeuron]) -> Float[Tensor, "layer d_mlp"]:
+    """Query-neuron scores of earlier FFN neurons for attention value neurons (l, h, j, p):
+    κ = centre(γ_ln1^l ⊙ W_V^l[h, :, j]); FFN neuron (l' < l, i) at source position p gets
+    ``(m_i · W_out^{l'}[i]) · κ / (h^{l−1}_p · κ) × Imp``, accumulated over the value neurons.
+    Centring κ (LayerNorm) makes the shares of all residual components sum to one."""
+    n, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    out = torch.zeros(n, d_mlp, device=model.cfg.device)
+    by_layer: dict[int, list[ScoredNeuron]] = {}
+    for s in value_neurons:
+        by_layer.setdefault(s.neuron.layer, []).append(s)
+    for layer, group in by_layer.items():
+        if layer == 0:
+            continue
+        heads = torch.tensor([s.neuron.head for s in group])
+        dims = torch.tensor([s.neuron.index for s in group])
+        pos = torch.tensor([s.neuron.pos for s in group], device=out.device)
+        imp = torch.tensor([s.score for s in group], device=out.device)
+        w_v = layer_weight(model, "W_V", layer)[_kv_heads(model)[heads], :, dims]  # [s, d_model]
+        kappa = _centre(model, w_v * norm_weight(model, "ln1", layer))
+        denom = (cache[hook_name("resid_pre", layer)][0, pos] * kappa).sum(-1)
+        weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))
+        for source in range(layer):
+            proj = layer_weight(model, "W_out", source) @ kappa.T  # [d_mlp, s]
+            acts = cache[hook_name("mlp_post", source)][0, pos]  # [s, d_mlp]
+            out[source] += einops.einsum(acts, proj, weight, "s i, i s, s -> i")
+    return out
+
+
+def ffn_query_layer_scores(model, cache: dict[str, Tensor], value_neurons: Sequence[ScoredNeuron]) -> tuple[Float[Tensor, "layer 2"], float]:
+    """Query layers of FFN value neurons (l, i): κ = centre(γ_ln2^l ⊙ W_in^l[:, i]); each residual
+    component at the last position (embeddings, A^{l'} for l' ≤ l, F^{l'} for l' < l) gets
+    ``component · κ / (resid_mid^l · κ) × Imp``, accumulated. Returns ([layer, attn | FFN], embeddings)."""
+    n = model.cfg.n_layers
+    embed = cache[hook_name("embed")][0, -1]
+    if hook_name("pos_embed") in cache:
+        embed = embed + cache[hook_name("pos_embed")][0, -1]
+    comps = torch.stack([embed] + [cache[hook_name(site, layer)][0, -1] for layer in range(n) for site in ("attn_out", "mlp_out")])
+    totals = torch.zeros(2 * n + 1, device=comps.device)
+    by_layer: dict[int, list[ScoredNeuron]] = {}
+    for s in value_neurons:
+        by_layer.setdefault(s.neuron.layer, []).append(s)
+    for layer, group in by_layer.items():
+        units = torch.tensor([s.neuron.index for s in group])
+        imp = torch.tensor([s.score for s in group], device=comps.device)
+        kappa = _centre(model, (layer_weight(model, "W_in", layer)[:, units] * norm_weight(model, "ln2", layer)[:, None]).T)
+        denom = kappa @ cache[hook_name("resid_mid", layer)][0, -1]
+        weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))
+        used = 2 * layer + 2  # embeddings, (A, F) of earlier layers, A of this layer
+        totals[:used] += (comps[:used] @ kappa.T) @ weight
+    return einops.rearrange(totals[1:], "(layer kind) -> layer kind", kind=2), totals[0].item()

@@ -1,0 +1,203 @@
+"""Query → value pathways of multi-hop prompts (ACE, ICLR 2026; spec A4).
+
+For a dataset of prompts with their answers, at the last token of each prompt:
+
+- **value score** of FFN neuron (l, i): the exact NLKA log-probability increase of the answer's
+  first token (spec A3), summed over the dataset. Value layers: FFN layers ranked by the sum
+  of their neurons' value scores. The ``n_value`` best neurons overall are the *value neurons*.
+- **query contribution** of FFN neuron k in layer l' < l to value neuron (l, i): its output
+  ``m_k · W_out^{l'}[k]`` dotted with the value neuron's input weights,
+  ``c = (m_k W_out^{l'}[k]) · κ / σ_ln2``, κ = centre(γ_ln2^l ⊙ W_in^l[:, i]). **[choice]** The
+  spec's ``v · W_in[:, i]`` with the block's input norm applied (gain γ, centring, this prompt's
+  ln2 scale σ frozen): then ``c`` is exactly the amount the query neuron adds to the value
+  neuron's pre-activation (for a model with folded norms it is the spec's dot product divided
+  by σ, after centring).
+- **pathway weight** (k → v): ``c`` summed over the dataset; **query score** of k: the sum of
+  its pathway weights over the value neurons. Query layers: FFN layers ranked by the sum of
+  their neurons' query scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp_edit.analysis.attribution import (
+    CHUNK_ELEMENTS,
+    Neuron,
+    _centre,
+    _layer_names,
+    ffn_value_scores,
+    frozen_unembed,
+    prompt_tokens,
+    resolve_target,
+)
+from interp_edit.errors import EmptyInputError, InvalidArgumentError
+from interp_edit.model import hook_name, layer_weight, norm_weight, run_with_cache
+
+
+@dataclass(frozen=True)
+class Pathway:
+    query: Neuron
+    value: Neuron
+    weight: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.query.label}→{self.value.label}"
+
+
+@dataclass
+class PathwayResult:
+    """Dataset-level value / query scores of every FFN neuron, layer rankings (best first) and
+    the ``top_pathways`` strongest query → value pathways (see the module doc)."""
+
+    prompts: tuple[str, ...]
+    targets: tuple[str | int | None, ...]
+    target_ids: Int[Tensor, " prompt"]
+    value_scores: Float[Tensor, "layer d_mlp"]
+    query_scores: Float[Tensor, "layer d_mlp"]
+    value_layer_scores: Float[Tensor, " layer"]
+    query_layer_scores: Float[Tensor, " layer"]
+    value_neurons: tuple[Neuron, ...]
+    pathway_weights: Float[Tensor, "layer d_mlp value"]
+    pathways: list[Pathway]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def value_layers(self) -> list[int]:
+        """FFN layers, best value layer first."""
+        return self.value_layer_scores.argsort(descending=True).tolist()
+
+    @property
+    def query_layers(self) -> list[int]:
+        """FFN layers, best query layer first."""
+        return self.query_layer_scores.argsort(descending=True).tolist()
+
+    def layer_flow(self) -> Float[Tensor, "query_layer value_layer"]:
+        """Summed positive weights of the top pathways by (query layer, value layer)."""
+        n = self.value_scores.shape[0]
+        flow = torch.zeros(n, n)
+        for p in self.pathways:
+            flow[p.query.layer, p.value.layer] += max(p.weight, 0.0)
+        return flow
+
+    def pathway_neurons(self, n: int | None = None) -> list[Neuron]:
+        """The distinct query and value neurons of the best ``n`` pathways (for ablation)."""
+        seen: dict[Neuron, None] = {}
+        for p in self.pathways[:n]:
+            seen.setdefault(p.query)
+            seen.setdefault(p.value)
+        return list(seen)
+
+    def plot(self, view: str = "sankey"):
+        """``sankey`` (layer → layer flow of the top pathways) or ``layers`` (value / query layer scores)."""
+        from interp_edit.viz.pathways import pathway_figure
+
+        return pathway_figure(self, view)
+
+    def save(self, path: str | Path, view: str = "sankey") -> tuple[Path, Path]:
+        from interp_edit.viz.export import save_figure
+
+        return save_figure(self.plot(view), path)
+
+
+@torch.no_grad()
+def qv_pathways(
+    model,
+    prompts: Sequence[str],
+    targets: Sequence[str | int | None] | None = None,
+    *,
+    n_value: int = 50,
+    top_pathways: int = 50,
+    keep_bias: bool = False,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> PathwayResult:
+    """Q-V pathways of a dataset (see the module doc). ``targets``: the answers (first token
+    of a multi-token string; ``None``: the model's top-1). ``n_value`` and ``top_pathways`` are
+    clipped to what exists. One cached forward per prompt."""
+    prompts = list(prompts)
+    if not prompts:
+        raise EmptyInputError("qv_pathways needs at least one prompt")
+    targets = [None] * len(prompts) if targets is None else list(targets)
+    if len(targets) != len(prompts):
+        raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if n_value < 1 or top_pathways < 1:
+        raise InvalidArgumentError(f"n_value and top_pathways must be >= 1, got {n_value}, {top_pathways}")
+    cfg = model.cfg
+    n, d_mlp = cfg.n_layers, cfg.d_mlp
+    names = _layer_names(model) + [hook_name("ln_final_scale")]
+    names += [hook_name(site, layer) for site in ("mlp_post", "ln2_scale") for layer in range(n)]
+    value_scores = torch.zeros(n, d_mlp, device=cfg.device)
+    acts, inv_scales, target_ids = [], [], []
+    for prompt, target in zip(prompts, targets, strict=True):
+        logits, cache = run_with_cache(model, prompt_tokens(model, prompt), names)
+        target_id, _ = resolve_target(model, target, logits[0, -1], prompt)
+        readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
+        value_scores += ffn_value_scores(model, cache, readout, target_id, chunk_elements=chunk_elements)
+        acts.append(torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)]))
+        inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
+        target_ids.append(target_id)
+    acts_t, inv_t = torch.stack(acts), torch.stack(inv_scales)  # [prompt, layer, d_mlp], [prompt, layer]
+
+    n_value = min(n_value, n * d_mlp)
+    order = value_scores.flatten().topk(n_value).indices
+    v_layer, v_unit = order // d_mlp, order % d_mlp
+    value_neurons = tuple(Neuron("ffn", int(lay), int(u)) for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True))
+    weights = pathway_weights(model, acts_t, inv_t, v_layer, v_unit)  # [layer, d_mlp, value]
+
+    k = min(top_pathways, int((weights != 0).sum()))
+    top = weights.flatten().topk(k) if k else None
+    pathways = []
+    if top is not None:
+        per_layer = d_mlp * n_value
+        for w, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            q_layer, rest = divmod(idx, per_layer)
+            unit, v = divmod(rest, n_value)
+            pathways.append(Pathway(Neuron("ffn", q_layer, unit), value_neurons[v], w))
+    query_scores = weights.sum(-1)
+    return PathwayResult(
+        prompts=tuple(prompts),
+        targets=tuple(targets),
+        target_ids=torch.tensor(target_ids),
+        value_scores=value_scores.cpu(),
+        query_scores=query_scores.cpu(),
+        value_layer_scores=value_scores.sum(-1).cpu(),
+        query_layer_scores=query_scores.sum(-1).cpu(),
+        value_neurons=value_neurons,
+        pathway_weights=weights.cpu(),
+        pathways=pathways,
+        settings=dict(n_value=n_value, top_pathways=top_pathways, keep_bias=keep_bias),
+    )
+
+
+def pathway_weights(
+    model,
+    acts: Float[Tensor, "prompt layer d_mlp"],
+    inv_scales: Float[Tensor, "prompt layer"],
+    v_layer: Int[Tensor, " value"],
+    v_unit: Int[Tensor, " value"],
+) -> Float[Tensor, "layer d_mlp value"]:
+    """Σ over prompts of ``m_k (W_out^{l'}[k] · κ_v) / σ_ln2^{l_v}`` for every FFN neuron
+    (l', k) and value neuron v = (l_v, i) with l' < l_v (zero otherwise)."""
+    n = model.cfg.n_layers
+    kappa = torch.stack([
+        _centre(model, layer_weight(model, "W_in", lay)[:, u] * norm_weight(model, "ln2", lay))
+        for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True)
+    ])  # [value, d_model]
+    v_layer = v_layer.to(acts.device)
+    out = torch.zeros(n, model.cfg.d_mlp, len(kappa), device=acts.device)
+    for source in range(n - 1):
+        later = v_layer > source
+        if not later.any():
+            continue
+        proj = layer_weight(model, "W_out", source) @ kappa[later].T  # [d_mlp, value']
+        # Σ_prompts m_k / σ_{l_v}: [d_mlp, value']
+        summed = acts[:, source].T @ inv_scales[:, v_layer[later]]
+        out[source][:, later] = proj * summed
+    return out

@@ -1,0 +1,50 @@
+"""Query → value pathway figures: a layer → layer Sankey diagram and layer rankings."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def pathway_sankey(result) -> go.Figure:
+    """Query FFN layers (left) flowing into value FFN layers (right), widths = summed positive
+    weights of the top pathways; hover lists the pathways of each link."""
+    flow = result.layer_flow()
+    n = flow.shape[0]
+    labels = [f"query FFN L{i}" for i in range(n)] + [f"value FFN L{i}" for i in range(n)]
+    sources, targets, values, hover = [], [], [], []
+    for q in range(n):
+        for v in range(n):
+            if flow[q, v] > 0:
+                sources.append(q)
+                targets.append(n + v)
+                values.append(flow[q, v].item())
+                names = [p.label for p in result.pathways if p.query.layer == q and p.value.layer == v][:8]
+                hover.append(", ".join(names))
+    fig = go.Figure(go.Sankey(
+        node=dict(label=labels, pad=18, thickness=16),
+        link=dict(source=sources, target=targets, value=values, customdata=hover,
+                  hovertemplate="%{source.label} → %{target.label}: %{value:.3f}<br>%{customdata}<extra></extra>"),
+    ))
+    fig.update_layout(title=f"Top {len(result.pathways)} query → value pathways over {len(result.prompts)} prompts "
+                            f"(value layers {result.value_layers[:2]}, query layers {result.query_layers[:2]})",
+                      height=500, width=900)
+    return fig
+
+
+def pathway_layers(result) -> go.Figure:
+    layers = list(range(result.value_layer_scores.shape[0]))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["value score per FFN layer", "query score per FFN layer"])
+    fig.add_trace(go.Bar(x=layers, y=result.value_layer_scores.tolist(), name="value"), row=1, col=1)
+    fig.add_trace(go.Bar(x=layers, y=result.query_layer_scores.tolist(), name="query"), row=1, col=2)
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=f"Value and query layers over {len(result.prompts)} prompts", height=420, width=900, showlegend=False)
+    return fig
+
+
+def pathway_figure(result, view: str = "sankey") -> go.Figure:
+    if view == "sankey":
+        return pathway_sankey(result)
+    if view == "layers":
+        return pathway_layers(result)
+    raise ValueError(f"view must be 'sankey' or 'layers', got {view!r}")
