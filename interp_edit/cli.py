@@ -66,6 +66,28 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attribute(args: argparse.Namespace) -> int:
+    from interp_edit.analysis import neuron_attribution
+    from interp_edit.model import load_model
+
+    model = load_model(args.model)
+    result = neuron_attribution(model, args.prompt, args.target, top_k=args.top_k, keep_bias=args.keep_bias)
+    print(f"target={result.target_token!r} target_id={result.target_id} logprob_frozen_norm={result.logprob:.4f} "
+          f"logprob_model={result.model_logprob:.4f}")
+    if result.target_note:
+        print(f"note={result.target_note}")
+    for layer, (attn, ffn) in enumerate(result.layer_scores.tolist()):
+        print(f"layer={layer} attn_score={attn:.4f} ffn_score={ffn:.4f}")
+    print(f"{'rank':>4}  {'neuron':<16} {'kind':<5} {'score':>9} {'coef':>9}  promotes")
+    for row in result.table(args.show):
+        print(f"{row['rank']:>4}  {row['neuron']:<16} {row['kind']:<5} {row['score']:>9.4f} {row['coefficient']:>9.3f}  {row['top_tokens']}")
+    out = Path(args.out)
+    for view in ("overview", "query"):
+        html, png = result.save(out / f"{args.name}_{view}", view=view)
+        print(f"figures={html} {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", default="figures", help="folder for the figures")
     trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
     trace.set_defaults(func=_cmd_trace)
+
+    attribute = sub.add_parser("attribute", help="neuron-level attribution of one prompt: ranked value neurons, layer scores, figures")
+    attribute.add_argument("--prompt", required=True, help="the prompt, e.g. 'Talvik Corlo was born in'")
+    attribute.add_argument("--target", help="the answer to score (default: the model's top-1 token; a multi-token answer: its first token)")
+    attribute.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
+    attribute.add_argument("--top-k", type=int, default=300, help="value / query neurons kept per kind (clipped)")
+    attribute.add_argument("--keep-bias", action="store_true", help="keep the final norm and unembedding biases in the readout")
+    attribute.add_argument("--show", type=int, default=15, help="neurons printed")
+    attribute.add_argument("--out", default="figures", help="folder for the figures")
+    attribute.add_argument("--name", default="attribution", help="file name stem of the figures")
+    attribute.set_defaults(func=_cmd_attribute)
 
     toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")

@@ -42,6 +42,7 @@ def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Pat
             print(f"  {rank}. {token!r:16} {prob:.3f}{mark}")
 
     trace_and_aie(model, records, Path(figures), aie_facts, seed)
+    attribution_and_pathways(model, world, records, Path(figures))
 
 
 def trace_and_aie(model, records, figures: Path, aie_facts: int, seed: int) -> None:
@@ -65,3 +66,26 @@ def trace_and_aie(model, records, figures: Path, aie_facts: int, seed: int) -> N
     for kind in aie.kinds:
         peak = aie.peak(kind)
         print(f"  {kind:6} peak: {peak['role']} token, layer {peak['layer']}, effect {peak['effect']:.3f}")
+
+
+def attribution_and_pathways(model, world, records, figures: Path, n_questions: int = 20) -> None:
+    """Neuron attribution of one fact and the query → value pathways of two-hop questions."""
+    from interp_edit.analysis import neuron_attribution, qv_pathways
+    from interp_edit.toyworld import multihop_questions
+
+    record = next(r for r in records if r.relation_id == "born_in")
+    prompt = record.prompt.format(record.subject)
+    result = neuron_attribution(model, prompt, record.target_true, top_k=50)
+    html, png = result.save(figures / "demo_attribution")
+    result.save(figures / "demo_attribution_query", view="query")
+    print(f"\nNeuron attribution of {prompt!r} -> {record.target_true!r}; figure {png}")
+    for row in result.table(5):
+        print(f"  {row['neuron']:<14} {row['kind']:<4} +{row['score']:.3f} log p  promotes {row['top_tokens']}")
+    questions = [q for q in multihop_questions(world) if len(q.hops) == 2 and q.trained][:n_questions]
+    pathways = qv_pathways(model, [q.questions[0] for q in questions], [q.answer for q in questions], n_value=30, top_pathways=40)
+    html, png = pathways.save(figures / "demo_pathways")
+    pathways.save(figures / "demo_pathway_layers", view="layers")
+    print(f"\nQuery -> value pathways over {len(questions)} two-hop questions; figure {png}")
+    print(f"  value layers (best first) {pathways.value_layers}, query layers {pathways.query_layers}")
+    for p in pathways.pathways[:3]:
+        print(f"  {p.label:<18} weight {p.weight:.3f}")

@@ -241,3 +241,18 @@ def test_figures_and_save(toy_model, tmp_path):
     assert html.stat().st_size > 1000 and png.stat().st_size > 1000
     ablation = ablate_neurons(toy_model, result.top_ffn, PROMPT)
     assert len(ablation.plot().data) == 2
+
+
+def test_attribute_command(capsys, tmp_path):
+    from interp_edit.cli import main
+
+    assert main(["attribute", "--prompt", PROMPT, "--top-k", "20", "--show", "5", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "target=' Karsa'" in out and "layer=5 attn_score=" in out
+    ranked = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in ranked] == ["1", "2", "3", "4", "5"]
+    scores = [float(row[3]) for row in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert (tmp_path / "attribution_overview.png").is_file() and (tmp_path / "attribution_query.html").is_file()
+    assert main(["attribute", "--prompt", " ".join(["Veltra"] * 70)]) == 2
+    assert "context" in capsys.readouterr().err

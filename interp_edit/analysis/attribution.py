@@ -208,16 +208,19 @@ def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, ta
     return torch.stack(rows)
 
 
-def _kv_heads(model) -> Int[Tensor, " head"]:
-    """Which key/value head each query head reads (grouped-query attention; identity otherwise)."""
-    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
-    return torch.arange(model.cfg.n_heads) // (model.cfg.n_heads // n_kv)
+def _per_head(model, tensor: Tensor, axis: int) -> Tensor:
+    """``tensor`` with one entry per query head along ``axis``: grouped-query attention stores
+    one per key/value head, which several query heads read."""
+    n_heads = model.cfg.n_heads
+    if tensor.shape[axis] == n_heads:
+        return tensor
+    return tensor.repeat_interleave(n_heads // tensor.shape[axis], dim=axis)
 
 
 def _attention_coefficients(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "head d_head pos"]:
     """``α_h(T→p) · v_{h,p,j}`` of every attention neuron (T = the last position)."""
     pattern = cache[hook_name("pattern", layer)][0, :, -1]  # [head, pos]
-    values = cache[hook_name("v", layer)][0][:, _kv_heads(model)]  # [pos, head, d_head]
+    values = _per_head(model, cache[hook_name("v", layer)][0], 1)  # [pos, head, d_head]
     return einops.einsum(pattern, values, "head pos, pos head d -> head d pos")
 
 
@@ -267,7 +270,7 @@ class NeuronAttributionResult:
     def table(self, k: int = 10) -> list[dict]:
         """Rows for printing / a DataFrame: the best ``k`` value neurons of both kinds."""
         return [dict(rank=r, neuron=s.label, kind=s.neuron.kind, score=s.score, coefficient=s.coefficient,
-                     top_tokens=" ".join(s.top_tokens)) for r, s in enumerate(self.value_neurons(k), 1)]
+                     top_tokens=", ".join(repr(t) for t in s.top_tokens)) for r, s in enumerate(self.value_neurons(k), 1)]
 
     def plot(self, view: str = "overview"):
         """``overview`` (top neurons, heads and layer heatmap), ``neurons``, ``heads``, ``layers``, ``query``."""
@@ -429,7 +432,7 @@ def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Seque
         dims = torch.tensor([s.neuron.index for s in group])
         pos = torch.tensor([s.neuron.pos for s in group], device=out.device)
         imp = torch.tensor([s.score for s in group], device=out.device)
-        w_v = layer_weight(model, "W_V", layer)[_kv_heads(model)[heads], :, dims]  # [s, d_model]
+        w_v = _per_head(model, layer_weight(model, "W_V", layer), 0)[heads, :, dims]  # [s, d_model]
         kappa = _centre(model, w_v * norm_weight(model, "ln1", layer))
         denom = (cache[hook_name("resid_pre", layer)][0, pos] * kappa).sum(-1)
         weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))

@@ -4,7 +4,8 @@ For a dataset of prompts with their answers, at the last token of each prompt:
 
 - **value score** of FFN neuron (l, i): the exact NLKA log-probability increase of the answer's
   first token (spec A3), summed over the dataset. Value layers: FFN layers ranked by the sum
-  of their neurons' value scores. The ``n_value`` best neurons overall are the *value neurons*.
+  of their neurons' value scores. The ``n_value`` best neurons of layers ≥ ``min_value_layer``
+  (default 1: a pathway needs an FFN layer below its value neuron) are the *value neurons*.
 - **query contribution** of FFN neuron k in layer l' < l to value neuron (l, i): its output
   ``m_k · W_out^{l'}[k]`` dotted with the value neuron's input weights,
   ``c = (m_k W_out^{l'}[k]) · κ / σ_ln2``, κ = centre(γ_ln2^l ⊙ W_in^l[:, i]). **[choice]** The
@@ -115,6 +116,7 @@ def qv_pathways(
     *,
     n_value: int = 50,
     top_pathways: int = 50,
+    min_value_layer: int = 1,
     keep_bias: bool = False,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> PathwayResult:
@@ -131,6 +133,8 @@ def qv_pathways(
         raise InvalidArgumentError(f"n_value and top_pathways must be >= 1, got {n_value}, {top_pathways}")
     cfg = model.cfg
     n, d_mlp = cfg.n_layers, cfg.d_mlp
+    if not 0 <= min_value_layer < n:
+        raise InvalidArgumentError(f"min_value_layer must be in 0..{n - 1}, got {min_value_layer}")
     names = _layer_names(model) + [hook_name("ln_final_scale")]
     names += [hook_name(site, layer) for site in ("mlp_post", "ln2_scale") for layer in range(n)]
     value_scores = torch.zeros(n, d_mlp, device=cfg.device)
@@ -145,9 +149,9 @@ def qv_pathways(
         target_ids.append(target_id)
     acts_t, inv_t = torch.stack(acts), torch.stack(inv_scales)  # [prompt, layer, d_mlp], [prompt, layer]
 
-    n_value = min(n_value, n * d_mlp)
-    order = value_scores.flatten().topk(n_value).indices
-    v_layer, v_unit = order // d_mlp, order % d_mlp
+    n_value = min(n_value, (n - min_value_layer) * d_mlp)
+    order = value_scores[min_value_layer:].flatten().topk(n_value).indices
+    v_layer, v_unit = order // d_mlp + min_value_layer, order % d_mlp
     value_neurons = tuple(Neuron("ffn", int(lay), int(u)) for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True))
     weights = pathway_weights(model, acts_t, inv_t, v_layer, v_unit)  # [layer, d_mlp, value]
 
@@ -172,7 +176,7 @@ def qv_pathways(
         value_neurons=value_neurons,
         pathway_weights=weights.cpu(),
         pathways=pathways,
-        settings=dict(n_value=n_value, top_pathways=top_pathways, keep_bias=keep_bias),
+        settings=dict(n_value=n_value, top_pathways=top_pathways, min_value_layer=min_value_layer, keep_bias=keep_bias),
     )
 
 

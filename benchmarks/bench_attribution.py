@@ -1,0 +1,211 @@
+"""All-neuron attribution (NLKA, exact) against one forward + backward pass, same run.
+
+For the toy-world model and a randomly initialised GPT-2-small-sized model (12 layers, d_model
+768, 12 heads, d_mlp 3072, vocabulary 50257, n_ctx 1024; the toy tokenizer supplies the token
+ids) on a 12-token prompt, it times
+
+- ``neuron_attribution(model, prompt, top_k=300)``: every FFN and attention neuron, layer
+  scores, query neurons and layers, promoted tokens of the top neurons;
+- one forward + backward of log p(target) at the last position (the cost of a gradient-based
+  attribution), as the baseline;
+
+and prints medians over ``--repeats`` and their ratio, the largest difference between the
+vectorised scores and log p recomputed by adding sampled neurons' vectors explicitly
+(``attribution_max_abs_err``), and peak memory of one call in a fresh process (so that no
+earlier call's freed memory is reused): the largest increase of the resident set size during
+the call, sampled every 2 ms from /proc/self/statm (CPU), or ``torch.cuda.max_memory_allocated``
+above the memory in use before the call (GPU). ``exact_projection_gflop`` counts the
+multiply-adds of projecting every neuron's output weights onto the vocabulary, which exact
+scoring cannot avoid (see the README).
+Usage: ``python benchmarks/bench_attribution.py [--repeats 3] [--models toy,gpt2small] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+PROMPT = "People say that Talvik Corlo is a musician who plays the"
+
+
+def _time(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(fn, device: str) -> int:
+    """Bytes: peak RSS increase during ``fn()`` (CPU) or peak CUDA allocation above the start."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    start, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0], _rss_bytes()) - start
+
+
+def gpt2_small_random(tokenizer, device: str):
+    from interp_edit.model import build_hooked_transformer
+
+    torch.manual_seed(0)
+    cfg = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
+               d_vocab_out=50257, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+               default_prepend_bos=True, original_architecture="GPT2LMHeadModel", model_name="gpt2-small-random",
+               device=device)
+    model = build_hooked_transformer(cfg, tokenizer)
+    model.eval()
+    return model
+
+
+def fwd_bwd(model, tokens, target_id: int) -> float:
+    model.zero_grad(set_to_none=True)
+    logp = torch.log_softmax(model(tokens)[0, -1].float(), -1)[target_id]
+    logp.backward()
+    return logp.item()
+
+
+@torch.no_grad()
+def max_abs_error(model, result, n_samples: int = 32) -> float:
+    """Largest |vectorised score − explicit recomputation| over sampled FFN / attention neurons
+    (random and top) and all layer scores."""
+    from interp_edit.analysis.attribution import frozen_unembed
+
+    _, cache = model.run_with_cache(model.to_tokens(PROMPT))
+    readout = frozen_unembed(model, cache["ln_final.hook_scale"][0, -1, 0].item())
+    t = result.target_id
+
+    def lp(x):
+        return readout.logprob(x, t).item()
+
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(0)
+    errors = []
+    ffn = [(int(torch.randint(cfg.n_layers, (1,), generator=gen)), int(torch.randint(cfg.d_mlp, (1,), generator=gen)))
+           for _ in range(n_samples)] + [(s.neuron.layer, s.neuron.index) for s in result.top_ffn[:8]]
+    for layer, i in ffn:
+        base = cache[f"blocks.{layer}.hook_resid_mid"][0, -1]
+        vec = cache[f"blocks.{layer}.mlp.hook_post"][0, -1, i] * model.blocks[layer].mlp.W_out[i]
+        errors.append(abs(result.ffn_scores[layer, i].item() - (lp(base + vec) - lp(base))))
+    n_pos = cache["hook_embed"].shape[1]
+    attn = [tuple(int(torch.randint(hi, (1,), generator=gen)) for hi in (cfg.n_layers, cfg.n_heads, cfg.d_head, n_pos))
+            for _ in range(n_samples)] + [(s.neuron.layer, s.neuron.head, s.neuron.index, s.neuron.pos) for s in result.top_attn[:8]]
+    for layer, h, j, p in attn:
+        base = cache[f"blocks.{layer}.hook_resid_pre"][0, -1]
+        coef = cache[f"blocks.{layer}.attn.hook_pattern"][0, h, -1, p] * cache[f"blocks.{layer}.attn.hook_v"][0, p, h, j]
+        errors.append(abs(result.attn_scores[layer, h, j, p].item() - (lp(base + coef * model.blocks[layer].attn.W_O[h, j]) - lp(base))))
+    for layer in range(cfg.n_layers):
+        pre = cache[f"blocks.{layer}.hook_resid_pre"][0, -1]
+        mid = pre + cache[f"blocks.{layer}.hook_attn_out"][0, -1]
+        post = mid + cache[f"blocks.{layer}.hook_mlp_out"][0, -1]
+        errors.append(abs(result.layer_scores[layer, 0].item() - (lp(mid) - lp(pre))))
+        errors.append(abs(result.layer_scores[layer, 1].item() - (lp(post) - lp(mid))))
+    return max(errors)
+
+
+def bench(name: str, model, repeats: int, device: str) -> None:
+    from interp_edit.analysis import neuron_attribution
+
+    cfg = model.cfg
+    tokens = model.to_tokens(PROMPT).to(device)
+    n_neurons = cfg.n_layers * (cfg.d_mlp + cfg.n_heads * cfg.d_head * tokens.shape[1])
+    print(f"[{name}] prompt_tokens={tokens.shape[1]} layers={cfg.n_layers} d_model={cfg.d_model} d_mlp={cfg.d_mlp} "
+          f"vocab={cfg.d_vocab} device={device} threads={torch.get_num_threads()}", flush=True)
+    print(f"{name}_neurons_scored={n_neurons}")
+    with torch.no_grad():
+        target_id = int(model(tokens)[0, -1].argmax())
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    fwd_bwd(model, tokens, target_id)  # warm-up
+    t_base, _ = _time(lambda: (fwd_bwd(model, tokens, target_id), sync()), max(repeats, 5))
+    print(f"{name}_fwd_bwd_s={t_base:.4f}", flush=True)
+    neuron_attribution(model, PROMPT, top_k=300)  # warm-up
+    t_attr, result = _time(lambda: (neuron_attribution(model, PROMPT, top_k=300), sync())[0], repeats)
+    print(f"{name}_attribution_s={t_attr:.4f}")
+    print(f"{name}_attribution_time_ratio_vs_fwd_bwd={t_attr / t_base:.2f}", flush=True)
+    print(f"{name}_attribution_max_abs_err={max_abs_error(model, result):.2e}", flush=True)
+    mem_base, mem_attr = (_fresh_process_memory(name, which, device) for which in ("fwd_bwd", "attribution"))
+    how = "cuda_max_allocated" if device.startswith("cuda") else "rss_sampled_2ms_fresh_process"
+    print(f"{name}_peak_mem_fwd_bwd_mib={mem_base / 2**20:.1f} ({how})")
+    print(f"{name}_peak_mem_attribution_mib={mem_attr / 2**20:.1f} ({how})")
+    gflop = 2 * cfg.n_layers * (cfg.d_mlp + cfg.n_heads * cfg.d_head) * cfg.d_model * cfg.d_vocab / 1e9
+    print(f"{name}_exact_projection_gflop={gflop:.1f}", flush=True)
+
+
+def _fresh_process_memory(name: str, which: str, device: str) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{name}:{which}", "--device", device,
+                          "--threads", str(torch.get_num_threads())], capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def _memory_probe(spec: str, device: str) -> None:
+    from interp_edit import load_model
+    from interp_edit.analysis import neuron_attribution
+
+    name, which = spec.split(":")
+    toy = load_model("toyworld", device=device)
+    model = toy if name == "toy" else gpt2_small_random(toy.tokenizer, device)
+    tokens = model.to_tokens(PROMPT).to(device)
+    if which == "fwd_bwd":
+        with torch.no_grad():
+            target_id = int(model(tokens)[0, -1].argmax())
+        print(peak_memory(lambda: fwd_bwd(model, tokens, target_id), device))
+    else:
+        print(peak_memory(lambda: neuron_attribution(model, PROMPT, top_k=300), device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="toy,gpt2small")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        _memory_probe(args.memory_probe, args.device)
+        return
+    from interp_edit import load_model
+
+    toy = load_model("toyworld", device=args.device)
+    for name in args.models.split(","):
+        model = toy if name == "toy" else gpt2_small_random(toy.tokenizer, args.device)
+        bench(name, model, args.repeats, args.device)
+
+
+if __name__ == "__main__":
+    main()
