@@ -6,7 +6,8 @@
 2. Q-V pathways on the two-hop birth-country questions (first phrasing; trained and held-out
    compositions): value layers and query layers, best first, with their scores.
 3. Ablating the neurons of the top pathways: top-1 accuracy before / after on those two-hop
-   questions and on the one-hop facts of the same chains (person → birth city, city → country).
+   questions and on the one-hop facts of the same chains (person → birth city, city → country);
+   control: as many random FFN neurons of the same layers.
 
 Prints ``key=value`` lines. Usage: ``python benchmarks/attribution_effects.py [--facts 50]``.
 """
@@ -60,7 +61,7 @@ def ablation_check(model, records, ks, rng) -> None:
 
 
 def pathway_check(model, world, n_pathways) -> None:
-    from interp_edit import ablate_neurons, qv_pathways
+    from interp_edit import Neuron, ablate_neurons, qv_pathways
     from interp_edit.toyworld import counterfact_records, multihop_questions
 
     questions = [q for q in multihop_questions(world) if len(q.hops) == 2]
@@ -77,13 +78,24 @@ def pathway_check(model, world, n_pathways) -> None:
         located = {r.subject: r for r in counterfact_records(world, relations=("located_in",))}
         one_hop = [(born[q.subject].prompt.format(q.subject), q.chain[1]) for q in chosen]
         one_hop += [(located[q.chain[1]].prompt.format(q.chain[1]), q.chain[2]) for q in chosen]
+        rng = random.Random(0)
         for n in n_pathways:
             neurons = result.pathway_neurons(n)
-            two = ablate_neurons(model, neurons, prompts, answers)
-            one = ablate_neurons(model, neurons, [p for p, _ in one_hop], [a for _, a in one_hop])
-            print(f"pathways_{subset}_ablate_top{n}_neurons={len(neurons)} two_hop_acc={two.accuracy_before:.3f}->{two.accuracy_after:.3f} "
-                  f"one_hop_acc={one.accuracy_before:.3f}->{one.accuracy_after:.3f} two_hop_p={two.probs_before.mean():.3f}->"
-                  f"{two.probs_after.mean():.3f} one_hop_p={one.probs_before.mean():.3f}->{one.probs_after.mean():.3f}")
+            taken = set(neurons)
+            control = []
+            for nrn in neurons:
+                cand = nrn
+                while cand in taken:
+                    cand = Neuron("ffn", nrn.layer, rng.randrange(model.cfg.d_mlp))
+                taken.add(cand)
+                control.append(cand)
+            for which, chosen_neurons in (("top", neurons), ("random", control)):
+                two = ablate_neurons(model, chosen_neurons, prompts, answers)
+                one = ablate_neurons(model, chosen_neurons, [p for p, _ in one_hop], [a for _, a in one_hop])
+                print(f"pathways_{subset}_ablate_{which}{n}_neurons={len(chosen_neurons)} two_hop_acc={two.accuracy_before:.3f}->"
+                      f"{two.accuracy_after:.3f} one_hop_acc={one.accuracy_before:.3f}->{one.accuracy_after:.3f} two_hop_p="
+                      f"{two.probs_before.mean():.3f}->{two.probs_after.mean():.3f} one_hop_p={one.probs_before.mean():.3f}->"
+                      f"{one.probs_after.mean():.3f}")
 
 
 def main() -> None:
@@ -99,7 +111,7 @@ def main() -> None:
     model, world = load_model("toyworld"), load_world()
     rng = random.Random(args.seed)
     ablation_check(model, rng.sample(counterfact_records(world), args.facts), (10, 50, 300), rng)
-    pathway_check(model, world, (10, 50))
+    pathway_check(model, world, (10, 50, 200))
 
 
 if __name__ == "__main__":

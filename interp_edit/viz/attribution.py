@@ -60,9 +60,9 @@ def attribution_figure(result, view: str = "overview") -> go.Figure:
         fig.update_layout(title=f"Layer scores: {what}", height=160 + 40 * result.layer_scores.shape[0], width=600)
         return fig
     if view == "query":
-        fig = make_subplots(rows=1, cols=2, subplot_titles=["query layers of the top FFN value neurons",
-                                                            "top query neurons of the attention value neurons"])
-        fig.add_trace(layer_heatmap(result.ffn_query_scores, "share × Imp", colorbar_x=0.45), row=1, col=1)
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16, subplot_titles=[
+            "query layers of the top FFN value neurons", "top query neurons of the attention value neurons"])
+        fig.add_trace(layer_heatmap(result.ffn_query_scores, "share × Imp", colorbar_x=0.43), row=1, col=1)
         fig.add_trace(neuron_bars(result.query_neurons, "query", "#2ca02c"), row=1, col=2)
         fig.update_layout(title=f"Query components (embeddings: {result.ffn_query_embed:.3f}): {what}", height=450, width=1100,
                           showlegend=False)
