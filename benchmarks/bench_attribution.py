@@ -16,7 +16,10 @@ earlier call's freed memory is reused): the largest increase of the resident set
 the call, sampled every 2 ms from /proc/self/statm (CPU), or ``torch.cuda.max_memory_allocated``
 above the memory in use before the call (GPU). ``exact_projection_gflop`` counts the
 multiply-adds of projecting every neuron's output weights onto the vocabulary, which exact
-scoring cannot avoid (see the README).
+scoring cannot avoid (see the README). ``first_order_*``: the same with
+``method="first_order"`` (gradient approximation of every neuron's score, no vocabulary
+projection), its error against the exact scores and the overlap of the top-300 FFN and
+attention neuron sets.
 Usage: ``python benchmarks/bench_attribution.py [--repeats 3] [--models toy,gpt2small] [--threads 2]``.
 """
 
@@ -157,6 +160,16 @@ def bench(name: str, model, repeats: int, device: str) -> None:
     print(f"{name}_attribution_s={t_attr:.4f}")
     print(f"{name}_attribution_time_ratio_vs_fwd_bwd={t_attr / t_base:.2f}", flush=True)
     print(f"{name}_attribution_max_abs_err={max_abs_error(model, result):.2e}", flush=True)
+    t_fo, approx = _time(lambda: (neuron_attribution(model, PROMPT, top_k=300, method="first_order"), sync())[0], repeats)
+    print(f"{name}_first_order_s={t_fo:.4f}")
+    print(f"{name}_first_order_time_ratio_vs_fwd_bwd={t_fo / t_base:.2f}")
+    err = max((approx.ffn_scores - result.ffn_scores).abs().max().item(), (approx.attn_scores - result.attn_scores).abs().max().item())
+    scale = max(result.ffn_scores.abs().max().item(), result.attn_scores.abs().max().item())
+    print(f"{name}_first_order_max_abs_err_vs_exact={err:.2e} (largest exact |score| {scale:.2e})")
+    for kind in ("ffn", "attn"):
+        exact_set = {s.neuron for s in getattr(result, f"top_{kind}")}
+        approx_set = {s.neuron for s in getattr(approx, f"top_{kind}")}
+        print(f"{name}_first_order_top300_{kind}_overlap={len(exact_set & approx_set) / len(exact_set):.3f}", flush=True)
     mem_base, mem_attr = (_fresh_process_memory(name, which, device) for which in ("fwd_bwd", "attribution"))
     how = "cuda_max_allocated" if device.startswith("cuda") else "rss_sampled_2ms_fresh_process"
     print(f"{name}_peak_mem_fwd_bwd_mib={mem_base / 2**20:.1f} ({how})")

@@ -71,7 +71,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from interp_edit.model import load_model
 
     model = load_model(args.model)
-    result = neuron_attribution(model, args.prompt, args.target, top_k=args.top_k, keep_bias=args.keep_bias)
+    result = neuron_attribution(model, args.prompt, args.target, top_k=args.top_k, keep_bias=args.keep_bias, method=args.method)
     print(f"target={result.target_token!r} target_id={result.target_id} logprob_frozen_norm={result.logprob:.4f} "
           f"logprob_model={result.model_logprob:.4f}")
     if result.target_note:
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
     attribute.add_argument("--top-k", type=int, default=300, help="value / query neurons kept per kind (clipped)")
     attribute.add_argument("--keep-bias", action="store_true", help="keep the final norm and unembedding biases in the readout")
+    attribute.add_argument("--method", default="exact", choices=("exact", "first_order"),
+                           help="exact log-prob increases (default) or their cheaper gradient approximation")
     attribute.add_argument("--show", type=int, default=15, help="neurons printed")
     attribute.add_argument("--out", default="figures", help="folder for the figures")
     attribute.add_argument("--name", default="attribution", help="file name stem of the figures")

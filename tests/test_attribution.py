@@ -256,3 +256,26 @@ def test_attribute_command(capsys, tmp_path):
     assert (tmp_path / "attribution_overview.png").is_file() and (tmp_path / "attribution_query.html").is_file()
     assert main(["attribute", "--prompt", " ".join(["Veltra"] * 70)]) == 2
     assert "context" in capsys.readouterr().err
+
+
+def test_first_order_method_is_the_gradient_of_the_exact_score(toy_model):
+    from interp_edit.analysis.attribution import first_order_logprobs, frozen_unembed, shifted_logprobs
+
+    with torch.no_grad():
+        _, cache = toy_model.run_with_cache(toy_model.to_tokens(PROMPT))
+    readout = frozen_unembed(toy_model, cache["ln_final.hook_scale"][0, -1, 0].item())
+    base = cache["blocks.2.hook_resid_mid"][0, -1]
+    weights = toy_model.blocks[2].mlp.W_out.detach()[:16]
+    target = toy_model.tokenizer.encode(" Karsa", add_special_tokens=False)[0]
+    errors = []
+    for c in (0.3, 0.03):
+        coefs = torch.full((16, 1), c)
+        exact = shifted_logprobs(readout, base, weights, coefs, target)
+        errors.append((exact - first_order_logprobs(readout, base, weights, coefs, target)).abs().max().item())
+    assert errors[1] < errors[0] / 30  # the remainder is second order in the coefficient
+    exact = neuron_attribution(toy_model, PROMPT, "Karsa", top_k=50)
+    approx = neuron_attribution(toy_model, PROMPT, "Karsa", top_k=50, method="first_order")
+    assert approx.settings["method"] == "first_order" and torch.equal(approx.layer_scores, exact.layer_scores)
+    assert len({s.neuron for s in exact.top_ffn} & {s.neuron for s in approx.top_ffn}) >= 40
+    with pytest.raises(InvalidArgumentError, match="method"):
+        neuron_attribution(toy_model, PROMPT, method="second_order")

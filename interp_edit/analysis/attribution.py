@@ -41,6 +41,8 @@ from interp_edit.model import hook_name, layer_weight, norm_bias, norm_centres, 
 
 #: Elements of the largest temporary [rows, positions, vocab] logits block.
 CHUNK_ELEMENTS = 1 << 24
+#: ``exact``: the spec's log-probability increases; ``first_order``: their gradient approximation.
+METHODS = ("exact", "first_order")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,12 @@ class FrozenUnembed:
             vectors = vectors - vectors.mean(-1, keepdim=True)
         return (vectors / self.scale) @ self.w_u
 
+    def directions_dot(self, vectors: Float[Tensor, "n d_model"], readout_vector: Float[Tensor, " d_model"]) -> Float[Tensor, " n"]:
+        """``directions(vectors) @ y`` given ``readout_vector = w_u @ y`` (no vocabulary-sized product)."""
+        if self.centre:
+            vectors = vectors - vectors.mean(-1, keepdim=True)
+        return (vectors / self.scale) @ readout_vector
+
     def logits(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         out = self.directions(residual)
         return out + self.bias if self.bias is not None else out
@@ -151,6 +159,22 @@ def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
     return torch.tensor([ids], device=model.cfg.device)
 
 
+def first_order_logprobs(
+    readout: FrozenUnembed,
+    base: Float[Tensor, " d_model"],
+    weights: Float[Tensor, "row d_model"],
+    coefs: Float[Tensor, "row pos"],
+    target_id: int,
+) -> Float[Tensor, "row pos"]:
+    """The first-order (gradient) approximation of :func:`shifted_logprobs`:
+    ``coefs · (U_lin(w)[target] − E_{p(·|base)} U_lin(w))``. One matrix-vector product per row
+    block instead of a projection onto the whole vocabulary; exact as ``coefs → 0``."""
+    probs = torch.softmax(readout.logits(base).float(), -1)
+    grad = readout.w_u[:, target_id] - readout.w_u @ probs.to(readout.w_u.dtype)  # [d_model]
+    slopes = readout.directions_dot(weights, grad)  # [row]
+    return coefs.float() * slopes[:, None].float()
+
+
 def resolve_target(model, target: str | int | None, logits: Float[Tensor, " vocab"], prompt: str) -> tuple[int, str | None]:
     """The target token id and, for a multi-token target string, a note that only its first
     token is scored. ``None``: the model's top-1 next token."""
@@ -195,16 +219,21 @@ def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias
     return _layer_scores(model, cache, readout, target_id)
 
 
+def _scores(readout, base, weights, coefs, target_id, method: str, chunk_elements: int) -> Tensor:
+    if method == "first_order":
+        return first_order_logprobs(readout, base, weights, coefs, target_id)
+    return shifted_logprobs(readout, base, weights, coefs, target_id, chunk_elements=chunk_elements)
+
+
 def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int,
-                     *, chunk_elements: int = CHUNK_ELEMENTS) -> Float[Tensor, "layer d_mlp"]:
-    """Exact value scores of every FFN neuron at the last position (needs ``resid_mid`` and
+                     *, method: str = "exact", chunk_elements: int = CHUNK_ELEMENTS) -> Float[Tensor, "layer d_mlp"]:
+    """Value scores of every FFN neuron at the last position (needs ``resid_mid`` and
     ``mlp_post`` of every layer in ``cache``)."""
     rows = []
     for layer in range(model.cfg.n_layers):
         acts = cache[hook_name("mlp_post", layer)][0, -1]
-        rows.append(shifted_logprobs(readout, cache[hook_name("resid_mid", layer)][0, -1],
-                                     layer_weight(model, "W_out", layer), acts[:, None], target_id,
-                                     chunk_elements=chunk_elements)[:, 0])
+        rows.append(_scores(readout, cache[hook_name("resid_mid", layer)][0, -1], layer_weight(model, "W_out", layer),
+                            acts[:, None], target_id, method, chunk_elements)[:, 0])
     return torch.stack(rows)
 
 
@@ -307,6 +336,7 @@ def neuron_attribution(
     top_k: int = 300,
     keep_bias: bool = False,
     n_tokens: int = 5,
+    method: str = "exact",
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> NeuronAttributionResult:
     """NLKA of one prompt: exact log-prob increase of every FFN and attention neuron, layer
@@ -316,10 +346,14 @@ def neuron_attribution(
     token and ``target_note`` says so), a token id, or ``None`` for the model's top-1 token.
     ``top_k`` is clipped to the number of neurons. ``keep_bias``: add the final norm's and the
     unembedding's biases to the readout (default: dropped, as in the spec). ``n_tokens``: tokens
-    shown per top neuron.
+    shown per top neuron. ``method="first_order"`` replaces each neuron's exact score by its
+    gradient approximation ``c · ∂ log p / ∂c`` at the base (no projection of every neuron onto
+    the vocabulary: for large vocabularies far cheaper, but not exact; layer scores stay exact).
     """
     if top_k < 1:
         raise InvalidArgumentError(f"top_k must be >= 1, got {top_k} (prompt {prompt!r})")
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS} (prompt {prompt!r})")
     tokens = prompt_tokens(model, prompt)
     cfg = model.cfg
     n = cfg.n_layers
@@ -331,15 +365,14 @@ def neuron_attribution(
     target_id, note = resolve_target(model, target, logits[0, -1], prompt)
     readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
 
-    ffn_scores = ffn_value_scores(model, cache, readout, target_id, chunk_elements=chunk_elements)
+    ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
     ffn_acts = torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)])
     attn_scores, attn_coefs = [], []
     for layer in range(n):
         coefs = _attention_coefficients(model, cache, layer)  # [head, d, pos]
         w_o = einops.rearrange(layer_weight(model, "W_O", layer), "head d m -> (head d) m")
-        flat = shifted_logprobs(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
-                                einops.rearrange(coefs, "head d pos -> (head d) pos"), target_id,
-                                chunk_elements=chunk_elements)
+        flat = _scores(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
+                       einops.rearrange(coefs, "head d pos -> (head d) pos"), target_id, method, chunk_elements)
         attn_scores.append(flat.view_as(coefs))
         attn_coefs.append(coefs)
     attn_scores_t, attn_coefs_t = torch.stack(attn_scores), torch.stack(attn_coefs)
@@ -376,7 +409,7 @@ def neuron_attribution(
         query_neurons=query_neurons,
         ffn_query_scores=ffn_query.cpu(),
         ffn_query_embed=ffn_query_embed,
-        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, sigma=readout.scale),
+        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, method=method, sigma=readout.scale),
     )
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
+    METHODS,
     Neuron,
     _centre,
     _layer_names,
@@ -118,17 +119,21 @@ def qv_pathways(
     top_pathways: int = 50,
     min_value_layer: int = 1,
     keep_bias: bool = False,
+    method: str = "exact",
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> PathwayResult:
     """Q-V pathways of a dataset (see the module doc). ``targets``: the answers (first token
     of a multi-token string; ``None``: the model's top-1). ``n_value`` and ``top_pathways`` are
-    clipped to what exists. One cached forward per prompt."""
+    clipped to what exists. One cached forward per prompt. ``method="first_order"``: value
+    scores by their gradient approximation (see :func:`neuron_attribution`)."""
     prompts = list(prompts)
     if not prompts:
         raise EmptyInputError("qv_pathways needs at least one prompt")
     targets = [None] * len(prompts) if targets is None else list(targets)
     if len(targets) != len(prompts):
         raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS}")
     if n_value < 1 or top_pathways < 1:
         raise InvalidArgumentError(f"n_value and top_pathways must be >= 1, got {n_value}, {top_pathways}")
     cfg = model.cfg
@@ -143,7 +148,7 @@ def qv_pathways(
         logits, cache = run_with_cache(model, prompt_tokens(model, prompt), names)
         target_id, _ = resolve_target(model, target, logits[0, -1], prompt)
         readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
-        value_scores += ffn_value_scores(model, cache, readout, target_id, chunk_elements=chunk_elements)
+        value_scores += ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
         acts.append(torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)]))
         inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
         target_ids.append(target_id)
@@ -176,7 +181,8 @@ def qv_pathways(
         value_neurons=value_neurons,
         pathway_weights=weights.cpu(),
         pathways=pathways,
-        settings=dict(n_value=n_value, top_pathways=top_pathways, min_value_layer=min_value_layer, keep_bias=keep_bias),
+        settings=dict(n_value=n_value, top_pathways=top_pathways, min_value_layer=min_value_layer, keep_bias=keep_bias,
+                      method=method),
     )
 
 
