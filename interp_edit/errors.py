@@ -42,3 +42,21 @@ class PromptTooLongError(InterpEditError, ValueError):
 
 class InvalidArgumentError(InterpEditError, ValueError):
     """An analysis argument is out of range (noise <= 0, window < 1, an unknown kind...)."""
+
+
+class EditRequestError(InterpEditError, ValueError):
+    """An edit request is malformed; the message names the request index and the field."""
+
+
+class EditConfigError(InterpEditError, ValueError):
+    """An editor's configuration is invalid (a layer out of range, a negative step count...);
+    the message names the field."""
+
+
+class EditOptimizationError(InterpEditError, RuntimeError):
+    """An editor's optimisation failed (NaN or inf appeared); the model is left unchanged."""
+
+
+class EditApplicationError(InterpEditError, RuntimeError):
+    """An edit cannot be applied or undone on this model (another base model, undone out of
+    order, already applied)."""

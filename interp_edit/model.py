@@ -483,3 +483,101 @@ def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]]
     with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
         logits = model(tokens, return_type="logits")
     return logits, cache
+
+
+# --- parameters and fingerprints (used by the editors) -------------------------------------
+#: Weights an ``Edit`` may change, with the activation that multiplies them and the activation
+#: their product is added to: ``out += input @ ΔW`` (input flattened over heads for ``W_O``).
+_DELTA_SITES = {
+    "mlp.W_out": ("mlp_post", "mlp_out"),
+    "attn.W_O": ("z", "attn_out"),
+}
+
+
+def parameter_layer(name: str) -> int | None:
+    """The block index of a TransformerLens parameter name (``"blocks.3.mlp.W_out"`` -> 3)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def get_parameter(model, name: str) -> torch.nn.Parameter:
+    """A parameter by its TransformerLens name; a clear error for an unknown name."""
+    params = dict(model.named_parameters())
+    if name not in params:
+        raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
+    return params[name]
+
+
+def weight_matrix_shape(model, name: str) -> tuple[int, int]:
+    """The 2-D shape an edit's delta of ``name`` has: ``W_O`` [head, d_head, d_model] is seen as
+    [head·d_head, d_model] (the concatenated head outputs ``z`` times ``W_O``)."""
+    param = get_parameter(model, name)
+    return (int(param.shape[:-1].numel()), int(param.shape[-1]))
+
+
+def delta_hook_sites(name: str) -> tuple[str, str]:
+    """Hook names (input activation, output to add to) that reproduce a weight delta of
+    ``name`` with hooks instead of changing the weight."""
+    layer = parameter_layer(name)
+    suffix = name.split(".", 2)[2] if layer is not None else name
+    if suffix not in _DELTA_SITES:
+        raise KeyError(f"no hook equivalent for a delta of {name!r}; supported: {sorted(_DELTA_SITES)} of a block")
+    source, target = _DELTA_SITES[suffix]
+    return hook_name(source, layer), hook_name(target, layer)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash identifying the *base* model: its architecture and the weights that no
+    editor changes (token and position embeddings, unembedding). It is therefore the same
+    before and after an edit, and differs between two differently trained models."""
+    import hashlib
+
+    cfg = model.cfg
+    digest = hashlib.sha256()
+    digest.update(json.dumps([cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab,
+                              cfg.n_ctx, cfg.act_fn, cfg.normalization_type]).encode())
+    for tensor in (model.W_E, model.W_pos if cfg.positional_embedding_type == "standard" else None, model.W_U):
+        if tensor is None:
+            continue
+        rows = tensor.detach()[: 4096].to("cpu", torch.float32).contiguous()
+        digest.update(rows.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def frozen_parameters(model):
+    """Context manager: no parameter of ``model`` requires grad inside; restored afterwards."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def frozen():
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    return frozen()
+
+
+def forward_to_layer(model, tokens: torch.Tensor, stop_layer: int, names: list[str], hooks: list[tuple[str, Any]] = ()) -> dict[str, torch.Tensor]:
+    """Activations at ``names`` of a forward that stops before block ``stop_layer`` (the blocks
+    after the needed ones are not run)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def save(act, hook):
+        cache[hook.name] = act.detach()
+
+    with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
+        model(tokens, stop_at_layer=stop_layer)
+    return cache
+
+
+def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = ()) -> torch.Tensor:
+    """The final residual stream (before the final norm) of the blocks from ``start_layer`` on,
+    run on ``residual`` with temporary hooks; differentiable. Callers normalise and unembed
+    only the positions they need (:func:`unembed`)."""
+    with model.hooks(fwd_hooks=list(hooks)):
+        return model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)

@@ -30,3 +30,32 @@ def toy_metrics(toy_model, toy_world):
     from interp_edit.toyworld.evaluation import evaluate_toyworld
 
     return evaluate_toyworld(toy_model, toy_world)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stats_cache(tmp_path_factory):
+    """Key statistics are cached in a folder of this test session, not the user's cache."""
+    import os
+
+    from interp_edit.editing.stats import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("stats-cache"))
+    yield
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
+@pytest.fixture(scope="session")
+def person_records(toy_world):
+    """Toy-world CounterFact records about people, in a fixed shuffled order."""
+    import random
+
+    from interp_edit.toyworld import counterfact_records
+    from interp_edit.toyworld.world import stable_seed
+
+    records = [r for r in counterfact_records(toy_world) if r.relation_id in ("born_in", "profession", "speaks", "instrument")]
+    random.Random(stable_seed("editing-tests")).shuffle(records)
+    return records

@@ -1,0 +1,37 @@
+"""Knowledge editing: the ``Edit`` type, requests, key statistics, target vectors and the
+editors (ROME, MEMIT, AlphaEdit, fine-tuning), registered by name."""
+
+from interp_edit.editing.alphaedit import AlphaEditConfig, AlphaEditor, alphaedit
+from interp_edit.editing.edit import Edit, LowRankDelta, SparseRowDelta, applied_edits
+from interp_edit.editing.finetune import FTConfig, finetune
+from interp_edit.editing.memit import MEMITConfig, memit
+from interp_edit.editing.registry import Editor, edit, editors, get_editor
+from interp_edit.editing.requests import EditRequest, TokenizedRequest, prepare_requests
+from interp_edit.editing.rome import ROMEConfig, rome
+from interp_edit.editing.stats import second_moments
+from interp_edit.editing.targets import TargetConfig
+
+__all__ = [
+    "AlphaEditConfig",
+    "AlphaEditor",
+    "Edit",
+    "EditRequest",
+    "Editor",
+    "FTConfig",
+    "LowRankDelta",
+    "MEMITConfig",
+    "ROMEConfig",
+    "SparseRowDelta",
+    "TargetConfig",
+    "TokenizedRequest",
+    "alphaedit",
+    "applied_edits",
+    "edit",
+    "editors",
+    "finetune",
+    "get_editor",
+    "memit",
+    "prepare_requests",
+    "rome",
+    "second_moments",
+]

@@ -1,0 +1,83 @@
+"""Pieces of the closed-form editors (ROME, MEMIT, AlphaEdit and their relatives): working on
+the weights in a scratch transaction, measuring the current values at the edit tokens, and
+the least-squares solves (in float64)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.editing.edit import LowRankDelta
+from interp_edit.editing.requests import TokenizedRequest
+from interp_edit.errors import EditConfigError, EditOptimizationError
+from interp_edit.model import forward_to_layer, get_parameter, hook_name, weight_matrix_shape
+
+
+def w_out_name(layer: int) -> str:
+    return f"blocks.{layer}.mlp.W_out"
+
+
+def w_o_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.W_O"
+
+
+def check_layers(model, layers: Sequence[int], field: str) -> None:
+    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    if bad or not layers:
+        raise EditConfigError(
+            f"field {field!r}: layers {list(layers)} out of range for this {model.cfg.n_layers}-layer model "
+            f"(valid: 0..{model.cfg.n_layers - 1})"
+        )
+
+
+@contextlib.contextmanager
+def scratch_weights(model, names: Sequence[str]) -> Iterator[None]:
+    """Editors may change the weights ``names`` inside the block (to measure keys after the
+    layers already updated); afterwards, on success or on any exception, the original tensors
+    are back bit for bit. An editor returns an :class:`Edit`; it never leaves the model changed."""
+    originals = {name: get_parameter(model, name).data.clone() for name in names}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, original in originals.items():
+                get_parameter(model, name).data.copy_(original)
+
+
+@torch.no_grad()
+def add_low_rank(model, name: str, delta: LowRankDelta) -> None:
+    param = get_parameter(model, name)
+    param.data.view(weight_matrix_shape(model, name)).add_(delta.dense().to(param.device, param.dtype))
+
+
+@torch.no_grad()
+def values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: int, site: str) -> Float[Tensor, "request d"]:
+    """The activation at ``site`` of ``layer`` at each request's subject-last token, on the bare
+    prompt (batched, forward stopped after ``layer``)."""
+    from interp_edit.batching import pad_right
+
+    tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
+    name = hook_name(site, layer)
+    act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
+    return act[torch.arange(len(requests)), torch.tensor([r.subject_last for r in requests])].float()
+
+
+def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:
+    """``matrix⁻¹ rhs`` in float64; a singular or non-finite system raises an error naming it."""
+    out = torch.linalg.solve(matrix.double(), rhs.double())
+    if not torch.isfinite(out).all():
+        raise EditOptimizationError(f"the {what} solve gave non-finite values; the model is unchanged")
+    return out
+
+
+def check_finite(name: str, tensor: Tensor, requests: Sequence[TokenizedRequest]) -> None:
+    bad = ~torch.isfinite(tensor).reshape(tensor.shape[0], -1).all(-1) if tensor.ndim > 1 else ~torch.isfinite(tensor)
+    if bad.any():
+        which = requests[int(bad.nonzero()[0])] if len(requests) == tensor.shape[0] else requests[0]
+        raise EditOptimizationError(
+            f"request {which.index} ({which.request.text!r}): non-finite {name}; the model is unchanged"
+        )

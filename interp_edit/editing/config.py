@@ -1,0 +1,64 @@
+"""The base of every editor's config: validated fields with documented defaults, and presets
+per model (the published GPT-2 XL settings, tuned toy-world settings). An editor's config for
+a model is its preset for that model with the caller's overrides on top."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from interp_edit.editing.targets import TargetConfig
+from interp_edit.errors import EditConfigError
+
+
+@dataclass(frozen=True)
+class EditorConfig(TargetConfig):
+    """Fields every closed-form editor has, on top of :class:`TargetConfig`."""
+
+    #: texts of the statistics corpus (ROME / MEMIT used 100,000 Wikipedia articles)
+    stats_samples: int = 100_000
+    stats_batch_size: int = 32
+
+    #: model name -> field values; the fields a preset leaves out keep the class defaults
+    PRESETS: ClassVar[MappingProxyType] = MappingProxyType({})
+
+    @classmethod
+    def generic(cls, model) -> dict[str, Any]:
+        """Field values for a model without a preset (e.g. the layers scaled to its depth)."""
+        return {}
+
+    @classmethod
+    def for_model(cls, model, **overrides: Any):
+        """The preset for ``model`` (by its TransformerLens ``model_name``) with ``overrides``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+        preset = dict(cls.PRESETS.get(model.cfg.model_name, cls.generic(model)))
+        config = cls(**{**preset, **overrides})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        super().validate()
+        if self.stats_samples < 1 or self.stats_batch_size < 1:
+            raise EditConfigError("fields 'stats_samples' and 'stats_batch_size' must be >= 1")
+
+    def target_config(self) -> TargetConfig:
+        return TargetConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TargetConfig)})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve(config_class, model, config, overrides: dict[str, Any]):
+    """A config instance: ``config`` (an instance) with ``overrides``, or the model's preset."""
+    if config is None:
+        return config_class.for_model(model, **overrides)
+    if not isinstance(config, config_class):
+        raise EditConfigError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    config = dataclasses.replace(config, **overrides) if overrides else config
+    config.validate()
+    return config

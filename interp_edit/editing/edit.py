@@ -1,0 +1,308 @@
+"""``Edit``: the one result of every editing method.
+
+An edit holds weight deltas keyed by TransformerLens parameter name, each either low-rank
+factors (``ΔW = left @ right``: ROME rank 1, MEMIT / AlphaEdit rank ≤ number of requests) or
+sparse rows (``ΔW[rows] = values``: neuron-level editors, fine-tuning). Deltas of ``W_O``
+([head, d_head, d_model]) are stored over the flattened [head·d_head, d_model] matrix.
+
+- ``edit.apply(model)`` changes the weights in place and remembers the original tensors;
+  ``edit.undo(model)`` puts them back bit for bit. Edits applied one after another form a
+  stack on the model (kept on the model object itself, never in module state) and are undone
+  in reverse order; ``with edit.applied(model):`` applies for a block.
+- ``with edit.hooked(model):`` adds the deltas' effect with hooks (``input @ ΔW`` added to the
+  output the weight writes to) and touches no weight.
+- ``edit.save(path)`` / ``Edit.load(path)``: one safetensors file whose metadata holds the
+  method, config, requests, base-model fingerprint and library version. Applying an edit to a
+  model with another fingerprint raises :class:`EditApplicationError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp_edit.errors import EditApplicationError
+from interp_edit.model import delta_hook_sites, get_parameter, model_fingerprint, parameter_layer, weight_matrix_shape
+
+#: attribute of the model object that holds the stack of applied edits
+_STACK_ATTR = "_interp_edit_applied"
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """``ΔW = left @ right`` over the parameter seen as a matrix [rows, cols]."""
+
+    left: Float[Tensor, "rows rank"]
+    right: Float[Tensor, "rank cols"]
+
+    @property
+    def rank(self) -> int:
+        return int(self.left.shape[1])
+
+    def dense(self) -> Float[Tensor, "rows cols"]:
+        return self.left @ self.right
+
+    def through(self, inputs: Float[Tensor, "... rows"]) -> Float[Tensor, "... cols"]:
+        """``inputs @ ΔW`` without forming ΔW."""
+        return (inputs @ self.left.to(inputs.dtype)) @ self.right.to(inputs.dtype)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"left": self.left, "right": self.right}
+
+
+@dataclass(frozen=True)
+class SparseRowDelta:
+    """``ΔW[rows] = values``; the other rows are unchanged (e.g. chosen neurons of ``W_out``)."""
+
+    rows: Int[Tensor, " n"]
+    values: Float[Tensor, "n cols"]
+
+    @property
+    def rank(self) -> int:
+        return int(torch.linalg.matrix_rank(self.values.double()).item()) if len(self.rows) else 0
+
+    def dense_shape_rows(self, n_rows: int, n_cols: int) -> Tensor:
+        out = torch.zeros(n_rows, n_cols, dtype=self.values.dtype, device=self.values.device)
+        out[self.rows] = self.values
+        return out
+
+    def through(self, inputs: Float[Tensor, "... rows"]) -> Float[Tensor, "... cols"]:
+        return inputs[..., self.rows.to(inputs.device)] @ self.values.to(inputs.dtype)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"rows": self.rows, "values": self.values}
+
+
+Delta = LowRankDelta | SparseRowDelta
+
+
+@dataclass
+class Edit:
+    """Weight deltas plus the record of how they were made. See the module docstring."""
+
+    method: str
+    deltas: dict[str, Delta]
+    model_fingerprint: str
+    config: dict[str, Any] = field(default_factory=dict)
+    requests: list[dict] = field(default_factory=list)
+    #: anything else the method reports (losses, timings, chosen layers, neurons...)
+    info: dict[str, Any] = field(default_factory=dict)
+    library_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.library_version:
+            from interp_edit import __version__
+
+            self.library_version = __version__
+
+    # --- applying --------------------------------------------------------------------
+    def _check_model(self, model) -> None:
+        found = model_fingerprint(model)
+        if found != self.model_fingerprint:
+            raise EditApplicationError(
+                f"this {self.method} edit was made for the model with fingerprint {self.model_fingerprint}, "
+                f"not this one ({found}); edits only apply to the base model they were computed on"
+            )
+        for name, delta in self.deltas.items():
+            rows, cols = weight_matrix_shape(model, name)
+            if isinstance(delta, LowRankDelta):
+                fits = delta.left.shape[0] == rows and delta.right.shape[1] == cols
+            else:
+                fits = delta.values.shape[1] == cols and (len(delta.rows) == 0 or int(delta.rows.max()) < rows)
+            if not fits:
+                raise EditApplicationError(f"the delta of {name} does not fit the model's weight of shape {(rows, cols)}")
+
+    def delta_matrix(self, name: str, model) -> Float[Tensor, "rows cols"]:
+        """The dense ΔW of one parameter, as a [rows, cols] matrix."""
+        delta = self.deltas[name]
+        if isinstance(delta, LowRankDelta):
+            return delta.dense()
+        return delta.dense_shape_rows(*weight_matrix_shape(model, name))
+
+    @torch.no_grad()
+    def apply(self, model) -> Edit:
+        """Add the deltas to the weights in place (the original tensors are kept for
+        :meth:`undo`). Returns the edit."""
+        self._check_model(model)
+        stack = getattr(model, _STACK_ATTR, None)
+        if stack is None:
+            stack = []
+            setattr(model, _STACK_ATTR, stack)
+        if any(entry is self for entry, _ in stack):
+            raise EditApplicationError(f"this {self.method} edit is already applied to the model")
+        originals: dict[str, Tensor] = {}
+        try:
+            for name, delta in self.deltas.items():
+                param = get_parameter(model, name)
+                matrix = param.data.view(weight_matrix_shape(model, name))
+                if isinstance(delta, SparseRowDelta):
+                    rows = delta.rows.to(param.device)
+                    originals[name] = matrix[rows].clone()
+                    matrix[rows] += delta.values.to(param.device, param.dtype)
+                else:
+                    originals[name] = param.data.clone()
+                    matrix += delta.dense().to(param.device, param.dtype)
+        except BaseException:
+            self._restore(model, originals)
+            raise
+        stack.append((self, originals))
+        return self
+
+    @torch.no_grad()
+    def undo(self, model) -> Edit:
+        """Restore the exact original tensors. Edits are undone in reverse order of applying."""
+        stack = getattr(model, _STACK_ATTR, None) or []
+        if not stack or stack[-1][0] is not self:
+            applied = [entry.method for entry, _ in stack]
+            where = "is not applied" if all(entry is not self for entry, _ in stack) else "was not the last one applied"
+            raise EditApplicationError(
+                f"cannot undo this {self.method} edit: it {where} (applied, oldest first: {applied}); undo in reverse order"
+            )
+        _, originals = stack.pop()
+        self._restore(model, originals)
+        return self
+
+    def _restore(self, model, originals: dict[str, Tensor]) -> None:
+        for name, original in originals.items():
+            param = get_parameter(model, name)
+            delta = self.deltas[name]
+            if isinstance(delta, SparseRowDelta):
+                param.data.view(weight_matrix_shape(model, name))[delta.rows.to(param.device)] = original
+            else:
+                param.data.copy_(original)
+
+    @contextlib.contextmanager
+    def applied(self, model) -> Iterator[Any]:
+        """``with edit.applied(model):`` — the edit holds inside the block, undone after it
+        (also on an exception)."""
+        self.apply(model)
+        try:
+            yield model
+        finally:
+            self.undo(model)
+
+    @contextlib.contextmanager
+    def hooked(self, model) -> Iterator[Any]:
+        """``with edit.hooked(model):`` — the same effect added by hooks, no weight touched:
+        for each delta, the input activation of the weight (``mlp.hook_post`` for ``W_out``,
+        ``attn.hook_z`` for ``W_O``) times ΔW is added to its output (``hook_mlp_out``,
+        ``hook_attn_out``)."""
+        self._check_model(model)
+        hooks = []
+        for name, delta in self.deltas.items():
+            source, target = delta_hook_sites(name)
+            store: dict[str, Tensor] = {}
+
+            def keep(act, hook, store=store):
+                store["input"] = act
+
+            def add(out, hook, store=store, delta=delta):
+                inputs = store.pop("input")
+                flat = inputs.reshape(*inputs.shape[:2], -1)
+                return out + delta.through(flat.to(out.dtype)).to(out.device)
+
+            hooks += [(source, keep), (target, add)]
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+
+    # --- reporting ---------------------------------------------------------------------
+    def layers(self) -> list[int]:
+        return sorted({parameter_layer(n) for n in self.deltas if parameter_layer(n) is not None})
+
+    def summary(self, model=None) -> list[dict]:
+        """One row per changed parameter: layer, kind, rank, rows touched, ‖ΔW‖_F and, given the
+        model, ‖ΔW‖_F / ‖W‖_F."""
+        rows = []
+        for name, delta in self.deltas.items():
+            if isinstance(delta, LowRankDelta):
+                dense = delta.dense().double()
+                kind, touched = "low_rank", int((dense.abs().sum(1) > 0).sum())
+            else:
+                dense = delta.values.double()
+                kind, touched = "sparse_rows", len(delta.rows)
+            row = {"parameter": name, "layer": parameter_layer(name), "kind": kind, "rank": delta.rank,
+                   "rows_touched": touched, "delta_norm": float(dense.norm())}
+            if model is not None:
+                row["relative_norm"] = row["delta_norm"] / max(float(get_parameter(model, name).data.double().norm()), 1e-30)
+            rows.append(row)
+        return rows
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{r['parameter']} ({r['kind']}, rank {r['rank']}, ‖Δ‖={r['delta_norm']:.3g})" for r in self.summary())
+        return f"Edit(method={self.method!r}, requests={len(self.requests)}, deltas=[{parts}])"
+
+    # --- saving --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the deltas and the metadata to one safetensors file (``.safetensors`` added
+        if missing)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        kinds = {}
+        for name, delta in self.deltas.items():
+            kinds[name] = "low_rank" if isinstance(delta, LowRankDelta) else "sparse_rows"
+            for key, tensor in delta.tensors().items():
+                tensors[f"{name}::{key}"] = tensor.detach().cpu().contiguous()
+        meta = {
+            "method": self.method, "model_fingerprint": self.model_fingerprint, "config": self.config,
+            "requests": self.requests, "info": self.info, "library_version": self.library_version, "kinds": kinds,
+        }
+        save_file(tensors, str(path), metadata={"interp_edit": json.dumps(meta, default=_json_default)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Edit:
+        """Read an edit written by :meth:`save`; a missing or foreign file raises
+        :class:`~interp_edit.errors.CheckpointError` naming it."""
+        from safetensors import safe_open
+
+        from interp_edit.errors import CheckpointError
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                raw = (handle.metadata() or {}).get("interp_edit")
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except FileNotFoundError:
+            raise CheckpointError(f"missing edit file {path}") from None
+        except Exception as err:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"cannot read edit file {path}: {err}") from None
+        if raw is None:
+            raise CheckpointError(f"{path} is a safetensors file but not an interp_edit edit (no metadata)")
+        meta = json.loads(raw)
+        deltas: dict[str, Delta] = {}
+        for name, kind in meta["kinds"].items():
+            if kind == "low_rank":
+                deltas[name] = LowRankDelta(tensors[f"{name}::left"], tensors[f"{name}::right"])
+            else:
+                deltas[name] = SparseRowDelta(tensors[f"{name}::rows"], tensors[f"{name}::values"])
+        return cls(meta["method"], deltas, meta["model_fingerprint"], meta["config"], meta["requests"],
+                   meta["info"], meta["library_version"])
+
+
+def _json_default(obj):
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    return str(obj)
+
+
+def applied_edits(model) -> list[Edit]:
+    """The edits currently applied in place to ``model``, oldest first."""
+    return [entry for entry, _ in getattr(model, _STACK_ATTR, None) or []]

@@ -1,0 +1,128 @@
+"""MEMIT (Meng et al. 2023): many edits at once, spread over a range of layers R.
+
+A target residual z_i (at the last layer of R) is optimised per request; then, for each layer
+l of R in increasing order, the remaining residual is measured on the model with the lower
+layers already updated and the share ``R_l = (Z − H_l) / (layers left)`` is written into
+``W_out`` of l by least squares, in TransformerLens orientation
+``ΔW_out = (λC + K Kᵀ)⁻¹ K R_l`` (K: [d_mlp, n] averaged keys, C: the key second moment,
+λ = ``mom2_update_weight``), solved in float64. One ``Edit`` of rank ≤ n per layer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from torch import Tensor
+
+from interp_edit.editing.closed_form import (
+    add_low_rank,
+    check_finite,
+    check_layers,
+    scratch_weights,
+    solve,
+    values_at_edit_tokens,
+    w_out_name,
+)
+from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.edit import Edit, LowRankDelta
+from interp_edit.editing.requests import TokenizedRequest, prepare_requests
+from interp_edit.editing.stats import second_moments
+from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets
+from interp_edit.errors import EditConfigError
+from interp_edit.model import model_fingerprint
+
+
+@dataclass(frozen=True)
+class MEMITConfig(EditorConfig):
+    """MEMIT's settings; defaults are the published GPT-2 XL ones (layers 13–17, λ 20,000,
+    clamp 0.75, 5 context prefixes)."""
+
+    layers: tuple[int, ...] = (13, 14, 15, 16, 17)
+    #: λ, the weight of the preserved keys' second moment
+    mom2_update_weight: float = 20_000.0
+    clamp_norm_factor: float = 0.75
+    n_prefixes: int = 5
+
+    PRESETS = MappingProxyType({
+        "gpt2-xl": {},
+        "gpt-j-6b": {"layers": (3, 4, 5, 6, 7, 8), "mom2_update_weight": 15_000.0},
+        "toyworld": {"layers": (0, 1), "stats_samples": 4000, "mom2_update_weight": 100.0, "n_prefixes": 5,
+                     "prefix_length": 8, "steps": 25, "clamp_norm_factor": 4.0},
+    })
+
+    @classmethod
+    def generic(cls, model):
+        last = round(0.35 * (model.cfg.n_layers - 1))
+        return {"layers": tuple(range(max(0, last - 4), last + 1))}
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise EditConfigError(f"field 'layers' must be increasing and non-empty, got {self.layers}")
+        if self.mom2_update_weight < 0:
+            raise EditConfigError(f"field 'mom2_update_weight' must be >= 0, got {self.mom2_update_weight}")
+
+
+@dataclass
+class SpreadResult:
+    deltas: dict[str, LowRankDelta]
+    keys: dict[int, Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    target_nll: list[float] = field(default_factory=list)
+
+
+def spread_update(model, treqs: Sequence[TokenizedRequest], cfg: EditorConfig, layers: Sequence[int],
+                  left_factor: Callable[[int, Tensor], Tensor]) -> SpreadResult:
+    """MEMIT's layer-spreading loop, shared with AlphaEdit: optimise z at the last layer, then
+    per layer measure keys K ([d_mlp, n]) and the remaining residual, and write
+    ``ΔW_out = left_factor(layer, K) @ R_l``. The model is unchanged afterwards."""
+    out = SpreadResult({})
+    start = time.perf_counter()
+    prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
+    z_layer = layers[-1]
+    targets = optimise_targets(model, treqs, z_layer, prefixes, cfg.target_config(), initial_site="resid_post")
+    check_finite("target z", targets.target, treqs)
+    out.target_nll = targets.nll.tolist()
+    out.timings["targets"] = time.perf_counter() - start
+    out.timings.update(keys=0.0, update=0.0)
+    with scratch_weights(model, [w_out_name(layer) for layer in layers]):
+        for i, layer in enumerate(layers):
+            start = time.perf_counter()
+            keys = compute_keys(model, treqs, layer, prefixes).double().T  # [d_mlp, n]
+            current = values_at_edit_tokens(model, treqs, z_layer, "resid_post").double()
+            out.timings["keys"] += time.perf_counter() - start
+            start = time.perf_counter()
+            residual = (targets.target.double() - current) / (len(layers) - i)  # [n, d_model]
+            left = left_factor(layer, keys)
+            check_finite(f"update of layer {layer}", left.T, treqs)
+            delta = LowRankDelta(left.float().cpu(), residual.float().cpu())
+            add_low_rank(model, w_out_name(layer), delta)
+            out.deltas[w_out_name(layer)] = delta
+            out.keys[layer] = keys
+            out.timings["update"] += time.perf_counter() - start
+    return out
+
+
+def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, cache_dir=None, progress: bool = False,
+          **overrides) -> Edit:
+    """One MEMIT batch edit of all ``requests``. The model is unchanged; apply the returned
+    :class:`Edit` with ``edit.apply(model)``."""
+    cfg = resolve(MEMITConfig, model, config, overrides)
+    check_layers(model, cfg.layers, "layers")
+    fingerprint = model_fingerprint(model)
+    treqs = prepare_requests(model, requests, fingerprint)
+    start = time.perf_counter()
+    covs = second_moments(model, cfg.layers, corpus=corpus, n_samples=cfg.stats_samples,
+                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+    stats_seconds = time.perf_counter() - start
+
+    def left_factor(layer: int, keys: Tensor) -> Tensor:
+        cov = covs[layer].to(keys.device)
+        return solve(cfg.mom2_update_weight * cov + keys @ keys.T, keys, f"MEMIT layer {layer}")
+
+    result = spread_update(model, treqs, cfg, cfg.layers, left_factor)
+    return Edit("memit", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
+                {"target_nll": result.target_nll, "seconds": {"stats": stats_seconds, **result.timings}})

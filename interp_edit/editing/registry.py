@@ -1,0 +1,56 @@
+"""Editing methods by name: each is a config dataclass and a function
+``fn(model, requests, config=None, **overrides) -> Edit``.
+
+The registry is built by a function (no module-level mutable table), so later methods add
+themselves by being listed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from interp_edit.errors import EditConfigError
+
+
+@dataclass(frozen=True)
+class Editor:
+    name: str
+    config_class: type
+    fn: Callable
+    description: str
+
+
+def editors() -> dict[str, Editor]:
+    """Every registered editing method, by name."""
+    from interp_edit.editing.alphaedit import AlphaEditConfig, alphaedit
+    from interp_edit.editing.finetune import FTConfig, finetune
+    from interp_edit.editing.memit import MEMITConfig, memit
+    from interp_edit.editing.rome import ROMEConfig, rome
+
+    found = [
+        Editor("rome", ROMEConfig, rome, "rank-one update of one MLP W_out (Meng et al. 2022)"),
+        Editor("memit", MEMITConfig, memit, "batch update spread over MLP layers (Meng et al. 2023)"),
+        Editor("alphaedit", AlphaEditConfig, alphaedit, "MEMIT projected on the preserved keys' null space (Fang et al. 2025)"),
+        Editor("ft", FTConfig, finetune, "fine-tuning of one W_out with an L-infinity constraint (FT-L)"),
+    ]
+    return {e.name: e for e in found}
+
+
+def get_editor(name: str) -> Editor:
+    """The editor registered as ``name`` (an error lists the known names)."""
+    known = editors()
+    if name not in known:
+        raise EditConfigError(f"unknown editing method {name!r}; known: {sorted(known)}")
+    return known[name]
+
+
+def edit(model, requests, method: str = "rome", *, config=None, apply: bool = False, **kwargs):
+    """One call: compute an edit of ``requests`` with ``method`` (config fields as keyword
+    arguments, e.g. ``layer=3``; ``corpus=`` / ``cache_dir=`` for the statistics). The model is
+    left unchanged unless ``apply=True``, in which case the edit is applied before returning."""
+    editor = get_editor(method)
+    result = editor.fn(model, requests, config, **kwargs)
+    if apply:
+        result.apply(model)
+    return result

@@ -1,0 +1,144 @@
+"""Edit requests: what to change ("{} was born in", subject, new target), validated and
+tokenised with the subject's token span.
+
+A request's prompt holds ``{}`` where the subject goes. Targets are stored without their
+leading space (as in CounterFact); they are scored as the continuation of the prompt with one
+space prepended, and a target of several tokens is teacher-forced everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from interp_edit.errors import EditRequestError, InterpEditError
+from interp_edit.prompts import CounterFactRecord, tokenize_with_subject
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Rewrite the fact ``prompt.format(subject) -> target_true`` to ``-> target_new``.
+
+    ``target_true`` is optional (the editors do not need it; the quick metrics do).
+    ``paraphrases`` are optional extra prompts (full strings) some editors use as sources.
+    """
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+    paraphrases: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The prompt with the subject filled in."""
+        return self.prompt.format(self.subject)
+
+    def as_dict(self) -> dict:
+        return {"prompt": self.prompt, "subject": self.subject, "target_new": self.target_new,
+                "target_true": self.target_true, "paraphrases": list(self.paraphrases)}
+
+
+@dataclass(frozen=True)
+class TokenizedRequest:
+    """A request tokenised for one model: the filled prompt's ids (BOS first), the subject's
+    token span, and the new target's ids (with its leading space)."""
+
+    index: int
+    request: EditRequest
+    prompt_ids: tuple[int, ...]
+    subject_span: tuple[int, int]
+    target_ids: tuple[int, ...]
+    #: the fingerprint of the model it was tokenised for
+    model_fingerprint: str
+
+    @property
+    def subject_last(self) -> int:
+        return self.subject_span[1] - 1
+
+
+def as_request(item, index: int = 0) -> EditRequest:
+    """An :class:`EditRequest` from an EditRequest, a :class:`CounterFactRecord`, or a dict
+    (either this class's fields or a public CounterFact record with ``requested_rewrite``)."""
+    if isinstance(item, EditRequest):
+        return item
+    if isinstance(item, TokenizedRequest):
+        return item.request
+    if isinstance(item, CounterFactRecord):
+        return EditRequest(item.prompt, item.subject, item.target_new, item.target_true,
+                           tuple(item.paraphrase_prompts))
+    if isinstance(item, dict):
+        data = item.get("requested_rewrite", item)
+        try:
+            def text(value):
+                return value["str"] if isinstance(value, dict) else value
+
+            return EditRequest(data["prompt"], data["subject"], text(data["target_new"]),
+                               text(data["target_true"]) if data.get("target_true") is not None else None,
+                               tuple(item.get("paraphrase_prompts", data.get("paraphrases", ()))))
+        except KeyError as err:
+            raise EditRequestError(f"request {index}: missing field {err.args[0]!r} in {item!r}") from None
+    raise EditRequestError(f"request {index}: expected an EditRequest, a CounterFactRecord or a dict, got {type(item).__name__}")
+
+
+def validate_request(request: EditRequest, index: int) -> None:
+    """Raise :class:`EditRequestError` naming the request index and the field at fault."""
+    for field in ("prompt", "subject", "target_new"):
+        value = getattr(request, field)
+        if not isinstance(value, str) or not value.strip():
+            raise EditRequestError(f"request {index}: field {field!r} is empty or not a string: {value!r}")
+    if request.prompt.count("{}") != 1:
+        raise EditRequestError(
+            f"request {index}: field 'prompt' must contain exactly one '{{}}' where the subject goes: {request.prompt!r}"
+        )
+    if request.target_true is not None and request.target_new.strip() == request.target_true.strip():
+        raise EditRequestError(
+            f"request {index}: field 'target_new' equals target_true ({request.target_new!r}): nothing to edit"
+        )
+
+
+def prepare_requests(model, requests: Iterable, fingerprint: str) -> list[TokenizedRequest]:
+    """Validate and tokenise every request for ``model``. Already tokenised requests must come
+    from a model with the same fingerprint."""
+    from interp_edit.analysis.scoring import encode_target
+
+    items = list(requests) if not isinstance(requests, (EditRequest, CounterFactRecord, dict)) else [requests]
+    if not items:
+        raise EditRequestError("no edit requests given")
+    out = []
+    for index, item in enumerate(items):
+        if isinstance(item, TokenizedRequest) and item.model_fingerprint != fingerprint:
+            raise EditRequestError(
+                f"request {index}: tokenised for another model (fingerprint {item.model_fingerprint}, "
+                f"this model {fingerprint}); pass the plain EditRequest instead"
+            )
+        request = as_request(item, index)
+        validate_request(request, index)
+        try:
+            tok = tokenize_with_subject(model.tokenizer, request.text, request.subject)
+        except InterpEditError as err:
+            raise EditRequestError(f"request {index}: field 'subject': {err}") from None
+        target_ids = encode_target(model.tokenizer, request.target_new)
+        if len(tok.tokens) + len(target_ids) > model.cfg.n_ctx:
+            raise EditRequestError(
+                f"request {index}: field 'prompt': {request.text!r} with its target is "
+                f"{len(tok.tokens) + len(target_ids)} tokens, more than the model's context {model.cfg.n_ctx}"
+            )
+        out.append(TokenizedRequest(index, request, tok.tokens, tok.subject_span, target_ids, fingerprint))
+    return out
+
+
+def fill_prefix(prefix: str, text: str) -> str:
+    """A context prefix followed by a prompt (the empty prefix gives the bare prompt)."""
+    return text if not prefix else f"{prefix} {text}"
+
+
+def tokenize_in_context(model, request: TokenizedRequest, prefixes: Sequence[str]) -> list[tuple[tuple[int, ...], int]]:
+    """For each context prefix: the ids of ``prefix + prompt`` and the position of the
+    subject's last token in them."""
+    out = []
+    for prefix in prefixes:
+        tok = tokenize_with_subject(model.tokenizer, fill_prefix(prefix, request.request.text),
+                                    request.request.subject, occurrence=prefix.count(request.request.subject))
+        out.append((tok.tokens, tok.subject_span[1] - 1))
+    return out

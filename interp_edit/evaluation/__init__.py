@@ -1,0 +1,2 @@
+"""Evaluation of edits: precisely named metrics (this layer imports the editing layer, never
+the other way round)."""

@@ -1,0 +1,171 @@
+"""The Edit type: in-place apply and bitwise undo, hooks equal to in-place, composition in
+sequence, save / load, fingerprints, summaries — for low-rank and sparse-row deltas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interp_edit.editing import Edit, LowRankDelta, SparseRowDelta, applied_edits
+from interp_edit.errors import CheckpointError, EditApplicationError
+from interp_edit.model import build_hooked_transformer, model_fingerprint
+
+PROMPTS = ["As everyone knows, Talvik Corlo was born in", "Lisvo Pimlo speaks"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(toy_model):
+    torch.manual_seed(1)
+    cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
+               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+               default_prepend_bos=True)
+    model = build_hooked_transformer(cfg, toy_model.tokenizer)
+    model.eval()
+    return model
+
+
+def random_edit(model, seed: int, scale: float = 0.5) -> Edit:
+    """Low-rank deltas of W_out (layer 1) and W_O (layer 2), sparse rows of W_out (layer 0)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    deltas = {
+        "blocks.1.mlp.W_out": LowRankDelta(torch.randn(cfg.d_mlp, 2, generator=g) * scale, torch.randn(2, cfg.d_model, generator=g)),
+        "blocks.2.attn.W_O": LowRankDelta(torch.randn(cfg.n_heads * cfg.d_head, 3, generator=g) * scale,
+                                          torch.randn(3, cfg.d_model, generator=g)),
+        "blocks.0.mlp.W_out": SparseRowDelta(torch.tensor([3, 7, 11]), torch.randn(3, cfg.d_model, generator=g) * scale),
+    }
+    return Edit("test", deltas, model_fingerprint(model), {"seed": seed}, [{"prompt": "{} x", "subject": "s"}])
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(model, state):
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def logits(model):
+    return model(model.to_tokens(PROMPTS[0]))
+
+
+def test_apply_changes_logits_and_undo_restores_bitwise(tiny_model):
+    before, base = snapshot(tiny_model), logits(tiny_model)
+    edit = random_edit(tiny_model, 0)
+    edit.apply(tiny_model)
+    assert applied_edits(tiny_model) == [edit]
+    assert (logits(tiny_model) - base).abs().max() > 1e-2
+    expected = before["blocks.1.mlp.W_out"] + edit.deltas["blocks.1.mlp.W_out"].dense()
+    assert torch.allclose(tiny_model.blocks[1].mlp.W_out, expected, atol=1e-6)
+    edit.undo(tiny_model)
+    assert_same(tiny_model, before)
+    assert applied_edits(tiny_model) == []
+
+
+def test_hooked_equals_in_place_and_touches_no_weight(tiny_model):
+    before = snapshot(tiny_model)
+    edit = random_edit(tiny_model, 1)
+    with edit.hooked(tiny_model):
+        hooked = logits(tiny_model)
+        assert_same(tiny_model, before)
+    with edit.applied(tiny_model):
+        in_place = logits(tiny_model)
+    assert (hooked - in_place).abs().max() < 1e-5
+    assert (hooked - logits(tiny_model)).abs().max() > 1e-2  # the hooks are gone afterwards
+    assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+
+
+def test_edits_compose_and_undo_in_reverse_order_only(tiny_model):
+    before = snapshot(tiny_model)
+    first, second = random_edit(tiny_model, 2), random_edit(tiny_model, 3)
+    first.apply(tiny_model)
+    middle = snapshot(tiny_model)
+    second.apply(tiny_model)
+    with pytest.raises(EditApplicationError, match="reverse order"):
+        first.undo(tiny_model)
+    with pytest.raises(EditApplicationError, match="already applied"):
+        second.apply(tiny_model)
+    second.undo(tiny_model)
+    assert_same(tiny_model, middle)
+    first.undo(tiny_model)
+    assert_same(tiny_model, before)
+    with pytest.raises(EditApplicationError, match="not applied"):
+        first.undo(tiny_model)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=4), scale=st.floats(1e-3, 10.0))
+def test_any_sequence_of_edits_undoes_bitwise(tiny_model, seeds, scale):
+    before = snapshot(tiny_model)
+    edits = [random_edit(tiny_model, s, scale) for s in seeds]
+    for edit in edits:
+        edit.apply(tiny_model)
+    for edit in reversed(edits):
+        edit.undo(tiny_model)
+    assert_same(tiny_model, before)
+
+
+def test_applied_context_undoes_after_an_exception(tiny_model):
+    before = snapshot(tiny_model)
+    with pytest.raises(RuntimeError, match="boom"), random_edit(tiny_model, 4).applied(tiny_model):
+        raise RuntimeError("boom")
+    assert_same(tiny_model, before)
+
+
+def test_save_and_load_round_trip(tiny_model, tmp_path):
+    edit = random_edit(tiny_model, 5)
+    path = edit.save(tmp_path / "my_edit")
+    assert path.suffix == ".safetensors"
+    loaded = Edit.load(path)
+    assert loaded.method == "test" and loaded.config == {"seed": 5} and loaded.model_fingerprint == edit.model_fingerprint
+    assert loaded.requests == edit.requests and loaded.library_version == edit.library_version
+    for name, delta in edit.deltas.items():
+        other = loaded.deltas[name]
+        assert type(other) is type(delta)
+        for key, tensor in delta.tensors().items():
+            assert torch.equal(tensor, other.tensors()[key])
+    with edit.applied(tiny_model):
+        a = logits(tiny_model)
+    with loaded.applied(tiny_model):
+        assert torch.equal(a, logits(tiny_model))
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing edit file"):
+        Edit.load(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        Edit.load(bad)
+
+
+def test_an_edit_refuses_another_base_model(tiny_model, toy_model):
+    edit = random_edit(tiny_model, 6)
+    before = snapshot(toy_model)
+    with pytest.raises(EditApplicationError, match="fingerprint"):
+        edit.apply(toy_model)
+    with pytest.raises(EditApplicationError, match="fingerprint"), edit.hooked(toy_model):
+        pass
+    assert_same(toy_model, before)
+
+
+def test_fingerprint_is_stable_under_edits_and_differs_between_models(tiny_model, toy_model):
+    fp = model_fingerprint(tiny_model)
+    with random_edit(tiny_model, 7).applied(tiny_model):
+        assert model_fingerprint(tiny_model) == fp
+    assert model_fingerprint(toy_model) != fp
+
+
+def test_summary_reports_layers_ranks_and_norms(tiny_model):
+    edit = random_edit(tiny_model, 8)
+    rows = {r["parameter"]: r for r in edit.summary(tiny_model)}
+    assert edit.layers() == [0, 1, 2]
+    assert rows["blocks.1.mlp.W_out"]["rank"] == 2 and rows["blocks.2.attn.W_O"]["rank"] == 3
+    assert rows["blocks.0.mlp.W_out"]["kind"] == "sparse_rows" and rows["blocks.0.mlp.W_out"]["rows_touched"] == 3
+    dense = edit.delta_matrix("blocks.1.mlp.W_out", tiny_model)
+    assert rows["blocks.1.mlp.W_out"]["delta_norm"] == pytest.approx(float(dense.double().norm()), rel=1e-5)
+    assert rows["blocks.1.mlp.W_out"]["relative_norm"] > 0
+    assert "rank 2" in repr(edit)

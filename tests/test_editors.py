@@ -1,0 +1,212 @@
+"""The editors on the toy world: ROME's closed form, quality floors of ROME / MEMIT /
+AlphaEdit / fine-tuning, transactional failure, and bad input naming the request and field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import interp_edit.editing.memit as memit_module
+import interp_edit.editing.targets as targets_module
+from interp_edit.editing import (
+    AlphaEditor,
+    EditRequest,
+    FTConfig,
+    ROMEConfig,
+    edit,
+    finetune,
+    get_editor,
+    memit,
+    prepare_requests,
+    rome,
+)
+from interp_edit.editing.targets import compute_keys, optimise_targets
+from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError
+from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
+from interp_edit.model import model_fingerprint
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(model, state):
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_rome_maps_the_averaged_key_exactly_to_v_star(toy_model, person_records):
+    record = person_records[0]
+    cfg = ROMEConfig.for_model(toy_model)
+    result = rome(toy_model, [record])
+    treq = prepare_requests(toy_model, [record], model_fingerprint(toy_model))
+    prefixes = tuple(result.info["prefixes"])
+    key = compute_keys(toy_model, treq, cfg.layer, prefixes)[0]  # on the unedited model
+    v_star = optimise_targets(toy_model, treq, cfg.layer, prefixes, cfg.target_config()).target[0]
+    with result.applied(toy_model):
+        mlp = toy_model.blocks[cfg.layer].mlp
+        mapped = key @ mlp.W_out + mlp.b_out
+    assert (mapped - v_star).abs().max() < 1e-4
+    assert (key @ toy_model.blocks[cfg.layer].mlp.W_out + toy_model.blocks[cfg.layer].mlp.b_out - v_star).abs().max() > 1e-2
+
+
+def test_rome_single_edits_meet_the_quality_floors_and_undo_bitwise(toy_model, person_records):
+    records = person_records[:50]
+    before = snapshot(toy_model)
+    unedited = mean_scores(counterfact_scores(toy_model, records))
+    rows = []
+    for record in records:
+        with rome(toy_model, [record]).applied(toy_model):
+            rows += counterfact_scores(toy_model, [record])
+    scores = mean_scores(rows)
+    assert scores["efficacy"] >= 0.95
+    assert scores["paraphrase"] >= 0.80
+    assert scores["neighborhood"] >= 0.90 * unedited["neighborhood"]
+    assert_same(toy_model, before)
+
+
+def test_memit_batch_of_100_edits(toy_model, person_records):
+    records = person_records[100:200]
+    result = memit(toy_model, records)
+    assert {r["rank"] for r in result.summary()} == {100}
+    with result.applied(toy_model):
+        scores = mean_scores(counterfact_scores(toy_model, records))
+    assert scores["efficacy"] >= 0.90
+    assert scores["paraphrase"] >= 0.85
+    assert scores["neighborhood"] >= 0.90
+
+
+def test_alphaedit_sequential_batches_keep_earlier_edits(toy_model, person_records):
+    records = person_records[200:260]
+    editor = AlphaEditor(toy_model)
+    applied = []
+    try:
+        for start in range(0, len(records), 20):
+            applied.append(editor(toy_model, records[start : start + 20]).apply(toy_model))
+        assert editor.n_edited == 60 and applied[-1].info["edits_before"] == 40
+        scores = mean_scores(counterfact_scores(toy_model, records))
+    finally:
+        for e in reversed(applied):
+            e.undo(toy_model)
+    assert scores["efficacy"] >= 0.80
+    assert scores["neighborhood"] >= 0.85
+
+
+def test_finetune_respects_its_linf_constraint_and_edits(toy_model, person_records):
+    records = person_records[300:305]
+    cfg = FTConfig.for_model(toy_model, steps=40)
+    result = finetune(toy_model, records, cfg)
+    delta = result.deltas[f"blocks.{cfg.layer}.mlp.W_out"]
+    assert delta.values.abs().max() <= cfg.norm_constraint + 1e-7
+    with result.applied(toy_model):
+        scores = mean_scores(counterfact_scores(toy_model, records))
+    assert scores["efficacy"] >= 0.6
+
+
+def test_multi_token_targets_are_teacher_forced(toy_model, person_records):
+    from interp_edit.evaluation.logprobs import continuation_logprobs
+
+    record = person_records[1]
+    target = person_records[7].subject  # a person's name: several tokens
+    request = EditRequest(record.prompt, record.subject, target)
+    n_tokens = len(prepare_requests(toy_model, [request], model_fingerprint(toy_model))[0].target_ids)
+    assert n_tokens >= 2
+    prompt = record.prompt.format(record.subject)
+    first = toy_model.tokenizer.decode(toy_model.tokenizer.encode(" " + target, add_special_tokens=False)[:1])
+    rest = target[len(first.strip()):]  # the target's later tokens, scored after its first token
+
+    def scores():
+        whole, _ = continuation_logprobs(toy_model, [prompt], [target])
+        later, _ = continuation_logprobs(toy_model, [prompt + first], [rest])
+        return whole.item(), later.item()
+
+    before = scores()
+    with rome(toy_model, [request]).applied(toy_model):
+        after = scores()
+    assert after[0] > before[0] + 5  # the whole target, teacher-forced
+    assert after[1] > before[1]  # its later tokens too, not only the first
+
+
+def test_registry_and_one_call_api(toy_model, person_records):
+    record = person_records[2]
+    assert get_editor("rome").config_class is ROMEConfig
+    with pytest.raises(EditConfigError, match="unknown editing method 'nope'.*alphaedit"):
+        get_editor("nope")
+    before = snapshot(toy_model)
+    direct = rome(toy_model, [record], steps=3)
+    via = edit(toy_model, [record], "rome", steps=3)
+    assert torch.equal(direct.deltas[next(iter(direct.deltas))].right, via.deltas[next(iter(via.deltas))].right)
+    assert_same(toy_model, before)
+    applied = edit(toy_model, [record], "rome", steps=3, apply=True)
+    assert not torch.equal(toy_model.blocks[0].mlp.W_out, before["blocks.0.mlp.W_out"])
+    applied.undo(toy_model)
+    assert_same(toy_model, before)
+
+
+def test_a_failure_inside_memit_leaves_the_model_unchanged(toy_model, person_records, monkeypatch):
+    before = snapshot(toy_model)
+    calls = {"n": 0}
+    real = memit_module.values_at_edit_tokens
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after layer 0's update was written into the weights
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memit_module, "values_at_edit_tokens", failing)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        memit(toy_model, person_records[:4], steps=2)
+    assert calls["n"] == 2
+    assert_same(toy_model, before)
+
+
+def test_nan_in_the_optimisation_stops_and_names_the_request(toy_model, person_records, monkeypatch):
+    before = snapshot(toy_model)
+    real = targets_module.unembed
+    monkeypatch.setattr(targets_module, "unembed", lambda model, x: real(model, x) * float("nan"))
+    with pytest.raises(EditOptimizationError, match="request 0 .*non-finite"):
+        rome(toy_model, [person_records[3]])
+    assert_same(toy_model, before)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "match"),
+    [
+        (dict(subject="Nobody Here"), r"request 1: field 'subject'.*Nobody Here"),
+        (dict(prompt="was born in"), r"request 1: field 'prompt'.*'\{\}'"),
+        (dict(target_new=" "), r"request 1: field 'target_new' is empty"),
+        (dict(target_new="SAME", target_true="SAME"), r"request 1: field 'target_new' equals target_true"),
+    ],
+)
+def test_bad_requests_name_the_index_and_field(toy_model, person_records, request_fields, match):
+    good = person_records[0]
+    bad = dataclasses.replace(EditRequest(good.prompt, good.subject, good.target_new, good.target_true), **request_fields)
+    before = snapshot(toy_model)
+    with pytest.raises(EditRequestError, match=match):
+        rome(toy_model, [good, bad])
+    assert_same(toy_model, before)
+
+
+def test_bad_configs_and_mixed_models(toy_model, person_records):
+    from interp_edit.model import build_hooked_transformer
+
+    with pytest.raises(EditConfigError, match="field 'layer'.*out of range"):
+        rome(toy_model, [person_records[0]], layer=6)
+    with pytest.raises(EditConfigError, match="field 'layers'"):
+        memit(toy_model, [person_records[0]], layers=(1, 9))
+    with pytest.raises(EditConfigError, match="no field"):
+        rome(toy_model, [person_records[0]], layr=1)
+    with pytest.raises(EditRequestError, match="no edit requests"):
+        rome(toy_model, [])
+    cfg = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
+               act_fn="gelu_new", normalization_type="LN")
+    other = build_hooked_transformer(cfg, toy_model.tokenizer)
+    foreign = prepare_requests(other, [person_records[0]], model_fingerprint(other))
+    with pytest.raises(EditRequestError, match="request 1: tokenised for another model"):
+        rome(toy_model, [person_records[1], *foreign])
+    editor = AlphaEditor(toy_model)
+    with pytest.raises(EditRequestError, match="another model"):
+        editor(other, [person_records[0]])
