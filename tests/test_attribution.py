@@ -15,6 +15,16 @@ from interp_edit.model import build_hooked_transformer
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tests run many small forwards, which a second thread only slows down when the
+    machine's cores are busy; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(toy_model):
     """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer."""

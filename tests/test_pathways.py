@@ -10,6 +10,16 @@ from interp_edit import neuron_attribution, qv_pathways
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tests run many small forwards, which a second thread only slows down when the
+    machine's cores are busy; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def two_hop(toy_world):
     from interp_edit.toyworld import multihop_questions
@@ -55,16 +65,18 @@ def test_pathway_weight_recomputed_by_hand(toy_model, result, two_hop):
     """weight(q → v) = Σ_prompts m_q · ((W_out[q] − mean) / σ_ln2) · (γ_ln2 ⊙ W_in[:, v]), the
     amount the query neuron adds to the value neuron's pre-activation."""
     prompts, _ = two_hop
-    for pathway in (result.pathways[0], result.pathways[-1]):
-        q, v = pathway.query, pathway.value
-        total = 0.0
-        for prompt in prompts:
-            with torch.no_grad():
-                _, cache = toy_model.run_with_cache(toy_model.to_tokens(prompt))
+    checked = (result.pathways[0], result.pathways[-1])
+    totals = [0.0 for _ in checked]
+    for prompt in prompts:
+        with torch.no_grad():
+            _, cache = toy_model.run_with_cache(toy_model.to_tokens(prompt))
+        for i, pathway in enumerate(checked):
+            q, v = pathway.query, pathway.value
             out = cache[f"blocks.{q.layer}.mlp.hook_post"][0, -1, q.index] * toy_model.blocks[q.layer].mlp.W_out[q.index]
             sigma = cache[f"blocks.{v.layer}.ln2.hook_scale"][0, -1, 0]
             w_in = toy_model.blocks[v.layer].mlp.W_in[:, v.index] * toy_model.blocks[v.layer].ln2.w
-            total += (((out - out.mean()) / sigma) @ w_in).item()
+            totals[i] += (((out - out.mean()) / sigma) @ w_in).item()
+    for pathway, total in zip(checked, totals, strict=True):
         assert pathway.weight == pytest.approx(total, rel=1e-4, abs=1e-5)
 
 
