@@ -88,6 +88,41 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top_k_lines(model, prompt: str, k: int) -> list[str]:
+    import torch
+
+    from interp_edit.batching import last_token_logits
+
+    top = torch.topk(torch.softmax(last_token_logits(model, [prompt]), -1)[0], k)
+    return [f"{model.tokenizer.decode([i])!r}:{p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from interp_edit.editing import EditRequest, edit
+    from interp_edit.model import load_model
+
+    model = load_model(args.model)
+    request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
+    overrides = {}
+    if args.layer is not None:
+        overrides["layer"] = args.layer
+    if args.layers:
+        overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
+    result = edit(model, [request], args.method, **overrides)
+    prompts = [request.text, *args.check]
+    for prompt in prompts:
+        print(f"before {prompt!r}: {' '.join(_top_k_lines(model, prompt, args.top_k))}")
+    with result.applied(model):
+        for prompt in prompts:
+            print(f"after  {prompt!r}: {' '.join(_top_k_lines(model, prompt, args.top_k))}")
+    for row in result.summary(model):
+        print(f"delta: parameter={row['parameter']} kind={row['kind']} rank={row['rank']} "
+              f"norm={row['delta_norm']:.4f} relative_norm={row['relative_norm']:.4f}")
+    if args.out:
+        print(f"saved={result.save(args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--out", default="figures", help="folder for the figures")
     attribute.add_argument("--name", default="attribution", help="file name stem of the figures")
     attribute.set_defaults(func=_cmd_attribute)
+
+    edit = sub.add_parser("edit", help="edit one fact; print the top-k before and after, save the edit")
+    edit.add_argument("--method", default="rome", help="rome, memit, alphaedit, ft (default rome)")
+    edit.add_argument("--prompt", required=True, help="the prompt with {} for the subject, e.g. '{} was born in'")
+    edit.add_argument("--subject", required=True)
+    edit.add_argument("--target-new", required=True, help="the new object")
+    edit.add_argument("--target-true", help="the current object (optional)")
+    edit.add_argument("--layer", type=int, help="edited layer (rome, ft; default: the model's preset)")
+    edit.add_argument("--layers", help="edited layers, comma-separated (memit, alphaedit)")
+    edit.add_argument("--check", action="append", default=[], help="another prompt to show before/after (repeatable)")
+    edit.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
+    edit.add_argument("--top-k", type=int, default=5)
+    edit.add_argument("--out", help="save the edit to this .safetensors file")
+    edit.set_defaults(func=_cmd_edit)
 
     toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")

@@ -43,6 +43,7 @@ def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Pat
 
     trace_and_aie(model, records, Path(figures), aie_facts, seed)
     attribution_and_pathways(model, world, records, Path(figures))
+    edit_one_fact(model, records, seed)
 
 
 def trace_and_aie(model, records, figures: Path, aie_facts: int, seed: int) -> None:
@@ -89,3 +90,33 @@ def attribution_and_pathways(model, world, records, figures: Path, n_questions: 
     print(f"  value layers (best first) {pathways.value_layers}, query layers {pathways.query_layers}")
     for p in pathways.pathways[:3]:
         print(f"  {p.label:<18} weight {p.weight:.3f}")
+
+
+def edit_one_fact(model, records, seed: int) -> None:
+    """A ROME edit of one toy fact: the top-3 before and after on the edit prompt, a held-out
+    paraphrase, a neighbour (must keep its answer) and the subject's other facts."""
+    from interp_edit.editing import rome
+
+    rng = random.Random(stable_seed("demo-edit", seed))
+    record = rng.choice([r for r in records if r.relation_id == "born_in"])
+    prompts = [record.prompt.format(record.subject), record.paraphrase_prompts[0], record.neighborhood_prompts[0],
+               record.same_subject_prompts[0][0]]
+    start = time.perf_counter()
+    edit = rome(model, [record])
+    seconds = time.perf_counter() - start
+
+    def top3() -> list[str]:
+        probs = torch.softmax(last_token_logits(model, prompts), dim=-1)
+        return [", ".join(f"{model.tokenizer.decode([i]).strip()} {p:.2f}" for p, i in
+                          zip(*(t.tolist() for t in torch.topk(row, 3)), strict=True)) for row in probs]
+
+    before = top3()
+    with edit.applied(model):
+        after = top3()
+    print(f"\nROME edit ({seconds:.1f}s, layer {edit.layers()[0]}): {record.subject} born in "
+          f"{record.target_true} -> {record.target_new}")
+    for label, prompt, b, a in zip(("edit prompt", "paraphrase", "neighbour", "other fact"), prompts, before, after,
+                                   strict=True):
+        print(f"  {label:11} {prompt!r}")
+        print(f"    before: {b}")
+        print(f"    after:  {a}")

@@ -4,12 +4,11 @@ AlphaEdit / fine-tuning, transactional failure, and bad input naming the request
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import torch
 
-import interp_edit.editing.memit as memit_module
-import interp_edit.editing.targets as targets_module
 from interp_edit.editing import (
     AlphaEditor,
     EditRequest,
@@ -26,6 +25,10 @@ from interp_edit.editing.targets import compute_keys, optimise_targets
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.model import model_fingerprint
+
+# the modules themselves (the package re-exports functions of the same names)
+memit_module = importlib.import_module("interp_edit.editing.memit")
+targets_module = importlib.import_module("interp_edit.editing.targets")
 
 
 def snapshot(model):
@@ -175,8 +178,8 @@ def test_nan_in_the_optimisation_stops_and_names_the_request(toy_model, person_r
 @pytest.mark.parametrize(
     ("request_fields", "match"),
     [
-        (dict(subject="Nobody Here"), r"request 1: field 'subject'.*Nobody Here"),
-        (dict(prompt="was born in"), r"request 1: field 'prompt'.*'\{\}'"),
+        (dict(prompt="Talvik Corlo was born in", subject="Nobody Here"), r"request 1: field 'subject'.*Nobody Here"),
+        (dict(prompt="{} was born in {}"), r"request 1: field 'prompt'.*exactly one '\{\}'"),
         (dict(target_new=" "), r"request 1: field 'target_new' is empty"),
         (dict(target_new="SAME", target_true="SAME"), r"request 1: field 'target_new' equals target_true"),
     ],

@@ -87,6 +87,11 @@ def validate_request(request: EditRequest, index: int) -> None:
         value = getattr(request, field)
         if not isinstance(value, str) or not value.strip():
             raise EditRequestError(f"request {index}: field {field!r} is empty or not a string: {value!r}")
+    if "{}" not in request.prompt and request.subject not in request.prompt:
+        raise EditRequestError(
+            f"request {index}: field 'subject': {request.subject!r} is not in the prompt {request.prompt!r}, "
+            "which has no '{}' for it either"
+        )
     if request.prompt.count("{}") != 1:
         raise EditRequestError(
             f"request {index}: field 'prompt' must contain exactly one '{{}}' where the subject goes: {request.prompt!r}"
