@@ -60,3 +60,13 @@ class EditOptimizationError(InterpEditError, RuntimeError):
 class EditApplicationError(InterpEditError, RuntimeError):
     """An edit cannot be applied or undone on this model (another base model, undone out of
     order, already applied)."""
+
+
+class DatasetError(InterpEditError, ValueError):
+    """A dataset file or record is malformed, or a dataset name is unknown; the message names
+    the file, the record index and the field."""
+
+
+class ExperimentError(InterpEditError, RuntimeError):
+    """An experiment cannot run or resume (e.g. its results file was written with other
+    settings)."""

@@ -1,0 +1,34 @@
+"""Datasets for evaluating edits: validated loaders of the public CounterFact, zsRE (MEND
+split) and MQuAKE formats, a multiple-choice format, and the toy world in each of them.
+This layer never imports the editing layer."""
+
+from interp_edit.data.cases import (
+    FORMATS,
+    MCQ_KINDS,
+    CounterFactCase,
+    Dataset,
+    MCQCase,
+    MCQQuestion,
+    MQuAKECase,
+    MultiHopProbe,
+    Rewrite,
+    ZsRECase,
+)
+from interp_edit.data.loaders import builtin_datasets, check_tokens, load_dataset, parse_records
+
+__all__ = [
+    "FORMATS",
+    "MCQ_KINDS",
+    "CounterFactCase",
+    "Dataset",
+    "MCQCase",
+    "MCQQuestion",
+    "MQuAKECase",
+    "MultiHopProbe",
+    "Rewrite",
+    "ZsRECase",
+    "builtin_datasets",
+    "check_tokens",
+    "load_dataset",
+    "parse_records",
+]

@@ -1,0 +1,169 @@
+"""The evaluation cases every loader produces, one dataclass per format, and ``Dataset``.
+
+Targets are stored without their leading space (as in the public files); metrics score a
+target as the continuation of its prompt with one space prepended. Every case can say which
+fact(s) it rewrites (:meth:`rewrites`) as plain :class:`Rewrite` objects, which the editing
+layer accepts as requests — this package never imports the editing layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+FORMATS = ("counterfact", "zsre", "mquake", "mcq")
+MCQ_KINDS = ("reliability", "generalisation", "locality", "portability")
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One requested rewrite: ``prompt.format(subject)`` should continue with ``target_new``
+    instead of ``target_true``."""
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.prompt.format(self.subject)
+
+    def as_dict(self) -> dict:
+        """The fields the editing layer's ``as_request`` reads."""
+        return {"prompt": self.prompt, "subject": self.subject, "target_new": self.target_new,
+                "target_true": self.target_true}
+
+
+@dataclass(frozen=True)
+class MultiHopProbe:
+    """Phrasings of one multi-hop question whose answer an edit changes: before the edit the
+    answer is ``answer``, after it ``new_answer`` (aliases count too)."""
+
+    questions: tuple[str, ...]
+    answer: str
+    new_answer: str
+    answer_aliases: tuple[str, ...] = ()
+    new_answer_aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CounterFactCase:
+    """A CounterFact record (Meng et al. 2022). ``multihop`` (optional, an extension) holds
+    multi-hop questions whose answer the rewrite changes."""
+
+    case_id: str
+    rewrite: Rewrite
+    paraphrase_prompts: tuple[str, ...]
+    neighborhood_prompts: tuple[str, ...]
+    generation_prompts: tuple[str, ...] = ()
+    attribute_prompts: tuple[str, ...] = ()
+    multihop: MultiHopProbe | None = None
+
+    def rewrites(self) -> tuple[Rewrite, ...]:
+        return (self.rewrite,)
+
+
+@dataclass(frozen=True)
+class ZsRECase:
+    """A zsRE question (MEND split): ``src`` asked about ``subject``, rewritten to
+    ``target_new`` (the file's ``alt``); ``rephrase`` is a paraphrase; ``loc`` / ``loc_ans`` an
+    unrelated question and its answer (specificity)."""
+
+    case_id: str
+    subject: str
+    src: str
+    rephrase: str
+    target_new: str
+    answers: tuple[str, ...]
+    loc: str
+    loc_ans: str
+
+    @property
+    def rewrite(self) -> Rewrite:
+        return Rewrite(self.src.replace(self.subject, "{}", 1), self.subject, self.target_new,
+                       self.answers[0] if self.answers else None)
+
+    def rewrites(self) -> tuple[Rewrite, ...]:
+        return (self.rewrite,)
+
+
+@dataclass(frozen=True)
+class MQuAKECase:
+    """A MQuAKE case: one or more rewrites and a multi-hop question (several phrasings) whose
+    answer changes from ``answer`` to ``new_answer`` once all rewrites hold."""
+
+    case_id: str
+    requested_rewrite: tuple[Rewrite, ...]
+    probe: MultiHopProbe
+
+    @property
+    def rewrite(self) -> Rewrite:
+        return self.requested_rewrite[0]
+
+    def rewrites(self) -> tuple[Rewrite, ...]:
+        return self.requested_rewrite
+
+
+@dataclass(frozen=True)
+class MCQQuestion:
+    """A multiple-choice question: ``prompt`` is the full text after which the model's next
+    token is the choice; ``labels`` are the strings whose next-token logits are compared
+    (``" A"`` … ``" E"`` in the CaseEdit layout, or the options themselves for a cloze);
+    ``answer`` is the index of the right option *after* the edit (for ``locality``: the
+    unchanged answer)."""
+
+    kind: str
+    prompt: str
+    options: tuple[str, ...]
+    labels: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class MCQCase:
+    """One edit and its four multiple-choice questions (reliability, generalisation, locality,
+    portability), in the spirit of CaseEdit."""
+
+    case_id: str
+    rewrite: Rewrite
+    questions: tuple[MCQQuestion, ...]
+
+    def rewrites(self) -> tuple[Rewrite, ...]:
+        return (self.rewrite,)
+
+
+Case = CounterFactCase | ZsRECase | MQuAKECase | MCQCase
+
+
+@dataclass
+class Dataset:
+    """Validated cases of one format. ``skipped`` lists the error messages of records left out
+    with ``strict=False``."""
+
+    name: str
+    format: str
+    cases: tuple
+    source: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.cases)
+
+    def __getitem__(self, index):
+        return self.cases[index]
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    def __repr__(self) -> str:
+        return f"Dataset(name={self.name!r}, format={self.format!r}, cases={len(self.cases)}, skipped={self.n_skipped})"
+
+
+def case_to_dict(case) -> dict:
+    """A case as plain JSON-able data (for results files)."""
+    return asdict(case)

@@ -1,0 +1,165 @@
+"""``load_dataset(name_or_path)``: built-in toy-world datasets by name, local JSON / JSONL
+files in any of the four formats, or (``hf:owner/name[:split]``) a Hugging Face copy when a
+hub is reachable. Every record is validated; ``strict=False`` skips bad records and counts
+them in ``Dataset.skipped``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from interp_edit.data.cases import FORMATS, CounterFactCase, Dataset, MCQCase, MQuAKECase, ZsRECase
+from interp_edit.data.formats import PARSERS, Where, sniff_format
+from interp_edit.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    format: str
+    description: str
+    #: world -> records (dicts in the format's public layout)
+    build: Callable
+
+
+def builtin_datasets() -> dict[str, BuiltinDataset]:
+    """The datasets available by name (built offline from the toy world)."""
+    from interp_edit.data import toyworld as toy
+
+    found = [
+        BuiltinDataset("toyworld-counterfact", "counterfact", "every toy-world fact as a CounterFact case (+ multi-hop probes)", toy.toy_counterfact),
+        BuiltinDataset("toyworld-zsre", "zsre", "toy-world people's facts as zsRE questions (MEND layout)", toy.toy_zsre),
+        BuiltinDataset("toyworld-mquake", "mquake", "birth-city rewrites with 2-/3-hop questions through them", toy.toy_mquake),
+        BuiltinDataset("toyworld-mcq", "mcq", "birth-city rewrites with four cloze multiple-choice questions", toy.toy_mcq),
+    ]
+    return {d.name: d for d in found}
+
+
+def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None) -> Dataset:
+    """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset`."""
+    if fmt not in PARSERS:
+        raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(FORMATS)}")
+    parse = PARSERS[fmt]
+    cases, skipped, seen = [], [], {}
+    for index, record in enumerate(records):
+        where = Where(source, index)
+        try:
+            case = parse(record, where)
+            if case.case_id in seen:
+                raise where.error("case_id", f"duplicate case id {case.case_id!r} (first at record {seen[case.case_id]})")
+        except DatasetError as err:
+            if strict:
+                raise
+            skipped.append(str(err))
+            continue
+        seen[case.case_id] = index
+        cases.append(case)
+    return Dataset(name or source, fmt, tuple(cases), source, skipped)
+
+
+def _read_records(path: Path) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read: {err}") from None
+    if path.suffix == ".jsonl":
+        records = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DatasetError(f"{path}: line {line_no}: not JSON: {err}") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not JSON: {err}") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def _from_hub(spec: str) -> list[dict]:
+    repo, _, split = spec.removeprefix("hf:").partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(f"{spec}: the 'datasets' package is not installed") from None
+    try:
+        return [dict(r) for r in datasets.load_dataset(repo, split=split or "train")]
+    except Exception as err:  # network / hub errors come in many types
+        raise DatasetError(f"{spec}: cannot load from the Hugging Face hub: {err}") from None
+
+
+def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict: bool = True,
+                 world=None, seed: int = 0, tokenizer=None) -> Dataset:
+    """A validated dataset: a built-in name (``toyworld-counterfact``, ``toyworld-zsre``,
+    ``toyworld-mquake``, ``toyworld-mcq``), a local ``.json`` (a list of records) or ``.jsonl``
+    file, or ``hf:owner/name[:split]``. The format is guessed from the first record unless
+    given. With ``tokenizer``, targets must also tokenise to at least one token (see
+    :func:`check_tokens`)."""
+    builtins = builtin_datasets()
+    key = str(name_or_path)
+    if key in builtins:
+        spec = builtins[key]
+        if world is None:
+            from interp_edit.toyworld import load_world
+
+            world = load_world()
+        dataset = parse_records(spec.build(world, seed), spec.format, key, strict=strict, name=key)
+    else:
+        path = Path(key)
+        if key.startswith("hf:"):
+            records = _from_hub(key)
+        elif path.is_file():
+            records = _read_records(path)
+        else:
+            raise DatasetError(f"no dataset named {key!r} and no such file; built-in datasets: {sorted(builtins)}")
+        fmt = format or (sniff_format(records[0]) if records else None)
+        if fmt is None:
+            raise DatasetError(f"{key}: cannot tell the format from the first record; pass format= one of {list(FORMATS)}")
+        dataset = parse_records(records, fmt, key, strict=strict, name=path.stem if not key.startswith("hf:") else key)
+    return check_tokens(dataset, tokenizer, strict=strict) if tokenizer is not None else dataset
+
+
+def _targets(case) -> list[tuple[str, str, bool]]:
+    """(field, text, must be one token) of every string a metric scores as a continuation."""
+    out = []
+    for i, r in enumerate(case.rewrites()):
+        prefix = "requested_rewrite." if len(case.rewrites()) == 1 else f"requested_rewrite[{i}]."
+        out += [(prefix + "target_new", r.target_new, False), (prefix + "target_true", r.target_true or " x", False)]
+    if isinstance(case, ZsRECase):
+        out += [("loc_ans", case.loc_ans, False)] + [(f"answers[{i}]", a, False) for i, a in enumerate(case.answers)]
+    probe = case.probe if isinstance(case, MQuAKECase) else getattr(case, "multihop", None) if isinstance(case, CounterFactCase) else None
+    if probe is not None:
+        prefix = "multihop." if isinstance(case, CounterFactCase) else ""
+        out += [(prefix + "answer", probe.answer, False), (prefix + "new_answer", probe.new_answer, False)]
+    if isinstance(case, MCQCase):
+        for q, question in enumerate(case.questions):
+            out += [(f"questions[{q}].labels[{i}]", label, True) for i, label in enumerate(question.labels)]
+    return out
+
+
+def check_tokens(dataset: Dataset, tokenizer, *, strict: bool = True) -> Dataset:
+    """Targets must tokenise (with their leading space) to at least one token, and MCQ labels
+    to exactly one. A failure names the source, the case's position and id, and the field;
+    ``strict=False`` drops such cases (counted in ``skipped``)."""
+    keep, skipped = [], list(dataset.skipped)
+    for index, case in enumerate(dataset.cases):
+        problem = None
+        for field, text, one in _targets(case):
+            ids = tokenizer.encode(" " + text.lstrip(" "), add_special_tokens=False) if text.strip() else []
+            if not ids or (one and len(ids) != 1):
+                what = "tokenises to nothing" if not ids else f"is {len(ids)} tokens, not one"
+                problem = f"{dataset.source}: record {index} (case {case.case_id}): field {field!r}: {text!r} {what}"
+                break
+        if problem is None:
+            keep.append(case)
+        elif strict:
+            raise DatasetError(problem)
+        else:
+            skipped.append(problem)
+    return Dataset(dataset.name, dataset.format, tuple(keep), dataset.source, skipped)

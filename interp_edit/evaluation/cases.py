@@ -1,0 +1,205 @@
+"""Metrics of dataset cases (any of the four formats), one row per case, with every
+teacher-forced continuation of all cases scored in shared batches.
+
+Row keys by format (see :mod:`interp_edit.evaluation.metrics` for the definitions):
+
+- counterfact: ``efficacy_score``, ``efficacy_magnitude``, ``paraphrase_score``,
+  ``paraphrase_magnitude``, ``neighborhood_score``, ``neighborhood_magnitude``,
+  ``efficacy_token_accuracy``, ``paraphrase_token_accuracy``, ``neighborhood_token_accuracy``
+  (of the true object), ``multihop_accuracy`` (cases with a multi-hop probe), ``fluency``
+  (with ``fluency=True``);
+- zsre: ``efficacy_token_accuracy``, ``paraphrase_token_accuracy``,
+  ``specificity_token_accuracy`` (``loc_ans`` after ``loc``), ``efficacy_score`` and
+  ``paraphrase_score`` (against ``answers[0]``);
+- mquake: ``multihop_accuracy`` (new answer), ``multihop_accuracy_original`` (old answer),
+  ``efficacy_score`` (mean over the case's rewrites);
+- mcq: ``mcq_reliability``, ``mcq_generalisation``, ``mcq_locality``, ``mcq_portability``
+  (accuracy per kind), ``option_entropy`` (bits, mean over the case's questions) and
+  ``option_entropy_<kind>``, ``efficacy_score``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from interp_edit.data.cases import MCQ_KINDS, CounterFactCase, MCQCase, MQuAKECase, Rewrite, ZsRECase
+from interp_edit.evaluation.logprobs import TokenScores, score_continuations
+from interp_edit.evaluation.metrics import (
+    counterfact_score,
+    generation_fluency,
+    mcq_choices,
+    new_beats_true,
+    option_entropy,
+    option_probabilities,
+)
+
+
+class _Pairs:
+    """Collects (prompt, target) pairs, scores them in one batched pass."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.targets: list[str] = []
+        self.scores: TokenScores | None = None
+
+    def add(self, prompts: Sequence[str], target: str) -> list[int]:
+        start = len(self.prompts)
+        self.prompts += list(prompts)
+        self.targets += [target] * len(prompts)
+        return list(range(start, len(self.prompts)))
+
+    def run(self, model) -> None:
+        self.scores = score_continuations(model, self.prompts, self.targets)
+
+    def get(self, index: list[int]) -> TokenScores:
+        return TokenScores([self.scores.logprobs[i] for i in index], [self.scores.top1[i] for i in index])
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _comparison(pairs: _Pairs, prompts: Sequence[str], rewrite: Rewrite):
+    new, true = pairs.add(prompts, rewrite.target_new), pairs.add(prompts, rewrite.target_true)
+
+    def finish(compare: str = "mean_logprob", reverse: bool = False) -> tuple[TokenScores, TokenScores, torch.Tensor]:
+        a, b = pairs.get(new), pairs.get(true)
+        return a, b, new_beats_true(b, a, compare) if reverse else new_beats_true(a, b, compare)
+
+    return finish
+
+
+def _multihop(pairs: _Pairs, questions: Sequence[str], answers: Sequence[str]):
+    index = [pairs.add(questions, a) for a in answers]
+
+    def finish() -> float:
+        return float(any(bool(pairs.get(i).exact.any()) for i in index))
+
+    return finish
+
+
+def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tokens: int = 50,
+                   compare: str = "mean_logprob") -> list[dict]:
+    """One dict of metrics per case (keys by format: see the module docstring), plus
+    ``case_id``."""
+    pairs = _Pairs()
+    finishers = []
+    mcq_questions: list[tuple[int, object]] = []
+    generation: list[tuple[int, str]] = []
+    for row, case in enumerate(cases):
+        if isinstance(case, CounterFactCase):
+            r = case.rewrite
+            parts = {"efficacy": _comparison(pairs, [r.text], r), "paraphrase": _comparison(pairs, case.paraphrase_prompts, r),
+                     "neighborhood": _comparison(pairs, case.neighborhood_prompts, r)}
+            hop = case.multihop and _multihop(pairs, case.multihop.questions, (case.multihop.new_answer, *case.multihop.new_answer_aliases))
+            finishers.append(lambda parts=parts, hop=hop: _counterfact_row(parts, hop, compare))
+            if fluency:
+                generation += [(row, p) for p in (case.generation_prompts or (r.text,))]
+        elif isinstance(case, ZsRECase):
+            r = case.rewrite
+            parts = {"efficacy": _comparison(pairs, [case.src], r), "paraphrase": _comparison(pairs, [case.rephrase], r)}
+            loc = pairs.add([case.loc], case.loc_ans)
+            finishers.append(lambda parts=parts, loc=loc: _zsre_row(pairs, parts, loc, compare))
+        elif isinstance(case, MQuAKECase):
+            p = case.probe
+            new = _multihop(pairs, p.questions, (p.new_answer, *p.new_answer_aliases))
+            old = _multihop(pairs, p.questions, (p.answer, *p.answer_aliases))
+            eff = [_comparison(pairs, [r.text], r) for r in case.requested_rewrite]
+            finishers.append(lambda new=new, old=old, eff=eff: {
+                "multihop_accuracy": new(), "multihop_accuracy_original": old(),
+                "efficacy_score": _mean([float(f(compare)[2].float().mean()) for f in eff])})
+        elif isinstance(case, MCQCase):
+            eff = _comparison(pairs, [case.rewrite.text], case.rewrite)
+            mcq_questions += [(row, q) for q in case.questions]
+            finishers.append(lambda eff=eff: {"efficacy_score": float(eff(compare)[2].float().mean())})
+        else:
+            raise TypeError(f"case {row}: unsupported case type {type(case).__name__}")
+    pairs.run(model)
+    rows = [{"case_id": case.case_id, **finish()} for case, finish in zip(cases, finishers, strict=True)]
+    if mcq_questions:
+        _add_mcq(model, rows, mcq_questions)
+    if generation:
+        values = generation_fluency(model, [p for _, p in generation], max_new_tokens).tolist()
+        per_row: dict[int, list[float]] = {}
+        for (row, _), value in zip(generation, values, strict=True):
+            per_row.setdefault(row, []).append(value)
+        for row, found in per_row.items():
+            rows[row]["fluency"] = _mean(found)
+    return rows
+
+
+def _counterfact_row(parts, hop, compare: str) -> dict:
+    out = {}
+    for name, finish in parts.items():
+        new, true, wins = finish(compare, reverse=name == "neighborhood")
+        if name == "neighborhood":
+            out.update(neighborhood_score=_mean(wins), neighborhood_magnitude=_mean(true.prob - new.prob),
+                       neighborhood_token_accuracy=_mean(true.token_accuracy))
+        else:
+            out.update({f"{name}_score": _mean(wins), f"{name}_magnitude": _mean(new.prob - true.prob),
+                        f"{name}_token_accuracy": _mean(new.token_accuracy)})
+    out["multihop_accuracy"] = hop() if hop else math.nan
+    return out
+
+
+def _zsre_row(pairs: _Pairs, parts, loc, compare: str) -> dict:
+    out = {}
+    for name, finish in parts.items():
+        new, _, wins = finish(compare)
+        out.update({f"{name}_token_accuracy": _mean(new.token_accuracy), f"{name}_score": _mean(wins)})
+    out["specificity_token_accuracy"] = _mean(pairs.get(loc).token_accuracy)
+    return out
+
+
+def _add_mcq(model, rows: list[dict], questions) -> None:
+    probs = option_probabilities(model, [q.prompt for _, q in questions], [q.labels for _, q in questions])
+    chosen = mcq_choices(probs).tolist()
+    per_row: dict[int, dict[str, list[float]]] = {}
+    for (row, q), p, choice in zip(questions, probs, chosen, strict=True):
+        slot = per_row.setdefault(row, {})
+        entropy = float(option_entropy(p))
+        slot.setdefault(f"mcq_{q.kind}", []).append(float(choice == q.answer))
+        slot.setdefault(f"option_entropy_{q.kind}", []).append(entropy)
+        slot.setdefault("option_entropy", []).append(entropy)
+    for row, slot in per_row.items():
+        for kind in MCQ_KINDS:
+            rows[row].setdefault(f"mcq_{kind}", math.nan)
+        rows[row].update({key: _mean(values) for key, values in slot.items()})
+
+
+def aggregate(rows: Sequence[dict]) -> dict[str, float]:
+    """The mean of every numeric key over rows (NaN entries skipped), plus ``counterfact_score``
+    (the harmonic mean of the efficacy, paraphrase and neighbourhood scores) when all three
+    are present."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "case_id"]
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
+        out[key] = sum(values) / len(values) if values else math.nan
+    if all(k in out for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")):
+        out["counterfact_score"] = counterfact_score(out["efficacy_score"], out["paraphrase_score"], out["neighborhood_score"])
+    return out
+
+
+def fact_probes(cases: Sequence) -> list[tuple[str, str]]:
+    """(prompt, true answer) of each case's first rewrite: unrelated facts to watch for drift."""
+    return [(c.rewrites()[0].text, c.rewrites()[0].target_true) for c in cases if c.rewrites()[0].target_true]
+
+
+def unrelated_metrics(model, probes: Sequence[tuple[str, str]], reference: Sequence[float] | None = None) -> tuple[dict, list[float]]:
+    """Drift on unrelated facts: ``unrelated_accuracy`` (the true answer is still emitted by
+    greedy decoding) and, given the unedited log-probs ``reference``, ``unrelated_logprob_drop``
+    = mean (log p_unedited − log p_now) of the true answers. Returns the metrics and the
+    current log-probs."""
+    if not probes:
+        return {}, []
+    scores = score_continuations(model, [p for p, _ in probes], [a for _, a in probes])
+    logprobs = scores.total.tolist()
+    out = {"unrelated_accuracy": _mean(scores.exact.float())}
+    if reference is not None:
+        out["unrelated_logprob_drop"] = _mean([a - b for a, b in zip(reference, logprobs, strict=True)])
+    return out, logprobs

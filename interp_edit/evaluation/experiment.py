@@ -1,0 +1,112 @@
+"""``ExperimentResult``: what :func:`~interp_edit.evaluation.run_experiment` returns."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: the metrics a summary shows first, in this order (others follow)
+HEADLINE = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score", "fluency",
+            "multihop_accuracy", "efficacy_token_accuracy", "paraphrase_token_accuracy", "specificity_token_accuracy",
+            "mcq_reliability", "mcq_generalisation", "mcq_locality", "mcq_portability", "option_entropy",
+            "unrelated_accuracy", "unrelated_logprob_drop")
+
+
+@dataclass
+class ExperimentResult:
+    """Settings, the unedited model's metrics on the edited cases (``baseline``), one entry per
+    batch (``rows``: its cases right after its edit; ``checkpoint``: the metrics on all cases
+    edited so far, every ``eval_every`` batches), and timings."""
+
+    settings: dict
+    baseline: dict
+    batches: list[dict]
+    #: seconds of editing and evaluation (summed over resumed sessions)
+    wall_seconds: float
+    #: seconds this call took (a resumed run only did part of the work)
+    session_seconds: float = math.nan
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[dict]:
+        """Per case: its metrics right after its own batch's edit."""
+        return [row for entry in self.batches for row in entry["rows"]]
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        """(number of edits so far, metrics) every ``eval_every`` batches."""
+        return [{"n_edited": e["n_edited"], **e["checkpoint"]} for e in self.batches if "checkpoint" in e]
+
+    def final_metrics(self) -> dict:
+        """Sequential runs: every edited case after the whole sequence; independent runs: each
+        case right after its own edit (both: the last drift measurement)."""
+        return dict(self.checkpoints[-1]) if self.checkpoints else {}
+
+    def summary(self) -> dict:
+        """Metric name → value (final metrics), plus the settings and timings."""
+        metrics = {k: v for k, v in self.final_metrics().items() if k != "n_edited"}
+        ordered = {k: metrics[k] for k in HEADLINE if k in metrics} | metrics
+        return {"method": self.settings["method"], "dataset": self.settings["dataset"], "n": self.settings["n"],
+                "batch_size": self.settings["batch_size"], "sequential": self.settings["sequential"], **ordered,
+                "edit_seconds": sum(e["edit_seconds"] for e in self.batches), "wall_seconds": self.wall_seconds}
+
+    def table(self) -> str:
+        """The summary as an aligned text table, with the unedited model's values beside."""
+        summary = self.summary()
+        mode = "sequential" if summary["sequential"] else "independent"
+        lines = [f"{summary['method']} on {summary['dataset']}: {summary['n']} edits, {mode}, batches of {summary['batch_size']}",
+                 f"{'metric':<30} {'edited':>10} {'unedited':>10}"]
+        for key, value in summary.items():
+            if key in ("method", "dataset", "n", "batch_size", "sequential") or not isinstance(value, (int, float)):
+                continue
+            before = self.baseline.get(key)
+            lines.append(f"{key:<30} {value:>10.4f} {before:>10.4f}" if before is not None else f"{key:<30} {value:>10.4f} {'':>10}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def plot(self, metrics: tuple[str, ...] | None = None):
+        """Metrics vs number of edits (and option entropy vs edits when the data is MCQ)."""
+        from interp_edit.viz.experiments import experiment_figure
+
+        return experiment_figure(self, metrics)
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "baseline": self.baseline, "batches": self.batches,
+                "wall_seconds": self.wall_seconds, "summary": self.summary()}
+
+    def save(self, path: str | Path, *, figure: bool = True) -> list[Path]:
+        """``path.json`` (everything) and, with ``figure``, ``path.html`` / ``path.png``."""
+        from interp_edit.viz.export import save_figure
+
+        base = Path(path)
+        if base.suffix in (".json", ".html", ".png"):
+            base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        out = [base.with_suffix(".json")]
+        out[0].write_text(json.dumps(self.to_dict(), indent=1))
+        if figure:
+            out += list(save_figure(self.plot(), base))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentResult:
+        data = json.loads(Path(path).read_text())
+        return cls(data["settings"], data["baseline"], data["batches"], data["wall_seconds"])
+
+
+def comparison_table(results: list[ExperimentResult], metrics: tuple[str, ...] = (
+        "efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score", "fluency",
+        "multihop_accuracy", "unrelated_accuracy")) -> str:
+    """A Markdown table, one row per result: method, mode, the metrics, wall time."""
+    head = ["method", "mode", "n", *metrics, "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for result in results:
+        s = result.summary()
+        mode = f"sequential/{s['batch_size']}" if s["sequential"] else f"independent/{s['batch_size']}"
+        cells = [s["method"], mode, str(s["n"])] + [f"{s.get(m, math.nan):.3f}" for m in metrics] + [f"{s['wall_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Knowledge-editing metrics, each named for exactly what it computes.
+
+Probability comparisons (CounterFact, Meng et al. 2022). A target's probability after a prompt
+is the product of its teacher-forced token probabilities; two targets are compared by their
+*mean per-token log-probability* (``compare="mean_logprob"``, ROME's evaluation code; equal to
+comparing probabilities when both targets have the same number of tokens) or by the product
+itself (``compare="prob"``).
+
+- ``efficacy_score`` = mean over prompts of [p(new) > p(true)]; ``efficacy_magnitude`` =
+  mean (p(new) − p(true)). ``paraphrase_*``: the same on paraphrases.
+- ``neighborhood_score`` = mean [p(true) > p(new)]; ``neighborhood_magnitude`` = mean
+  (p(true) − p(new)), on other subjects that must keep the true object.
+- ``counterfact_score`` = the harmonic mean of efficacy, paraphrase and neighbourhood scores.
+- ``ngram_entropy``: generation fluency, the weighted mean of the bi- and tri-gram entropies
+  (bits) of a text's words, weights 2/3 and 4/3 (ROME's GE), over greedy generations.
+
+Token-level (zsRE / EasyEdit style; *not* comparable with the scores above):
+
+- ``token_accuracy`` = the fraction of target tokens that are the top-1 prediction when the
+  target is teacher-forced.
+
+Multi-hop (MQuAKE): ``multihop_accuracy`` = the fraction of questions for which *any* phrasing
+is answered right; answered right = greedy decoding emits the answer (or an alias) first,
+i.e. every answer token is the top-1 prediction under teacher forcing.
+
+Multiple choice (CaseEdit-style): the choice is the argmax of the options' label-token logits
+at the end of the prompt; ``option_entropy`` = H(p) = −Σ p_i log2 p_i of the softmax over
+those logits, in bits (log2 5 for a uniform five-way choice).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from interp_edit.batching import encode_prompts, last_token_logits, pad_right
+from interp_edit.errors import InvalidArgumentError, TokenizationError
+from interp_edit.evaluation.logprobs import TokenScores, score_continuations
+
+COMPARISONS = ("mean_logprob", "prob")
+
+
+def _repeat(value: str | Sequence[str], n: int) -> list[str]:
+    return [value] * n if isinstance(value, str) else list(value)
+
+
+def new_beats_true(new: TokenScores, true: TokenScores, compare: str = "mean_logprob") -> Bool[Tensor, " n"]:
+    """[p(new) > p(true)] per prompt, strictly (see the module docstring for ``compare``);
+    ``new_beats_true(true, new)`` is [p(true) > p(new)] — a tie counts for neither."""
+    if compare not in COMPARISONS:
+        raise InvalidArgumentError(f"unknown comparison {compare!r}; choose one of {COMPARISONS}")
+    return new.mean > true.mean if compare == "mean_logprob" else new.total > true.total
+
+
+def _pair(model, prompts, target_new, target_true) -> tuple[TokenScores, TokenScores]:
+    prompts = list(prompts)
+    new = _repeat(target_new, len(prompts))
+    true = _repeat(target_true, len(prompts))
+    scores = score_continuations(model, prompts + prompts, new + true)
+    n = len(prompts)
+    return (TokenScores(scores.logprobs[:n], scores.top1[:n]), TokenScores(scores.logprobs[n:], scores.top1[n:]))
+
+
+def _mean(values: Tensor) -> float:
+    return float(values.float().mean()) if len(values) else math.nan
+
+
+def efficacy_score(model, prompts: Sequence[str], target_new: str | Sequence[str], target_true: str | Sequence[str],
+                   compare: str = "mean_logprob") -> float:
+    """Mean over prompts of [p(new) > p(true)]."""
+    new, true = _pair(model, prompts, target_new, target_true)
+    return _mean(new_beats_true(new, true, compare))
+
+
+def efficacy_magnitude(model, prompts: Sequence[str], target_new: str | Sequence[str],
+                       target_true: str | Sequence[str]) -> float:
+    """Mean over prompts of p(new) − p(true) (probabilities = products of token probabilities)."""
+    new, true = _pair(model, prompts, target_new, target_true)
+    return _mean(new.prob - true.prob)
+
+
+def paraphrase_score(model, paraphrases: Sequence[str], target_new, target_true, compare: str = "mean_logprob") -> float:
+    """:func:`efficacy_score` on paraphrases of the rewrite prompt."""
+    return efficacy_score(model, paraphrases, target_new, target_true, compare)
+
+
+def paraphrase_magnitude(model, paraphrases: Sequence[str], target_new, target_true) -> float:
+    """:func:`efficacy_magnitude` on paraphrases of the rewrite prompt."""
+    return efficacy_magnitude(model, paraphrases, target_new, target_true)
+
+
+def neighborhood_score(model, prompts: Sequence[str], target_new, target_true, compare: str = "mean_logprob") -> float:
+    """Mean over neighbourhood prompts of [p(true) > p(new)]."""
+    new, true = _pair(model, prompts, target_new, target_true)
+    return _mean(new_beats_true(true, new, compare))
+
+
+def neighborhood_magnitude(model, prompts: Sequence[str], target_new, target_true) -> float:
+    """Mean over neighbourhood prompts of p(true) − p(new)."""
+    return -efficacy_magnitude(model, prompts, target_new, target_true)
+
+
+def counterfact_score(efficacy: float, paraphrase: float, neighborhood: float) -> float:
+    """The harmonic mean of the three scores (0 if any is 0; NaN if any is NaN)."""
+    values = (efficacy, paraphrase, neighborhood)
+    if any(v != v for v in values):
+        return math.nan
+    if min(values) <= 0:
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def token_accuracy(model, prompts: Sequence[str], targets: str | Sequence[str]) -> Float[Tensor, " n"]:
+    """Per prompt: the fraction of the target's tokens that are the top-1 prediction when the
+    target is teacher-forced (zsRE / EasyEdit's accuracy)."""
+    return score_continuations(model, list(prompts), _repeat(targets, len(prompts))).token_accuracy
+
+
+def answered(model, prompts: Sequence[str], answers: Sequence[Sequence[str]]) -> Bool[Tensor, " n"]:
+    """Per prompt: whether greedy decoding emits one of its answers first (every token top-1)."""
+    flat_prompts, flat_answers, owner = [], [], []
+    for i, (prompt, options) in enumerate(zip(prompts, answers, strict=True)):
+        for answer in options:
+            flat_prompts.append(prompt)
+            flat_answers.append(answer)
+            owner.append(i)
+    out = torch.zeros(len(prompts), dtype=torch.bool)
+    if flat_prompts:
+        exact = score_continuations(model, flat_prompts, flat_answers).exact
+        out.index_put_((torch.tensor(owner),), exact, accumulate=True)
+    return out
+
+
+def multihop_correct(model, questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]) -> Bool[Tensor, " n"]:
+    """Per multi-hop question: whether any of its phrasings is answered right (any answer
+    alias counts)."""
+    prompts, owners, per_prompt = [], [], []
+    for i, (phrasings, options) in enumerate(zip(questions, answers, strict=True)):
+        for phrasing in phrasings:
+            prompts.append(phrasing)
+            per_prompt.append(list(options))
+            owners.append(i)
+    out = torch.zeros(len(questions), dtype=torch.bool)
+    if prompts:
+        out.index_put_((torch.tensor(owners),), answered(model, prompts, per_prompt), accumulate=True)
+    return out
+
+
+def multihop_accuracy(model, questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]) -> float:
+    """MQuAKE's multi-hop accuracy: the fraction of questions with any phrasing answered right."""
+    return _mean(multihop_correct(model, questions, answers))
+
+
+# --- fluency --------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """Generation entropy of one text: the mean over n of weight_n · H_n, H_n the entropy (bits)
+    of the text's word n-gram frequencies (words: runs of letters/digits and single
+    punctuation marks). The defaults are ROME's GE; a text repeating one word scores 0."""
+    words = _WORD.findall(text)
+    parts = []
+    for n, weight in zip(ns, weights, strict=True):
+        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+        parts.append(weight * entropy)
+    return sum(parts) / len(parts)
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: Sequence[str], max_new_tokens: int = 50, batch_size: int = 64) -> list[str]:
+    """Greedy continuations of each prompt (prompt text included), at most ``max_new_tokens``
+    and never past the model's context; a row stops at the end-of-text token."""
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        rows = encode_prompts(tokenizer, prompts[start : start + batch_size])
+        done = [False] * len(rows)
+        steps = max(0, min(max_new_tokens, model.cfg.n_ctx - max(len(r) for r in rows)))
+        for _ in range(steps):
+            tokens, lengths = pad_right(rows, tokenizer.pad_token_id or 0)
+            logits = model(tokens.to(model.cfg.device))
+            nxt = logits[torch.arange(len(rows)), lengths.to(logits.device) - 1].argmax(-1).tolist()
+            for i, token in enumerate(nxt):
+                if not done[i]:
+                    if token == eos:
+                        done[i] = True
+                    else:
+                        rows[i].append(token)
+            if all(done):
+                break
+        out += [tokenizer.decode(r[1:] if r and r[0] == tokenizer.bos_token_id else r) for r in rows]
+    return out
+
+
+def generation_fluency(model, prompts: Sequence[str], max_new_tokens: int = 50) -> Float[Tensor, " n"]:
+    """:func:`ngram_entropy` of each prompt's greedy generation."""
+    return torch.tensor([ngram_entropy(t) for t in greedy_generate(model, prompts, max_new_tokens)])
+
+
+# --- multiple choice -------------------------------------------------------------------------
+
+def label_token_ids(tokenizer, labels: Sequence[str]) -> Int[Tensor, " k"]:
+    """The one token of each option label (with a leading space, as a continuation)."""
+    ids = []
+    for label in labels:
+        found = tokenizer.encode(" " + label.lstrip(" "), add_special_tokens=False)
+        if len(found) != 1:
+            raise TokenizationError(f"option label {label!r} is {len(found)} tokens ({found}); a label must be one token")
+        ids.append(found[0])
+    return torch.tensor(ids)
+
+
+def option_probabilities(model, prompts: Sequence[str], labels: Sequence[Sequence[str]]) -> list[Float[Tensor, " k"]]:
+    """Per question: the softmax over its option labels' next-token logits after the prompt."""
+    logits = last_token_logits(model, list(prompts))
+    return [torch.softmax(row[label_token_ids(model.tokenizer, opts)], -1) for row, opts in zip(logits, labels, strict=True)]
+
+
+def option_entropy(probs: Float[Tensor, "*batch k"]) -> Float[Tensor, "*batch"]:
+    """Shannon entropy in bits, H(p) = −Σ p_i log2 p_i (0 · log 0 = 0)."""
+    return -(probs * torch.log2(probs.clamp_min(1e-45))).where(probs > 0, torch.zeros_like(probs)).sum(-1)
+
+
+def mcq_choices(probs: Sequence[Float[Tensor, " k"]]) -> Int[Tensor, " n"]:
+    """The chosen option of each question: the argmax over its labels' logits."""
+    return torch.stack([p.argmax() for p in probs]) if probs else torch.zeros(0, dtype=torch.long)
+
+
+def mcq_accuracy(model, prompts: Sequence[str], labels: Sequence[Sequence[str]], answers: Sequence[int]) -> float:
+    """The fraction of questions whose chosen option is ``answers[i]``."""
+    chosen = mcq_choices(option_probabilities(model, prompts, labels))
+    return _mean(chosen == torch.tensor(list(answers)))

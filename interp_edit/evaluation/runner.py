@@ -1,0 +1,240 @@
+"""Batch and sequential editing experiments with resumable JSONL results.
+
+``run_experiment`` draws ``n`` cases of a dataset (a seeded shuffle), edits them in batches of
+``batch_size`` and measures:
+
+- each batch's cases right after their edit (``rows``);
+- every ``eval_every`` batches (and after the last), all cases edited so far — in sequential
+  mode on the model with every edit so far applied, the curves of papers on sequential editing;
+  in independent mode the running mean of the per-batch rows;
+- a fixed sample of ``unrelated`` other cases' true facts (drift: accuracy, log-prob drop).
+
+Independent mode undoes each batch's edit before the next; sequential mode keeps them
+(AlphaEdit through one :class:`~interp_edit.editing.AlphaEditor`, so later batches preserve the
+keys of earlier ones; other methods are simply called on the edited model). The model gets its
+original weights back at the end, also on an exception.
+
+With ``out``, results go to ``out/results.jsonl`` (one line of settings, one of baseline metrics,
+one per finished batch) and, in sequential mode, each batch's edit to ``out/edits/`` (and the
+AlphaEditor's accumulated keys). Running again with the same settings resumes after the last
+finished batch: the earlier edits are re-applied from their files, no case is repeated or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from interp_edit.errors import ExperimentError, InvalidArgumentError
+from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
+from interp_edit.evaluation.experiment import ExperimentResult
+
+RESULTS_FILE = "results.jsonl"
+
+
+def _after_batch(batch: int) -> None:
+    """Called after each batch is recorded (tests replace it to simulate an interruption)."""
+
+
+def _select(dataset, n: int | None, n_unrelated: int, seed: int) -> tuple[list, list]:
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    n = len(order) if n is None else n
+    if not 1 <= n <= len(order):
+        raise InvalidArgumentError(f"n={n} but the dataset {dataset.name!r} has {len(order)} cases")
+    return [dataset[i] for i in order[:n]], [dataset[i] for i in order[n : n + n_unrelated]]
+
+
+def _requests(cases: Sequence) -> list:
+    from interp_edit.editing import EditRequest
+
+    return [EditRequest(r.prompt, r.subject, r.target_new, r.target_true) for c in cases for r in c.rewrites()]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by an interruption: everything after it is redone
+    return lines
+
+
+def _append(path: Path, entry: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+
+
+def _comparable(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in ("started",)}
+
+
+class _Session:
+    """The editing side of one run: computes each batch's edit (one AlphaEditor in sequential
+    AlphaEdit runs), saves / restores what resuming needs."""
+
+    def __init__(self, model, method: str, sequential: bool, config: dict, folder: Path | None) -> None:
+        from interp_edit.editing import AlphaEditor, get_editor
+
+        self.model, self.method, self.sequential, self.config, self.folder = model, method, sequential, config, folder
+        self.editor = get_editor(method)
+        self.alpha = AlphaEditor(model, **config) if sequential and method == "alphaedit" else None
+
+    def edit(self, requests):
+        if self.alpha is not None:
+            return self.alpha(self.model, requests)
+        return self.editor.fn(self.model, requests, **self.config)
+
+    def _paths(self, batch: int) -> tuple[Path, Path]:
+        folder = self.folder / "edits"
+        return folder / f"batch_{batch:05d}.safetensors", folder / f"alphaedit_state_{batch:05d}.pt"
+
+    def save(self, batch: int, edit) -> str | None:
+        if self.folder is None or not self.sequential:
+            return None
+        edit_path, state_path = self._paths(batch)
+        edit.save(edit_path)
+        if self.alpha is not None:
+            torch.save({"preserved": self.alpha.preserved, "n_edited": self.alpha.n_edited}, state_path)
+        return str(edit_path.relative_to(self.folder))
+
+    def prune(self, batch: int) -> None:
+        """Once batch ``batch`` is recorded, the editor state before it is no longer needed."""
+        if self.folder is not None and self.alpha is not None:
+            self._paths(batch - 1)[1].unlink(missing_ok=True)
+
+    def restore(self, done: int) -> list:
+        """Re-apply the edits of batches ``0 … done-1`` (sequential runs); returns them."""
+        from interp_edit.editing import Edit
+
+        applied = []
+        if not self.sequential or done == 0:
+            return applied
+        for batch in range(done):
+            edit_path, _ = self._paths(batch)
+            applied.append(Edit.load(edit_path).apply(self.model))
+        if self.alpha is not None:
+            state_path = self._paths(done - 1)[1]
+            if not state_path.exists():
+                raise ExperimentError(f"cannot resume the AlphaEdit sequence: missing {state_path}")
+            state = torch.load(state_path)
+            self.alpha.preserved = {int(k): v.to(self.model.cfg.device) for k, v in state["preserved"].items()}
+            self.alpha.n_edited = state["n_edited"]
+        return applied
+
+
+def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_size: int = 1, sequential: bool = False,
+                   eval_every: int = 1, seed: int = 0, out: str | Path | None = None, unrelated: int = 100,
+                   fluency: bool = True, max_new_tokens: int = 50, config: dict | None = None,
+                   progress: bool = True) -> ExperimentResult:
+    """Edit ``n`` cases of ``dataset`` (a :class:`~interp_edit.data.Dataset` or a name / path for
+    :func:`~interp_edit.data.load_dataset`) with ``method`` in batches; see the module docstring.
+    ``config``: the editor's config fields (e.g. ``{"layers": (1, 2)}``)."""
+    from interp_edit.data import check_tokens, load_dataset
+    from interp_edit.model import model_fingerprint
+
+    if batch_size < 1 or eval_every < 1 or unrelated < 0:
+        raise InvalidArgumentError(f"batch_size ({batch_size}) and eval_every ({eval_every}) must be >= 1, unrelated >= 0")
+    if isinstance(dataset, (str, Path)):
+        dataset = load_dataset(dataset)
+    dataset = check_tokens(dataset, model.tokenizer)
+    config = dict(config or {})
+    edited, others = _select(dataset, n, unrelated, seed)
+    batches = [edited[i : i + batch_size] for i in range(0, len(edited), batch_size)]
+    settings = {
+        "dataset": dataset.name, "format": dataset.format, "method": method, "n": len(edited), "batch_size": batch_size,
+        "sequential": sequential, "eval_every": eval_every, "seed": seed, "unrelated": len(others), "fluency": fluency,
+        "max_new_tokens": max_new_tokens, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        "model_fingerprint": model_fingerprint(model), "case_ids": [c.case_id for c in edited],
+    }
+    folder = Path(out) if out is not None else None
+    path = folder / RESULTS_FILE if folder is not None else None
+    probes = fact_probes(others)
+    records = _resume(path, settings)
+    if records:  # drop a line cut by the interruption, and anything after it
+        path.write_text("".join(json.dumps(line) + "\n" for line in [{"type": "settings", **settings}, *records]))
+    baseline = records[0] if records else None
+    done = records[1:]
+    session = _Session(model, method, sequential, config, folder)
+    applied: list = []
+    start = time.perf_counter()
+    try:
+        if baseline is None:
+            t0 = time.perf_counter()
+            unrelated_now, reference = unrelated_metrics(model, probes)
+            rows = evaluate_cases(model, edited, fluency=fluency, max_new_tokens=max_new_tokens)
+            baseline = {"type": "baseline", "metrics": aggregate(rows) | unrelated_now, "unrelated_logprobs": reference,
+                        "seconds": time.perf_counter() - t0}
+            if path is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text("")
+                _append(path, {"type": "settings", **settings})
+                _append(path, baseline)
+        reference = baseline["unrelated_logprobs"]
+        applied = session.restore(len(done))
+        bar = tqdm(total=len(batches), initial=len(done), desc=f"{method} {'sequential' if sequential else 'independent'}",
+                   disable=not progress)
+        all_rows = [row for entry in done for row in entry["rows"]]
+        for b in range(len(done), len(batches)):
+            cases = batches[b]
+            t0 = time.perf_counter()
+            edit = session.edit(_requests(cases))
+            edit_seconds = time.perf_counter() - t0
+            edit.apply(model)
+            applied.append(edit)
+            rows = evaluate_cases(model, cases, fluency=fluency, max_new_tokens=max_new_tokens)
+            all_rows += rows
+            entry = {"type": "batch", "batch": b, "n_edited": sum(len(x) for x in batches[: b + 1]),
+                     "case_ids": [c.case_id for c in cases], "edit_seconds": edit_seconds, "rows": rows}
+            if (b + 1) % eval_every == 0 or b == len(batches) - 1:
+                drift, _ = unrelated_metrics(model, probes, reference)
+                if sequential:
+                    so_far = [c for batch in batches[: b + 1] for c in batch]
+                    metrics = aggregate(evaluate_cases(model, so_far, fluency=fluency, max_new_tokens=max_new_tokens))
+                else:
+                    metrics = aggregate(all_rows)
+                entry["checkpoint"] = metrics | drift
+            entry["edit_file"] = session.save(b, edit)
+            if not sequential:
+                applied.pop().undo(model)
+            entry["seconds"] = time.perf_counter() - t0
+            if path is not None:
+                _append(path, entry)
+                session.prune(b)
+            done.append(entry)
+            bar.update(1)
+            _after_batch(b)
+        bar.close()
+    finally:
+        for edit in reversed(applied):
+            edit.undo(model)
+    wall = baseline["seconds"] + sum(entry["seconds"] for entry in done)
+    return ExperimentResult(settings, baseline["metrics"], done, wall, time.perf_counter() - start)
+
+
+def _resume(path: Path | None, settings: dict) -> list[dict]:
+    """The baseline and finished batch entries of an earlier run with the same settings."""
+    if path is None or not path.exists():
+        return []
+    lines = _read_jsonl(path)
+    if not lines or lines[0].get("type") != "settings":
+        return []
+    found = {k: v for k, v in lines[0].items() if k != "type"}
+    if _comparable(found) != _comparable(json.loads(json.dumps(settings))):
+        differ = sorted(k for k in set(found) | set(settings) if found.get(k) != json.loads(json.dumps(settings)).get(k))
+        raise ExperimentError(f"{path} holds a run with other settings (differing: {differ}); use another --out folder")
+    entries = [line for line in lines[1:] if line.get("type") in ("baseline", "batch")]
+    if not entries or entries[0]["type"] != "baseline":
+        return []
+    batches = [e for e in entries[1:] if e["type"] == "batch"]
+    batches = [e for i, e in enumerate(batches) if e["batch"] == i]  # contiguous prefix only
+    return [entries[0], *batches]
+

@@ -1,0 +1,71 @@
+"""Figures of editing experiments: metric curves vs number of edits, and several methods
+compared."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+DEFAULT_CURVES = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score",
+                  "multihop_accuracy", "efficacy_token_accuracy", "paraphrase_token_accuracy",
+                  "specificity_token_accuracy", "mcq_reliability", "mcq_generalisation", "mcq_locality",
+                  "mcq_portability", "unrelated_accuracy")
+
+
+def _points(result, metric: str) -> tuple[list[int], list[float]]:
+    xs = [0] if metric in result.baseline else []
+    ys = [result.baseline[metric]] if metric in result.baseline else []
+    for point in result.checkpoints:
+        if metric in point:
+            xs.append(point["n_edited"])
+            ys.append(point[metric])
+    return xs, ys
+
+
+def experiment_figure(result, metrics: Sequence[str] | None = None):
+    """Left: the chosen metrics vs number of edits (0 = unedited); right (MCQ data): option
+    entropy in bits vs number of edits."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    last = result.checkpoints[-1] if result.checkpoints else {}
+    metrics = [m for m in (metrics or DEFAULT_CURVES) if m in last]
+    entropy = "option_entropy" in last
+    fig = make_subplots(rows=1, cols=2 if entropy else 1, subplot_titles=("metrics", "option entropy (bits)") if entropy else None)
+    for metric in metrics:
+        xs, ys = _points(result, metric)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=metric), row=1, col=1)
+    if entropy:
+        xs, ys = _points(result, "option_entropy")
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name="option_entropy"), row=1, col=2)
+        fig.update_xaxes(title_text="number of edits", row=1, col=2)
+    s = result.settings
+    mode = "sequential" if s["sequential"] else "independent (each batch undone)"
+    fig.update_xaxes(title_text="number of edits", row=1, col=1)
+    fig.update_yaxes(title_text="value", row=1, col=1)
+    fig.update_layout(title=f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}",
+                      width=1000 if entropy else 750, height=450, template="plotly_white")
+    return fig
+
+
+def comparison_figure(results: Sequence, metrics: Sequence[str] = ("efficacy_score", "paraphrase_score",
+                      "neighborhood_score", "counterfact_score", "multihop_accuracy", "unrelated_accuracy")):
+    """One panel per metric, one line per result (method), vs number of edits."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    cols = 3
+    rows = (len(metrics) + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(metrics))
+    for i, result in enumerate(results):
+        color = qualitative.Plotly[i % len(qualitative.Plotly)]
+        for j, metric in enumerate(metrics):
+            xs, ys = _points(result, metric)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=result.settings["method"], legendgroup=str(i),
+                                     showlegend=j == 0, line={"color": color}), row=j // cols + 1, col=j % cols + 1)
+    for j in range(len(metrics)):
+        fig.update_xaxes(title_text="number of edits", row=j // cols + 1, col=j % cols + 1)
+    first = results[0].settings if results else {}
+    fig.update_layout(title=f"Sequential editing on {first.get('dataset', '')} (batches of {first.get('batch_size', '')})",
+                      width=1100, height=380 * rows, template="plotly_white")
+    return fig
