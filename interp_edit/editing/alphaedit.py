@@ -40,7 +40,7 @@ class AlphaEditConfig(MEMITConfig):
     PRESETS = MappingProxyType({
         "gpt2-xl": {},
         "gpt-j-6b": {"layers": (3, 4, 5, 6, 7, 8)},
-        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "l2": 0.5, "nullspace_threshold": 5e-2},
+        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "l2": 1.0, "nullspace_threshold": 2e-2},
     })
 
     def validate(self) -> None:
