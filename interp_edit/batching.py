@@ -38,3 +38,16 @@ def last_token_logits(model, prompts: Sequence[str], batch_size: int = 256) -> F
         logits = model(tokens.to(model.cfg.device), return_type="logits")
         rows.append(logits[torch.arange(len(lengths)), lengths.to(logits.device) - 1].float().cpu())
     return torch.cat(rows) if rows else torch.empty(0, model.cfg.d_vocab_out)
+
+
+def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
+    """BOS + the prompt's tokens; a prompt longer than the context is an error (TransformerLens'
+    ``to_tokens`` would silently truncate it)."""
+    from interp_edit.errors import EmptyInputError, PromptTooLongError
+
+    if not prompt or not prompt.strip():
+        raise EmptyInputError(f"empty prompt {prompt!r}")
+    ids = encode_prompts(model.tokenizer, [prompt])[0]
+    if len(ids) > model.cfg.n_ctx:
+        raise PromptTooLongError(f"prompt {prompt!r} is {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
+    return torch.tensor([ids], device=model.cfg.device)

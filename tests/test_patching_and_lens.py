@@ -147,3 +147,14 @@ def test_figures_plot_and_save(toy_model, tmp_path, exact):
     for result in (exact, logit_lens(toy_model, CLEAN), direct_logit_attribution(toy_model, CLEAN, "Karsa")):
         html, png = result.save(tmp_path / type(result).__name__)
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lenses_refuse_a_prompt_longer_than_the_context(toy_model):
+    from interp_edit import direct_logit_attribution, logit_lens
+    from interp_edit.errors import PromptTooLongError
+
+    long_prompt = "Talvik Corlo was born in Karsa. " * 20
+    with pytest.raises(PromptTooLongError, match="tokens; the model's context is 64"):
+        logit_lens(toy_model, long_prompt)
+    with pytest.raises(PromptTooLongError, match="Talvik Corlo"):
+        direct_logit_attribution(toy_model, long_prompt, "Karsa")

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import einops
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.analysis.scoring import encode_target
-from interp_edit.batching import encode_prompts
-from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
+from interp_edit.batching import prompt_tokens
+from interp_edit.errors import InvalidArgumentError
 from interp_edit.model import hook_name, layer_weight, norm_bias, norm_centres, norm_weight, run_with_cache
 
 #: Elements of the largest temporary [rows, positions, vocab] logits block.
@@ -146,17 +146,6 @@ def shifted_logprobs(
         target = base_logits[target_id] + c * dirs[:, target_id, None]
         out[start : start + step] = target - torch.logsumexp(shifted, -1) - base_lp
     return out
-
-
-def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
-    """BOS + the prompt's tokens; a prompt longer than the context is an error (TransformerLens'
-    ``to_tokens`` would silently truncate it)."""
-    if not prompt or not prompt.strip():
-        raise EmptyInputError(f"empty prompt {prompt!r}")
-    ids = encode_prompts(model.tokenizer, [prompt])[0]
-    if len(ids) > model.cfg.n_ctx:
-        raise PromptTooLongError(f"prompt {prompt!r} is {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
-    return torch.tensor([ids], device=model.cfg.device)
 
 
 def first_order_logprobs(

@@ -11,17 +11,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.analysis.scoring import encode_target
-from interp_edit.errors import EmptyInputError, PromptTooLongError
+from interp_edit.batching import prompt_tokens
 from interp_edit.model import hook_name, run_with_cache
 
 
 def _tokens(model, prompt: str) -> Tensor:
-    if not prompt or not prompt.strip():
-        raise EmptyInputError(f"empty prompt {prompt!r}")
-    tokens = model.to_tokens(prompt)
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise PromptTooLongError(f"prompt {prompt!r} is {tokens.shape[1]} tokens; the context is {model.cfg.n_ctx}")
-    return tokens
+    # TransformerLens' to_tokens would silently truncate a prompt longer than the context
+    return prompt_tokens(model, prompt)
 
 
 @dataclass

@@ -36,9 +36,9 @@ from interp_edit.analysis.attribution import (
     _layer_names,
     ffn_value_scores,
     frozen_unembed,
-    prompt_tokens,
     resolve_target,
 )
+from interp_edit.batching import prompt_tokens
 from interp_edit.errors import EmptyInputError, InvalidArgumentError
 from interp_edit.model import hook_name, layer_weight, norm_weight, run_with_cache
 
