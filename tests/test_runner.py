@@ -1,0 +1,114 @@
+"""The experiment runner: independent and sequential runs restore the model; an interrupted
+run resumes without repeating or losing cases and ends as an uninterrupted one does."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+
+from interp_edit.data import load_dataset
+from interp_edit.errors import ExperimentError
+from interp_edit.evaluation import ExperimentResult, comparison_table, run_experiment
+
+runner = importlib.import_module("interp_edit.evaluation.runner")
+SMALL = {"n": 12, "batch_size": 4, "unrelated": 6, "fluency": False, "progress": False, "seed": 3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Many small forwards: one thread is faster and robust to busy cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def facts(toy_world):
+    data = load_dataset("toyworld-counterfact", world=toy_world)
+    return type(data)(data.name, data.format, tuple(c for c in data if c.rewrite.prompt != "{} is a city in"), data.source)
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(model, state):
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(k: int):
+    def hook(batch: int) -> None:
+        if batch == k:
+            raise Interrupt(f"stopped after batch {batch}")
+    return hook
+
+
+def assert_same_results(a: ExperimentResult, b: ExperimentResult) -> None:
+    assert [e["case_ids"] for e in a.batches] == [e["case_ids"] for e in b.batches]
+    for x, y in zip(a.rows + a.checkpoints, b.rows + b.checkpoints, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], float):
+                assert x[key] == pytest.approx(y[key], abs=1e-5, nan_ok=True), key
+            else:
+                assert x[key] == y[key], key
+
+
+@pytest.mark.parametrize("method", ["alphaedit", "memit"])
+def test_interrupted_sequential_run_resumes_like_an_uninterrupted_one(toy_model, facts, tmp_path, monkeypatch, method):
+    before = snapshot(toy_model)
+    full = run_experiment(toy_model, facts, method, sequential=True, out=tmp_path / "full", **SMALL)
+    assert_same(toy_model, before)
+    monkeypatch.setattr(runner, "_after_batch", interrupt_after(1))
+    with pytest.raises(Interrupt):
+        run_experiment(toy_model, facts, method, sequential=True, out=tmp_path / "cut", **SMALL)
+    assert_same(toy_model, before)  # edits undone on the exception
+    lines = (tmp_path / "cut" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(x)["type"] for x in lines] == ["settings", "baseline", "batch", "batch"]
+    with open(tmp_path / "cut" / "results.jsonl", "a") as handle:
+        handle.write('{"type": "batch", "batch": 2, "rows": [')  # a line cut mid-write
+    monkeypatch.setattr(runner, "_after_batch", lambda batch: None)
+    resumed = run_experiment(toy_model, facts, method, sequential=True, out=tmp_path / "cut", **SMALL)
+    assert_same(toy_model, before)
+    assert_same_results(full, resumed)
+    ids = [row["case_id"] for row in resumed.rows]
+    assert len(ids) == len(set(ids)) == SMALL["n"]
+    on_disk = [json.loads(x) for x in (tmp_path / "cut" / "results.jsonl").read_text().splitlines()]
+    assert [e["batch"] for e in on_disk if e["type"] == "batch"] == [0, 1, 2]
+
+
+def test_independent_run_undoes_each_batch(toy_model, facts, tmp_path):
+    before = snapshot(toy_model)
+    result = run_experiment(toy_model, facts, "rome", n=6, batch_size=3, unrelated=4, fluency=True, progress=False,
+                            eval_every=2, out=tmp_path / "rome")
+    assert_same(toy_model, before)
+    summary = result.summary()
+    assert summary["n"] == 6 and summary["efficacy_score"] >= 0.8 and "fluency" in summary
+    assert [c["n_edited"] for c in result.checkpoints] == [6]  # eval_every=2 with 2 batches
+    assert result.baseline["efficacy_score"] == 0.0
+    assert "efficacy_score" in result.table() and "| rome | independent/3 |" in comparison_table([result])
+    files = result.save(tmp_path / "rome" / "summary")
+    assert ExperimentResult.load(files[0]).summary()["efficacy_score"] == summary["efficacy_score"]
+    # a second run with other settings into the same folder is refused
+    with pytest.raises(ExperimentError, match="other settings.*batch_size"):
+        run_experiment(toy_model, facts, "rome", n=6, batch_size=2, unrelated=4, progress=False, out=tmp_path / "rome")
+
+
+def test_mcq_run_tracks_option_entropy(toy_model, toy_world):
+    data = load_dataset("toyworld-mcq", world=toy_world)
+    result = run_experiment(toy_model, data, "memit", n=8, batch_size=4, sequential=True, unrelated=4, progress=False)
+    points = result.checkpoints
+    assert [p["n_edited"] for p in points] == [4, 8]
+    assert all(0 <= p["option_entropy"] <= 2.33 for p in points)
+    assert points[-1]["mcq_reliability"] >= 0.75
+    fig = result.plot()
+    assert any(trace.name == "option_entropy" for trace in fig.data)
