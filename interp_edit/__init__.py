@@ -51,6 +51,12 @@ _EXPORTS = {
     "alphaedit": "interp_edit.editing",
     "finetune": "interp_edit.editing",
     "load_model": "interp_edit.model",
+    "Dataset": "interp_edit.data",
+    "load_dataset": "interp_edit.data",
+    "ExperimentResult": "interp_edit.evaluation",
+    "run_experiment": "interp_edit.evaluation",
+    "DatasetError": "interp_edit.errors",
+    "ExperimentError": "interp_edit.errors",
     "to_hf": "interp_edit.model",
     "BUILTIN_MODELS": "interp_edit.model",
     "CounterFactRecord": "interp_edit.prompts",
@@ -120,6 +126,12 @@ __all__ = [
     "direct_logit_attribution",
     "last_token_logits",
     "load_model",
+    "Dataset",
+    "load_dataset",
+    "ExperimentResult",
+    "run_experiment",
+    "DatasetError",
+    "ExperimentError",
     "logit_lens",
     "select_layer_window",
     "to_hf",
@@ -154,6 +166,7 @@ if TYPE_CHECKING:
         select_layer_window,
     )
     from interp_edit.batching import last_token_logits
+    from interp_edit.data import Dataset, load_dataset
     from interp_edit.editing import (
         AlphaEditConfig,
         AlphaEditor,
@@ -172,16 +185,19 @@ if TYPE_CHECKING:
     )
     from interp_edit.errors import (
         CheckpointError,
+        DatasetError,
         EditApplicationError,
         EditConfigError,
         EditOptimizationError,
         EditRequestError,
+        ExperimentError,
         ExportError,
         InterpEditError,
         ModelNotFoundError,
         SubjectNotFoundError,
         TokenizationError,
     )
+    from interp_edit.evaluation import ExperimentResult, run_experiment
     from interp_edit.model import BUILTIN_MODELS, load_model, to_hf
     from interp_edit.prompts import CounterFactRecord, MultiHopQuestion
 

@@ -123,6 +123,29 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from interp_edit.evaluation import run_experiment
+    from interp_edit.model import load_model
+
+    model = load_model(args.model)
+    config = json.loads(args.config) if args.config else {}
+    result = run_experiment(model, args.data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
+                            eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
+                            fluency=not args.no_fluency, config=config, progress=not args.quiet)
+    files = result.save(Path(args.out) / "summary") if args.out else []
+    if args.json:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.summary().items()}
+        print(json.dumps(clean))
+    else:
+        print(result.table())
+        for path in files:
+            print(f"saved={path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--top-k", type=int, default=5)
     edit.add_argument("--out", help="save the edit to this .safetensors file")
     edit.set_defaults(func=_cmd_edit)
+
+    ev_cmd = sub.add_parser("evaluate", help="edit n dataset cases in batches (independent or sequential); print the metrics")
+    ev_cmd.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
+    ev_cmd.add_argument("--data", default="toyworld-counterfact",
+                        help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file")
+    ev_cmd.add_argument("--method", default="rome", help="rome, memit, alphaedit, ft (default rome)")
+    ev_cmd.add_argument("--n", type=int, help="number of cases edited (default: all)")
+    ev_cmd.add_argument("--batch-size", type=int, default=1, help="requests per edit (default 1)")
+    ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (default: undo each batch)")
+    ev_cmd.add_argument("--eval-every", type=int, default=1, help="evaluate all edited cases every this many batches")
+    ev_cmd.add_argument("--unrelated", type=int, default=100, help="unrelated facts watched for drift")
+    ev_cmd.add_argument("--seed", type=int, default=0, help="which cases are drawn")
+    ev_cmd.add_argument("--no-fluency", action="store_true", help="skip the greedy generations (faster)")
+    ev_cmd.add_argument("--config", help='editor config fields as JSON, e.g. \'{"layers": [1, 2]}\'')
+    ev_cmd.add_argument("--out", help="folder for results.jsonl (resumable), edits, summary.json and the figure")
+    ev_cmd.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    ev_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev_cmd.set_defaults(func=_cmd_evaluate)
 
     toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")

@@ -112,3 +112,16 @@ def test_mcq_run_tracks_option_entropy(toy_model, toy_world):
     assert points[-1]["mcq_reliability"] >= 0.75
     fig = result.plot()
     assert any(trace.name == "option_entropy" for trace in fig.data)
+
+
+def test_cli_evaluate_prints_one_json_object(tmp_path, capsys):
+    from interp_edit.cli import main
+
+    args = ["evaluate", "--method", "memit", "--n", "4", "--batch-size", "2", "--sequential", "--unrelated", "2",
+            "--no-fluency", "--quiet", "--json", "--out", str(tmp_path / "cli")]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "memit" and summary["n"] == 4 and summary["efficacy_score"] >= 0.75
+    assert "wall_seconds" in summary and (tmp_path / "cli" / "summary.png").exists()
+    assert main(["evaluate", "--data", "no-such-set", "--quiet"]) == 2
+    assert "toyworld-mquake" in capsys.readouterr().err
