@@ -18,8 +18,8 @@ from interp_edit import load_model
 from interp_edit.data import load_dataset
 from interp_edit.editing import editors
 from interp_edit.evaluation import comparison_table, run_experiment
-from interp_edit.viz.export import save_figure
 from interp_edit.viz.experiments import comparison_figure
+from interp_edit.viz.export import save_figure
 
 SHOWN = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score", "fluency",
          "multihop_accuracy", "unrelated_accuracy", "edit_seconds", "wall_seconds")
