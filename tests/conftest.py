@@ -59,3 +59,27 @@ def person_records(toy_world):
     records = [r for r in counterfact_records(toy_world) if r.relation_id in ("born_in", "profession", "speaks", "instrument")]
     random.Random(stable_seed("editing-tests")).shuffle(records)
     return records
+
+
+@pytest.fixture(scope="session")
+def tiny_model(toy_model):
+    """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer (tests that
+    change it restore it bit for bit)."""
+    from interp_edit.model import build_hooked_transformer
+
+    torch.manual_seed(0)
+    cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
+               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+               default_prepend_bos=True)
+    model = build_hooked_transformer(cfg, toy_model.tokenizer)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,35 +10,11 @@ import torch
 
 from interp_edit import Neuron, ablate_neurons, layer_attribution_scores, neuron_attribution
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
-from interp_edit.model import build_hooked_transformer
 
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tests run many small forwards, which a second thread only slows down when the
-    machine's cores are busy; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(toy_model):
-    """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer."""
-    torch.manual_seed(0)
-    cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
-               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True)
-    model = build_hooked_transformer(cfg, toy_model.tokenizer)
-    with torch.no_grad():  # non-trivial norm gains and biases, so that dropping / keeping them matters
-        for name, param in model.named_parameters():
-            if name.endswith((".w", ".b", "b_U")):
-                param.add_(0.3 * torch.randn_like(param))
-    model.eval()
-    return model
+#: many small forwards, which a second thread only slows down when the cores are busy
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,9 @@ from hypothesis import strategies as st
 
 from interp_edit.editing import Edit, LowRankDelta, SparseRowDelta, applied_edits
 from interp_edit.errors import CheckpointError, EditApplicationError
-from interp_edit.model import build_hooked_transformer, model_fingerprint
+from interp_edit.model import model_fingerprint
 
 PROMPTS = ["As everyone knows, Talvik Corlo was born in", "Lisvo Pimlo speaks"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(toy_model):
-    torch.manual_seed(1)
-    cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
-               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True)
-    model = build_hooked_transformer(cfg, toy_model.tokenizer)
-    model.eval()
-    return model
 
 
 def random_edit(model, seed: int, scale: float = 0.5) -> Edit:

@@ -9,15 +9,8 @@ import torch
 from interp_edit import neuron_attribution, qv_pathways
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tests run many small forwards, which a second thread only slows down when the
-    machine's cores are busy; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: many small forwards, which a second thread only slows down when the cores are busy
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

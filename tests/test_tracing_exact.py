@@ -14,7 +14,6 @@ from interp_edit.errors import (
     PromptTooLongError,
     SubjectNotFoundError,
 )
-from interp_edit.model import build_hooked_transformer
 
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 SUBJECT = "Talvik Corlo"
@@ -27,18 +26,6 @@ CASES = [
     dict(severed="attn", window=2, metric="logprob"),
     dict(corruption="replace", replacements=["Fenpas Astlo", "Corta Astgun"]),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(toy_model):
-    """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer."""
-    torch.manual_seed(0)
-    cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
-               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True)
-    model = build_hooked_transformer(cfg, toy_model.tokenizer)
-    model.eval()
-    return model
 
 
 @pytest.mark.parametrize("settings", CASES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "default")
