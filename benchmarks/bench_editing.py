@@ -107,12 +107,12 @@ def main() -> None:
             big = gpt2_small_random(toy.tokenizer)
             texts = default_corpus(toy, 200)
             stats_throughput("gpt2small", big, texts, 5, max(1, args.repeats - 1))
-            settings = dict(steps=5, n_prefixes=2, stats_samples=200, layer=5)
+            settings = dict(steps=5, n_prefixes=2, stats_samples=200, layer=5)  # the toy texts as corpus (no hub)
             print("gpt2small_settings=" + ",".join(f"{k}:{v}" for k, v in settings.items()))
-            rome_split("gpt2small", big, records, cache_dir, **settings)
+            rome_split("gpt2small", big, records, cache_dir, corpus=texts, **settings)
             memit_settings = dict(steps=2, n_prefixes=1, stats_samples=200, layers=(3, 4, 5))
             print("gpt2small_memit_settings=" + ",".join(f"{k}:{v}" for k, v in memit_settings.items()))
-            memit_runs("gpt2small", big, records, (10, 100), cache_dir, **memit_settings)
+            memit_runs("gpt2small", big, records, (10, 100), cache_dir, corpus=texts, **memit_settings)
 
 
 if __name__ == "__main__":
