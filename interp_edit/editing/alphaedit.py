@@ -39,7 +39,7 @@ class AlphaEditConfig(MEMITConfig):
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {},
-        "gpt-j-6b": {"layers": (3, 4, 5, 6, 7, 8)},
+        "gpt-j-6B": {"layers": (3, 4, 5, 6, 7, 8)},
         "toyworld": {**MEMITConfig.PRESETS["toyworld"], "l2": 1.0, "nullspace_threshold": 2e-2},
     })
 

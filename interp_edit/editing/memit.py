@@ -48,7 +48,7 @@ class MEMITConfig(EditorConfig):
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {},
-        "gpt-j-6b": {"layers": (3, 4, 5, 6, 7, 8), "mom2_update_weight": 15_000.0},
+        "gpt-j-6B": {"layers": (3, 4, 5, 6, 7, 8), "mom2_update_weight": 15_000.0},
         "toyworld": {"layers": (0, 1), "stats_samples": 4000, "mom2_update_weight": 100.0, "n_prefixes": 3,
                      "prefix_length": 8, "steps": 15, "lr": 1.0, "clamp_norm_factor": 4.0},
     })

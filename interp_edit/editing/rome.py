@@ -39,7 +39,7 @@ class ROMEConfig(EditorConfig):
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {},
-        "gpt-j-6b": {"layer": 5},
+        "gpt-j-6B": {"layer": 5},
         "toyworld": {"layer": 0, "stats_samples": 4000, "n_prefixes": 5, "prefix_length": 8,
                      "steps": 15, "lr": 1.0, "clamp_norm_factor": 4.0, "kl_factor": 0.0625},
     })
