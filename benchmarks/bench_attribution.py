@@ -27,24 +27,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import threading
 import time
 
 import torch
+from common import gpt2_small_random, median_time  # noqa: E402
 
 PROMPT = "People say that Talvik Corlo is a musician who plays the"
-
-
-def _time(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def _rss_bytes() -> int:
@@ -76,19 +67,6 @@ def peak_memory(fn, device: str) -> int:
         done.set()
         thread.join()
     return max(peak[0], _rss_bytes()) - start
-
-
-def gpt2_small_random(tokenizer, device: str):
-    from interp_edit.model import build_hooked_transformer
-
-    torch.manual_seed(0)
-    cfg = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
-               d_vocab_out=50257, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True, original_architecture="GPT2LMHeadModel", model_name="gpt2-small-random",
-               device=device)
-    model = build_hooked_transformer(cfg, tokenizer)
-    model.eval()
-    return model
 
 
 def fwd_bwd(model, tokens, target_id: int) -> float:
@@ -153,14 +131,14 @@ def bench(name: str, model, repeats: int, device: str) -> None:
             torch.cuda.synchronize()
 
     fwd_bwd(model, tokens, target_id)  # warm-up
-    t_base, _ = _time(lambda: (fwd_bwd(model, tokens, target_id), sync()), max(repeats, 5))
+    t_base, _ = median_time(lambda: (fwd_bwd(model, tokens, target_id), sync()), max(repeats, 5))
     print(f"{name}_fwd_bwd_s={t_base:.4f}", flush=True)
     neuron_attribution(model, PROMPT, top_k=300)  # warm-up
-    t_attr, result = _time(lambda: (neuron_attribution(model, PROMPT, top_k=300), sync())[0], repeats)
+    t_attr, result = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300), sync())[0], repeats)
     print(f"{name}_attribution_s={t_attr:.4f}")
     print(f"{name}_attribution_time_ratio_vs_fwd_bwd={t_attr / t_base:.2f}", flush=True)
     print(f"{name}_attribution_max_abs_err={max_abs_error(model, result):.2e}", flush=True)
-    t_fo, approx = _time(lambda: (neuron_attribution(model, PROMPT, top_k=300, method="first_order"), sync())[0], repeats)
+    t_fo, approx = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300, method="first_order"), sync())[0], repeats)
     print(f"{name}_first_order_s={t_fo:.4f}")
     print(f"{name}_first_order_time_ratio_vs_fwd_bwd={t_fo / t_base:.2f}")
     err = max((approx.ffn_scores - result.ffn_scores).abs().max().item(), (approx.attn_scores - result.attn_scores).abs().max().item())

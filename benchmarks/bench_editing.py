@@ -19,23 +19,13 @@ import tempfile
 import time
 
 import torch
+from common import gpt2_small_random  # noqa: E402
 
 from interp_edit import load_model
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.editing import memit, rome
 from interp_edit.editing.stats import collect_second_moments, default_corpus
-from interp_edit.model import build_hooked_transformer
 from interp_edit.toyworld import counterfact_records, load_world
-
-
-def gpt2_small_random(tokenizer):
-    torch.manual_seed(0)
-    cfg = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
-               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True, model_name="gpt2-small-random")
-    model = build_hooked_transformer(cfg, tokenizer)
-    model.eval()
-    return model
 
 
 @torch.no_grad()

@@ -18,36 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens patching draws progress bars
 
 import torch  # noqa: E402
+from common import gpt2_small_random, median_time  # noqa: E402
 
 PROMPT = "People say that Talvik Corlo is a musician who plays the"
 SUBJECT = "Talvik Corlo"
-
-
-def _time(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
-def gpt2_small_random(tokenizer):
-    from interp_edit.model import build_hooked_transformer
-
-    torch.manual_seed(0)
-    cfg = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
-               d_vocab_out=50257, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True, original_architecture="GPT2LMHeadModel", model_name="gpt2-small-random")
-    model = build_hooked_transformer(cfg, tokenizer)
-    model.eval()
-    return model
 
 
 def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
@@ -75,16 +53,16 @@ def bench(name: str, model, repeats: int) -> None:
     target = None
     n_tokens = model.to_tokens(PROMPT).shape[1]
     print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab}", flush=True)
-    t_fast, fast = _time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10), repeats)
+    t_fast, fast = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10), repeats)
     print(f"{name}.trace_s={t_fast:.3f}", flush=True)
-    t_loop, loop = _time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10), max(1, repeats // 2))
+    t_loop, loop = median_time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10), max(1, repeats // 2))
     print(f"{name}.loop_s={t_loop:.3f}")
     print(f"{name}.trace_speedup_vs_loop={t_loop / t_fast:.2f}")
     print(f"{name}.trace_max_abs_diff_vs_loop={(fast.scores - loop).abs().max().item():.2e}", flush=True)
-    t_fast1, fast1 = _time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1), repeats)
+    t_fast1, fast1 = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1), repeats)
     print(f"{name}.trace_window1_s={t_fast1:.3f}", flush=True)
     inputs = prepare_trace(model, PROMPT, SUBJECT, target, TraceSettings(window=1))
-    t_tl, (resid, mlp, attn) = _time(
+    t_tl, (resid, mlp, attn) = median_time(
         lambda: tl_patching_trace(model, PROMPT, SUBJECT, inputs.target.ids[0], inputs.base_hooks[0], 10),
         max(1, repeats // 2))
     # TransformerLens' resid_pre at layer l+1 is our hidden (resid_post) at layer l
