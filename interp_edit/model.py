@@ -8,6 +8,7 @@ Hugging Face ``GPT2LMHeadModel``. Another backend (e.g. TransformerBridge) would
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tempfile
@@ -544,22 +545,17 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
 def frozen_parameters(model):
-    """Context manager: no parameter of ``model`` requires grad inside; restored afterwards."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def frozen():
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        try:
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield model
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-    return frozen()
+    """No parameter of ``model`` requires grad inside the block; the flags are restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def forward_to_layer(model, tokens: torch.Tensor, stop_layer: int, names: list[str], hooks: list[tuple[str, Any]] = ()) -> dict[str, torch.Tensor]:

@@ -70,8 +70,9 @@ class SparseRowDelta:
     def rank(self) -> int:
         return int(torch.linalg.matrix_rank(self.values.double()).item()) if len(self.rows) else 0
 
-    def dense_shape_rows(self, n_rows: int, n_cols: int) -> Tensor:
-        out = torch.zeros(n_rows, n_cols, dtype=self.values.dtype, device=self.values.device)
+    def dense(self, n_rows: int) -> Float[Tensor, "rows cols"]:
+        """ΔW as a dense matrix of ``n_rows`` rows."""
+        out = torch.zeros(n_rows, self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
         out[self.rows] = self.values
         return out
 
@@ -126,7 +127,7 @@ class Edit:
         delta = self.deltas[name]
         if isinstance(delta, LowRankDelta):
             return delta.dense()
-        return delta.dense_shape_rows(*weight_matrix_shape(model, name))
+        return delta.dense(weight_matrix_shape(model, name)[0])
 
     @torch.no_grad()
     def apply(self, model) -> Edit:
