@@ -158,3 +158,8 @@ def test_summary_reports_layers_ranks_and_norms(tiny_model):
     assert rows["blocks.1.mlp.W_out"]["delta_norm"] == pytest.approx(float(dense.double().norm()), rel=1e-5)
     assert rows["blocks.1.mlp.W_out"]["relative_norm"] > 0
     assert "rank 2" in repr(edit)
+
+
+def test_sparse_rows_must_be_distinct():
+    with pytest.raises(ValueError, match="distinct"):
+        SparseRowDelta(torch.tensor([1, 1]), torch.zeros(2, 4))

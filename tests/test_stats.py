@@ -47,3 +47,18 @@ def test_bad_statistics_arguments(toy_model, tmp_path):
         second_moments(toy_model, [0], site="resid", corpus=TEXTS, cache_dir=tmp_path)
     with pytest.raises(EditConfigError, match="corpus item 1 is not a string"):
         second_moments(toy_model, [0], corpus=["ok", 3], cache_dir=tmp_path)
+
+
+def test_statistics_are_not_computed_on_an_edited_model(toy_model, tmp_path):
+    from interp_edit.editing import Edit, LowRankDelta
+    from interp_edit.model import model_fingerprint
+
+    cfg = toy_model.cfg
+    edit = Edit("test", {"blocks.0.mlp.W_out": LowRankDelta(torch.ones(cfg.d_mlp, 1), torch.ones(1, cfg.d_model))},
+                model_fingerprint(toy_model))
+    cached = second_moments(toy_model, [0], corpus=TEXTS, cache_dir=tmp_path, progress=False)
+    with edit.applied(toy_model):
+        again = second_moments(toy_model, [0], corpus=TEXTS, cache_dir=tmp_path, progress=False)  # from the cache
+        with pytest.raises(EditConfigError, match=r"layers \[1\] are not cached.*edits are applied"):
+            second_moments(toy_model, [1], corpus=TEXTS, cache_dir=tmp_path, progress=False)
+    assert torch.equal(cached[0], again[0])

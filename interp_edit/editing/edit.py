@@ -53,7 +53,7 @@ class LowRankDelta:
 
     def through(self, inputs: Float[Tensor, "... rows"]) -> Float[Tensor, "... cols"]:
         """``inputs @ ΔW`` without forming ΔW."""
-        return (inputs @ self.left.to(inputs.dtype)) @ self.right.to(inputs.dtype)
+        return (inputs @ self.left.to(inputs.device, inputs.dtype)) @ self.right.to(inputs.device, inputs.dtype)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"left": self.left, "right": self.right}
@@ -66,6 +66,12 @@ class SparseRowDelta:
     rows: Int[Tensor, " n"]
     values: Float[Tensor, "n cols"]
 
+    def __post_init__(self) -> None:
+        if len(torch.unique(self.rows)) != len(self.rows):
+            raise ValueError(f"SparseRowDelta rows must be distinct, got {self.rows.tolist()} (merge the values of repeated rows)")
+        if self.values.shape[0] != len(self.rows):
+            raise ValueError(f"SparseRowDelta has {len(self.rows)} rows but {self.values.shape[0]} value rows")
+
     @property
     def rank(self) -> int:
         return int(torch.linalg.matrix_rank(self.values.double()).item()) if len(self.rows) else 0
@@ -77,7 +83,7 @@ class SparseRowDelta:
         return out
 
     def through(self, inputs: Float[Tensor, "... rows"]) -> Float[Tensor, "... cols"]:
-        return inputs[..., self.rows.to(inputs.device)] @ self.values.to(inputs.dtype)
+        return inputs[..., self.rows.to(inputs.device)] @ self.values.to(inputs.device, inputs.dtype)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"rows": self.rows, "values": self.values}

@@ -143,7 +143,9 @@ def tokenize_in_context(model, request: TokenizedRequest, prefixes: Sequence[str
     subject's last token in them."""
     out = []
     for prefix in prefixes:
-        tok = tokenize_with_subject(model.tokenizer, fill_prefix(prefix, request.request.text),
-                                    request.request.subject, occurrence=prefix.count(request.request.subject))
+        subject = request.request.subject
+        before = fill_prefix(prefix, "")  # the prefix and its separator, before the prompt
+        occurrence = sum(before.startswith(subject, i) for i in range(len(before)))  # counted like tokenize_with_subject
+        tok = tokenize_with_subject(model.tokenizer, fill_prefix(prefix, request.request.text), subject, occurrence=occurrence)
         out.append((tok.tokens, tok.subject_span[1] - 1))
     return out

@@ -134,6 +134,14 @@ def second_moments(
             found[layer] = cached
     missing = [layer for layer in layers if layer not in found]
     if missing:
+        from interp_edit.editing.edit import applied_edits
+
+        if applied_edits(model):  # cached statistics of the base model are fine; new ones are not
+            raise EditConfigError(
+                f"key statistics of layers {missing} are not cached and must come from the base model, but edits are "
+                f"applied to it in place ({[e.method for e in applied_edits(model)]}); compute them before editing "
+                "or undo the edits first (the cache is keyed by the base model)"
+            )
         if texts is None:
             texts = default_corpus(model, n_samples)
         computed = collect_second_moments(model, missing, site, texts, batch_size=batch_size, progress=progress)

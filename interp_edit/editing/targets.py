@@ -111,7 +111,7 @@ def compute_keys(model, requests: Sequence[TokenizedRequest], layer: int, prefix
         act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
         act = act.reshape(*act.shape[:2], -1)
         keys.append(act[torch.arange(len(chunk)), torch.tensor([pos for _, pos in chunk])])
-    keys = torch.cat(keys)
+    keys = torch.cat(keys).float()  # average in float32 at least (half-precision models)
     owner = torch.tensor(owners, device=keys.device)
     total = torch.zeros(len(requests), keys.shape[-1], dtype=keys.dtype, device=keys.device).index_add_(0, owner, keys)
     return total / torch.bincount(owner, minlength=len(requests))[:, None].to(keys.dtype)
@@ -199,7 +199,6 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     rows = _build_rows(model, requests, prefixes, config.essence_templates)
     tokens = rows.tokens.to(device)
     n_rows, n_req = tokens.shape[0], len(requests)
-    index = torch.arange(n_rows, device=device)
     edit_pos, owner = rows.edit_pos.to(device), rows.owner.to(device)
     mlp_out = hook_name("mlp_out", layer)
     rewrite = rows.is_rewrite.to(device)
@@ -209,8 +208,13 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
         start = cache[names[0]]
         bare = rows.bare_row.to(device)
         initial = cache[names[1]][bare, edit_pos[bare]].float()
-        # the unedited next-token distribution at the edit token (used on the essence rows)
-        reference = torch.log_softmax(model(tokens)[index, edit_pos].float(), -1)
+        # the unedited next-token distribution at the edit token of the essence rows
+        essence_rows = (~rewrite).nonzero().flatten()
+        reference = torch.zeros(n_rows, 0, device=device)
+        if len(essence_rows):
+            essence_logits = model(tokens[essence_rows])[torch.arange(len(essence_rows), device=device), edit_pos[essence_rows]]
+            reference = torch.zeros(n_rows, essence_logits.shape[-1], device=device)
+            reference[essence_rows] = torch.log_softmax(essence_logits.float(), -1)
     init_norm = initial.norm(dim=-1)
     delta = torch.zeros(n_req, model.cfg.d_model, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
