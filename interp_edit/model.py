@@ -527,6 +527,35 @@ def delta_hook_sites(name: str) -> tuple[str, str]:
     return hook_name(source, layer), hook_name(target, layer)
 
 
+def add_persistent_hook(model, name: str, fn) -> Any:
+    """Register ``fn(act, hook)`` on hook point ``name`` until :func:`remove_persistent_hook`;
+    it survives ``model.reset_hooks()`` and the hook contexts every analysis uses (a
+    TransformerLens *permanent* hook). Returns the handle."""
+    if name not in model.hook_dict:
+        raise KeyError(f"the model has no hook point {name!r}")
+    point = model.hook_dict[name]
+    point.add_hook(fn, dir="fwd", is_permanent=True)
+    return point.fwd_hooks[-1]
+
+
+def remove_persistent_hook(model, name: str, handle: Any) -> None:
+    """Remove a hook added by :func:`add_persistent_hook` (no other hook is touched)."""
+    point = model.hook_dict[name]
+    handle.hook.remove()
+    point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+
+
+def hook_counts(model) -> dict[str, int]:
+    """Hook point name -> number of forward and backward hooks on it (only the non-empty ones);
+    ``{}`` means the model carries no hooks."""
+    out = {}
+    for name, point in model.hook_dict.items():
+        n = len(point.fwd_hooks) + len(point.bwd_hooks)
+        if n:
+            out[name] = n
+    return out
+
+
 def model_fingerprint(model) -> str:
     """A short hash identifying the *base* model: its architecture and the weights that no
     editor changes (token and position embeddings, unembedding). It is therefore the same

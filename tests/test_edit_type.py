@@ -163,3 +163,67 @@ def test_summary_reports_layers_ranks_and_norms(tiny_model):
 def test_sparse_rows_must_be_distinct():
     with pytest.raises(ValueError, match="distinct"):
         SparseRowDelta(torch.tensor([1, 1]), torch.zeros(2, 4))
+
+
+def steering_edit(model, seed: int = 0, layer: int = 1) -> Edit:
+    from interp_edit.editing.activation_hooks import AdditiveSteering
+
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
+    steer = AdditiveSteering(f"blocks.{layer}.hook_attn_out", vector, 0.7)
+    return Edit("steer", {}, model_fingerprint(model), hooks={"a": steer})
+
+
+def test_a_steering_edit_changes_no_weight_and_undoes_its_hook(tiny_model):
+    from interp_edit.model import hook_counts, hook_name
+
+    before, base = snapshot(tiny_model), logits(tiny_model)
+    edit = steering_edit(tiny_model)
+    assert not edit.changes_weights and edit.layers() == [1]
+    with edit.applied(tiny_model):
+        steered = logits(tiny_model)
+        assert (steered - base).abs().max() > 1e-2
+        assert_same(tiny_model, before)
+        tiny_model.reset_hooks()  # the analyses' own hook handling does not remove it
+        with tiny_model.hooks(fwd_hooks=[(hook_name("resid_post", 0), lambda a, hook: a)]):
+            assert torch.equal(logits(tiny_model), steered)
+        assert torch.equal(logits(tiny_model), steered)
+    assert hook_counts(tiny_model) == {}
+    assert torch.equal(logits(tiny_model), base)
+    with edit.hooked(tiny_model):
+        assert (logits(tiny_model) - steered).abs().max() < 1e-6
+    assert hook_counts(tiny_model) == {}
+
+
+def test_steering_and_weight_edits_stack_and_save(tiny_model, tmp_path):
+    from interp_edit.model import hook_counts
+
+    before, base = snapshot(tiny_model), logits(tiny_model)
+    weights, steer = random_edit(tiny_model, 3), steering_edit(tiny_model, 1, layer=2)
+    weights.apply(tiny_model)
+    steer.apply(tiny_model)
+    both = logits(tiny_model)
+    with pytest.raises(EditApplicationError, match="reverse order"):
+        weights.undo(tiny_model)
+    steer.undo(tiny_model)
+    weights.undo(tiny_model)
+    assert_same(tiny_model, before)
+    assert hook_counts(tiny_model) == {} and torch.equal(logits(tiny_model), base)
+    loaded = Edit.load(steer.save(tmp_path / "steer"))
+    assert list(loaded.hooks) == ["a"] and torch.equal(loaded.hooks["a"].vector, steer.hooks["a"].vector)
+    with weights.applied(tiny_model), loaded.applied(tiny_model):
+        assert torch.equal(logits(tiny_model), both)
+
+
+def test_a_steering_hook_of_the_wrong_width_is_refused_and_nothing_is_added(tiny_model):
+    from interp_edit.editing.activation_hooks import AdditiveSteering
+    from interp_edit.model import hook_counts
+
+    bad = Edit("steer", {}, model_fingerprint(tiny_model),
+               hooks={"a": AdditiveSteering("blocks.0.hook_attn_out", torch.zeros(tiny_model.cfg.d_model + 1))})
+    with pytest.raises(EditApplicationError, match="width"):
+        bad.apply(tiny_model)
+    missing = Edit("steer", {}, model_fingerprint(tiny_model),
+                   hooks={"a": AdditiveSteering("blocks.99.hook_attn_out", torch.zeros(tiny_model.cfg.d_model))})
+    with pytest.raises(EditApplicationError, match="does not have"):
+        missing.apply(tiny_model)
+    assert hook_counts(tiny_model) == {} and applied_edits(tiny_model) == []

@@ -216,3 +216,26 @@ def test_bad_configs_and_mixed_models(toy_model, person_records):
     editor = AlphaEditor(toy_model)
     with pytest.raises(EditRequestError, match="another model"):
         editor(other, [person_records[0]])
+
+
+def test_edit_tokens_locate_the_chosen_span_in_every_context(toy_model):
+    from interp_edit.editing.requests import EditRequest, prepare_requests, tokenize_in_context
+    from interp_edit.errors import EditRequestError
+
+    fp = toy_model.cfg.model_name
+    request = EditRequest("{} was born in", "Talvik Corlo", "Rudna", verb="was born")
+    words = {}
+    for token in ("subject_first", "subject_last", "verb_first", "verb_last", "prompt_last"):
+        (treq,) = prepare_requests(toy_model, [request], fp, edit_token=token)
+        words[token] = toy_model.tokenizer.decode([treq.prompt_ids[treq.edit_position]]).strip()
+        for ids, pos in tokenize_in_context(toy_model, treq, ["Talvik Corlo was born .", "x"]):
+            assert ids[pos] == treq.prompt_ids[treq.edit_position]
+            assert len(ids) - pos == len(treq.prompt_ids) - treq.edit_position
+    assert words["verb_first"] == "was" and words["verb_last"] == "born" and words["prompt_last"] == "in"
+    assert words["subject_last"] != words["subject_first"]
+    with pytest.raises(EditRequestError, match="request 0: edit token 'object_last' needs the request's field 'object'"):
+        prepare_requests(toy_model, [request], fp, edit_token="object_last")
+    with pytest.raises(EditRequestError, match="field 'verb': span 'flew to'"):
+        prepare_requests(toy_model, [EditRequest("{} was born in", "Talvik Corlo", "Rudna", verb="flew to")], fp)
+    with pytest.raises(EditRequestError, match="unknown edit token"):
+        prepare_requests(toy_model, [request], fp, edit_token="verb_middle")

@@ -56,14 +56,14 @@ def add_low_rank(model, name: str, delta: LowRankDelta) -> None:
 
 @torch.no_grad()
 def values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: int, site: str) -> Float[Tensor, "request d"]:
-    """The activation at ``site`` of ``layer`` at each request's subject-last token, on the bare
+    """The activation at ``site`` of ``layer`` at each request's edit token (by default the subject's last), on the bare
     prompt (batched, forward stopped after ``layer``)."""
     from interp_edit.batching import pad_right
 
     tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
     name = hook_name(site, layer)
     act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
-    return act[torch.arange(len(requests)), torch.tensor([r.subject_last for r in requests])].float()
+    return act[torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])].float()
 
 
 def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:

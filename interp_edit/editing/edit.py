@@ -11,6 +11,11 @@ sparse rows (``ΔW[rows] = values``: neuron-level editors, fine-tuning). Deltas 
   in reverse order; ``with edit.applied(model):`` applies for a block.
 - ``with edit.hooked(model):`` adds the deltas' effect with hooks (``input @ ΔW`` added to the
   output the weight writes to) and touches no weight.
+- An edit may also carry activation hooks (``edit.hooks``: steering such as MEGA's, see
+  :mod:`interp_edit.editing.activation_hooks`) instead of or besides deltas: ``apply`` registers
+  them on the model until ``undo`` (permanent TransformerLens hooks, so analyses' own hook
+  contexts and ``reset_hooks()`` leave them), ``hooked`` adds them for a block, and saving
+  keeps them.
 - ``edit.save(path)`` / ``Edit.load(path)``: one safetensors file whose metadata holds the
   method, config, requests, base-model fingerprint and library version. Applying an edit to a
   model with another fingerprint raises :class:`EditApplicationError`.
@@ -31,7 +36,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.errors import EditApplicationError
-from interp_edit.model import delta_hook_sites, get_parameter, model_fingerprint, parameter_layer, weight_matrix_shape
+from interp_edit.model import (
+    add_persistent_hook,
+    delta_hook_sites,
+    get_parameter,
+    model_fingerprint,
+    parameter_layer,
+    remove_persistent_hook,
+    weight_matrix_shape,
+)
 
 #: attribute of the model object that holds the stack of applied edits
 _STACK_ATTR = "_interp_edit_applied"
@@ -104,6 +117,8 @@ class Edit:
     #: anything else the method reports (losses, timings, chosen layers, neurons...)
     info: dict[str, Any] = field(default_factory=dict)
     library_version: str = ""
+    #: activation hooks (steering) by label; see :mod:`interp_edit.editing.activation_hooks`
+    hooks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.library_version:
@@ -127,6 +142,8 @@ class Edit:
                 fits = delta.values.shape[1] == cols and (len(delta.rows) == 0 or int(delta.rows.max()) < rows)
             if not fits:
                 raise EditApplicationError(f"the delta of {name} does not fit the model's weight of shape {(rows, cols)}")
+        for steer in self.hooks.values():
+            steer.check(model)
 
     def delta_matrix(self, name: str, model) -> Float[Tensor, "rows cols"]:
         """The dense ΔW of one parameter, as a [rows, cols] matrix."""
@@ -144,10 +161,13 @@ class Edit:
         if stack is None:
             stack = []
             setattr(model, _STACK_ATTR, stack)
-        if any(entry is self for entry, _ in stack):
+        if any(entry[0] is self for entry in stack):
             raise EditApplicationError(f"this {self.method} edit is already applied to the model")
         originals: dict[str, Tensor] = {}
+        handles: list[tuple[str, Any]] = []
         try:
+            for steer in self.hooks.values():
+                handles.append((steer.hook_name, add_persistent_hook(model, steer.hook_name, steer)))
             for name, delta in self.deltas.items():
                 param = get_parameter(model, name)
                 matrix = param.data.view(weight_matrix_shape(model, name))
@@ -159,9 +179,9 @@ class Edit:
                     originals[name] = param.data.clone()
                     matrix += delta.dense().to(param.device, param.dtype)
         except BaseException:
-            self._restore(model, originals)
+            self._restore(model, originals, handles)
             raise
-        stack.append((self, originals))
+        stack.append((self, originals, handles))
         return self
 
     @torch.no_grad()
@@ -169,16 +189,18 @@ class Edit:
         """Restore the exact original tensors. Edits are undone in reverse order of applying."""
         stack = getattr(model, _STACK_ATTR, None) or []
         if not stack or stack[-1][0] is not self:
-            applied = [entry.method for entry, _ in stack]
-            where = "is not applied" if all(entry is not self for entry, _ in stack) else "was not the last one applied"
+            applied = [entry[0].method for entry in stack]
+            where = "is not applied" if all(entry[0] is not self for entry in stack) else "was not the last one applied"
             raise EditApplicationError(
                 f"cannot undo this {self.method} edit: it {where} (applied, oldest first: {applied}); undo in reverse order"
             )
-        _, originals = stack.pop()
-        self._restore(model, originals)
+        _, originals, handles = stack.pop()
+        self._restore(model, originals, handles)
         return self
 
-    def _restore(self, model, originals: dict[str, Tensor]) -> None:
+    def _restore(self, model, originals: dict[str, Tensor], handles: list[tuple[str, Any]] = ()) -> None:
+        for name, handle in handles:
+            remove_persistent_hook(model, name, handle)
         for name, original in originals.items():
             param = get_parameter(model, name)
             delta = self.deltas[name]
@@ -218,12 +240,19 @@ class Edit:
                 return out + delta.through(flat.to(out.dtype)).to(out.device)
 
             hooks += [(source, keep), (target, add)]
+        hooks += [(steer.hook_name, steer) for steer in self.hooks.values()]
         with model.hooks(fwd_hooks=hooks):
             yield model
 
     # --- reporting ---------------------------------------------------------------------
     def layers(self) -> list[int]:
-        return sorted({parameter_layer(n) for n in self.deltas if parameter_layer(n) is not None})
+        names = [*self.deltas, *(steer.hook_name for steer in self.hooks.values())]
+        return sorted({parameter_layer(n) for n in names if parameter_layer(n) is not None})
+
+    @property
+    def changes_weights(self) -> bool:
+        """False for a pure steering edit (hooks only)."""
+        return bool(self.deltas)
 
     def summary(self, model=None) -> list[dict]:
         """One row per changed parameter: layer, kind, rank, rows touched, ‖ΔW‖_F and, given the
@@ -241,10 +270,14 @@ class Edit:
             if model is not None:
                 row["relative_norm"] = row["delta_norm"] / max(float(get_parameter(model, name).data.double().norm()), 1e-30)
             rows.append(row)
+        for label, steer in self.hooks.items():
+            rows.append({"parameter": None, "hook": steer.hook_name, "label": label,
+                         "layer": parameter_layer(steer.hook_name), "rows_touched": 0, **steer.describe()})
         return rows
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{r['parameter']} ({r['kind']}, rank {r['rank']}, ‖Δ‖={r['delta_norm']:.3g})" for r in self.summary())
+        parts = ", ".join(f"{r['parameter'] or r['hook']} ({r['kind']}, rank {r.get('rank')}, ‖Δ‖={r.get('delta_norm', 0.0):.3g})"
+                          for r in self.summary())
         return f"Edit(method={self.method!r}, requests={len(self.requests)}, deltas=[{parts}])"
 
     # --- saving --------------------------------------------------------------------------
@@ -263,9 +296,15 @@ class Edit:
             kinds[name] = "low_rank" if isinstance(delta, LowRankDelta) else "sparse_rows"
             for key, tensor in delta.tensors().items():
                 tensors[f"{name}::{key}"] = tensor.detach().cpu().contiguous()
+        hooks = {}
+        for label, steer in self.hooks.items():
+            hooks[label] = {"kind": steer.kind, "hook_name": steer.hook_name, "metadata": steer.metadata()}
+            for key, tensor in steer.tensors().items():
+                tensors[f"hook::{label}::{key}"] = tensor.detach().cpu().contiguous()
         meta = {
             "method": self.method, "model_fingerprint": self.model_fingerprint, "config": self.config,
             "requests": self.requests, "info": self.info, "library_version": self.library_version, "kinds": kinds,
+            "hooks": hooks,
         }
         save_file(tensors, str(path), metadata={"interp_edit": json.dumps(meta, default=_json_default)})
         return path
@@ -296,8 +335,18 @@ class Edit:
                 deltas[name] = LowRankDelta(tensors[f"{name}::left"], tensors[f"{name}::right"])
             else:
                 deltas[name] = SparseRowDelta(tensors[f"{name}::rows"], tensors[f"{name}::values"])
+        from interp_edit.editing.activation_hooks import hook_kinds
+
+        kinds = hook_kinds()
+        hooks = {}
+        for label, saved in meta.get("hooks", {}).items():
+            if saved["kind"] not in kinds:
+                raise CheckpointError(f"{path}: hook {label!r} is of unknown kind {saved['kind']!r}; known: {sorted(kinds)}")
+            prefix = f"hook::{label}::"
+            own = {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix)}
+            hooks[label] = kinds[saved["kind"]].from_saved(saved["hook_name"], own, saved["metadata"])
         return cls(meta["method"], deltas, meta["model_fingerprint"], meta["config"], meta["requests"],
-                   meta["info"], meta["library_version"])
+                   meta["info"], meta["library_version"], hooks)
 
 
 def _json_default(obj):
@@ -312,4 +361,4 @@ def _json_default(obj):
 
 def applied_edits(model) -> list[Edit]:
     """The edits currently applied in place to ``model``, oldest first."""
-    return [entry for entry, _ in getattr(model, _STACK_ATTR, None) or []]
+    return [entry[0] for entry in getattr(model, _STACK_ATTR, None) or []]

@@ -21,6 +21,8 @@ class EditRequest:
 
     ``target_true`` is optional (the editors do not need it; the quick metrics do).
     ``paraphrases`` are optional extra prompts (full strings) some editors use as sources.
+    ``verb`` and ``object`` are optional spans of the filled prompt (e.g. ``"was born in"``)
+    for editors that edit at another token than the subject's (MEMIT-CSK's ``edit_token``).
     """
 
     prompt: str
@@ -28,6 +30,8 @@ class EditRequest:
     target_new: str
     target_true: str | None = None
     paraphrases: tuple[str, ...] = ()
+    verb: str | None = None
+    object: str | None = None
 
     @property
     def text(self) -> str:
@@ -36,7 +40,13 @@ class EditRequest:
 
     def as_dict(self) -> dict:
         return {"prompt": self.prompt, "subject": self.subject, "target_new": self.target_new,
-                "target_true": self.target_true, "paraphrases": list(self.paraphrases)}
+                "target_true": self.target_true, "paraphrases": list(self.paraphrases),
+                "verb": self.verb, "object": self.object}
+
+
+#: where an editor writes: a span of the request (subject / verb / object) and which of its
+#: tokens, or the prompt's last token
+EDIT_TOKENS = ("subject_last", "subject_first", "verb_last", "verb_first", "object_last", "object_first", "prompt_last")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,14 @@ class TokenizedRequest:
     target_ids: tuple[int, ...]
     #: the fingerprint of the model it was tokenised for
     model_fingerprint: str
+    #: one of :data:`EDIT_TOKENS`: the token keys are read at and targets are written to
+    edit_token: str = "subject_last"
+    #: the token position of ``edit_token`` in ``prompt_ids``
+    edit_position: int = -1
+
+    def __post_init__(self) -> None:
+        if self.edit_position < 0:
+            object.__setattr__(self, "edit_position", self.subject_span[1] - 1)
 
     @property
     def subject_last(self) -> int:
@@ -75,7 +93,8 @@ def as_request(item, index: int = 0) -> EditRequest:
 
             return EditRequest(data["prompt"], data["subject"], text(data["target_new"]),
                                text(data["target_true"]) if data.get("target_true") is not None else None,
-                               tuple(item.get("paraphrase_prompts", data.get("paraphrases", ()))))
+                               tuple(item.get("paraphrase_prompts", data.get("paraphrases", ())) or ()),
+                               data.get("verb"), data.get("object"))
         except KeyError as err:
             raise EditRequestError(f"request {index}: missing field {err.args[0]!r} in {item!r}") from None
     raise EditRequestError(f"request {index}: expected an EditRequest, a CounterFactRecord or a dict, got {type(item).__name__}")
@@ -96,15 +115,50 @@ def validate_request(request: EditRequest, index: int) -> None:
         raise EditRequestError(
             f"request {index}: field 'prompt' must contain exactly one '{{}}' where the subject goes: {request.prompt!r}"
         )
+    for field in ("verb", "object"):
+        span = getattr(request, field)
+        if span is not None and (not isinstance(span, str) or not span.strip() or span not in request.text):
+            raise EditRequestError(f"request {index}: field {field!r}: span {span!r} does not occur in the prompt {request.text!r}")
     if request.target_true is not None and request.target_new.strip() == request.target_true.strip():
         raise EditRequestError(
             f"request {index}: field 'target_new' equals target_true ({request.target_new!r}): nothing to edit"
         )
 
 
-def prepare_requests(model, requests: Iterable, fingerprint: str) -> list[TokenizedRequest]:
-    """Validate and tokenise every request for ``model``. Already tokenised requests must come
-    from a model with the same fingerprint."""
+def edit_span_text(request: EditRequest, edit_token: str, index: int = 0) -> str | None:
+    """The text of the span ``edit_token`` names (``None`` for ``prompt_last``); a span the
+    request does not give raises :class:`EditRequestError` naming it."""
+    if edit_token not in EDIT_TOKENS:
+        raise EditRequestError(f"unknown edit token {edit_token!r}; known: {list(EDIT_TOKENS)}")
+    kind = edit_token.rsplit("_", 1)[0]
+    if kind == "prompt":
+        return None
+    span = getattr(request, kind)
+    if span is None:
+        raise EditRequestError(f"request {index}: edit token {edit_token!r} needs the request's field {kind!r} (the span), which is not given")
+    return span
+
+
+def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str, before: str = "", index: int = 0) -> tuple[tuple[int, ...], int]:
+    """The ids of ``text`` (BOS first) and the position of ``edit_token`` in them. ``before``
+    is the text ahead of the request's prompt in ``text`` (a context prefix), whose own
+    occurrences of the span are skipped."""
+    span = edit_span_text(request, edit_token, index)
+    if span is None:
+        tok = tokenize_with_subject(tokenizer, text, request.subject, occurrence=_count(before, request.subject))
+        return tok.tokens, len(tok.tokens) - 1
+    tok = tokenize_with_subject(tokenizer, text, span, occurrence=_count(before, span))
+    return tok.tokens, (tok.subject_span[0] if edit_token.endswith("_first") else tok.subject_span[1] - 1)
+
+
+def _count(text: str, span: str) -> int:
+    return sum(text.startswith(span, i) for i in range(len(text)))
+
+
+def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: str = "subject_last") -> list[TokenizedRequest]:
+    """Validate and tokenise every request for ``model``; ``edit_token`` (one of
+    :data:`EDIT_TOKENS`) is where keys are read and targets written. Already tokenised requests
+    must come from a model with the same fingerprint."""
     from interp_edit.analysis.scoring import encode_target
 
     items = list(requests) if not isinstance(requests, (EditRequest, CounterFactRecord, dict)) else [requests]
@@ -129,7 +183,13 @@ def prepare_requests(model, requests: Iterable, fingerprint: str) -> list[Tokeni
                 f"request {index}: field 'prompt': {request.text!r} with its target is "
                 f"{len(tok.tokens) + len(target_ids)} tokens, more than the model's context {model.cfg.n_ctx}"
             )
-        out.append(TokenizedRequest(index, request, tok.tokens, tok.subject_span, target_ids, fingerprint))
+        try:
+            _, position = edit_position_of(model.tokenizer, request.text, request, edit_token, index=index)
+        except InterpEditError as err:
+            if isinstance(err, EditRequestError):
+                raise
+            raise EditRequestError(f"request {index}: edit token {edit_token!r}: {err}") from None
+        out.append(TokenizedRequest(index, request, tok.tokens, tok.subject_span, target_ids, fingerprint, edit_token, position))
     return out
 
 
@@ -140,12 +200,10 @@ def fill_prefix(prefix: str, text: str) -> str:
 
 def tokenize_in_context(model, request: TokenizedRequest, prefixes: Sequence[str]) -> list[tuple[tuple[int, ...], int]]:
     """For each context prefix: the ids of ``prefix + prompt`` and the position of the
-    subject's last token in them."""
+    request's edit token (by default the subject's last token) in them."""
     out = []
     for prefix in prefixes:
-        subject = request.request.subject
         before = fill_prefix(prefix, "")  # the prefix and its separator, before the prompt
-        occurrence = sum(before.startswith(subject, i) for i in range(len(before)))  # counted like tokenize_with_subject
-        tok = tokenize_with_subject(model.tokenizer, fill_prefix(prefix, request.request.text), subject, occurrence=occurrence)
-        out.append((tok.tokens, tok.subject_span[1] - 1))
+        out.append(edit_position_of(model.tokenizer, fill_prefix(prefix, request.request.text), request.request,
+                                    request.edit_token, before, request.index))
     return out

@@ -159,7 +159,8 @@ def _build_rows(model, requests: Sequence[TokenizedRequest], prefixes: Sequence[
             rewrite.append(True)
             tpos.append(list(range(len(ids) - 1, len(ids) - 1 + len(target))))
             tids.append(target)
-        for template in essence:
+        for template in essence if request.edit_token.startswith("subject") else ():
+            # the essence prompts hold the subject only: they constrain subject-token edits
             tok = tokenize_with_subject(model.tokenizer, template.format(request.request.subject), request.request.subject)
             seqs.append(list(tok.tokens))
             edit_pos.append(tok.subject_span[1] - 1)
@@ -223,7 +224,7 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     target_pos, target_ids = rows.target_pos.to(device), rows.target_ids.to(device)
     mask = rows.target_mask.to(device)
     per_request_rows = torch.bincount(owner[rewrite], minlength=n_req).float().clamp(min=1)
-    n_essence = max(len(config.essence_templates), 1)
+    n_essence = torch.bincount(owner[~rewrite], minlength=n_req).float().clamp(min=1)
     nll = torch.zeros(n_req, device=device)
     loss = torch.zeros(n_req, device=device)
 
