@@ -8,7 +8,9 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    import os
+
+    torch.set_num_threads(int(os.environ.get("INTERP_EDIT_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")
