@@ -3,6 +3,7 @@ editors (ROME, MEMIT, AlphaEdit, fine-tuning), registered by name."""
 
 from interp_edit.editing.alphaedit import AlphaEditConfig, AlphaEditor, alphaedit
 from interp_edit.editing.edit import Edit, LowRankDelta, SparseRowDelta, applied_edits
+from interp_edit.editing.fine import FiNEConfig, fine
 from interp_edit.editing.finetune import FTConfig, finetune
 from interp_edit.editing.memit import MEMITConfig, memit
 from interp_edit.editing.registry import Editor, edit, editors, get_editor
@@ -18,6 +19,7 @@ __all__ = [
     "EditRequest",
     "Editor",
     "FTConfig",
+    "FiNEConfig",
     "LowRankDelta",
     "MEMITConfig",
     "ROMEConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "applied_edits",
     "edit",
     "editors",
+    "fine",
     "finetune",
     "get_editor",
     "memit",

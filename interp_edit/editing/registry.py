@@ -24,6 +24,7 @@ class Editor:
 def editors() -> dict[str, Editor]:
     """Every registered editing method, by name."""
     from interp_edit.editing.alphaedit import AlphaEditConfig, alphaedit
+    from interp_edit.editing.fine import FiNEConfig, fine
     from interp_edit.editing.finetune import FTConfig, finetune
     from interp_edit.editing.memit import MEMITConfig, memit
     from interp_edit.editing.rome import ROMEConfig, rome
@@ -33,6 +34,7 @@ def editors() -> dict[str, Editor]:
         Editor("memit", MEMITConfig, memit, "batch update spread over MLP layers (Meng et al. 2023)"),
         Editor("alphaedit", AlphaEditConfig, alphaedit, "MEMIT projected on the preserved keys' null space (Fang et al. 2025)"),
         Editor("ft", FTConfig, finetune, "fine-tuning of one W_out with an L-infinity constraint (FT-L)"),
+        Editor("fine", FiNEConfig, fine, "neuron-level edit of selected W_out rows (FiNE, Pan et al. 2025)"),
     ]
     return {e.name: e for e in found}
 

@@ -5,6 +5,7 @@ round)."""
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, unrelated_metrics
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.experiment import ExperimentResult, comparison_table
+from interp_edit.evaluation.locality import RelationLocality, relation_locality, unedited_answers
 from interp_edit.evaluation.logprobs import TokenScores, continuation_logprobs, score_continuations
 from interp_edit.evaluation.metrics import (
     answered,
@@ -31,6 +32,7 @@ from interp_edit.evaluation.runner import run_experiment
 
 __all__ = [
     "ExperimentResult",
+    "RelationLocality",
     "TokenScores",
     "aggregate",
     "answered",
@@ -56,8 +58,10 @@ __all__ = [
     "option_probabilities",
     "paraphrase_magnitude",
     "paraphrase_score",
+    "relation_locality",
     "run_experiment",
     "score_continuations",
     "token_accuracy",
+    "unedited_answers",
     "unrelated_metrics",
 ]
