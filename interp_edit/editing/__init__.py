@@ -5,6 +5,7 @@ from interp_edit.editing.alphaedit import AlphaEditConfig, AlphaEditor, alphaedi
 from interp_edit.editing.edit import Edit, LowRankDelta, SparseRowDelta, applied_edits
 from interp_edit.editing.fine import FiNEConfig, fine
 from interp_edit.editing.finetune import FTConfig, finetune
+from interp_edit.editing.intattn import IntAttnConfig, intattn
 from interp_edit.editing.memit import MEMITConfig, memit
 from interp_edit.editing.registry import Editor, edit, editors, get_editor
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, prepare_requests
@@ -20,6 +21,7 @@ __all__ = [
     "Editor",
     "FTConfig",
     "FiNEConfig",
+    "IntAttnConfig",
     "LowRankDelta",
     "MEMITConfig",
     "ROMEConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "fine",
     "finetune",
     "get_editor",
+    "intattn",
     "memit",
     "prepare_requests",
     "rome",
