@@ -248,7 +248,8 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
             es = local[~is_rw]
             current = torch.log_softmax(unembed(model, model.ln_final(final[es, sel_pos[~is_rw]])).float(), -1)
             ref = reference[sel[~is_rw]]
-            row_kl = (ref.exp() * (ref - current)).sum(-1)
+            # no essence rows at all (edits at a verb / object / last token): no KL term
+            row_kl = (ref.exp() * (ref - current)).sum(-1) if len(es) else current.new_zeros(0)
             kl = torch.zeros(n_req, device=device).index_add(0, sel_owner[~is_rw], row_kl) / n_essence
             decay = config.weight_decay * delta.norm(dim=-1) / init_norm.clamp(min=1e-8) ** 2
             step_loss = step_nll + config.kl_factor * kl + decay
