@@ -27,21 +27,26 @@ class BuiltinDataset:
 def builtin_datasets() -> dict[str, BuiltinDataset]:
     """The datasets available by name (built offline from the toy world)."""
     from interp_edit.data import toyworld as toy
+    from interp_edit.data.commonsense import toy_commonsense
 
     found = [
         BuiltinDataset("toyworld-counterfact", "counterfact", "every toy-world fact as a CounterFact case (+ multi-hop probes)", toy.toy_counterfact),
         BuiltinDataset("toyworld-zsre", "zsre", "toy-world people's facts as zsRE questions (MEND layout)", toy.toy_zsre),
         BuiltinDataset("toyworld-mquake", "mquake", "birth-city rewrites with 2-/3-hop questions through them", toy.toy_mquake),
         BuiltinDataset("toyworld-mcq", "mcq", "birth-city rewrites with four cloze multiple-choice questions", toy.toy_mcq),
+        BuiltinDataset("toyworld-csk", "commonsense", "relation statements with verb / object spans (MEMIT-CSK)", toy_commonsense),
     ]
     return {d.name: d for d in found}
 
 
 def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None) -> Dataset:
     """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset`."""
-    if fmt not in PARSERS:
-        raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(FORMATS)}")
-    parse = PARSERS[fmt]
+    from interp_edit.data.commonsense import parse_commonsense
+
+    parsers = {**PARSERS, "commonsense": parse_commonsense}
+    if fmt not in parsers:
+        raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(FORMATS) + ['commonsense']}")
+    parse = parsers[fmt]
     cases, skipped, seen = [], [], {}
     for index, record in enumerate(records):
         where = Where(source, index)
