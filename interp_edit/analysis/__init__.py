@@ -9,6 +9,7 @@ from interp_edit.analysis.attribution import (
     layer_attribution_scores,
     neuron_attribution,
 )
+from interp_edit.analysis.contrast import AttributionDiffResult, attribution_diff
 from interp_edit.analysis.layers import attention_mlp_balance, select_layer_window
 from interp_edit.analysis.lens import DLAResult, LogitLensResult, direct_logit_attribution, logit_lens
 from interp_edit.analysis.patching import PatchingResult, activation_patch, attribution_patch, attribution_patch_error
@@ -16,6 +17,8 @@ from interp_edit.analysis.pathways import Pathway, PathwayResult, qv_pathways
 from interp_edit.analysis.tracing import CausalTraceResult, causal_trace
 
 __all__ = [
+    "AttributionDiffResult",
+    "attribution_diff",
     "AIEResult",
     "AblationResult",
     "Neuron",

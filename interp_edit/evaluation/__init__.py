@@ -3,6 +3,7 @@ and batch / sequential experiments (this layer imports the editing layer, never 
 round)."""
 
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, unrelated_metrics
+from interp_edit.evaluation.contrast import ContrastResult, contrast_study
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.experiment import ExperimentResult, comparison_table
 from interp_edit.evaluation.locality import RelationLocality, relation_locality, unedited_answers
@@ -31,6 +32,8 @@ from interp_edit.evaluation.metrics import (
 from interp_edit.evaluation.runner import run_experiment
 
 __all__ = [
+    "ContrastResult",
+    "contrast_study",
     "ExperimentResult",
     "RelationLocality",
     "TokenScores",
