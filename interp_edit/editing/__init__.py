@@ -7,6 +7,7 @@ from interp_edit.editing.fine import FiNEConfig, fine
 from interp_edit.editing.finetune import FTConfig, finetune
 from interp_edit.editing.intattn import IntAttnConfig, intattn
 from interp_edit.editing.memit import MEMITConfig, memit
+from interp_edit.editing.memit_csk import MEMITCSKConfig, memit_csk
 from interp_edit.editing.registry import Editor, edit, editors, get_editor
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, prepare_requests
 from interp_edit.editing.rome import ROMEConfig, rome
@@ -24,6 +25,7 @@ __all__ = [
     "IntAttnConfig",
     "LowRankDelta",
     "MEMITConfig",
+    "MEMITCSKConfig",
     "ROMEConfig",
     "SparseRowDelta",
     "TargetConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "get_editor",
     "intattn",
     "memit",
+    "memit_csk",
     "prepare_requests",
     "rome",
     "second_moments",

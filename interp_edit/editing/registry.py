@@ -28,6 +28,7 @@ def editors() -> dict[str, Editor]:
     from interp_edit.editing.finetune import FTConfig, finetune
     from interp_edit.editing.intattn import IntAttnConfig, intattn
     from interp_edit.editing.memit import MEMITConfig, memit
+    from interp_edit.editing.memit_csk import MEMITCSKConfig, memit_csk
     from interp_edit.editing.rome import ROMEConfig, rome
 
     found = [
@@ -36,6 +37,7 @@ def editors() -> dict[str, Editor]:
         Editor("alphaedit", AlphaEditConfig, alphaedit, "MEMIT projected on the preserved keys' null space (Fang et al. 2025)"),
         Editor("ft", FTConfig, finetune, "fine-tuning of one W_out with an L-infinity constraint (FT-L)"),
         Editor("fine", FiNEConfig, fine, "neuron-level edit of selected W_out rows (FiNE, Pan et al. 2025)"),
+        Editor("memit_csk", MEMITCSKConfig, memit_csk, "MEMIT at a chosen subject / verb / object token, layers by tracing (Gupta et al. 2023)"),
         Editor("intattn", IntAttnConfig, intattn, "joint MLP W_out + attention W_O update, attention share alpha (IntAttn-Edit)"),
     ]
     return {e.name: e for e in found}

@@ -1,0 +1,101 @@
+"""Average indirect effect (AIE) per layer at one chosen token of each prompt, from hidden-state
+causal traces with and without the MLPs severed (ROME's Fig. 3 contrast). MEMIT-CSK chooses its
+layer window from such a curve at its edit token (methods.md A6), which may be a verb or object
+token, not one of the ROME roles of :mod:`interp_edit.analysis.aie`.
+
+For every fact the model gets right (clean top-1 = first target token) two traces run with the
+same noise draws: ``hidden`` restores the residual ``h^l`` at the chosen position; ``severed``
+does the same while the MLP outputs of all later layers at that position stay at their
+corrupted values. Their difference, ``mlp_mediated = hidden − severed``, is the part of the
+effect that needs the later MLPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.analysis.scoring import encode_target
+from interp_edit.analysis.tracing import causal_trace, subject_embedding_std
+from interp_edit.batching import last_token_logits
+from interp_edit.errors import InvalidArgumentError
+
+CURVES = ("mlp_mediated", "severed", "hidden")
+
+
+@dataclass(frozen=True)
+class TokenFact:
+    """A prompt, its subject (the corrupted span), the answer to score (``None``: the clean
+    top-1) and the token position whose per-layer effect is wanted."""
+
+    prompt: str
+    subject: str
+    target: str | None
+    position: int
+
+
+@dataclass
+class EditTokenAIE:
+    """Per-layer mean indirect effects at the chosen positions, over ``n_facts`` traced facts."""
+
+    hidden: Float[Tensor, " layer"]
+    severed: Float[Tensor, " layer"]
+    n_facts: int
+    skipped: list[dict] = field(default_factory=list)
+    mean_clean_score: float = 0.0
+    mean_corrupted_score: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def mlp_mediated(self) -> Float[Tensor, " layer"]:
+        return self.hidden - self.severed
+
+    def curve(self, name: str = "mlp_mediated") -> Float[Tensor, " layer"]:
+        """One of :data:`CURVES`."""
+        if name not in CURVES:
+            raise InvalidArgumentError(f"unknown AIE curve {name!r}; choose from {CURVES}")
+        return getattr(self, name)
+
+    def as_dict(self) -> dict:
+        return {"hidden": self.hidden.tolist(), "severed": self.severed.tolist(),
+                "mlp_mediated": self.mlp_mediated.tolist(), "n_facts": self.n_facts, "skipped": self.skipped,
+                "mean_clean_score": self.mean_clean_score, "mean_corrupted_score": self.mean_corrupted_score,
+                "settings": self.settings}
+
+
+@torch.no_grad()
+def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, samples: int = 10, seed: int = 0,
+                   embedding_std: float | None = None, max_rows: int = 1024) -> EditTokenAIE:
+    """AIE per layer at each fact's ``position`` (see the module docstring). Facts the model gets
+    wrong, and facts whose position lies before the subject (the corruption cannot reach it),
+    are skipped and listed. The noise scale is 3 × the std of the embeddings of all the facts'
+    subject tokens unless ``embedding_std`` is given (as in ROME)."""
+    if not facts:
+        raise InvalidArgumentError("no facts to trace")
+    std = embedding_std or subject_embedding_std(model, [f.subject for f in facts])
+    predicted = last_token_logits(model, [f.prompt for f in facts]).argmax(-1).tolist()
+    hidden, severed, skipped, clean, corrupted = [], [], [], [], []
+    for i, fact in enumerate(facts):
+        if fact.target is not None and predicted[i] != encode_target(model.tokenizer, fact.target)[0]:
+            skipped.append(dict(index=i, prompt=fact.prompt, reason="the model does not predict the target"))
+            continue
+        traces = [causal_trace(model, fact.prompt, fact.subject, fact.target, kinds=("hidden",), noise=noise,
+                               samples=samples, severed=cut, seed=seed + i, embedding_std=std, max_rows=max_rows)
+                  for cut in (None, "mlp")]
+        if not traces[0].subject_span[0] <= fact.position < len(traces[0].tokens):
+            skipped.append(dict(index=i, prompt=fact.prompt,
+                                reason=f"position {fact.position} is not at or after the subject's first token"))
+            continue
+        hidden.append(traces[0].indirect_effects[0, :, fact.position])
+        severed.append(traces[1].indirect_effects[0, :, fact.position])
+        clean.append(traces[0].clean_score)
+        corrupted.append(traces[0].corrupted_score)
+    if not hidden:
+        raise InvalidArgumentError(f"none of the {len(facts)} facts could be traced: {skipped[:3]}")
+    return EditTokenAIE(torch.stack(hidden).mean(0), torch.stack(severed).mean(0), len(hidden), skipped,
+                        sum(clean) / len(clean), sum(corrupted) / len(corrupted),
+                        dict(noise=noise, samples=samples, seed=seed, embedding_std=std))

@@ -1,0 +1,149 @@
+"""MEMIT-CSK (Gupta et al. 2023, "Editing Common Sense in Transformers"): MEMIT with a
+configurable edit token and a layer window chosen by causal tracing. Spec: methods.md B4, A6.
+
+- ``edit_token`` (one of :data:`~interp_edit.editing.requests.EDIT_TOKENS`): the keys k* are
+  read, and the target residual z is written, at the first or last token of the request's
+  subject, verb or object span (the spans are given in the request: ``EditRequest.verb`` /
+  ``.object``), or at the prompt's last token. Everything else is MEMIT's
+  :func:`~interp_edit.editing.memit.spread_update` (same least-squares update per layer).
+  The subject's "essence" KL term only constrains subject-token edits (the essence prompts
+  hold the subject alone).
+- ``layers="auto"``: per-layer AIE at the edit token of the first ``trace_samples`` requests
+  (:func:`~interp_edit.analysis.edit_token_aie.edit_token_aie`, hidden-state traces with and
+  without the later MLPs severed, scored on each request's ``target_true`` or, without one, its
+  clean top-1), then the ``window`` consecutive layers with the highest moving average
+  (:func:`~interp_edit.analysis.layers.select_layer_window`). The paper traces the severed MLP
+  path but leaves open which curve of it decides; ``trace_curve`` picks it, by default
+  ``"mlp_mediated"`` (hidden − severed: the effect that needs the MLPs). Traced requests the
+  model gets wrong are skipped (recorded in ``edit.info["aie"]["skipped"]``).
+
+``edit.info`` records the edit token, the layers edited and, for ``"auto"``, the AIE curves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from torch import Tensor
+
+from interp_edit.analysis.edit_token_aie import CURVES, TokenFact, edit_token_aie
+from interp_edit.analysis.layers import select_layer_window
+from interp_edit.editing.closed_form import check_layers, solve
+from interp_edit.editing.config import resolve
+from interp_edit.editing.edit import Edit
+from interp_edit.editing.memit import MEMITConfig, spread_update
+from interp_edit.editing.requests import EDIT_TOKENS, TokenizedRequest, prepare_requests
+from interp_edit.editing.stats import second_moments
+from interp_edit.errors import EditConfigError, InvalidArgumentError
+from interp_edit.model import model_fingerprint
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class MEMITCSKConfig(MEMITConfig):
+    """MEMIT-CSK's settings: MEMIT's fields plus the edit token and the layer choice.
+
+    Defaults: ``layers="auto"`` with ``window`` 5 (the paper's W); the GPT-2 XL preset is the
+    paper's fixed layers 1–5 (MEMIT's λ, clamp and prefixes). The paper gives no GPT-J window,
+    so that preset traces (``"auto"``) with MEMIT's GPT-J λ. The toy-world preset uses a window
+    of 2 on its 6 layers (measured in ``benchmarks/memit_csk_tokens.py``).
+    """
+
+    #: fixed increasing layers, or ``"auto"`` (``None`` means the same): choose by tracing
+    layers: tuple[int, ...] | str | None = AUTO
+    #: where keys are read and targets written; see :data:`~interp_edit.editing.requests.EDIT_TOKENS`
+    edit_token: str = "subject_last"
+    #: W, the width of the moving-average window over the AIE curve (``layers="auto"``)
+    window: int = 5
+    #: requests (the first ones) whose traces are averaged; the paper traces its dataset, this
+    #: number is a choice the paper leaves open
+    trace_samples: int = 20
+    #: which AIE curve decides: one of ``mlp_mediated`` (default), ``severed``, ``hidden``
+    trace_curve: str = "mlp_mediated"
+    #: the subject-embedding noise, in multiples of the subject embeddings' std (ROME: 3)
+    trace_noise: float = 3.0
+    #: noise draws per trace (ROME: 10)
+    trace_noise_samples: int = 10
+
+    PRESETS = MappingProxyType({
+        "gpt2-xl": {"layers": (1, 2, 3, 4, 5)},
+        "gpt-j-6B": {"mom2_update_weight": 15_000.0},
+        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "layers": AUTO, "window": 2},
+    })
+
+    @classmethod
+    def generic(cls, model):
+        return {"layers": AUTO, "window": min(5, model.cfg.n_layers)}
+
+    @property
+    def auto_layers(self) -> bool:
+        return self.layers is None or self.layers == AUTO
+
+    def validate(self) -> None:
+        if isinstance(self.layers, str) and self.layers != AUTO:
+            raise EditConfigError(f"field 'layers' must be increasing layer indices or 'auto', got {self.layers!r}")
+        if self.auto_layers:
+            super(MEMITConfig, self).validate()  # MEMIT's own check is of explicit layers
+            if self.mom2_update_weight < 0:
+                raise EditConfigError(f"field 'mom2_update_weight' must be >= 0, got {self.mom2_update_weight}")
+        else:
+            super().validate()
+        if self.edit_token not in EDIT_TOKENS:
+            raise EditConfigError(f"field 'edit_token': unknown edit token {self.edit_token!r}; known: {list(EDIT_TOKENS)}")
+        if self.trace_curve not in CURVES:
+            raise EditConfigError(f"field 'trace_curve' must be one of {CURVES}, got {self.trace_curve!r}")
+        for name in ("window", "trace_samples", "trace_noise_samples"):
+            if getattr(self, name) < 1:
+                raise EditConfigError(f"field {name!r} must be >= 1, got {getattr(self, name)}")
+        if not self.trace_noise > 0:
+            raise EditConfigError(f"field 'trace_noise' must be > 0, got {self.trace_noise}")
+
+
+def trace_layer_window(model, treqs: list[TokenizedRequest], cfg: MEMITCSKConfig) -> tuple[tuple[int, ...], dict]:
+    """The layer window from the AIE at the edit token of the first ``trace_samples`` requests,
+    and the AIE curves (for ``edit.info``)."""
+    facts = [TokenFact(r.request.text, r.request.subject, r.request.target_true, r.edit_position)
+             for r in treqs[: cfg.trace_samples]]
+    try:
+        aie = edit_token_aie(model, facts, noise=cfg.trace_noise, samples=cfg.trace_noise_samples, seed=cfg.seed)
+    except InvalidArgumentError as err:
+        raise EditConfigError(f"field 'layers' is 'auto' but the edit token {cfg.edit_token!r} cannot be traced: {err}; "
+                              "give the layers explicitly") from None
+    layers = select_layer_window(aie.curve(cfg.trace_curve), cfg.window)
+    return layers, {**aie.as_dict(), "curve": cfg.trace_curve, "window": cfg.window}
+
+
+def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=None, cache_dir=None,
+              progress: bool = False, **overrides) -> Edit:
+    """One MEMIT-CSK batch edit of all ``requests`` at ``edit_token`` (see the module
+    docstring). The model is unchanged; apply the returned :class:`Edit` with ``edit.apply``."""
+    cfg = resolve(MEMITCSKConfig, model, config, overrides)
+    if not cfg.auto_layers:
+        check_layers(model, cfg.layers, "layers")
+    fingerprint = model_fingerprint(model)
+    treqs = prepare_requests(model, requests, fingerprint, edit_token=cfg.edit_token)
+    start = time.perf_counter()
+    aie_info = None
+    layers = tuple(cfg.layers) if not cfg.auto_layers else None
+    if layers is None:
+        layers, aie_info = trace_layer_window(model, treqs, cfg)
+    trace_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    covs = second_moments(model, layers, corpus=corpus, n_samples=cfg.stats_samples,
+                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+    stats_seconds = time.perf_counter() - start
+
+    def left_factor(layer: int, keys: Tensor) -> Tensor:
+        cov = covs[layer].to(keys.device)
+        return solve(cfg.mom2_update_weight * cov + keys @ keys.T, keys, f"MEMIT-CSK layer {layer}")
+
+    result = spread_update(model, treqs, cfg, layers, left_factor)
+    info = {"edit_token": cfg.edit_token, "layers": list(layers), "edit_positions": [r.edit_position for r in treqs],
+            "target_nll": result.target_nll,
+            "seconds": {"trace": trace_seconds, "stats": stats_seconds, **result.timings}}
+    if aie_info is not None:
+        info["aie"] = aie_info
+    return Edit("memit_csk", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info)
