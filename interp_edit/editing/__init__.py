@@ -6,6 +6,7 @@ from interp_edit.editing.edit import Edit, LowRankDelta, SparseRowDelta, applied
 from interp_edit.editing.fine import FiNEConfig, fine
 from interp_edit.editing.finetune import FTConfig, finetune
 from interp_edit.editing.intattn import IntAttnConfig, intattn
+from interp_edit.editing.mega import GatedLinearMap, MEGAConfig, mega
 from interp_edit.editing.memit import MEMITConfig, memit
 from interp_edit.editing.memit_csk import MEMITCSKConfig, memit_csk
 from interp_edit.editing.registry import Editor, edit, editors, get_editor
@@ -24,6 +25,8 @@ __all__ = [
     "FiNEConfig",
     "IntAttnConfig",
     "LowRankDelta",
+    "GatedLinearMap",
+    "MEGAConfig",
     "MEMITConfig",
     "MEMITCSKConfig",
     "ROMEConfig",
@@ -38,6 +41,7 @@ __all__ = [
     "finetune",
     "get_editor",
     "intattn",
+    "mega",
     "memit",
     "memit_csk",
     "prepare_requests",

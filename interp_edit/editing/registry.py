@@ -27,6 +27,7 @@ def editors() -> dict[str, Editor]:
     from interp_edit.editing.fine import FiNEConfig, fine
     from interp_edit.editing.finetune import FTConfig, finetune
     from interp_edit.editing.intattn import IntAttnConfig, intattn
+    from interp_edit.editing.mega import MEGAConfig, mega
     from interp_edit.editing.memit import MEMITConfig, memit
     from interp_edit.editing.memit_csk import MEMITCSKConfig, memit_csk
     from interp_edit.editing.rome import ROMEConfig, rome
@@ -39,6 +40,7 @@ def editors() -> dict[str, Editor]:
         Editor("fine", FiNEConfig, fine, "neuron-level edit of selected W_out rows (FiNE, Pan et al. 2025)"),
         Editor("memit_csk", MEMITCSKConfig, memit_csk, "MEMIT at a chosen subject / verb / object token, layers by tracing (Gupta et al. 2023)"),
         Editor("intattn", IntAttnConfig, intattn, "joint MLP W_out + attention W_O update, attention share alpha (IntAttn-Edit)"),
+        Editor("mega", MEGAConfig, mega, "gated linear maps on attention outputs, no weight change (MEGA activation steering)"),
     ]
     return {e.name: e for e in found}
 
