@@ -1,6 +1,7 @@
 """Knowledge editing: the ``Edit`` type, requests, key statistics, target vectors and the
 editors (ROME, MEMIT, AlphaEdit, fine-tuning), registered by name."""
 
+from interp_edit.editing.ace import ACEConfig, ACERequest, ace
 from interp_edit.editing.alphaedit import AlphaEditConfig, AlphaEditor, alphaedit
 from interp_edit.editing.edit import Edit, LowRankDelta, SparseRowDelta, applied_edits
 from interp_edit.editing.fine import FiNEConfig, fine
@@ -16,6 +17,9 @@ from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import TargetConfig
 
 __all__ = [
+    "ACEConfig",
+    "ACERequest",
+    "ace",
     "AlphaEditConfig",
     "AlphaEditor",
     "Edit",

@@ -23,6 +23,7 @@ class Editor:
 
 def editors() -> dict[str, Editor]:
     """Every registered editing method, by name."""
+    from interp_edit.editing.ace import ACEConfig, ace
     from interp_edit.editing.alphaedit import AlphaEditConfig, alphaedit
     from interp_edit.editing.fine import FiNEConfig, fine
     from interp_edit.editing.finetune import FTConfig, finetune
@@ -41,6 +42,7 @@ def editors() -> dict[str, Editor]:
         Editor("memit_csk", MEMITCSKConfig, memit_csk, "MEMIT at a chosen subject / verb / object token, layers by tracing (Gupta et al. 2023)"),
         Editor("intattn", IntAttnConfig, intattn, "joint MLP W_out + attention W_O update, attention share alpha (IntAttn-Edit)"),
         Editor("mega", MEGAConfig, mega, "gated linear maps on attention outputs, no weight change (MEGA activation steering)"),
+        Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)"),
     ]
     return {e.name: e for e in found}
 

@@ -1,0 +1,333 @@
+"""ACE (attribution-controlled editing for multi-hop recall, ICLR 2026; spec B7 / A4).
+
+In a multi-hop question ("The capital of the homeland of X is"), the implicit intermediate
+entity (X's birth city) acts through *query* FFN neurons in shallow-to-middle layers that
+activate *value* FFN neurons in deeper layers. ACE edits both ends of these pathways:
+
+1. **Layers.** Query and value layers come from :func:`~interp_edit.analysis.pathways.qv_pathways`
+   on the requests' multi-hop prompts (a dataset-level ranking over the whole batch, each
+   prompt scored for the model's own top-1 answer, i.e. the pathway that recalls the current
+   answer): the ``n_query_layers`` best query layers (the last layer cannot query anything
+   and is never one), then the ``n_value_layers`` best value layers — **[choice]** by
+   default only layers above every query layer (``value_above_query``), since a pathway runs
+   from a query neuron to a later value neuron and the paper's layers are disjoint (GPT-J:
+   query 16–18, value 28–30). Either set can instead be fixed in the config.
+2. **Value stage.** A closed-form MEMIT-style spread (:func:`~interp_edit.editing.memit.spread_update`)
+   over the value layers, with one row per multi-hop prompt *at its last token*
+   (``edit_token="prompt_last"``) whose target is the new multi-hop answer, plus — with
+   ``value_fact_rows`` — the single-hop fact at its prompt's last token.
+3. **Query stage.** The complementary MEMIT-style spread over the query layers at the
+   subject's last token for the single-hop fact(s), computed on the model with the value
+   stage already in place, so that the subject itself now retrieves the new intermediate
+   entity for phrasings the value stage never saw.
+
+Only MLP ``W_out`` matrices change; attention is untouched. The model is unchanged after
+computing the edit. **[choice]** The paper leaves open the order's details, the statistics
+weight of each stage (``value_mom2_update_weight`` / ``query_mom2_update_weight``) and which
+prompts the value stage writes; all are config fields.
+
+A request is an :class:`ACERequest` (single-hop fact(s) + multi-hop prompts and their new
+answers), or anything carrying that structure: a MQuAKE case or record, or a CounterFact case
+or record with a ``multihop`` probe. A plain single-hop request has no hop structure and is
+refused with an :class:`~interp_edit.errors.EditRequestError` naming the request and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+from interp_edit.editing.closed_form import add_low_rank, check_layers, scratch_weights, solve, w_out_name
+from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.edit import Edit, LowRankDelta
+from interp_edit.editing.memit import spread_update
+from interp_edit.editing.requests import EditRequest, TokenizedRequest, as_request, prepare_requests
+from interp_edit.editing.stats import second_moments
+from interp_edit.errors import EditConfigError, EditRequestError
+from interp_edit.model import model_fingerprint
+
+
+@dataclass(frozen=True)
+class ACERequest:
+    """One ACE edit: the single-hop fact(s) to rewrite and the multi-hop prompts that pass
+    through them, with their new answers (one per prompt). Every multi-hop prompt is a full
+    string that mentions the subject of one of the facts."""
+
+    facts: tuple[EditRequest, ...]
+    multihop_prompts: tuple[str, ...]
+    multihop_answers: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return {"facts": [f.as_dict() for f in self.facts], "multihop_prompts": list(self.multihop_prompts),
+                "multihop_answers": list(self.multihop_answers)}
+
+
+#: the stage orders :class:`ACEConfig` knows
+ORDERS = ("value_first", "query_first")
+
+
+@dataclass(frozen=True)
+class ACEConfig(EditorConfig):
+    """ACE's settings. Defaults: 3 query and 3 value layers chosen by the Q-V pathway analysis
+    (the paper's layer groups are three wide), MEMIT's GPT-2 XL statistics weight and target
+    settings. The GPT-J preset fixes the layers the paper identified (query 16–18, value
+    28–30) with MEMIT's GPT-J λ; the paper gives no GPT-2 XL layers, so that preset keeps the
+    pathway-driven choice."""
+
+    #: query layers chosen by the pathway analysis (when ``query_layers`` is not fixed)
+    n_query_layers: int = 3
+    #: value layers chosen by the pathway analysis (when ``value_layers`` is not fixed)
+    n_value_layers: int = 3
+    #: fixed query layers (increasing); ``None``: from the pathway analysis
+    query_layers: tuple[int, ...] | None = None
+    #: fixed value layers (increasing); ``None``: from the pathway analysis
+    value_layers: tuple[int, ...] | None = None
+    #: [choice] pathway-chosen value layers lie above every query layer
+    value_above_query: bool = True
+    #: value neurons the pathway analysis keeps (its ``n_value``)
+    pathway_value_neurons: int = 50
+    #: [choice] ``"value_first"`` (the paper: the value stage, then the query stage computed on
+    #: the model with it) or ``"query_first"`` (the value stage writes what the query edit leaves)
+    order: str = "value_first"
+    #: [choice] the value stage also writes the single-hop fact(s) at their prompt's last token
+    value_fact_rows: bool = True
+    #: [choice] λ of the value stage's least squares (MEMIT GPT-2 XL: 20,000)
+    value_mom2_update_weight: float = 20_000.0
+    #: [choice] λ of the query stage's least squares (MEMIT GPT-2 XL: 20,000)
+    query_mom2_update_weight: float = 20_000.0
+    clamp_norm_factor: float = 0.75
+    n_prefixes: int = 5
+
+    PRESETS = MappingProxyType({
+        "gpt2-xl": {},
+        "gpt-j-6B": {"query_layers": (16, 17, 18), "value_layers": (28, 29, 30),
+                     "value_mom2_update_weight": 15_000.0, "query_mom2_update_weight": 15_000.0},
+        "toyworld": {"n_query_layers": 2, "n_value_layers": 2, "stats_samples": 4000,
+                     "value_mom2_update_weight": 100.0, "query_mom2_update_weight": 100.0, "n_prefixes": 3,
+                     "prefix_length": 8, "steps": 15, "lr": 1.0, "clamp_norm_factor": 4.0},
+    })
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("n_query_layers", "n_value_layers", "pathway_value_neurons"):
+            if getattr(self, name) < 1:
+                raise EditConfigError(f"field {name!r} must be >= 1, got {getattr(self, name)}")
+        for name in ("query_layers", "value_layers"):
+            layers = getattr(self, name)
+            if layers is not None and (not layers or list(layers) != sorted(set(layers))):
+                raise EditConfigError(f"field {name!r} must be None or increasing and non-empty, got {layers}")
+        if self.order not in ORDERS:
+            raise EditConfigError(f"field 'order' must be one of {ORDERS}, got {self.order!r}")
+        for name in ("value_mom2_update_weight", "query_mom2_update_weight"):
+            if getattr(self, name) < 0:
+                raise EditConfigError(f"field {name!r} must be >= 0, got {getattr(self, name)}")
+
+
+# --- requests ----------------------------------------------------------------------------
+
+_MISSING = ("ACE needs the hop structure: multi-hop prompts through the edited fact and their new answers "
+            "(an ACERequest, a MQuAKE case/record, or a CounterFact case/record with a 'multihop' probe)")
+
+
+def _probe_fields(probe, index: int, where: str) -> tuple[tuple[str, ...], str]:
+    questions = getattr(probe, "questions", None) if not isinstance(probe, dict) else probe.get("questions")
+    answer = getattr(probe, "new_answer", None) if not isinstance(probe, dict) else probe.get("new_answer")
+    if not questions:
+        raise EditRequestError(f"request {index}: field '{where}questions' is missing or empty; {_MISSING}")
+    if answer is None:
+        raise EditRequestError(f"request {index}: field '{where}new_answer' is missing; {_MISSING}")
+    answer = answer["str"] if isinstance(answer, dict) else answer
+    return tuple(questions), answer
+
+
+def as_ace_request(item, index: int = 0) -> ACERequest:
+    """An :class:`ACERequest` from an ACERequest, a MQuAKE case (``interp_edit.data``) or
+    record (dict with ``requested_rewrite`` list, ``questions``, ``new_answer``), or a
+    CounterFact case or record with a ``multihop`` probe. Anything without the hop structure
+    raises :class:`EditRequestError` naming the request and the missing field."""
+    from interp_edit.data.cases import CounterFactCase, MQuAKECase
+
+    if isinstance(item, ACERequest):
+        return item
+    if isinstance(item, MQuAKECase):
+        questions, answer = _probe_fields(item.probe, index, "probe.")
+        facts = tuple(as_request(r.as_dict(), index) for r in item.requested_rewrite)
+        return ACERequest(facts, questions, (answer,) * len(questions))
+    if isinstance(item, CounterFactCase):
+        if item.multihop is None:
+            raise EditRequestError(f"request {index}: field 'multihop' is missing (case {item.case_id}); {_MISSING}")
+        questions, answer = _probe_fields(item.multihop, index, "multihop.")
+        return ACERequest((as_request(item.rewrite.as_dict(), index),), questions, (answer,) * len(questions))
+    if isinstance(item, dict):
+        rewrites = item.get("requested_rewrite")
+        if isinstance(rewrites, list):  # MQuAKE layout
+            questions, answer = _probe_fields(item, index, "")
+            if not rewrites:
+                raise EditRequestError(f"request {index}: field 'requested_rewrite' is an empty list")
+            facts = tuple(as_request({"requested_rewrite": r}, index) for r in rewrites)
+            return ACERequest(facts, questions, (answer,) * len(questions))
+        if "multihop" not in item:
+            raise EditRequestError(f"request {index}: field 'multihop' is missing; {_MISSING}")
+        questions, answer = _probe_fields(item["multihop"], index, "multihop.")
+        return ACERequest((as_request(item, index),), questions, (answer,) * len(questions))
+    if isinstance(item, (EditRequest, TokenizedRequest)) or hasattr(item, "prompt"):
+        raise EditRequestError(f"request {index}: a single-hop {type(item).__name__} has no field 'multihop_prompts'; "
+                               f"{_MISSING}")
+    raise EditRequestError(f"request {index}: expected an ACERequest, a MQuAKE or CounterFact case/record, "
+                           f"got {type(item).__name__}")
+
+
+@dataclass(frozen=True)
+class ACERows:
+    """The requests as the two stages' rows: ``value`` rows (multi-hop prompts and, optionally,
+    the facts, at the prompt's last token) and ``query`` rows (the facts at the subject's last
+    token). Every row's ``index`` is the ACE request it comes from."""
+
+    requests: tuple[ACERequest, ...]
+    value: tuple[TokenizedRequest, ...]
+    query: tuple[TokenizedRequest, ...]
+    #: per value row: ``"multihop"`` or ``"fact"``
+    value_kinds: tuple[str, ...]
+
+
+def _prepare_one(model, request: EditRequest, fingerprint: str, edit_token: str, index: int, what: str) -> TokenizedRequest:
+    try:
+        (row,) = prepare_requests(model, [request], fingerprint, edit_token)
+    except EditRequestError as err:
+        raise EditRequestError(f"request {index}: {what}: {str(err).removeprefix('request 0: ')}") from None
+    return dataclasses.replace(row, index=index)
+
+
+def prepare_ace_requests(model, requests: Iterable, fingerprint: str, value_fact_rows: bool = True) -> ACERows:
+    """Validate and tokenise ACE requests (see :func:`as_ace_request`). Errors name the request,
+    and the fact or multi-hop prompt at fault."""
+    items = [requests] if isinstance(requests, (ACERequest, dict)) else list(requests)
+    if not items:
+        raise EditRequestError("no edit requests given")
+    parsed, value, kinds, query = [], [], [], []
+    for index, item in enumerate(items):
+        req = as_ace_request(item, index)
+        if not req.facts:
+            raise EditRequestError(f"request {index}: field 'facts' is empty; ACE needs the single-hop fact(s) it rewrites")
+        if not req.multihop_prompts:
+            raise EditRequestError(f"request {index}: field 'multihop_prompts' is empty; {_MISSING}")
+        if len(req.multihop_answers) != len(req.multihop_prompts):
+            raise EditRequestError(f"request {index}: field 'multihop_answers' has {len(req.multihop_answers)} answers "
+                                   f"for {len(req.multihop_prompts)} multi-hop prompts (one per prompt)")
+        facts = [as_request(f, index) for f in req.facts]
+        for j, fact in enumerate(facts):
+            query.append(_prepare_one(model, fact, fingerprint, "subject_last", index, f"fact {j}"))
+        for j, (prompt, answer) in enumerate(zip(req.multihop_prompts, req.multihop_answers, strict=True)):
+            if not isinstance(prompt, str) or not isinstance(answer, str):
+                raise EditRequestError(f"request {index}: multi-hop prompt {j}: prompt and answer must be strings, "
+                                       f"got {prompt!r} -> {answer!r}")
+            subject = next((f.subject for f in facts if f.subject in prompt), None)
+            if subject is None:
+                raise EditRequestError(f"request {index}: field 'multihop_prompts': prompt {j} ({prompt!r}) mentions "
+                                       f"no edited subject ({[f.subject for f in facts]}), so it does not pass through the edit")
+            if "{" in prompt or "}" in prompt:
+                raise EditRequestError(f"request {index}: field 'multihop_prompts': prompt {j} ({prompt!r}) must be the "
+                                       "full question (the subject written out, no braces)")
+            hop = EditRequest(prompt.replace(subject, "{}", 1), subject, answer)
+            value.append(_prepare_one(model, hop, fingerprint, "prompt_last", index, f"multi-hop prompt {j}"))
+            kinds.append("multihop")
+        if value_fact_rows:
+            for j, fact in enumerate(facts):
+                value.append(_prepare_one(model, fact, fingerprint, "prompt_last", index, f"fact {j}"))
+                kinds.append("fact")
+        parsed.append(ACERequest(tuple(facts), tuple(req.multihop_prompts), tuple(req.multihop_answers)))
+    return ACERows(tuple(parsed), tuple(value), tuple(query), tuple(kinds))
+
+
+# --- layers ------------------------------------------------------------------------------
+
+def choose_layers(model, rows: ACERows, cfg: ACEConfig) -> dict:
+    """Query and value layers (see the module docstring), and the pathway rankings they came
+    from (``None`` when both are fixed)."""
+    out: dict = {"query_source": "config", "value_source": "config", "query_ranking": None, "value_ranking": None}
+    query, value = cfg.query_layers, cfg.value_layers
+    if query is None or value is None:
+        from interp_edit.analysis.pathways import qv_pathways
+
+        prompts = [p for r in rows.requests for p in r.multihop_prompts]
+        result = qv_pathways(model, prompts, None, n_value=cfg.pathway_value_neurons, top_pathways=1)
+        out.update(query_ranking=result.query_layers, value_ranking=result.value_layers)
+        if query is None:
+            ranked = [layer for layer in result.query_layers if layer < model.cfg.n_layers - 1]
+            query = tuple(sorted(ranked[: cfg.n_query_layers]))
+            out["query_source"] = "pathways"
+        if value is None:
+            floor = max(query) + 1 if cfg.value_above_query else 0
+            ranked = [layer for layer in result.value_layers if layer >= floor]
+            value = tuple(sorted(ranked[: cfg.n_value_layers]))
+            out["value_source"] = "pathways"
+    check_layers(model, query, "query_layers")
+    check_layers(model, value, "value_layers")
+    out.update(query_layers=tuple(query), value_layers=tuple(value))
+    return out
+
+
+# --- the editor --------------------------------------------------------------------------
+
+def _merge(deltas: dict[str, LowRankDelta], new: dict[str, LowRankDelta]) -> None:
+    """Add ``new`` to ``deltas`` (a layer edited by both stages gets the two factors side by side)."""
+    for name, delta in new.items():
+        old = deltas.get(name)
+        deltas[name] = delta if old is None else LowRankDelta(torch.cat([old.left, delta.left], 1),
+                                                              torch.cat([old.right, delta.right], 0))
+
+
+def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_dir=None, progress: bool = False,
+        **overrides) -> Edit:
+    """One ACE edit of all ``requests`` (see the module docstring). The model is unchanged;
+    apply the returned :class:`Edit` with ``edit.apply(model)``. ``edit.info`` records the
+    query and value layers, where they came from (``"pathways"`` or ``"config"``), the
+    pathway rankings, each stage's target losses and timings."""
+    cfg = resolve(ACEConfig, model, config, overrides)
+    for name in ("query_layers", "value_layers"):
+        if getattr(cfg, name) is not None:
+            check_layers(model, getattr(cfg, name), name)
+    fingerprint = model_fingerprint(model)
+    rows = prepare_ace_requests(model, requests, fingerprint, cfg.value_fact_rows)
+    start = time.perf_counter()
+    layers = choose_layers(model, rows, cfg)
+    seconds = {"layers": time.perf_counter() - start}
+    start = time.perf_counter()
+    all_layers = sorted(set(layers["query_layers"]) | set(layers["value_layers"]))
+    covs = second_moments(model, all_layers, corpus=corpus, n_samples=cfg.stats_samples,
+                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+    seconds["stats"] = time.perf_counter() - start
+
+    def left_factor(weight: float):
+        def factor(layer: int, keys: Tensor) -> Tensor:
+            cov = covs[layer].to(keys.device)
+            return solve(weight * cov + keys @ keys.T, keys, f"ACE layer {layer}")
+
+        return factor
+
+    stages = {"value": (list(rows.value), layers["value_layers"], left_factor(cfg.value_mom2_update_weight)),
+              "query": (list(rows.query), layers["query_layers"], left_factor(cfg.query_mom2_update_weight))}
+    done = {}
+    with scratch_weights(model, [w_out_name(layer) for layer in all_layers]):
+        for stage in (("value", "query") if cfg.order == "value_first" else ("query", "value")):
+            done[stage] = spread_update(model, stages[stage][0], cfg, stages[stage][1], stages[stage][2])
+            for name, delta in done[stage].deltas.items():
+                add_low_rank(model, name, delta)  # the next stage sees this one
+    value, query = done["value"], done["query"]
+    deltas: dict[str, LowRankDelta] = {}
+    _merge(deltas, value.deltas)
+    _merge(deltas, query.deltas)
+    seconds.update({f"value_{k}": v for k, v in value.timings.items()})
+    seconds.update({f"query_{k}": v for k, v in query.timings.items()})
+    info = {**layers, "value_rows": list(rows.value_kinds), "value_target_nll": value.target_nll,
+            "query_target_nll": query.target_nll, "seconds": seconds}
+    return Edit("ace", deltas, fingerprint, cfg.as_dict(), [r.as_dict() for r in rows.requests], info)
+
+
+__all__ = ["ACEConfig", "ACERequest", "ACERows", "ace", "as_ace_request", "choose_layers", "prepare_ace_requests"]
