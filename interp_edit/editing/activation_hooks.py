@@ -90,7 +90,9 @@ def check_hook_width(model, hook_name: str, width: int, kind: str) -> None:
 
 def hook_kinds() -> dict[str, type]:
     """Every activation-hook class an edit file may hold, by its ``kind``."""
-    from interp_edit.editing import mega
+    import importlib
 
+    # by module path: the package re-exports the function ``mega``, which shadows the module
+    mega = importlib.import_module("interp_edit.editing.mega")
     found = [AdditiveSteering, *getattr(mega, "HOOK_CLASSES", ())]
     return {cls.kind: cls for cls in found}
