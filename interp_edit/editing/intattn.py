@@ -48,6 +48,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from torch import Tensor
+
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
@@ -195,6 +197,12 @@ def traced_alpha(model, treqs: Sequence[TokenizedRequest], cfg: IntAttnConfig) -
     return {"alpha": sum(values) / len(values), "per_request": values, "skipped": skipped}
 
 
+def _realised_fraction(achieved: Tensor, share: Tensor) -> float:
+    """Mean over requests of the achieved change's projection on the intended share, as a
+    fraction of the share (1 = the write moved the target residual exactly by its share)."""
+    return ((achieved * share).sum(-1) / share.pow(2).sum(-1).clamp_min(1e-12)).mean().item()
+
+
 def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None, cache_dir=None,
             progress: bool = False, **overrides) -> Edit:
     """One IntAttn-Edit batch edit of all ``requests`` (``W_O`` and ``W_out`` deltas). The model
@@ -229,13 +237,21 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
     seconds.update(keys=0.0, update=0.0)
     target = targets.target.double()
     deltas: dict[str, LowRankDelta] = {}
-    writes = []
+    writes: list[dict] = []
+    previous = None  # (remaining before, share) of the last write
+
+    def measure_remaining():
+        remaining = target - values_at_edit_tokens(model, treqs, z_layer, "resid_post").double()  # [n, d_model]
+        if previous is not None:  # how much of its share the last write achieved at the target layer
+            writes[-1]["realised_fraction"] = _realised_fraction(previous[0] - remaining, previous[1])
+        return remaining
+
     with scratch_weights(model, [s.parameter for s in schedule]):
         for i, step in enumerate(schedule):
             start = time.perf_counter()
             site = "z" if step.kind == "attn" else "mlp_post"
             keys = compute_keys(model, treqs, step.layer, prefixes, site=site).double().T  # [key, n]
-            remaining = target - values_at_edit_tokens(model, treqs, z_layer, "resid_post").double()  # [n, d_model]
+            remaining = measure_remaining()
             seconds["keys"] += time.perf_counter() - start
             start = time.perf_counter()
             share = remaining / (sum(s.weight for s in schedule[i:]) / step.weight)
@@ -248,8 +264,9 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
             deltas[step.parameter] = delta
             writes.append({"kind": step.kind, "layer": step.layer, "weight": step.weight / sum(s.weight for s in schedule),
                            "remaining_norm": remaining.norm(dim=-1).mean().item(), "share_norm": share.norm(dim=-1).mean().item()})
+            previous = (remaining, share)
             seconds["update"] += time.perf_counter() - start
-        final = target - values_at_edit_tokens(model, treqs, z_layer, "resid_post").double()
+        final = measure_remaining()
     info = {
         "alpha": alpha,
         "alpha_source": "config" if trace is None else "trace",
