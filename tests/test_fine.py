@@ -194,3 +194,11 @@ def test_relation_locality_of_an_applied_edit_needs_the_unedited_answers(toy_mod
     assert applied.kept == relation_locality(toy_model, result, records[:1]).kept
     unchanged = relation_locality(toy_model, None, records[:3], reference=reference)
     assert unchanged.fraction == unchanged.prompt_fraction == 1.0
+
+
+def test_a_request_already_predicted_touches_no_neuron(toy_model, records):
+    record = records[0]
+    already = EditRequest(record.prompt, record.subject, record.target_true)  # the model predicts it already
+    result = fine(toy_model, [already])
+    assert result.info["steps"] == [0] and result.info["neurons_touched"] == [0]
+    assert len(result.info["selected"][0]) == 5 and result.deltas == {}

@@ -278,7 +278,7 @@ def _optimise(model, request: TokenizedRequest, neurons: list[tuple[int, int]], 
 
     def add(out, hook, layer):
         post = store.pop(layer)
-        return out + post[..., rows_of[layer]].to(delta.dtype) @ delta[slots[layer]]
+        return out + (post[..., rows_of[layer]].to(delta.dtype) @ delta[slots[layer]]).to(out.dtype)
 
     hooks = []
     for layer in layers:
@@ -317,8 +317,9 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     """FiNE edit(s) of ``requests`` (EditRequests, CounterFact records or dicts), one request
     after another (see the module docstring). The model is unchanged; apply the returned
     :class:`Edit` with ``edit.apply(model)``. ``edit.info`` reports per request the neurons
-    touched (``neurons``: ``[layer, neuron]`` pairs, ``neurons_touched``), the final max NLL,
-    loss and steps, and timings. (``corpus`` / ``cache_dir`` are accepted for a uniform call
+    selected (``selected``: ``[layer, neuron]`` pairs) and those touched (``neurons``, their
+    count ``neurons_touched``: the selected ones whose δ is not zero — all of them unless the
+    target was predicted already), the final max NLL, loss and steps, and timings. (``corpus`` / ``cache_dir`` are accepted for a uniform call
     and unused: FiNE needs no key statistics.)"""
     cfg = resolve(FiNEConfig, model, config, overrides)
     cfg.check_model(model)
@@ -329,7 +330,7 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
     totals = {layer: torch.zeros(model.cfg.d_mlp, model.cfg.d_model, dtype=torch.float64) for layer in layers}
     touched = {layer: torch.zeros(model.cfg.d_mlp, dtype=torch.bool) for layer in layers}
-    info: dict[str, list] = {"neurons": [], "neurons_touched": [], "max_nll": [], "loss": [], "steps": [], "seconds": []}
+    info: dict[str, list] = {"selected": [], "neurons": [], "neurons_touched": [], "max_nll": [], "loss": [], "steps": [], "seconds": []}
     iterator = treqs
     if progress:
         from tqdm.auto import tqdm
@@ -343,15 +344,20 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
             fit = _optimise(model, request, neurons, prefixes, cfg)
             if not torch.isfinite(fit.delta).all():
                 raise EditOptimizationError(f"request {request.index} ({request.request.text!r}): non-finite δ; the model is unchanged")
-            chosen = torch.tensor(neurons, dtype=torch.long)  # [neuron, (layer, row)]
+            # a neuron whose δ stayed zero (the target was already predicted) is not touched
+            changed = (fit.delta != 0).any(-1).cpu()
+            neurons = [n for n, keep in zip(neurons, changed.tolist(), strict=True) if keep]
+            delta = fit.delta[changed.to(fit.delta.device)]
+            chosen = torch.tensor(neurons, dtype=torch.long).reshape(-1, 2)  # [neuron, (layer, row)]
             with torch.no_grad():
                 for layer in chosen[:, 0].unique().tolist():
                     mine = chosen[:, 0] == layer
-                    rows, values = chosen[mine, 1], fit.delta[mine.to(fit.delta.device)]
+                    rows, values = chosen[mine, 1], delta[mine.to(delta.device)]
                     param = get_parameter(model, w_out_name(layer))
                     param.data.index_add_(0, rows.to(param.device), values.to(param.device, param.dtype))
                     totals[layer].index_add_(0, rows, values.double().cpu())
                     touched[layer][rows] = True
+            info["selected"].append([list(n) for n in selection.union()])
             info["neurons"].append([list(n) for n in neurons])
             info["neurons_touched"].append(len(neurons))
             info["max_nll"].append(fit.max_nll)
