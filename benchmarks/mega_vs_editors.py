@@ -67,6 +67,24 @@ def run(model, records, unrelated, make_edit, thresholds=()) -> dict:
             "sweep": {t: mean_scores(v) for t, v in sweep.items()}, "sweep_unrelated": sweep_unrelated}
 
 
+def forcing_check(model, records, template: str) -> None:
+    """Does forcing the new object in context make the toy model predict it? (MEGA's "forced"
+    targets assume it does.) Mean logit difference new − true, bare vs forced, and how often
+    the forced prompt's argmax is the new object."""
+    from interp_edit.analysis.scoring import encode_target
+
+    bare = [r.prompt.format(r.subject) for r in records]
+    forced = [template.format(prompt=p, new=r.target_new) for p, r in zip(bare, records, strict=True)]
+    new = torch.tensor([encode_target(model.tokenizer, r.target_new)[0] for r in records])
+    true = torch.tensor([encode_target(model.tokenizer, r.target_true)[0] for r in records])
+    rows = torch.arange(len(records))
+    for name, prompts in (("bare", bare), ("forced", forced)):
+        logits = last_token_logits(model, prompts)
+        diff = (logits[rows, new] - logits[rows, true]).mean()
+        hits = (logits.argmax(-1) == new).float().mean()
+        print(f"forcing_{name}_mean_logit_new_minus_true={diff:.3f} forcing_{name}_argmax_new={hits:.3f}")
+
+
 def show(prefix: str, out: dict) -> None:
     for key in KEYS:
         print(f"{prefix}_{key}={out['scores'][key]:.4f}")
@@ -99,6 +117,7 @@ def main() -> None:
     print(f"edits={len(records)} unrelated_prompts={len(unrelated)}")
     print("unedited_" + " unedited_".join(f"{k}={v:.4f}" for k, v in mean_scores(counterfact_scores(model, records)).items()
                                           if k in KEYS))
+    forcing_check(model, records, "{prompt} {new} . {prompt}")
     mega, rome, memit = (get_editor(n).fn for n in ("mega", "rome", "memit"))
     runs = {
         "mega": (lambda r: mega(model, [r]), thresholds),

@@ -23,9 +23,10 @@ Where ``T`` comes from (``target_mode``):
 - ``"optimised"``: the source activation plus a vector δ per source prompt and layer, optimised
   (Adam, ``steps``, ``lr``, ``weight_decay``, ‖δ‖ ≤ ``clamp_norm_factor`` · ‖a‖) so that the
   prompt predicts the new object. The toy-world preset uses it: the toy model never saw a fact
-  restated in context and does not copy one (measured on 20 toy edits: the forced prompt moves
-  the mean logit difference new − true only from −9.59 to −9.49, and the forced prompt's
-  argmax is the new object in 0 of 20).
+  restated in context and does not copy one (measured on 20 toy edits with the template
+  ``"{prompt} {new} . {prompt}"``: the forced prompt moves the mean logit difference new − true
+  only from −9.59 to −9.49, and its argmax is the new object in none of them;
+  ``benchmarks/mega_vs_editors.py`` prints this check).
 
 Layers are applied bottom-up, so the sources of a layer are measured with the maps of the lower
 layers already acting (as at inference). Several requests in one call give one hook per layer
@@ -111,6 +112,8 @@ class MEGAConfig(EditorConfig):
             raise EditConfigError(f"field 'layers' repeats a layer: {list(self.layers)}")
         if self.k < 1:
             raise EditConfigError(f"field 'k' must be >= 1, got {self.k}")
+        if self.min_layer is not None and self.min_layer < 0:
+            raise EditConfigError(f"field 'min_layer' must be >= 0, got {self.min_layer}")
         if self.n_contrast_layers < 1:
             raise EditConfigError(f"field 'n_contrast_layers' must be >= 1, got {self.n_contrast_layers}")
         if not -1.0 <= self.gate_threshold <= 1.0:
@@ -235,7 +238,8 @@ def source_prompts(request: TokenizedRequest, prefixes, use_paraphrases: bool) -
     return texts
 
 
-def _encode(model, texts: list[str], suffixes: list[tuple[int, ...]] | None = None) -> tuple[Tensor, Tensor]:
+def _encode(model, texts: list[str], suffixes: list[tuple[int, ...]] | None = None, owners: list[int] | None = None
+            ) -> tuple[Tensor, Tensor]:
     from interp_edit.batching import encode_prompts, pad_right
 
     ids = encode_prompts(model.tokenizer, texts)
@@ -243,17 +247,19 @@ def _encode(model, texts: list[str], suffixes: list[tuple[int, ...]] | None = No
     if suffixes is not None:
         ids = [list(i) + list(s) for i, s in zip(ids, suffixes, strict=True)]
     if max(len(i) for i in ids) > model.cfg.n_ctx:
-        longest = texts[max(range(len(ids)), key=lambda j: len(ids[j]))]
-        raise EditRequestError(f"the prompt {longest!r} is longer than the model's context {model.cfg.n_ctx}; "
-                               "lower 'prefix_length' or shorten 'forcing_template'")
+        j = max(range(len(ids)), key=lambda i: len(ids[i]))
+        who = f"request {owners[j]}: " if owners is not None else ""
+        raise EditRequestError(f"{who}the MEGA prompt {texts[j]!r} is {len(ids[j])} tokens, more than the model's context "
+                               f"{model.cfg.n_ctx}; lower 'prefix_length' or shorten 'forcing_template'")
     tokens, _ = pad_right(ids, model.tokenizer.pad_token_id or 0)
     return tokens.to(model.cfg.device), last.to(model.cfg.device)
 
 
 @torch.no_grad()
-def last_token_attn_out(model, texts: list[str], layers: list[int], hooks=()) -> Float[Tensor, "layer sample d"]:
+def last_token_attn_out(model, texts: list[str], layers: list[int], hooks=(), owners: list[int] | None = None
+                        ) -> Float[Tensor, "layer sample d"]:
     """``hook_attn_out`` of ``layers`` at each text's last token (one batched forward)."""
-    tokens, last = _encode(model, texts)
+    tokens, last = _encode(model, texts, owners=owners)
     names = [hook_name("attn_out", layer) for layer in layers]
     _, cache = run_with_cache(model, tokens, names, hooks)
     rows = torch.arange(len(texts), device=tokens.device)
@@ -266,7 +272,7 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
     ``layers`` so that the text predicts its target (teacher-forced mean NLL + ``weight_decay``
     · Σ‖δ‖²/‖a‖², Adam, ``steps`` at most, ‖δ‖ ≤ ``clamp_norm_factor`` · ‖a‖). Returns
     (source [layer, sample, d], delta [layer, sample, d])."""
-    tokens, last = _encode(model, texts, [t[:-1] for t in target_ids])
+    tokens, last = _encode(model, texts, [t[:-1] for t in target_ids], owners)
     rows = torch.arange(len(texts), device=tokens.device)
     names = [hook_name("attn_out", layer) for layer in layers]
     width = max(len(t) for t in target_ids)
@@ -352,7 +358,7 @@ def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, **
     # absolute target activations [layer, sample, d]
     if cfg.target_mode == "forced":
         forced = [cfg.forcing_template.format(prompt=text, new=treqs[o].request.target_new) for text, o in zip(texts, owners, strict=True)]
-        targets = last_token_attn_out(model, forced, layers)
+        targets = last_token_attn_out(model, forced, layers, owners=owners)
     else:
         target_ids = [treqs[o].target_ids for o in owners]
         unedited, delta = optimised_targets(model, texts, target_ids, layers, cfg, owners)
