@@ -202,3 +202,13 @@ def test_a_request_already_predicted_touches_no_neuron(toy_model, records):
     result = fine(toy_model, [already])
     assert result.info["steps"] == [0] and result.info["neurons_touched"] == [0]
     assert len(result.info["selected"][0]) == 5 and result.deltas == {}
+
+
+def test_a_model_without_preset_gets_the_generic_settings(tiny_model, records):
+    cfg = FiNEConfig.for_model(tiny_model)
+    assert (cfg.n_frozen, cfg.top_k, cfg.steps) == (1, 5, 50)  # 3 layers: one frozen, the paper's k and steps
+    before = snapshot(tiny_model)
+    result = fine(tiny_model, [records[0]], steps=3)
+    assert_same(tiny_model, before)
+    assert result.deltas and {parameter_layer(n) for n in result.deltas} <= {0, 1}
+    assert result.info["steps"] == [3]
