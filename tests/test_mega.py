@@ -185,3 +185,17 @@ def test_bad_config_names_the_field_and_leaves_the_model(toy_model, person_recor
         mega(toy_model, [person_records[17]], **overrides)
     assert_same(toy_model, before)
     assert hook_counts(toy_model) == {}
+
+
+def test_a_bad_request_names_its_index_and_leaves_the_model(toy_model, person_records):
+    from interp_edit.editing import EditRequest
+    from interp_edit.errors import EditRequestError
+
+    before = snapshot(toy_model)
+    bad = EditRequest("{} works as a", person_records[1].subject, "")
+    with pytest.raises(EditRequestError, match="request 1.*target_new"):
+        mega(toy_model, [person_records[0], bad])
+    with pytest.raises(EditRequestError, match="request 0.*too|request 0.*context"):
+        mega(toy_model, [person_records[0]], target_mode="forced", forcing_template="{prompt} {new} " * 12 + "{prompt}")
+    assert_same(toy_model, before)
+    assert hook_counts(toy_model) == {}
