@@ -11,7 +11,7 @@ import torch
 
 from interp_edit.analysis.layers import attention_mlp_balance
 from interp_edit.analysis.tracing import causal_trace
-from interp_edit.editing import EditRequest, IntAttnConfig, edit, get_editor, intattn, memit
+from interp_edit.editing import Edit, EditRequest, IntAttnConfig, edit, get_editor, intattn, memit
 from interp_edit.editing.intattn import write_schedule
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
@@ -158,7 +158,7 @@ def test_bad_request_and_failure_midway_leave_the_model(toy_model, records, monk
     assert_unchanged(toy_model, before)
 
 
-def test_registry_apply_and_undo_bitwise(toy_model, records, joint_edit):
+def test_registry_apply_undo_bitwise_and_save(toy_model, records, joint_edit, tmp_path):
     assert get_editor("intattn").fn is intattn and get_editor("intattn").config_class is IntAttnConfig
     before = snapshot(toy_model)
     joint_edit.apply(toy_model)
@@ -169,3 +169,7 @@ def test_registry_apply_and_undo_bitwise(toy_model, records, joint_edit):
     via = edit(toy_model, records[:2], "intattn", alpha=0.5, steps=2)
     assert sorted(via.deltas) == sorted(W_O + W_OUT)
     assert_unchanged(toy_model, before)
+    loaded = Edit.load(joint_edit.save(tmp_path / "intattn.safetensors"))
+    assert loaded.method == "intattn" and loaded.config["alpha"] == 0.3
+    for name in W_O + W_OUT:
+        assert torch.equal(loaded.delta_matrix(name, toy_model), joint_edit.delta_matrix(name, toy_model))

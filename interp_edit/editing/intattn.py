@@ -39,6 +39,14 @@ logit difference true − new answer by default) gives α_i = Σ attention effec
 The per-request values (and the requests skipped because their trace had no positive effect)
 are recorded in ``edit.info``. How many facts to trace and which trace settings the paper used
 are not stated: these are config fields.
+
+``edit.info`` holds ``alpha`` and ``alpha_source`` ("config" or "trace"; with a trace also
+``traced_alpha``: the per-request values and the skipped requests), and per write (``writes``)
+its kind, layer, weight, the mean norms of the remaining residual and of the share, and
+``realised_fraction`` — how much of its share the write moved the target residual by (projected,
+averaged over requests; 1 = all of it). A large λ_a keeps the attention writes from realising
+their share (the MLP writes after them then pick up the rest), so α is only honoured where
+``realised_fraction`` is near 1.
 """
 
 from __future__ import annotations
@@ -90,7 +98,8 @@ class IntAttnConfig(EditorConfig):
     alpha: float | None = None
     #: λ of the MLP writes (MEMIT's mom2_update_weight)
     mom2_update_weight: float = 20_000.0
-    #: λ_a of the attention writes, on the z statistics (the paper leaves it open)
+    #: λ_a of the attention writes, on the z statistics (the paper leaves it open; λ by default).
+    #: Toy world: 100 realises the attention share (λ_a 1,000 realises under half of it)
     attn_mom2_update_weight: float = 20_000.0
     clamp_norm_factor: float = 0.75
     n_prefixes: int = 5
