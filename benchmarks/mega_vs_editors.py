@@ -49,6 +49,7 @@ def run(model, records, unrelated, make_edit, thresholds=()) -> dict:
     rows, sweep = [], {t: [] for t in thresholds}
     sweep_unrelated = dict.fromkeys(thresholds, 0.0)
     worst_logit = worst_weight = 0.0
+    changed = 0  # (edit, unrelated prompt) pairs whose logits moved by more than 1e-6
     start = time.perf_counter()
     for record in records:
         edit = make_edit(record)
@@ -56,14 +57,15 @@ def run(model, records, unrelated, make_edit, thresholds=()) -> dict:
             worst_weight = max(worst_weight, max(float((v - state[k]).abs().max()) if v.numel() else 0.0
                                                  for k, v in model.state_dict().items()))
             rows += counterfact_scores(model, [record])
-            worst_logit = max(worst_logit, float((last_token_logits(model, unrelated) - base).abs().max()))
+            drift = (last_token_logits(model, unrelated) - base).abs().amax(-1)
+            worst_logit, changed = max(worst_logit, float(drift.max())), changed + int((drift > 1e-6).sum())
         for t in thresholds:
             with with_threshold(edit, t).applied(model):
                 sweep[t] += counterfact_scores(model, [record])
                 sweep_unrelated[t] = max(sweep_unrelated[t], float((last_token_logits(model, unrelated) - base).abs().max()))
     seconds = time.perf_counter() - start
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "model not restored"
-    return {"scores": mean_scores(rows), "unrelated": worst_logit, "weight": worst_weight, "seconds": seconds,
+    return {"scores": mean_scores(rows), "unrelated": worst_logit, "changed": changed / (len(records) * len(unrelated)), "weight": worst_weight, "seconds": seconds,
             "sweep": {t: mean_scores(v) for t, v in sweep.items()}, "sweep_unrelated": sweep_unrelated}
 
 
@@ -89,6 +91,7 @@ def show(prefix: str, out: dict) -> None:
     for key in KEYS:
         print(f"{prefix}_{key}={out['scores'][key]:.4f}")
     print(f"{prefix}_unrelated_max_abs_dlogit={out['unrelated']:.3g}")
+    print(f"{prefix}_unrelated_changed_fraction={out['changed']:.4f}")
     print(f"{prefix}_max_abs_dweight={out['weight']:.3g}")
     print(f"{prefix}_seconds={out['seconds']:.1f}")
     for t, scores in out["sweep"].items():
