@@ -1,0 +1,117 @@
+"""Every registered editor on the same toy-world edits: the comparison table of the README.
+
+The edits are MQuAKE-style toy cases (``toy_multihop_edit_cases``): a person's birth city
+changes, so their birth country / capital / language questions change too. Each edit is
+independent: computed, applied, scored, undone. Per editor:
+
+- efficacy, paraphrase, neighbourhood: [p(new) > p(old)] on the rewrite prompt, its held-out
+  paraphrases, and [p(old) > p(new)] on other people born in the old city;
+- multi-hop: the case's multi-hop questions answered with the new answer (any phrasing, every
+  answer token top-1), on the phrasings ACE is given (``multihop_edit``) and on held-out
+  phrasings no editor sees (``multihop_heldout``);
+- relation locality: the person's other relations keep their top-1 answer
+  (:func:`interp_edit.evaluation.locality.relation_locality`);
+- parameters touched: weight entries the edit changes (non-zero entries of the dense ΔW), and
+  for steering edits 0 weights (the hooks' size is reported instead);
+- seconds per edit: computing the edit (key statistics are computed once before timing).
+
+Every editor gets the same plain request (prompt, subject, new and old city; no paraphrases);
+ACE gets the same fact plus the case's first multi-hop phrasing with its new answer (its hop
+structure). Prints ``key=value`` lines and a Markdown table; results are kept per method in
+``--out`` so a rerun continues. Usage:
+    .venv/bin/python -u benchmarks/compare_editors.py [--n 100] [--methods rome,memit,...] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from interp_edit import load_model
+from interp_edit.editing import get_editor
+from interp_edit.editing.edit import LowRankDelta
+from interp_edit.evaluation.locality import relation_locality, unedited_answers
+from interp_edit.evaluation.multihop_edits import mean_rows, multihop_edit_scores, toy_multihop_edit_cases
+from interp_edit.toyworld import load_world
+
+METHODS = ("rome", "memit", "alphaedit", "ft", "memit_csk", "fine", "intattn", "ace", "mega")
+SHOWN = ("efficacy", "paraphrase", "neighborhood", "multihop_edit", "multihop_heldout", "relation_locality",
+         "params_touched", "seconds_per_edit")
+
+
+def weights_touched(edit) -> int:
+    total = 0
+    for delta in edit.deltas.values():
+        if isinstance(delta, LowRankDelta):
+            total += int((delta.dense() != 0).sum())
+        else:
+            total += int((delta.values != 0).sum())
+    return total
+
+
+def request_for(method: str, case):
+    return case.ace_request() if method == "ace" else case.fact
+
+
+def run_method(model, world, method: str, cases, reference) -> dict:
+    editor = get_editor(method)
+    editor.fn(model, [request_for(method, cases[0])])  # key statistics and caches, not timed
+    rows, locality, touched, seconds = [], [], [], []
+    for case, ref in zip(cases, reference, strict=True):
+        start = time.perf_counter()
+        edit = editor.fn(model, [request_for(method, case)])
+        seconds.append(time.perf_counter() - start)
+        touched.append(weights_touched(edit))
+        with edit.applied(model):
+            rows += multihop_edit_scores(model, [case])
+            locality.append(relation_locality(model, None, [case.fact], world=world, reference=[ref]).fraction)
+    out = mean_rows(rows, ["efficacy", "paraphrase", "neighborhood", "multihop_edit", "multihop_heldout", "multihop_other"])
+    kept = [v for v in locality if not math.isnan(v)]
+    out["relation_locality"] = sum(kept) / len(kept)
+    out["params_touched"] = sum(touched) / len(touched)
+    out["seconds_per_edit"] = sum(seconds) / len(seconds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="results/compare_editors")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, world = load_model("toyworld"), load_world()
+    cases = toy_multihop_edit_cases(world, n=args.n)
+    reference = unedited_answers(model, [c.fact for c in cases], world=world)
+    unedited = mean_rows(multihop_edit_scores(model, cases), ["efficacy", "paraphrase", "neighborhood", "multihop_edit",
+                                                               "multihop_heldout", "multihop_other"])
+    for key, value in unedited.items():
+        print(f"unedited_{key}={value:.4f}")
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for method in args.methods.split(","):
+        path = folder / f"{method}_n{args.n}.json"
+        if path.exists():
+            results[method] = json.loads(path.read_text())
+        else:
+            results[method] = run_method(model, world, method, cases, reference)
+            path.write_text(json.dumps(results[method]))
+        for key, value in results[method].items():
+            print(f"{method}_{key}={value:.4f}", flush=True)
+    print("\n| editor | " + " | ".join(SHOWN) + " |")
+    print("|---" * (len(SHOWN) + 1) + "|")
+    for method, row in results.items():
+        cells = [f"{row[k]:.0f}" if k == "params_touched" else f"{row[k]:.2f}" if k == "seconds_per_edit" else f"{row[k]:.3f}"
+                 for k in SHOWN]
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
