@@ -11,10 +11,10 @@ import random
 import pytest
 import torch
 
-from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
+from interp_edit.analysis.edit_token_aie import EditTokenAIE, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
 from interp_edit.data import load_dataset, parse_records
-from interp_edit.editing import EditRequest, MEMITCSKConfig, edit, memit, memit_csk, prepare_requests
+from interp_edit.editing import Edit, EditRequest, MEMITCSKConfig, edit, memit, memit_csk, prepare_requests
 from interp_edit.editing.requests import fill_prefix
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import context_prefixes
@@ -115,7 +115,7 @@ def test_a_verb_token_edit_changes_the_statement_and_spares_the_subjects_other_f
     assert at_subject.relapse >= scores.relapse + 0.1
 
 
-def test_the_auto_window_is_the_moving_average_window_of_the_measured_aie(toy_model, statements, verb_edit):
+def test_the_auto_window_is_the_moving_average_window_of_the_measured_aie(toy_model, statements, verb_edit, tmp_path):
     cases, result = verb_edit
     cfg = MEMITCSKConfig.for_model(toy_model)
     treqs = prepare_requests(toy_model, requests_of(cases), model_fingerprint(toy_model), edit_token="verb_last")
@@ -128,6 +128,12 @@ def test_the_auto_window_is_the_moving_average_window_of_the_measured_aie(toy_mo
     # at the statement's last token the MLP-mediated effect peaks in the middle layers (measured
     # 0.008 / 0.089 / 0.21 / 0.17 / 0.017 / 0 on ten statements: window 2-3)
     assert result.info["layers"][0] >= 1 and aie.mlp_mediated.max() > 0.1
+    # the record survives save / load, and the curve plots with the window shaded
+    path = result.save(tmp_path / "edit.safetensors")
+    loaded = Edit.load(path)
+    assert loaded.info["layers"] == result.info["layers"] and loaded.info["aie"]["mlp_mediated"] == info["mlp_mediated"]
+    fig = EditTokenAIE.from_dict(loaded.info["aie"]).plot(loaded.info["layers"])
+    assert [t.name for t in fig.data] == ["hidden", "severed", "mlp_mediated"]
 
 
 def test_memit_csk_at_the_subject_with_memits_layers_is_memit_and_registered(toy_model, person_records):

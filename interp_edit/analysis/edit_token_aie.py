@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -59,6 +60,22 @@ class EditTokenAIE:
         if name not in CURVES:
             raise InvalidArgumentError(f"unknown AIE curve {name!r}; choose from {CURVES}")
         return getattr(self, name)
+
+    def plot(self, window: Sequence[int] = ()):
+        from interp_edit.viz.edit_token_aie import edit_token_aie_figure
+
+        return edit_token_aie_figure(self, window)
+
+    def save(self, path: str | Path, window: Sequence[int] = ()) -> tuple[Path, Path]:
+        from interp_edit.viz.export import save_figure
+
+        return save_figure(self.plot(window), path)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EditTokenAIE:
+        """The inverse of :meth:`as_dict` (e.g. from ``edit.info["aie"]``)."""
+        return cls(torch.tensor(data["hidden"]), torch.tensor(data["severed"]), data["n_facts"], list(data["skipped"]),
+                   data["mean_clean_score"], data["mean_corrupted_score"], dict(data["settings"]))
 
     def as_dict(self) -> dict:
         return {"hidden": self.hidden.tolist(), "severed": self.severed.tolist(),
