@@ -10,6 +10,7 @@ from interp_edit.analysis.attribution import (
     neuron_attribution,
 )
 from interp_edit.analysis.contrast import AttributionDiffResult, attribution_diff
+from interp_edit.analysis.edit_token_aie import EditTokenAIE, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import attention_mlp_balance, select_layer_window
 from interp_edit.analysis.lens import DLAResult, LogitLensResult, direct_logit_attribution, logit_lens
 from interp_edit.analysis.patching import PatchingResult, activation_patch, attribution_patch, attribution_patch_error
@@ -17,6 +18,9 @@ from interp_edit.analysis.pathways import Pathway, PathwayResult, qv_pathways
 from interp_edit.analysis.tracing import CausalTraceResult, causal_trace
 
 __all__ = [
+    "EditTokenAIE",
+    "TokenFact",
+    "edit_token_aie",
     "AttributionDiffResult",
     "attribution_diff",
     "AIEResult",

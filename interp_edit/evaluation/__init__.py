@@ -3,6 +3,13 @@ and batch / sequential experiments (this layer imports the editing layer, never 
 round)."""
 
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, unrelated_metrics
+from interp_edit.evaluation.commonsense import (
+    CommonsenseScores,
+    commonsense_efficacy,
+    commonsense_scores,
+    relapse_rate,
+    statements_answered,
+)
 from interp_edit.evaluation.contrast import ContrastResult, contrast_study
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.experiment import ExperimentResult, comparison_table
@@ -32,6 +39,11 @@ from interp_edit.evaluation.metrics import (
 from interp_edit.evaluation.runner import run_experiment
 
 __all__ = [
+    "CommonsenseScores",
+    "commonsense_efficacy",
+    "commonsense_scores",
+    "relapse_rate",
+    "statements_answered",
     "ContrastResult",
     "contrast_study",
     "ExperimentResult",
