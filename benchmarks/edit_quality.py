@@ -5,6 +5,10 @@
 - the same sequence of edits applied sequentially in batches with AlphaEdit, MEMIT and ROME
   (no restore between batches), scored on all edited cases at the end.
 
+Besides the CounterFact scores: ``relation_locality``, the fraction of the edited subjects'
+other-relation prompts whose top-1 answer is the unedited one
+(:func:`interp_edit.evaluation.locality.relation_locality`).
+
 Prints ``key=value`` lines. Usage:
     .venv/bin/python benchmarks/edit_quality.py [--single 50] [--batch 100] [--sequential 500] [--seq-batch 50]
 """
@@ -20,6 +24,7 @@ import torch
 from interp_edit import AlphaEditor, load_model
 from interp_edit.editing import memit, rome
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
+from interp_edit.evaluation.locality import relation_locality, unedited_answers
 from interp_edit.toyworld import counterfact_records, load_world
 from interp_edit.toyworld.world import stable_seed
 
@@ -31,8 +36,9 @@ def person_records(world, n: int, seed: str):
 
 
 def show(prefix: str, scores: dict, seconds: float | None = None) -> None:
-    for key in ("efficacy", "paraphrase", "neighborhood", "same_subject"):
-        print(f"{prefix}_{key}={scores[key]:.4f}")
+    for key in ("efficacy", "paraphrase", "neighborhood", "same_subject", "relation_locality"):
+        if key in scores:
+            print(f"{prefix}_{key}={scores[key]:.4f}")
     if seconds is not None:
         print(f"{prefix}_seconds={seconds:.1f}")
 
@@ -51,23 +57,30 @@ def main() -> None:
     if args.single:
         records = person_records(world, args.single, "quality-single")
         show("unedited_single", mean_scores(counterfact_scores(model, records)))
-        rows, start = [], time.perf_counter()
-        for record in records:
+        reference = unedited_answers(model, records)
+        rows, kept, start = [], [], time.perf_counter()
+        for record, ref in zip(records, reference, strict=True):
             with rome(model, [record]).applied(model):
                 rows += counterfact_scores(model, [record])
-        show("rome_single", mean_scores(rows), time.perf_counter() - start)
+                kept.append(relation_locality(model, None, [record], reference=[ref]).fraction)
+        scores = mean_scores(rows) | {"relation_locality": sum(kept) / len(kept)}
+        show("rome_single", scores, time.perf_counter() - start)
 
     if args.batch:
         records = person_records(world, args.batch, "quality-batch")
+        reference = unedited_answers(model, records)
         start = time.perf_counter()
         edit = memit(model, records)
         seconds = time.perf_counter() - start
         with edit.applied(model):
-            show(f"memit_batch{args.batch}", mean_scores(counterfact_scores(model, records)), seconds)
+            scores = mean_scores(counterfact_scores(model, records))
+            scores["relation_locality"] = relation_locality(model, None, records, reference=reference).fraction
+            show(f"memit_batch{args.batch}", scores, seconds)
 
     if args.sequential:
         records = person_records(world, args.sequential, "quality-sequential")
         show("unedited_sequential", mean_scores(counterfact_scores(model, records)))
+        reference = unedited_answers(model, records)
         for method in args.methods.split(","):
             start, applied = time.perf_counter(), []
             editor = AlphaEditor(model) if method == "alphaedit" else None
@@ -82,7 +95,9 @@ def main() -> None:
                         edit = rome(model, batch)  # ROME: one request after another
                     applied.append(edit.apply(model))
                 seconds = time.perf_counter() - start
-                show(f"{method}_sequential{len(records)}", mean_scores(counterfact_scores(model, records)), seconds)
+                scores = mean_scores(counterfact_scores(model, records))
+                scores["relation_locality"] = relation_locality(model, None, records, reference=reference).fraction
+                show(f"{method}_sequential{len(records)}", scores, seconds)
             finally:
                 for edit in reversed(applied):
                     edit.undo(model)
