@@ -6,7 +6,8 @@ Per method: CounterFact efficacy / paraphrase / neighbourhood scores
 keep their unedited top-1 answer, :mod:`interp_edit.evaluation.locality`), ``other_subjects_changed``
 (the fraction of 10 other subjects asked the *same* relation, with another true object, whose
 top-1 answer changed: how far an edit spreads over the relation), neurons touched per edit
-(FiNE: mean / max) and seconds per edit (computing the edit only; ROME's key statistics are
+(FiNE: mean / max), rows of ``W_out`` changed per edit (both methods: ROME's rank-one
+update changes every row whose key-side factor is non-zero) and seconds per edit (computing the edit only; ROME's key statistics are
 computed once before the timing).
 
 ``--sweep`` also runs FiNE over ``n_frozen`` (and ``lr``) on fewer edits: the measurement behind
@@ -50,13 +51,14 @@ def other_subject_prompts(world, record, n: int = 10) -> list[str]:
 
 
 def evaluate(model, world, records, make_edit, reference) -> dict[str, float]:
-    rows, locality, spread, neurons, seconds = [], [], [], [], []
+    rows, locality, spread, neurons, touched, seconds = [], [], [], [], [], []
     for record, ref in zip(records, reference, strict=True):
         start = time.perf_counter()
         edit = make_edit(record)
         seconds.append(time.perf_counter() - start)
         if "neurons_touched" in edit.info:
             neurons.append(edit.info["neurons_touched"][0])
+        touched.append(sum(row["rows_touched"] for row in edit.summary()))
         locality.append(relation_locality(model, edit, [record], reference=[ref]).fraction)
         others = other_subject_prompts(world, record)
         before = top1_answers(model, others)
@@ -69,6 +71,7 @@ def evaluate(model, world, records, make_edit, reference) -> dict[str, float]:
     out["relation_locality"] = sum(locality) / len(locality)
     out["other_subjects_changed"] = sum(spread) / len(spread)
     out["seconds_per_edit"] = sum(seconds) / len(seconds)
+    out["weight_rows_changed_mean"] = sum(touched) / len(touched)
     if neurons:
         out["neurons_mean"] = sum(neurons) / len(neurons)
         out["neurons_max"] = float(max(neurons))
