@@ -188,3 +188,13 @@ def test_bad_spans_and_settings_name_the_request_and_leave_the_model_unchanged(t
     with pytest.raises(EditConfigError, match="field 'layers'.*out of range"):
         memit_csk(toy_model, [good], layers=(5, 6))
     assert_unchanged(toy_model, state)
+
+
+def test_auto_layers_refuse_a_flat_aie_curve(toy_model, statements):
+    # the subject's corruption does not reach the stated object's token in "X was born in Karsa
+    # and works as a" (measured: effect 0.000 at every layer), so no window can be chosen
+    state = snapshot(toy_model)
+    cases = statements[1][:3]
+    with pytest.raises(EditConfigError, match=r"'object_last' is flat.*min_window_effect 0.01"):
+        memit_csk(toy_model, requests_of(cases), edit_token="object_last", trace_samples=3)
+    assert_unchanged(toy_model, state)

@@ -15,7 +15,9 @@ configurable edit token and a layer window chosen by causal tracing. Spec: metho
   (:func:`~interp_edit.analysis.layers.select_layer_window`). The paper traces the severed MLP
   path but leaves open which curve of it decides; ``trace_curve`` picks it, by default
   ``"mlp_mediated"`` (hidden − severed: the effect that needs the MLPs). Traced requests the
-  model gets wrong are skipped (recorded in ``edit.info["aie"]["skipped"]``).
+  model gets wrong are skipped (recorded in ``edit.info["aie"]["skipped"]``). A window whose
+  mean effect is below ``min_window_effect`` is refused with an error (a flat curve, e.g. at a
+  token the subject's corruption cannot reach, would make any window arbitrary).
 
 ``edit.info`` records the edit token, the layers edited and, for ``"auto"``, the AIE curves.
 """
@@ -67,6 +69,10 @@ class MEMITCSKConfig(MEMITConfig):
     trace_noise: float = 3.0
     #: noise draws per trace (ROME: 10)
     trace_noise_samples: int = 10
+    #: ``layers="auto"`` refuses a window whose mean effect is below this (the curve is flat
+    #: where the subject's corruption does not reach the edit token, and any window is then
+    #: arbitrary); a choice the paper leaves open
+    min_window_effect: float = 0.01
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {"layers": (1, 2, 3, 4, 5)},
@@ -112,8 +118,15 @@ def trace_layer_window(model, treqs: list[TokenizedRequest], cfg: MEMITCSKConfig
     except InvalidArgumentError as err:
         raise EditConfigError(f"field 'layers' is 'auto' but the edit token {cfg.edit_token!r} cannot be traced: {err}; "
                               "give the layers explicitly") from None
-    layers = select_layer_window(aie.curve(cfg.trace_curve), cfg.window)
-    return layers, {**aie.as_dict(), "curve": cfg.trace_curve, "window": cfg.window}
+    curve = aie.curve(cfg.trace_curve)
+    layers = select_layer_window(curve, cfg.window)
+    effect = curve[list(layers)].mean().item()
+    if not effect >= cfg.min_window_effect:
+        raise EditConfigError(
+            f"field 'layers' is 'auto' but the {cfg.trace_curve} AIE at the edit token {cfg.edit_token!r} is flat: the best "
+            f"window {list(layers)} has mean effect {effect:.4f} < min_window_effect {cfg.min_window_effect} over "
+            f"{aie.n_facts} traced requests; give the layers explicitly or trace more requests (trace_samples)")
+    return layers, {**aie.as_dict(), "curve": cfg.trace_curve, "window": cfg.window, "window_effect": effect}
 
 
 def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=None, cache_dir=None,
