@@ -3,7 +3,8 @@
 Each edit is independent (compute, apply, score, undo) on the shipped toy model. ACE's value
 stage gets the first phrasing of each case's multi-hop question ("edit" split); the other
 phrasings ("held-out") and the person's other chains ("other") are never given to any editor.
-MEMIT and ROME see only the single-hop fact. Prints the unedited baseline, each method's mean
+MEMIT and ROME see only the single-hop fact. ``ace_preserve`` also gives ACE the edit phrasing
+about five other people (born in neither city) as preserved keys. Prints the unedited baseline, each method's mean
 scores (all cases, 2-hop / 3-hop chains, chains the unedited model answered) and its median
 seconds per edit.
 
@@ -51,6 +52,7 @@ def main() -> None:
     methods = {
         "ace": lambda c: ace(model, [c.ace_request()]),
         "ace_query_first": lambda c: ace(model, [c.ace_request()], order="query_first"),
+        "ace_preserve": lambda c: ace(model, [c.ace_request(preserve=True)]),
         "memit": lambda c: memit(model, [c.fact]),
         "rome": lambda c: rome(model, [c.fact]),
     }

@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.editing.closed_form import add_low_rank, check_layers, scratch_weights, solve, w_out_name
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
@@ -50,7 +52,7 @@ from interp_edit.editing.memit import spread_update
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, as_request, prepare_requests
 from interp_edit.editing.stats import second_moments
 from interp_edit.errors import EditConfigError, EditRequestError
-from interp_edit.model import model_fingerprint
+from interp_edit.model import forward_to_layer, hook_name, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,13 @@ class ACERequest:
     facts: tuple[EditRequest, ...]
     multihop_prompts: tuple[str, ...]
     multihop_answers: tuple[str, ...]
+    #: optional multi-hop prompts about *other* subjects whose last-token keys the value stage
+    #: should leave alone (weighted by ``ACEConfig.preserve_weight``)
+    preserve_prompts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {"facts": [f.as_dict() for f in self.facts], "multihop_prompts": list(self.multihop_prompts),
-                "multihop_answers": list(self.multihop_answers)}
+                "multihop_answers": list(self.multihop_answers), "preserve_prompts": list(self.preserve_prompts)}
 
 
 #: the stage orders :class:`ACEConfig` knows
@@ -101,6 +106,9 @@ class ACEConfig(EditorConfig):
     value_mom2_update_weight: float = 20_000.0
     #: [choice] λ of the query stage's least squares (MEMIT GPT-2 XL: 20,000)
     query_mom2_update_weight: float = 20_000.0
+    #: [choice] μ: the value stage solves (λC + μ K_p K_pᵀ + K Kᵀ)⁻¹ K R, K_p the last-token keys of
+    #: the requests' ``preserve_prompts`` (none given: no term)
+    preserve_weight: float = 1.0
     clamp_norm_factor: float = 0.75
     n_prefixes: int = 5
 
@@ -124,7 +132,7 @@ class ACEConfig(EditorConfig):
                 raise EditConfigError(f"field {name!r} must be None or increasing and non-empty, got {layers}")
         if self.order not in ORDERS:
             raise EditConfigError(f"field 'order' must be one of {ORDERS}, got {self.order!r}")
-        for name in ("value_mom2_update_weight", "query_mom2_update_weight"):
+        for name in ("value_mom2_update_weight", "query_mom2_update_weight", "preserve_weight"):
             if getattr(self, name) < 0:
                 raise EditConfigError(f"field {name!r} must be >= 0, got {getattr(self, name)}")
 
@@ -241,8 +249,23 @@ def prepare_ace_requests(model, requests: Iterable, fingerprint: str, value_fact
             for j, fact in enumerate(facts):
                 value.append(_prepare_one(model, fact, fingerprint, "prompt_last", index, f"fact {j}"))
                 kinds.append("fact")
-        parsed.append(ACERequest(tuple(facts), tuple(req.multihop_prompts), tuple(req.multihop_answers)))
+        for j, prompt in enumerate(req.preserve_prompts):
+            if not isinstance(prompt, str) or not prompt.strip() or len(encode_prompts(model.tokenizer, [prompt])[0]) > model.cfg.n_ctx:
+                raise EditRequestError(f"request {index}: field 'preserve_prompts': prompt {j} ({prompt!r}) is empty, "
+                                       f"not a string or longer than the model's context")
+        parsed.append(ACERequest(tuple(facts), tuple(req.multihop_prompts), tuple(req.multihop_answers),
+                                 tuple(req.preserve_prompts)))
     return ACERows(tuple(parsed), tuple(value), tuple(query), tuple(kinds))
+
+
+@torch.no_grad()
+def last_token_keys(model, prompts: Sequence[str], layer: int) -> Float[Tensor, "prompt d_mlp"]:
+    """The MLP keys (``mlp_post``) of ``layer`` at each prompt's last token (one batched forward)."""
+    ids = encode_prompts(model.tokenizer, prompts)
+    tokens, lengths = pad_right(ids, model.tokenizer.pad_token_id or 0)
+    name = hook_name("mlp_post", layer)
+    act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
+    return act[torch.arange(len(ids)), (lengths - 1).to(act.device)].float()
 
 
 # --- layers ------------------------------------------------------------------------------
@@ -304,14 +327,19 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
                           batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
     seconds["stats"] = time.perf_counter() - start
 
-    def left_factor(weight: float):
+    preserve = [p for r in rows.requests for p in r.preserve_prompts]
+
+    def left_factor(weight: float, preserved: bool = False):
         def factor(layer: int, keys: Tensor) -> Tensor:
-            cov = covs[layer].to(keys.device)
-            return solve(weight * cov + keys @ keys.T, keys, f"ACE layer {layer}")
+            matrix = weight * covs[layer].to(keys.device) + keys @ keys.T
+            if preserved and preserve and cfg.preserve_weight:
+                kept = last_token_keys(model, preserve, layer).double().to(keys.device).T  # [d_mlp, n_p]
+                matrix = matrix + cfg.preserve_weight * kept @ kept.T
+            return solve(matrix, keys, f"ACE layer {layer}")
 
         return factor
 
-    stages = {"value": (list(rows.value), layers["value_layers"], left_factor(cfg.value_mom2_update_weight)),
+    stages = {"value": (list(rows.value), layers["value_layers"], left_factor(cfg.value_mom2_update_weight, True)),
               "query": (list(rows.query), layers["query_layers"], left_factor(cfg.query_mom2_update_weight))}
     done = {}
     with scratch_weights(model, [w_out_name(layer) for layer in all_layers]):
@@ -325,9 +353,10 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
     _merge(deltas, query.deltas)
     seconds.update({f"value_{k}": v for k, v in value.timings.items()})
     seconds.update({f"query_{k}": v for k, v in query.timings.items()})
-    info = {**layers, "value_rows": list(rows.value_kinds), "value_target_nll": value.target_nll,
+    info = {**layers, "value_rows": list(rows.value_kinds), "preserved_prompts": len(preserve), "value_target_nll": value.target_nll,
             "query_target_nll": query.target_nll, "seconds": seconds}
     return Edit("ace", deltas, fingerprint, cfg.as_dict(), [r.as_dict() for r in rows.requests], info)
 
 
-__all__ = ["ACEConfig", "ACERequest", "ACERows", "ace", "as_ace_request", "choose_layers", "prepare_ace_requests"]
+__all__ = ["ACEConfig", "ACERequest", "ACERows", "ace", "as_ace_request", "choose_layers", "last_token_keys",
+           "prepare_ace_requests"]

@@ -51,17 +51,23 @@ class MultiHopEditCase:
     #: the same people's multi-hop question (first phrasing) and their (unchanged) answers
     neighborhood_questions: tuple[tuple[str, str], ...] = ()
     knew_chain: bool | None = None
+    #: the edit phrasing about other people (neither the subject nor its neighbours), for an
+    #: editor's preserved keys
+    preserve_questions: tuple[str, ...] = ()
 
-    def ace_request(self) -> ACERequest:
-        """The ACE request: the fact plus the edit phrasings with the new answer."""
-        return ACERequest((self.fact,), self.edit_questions, (self.new_answer,) * len(self.edit_questions))
+    def ace_request(self, preserve: bool = False) -> ACERequest:
+        """The ACE request: the fact plus the edit phrasings with the new answer (and, with
+        ``preserve``, the preserved questions about other people)."""
+        return ACERequest((self.fact,), self.edit_questions, (self.new_answer,) * len(self.edit_questions),
+                          self.preserve_questions if preserve else ())
 
 
 def toy_multihop_edit_cases(world, n: int | None = None, *, n_edit_questions: int = 1, n_neighbours: int = 5,
-                            seed: int = 0) -> list[MultiHopEditCase]:
+                            n_preserve: int = 5, seed: int = 0) -> list[MultiHopEditCase]:
     """Cases from the toy world's MQuAKE export (``toyworld-mquake``), in a fixed shuffled
     order: the first ``n_edit_questions`` phrasings of each case go to the editor, the rest
-    are held out."""
+    are held out. ``n_preserve`` people born in neither the old nor the new city give the
+    preserved questions."""
     from interp_edit.data.toyworld import toy_mquake
     from interp_edit.toyworld.templates import COMPOSITIONS, relation
     from interp_edit.toyworld.world import stable_seed
@@ -88,6 +94,8 @@ def toy_multihop_edit_cases(world, n: int | None = None, *, n_edit_questions: in
                            world.chain(new_city, comp.hops[1:])[-1]))
         neighbours = [p for p in by_city[old_city] if p != name][:n_neighbours]
         template = questions[0].replace(name, "{}", 1)
+        rng = random.Random(stable_seed("multihop-edit-preserve", world.seed, seed, name))
+        strangers = [p.name for p in world.people if world.lookup(p.name, "born_in") not in (old_city, new_city)]
         out.append(MultiHopEditCase(
             case_id=str(record["case_id"]),
             fact=EditRequest(rewrite["prompt"], name, new_city, old_city),
@@ -100,6 +108,7 @@ def toy_multihop_edit_cases(world, n: int | None = None, *, n_edit_questions: in
             paraphrase_prompts=tuple(t.format(name) for t in born_in.paraphrase_templates),
             neighborhood_prompts=tuple(born_in.canonical_template.format(p) for p in neighbours),
             neighborhood_questions=tuple((template.format(p), world.chain(old_city, own.hops[1:])[-1]) for p in neighbours),
+            preserve_questions=tuple(template.format(p) for p in rng.sample(strangers, n_preserve)),
         ))
     return out
 
