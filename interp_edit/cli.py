@@ -146,6 +146,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_contrast(args: argparse.Namespace) -> int:
+    import json
+    import random
+
+    from interp_edit.evaluation.contrast import contrast_study
+    from interp_edit.model import load_model
+    from interp_edit.toyworld import counterfact_records, load_world
+    from interp_edit.toyworld.world import stable_seed
+
+    model = load_model(args.model)
+    relations = tuple(args.relations.split(","))
+    records = [r for r in counterfact_records(load_world()) if r.relation_id in relations]
+    random.Random(stable_seed("contrast", args.seed)).shuffle(records)
+    config = json.loads(args.config) if args.config else {}
+    out = Path(args.out) if args.out else None
+    result = contrast_study(model, args.method, records[: args.n], config=config, groups=tuple(args.groups.split(",")),
+                            n_boot=args.n_boot, seed=args.seed, out=out, progress=not args.quiet)
+    print(result.summary())
+    print(f"n_success={result.n_success} n_failure={result.n_failure}")
+    if result.defined:
+        for key, value in result.pattern().items():
+            print(f"{key}={value:+.4f}")
+        for row in result.table():
+            print(f"L{row['layer']} {row['module']:4} {row['direction']:12} success {row['success_mean']:+.3f} "
+                  f"failure {row['failure_mean']:+.3f} leverage {row['leverage']:+.3f} "
+                  f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
+    else:
+        print(f"undefined={result.undefined_reason}")
+    if out is not None:
+        views = ("panels", "leverage", "margins") if result.defined else ("panels", "margins")
+        for view in views:
+            print(f"saved={result.save(out / f'contrast_{view}', view)[1]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ev_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     ev_cmd.set_defaults(func=_cmd_evaluate)
+
+    con = sub.add_parser("contrast", help="success-vs-failure contrast of pre/post-edit attribution diffs over n toy edits")
+    con.add_argument("--method", default="rome", help="a registered editor (default rome)")
+    con.add_argument("--n", type=int, default=100, help="independent single edits (default 100)")
+    con.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld; the pool is toy-world facts)")
+    con.add_argument("--relations", default="born_in,profession,speaks,instrument", help="toy-world relations in the pool")
+    con.add_argument("--groups", default="edit", help="prompt groups recorded: edit,paraphrase,neighborhood (default edit)")
+    con.add_argument("--config", help='editor config fields as JSON, e.g. \'{"steps": 4}\'')
+    con.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the confidence intervals")
+    con.add_argument("--seed", type=int, default=0, help="which facts are drawn; bootstrap seed")
+    con.add_argument("--out", help="folder for contrast.jsonl (resumable) and the figures")
+    con.add_argument("--quiet", action="store_true", help="no progress bar")
+    con.set_defaults(func=_cmd_contrast)
 
     toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")

@@ -43,7 +43,7 @@ def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Pat
 
     trace_and_aie(model, records, Path(figures), aie_facts, seed)
     attribution_and_pathways(model, world, records, Path(figures))
-    edit_one_fact(model, records, seed)
+    edit_one_fact(model, records, seed, Path(figures))
 
 
 def trace_and_aie(model, records, figures: Path, aie_facts: int, seed: int) -> None:
@@ -92,9 +92,12 @@ def attribution_and_pathways(model, world, records, figures: Path, n_questions: 
         print(f"  {p.label:<18} weight {p.weight:.3f}")
 
 
-def edit_one_fact(model, records, seed: int) -> None:
+def edit_one_fact(model, records, seed: int, figures: Path | None = None) -> None:
     """A ROME edit of one toy fact: the top-3 before and after on the edit prompt, a held-out
-    paraphrase, a neighbour (must keep its answer) and the subject's other facts."""
+    paraphrase, a neighbour (must keep its answer) and the subject's other facts; with
+    ``figures``, the pre/post attribution diff of the edit (layer maps per prompt group and the
+    most changed neurons)."""
+    from interp_edit.analysis import attribution_diff
     from interp_edit.editing import rome
 
     rng = random.Random(stable_seed("demo-edit", seed))
@@ -120,3 +123,15 @@ def edit_one_fact(model, records, seed: int) -> None:
         print(f"  {label:11} {prompt!r}")
         print(f"    before: {b}")
         print(f"    after:  {a}")
+    if figures is not None:
+        diff = attribution_diff(model, edit, record, neurons=("edit",))
+        html, png = diff.save(figures / "demo_edit_diff", view="groups")
+        diff.save(figures / "demo_edit_diff_neurons", view="neurons")
+        layer = diff.layer_diff("edit")
+        print(f"\nPre/post attribution diff of the edit (after - before, edit prompt); figure {png}")
+        for d, what in enumerate(("promotes new", "suppresses old")):
+            for m, module in enumerate(("attention", "FFN")):
+                values = " ".join(f"{v:+.2f}" for v in layer[:, m, d].tolist())
+                print(f"  {what:14} {module:9} by layer: {values}")
+        top = diff.top_neurons("edit", "promote_new", k=3)
+        print("  most changed neurons (promote new): " + ", ".join(f"{r['neuron']} {r['change']:+.3f}" for r in top))

@@ -42,6 +42,8 @@ from interp_edit.evaluation.logprobs import continuation_logprobs
 __all__ = ["DIRECTIONS", "MODULES", "ContrastResult", "contrast_study", "contrast_from_records"]
 
 RESULTS_FILE = "contrast.jsonl"
+#: below this many edits in the smaller group, :meth:`ContrastResult.summary` warns
+SMALL_GROUP = 5
 
 
 def _after_request(index: int) -> None:
@@ -135,6 +137,9 @@ class ContrastResult:
         if not self.defined:
             return f"{head}; contrast undefined: {self.undefined_reason}"
         p = self.pattern()
+        if min(self.n_success, self.n_failure) < SMALL_GROUP:
+            head += (f" [only {min(self.n_success, self.n_failure)} in the smaller group: its mean is that of a few edits "
+                     "and the bootstrap intervals hardly reflect its spread]")
         return (f"{head}; leverage attn promote_new late {p['attn_promote_late']:+.3f} / early {p['attn_promote_early']:+.3f}, "
                 f"suppress_old attn {p['attn_suppress']:+.3f} ffn {p['ffn_suppress']:+.3f}; "
                 f"top attn promote layers {self.top_layers(k=2)}")
