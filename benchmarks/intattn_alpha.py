@@ -10,7 +10,7 @@ Scores are CounterFact's (efficacy, paraphrase, neighbourhood, same-subject; pro
 comparisons) on the edited records; ``realised_attn`` is the mean fraction of their share the
 attention writes achieved at the target layer; ``seconds`` is the edit's wall time (the
 statistics are cached after the first call). Prints ``key=value`` lines. Usage:
-    .venv/bin/python -u benchmarks/intattn_alpha.py [--batch 100] [--single 30] [--attn-lambdas 10,1000] [--threads 1]
+    .venv/bin/python -u benchmarks/intattn_alpha.py [--batch 100] [--single 30] [--settings all] [--attn-lambdas 10,1000] [--threads 1]
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ def person_records(world, start: int, n: int):
     return records[start : start + n]
 
 
-def settings():
-    yield "memit", lambda model, recs: memit(model, recs)
+def settings(only: str = "all"):
+    """(name, editor) pairs: MEMIT and IntAttn-Edit at each α of :data:`ALPHAS` (``only``: a
+    comma-separated list of names, "all", or "none")."""
+    found = [("memit", lambda model, recs: memit(model, recs))]
     for alpha in ALPHAS:
         name = "intattn_traced" if alpha is None else f"intattn_a{alpha:.1f}"
-        yield name, lambda model, recs, alpha=alpha: intattn(model, recs, alpha=alpha)
+        found.append((name, lambda model, recs, alpha=alpha: intattn(model, recs, alpha=alpha)))
+    return found if only == "all" else [(n, f) for n, f in found if n in only.split(",")]
 
 
 def describe(edit) -> dict:
@@ -62,6 +65,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--single", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--settings", default="all", help="'all', 'none' or names, e.g. memit,intattn_a0.3")
     parser.add_argument("--attn-lambdas", default="", help="λ_a values to try at α = 0.3 on the batch, e.g. 10,1000")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,7 +75,7 @@ def main() -> None:
     if args.batch:
         records = person_records(world, 0, args.batch)
         show(f"batch{len(records)} unedited", mean_scores(counterfact_scores(model, records)), 0.0, {})
-        for name, fn in settings():
+        for name, fn in settings(args.settings):
             start = time.perf_counter()
             edit = fn(model, records)
             seconds = time.perf_counter() - start
@@ -88,7 +92,7 @@ def main() -> None:
         show(f"batch{len(records)} intattn_a0.3_attn_lambda{lam:g}", scores, seconds / len(records), describe(edit))
     if args.single:
         records = person_records(world, args.batch, args.single)
-        for name, fn in settings():
+        for name, fn in settings(args.settings):
             rows, seconds, alphas, realised = [], 0.0, [], []
             for record in records:
                 start = time.perf_counter()

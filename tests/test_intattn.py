@@ -13,7 +13,7 @@ from interp_edit.analysis.layers import attention_mlp_balance
 from interp_edit.analysis.tracing import causal_trace
 from interp_edit.editing import Edit, EditRequest, IntAttnConfig, edit, get_editor, intattn, memit
 from interp_edit.editing.intattn import write_schedule
-from interp_edit.errors import EditConfigError, EditRequestError
+from interp_edit.errors import EditConfigError, EditRequestError, InvalidArgumentError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.model import hook_counts
 
@@ -111,6 +111,19 @@ def test_traced_alpha_is_in_range_and_recorded(toy_model, records):
     # both kinds matter on the toy model (measured: 0.58 over these 3 requests and over 10)
     assert 0.2 < info["alpha"] < 0.9
     assert sorted(result.deltas) == sorted(W_O + W_OUT)
+    assert_unchanged(toy_model, before)
+
+
+def test_untraceable_alpha_raises_naming_the_field(toy_model, records, monkeypatch):
+    layers_module = importlib.import_module("interp_edit.analysis.layers")
+
+    def no_effect(trace):
+        raise InvalidArgumentError("no positive attention or MLP effect in the trace; alpha is undefined")
+
+    monkeypatch.setattr(layers_module, "attention_mlp_balance", no_effect)
+    before = snapshot(toy_model)
+    with pytest.raises(EditConfigError, match=r"field 'alpha' is None \(traced\), but none of the traced requests \[0, 1\]"):
+        intattn(toy_model, records[:3], alpha=None, trace_samples=2)
     assert_unchanged(toy_model, before)
 
 
