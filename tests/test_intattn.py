@@ -186,3 +186,16 @@ def test_registry_apply_undo_bitwise_and_save(toy_model, records, joint_edit, tm
     assert loaded.method == "intattn" and loaded.config["alpha"] == 0.3
     for name in W_O + W_OUT:
         assert torch.equal(loaded.delta_matrix(name, toy_model), joint_edit.delta_matrix(name, toy_model))
+
+
+def test_a_model_without_preset_gets_scaled_layers(tiny_model, records, tmp_path):
+    """A 3-layer random model without a preset: the generic layers (MLP 0–1, attention 0), a
+    corpus passed in for the statistics, the weights unchanged afterwards."""
+    before = snapshot(tiny_model)
+    corpus = [f"{r.prompt.format(r.subject)} {r.target_true}." for r in records] * 3
+    result = intattn(tiny_model, records[:2], alpha=0.5, corpus=corpus, stats_samples=60, steps=2, n_prefixes=1,
+                     prefix_length=4, cache_dir=tmp_path)
+    assert (result.config["mlp_layers"], result.config["attn_layers"]) == ((0, 1), (0,))
+    assert sorted(result.deltas) == ["blocks.0.attn.W_O", "blocks.0.mlp.W_out", "blocks.1.mlp.W_out"]
+    assert tuple(result.delta_matrix("blocks.0.attn.W_O", tiny_model).shape) == (4 * 8, 32)
+    assert_unchanged(tiny_model, before)
