@@ -80,6 +80,12 @@ class ContrastResult:
         return self.undefined_reason is None
 
     @property
+    def label(self) -> str:
+        """The method with the config fields it was given, e.g. ``rome(steps=4)``."""
+        config = self.settings.get("config") or {}
+        return self.method + (f"({', '.join(f'{k}={v}' for k, v in config.items())})" if config else "")
+
+    @property
     def n_layers(self) -> int:
         return int(self.leverage.shape[0])
 
@@ -132,7 +138,7 @@ class ContrastResult:
                 "ffn_suppress": float(lev[:, 1, 1].mean())}
 
     def summary(self) -> str:
-        head = (f"{self.method}: {self.n_success + self.n_failure} edits, {self.n_success} successes, "
+        head = (f"{self.label}: {self.n_success + self.n_failure} edits, {self.n_success} successes, "
                 f"{self.n_failure} failures (group {self.group!r})")
         if not self.defined:
             return f"{head}; contrast undefined: {self.undefined_reason}"

@@ -97,7 +97,7 @@ def contrast_figure(result, view: str = "panels") -> go.Figure:
     if view not in CONTRAST_VIEWS:
         raise InvalidArgumentError(f"view must be one of {CONTRAST_VIEWS}, got {view!r}")
     counts = f"{result.n_success} successes, {result.n_failure} failures"
-    head = f"{result.method}, {result.group} prompts, {counts}"
+    head = f"{result.label}, {result.group} prompts, {counts}"
     undefined = "" if result.defined else f" — contrast undefined: {result.undefined_reason}"
     n_layers = result.n_layers
     if view == "panels":
