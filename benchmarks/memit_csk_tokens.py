@@ -28,16 +28,23 @@ from interp_edit import load_model
 from interp_edit.data import load_dataset
 from interp_edit.editing import MEMITCSKConfig, memit, memit_csk
 from interp_edit.editing.stats import second_moments
+from interp_edit.errors import EditConfigError
 from interp_edit.evaluation.commonsense import commonsense_scores
 
 
 def run(model, cases, label: str, fn) -> None:
     requests = [c.rewrite.as_dict() for c in cases]
     start = time.perf_counter()
-    result = fn(requests)
+    try:
+        result = fn(requests)
+    except EditConfigError as err:  # e.g. layers="auto" on a flat AIE curve
+        print(f"setting={label} error={str(err)!r}", flush=True)
+        return
     seconds = time.perf_counter() - start
     scores = commonsense_scores(model, result, cases)
+    effect = result.info.get("aie", {}).get("window_effect")
     print(f"setting={label} layers={result.info.get('layers', result.config.get('layers'))} "
+          + (f"window_effect={effect:.3f} " if effect is not None else "") +
           f"efficacy={scores.efficacy:.3f} paraphrase={scores.paraphrase_efficacy:.3f} relapse={scores.relapse:.3f} "
           f"n_edited={scores.n_edited} n_previously_wrong={scores.n_previously_wrong} "
           f"n_relapse={scores.n_previously_right} seconds_per_edit={seconds / len(cases):.3f}", flush=True)

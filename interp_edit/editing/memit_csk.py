@@ -51,7 +51,8 @@ class MEMITCSKConfig(MEMITConfig):
     Defaults: ``layers="auto"`` with ``window`` 5 (the paper's W); the GPT-2 XL preset is the
     paper's fixed layers 1–5 (MEMIT's λ, clamp and prefixes). The paper gives no GPT-J window,
     so that preset traces (``"auto"``) with MEMIT's GPT-J λ. The toy-world preset uses a window
-    of 2 on its 6 layers (measured in ``benchmarks/memit_csk_tokens.py``).
+    of 2 on its 6 layers: on 100 statements edited at the verb's last token, W = 1 / 2 / 3 gave
+    efficacy 0.97 / 1.00 / 1.00 and relapse 0.26 / 0.13 / 0.15 (``benchmarks/memit_csk_tokens.py``).
     """
 
     #: fixed increasing layers, or ``"auto"`` (``None`` means the same): choose by tracing
