@@ -34,7 +34,14 @@ locates its neurons on the model with the earlier requests' δ already written (
 transaction), so a later request sees the earlier ones. The returned :class:`Edit` holds one
 :class:`SparseRowDelta` per touched layer (``"blocks.{l}.mlp.W_out"``) whose rows are distinct:
 a neuron chosen by several requests carries the sum of their δ. The model is unchanged by the
-call, also when it fails.
+call, also when it fails. The KL reference of a request is the model with the earlier requests
+written (its own δ is what the KL measures).
+
+On the toy world (``benchmarks/fine_vs_rome.py``, 100 independent edits, toy preset) FiNE keeps
+the edited subject's other relations (relation locality 1.00; ROME 0.45) with 5 neurons per
+edit, but its edits spread over the *relation*: the neurons it selects at the last prompt token
+fire for every subject asked that relation, so neighbourhood prompts fall to 0.35 (ROME 0.99)
+and 25% of unrelated subjects asked the same relation change their answer (ROME 0.3%).
 """
 
 from __future__ import annotations
