@@ -56,6 +56,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.editing.closed_form import (
@@ -206,7 +207,7 @@ def traced_alpha(model, treqs: Sequence[TokenizedRequest], cfg: IntAttnConfig) -
     return {"alpha": sum(values) / len(values), "per_request": values, "skipped": skipped}
 
 
-def _realised_fraction(achieved: Tensor, share: Tensor) -> float:
+def _realised_fraction(achieved: Float[Tensor, "request d_model"], share: Float[Tensor, "request d_model"]) -> float:
     """Mean over requests of the achieved change's projection on the intended share, as a
     fraction of the share (1 = the write moved the target residual exactly by its share)."""
     return ((achieved * share).sum(-1) / share.pow(2).sum(-1).clamp_min(1e-12)).mean().item()
