@@ -176,6 +176,7 @@ def test_relation_locality_prompts_from_a_world_match_the_records(toy_model, toy
     from_world = same_subject_prompts(plain, toy_world)
     assert from_world == [[text for text, _ in r.same_subject_prompts] for r in records[:5]]
     assert all(len(p) == 3 for p in from_world)  # four person relations, one edited
+    assert same_subject_prompts([r.to_counterfact() for r in records[:5]]) == from_world  # public-format dicts
     with pytest.raises(EditRequestError, match="request 0"):
         same_subject_prompts(plain)
     with pytest.raises(EditRequestError, match="field 'prompt'"):
