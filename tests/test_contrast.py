@@ -236,13 +236,16 @@ def test_interrupted_study_resumes_to_the_same_result(toy_model, person_records,
         contrast_study(toy_model, steer, person_records[:12], progress=False, seed=1, out=tmp_path)
 
 
-def test_rome_successes_promote_the_new_object_more_than_failures(toy_model, person_records):
+def test_rome_successes_suppress_the_old_object_more_than_failures(toy_model, person_records):
     """A real editor with a weakened target optimisation (4 steps) so that both groups exist
-    (measured on 40 shuffled toy edits: 26 successes)."""
+    (measured on these 12: 9 successes, 3 failures)."""
     state = snapshot(toy_model)
     result = contrast_study(toy_model, "rome", person_records[20:32], config={"steps": 4}, progress=False, n_boot=200)
     assert_untouched(toy_model, state)
     assert result.n_success >= 2 and result.n_failure >= 2, (result.n_success, result.n_failure)
-    # summed over layers the scores telescope to the change of log p(o*) through the frozen norm
-    assert result.success_mean[..., 0].sum() > result.failure_mean[..., 0].sum()
-    assert result.leverage[..., 0].sum() > 0
+    # summed over layers and modules the scores telescope to the change of log p(o) through the
+    # frozen norm; measured: successes suppress o by 5.34 nats, failures by 0.88 (benchmark over
+    # 100 edits: the same gap at every layer, see notebook 04)
+    success, failure = result.success_mean[..., 1].sum(), result.failure_mean[..., 1].sum()
+    assert success > failure + 2.0
+    assert result.leverage[..., 1].sum() == pytest.approx(float(success - failure), abs=1e-4)
