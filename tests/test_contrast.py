@@ -249,3 +249,19 @@ def test_rome_successes_suppress_the_old_object_more_than_failures(toy_model, pe
     success, failure = result.success_mean[..., 1].sum(), result.failure_mean[..., 1].sum()
     assert success > failure + 2.0
     assert result.leverage[..., 1].sum() == pytest.approx(float(success - failure), abs=1e-4)
+
+
+def test_every_registered_editor_works(toy_model, person_records):
+    """Weight-delta and steering editors alike (ACE is left out: it needs multi-hop requests)."""
+    from interp_edit.editing import editors
+
+    state = snapshot(toy_model)
+    record = person_records[2]
+    for name, editor in editors().items():
+        if name == "ace":
+            continue
+        result = attribution_diff(toy_model, editor.fn(toy_model, [record]), record, neurons=False)
+        # every editor makes o* more likely on the edit prompt, and the layer scores show it
+        assert result.logprob_after["edit"][0, 0] > result.logprob_before["edit"][0, 0] + 1.0, name
+        assert result.layer_diff("edit")[..., 0].sum() > 1.0, name
+    assert_untouched(toy_model, state)
