@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.set_defaults(func=_cmd_attribute)
 
     edit = sub.add_parser("edit", help="edit one fact; print the top-k before and after, save the edit")
-    edit.add_argument("--method", default="rome", help="rome, memit, alphaedit, ft (default rome)")
+    edit.add_argument("--method", default="rome", help="an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop cases), mega (default rome)")
     edit.add_argument("--prompt", required=True, help="the prompt with {} for the subject, e.g. '{} was born in'")
     edit.add_argument("--subject", required=True)
     edit.add_argument("--target-new", required=True, help="the new object")
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
     ev_cmd.add_argument("--data", default="toyworld-counterfact",
                         help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file")
-    ev_cmd.add_argument("--method", default="rome", help="rome, memit, alphaedit, ft (default rome)")
+    ev_cmd.add_argument("--method", default="rome", help="an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop cases), mega (default rome)")
     ev_cmd.add_argument("--n", type=int, help="number of cases edited (default: all)")
     ev_cmd.add_argument("--batch-size", type=int, default=1, help="requests per edit (default 1)")
     ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (default: undo each batch)")
