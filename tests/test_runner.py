@@ -125,3 +125,16 @@ def test_cli_evaluate_prints_one_json_object(tmp_path, capsys):
     assert "wall_seconds" in summary and (tmp_path / "cli" / "summary.png").exists()
     assert main(["evaluate", "--data", "no-such-set", "--quiet"]) == 2
     assert "toyworld-mquake" in capsys.readouterr().err
+
+
+def test_an_editor_that_takes_whole_cases_gets_them(toy_model):
+    """ACE needs each case's multi-hop questions: the runner passes it the cases, and the
+    model is restored afterwards."""
+    from interp_edit.editing import get_editor
+
+    assert get_editor("ace").takes_cases and not get_editor("memit").takes_cases
+    data = load_dataset("toyworld-mquake", tokenizer=toy_model.tokenizer)
+    before = {k: v.clone() for k, v in toy_model.state_dict().items()}
+    result = run_experiment(toy_model, data, "ace", n=3, fluency=False, progress=False, unrelated=5)
+    assert result.summary()["efficacy_score"] >= 2 / 3
+    assert all(torch.equal(v, before[k]) for k, v in toy_model.state_dict().items())

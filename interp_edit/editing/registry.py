@@ -19,6 +19,9 @@ class Editor:
     config_class: type
     fn: Callable
     description: str
+    #: the editor needs whole dataset cases (e.g. ACE: a fact plus its multi-hop questions),
+    #: not plain single-fact requests; the experiment runner passes cases to it
+    takes_cases: bool = False
 
 
 def editors() -> dict[str, Editor]:
@@ -42,7 +45,8 @@ def editors() -> dict[str, Editor]:
         Editor("memit_csk", MEMITCSKConfig, memit_csk, "MEMIT at a chosen subject / verb / object token, layers by tracing (Gupta et al. 2023)"),
         Editor("intattn", IntAttnConfig, intattn, "joint MLP W_out + attention W_O update, attention share alpha (IntAttn-Edit)"),
         Editor("mega", MEGAConfig, mega, "gated linear maps on attention outputs, no weight change (MEGA activation steering)"),
-        Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)"),
+        Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)",
+               takes_cases=True),
     ]
     return {e.name: e for e in found}
 

@@ -88,10 +88,10 @@ class _Session:
         self.editor = get_editor(method)
         self.alpha = AlphaEditor(model, **config) if sequential and method == "alphaedit" else None
 
-    def edit(self, requests):
+    def edit(self, cases):
         if self.alpha is not None:
-            return self.alpha(self.model, requests)
-        return self.editor.fn(self.model, requests, **self.config)
+            return self.alpha(self.model, _requests(cases))
+        return self.editor.fn(self.model, list(cases) if self.editor.takes_cases else _requests(cases), **self.config)
 
     def _paths(self, batch: int) -> tuple[Path, Path]:
         folder = self.folder / "edits"
@@ -186,7 +186,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         for b in range(len(done), len(batches)):
             cases = batches[b]
             t0 = time.perf_counter()
-            edit = session.edit(_requests(cases))
+            edit = session.edit(cases)
             edit_seconds = time.perf_counter() - t0
             edit.apply(model)
             applied.append(edit)
