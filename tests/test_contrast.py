@@ -265,3 +265,12 @@ def test_every_registered_editor_works(toy_model, person_records):
         assert result.logprob_after["edit"][0, 0] > result.logprob_before["edit"][0, 0] + 1.0, name
         assert result.layer_diff("edit")[..., 0].sum() > 1.0, name
     assert_untouched(toy_model, state)
+
+
+def test_a_request_without_prompt_fields_asks_for_prompts(toy_model):
+    """A multi-hop (ACE) request has no single prompt: the error says to pass prompts=."""
+    multi_hop = Edit("ace", {}, model_fingerprint(toy_model),
+                     requests=[{"facts": [], "multihop_prompts": ["x"], "multihop_answers": ["y"]}])
+    with pytest.raises(InvalidArgumentError, match="request 0 of the ace edit has no 'prompt' / 'subject'.*prompts="):
+        attribution_diff(toy_model, multi_hop)
+    assert hook_counts(toy_model) == {}

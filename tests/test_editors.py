@@ -239,3 +239,28 @@ def test_edit_tokens_locate_the_chosen_span_in_every_context(toy_model):
         prepare_requests(toy_model, [EditRequest("{} was born in", "Talvik Corlo", "Rudna", verb="flew to")], fp)
     with pytest.raises(EditRequestError, match="unknown edit token"):
         prepare_requests(toy_model, [request], fp, edit_token="verb_middle")
+
+
+def test_a_span_inside_the_subject_is_not_the_edit_token(toy_model):
+    from interp_edit.editing.requests import EditRequest, prepare_requests, tokenize_in_context
+    from interp_edit.errors import EditRequestError
+
+    fp = toy_model.cfg.model_name
+    # "in" occurs inside "Halsin" first; the verb's "in" is the prompt's last word
+    request = EditRequest("{} was born in", "Halsin Corlo", "Rudna", verb="in")
+    (treq,) = prepare_requests(toy_model, [request], fp, edit_token="verb_last")
+    assert treq.edit_position == len(treq.prompt_ids) - 1
+    for ids, pos in tokenize_in_context(toy_model, treq, ["in the morning .", ""]):
+        assert pos == len(ids) - 1
+    with pytest.raises(EditRequestError, match="request 0: field 'verb': span 'alsi' occurs .* only inside the subject"):
+        prepare_requests(toy_model, [EditRequest("{} was born in", "Halsin Corlo", "Rudna", verb="alsi")], fp,
+                         edit_token="verb_last")
+
+
+def test_a_singular_solve_is_a_named_error():
+    from interp_edit.editing.closed_form import solve
+    from interp_edit.errors import EditOptimizationError
+
+    with pytest.raises(EditOptimizationError, match="the MEMIT layer 0 solve is singular.*mom2_update_weight"):
+        solve(torch.zeros(3, 3), torch.ones(3, 1), "MEMIT layer 0")
+    assert torch.allclose(solve(2 * torch.eye(3), torch.ones(3, 1), "x"), torch.full((3, 1), 0.5, dtype=torch.float64))

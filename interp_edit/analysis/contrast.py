@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from jaxtyping import Float
@@ -43,7 +44,7 @@ DIRECTIONS = ("promote_new", "suppress_old")
 #: prompt groups, in the order results keep them
 GROUPS = ("edit", "paraphrase", "neighborhood")
 #: target keywords resolved from the edit's request
-TARGET_KEYWORDS = {"new": "target_new", "old": "target_true"}
+TARGET_KEYWORDS = MappingProxyType({"new": "target_new", "old": "target_true"})
 
 
 def axis_index(value: str | int, names: Sequence[str], what: str) -> int:
@@ -80,7 +81,7 @@ def batched_layer_scores(model, prompts: Sequence[str], target_ids: Sequence[int
     base = frozen_unembed(model, 1.0, keep_bias=keep_bias)
     scores, logprobs = [], []
     for start in range(0, len(ids), batch_size):
-        tokens, lengths = pad_right(ids[start : start + batch_size], model.tokenizer.pad_token_id)
+        tokens, lengths = pad_right(ids[start : start + batch_size], model.tokenizer.pad_token_id or 0)
         tokens = tokens.to(model.cfg.device)
         logits, cache = run_with_cache(model, tokens, names)
         rows = torch.arange(len(lengths), device=logits.device)
@@ -166,6 +167,7 @@ class AttributionDiffResult:
         """Mean scores in the diff's directions (``promote_new`` = score of o*, ``suppress_old`` =
         minus the score of o) before or after the edit."""
         group = self._group(group)
+        axis_index(when, ("before", "after"), "when")
         scores = (self.before if when == "before" else self.after)[group].mean(0)
         return torch.stack([scores[..., 0], -scores[..., 1]], -1)
 
@@ -221,7 +223,13 @@ def _request(edit, index: int) -> Mapping:
     if not 0 <= index < len(requests):
         raise InvalidArgumentError(f"request={index}, but the {getattr(edit, 'method', '')} edit holds {len(requests)} request(s)")
     request = requests[index]
-    return request if isinstance(request, Mapping) else vars(request)
+    request = request if isinstance(request, Mapping) else vars(request)
+    if "prompt" not in request or "subject" not in request:
+        raise InvalidArgumentError(
+            f"request {index} of the {getattr(edit, 'method', '')} edit has no 'prompt' / 'subject' (its fields: "
+            f"{sorted(request)}), e.g. a multi-hop ACE request: pass prompts= and the targets explicitly"
+        )
+    return request
 
 
 def _prompt_groups(edit, prompts, request: int) -> dict[str, tuple[str, ...]]:

@@ -68,7 +68,13 @@ def values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: in
 
 def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:
     """``matrix⁻¹ rhs`` in float64; a singular or non-finite system raises an error naming it."""
-    out = torch.linalg.solve(matrix.double(), rhs.double())
+    try:
+        out = torch.linalg.solve(matrix.double(), rhs.double())
+    except torch.linalg.LinAlgError as err:
+        raise EditOptimizationError(
+            f"the {what} solve is singular ({err}); a statistics weight (mom2_update_weight) of 0 with fewer keys "
+            "than the key width gives a singular system: raise it above 0; the model is unchanged"
+        ) from None
     if not torch.isfinite(out).all():
         raise EditOptimizationError(f"the {what} solve gave non-finite values; the model is unchanged")
     return out

@@ -271,7 +271,9 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
     """Per text: the attention outputs at the last token (unedited) and δ added to them at
     ``layers`` so that the text predicts its target (teacher-forced mean NLL + ``weight_decay``
     · Σ‖δ‖²/‖a‖², Adam, ``steps`` at most, ‖δ‖ ≤ ``clamp_norm_factor`` · ‖a‖). Returns
-    (source [layer, sample, d], delta [layer, sample, d])."""
+    (source [layer, sample, d], shift [layer, sample, d]): the target is ``source + shift``, the
+    activation reached with every layer's δ in place (a layer's δ adds to an activation the
+    lower layers' δ already moved)."""
     tokens, last = _encode(model, texts, [t[:-1] for t in target_ids], owners)
     rows = torch.arange(len(texts), device=tokens.device)
     names = [hook_name("attn_out", layer) for layer in layers]
@@ -313,7 +315,12 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
                 limit = cfg.clamp_norm_factor * norms
                 size = delta.norm(dim=-1, keepdim=True)
                 delta.mul_(torch.where(size > limit, limit / size.clamp(min=1e-12), torch.ones_like(size)))
-    return source, delta.detach()
+    # δ at a layer is added to an activation that already carries the lower layers' δ: the
+    # target is the activation reached with every δ in place, not the unedited one plus δ
+    with torch.no_grad():
+        _, cache = run_with_cache(model, tokens, names, hooks)
+        reached = torch.stack([cache[n][rows, last].float() for n in names])
+    return source, reached - source
 
 
 # --- the fit ---------------------------------------------------------------------------------
@@ -334,11 +341,14 @@ def fit_map(source: Float[Tensor, "sample d"], target: Float[Tensor, "sample d"]
     return mu_s.float(), mu_t.float(), basis.float(), mapping.float()
 
 
-def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, **overrides) -> Edit:
+def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, corpus=None, cache_dir=None,
+         progress: bool = False, **overrides) -> Edit:
     """A MEGA edit of ``requests`` (EditRequests, CounterFact records or dicts): one
     :class:`GatedLinearMap` hook per chosen attention layer, no weight delta. ``contrast``: an
     optional contrast study result whose attention promote-new leverage picks the layers (when
-    ``layers`` is not set). The model is unchanged; apply the returned :class:`Edit`."""
+    ``layers`` is not set). ``corpus`` / ``cache_dir`` / ``progress`` are accepted for a uniform
+    call and unused (MEGA needs no key statistics). The model is unchanged; apply the returned
+    :class:`Edit`."""
     cfg = resolve(MEGAConfig, model, config, overrides)
     layers, chosen_by = choose_layers(model, cfg, contrast)
     fingerprint = model_fingerprint(model)

@@ -142,12 +142,24 @@ def edit_span_text(request: EditRequest, edit_token: str, index: int = 0) -> str
 def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str, before: str = "", index: int = 0) -> tuple[tuple[int, ...], int]:
     """The ids of ``text`` (BOS first) and the position of ``edit_token`` in them. ``before``
     is the text ahead of the request's prompt in ``text`` (a context prefix), whose own
-    occurrences of the span are skipped."""
+    occurrences of the span are skipped, as are occurrences inside the subject (a verb ``in``
+    is not the ``in`` of "Justin"); a span found only there raises :class:`EditRequestError`."""
     span = edit_span_text(request, edit_token, index)
-    if span is None:
+    if span is None or edit_token.startswith("subject"):
         tok = tokenize_with_subject(tokenizer, text, request.subject, occurrence=_count(before, request.subject))
-        return tok.tokens, len(tok.tokens) - 1
-    tok = tokenize_with_subject(tokenizer, text, span, occurrence=_count(before, span))
+        if span is None:
+            return tok.tokens, len(tok.tokens) - 1
+        return tok.tokens, (tok.subject_span[0] if edit_token.endswith("_first") else tok.subject_span[1] - 1)
+    subject_start = len(before) + request.prompt.index("{}")
+    subject_end = subject_start + len(request.subject)
+    starts = [i for i in range(len(text)) if text.startswith(span, i)]
+    outside = [n for n, i in enumerate(starts)
+               if i >= len(before) and (i + len(span) <= subject_start or i >= subject_end)]
+    if not outside:
+        kind = edit_token.rsplit("_", 1)[0]
+        raise EditRequestError(f"request {index}: field {kind!r}: span {span!r} occurs in the prompt {request.text!r} "
+                               f"only inside the subject {request.subject!r}")
+    tok = tokenize_with_subject(tokenizer, text, span, occurrence=outside[0])
     return tok.tokens, (tok.subject_span[0] if edit_token.endswith("_first") else tok.subject_span[1] - 1)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,10 +206,13 @@ def contrast_from_records(method: str, records: Sequence[dict], *, group: str = 
 
 def _prompt_groups(record, request, index: int, groups: Sequence[str]) -> dict[str, list[str]]:
     available = {"edit": [request.text]}
-    paraphrases = list(getattr(record, "paraphrase_prompts", None) or request.paraphrases)
+    def value(name: str):
+        return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
+
+    paraphrases = list(value("paraphrase_prompts") or request.paraphrases)
     if paraphrases:
         available["paraphrase"] = paraphrases
-    neighbours = list(getattr(record, "neighborhood_prompts", None) or ())
+    neighbours = list(value("neighborhood_prompts") or ())
     if neighbours:
         available["neighborhood"] = neighbours
     missing = [g for g in groups if g not in available]
@@ -247,7 +250,12 @@ def _resume(path: Path | None, settings: dict) -> list[dict]:
         differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         raise ExperimentError(f"{path} holds a contrast study with other settings (differing: {differ}); use another folder")
     done = [line for line in lines[1:] if line.get("type") == "request"]
-    return [r for i, r in enumerate(done) if r["index"] == i]  # contiguous prefix only
+    prefix = []  # the contiguous prefix only
+    for i, record in enumerate(done):
+        if record["index"] != i:
+            break
+        prefix.append(record)
+    return prefix
 
 
 def _write(path: Path, settings: dict, records: Sequence[dict]) -> None:
