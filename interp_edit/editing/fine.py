@@ -58,7 +58,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.batching import pad_right
-from interp_edit.editing.closed_form import scratch_weights, w_out_name
+from interp_edit.editing.closed_form import w_out_name
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
@@ -333,17 +333,18 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     fingerprint = model_fingerprint(model)
     treqs = prepare_requests(model, requests, fingerprint)
     layers = cfg.editable_layers(model)
-    names = [w_out_name(layer) for layer in layers]
     prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
-    totals = {layer: torch.zeros(model.cfg.d_mlp, model.cfg.d_model, dtype=torch.float64) for layer in layers}
-    touched = {layer: torch.zeros(model.cfg.d_mlp, dtype=torch.bool) for layer in layers}
+    # only the touched rows are kept (never a dense copy of every editable W_out): their sums of
+    # updates, and their original values, written back at the end whatever happens
+    totals: dict[tuple[int, int], Tensor] = {}
+    originals: dict[tuple[int, int], Tensor] = {}
     info: dict[str, list] = {"selected": [], "neurons": [], "neurons_touched": [], "max_nll": [], "loss": [], "steps": [], "seconds": []}
     iterator = treqs
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(treqs, desc="FiNE")
-    with scratch_weights(model, names):
+    try:
         for request in iterator:
             start = time.perf_counter()
             selection = select_neurons(model, request, cfg.top_k, layers)
@@ -355,15 +356,14 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
             changed = (fit.delta != 0).any(-1).cpu()
             neurons = [n for n, keep in zip(neurons, changed.tolist(), strict=True) if keep]
             delta = fit.delta[changed.to(fit.delta.device)]
-            chosen = torch.tensor(neurons, dtype=torch.long).reshape(-1, 2)  # [neuron, (layer, row)]
             with torch.no_grad():
-                for layer in chosen[:, 0].unique().tolist():
-                    mine = chosen[:, 0] == layer
-                    rows, values = chosen[mine, 1], delta[mine.to(delta.device)]
-                    param = get_parameter(model, w_out_name(layer))
-                    param.data.index_add_(0, rows.to(param.device), values.to(param.device, param.dtype))
-                    totals[layer].index_add_(0, rows, values.double().cpu())
-                    touched[layer][rows] = True
+                for (layer, row), value in zip(neurons, delta, strict=True):
+                    key = (int(layer), int(row))
+                    weight = get_parameter(model, w_out_name(key[0])).data
+                    if key not in originals:
+                        originals[key] = weight[key[1]].clone()
+                    weight[key[1]] += value.to(weight.device, weight.dtype)
+                    totals[key] = totals.get(key, 0.0) + value.double().cpu()
             info["selected"].append([list(n) for n in selection.union()])
             info["neurons"].append([list(n) for n in neurons])
             info["neurons_touched"].append(len(neurons))
@@ -371,11 +371,15 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
             info["loss"].append(fit.loss)
             info["steps"].append(fit.steps)
             info["seconds"].append(time.perf_counter() - start)
+    finally:
+        with torch.no_grad():
+            for (layer, row), original in originals.items():
+                get_parameter(model, w_out_name(layer)).data[row] = original
     deltas = {}
-    for layer in layers:
-        rows = touched[layer].nonzero().flatten()
-        if len(rows):
-            deltas[w_out_name(layer)] = SparseRowDelta(rows, totals[layer][rows].float())
+    for layer in sorted({layer for layer, _ in totals}):
+        rows = sorted(row for lay, row in totals if lay == layer)
+        deltas[w_out_name(layer)] = SparseRowDelta(torch.tensor(rows, dtype=torch.long),
+                                                   torch.stack([totals[(layer, row)] for row in rows]).float())
     info["prefixes"] = list(prefixes)
     return Edit("fine", deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info)
 
