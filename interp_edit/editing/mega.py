@@ -154,12 +154,22 @@ class GatedLinearMap:
 
     kind: ClassVar[str] = "mega_gated_map"
 
+    def _on(self, device) -> tuple[Tensor, ...]:
+        """The tensors in float32 on ``device``, moved once per device and kept on this instance
+        (not copied at every forward)."""
+        moved = self.__dict__.setdefault("_moved", {})
+        key = str(device)
+        if key not in moved:
+            floats = (self.mu_source, self.mu_target, self.basis, self.map, self.gate_keys)
+            moved[key] = (*(t.to(device, torch.float32) for t in floats), self.gate_mask.to(device))
+        return moved[key]
+
     def gate(self, act: Float[Tensor, "*batch d"]) -> tuple[Bool[Tensor, "*batch"], Tensor, Tensor]:
         """Per position: whether the gate passes, the chosen request and its similarity."""
-        keys = self.gate_keys.to(act.device, torch.float32)
+        _, _, _, _, keys, mask = self._on(act.device)
         unit = torch.nn.functional.normalize(act.float(), dim=-1)
         sims = torch.einsum("...d,rnd->...rn", unit, keys)
-        sims = sims.masked_fill(~self.gate_mask.to(act.device), -2.0)
+        sims = sims.masked_fill(~mask, -2.0)
         best, request = sims.amax(-1).max(-1)
         return best >= self.gate_threshold, request, best
 
@@ -170,9 +180,8 @@ class GatedLinearMap:
         where = passed.nonzero(as_tuple=True)
         chosen = request[where]
         x = act[where].float()
-        dev = act.device
-        mu_s, mu_t = self.mu_source.to(dev, torch.float32)[chosen], self.mu_target.to(dev, torch.float32)[chosen]
-        basis, mapping = self.basis.to(dev, torch.float32)[chosen], self.map.to(dev, torch.float32)[chosen]
+        mu_source, mu_target, basis, mapping, _, _ = self._on(act.device)
+        mu_s, mu_t, basis, mapping = mu_source[chosen], mu_target[chosen], basis[chosen], mapping[chosen]
         z = torch.einsum("nd,ndk->nk", x - mu_s, basis)
         moved = torch.einsum("nij,nj->ni", mapping, z) - z
         update = self.strength * ((mu_t - mu_s) + torch.einsum("ndk,nk->nd", basis, moved))
