@@ -10,6 +10,7 @@ import importlib
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 
 from interp_edit.analysis import attribution_diff, layer_attribution_scores, neuron_attribution
 from interp_edit.analysis.scoring import encode_target
@@ -24,17 +25,6 @@ analysis_contrast = importlib.import_module("interp_edit.analysis.contrast")
 evaluation_contrast = importlib.import_module("interp_edit.evaluation.contrast")
 
 STEER_LAYER = 4
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_untouched(model, state):
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    assert hook_counts(model) == {}
-    assert applied_edits(model) == []
 
 
 def steer(model, requests, scale: float = 20.0, layer: int = STEER_LAYER) -> Edit:
@@ -58,7 +48,7 @@ def test_diff_is_scores_with_the_edit_minus_scores_without(toy_model, person_rec
     text = record.prompt.format(record.subject)
     state = snapshot(toy_model)
     result = attribution_diff(toy_model, rome_edit, [text], neurons=True, neuron_method="first_order")
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
     before_new = layer_attribution_scores(toy_model, text, record.target_new)
     before_old = layer_attribution_scores(toy_model, text, record.target_true)
     ffn_before = neuron_attribution(toy_model, text, record.target_new, top_k=1, method="first_order").ffn_scores
@@ -118,14 +108,14 @@ def test_model_unchanged_after_an_exception_inside(toy_model, person_records, ro
     monkeypatch.setattr(analysis_contrast, "batched_layer_scores", failing)
     with pytest.raises(RuntimeError, match="boom"):
         attribution_diff(toy_model, rome_edit, neurons=False)
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
 
 
 def test_steering_edit_acts_from_its_layer_on(toy_model, person_records):
     record = person_records[0]
     state = snapshot(toy_model)
     result = attribution_diff(toy_model, steer(toy_model, [record]), record, neurons=("edit",), neuron_method="first_order")
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
     diff = result.layer_diff("edit")
     # earlier layers change only through the final norm's scale, which the frozen readout takes
     # from the run
@@ -145,7 +135,7 @@ def test_fingerprint_mismatch_and_bad_targets(toy_model, rome_edit):
         attribution_diff(toy_model, rome_edit, targets=("new", "new"))
     with pytest.raises(InvalidArgumentError, match="unknown prompt group"):
         attribution_diff(toy_model, rome_edit, {"edits": ["x"]})
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +143,7 @@ def mixed(toy_model, person_records):
     """A steering study with both groups (measured: 7 successes, 5 failures of 12)."""
     state = snapshot(toy_model)
     result = contrast_study(toy_model, steer, person_records[:12], progress=False, n_boot=500)
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
     return result
 
 
@@ -185,7 +175,7 @@ def test_all_success_and_all_failure_pools_are_undefined(toy_model, person_recor
     state = snapshot(toy_model)
     strong = contrast_study(toy_model, lambda m, r: steer(m, r, 100.0), person_records[:4], progress=False)
     weak = contrast_study(toy_model, lambda m, r: steer(m, r, 0.0), person_records[:4], progress=False)
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
     assert (strong.n_success, strong.n_failure) == (4, 0) and "all 4 edits succeeded" in strong.undefined_reason
     assert (weak.n_success, weak.n_failure) == (0, 4) and "all 4 edits failed" in weak.undefined_reason
     for result in (strong, weak):
@@ -210,7 +200,7 @@ def test_contrast_bad_input(toy_model, person_records):
                        groups=("edit", "neighborhood"), progress=False)
     with pytest.raises(InvalidArgumentError, match="groups"):
         contrast_study(toy_model, "rome", person_records[:2], groups=("edits",), progress=False)
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
 
 
 def test_interrupted_study_resumes_to_the_same_result(toy_model, person_records, mixed, tmp_path, monkeypatch):
@@ -241,7 +231,7 @@ def test_rome_successes_suppress_the_old_object_more_than_failures(toy_model, pe
     (measured on these 12: 9 successes, 3 failures)."""
     state = snapshot(toy_model)
     result = contrast_study(toy_model, "rome", person_records[20:32], config={"steps": 4}, progress=False, n_boot=200)
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
     assert result.n_success >= 2 and result.n_failure >= 2, (result.n_success, result.n_failure)
     # summed over layers and modules the scores telescope to the change of log p(o) through the
     # frozen norm; measured: successes suppress o by 5.34 nats, failures by 0.88 (benchmark over
@@ -264,7 +254,7 @@ def test_every_registered_editor_works(toy_model, person_records):
         # every editor makes o* more likely on the edit prompt, and the layer scores show it
         assert result.logprob_after["edit"][0, 0] > result.logprob_before["edit"][0, 0] + 1.0, name
         assert result.layer_diff("edit")[..., 0].sum() > 1.0, name
-    assert_untouched(toy_model, state)
+    assert_unchanged(toy_model, state, no_edits=True)
 
 
 def test_a_request_without_prompt_fields_asks_for_prompts(toy_model):

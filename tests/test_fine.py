@@ -8,25 +8,16 @@ import importlib
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 
 from interp_edit.editing import Edit, EditRequest, FiNEConfig, SparseRowDelta, fine, get_editor, prepare_requests, rome
 from interp_edit.editing.fine import select_neurons
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError, InvalidArgumentError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.locality import relation_locality, same_subject_prompts, unedited_answers
-from interp_edit.model import hook_counts, hook_name, model_fingerprint, parameter_layer
+from interp_edit.model import hook_name, model_fingerprint, parameter_layer
 
 fine_module = importlib.import_module("interp_edit.editing.fine")
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_same(model, state):
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    assert hook_counts(model) == {}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +64,7 @@ def test_fine_single_edits_succeed_touching_few_neurons_in_the_editable_layers(t
             assert isinstance(delta, SparseRowDelta) and len(torch.unique(delta.rows)) == len(delta.rows)
         with result.applied(toy_model):
             rows += counterfact_scores(toy_model, [record])
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
     scores = mean_scores(rows)
     # measured on these 20 edits with the toy preset: efficacy 1.00, paraphrase 1.00 (at most 20 steps)
     assert scores["efficacy"] >= 0.95
@@ -88,7 +79,7 @@ def test_fine_keeps_the_subjects_other_relations_better_than_rome(toy_model, rec
                 for e, r, ref in zip(single_edits, records, reference, strict=True)]
     rome_loc = [relation_locality(toy_model, rome(toy_model, [r]), [r], reference=[ref]).fraction
                 for r, ref in zip(records[:10], reference[:10], strict=True)]
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
     # measured (toy preset): FiNE 1.00 over these 20 edits, ROME 0.35 over 20 (0.37 over the first 10)
     assert sum(fine_loc) / len(fine_loc) >= 0.9
     assert sum(fine_loc[:10]) / 10 >= sum(rome_loc) / 10 + 0.3
@@ -109,7 +100,7 @@ def test_several_requests_are_edited_in_sequence_with_distinct_merged_rows(toy_m
     same_relation = [r for r in person_records if r.relation_id == "profession"][:3]
     before = snapshot(toy_model)
     result = get_editor("fine").fn(toy_model, same_relation)
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
     per_request = [set(map(tuple, n)) for n in result.info["neurons"]]
     union = set().union(*per_request)
     assert sum(len(d.rows) for d in result.deltas.values()) == len(union)
@@ -118,7 +109,7 @@ def test_several_requests_are_edited_in_sequence_with_distinct_merged_rows(toy_m
     loaded = Edit.load(result.save(tmp_path / "fine"))
     with loaded.applied(toy_model):
         scores = mean_scores(counterfact_scores(toy_model, same_relation))
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
     assert scores["efficacy"] == 1.0
 
 
@@ -137,7 +128,7 @@ def test_a_failure_on_a_later_request_leaves_the_model_unchanged(toy_model, pers
     with pytest.raises(EditOptimizationError, match="injected"):
         fine(toy_model, person_records[:3])
     assert calls == [0, 1]
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
 
 
 @pytest.mark.parametrize(("overrides", "field"), [
@@ -160,7 +151,7 @@ def test_bad_config_names_the_field_and_leaves_the_model_unchanged(toy_model, re
     before = snapshot(toy_model)
     with pytest.raises(EditConfigError, match=field):
         fine(toy_model, [records[0]], **overrides)
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
 
 
 def test_bad_request_names_its_index_and_field(toy_model, records):
@@ -168,7 +159,7 @@ def test_bad_request_names_its_index_and_field(toy_model, records):
     bad = EditRequest("{} works as a", records[1].subject, "  ")
     with pytest.raises(EditRequestError, match=r"request 1: field 'target_new'"):
         fine(toy_model, [records[0], bad])
-    assert_same(toy_model, before)
+    assert_unchanged(toy_model, before)
 
 
 def test_relation_locality_prompts_from_a_world_match_the_records(toy_model, toy_world, records):
@@ -210,6 +201,6 @@ def test_a_model_without_preset_gets_the_generic_settings(tiny_model, records):
     assert (cfg.n_frozen, cfg.top_k, cfg.steps) == (1, 5, 50)  # 3 layers: one frozen, the paper's k and steps
     before = snapshot(tiny_model)
     result = fine(tiny_model, [records[0]], steps=3)
-    assert_same(tiny_model, before)
+    assert_unchanged(tiny_model, before)
     assert result.deltas and {parameter_layer(n) for n in result.deltas} <= {0, 1}
     assert result.info["steps"] == [3]

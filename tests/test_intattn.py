@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 
 from interp_edit.analysis.layers import attention_mlp_balance
 from interp_edit.analysis.tracing import causal_trace
@@ -15,22 +16,11 @@ from interp_edit.editing import Edit, EditRequest, IntAttnConfig, edit, get_edit
 from interp_edit.editing.intattn import write_schedule
 from interp_edit.errors import EditConfigError, EditRequestError, InvalidArgumentError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
-from interp_edit.model import hook_counts
 
 intattn_module = importlib.import_module("interp_edit.editing.intattn")
 
 W_O = ("blocks.0.attn.W_O", "blocks.1.attn.W_O")
 W_OUT = ("blocks.0.mlp.W_out", "blocks.1.mlp.W_out")
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model, state):
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    assert hook_counts(model) == {}
 
 
 @pytest.fixture(scope="module")

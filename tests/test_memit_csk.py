@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 
 from interp_edit.analysis.edit_token_aie import EditTokenAIE, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
@@ -20,7 +21,7 @@ from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import context_prefixes
 from interp_edit.errors import DatasetError, EditConfigError, EditRequestError
 from interp_edit.evaluation.commonsense import commonsense_efficacy, commonsense_scores, relapse_rate
-from interp_edit.model import hook_counts, hook_name, model_fingerprint, run_with_cache
+from interp_edit.model import hook_name, model_fingerprint, run_with_cache
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +36,6 @@ def statements(toy_world, one_thread):
 
 def requests_of(cases):
     return [c.rewrite.as_dict() for c in cases]
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model, state):
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    assert hook_counts(model) == {}
 
 
 def key_at_span(model, text: str, span: str | None, which: str, layer: int, before: str = "") -> torch.Tensor:

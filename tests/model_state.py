@@ -1,0 +1,23 @@
+"""Shared assertions that a model was left exactly as it was: weights bitwise, no hooks, no
+applied edits."""
+
+from __future__ import annotations
+
+import torch
+
+from interp_edit.editing import applied_edits
+from interp_edit.model import hook_counts
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, state: dict[str, torch.Tensor], *, no_edits: bool = False) -> None:
+    """Every tensor bitwise equal to ``state``, no hook left; with ``no_edits`` also no edit
+    applied."""
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert hook_counts(model) == {}
+    if no_edits:
+        assert applied_edits(model) == []
