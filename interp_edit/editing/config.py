@@ -32,14 +32,7 @@ class EditorConfig(TargetConfig):
     @classmethod
     def for_model(cls, model, **overrides: Any):
         """The preset for ``model`` (by its TransformerLens ``model_name``) with ``overrides``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
-        preset = dict(cls.PRESETS.get(model.cfg.model_name, cls.generic(model)))
-        config = cls(**{**preset, **overrides})
-        config.validate()
-        return config
+        return preset_config(cls, model, overrides)
 
     def validate(self) -> None:
         super().validate()
@@ -51,6 +44,21 @@ class EditorConfig(TargetConfig):
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def preset_config(cls, model, overrides: dict[str, Any]):
+    """``cls``'s preset for ``model`` (``cls.PRESETS`` by ``model_name``, else
+    ``cls.generic(model)``) with ``overrides`` on top, validated; an unknown field raises
+    :class:`EditConfigError` listing the fields. Any config class with ``PRESETS``,
+    ``generic`` and ``validate`` can use it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+    preset = dict(cls.PRESETS.get(model.cfg.model_name, cls.generic(model)))
+    config = cls(**{**preset, **overrides})
+    config.validate()
+    return config
 
 
 def resolve(config_class, model, config, overrides: dict[str, Any]):

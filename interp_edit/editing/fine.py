@@ -59,7 +59,7 @@ from torch import Tensor
 
 from interp_edit.batching import pad_right
 from interp_edit.editing.closed_form import w_out_name
-from interp_edit.editing.config import resolve
+from interp_edit.editing.config import preset_config, resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
 from interp_edit.editing.targets import context_prefixes
@@ -128,14 +128,7 @@ class FiNEConfig:
     @classmethod
     def for_model(cls, model, **overrides: Any) -> FiNEConfig:
         """The preset for ``model`` (by its TransformerLens ``model_name``) with ``overrides``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
-        preset = dict(cls.PRESETS.get(model.cfg.model_name, cls.generic(model)))
-        config = cls(**{**preset, **overrides})
-        config.validate()
-        return config
+        return preset_config(cls, model, overrides)
 
     def validate(self) -> None:
         for name in ("top_k", "steps", "prefix_length"):
