@@ -70,3 +70,8 @@ class DatasetError(InterpEditError, ValueError):
 class ExperimentError(InterpEditError, RuntimeError):
     """An experiment cannot run or resume (e.g. its results file was written with other
     settings)."""
+
+
+class UnsupportedArchitectureError(InterpEditError, ValueError):
+    """A model has an architectural property (named in the message) that a method, or the
+    toolkit as a whole, does not cover."""

@@ -1,0 +1,69 @@
+"""The one adapter between interp_edit and TransformerLens.
+
+Every TransformerLens-specific call of the toolkit lives in this package, and every difference
+between model families (parallel blocks, norms, gates, attention groups, positional schemes,
+soft-caps, embedding scales) is described here once, in :mod:`interp_edit.adapter.architecture`,
+and read by every analysis and editor.
+
+- :mod:`~interp_edit.adapter.loading` — ``load_model``: the toy world, local Hugging Face folders
+  and model objects (converted offline), hub names, checkpoints;
+- :mod:`~interp_edit.adapter.families` — configs TransformerLens knows by hub name only (Gemma,
+  Gemma-2, Phi-2 from a local folder), converted from the Hugging Face config;
+- :mod:`~interp_edit.adapter.architecture` — :class:`Architecture`, the description of a loaded
+  model that everything else reads;
+- :mod:`~interp_edit.adapter.hooks` — hook names, forwards with temporary hooks, partial forwards,
+  unembedding (with the logit soft-cap), persistent hooks;
+- :mod:`~interp_edit.adapter.params` — weights by name, the weights an ``Edit`` may change and
+  their hook equivalents, fingerprints;
+- :mod:`~interp_edit.adapter.export` — ``to_hf`` (GPT-2-shaped models);
+- :mod:`~interp_edit.adapter.tiny` — tiny randomly initialised Hugging Face models of every
+  supported family, for tests and benchmarks.
+"""
+
+from interp_edit.adapter.architecture import Architecture, architecture
+from interp_edit.adapter.export import to_hf
+from interp_edit.adapter.hooks import (
+    add_persistent_hook,
+    forward_from_layer,
+    forward_to_layer,
+    hook_counts,
+    hook_name,
+    remove_persistent_hook,
+    residual_from_layer,
+    run_with_cache,
+    run_with_hooks,
+    unembed,
+)
+from interp_edit.adapter.loading import (
+    BUILTIN_MODELS,
+    CONFIG_FILE,
+    HUB_PROCESSING,
+    WEIGHTS_FILE,
+    _read_json,  # noqa: F401  (used by interp_edit.toyworld)
+    build_hooked_transformer,
+    load_checkpoint,
+    load_model,
+    model_config_dict,
+    save_checkpoint,
+)
+from interp_edit.adapter.params import (
+    delta_hook_sites,
+    frozen_parameters,
+    get_parameter,
+    layer_weight,
+    model_fingerprint,
+    norm_bias,
+    norm_centres,
+    norm_weight,
+    parameter_layer,
+    weight_matrix_shape,
+)
+
+__all__ = [
+    "Architecture", "architecture", "to_hf", "add_persistent_hook", "forward_from_layer", "forward_to_layer",
+    "hook_counts", "hook_name", "remove_persistent_hook", "residual_from_layer", "run_with_cache", "run_with_hooks",
+    "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
+    "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "frozen_parameters",
+    "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
+    "parameter_layer", "weight_matrix_shape",
+]

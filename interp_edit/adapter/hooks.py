@@ -1,0 +1,144 @@
+"""Hook points by the names interp_edit uses, forwards with temporary hooks, partial forwards
+(from / to a layer), unembedding, and persistent hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# --- hook points -------------------------------------------------------------------------
+#: Activation sites by the names interp_edit uses, and their TransformerLens hook names.
+_SITE_HOOKS = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "mlp_pre": "blocks.{layer}.mlp.hook_pre",
+    "mlp_post": "blocks.{layer}.mlp.hook_post",
+    "z": "blocks.{layer}.attn.hook_z",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "ln1_scale": "blocks.{layer}.ln1.hook_scale",
+    "ln2_scale": "blocks.{layer}.ln2.hook_scale",
+    "ln_final_scale": "ln_final.hook_scale",
+}
+
+
+def hook_name(site: str, layer: int | None = None) -> str:
+    """The TransformerLens hook name of an activation site (``"mlp_out"``, 3) -> ``"blocks.3.hook_mlp_out"``."""
+    try:
+        template = _SITE_HOOKS[site]
+    except KeyError:
+        raise KeyError(f"unknown activation site {site!r}; known: {sorted(_SITE_HOOKS)}") from None
+    if "{layer}" in template:
+        if layer is None:
+            raise ValueError(f"site {site!r} needs a layer")
+        return template.format(layer=layer)
+    return template
+
+
+
+def run_with_hooks(model, tokens, hooks: list[tuple[str, Any]]) -> torch.Tensor:
+    """Logits of a forward with temporary hooks; the hooks are removed even on an exception."""
+    with model.hooks(fwd_hooks=hooks):
+        return model(tokens, return_type="logits")
+
+
+def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = (),
+                       positions: list[int] | None = None,
+                       prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> torch.Tensor:
+    """Logits of the model run from the input of block ``start_layer`` (``n_layers``: only the
+    final norm and unembedding) on a given residual stream, with temporary hooks.
+
+    With ``positions``, only those positions (indices into ``residual``) are unembedded:
+    logits [batch, len(positions), vocab]. With ``prefix_kv = (keys, values)`` (per layer,
+    [batch, prefix, head, d_head]), ``residual`` holds only the positions after a prefix whose
+    attention keys and values are given: the prefix is not recomputed.
+    """
+    kwargs = {}
+    if prefix_kv is not None:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        keys, values = prefix_kv
+        entries = [TransformerLensKeyValueCacheEntry(k, v, frozen=True) for k, v in zip(keys, values, strict=True)]
+        mask = torch.ones(residual.shape[0], keys[0].shape[1], dtype=torch.int, device=residual.device)
+        kwargs["past_kv_cache"] = TransformerLensKeyValueCache(entries, mask, frozen=True)
+    with model.hooks(fwd_hooks=list(hooks)):
+        final = model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers, **kwargs)
+    if positions is not None:
+        final = final[:, positions]
+    return unembed(model, model.ln_final(final))
+
+
+def unembed(model, normalised: torch.Tensor) -> torch.Tensor:
+    """Logits from the final-normed residual. Same as TransformerLens' ``model.unembed`` but
+    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary)."""
+    return normalised @ model.W_U + model.b_U
+
+
+def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the activations at ``names`` of one forward (extra hooks run first)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def save(act, hook):
+        cache[hook.name] = act.detach()
+
+    with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
+        logits = model(tokens, return_type="logits")
+    return logits, cache
+
+
+def add_persistent_hook(model, name: str, fn) -> Any:
+    """Register ``fn(act, hook)`` on hook point ``name`` until :func:`remove_persistent_hook`;
+    it survives ``model.reset_hooks()`` and the hook contexts every analysis uses (a
+    TransformerLens *permanent* hook). Returns the handle."""
+    if name not in model.hook_dict:
+        raise KeyError(f"the model has no hook point {name!r}")
+    point = model.hook_dict[name]
+    point.add_hook(fn, dir="fwd", is_permanent=True)
+    return point.fwd_hooks[-1]
+
+
+def remove_persistent_hook(model, name: str, handle: Any) -> None:
+    """Remove a hook added by :func:`add_persistent_hook` (no other hook is touched)."""
+    point = model.hook_dict[name]
+    handle.hook.remove()
+    point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+
+
+def hook_counts(model) -> dict[str, int]:
+    """Hook point name -> number of forward and backward hooks on it (only the non-empty ones);
+    ``{}`` means the model carries no hooks."""
+    out = {}
+    for name, point in model.hook_dict.items():
+        n = len(point.fwd_hooks) + len(point.bwd_hooks)
+        if n:
+            out[name] = n
+    return out
+
+
+def forward_to_layer(model, tokens: torch.Tensor, stop_layer: int, names: list[str], hooks: list[tuple[str, Any]] = ()) -> dict[str, torch.Tensor]:
+    """Activations at ``names`` of a forward that stops before block ``stop_layer`` (the blocks
+    after the needed ones are not run)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def save(act, hook):
+        cache[hook.name] = act.detach()
+
+    with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
+        model(tokens, stop_at_layer=stop_layer)
+    return cache
+
+
+def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = ()) -> torch.Tensor:
+    """The final residual stream (before the final norm) of the blocks from ``start_layer`` on,
+    run on ``residual`` with temporary hooks; differentiable. Callers normalise and unembed
+    only the positions they need (:func:`unembed`)."""
+    with model.hooks(fwd_hooks=list(hooks)):
+        return model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)

@@ -1,0 +1,250 @@
+"""Loading models as TransformerLens ``HookedTransformer``s: the built-in toy world, local
+Hugging Face folders and model objects (converted offline), hub names, and checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp_edit.adapter.architecture import check_supported
+from interp_edit.errors import CheckpointError, ModelNotFoundError
+
+#: Built-in models and the folder (inside the installed package) that holds each one.
+BUILTIN_MODELS: dict[str, Path] = {
+    "toyworld": Path(__file__).parent.parent / "toyworld" / "checkpoint",
+}
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+#: TransformerLens' processing defaults for hub models (those of ``from_pretrained``).
+HUB_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+
+
+def _resolution_help() -> str:
+    return (
+        f"built-in models: {', '.join(sorted(BUILTIN_MODELS))}. Any other name is passed to "
+        "TransformerLens' HookedTransformer.from_pretrained, which accepts its official model "
+        "names and aliases (e.g. 'gpt2-xl', 'gpt2-small'; see "
+        "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES) and needs the Hugging Face "
+        "hub or its cache. A local Hugging Face folder (with config.json) or a model object "
+        "(hf_model=...) is converted offline with TransformerLens' weight converters."
+    )
+
+
+def build_hooked_transformer(config: dict[str, Any], tokenizer=None, *, init_weights: bool = True):
+    """A fresh ``HookedTransformer`` from a plain config dict (HookedTransformerConfig fields)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**{**config, "init_weights": init_weights})
+    return HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+
+
+def load_model(
+    name: str = "toyworld",
+    device: str | torch.device = "cpu",
+    *,
+    hf_model: Any | None = None,
+    tokenizer: Any | None = None,
+    fold_ln: bool | None = None,
+    center_writing_weights: bool | None = None,
+    center_unembed: bool | None = None,
+    fold_value_biases: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+    **from_pretrained_kwargs: Any,
+):
+    """Load a model as a TransformerLens ``HookedTransformer``.
+
+    - ``"toyworld"`` (default): the embedded toy-world model, read from the files shipped in the
+      package; never trains, never touches the network. Its weights are *not* processed
+      (no LayerNorm folding) unless a processing flag is set, so ``W_out`` etc. are the real
+      weights and export to Hugging Face is exact.
+    - a local Hugging Face folder (containing ``config.json``) or ``hf_model=<PreTrainedModel>``:
+      converted offline with TransformerLens' own config and weight converters (TransformerLens'
+      ``from_pretrained`` would still ask the hub for the config). Pass ``tokenizer=`` unless the
+      folder holds tokenizer files.
+    - any other name: ``HookedTransformer.from_pretrained(name, ...)``, the path users with a hub
+      call (e.g. ``"gpt2-xl"``).
+
+    Every model is checked against :func:`~interp_edit.adapter.architecture.check_supported`:
+    an architecture the toolkit does not cover raises ``UnsupportedArchitectureError`` naming
+    what is missing, here rather than deep inside an analysis.
+
+    Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
+    models (all True) and no processing for the toy world.
+    """
+    flags = dict(
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    if hf_model is None and name in BUILTIN_MODELS:
+        name = str(BUILTIN_MODELS[name])
+    elif hf_model is None and Path(name).is_dir() and not (Path(name) / CONFIG_FILE).is_file():
+        raise CheckpointError(f"missing checkpoint file {Path(name) / CONFIG_FILE}")
+    if hf_model is not None or _is_local_hf_folder(name):
+        processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
+        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, processing))
+    if _is_checkpoint_folder(name):
+        if from_pretrained_kwargs:
+            raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
+        processing = {k: bool(v) for k, v in flags.items()}
+        return check_supported(load_checkpoint(name, device=device, dtype=dtype, **processing))
+    processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
+    return check_supported(_load_hub(name, device, dtype, tokenizer, processing, from_pretrained_kwargs))
+
+
+def _is_local_hf_folder(name: str) -> bool:
+    """A folder whose config.json is a Hugging Face model config (it has ``model_type``)."""
+    path = Path(name) / CONFIG_FILE
+    return path.is_file() and "model_type" in _read_json(path)
+
+
+def _is_checkpoint_folder(name: str) -> bool:
+    """A folder written by :func:`save_checkpoint` (its config.json has a ``model`` section)."""
+    path = Path(name) / CONFIG_FILE
+    return path.is_file() and "model" in _read_json(path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing checkpoint file {path}") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read checkpoint file {path}: {err}") from None
+
+
+def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
+    from transformer_lens import HookedTransformer, loading_from_pretrained
+
+    try:
+        loading_from_pretrained.get_official_model_name(name)
+    except ValueError:
+        raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}") from None
+    return HookedTransformer.from_pretrained(
+        name, device=device, dtype=dtype, tokenizer=tokenizer, **processing, **kwargs
+    )
+
+
+def _load_local_hf(name, hf_model, tokenizer, device, dtype, processing):
+    """Mirror of TransformerLens' from_pretrained for a local folder or model object, with no hub."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    if hf_model is None:
+        from transformers import AutoModelForCausalLM
+
+        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        if tokenizer is None and (Path(name) / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        # TransformerLens converts a config from a folder; give it a complete one.
+        config = copy.deepcopy(hf_model.config)
+        config.architectures = config.architectures or [type(hf_model).__name__]
+        config.save_pretrained(tmp)
+        _complete_config_file(Path(tmp) / CONFIG_FILE)
+        cfg = loading.get_pretrained_model_config(
+            tmp, hf_cfg=hf_model.config.to_dict(), fold_ln=processing["fold_ln"], device=device, dtype=dtype
+        )
+        if getattr(hf_model.config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
+            cfg.d_mlp = hf_model.config.n_inner
+        cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
+        state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
+    model.load_and_process_state_dict(state_dict, **processing)
+    model.move_model_modules_to_device()
+    model.eval()
+    return model
+
+
+def _complete_config_file(path: Path) -> None:
+    """Add fields TransformerLens reads that configs built in code lack (GPT-2's ``n_ctx``)."""
+    data = json.loads(path.read_text())
+    if "n_positions" in data and "n_ctx" not in data:
+        data["n_ctx"] = data["n_positions"]
+        path.write_text(json.dumps(data))
+
+
+def load_checkpoint(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+):
+    """Load a checkpoint folder written by :func:`save_checkpoint`."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    meta = _read_json(folder / CONFIG_FILE)
+    if "model" not in meta:
+        raise CheckpointError(f"checkpoint file {folder / CONFIG_FILE} has no 'model' section")
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise CheckpointError(f"missing checkpoint file {tokenizer_file}")
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise CheckpointError(f"cannot read checkpoint file {tokenizer_file}: {err}") from None
+    weights_file = folder / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise CheckpointError(f"missing checkpoint file {weights_file}")
+    try:
+        state_dict = load_file(str(weights_file))
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type varies by version
+        raise CheckpointError(f"cannot read checkpoint file {weights_file}: {err}") from None
+    model = build_hooked_transformer({**meta["model"], "device": str(device), "dtype": dtype}, tokenizer, init_weights=False)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if expected != got:
+        diff = sorted(set(expected.items()) ^ set(got.items()))[:6]
+        raise CheckpointError(f"checkpoint file {weights_file} does not match {folder / CONFIG_FILE}: {diff}")
+    model.load_and_process_state_dict(
+        {k: v.to(dtype) for k, v in state_dict.items()},
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    model.eval()
+    return model
+
+
+def save_checkpoint(model, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write weights (safetensors), config and tokenizer of an unprocessed model to a folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    meta = {"model": model_config_dict(model), **(extra or {})}
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    model.tokenizer.save_pretrained(str(folder))
+
+
+#: HookedTransformerConfig fields that define the toy world's architecture.
+_CONFIG_FIELDS = (
+    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "d_vocab_out",
+    "act_fn", "normalization_type", "positional_embedding_type", "eps", "default_prepend_bos",
+    "original_architecture", "model_name", "seed",
+)
+
+
+def model_config_dict(model) -> dict[str, Any]:
+    cfg = model.cfg
+    return {f: getattr(cfg, f) for f in _CONFIG_FIELDS}
+

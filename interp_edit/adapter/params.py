@@ -1,0 +1,124 @@
+"""Weights by name, normalisation parameters, the weights an ``Edit`` may change and their hook
+equivalents, and the base-model fingerprint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import torch
+
+from interp_edit.adapter.hooks import hook_name
+
+#: Per-block weights by their TransformerLens names (shapes as TransformerLens stores them).
+_LAYER_WEIGHTS = {
+    "W_in": "mlp.W_in", "b_in": "mlp.b_in", "W_out": "mlp.W_out",  # [d_model, d_mlp], [d_mlp], [d_mlp, d_model]
+    "W_V": "attn.W_V", "W_O": "attn.W_O",  # [head, d_model, d_head], [head, d_head, d_model]
+}
+
+
+def layer_weight(model, name: str, layer: int) -> torch.Tensor:
+    """A block's weight, detached, without stacking all layers (``("W_out", 3)`` -> ``blocks.3.mlp.W_out``)."""
+    try:
+        path = _LAYER_WEIGHTS[name]
+    except KeyError:
+        raise KeyError(f"unknown layer weight {name!r}; known: {sorted(_LAYER_WEIGHTS)}") from None
+    module, attr = path.split(".")
+    return getattr(getattr(model.blocks[layer], module), attr).detach()
+
+
+def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
+    """The gain γ [d_model] of a normalisation (``"ln1"``, ``"ln2"`` of a block, or
+    ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``)."""
+    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
+    weight = getattr(module, "w", None)
+    return weight.detach() if weight is not None else torch.ones(model.cfg.d_model, device=model.cfg.device)
+
+
+def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
+    """The bias β [d_model] of a normalisation (zeros where it has none)."""
+    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
+    bias = getattr(module, "b", None)
+    return bias.detach() if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
+
+
+def norm_centres(model) -> bool:
+    """Whether the model's normalisations subtract the mean (LayerNorm) or not (RMSNorm)."""
+    from interp_edit.adapter.architecture import architecture
+
+    return architecture(model).norm_centres
+
+
+# --- parameters and fingerprints (used by the editors) -------------------------------------
+#: Weights an ``Edit`` may change, with the activation that multiplies them and the activation
+#: their product is added to: ``out += input @ ΔW`` (input flattened over heads for ``W_O``).
+_DELTA_SITES = {
+    "mlp.W_out": ("mlp_post", "mlp_out"),
+    "attn.W_O": ("z", "attn_out"),
+}
+
+
+def parameter_layer(name: str) -> int | None:
+    """The block index of a TransformerLens parameter name (``"blocks.3.mlp.W_out"`` -> 3)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def get_parameter(model, name: str) -> torch.nn.Parameter:
+    """A parameter by its TransformerLens name; a clear error for an unknown name."""
+    params = dict(model.named_parameters())
+    if name not in params:
+        raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
+    return params[name]
+
+
+def weight_matrix_shape(model, name: str) -> tuple[int, int]:
+    """The 2-D shape an edit's delta of ``name`` has: ``W_O`` [head, d_head, d_model] is seen as
+    [head·d_head, d_model] (the concatenated head outputs ``z`` times ``W_O``)."""
+    param = get_parameter(model, name)
+    return (int(param.shape[:-1].numel()), int(param.shape[-1]))
+
+
+def delta_hook_sites(name: str) -> tuple[str, str]:
+    """Hook names (input activation, output to add to) that reproduce a weight delta of
+    ``name`` with hooks instead of changing the weight."""
+    layer = parameter_layer(name)
+    suffix = name.split(".", 2)[2] if layer is not None else name
+    if suffix not in _DELTA_SITES:
+        raise KeyError(f"no hook equivalent for a delta of {name!r}; supported: {sorted(_DELTA_SITES)} of a block")
+    source, target = _DELTA_SITES[suffix]
+    return hook_name(source, layer), hook_name(target, layer)
+
+
+
+def model_fingerprint(model) -> str:
+    """A short hash identifying the *base* model: its architecture and the weights that no
+    editor changes (token and position embeddings, unembedding). It is therefore the same
+    before and after an edit, and differs between two differently trained models."""
+    import hashlib
+
+    cfg = model.cfg
+    digest = hashlib.sha256()
+    digest.update(json.dumps([cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab,
+                              cfg.n_ctx, cfg.act_fn, cfg.normalization_type]).encode())
+    for tensor in (model.W_E, model.W_pos if cfg.positional_embedding_type == "standard" else None, model.W_U):
+        if tensor is None:
+            continue
+        rows = tensor.detach()[: 4096].to("cpu", torch.float32).contiguous()
+        digest.update(rows.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def frozen_parameters(model):
+    """No parameter of ``model`` requires grad inside the block; the flags are restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
