@@ -24,6 +24,7 @@ from interp_edit.adapter.architecture import Architecture, architecture
 from interp_edit.adapter.export import to_hf
 from interp_edit.adapter.hooks import (
     add_persistent_hook,
+    cached_keys_values,
     forward_from_layer,
     forward_to_layer,
     hook_counts,
@@ -32,6 +33,7 @@ from interp_edit.adapter.hooks import (
     residual_from_layer,
     run_with_cache,
     run_with_hooks,
+    sublayer_output_hooks,
     unembed,
 )
 from interp_edit.adapter.loading import (
@@ -48,6 +50,7 @@ from interp_edit.adapter.loading import (
 )
 from interp_edit.adapter.params import (
     delta_hook_sites,
+    delta_hooks,
     frozen_parameters,
     get_parameter,
     layer_weight,
@@ -56,14 +59,15 @@ from interp_edit.adapter.params import (
     norm_centres,
     norm_weight,
     parameter_layer,
+    post_norm_preimage,
     weight_matrix_shape,
 )
 
 __all__ = [
-    "Architecture", "architecture", "to_hf", "add_persistent_hook", "forward_from_layer", "forward_to_layer",
-    "hook_counts", "hook_name", "remove_persistent_hook", "residual_from_layer", "run_with_cache", "run_with_hooks",
+    "Architecture", "architecture", "to_hf", "add_persistent_hook", "cached_keys_values", "forward_from_layer", "forward_to_layer",
+    "hook_counts", "hook_name", "remove_persistent_hook", "residual_from_layer", "run_with_cache", "run_with_hooks", "sublayer_output_hooks",
     "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
-    "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "frozen_parameters",
+    "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
-    "parameter_layer", "weight_matrix_shape",
+    "parameter_layer", "post_norm_preimage", "weight_matrix_shape",
 ]

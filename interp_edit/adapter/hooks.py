@@ -76,10 +76,72 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
     return unembed(model, model.ln_final(final))
 
 
+def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, Any]]:
+    """Hooks through which ``fn(raw, hook)`` sees — and may replace, by returning a tensor — the
+    *raw* output of a block's attention (``kind="attn"``: ``z @ W_O + b_O``) or MLP (``"mlp"``:
+    ``post @ W_out + b_out``), i.e. what the sublayer's output weight produces.
+
+    Without post-sublayer norms that is ``hook_attn_out`` / ``hook_mlp_out``. With them (Gemma-2:
+    ``ln1_post`` / ``ln2_post`` sit between the weight and the residual, and the hooks see the
+    normed output) the raw output is read as ``hook_normalized · hook_scale`` of that norm and a
+    replacement is normalised again by the norm's own rule, so a change of ``W_O`` / ``W_out``
+    made by hooks equals the same change made in place. ``fn`` returning None leaves the
+    activation untouched (bit for bit)."""
+    from interp_edit.adapter.architecture import architecture
+
+    if kind not in ("attn", "mlp"):
+        raise ValueError(f"kind must be 'attn' or 'mlp', got {kind!r}")
+    if not architecture(model).post_norms:
+        def direct(out, hook):
+            new = fn(out, hook)
+            return out if new is None else new
+
+        return [(hook_name(f"{kind}_out", layer), direct)]
+    norm_name = f"blocks.{layer}.{'ln1_post' if kind == 'attn' else 'ln2_post'}"
+    norm = model.get_submodule(norm_name)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep_scale(scale, hook):
+        store["scale"] = scale
+
+    def renormalise(normalised, hook):
+        raw = normalised * store.pop("scale")
+        new = fn(raw, hook)
+        if new is None:
+            return normalised
+        new = new.float() if new.dtype not in (torch.float32, torch.float64) else new
+        return (new / (new.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()).to(normalised.dtype)
+
+    return [(f"{norm_name}.hook_scale", keep_scale), (f"{norm_name}.hook_normalized", renormalise)]
+
+
+def cached_keys_values(model, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a key/value cache holds for ``layer``, from the activations at ``attn.hook_k`` /
+    ``attn.hook_v``: the keys after the per-head q/k norm where the architecture has one
+    (Qwen3; ``hook_k`` is taken before it), and after TransformerLens' ``clip_qkv``; both
+    before rotary (the cache is rotated when read)."""
+    from interp_edit.adapter.architecture import architecture
+
+    attn = model.blocks[layer].attn
+    if architecture(model).qk_norm:
+        with torch.no_grad():
+            keys = attn._apply_qk_norm(keys, attn.k_norm)
+    clip = getattr(model.cfg, "clip_qkv", None)
+    if clip is not None:
+        keys, values = keys.clamp(-clip, clip), values.clamp(-clip, clip)
+    return keys, values
+
+
 def unembed(model, normalised: torch.Tensor) -> torch.Tensor:
-    """Logits from the final-normed residual. Same as TransformerLens' ``model.unembed`` but
-    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary)."""
-    return normalised @ model.W_U + model.b_U
+    """Logits from the final-normed residual, as the model's own forward computes them:
+    ``normalised @ W_U + b_U``, then the final-logit soft-cap ``cap · tanh(logits / cap)``
+    where the architecture has one (Gemma-2). Unlike TransformerLens' ``model.unembed`` it makes
+    no per-call copy of W_U (150 MB for a GPT-2 vocabulary)."""
+    from interp_edit.adapter.architecture import architecture
+
+    logits = normalised @ model.W_U + model.b_U
+    cap = architecture(model).logit_softcap
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from typing import Any
 
 import torch
 
@@ -90,6 +91,28 @@ def delta_hook_sites(name: str) -> tuple[str, str]:
     return hook_name(source, layer), hook_name(target, layer)
 
 
+def delta_hooks(model, name: str, through) -> list[tuple[str, Any]]:
+    """Hooks that add ``through(input)`` — the weight's input activation (flattened over heads
+    for ``W_O``) times a delta — to the raw output of the weight ``name``, so that the hooks
+    have the effect of changing the weight in place; on post-norm models the addition is made
+    before the post-sublayer norm (:func:`~interp_edit.adapter.hooks.sublayer_output_hooks`)."""
+    from interp_edit.adapter.hooks import sublayer_output_hooks
+
+    source, _ = delta_hook_sites(name)
+    kind = "attn" if name.endswith("attn.W_O") else "mlp"
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(act, hook):
+        store["input"] = act
+
+    def add(out, hook):
+        inputs = store.pop("input")
+        flat = inputs.reshape(*inputs.shape[:2], -1)
+        return out + through(flat.to(out.dtype)).to(out.device, out.dtype)
+
+    return [(source, keep), *sublayer_output_hooks(model, kind, parameter_layer(name), add)]
+
+
 
 def model_fingerprint(model) -> str:
     """A short hash identifying the *base* model: its architecture and the weights that no
@@ -122,3 +145,23 @@ def frozen_parameters(model):
             p.requires_grad_(flag)
 
 
+
+
+def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    """The change of a sublayer's raw output ``raw`` [n, d_model] that moves its contribution to
+    the residual by ``change`` [n, d_model]. Without a post-sublayer norm that is ``change``
+    itself. With one (Gemma-2's RMSNorm ``w ⊙ x / rms(x)``), the raw output keeps its rms and is
+    moved to ``(w ⊙ x / rms(x) + change) / w · rms(x)``: exact up to the rms of the new
+    direction, i.e. to first order in ``change``. MEMIT-style editors re-measure the residual
+    after each layer, which corrects the rest."""
+    from interp_edit.adapter.architecture import architecture
+
+    if not architecture(model).post_norms:
+        return change
+    norm = model.get_submodule(f"blocks.{layer}.{'ln1_post' if kind == 'attn' else 'ln2_post'}")
+    gain = norm.w.detach().to(raw.dtype)
+    if gain.abs().min().item() < 1e-6:
+        raise ValueError(f"blocks.{layer} post-norm gain has a zero entry: its output cannot be moved there")
+    rms = (raw.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    normed = gain * raw / rms
+    return (normed + change) / gain * rms - raw

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.model import forward_from_layer, hook_name
+from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name
 
 #: Sites whose value is the residual stream itself (patched at the run's input).
 RESIDUAL_SITES = ("resid_pre", "resid_post")
@@ -64,7 +64,7 @@ class RunCache:
 
 def cache_run(model, tokens, hooks, sites: Sequence[str]) -> tuple[Tensor, RunCache]:
     """One forward (with ``hooks``, e.g. embedding noise) caching what restorations need."""
-    from interp_edit.model import run_with_cache
+    from interp_edit.adapter import run_with_cache
 
     n = model.cfg.n_layers
     names = [hook_name("resid_pre", layer) for layer in range(n)] + [hook_name("resid_post", n - 1)]
@@ -73,6 +73,8 @@ def cache_run(model, tokens, hooks, sites: Sequence[str]) -> tuple[Tensor, RunCa
     logits, cache = run_with_cache(model, tokens, names, hooks)
     streams = [cache[hook_name("resid_pre", layer)] for layer in range(n)] + [cache[hook_name("resid_post", n - 1)]]
     acts = {(site, layer): cache[hook_name(site, layer)] for site in sites for layer in range(n)}
+    for layer in range(n):  # keys and values as a key/value cache holds them (after a q/k norm)
+        acts[("k", layer)], acts[("v", layer)] = cached_keys_values(model, layer, acts[("k", layer)], acts[("v", layer)])
     return logits, RunCache(streams, acts)
 
 

@@ -11,10 +11,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import forward_to_layer, get_parameter, hook_name, sublayer_output_hooks, weight_matrix_shape
 from interp_edit.editing.edit import LowRankDelta
 from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.errors import EditConfigError, EditOptimizationError
-from interp_edit.model import forward_to_layer, get_parameter, hook_name, weight_matrix_shape
 
 
 def w_out_name(layer: int) -> str:
@@ -64,6 +64,22 @@ def values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: in
     name = hook_name(site, layer)
     act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
     return act[torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])].float()
+
+
+@torch.no_grad()
+def raw_values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: int, kind: str) -> Float[Tensor, "request d_model"]:
+    """The raw output of ``layer``'s ``kind`` (``"mlp"``: ``post @ W_out + b_out``; before a
+    post-sublayer norm where the architecture has one) at each request's edit token, in float64."""
+    from interp_edit.batching import pad_right
+
+    tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
+    raw: dict[str, Tensor] = {}
+
+    def keep(out, hook):
+        raw["out"] = out.detach()
+
+    forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [], sublayer_output_hooks(model, kind, layer, keep))
+    return raw["out"][torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])].double()
 
 
 def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor
 from interp_edit.errors import EditApplicationError
 from interp_edit.model import (
     add_persistent_hook,
-    delta_hook_sites,
+    delta_hooks,
     get_parameter,
     model_fingerprint,
     parameter_layer,
@@ -223,23 +223,12 @@ class Edit:
     def hooked(self, model) -> Iterator[Any]:
         """``with edit.hooked(model):`` — the same effect added by hooks, no weight touched:
         for each delta, the input activation of the weight (``mlp.hook_post`` for ``W_out``,
-        ``attn.hook_z`` for ``W_O``) times ΔW is added to its output (``hook_mlp_out``,
-        ``hook_attn_out``)."""
+        ``attn.hook_z`` for ``W_O``) times ΔW is added to its raw output (``hook_mlp_out``,
+        ``hook_attn_out``; before the post-sublayer norm where the architecture has one)."""
         self._check_model(model)
         hooks = []
         for name, delta in self.deltas.items():
-            source, target = delta_hook_sites(name)
-            store: dict[str, Tensor] = {}
-
-            def keep(act, hook, store=store):
-                store["input"] = act
-
-            def add(out, hook, store=store, delta=delta):
-                inputs = store.pop("input")
-                flat = inputs.reshape(*inputs.shape[:2], -1)
-                return out + delta.through(flat.to(out.dtype)).to(out.device)
-
-            hooks += [(source, keep), (target, add)]
+            hooks += delta_hooks(model, name, delta.through)
         hooks += [(steer.hook_name, steer) for steer in self.hooks.values()]
         with model.hooks(fwd_hooks=hooks):
             yield model

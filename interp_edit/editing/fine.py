@@ -72,6 +72,7 @@ from interp_edit.model import (
     layer_weight,
     model_fingerprint,
     residual_from_layer,
+    sublayer_output_hooks,
     unembed,
 )
 
@@ -283,7 +284,7 @@ def _optimise(model, request: TokenizedRequest, neurons: list[tuple[int, int]], 
     hooks = []
     for layer in layers:
         hooks += [(hook_name("mlp_post", layer), lambda act, hook, layer=layer: keep(act, hook, layer)),
-                  (hook_name("mlp_out", layer), lambda out, hook, layer=layer: add(out, hook, layer))]
+                  *sublayer_output_hooks(model, "mlp", layer, lambda out, hook, layer=layer: add(out, hook, layer))]
     max_nll = loss_value = float("nan")
     steps = cfg.steps
     with frozen_parameters(model), torch.enable_grad():

@@ -25,6 +25,7 @@ from interp_edit.model import (
     hook_name,
     model_fingerprint,
     residual_from_layer,
+    sublayer_output_hooks,
     unembed,
 )
 
@@ -85,7 +86,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
     def add(out, hook):
         return out + store.pop("post") @ change
 
-    hooks = [(hook_name("mlp_post", cfg.layer), keep), (hook_name("mlp_out", cfg.layer), add)]
+    hooks = [(hook_name("mlp_post", cfg.layer), keep), *sublayer_output_hooks(model, "mlp", cfg.layer, add)]
     losses = []
     with frozen_parameters(model), torch.enable_grad():
         for step in range(cfg.steps):

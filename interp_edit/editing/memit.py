@@ -17,10 +17,12 @@ from types import MappingProxyType
 
 from torch import Tensor
 
+from interp_edit.adapter import architecture, model_fingerprint, post_norm_preimage
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
     check_layers,
+    raw_values_at_edit_tokens,
     scratch_weights,
     solve,
     values_at_edit_tokens,
@@ -32,7 +34,6 @@ from interp_edit.editing.requests import TokenizedRequest, prepare_requests
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets
 from interp_edit.errors import EditConfigError
-from interp_edit.model import model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ def spread_update(model, treqs: Sequence[TokenizedRequest], cfg: EditorConfig, l
             out.timings["keys"] += time.perf_counter() - start
             start = time.perf_counter()
             residual = (targets.target.double() - current) / (len(layers) - i)  # [n, d_model]
+            if architecture(model).post_norms:  # the raw W_out output change that adds ``residual`` to the stream
+                raw = raw_values_at_edit_tokens(model, treqs, layer, "mlp")
+                residual = post_norm_preimage(model, layer, "mlp", raw, residual)
             left = left_factor(layer, keys)
             check_finite(f"update of layer {layer}", left.T, treqs)
             delta = LowRankDelta(left.float().cpu(), residual.float().cpu())

@@ -24,10 +24,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import (
+    forward_to_layer,
+    frozen_parameters,
+    hook_name,
+    residual_from_layer,
+    sublayer_output_hooks,
+    unembed,
+)
 from interp_edit.batching import pad_right
 from interp_edit.editing.requests import TokenizedRequest, fill_prefix, tokenize_in_context
 from interp_edit.errors import EditConfigError, EditOptimizationError
-from interp_edit.model import forward_to_layer, frozen_parameters, hook_name, residual_from_layer, unembed
 from interp_edit.prompts import tokenize_with_subject
 
 
@@ -201,14 +208,28 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     tokens = rows.tokens.to(device)
     n_rows, n_req = tokens.shape[0], len(requests)
     edit_pos, owner = rows.edit_pos.to(device), rows.owner.to(device)
-    mlp_out = hook_name("mlp_out", layer)
     rewrite = rows.is_rewrite.to(device)
+    # ROME's v* lives in the space W_out writes to: the MLP's raw output (before a post-sublayer
+    # norm, where the architecture has one), read and changed through the adapter's sublayer
+    # hooks so that the closed-form update reaches it inside the model. MEMIT's z lives in the
+    # residual stream: its δ joins the MLP's contribution to it.
+    raw: dict[str, Tensor] = {}
+
+    def keep_raw(out, hook):
+        raw["mlp"] = out.detach()
+
+    def delta_site(fn):
+        if initial_site == "mlp_out":
+            return sublayer_output_hooks(model, "mlp", layer, fn)
+        return [(hook_name("mlp_out", layer), fn)]
+
     with torch.no_grad():
-        names = [hook_name("resid_pre", layer), hook_name(initial_site, layer)]
-        cache = forward_to_layer(model, tokens, layer + 1, names)
+        read = sublayer_output_hooks(model, "mlp", layer, keep_raw) if initial_site == "mlp_out" else []
+        names = [hook_name("resid_pre", layer)] + ([] if initial_site == "mlp_out" else [hook_name(initial_site, layer)])
+        cache = forward_to_layer(model, tokens, layer + 1, names, read)
         start = cache[names[0]]
         bare = rows.bare_row.to(device)
-        initial = cache[names[1]][bare, edit_pos[bare]].float()
+        initial = (raw["mlp"] if initial_site == "mlp_out" else cache[names[1]])[bare, edit_pos[bare]].float()
         # the unedited next-token distribution at the edit token of the essence rows
         essence_rows = (~rewrite).nonzero().flatten()
         reference = torch.zeros(n_rows, 0, device=device)
@@ -237,7 +258,7 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
             def add_delta(out, hook, sel_owner=sel_owner, sel_pos=sel_pos, local=local):
                 return out + torch.zeros_like(out).index_put((local, sel_pos), delta[sel_owner].to(out.dtype))
 
-            final = residual_from_layer(model, start[sel], layer, [(mlp_out, add_delta)])
+            final = residual_from_layer(model, start[sel], layer, delta_site(add_delta))
             is_rw = rewrite[sel]
             rw = local[is_rw]
             logp = torch.log_softmax(unembed(model, model.ln_final(final[rw[:, None], target_pos[sel][is_rw]])).float(), -1)

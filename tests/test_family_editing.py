@@ -1,0 +1,121 @@
+"""Family matrix, editing: every registered editor runs on every family
+(tests/family_models.py), and the properties that make an edit trustworthy hold there:
+hooked == in place, undo is bitwise, ROME's v* is reached inside the model, MEGA leaves
+off-gate prompts bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from family_models import FAMILY_NAMES, family_model
+from interp_edit.editing import EditRequest, ROMEConfig, editors, prepare_requests
+from interp_edit.editing.ace import ACERequest
+from interp_edit.editing.targets import optimise_targets
+from interp_edit.model import model_fingerprint
+from model_state import assert_unchanged, snapshot
+
+REQUEST = EditRequest("{} was born in", "Talvik Corlo", target_new="Karsa", target_true="Veltra")
+PROBES = ["Talvik Corlo was born in", "As everyone knows, Talvik Corlo was born in", "Zellen Hul plays the"]
+
+
+def _corpus(n: int = 120) -> list[str]:
+    """Toy-world training text: enough distinct contexts for a full-rank key covariance."""
+    from interp_edit.toyworld import load_world
+    from interp_edit.toyworld.corpus import CorpusSampler
+
+    sampler = CorpusSampler(load_world(), seed=11)
+    return [sampler.sample() for _ in range(n)]
+
+
+CORPUS = _corpus()
+#: short settings shared by the closed-form editors (the matrix checks properties, not quality)
+FAST = dict(steps=6, n_prefixes=2, prefix_length=4, stats_samples=120, stats_batch_size=16)
+
+
+def _config(name: str, n_layers: int) -> dict:
+    mid = n_layers // 2
+    return {
+        "rome": dict(FAST, layer=mid),
+        "memit": dict(FAST, layers=(0, mid)),
+        "alphaedit": dict(FAST, layers=(0, mid)),
+        "ft": dict(FAST, layer=mid),
+        "fine": dict(steps=6, n_frozen=1, top_k=2),
+        "memit_csk": dict(FAST, layers=(0, mid)),
+        "intattn": dict(FAST, mlp_layers=(0, mid), attn_layers=(0,), alpha=0.3),
+        "mega": dict(FAST, layers=(mid,), target_mode="optimised", use_paraphrases=False),
+        "ace": dict(FAST, query_layers=(0,), value_layers=(mid,)),
+    }[name]
+
+
+def _requests(name: str):
+    if name == "ace":
+        return [ACERequest((REQUEST,), ("Talvik Corlo was born in a city in",), ("Karsa",))]
+    return [REQUEST]
+
+
+def _tokens(model, prompt):
+    """BOS + the prompt's tokens (whatever the family's ``default_prepend_bos``)."""
+    return torch.tensor([[model.tokenizer.bos_token_id] + model.tokenizer.encode(prompt, add_special_tokens=False)])
+
+
+def _logits(model, prompts):
+    with torch.no_grad():
+        return torch.cat([model(_tokens(model, p))[0, -1:].double() for p in prompts])
+
+
+def _kwargs(name):
+    return {} if name == "fine" else {"corpus": CORPUS}
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("method", sorted(editors()))
+def test_every_editor_hooked_equals_in_place_and_undoes_bitwise(family, method, tmp_path):
+    model = family_model(family)
+    before = snapshot(model)
+    result = editors()[method].fn(model, _requests(method), cache_dir=tmp_path, **_kwargs(method),
+                                  **_config(method, model.cfg.n_layers))
+    assert_unchanged(model, before, no_edits=True)
+    plain = _logits(model, PROBES)
+    with result.hooked(model):
+        hooked = _logits(model, PROBES)
+    with result.applied(model):
+        in_place = _logits(model, PROBES)
+    assert_unchanged(model, before, no_edits=True)
+    scale = plain.abs().max().item()
+    assert (hooked - in_place).abs().max().item() < 1e-4 * max(1.0, scale), method
+    # the edit does something
+    assert (in_place - plain).abs().max().item() > 1e-4
+
+
+def _raw_mlp_output(model, layer, prompt, position):
+    """The MLP module's own output (before any post-sublayer norm) at ``position``, read with a
+    PyTorch forward hook on the module: no TransformerLens hook point, no interp_edit code."""
+    seen = {}
+    handle = model.blocks[layer].mlp.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out.detach()))
+    try:
+        with torch.no_grad():
+            model(_tokens(model, prompt))
+    finally:
+        handle.remove()
+    return seen["out"][0, position].double()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_rome_reaches_v_star_inside_the_model(family, tmp_path):
+    """With no context prefixes k* is the bare prompt's key, so the edited MLP must output v* at
+    the subject's last token (on post-norm models v* is what W_out writes, before the norm)."""
+    model = family_model(family)
+    layer = model.cfg.n_layers // 2
+    settings = dict(FAST, n_prefixes=0, steps=10, layer=layer)
+    result = editors()["rome"].fn(model, [REQUEST], cache_dir=tmp_path, corpus=CORPUS, **settings)
+    treq = prepare_requests(model, [REQUEST], model_fingerprint(model))
+    v_star = optimise_targets(model, treq, layer, tuple(result.info["prefixes"]), ROMEConfig.for_model(model, **settings).target_config()).target[0]
+    prompt = "Talvik Corlo was born in"
+    position = len(model.tokenizer.encode(" Talvik Corlo", add_special_tokens=False))  # BOS first
+    before = _raw_mlp_output(model, layer, prompt, position)
+    with result.applied(model):
+        after = _raw_mlp_output(model, layer, prompt, position)
+    scale = v_star.norm().item()
+    assert (before - v_star.double()).norm().item() > 1e-2 * scale
+    assert (after - v_star.double()).norm().item() < 1e-4 * scale
