@@ -1,8 +1,10 @@
 """Speed of the batched causal trace against (a) the straightforward loop and (b)
 TransformerLens' ``patching`` functions, measured in the same run.
 
-For the toy-world model and for a randomly initialised GPT-2-small-sized model (12 layers,
-d_model 768, vocabulary 50257; the toy tokenizer supplies the token ids), it times a full
+For the toy-world model, a randomly initialised GPT-2-small-sized model (12 layers, d_model 768,
+vocabulary 50257; the toy tokenizer supplies the token ids) and ``llama3small``, a Llama-3-style
+model of the same size (grouped-query attention with 6 key/value heads, gated SiLU MLP of
+width 3072, rotary positions, RMSNorm; ``interp_edit.adapter.tiny``), it times a full
 hidden + MLP + attention trace of a 12-token prompt (Gaussian noise, 10 samples):
 
 - ``trace_speedup_vs_loop``: window 10, against one ``run_with_hooks`` per restoration;
@@ -11,7 +13,7 @@ hidden + MLP + attention trace of a 12-token prompt (Gaussian noise, 10 samples)
   same sites with the same noise hook;
 
 and prints the largest score difference to each baseline. Medians over ``--repeats``.
-Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small]``.
+Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small]``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,16 @@ def main() -> None:
 
     toy = load_model("toyworld")
     for name in args.models.split(","):
-        model = toy if name == "toy" else gpt2_small_random(toy.tokenizer)
+        if name == "toy":
+            model = toy
+        elif name == "llama3small":
+            from interp_edit.adapter.tiny import tiny_hf_model
+
+            hf = tiny_hf_model("llama3", vocab_size=50257, size="gpt2-small", init=0.02)
+            model = load_model("bench-llama3-small", hf_model=hf, tokenizer=toy.tokenizer)
+            del hf
+        else:
+            model = gpt2_small_random(toy.tokenizer)
         with torch.no_grad():
             bench(name, model, args.repeats)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from family_models import FAMILY_NAMES, family_model
+from model_state import assert_unchanged, snapshot
+
 from interp_edit.editing import EditRequest, ROMEConfig, editors, prepare_requests
 from interp_edit.editing.ace import ACERequest
 from interp_edit.editing.targets import optimise_targets
 from interp_edit.model import model_fingerprint
-from model_state import assert_unchanged, snapshot
 
 REQUEST = EditRequest("{} was born in", "Talvik Corlo", target_new="Karsa", target_true="Veltra")
 PROBES = ["Talvik Corlo was born in", "As everyone knows, Talvik Corlo was born in", "Zellen Hul plays the"]
@@ -38,7 +38,9 @@ def _config(name: str, n_layers: int) -> dict:
     return {
         "rome": dict(FAST, layer=mid),
         "memit": dict(FAST, layers=(0, mid)),
-        "alphaedit": dict(FAST, layers=(0, mid)),
+        # the tiny models' key covariances are full rank: with the published absolute threshold
+        # (2e-2) nothing is "null" and the edit is zero; this threshold keeps every direction
+        "alphaedit": dict(FAST, layers=(0, mid), nullspace_threshold=1e6),
         "ft": dict(FAST, layer=mid),
         "fine": dict(steps=6, n_frozen=1, top_k=2),
         "memit_csk": dict(FAST, layers=(0, mid)),
@@ -70,10 +72,10 @@ def _kwargs(name):
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("method", sorted(editors()))
-def test_every_editor_hooked_equals_in_place_and_undoes_bitwise(family, method, tmp_path):
+def test_every_editor_hooked_equals_in_place_and_undoes_bitwise(family, method):
     model = family_model(family)
     before = snapshot(model)
-    result = editors()[method].fn(model, _requests(method), cache_dir=tmp_path, **_kwargs(method),
+    result = editors()[method].fn(model, _requests(method), **_kwargs(method),
                                   **_config(method, model.cfg.n_layers))
     assert_unchanged(model, before, no_edits=True)
     plain = _logits(model, PROBES)
@@ -102,13 +104,13 @@ def _raw_mlp_output(model, layer, prompt, position):
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_rome_reaches_v_star_inside_the_model(family, tmp_path):
+def test_rome_reaches_v_star_inside_the_model(family):
     """With no context prefixes k* is the bare prompt's key, so the edited MLP must output v* at
     the subject's last token (on post-norm models v* is what W_out writes, before the norm)."""
     model = family_model(family)
     layer = model.cfg.n_layers // 2
     settings = dict(FAST, n_prefixes=0, steps=10, layer=layer)
-    result = editors()["rome"].fn(model, [REQUEST], cache_dir=tmp_path, corpus=CORPUS, **settings)
+    result = editors()["rome"].fn(model, [REQUEST], corpus=CORPUS, **settings)
     treq = prepare_requests(model, [REQUEST], model_fingerprint(model))
     v_star = optimise_targets(model, treq, layer, tuple(result.info["prefixes"]), ROMEConfig.for_model(model, **settings).target_config()).target[0]
     prompt = "Talvik Corlo was born in"
@@ -119,3 +121,22 @@ def test_rome_reaches_v_star_inside_the_model(family, tmp_path):
     scale = v_star.norm().item()
     assert (before - v_star.double()).norm().item() > 1e-2 * scale
     assert (after - v_star.double()).norm().item() < 1e-4 * scale
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_mega_leaves_off_gate_prompts_bit_for_bit(family):
+    model = family_model(family)
+    config = dict(_config("mega", model.cfg.n_layers), gate_threshold=0.999)
+    result = editors()["mega"].fn(model, [REQUEST], **config)
+    unrelated = _tokens(model, "Veltra is a city in")
+    names = sorted(steer.hook_name for steer in result.hooks.values())
+    with torch.no_grad():
+        plain, cache = model.run_with_cache(unrelated, names_filter=lambda n: n in names)
+        with result.applied(model):
+            edited = model(unrelated)
+            on_prompt = model(_tokens(model, "Talvik Corlo was born in"))[0, -1]
+        off_prompt = model(_tokens(model, "Talvik Corlo was born in"))[0, -1]
+    for steer in result.hooks.values():  # the gate is closed everywhere on the unrelated prompt
+        assert not steer.gate(cache[steer.hook_name])[0].any()
+    assert torch.equal(plain, edited)
+    assert (on_prompt - off_prompt).abs().max().item() > 1e-3  # and open on the edit's own prompt

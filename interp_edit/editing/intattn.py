@@ -59,10 +59,12 @@ from types import MappingProxyType
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import architecture, model_fingerprint, post_norm_preimage
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
     check_layers,
+    raw_values_at_edit_tokens,
     scratch_weights,
     solve,
     values_at_edit_tokens,
@@ -76,7 +78,6 @@ from interp_edit.editing.requests import TokenizedRequest, prepare_requests
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets
 from interp_edit.errors import EditConfigError, InvalidArgumentError
-from interp_edit.model import model_fingerprint
 
 _TRACE_METRICS = ("logit_diff", "prob", "logprob")
 
@@ -265,6 +266,9 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
             seconds["keys"] += time.perf_counter() - start
             start = time.perf_counter()
             share = remaining / (sum(s.weight for s in schedule[i:]) / step.weight)
+            if architecture(model).post_norms:  # the raw W_O / W_out output change that adds ``share``
+                raw = raw_values_at_edit_tokens(model, treqs, step.layer, step.kind)
+                share = post_norm_preimage(model, step.layer, step.kind, raw, share)
             lam = cfg.attn_mom2_update_weight if step.kind == "attn" else cfg.mom2_update_weight
             cov = stats[step.kind][step.layer].to(keys.device)
             left = solve(lam * cov + keys @ keys.T, keys, f"IntAttn {step.kind} layer {step.layer}")
