@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from interp_edit.adapter import families
 from interp_edit.adapter.architecture import check_supported
-from interp_edit.errors import CheckpointError, ModelNotFoundError
+from interp_edit.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
 
 #: Built-in models and the folder (inside the installed package) that holds each one.
 BUILTIN_MODELS: dict[str, Path] = {
@@ -89,8 +90,7 @@ def load_model(
     elif hf_model is None and Path(name).is_dir() and not (Path(name) / CONFIG_FILE).is_file():
         raise CheckpointError(f"missing checkpoint file {Path(name) / CONFIG_FILE}")
     if hf_model is not None or _is_local_hf_folder(name):
-        processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
-        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, processing))
+        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags))
     if _is_checkpoint_folder(name):
         if from_pretrained_kwargs:
             raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
@@ -133,7 +133,24 @@ def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
     )
 
 
-def _load_local_hf(name, hf_model, tokenizer, device, dtype, processing):
+def _local_processing(flags: dict[str, bool | None], cfg) -> dict[str, bool]:
+    """The processing flags for a converted Hugging Face model: TransformerLens' hub defaults,
+    except that the unembedding is not centred under a final-logit soft-cap (Gemma-2):
+    ``cap·tanh(x/cap)`` is not invariant to the per-position shift centring adds, so the
+    centred model would predict other probabilities."""
+    processing = {k: HUB_PROCESSING[k] if v is None else bool(v) for k, v in flags.items()}
+    if (cfg.output_logits_soft_cap or 0) > 0:
+        if flags["center_unembed"]:
+            raise InvalidArgumentError(
+                f"center_unembed=True changes the outputs of {cfg.original_architecture} "
+                f"(final-logit soft-cap {cfg.output_logits_soft_cap}: the cap is not shift-invariant); "
+                "leave center_unembed unset or pass False"
+            )
+        processing["center_unembed"] = False
+    return processing
+
+
+def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags):
     """Mirror of TransformerLens' from_pretrained for a local folder or model object, with no hub."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
@@ -152,9 +169,9 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, processing):
         config.architectures = config.architectures or [type(hf_model).__name__]
         config.save_pretrained(tmp)
         _complete_config_file(Path(tmp) / CONFIG_FILE)
-        cfg = loading.get_pretrained_model_config(
-            tmp, hf_cfg=hf_model.config.to_dict(), fold_ln=processing["fold_ln"], device=device, dtype=dtype
-        )
+        fold_ln = HUB_PROCESSING["fold_ln"] if flags["fold_ln"] is None else bool(flags["fold_ln"])
+        cfg = _hooked_config(tmp, hf_model, config.architectures[0], fold_ln, device, dtype)
+        processing = _local_processing(flags, cfg)
         if getattr(hf_model.config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
             cfg.d_mlp = hf_model.config.n_inner
         cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
@@ -164,6 +181,23 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, processing):
     model.move_model_modules_to_device()
     model.eval()
     return model
+
+
+def _hooked_config(folder: str, hf_model, hf_architecture: str, fold_ln: bool, device, dtype):
+    """TransformerLens' config of a Hugging Face model whose config was written to ``folder``:
+    TransformerLens' own conversion, or ours (:mod:`~interp_edit.adapter.families`) for the
+    families TransformerLens converts by hub name only."""
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained as loading
+
+    if hf_architecture in families.CONFIG_BUILDERS:
+        fields = families.hooked_config_dict(
+            hf_architecture, hf_model.config, model_name=Path(folder).name, fold_ln=fold_ln, device=device, dtype=dtype
+        )
+        return HookedTransformerConfig.from_dict(fields)
+    return loading.get_pretrained_model_config(
+        folder, hf_cfg=hf_model.config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype
+    )
 
 
 def _complete_config_file(path: Path) -> None:
