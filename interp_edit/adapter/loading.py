@@ -163,18 +163,10 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(name)
-    with tempfile.TemporaryDirectory() as tmp:
-        # TransformerLens converts a config from a folder; give it a complete one.
-        config = copy.deepcopy(hf_model.config)
-        config.architectures = config.architectures or [type(hf_model).__name__]
-        config.save_pretrained(tmp)
-        _complete_config_file(Path(tmp) / CONFIG_FILE)
-        fold_ln = HUB_PROCESSING["fold_ln"] if flags["fold_ln"] is None else bool(flags["fold_ln"])
-        cfg = _hooked_config(tmp, hf_model, config.architectures[0], fold_ln, device, dtype)
-        processing = _local_processing(flags, cfg)
-        if getattr(hf_model.config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
-            cfg.d_mlp = hf_model.config.n_inner
-        cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
+    fold_ln = HUB_PROCESSING["fold_ln"] if flags["fold_ln"] is None else bool(flags["fold_ln"])
+    cfg = hooked_config(hf_model.config, architecture=type(hf_model).__name__, fold_ln=fold_ln, device=device, dtype=dtype)
+    processing = _local_processing(flags, cfg)
+    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens wants an existing path; it reads hf_model
         state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
     model.load_and_process_state_dict(state_dict, **processing)
@@ -183,21 +175,36 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags):
     return model
 
 
-def _hooked_config(folder: str, hf_model, hf_architecture: str, fold_ln: bool, device, dtype):
-    """TransformerLens' config of a Hugging Face model whose config was written to ``folder``:
-    TransformerLens' own conversion, or ours (:mod:`~interp_edit.adapter.families`) for the
-    families TransformerLens converts by hub name only."""
+def hooked_config(hf_config, *, architecture: str | None = None, fold_ln: bool = True,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The ``HookedTransformerConfig`` of a Hugging Face model config, offline and without
+    weights: TransformerLens' own conversion (which reads a config folder: the config is
+    written to a temporary one, whose name becomes ``model_name``), or ours
+    (:mod:`~interp_edit.adapter.families`) for the families TransformerLens converts by hub
+    name only. ``architecture`` (e.g. ``"LlamaForCausalLM"``) is needed when the config does
+    not list its ``architectures``."""
     from transformer_lens import HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
 
-    if hf_architecture in families.CONFIG_BUILDERS:
-        fields = families.hooked_config_dict(
-            hf_architecture, hf_model.config, model_name=Path(folder).name, fold_ln=fold_ln, device=device, dtype=dtype
-        )
-        return HookedTransformerConfig.from_dict(fields)
-    return loading.get_pretrained_model_config(
-        folder, hf_cfg=hf_model.config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype
-    )
+    config = copy.deepcopy(hf_config)
+    config.architectures = config.architectures or ([architecture] if architecture else None)
+    if not config.architectures:
+        raise InvalidArgumentError("hooked_config: the Hugging Face config names no architecture; pass architecture=")
+    hf_architecture = config.architectures[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        if hf_architecture in families.CONFIG_BUILDERS:
+            fields = families.hooked_config_dict(
+                hf_architecture, config, model_name=Path(tmp).name, fold_ln=fold_ln, device=device, dtype=dtype
+            )
+            return HookedTransformerConfig.from_dict(fields)
+        # TransformerLens converts a config from a folder; give it a complete one.
+        config.save_pretrained(tmp)
+        _complete_config_file(Path(tmp) / CONFIG_FILE)
+        cfg = loading.get_pretrained_model_config(tmp, hf_cfg=config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype)
+    if getattr(config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
+        cfg.d_mlp = config.n_inner
+    cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
+    return cfg
 
 
 def _complete_config_file(path: Path) -> None:
