@@ -90,6 +90,7 @@ def tiny_tokenizer(style: str, *, vocab_size: int | None = None, world=None):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=special["bos"], eos_token=special["eos"], pad_token=special["pad"], unk_token=special["unk"],
+        add_bos_token=special["bos"] is not None,  # its post-processor adds BOS (TransformerLens asks)
         name_or_path="",
     )
     tokenizer.padding_side = "right"
