@@ -81,3 +81,48 @@ def test_phi_rotary_dim_from_rope_parameters():
     factor = hf.config.rope_parameters["partial_rotary_factor"]
     d_head = hf.config.hidden_size // hf.config.num_attention_heads
     assert family_model("phi").cfg.rotary_dim == round(factor * d_head) < d_head
+
+
+# --- bad input: an architecture the toolkit does not cover is named at load time -------------
+
+def _tiny(cls_name: str, config_name: str, **kwargs):
+    import transformers
+
+    config = getattr(transformers, config_name)(vocab_size=len(toy_tokenizer()), hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, max_position_embeddings=64, **kwargs)
+    return getattr(transformers, cls_name)(config).eval()
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: _tiny("MixtralForCausalLM", "MixtralConfig", intermediate_size=64, num_key_value_heads=2,
+                   num_local_experts=4, num_experts_per_tok=2), r"MixtralForCausalLM.*mixture-of-experts MLPs \(num_experts=4\)"),
+    (lambda: _tiny("FalconForCausalLM", "FalconConfig"), r"FalconForCausalLM.*no config converter"),
+], ids=["moe", "unknown-architecture"])
+def test_an_uncovered_hf_model_is_refused_at_load_naming_it(build, match):
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    with pytest.raises(UnsupportedArchitectureError, match=match):
+        load_model("tiny-uncovered", hf_model=build(), tokenizer=toy_tokenizer())
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(attn_only=True), "attention-only blocks"),
+    (dict(normalization_type=None), "no normalisation layers"),
+    (dict(positional_embedding_type="shortformer"), "positional_embedding_type='shortformer'"),
+    (dict(original_architecture="Olmo2ForCausalLM"), "post-norm-only blocks of Olmo2ForCausalLM"),
+    (dict(attn_only=True, normalization_type=None), "attention-only blocks.*; no normalisation layers"),
+])
+def test_check_supported_names_every_missing_property(fields, match):
+    from types import SimpleNamespace
+
+    from transformer_lens import HookedTransformerConfig
+
+    from interp_edit.adapter.architecture import check_supported
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    base = dict(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, d_vocab=20, act_fn="gelu",
+                normalization_type="LN", original_architecture="GPT2LMHeadModel")
+    with pytest.raises(UnsupportedArchitectureError, match=match):
+        check_supported(SimpleNamespace(cfg=HookedTransformerConfig(**{**base, **fields})))
+    model = SimpleNamespace(cfg=HookedTransformerConfig(**base))
+    assert check_supported(model) is model  # the same config without the property is covered

@@ -13,7 +13,7 @@ import torch
 
 from interp_edit.adapter import families
 from interp_edit.adapter.architecture import check_supported
-from interp_edit.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError
+from interp_edit.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, UnsupportedArchitectureError
 
 #: Built-in models and the folder (inside the installed package) that holds each one.
 BUILTIN_MODELS: dict[str, Path] = {
@@ -200,7 +200,16 @@ def hooked_config(hf_config, *, architecture: str | None = None, fold_ln: bool =
         # TransformerLens converts a config from a folder; give it a complete one.
         config.save_pretrained(tmp)
         _complete_config_file(Path(tmp) / CONFIG_FILE)
-        cfg = loading.get_pretrained_model_config(tmp, hf_cfg=config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype)
+        try:
+            cfg = loading.get_pretrained_model_config(
+                tmp, hf_cfg=config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype
+            )
+        except NotImplementedError:
+            raise UnsupportedArchitectureError(
+                f"model architecture {hf_architecture!r} is not covered by interp_edit: TransformerLens has no "
+                f"config converter for it (covered: the families of interp_edit.adapter.tiny.FAMILIES and the "
+                "other architectures TransformerLens converts)"
+            ) from None
     if getattr(config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
         cfg.d_mlp = config.n_inner
     cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
