@@ -157,4 +157,5 @@ def test_edit_config_records_the_preset(toy_model, person_records):
     edit = rome(toy_model, [person_records[0]], steps=2)
     assert edit.config["preset"] == "toyworld"
     assert edit.config["layer"] == ROMEConfig.PRESETS["toyworld"]["layer"]
-    assert rome(toy_model, [person_records[0]], config=ROMEConfig(layer=0, steps=2)).config["preset"] is None
+    by_hand = ROMEConfig(**{**ROMEConfig.PRESETS["toyworld"], "steps": 2})
+    assert rome(toy_model, [person_records[0]], config=by_hand).config["preset"] is None
