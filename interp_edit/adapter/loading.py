@@ -77,7 +77,8 @@ def load_model(
     what is missing, here rather than deep inside an analysis.
 
     Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
-    models (all True) and no processing for the toy world.
+    models (all True; but no unembedding centring under a final-logit soft-cap, see
+    :func:`_local_processing`) and no processing for the toy world.
     """
     flags = dict(
         fold_ln=fold_ln,
