@@ -17,7 +17,12 @@ and read by every analysis and editor.
   their hook equivalents, fingerprints;
 - :mod:`~interp_edit.adapter.export` — ``to_hf`` (GPT-2-shaped models);
 - :mod:`~interp_edit.adapter.tiny` — tiny randomly initialised Hugging Face models of every
-  supported family, for tests and benchmarks.
+  supported family, for tests and benchmarks;
+- :mod:`~interp_edit.adapter.identity` — ``known_model``: the published model (GPT-2 XL, GPT-J,
+  Llama-2/3, Qwen2.5/3, Mistral) a loaded model is, from its architecture and dimensions (the
+  editors' presets are looked up by it);
+- :mod:`~interp_edit.adapter.tiny_tokenizers` — Llama-, Gemma- and Qwen-style tokenizers
+  trained offline on the toy world's texts.
 """
 
 from interp_edit.adapter.architecture import Architecture, architecture

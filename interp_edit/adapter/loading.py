@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from interp_edit.adapter import families
 from interp_edit.adapter.architecture import check_supported
-from interp_edit.errors import CheckpointError, ModelNotFoundError
+from interp_edit.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, UnsupportedArchitectureError
 
 #: Built-in models and the folder (inside the installed package) that holds each one.
 BUILTIN_MODELS: dict[str, Path] = {
@@ -76,7 +77,8 @@ def load_model(
     what is missing, here rather than deep inside an analysis.
 
     Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
-    models (all True) and no processing for the toy world.
+    models (all True; but no unembedding centring under a final-logit soft-cap, see
+    :func:`_local_processing`) and no processing for the toy world.
     """
     flags = dict(
         fold_ln=fold_ln,
@@ -89,8 +91,7 @@ def load_model(
     elif hf_model is None and Path(name).is_dir() and not (Path(name) / CONFIG_FILE).is_file():
         raise CheckpointError(f"missing checkpoint file {Path(name) / CONFIG_FILE}")
     if hf_model is not None or _is_local_hf_folder(name):
-        processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
-        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, processing))
+        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags))
     if _is_checkpoint_folder(name):
         if from_pretrained_kwargs:
             raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
@@ -133,7 +134,24 @@ def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
     )
 
 
-def _load_local_hf(name, hf_model, tokenizer, device, dtype, processing):
+def _local_processing(flags: dict[str, bool | None], cfg) -> dict[str, bool]:
+    """The processing flags for a converted Hugging Face model: TransformerLens' hub defaults,
+    except that the unembedding is not centred under a final-logit soft-cap (Gemma-2):
+    ``cap·tanh(x/cap)`` is not invariant to the per-position shift centring adds, so the
+    centred model would predict other probabilities."""
+    processing = {k: HUB_PROCESSING[k] if v is None else bool(v) for k, v in flags.items()}
+    if (cfg.output_logits_soft_cap or 0) > 0:
+        if flags["center_unembed"]:
+            raise InvalidArgumentError(
+                f"center_unembed=True changes the outputs of {cfg.original_architecture} "
+                f"(final-logit soft-cap {cfg.output_logits_soft_cap}: the cap is not shift-invariant); "
+                "leave center_unembed unset or pass False"
+            )
+        processing["center_unembed"] = False
+    return processing
+
+
+def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags):
     """Mirror of TransformerLens' from_pretrained for a local folder or model object, with no hub."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
@@ -146,24 +164,57 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, processing):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(name)
-    with tempfile.TemporaryDirectory() as tmp:
-        # TransformerLens converts a config from a folder; give it a complete one.
-        config = copy.deepcopy(hf_model.config)
-        config.architectures = config.architectures or [type(hf_model).__name__]
-        config.save_pretrained(tmp)
-        _complete_config_file(Path(tmp) / CONFIG_FILE)
-        cfg = loading.get_pretrained_model_config(
-            tmp, hf_cfg=hf_model.config.to_dict(), fold_ln=processing["fold_ln"], device=device, dtype=dtype
-        )
-        if getattr(hf_model.config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
-            cfg.d_mlp = hf_model.config.n_inner
-        cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
+    fold_ln = HUB_PROCESSING["fold_ln"] if flags["fold_ln"] is None else bool(flags["fold_ln"])
+    cfg = hooked_config(hf_model.config, architecture=type(hf_model).__name__, fold_ln=fold_ln, device=device, dtype=dtype)
+    processing = _local_processing(flags, cfg)
+    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens wants an existing path; it reads hf_model
         state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
     model.load_and_process_state_dict(state_dict, **processing)
     model.move_model_modules_to_device()
     model.eval()
     return model
+
+
+def hooked_config(hf_config, *, architecture: str | None = None, fold_ln: bool = True,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The ``HookedTransformerConfig`` of a Hugging Face model config, offline and without
+    weights: TransformerLens' own conversion (which reads a config folder: the config is
+    written to a temporary one, whose name becomes ``model_name``), or ours
+    (:mod:`~interp_edit.adapter.families`) for the families TransformerLens converts by hub
+    name only. ``architecture`` (e.g. ``"LlamaForCausalLM"``) is needed when the config does
+    not list its ``architectures``."""
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained as loading
+
+    config = copy.deepcopy(hf_config)
+    config.architectures = config.architectures or ([architecture] if architecture else None)
+    if not config.architectures:
+        raise InvalidArgumentError("hooked_config: the Hugging Face config names no architecture; pass architecture=")
+    hf_architecture = config.architectures[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        if hf_architecture in families.CONFIG_BUILDERS:
+            fields = families.hooked_config_dict(
+                hf_architecture, config, model_name=Path(tmp).name, fold_ln=fold_ln, device=device, dtype=dtype
+            )
+            return HookedTransformerConfig.from_dict(fields)
+        # TransformerLens converts a config from a folder; give it a complete one.
+        config.save_pretrained(tmp)
+        _complete_config_file(Path(tmp) / CONFIG_FILE)
+        try:
+            cfg = loading.get_pretrained_model_config(
+                tmp, hf_cfg=config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype
+            )
+        except NotImplementedError:
+            raise UnsupportedArchitectureError(
+                f"model architecture {hf_architecture!r} is not covered by interp_edit: TransformerLens has no "
+                f"config converter for it (covered: the families of interp_edit.adapter.tiny.FAMILIES and the "
+                "other architectures TransformerLens converts)"
+            ) from None
+    if getattr(config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
+        cfg.d_mlp = config.n_inner
+    cfg.tokenizer_name = None  # never let TransformerLens look the tokenizer up on the hub
+    return cfg
 
 
 def _complete_config_file(path: Path) -> None:

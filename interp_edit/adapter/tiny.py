@@ -74,7 +74,7 @@ def _configs(s: dict) -> dict[str, Callable[[], object]]:
         "mistral": lambda: T.MistralForCausalLM(_llama_like(T.MistralConfig, s, num_key_value_heads=kv, sliding_window=None)),
         "gemma": lambda: T.GemmaForCausalLM(_llama_like(T.GemmaConfig, s, num_key_value_heads=1, head_dim=dh)),
         "gemma2": lambda: T.Gemma2ForCausalLM(_llama_like(
-            T.Gemma2Config, s, num_key_value_heads=kv, head_dim=dh, sliding_window=None, query_pre_attn_scalar=dh,
+            T.Gemma2Config, s, num_key_value_heads=kv, head_dim=dh, sliding_window=C, query_pre_attn_scalar=dh,
             attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
         "phi": lambda: T.PhiForCausalLM(T.PhiConfig(
             vocab_size=V, hidden_size=d, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H,

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.errors import EmptyInputError, InvalidArgumentError
+from interp_edit.errors import EmptyInputError, InvalidArgumentError, TokenizationError
 
 METRICS = ("prob", "logprob", "logit_diff")
 
@@ -30,11 +30,31 @@ class Target:
     foil_id: int | None = None
 
 
-def encode_target(tokenizer, target: str) -> tuple[int, ...]:
+#: the text a target is encoded after when the caller gives no prompt: one plain word
+NEUTRAL_CONTEXT = "The"
+
+
+def encode_target(tokenizer, target: str, prompt: str | None = None) -> tuple[int, ...]:
+    """The token ids of ``target`` as the continuation of ``prompt`` (default
+    :data:`NEUTRAL_CONTEXT`): the tokens of ``prompt + " " + target`` after those of ``prompt``.
+
+    Encoding ``" " + target`` on its own is right for byte-level BPE (GPT-2, Qwen) but not for
+    SentencePiece / Metaspace tokenizers (Llama, Mistral, Gemma), which turn the leading space
+    into a bare ``"▁"`` token (``["▁", "▁Paris"]``) that never follows a prompt. Raises
+    :class:`~interp_edit.errors.TokenizationError` when the prompt's tokens are not a prefix of
+    the whole text's (a merge across the boundary), naming both."""
     if not target or not target.strip():
         raise EmptyInputError(f"empty target {target!r}")
+    context = NEUTRAL_CONTEXT if prompt is None else prompt
     text = target if target.startswith(" ") else " " + target
-    return tuple(tokenizer.encode(text, add_special_tokens=False))
+    before = list(tokenizer.encode(context, add_special_tokens=False))
+    whole = list(tokenizer.encode(context + text, add_special_tokens=False))
+    if whole[: len(before)] != before or len(whole) == len(before):
+        raise TokenizationError(
+            f"target {target!r} does not tokenise as a continuation of {context!r}: "
+            f"{context!r} -> {before}, {context + text!r} -> {whole}"
+        )
+    return tuple(whole[len(before):])
 
 
 def check_metric(metric: str) -> None:

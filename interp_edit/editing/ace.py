@@ -81,8 +81,9 @@ ORDERS = ("value_first", "query_first")
 class ACEConfig(EditorConfig):
     """ACE's settings. Defaults: 3 query and 3 value layers chosen by the Q-V pathway analysis
     (the paper's layer groups are three wide), MEMIT's GPT-2 XL statistics weight and target
-    settings. The GPT-J preset fixes the layers the paper identified (query 16–18, value
-    28–30) with MEMIT's GPT-J λ; the paper gives no GPT-2 XL layers, so that preset keeps the
+    settings. The GPT-J preset fixes the query layers the paper identified (16–18) with MEMIT's
+    GPT-J λ; the value layers it names (28–30) lie past GPT-J-6B's last layer (27), so they are
+    chosen by the pathway analysis. The paper gives no GPT-2 XL layers, so that preset keeps the
     pathway-driven choice."""
 
     #: query layers chosen by the pathway analysis (when ``query_layers`` is not fixed)
@@ -114,7 +115,9 @@ class ACEConfig(EditorConfig):
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {},
-        "gpt-j-6B": {"query_layers": (16, 17, 18), "value_layers": (28, 29, 30),
+        # GPT-J-6B has layers 0-27: the value layers 28-30 the paper names do not exist in it, so
+        # the value layers come from the pathway analysis (above the fixed query layers)
+        "gpt-j-6B": {"query_layers": (16, 17, 18),
                      "value_mom2_update_weight": 15_000.0, "query_mom2_update_weight": 15_000.0},
         "toyworld": {"n_query_layers": 2, "n_value_layers": 2, "stats_samples": 4000,
                      "value_mom2_update_weight": 100.0, "query_mom2_update_weight": 100.0, "n_prefixes": 3,

@@ -37,9 +37,20 @@ class AlphaEditConfig(MEMITConfig):
     #: eigenvalues of C below this span the null space
     nullspace_threshold: float = 2e-2
 
+    # Published settings, keyed by interp_edit.adapter.identity.known_model; every one uses the
+    # null-space threshold 2e-2 (the class default).
     PRESETS = MappingProxyType({
+        # jianghoucheng/AlphaEdit hparams/AlphaEdit/gpt2-xl.json: the class defaults
         "gpt2-xl": {},
-        "gpt-j-6B": {"layers": (3, 4, 5, 6, 7, 8)},
+        # jianghoucheng/AlphaEdit hparams/AlphaEdit/EleutherAI_gpt-j-6B.json
+        "gpt-j-6B": {"layers": (3, 4, 5, 6, 7, 8), "steps": 25, "mom2_update_weight": 15_000.0},
+        # jianghoucheng/AlphaEdit hparams/AlphaEdit/Llama3-8B.json
+        "Meta-Llama-3-8B": {"layers": (4, 5, 6, 7, 8), "steps": 25, "lr": 0.1, "mom2_update_weight": 15_000.0},
+        # zjunlp/EasyEdit hparams/AlphaEdit/qwen2.5-7b.yaml (run on Qwen2.5-7B-Instruct)
+        "Qwen2.5-7B": {"layers": (4, 5, 6, 7, 8), "clamp_norm_factor": 4.0, "steps": 25, "lr": 0.5,
+                       "weight_decay": 1e-3, "mom2_update_weight": 15_000.0, "l2": 1.0},
+        # Llama-2-7B, Mistral-7B, Qwen3-8B: no published AlphaEdit settings in the reference
+        # repositories -> generic rule
         "toyworld": {**MEMITConfig.PRESETS["toyworld"], "l2": 1.0, "nullspace_threshold": 2e-2},
     })
 

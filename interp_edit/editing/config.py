@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from interp_edit.adapter.identity import preset_key
 from interp_edit.editing.targets import TargetConfig
 from interp_edit.errors import EditConfigError
 
@@ -20,8 +21,13 @@ class EditorConfig(TargetConfig):
     #: texts of the statistics corpus (ROME / MEMIT used 100,000 Wikipedia articles)
     stats_samples: int = 100_000
     stats_batch_size: int = 32
+    #: the preset these settings started from (a key of ``PRESETS``, or "generic"), set by
+    #: :func:`preset_config` and recorded in ``edit.config``; None for a config built by hand.
+    #: Passed as an override, it selects that preset (e.g. ``preset="gpt-j-6B"``).
+    preset: str | None = None
 
-    #: model name -> field values; the fields a preset leaves out keep the class defaults
+    #: published model (see :func:`interp_edit.adapter.identity.known_model`) or model name ->
+    #: field values; the fields a preset leaves out keep the class defaults
     PRESETS: ClassVar[MappingProxyType] = MappingProxyType({})
 
     @classmethod
@@ -31,7 +37,8 @@ class EditorConfig(TargetConfig):
 
     @classmethod
     def for_model(cls, model, **overrides: Any):
-        """The preset for ``model`` (by its TransformerLens ``model_name``) with ``overrides``."""
+        """The preset for ``model`` (recognised from its architecture and dimensions, else by its
+        TransformerLens ``model_name``) with ``overrides``."""
         return preset_config(cls, model, overrides)
 
     def validate(self) -> None:
@@ -46,17 +53,32 @@ class EditorConfig(TargetConfig):
         return dataclasses.asdict(self)
 
 
+GENERIC = "generic"
+
+
 def preset_config(cls, model, overrides: dict[str, Any]):
-    """``cls``'s preset for ``model`` (``cls.PRESETS`` by ``model_name``, else
-    ``cls.generic(model)``) with ``overrides`` on top, validated; an unknown field raises
-    :class:`EditConfigError` listing the fields. Any config class with ``PRESETS``,
-    ``generic`` and ``validate`` can use it."""
+    """``cls``'s preset for ``model`` with ``overrides`` on top, validated, its ``preset`` field
+    naming the preset. The preset is ``cls.PRESETS[key]`` for the published model ``model`` is
+    (:func:`~interp_edit.adapter.identity.preset_key`: recognised from the architecture and
+    dimensions, however the model was loaded; else its ``model_name``), or
+    ``cls.generic(model)`` (``preset="generic"``). ``overrides["preset"]`` names the preset
+    instead. An unknown field or preset raises :class:`EditConfigError`. Any config class with
+    ``PRESETS``, ``generic``, ``validate`` and a ``preset`` field can use it."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
-    preset = dict(cls.PRESETS.get(model.cfg.model_name, cls.generic(model)))
-    config = cls(**{**preset, **overrides})
+    overrides = dict(overrides)
+    key = overrides.pop("preset", None)
+    if key is None:
+        key = preset_key(model)
+        key = key if key in cls.PRESETS else GENERIC
+    elif key != GENERIC and key not in cls.PRESETS:
+        raise EditConfigError(
+            f"field 'preset': {cls.__name__} has no preset {key!r}; presets: {sorted(cls.PRESETS)} or {GENERIC!r}"
+        )
+    preset = dict(cls.generic(model) if key == GENERIC else cls.PRESETS[key])
+    config = cls(**{**preset, **overrides, "preset": key})
     config.validate()
     return config
 

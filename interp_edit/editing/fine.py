@@ -106,6 +106,8 @@ class FiNEConfig:
     #: tokens per generated context prefix [choice]
     prefix_length: int = 10
     seed: int = 0
+    #: the preset these settings started from (see :func:`interp_edit.editing.config.preset_config`)
+    preset: str | None = None
 
     #: model name -> field values; fields a preset leaves out keep the class defaults
     PRESETS: ClassVar[MappingProxyType] = MappingProxyType({

@@ -47,9 +47,24 @@ class MEMITConfig(EditorConfig):
     clamp_norm_factor: float = 0.75
     n_prefixes: int = 5
 
+    # Published settings, keyed by interp_edit.adapter.identity.known_model.
     PRESETS = MappingProxyType({
+        # kmeng01/memit hparams/MEMIT/gpt2-xl.json: the class defaults
         "gpt2-xl": {},
-        "gpt-j-6B": {"layers": (3, 4, 5, 6, 7, 8), "mom2_update_weight": 15_000.0},
+        # kmeng01/memit hparams/MEMIT/EleutherAI_gpt-j-6B.json
+        "gpt-j-6B": {"layers": (3, 4, 5, 6, 7, 8), "steps": 25, "mom2_update_weight": 15_000.0},
+        # zjunlp/EasyEdit hparams/MEMIT/llama-7b.yaml (run on llama-2-7b)
+        "Llama-2-7b-hf": {"layers": (4, 5, 6, 7, 8), "clamp_norm_factor": 4.0, "steps": 25, "lr": 0.5,
+                          "weight_decay": 1e-3, "mom2_update_weight": 15_000.0},
+        # jianghoucheng/AlphaEdit hparams/MEMIT/Llama3-8B.json (the AlphaEdit paper's MEMIT baseline)
+        "Meta-Llama-3-8B": {"layers": (4, 5, 6, 7, 8), "steps": 25, "lr": 0.1, "mom2_update_weight": 15_000.0},
+        # zjunlp/EasyEdit hparams/MEMIT/qwen2.5-7b.yaml
+        "Qwen2.5-7B": {"layers": (4, 5, 6, 7, 8), "clamp_norm_factor": 4.0, "steps": 25, "lr": 0.5,
+                       "weight_decay": 1e-3, "mom2_update_weight": 15_000.0},
+        # zjunlp/EasyEdit hparams/MEMIT/mistral-7b.yaml (Mistral-7B-v0.1)
+        "Mistral-7B-v0.1": {"layers": (4, 5, 6, 7, 8), "clamp_norm_factor": 4.0, "steps": 25, "lr": 0.5,
+                            "weight_decay": 1e-3, "mom2_update_weight": 15_000.0},
+        # Qwen3-8B: no published MEMIT settings in the reference repositories -> generic rule
         "toyworld": {"layers": (0, 1), "stats_samples": 4000, "mom2_update_weight": 100.0, "n_prefixes": 3,
                      "prefix_length": 8, "steps": 15, "lr": 1.0, "clamp_norm_factor": 4.0},
     })

@@ -189,7 +189,7 @@ def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: st
             tok = tokenize_with_subject(model.tokenizer, request.text, request.subject)
         except InterpEditError as err:
             raise EditRequestError(f"request {index}: field 'subject': {err}") from None
-        target_ids = encode_target(model.tokenizer, request.target_new)
+        target_ids = encode_target(model.tokenizer, request.target_new, request.text)
         if len(tok.tokens) + len(target_ids) > model.cfg.n_ctx:
             raise EditRequestError(
                 f"request {index}: field 'prompt': {request.text!r} with its target is "

@@ -57,7 +57,7 @@ def score_continuations(model, prompts: Sequence[str], targets: Sequence[str], b
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     prompt_ids = encode_prompts(model.tokenizer, prompts)
-    target_ids = [encode_target(model.tokenizer, t) for t in targets]
+    target_ids = [encode_target(model.tokenizer, t, p) for p, t in zip(prompts, targets, strict=True)]
     logprobs, top1 = [], []
     for start in range(0, len(prompts), batch_size):
         p_ids, t_ids = prompt_ids[start : start + batch_size], target_ids[start : start + batch_size]

@@ -1,0 +1,163 @@
+"""TransformerLens configs for families TransformerLens 3.9 converts by hub name only.
+
+TransformerLens' ``convert_hf_model_config`` writes Gemma and Gemma-2 configs as literal dicts
+keyed on hub names (``google/gemma-2b``, ``google/gemma-2-9b`` …): a local folder or a model
+object of these families raises ``NotImplementedError``. Its Phi-2 branch reads
+``hf_config.partial_rotary_factor``, which transformers 5 keeps inside ``rope_parameters``
+(``AttributeError``). Each function here builds the same ``HookedTransformerConfig`` fields as
+TransformerLens' hub entry for that family, read from the Hugging Face config object instead of
+copied from the hub name, so any size of the family loads offline. The weights are converted by
+TransformerLens' own weight converters (``convert_gemma_weights`` adds Gemma's ``1 + w`` to the
+RMSNorm gains and scales ``W_E`` by √d_model; ``convert_phi_weights``).
+
+:data:`CONFIG_BUILDERS` maps a Hugging Face architecture name to its builder;
+:func:`hooked_config_dict` applies TransformerLens' common post-processing (folded norms,
+dtype, device) as ``get_pretrained_model_config`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def _rope(hf_config) -> dict:
+    """transformers 5 keeps rotary settings in ``rope_parameters``; earlier versions at the top."""
+    params = getattr(hf_config, "rope_parameters", None)
+    return dict(params) if isinstance(params, dict) else {}
+
+
+def _rope_theta(hf_config) -> float:
+    theta = getattr(hf_config, "rope_theta", None)
+    return float(theta if theta is not None else _rope(hf_config).get("rope_theta", 10000.0))
+
+
+def _partial_rotary_factor(hf_config) -> float:
+    factor = getattr(hf_config, "partial_rotary_factor", None)
+    return float(factor if factor is not None else _rope(hf_config).get("partial_rotary_factor", 1.0))
+
+
+def _head_dim(hf_config) -> int:
+    head_dim = getattr(hf_config, "head_dim", None)
+    return int(head_dim) if head_dim else hf_config.hidden_size // hf_config.num_attention_heads
+
+
+def _activation(hf_config) -> str:
+    """The activation Hugging Face's modelling code applies (Gemma's ``hidden_activation``
+    takes precedence over ``hidden_act``, as in ``GemmaMLP``)."""
+    return getattr(hf_config, "hidden_activation", None) or hf_config.hidden_act
+
+
+def _gemma_common(hf_config) -> dict[str, Any]:
+    head_dim = _head_dim(hf_config)
+    return {
+        "d_model": hf_config.hidden_size,
+        "d_head": head_dim,
+        "n_heads": hf_config.num_attention_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        "eps": hf_config.rms_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": _activation(hf_config),
+        "initializer_range": hf_config.initializer_range,
+        "normalization_type": "RMS",
+        "rotary_base": _rope_theta(hf_config),
+        "rotary_dim": head_dim,
+        "positional_embedding_type": "rotary",
+        "use_attn_scale": True,
+        "n_key_value_heads": hf_config.num_key_value_heads,
+        "gated_mlp": True,
+        "final_rms": True,
+    }
+
+
+def gemma_config(hf_config) -> dict[str, Any]:
+    """Gemma (``GemmaForCausalLM``): multi-query or multi-head attention, GeGLU MLP, RMSNorm with
+    ``1 + w`` gains, √d_model embedding scale (both in the weight converter)."""
+    return _gemma_common(hf_config)
+
+
+def gemma2_config(hf_config) -> dict[str, Any]:
+    """Gemma-2 (``Gemma2ForCausalLM``): Gemma plus norms after each sublayer, attention-score and
+    final-logit soft-caps, ``query_pre_attn_scalar``⁻½ attention scale, and sliding-window
+    attention on the layers ``layer_types`` marks ``sliding_attention`` (none when
+    ``sliding_window`` is None or spans the whole context)."""
+    cfg = _gemma_common(hf_config)
+    cfg.update(
+        use_normalization_before_and_after=True,
+        attn_scores_soft_cap=float(hf_config.attn_logit_softcapping or -1.0),
+        output_logits_soft_cap=float(hf_config.final_logit_softcapping or -1.0),
+        attn_scale=float(hf_config.query_pre_attn_scalar) ** 0.5,
+    )
+    window = getattr(hf_config, "sliding_window", None)
+    # A window as long as the context masks nothing the causal mask does not: global attention.
+    if window and window < hf_config.max_position_embeddings:
+        layer_types = getattr(hf_config, "layer_types", None) or [
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(hf_config.num_hidden_layers)
+        ]
+        cfg.update(
+            use_local_attn=True,
+            window_size=int(window),
+            attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types],
+        )
+    return cfg
+
+
+def phi_config(hf_config) -> dict[str, Any]:
+    """Phi-1/1.5/2 (``PhiForCausalLM``): parallel attention and MLP behind one LayerNorm, partial
+    rotary (``partial_rotary_factor``, top-level or in ``rope_parameters``), biases everywhere."""
+    head_dim = hf_config.hidden_size // hf_config.num_attention_heads
+    if getattr(hf_config, "qk_layernorm", False):
+        from interp_edit.errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError("Phi model with qk_layernorm=True: per-head q/k LayerNorm is not converted")
+    return {
+        "d_model": hf_config.hidden_size,
+        "d_head": head_dim,
+        "n_heads": hf_config.num_attention_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        "eps": hf_config.layer_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "initializer_range": hf_config.initializer_range,
+        "normalization_type": "LN",
+        "positional_embedding_type": "rotary",
+        "rotary_base": _rope_theta(hf_config),
+        "rotary_dim": round(_partial_rotary_factor(hf_config) * head_dim),
+        "use_attn_scale": True,
+        "parallel_attn_mlp": True,
+        "default_prepend_bos": False,
+    }
+
+
+#: Hugging Face architecture -> builder of its HookedTransformerConfig fields.
+CONFIG_BUILDERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "GemmaForCausalLM": gemma_config,
+    "Gemma2ForCausalLM": gemma2_config,
+    "PhiForCausalLM": phi_config,
+}
+
+
+def hooked_config_dict(architecture: str, hf_config, *, model_name: str, fold_ln: bool, device, dtype) -> dict:
+    """The complete HookedTransformerConfig fields for ``architecture`` (a key of
+    :data:`CONFIG_BUILDERS`), post-processed as TransformerLens' ``get_pretrained_model_config``
+    does for a hub model: folded norms become ``LNPre`` / ``RMSPre``, no tokenizer name (never
+    looked up on the hub), weights not initialised (they are loaded)."""
+    cfg = CONFIG_BUILDERS[architecture](hf_config)
+    cfg.setdefault("default_prepend_bos", True)
+    if fold_ln:
+        cfg["normalization_type"] = {"LN": "LNPre", "RMS": "RMSPre"}[cfg["normalization_type"]]
+    cfg.update(
+        original_architecture=architecture,
+        model_name=model_name,
+        tokenizer_name=None,
+        init_weights=False,
+        from_checkpoint=False,
+        device=device,
+        n_devices=1,
+        dtype=dtype,
+    )
+    return cfg

@@ -1,0 +1,74 @@
+"""Which published model a loaded model is, recognised from its architecture and dimensions.
+
+A model loaded with ``hf_model=`` or from a local folder carries a temporary folder name as
+``cfg.model_name``, so the editors' presets (the papers' hyperparameters per model) cannot be
+looked up by name. :func:`known_model` recognises the models the knowledge-editing papers use
+from what does not depend on how they were loaded: the Hugging Face architecture and the
+dimensions (layers, width, heads, key/value heads, MLP width, vocabulary).
+
+>>> known_model(model)        # "gpt2-xl", "gpt-j-6B", "Llama-2-7b-hf", ... or None
+
+The names are TransformerLens' ``model_name`` of each model's hub checkpoint (the presets'
+keys). Fine-tuned variants with the same shapes (``Llama-2-7b-chat-hf``, ``Qwen2.5-7B-Instruct``,
+``Meta-Llama-3-8B-Instruct``) are recognised as their base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture and dimensions that identify a published model."""
+
+    architecture: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_mlp: int
+    d_vocab: tuple[int, ...]
+
+    def matches(self, cfg) -> bool:
+        n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        return (
+            cfg.original_architecture == self.architecture
+            and (cfg.n_layers, cfg.d_model, cfg.n_heads, n_kv, cfg.d_mlp)
+            == (self.n_layers, self.d_model, self.n_heads, self.n_kv_heads, self.d_mlp)
+            and cfg.d_vocab in self.d_vocab
+        )
+
+
+#: Published model -> its shape (from each checkpoint's config.json on the hub).
+KNOWN_MODELS: dict[str, ModelShape] = {
+    "gpt2-xl": ModelShape("GPT2LMHeadModel", 48, 1600, 25, 25, 6400, (50257,)),
+    "gpt-j-6B": ModelShape("GPTJForCausalLM", 28, 4096, 16, 16, 16384, (50400,)),
+    "Llama-2-7b-hf": ModelShape("LlamaForCausalLM", 32, 4096, 32, 32, 11008, (32000,)),
+    "Meta-Llama-3-8B": ModelShape("LlamaForCausalLM", 32, 4096, 32, 8, 14336, (128256,)),
+    "Qwen2.5-7B": ModelShape("Qwen2ForCausalLM", 28, 3584, 28, 4, 18944, (152064,)),
+    "Qwen3-8B": ModelShape("Qwen3ForCausalLM", 36, 4096, 32, 8, 12288, (151936,)),
+    # v0.1 / v0.2 have 32,000 tokens, v0.3 32,768; the blocks are the same
+    "Mistral-7B-v0.1": ModelShape("MistralForCausalLM", 32, 4096, 32, 8, 14336, (32000, 32768)),
+}
+
+
+def known_model(model_or_cfg) -> str | None:
+    """The name (a key of :data:`KNOWN_MODELS`) of the published model whose architecture and
+    dimensions ``model_or_cfg`` (a HookedTransformer or its config) has, or None."""
+    cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
+    for name, shape in KNOWN_MODELS.items():
+        if shape.matches(cfg):
+            return name
+    return None
+
+
+def preset_key(model_or_cfg) -> str | None:
+    """The key under which the editors' presets are looked up: the recognised published model,
+    else ``cfg.model_name`` unless that names a published model whose shape this model does not
+    have (a tiny model in a folder called ``gpt-j-6B`` gets no GPT-J preset)."""
+    cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
+    name = known_model(cfg)
+    if name is not None:
+        return name
+    return None if cfg.model_name in KNOWN_MODELS else cfg.model_name
