@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from family_models import FAMILY_NAMES, family_model
+
 from interp_edit import activation_patch, causal_trace
 
 PROMPT = "As everyone knows, Talvik Corlo was born in"
