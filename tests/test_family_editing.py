@@ -45,7 +45,7 @@ def _config(name: str, n_layers: int) -> dict:
         "fine": dict(steps=6, n_frozen=1, top_k=2),
         "memit_csk": dict(FAST, layers=(0, mid)),
         "intattn": dict(FAST, mlp_layers=(0, mid), attn_layers=(0,), alpha=0.3),
-        "mega": dict(FAST, layers=(mid,), target_mode="optimised", use_paraphrases=False),
+        "mega": dict(FAST, layers=(mid,), target_mode="optimised", use_paraphrases=False, k=2),
         "ace": dict(FAST, query_layers=(0,), value_layers=(mid,)),
     }[name]
 
