@@ -26,6 +26,9 @@ _SITE_HOOKS = {
     "ln1_scale": "blocks.{layer}.ln1.hook_scale",
     "ln2_scale": "blocks.{layer}.ln2.hook_scale",
     "ln_final_scale": "ln_final.hook_scale",
+    "mlp_pre_linear": "blocks.{layer}.mlp.hook_pre_linear",
+    "ln1_post_scale": "blocks.{layer}.ln1_post.hook_scale",
+    "ln2_post_scale": "blocks.{layer}.ln2_post.hook_scale",
 }
 
 
@@ -78,8 +81,16 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
 
 def unembed(model, normalised: torch.Tensor) -> torch.Tensor:
     """Logits from the final-normed residual. Same as TransformerLens' ``model.unembed`` but
-    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary)."""
-    return normalised @ model.W_U + model.b_U
+    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary); with the final-logit
+    soft-cap ``cap · tanh(logits / cap)`` where the model has one (Gemma-2)."""
+    from interp_edit.adapter.architecture import architecture
+
+    return softcap(normalised @ model.W_U + model.b_U, architecture(model).logit_softcap)
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap · tanh(logits / cap)`` (Gemma-2's final-logit soft-cap); ``logits`` for ``None``."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
