@@ -262,7 +262,7 @@ def test_nlka_scores_are_measured_log_prob_changes(model):
         ref = _final_logprob(model, cache, base + vec, t) - _final_logprob(model, cache, base, t)
         assert res.ffn_scores[layer, unit].item() == pytest.approx(ref, abs=1e-5), ("ffn", layer, unit)
     attn = [(s.neuron.layer, s.neuron.head, s.neuron.index, s.neuron.pos) for s in res.top_attn[:2]]
-    attn += [(n - 1, model.cfg.n_heads - 1, 3, 2)]
+    attn += [(n - 1, head, 3, 2) for head in range(model.cfg.n_heads)]  # every head: each reads its own kv head
     for layer, head, dim, pos in attn:
         base = cache[f"blocks.{layer}.hook_resid_pre"][0, -1]
         vec = _attn_vector(model, tokens, cache, layer, head, dim, pos)
@@ -299,7 +299,7 @@ def test_attention_query_shares_are_value_shares(model):
     """FFN neuron (l', i) at source position p: its share of the value that attention neuron
     (l, h, j, p) reads, through the FFN's post-norm (if any) and the attention's input norm."""
     tokens, _, cache = _clean(model)
-    layer, head, dim, pos = model.cfg.n_layers - 1, model.cfg.n_heads - 1, 2, 3
+    layer, head, dim, pos = model.cfg.n_layers - 1, 1, 2, 3  # head 1: kv head 0 of 2 (a tiled mapping gives 1)
     x = cache[f"blocks.{layer}.hook_resid_pre"][0, pos]
     total_v = _value_changes(model, tokens, cache, layer, x[None], pos)[0, head, dim]
     got = attention_query_scores(model, cache, [ScoredNeuron(Neuron("attn", layer, dim, head=head, pos=pos), 1.0, 0.0)])
@@ -372,3 +372,20 @@ def test_attribution_diff_runs(model):
     assert diff[1, 0].abs().max() > 1e-3  # the steered attention layer
     assert torch.isfinite(res.neuron_diffs("edit")).all()
     assert hook_counts(model) == {}
+
+
+def test_first_order_scores_are_the_slope_of_the_exact_scores(model):
+    """``method="first_order"`` is the derivative of the exact score at the base (through the
+    soft-cap where there is one): exact(ε c) / ε → first_order(c)."""
+    from interp_edit.analysis.attribution import first_order_logprobs, frozen_unembed, shifted_logprobs
+
+    tokens, logits, cache = _clean(model)
+    readout = frozen_unembed(model, cache["ln_final.hook_scale"][0, -1].item(), keep_bias=True)
+    base = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][0, -1]
+    weights = model.blocks[1].mlp.W_out[:16].detach()
+    coefs = torch.ones(16, 1)
+    target = int(logits[0, -1].argmax())
+    eps = 1e-3
+    slope = shifted_logprobs(readout, base, weights, eps * coefs, target)[:, 0] / eps
+    first = first_order_logprobs(readout, base, weights, coefs, target)[:, 0]
+    assert torch.allclose(first, slope, rtol=2e-2, atol=2e-3)
