@@ -37,7 +37,8 @@ OTHER = "Talvik Corlo lives in"
 #: families whose Hugging Face models do not load yet (issue 13's loading part): their tests
 #: are expected to fail at loading only, and run as soon as loading lands
 NOT_LOADING_YET = {"gemma", "gemma2", "phi"}
-CASES = FAMILY_NAMES + ("postnorm",)
+#: and two families without TransformerLens' weight processing (norm gains and biases unfolded)
+CASES = FAMILY_NAMES + ("postnorm", "gptj-raw", "llama3-raw")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,6 +72,8 @@ def model(request):
         if not _POSTNORM:
             _POSTNORM.append(_postnorm_model())
         return _POSTNORM[0]
+    if family.endswith("-raw"):
+        return family_model(family.removesuffix("-raw"), processed=False)
     try:
         return family_model(family)
     except Exception as exc:  # noqa: BLE001
