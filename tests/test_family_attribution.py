@@ -67,7 +67,10 @@ _POSTNORM: list = []
 
 @pytest.fixture(params=CASES)
 def model(request):
-    family = request.param
+    return _load(request.param)
+
+
+def _load(family):
     if family == "postnorm":
         if not _POSTNORM:
             _POSTNORM.append(_postnorm_model())
@@ -392,3 +395,21 @@ def test_first_order_scores_are_the_slope_of_the_exact_scores(model):
     slope = shifted_logprobs(readout, base, weights, eps * coefs, target)[:, 0] / eps
     first = first_order_logprobs(readout, base, weights, coefs, target)[:, 0]
     assert torch.allclose(first, slope, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["gptj", "neox", "phi", "llama3"])
+def test_ace_takes_its_layers_from_the_pathways(family):
+    """ACE's layer choice (Q-V pathways) on parallel-block and grouped-attention models."""
+    from model_state import assert_unchanged, snapshot
+
+    from interp_edit.editing import ACEConfig, ACERequest, EditRequest, ace
+
+    model = _load(family)
+    state = snapshot(model)
+    req = ACERequest(facts=(EditRequest(prompt="{} was born in", subject="Talvik Corlo", target_new="Karsa"),),
+                     multihop_prompts=("The capital of the homeland of Talvik Corlo is",), multihop_answers=("Karsa",))
+    corpus = ["Talvik Corlo was born in Karsa.", "The capital of Velmar is Ostra.", "Everyone knows the river."] * 4
+    edit = ace(model, [req], ACEConfig(n_query_layers=1, n_value_layers=1, stats_samples=8), corpus=corpus)
+    assert edit.info["query_source"] == edit.info["value_source"] == "pathways"
+    assert edit.info["query_layers"][0] < edit.info["value_layers"][0]
+    assert_unchanged(model, state)
