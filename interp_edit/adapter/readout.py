@@ -67,11 +67,6 @@ def stream_points(model, cache: dict[str, Tensor]) -> Float[Tensor, "batch point
     return torch.stack(points, 1)
 
 
-def ffn_reads_attention(model) -> bool:
-    """Whether an FFN layer reads its own block's attention output (sequential blocks)."""
-    return not architecture(model).parallel_blocks
-
-
 def ffn_gate_weight(model, layer: int) -> Float[Tensor, "d_model d_mlp"]:
     """The input weights of an FFN layer's nonlinearity: ``W_gate`` for gated MLPs, ``W_in``
     otherwise; ``mlp.hook_pre`` is the input (after ``ln2``) times these (plus ``b_in`` for
