@@ -26,6 +26,9 @@ _SITE_HOOKS = {
     "ln1_scale": "blocks.{layer}.ln1.hook_scale",
     "ln2_scale": "blocks.{layer}.ln2.hook_scale",
     "ln_final_scale": "ln_final.hook_scale",
+    "mlp_pre_linear": "blocks.{layer}.mlp.hook_pre_linear",
+    "ln1_post_scale": "blocks.{layer}.ln1_post.hook_scale",
+    "ln2_post_scale": "blocks.{layer}.ln2_post.hook_scale",
 }
 
 
@@ -133,14 +136,16 @@ def cached_keys_values(model, layer: int, keys: torch.Tensor, values: torch.Tens
 
 
 def unembed(model, normalised: torch.Tensor) -> torch.Tensor:
-    """Logits from the final-normed residual, as the model's own forward computes them:
-    ``normalised @ W_U + b_U``, then the final-logit soft-cap ``cap · tanh(logits / cap)``
-    where the architecture has one (Gemma-2). Unlike TransformerLens' ``model.unembed`` it makes
-    no per-call copy of W_U (150 MB for a GPT-2 vocabulary)."""
+    """Logits from the final-normed residual. Same as TransformerLens' ``model.unembed`` but
+    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary); with the final-logit
+    soft-cap ``cap · tanh(logits / cap)`` where the model has one (Gemma-2)."""
     from interp_edit.adapter.architecture import architecture
 
-    logits = normalised @ model.W_U + model.b_U
-    cap = architecture(model).logit_softcap
+    return softcap(normalised @ model.W_U + model.b_U, architecture(model).logit_softcap)
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap · tanh(logits / cap)`` (Gemma-2's final-logit soft-cap); ``logits`` for ``None``."""
     return logits if cap is None else cap * torch.tanh(logits / cap)
 
 

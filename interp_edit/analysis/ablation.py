@@ -2,8 +2,12 @@
 
 - FFN neuron (l, i): ``mlp.hook_post[..., i]`` at every position is set to 0 or to its mean.
 - Attention neuron (l, h, j) without ``pos``: ``attn.hook_z[..., h, j]`` (the head's output
-  dimension j at every position); with ``pos = p``: the value ``attn.hook_v[:, p, h, j]``, i.e.
-  that source position's contribution through dimension j to every later position.
+  dimension j at every position); with ``pos = p``: that source position's contribution through
+  dimension j of head h to every later position, ``α_h(q→p) · v_{g(h),p,j}``, is removed from
+  ``hook_z[:, q, h, j]`` (mean: replaced by ``α_h(q→p) · mean v_{g(h),·,j}``), with the pattern
+  and values of the same forward. g(h) is the key/value head query head h reads: under
+  grouped / multi-query attention the shared value ``hook_v[:, p, g(h), j]`` is left alone, so
+  only head h loses it (for multi-head attention this equals setting ``hook_v[:, p, h, j]``).
 
 ``mode="mean"``: the mean over every real (non-padding) position of every given prompt in the
 unablated run. Prompts run in right-padded batches; hooks are removed even on an exception.
@@ -19,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp_edit.adapter.architecture import architecture
 from interp_edit.analysis.attribution import Neuron, ScoredNeuron, resolve_target
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
@@ -77,10 +82,12 @@ def _as_neuron(item) -> Neuron:
     raise InvalidArgumentError(f"expected a Neuron or ScoredNeuron, got {item!r}")
 
 
-def _sites(model, neurons: Sequence[Neuron]) -> dict[str, list[tuple[tuple, ...]]]:
-    """Hook name -> index tuples (into the activation after the batch and position axes)."""
+def _sites(model, neurons: Sequence[Neuron]) -> tuple[dict[str, list[tuple[int, ...]]], dict[int, list[tuple[int, int, int]]]]:
+    """Hook name -> index tuples (into the activation after the batch and position axes), and
+    layer -> (source position, head, dimension) of the per-position attention neurons."""
     cfg = model.cfg
     sites: dict[str, list[tuple]] = {}
+    positional: dict[int, list[tuple[int, int, int]]] = {}
     for nrn in neurons:
         if not 0 <= nrn.layer < cfg.n_layers:
             raise InvalidArgumentError(f"neuron {nrn.label}: layer {nrn.layer} is outside 0..{cfg.n_layers - 1}")
@@ -93,11 +100,13 @@ def _sites(model, neurons: Sequence[Neuron]) -> dict[str, list[tuple[tuple, ...]
             raise InvalidArgumentError(f"neuron {nrn.label}: head/dimension outside {cfg.n_heads} heads x {cfg.d_head}")
         if nrn.pos is None:
             sites.setdefault(hook_name("z", nrn.layer), []).append((nrn.head, nrn.index))
-        elif getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-            raise InvalidArgumentError(f"neuron {nrn.label}: per-position ablation needs one value head per head (no grouped-query attention)")
+        elif nrn.pos < 0:
+            raise InvalidArgumentError(f"neuron {nrn.label}: position {nrn.pos} is negative")
         else:
-            sites.setdefault(hook_name("v", nrn.layer), []).append((nrn.pos, nrn.head, nrn.index))
-    return sites
+            entries = positional.setdefault(nrn.layer, [])
+            if (nrn.pos, nrn.head, nrn.index) not in entries:  # a contribution is removed once
+                entries.append((nrn.pos, nrn.head, nrn.index))
+    return sites, positional
 
 
 @torch.no_grad()
@@ -124,7 +133,8 @@ def ablate_neurons(
     if len(targets) != len(prompts):
         raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
     nrns = tuple(_as_neuron(n) for n in neurons)
-    sites = _sites(model, nrns)
+    sites, positional = _sites(model, nrns)
+    mean_names = list(sites) + [hook_name("v", layer) for layer in positional]
     ids = encode_prompts(model.tokenizer, prompts)
     for prompt, row in zip(prompts, ids, strict=True):
         if not prompt.strip():
@@ -137,18 +147,21 @@ def ablate_neurons(
 
     batches = [pad_right(ids[i : i + batch_size], model.tokenizer.pad_token_id) for i in range(0, len(ids), batch_size)]
     device = model.cfg.device
-    before, means = [], {name: 0.0 for name in sites}
+    before, means = [], {name: 0.0 for name in mean_names}
     count = 0
     for tokens, lengths in batches:
-        logits, cache = run_with_cache(model, tokens.to(device), list(sites))
+        logits, cache = run_with_cache(model, tokens.to(device), mean_names)
         before.append(logits[torch.arange(len(lengths)), lengths.to(logits.device) - 1].float())
         real = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).to(device)  # [batch, pos]
-        for name in sites:
+        for name in mean_names:
             means[name] = means[name] + cache[name][real].sum(0)
         count += int(lengths.sum())
     means = {name: total / count for name, total in means.items()}
 
-    hooks = [(name, _ablation_hook(idx, means[name] if mode == "mean" else None)) for name, idx in sites.items()]
+    hooks = []  # per-position corrections of hook_z run before any whole-dimension ablation of it
+    for layer, entries in positional.items():
+        hooks += _positional_hooks(model, layer, entries, means[hook_name("v", layer)] if mode == "mean" else None)
+    hooks += [(name, _ablation_hook(idx, means[name] if mode == "mean" else None)) for name, idx in sites.items()]
     after = []
     for tokens, lengths in batches:
         logits = run_with_hooks(model, tokens.to(device), hooks)
@@ -172,17 +185,37 @@ def ablate_neurons(
 
 
 def _ablation_hook(index: list[tuple[int, ...]], mean: Tensor | None):
-    """Set the indexed entries (after the batch and position axes; for ``hook_v`` the first
-    index is the position) to zero or to ``mean``."""
+    """Set the indexed entries (after the batch and position axes) to zero or to ``mean``."""
     cols = [torch.tensor(c) for c in zip(*index, strict=True)]
-    positional = len(cols) == 3
 
     def hook(act: Tensor, hook) -> Tensor:
-        if positional:
-            pos, head, dim = cols
-            act[:, pos, head, dim] = 0.0 if mean is None else mean[head, dim].to(act.dtype)
-        else:
-            act[(slice(None), slice(None), *cols)] = 0.0 if mean is None else mean[tuple(cols)].to(act.dtype)
+        act[(slice(None), slice(None), *cols)] = 0.0 if mean is None else mean[tuple(cols)].to(act.dtype)
         return act
 
     return hook
+
+
+def _positional_hooks(model, layer: int, entries: list[tuple[int, int, int]], mean_v: Tensor | None) -> list[tuple[str, object]]:
+    """Hooks that remove (zero) or replace by ``mean_v[g(h), j]`` (mean) the contribution of
+    source position p through dimension j of query head h to ``hook_z[:, q, h, j]`` for every
+    ``(p, h, j)`` of ``entries``: ``α_h(q→p) · (v_{g(h),p,j} − replacement)`` is subtracted,
+    with the pattern and values of this forward (kept only for its duration)."""
+    arch = architecture(model)
+    seen: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> Tensor:
+        seen[hook.name] = act
+        return act
+
+    v_name, pattern_name = hook_name("v", layer), hook_name("pattern", layer)
+
+    def correct(z: Tensor, hook) -> Tensor:
+        v, pattern = seen.pop(v_name), seen.pop(pattern_name)  # [b, pos, kv, d], [b, head, q, k]
+        grouped = v.shape[2] != arch.n_heads
+        for p, h, j in entries:
+            g = arch.kv_head(h) if grouped else h
+            removed = v[:, p, g, j] if mean_v is None else v[:, p, g, j] - mean_v[g, j].to(v.dtype)  # [b]
+            z[:, :, h, j] = z[:, :, h, j] - pattern[:, h, :, p] * removed[:, None]
+        return z
+
+    return [(v_name, keep), (pattern_name, keep), (hook_name("z", layer), correct)]

@@ -16,11 +16,22 @@ memory), from a single cached forward — no loop over neurons.
 
 - FFN value neuron (l, i): ``v = m_i · W_out^l[i]`` (``m`` = ``mlp.hook_post`` at the last
   position), base = ``resid_mid^l`` = h^{l−1} + A^l.
-- Attention neuron (l, h, j, p): ``v = α_h(T→p) · v_{h,p,j} · W_O^l[h, j]``, base =
-  ``resid_pre^l`` = h^{l−1}. The attention output bias ``b_O`` belongs to no neuron; head score
-  = the sum of its neurons' scores over j and p.
+- Attention neuron (l, h, j, p): ``v = α_h(T→p) · v_{g(h),p,j} · W_O^l[h, j]`` (g(h): the
+  key/value head query head h reads, grouped-query attention), base = ``resid_pre^l`` = h^{l−1}.
+  The attention output bias ``b_O`` belongs to no neuron; head score = the sum of its neurons'
+  scores over j and p.
 - Layer scores: attention ``log p(h^{l−1}+A^l) − log p(h^{l−1})``, FFN
   ``log p(h^{l−1}+A^l+F^l) − log p(h^{l−1}+A^l)``.
+
+Every family (:mod:`interp_edit.adapter.readout`): **parallel blocks** (GPT-J, NeoX, Phi) have
+no ``resid_mid``; the block is still read attention first, so an FFN neuron's base is
+``h^{l−1} + A^l`` and the layer scores still add up to the total, but the FFN *reads* h^{l−1}:
+its query shares never credit A^l. **Post-sublayer norms** (Gemma-2): a neuron's vector passes
+through ``ln1_post`` / ``ln2_post`` with that norm's scale frozen at the prompt's value (as the
+final norm is), ``v ⊙ γ_post / σ_post``; the neurons' vectors then add up to ``attn_out`` /
+``mlp_out`` exactly and the readout stays exact. **Gated MLPs**: an FFN neuron's query shares
+are read through ``W_gate``, where its nonlinearity acts. **Final-logit soft-cap** (Gemma-2):
+``U`` ends with ``cap · tanh(· / cap)``, as the model does.
 """
 
 from __future__ import annotations
@@ -34,6 +45,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.readout import (
+    ffn_base,
+    ffn_gate_weight,
+    ffn_input,
+    softcap,
+    stream_names,
+    stream_points,
+    write_gain,
+    write_gain_names,
+    written,
+)
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import InvalidArgumentError
@@ -86,15 +109,17 @@ class ScoredNeuron:
 
 @dataclass(frozen=True)
 class FrozenUnembed:
-    """The affine readout ``U(x) = (γ ⊙ centre(x) / σ*) @ W_U (+ bias)``."""
+    """The readout ``U(x) = cap((γ ⊙ centre(x) / σ*) @ W_U (+ bias))``: affine, then the
+    final-logit soft-cap ``cap · tanh(· / cap)`` where the model has one (``softcap``)."""
 
     w_u: Float[Tensor, "d_model vocab"]  # γ[:, None] * W_U
     scale: float
     centre: bool
     bias: Float[Tensor, " vocab"] | None
+    softcap: float | None = None
 
     def directions(self, vectors: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """The linear part: how adding ``vectors`` moves the logits."""
+        """The linear part: how adding ``vectors`` moves the (pre-cap) logits."""
         if self.centre:
             vectors = vectors - vectors.mean(-1, keepdim=True)
         return (vectors / self.scale) @ self.w_u
@@ -105,9 +130,13 @@ class FrozenUnembed:
             vectors = vectors - vectors.mean(-1, keepdim=True)
         return (vectors / self.scale) @ readout_vector
 
-    def logits(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    def raw_logits(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """The logits before the soft-cap."""
         out = self.directions(residual)
         return out + self.bias if self.bias is not None else out
+
+    def logits(self, residual: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        return softcap(self.raw_logits(residual), self.softcap)
 
     def logprob(self, residual: Float[Tensor, "*batch d_model"], target_id: int) -> Float[Tensor, "*batch"]:
         return torch.log_softmax(self.logits(residual).float(), -1)[..., target_id]
@@ -118,7 +147,7 @@ def frozen_unembed(model, scale: float, *, keep_bias: bool = False) -> FrozenUne
     gamma = norm_weight(model, "ln_final")
     w_u = model.W_U.detach()
     bias = norm_bias(model, "ln_final") @ w_u + model.b_U.detach() if keep_bias else None
-    return FrozenUnembed(gamma[:, None] * w_u, float(scale), norm_centres(model), bias)
+    return FrozenUnembed(gamma[:, None] * w_u, float(scale), norm_centres(model), bias, architecture(model).logit_softcap)
 
 
 def shifted_logprobs(
@@ -133,8 +162,8 @@ def shifted_logprobs(
     """``log p(target | base + coefs[r, p] · weights[r]) − log p(target | base)`` for every row
     and column, through the frozen readout. Rows are processed in chunks so that the temporary
     logits stay below ``chunk_elements``."""
-    base_logits = readout.logits(base).float()
-    base_lp = torch.log_softmax(base_logits, -1)[target_id]
+    base_logits = readout.raw_logits(base).float()  # before the soft-cap: adding c · w is affine here
+    base_lp = torch.log_softmax(softcap(base_logits, readout.softcap), -1)[target_id]
     n_rows, n_pos = coefs.shape
     vocab = base_logits.shape[-1]
     step = max(1, chunk_elements // (n_pos * vocab))
@@ -142,8 +171,8 @@ def shifted_logprobs(
     for start in range(0, n_rows, step):
         dirs = readout.directions(weights[start : start + step]).float()  # [r, vocab]
         c = coefs[start : start + step].float()  # [r, pos]
-        shifted = torch.addcmul(base_logits, c[..., None], dirs[:, None, :])  # [r, pos, vocab]
-        target = base_logits[target_id] + c * dirs[:, target_id, None]
+        shifted = softcap(torch.addcmul(base_logits, c[..., None], dirs[:, None, :]), readout.softcap)  # [r, pos, vocab]
+        target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], readout.softcap)
         out[start : start + step] = target - torch.logsumexp(shifted, -1) - base_lp
     return out
 
@@ -158,8 +187,13 @@ def first_order_logprobs(
     """The first-order (gradient) approximation of :func:`shifted_logprobs`:
     ``coefs · (U_lin(w)[target] − E_{p(·|base)} U_lin(w))``. One matrix-vector product per row
     block instead of a projection onto the whole vocabulary; exact as ``coefs → 0``."""
-    probs = torch.softmax(readout.logits(base).float(), -1)
-    grad = readout.w_u[:, target_id] - readout.w_u @ probs.to(readout.w_u.dtype)  # [d_model]
+    raw = readout.raw_logits(base).float()
+    probs = torch.softmax(softcap(raw, readout.softcap), -1)
+    dlogp = -probs
+    dlogp[target_id] += 1.0  # ∂ log p(target) / ∂ (capped) logits
+    if readout.softcap is not None:  # chain rule through cap · tanh(x / cap)
+        dlogp = dlogp * (1 - torch.tanh(raw / readout.softcap) ** 2)
+    grad = readout.w_u @ dlogp.to(readout.w_u.dtype)  # [d_model]
     slopes = readout.directions_dot(weights, grad)  # [row]
     return coefs.float() * slopes[:, None].float()
 
@@ -181,16 +215,12 @@ def resolve_target(model, target: str | int | None, logits: Float[Tensor, " voca
 
 
 def _layer_names(model) -> list[str]:
-    n = model.cfg.n_layers
-    return [hook_name(site, layer) for site in ("resid_pre", "resid_mid", "resid_post") for layer in range(n)]
+    """The residual points of every layer and the post-sublayer norm scales (where there are)."""
+    return stream_names(model) + write_gain_names(model)
 
 
 def _layer_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int) -> Float[Tensor, "layer 2"]:
-    n = model.cfg.n_layers
-    points = [cache[hook_name("resid_pre", 0)][0, -1]]
-    for layer in range(n):
-        points += [cache[hook_name("resid_mid", layer)][0, -1], cache[hook_name("resid_post", layer)][0, -1]]
-    lp = readout.logprob(torch.stack(points), target_id)  # [2n + 1]
+    lp = readout.logprob(stream_points(model, cache)[0, :, -1], target_id)  # [2n + 1]
     steps = lp[1:] - lp[:-1]
     return einops.rearrange(steps, "(layer kind) -> layer kind", kind=2).cpu()
 
@@ -216,27 +246,43 @@ def _scores(readout, base, weights, coefs, target_id, method: str, chunk_element
 
 def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int,
                      *, method: str = "exact", chunk_elements: int = CHUNK_ELEMENTS) -> Float[Tensor, "layer d_mlp"]:
-    """Value scores of every FFN neuron at the last position (needs ``resid_mid`` and
+    """Value scores of every FFN neuron at the last position (needs :func:`_layer_names` and
     ``mlp_post`` of every layer in ``cache``)."""
     rows = []
     for layer in range(model.cfg.n_layers):
         acts = cache[hook_name("mlp_post", layer)][0, -1]
-        rows.append(_scores(readout, cache[hook_name("resid_mid", layer)][0, -1], layer_weight(model, "W_out", layer),
+        rows.append(_scores(readout, ffn_base(model, cache, layer)[0, -1], _ffn_vectors(model, cache, layer),
                             acts[:, None], target_id, method, chunk_elements)[:, 0])
     return torch.stack(rows)
 
 
+def _ffn_vectors(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """What a unit activation of each FFN neuron of ``layer`` adds to the residual at the last position."""
+    gain = write_gain(model, cache, layer, "mlp")
+    return written(layer_weight(model, "W_out", layer), None if gain is None else gain[0, -1])
+
+
+def _attn_vectors(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "head d_head d_model"]:
+    """What a unit ``z`` of each attention neuron of ``layer`` adds to the residual at the last position."""
+    gain = write_gain(model, cache, layer, "attn")
+    return written(layer_weight(model, "W_O", layer), None if gain is None else gain[0, -1])
+
+
 def _per_head(model, tensor: Tensor, axis: int) -> Tensor:
     """``tensor`` with one entry per query head along ``axis``: grouped-query attention stores
-    one per key/value head, which several query heads read."""
-    n_heads = model.cfg.n_heads
-    if tensor.shape[axis] == n_heads:
+    one per key/value head, which several query heads read (query head h reads kv head
+    ``architecture(model).kv_head(h)``)."""
+    arch = architecture(model)
+    if tensor.shape[axis] == arch.n_heads:
         return tensor
-    return tensor.repeat_interleave(n_heads // tensor.shape[axis], dim=axis)
+    if tensor.shape[axis] != arch.n_kv_heads:
+        raise ValueError(f"expected {arch.n_heads} query or {arch.n_kv_heads} key/value heads along axis {axis}, got {tensor.shape[axis]}")
+    index = torch.tensor([arch.kv_head(h) for h in range(arch.n_heads)], device=tensor.device)
+    return tensor.index_select(axis, index)
 
 
 def _attention_coefficients(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "head d_head pos"]:
-    """``α_h(T→p) · v_{h,p,j}`` of every attention neuron (T = the last position)."""
+    """``α_h(T→p) · v_{g(h),p,j}`` of every attention neuron (T = the last position)."""
     pattern = cache[hook_name("pattern", layer)][0, :, -1]  # [head, pos]
     values = _per_head(model, cache[hook_name("v", layer)][0], 1)  # [pos, head, d_head]
     return einops.einsum(pattern, values, "head pos, pos head d -> head d pos")
@@ -344,10 +390,9 @@ def neuron_attribution(
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS} (prompt {prompt!r})")
     tokens = prompt_tokens(model, prompt)
-    cfg = model.cfg
-    n = cfg.n_layers
+    n = model.cfg.n_layers
     names = _layer_names(model) + [hook_name("ln_final_scale"), hook_name("embed")]
-    if cfg.positional_embedding_type == "standard":
+    if architecture(model).has_pos_embed:
         names.append(hook_name("pos_embed"))
     names += [hook_name(site, layer) for site in ("mlp_post", "v", "pattern", "attn_out", "mlp_out") for layer in range(n)]
     logits, cache = run_with_cache(model, tokens, names)
@@ -359,15 +404,15 @@ def neuron_attribution(
     attn_scores, attn_coefs = [], []
     for layer in range(n):
         coefs = _attention_coefficients(model, cache, layer)  # [head, d, pos]
-        w_o = einops.rearrange(layer_weight(model, "W_O", layer), "head d m -> (head d) m")
+        w_o = einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m")
         flat = _scores(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
                        einops.rearrange(coefs, "head d pos -> (head d) pos"), target_id, method, chunk_elements)
         attn_scores.append(flat.view_as(coefs))
         attn_coefs.append(coefs)
     attn_scores_t, attn_coefs_t = torch.stack(attn_scores), torch.stack(attn_coefs)
 
-    top_ffn = _scored_ffn(model, readout, ffn_scores, ffn_acts, top_k, n_tokens)
-    top_attn = _scored_attn(model, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens)
+    top_ffn = _scored_ffn(model, cache, readout, ffn_scores, ffn_acts, top_k, n_tokens)
+    top_attn = _scored_attn(model, cache, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens)
     query_scores = attention_query_scores(model, cache, top_attn)
     q_vals, q_idx = _top(query_scores, top_k)
     d_mlp = query_scores.shape[1]
@@ -402,26 +447,26 @@ def neuron_attribution(
     )
 
 
-def _scored_ffn(model, readout, scores, acts, k, n_tokens) -> list[ScoredNeuron]:
+def _scored_ffn(model, cache, readout, scores, acts, k, n_tokens) -> list[ScoredNeuron]:
     values, idx = _top(scores, k)
     d_mlp = scores.shape[1]
     layers, units = (idx // d_mlp).tolist(), (idx % d_mlp).tolist()
     coefs = acts[idx // d_mlp, idx % d_mlp]
-    vectors = torch.stack([layer_weight(model, "W_out", lay)[u] for lay, u in zip(layers, units, strict=True)]) \
+    vectors = torch.stack([_ffn_vectors(model, cache, lay)[u] for lay, u in zip(layers, units, strict=True)]) \
         if layers else torch.empty(0, model.cfg.d_model)
     tokens = _promoted_tokens(model, readout, vectors * coefs.sign()[:, None], n_tokens)
     return [ScoredNeuron(Neuron("ffn", lay, u), v, c, t)
             for lay, u, v, c, t in zip(layers, units, values.tolist(), coefs.tolist(), tokens, strict=True)]
 
 
-def _scored_attn(model, readout, scores, coefs, k, n_tokens) -> list[ScoredNeuron]:
+def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens) -> list[ScoredNeuron]:
     values, idx = _top(scores, k)
     _, n_heads, d_head, n_pos = scores.shape
     layer, rest = idx // (n_heads * d_head * n_pos), idx % (n_heads * d_head * n_pos)
     head, rest = rest // (d_head * n_pos), rest % (d_head * n_pos)
     dim, pos = rest // n_pos, rest % n_pos
     c = coefs[layer, head, dim, pos]
-    vectors = torch.stack([layer_weight(model, "W_O", lay)[h, j] for lay, h, j in
+    vectors = torch.stack([_attn_vectors(model, cache, lay)[h, j] for lay, h, j in
                            zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \
         if len(idx) else torch.empty(0, model.cfg.d_model)
     tokens = _promoted_tokens(model, readout, vectors * c.sign()[:, None], n_tokens)
@@ -440,7 +485,8 @@ _MIN_DENOMINATOR = 1e-6
 def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Sequence[ScoredNeuron]) -> Float[Tensor, "layer d_mlp"]:
     """Query-neuron scores of earlier FFN neurons for attention value neurons (l, h, j, p):
     κ = centre(γ_ln1^l ⊙ W_V^l[h, :, j]); FFN neuron (l' < l, i) at source position p gets
-    ``(m_i · W_out^{l'}[i]) · κ / (h^{l−1}_p · κ) × Imp``, accumulated over the value neurons.
+    ``(m_i · W_out^{l'}[i]) · κ / (h^{l−1}_p · κ) × Imp``, accumulated over the value neurons
+    (post-sublayer norms: ``m_i W_out^{l'}[i]`` through ``ln2_post`` frozen at position p).
     Centring κ (LayerNorm) makes the shares of all residual components sum to one."""
     n, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     out = torch.zeros(n, d_mlp, device=model.cfg.device)
@@ -459,17 +505,23 @@ def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Seque
         denom = (cache[hook_name("resid_pre", layer)][0, pos] * kappa).sum(-1)
         weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))
         for source in range(layer):
-            proj = layer_weight(model, "W_out", source) @ kappa.T  # [d_mlp, s]
+            gain = write_gain(model, cache, source, "mlp")
+            k_src = kappa if gain is None else kappa * gain[0, pos]  # [s, d_model]
+            proj = layer_weight(model, "W_out", source) @ k_src.T  # [d_mlp, s]
             acts = cache[hook_name("mlp_post", source)][0, pos]  # [s, d_mlp]
             out[source] += einops.einsum(acts, proj, weight, "s i, i s, s -> i")
     return out
 
 
 def ffn_query_layer_scores(model, cache: dict[str, Tensor], value_neurons: Sequence[ScoredNeuron]) -> tuple[Float[Tensor, "layer 2"], float]:
-    """Query layers of FFN value neurons (l, i): κ = centre(γ_ln2^l ⊙ W_in^l[:, i]); each residual
-    component at the last position (embeddings, A^{l'} for l' ≤ l, F^{l'} for l' < l) gets
-    ``component · κ / (resid_mid^l · κ) × Imp``, accumulated. Returns ([layer, attn | FFN], embeddings)."""
+    """Query layers of FFN value neurons (l, i): κ = centre(γ_ln2^l ⊙ W^l[:, i]) (W: ``W_gate`` of a
+    gated MLP, where the nonlinearity acts, else ``W_in``); each residual component the FFN
+    reads at the last position (embeddings, F^{l'} for l' < l, A^{l'} for l' < l and, for
+    sequential blocks, A^l; a parallel FFN does not read its block's attention) gets
+    ``component · κ / (x^l · κ) × Imp`` (x^l: the FFN's input residual), accumulated.
+    Returns ([layer, attn | FFN], embeddings)."""
     n = model.cfg.n_layers
+    own_attention = not architecture(model).parallel_blocks
     embed = cache[hook_name("embed")][0, -1]
     if hook_name("pos_embed") in cache:
         embed = embed + cache[hook_name("pos_embed")][0, -1]
@@ -481,9 +533,9 @@ def ffn_query_layer_scores(model, cache: dict[str, Tensor], value_neurons: Seque
     for layer, group in by_layer.items():
         units = torch.tensor([s.neuron.index for s in group])
         imp = torch.tensor([s.score for s in group], device=comps.device)
-        kappa = _centre(model, (layer_weight(model, "W_in", layer)[:, units] * norm_weight(model, "ln2", layer)[:, None]).T)
-        denom = kappa @ cache[hook_name("resid_mid", layer)][0, -1]
+        kappa = _centre(model, (ffn_gate_weight(model, layer)[:, units] * norm_weight(model, "ln2", layer)[:, None]).T)
+        denom = kappa @ ffn_input(model, cache, layer)[0, -1]
         weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))
-        used = 2 * layer + 2  # embeddings, (A, F) of earlier layers, A of this layer
+        used = 2 * layer + 1 + int(own_attention)  # embeddings, (A, F) of earlier layers[, A of this layer]
         totals[:used] += (comps[:used] @ kappa.T) @ weight
     return einops.rearrange(totals[1:], "(layer kind) -> layer kind", kind=2), totals[0].item()

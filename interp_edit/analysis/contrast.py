@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter.readout import stream_names, stream_points
 from interp_edit.analysis.attribution import Neuron, frozen_unembed, neuron_attribution, resolve_target
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import EditApplicationError, EmptyInputError, InvalidArgumentError, PromptTooLongError
@@ -69,8 +70,7 @@ def batched_layer_scores(model, prompts: Sequence[str], target_ids: Sequence[int
     each prompt with its own frozen final-norm scale) of every prompt for every target id, and the
     model's log-probabilities of the targets at the last position. Right-padded batches."""
     n = model.cfg.n_layers
-    names = [hook_name("resid_pre", 0)] + [hook_name(s, layer) for layer in range(n) for s in ("resid_mid", "resid_post")]
-    names.append(hook_name("ln_final_scale"))
+    names = stream_names(model) + [hook_name("ln_final_scale")]
     ids = encode_prompts(model.tokenizer, prompts)
     for prompt, seq in zip(prompts, ids, strict=True):
         if not prompt or not prompt.strip():
@@ -86,8 +86,8 @@ def batched_layer_scores(model, prompts: Sequence[str], target_ids: Sequence[int
         logits, cache = run_with_cache(model, tokens, names)
         rows = torch.arange(len(lengths), device=logits.device)
         last = lengths.to(logits.device) - 1
-        points = torch.stack([cache[name][rows, last] for name in names[:-1]], 1)  # [batch, 2n+1, d]
-        scale = cache[names[-1]][rows, last].reshape(-1, 1, 1)  # [batch, 1, 1]
+        points = stream_points(model, cache)[rows, :, last]  # [batch, 2n+1, d]
+        scale = cache[hook_name("ln_final_scale")][rows, last].reshape(-1, 1, 1)  # [batch, 1, 1]
         lp = torch.log_softmax(base.logits(points / scale).float(), -1)[..., targets.to(points.device)]  # [b, 2n+1, t]
         steps = lp[:, 1:] - lp[:, :-1]  # [b, 2n, t]
         scores.append(steps.reshape(len(lengths), n, 2, len(targets)).cpu())

@@ -10,9 +10,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.readout import write_gain, write_gain_names, written
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
-from interp_edit.model import hook_name, run_with_cache
+from interp_edit.model import hook_name, run_with_cache, unembed
 
 
 def _tokens(model, prompt: str) -> Tensor:
@@ -23,7 +25,8 @@ def _tokens(model, prompt: str) -> Tensor:
 @dataclass
 class LogitLensResult:
     """The residual stream after the embedding (row 0) and after each layer, read through the
-    final norm and unembedding (nostalgebraist's logit lens)."""
+    final norm and unembedding (nostalgebraist's logit lens), with the model's final-logit
+    soft-cap where it has one (Gemma-2): the last row is the model's output."""
 
     top_ids: Int[Tensor, "layer pos k"]
     top_probs: Float[Tensor, "layer pos k"]
@@ -57,7 +60,7 @@ def logit_lens(model, prompt: str, target: str | None = None, *, k: int = 5) -> 
     target_id = encode_target(model.tokenizer, target)[0] if target is not None else None
     top_ids, top_probs, t_probs, t_ranks = [], [], [], []
     for name in names:
-        probs = torch.softmax(model.unembed(model.ln_final(cache[name])).float(), -1)[0]  # [pos, vocab]
+        probs = torch.softmax(unembed(model, model.ln_final(cache[name])).float(), -1)[0]  # [pos, vocab]
         top = probs.topk(k, dim=-1)
         top_ids.append(top.indices)
         top_probs.append(top.values)
@@ -82,9 +85,15 @@ def logit_lens(model, prompt: str, target: str | None = None, *, k: int = 5) -> 
 @dataclass
 class DLAResult:
     """Direct contribution of each component to logit(target) − logit(foil) at the last
-    position, through the final norm frozen at this prompt's scale. The parts sum to the
-    model's logit difference exactly: ``embed + pos_embed + heads.sum() + attn_bias.sum()
-    + mlp.sum() + constant``."""
+    position, through the final norm frozen at this prompt's scale. The parts sum to ``total``
+    exactly: ``embed + pos_embed + heads.sum() + attn_bias.sum() + mlp.sum() + constant``.
+
+    ``pos_embed`` is 0 for models without learned position embeddings (rotary). With
+    post-sublayer norms (Gemma-2) a head's output and the attention bias pass through
+    ``ln1_post`` frozen at this prompt's scale, so heads and bias still add up to ``attn_out``.
+    With a final-logit soft-cap (Gemma-2), DLA is defined on the **pre-cap** logits (the cap
+    is not additive): ``total`` is the pre-cap logit difference and ``model_total`` the model's
+    (capped) one; without a cap they are equal. ``logit_softcap``: the cap, or None."""
 
     heads: Float[Tensor, "layer head"]
     attn_bias: Float[Tensor, " layer"]
@@ -96,6 +105,8 @@ class DLAResult:
     prompt: str
     target: str
     foil: str | None
+    model_total: float | None = None
+    logit_softcap: float | None = None
 
     @property
     def attn(self) -> Float[Tensor, " layer"]:
@@ -126,36 +137,51 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
         f_id = encode_target(model.tokenizer, foil)[0]
         direction -= model.W_U[:, f_id]
         b_u -= model.b_U[f_id].item()
-    names = [hook_name("embed"), hook_name("pos_embed"), hook_name("ln_final_scale")]
+    arch = architecture(model)
+    names = [hook_name("embed"), hook_name("ln_final_scale")] + write_gain_names(model)
+    if arch.has_pos_embed:
+        names.append(hook_name("pos_embed"))
     names += [hook_name(site, layer) for site in ("z", "mlp_out") for layer in range(n)]
+    names.append(hook_name("resid_post", n - 1))
     logits, cache = run_with_cache(model, tokens, names)
     scale = cache[hook_name("ln_final_scale")][0, -1]  # [1]
     ln_w = getattr(model.ln_final, "w", None)
     ln_b = getattr(model.ln_final, "b", None)
     readout = direction * ln_w if ln_w is not None else direction
-    centre = model.cfg.normalization_type in ("LN", "LNPre")
+    centre = arch.norm_centres
 
     def project(vectors: Tensor) -> Tensor:  # [..., d_model] -> [...]
         if centre:
             vectors = vectors - vectors.mean(-1, keepdim=True)
         return (vectors / scale) @ readout
 
+    def gain(layer: int) -> Tensor | None:
+        g = write_gain(model, cache, layer, "attn")
+        return None if g is None else g[0, -1]
+
     heads = torch.stack([
-        project(einops.einsum(cache[hook_name("z", layer)][0, -1], model.W_O[layer], "h d, h d m -> h m"))
+        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1], model.W_O[layer], "h d, h d m -> h m"), gain(layer)))
         for layer in range(n)
     ])
-    attn_bias = torch.stack([project(model.b_O[layer]) for layer in range(n)])
+    attn_bias = torch.stack([project(written(model.b_O[layer], gain(layer))) for layer in range(n)])
     mlp = torch.stack([project(cache[hook_name("mlp_out", layer)][0, -1]) for layer in range(n)])
     constant = b_u + (ln_b @ direction).item() if ln_b is not None else b_u
-    total = logits[0, -1, t_id].item() - (logits[0, -1, encode_target(model.tokenizer, foil)[0]].item() if foil else 0.0)
+    f_id = encode_target(model.tokenizer, foil)[0] if foil else None
+    model_total = logits[0, -1, t_id].item() - (logits[0, -1, f_id].item() if foil else 0.0)
+    total = model_total
+    if arch.logit_softcap is not None:  # the pre-cap logits, from the final residual
+        raw = model.ln_final(cache[hook_name("resid_post", n - 1)][:, -1:])[0, 0] @ model.W_U + model.b_U
+        total = raw[t_id].item() - (raw[f_id].item() if foil else 0.0)
     return DLAResult(
         heads=heads.cpu(),
         attn_bias=attn_bias.cpu(),
         mlp=mlp.cpu(),
         embed=project(cache[hook_name("embed")][0, -1]).item(),
-        pos_embed=project(cache[hook_name("pos_embed")][0, -1]).item(),
+        pos_embed=project(cache[hook_name("pos_embed")][0, -1]).item() if arch.has_pos_embed else 0.0,
         constant=constant,
         total=total,
+        model_total=model_total,
+        logit_softcap=arch.logit_softcap,
         prompt=prompt,
         target=target,
         foil=foil,

@@ -16,6 +16,14 @@ For a dataset of prompts with their answers, at the last token of each prompt:
 - **pathway weight** (k → v): ``c`` summed over the dataset; **query score** of k: the sum of
   its pathway weights over the value neurons. Query layers: FFN layers ranked by the sum of
   their neurons' query scores.
+
+Every family (:mod:`interp_edit.adapter.readout`): for a **gated MLP** the value neuron's
+pre-activation is its gate's, ``x W_gate[:, i]`` (κ from ``W_gate``: the nonlinearity acts there,
+``mlp.hook_pre``); with **post-sublayer norms** (Gemma-2) the query neuron's output joins the
+residual through ``ln2_post`` frozen at the prompt's scale, ``m_k W_out[k] ⊙ γ_post / σ_post``;
+**parallel blocks** read ``resid_pre``, which holds exactly the FFN outputs of earlier layers,
+as a sequential block's ``resid_mid`` does (plus its own attention). ``c`` stays the exact
+amount the query neuron adds to the value neuron's pre-activation on every family.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp_edit.adapter.readout import ffn_gate_weight, write_gain, write_gain_names
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
     METHODS,
@@ -143,7 +152,7 @@ def qv_pathways(
     names = _layer_names(model) + [hook_name("ln_final_scale")]
     names += [hook_name(site, layer) for site in ("mlp_post", "ln2_scale") for layer in range(n)]
     value_scores = torch.zeros(n, d_mlp, device=cfg.device)
-    acts, inv_scales, target_ids = [], [], []
+    acts, inv_scales, target_ids, gains = [], [], [], []
     for prompt, target in zip(prompts, targets, strict=True):
         logits, cache = run_with_cache(model, prompt_tokens(model, prompt), names)
         target_id, _ = resolve_target(model, target, logits[0, -1], prompt)
@@ -151,14 +160,17 @@ def qv_pathways(
         value_scores += ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
         acts.append(torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)]))
         inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
+        if write_gain_names(model):
+            gains.append(torch.stack([write_gain(model, cache, layer, "mlp")[0, -1] for layer in range(n)]))
         target_ids.append(target_id)
     acts_t, inv_t = torch.stack(acts), torch.stack(inv_scales)  # [prompt, layer, d_mlp], [prompt, layer]
+    gains_t = torch.stack(gains) if gains else None  # [prompt, layer, d_model]
 
     n_value = min(n_value, (n - min_value_layer) * d_mlp)
     order = value_scores[min_value_layer:].flatten().topk(n_value).indices
     v_layer, v_unit = order // d_mlp + min_value_layer, order % d_mlp
     value_neurons = tuple(Neuron("ffn", int(lay), int(u)) for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True))
-    weights = pathway_weights(model, acts_t, inv_t, v_layer, v_unit)  # [layer, d_mlp, value]
+    weights = pathway_weights(model, acts_t, inv_t, v_layer, v_unit, gains_t)  # [layer, d_mlp, value]
 
     k = min(top_pathways, int((weights != 0).sum()))
     top = weights.flatten().topk(k) if k else None
@@ -192,12 +204,15 @@ def pathway_weights(
     inv_scales: Float[Tensor, "prompt layer"],
     v_layer: Int[Tensor, " value"],
     v_unit: Int[Tensor, " value"],
+    gains: Float[Tensor, "prompt layer d_model"] | None = None,
 ) -> Float[Tensor, "layer d_mlp value"]:
-    """Σ over prompts of ``m_k (W_out^{l'}[k] · κ_v) / σ_ln2^{l_v}`` for every FFN neuron
-    (l', k) and value neuron v = (l_v, i) with l' < l_v (zero otherwise)."""
+    """Σ over prompts of ``m_k (W_out^{l'}[k] ⊙ g^{l'} · κ_v) / σ_ln2^{l_v}`` for every FFN
+    neuron (l', k) and value neuron v = (l_v, i) with l' < l_v (zero otherwise); κ_v from
+    ``W_gate`` for a gated MLP, ``W_in`` otherwise; g: the frozen post-norm gains at the last
+    position (``gains``; none without post-sublayer norms)."""
     n = model.cfg.n_layers
     kappa = torch.stack([
-        _centre(model, layer_weight(model, "W_in", lay)[:, u] * norm_weight(model, "ln2", lay))
+        _centre(model, ffn_gate_weight(model, lay)[:, u] * norm_weight(model, "ln2", lay))
         for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True)
     ])  # [value, d_model]
     v_layer = v_layer.to(acts.device)
@@ -206,8 +221,16 @@ def pathway_weights(
         later = v_layer > source
         if not later.any():
             continue
-        proj = layer_weight(model, "W_out", source) @ kappa[later].T  # [d_mlp, value']
-        # Σ_prompts m_k / σ_{l_v}: [d_mlp, value']
-        summed = acts[:, source].T @ inv_scales[:, v_layer[later]]
-        out[source][:, later] = proj * summed
+        w_out = layer_weight(model, "W_out", source)
+        if gains is None:
+            proj = w_out @ kappa[later].T  # [d_mlp, value']
+            # Σ_prompts m_k / σ_{l_v}: [d_mlp, value']
+            summed = acts[:, source].T @ inv_scales[:, v_layer[later]]
+            out[source][:, later] = proj * summed
+        else:  # the gain differs per prompt: one projection per prompt
+            total = torch.zeros(w_out.shape[0], int(later.sum()), device=acts.device)
+            for p in range(acts.shape[0]):
+                k_p = kappa[later] * gains[p, source] * inv_scales[p, v_layer[later], None]  # [value', d_model]
+                total += acts[p, source][:, None] * (w_out @ k_p.T)
+            out[source][:, later] = total
     return out

@@ -1,0 +1,107 @@
+"""How the residual stream decomposes, read from the :class:`~interp_edit.adapter.architecture.Architecture`:
+where each sublayer's output joins the residual, what an FFN layer reads, and the weights its
+nonlinearity acts on. Used by the attribution analyses (NLKA, Q-V pathways, DLA) so that they
+are exact on every family.
+
+- **Order of a block.** Sequential blocks: ``resid_mid = resid_pre + attn_out``, ``resid_post =
+  resid_mid + mlp_out``. Parallel blocks (GPT-J, NeoX, Phi) have no ``resid_mid``; the
+  attention-then-FFN decomposition still holds with ``resid_pre + attn_out`` in its place
+  (:func:`ffn_base`), but the FFN *reads* ``resid_pre`` (:func:`ffn_input`), not the same
+  layer's attention.
+- **Post-sublayer norms** (Gemma-2): ``attn_out = ln1_post(z W_O + b_O)``, ``mlp_out =
+  ln2_post(m W_out + b_out)``. With the norm's scale σ frozen at the run's value (as the final
+  norm is frozen for the logit readout), ``ln_post(v) = γ ⊙ v / σ`` is linear: a raw output
+  ``v`` at position ``p`` joins the residual as ``v ⊙ gain[p]`` (:func:`write_gain`), and the
+  neurons' shares add up to ``attn_out`` / ``mlp_out`` exactly.
+- **Gated MLPs**: ``m = act(x W_gate) ⊙ (x W_in)``; the nonlinearity acts on the gate, so the
+  pre-activation of an FFN neuron is ``x W_gate`` (:func:`ffn_gate_weight`, ``mlp.hook_pre``).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.hooks import hook_name, softcap  # noqa: F401  (softcap: re-exported for the readouts)
+from interp_edit.errors import UnsupportedArchitectureError
+
+SUBLAYERS = ("attn", "mlp")
+_POST_NORMS = {"attn": "ln1_post", "mlp": "ln2_post"}
+
+
+def stream_names(model) -> list[str]:
+    """Hook names :func:`stream_points`, :func:`ffn_base` and :func:`ffn_input` need."""
+    arch = architecture(model)
+    names = [hook_name("resid_pre", layer) for layer in range(arch.n_layers)]
+    names += [hook_name("resid_post", layer) for layer in range(arch.n_layers)]
+    if arch.parallel_blocks:
+        names += [hook_name("attn_out", layer) for layer in range(arch.n_layers)]
+    else:
+        names += [hook_name("resid_mid", layer) for layer in range(arch.n_layers)]
+    return names
+
+
+def ffn_base(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "batch pos d_model"]:
+    """The residual the FFN output of ``layer`` is added to when a block is read as attention
+    then FFN: ``resid_mid`` (sequential), ``resid_pre + attn_out`` (parallel)."""
+    if architecture(model).parallel_blocks:
+        return cache[hook_name("resid_pre", layer)] + cache[hook_name("attn_out", layer)]
+    return cache[hook_name("resid_mid", layer)]
+
+
+def ffn_input(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "batch pos d_model"]:
+    """The residual the FFN of ``layer`` reads (through its input norm ``ln2``)."""
+    return cache[hook_name(architecture(model).ffn_input_site, layer)]
+
+
+def stream_points(model, cache: dict[str, Tensor]) -> Float[Tensor, "batch point pos d_model"]:
+    """``resid_pre^0`` then, per layer, the residual after its attention (:func:`ffn_base`) and
+    after its FFN (``resid_post``): ``2 n_layers + 1`` points whose successive differences are
+    the sublayers' outputs."""
+    n = architecture(model).n_layers
+    points = [cache[hook_name("resid_pre", 0)]]
+    for layer in range(n):
+        points += [ffn_base(model, cache, layer), cache[hook_name("resid_post", layer)]]
+    return torch.stack(points, 1)
+
+
+def ffn_gate_weight(model, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+    """The input weights of an FFN layer's nonlinearity: ``W_gate`` for gated MLPs, ``W_in``
+    otherwise; ``mlp.hook_pre`` is the input (after ``ln2``) times these (plus ``b_in`` for
+    non-gated MLPs)."""
+    mlp = model.blocks[layer].mlp
+    return (mlp.W_gate if architecture(model).gated_mlp else mlp.W_in).detach()
+
+
+def write_gain_names(model) -> list[str]:
+    """Hook names :func:`write_gain` needs (the post-sublayer norms' scales; none without them)."""
+    arch = architecture(model)
+    if not arch.post_norms:
+        return []
+    return [hook_name(f"{_POST_NORMS[s]}_scale", layer) for s in SUBLAYERS for layer in range(arch.n_layers)]
+
+
+def write_gain(model, cache: dict[str, Tensor], layer: int, sublayer: str) -> Float[Tensor, "batch pos d_model"] | None:
+    """``γ / σ`` of the post-sublayer norm of ``sublayer`` (``"attn"`` / ``"mlp"``) in ``layer``,
+    σ frozen at the cached run: a raw output vector ``v`` (a neuron's ``m_i W_out[i]`` or
+    ``α v W_O[h, j]``) at position ``p`` joins the residual as ``v * gain[:, p]``. ``None``
+    where the model has no post-sublayer norms (the raw output joins as it is)."""
+    if sublayer not in SUBLAYERS:
+        raise ValueError(f"sublayer must be one of {SUBLAYERS}, got {sublayer!r}")
+    arch = architecture(model)
+    if not arch.post_norms:
+        return None
+    if arch.norm != "rmsnorm":
+        raise UnsupportedArchitectureError("post-sublayer LayerNorms (only RMSNorm post-norms are covered)")
+    norm = getattr(model.blocks[layer], _POST_NORMS[sublayer])
+    gamma = norm.w.detach()
+    scale = cache[hook_name(f"{_POST_NORMS[sublayer]}_scale", layer)]  # [batch, pos, 1]
+    return gamma / scale
+
+
+def written(vectors: Float[Tensor, "... d_model"], gain: Float[Tensor, " d_model"] | None) -> Float[Tensor, "... d_model"]:
+    """``vectors`` as they join the residual through a (frozen) post-norm gain (identity for ``None``)."""
+    return vectors if gain is None else vectors * gain
+
