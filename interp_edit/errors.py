@@ -70,3 +70,12 @@ class DatasetError(InterpEditError, ValueError):
 class ExperimentError(InterpEditError, RuntimeError):
     """An experiment cannot run or resume (e.g. its results file was written with other
     settings)."""
+
+
+class SweepSpecError(InterpEditError, ValueError):
+    """A sweep's grid is invalid (an unknown editor, config field, dataset or model, an empty
+    axis); the message names the cell (or axis) and the field. Raised before any cell runs."""
+
+
+class SweepExecutorError(InterpEditError, RuntimeError):
+    """A sweep executor cannot start (Ray not installed, a Ray address that cannot be reached)."""
