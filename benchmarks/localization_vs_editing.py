@@ -2,8 +2,8 @@
 
 For each method, ``--n`` shuffled toy-world CounterFact cases (not the "is a city in" facts)
 are traced at their edit token (AIE per layer, curve ``hidden``) and edited at every layer
-alone; Spearman's rho between tracing effect and edit success per (fact, layer) pair and over
-the per-layer means, with 95% bootstrap intervals over facts
+alone; Spearman's rho between tracing effect and edit success per (fact, layer) pair, over
+the per-layer means and within layers, with 95% bootstrap intervals over facts
 (:func:`interp_edit.sweep.localization_vs_editing`). Prints ``key=value`` lines per method and
 metric. Usage (one thread):
     OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/localization_vs_editing.py --methods rome memit --n 16
@@ -12,8 +12,10 @@ metric. Usage (one thread):
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figures", help="folder for the figures")
+    parser.add_argument("--out", help="folder for the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model("toyworld")
@@ -46,7 +49,13 @@ def main() -> None:
             print(f"{method}_best_layer_{key}={value}")
         for name, c in result.correlations.items():
             print(f"{method}_{name}_rho_pairs={c['pairs']:+.3f} ci=[{c['pairs_ci'][0]:+.3f},{c['pairs_ci'][1]:+.3f}] "
-                  f"rho_layers={c['layers']:+.3f} ci=[{c['layers_ci'][0]:+.3f},{c['layers_ci'][1]:+.3f}]")
+                  f"rho_layers={c['layers']:+.3f} ci=[{c['layers_ci'][0]:+.3f},{c['layers_ci'][1]:+.3f}] "
+                  f"rho_within={c['within']:+.3f} ci=[{c['within_ci'][0]:+.3f},{c['within_ci'][1]:+.3f}]")
+        if args.out:
+            path = Path(args.out) / f"localization_vs_editing_{method}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result.as_dict()))
+            print(f"saved={path}")
         if args.figures:
             print(f"figure={result.save(f'{args.figures}/localization_vs_editing_{method}')[1]}")
 

@@ -108,6 +108,9 @@ def test_correlations_intervals_table_and_figure(result):
         values = result.metrics[name]
         assert c["pairs"] == pytest.approx(spearman(result.effects.flatten(), values.flatten()), nan_ok=True)
         assert c["layers"] == pytest.approx(spearman(result.effects.mean(0), values.nanmean(0)), nan_ok=True)
+        per_layer = [spearman(result.effects[:, j], values[:, j]) for j in range(len(LAYERS))]
+        per_layer = [v for v in per_layer if not math.isnan(v)]
+        assert c["within"] == pytest.approx(sum(per_layer) / len(per_layer) if per_layer else math.nan, nan_ok=True)
         if not math.isnan(c["pairs"]):
             assert c["pairs_ci"][0] <= c["pairs_ci"][1]
     assert "| 0 |" in result.table() and "Spearman" in result.summary()

@@ -5,6 +5,7 @@ sits above evaluation (it imports analysis, editing and evaluation; nothing impo
 
 from interp_edit.sweep.cells import Cell, expand, validate_cells
 from interp_edit.sweep.executors import EXECUTORS, InProcessExecutor, ProcessExecutor, RayExecutor, make_executor
+from interp_edit.sweep.localization import LocalizationEditingResult, localization_vs_editing
 from interp_edit.sweep.result import SweepResult
 from interp_edit.sweep.runner import run_cell, run_sweep
 from interp_edit.sweep.spec import DatasetSlice, EditorGrid, SweepSpec, load_spec
@@ -15,12 +16,14 @@ __all__ = [
     "DatasetSlice",
     "EditorGrid",
     "InProcessExecutor",
+    "LocalizationEditingResult",
     "ProcessExecutor",
     "RayExecutor",
     "SweepResult",
     "SweepSpec",
     "expand",
     "load_spec",
+    "localization_vs_editing",
     "make_executor",
     "run_cell",
     "run_sweep",

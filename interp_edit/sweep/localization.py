@@ -16,8 +16,10 @@
    :func:`~interp_edit.evaluation.evaluate_cases`.
 3. **Correlation**: Spearman's rho between the tracing effect and each editing metric over
    all (request, layer) pairs (``pairs``: does a fact's tracing effect at a layer predict how
-   well editing that layer works for that fact?) and over the per-layer means (``layers``:
-   does the AIE curve rank the layers as the edit-success curve does?). Intervals: percentile
+   well editing that layer works for that fact?), over the per-layer means (``layers``: does
+   the AIE curve rank the layers as the edit-success curve does?) and within layers
+   (``within``: the mean over layers of rho across facts at one layer — Hase et al.'s point
+   that the layer, not the fact's tracing effect, carries the signal). Intervals: percentile
    bootstrap over requests (requests resampled with replacement, each keeping all its
    layers; ``n_boot`` times, seeded).
 
@@ -52,7 +54,7 @@ class LocalizationEditingResult:
     """Per traced request and layer: the tracing effect at the edit token (``effects``) and the
     editing metrics of a single-layer edit there (``metrics[name]``, names of :data:`METRICS`);
     rank correlations with bootstrap intervals (``correlations[name]``: ``pairs``,
-    ``pairs_ci``, ``layers``, ``layers_ci``)."""
+    ``pairs_ci``, ``layers``, ``layers_ci``, ``within``, ``within_ci``)."""
 
     method: str
     layers: tuple[int, ...]
@@ -96,7 +98,8 @@ class LocalizationEditingResult:
                  f"{len(self.case_ids)} facts x {len(self.layers)} layers; Spearman rho [{self.ci:.0%} bootstrap CI]"]
         for name, c in self.correlations.items():
             lines.append(f"  {name:<26} pairs {c['pairs']:+.3f} [{c['pairs_ci'][0]:+.3f}, {c['pairs_ci'][1]:+.3f}]   "
-                         f"layer means {c['layers']:+.3f} [{c['layers_ci'][0]:+.3f}, {c['layers_ci'][1]:+.3f}]")
+                         f"layer means {c['layers']:+.3f} [{c['layers_ci'][0]:+.3f}, {c['layers_ci'][1]:+.3f}]   "
+                         f"within layers {c['within']:+.3f} [{c['within_ci'][0]:+.3f}, {c['within_ci'][1]:+.3f}]")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -126,11 +129,12 @@ class LocalizationEditingResult:
 def _correlations(effects: Tensor, metric: Tensor, n_boot: int, ci: float, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     n = effects.shape[0]
-    pairs, layers = [], []
+    pairs, layers, within = [], [], []
     for _ in range(n_boot):
         pick = torch.randint(0, n, (n,), generator=generator)
         pairs.append(spearman(effects[pick], metric[pick]))
         layers.append(spearman(effects[pick].mean(0), metric[pick].nanmean(0)))
+        within.append(_within_layer(effects[pick], metric[pick]))
     q = ((1 - ci) / 2, (1 + ci) / 2)
 
     def interval(samples: list[float]) -> list[float]:
@@ -139,7 +143,16 @@ def _correlations(effects: Tensor, metric: Tensor, n_boot: int, ci: float, seed:
         return [math.nan, math.nan] if len(values) == 0 else torch.quantile(values, torch.tensor(q, dtype=torch.float64)).tolist()
 
     return {"pairs": spearman(effects, metric), "pairs_ci": interval(pairs),
-            "layers": spearman(effects.mean(0), metric.nanmean(0)), "layers_ci": interval(layers)}
+            "layers": spearman(effects.mean(0), metric.nanmean(0)), "layers_ci": interval(layers),
+            "within": _within_layer(effects, metric), "within_ci": interval(within)}
+
+
+def _within_layer(effects: Tensor, metric: Tensor) -> float:
+    """Mean over layers of rho across facts at that layer (NaN layers, e.g. constant success,
+    left out): does the tracing effect predict success beyond what the layer alone does?"""
+    values = [spearman(effects[:, j], metric[:, j]) for j in range(effects.shape[1])]
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
 
 
 def _layer_field(method: str) -> str:
