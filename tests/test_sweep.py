@@ -174,6 +174,17 @@ def test_sweep_command_runs_a_grid_and_reports_bad_input(tmp_path, capsys):
     assert "config.layr" in capsys.readouterr().err
 
 
+def test_local_processes_retry_a_killed_worker_and_resume_the_cell(tmp_path, reference):
+    cell = expand(load_spec(ONE_CELL))[0]
+    result = run_sweep(ONE_CELL, tmp_path, executor="processes", workers=1,
+                       cell_fn=sweep_helpers.killed_after_batch_1_once, progress=False)
+    assert not result.failed and list(result.retried) == [cell.cell_id]
+    assert "terminated abruptly" in result.retried[cell.cell_id][0] or "Broken" in result.retried[cell.cell_id][0]
+    assert_same_cells(result, reference, [cell.cell_id])
+    computed = [json.loads(x) for x in (tmp_path / f"computed-{cell.cell_id}.jsonl").read_text().splitlines()]
+    assert [c["batch"] for c in computed] == [0, 1, 2] and computed[1]["pid"] != computed[2]["pid"]
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance with two worker CPUs for this module; the workers can import
