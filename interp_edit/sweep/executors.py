@@ -55,7 +55,8 @@ class InProcessExecutor:
 
 class ProcessExecutor:
     """Cells in ``workers`` local processes (``spawn``: fresh interpreters); each cell loads its
-    model in its worker."""
+    model in its worker. A worker that dies breaks the pool: the cells still running or queued
+    in it count a failed attempt each and run again in a fresh pool (resuming from their JSONL)."""
 
     name = "processes"
 
