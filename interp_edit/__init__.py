@@ -91,6 +91,13 @@ _EXPORTS = {
     "EditConfigError": "interp_edit.errors",
     "EditOptimizationError": "interp_edit.errors",
     "EditApplicationError": "interp_edit.errors",
+    "SweepSpecError": "interp_edit.errors",
+    "SweepExecutorError": "interp_edit.errors",
+    "SweepResult": "interp_edit.sweep",
+    "SweepSpec": "interp_edit.sweep",
+    "run_sweep": "interp_edit.sweep",
+    "LocalizationEditingResult": "interp_edit.sweep",
+    "localization_vs_editing": "interp_edit.sweep",
 }
 
 __all__ = [
@@ -174,6 +181,13 @@ __all__ = [
     "RelationLocality",
     "relation_locality",
     "__version__",
+    "SweepSpecError",
+    "SweepExecutorError",
+    "SweepResult",
+    "SweepSpec",
+    "run_sweep",
+    "LocalizationEditingResult",
+    "localization_vs_editing",
 ]
 
 if TYPE_CHECKING:

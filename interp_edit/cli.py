@@ -181,6 +181,21 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from interp_edit.sweep import run_sweep
+
+    result = run_sweep(args.spec, args.out, executor=args.executor, retries=args.retries, workers=args.workers,
+                       address=args.address, connect_timeout=args.connect_timeout, progress=not args.quiet)
+    print(result.table())
+    for path in result.save(Path(args.out) / "summary", figure=not args.no_figure):
+        print(f"saved={path}")
+    print(f"cells={len(result.cells)} finished={len(result.results)} failed={len(result.failed)} "
+          f"retried={len(result.retried)} wall_seconds={result.wall_seconds:.1f}")
+    for cell_id, errors in result.failed.items():
+        print(f"failed={cell_id} attempts={len(errors)} error={errors[-1].splitlines()[-1]!r}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--out", help="folder for contrast.jsonl (resumable) and the figures")
     con.add_argument("--quiet", action="store_true", help="no progress bar")
     con.set_defaults(func=_cmd_contrast)
+
+    sw = sub.add_parser("sweep", help="run a grid of experiments (editors x configs x datasets x seeds x models); resumable")
+    sw.add_argument("spec", help="the grid: a .json or .yaml file (see interp_edit.sweep.spec)")
+    sw.add_argument("--out", required=True, help="folder for every cell's results.jsonl (resumable) and the merged summary")
+    sw.add_argument("--executor", default="inprocess", choices=("inprocess", "processes", "ray"),
+                    help="where cells run: this process (default), local processes, or Ray")
+    sw.add_argument("--address", help="Ray cluster address (host:port, ray://host:port or auto; default: a new local instance)")
+    sw.add_argument("--workers", type=int, default=2, help="local processes / CPUs of a local Ray instance (default 2)")
+    sw.add_argument("--retries", type=int, default=2, help="retries of a failed cell (default 2)")
+    sw.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a Ray address (default 10)")
+    sw.add_argument("--no-figure", action="store_true", help="skip the merged figure")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_cmd_sweep)
 
     toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")

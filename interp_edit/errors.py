@@ -75,3 +75,12 @@ class ExperimentError(InterpEditError, RuntimeError):
 class UnsupportedArchitectureError(InterpEditError, ValueError):
     """A model has an architectural property (named in the message) that a method, or the
     toolkit as a whole, does not cover."""
+
+
+class SweepSpecError(InterpEditError, ValueError):
+    """A sweep's grid is invalid (an unknown editor, config field, dataset or model, an empty
+    axis); the message names the cell (or axis) and the field. Raised before any cell runs."""
+
+
+class SweepExecutorError(InterpEditError, RuntimeError):
+    """A sweep executor cannot start (Ray not installed, a Ray address that cannot be reached)."""

@@ -199,6 +199,6 @@ def _write_cache(path: Path, moment: Tensor) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep workers may write the same file
     save_file({"moment": moment.contiguous()}, str(tmp))
     tmp.replace(path)

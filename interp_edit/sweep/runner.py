@@ -1,0 +1,133 @@
+"""``run_sweep``: expand a grid into cells, check them all, run the unfinished ones on an
+executor, retry failed ones, and merge every cell's summary.
+
+A sweep's folder holds ``sweep.json`` (the spec and its cells), ``attempts.jsonl`` (one line
+per attempt of a cell: ok or the error) and ``cells/<cell id>/`` with the cell's own resumable
+``results.jsonl`` (:func:`~interp_edit.evaluation.run_experiment`) and, once it finished,
+``summary.json``. Running the same sweep again skips finished cells and resumes unfinished
+ones after their last finished batch, so an interrupted sweep (or a killed worker) loses
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from interp_edit.errors import SweepSpecError
+from interp_edit.sweep.cells import Cell, expand, validate_cells
+from interp_edit.sweep.executors import CellFn, make_executor
+from interp_edit.sweep.result import SweepResult
+from interp_edit.sweep.spec import SweepSpec, load_spec
+
+SUMMARY_FILE = "summary.json"
+ATTEMPTS_FILE = "attempts.jsonl"
+SPEC_FILE = "sweep.json"
+
+
+def run_cell(cell: Cell, root: str, model=None) -> dict:
+    """Run (or resume) one cell's experiment in ``root``'s cell folder; write and return its
+    result as a dict (:meth:`~interp_edit.evaluation.ExperimentResult.to_dict`). ``model``:
+    the loaded model, or ``None`` to load ``cell.model``."""
+    import torch
+
+    from interp_edit.evaluation import run_experiment
+    from interp_edit.model import load_model
+
+    folder = cell.folder(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cell.json").write_text(json.dumps(cell.to_dict(), indent=1))
+    threads = torch.get_num_threads()
+    if cell.threads is not None:
+        torch.set_num_threads(cell.threads)
+    try:
+        model = load_model(cell.model) if model is None else model
+        config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cell.config_dict.items()}
+        result = run_experiment(model, cell.data if cell.data is not None else cell.dataset, cell.method, n=cell.n,
+                                batch_size=cell.batch_size, sequential=cell.sequential, eval_every=cell.eval_every,
+                                seed=cell.seed, out=folder, unrelated=cell.unrelated, fluency=cell.fluency,
+                                max_new_tokens=cell.max_new_tokens, config=config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    data = result.to_dict()
+    tmp = folder / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(folder / SUMMARY_FILE)
+    return data
+
+
+def finished(cell: Cell, root: str | Path) -> dict | None:
+    """The saved result of a finished cell, else ``None``."""
+    path = cell.folder(root) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _append(path: Path, entry: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, executor="inprocess", retries: int = 2,
+              workers: int = 2, address: str | None = None, connect_timeout: float = 10.0, models: dict | None = None,
+              cell_fn: CellFn = run_cell, progress: bool = True) -> SweepResult:
+    """Run every cell of ``spec`` (a :class:`SweepSpec`, a dict or a JSON / YAML file) with
+    results under ``out``; see the module docstring.
+
+    ``executor``: ``"inprocess"`` (default; ``models`` maps model names to already loaded
+    models), ``"processes"`` (``workers`` local processes), ``"ray"`` (a local Ray instance
+    with ``workers`` CPUs, or the cluster at ``address``), or an executor object. A failed cell
+    is retried up to ``retries`` times; cells still failing are listed in the result's
+    ``failed`` (their finished batches stay on disk for the next run). Every cell is checked
+    before any runs (:class:`~interp_edit.errors.SweepSpecError` names the cell and field)."""
+    spec = load_spec(spec)
+    if retries < 0:
+        raise SweepSpecError(f"retries must be >= 0, got {retries}")
+    cells = expand(spec)
+    validate_cells(cells, models)
+    ids = [c.cell_id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = next(c for c in cells if ids.count(c.cell_id) > 1)
+        raise SweepSpecError(f"sweep cell ({dup.label}) appears more than once in the grid")
+    runner = make_executor(executor, workers=workers, address=address, connect_timeout=connect_timeout, models=models)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "cells": [c.to_dict() | {"cell_id": c.cell_id}
+                                                                                   for c in cells]}, indent=1))
+    results = {c.cell_id: r for c in cells if (r := finished(c, root)) is not None}
+    errors: dict[str, list[str]] = {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(cells), initial=len(results), desc=f"sweep ({getattr(runner, 'name', 'custom')})",
+               disable=not progress)
+    try:
+        pending = [c for c in cells if c.cell_id not in results]
+        for attempt in range(1, retries + 2):
+            if not pending:
+                break
+            failed = []
+            for cell, (status, value) in runner.run(pending, cell_fn, root):
+                entry = {"cell_id": cell.cell_id, "attempt": attempt, "status": status, "time": time.time()}
+                if status == "ok":
+                    results[cell.cell_id] = value
+                    bar.update(1)
+                else:
+                    errors.setdefault(cell.cell_id, []).append(value)
+                    failed.append(cell)
+                    entry["error"] = value
+                _append(root / ATTEMPTS_FILE, entry)
+            again = {c.cell_id for c in failed}
+            pending = [c for c in cells if c.cell_id in again]
+    finally:
+        bar.close()
+        runner.close()
+    failed = {c.cell_id: errors[c.cell_id] for c in cells if c.cell_id not in results}
+    retried = {cid: errs for cid, errs in errors.items() if cid in results}
+    return SweepResult(spec, cells, results, failed, retried, time.perf_counter() - start)
