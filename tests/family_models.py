@@ -13,19 +13,19 @@ from interp_edit.adapter.tiny import FAMILIES, tiny_hf_model
 FAMILY_NAMES = tuple(FAMILIES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def toy_tokenizer():
     from interp_edit import load_model
 
     return load_model("toyworld").tokenizer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_hf(family: str):
     return tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_model(family: str, processed: bool = True):
     """The family's tiny model as a HookedTransformer (TransformerLens' default processing, or none)."""
     from interp_edit import load_model

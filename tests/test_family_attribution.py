@@ -34,9 +34,6 @@ from interp_edit.model import hook_counts
 
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 OTHER = "Talvik Corlo lives in"
-#: families whose Hugging Face models do not load yet (issue 13's loading part): their tests
-#: are expected to fail at loading only, and run as soon as loading lands
-NOT_LOADING_YET = {"gemma", "gemma2", "phi"}
 #: and two families without TransformerLens' weight processing (norm gains and biases unfolded)
 CASES = FAMILY_NAMES + ("postnorm", "gptj-raw", "llama3-raw")
 
@@ -77,12 +74,7 @@ def _load(family):
         return _POSTNORM[0]
     if family.endswith("-raw"):
         return family_model(family.removesuffix("-raw"), processed=False)
-    try:
-        return family_model(family)
-    except Exception as exc:  # noqa: BLE001
-        if family in NOT_LOADING_YET:
-            pytest.xfail(f"{family} does not load yet ({type(exc).__name__}: {str(exc)[:80]})")
-        raise
+    return family_model(family)
 
 
 # --- independent references: the model run with TransformerLens hooks --------------------

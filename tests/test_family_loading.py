@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from family_models import FAMILY_NAMES, family_hf, family_model, toy_tokenizer
+
 from interp_edit import load_model
 from interp_edit.errors import InvalidArgumentError
 

@@ -24,7 +24,7 @@ from interp_edit.prompts import tokenize_with_subject
 PROMPT, SUBJECT, VERB, TARGET = "{} was born in the city of", "Belro Astlo", "born", "Ardonia"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def styled_model(style: str):
     tokenizer = tiny_tokenizer(style)
     hf = tiny_hf_model("llama", vocab_size=len(tokenizer))
