@@ -121,6 +121,26 @@ def test_rome_reaches_v_star_inside_the_model(family):
     scale = v_star.norm().item()
     assert (before - v_star.double()).norm().item() > 1e-2 * scale
     assert (after - v_star.double()).norm().item() < 1e-4 * scale
+    # and v* is the MLP output that reaches the optimised NLL: written at the edit token alone
+    # (a PyTorch hook replacing the module's output there), the model's NLL of the new target is
+    # the one the optimisation reported
+    target = model.tokenizer.encode(" Karsa", add_special_tokens=False)
+    tokens = torch.cat([_tokens(model, prompt), torch.tensor([target[:-1]], dtype=torch.long)], 1)
+
+    def write(mod, args, out):
+        out = out.clone()
+        out[:, position] = v_star.to(out.dtype)
+        return out
+
+    handle = model.blocks[layer].mlp.register_forward_hook(write)
+    try:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(tokens)[0].double(), -1)
+    finally:
+        handle.remove()
+    first = tokens.shape[1] - len(target)
+    nll = -logp[torch.arange(first, tokens.shape[1]), torch.tensor(target)].mean().item()
+    assert abs(nll - result.info["target_nll"][0]) < 1e-3 * max(1.0, nll)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
