@@ -130,9 +130,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from interp_edit.evaluation import run_experiment
     from interp_edit.model import load_model
 
+    from interp_edit.editing import get_editor
+
+    editor = get_editor(args.method)
+    data = args.data or editor.default_data
     model = load_model(args.model)
     config = json.loads(args.config) if args.config else {}
-    result = run_experiment(model, args.data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
+    result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
                             fluency=not args.no_fluency, config=config, progress=not args.quiet)
     files = result.save(Path(args.out) / "summary") if args.out else []
@@ -203,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--replacement", help="subject swapped in by --corruption replace")
     trace.add_argument("--noise", type=float, default=3.0, help="noise scale in embedding stds")
     trace.add_argument("--samples", type=int, default=10)
-    trace.add_argument("--window", type=int, default=10)
+    trace.add_argument("--window", type=int, help="layers restored together for mlp/attn (default: 10 of 48 layers "
+                       "scaled to the model's depth, max(1, round(10 * n_layers / 48)))")
     trace.add_argument("--metric", default="prob", choices=("prob", "logprob", "logit_diff"))
     trace.add_argument("--foil", help="competing answer for --metric logit_diff")
     trace.add_argument("--severed", choices=("mlp", "attn"))
@@ -242,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev_cmd = sub.add_parser("evaluate", help="edit n dataset cases in batches (independent or sequential); print the metrics")
     ev_cmd.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
-    ev_cmd.add_argument("--data", default="toyworld-counterfact",
-                        help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file")
+    ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file "
+                        "(default: the one that suits the method: toyworld-mquake for ace, toyworld-counterfact otherwise)")
     ev_cmd.add_argument("--method", default="rome", help="an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop cases), mega (default rome)")
     ev_cmd.add_argument("--n", type=int, help="number of cases edited (default: all)")
     ev_cmd.add_argument("--batch-size", type=int, default=1, help="requests per edit (default 1)")

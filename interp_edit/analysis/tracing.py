@@ -113,6 +113,18 @@ def subject_embedding_std(model, subjects: Sequence[str]) -> float:
     return model.W_E[torch.tensor(ids, device=model.W_E.device)].float().std().item()
 
 
+#: ROME restores windows of 10 layers on GPT-2 XL's 48: the default window keeps that fraction
+ROME_WINDOW, ROME_LAYERS = 10, 48
+
+
+def default_window(n_layers: int) -> int:
+    """The trace window when none is given: ROME's 10 of 48 layers scaled to the depth,
+    ``max(1, round(10 * n_layers / 48))`` (48 layers: 10, GPT-J's 28: 6, GPT-2's 12: 2, the toy
+    model's 6: 1). A fixed 10 on a shallow model restores every layer at once, so every row of
+    the MLP / attention traces would be the same."""
+    return max(1, round(ROME_WINDOW * n_layers / ROME_LAYERS))
+
+
 def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
     """ROME's window of ``window`` layers centred on ``layer``, clipped at the ends."""
     return tuple(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
@@ -224,7 +236,7 @@ def causal_trace(
     corruption: str = "gaussian",
     noise: float = 3.0,
     samples: int = 10,
-    window: int = 10,
+    window: int | None = None,
     metric: str = "prob",
     severed: str | None = None,
     seed: int = 0,
@@ -247,10 +259,12 @@ def causal_trace(
     ``hidden`` = the residual stream after the layer (``severed="mlp"|"attn"`` freezes the MLP
     or attention outputs of all later layers at that position to their corrupted values);
     ``mlp`` / ``attn`` = the MLP / attention outputs of ``window`` layers centred on the layer
-    (clipped at the ends). The target defaults to the clean top-1 token; see
-    :mod:`interp_edit.analysis.scoring` for metrics and multi-token targets. The subject's
+    (clipped at the ends); ``window=None`` (default) is :func:`default_window` of the model's
+    depth (ROME's code uses 10 at any depth: pass ``window=10`` for that). The target defaults
+    to the clean top-1 token; see :mod:`interp_edit.analysis.scoring` for metrics and multi-token targets. The subject's
     first occurrence is used unless ``subject_occurrence`` says otherwise.
     """
+    window = default_window(model.cfg.n_layers) if window is None else window
     settings = TraceSettings(tuple(kinds), corruption, noise, samples, window, metric, severed, seed,
                              embedding_std, replacement, subject_occurrence)
     inputs = prepare_trace(model, prompt, subject, target, settings, replacements, foil)

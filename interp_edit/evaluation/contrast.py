@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp_edit.analysis.contrast import DIRECTIONS, GROUPS, MODULES, attribution_diff, axis_index
 from interp_edit.errors import EditRequestError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.logprobs import continuation_logprobs
+from interp_edit.progress import progress_bar
 
 __all__ = ["DIRECTIONS", "MODULES", "ContrastResult", "contrast_study", "contrast_from_records"]
 
@@ -325,7 +325,7 @@ def contrast_study(
     records = _resume(path, settings)
     if path is not None:
         _write(path, settings, records)  # drops a line cut by an interruption
-    bar = tqdm(total=len(parsed), initial=len(records), desc=f"contrast {name}", disable=not progress)
+    bar = progress_bar(total=len(parsed), initial=len(records), desc=f"contrast {name}", disable=not progress)
     for i in range(len(records), len(parsed)):
         start = time.perf_counter()
         req = parsed[i]
