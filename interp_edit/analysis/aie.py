@@ -78,6 +78,17 @@ class AIEResult:
         role, layer = divmod(block.argmax().item(), block.shape[1])
         return dict(kind=kind, role=self.roles[role], layer=layer, effect=block[role, layer].item())
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        peaks = []
+        for kind in self.kinds:
+            p = self.peak(kind)
+            peaks.append(f"{kind} {p['role']} L{p['layer']} {number(p['effect'], 3)}")
+        return short_repr("AIEResult", n_facts=str(self.n_facts), skipped=str(self.n_skipped),
+                          clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
+                          peaks="[" + "; ".join(peaks) + "]")
+
     def plot(self):
         from interp_edit.viz.traces import aie_figure
 

@@ -96,6 +96,16 @@ class CausalTraceResult:
                               indirect_effect=ie[kind_i, layer, pos].item()))
         return sites
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        top = self.top_sites(1)[0] if self.scores.numel() else None
+        site = (f"{top['kind']} L{top['layer']} @{top['pos']} {text(top['token'])} (+{number(top['indirect_effect'], 3)})"
+                if top else None)
+        return short_repr("CausalTraceResult", prompt=text(self.prompt), subject=text(self.subject), target=text(self.target),
+                          metric=self.settings.metric, window=str(self.settings.window), clean=number(self.clean_score),
+                          corrupted=number(self.corrupted_score), top_site=site)
+
     def plot(self, layout: str = "rome"):
         from interp_edit.viz.traces import causal_trace_figure
 

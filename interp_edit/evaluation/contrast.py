@@ -150,6 +150,18 @@ class ContrastResult:
                 f"suppress_old attn {p['attn_suppress']:+.3f} ffn {p['ffn_suppress']:+.3f}; "
                 f"top attn promote layers {self.top_layers(k=2)}")
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        fields = dict(method=repr(self.label), group=repr(self.group), successes=str(self.n_success),
+                      failures=str(self.n_failure))
+        if not self.defined:
+            return short_repr("ContrastResult", **fields, undefined=repr(self.undefined_reason))
+        p = self.pattern()
+        return short_repr("ContrastResult", **fields, attn_promote_late=number(p["attn_promote_late"], 3),
+                          attn_promote_early=number(p["attn_promote_early"], 3), attn_suppress=number(p["attn_suppress"], 3),
+                          ffn_suppress=number(p["ffn_suppress"], 3))
+
     def plot(self, view: str = "panels"):
         """``panels`` (success / failure / leverage maps side by side), ``leverage`` (profile
         with bootstrap error bars), ``margins`` (efficacy margins by group)."""
