@@ -187,13 +187,15 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, help="torch threads (default: the package's policy, "
+                        "interp_edit.threads: $INTERP_EDIT_THREADS or 1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="load the toy-world model and show what it knows")
     demo.add_argument("--facts", type=int, default=6, help="number of facts to show")
     demo.add_argument("--top-k", type=int, default=5, help="predictions shown per fact")
     demo.add_argument("--seed", type=int, default=0, help="which facts are drawn")
-    demo.add_argument("--figures", default="figures", help="folder for the trace and AIE figures")
+    demo.add_argument("--figures", default="results/demo", help="folder for the figures (default results/demo, not tracked by git)")
     demo.add_argument("--aie-facts", type=int, default=100, help="facts averaged in the AIE figure")
     demo.set_defaults(func=_cmd_demo)
 
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--severed", choices=("mlp", "attn"))
     trace.add_argument("--seed", type=int, default=0)
     trace.add_argument("--top", type=int, default=5, help="restoration sites printed")
-    trace.add_argument("--out", default="figures", help="folder for the figures")
+    trace.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
     trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
     trace.set_defaults(func=_cmd_trace)
 
@@ -227,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--method", default="exact", choices=("exact", "first_order"),
                            help="exact log-prob increases (default) or their cheaper gradient approximation")
     attribute.add_argument("--show", type=int, default=15, help="neurons printed")
-    attribute.add_argument("--out", default="figures", help="folder for the figures")
+    attribute.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
     attribute.add_argument("--name", default="attribution", help="file name stem of the figures")
     attribute.set_defaults(func=_cmd_attribute)
 
@@ -294,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     from interp_edit.errors import InterpEditError
 
     try:
+        if args.func is not _cmd_toy_train:  # training sets its own threads (ToyTrainConfig.threads)
+            from interp_edit.threads import set_threads
+
+            set_threads(args.threads)
         return args.func(args)
     except InterpEditError as err:
         print(f"interp-edit: error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ from interp_edit.toyworld import counterfact_records, load_world
 from interp_edit.toyworld.world import stable_seed
 
 
-def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Path = "figures",
+def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Path = "results/demo",
              aie_facts: int = 100) -> None:
     start = time.perf_counter()
     import transformer_lens  # noqa: F401 - a one-off cost, reported apart from the model's load

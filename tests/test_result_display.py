@@ -71,3 +71,123 @@ def test_long_prompts_are_cut_inside_their_quotes():
 
     assert text("x" * 200).endswith("…'") and len(text("x" * 200)) <= 70
     assert len(short_repr("R", a=text("y" * 1000), b="z" * 1000)) <= REPR_LIMIT
+
+
+# --- figure layout: no colourbar or legend over a plot area, a subplot title or each other -----
+
+#: room a colourbar's tick labels take right of its bar, and a legend row's height (pixels)
+LABELS_PX, LEGEND_ROW_PX, TITLE_PX, CHAR_PX = 40, 19, 16, 6.5
+MAX_FIGURE_WIDTH = 1000
+
+
+def _figures(zoo) -> dict:
+    figs = {"trace_rome": zoo["trace"].plot(), "trace_tl": zoo["trace"].plot(layout="tl"), "aie": zoo["aie"].plot(),
+            "patching": zoo["patching"].plot(), "lens": zoo["lens"].plot(), "dla": zoo["dla"].plot(),
+            "ablation": zoo["ablation"].plot(), "edit_token_aie": zoo["edit_token_aie"].plot(window=(1, 2)),
+            "experiment": zoo["experiment"].plot()}
+    for view in ("overview", "neurons", "heads", "layers", "query"):
+        figs[f"attribution_{view}"] = zoo["attribution"].plot(view)
+    for view in ("sankey", "layers"):
+        figs[f"pathways_{view}"] = zoo["pathways"].plot(view)
+    for view in ("heatmap", "groups", "logprobs"):
+        figs[f"diff_{view}"] = zoo["diff"].plot(view)
+    for view in ("panels", "leverage", "margins") if zoo["contrast"].defined else ("panels", "margins"):
+        figs[f"contrast_{view}"] = zoo["contrast"].plot(view)
+    return figs
+
+
+def _span(position: float, size: float, anchor: str, low: str, high: str) -> tuple[float, float]:
+    if anchor == high:
+        return position - size, position
+    if anchor in ("center", "middle"):
+        return position - size / 2, position + size / 2
+    return position, position + size
+
+
+def _overlap(a, b, tol: float = 1e-3) -> bool:
+    (ax, ay), (bx, by) = a, b
+    return min(ax[1], bx[1]) - max(ax[0], bx[0]) > tol and min(ay[1], by[1]) - max(ay[0], by[0]) > tol
+
+
+def _boxes(full) -> tuple[list, list, list, list]:
+    """Plot areas, colourbars, subplot titles and legend as ((x0, x1), (y0, y1)) in paper units,
+    from the figure as plotly lays it out (``full_figure_for_development``)."""
+    lay = full.layout
+    plot_w = lay.width - lay.margin.l - lay.margin.r
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    areas, bars = set(), []
+    for trace in full.data:
+        if trace.type in ("sankey", "table"):
+            continue
+        x = lay["xaxis" + (trace.xaxis or "x")[1:]].domain
+        y = lay["yaxis" + (trace.yaxis or "y")[1:]].domain
+        areas.add((tuple(x), tuple(y)))
+        if trace.type in ("heatmap", "contour") and trace.showscale:
+            cb = trace.colorbar
+            w = ((cb.thickness if cb.thicknessmode == "pixels" else cb.thickness * plot_w) + LABELS_PX) / plot_w
+            h = cb.len if cb.lenmode == "fraction" else cb.len / plot_h
+            bars.append((_span(cb.x, w, cb.xanchor, "left", "right"), _span(cb.y, h, cb.yanchor, "bottom", "top")))
+    titles = [((a.x - len(a.text) * CHAR_PX / 2 / plot_w, a.x + len(a.text) * CHAR_PX / 2 / plot_w), (a.y, a.y + TITLE_PX / plot_h))
+              for a in lay.annotations if a.yref == "paper" and a.xref == "paper" and a.yanchor == "bottom"]
+    legend = []
+    names = [t.name or "" for t in full.data if getattr(t, "showlegend", False)]
+    if lay.showlegend and names:
+        lg = lay.legend
+        if lg.orientation == "h":
+            w, h = sum(len(n) * CHAR_PX + 40 for n in names) / plot_w, LEGEND_ROW_PX / plot_h
+        else:
+            w, h = (max(len(n) for n in names) * CHAR_PX + 40) / plot_w, LEGEND_ROW_PX * len(names) / plot_h
+        yanchor = lg.yanchor if lg.yanchor != "auto" else ("top" if lg.y >= 2 / 3 else "bottom" if lg.y <= 1 / 3 else "middle")
+        xanchor = lg.xanchor if lg.xanchor != "auto" else ("right" if lg.x >= 2 / 3 else "left")
+        legend.append((_span(lg.x, w, xanchor, "left", "right"), _span(lg.y, h, yanchor, "bottom", "top")))
+    return sorted(areas), bars, titles, legend
+
+
+@pytest.fixture(scope="module")
+def laid_out(zoo):
+    return {name: fig.full_figure_for_development(warn=False) for name, fig in _figures(zoo).items()}
+
+
+def test_figures_fit_a_notebook_column(laid_out):
+    too_wide = {name: full.layout.width for name, full in laid_out.items() if full.layout.width > MAX_FIGURE_WIDTH}
+    assert not too_wide
+
+
+def test_no_colourbar_or_legend_covers_a_plot_a_title_or_each_other(laid_out):
+    problems = []
+    for name, full in laid_out.items():
+        areas, bars, titles, legend = _boxes(full)
+        for i, bar in enumerate(bars):
+            problems += [f"{name}: colourbar {i} over plot area {a}" for a in areas if _overlap(bar, a)]
+            problems += [f"{name}: colourbar {i} over a subplot title" for t in titles if _overlap(bar, t)]
+            problems += [f"{name}: colourbars {i} and {j} overlap" for j, other in enumerate(bars) if j > i and _overlap(bar, other)]
+        for box in legend:
+            problems += [f"{name}: legend over plot area {a}" for a in areas if _overlap(box, a)]
+            problems += [f"{name}: legend over a colourbar" for bar in bars if _overlap(box, bar)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_layout_check_sees_the_old_overlaps(zoo):
+    """The check above fails on a colourbar placed on its subplot, as the trace figure had it."""
+    fig = zoo["trace"].plot()
+    fig.data[0].colorbar.update(x=0.1, xanchor="left")  # on its own subplot
+    _, bars, _, _ = _boxes(fig.full_figure_for_development(warn=False))
+    areas, _, _, _ = _boxes(fig.full_figure_for_development(warn=False))
+    assert any(_overlap(bar, a) for bar in bars for a in areas)
+
+
+def test_sankey_title_names_only_drawn_layers_and_hover_has_one_line_per_pathway(zoo):
+    pathways = zoo["pathways"]
+    fig = pathways.plot("sankey")
+    flow = pathways.layer_flow()
+    drawn = {v for v in range(flow.shape[0]) if flow[:, v].sum() > 0}
+    title = fig.layout.title.text
+    listed = [int(x) for x in title.split("value layers [")[1].split("]")[0].split(",") if x.strip()]
+    assert listed and set(listed) <= drawn
+    assert all("<br>" in h or "," not in h for h in fig.data[0].link.customdata)
+
+
+def test_aie_and_lens_figures_have_hover_and_colourbars(zoo):
+    assert all(t.hovertemplate for t in zoo["aie"].plot().data)
+    lens = zoo["lens"].plot()
+    assert all(t.showscale is not False for t in lens.data) and len(lens.data) == 2
