@@ -127,10 +127,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     import math
 
+    from interp_edit.editing import get_editor
     from interp_edit.evaluation import run_experiment
     from interp_edit.model import load_model
-
-    from interp_edit.editing import get_editor
 
     editor = get_editor(args.method)
     data = args.data or editor.default_data

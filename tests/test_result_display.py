@@ -81,10 +81,12 @@ MAX_FIGURE_WIDTH = 1000
 
 
 def _figures(zoo) -> dict:
+    from interp_edit.viz.experiments import comparison_figure
+
     figs = {"trace_rome": zoo["trace"].plot(), "trace_tl": zoo["trace"].plot(layout="tl"), "aie": zoo["aie"].plot(),
             "patching": zoo["patching"].plot(), "lens": zoo["lens"].plot(), "dla": zoo["dla"].plot(),
             "ablation": zoo["ablation"].plot(), "edit_token_aie": zoo["edit_token_aie"].plot(window=(1, 2)),
-            "experiment": zoo["experiment"].plot()}
+            "experiment": zoo["experiment"].plot(), "comparison": comparison_figure([zoo["experiment"]])}
     for view in ("overview", "neurons", "heads", "layers", "query"):
         figs[f"attribution_{view}"] = zoo["attribution"].plot(view)
     for view in ("sankey", "layers"):

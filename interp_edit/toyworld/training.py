@@ -11,10 +11,10 @@ import torch
 
 from interp_edit.batching import pad_right
 from interp_edit.model import build_hooked_transformer, save_checkpoint
+from interp_edit.progress import progress_bar
 from interp_edit.toyworld.corpus import CorpusMixture, CorpusSampler
 from interp_edit.toyworld.tokenizer import build_tokenizer
 from interp_edit.toyworld.world import build_world
-from interp_edit.progress import progress_bar
 
 
 @dataclass(frozen=True)

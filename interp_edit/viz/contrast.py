@@ -10,9 +10,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from interp_edit.viz.layout import fit_layout
-
 from interp_edit.errors import InvalidArgumentError
+from interp_edit.viz.layout import fit_layout
 
 DIFF_VIEWS = ("heatmap", "groups", "neurons", "logprobs")
 CONTRAST_VIEWS = ("panels", "leverage", "margins")

@@ -56,6 +56,8 @@ def comparison_figure(results: Sequence, metrics: Sequence[str] = ("efficacy_sco
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
+    from interp_edit.viz.layout import fit_layout
+
     cols = 3
     rows = (len(metrics) + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(metrics))
