@@ -127,12 +127,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     import math
 
+    from interp_edit.editing import get_editor
     from interp_edit.evaluation import run_experiment
     from interp_edit.model import load_model
 
+    editor = get_editor(args.method)
+    data = args.data or editor.default_data
     model = load_model(args.model)
     config = json.loads(args.config) if args.config else {}
-    result = run_experiment(model, args.data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
+    result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
                             fluency=not args.no_fluency, config=config, progress=not args.quiet)
     files = result.save(Path(args.out) / "summary") if args.out else []
@@ -198,13 +201,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, help="torch threads (default: the package's policy, "
+                        "interp_edit.threads: $INTERP_EDIT_THREADS or 1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="load the toy-world model and show what it knows")
     demo.add_argument("--facts", type=int, default=6, help="number of facts to show")
     demo.add_argument("--top-k", type=int, default=5, help="predictions shown per fact")
     demo.add_argument("--seed", type=int, default=0, help="which facts are drawn")
-    demo.add_argument("--figures", default="figures", help="folder for the trace and AIE figures")
+    demo.add_argument("--figures", default="results/demo", help="folder for the figures (default results/demo, not tracked by git)")
     demo.add_argument("--aie-facts", type=int, default=100, help="facts averaged in the AIE figure")
     demo.set_defaults(func=_cmd_demo)
 
@@ -218,13 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--replacement", help="subject swapped in by --corruption replace")
     trace.add_argument("--noise", type=float, default=3.0, help="noise scale in embedding stds")
     trace.add_argument("--samples", type=int, default=10)
-    trace.add_argument("--window", type=int, default=10)
+    trace.add_argument("--window", type=int, help="layers restored together for mlp/attn (default: 10 of 48 layers "
+                       "scaled to the model's depth, max(1, round(10 * n_layers / 48)))")
     trace.add_argument("--metric", default="prob", choices=("prob", "logprob", "logit_diff"))
     trace.add_argument("--foil", help="competing answer for --metric logit_diff")
     trace.add_argument("--severed", choices=("mlp", "attn"))
     trace.add_argument("--seed", type=int, default=0)
     trace.add_argument("--top", type=int, default=5, help="restoration sites printed")
-    trace.add_argument("--out", default="figures", help="folder for the figures")
+    trace.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
     trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
     trace.set_defaults(func=_cmd_trace)
 
@@ -237,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--method", default="exact", choices=("exact", "first_order"),
                            help="exact log-prob increases (default) or their cheaper gradient approximation")
     attribute.add_argument("--show", type=int, default=15, help="neurons printed")
-    attribute.add_argument("--out", default="figures", help="folder for the figures")
+    attribute.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
     attribute.add_argument("--name", default="attribution", help="file name stem of the figures")
     attribute.set_defaults(func=_cmd_attribute)
 
@@ -257,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev_cmd = sub.add_parser("evaluate", help="edit n dataset cases in batches (independent or sequential); print the metrics")
     ev_cmd.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
-    ev_cmd.add_argument("--data", default="toyworld-counterfact",
-                        help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file")
+    ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file "
+                        "(default: the one that suits the method: toyworld-mquake for ace, toyworld-counterfact otherwise)")
     ev_cmd.add_argument("--method", default="rome", help="an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop cases), mega (default rome)")
     ev_cmd.add_argument("--n", type=int, help="number of cases edited (default: all)")
     ev_cmd.add_argument("--batch-size", type=int, default=1, help="requests per edit (default 1)")
@@ -317,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     from interp_edit.errors import InterpEditError
 
     try:
+        if args.func is not _cmd_toy_train:  # training sets its own threads (ToyTrainConfig.threads)
+            from interp_edit.threads import set_threads
+
+            set_threads(args.threads)
         return args.func(args)
     except InterpEditError as err:
         print(f"interp-edit: error: {err}", file=sys.stderr)

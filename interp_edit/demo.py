@@ -14,7 +14,7 @@ from interp_edit.toyworld import counterfact_records, load_world
 from interp_edit.toyworld.world import stable_seed
 
 
-def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Path = "figures",
+def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Path = "results/demo",
              aie_facts: int = 100) -> None:
     start = time.perf_counter()
     import transformer_lens  # noqa: F401 - a one-off cost, reported apart from the model's load
@@ -49,8 +49,9 @@ def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Pat
 def trace_and_aie(model, records, figures: Path, aie_facts: int, seed: int) -> None:
     """A causal trace of one fact and the AIE over many, written to ``figures``."""
     from interp_edit.analysis import average_indirect_effect, causal_trace
+    from interp_edit.analysis.tracing import default_window
 
-    window = max(1, model.cfg.n_layers // 5)  # ROME's 10 of 48 layers, scaled to this depth
+    window = default_window(model.cfg.n_layers)  # ROME's 10 of 48 layers, scaled to this depth
     record = next(r for r in records if r.relation_id == "born_in")
     prompt = "As everyone knows, " + record.prompt.format(record.subject)
     trace = causal_trace(model, prompt, record.subject, record.target_true, window=window, seed=seed)

@@ -33,7 +33,9 @@ CASES = [
 def test_batched_trace_equals_loop(which, settings, tiny_model, toy_model):
     model = tiny_model if which == "tiny" else toy_model
     fast = causal_trace(model, PROMPT, SUBJECT, max_rows=64, **settings)
-    slow = causal_trace_loop(model, PROMPT, SUBJECT, **{k: v for k, v in settings.items()})
+    # the default window is ROME's 10 of 48 layers scaled to the depth (written out here, not imported)
+    window = settings.get("window", max(1, round(10 * model.cfg.n_layers / 48)))
+    slow = causal_trace_loop(model, PROMPT, SUBJECT, **{**settings, "window": window})
     assert fast.scores.shape == slow.shape
     assert (fast.scores - slow).abs().max().item() < 1e-5
     assert not model.hook_dict["hook_embed"].fwd_hooks

@@ -63,6 +63,13 @@ class AblationResult:
     def accuracy_after(self) -> float:
         return (self.top1_after == self.target_ids).float().mean().item()
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        return short_repr("AblationResult", mode=repr(self.mode), prompts=str(len(self.prompts)), neurons=str(len(self.neurons)),
+                          mean_drop=number(self.mean_drop),
+                          accuracy=f"{number(self.accuracy_before, 3)}→{number(self.accuracy_after, 3)}")
+
     def plot(self):
         from interp_edit.viz.attribution import ablation_figure
 

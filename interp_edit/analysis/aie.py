@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp_edit.analysis.scoring import encode_target
-from interp_edit.analysis.tracing import KINDS, CausalTraceResult, causal_trace, subject_embedding_std
+from interp_edit.analysis.tracing import KINDS, CausalTraceResult, causal_trace, default_window, subject_embedding_std
 from interp_edit.batching import last_token_logits
+from interp_edit.progress import progress_bar
 
 ROLES = (
     "first_subject",
@@ -78,6 +78,17 @@ class AIEResult:
         role, layer = divmod(block.argmax().item(), block.shape[1])
         return dict(kind=kind, role=self.roles[role], layer=layer, effect=block[role, layer].item())
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        peaks = []
+        for kind in self.kinds:
+            p = self.peak(kind)
+            peaks.append(f"{kind} {p['role']} L{p['layer']} {number(p['effect'], 3)}")
+        return short_repr("AIEResult", n_facts=str(self.n_facts), skipped=str(self.n_skipped),
+                          clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
+                          peaks="[" + "; ".join(peaks) + "]")
+
     def plot(self):
         from interp_edit.viz.traces import aie_figure
 
@@ -108,7 +119,7 @@ def average_indirect_effect(
     kinds: Sequence[str] = KINDS,
     noise: float = 3.0,
     samples: int = 10,
-    window: int = 10,
+    window: int | None = None,
     metric: str = "prob",
     severed: str | None = None,
     seed: int = 0,
@@ -121,10 +132,11 @@ def average_indirect_effect(
     dicts or ``(prompt, subject, target)`` tuples. The noise scale is, as in ROME, 3 × the std
     of the embeddings of all the facts' subject tokens unless ``embedding_std`` is given."""
     facts = [_as_fact(f) for f in facts]
+    window = default_window(model.cfg.n_layers) if window is None else window
     std = embedding_std or subject_embedding_std(model, [s for _, s, _ in facts])
     predicted = last_token_logits(model, [p for p, _, _ in facts]).argmax(-1).tolist()
     per_fact, skipped, clean, corrupted = [], [], [], []
-    for i, (prompt, subject, target) in enumerate(tqdm(facts, desc="AIE", disable=not progress)):
+    for i, (prompt, subject, target) in enumerate(progress_bar(facts, desc="AIE", disable=not progress)):
         if predicted[i] != encode_target(model.tokenizer, target)[0]:
             skipped.append(dict(index=i, prompt=prompt, target=target, predicted=model.tokenizer.decode([predicted[i]])))
             continue

@@ -336,6 +336,22 @@ class NeuronAttributionResult:
         return [dict(rank=r, neuron=s.label, kind=s.neuron.kind, score=s.score, coefficient=s.coefficient,
                      top_tokens=", ".join(repr(t) for t in s.top_tokens)) for r, s in enumerate(self.value_neurons(k), 1)]
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        best = self.layer_scores.flatten().argmax().item()
+        return short_repr("NeuronAttributionResult", prompt=text(self.prompt), target=text(self.target_token),
+                          logprob=number(self.model_logprob),
+                          top_neurons="[" + ", ".join(f"{s.label} {s.score:+.3g}" for s in self.value_neurons(3)) + "]",
+                          best_layer=f"L{best // 2} {('attn', 'ffn')[best % 2]} {number(self.layer_scores.flatten()[best].item(), 3)}")
+
+    def _repr_html_(self) -> str:
+        from interp_edit.reprs import html_table
+
+        rows = [(r["rank"], r["neuron"], r["kind"], r["score"], r["coefficient"], r["top_tokens"]) for r in self.table(10)]
+        return html_table(f"Neuron attribution of {self.prompt!r} → {self.target_token!r} (log p {self.model_logprob:.4f})",
+                          ("rank", "neuron", "kind", "score", "coefficient", "promotes"), rows)
+
     def plot(self, view: str = "overview"):
         """``overview`` (top neurons, heads and layer heatmap), ``neurons``, ``heads``, ``layers``, ``query``."""
         from interp_edit.viz.attribution import attribution_figure

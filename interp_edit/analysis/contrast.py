@@ -205,6 +205,19 @@ class AttributionDiffResult:
         return [{"layer": layer, "module": module, **{name: float(diff[layer, m, d]) for d, name in enumerate(DIRECTIONS)}}
                 for layer in range(diff.shape[0]) for m, module in enumerate(MODULES)]
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        group = "edit" if "edit" in self.before else self.groups[0]
+        diff = self.layer_diff(group)  # [layer, module, direction]
+        flat = diff.abs().flatten().argmax().item()
+        layer, rest = divmod(flat, diff.shape[1] * diff.shape[2])
+        module, direction = divmod(rest, diff.shape[2])
+        largest = f"L{layer} {('attn', 'ffn')[module]} {DIRECTIONS[direction]} {number(diff.flatten()[flat].item(), 3)}"
+        return short_repr("AttributionDiffResult", method=repr(self.method), targets=f"({text(self.target_tokens[0])}, "
+                          f"{text(self.target_tokens[1])})", groups=str({g: len(p) for g, p in self.prompts.items()}),
+                          largest_change=f"{group}: {largest}")
+
     def plot(self, view: str = "heatmap", group: str = "edit"):
         """``heatmap`` (layer × module diff maps, new and old), ``groups`` (the maps of every
         prompt group side by side), ``neurons`` (top changed neurons), ``logprobs``."""

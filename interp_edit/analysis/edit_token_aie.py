@@ -61,6 +61,15 @@ class EditTokenAIE:
             raise InvalidArgumentError(f"unknown AIE curve {name!r}; choose from {CURVES}")
         return getattr(self, name)
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        curve = self.mlp_mediated
+        peak = int(curve.nan_to_num(-float("inf")).argmax()) if curve.numel() else None
+        return short_repr("EditTokenAIE", n_facts=str(self.n_facts), skipped=str(len(self.skipped)),
+                          clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
+                          mlp_mediated_peak=f"L{peak} {number(curve[peak].item(), 3)}" if peak is not None else None)
+
     def plot(self, window: Sequence[int] = ()):
         from interp_edit.viz.edit_token_aie import edit_token_aie_figure
 

@@ -38,6 +38,17 @@ class LogitLensResult:
     prompt: str
     target: str | None
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        final = text(self.top_tokens[-1][-1][0]) + f" {number(self.top_probs[-1, -1, 0].item(), 3)}"
+        first = None
+        if self.target_ranks is not None:
+            top1 = (self.target_ranks[:, -1] == 0).nonzero().flatten().tolist()
+            first = self.layer_labels[top1[0]] if top1 else "never"
+        return short_repr("LogitLensResult", prompt=text(self.prompt), target=text(self.target) if self.target else None,
+                          layers=str(len(self.layer_labels)), final_top1=final, target_top1_from=first)
+
     def plot(self):
         from interp_edit.viz.lens import logit_lens_figure
 
@@ -112,6 +123,17 @@ class DLAResult:
     def attn(self) -> Float[Tensor, " layer"]:
         """Per attention layer: its heads plus its output bias."""
         return self.heads.sum(-1) + self.attn_bias
+
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        parts = {f"L{layer}H{head}": self.heads[layer, head].item() for layer in range(self.heads.shape[0])
+                 for head in range(self.heads.shape[1])}
+        parts |= {f"MLP{layer}": v for layer, v in enumerate(self.mlp.tolist())} | {"embed": self.embed}
+        top = sorted(parts.items(), key=lambda kv: -abs(kv[1]))[:3]
+        return short_repr("DLAResult", prompt=text(self.prompt), target=text(self.target),
+                          foil=text(self.foil) if self.foil is not None else None, total=number(self.total),
+                          top="[" + ", ".join(f"{k} {v:+.3g}" for k, v in top) + "]")
 
     def plot(self):
         from interp_edit.viz.lens import dla_figure

@@ -47,6 +47,19 @@ class PatchingResult:
     foil: str | None
     settings: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        peaks = []
+        for site, values in self.results.items():
+            flat = values.nan_to_num(-float("inf")).flatten().argmax().item()
+            index = [int(i) for i in torch.unravel_index(torch.tensor(flat), values.shape)]
+            peaks.append(f"{site}{index} {number(values.flatten()[flat].item(), 3)}")
+        return short_repr("PatchingResult", method=repr(self.method), direction=repr(self.direction),
+                          clean=text(self.clean_prompt, 40), corrupted=text(self.corrupted_prompt, 40),
+                          answer=text(self.answer), foil=text(self.foil) if self.foil is not None else None,
+                          metric=repr(self.metric), peaks="[" + "; ".join(peaks) + "]")
+
     def plot(self, sites: Sequence[str] | None = None):
         from interp_edit.viz.patching import patching_figure
 

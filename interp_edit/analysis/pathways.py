@@ -106,6 +106,14 @@ class PathwayResult:
             seen.setdefault(p.value)
         return list(seen)
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        top = self.pathways[0] if self.pathways else None
+        return short_repr("PathwayResult", prompts=str(len(self.prompts)), value_layers=str(self.value_layers[:3]),
+                          query_layers=str(self.query_layers[:3]), pathways=str(len(self.pathways)),
+                          top=f"{top.label} {number(top.weight, 3)}" if top else None)
+
     def plot(self, view: str = "sankey"):
         """``sankey`` (layer → layer flow of the top pathways) or ``layers`` (value / query layer scores)."""
         from interp_edit.viz.pathways import pathway_figure

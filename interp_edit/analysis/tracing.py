@@ -96,6 +96,16 @@ class CausalTraceResult:
                               indirect_effect=ie[kind_i, layer, pos].item()))
         return sites
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        top = self.top_sites(1)[0] if self.scores.numel() else None
+        site = (f"{top['kind']} L{top['layer']} @{top['pos']} {text(top['token'])} (+{number(top['indirect_effect'], 3)})"
+                if top else None)
+        return short_repr("CausalTraceResult", prompt=text(self.prompt), subject=text(self.subject), target=text(self.target),
+                          metric=self.settings.metric, window=str(self.settings.window), clean=number(self.clean_score),
+                          corrupted=number(self.corrupted_score), top_site=site)
+
     def plot(self, layout: str = "rome"):
         from interp_edit.viz.traces import causal_trace_figure
 
@@ -111,6 +121,18 @@ def subject_embedding_std(model, subjects: Sequence[str]) -> float:
     """Standard deviation of the token embeddings of the subjects' tokens (ROME's noise scale)."""
     ids = [t for s in subjects for t in model.tokenizer.encode(" " + s.strip(), add_special_tokens=False)]
     return model.W_E[torch.tensor(ids, device=model.W_E.device)].float().std().item()
+
+
+#: ROME restores windows of 10 layers on GPT-2 XL's 48: the default window keeps that fraction
+ROME_WINDOW, ROME_LAYERS = 10, 48
+
+
+def default_window(n_layers: int) -> int:
+    """The trace window when none is given: ROME's 10 of 48 layers scaled to the depth,
+    ``max(1, round(10 * n_layers / 48))`` (48 layers: 10, GPT-J's 28: 6, GPT-2's 12: 2, the toy
+    model's 6: 1). A fixed 10 on a shallow model restores every layer at once, so every row of
+    the MLP / attention traces would be the same."""
+    return max(1, round(ROME_WINDOW * n_layers / ROME_LAYERS))
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, ...]:
@@ -224,7 +246,7 @@ def causal_trace(
     corruption: str = "gaussian",
     noise: float = 3.0,
     samples: int = 10,
-    window: int = 10,
+    window: int | None = None,
     metric: str = "prob",
     severed: str | None = None,
     seed: int = 0,
@@ -247,10 +269,12 @@ def causal_trace(
     ``hidden`` = the residual stream after the layer (``severed="mlp"|"attn"`` freezes the MLP
     or attention outputs of all later layers at that position to their corrupted values);
     ``mlp`` / ``attn`` = the MLP / attention outputs of ``window`` layers centred on the layer
-    (clipped at the ends). The target defaults to the clean top-1 token; see
-    :mod:`interp_edit.analysis.scoring` for metrics and multi-token targets. The subject's
+    (clipped at the ends); ``window=None`` (default) is :func:`default_window` of the model's
+    depth (ROME's code uses 10 at any depth: pass ``window=10`` for that). The target defaults
+    to the clean top-1 token; see :mod:`interp_edit.analysis.scoring` for metrics and multi-token targets. The subject's
     first occurrence is used unless ``subject_occurrence`` says otherwise.
     """
+    window = default_window(model.cfg.n_layers) if window is None else window
     settings = TraceSettings(tuple(kinds), corruption, noise, samples, window, metric, severed, seed,
                              embedding_std, replacement, subject_occurrence)
     inputs = prepare_trace(model, prompt, subject, target, settings, replacements, foil)

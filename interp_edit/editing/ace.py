@@ -301,6 +301,21 @@ def choose_layers(model, rows: ACERows, cfg: ACEConfig) -> dict:
 
 # --- the editor --------------------------------------------------------------------------
 
+def check_ace_items(model, items, config: dict) -> dict:
+    """Experiment-level check (the runner calls it once, before any edit): every case must
+    carry the hop structure ACE edits along; the first that does not is refused with the data
+    set to use."""
+    for index, item in enumerate(items):
+        try:
+            as_ace_request(item, index)
+        except EditRequestError as err:
+            case = getattr(item, "case_id", None)
+            raise EditRequestError(f"ace cannot edit case {case if case is not None else index} of this data set: {err}. "
+                                   "Use a data set whose every case has multi-hop questions, e.g. the built-in "
+                                   "'toyworld-mquake' (interp-edit evaluate --method ace --data toyworld-mquake)") from None
+    return dict(config)
+
+
 def _merge(deltas: dict[str, LowRankDelta], new: dict[str, LowRankDelta]) -> None:
     """Add ``new`` to ``deltas`` (a layer edited by both stages gets the two factors side by side)."""
     for name, delta in new.items():

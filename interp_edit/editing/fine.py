@@ -337,9 +337,9 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     info: dict[str, list] = {"selected": [], "neurons": [], "neurons_touched": [], "max_nll": [], "loss": [], "steps": [], "seconds": []}
     iterator = treqs
     if progress:
-        from tqdm.auto import tqdm
+        from interp_edit.progress import progress_bar
 
-        iterator = tqdm(treqs, desc="FiNE")
+        iterator = progress_bar(treqs, desc="FiNE")
     try:
         for request in iterator:
             start = time.perf_counter()

@@ -130,6 +130,20 @@ def trace_layer_window(model, treqs: list[TokenizedRequest], cfg: MEMITCSKConfig
     return layers, {**aie.as_dict(), "curve": cfg.trace_curve, "window": cfg.window, "window_effect": effect}
 
 
+def fix_auto_layers(model, requests, config: dict) -> dict:
+    """Experiment-level layer choice (the runner calls it once, before any edit): with
+    ``layers="auto"``, trace the first ``trace_samples`` requests of the whole experiment and
+    fix the window for every batch, as the paper traces its data set once. Tracing each batch
+    alone would trace a single fact in batches of one, and one fact's curve may be flat; a flat
+    curve over the experiment's requests is refused here, before any edit."""
+    cfg = resolve(MEMITCSKConfig, model, None, dict(config))
+    if not cfg.auto_layers:
+        return dict(config)
+    treqs = prepare_requests(model, requests, model_fingerprint(model), edit_token=cfg.edit_token)
+    layers, _ = trace_layer_window(model, treqs, cfg)
+    return {**config, "layers": tuple(layers)}
+
+
 def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=None, cache_dir=None,
               progress: bool = False, **overrides) -> Edit:
     """One MEMIT-CSK batch edit of all ``requests`` at ``edit_token`` (see the module

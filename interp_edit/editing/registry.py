@@ -22,18 +22,25 @@ class Editor:
     #: the editor needs whole dataset cases (e.g. ACE: a fact plus its multi-hop questions),
     #: not plain single-fact requests; the experiment runner passes cases to it
     takes_cases: bool = False
+    #: the built-in data set an experiment (``interp-edit evaluate``) uses when none is given
+    default_data: str = "toyworld-counterfact"
+    #: run once per experiment, before any edit: ``prepare(model, items, config) -> config``
+    #: (``items``: what ``fn`` takes, for every case of the experiment). It raises when the cases
+    #: do not suit the editor, naming the data set that does, and may fix config fields every
+    #: batch then shares (e.g. layers chosen by tracing)
+    prepare: Callable | None = None
 
 
 def editors() -> dict[str, Editor]:
     """Every registered editing method, by name."""
-    from interp_edit.editing.ace import ACEConfig, ace
+    from interp_edit.editing.ace import ACEConfig, ace, check_ace_items
     from interp_edit.editing.alphaedit import AlphaEditConfig, alphaedit
     from interp_edit.editing.fine import FiNEConfig, fine
     from interp_edit.editing.finetune import FTConfig, finetune
     from interp_edit.editing.intattn import IntAttnConfig, intattn
     from interp_edit.editing.mega import MEGAConfig, mega
     from interp_edit.editing.memit import MEMITConfig, memit
-    from interp_edit.editing.memit_csk import MEMITCSKConfig, memit_csk
+    from interp_edit.editing.memit_csk import MEMITCSKConfig, fix_auto_layers, memit_csk
     from interp_edit.editing.rome import ROMEConfig, rome
 
     found = [
@@ -42,11 +49,12 @@ def editors() -> dict[str, Editor]:
         Editor("alphaedit", AlphaEditConfig, alphaedit, "MEMIT projected on the preserved keys' null space (Fang et al. 2025)"),
         Editor("ft", FTConfig, finetune, "fine-tuning of one W_out with an L-infinity constraint (FT-L)"),
         Editor("fine", FiNEConfig, fine, "neuron-level edit of selected W_out rows (FiNE, Pan et al. 2025)"),
-        Editor("memit_csk", MEMITCSKConfig, memit_csk, "MEMIT at a chosen subject / verb / object token, layers by tracing (Gupta et al. 2023)"),
+        Editor("memit_csk", MEMITCSKConfig, memit_csk, "MEMIT at a chosen subject / verb / object token, layers by tracing (Gupta et al. 2023)",
+               prepare=fix_auto_layers),
         Editor("intattn", IntAttnConfig, intattn, "joint MLP W_out + attention W_O update, attention share alpha (IntAttn-Edit)"),
         Editor("mega", MEGAConfig, mega, "gated linear maps on attention outputs, no weight change (MEGA activation steering)"),
         Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)",
-               takes_cases=True),
+               takes_cases=True, default_data="toyworld-mquake", prepare=check_ace_items),
     ]
     return {e.name: e for e in found}
 

@@ -155,7 +155,7 @@ def second_moments(
 def collect_second_moments(model, layers: Sequence[int], site: str, texts: Sequence[str], *,
                            batch_size: int = 32, progress: bool = True) -> dict[int, Float[Tensor, "key key"]]:
     """One pass over ``texts`` (no cache): the forward stops after ``max(layers)``."""
-    from tqdm.auto import tqdm
+    from interp_edit.progress import progress_bar
 
     names = {hook_name(site, layer): layer for layer in layers}
     dim = _site_dim(model, site)
@@ -163,7 +163,7 @@ def collect_second_moments(model, layers: Sequence[int], site: str, texts: Seque
     count = 0
     ids = [seq[: model.cfg.n_ctx] for seq in encode_prompts(model.tokenizer, texts)]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
-    bar = tqdm(total=len(ids), desc=f"key statistics ({site}, layers {list(layers)})", disable=not progress, leave=False)
+    bar = progress_bar(total=len(ids), desc=f"key statistics ({site}, layers {list(layers)})", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         batch = [ids[i] for i in order[start : start + batch_size]]
         tokens, lengths = pad_right(batch, model.tokenizer.pad_token_id or 0)

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp_edit.analysis.contrast import DIRECTIONS, GROUPS, MODULES, attribution_diff, axis_index
 from interp_edit.errors import EditRequestError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.logprobs import continuation_logprobs
+from interp_edit.progress import progress_bar
 
 __all__ = ["DIRECTIONS", "MODULES", "ContrastResult", "contrast_study", "contrast_from_records"]
 
@@ -149,6 +149,18 @@ class ContrastResult:
         return (f"{head}; leverage attn promote_new late {p['attn_promote_late']:+.3f} / early {p['attn_promote_early']:+.3f}, "
                 f"suppress_old attn {p['attn_suppress']:+.3f} ffn {p['ffn_suppress']:+.3f}; "
                 f"top attn promote layers {self.top_layers(k=2)}")
+
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        fields = dict(method=repr(self.label), group=repr(self.group), successes=str(self.n_success),
+                      failures=str(self.n_failure))
+        if not self.defined:
+            return short_repr("ContrastResult", **fields, undefined=repr(self.undefined_reason))
+        p = self.pattern()
+        return short_repr("ContrastResult", **fields, attn_promote_late=number(p["attn_promote_late"], 3),
+                          attn_promote_early=number(p["attn_promote_early"], 3), attn_suppress=number(p["attn_suppress"], 3),
+                          ffn_suppress=number(p["ffn_suppress"], 3))
 
     def plot(self, view: str = "panels"):
         """``panels`` (success / failure / leverage maps side by side), ``leverage`` (profile
@@ -325,7 +337,7 @@ def contrast_study(
     records = _resume(path, settings)
     if path is not None:
         _write(path, settings, records)  # drops a line cut by an interruption
-    bar = tqdm(total=len(parsed), initial=len(records), desc=f"contrast {name}", disable=not progress)
+    bar = progress_bar(total=len(parsed), initial=len(records), desc=f"contrast {name}", disable=not progress)
     for i in range(len(records), len(parsed)):
         start = time.perf_counter()
         req = parsed[i]

@@ -68,6 +68,25 @@ class ExperimentResult:
     def __str__(self) -> str:
         return self.table()
 
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr
+
+        s = self.summary()
+        metrics = [k for k in HEADLINE if k in s][:4]
+        return short_repr("ExperimentResult", method=repr(s["method"]), dataset=repr(s["dataset"]), n=str(s["n"]),
+                          mode=f"{'sequential' if s['sequential'] else 'independent'}/{s['batch_size']}",
+                          **{k: number(s[k]) for k in metrics}, wall_seconds=number(s["wall_seconds"], 3))
+
+    def _repr_html_(self) -> str:
+        from interp_edit.reprs import html_table
+
+        s = self.summary()
+        rows = [(k, v, self.baseline.get(k, "")) for k, v in s.items()
+                if k not in ("method", "dataset", "n", "batch_size", "sequential") and isinstance(v, (int, float))]
+        mode = "sequential" if s["sequential"] else "independent"
+        return html_table(f"{s['method']} on {s['dataset']}: {s['n']} edits, {mode}, batches of {s['batch_size']}",
+                          ("metric", "edited", "unedited"), rows)
+
     def plot(self, metrics: tuple[str, ...] | None = None):
         """Metrics vs number of edits (and option entropy vs edits when the data is MCQ)."""
         from interp_edit.viz.experiments import experiment_figure

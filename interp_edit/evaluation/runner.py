@@ -29,13 +29,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from interp_edit.errors import ExperimentError, InvalidArgumentError
+from interp_edit.errors import DatasetError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
 from interp_edit.evaluation.experiment import ExperimentResult
+from interp_edit.progress import progress_bar
 
 RESULTS_FILE = "results.jsonl"
+#: the case formats :func:`evaluate_cases` measures
+EXPERIMENT_FORMATS = ("counterfact", "zsre", "mquake", "mcq")
 
 
 def _after_batch(batch: int) -> None:
@@ -88,10 +90,19 @@ class _Session:
         self.editor = get_editor(method)
         self.alpha = AlphaEditor(model, **config) if sequential and method == "alphaedit" else None
 
+    def items(self, cases) -> list:
+        """What the editor's function takes for ``cases``."""
+        return list(cases) if self.editor.takes_cases else _requests(cases)
+
+    def prepare(self, cases) -> None:
+        """The editor's experiment-level check / config (before any edit)."""
+        if self.editor.prepare is not None:
+            self.config = self.editor.prepare(self.model, self.items(cases), self.config)
+
     def edit(self, cases):
         if self.alpha is not None:
             return self.alpha(self.model, _requests(cases))
-        return self.editor.fn(self.model, list(cases) if self.editor.takes_cases else _requests(cases), **self.config)
+        return self.editor.fn(self.model, self.items(cases), **self.config)
 
     def _paths(self, batch: int) -> tuple[Path, Path]:
         folder = self.folder / "edits"
@@ -145,6 +156,10 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         raise InvalidArgumentError(f"batch_size ({batch_size}) and eval_every ({eval_every}) must be >= 1, unrelated >= 0")
     if isinstance(dataset, (str, Path)):
         dataset = load_dataset(dataset)
+    if dataset.format not in EXPERIMENT_FORMATS:
+        raise DatasetError(f"dataset {dataset.name!r} has {dataset.format!r} cases; experiments evaluate "
+                           f"{', '.join(EXPERIMENT_FORMATS)} cases (commonsense statements are scored by "
+                           "interp_edit.evaluation.commonsense.commonsense_scores)")
     dataset = check_tokens(dataset, model.tokenizer)
     config = dict(config or {})
     edited, others = _select(dataset, n, unrelated, seed)
@@ -157,13 +172,14 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     }
     folder = Path(out) if out is not None else None
     path = folder / RESULTS_FILE if folder is not None else None
+    session = _Session(model, method, sequential, config, folder)
+    session.prepare(edited)  # the editor's own check of the cases, before any work
     probes = fact_probes(others)
     records = _resume(path, settings)
     if records:  # drop a line cut by the interruption, and anything after it
         path.write_text("".join(json.dumps(line) + "\n" for line in [{"type": "settings", **settings}, *records]))
     baseline = records[0] if records else None
     done = records[1:]
-    session = _Session(model, method, sequential, config, folder)
     applied: list = []
     start = time.perf_counter()
     try:
@@ -180,7 +196,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                 _append(path, baseline)
         reference = baseline["unrelated_logprobs"]
         applied = session.restore(len(done))
-        bar = tqdm(total=len(batches), initial=len(done), desc=f"{method} {'sequential' if sequential else 'independent'}",
+        bar = progress_bar(total=len(batches), initial=len(done), desc=f"{method} {'sequential' if sequential else 'independent'}",
                    disable=not progress)
         all_rows = [row for entry in done for row in entry["rows"]]
         for b in range(len(done), len(batches)):

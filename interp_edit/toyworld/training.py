@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from interp_edit.batching import pad_right
 from interp_edit.model import build_hooked_transformer, save_checkpoint
+from interp_edit.progress import progress_bar
 from interp_edit.toyworld.corpus import CorpusMixture, CorpusSampler
 from interp_edit.toyworld.tokenizer import build_tokenizer
 from interp_edit.toyworld.world import build_world
@@ -117,7 +117,7 @@ def _train(cfg: ToyTrainConfig, progress: bool, log_every: int):
     pad = tokenizer.pad_token_id
     log: list[dict] = []
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="toy train", disable=not progress)
+    bar = progress_bar(range(cfg.steps), desc="toy train", disable=not progress)
     batches: list[list[list[int]]] = []
     for step in bar:
         if not batches:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp_edit.viz.layout import fit_layout
+
 VIEWS = ("overview", "neurons", "heads", "layers", "query")
 _BARS = 20
 
@@ -50,15 +52,15 @@ def attribution_figure(result, view: str = "overview") -> go.Figure:
         fig.add_trace(neuron_bars(result.top_attn, "attention", "#ff7f0e"), row=1, col=2)
         fig.update_yaxes(title_text="Δ log p", row=1, col=1)
         fig.update_layout(title=f"Value neurons: {what}", height=450, width=1100, showlegend=False)
-        return fig
+        return fit_layout(fig)
     if view == "heads":
         fig = go.Figure(head_bars(result))
         fig.update_layout(title=f"Attention heads (sum of their neurons): {what}", yaxis_title="Δ log p", height=420, width=800)
-        return fig
+        return fit_layout(fig)
     if view == "layers":
         fig = go.Figure(layer_heatmap(result.layer_scores, "Δ log p"))
         fig.update_layout(title=f"Layer scores: {what}", height=160 + 40 * result.layer_scores.shape[0], width=600)
-        return fig
+        return fit_layout(fig)
     if view == "query":
         fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16, subplot_titles=[
             "query layers of the top FFN value neurons", "top query neurons of the attention value neurons"])
@@ -66,7 +68,7 @@ def attribution_figure(result, view: str = "overview") -> go.Figure:
         fig.add_trace(neuron_bars(result.query_neurons, "query", "#2ca02c"), row=1, col=2)
         fig.update_layout(title=f"Query components (embeddings: {result.ffn_query_embed:.3f}): {what}", height=450, width=1100,
                           showlegend=False)
-        return fig
+        return fit_layout(fig)
     fig = make_subplots(rows=2, cols=2, subplot_titles=["top FFN value neurons", "top attention value neurons",
                                                         "attention heads", "layer scores"],
                         vertical_spacing=0.18)
@@ -76,7 +78,7 @@ def attribution_figure(result, view: str = "overview") -> go.Figure:
     fig.add_trace(layer_heatmap(result.layer_scores, "Δ log p", colorbar_x=1.02), row=2, col=2)
     note = f"<br><sup>{result.target_note}</sup>" if result.target_note else ""
     fig.update_layout(title=f"Neuron attribution: {what}{note}", height=800, width=1200, showlegend=False)
-    return fig
+    return fit_layout(fig)
 
 
 def ablation_figure(result) -> go.Figure:
@@ -87,4 +89,4 @@ def ablation_figure(result) -> go.Figure:
     fig.update_layout(title=f"Ablating {len(result.neurons)} neurons: mean drop {result.mean_drop:.3f}, accuracy "
                             f"{result.accuracy_before:.2f} → {result.accuracy_after:.2f}",
                       yaxis_title="p(target)", barmode="group", height=450, width=max(600, 40 * len(labels)))
-    return fig
+    return fit_layout(fig)

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from interp_edit.errors import InvalidArgumentError
+from interp_edit.viz.layout import fit_layout
 
 DIFF_VIEWS = ("heatmap", "groups", "neurons", "logprobs")
 CONTRAST_VIEWS = ("panels", "leverage", "margins")
@@ -54,7 +55,7 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
         n = len(result.prompts[group])
         fig.update_layout(title=f"After − before, {group} prompts (mean of {n}): {what}", height=200 + 45 * diff.shape[0],
                           width=900)
-        return fig
+        return fit_layout(fig)
     if view == "groups":
         groups = result.groups
         diffs = [result.layer_diff(g) for g in groups]
@@ -66,7 +67,7 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
                 fig.add_trace(diff_heatmap(diff[:, :, d], bound=bound, show_scale=d == 0 and c == 0), row=d + 1, col=c + 1)
         fig.update_layout(title=f"After − before per prompt group: {what}", height=300 + 90 * diffs[0].shape[0],
                           width=330 * len(groups) + 150)
-        return fig
+        return fit_layout(fig)
     if view == "neurons":
         fig = make_subplots(rows=1, cols=2, subplot_titles=[f"most changed: {t}" for t in _DIRECTION_TITLES])
         for d, direction in enumerate(("promote_new", "suppress_old")):
@@ -79,7 +80,7 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
         fig.update_yaxes(title_text="Δ score (after − before)", row=1, col=1)
         fig.update_layout(title=f"Neurons whose scores changed most ({group} prompts; orange attention, blue FFN): {what}",
                           height=450, width=1150)
-        return fig
+        return fit_layout(fig)
     fig = go.Figure()
     for t, name in enumerate(("new", "old")):
         y = [float(result.logprob_before[g][:, t].mean()) for g in result.groups]
@@ -89,7 +90,7 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
         fig.add_trace(go.Bar(x=list(result.groups), y=y2, name=f"{name} {token!r} after"))
     fig.update_layout(title=f"Mean log p of the (first) target token per prompt group: {what}", barmode="group",
                       yaxis_title="log p", height=420, width=800)
-    return fig
+    return fit_layout(fig)
 
 
 def contrast_figure(result, view: str = "panels") -> go.Figure:
@@ -113,7 +114,7 @@ def contrast_figure(result, view: str = "panels") -> go.Figure:
                                            show_scale=d == 0 and c in (1, 2), colorbar_x=0.64 if c == 1 else 1.02),
                               row=d + 1, col=c + 1)
         fig.update_layout(title=f"Mean after − before diffs: {head}{undefined}", height=300 + 90 * n_layers, width=1200)
-        return fig
+        return fit_layout(fig)
     if view == "leverage":
         fig = make_subplots(rows=1, cols=2, subplot_titles=list(_DIRECTION_TITLES))
         layers = list(range(n_layers))
@@ -131,10 +132,10 @@ def contrast_figure(result, view: str = "panels") -> go.Figure:
         fig.update_yaxes(title_text="success − failure (Δ log p)", row=1, col=1)
         fig.update_layout(title=f"Leverage profile with {result.ci:.0%} bootstrap intervals: {head}{undefined}",
                           height=450, width=1100)
-        return fig
+        return fit_layout(fig)
     fig = go.Figure()
     for label, mask in (("success", result.success), ("failure", ~result.success)):
         fig.add_trace(go.Histogram(x=result.margins[mask].tolist(), name=label, opacity=0.7, nbinsx=30))
     fig.update_layout(title=f"Efficacy margin after the edit (mean log p(new) − log p(true)): {head}", barmode="overlay",
                       xaxis_title="margin", yaxis_title="edits", height=420, width=800)
-    return fig
+    return fit_layout(fig)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+from interp_edit.viz.layout import fit_layout
+
 _COLORS = {"hidden": "#6a51a3", "severed": "#9e9ac8", "mlp_mediated": "#238b45"}
 
 
@@ -24,4 +26,4 @@ def edit_token_aie_figure(result, window: Sequence[int] = ()) -> go.Figure:
     fig.update_layout(title=f"AIE at the edit token over {result.n_facts} facts ({len(result.skipped)} skipped); "
                             f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}",
                       xaxis_title="layer", yaxis_title="average indirect effect", height=420, width=640)
-    return fig
+    return fit_layout(fig)

@@ -27,6 +27,8 @@ def experiment_figure(result, metrics: Sequence[str] | None = None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from interp_edit.viz.layout import fit_layout
+
     last = result.checkpoints[-1] if result.checkpoints else {}
     metrics = [m for m in (metrics or DEFAULT_CURVES) if m in last]
     entropy = "option_entropy" in last
@@ -44,7 +46,7 @@ def experiment_figure(result, metrics: Sequence[str] | None = None):
     fig.update_yaxes(title_text="value", row=1, col=1)
     fig.update_layout(title=f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}",
                       width=1000 if entropy else 750, height=450, template="plotly_white")
-    return fig
+    return fit_layout(fig)
 
 
 def comparison_figure(results: Sequence, metrics: Sequence[str] = ("efficacy_score", "paraphrase_score",
@@ -53,6 +55,8 @@ def comparison_figure(results: Sequence, metrics: Sequence[str] = ("efficacy_sco
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
+
+    from interp_edit.viz.layout import fit_layout
 
     cols = 3
     rows = (len(metrics) + cols - 1) // cols
@@ -68,4 +72,4 @@ def comparison_figure(results: Sequence, metrics: Sequence[str] = ("efficacy_sco
     first = results[0].settings if results else {}
     fig.update_layout(title=f"Sequential editing on {first.get('dataset', '')} (batches of {first.get('batch_size', '')})",
                       width=1100, height=380 * rows, template="plotly_white")
-    return fig
+    return fit_layout(fig)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp_edit.viz.layout import fit_layout
+
 
 def logit_lens_figure(result) -> go.Figure:
     """Layer × position grid coloured by the top-1 probability, annotated with the top-1
@@ -19,14 +21,16 @@ def logit_lens_figure(result) -> go.Figure:
                         subplot_titles=["top-1 token"] + ([f"p({result.target!r})"] if panels == 2 else []))
     fig.add_trace(go.Heatmap(z=top1.tolist(), x=labels, y=list(result.layer_labels), text=text,
                              texttemplate="%{text}", customdata=hover, colorscale="Blues", zmin=0, zmax=1,
-                             hovertemplate="%{y} %{x}<br>%{customdata}<extra></extra>", showscale=panels == 1),
+                             hovertemplate="%{y} %{x}<br>%{customdata}<extra></extra>",
+                             colorbar=dict(title="top-1 p")),
                   row=1, col=1)
     if panels == 2:
         fig.add_trace(go.Heatmap(z=result.target_probs.tolist(), x=labels, y=list(result.layer_labels),
-                                 colorscale="Greens", zmin=0, zmax=1), row=1, col=2)
+                                 colorscale="Greens", zmin=0, zmax=1, colorbar=dict(title="p(target)"),
+                                 hovertemplate="%{y} %{x}<br>p %{z:.4f}<extra></extra>"), row=1, col=2)
     fig.update_layout(title=f"Logit lens: {result.prompt!r}", height=160 + 32 * len(result.layer_labels),
                       width=max(600, 90 * len(labels) * panels))
-    return fig
+    return fit_layout(fig)
 
 
 def dla_figure(result) -> go.Figure:
@@ -44,4 +48,4 @@ def dla_figure(result) -> go.Figure:
     fig.update_layout(title=f"Direct logit attribution to {what} = {result.total:.3f} (embeddings "
                             f"{result.embed + result.pos_embed:.3f}, constant {result.constant:.3f})",
                       barmode="group", height=450, width=1000)
-    return fig
+    return fit_layout(fig)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp_edit.viz.layout import fit_layout
+
 
 def patching_figure(result, sites=None) -> go.Figure:
     """One heatmap per site: layer × position or layer × head (layer × head-position rows for
@@ -29,4 +31,4 @@ def patching_figure(result, sites=None) -> go.Figure:
     fig.update_layout(
         title=f"{result.method} patching ({result.direction}), {result.metric} normalised: clean 1, corrupted 0",
         height=520, width=max(500, 330 * len(sites)))
-    return fig
+    return fit_layout(fig)

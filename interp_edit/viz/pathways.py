@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp_edit.viz.layout import fit_layout
+
 
 def pathway_sankey(result) -> go.Figure:
     """Query FFN layers (left) flowing into value FFN layers (right), widths = summed positive
@@ -20,16 +22,19 @@ def pathway_sankey(result) -> go.Figure:
                 targets.append(n + v)
                 values.append(flow[q, v].item())
                 names = [p.label for p in result.pathways if p.query.layer == q and p.value.layer == v][:8]
-                hover.append(", ".join(names))
+                hover.append("<br>".join(names))
     fig = go.Figure(go.Sankey(
         node=dict(label=labels, pad=18, thickness=16),
         link=dict(source=sources, target=targets, value=values, customdata=hover,
                   hovertemplate="%{source.label} → %{target.label}: %{value:.3f}<br>%{customdata}<extra></extra>"),
     ))
+    # the title names the layers the diagram draws (best first), not the rankings of all layers
+    drawn_values = [v for v in result.value_layers if flow[:, v].sum() > 0][:2]
+    drawn_queries = [q for q in result.query_layers if flow[q].sum() > 0][:2]
     fig.update_layout(title=f"Top {len(result.pathways)} query → value pathways over {len(result.prompts)} prompts "
-                            f"(value layers {result.value_layers[:2]}, query layers {result.query_layers[:2]})",
+                            f"(value layers {drawn_values}, query layers {drawn_queries})",
                       height=500, width=900)
-    return fig
+    return fit_layout(fig)
 
 
 def pathway_layers(result) -> go.Figure:
@@ -39,7 +44,7 @@ def pathway_layers(result) -> go.Figure:
     fig.add_trace(go.Bar(x=layers, y=result.query_layer_scores.tolist(), name="query"), row=1, col=2)
     fig.update_xaxes(title_text="layer")
     fig.update_layout(title=f"Value and query layers over {len(result.prompts)} prompts", height=420, width=900, showlegend=False)
-    return fig
+    return fit_layout(fig)
 
 
 def pathway_figure(result, view: str = "sankey") -> go.Figure:

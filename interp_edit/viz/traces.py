@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp_edit.viz.layout import fit_layout
+
 _ROME = {"hidden": ("Purples", "single restored layer"), "mlp": ("Greens", "MLP"), "attn": ("Reds", "Attn")}
 
 
@@ -57,7 +59,7 @@ def causal_trace_figure(result, layout: str = "rome") -> go.Figure:
              f"{', severed ' + result.settings.severed if result.settings.severed else ''}; clean "
              f"{result.clean_score:.3f}, corrupted {result.corrupted_score:.3f})")
     fig.update_layout(title=dict(text=title, font=dict(size=13)), height=120 + 28 * len(labels), width=360 * n + 120)
-    return fig
+    return fit_layout(fig)
 
 
 def aie_figure(result) -> go.Figure:
@@ -71,6 +73,7 @@ def aie_figure(result) -> go.Figure:
                 continue
             fig.add_trace(go.Scatter(x=list(range(curve.shape[0])), y=curve.tolist(), mode="lines+markers",
                                      name=role, legendgroup=role, showlegend=i == 0,
+                                     hovertemplate="layer %{x}<br>AIE %{y:.4f}<extra>" + f"{kind}, {role}" + "</extra>",
                                      line=dict(color=_ROLE_COLORS[r])), row=1, col=i + 1)
         fig.update_xaxes(title_text="layer", row=1, col=i + 1)
     fig.update_yaxes(title_text="average indirect effect", row=1, col=1)
@@ -78,7 +81,7 @@ def aie_figure(result) -> go.Figure:
         title=f"Average indirect effect over {result.n_facts} facts ({result.n_skipped} skipped: not known); "
               f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}",
         height=420, width=380 * len(kinds) + 200)
-    return fig
+    return fit_layout(fig)
 
 
 _ROLE_COLORS = ("#9ecae1", "#6baed6", "#08519c", "#fdae6b", "#e6550d", "#a50f15")
