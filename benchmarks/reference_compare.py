@@ -296,12 +296,29 @@ def compare_memit(path, model, hf, tok, requests, covs, args) -> None:
                       f"{relative_error(legacy.deltas[f'blocks.{layer}.mlp.W_out'].dense(), ref):.3e}")
 
 
-def get_project_from(code: Path, get_cov):
+def float64_linalg():
+    """A stand-in for ``torch`` whose ``linalg.solve`` / ``linalg.svd`` run in float64 and
+    return the input's dtype (to tell the code's float32 linear algebra from the method)."""
+
+    def solve(a, b, **kw):
+        return torch.linalg.solve(a.double(), b.double(), **kw).to(a.dtype)
+
+    def svd(a, **kw):
+        return tuple(t.to(a.dtype) for t in torch.linalg.svd(a.double(), **kw))
+
+    linalg = types.SimpleNamespace(**{k: getattr(torch.linalg, k) for k in dir(torch.linalg) if not k.startswith("__")})
+    linalg.solve, linalg.svd = solve, svd
+    shim = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    shim.linalg = linalg
+    return shim
+
+
+def get_project_from(code: Path, get_cov, torch_module=torch):
     """``get_project`` of the AlphaEdit checkout's ``experiments/evaluate.py``, run as written
     with that module's ``get_cov`` import resolved to the code's own."""
     tree = ast.parse((code / "experiments" / "evaluate.py").read_text())
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "get_project")
-    namespace = {"torch": torch, "get_cov": get_cov}
+    namespace = {"torch": torch_module, "get_cov": get_cov}
     exec(compile(ast.Module([fn], []), str(code / "experiments" / "evaluate.py"), "exec"), namespace)
     return namespace["get_project"]
 
@@ -315,7 +332,10 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
 
         compute_z.nethook = tuple_block_outputs(compute_z.nethook)
         main.layer_stats = lambda *a, **k: FakeStat(covs[int(re.findall(r"\d+", a[2])[0])].to(args.ref_dtype))
-        get_project = get_project_from(code, main.get_cov)
+        if args.ref_float64_linalg:
+            main.torch = float64_linalg()
+        get_project = get_project_from(code, main.get_cov, main.torch)
+        tag = "_reflinalg64" if args.ref_float64_linalg else ""
         base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, steps=args.steps, lr=args.lr,
                     clamp_norm_factor=args.memit_clamp, mom2_update_weight=args.mom2_update_weight, l2=args.l2,
                     **MEMIT_REFERENCE,
@@ -327,7 +347,6 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
             prefixes = prefixes_for(model, cfg)
             hp = memit_hparams_dict(cfg, model.cfg.n_layers)
             hp.update({"model_name": "gpt2-xl", "nullspace_threshold": cfg.nullspace_threshold, "L2": cfg.l2})
-            hp.pop("layer_selection", None)
             hparams = AlphaEditHyperParams(**{k: v for k, v in hp.items() if k in AlphaEditHyperParams.__dataclass_fields__})
             main.CONTEXT_TEMPLATES_CACHE = [["{}"], [p + " {}" for p in prefixes[1:]]] if len(prefixes) > 1 else [["{}"]]
             main.COV_CACHE.clear()
@@ -338,8 +357,8 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
             names = [f"transformer.h.{layer}.mlp.c_proj.weight" for layer in cfg.layers]
             fixed = dict(fields, prefixes=tuple(prefixes[1:]))
             editor = AlphaEditor(model, **base, **fixed, cache_dir=args.cache_dir)
-            ref_dims = [int(torch.linalg.matrix_rank(P[i].double(), hermitian=True)) for i in range(len(cfg.layers))]
-            print(f"alphaedit_{name}_nullspace_dims ours={[editor.nullspace_dims[layer] for layer in cfg.layers]} "
+            ref_dims = [round(float(P[i].double().trace())) for i in range(len(cfg.layers))]  # a projection's rank
+            print(f"alphaedit{tag}_{name}_nullspace_dims ours={[editor.nullspace_dims[layer] for layer in cfg.layers]} "
                   f"ref={ref_dims}")
             params = dict(hf.named_parameters())
             originals = {n: params[n].detach().clone() for n in names}
@@ -355,7 +374,7 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
                     for layer, wname in zip(cfg.layers, names, strict=True):
                         ref = params[wname].detach().double() - before[wname].double()
                         ours = edit.deltas[f"blocks.{layer}.mlp.W_out"].dense()
-                        print(f"alphaedit_{name}_batch{batch_index}_L{layer}_rel_dW_err={relative_error(ours, ref):.3e} "
+                        print(f"alphaedit{tag}_{name}_batch{batch_index}_L{layer}_rel_dW_err={relative_error(ours, ref):.3e} "
                               f"(templates={len(prefixes)} requests={len(batch)} ref_norm={float(ref.norm()):.4g})",
                               flush=True)
             finally:
@@ -382,6 +401,8 @@ def main() -> None:
     parser.add_argument("--stats-samples", type=int, default=4000)
     parser.add_argument("--ref-cov-dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--ref-float64-linalg", action="store_true",
+                        help="run AlphaEdit's code's float32 solve and SVD in float64 (ours are float64)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     args.memit_layers = [int(x) for x in args.memit_layers.split(",")]
@@ -389,7 +410,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model("toyworld")
     hf, tok = to_hf(model)
-    records = counterfact_records(load_world())[: args.requests]
+    records = counterfact_records(load_world())[:: 7][: args.requests]  # different people and relations
     requests = [EditRequest(r.prompt, r.subject, r.target_new, r.target_true) for r in records]
     layers = sorted({args.rome_layer, *args.memit_layers})
     covs = second_moments(model, layers, n_samples=args.stats_samples, cache_dir=args.cache_dir, progress=False)
