@@ -36,6 +36,10 @@ class TraceSettings:
     embedding_std: float | None = None
     replacement: str | None = None
     subject_occurrence: int = 0
+    #: a standard-normal draw [samples, subject tokens, d_model] used instead of sampling (scaled by noise · σ)
+    noise_draw: Tensor | None = field(default=None, compare=False, repr=False)
+    #: the generator the noise is drawn from instead of ``torch.Generator().manual_seed(seed)``
+    generator: torch.Generator | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
         unknown = [k for k in self.kinds if k not in KINDS]
@@ -53,6 +57,11 @@ class TraceSettings:
             raise InvalidArgumentError(f"severed must be None, 'mlp' or 'attn', got {self.severed!r}")
         if self.embedding_std is not None and not self.embedding_std > 0:
             raise InvalidArgumentError(f"embedding_std must be > 0, got {self.embedding_std}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise InvalidArgumentError(f"generator must be a torch.Generator, got {type(self.generator).__name__}")
+        if self.noise_draw is not None and (not isinstance(self.noise_draw, Tensor) or self.noise_draw.ndim != 3
+                                            or not torch.isfinite(self.noise_draw).all()):
+            raise InvalidArgumentError("noise_draw must be a finite tensor [samples, subject tokens, d_model]")
         check_metric(self.metric)
 
 
@@ -118,7 +127,9 @@ class CausalTraceResult:
 
 
 def subject_embedding_std(model, subjects: Sequence[str]) -> float:
-    """Standard deviation of the token embeddings of the subjects' tokens (ROME's noise scale)."""
+    """Standard deviation of the token embeddings of the subjects' tokens, every token of every
+    subject pooled (repeats kept): ROME's ``collect_embedding_std`` over a dataset's subjects
+    (its "s3" noise is 3 × this), or a single prompt's subject."""
     ids = [t for s in subjects for t in model.tokenizer.encode(" " + s.strip(), add_special_tokens=False)]
     return model.W_E[torch.tensor(ids, device=model.W_E.device)].float().std().item()
 
@@ -202,8 +213,16 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None, settings
         base_ids = ids[:s0] + repl_ids + ids[s1:]
         return TraceInputs(tok, clean, torch.tensor([base_ids], device=device), [], Target(target_text, target_ids, foil_id), replacement)
     std = settings.embedding_std or subject_embedding_std(model, [subject])
-    gen = torch.Generator().manual_seed(settings.seed)
-    noise = (torch.randn(settings.samples, s1 - s0, model.cfg.d_model, generator=gen) * settings.noise * std).to(device)
+    shape = (settings.samples, s1 - s0, model.cfg.d_model)
+    if settings.noise_draw is not None:
+        if tuple(settings.noise_draw.shape) != shape:
+            raise InvalidArgumentError(f"noise_draw has shape {tuple(settings.noise_draw.shape)}; this trace needs {shape} "
+                                       f"(samples, the subject's {s1 - s0} tokens, d_model)")
+        draw = settings.noise_draw.detach().float().cpu()
+    else:
+        gen = settings.generator if settings.generator is not None else torch.Generator().manual_seed(settings.seed)
+        draw = torch.randn(*shape, generator=gen)
+    noise = (draw * settings.noise * std).to(device)
 
     def add_noise(embed, hook):
         embed[:, s0:s1] = embed[:, s0:s1] + noise.to(embed.dtype)
@@ -255,6 +274,9 @@ def causal_trace(
     replacements: Sequence[str] = (),
     foil: str | None = None,
     subject_occurrence: int = 0,
+    noise_subjects: Sequence[str] | None = None,
+    noise_draw: Tensor | None = None,
+    generator: torch.Generator | None = None,
     max_rows: int = 1024,
 ) -> CausalTraceResult:
     """ROME's causal trace of one fact.
@@ -264,6 +286,14 @@ def causal_trace(
     draws, fixed ``seed``; scores are averaged over the draws), or ``"replace"`` swaps the
     subject's tokens for another subject of the same token length (``replacement``, or one
     drawn from ``replacements``).
+
+    Noise scale σ: ``embedding_std`` if given; else, with ``noise_subjects``, the dataset-level
+    rule of ROME's code (``collect_embedding_std``: the std of the token embeddings of all
+    those subjects, e.g. every subject of the facts traced; ROME's "s3" is ``noise=3`` with it);
+    else the prompt's own subject. The draw: ``noise_draw`` (a standard-normal tensor
+    [samples, subject tokens, d_model], multiplied by noise · σ — e.g.
+    ``torch.from_numpy(numpy.random.RandomState(1).randn(10, n, d))`` is ROME's draw), else
+    ``generator`` (consumed), else a generator seeded with ``seed``.
 
     For each layer and position the clean value is restored into the corrupted run:
     ``hidden`` = the residual stream after the layer (``severed="mlp"|"attn"`` freezes the MLP
@@ -275,8 +305,12 @@ def causal_trace(
     first occurrence is used unless ``subject_occurrence`` says otherwise.
     """
     window = default_window(model.cfg.n_layers) if window is None else window
+    if noise_subjects is not None and embedding_std is None:
+        if isinstance(noise_subjects, str) or not noise_subjects:
+            raise InvalidArgumentError("noise_subjects must be a non-empty sequence of subject strings")
+        embedding_std = subject_embedding_std(model, list(noise_subjects))
     settings = TraceSettings(tuple(kinds), corruption, noise, samples, window, metric, severed, seed,
-                             embedding_std, replacement, subject_occurrence)
+                             embedding_std, replacement, subject_occurrence, noise_draw, generator)
     inputs = prepare_trace(model, prompt, subject, target, settings, replacements, foil)
     positions = score_positions(len(inputs.tokenized.tokens), inputs.target)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from interp_edit.analysis.scoring import score_logits, score_positions
-from interp_edit.analysis.tracing import KINDS, TraceSettings, prepare_trace, window_layers
+from interp_edit.analysis.tracing import KINDS, TraceSettings, prepare_trace, subject_embedding_std, window_layers
 from interp_edit.model import hook_name, run_with_cache, run_with_hooks
 
 _SITE = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
@@ -18,8 +18,11 @@ _SITE = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 @torch.no_grad()
 def causal_trace_loop(model, prompt: str, subject: str, target: str | None = None, *,
                       kinds: Sequence[str] = KINDS, replacements: Sequence[str] = (), foil: str | None = None,
-                      **settings) -> torch.Tensor:
-    """Scores [kind, layer, pos] computed by a plain loop over restorations."""
+                      noise_subjects: Sequence[str] | None = None, **settings) -> torch.Tensor:
+    """Scores [kind, layer, pos] computed by a plain loop over restorations (the same
+    arguments as :func:`causal_trace`: noise rule, ``noise_draw``, ``generator``)."""
+    if noise_subjects is not None and settings.get("embedding_std") is None:
+        settings["embedding_std"] = subject_embedding_std(model, list(noise_subjects))
     cfg = TraceSettings(kinds=tuple(kinds), **settings)
     inputs = prepare_trace(model, prompt, subject, target, cfg, replacements, foil)
     n_layers, n_pos = model.cfg.n_layers, inputs.clean_tokens.shape[1]

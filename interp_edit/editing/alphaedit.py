@@ -2,19 +2,32 @@
 preserved knowledge, so that keys like the corpus' (and the keys of earlier edits in a
 sequence) are not disturbed.
 
-P = U Uᵀ over the eigenvectors of C (the key second moment) with eigenvalue < τ. Update, in
-TransformerLens orientation: ``ΔW_out = (P (K_p K_pᵀ + K Kᵀ) + β I)⁻¹ P K R_l``, where K_p
-holds the keys of every earlier edit made by the same :class:`AlphaEditor` (kept in the editor
-object, never in module state). Sequential editing: create one editor, then call it batch by
-batch, applying each returned :class:`Edit` before the next call.
+P = U Uᵀ over the eigenvectors of C (the key second moment) that ``nullspace_rule`` calls
+null: ``"absolute"`` (the published rule and the authors' code: eigenvalue < τ = 2e-2, which
+depends on the keys' scale), ``"relative"`` (eigenvalue < τ · the largest eigenvalue) or
+``"energy"`` (the smallest eigenvalues outside the fewest largest ones that hold a fraction τ of
+the trace). The null-space dimension per layer is in ``edit.info["nullspace_dims"]`` (with
+``key_dim``); a dimension of 0 (the update is exactly zero) or of the full key width (nothing
+is protected) is warned about. Update, in TransformerLens orientation:
+``ΔW_out = (P (K_p K_pᵀ + K Kᵀ) + β I)⁻¹ P K R_l``, where K_p holds the keys of every earlier
+edit made by the same :class:`AlphaEditor` (kept in the editor object, never in module state),
+solved in float64 (the code: float32). Sequential editing: create one editor, then call it
+batch by batch, applying each returned :class:`Edit` before the next call.
+
+Compared with the authors' code (jianghoucheng/AlphaEdit): the targets and keys are MEMIT's
+(``compute_z`` / ``compute_ks`` are MEMIT's with BOS handling); K_p K_pᵀ is accumulated from
+the keys measured during the layer loop, which equal the code's keys re-measured after the
+whole batch (a layer's keys do not depend on its own or higher layers' ``W_out``).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.editing.closed_form import check_layers, solve, w_out_name
@@ -34,7 +47,11 @@ class AlphaEditConfig(MEMITConfig):
 
     #: β, the ridge of the projected solve (the code's "L2")
     l2: float = 10.0
-    #: eigenvalues of C below this span the null space
+    #: how τ = ``nullspace_threshold`` picks the null space of C: "absolute" (eigenvalue < τ,
+    #: the published rule), "relative" (eigenvalue < τ · largest eigenvalue; scale-free) or
+    #: "energy" (τ in (0, 1]: outside the fewest largest eigenvalues that hold τ of the trace)
+    nullspace_rule: str = "absolute"
+    #: τ (see ``nullspace_rule``)
     nullspace_threshold: float = 2e-2
 
     # Published settings, keyed by interp_edit.adapter.identity.known_model; every one uses the
@@ -51,13 +68,39 @@ class AlphaEditConfig(MEMITConfig):
                        "weight_decay": 1e-3, "mom2_update_weight": 15_000.0, "l2": 1.0},
         # Llama-2-7B, Mistral-7B, Qwen3-8B: no published AlphaEdit settings in the reference
         # repositories -> generic rule
-        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "l2": 1.0, "nullspace_threshold": 2e-2},
+        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "l2": 1.0, "nullspace_rule": "absolute",
+                     "nullspace_threshold": 2e-2},
     })
 
     def validate(self) -> None:
         super().validate()
+        if self.nullspace_rule not in NULLSPACE_RULES:
+            raise EditConfigError(f"field 'nullspace_rule' must be one of {NULLSPACE_RULES}, got {self.nullspace_rule!r}")
         if self.l2 <= 0 or self.nullspace_threshold <= 0:
             raise EditConfigError("fields 'l2' and 'nullspace_threshold' must be > 0")
+        if self.nullspace_rule == "energy" and self.nullspace_threshold > 1:
+            raise EditConfigError(f"field 'nullspace_threshold' must be in (0, 1] with nullspace_rule='energy', "
+                                  f"got {self.nullspace_threshold}")
+
+
+NULLSPACE_RULES = ("absolute", "relative", "energy")
+
+
+def null_space_basis(cov: Float[Tensor, "key key"], rule: str, threshold: float) -> Float[Tensor, "key null"]:
+    """Orthonormal eigenvectors of the symmetric ``cov`` spanning its null space under ``rule``
+    (see :class:`AlphaEditConfig`), in float64."""
+    values, vectors = torch.linalg.eigh(cov.double())  # ascending
+    if rule == "absolute":
+        null = values < threshold
+    elif rule == "relative":
+        null = values < threshold * values[-1].clamp(min=0)
+    else:
+        # descending cumulative energy: keep the fewest largest eigenvalues reaching the fraction
+        energy = values.clamp(min=0).flip(0).cumsum(0)
+        kept = int((energy < threshold * energy[-1]).sum()) + 1
+        null = torch.zeros_like(values, dtype=torch.bool)
+        null[: len(values) - min(kept, len(values))] = True
+    return vectors[:, null]
 
 
 class AlphaEditor:
@@ -73,11 +116,20 @@ class AlphaEditor:
                               batch_size=self.config.stats_batch_size, cache_dir=cache_dir, progress=progress)
         self.projections: dict[int, Tensor] = {}
         self.nullspace_dims: dict[int, int] = {}
+        self.key_dim = model.cfg.d_mlp
         for layer, cov in covs.items():
-            values, vectors = torch.linalg.eigh(cov.double())
-            basis = vectors[:, values < self.config.nullspace_threshold]
+            basis = null_space_basis(cov, self.config.nullspace_rule, self.config.nullspace_threshold)
             self.projections[layer] = (basis @ basis.T).to(model.cfg.device)
             self.nullspace_dims[layer] = int(basis.shape[1])
+        rule = f"nullspace_rule={self.config.nullspace_rule!r}, nullspace_threshold={self.config.nullspace_threshold}"
+        empty = [layer for layer, dim in self.nullspace_dims.items() if dim == 0]
+        full = [layer for layer, dim in self.nullspace_dims.items() if dim == len(self.projections[layer])]
+        if empty:
+            warnings.warn(f"AlphaEdit: the null space of layer(s) {empty} is empty under {rule}: their updates are "
+                          "exactly zero; a scale-free rule ('relative' or 'energy') adapts to the keys' scale", stacklevel=2)
+        if full:
+            warnings.warn(f"AlphaEdit: every direction of layer(s) {full} is null under {rule} (dimension "
+                          f"{self.key_dim}): no preserved key is protected", stacklevel=2)
         #: K_p K_pᵀ of the edits made so far, per layer
         self.preserved = {layer: torch.zeros_like(p) for layer, p in self.projections.items()}
         self.n_edited = 0
@@ -101,7 +153,8 @@ class AlphaEditor:
         self.n_edited += len(treqs)
         return Edit("alphaedit", result.deltas, self.model_fingerprint, cfg.as_dict(),
                     [r.request.as_dict() for r in treqs],
-                    {"target_nll": result.target_nll, "seconds": result.timings, "nullspace_dims": self.nullspace_dims,
+                    {"target_nll": result.target_nll, "seconds": result.timings, "nullspace_dims": dict(self.nullspace_dims),
+                     "key_dim": self.key_dim,
                      "edits_before": self.n_edited - len(treqs)})
 
 
@@ -111,4 +164,4 @@ def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=
     return AlphaEditor(model, config, corpus=corpus, cache_dir=cache_dir, progress=progress, **overrides)(model, requests)
 
 
-__all__ = ["AlphaEditConfig", "AlphaEditor", "alphaedit", "w_out_name"]
+__all__ = ["NULLSPACE_RULES", "AlphaEditConfig", "AlphaEditor", "alphaedit", "null_space_basis", "w_out_name"]

@@ -76,7 +76,7 @@ from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.memit import MEMITConfig
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests
 from interp_edit.editing.stats import second_moments
-from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets
+from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError, InvalidArgumentError
 
 _TRACE_METRICS = ("logit_diff", "prob", "logprob")
@@ -240,7 +240,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
     seconds["stats"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
+    prefixes = prefixes_for(model, cfg)
     z_layer = max(cfg.mlp_layers)
     targets = optimise_targets(model, treqs, z_layer, prefixes, cfg.target_config(), initial_site="resid_post")
     check_finite("target z", targets.target, treqs)

@@ -52,7 +52,7 @@ from interp_edit.editing.closed_form import check_layers
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.requests import TokenizedRequest, fill_prefix, prepare_requests
-from interp_edit.editing.targets import context_prefixes
+from interp_edit.editing.targets import prefixes_for
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError
 from interp_edit.model import frozen_parameters, hook_name, model_fingerprint, run_with_cache
 
@@ -364,7 +364,7 @@ def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, co
     treqs = prepare_requests(model, requests, fingerprint)
     timings = {"targets": 0.0, "fit": 0.0}
     start = time.perf_counter()
-    prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
+    prefixes = prefixes_for(model, cfg)
     texts, owners = [], []
     for request in treqs:
         own = source_prompts(request, prefixes, cfg.use_paraphrases)

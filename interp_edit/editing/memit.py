@@ -6,6 +6,14 @@ layers already updated and the share ``R_l = (Z − H_l) / (layers left)`` is wr
 ``W_out`` of l by least squares, in TransformerLens orientation
 ``ΔW_out = (λC + K Kᵀ)⁻¹ K R_l`` (K: [d_mlp, n] averaged keys, C: the key second moment,
 λ = ``mom2_update_weight``), solved in float64. One ``Edit`` of rank ≤ n per layer.
+
+The defaults follow the authors' code (kmeng01/memit ``memit_main`` / ``compute_z`` /
+``compute_ks``): 20 steps = 19 Adam updates (``step_count="reference"``), KL(edited ‖ original),
+context templates from the start words "The", "Therefore", "Because", "I", "You" (one text of
+10 tokens each, joined with ". "), and k* = the mean of the bare prompt's key and the prefixed
+keys' mean (``key_average="by_type"``). The ``toyworld`` preset keeps the settings it was
+measured with (flat key average, 3 prefixes from BOS, ``step_count="updates"``,
+KL(original ‖ edited)).
 """
 
 from __future__ import annotations
@@ -32,20 +40,26 @@ from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests
 from interp_edit.editing.stats import second_moments
-from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets
+from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError
 
 
 @dataclass(frozen=True)
 class MEMITConfig(EditorConfig):
-    """MEMIT's settings; defaults are the published GPT-2 XL ones (layers 13–17, λ 20,000,
-    clamp 0.75, 5 context prefixes)."""
+    """MEMIT's settings; defaults are the published GPT-2 XL ones as the authors' code runs
+    them (layers 13–17, λ 20,000, clamp 0.75, 20 steps = 19 updates, KL(edited ‖ original),
+    5 context templates from start words, keys averaged by template type)."""
 
     layers: tuple[int, ...] = (13, 14, 15, 16, 17)
     #: λ, the weight of the preserved keys' second moment
     mom2_update_weight: float = 20_000.0
     clamp_norm_factor: float = 0.75
     n_prefixes: int = 5
+    kl_direction: str = "edited||original"
+    step_count: str = "reference"
+    prefix_starts: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
+    prefix_join: str = "reference"
+    key_average: str = "by_type"
 
     # Published settings, keyed by interp_edit.adapter.identity.known_model.
     PRESETS = MappingProxyType({
@@ -66,7 +80,9 @@ class MEMITConfig(EditorConfig):
                             "weight_decay": 1e-3, "mom2_update_weight": 15_000.0},
         # Qwen3-8B: no published MEMIT settings in the reference repositories -> generic rule
         "toyworld": {"layers": (0, 1), "stats_samples": 4000, "mom2_update_weight": 100.0, "n_prefixes": 3,
-                     "prefix_length": 8, "steps": 15, "lr": 1.0, "clamp_norm_factor": 4.0},
+                     "prefix_length": 8, "prefix_starts": (), "prefix_join": "punctuate", "key_average": "flat",
+                     "steps": 15, "step_count": "updates", "lr": 1.0, "clamp_norm_factor": 4.0,
+                     "kl_direction": "original||edited"},
     })
 
     @classmethod
@@ -97,7 +113,7 @@ def spread_update(model, treqs: Sequence[TokenizedRequest], cfg: EditorConfig, l
     ``ΔW_out = left_factor(layer, K) @ R_l``. The model is unchanged afterwards."""
     out = SpreadResult({})
     start = time.perf_counter()
-    prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
+    prefixes = prefixes_for(model, cfg)
     z_layer = layers[-1]
     targets = optimise_targets(model, treqs, z_layer, prefixes, cfg.target_config(), initial_site="resid_post")
     check_finite("target z", targets.target, treqs)
@@ -107,7 +123,7 @@ def spread_update(model, treqs: Sequence[TokenizedRequest], cfg: EditorConfig, l
     with scratch_weights(model, [w_out_name(layer) for layer in layers]):
         for i, layer in enumerate(layers):
             start = time.perf_counter()
-            keys = compute_keys(model, treqs, layer, prefixes).double().T  # [d_mlp, n]
+            keys = compute_keys(model, treqs, layer, prefixes, average=cfg.key_average).double().T  # [d_mlp, n]
             current = values_at_edit_tokens(model, treqs, z_layer, "resid_post").double()
             out.timings["keys"] += time.perf_counter() - start
             start = time.perf_counter()

@@ -1,12 +1,27 @@
 """ROME (Meng et al. 2022): a rank-one update of one layer's ``W_out`` that maps the
-subject's averaged key k* to the optimised MLP output v*, moving keys distributed like the
-corpus statistics C as little as possible.
+subject's key to the optimised MLP output v*, moving keys distributed like the corpus
+statistics C as little as possible.
 
-TransformerLens orientation (``W_out``: [d_mlp, d_model]):
-``ΔW_out = (C⁻¹k*) ⊗ (v* − k*ᵀW_out − b_out) / (k*ᵀC⁻¹k*)``, so that
-``k*ᵀ(W_out + ΔW_out) + b_out = v*`` exactly. The *same* averaged k* is used in both places
-(r-ROME's fix). Several requests are edited one after another (each on the model with the
-earlier ones applied), giving one ``Edit`` of rank = number of requests.
+TransformerLens orientation (``W_out``: [d_mlp, d_model]), k̄ the key averaged over the bare
+prompt and the context prefixes, k the key used in the residual:
+``ΔW_out = (C⁻¹k̄) ⊗ (v* − kᵀW_out − b_out) / (kᵀC⁻¹k̄)``, so that
+``kᵀ(W_out + ΔW_out) + b_out = v*`` exactly.
+
+``variant`` (a named choice of the config):
+
+- ``"original"`` — the authors' code (kmeng01/rome ``compute_u`` / ``compute_v``): k is the
+  key of the *bare* edit prompt, so the bare prompt maps to v*, and the default target
+  settings are the code's (``step_count="reference"``: 20 steps = 19 Adam updates,
+  ``kl_direction="edited||original"``, 21 context templates = the bare prompt plus
+  10 × 5 and 10 × 10 tokens sampled from BOS, always joined with ". ").
+- ``"r-rome"`` — Gupta et al. 2024's fix of "disabling edits": k = k̄, the same averaged key in
+  both places, so k̄ maps to v*.
+
+The ``gpt2-xl`` / ``gpt-j-6B`` presets are the original; the ``toyworld`` preset is r-ROME with
+the settings it was measured with (``step_count="updates"``, ``kl_direction="original||edited"``,
+``prefix_join="punctuate"``). C⁻¹ is solved in float64 (the code inverts C in float32).
+Several requests are edited one after another (each on the model with the earlier ones
+applied), giving one ``Edit`` of rank = number of requests.
 """
 
 from __future__ import annotations
@@ -22,20 +37,28 @@ from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.requests import prepare_requests
 from interp_edit.editing.stats import second_moments
-from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets
+from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.model import get_parameter, model_fingerprint
 
 
 @dataclass(frozen=True)
 class ROMEConfig(EditorConfig):
-    """ROME's settings; defaults are the published GPT-2 XL ones (layer 17, 20 steps, lr 0.5,
-    weight decay 0.5, KL 0.0625, clamp 4, 20 context prefixes)."""
+    """ROME's settings; defaults are the published GPT-2 XL ones as the authors' code runs them
+    (``variant="original"``, layer 17, 20 steps = 19 updates, lr 0.5, weight decay 0.5,
+    KL(edited ‖ original) × 0.0625, clamp 4, 21 context templates)."""
 
+    #: "original" (the bare prompt's key in v − Wk, the authors' code) or "r-rome" (the
+    #: averaged key everywhere)
+    variant: str = "original"
     #: the edited layer (its MLP's W_out)
     layer: int = 17
     #: added to C's diagonal, relative to its mean diagonal (0 = plain C⁻¹)
     cov_ridge: float = 0.0
     n_prefixes: int = 20
+    kl_direction: str = "edited||original"
+    step_count: str = "reference"
+    prefix_lengths: tuple[tuple[int, int], ...] | None = ((5, 10), (10, 10))
+    prefix_join: str = "reference"
 
     # Published settings, keyed by interp_edit.adapter.identity.known_model. EasyEdit's and
     # AlphaEdit's Llama / Qwen / Mistral runs set mom2_adjustment: false (no C⁻¹); this ROME
@@ -55,8 +78,9 @@ class ROMEConfig(EditorConfig):
         # zjunlp/EasyEdit hparams/ROME/mistral-7b.yaml (Mistral-7B-v0.1)
         "Mistral-7B-v0.1": {"layer": 5, "steps": 25, "lr": 0.5, "weight_decay": 1e-3},
         # Qwen3-8B: no published ROME settings in the reference repositories -> generic rule
-        "toyworld": {"layer": 0, "stats_samples": 4000, "n_prefixes": 5, "prefix_length": 8,
-                     "steps": 15, "lr": 1.0, "clamp_norm_factor": 4.0, "kl_factor": 0.0625},
+        "toyworld": {"variant": "r-rome", "layer": 0, "stats_samples": 4000, "n_prefixes": 5, "prefix_length": 8,
+                     "prefix_lengths": None, "prefix_join": "punctuate", "steps": 15, "step_count": "updates",
+                     "lr": 1.0, "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "kl_direction": "original||edited"},
     })
 
     @classmethod
@@ -65,6 +89,10 @@ class ROMEConfig(EditorConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.variant not in ("original", "r-rome"):
+            from interp_edit.errors import EditConfigError
+
+            raise EditConfigError(f"field 'variant' must be 'original' or 'r-rome', got {self.variant!r}")
         if self.cov_ridge < 0:
             from interp_edit.errors import EditConfigError
 
@@ -88,7 +116,7 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
         cov = cov + cfg.cov_ridge * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
     timings["stats"] = time.perf_counter() - start
     name = w_out_name(cfg.layer)
-    prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
+    prefixes = prefixes_for(model, cfg)
     lefts, rights, losses, steps = [], [], [], []
     timings.update(keys=0.0, targets=0.0, update=0.0)
     with scratch_weights(model, [name]):
@@ -103,9 +131,11 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
             check_finite("v*", target.target, [request])
             weight = get_parameter(model, name).data.double()
             bias = get_parameter(model, f"blocks.{cfg.layer}.mlp.b_out").data.double()
-            right = target.target[0].double() - (key @ weight + bias)
+            # r-ROME: the averaged key everywhere; original: the bare prompt's key in v − Wk and kᵀC⁻¹k̄
+            used = key if cfg.variant == "r-rome" else compute_keys(model, [request], cfg.layer, ("",))[0].double()
+            right = target.target[0].double() - (used @ weight + bias)
             cinv_key = solve(cov, key, f"ROME C⁻¹k (layer {cfg.layer})")
-            left = cinv_key / (key @ cinv_key)
+            left = cinv_key / (used @ cinv_key)
             check_finite("update", left[None], [request])
             delta = LowRankDelta(left[:, None].float(), right[None].float())
             add_low_rank(model, name, delta)  # later requests see this one
