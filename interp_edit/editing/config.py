@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from interp_edit.editing.targets import TargetConfig
 from interp_edit.errors import EditConfigError
+from interp_edit.validation import check_fields
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def preset_config(cls, model, overrides: dict[str, Any]):
     if unknown:
         raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
     preset = dict(cls.PRESETS.get(model.cfg.model_name, cls.generic(model)))
-    config = cls(**{**preset, **overrides})
+    config = check_fields(cls(**{**preset, **overrides}), EditConfigError)
     config.validate()
     return config
 
@@ -67,6 +68,10 @@ def resolve(config_class, model, config, overrides: dict[str, Any]):
         return config_class.for_model(model, **overrides)
     if not isinstance(config, config_class):
         raise EditConfigError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise EditConfigError(f"{config_class.__name__} has no field(s) {unknown}")
     config = dataclasses.replace(config, **overrides) if overrides else config
+    config = check_fields(config, EditConfigError)
     config.validate()
     return config
