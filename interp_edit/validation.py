@@ -93,20 +93,23 @@ def check_sequence(value: Any, name: str, *, nonempty: bool = True,
 
 
 def check_prompt_batch(model, prompts: Any, name: str = "prompts", *, extra_tokens: Sequence[int] | int = 0,
-                       allow_empty: bool = False) -> list[str]:
-    """Every prompt of a batch is a non-empty str and fits the model's context (with
-    ``extra_tokens`` more, e.g. a teacher-forced target: one count for all or one per prompt);
-    the error names the prompt's index. Nothing is run."""
+                       allow_empty: bool = False) -> list[list[int]]:
+    """The token ids (BOS first) of a batch of prompts, after checking that every prompt is a
+    non-empty str and fits the model's context (with ``extra_tokens`` more, e.g. a
+    teacher-forced target: one count for all or one per prompt); the error names the prompt's
+    index. Nothing is run."""
     items = check_sequence(prompts, name, nonempty=not allow_empty)
-    tokenizer = model.tokenizer
-    bos = 1 if tokenizer.bos_token_id is not None else 0
-    extras = [extra_tokens] * len(items) if isinstance(extra_tokens, int) else list(extra_tokens)
     for i, prompt in enumerate(items):
         check_str(prompt, name, index=i)
-        length = bos + len(tokenizer.encode(prompt, add_special_tokens=False)) + extras[i]
-        if length > model.cfg.n_ctx:
-            raise PromptTooLongError(f"{name}[{i}] {prompt!r} is {length} tokens; the model's context is {model.cfg.n_ctx}")
-    return items
+    tokenizer = model.tokenizer
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    extras = [extra_tokens] * len(items) if isinstance(extra_tokens, int) else list(extra_tokens)
+    ids = [bos + tokenizer.encode(p, add_special_tokens=False) for p in items]
+    for i, (prompt, row) in enumerate(zip(items, ids, strict=True)):
+        if len(row) + extras[i] > model.cfg.n_ctx:
+            raise PromptTooLongError(f"{name}[{i}] {prompt!r} is {len(row) + extras[i]} tokens; "
+                                     f"the model's context is {model.cfg.n_ctx}")
+    return ids
 
 
 # --- dataclass fields ------------------------------------------------------------------------

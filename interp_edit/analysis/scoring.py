@@ -31,6 +31,8 @@ class Target:
 
 
 def encode_target(tokenizer, target: str) -> tuple[int, ...]:
+    if not isinstance(target, str):
+        raise InvalidArgumentError(f"target must be a string, got {target!r} ({type(target).__name__})")
     if not target or not target.strip():
         raise EmptyInputError(f"empty target {target!r}")
     text = target if target.startswith(" ") else " " + target
@@ -38,7 +40,7 @@ def encode_target(tokenizer, target: str) -> tuple[int, ...]:
 
 
 def check_metric(metric: str) -> None:
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise InvalidArgumentError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
