@@ -155,9 +155,12 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from interp_edit.editing import EditRequest, edit
     from interp_edit.model import load_model
 
+    from interp_edit.validation import check_int
+
     _writable_file(args.out, "--out")
     layers = _int_list(args.layers, "--layers") if args.layers else None
     model = load_model(args.model)
+    check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
     overrides = {}
     if args.layer is not None:
