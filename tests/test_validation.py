@@ -224,6 +224,18 @@ def test_a_corrupt_saved_edit_is_refused_on_load_naming_the_file(toy_model, save
     assert_unchanged(toy_model, state, no_edits=True)
 
 
+def test_file_checks_hold_without_a_model_too(saved_edit, tmp_path):
+    path, _ = saved_edit
+    for name, meta, tensors, match in (("nan", None, _nan, "non-finite"), ("json", lambda s: s[:-2], None, "not valid JSON"),
+                                       ("shape", None, _reshape, None)):
+        bad = _rewrite(path, tmp_path / f"{name}.safetensors", meta, tensors)
+        if match is None:
+            Edit.load(bad)  # factor shapes that multiply: only a model can tell they do not fit
+        else:
+            with pytest.raises(CheckpointError, match=match):
+                Edit.load(bad)
+
+
 def test_the_same_file_loaded_twice_is_applied_once(toy_model, saved_edit):
     path, original = saved_edit
     state = snapshot(toy_model)
