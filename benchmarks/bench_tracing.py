@@ -52,8 +52,9 @@ def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
 
 
 def bench(name: str, model, repeats: int) -> None:
-    from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
+
+    from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
 
     target = None
     n_tokens = model.to_tokens(PROMPT).shape[1]

@@ -154,7 +154,6 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
 def _cmd_edit(args: argparse.Namespace) -> int:
     from interp_edit.editing import EditRequest, edit
     from interp_edit.model import load_model
-
     from interp_edit.validation import check_int
 
     _writable_file(args.out, "--out")

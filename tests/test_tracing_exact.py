@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from reference_tracer import causal_trace_loop, reference_window
 
 from interp_edit import causal_trace
