@@ -23,8 +23,13 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens patching draws progress bars
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import torch  # noqa: E402
 from common import gpt2_small_random, median_time  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 PROMPT = "People say that Talvik Corlo is a musician who plays the"
 SUBJECT = "Talvik Corlo"
@@ -49,8 +54,9 @@ def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
 
 
 def bench(name: str, model, repeats: int) -> None:
+    from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
+
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
-    from interp_edit.analysis.tracing_reference import causal_trace_loop
 
     target = None
     n_tokens = model.to_tokens(PROMPT).shape[1]

@@ -18,7 +18,9 @@ independent: computed, applied, scored, undone. Per editor:
 Every editor runs with its toy-world preset (MEMIT-CSK: see ``OVERRIDES``) and gets the same plain request (prompt, subject, new and old city; no paraphrases);
 ACE gets the same fact plus the case's first multi-hop phrasing with its new answer (its hop
 structure). Prints ``key=value`` lines and a Markdown table; results are kept per method in
-``--out`` so a rerun continues. Usage:
+``--out`` so a rerun continues, each under a key of the library version, a hash of the
+library's source files, the editor's resolved config and the run's settings (a row made by other
+code or settings is recomputed, never reused). Usage:
     .venv/bin/python -u benchmarks/compare_editors.py [--n 100] [--methods rome,memit,...] [--threads 1]
 """
 
@@ -65,10 +67,38 @@ def request_for(method: str, case):
     return case.ace_request() if method == "ace" else case.fact
 
 
+def source_hash() -> str:
+    """A hash of every source file of the installed interp_edit package."""
+    import hashlib
+
+    import interp_edit
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(interp_edit.__file__).parent.rglob("*.py")):
+        digest.update(path.as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(method: str, resolved_config: dict, n: int, model) -> str:
+    """The key of a cached row: library version, source hash, resolved config, settings."""
+    import hashlib
+
+    from interp_edit import __version__
+    from interp_edit.model import model_fingerprint
+
+    payload = {"version": __version__, "source": source_hash(), "method": method, "config": resolved_config, "n": n,
+               "overrides": OVERRIDES.get(method, {}), "model": model_fingerprint(model)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def warm_up(model, method: str, cases):
+    """One edit before timing (key statistics and caches); its config is the resolved one."""
+    return get_editor(method).fn(model, [request_for(method, cases[0])], **OVERRIDES.get(method, {}))
+
+
 def run_method(model, world, method: str, cases, reference) -> dict:
     editor = get_editor(method)
     settings = OVERRIDES.get(method, {})
-    editor.fn(model, [request_for(method, cases[0])], **settings)  # key statistics and caches, not timed
     rows, locality, touched, seconds = [], [], [], []
     for case, ref in zip(cases, reference, strict=True):
         start = time.perf_counter()
@@ -105,7 +135,8 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     results = {}
     for method in args.methods.split(","):
-        path = folder / f"{method}_n{args.n}.json"
+        resolved = warm_up(model, method, cases).config
+        path = folder / f"{method}_n{args.n}_{cache_key(method, resolved, args.n, model)}.json"
         if path.exists():
             results[method] = json.loads(path.read_text())
         else:

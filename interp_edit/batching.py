@@ -31,7 +31,10 @@ def last_token_logits(model, prompts: Sequence[str], batch_size: int = 256) -> F
     With right padding and a causal model, the logits at a prompt's last real position do not
     depend on the padding after it, so the result equals one forward per prompt.
     """
-    ids = encode_prompts(model.tokenizer, prompts)
+    from interp_edit.validation import check_int, check_prompt_batch
+
+    check_int(batch_size, "batch_size", minimum=1)
+    ids = check_prompt_batch(model, prompts, allow_empty=True)  # BOS-first ids, each checked
     rows = []
     for start in range(0, len(ids), batch_size):
         tokens, lengths = pad_right(ids[start : start + batch_size], model.tokenizer.pad_token_id)
@@ -44,7 +47,9 @@ def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
     """BOS + the prompt's tokens; a prompt longer than the context is an error (TransformerLens'
     ``to_tokens`` would silently truncate it)."""
     from interp_edit.errors import EmptyInputError, PromptTooLongError
+    from interp_edit.validation import check_str
 
+    check_str(prompt, "prompt", nonempty=False)
     if not prompt or not prompt.strip():
         raise EmptyInputError(f"empty prompt {prompt!r}")
     ids = encode_prompts(model.tokenizer, [prompt])[0]

@@ -4,13 +4,63 @@ is quick."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+
+class CommandLineError(Exception):
+    """A flag's value is unusable (not JSON, not a list of integers, an unwritable folder);
+    the message names the flag."""
+
+
+def _json_object(text: str | None, flag: str) -> dict:
+    """The JSON object given to ``flag`` (``{}`` if not given)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CommandLineError(f"{flag}: not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise CommandLineError(f"{flag}: expected a JSON object of config fields, e.g. '{{\"steps\": 4}}', got {text!r}")
+    return value
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise CommandLineError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _writable_folder(path: str | None, flag: str) -> Path | None:
+    """``path`` as a folder that exists (created if needed) and can be written, checked before
+    any compute."""
+    if path is None:
+        return None
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".interp_edit_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CommandLineError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    return folder
+
+
+def _writable_file(path: str | None, flag: str) -> None:
+    if path is not None:
+        _writable_folder(str(Path(path).parent), flag)
+        if Path(path).is_dir():
+            raise CommandLineError(f"{flag} {path}: is a folder; give a file name")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from interp_edit.demo import run_demo
 
+    _writable_folder(args.figures, "--figures")
     run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed, figures=args.figures, aie_facts=args.aie_facts)
     return 0
 
@@ -26,7 +76,7 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, steps=args.steps)
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
-    out = Path(args.out) if args.out else BUILTIN_MODELS["toyworld"]
+    out = _writable_folder(args.out, "--out") or BUILTIN_MODELS["toyworld"]
     metrics = train_and_save(cfg, out, progress=not args.quiet)
     print(f"checkpoint={out}")
     for key, value in metrics.items():
@@ -49,6 +99,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     from interp_edit.analysis import causal_trace
     from interp_edit.model import load_model
 
+    _writable_folder(args.out, "--out")
     model = load_model(args.model)
     result = causal_trace(
         model, args.prompt, args.subject, args.target, kinds=tuple(args.kinds.split(",")),
@@ -70,6 +121,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from interp_edit.analysis import neuron_attribution
     from interp_edit.model import load_model
 
+    _writable_folder(args.out, "--out")
     model = load_model(args.model)
     result = neuron_attribution(model, args.prompt, args.target, top_k=args.top_k, keep_bias=args.keep_bias, method=args.method)
     print(f"target={result.target_token!r} target_id={result.target_id} logprob_frozen_norm={result.logprob:.4f} "
@@ -92,7 +144,9 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
     import torch
 
     from interp_edit.batching import last_token_logits
+    from interp_edit.validation import check_int
 
+    check_int(k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
     top = torch.topk(torch.softmax(last_token_logits(model, [prompt]), -1)[0], k)
     return [f"{model.tokenizer.decode([i])!r}:{p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
@@ -100,14 +154,18 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
 def _cmd_edit(args: argparse.Namespace) -> int:
     from interp_edit.editing import EditRequest, edit
     from interp_edit.model import load_model
+    from interp_edit.validation import check_int
 
+    _writable_file(args.out, "--out")
+    layers = _int_list(args.layers, "--layers") if args.layers else None
     model = load_model(args.model)
+    check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
     overrides = {}
     if args.layer is not None:
         overrides["layer"] = args.layer
-    if args.layers:
-        overrides["layers"] = tuple(int(x) for x in args.layers.split(","))
+    if layers:
+        overrides["layers"] = layers
     result = edit(model, [request], args.method, **overrides)
     prompts = [request.text, *args.check]
     for prompt in prompts:
@@ -124,7 +182,6 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
     import math
 
     from interp_edit.editing import get_editor
@@ -133,8 +190,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     editor = get_editor(args.method)
     data = args.data or editor.default_data
+    config = _json_object(args.config, "--config")
+    _writable_folder(args.out, "--out")
     model = load_model(args.model)
-    config = json.loads(args.config) if args.config else {}
     result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
                             fluency=not args.no_fluency, config=config, progress=not args.quiet)
@@ -150,7 +208,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_contrast(args: argparse.Namespace) -> int:
-    import json
     import random
 
     from interp_edit.evaluation.contrast import contrast_study
@@ -158,11 +215,12 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     from interp_edit.toyworld import counterfact_records, load_world
     from interp_edit.toyworld.world import stable_seed
 
+    config = _json_object(args.config, "--config")
+    _writable_folder(args.out, "--out")
     model = load_model(args.model)
     relations = tuple(args.relations.split(","))
     records = [r for r in counterfact_records(load_world()) if r.relation_id in relations]
     random.Random(stable_seed("contrast", args.seed)).shuffle(records)
-    config = json.loads(args.config) if args.config else {}
     out = Path(args.out) if args.out else None
     result = contrast_study(model, args.method, records[: args.n], config=config, groups=tuple(args.groups.split(",")),
                             n_boot=args.n_boot, seed=args.seed, out=out, progress=not args.quiet)
@@ -328,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
 
             set_threads(args.threads)
         return args.func(args)
-    except InterpEditError as err:
-        print(f"interp-edit: error: {err}", file=sys.stderr)
+    except (InterpEditError, CommandLineError, OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        # expected errors (bad input, files, JSON): one line naming the flag or file, no traceback
+        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+            message = f"{err.filename}: {message}"
+        print(f"interp-edit: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -90,7 +90,11 @@ def tokenize_with_subject(tokenizer, prompt: str, subject: str, occurrence: int 
     preceding space into the subject's first token.
     """
     from interp_edit.errors import EmptyInputError, SubjectNotFoundError
+    from interp_edit.validation import check_int, check_str
 
+    check_str(prompt, "prompt", nonempty=False)
+    check_str(subject, "subject", nonempty=False)
+    check_int(occurrence, "subject occurrence")
     if not prompt or not prompt.strip():
         raise EmptyInputError(f"empty prompt {prompt!r}")
     if not subject or not subject.strip():

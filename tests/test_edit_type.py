@@ -86,7 +86,7 @@ def test_edits_compose_and_undo_in_reverse_order_only(tiny_model):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=4), scale=st.floats(1e-3, 10.0))
+@given(seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=4, unique=True), scale=st.floats(1e-3, 10.0))
 def test_any_sequence_of_edits_undoes_bitwise(tiny_model, seeds, scale):
     before = snapshot(tiny_model)
     edits = [random_edit(tiny_model, s, scale) for s in seeds]

@@ -1,13 +1,14 @@
-"""Causal tracing: the batched engine equals the straightforward loop, and bad input fails
+"""Causal tracing: the batched engine equals an independent plain-loop tracer
+(tests/reference_tracer.py: its own tokens, noise, windows and scores), and bad input fails
 cleanly without leaving hooks behind."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from reference_tracer import causal_trace_loop, reference_window
 
 from interp_edit import causal_trace
-from interp_edit.analysis.tracing_reference import causal_trace_loop
 from interp_edit.errors import (
     EmptyInputError,
     InvalidArgumentError,
@@ -24,7 +25,8 @@ CASES = [
     dict(window=1, kinds=("mlp",)),
     dict(severed="mlp"),
     dict(severed="attn", window=2, metric="logprob"),
-    dict(corruption="replace", replacements=["Fenpas Astlo", "Corta Astgun"]),
+    dict(corruption="replace", replacement="Fenpas Astlo"),
+    dict(window=4, metric="logprob", seed=3, samples=3),
 ]
 
 
@@ -41,10 +43,28 @@ def test_batched_trace_equals_loop(which, settings, tiny_model, toy_model):
     assert not model.hook_dict["hook_embed"].fwd_hooks
 
 
+def test_windows_are_centred_like_the_authors_loop():
+    from interp_edit.analysis.tracing import window_layers
+
+    assert reference_window(5, 10, 48) == list(range(0, 10))
+    assert reference_window(20, 10, 48) == list(range(15, 25))
+    assert reference_window(20, 3, 48) == [19, 20, 21]
+    for n_layers in (1, 6, 12):
+        for window in (1, 2, 3, 4, 10):
+            for layer in range(n_layers):
+                assert list(window_layers(layer, window, n_layers)) == reference_window(layer, window, n_layers)
+
+
 def test_multi_token_target_is_teacher_forced(toy_model):
     result = causal_trace(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden",), samples=3)
     slow = causal_trace_loop(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden",), samples=3)
     assert (result.scores - slow).abs().max().item() < 1e-5
+    # one restoration per forward: a run restored at the teacher-forced target token still
+    # scores the prompt's last position (log-probabilities: this target's probability is ~1e-8)
+    split = causal_trace(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden", "mlp"), samples=3, max_rows=3,
+                         metric="logprob")
+    slow = causal_trace_loop(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden", "mlp"), samples=3, metric="logprob")
+    assert (split.scores - slow).abs().max().item() < 1e-4
     assert result.target_ids == tuple(toy_model.tokenizer.encode(" Karsa Veltra", add_special_tokens=False))
     # the clean score is the product of the two teacher-forced probabilities
     tokens = toy_model.to_tokens(PROMPT + " Karsa")

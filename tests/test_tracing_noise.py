@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy
 import pytest
 import torch
+from reference_tracer import causal_trace_loop
 
 from interp_edit.analysis.tracing import causal_trace, subject_embedding_std
-from interp_edit.analysis.tracing_reference import causal_trace_loop
 from interp_edit.errors import InvalidArgumentError
 
 PROMPT, SUBJECT, TARGET = "Talvik Corlo was born in", "Talvik Corlo", "Gemmel"

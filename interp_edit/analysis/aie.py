@@ -13,9 +13,19 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.analysis.scoring import encode_target
-from interp_edit.analysis.tracing import KINDS, CausalTraceResult, causal_trace, default_window, subject_embedding_std
+from interp_edit.analysis.tracing import (
+    KINDS,
+    CausalTraceResult,
+    TraceSettings,
+    causal_trace,
+    default_window,
+    subject_embedding_std,
+)
 from interp_edit.batching import last_token_logits
+from interp_edit.errors import InterpEditError, InvalidArgumentError, PromptTooLongError
 from interp_edit.progress import progress_bar
+from interp_edit.prompts import tokenize_with_subject
+from interp_edit.validation import check_int, check_sequence, check_str
 
 ROLES = (
     "first_subject",
@@ -100,15 +110,45 @@ class AIEResult:
         return save_figure(self.plot(), path)
 
 
-def _as_fact(fact) -> tuple[str, str, str]:
-    """(prompt, subject, target) from a CounterFactRecord, a dict or a 3-tuple."""
-    if hasattr(fact, "prompt") and hasattr(fact, "subject"):
-        return fact.prompt.format(fact.subject), fact.subject, fact.target_true
-    if isinstance(fact, dict):
-        rw = fact.get("requested_rewrite", fact)
-        return rw["prompt"].format(rw["subject"]), rw["subject"], rw["target_true"]["str"] if isinstance(rw["target_true"], dict) else rw["target_true"]
-    prompt, subject, target = fact
-    return prompt, subject, target
+def _as_fact(fact, index: int = 0) -> tuple[str, str, str]:
+    """(prompt, subject, target) from a CounterFactRecord, a dict or a 3-tuple; a malformed
+    fact raises :class:`InvalidArgumentError` naming its index."""
+    try:
+        if hasattr(fact, "prompt") and hasattr(fact, "subject"):
+            prompt, subject, target = fact.prompt, fact.subject, fact.target_true
+        elif isinstance(fact, dict):
+            rw = fact.get("requested_rewrite", fact)
+            target = rw["target_true"]["str"] if isinstance(rw["target_true"], dict) else rw["target_true"]
+            prompt, subject = rw["prompt"], rw["subject"]
+        elif isinstance(fact, (tuple, list)) and len(fact) == 3:
+            return tuple(fact)
+        else:
+            raise InvalidArgumentError(f"facts[{index}]: expected a CounterFact record, a dict or a (prompt, subject, "
+                                       f"target) tuple, got {fact!r}")
+        if not isinstance(prompt, str) or not isinstance(subject, str):
+            raise InvalidArgumentError(f"facts[{index}]: prompt and subject must be strings, got {prompt!r}, {subject!r}")
+        return prompt.format(subject), subject, target
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        if isinstance(err, InvalidArgumentError):
+            raise
+        raise InvalidArgumentError(f"facts[{index}]: malformed fact {fact!r}: {type(err).__name__} {err}") from None
+
+
+def check_facts(model, facts: Sequence[tuple[str, str, str]]) -> None:
+    """Every fact's prompt, subject and target are strings, the subject occurs in the prompt,
+    and the prompt with its teacher-forced target fits the context; the error names the
+    fact's index. Nothing is run."""
+    if not facts:
+        raise InvalidArgumentError("no facts given; nothing to average")
+    for i, (prompt, subject, target) in enumerate(facts):
+        try:
+            tok = tokenize_with_subject(model.tokenizer, check_str(prompt, "prompt"), check_str(subject, "subject"))
+            length = len(tok.tokens) + len(encode_target(model.tokenizer, target)) - 1
+        except InterpEditError as err:
+            raise type(err)(f"facts[{i}]: {err}") from None
+        if length > model.cfg.n_ctx:
+            raise PromptTooLongError(f"facts[{i}]: prompt {prompt!r} with its target is {length} tokens; "
+                                     f"the model's context is {model.cfg.n_ctx}")
 
 
 @torch.no_grad()
@@ -131,8 +171,13 @@ def average_indirect_effect(
     the indirect effects by token role × layer. Facts are CounterFact records, CounterFact
     dicts or ``(prompt, subject, target)`` tuples. The noise scale is, as in ROME, 3 × the std
     of the embeddings of all the facts' subject tokens unless ``embedding_std`` is given."""
-    facts = [_as_fact(f) for f in facts]
+    facts = [_as_fact(f, i) for i, f in enumerate(check_sequence(facts, "facts", nonempty=False))]
+    check_facts(model, facts)
     window = default_window(model.cfg.n_layers) if window is None else window
+    # the trace settings are checked once, before any fact is traced
+    TraceSettings(tuple(check_sequence(kinds, "kinds")), "gaussian", noise, samples, window, metric, severed, seed,
+                  embedding_std).validate()
+    check_int(max_rows, "max_rows", minimum=1)
     std = embedding_std or subject_embedding_std(model, [s for _, s, _ in facts])
     predicted = last_token_logits(model, [p for p, _, _ in facts]).argmax(-1).tolist()
     per_fact, skipped, clean, corrupted = [], [], [], []
@@ -147,7 +192,7 @@ def average_indirect_effect(
         clean.append(trace.clean_score)
         corrupted.append(trace.corrupted_score)
     if not per_fact:
-        raise ValueError(f"the model gets none of the {len(facts)} facts right; nothing to average")
+        raise InvalidArgumentError(f"the model gets none of the {len(facts)} facts right; nothing to average")
     stacked = torch.stack(per_fact)
     return AIEResult(
         effects=stacked.nanmean(0),

@@ -401,9 +401,16 @@ def neuron_attribution(
     gradient approximation ``c · ∂ log p / ∂c`` at the base (no projection of every neuron onto
     the vocabulary: for large vocabularies far cheaper, but not exact; layer scores stay exact).
     """
-    if top_k < 1:
-        raise InvalidArgumentError(f"top_k must be >= 1, got {top_k} (prompt {prompt!r})")
-    if method not in METHODS:
+    from interp_edit.validation import check_int
+
+    check_int(top_k, f"top_k (prompt {prompt!r})", minimum=1)
+    check_int(n_tokens, "n_tokens", minimum=0)
+    check_int(chunk_elements, "chunk_elements", minimum=1)
+    if not isinstance(keep_bias, bool):
+        raise InvalidArgumentError(f"keep_bias must be True or False, got {keep_bias!r}")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
+        raise InvalidArgumentError(f"target must be a string, a token id or None, got {target!r} ({type(target).__name__})")
+    if not isinstance(method, str) or method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS} (prompt {prompt!r})")
     tokens = prompt_tokens(model, prompt)
     n = model.cfg.n_layers

@@ -64,6 +64,10 @@ class LogitLensResult:
 def logit_lens(model, prompt: str, target: str | None = None, *, k: int = 5) -> LogitLensResult:
     """Top-``k`` next tokens at every position after every layer; with ``target``, its
     probability and rank there too (first token of a multi-token target)."""
+    from interp_edit.validation import check_int, check_str
+
+    check_int(k, "k", minimum=1, maximum=model.cfg.d_vocab_out)  # topk over the vocabulary
+    check_str(target, "target", optional=True)
     tokens = _tokens(model, prompt)
     n = model.cfg.n_layers
     names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", layer) for layer in range(n)]
@@ -150,6 +154,10 @@ class DLAResult:
 def direct_logit_attribution(model, prompt: str, target: str, foil: str | None = None) -> DLAResult:
     """DLA of every attention head, attention bias, MLP layer and the embeddings to the target
     logit (minus the foil's) at the last position (first token of a multi-token target)."""
+    from interp_edit.validation import check_str
+
+    check_str(target, "target")
+    check_str(foil, "foil", optional=True)
     tokens = _tokens(model, prompt)
     n = model.cfg.n_layers
     t_id = encode_target(model.tokenizer, target)[0]

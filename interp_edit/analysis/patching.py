@@ -88,8 +88,16 @@ class _Pair:
 
 
 def _prepare(model, clean: str, corrupted: str, answer: str | None, foil: str | None, metric: str, sites) -> _Pair:
+    from interp_edit.validation import check_str
+
     check_metric(metric)
-    unknown = [s for s in sites if s not in SITES]
+    for name, text in (("clean", clean), ("corrupted", corrupted)):
+        check_str(text, f"{name} prompt", nonempty=False)
+    check_str(answer, "answer", optional=True)
+    check_str(foil, "foil", optional=True)
+    if isinstance(sites, str):
+        raise InvalidArgumentError(f"sites must be a list of site names, got the string {sites!r}")
+    unknown = [s for s in sites if not isinstance(s, str) or s not in SITES]
     if unknown or not sites:
         raise InvalidArgumentError(f"unknown patching sites {unknown or sites}; choose from {sorted(SITES)}")
     for name, text in (("clean", clean), ("corrupted", corrupted)):
@@ -148,7 +156,7 @@ def _shape(site: str, cfg, n_pos: int) -> tuple[int, ...]:
 
 
 def _check_direction(direction: str) -> None:
-    if direction not in ("denoise", "noise"):
+    if not isinstance(direction, str) or direction not in ("denoise", "noise"):
         raise InvalidArgumentError(f"direction must be 'denoise' or 'noise', got {direction!r}")
 
 
@@ -173,6 +181,9 @@ def activation_patch(
     by default — and ``foil`` — the corrupted top-1 by default) is normalised so that the clean
     run scores 1 and the corrupted run 0. Restorations share batched forwards that start at
     the patched layer."""
+    from interp_edit.validation import check_int
+
+    check_int(max_rows, "max_rows", minimum=1)
     _check_direction(direction)
     pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
 

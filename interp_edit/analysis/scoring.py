@@ -43,6 +43,8 @@ def encode_target(tokenizer, target: str, prompt: str | None = None) -> tuple[in
     into a bare ``"▁"`` token (``["▁", "▁Paris"]``) that never follows a prompt. Raises
     :class:`~interp_edit.errors.TokenizationError` when the prompt's tokens are not a prefix of
     the whole text's (a merge across the boundary), naming both."""
+    if not isinstance(target, str):
+        raise InvalidArgumentError(f"target must be a string, got {target!r} ({type(target).__name__})")
     if not target or not target.strip():
         raise EmptyInputError(f"empty target {target!r}")
     context = NEUTRAL_CONTEXT if prompt is None else prompt
@@ -58,7 +60,7 @@ def encode_target(tokenizer, target: str, prompt: str | None = None) -> tuple[in
 
 
 def check_metric(metric: str) -> None:
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise InvalidArgumentError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 

@@ -17,6 +17,7 @@ from interp_edit.analysis.scoring import Target, check_metric, encode_target, sc
 from interp_edit.errors import InvalidArgumentError, PromptTooLongError
 from interp_edit.model import hook_name
 from interp_edit.prompts import TokenizedPrompt, tokenize_with_subject
+from interp_edit.validation import check_choice, check_int, check_positive_finite, check_sequence, check_str
 
 KINDS = ("hidden", "mlp", "attn")
 _KIND_SITE = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
@@ -42,21 +43,22 @@ class TraceSettings:
     generator: torch.Generator | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
+        if isinstance(self.kinds, str) or not all(isinstance(k, str) for k in self.kinds):
+            raise InvalidArgumentError(f"kinds must be a list of trace kinds from {KINDS}, got {self.kinds!r}")
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown or not self.kinds:
             raise InvalidArgumentError(f"unknown trace kinds {unknown or self.kinds}; choose from {KINDS}")
-        if self.corruption not in ("gaussian", "replace"):
-            raise InvalidArgumentError(f"corruption must be 'gaussian' or 'replace', got {self.corruption!r}")
-        if not self.noise > 0:
-            raise InvalidArgumentError(f"noise must be > 0 (a multiple of the embedding std), got {self.noise}")
-        if self.samples < 1:
-            raise InvalidArgumentError(f"samples must be >= 1, got {self.samples}")
-        if self.window < 1:
-            raise InvalidArgumentError(f"window must be >= 1, got {self.window}")
-        if self.severed not in (None, "mlp", "attn"):
-            raise InvalidArgumentError(f"severed must be None, 'mlp' or 'attn', got {self.severed!r}")
-        if self.embedding_std is not None and not self.embedding_std > 0:
-            raise InvalidArgumentError(f"embedding_std must be > 0, got {self.embedding_std}")
+        check_choice(self.corruption, "corruption", ("gaussian", "replace"))
+        check_positive_finite(self.noise, "noise (a multiple of the embedding std)")
+        check_int(self.samples, "samples", minimum=1)
+        check_int(self.window, "window", minimum=1)
+        check_int(self.seed, "seed")
+        check_int(self.subject_occurrence, "subject_occurrence", minimum=0)
+        if self.severed is not None:
+            check_choice(self.severed, "severed (None or)", ("mlp", "attn"))
+        if self.embedding_std is not None:
+            check_positive_finite(self.embedding_std, "embedding_std")
+        check_str(self.replacement, "replacement", optional=True)
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise InvalidArgumentError(f"generator must be a torch.Generator, got {type(self.generator).__name__}")
         if self.noise_draw is not None and (not isinstance(self.noise_draw, Tensor) or self.noise_draw.ndim != 3
@@ -182,6 +184,10 @@ def prepare_trace(model, prompt: str, subject: str, target: str | None, settings
                   replacements: Sequence[str] = (), foil: str | None = None) -> TraceInputs:
     """Tokenise, locate the subject, resolve the target and build the corrupted input."""
     settings.validate()
+    check_str(prompt, "prompt")
+    check_str(subject, "subject")
+    check_str(target, "target", optional=True)
+    check_str(foil, "foil", optional=True)
     tok = tokenize_with_subject(model.tokenizer, prompt, subject, settings.subject_occurrence)
     device = model.cfg.device
     prompt_ids = list(tok.tokens)
@@ -309,7 +315,9 @@ def causal_trace(
         if isinstance(noise_subjects, str) or not noise_subjects:
             raise InvalidArgumentError("noise_subjects must be a non-empty sequence of subject strings")
         embedding_std = subject_embedding_std(model, list(noise_subjects))
-    settings = TraceSettings(tuple(kinds), corruption, noise, samples, window, metric, severed, seed,
+    check_int(max_rows, "max_rows", minimum=1)
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(check_sequence(kinds, "kinds"))
+    settings = TraceSettings(kinds, corruption, noise, samples, window, metric, severed, seed,
                              embedding_std, replacement, subject_occurrence, noise_draw, generator)
     inputs = prepare_trace(model, prompt, subject, target, settings, replacements, foil)
     positions = score_positions(len(inputs.tokenized.tokens), inputs.target)

@@ -69,6 +69,8 @@ def _read_records(path: Path) -> list:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise DatasetError(f"{path}: cannot read: {err}") from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the file as UTF-8 JSON") from None
     if path.suffix == ".jsonl":
         records = []
         for line_no, line in enumerate(text.splitlines(), 1):

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from interp_edit.adapter.identity import preset_key
 from interp_edit.editing.targets import TargetConfig
 from interp_edit.errors import EditConfigError
+from interp_edit.validation import check_fields
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def preset_config(cls, model, overrides: dict[str, Any]):
             f"field 'preset': {cls.__name__} has no preset {key!r}; presets: {sorted(cls.PRESETS)} or {GENERIC!r}"
         )
     preset = dict(cls.generic(model) if key == GENERIC else cls.PRESETS[key])
-    config = cls(**{**preset, **overrides, "preset": key})
+    config = check_fields(cls(**{**preset, **overrides, "preset": key}), EditConfigError)
     config.validate()
     return config
 
@@ -89,6 +90,10 @@ def resolve(config_class, model, config, overrides: dict[str, Any]):
         return config_class.for_model(model, **overrides)
     if not isinstance(config, config_class):
         raise EditConfigError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise EditConfigError(f"{config_class.__name__} has no field(s) {unknown}")
     config = dataclasses.replace(config, **overrides) if overrides else config
+    config = check_fields(config, EditConfigError)
     config.validate()
     return config

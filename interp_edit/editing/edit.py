@@ -134,7 +134,12 @@ class Edit:
                 f"this {self.method} edit was made for the model with fingerprint {self.model_fingerprint}, "
                 f"not this one ({found}); edits only apply to the base model they were computed on"
             )
+        params = dict(model.named_parameters())
         for name, delta in self.deltas.items():
+            if name not in params:
+                raise EditApplicationError(f"this {self.method} edit changes the parameter {name!r}, which the model does not have")
+            if not all(torch.isfinite(t).all() for t in delta.tensors().values()):
+                raise EditApplicationError(f"the delta of {name} holds non-finite values (NaN or inf); it would break the model")
             rows, cols = weight_matrix_shape(model, name)
             if isinstance(delta, LowRankDelta):
                 fits = delta.left.shape[0] == rows and delta.right.shape[1] == cols
@@ -163,6 +168,12 @@ class Edit:
             setattr(model, _STACK_ATTR, stack)
         if any(entry[0] is self for entry in stack):
             raise EditApplicationError(f"this {self.method} edit is already applied to the model")
+        digest = self.content_hash()
+        if any(entry[3] == digest for entry in stack):
+            raise EditApplicationError(
+                f"an edit with the same content as this {self.method} edit (content hash {digest[:12]}) is already applied "
+                "to the model (e.g. the same file loaded twice); applying it again would add its deltas twice"
+            )
         originals: dict[str, Tensor] = {}
         handles: list[tuple[str, Any]] = []
         try:
@@ -181,7 +192,7 @@ class Edit:
         except BaseException:
             self._restore(model, originals, handles)
             raise
-        stack.append((self, originals, handles))
+        stack.append((self, originals, handles, digest))
         return self
 
     @torch.no_grad()
@@ -194,7 +205,7 @@ class Edit:
             raise EditApplicationError(
                 f"cannot undo this {self.method} edit: it {where} (applied, oldest first: {applied}); undo in reverse order"
             )
-        _, originals, handles = stack.pop()
+        _, originals, handles, _ = stack.pop()
         self._restore(model, originals, handles)
         return self
 
@@ -232,6 +243,23 @@ class Edit:
         hooks += [(steer.hook_name, steer) for steer in self.hooks.values()]
         with model.hooks(fwd_hooks=hooks):
             yield model
+
+    def content_hash(self) -> str:
+        """A hash of what the edit does to a model: its method, base-model fingerprint, deltas
+        (names, kinds, shapes, values) and hooks. Two edits with the same content — e.g. one
+        file loaded twice — have the same hash."""
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps([self.method, self.model_fingerprint]).encode())
+        parts = [(f"delta::{name}", delta.tensors()) for name, delta in self.deltas.items()]
+        parts += [(f"hook::{label}::{steer.kind}::{steer.hook_name}", steer.tensors()) for label, steer in self.hooks.items()]
+        for label, tensors in sorted(parts, key=lambda p: p[0]):
+            digest.update(label.encode())
+            for key in sorted(tensors):
+                tensor = tensors[key].detach().to("cpu").contiguous()
+                digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
 
     # --- reporting ---------------------------------------------------------------------
     def layers(self) -> list[int]:
@@ -299,9 +327,12 @@ class Edit:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Edit:
-        """Read an edit written by :meth:`save`; a missing or foreign file raises
-        :class:`~interp_edit.errors.CheckpointError` naming it."""
+    def load(cls, path: str | Path, model=None) -> Edit:
+        """Read an edit written by :meth:`save`, verified: the metadata has its schema (every
+        key, of its type), every delta and hook tensor is there, finite and of consistent
+        shapes. With ``model``, also that the edit was made for it (fingerprint) and that its
+        parameters exist there with the deltas' shapes. Anything else raises
+        :class:`~interp_edit.errors.CheckpointError` naming the file and what is wrong."""
         from safetensors import safe_open
 
         from interp_edit.errors import CheckpointError
@@ -317,25 +348,83 @@ class Edit:
             raise CheckpointError(f"cannot read edit file {path}: {err}") from None
         if raw is None:
             raise CheckpointError(f"{path} is a safetensors file but not an interp_edit edit (no metadata)")
-        meta = json.loads(raw)
+        meta = _check_metadata(path, raw)
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{path}: tensor {key!r} holds non-finite values (NaN or inf)")
+
+        def tensor(key: str) -> Tensor:
+            if key not in tensors:
+                raise CheckpointError(f"{path}: the metadata names tensor {key!r}, which the file lacks")
+            return tensors[key]
+
         deltas: dict[str, Delta] = {}
         for name, kind in meta["kinds"].items():
             if kind == "low_rank":
-                deltas[name] = LowRankDelta(tensors[f"{name}::left"], tensors[f"{name}::right"])
+                left, right = tensor(f"{name}::left"), tensor(f"{name}::right")
+                if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[0]:
+                    raise CheckpointError(f"{path}: the low-rank delta of {name} has factors of shapes "
+                                          f"{tuple(left.shape)} and {tuple(right.shape)}, which do not multiply")
+                deltas[name] = LowRankDelta(left, right)
             else:
-                deltas[name] = SparseRowDelta(tensors[f"{name}::rows"], tensors[f"{name}::values"])
+                rows, values = tensor(f"{name}::rows"), tensor(f"{name}::values")
+                if rows.dim() != 1 or rows.is_floating_point() or values.dim() != 2 or (len(rows) and int(rows.min()) < 0):
+                    raise CheckpointError(f"{path}: the sparse-row delta of {name} has rows {tuple(rows.shape)} "
+                                          f"({rows.dtype}) and values {tuple(values.shape)}; expected 1-D row indices >= 0 "
+                                          "and a 2-D value matrix")
+                try:
+                    deltas[name] = SparseRowDelta(rows, values)
+                except ValueError as err:
+                    raise CheckpointError(f"{path}: {err}") from None
         from interp_edit.editing.activation_hooks import hook_kinds
 
         kinds = hook_kinds()
         hooks = {}
-        for label, saved in meta.get("hooks", {}).items():
+        for label, saved in meta["hooks"].items():
+            if not isinstance(saved, dict) or not {"kind", "hook_name", "metadata"} <= set(saved):
+                raise CheckpointError(f"{path}: hook {label!r} needs 'kind', 'hook_name' and 'metadata', got {saved!r}")
             if saved["kind"] not in kinds:
                 raise CheckpointError(f"{path}: hook {label!r} is of unknown kind {saved['kind']!r}; known: {sorted(kinds)}")
             prefix = f"hook::{label}::"
             own = {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix)}
-            hooks[label] = kinds[saved["kind"]].from_saved(saved["hook_name"], own, saved["metadata"])
-        return cls(meta["method"], deltas, meta["model_fingerprint"], meta["config"], meta["requests"],
+            try:
+                hooks[label] = kinds[saved["kind"]].from_saved(saved["hook_name"], own, saved["metadata"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(f"{path}: hook {label!r} cannot be rebuilt: {type(err).__name__} {err}") from None
+        edit = cls(meta["method"], deltas, meta["model_fingerprint"], meta["config"], meta["requests"],
                    meta["info"], meta["library_version"], hooks)
+        if model is not None:
+            try:
+                edit._check_model(model)
+            except EditApplicationError as err:
+                raise CheckpointError(f"{path}: {err}") from None
+        return edit
+
+
+#: key -> type of the metadata a saved edit holds ("hooks" may be missing in older files)
+_METADATA_SCHEMA = {"method": str, "model_fingerprint": str, "config": dict, "requests": list, "info": dict,
+                    "library_version": str, "kinds": dict, "hooks": dict}
+
+
+def _check_metadata(path: Path, raw: str) -> dict:
+    from interp_edit.errors import CheckpointError
+
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the interp_edit metadata is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the interp_edit metadata must be a JSON object, got {type(meta).__name__}")
+    meta.setdefault("hooks", {})
+    for key, kind in _METADATA_SCHEMA.items():
+        if key not in meta:
+            raise CheckpointError(f"{path}: the metadata lacks the key {key!r} (needs {sorted(_METADATA_SCHEMA)})")
+        if not isinstance(meta[key], kind):
+            raise CheckpointError(f"{path}: metadata key {key!r} must be a {kind.__name__}, got {meta[key]!r}")
+    for name, kind in meta["kinds"].items():
+        if kind not in ("low_rank", "sparse_rows"):
+            raise CheckpointError(f"{path}: the delta of {name} is of unknown kind {kind!r} (low_rank or sparse_rows)")
+    return meta
 
 
 def _json_default(obj):

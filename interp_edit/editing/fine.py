@@ -128,6 +128,11 @@ class FiNEConfig:
         model has fewer than 6 (at least one layer stays editable)."""
         return {"n_frozen": min(3, max(0, model.cfg.n_layers // 2))}
 
+    def __post_init__(self) -> None:
+        from interp_edit.validation import check_fields
+
+        check_fields(self, EditConfigError, in_place=True)  # types (and finite floats) of every field
+
     @classmethod
     def for_model(cls, model, **overrides: Any) -> FiNEConfig:
         """The preset for ``model`` (by its TransformerLens ``model_name``) with ``overrides``."""

@@ -128,8 +128,9 @@ class MEGAConfig(EditorConfig):
             raise EditConfigError(f"field 'forcing_template' needs '{{prompt}}' and '{{new}}': {self.forcing_template!r}")
 
     def __post_init__(self) -> None:
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+        if self.layers is not None and not isinstance(self.layers, (str, bytes)) and hasattr(self.layers, "__iter__"):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        super().__post_init__()  # field types
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from interp_edit.errors import EditRequestError, InterpEditError
+from interp_edit.errors import EditConfigError, EditRequestError, InterpEditError
 from interp_edit.prompts import CounterFactRecord, tokenize_with_subject
 
 
@@ -115,6 +115,16 @@ def validate_request(request: EditRequest, index: int) -> None:
         raise EditRequestError(
             f"request {index}: field 'prompt' must contain exactly one '{{}}' where the subject goes: {request.prompt!r}"
         )
+    stray = request.prompt.replace("{}", "", 1)
+    if "{" in stray or "}" in stray:
+        raise EditRequestError(
+            f"request {index}: field 'prompt' has a brace besides the one '{{}}' slot (a stray template field such as "
+            f"'{{city}}'?): {request.prompt!r}"
+        )
+    if request.target_true is not None and not isinstance(request.target_true, str):
+        raise EditRequestError(f"request {index}: field 'target_true' is not a string: {request.target_true!r}")
+    if isinstance(request.paraphrases, (str, bytes)) or not all(isinstance(p, str) and p.strip() for p in request.paraphrases):
+        raise EditRequestError(f"request {index}: field 'paraphrases' must be a list of non-empty strings, got {request.paraphrases!r}")
     for field in ("verb", "object"):
         span = getattr(request, field)
         if span is not None and (not isinstance(span, str) or not span.strip() or span not in request.text):
@@ -146,7 +156,7 @@ def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str
     is not the ``in`` of "Justin"); a span found only there raises :class:`EditRequestError`."""
     span = edit_span_text(request, edit_token, index)
     if span is None or edit_token.startswith("subject"):
-        tok = tokenize_with_subject(tokenizer, text, request.subject, occurrence=_count(before, request.subject))
+        tok = tokenize_with_subject(tokenizer, text, request.subject, occurrence=slot_occurrence(text, before, request))
         if span is None:
             return tok.tokens, len(tok.tokens) - 1
         return tok.tokens, (tok.subject_span[0] if edit_token.endswith("_first") else tok.subject_span[1] - 1)
@@ -163,8 +173,12 @@ def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str
     return tok.tokens, (tok.subject_span[0] if edit_token.endswith("_first") else tok.subject_span[1] - 1)
 
 
-def _count(text: str, span: str) -> int:
-    return sum(text.startswith(span, i) for i in range(len(text)))
+def slot_occurrence(text: str, before: str, request: EditRequest) -> int:
+    """Which occurrence of the subject in ``text`` (``before`` + the filled prompt) is the one
+    written into the ``{}`` slot: the subject's text can also occur earlier, in a context
+    prefix or in the prompt's own words ahead of the slot; keys are read at the slot."""
+    slot = len(before) + request.prompt.index("{}")
+    return sum(text.startswith(request.subject, i) for i in range(slot))
 
 
 def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: str = "subject_last") -> list[TokenizedRequest]:
@@ -173,6 +187,8 @@ def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: st
     must come from a model with the same fingerprint."""
     from interp_edit.analysis.scoring import encode_target
 
+    if isinstance(requests, (str, bytes)) or not isinstance(requests, (EditRequest, CounterFactRecord, dict, Iterable)):
+        raise EditRequestError(f"expected a list of edit requests, got {requests!r} ({type(requests).__name__})")
     items = list(requests) if not isinstance(requests, (EditRequest, CounterFactRecord, dict)) else [requests]
     if not items:
         raise EditRequestError("no edit requests given")
@@ -186,7 +202,8 @@ def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: st
         request = as_request(item, index)
         validate_request(request, index)
         try:
-            tok = tokenize_with_subject(model.tokenizer, request.text, request.subject)
+            tok = tokenize_with_subject(model.tokenizer, request.text, request.subject,
+                                        occurrence=slot_occurrence(request.text, "", request))
         except InterpEditError as err:
             raise EditRequestError(f"request {index}: field 'subject': {err}") from None
         target_ids = encode_target(model.tokenizer, request.target_new, request.text)
@@ -202,7 +219,29 @@ def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: st
                 raise
             raise EditRequestError(f"request {index}: edit token {edit_token!r}: {err}") from None
         out.append(TokenizedRequest(index, request, tok.tokens, tok.subject_span, target_ids, fingerprint, edit_token, position))
+    check_against_each_other([r.request for r in out])
     return out
+
+
+def check_against_each_other(requests: Sequence[EditRequest]) -> None:
+    """Requests are checked against each other, not only one at a time: two requests with the
+    same subject and prompt but different new targets conflict (an editor would silently keep
+    one of them), and a request given twice is a duplicate; either raises
+    :class:`EditRequestError` naming both indices."""
+    seen: dict[tuple[str, str], int] = {}
+    for index, request in enumerate(requests):
+        key = (request.subject.strip(), request.text.strip())
+        if key in seen:
+            first = requests[seen[key]]
+            if first.target_new.strip() != request.target_new.strip():
+                raise EditRequestError(
+                    f"requests {seen[key]} and {index} conflict: the same subject {request.subject!r} and prompt "
+                    f"{request.prompt!r} with different new targets ({first.target_new!r} vs {request.target_new!r})"
+                )
+            raise EditRequestError(
+                f"request {index} duplicates request {seen[key]} ({request.text!r} -> {request.target_new!r}); give it once"
+            )
+        seen[key] = index
 
 
 def fill_prefix(prefix: str, text: str) -> str:
@@ -216,6 +255,13 @@ def tokenize_in_context(model, request: TokenizedRequest, prefixes: Sequence[str
     out = []
     for prefix in prefixes:
         before = fill_prefix(prefix, "")  # the prefix and its separator, before the prompt
-        out.append(edit_position_of(model.tokenizer, fill_prefix(prefix, request.request.text), request.request,
-                                    request.edit_token, before, request.index))
+        ids, pos = edit_position_of(model.tokenizer, fill_prefix(prefix, request.request.text), request.request,
+                                    request.edit_token, before, request.index)
+        if len(ids) + len(request.target_ids) - 1 > model.cfg.n_ctx:
+            raise EditConfigError(
+                f"request {request.index}: with the context prefix {prefix!r} the prompt {request.request.text!r} and its "
+                f"target are {len(ids) + len(request.target_ids) - 1} tokens, more than the model's context "
+                f"{model.cfg.n_ctx}; lower prefix_length"
+            )
+        out.append((ids, pos))
     return out

@@ -94,6 +94,11 @@ class TargetConfig:
     chunk_size: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from interp_edit.validation import check_fields
+
+        check_fields(self, EditConfigError, in_place=True)  # types (and finite floats) of every field
+
     def validate(self) -> None:
         for name in ("steps", "chunk_size", "prefix_length"):
             if getattr(self, name) < 1:

@@ -28,6 +28,7 @@ import torch
 from interp_edit.data.cases import MCQ_KINDS, CounterFactCase, MCQCase, MQuAKECase, Rewrite, ZsRECase
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
 from interp_edit.evaluation.metrics import (
+    any_phrasing_right,
     counterfact_score,
     generation_fluency,
     mcq_choices,
@@ -77,7 +78,8 @@ def _multihop(pairs: _Pairs, questions: Sequence[str], answers: Sequence[str]):
     index = [pairs.add(questions, a) for a in answers]
 
     def finish() -> float:
-        return float(any(bool(pairs.get(i).exact.any()) for i in index))
+        rows = [i for per_answer in index for i in per_answer]  # every phrasing × every answer alias
+        return any_phrasing_right(pairs.get(rows).exact, [range(len(rows))])[0]
 
     return finish
 

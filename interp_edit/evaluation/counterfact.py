@@ -10,6 +10,8 @@
 
 Multi-token targets are compared by their mean per-token teacher-forced log-probability (as
 ROME's evaluation does). These are *scores* in the paper's sense, not EasyEdit's token accuracy.
+Every comparison is :func:`~interp_edit.evaluation.metrics.new_beats_true` (strict: a tie
+counts for neither side), the one rule all metrics share.
 """
 
 from __future__ import annotations
@@ -17,13 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from interp_edit.evaluation.logprobs import continuation_logprobs
+from interp_edit.evaluation.logprobs import TokenScores, score_continuations
+from interp_edit.evaluation.metrics import new_beats_true
 from interp_edit.prompts import CounterFactRecord
-
-
-def _mean_logprob(model, prompts: Sequence[str], targets: Sequence[str]):
-    totals, counts = continuation_logprobs(model, prompts, targets)
-    return totals / counts
 
 
 def counterfact_scores(model, records: Sequence[CounterFactRecord]) -> list[dict[str, float]]:
@@ -46,19 +44,21 @@ def counterfact_scores(model, records: Sequence[CounterFactRecord]) -> list[dict
         add(i, "neighborhood", r.neighborhood_prompts, pair)
         for text, answer in r.same_subject_prompts:
             add(i, "same_subject", [text], (("new", r.target_new), ("true", answer)))
-    scores = _mean_logprob(model, prompts, targets).tolist() if prompts else []
-    pairs: list[dict[tuple[str, str], dict[str, float]]] = [{} for _ in records]
-    for (i, kind, label, text), value in zip(owners, scores, strict=True):
-        pairs[i].setdefault((kind, text), {})[label] = value
+    scores = score_continuations(model, prompts, targets) if prompts else TokenScores([], [])
+    pairs: list[dict[tuple[str, str], dict[str, TokenScores]]] = [{} for _ in records]
+    for row_index, (i, kind, label, text) in enumerate(owners):
+        pairs[i].setdefault((kind, text), {})[label] = TokenScores([scores.logprobs[row_index]], [scores.top1[row_index]])
     out = []
     for per_record in pairs:
         row: dict[str, list[float]] = {k: [] for k in ("efficacy", "paraphrase", "neighborhood", "same_subject")}
         magnitude = float("nan")
         for (kind, _), pair in per_record.items():
-            new_wins = pair["new"] > pair["true"]
-            row[kind].append(float(new_wins if kind in ("efficacy", "paraphrase") else not new_wins))
+            new, true = pair["new"], pair["true"]
+            # efficacy / paraphrase: [p(new) > p(true)]; neighbourhood / same subject: [p(true) > p(new)]
+            wins = new_beats_true(new, true) if kind in ("efficacy", "paraphrase") else new_beats_true(true, new)
+            row[kind].append(float(wins[0]))
             if kind == "efficacy":
-                magnitude = math.exp(pair["new"]) - math.exp(pair["true"])
+                magnitude = math.exp(float(new.mean[0])) - math.exp(float(true.mean[0]))
         out.append({k: (sum(v) / len(v) if v else float("nan")) for k, v in row.items()} | {"efficacy_magnitude": magnitude})
     return out
 

@@ -122,34 +122,35 @@ def token_accuracy(model, prompts: Sequence[str], targets: str | Sequence[str]) 
     return score_continuations(model, list(prompts), _repeat(targets, len(prompts))).token_accuracy
 
 
+def any_phrasing_right(exact: Bool[Tensor, " rows"] | Sequence[bool], groups: Sequence[Sequence[int]]) -> list[float]:
+    """MQuAKE's "any phrasing" rule, the one place it is implemented: per group of rows (the
+    phrasings of one question, times its answer aliases), 1.0 if any row is answered exactly
+    (greedy decoding emits the answer), else 0.0; NaN for an empty group."""
+    flags = [bool(x) for x in exact]
+    return [float(any(flags[i] for i in group)) if len(group) else math.nan for group in groups]
+
+
 def answered(model, prompts: Sequence[str], answers: Sequence[Sequence[str]]) -> Bool[Tensor, " n"]:
     """Per prompt: whether greedy decoding emits one of its answers first (every token top-1)."""
-    flat_prompts, flat_answers, owner = [], [], []
-    for i, (prompt, options) in enumerate(zip(prompts, answers, strict=True)):
-        for answer in options:
-            flat_prompts.append(prompt)
-            flat_answers.append(answer)
-            owner.append(i)
-    out = torch.zeros(len(prompts), dtype=torch.bool)
-    if flat_prompts:
-        exact = score_continuations(model, flat_prompts, flat_answers).exact
-        out.index_put_((torch.tensor(owner),), exact, accumulate=True)
-    return out
+    return multihop_correct(model, [[p] for p in prompts], answers)
 
 
 def multihop_correct(model, questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]) -> Bool[Tensor, " n"]:
     """Per multi-hop question: whether any of its phrasings is answered right (any answer
     alias counts)."""
-    prompts, owners, per_prompt = [], [], []
-    for i, (phrasings, options) in enumerate(zip(questions, answers, strict=True)):
+    prompts, targets, groups = [], [], []
+    for phrasings, options in zip(questions, answers, strict=True):
+        if isinstance(phrasings, str) or isinstance(options, str):
+            raise InvalidArgumentError(f"each question needs a list of phrasings and a list of answers, got {phrasings!r}, {options!r}")
+        group = []
         for phrasing in phrasings:
-            prompts.append(phrasing)
-            per_prompt.append(list(options))
-            owners.append(i)
-    out = torch.zeros(len(questions), dtype=torch.bool)
-    if prompts:
-        out.index_put_((torch.tensor(owners),), answered(model, prompts, per_prompt), accumulate=True)
-    return out
+            for answer in options:
+                group.append(len(prompts))
+                prompts.append(phrasing)
+                targets.append(answer)
+        groups.append(group)
+    exact = score_continuations(model, prompts, targets).exact if prompts else []
+    return torch.tensor([value == 1.0 for value in any_phrasing_right(exact, groups)], dtype=torch.bool)
 
 
 def multihop_accuracy(model, questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]) -> float:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 
 from interp_edit.editing.ace import ACERequest
 from interp_edit.editing.requests import EditRequest
-from interp_edit.evaluation.logprobs import score_continuations
+from interp_edit.evaluation.logprobs import TokenScores, score_continuations
+from interp_edit.evaluation.metrics import any_phrasing_right, new_beats_true
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,15 @@ class _Batch:
 
 
 def _any_exact(scores, index: list[int]) -> float:
-    return float(any(bool(scores.top1[i].all()) for i in index)) if index else math.nan
+    return any_phrasing_right(scores.exact, [index])[0]
 
 
 def _wins(scores, first: list[int], second: list[int]) -> float:
     if not first:
         return math.nan
-    means = scores.mean
-    return sum(float(means[a] > means[b]) for a, b in zip(first, second, strict=True)) / len(first)
+    a = TokenScores([scores.logprobs[i] for i in first], [scores.top1[i] for i in first])
+    b = TokenScores([scores.logprobs[i] for i in second], [scores.top1[i] for i in second])
+    return float(new_beats_true(a, b).float().mean())
 
 
 def multihop_edit_scores(model, cases: Sequence[MultiHopEditCase]) -> list[dict]:

@@ -44,6 +44,12 @@ def _after_batch(batch: int) -> None:
     """Called after each batch is recorded (tests replace it to simulate an interruption)."""
 
 
+def _library_version() -> str:
+    from interp_edit import __version__
+
+    return __version__
+
+
 def _select(dataset, n: int | None, n_unrelated: int, seed: int) -> tuple[list, list]:
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
@@ -169,6 +175,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         "sequential": sequential, "eval_every": eval_every, "seed": seed, "unrelated": len(others), "fluency": fluency,
         "max_new_tokens": max_new_tokens, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "model_fingerprint": model_fingerprint(model), "case_ids": [c.case_id for c in edited],
+        "library_version": _library_version(),  # results of another version are not resumed into
     }
     folder = Path(out) if out is not None else None
     path = folder / RESULTS_FILE if folder is not None else None
