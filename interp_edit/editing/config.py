@@ -46,6 +46,40 @@ class EditorConfig(TargetConfig):
         return dataclasses.asdict(self)
 
 
+#: ``edit_token`` values that are measured, not named: per subject length, or per request
+TRACED_EDIT_TOKENS = ("traced", "traced_per_request")
+
+
+@dataclass(frozen=True)
+class SubjectTokenConfig(EditorConfig):
+    """The fields of editors that write at a subject token (ROME, MEMIT, AlphaEdit, IntAttn)."""
+
+    #: the subject token keys are read at and targets written to: ``"subject_last"`` (the
+    #: papers'), ``"subject_first"``, ``"subject_<k>"`` (the k-th, from 0), or measured:
+    #: ``"traced"`` (per subject length, the token with the largest MLP-mediated effect at the
+    #: edited layers over the batch's requests of that length) or ``"traced_per_request"``;
+    #: see :mod:`interp_edit.editing.edit_token_choice`
+    edit_token: str = "subject_last"
+    #: ``traced``: requests of each subject length traced (the first ones of the batch)
+    token_trace_facts: int = 16
+    #: ``traced``: noise draws per trace (ROME: 10)
+    token_trace_noise_samples: int = 10
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_edit_token()
+        if self.token_trace_facts < 1 or self.token_trace_noise_samples < 1:
+            raise EditConfigError("fields 'token_trace_facts' and 'token_trace_noise_samples' must be >= 1")
+
+    def check_edit_token(self) -> None:
+        """Raise :class:`EditConfigError` unless ``edit_token`` is one this editor can write at."""
+        from interp_edit.editing.requests import subject_offset
+
+        if self.edit_token not in ("subject_last", "subject_first", *TRACED_EDIT_TOKENS) and subject_offset(self.edit_token) is None:
+            raise EditConfigError(f"field 'edit_token': {self.edit_token!r} is not a subject token; use 'subject_last', "
+                                  f"'subject_first', 'subject_<k>' or one of {list(TRACED_EDIT_TOKENS)}")
+
+
 def preset_config(cls, model, overrides: dict[str, Any]):
     """``cls``'s preset for ``model`` (``cls.PRESETS`` by ``model_name``, else
     ``cls.generic(model)``) with ``overrides`` on top, validated; an unknown field raises
