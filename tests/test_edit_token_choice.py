@@ -110,7 +110,7 @@ def _fake_aie(peaks: dict[int, int]):
 def test_traced_picks_per_subject_length_the_token_with_the_largest_effect(toy_model, by_length, monkeypatch):
     monkeypatch.setattr(choice_module, "edit_token_aie", _fake_aie({2: 0, 3: 1}))
     records = by_length[3][:3] + by_length[2][:3]
-    result = memit(toy_model, records, edit_token="traced", layers=(0, 1))
+    result = memit(toy_model, records, edit_token="traced", token_trace_curve="mlp_mediated", layers=(0, 1))
     info = result.info["edit_token"]
     assert info["offsets"] == [1, 1, 1, 0, 0, 0]
     # the curve is read at the edited layers (0 and 1): the mean of 1 and 0 at the peak
@@ -123,24 +123,35 @@ def test_traced_per_request_and_ties_keep_the_last_token(toy_model, by_length, m
     monkeypatch.setattr(choice_module, "edit_token_aie", _fake_aie({3: 5, 2: 5}))  # flat: no offset peaks
     records = [by_length[3][0], by_length[2][0]]
     treqs, info = choice_module.prepare_at_edit_tokens(
-        toy_model, records, model_fingerprint(toy_model), ROMEConfig.for_model(toy_model, edit_token="traced_per_request"), [0])
+        toy_model, records, model_fingerprint(toy_model), ROMEConfig.for_model(toy_model, edit_token="traced_per_request", token_trace_curve="mlp_mediated"), [0])
     assert set(info["scores"]) == {"#0", "#1"}
     assert info["offsets"] == [2, 1] and [t.edit_position for t in treqs] == [t.subject_last for t in treqs]
 
 
 def test_traced_on_the_shipped_model_follows_its_own_trace(toy_model, by_length):
     """The real trace: the chosen offset is the argmax of the recorded scores, and those are the
-    MLP-mediated AIE (edit_token_aie) at the edited layer."""
+    MLP-output restoration effect (default) or edit_token_aie's MLP-mediated AIE at the edited layer."""
+    from interp_edit.analysis import causal_trace
     from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
     from interp_edit.analysis.tracing import subject_embedding_std
 
     records = by_length[3][:2]
-    cfg = ROMEConfig.for_model(toy_model, edit_token="traced", token_trace_noise_samples=3)
-    treqs, info = choice_module.prepare_at_edit_tokens(toy_model, records, model_fingerprint(toy_model), cfg, [cfg.layer])
-    row = info["scores"]["3"]
-    assert info["offsets"] == [max(range(3), key=lambda k: (row[k], k))] * 2
     plain = prepare_requests(toy_model, records, model_fingerprint(toy_model))
     std = subject_embedding_std(toy_model, [r.subject for r in records])
-    facts = [TokenFact(p.request.text, p.request.subject, None, p.subject_span[0] + 1) for p in plain]
-    aie = edit_token_aie(toy_model, facts, samples=3, seed=cfg.seed, embedding_std=std)
-    assert row[1] == pytest.approx(aie.mlp_mediated[cfg.layer].item())
+    for curve in ("mlp", "mlp_mediated"):
+        cfg = ROMEConfig.for_model(toy_model, edit_token="traced", token_trace_noise_samples=3, token_trace_curve=curve)
+        treqs, info = choice_module.prepare_at_edit_tokens(toy_model, records, model_fingerprint(toy_model), cfg, [cfg.layer])
+        row = info["scores"]["3"]
+        assert info["offsets"] == [max(range(3), key=lambda k: (row[k], k))] * 2
+        assert [t.edit_position for t in treqs] == [p.subject_span[0] + info["offsets"][0] for p in plain]
+        if curve == "mlp":
+            effects = [causal_trace(toy_model, p.request.text, p.request.subject, None, kinds=("mlp",), window=1, samples=3,
+                                    seed=cfg.seed + i, embedding_std=std).indirect_effects[0, cfg.layer, p.subject_span[0] + 1]
+                       for i, p in enumerate(plain)]
+            assert row[1] == pytest.approx(sum(effects).item() / 2)
+        else:
+            facts = [TokenFact(p.request.text, p.request.subject, None, p.subject_span[0] + 1) for p in plain]
+            aie = edit_token_aie(toy_model, facts, samples=3, seed=cfg.seed, embedding_std=std)
+            assert row[1] == pytest.approx(aie.mlp_mediated[cfg.layer].item())
+    with pytest.raises(EditConfigError, match="field 'token_trace_curve'"):
+        ROMEConfig.for_model(toy_model, edit_token="traced", token_trace_curve="hidden")

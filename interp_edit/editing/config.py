@@ -48,6 +48,8 @@ class EditorConfig(TargetConfig):
 
 #: ``edit_token`` values that are measured, not named: per subject length, or per request
 TRACED_EDIT_TOKENS = ("traced", "traced_per_request")
+#: what ``edit_token="traced"`` maximises (see :mod:`interp_edit.editing.edit_token_choice`)
+TOKEN_TRACE_CURVES = ("mlp", "mlp_mediated")
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,18 @@ class SubjectTokenConfig(EditorConfig):
     token_trace_facts: int = 16
     #: ``traced``: noise draws per trace (ROME: 10)
     token_trace_noise_samples: int = 10
+    #: ``traced``: the effect that decides, one of :data:`TOKEN_TRACE_CURVES`: ``"mlp"`` (default:
+    #: restoring the edited layers' MLP output at the token, what these editors rewrite) or
+    #: ``"mlp_mediated"`` (edit_token_aie's hidden − severed curve at the edited layers)
+    token_trace_curve: str = "mlp"
 
     def validate(self) -> None:
         super().validate()
         self.check_edit_token()
         if self.token_trace_facts < 1 or self.token_trace_noise_samples < 1:
             raise EditConfigError("fields 'token_trace_facts' and 'token_trace_noise_samples' must be >= 1")
+        if self.token_trace_curve not in TOKEN_TRACE_CURVES:
+            raise EditConfigError(f"field 'token_trace_curve' must be one of {list(TOKEN_TRACE_CURVES)}, got {self.token_trace_curve!r}")
 
     def check_edit_token(self) -> None:
         """Raise :class:`EditConfigError` unless ``edit_token`` is one this editor can write at."""

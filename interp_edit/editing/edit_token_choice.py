@@ -3,11 +3,19 @@
 Where a model stores a subject's facts is a property of the trained model: the papers (ROME,
 MEMIT, AlphaEdit, IntAttn) write at the subject's *last* token, which is where GPT-2 XL's MLP
 effect peaks, but a retrained toy model can keep 3-token names' facts at the middle token.
-For every candidate offset ``k`` in the subject, :func:`~interp_edit.analysis.edit_token_aie.edit_token_aie`
-traces the requests (hidden-state traces with and without the later MLPs severed, scoring the
-model's own top-1 answer) at the subject's ``k``-th token; the score of ``k`` is the mean of the
-MLP-mediated AIE over the edited layers. The offset with the largest score wins (ties go to the
-later token, so a flat profile keeps the papers' last token).
+Every request is traced with Gaussian noise on its subject (3 × the subjects' embedding std,
+ROME's), scoring the model's own top-1 answer; the score of subject offset ``k`` is, averaged
+over the traced requests and the edited layers (``token_trace_curve``):
+
+- ``"mlp"`` (default): the indirect effect of restoring the layer's MLP output at the
+  subject's ``k``-th token (:func:`~interp_edit.analysis.tracing.causal_trace`, kind ``mlp``,
+  window 1) — the output these editors rewrite;
+- ``"mlp_mediated"``: :func:`~interp_edit.analysis.edit_token_aie.edit_token_aie`'s
+  MLP-mediated curve (hidden-state restoration minus the same with the later MLPs severed)
+  at the layer.
+
+The offset with the largest score wins (ties go to the later token, so a flat profile keeps the
+papers' last token).
 
 - ``"traced"``: one choice per subject length (in tokens), from the first ``token_trace_facts``
   requests of that length in the batch;
@@ -22,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
-from interp_edit.analysis.tracing import subject_embedding_std
+from interp_edit.analysis.tracing import causal_trace, subject_embedding_std
 from interp_edit.editing.config import TRACED_EDIT_TOKENS, SubjectTokenConfig
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests, subject_token_name
 from interp_edit.errors import EditConfigError, InvalidArgumentError
@@ -57,17 +65,33 @@ def traced_offsets(model, treqs: Sequence[TokenizedRequest], cfg: SubjectTokenCo
     for key, members in groups.items():
         traced = [treqs[i] for i in members[: cfg.token_trace_facts]]
         n_tokens = traced[0].subject_span[1] - traced[0].subject_span[0]
-        row = []
-        for offset in range(n_tokens):
-            facts = [TokenFact(r.request.text, r.request.subject, None, r.subject_span[0] + offset) for r in traced]
-            try:
-                aie = edit_token_aie(model, facts, samples=cfg.token_trace_noise_samples, seed=cfg.seed, embedding_std=std)
-            except InvalidArgumentError as err:
-                raise EditConfigError(f"field 'edit_token' is {cfg.edit_token!r} but subject token {offset} of the "
-                                      f"requests {members[: cfg.token_trace_facts]} cannot be traced: {err}") from None
-            row.append(aie.mlp_mediated[list(layers)].mean().item())
+        if cfg.token_trace_curve == "mlp":
+            row = _mlp_restoration_row(model, traced, cfg, layers, std)
+        else:
+            row = []
+            for offset in range(n_tokens):
+                facts = [TokenFact(r.request.text, r.request.subject, None, r.subject_span[0] + offset) for r in traced]
+                try:
+                    aie = edit_token_aie(model, facts, samples=cfg.token_trace_noise_samples, seed=cfg.seed, embedding_std=std)
+                except InvalidArgumentError as err:
+                    raise EditConfigError(f"field 'edit_token' is {cfg.edit_token!r} but subject token {offset} of the "
+                                          f"requests {members[: cfg.token_trace_facts]} cannot be traced: {err}") from None
+                row.append(aie.mlp_mediated[list(layers)].mean().item())
         scores[key] = row
         best = max(range(n_tokens), key=lambda k: (row[k], k))
         for i in members:
             chosen[i] = best
     return chosen, scores
+
+
+def _mlp_restoration_row(model, traced: Sequence[TokenizedRequest], cfg: SubjectTokenConfig, layers: Sequence[int],
+                         std: float) -> list[float]:
+    """Per subject offset: the MLP-output restoration effect at ``layers``, averaged over the requests."""
+    total = None
+    for i, r in enumerate(traced):
+        trace = causal_trace(model, r.request.text, r.request.subject, None, kinds=("mlp",), window=1,
+                             samples=cfg.token_trace_noise_samples, seed=cfg.seed + i, embedding_std=std)
+        start, end = trace.subject_span
+        row = trace.indirect_effects[0][list(layers)][:, start:end].mean(0)
+        total = row if total is None else total + row
+    return (total / len(traced)).tolist()
