@@ -202,19 +202,18 @@ def test_a_bad_request_names_its_index_and_leaves_the_model(toy_model, person_re
 
 
 def test_a_calibrated_gate_uses_each_request_s_threshold_and_the_most_similar_passing_request():
-    torch.manual_seed(1)
     d = 4
-    keys = torch.nn.functional.normalize(torch.randn(2, 1, d), dim=-1)
+    keys = torch.eye(d)[:2, None]  # request 0's source e0, request 1's e1
     zero = torch.zeros(2, d)
     shift = torch.stack([torch.full((d,), 1.0), torch.full((d,), 2.0)])
     hook = GatedLinearMap("h", zero, shift, torch.zeros(2, d, 1), torch.ones(2, 1, 1), keys, torch.ones(2, 1, dtype=torch.bool),
                           gate_threshold=0.5, gate_thresholds=torch.tensor([0.5, 0.99]))
-    near0 = keys[0, 0] + 0.1 * keys[1, 0]  # close to request 0's key, somewhat to request 1's
+    near0 = 0.6 * keys[0, 0] + 0.8 * keys[1, 0]  # similarity 0.6 to request 0, 0.8 to request 1
     sims = hook.similarities(torch.stack([keys[0, 0], keys[1, 0], near0]))
     assert torch.allclose(sims.diagonal()[:2], torch.ones(2), atol=1e-6)
     out = hook(torch.stack([keys[0, 0], keys[1, 0], near0, -keys[0, 0]])[None])[0]
     assert torch.allclose(out[0], keys[0, 0] + 1.0) and torch.allclose(out[1], keys[1, 0] + 2.0)
-    assert torch.allclose(out[2], near0 + 1.0)  # request 1 does not pass its own (higher) threshold
+    assert torch.allclose(out[2], near0 + 1.0)  # the more similar request 1 fails its own (higher) threshold
     assert torch.equal(out[3], -keys[0, 0])
     # a position passing both gates goes to the more similar request
     both = GatedLinearMap("h", zero, shift, torch.zeros(2, d, 1), torch.ones(2, 1, 1), keys,

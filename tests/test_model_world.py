@@ -9,13 +9,13 @@ import stat
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 
 from interp_edit.cli import main
 from interp_edit.data import load_dataset
 from interp_edit.errors import CheckpointError, DatasetError
 from interp_edit.model import build_hooked_transformer, load_model
 from interp_edit.toyworld import WorldSpec, attach_world, build_tokenizer, build_world, world_of, world_spec_of
-from model_state import assert_unchanged, snapshot
 
 OTHER = WorldSpec(seed=3, n_people=30)
 

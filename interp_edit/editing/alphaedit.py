@@ -20,8 +20,8 @@ from torch import Tensor
 from interp_edit.editing.closed_form import check_layers, solve, w_out_name
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
-from interp_edit.editing.memit import MEMITConfig, spread_update
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
+from interp_edit.editing.memit import MEMITConfig, spread_update
 from interp_edit.editing.stats import second_moments
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.model import model_fingerprint

@@ -71,8 +71,8 @@ from interp_edit.editing.closed_form import (
 )
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
-from interp_edit.editing.memit import MEMITConfig
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
+from interp_edit.editing.memit import MEMITConfig
 from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import compute_keys, context_prefixes, optimise_targets

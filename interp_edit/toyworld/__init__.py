@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interp_edit.toyworld.records import counterfact_records, multihop_questions
 from interp_edit.toyworld.model_world import (
     WorldSpec,
     attach_world,
@@ -16,6 +15,7 @@ from interp_edit.toyworld.model_world import (
     world_or_shipped,
     world_spec_of,
 )
+from interp_edit.toyworld.records import counterfact_records, multihop_questions
 from interp_edit.toyworld.tokenizer import build_tokenizer
 from interp_edit.toyworld.world import Fact, Person, ToyWorld, build_world
 
