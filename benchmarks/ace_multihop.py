@@ -41,9 +41,10 @@ def main() -> None:
     from interp_edit.analysis.pathways import qv_pathways
     from interp_edit.editing import ace, memit, rome
     from interp_edit.evaluation.multihop_edits import mark_known_chains, multihop_edit_scores, toy_multihop_edit_cases
-    from interp_edit.toyworld import load_world
+    from interp_edit.toyworld import world_of
 
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
     cases = mark_known_chains(model, toy_multihop_edit_cases(world, args.n))
     prompts = [q for c in cases for q in c.edit_questions]
     ranking = qv_pathways(model, prompts, None, n_value=50, top_pathways=1)

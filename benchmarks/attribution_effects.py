@@ -106,9 +106,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from interp_edit import load_model
-    from interp_edit.toyworld import counterfact_records, load_world
+    from interp_edit.toyworld import counterfact_records, world_of
 
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
     rng = random.Random(args.seed)
     ablation_check(model, rng.sample(counterfact_records(world), args.facts), (10, 50, 300), rng)
     pathway_check(model, world, (10, 50, 200))

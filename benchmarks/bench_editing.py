@@ -25,7 +25,7 @@ from interp_edit import load_model
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.editing import memit, rome
 from interp_edit.editing.stats import collect_second_moments, default_corpus
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 
 
 @torch.no_grad()
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     toy = load_model("toyworld")
-    records = counterfact_records(load_world())[::2]
+    records = counterfact_records(world_of(toy))[::2]
     with tempfile.TemporaryDirectory() as cache_dir:
         if "toy" in args.models.split(","):
             stats_throughput("toy", toy, default_corpus(toy, 2000), 0, args.repeats)

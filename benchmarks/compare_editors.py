@@ -39,7 +39,7 @@ from interp_edit.editing import get_editor
 from interp_edit.editing.edit import LowRankDelta
 from interp_edit.evaluation.locality import relation_locality, unedited_answers
 from interp_edit.evaluation.multihop_edits import mean_rows, multihop_edit_scores, toy_multihop_edit_cases
-from interp_edit.toyworld import load_world
+from interp_edit.toyworld import world_of
 
 METHODS = ("rome", "memit", "alphaedit", "ft", "memit_csk", "fine", "intattn", "ace", "mega")
 SHOWN = ("efficacy", "paraphrase", "neighborhood", "multihop_edit", "multihop_heldout", "relation_locality",
@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
     cases = toy_multihop_edit_cases(world, n=args.n)
     reference = unedited_answers(model, [c.fact for c in cases], world=world)
     unedited = mean_rows(multihop_edit_scores(model, cases), ["efficacy", "paraphrase", "neighborhood", "multihop_edit",

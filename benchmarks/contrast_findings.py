@@ -44,14 +44,14 @@ import torch
 
 from interp_edit import load_model
 from interp_edit.evaluation.contrast import DIRECTIONS, MODULES, contrast_study
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
 RELATIONS = ("born_in", "profession", "speaks", "instrument")
 
 
-def pool(n: int, seed: str) -> list:
-    records = [r for r in counterfact_records(load_world()) if r.relation_id in RELATIONS]
+def pool(model, n: int, seed: str) -> list:
+    records = [r for r in counterfact_records(world_of(model)) if r.relation_id in RELATIONS]
     random.Random(stable_seed(seed)).shuffle(records)
     return records[:n]
 
@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model("toyworld")
-    records = pool(args.n, args.seed)
+    records = pool(model, args.n, args.seed)
     for text in args.methods:
         name, config = parse_method(text)
         label = text.replace(":", "[").replace(",", ";") + ("]" if ":" in text else "")

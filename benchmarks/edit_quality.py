@@ -25,7 +25,7 @@ from interp_edit import AlphaEditor, load_model
 from interp_edit.editing import memit, rome
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.locality import relation_locality, unedited_answers
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
 
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--methods", default="alphaedit,memit,rome")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
 
     if args.single:
         records = person_records(world, args.single, "quality-single")

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model("toyworld")
-    data = load_dataset("toyworld-counterfact", tokenizer=model.tokenizer)
+    data = load_dataset("toyworld-counterfact", tokenizer=model.tokenizer, model=model)
     results = {}
     for mode in args.modes.split(","):
         for method in args.methods.split(","):

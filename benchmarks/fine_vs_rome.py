@@ -29,7 +29,7 @@ from interp_edit import load_model
 from interp_edit.editing import fine, rome
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.locality import relation_locality, top1_answers, unedited_answers
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
 PERSON_RELATIONS = ("born_in", "profession", "speaks", "instrument")
@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
 
     records = person_records(world, args.n, "fine-vs-rome")
     reference = unedited_answers(model, records)

@@ -53,7 +53,7 @@ import torch
 from interp_edit import load_model
 from interp_edit.editing import intattn, memit
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, None)
@@ -100,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {"attn_layers": tuple(int(x) for x in args.attn_layers.split(","))} if args.attn_layers else {}
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
     # warm the statistics cache (MLP and z of layers 0-1) so that timings are the edits' own
     intattn(model, person_records(world, 0, 2), alpha=0.5, steps=1)
     if args.batch:

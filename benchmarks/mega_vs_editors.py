@@ -25,7 +25,7 @@ from interp_edit import load_model
 from interp_edit.batching import last_token_logits
 from interp_edit.editing import Edit, get_editor
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
 KEYS = ("efficacy", "paraphrase", "neighborhood", "same_subject")
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, world = load_model("toyworld"), load_world()
+    model = load_model("toyworld")
+    world = world_of(model)
     pool = person_records(world, "mega-vs-editors")
     records = pool[: args.n]
     edited_subjects = {r.subject for r in records}

@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model("toyworld")
-    dataset = load_dataset("toyworld-csk", tokenizer=model.tokenizer)
+    dataset = load_dataset("toyworld-csk", tokenizer=model.tokenizer, model=model)
     simple = [c for c in dataset if c.kind == "simple"]
     compound = [c for c in dataset if c.kind == "compound"]
     random.Random(1).shuffle(simple)

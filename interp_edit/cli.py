@@ -61,7 +61,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from interp_edit.demo import run_demo
 
     _writable_folder(args.figures, "--figures")
-    run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed, figures=args.figures, aie_facts=args.aie_facts)
+    run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed, figures=args.figures, aie_facts=args.aie_facts,
+             model=args.model)
     return 0
 
 
@@ -72,10 +73,9 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
     from interp_edit.toyworld.training import ToyTrainConfig, train_and_save
 
     cfg = ToyTrainConfig()
-    if args.steps is not None:
-        cfg = replace(cfg, steps=args.steps)
-    if args.seed is not None:
-        cfg = replace(cfg, seed=args.seed)
+    overrides = {"steps": args.steps, "seed": args.seed, "world_seed": args.world_seed, "n_people": args.n_people,
+                 "threads": args.threads}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     out = _writable_folder(args.out, "--out") or BUILTIN_MODELS["toyworld"]
     metrics = train_and_save(cfg, out, progress=not args.quiet)
     print(f"checkpoint={out}")
@@ -86,11 +86,11 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
 
 def _cmd_toy_eval(args: argparse.Namespace) -> int:
     from interp_edit.model import load_model
-    from interp_edit.toyworld import load_world
+    from interp_edit.toyworld import world_of
     from interp_edit.toyworld.evaluation import evaluate_toyworld
 
     model = load_model(args.checkpoint or "toyworld")
-    for key, value in evaluate_toyworld(model, load_world(args.checkpoint)).items():
+    for key, value in evaluate_toyworld(model, world_of(model)).items():
         print(f"{key}={value:.4f}")
     return 0
 
@@ -212,14 +212,14 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
 
     from interp_edit.evaluation.contrast import contrast_study
     from interp_edit.model import load_model
-    from interp_edit.toyworld import counterfact_records, load_world
+    from interp_edit.toyworld import counterfact_records, world_or_shipped
     from interp_edit.toyworld.world import stable_seed
 
     config = _json_object(args.config, "--config")
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
     relations = tuple(args.relations.split(","))
-    records = [r for r in counterfact_records(load_world()) if r.relation_id in relations]
+    records = [r for r in counterfact_records(world_or_shipped(model)) if r.relation_id in relations]
     random.Random(stable_seed("contrast", args.seed)).shuffle(records)
     out = Path(args.out) if args.out else None
     result = contrast_study(model, args.method, records[: args.n], config=config, groups=tuple(args.groups.split(",")),
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="which facts are drawn")
     demo.add_argument("--figures", default="results/demo", help="folder for the figures (default results/demo, not tracked by git)")
     demo.add_argument("--aie-facts", type=int, default=100, help="facts averaged in the AIE figure")
+    demo.add_argument("--model", default="toyworld", help="a toy-world checkpoint: name or folder (default: toyworld)")
     demo.set_defaults(func=_cmd_demo)
 
     trace = sub.add_parser("trace", help="causal trace of one fact: figures + the top restoration sites")
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     con = sub.add_parser("contrast", help="success-vs-failure contrast of pre/post-edit attribution diffs over n toy edits")
     con.add_argument("--method", default="rome", help="a registered editor (default rome)")
     con.add_argument("--n", type=int, default=100, help="independent single edits (default 100)")
-    con.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld; the pool is toy-world facts)")
+    con.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld; the pool is the facts of the model's toy world)")
     con.add_argument("--relations", default="born_in,profession,speaks,instrument", help="toy-world relations in the pool")
     con.add_argument("--groups", default="edit", help="prompt groups recorded: edit,paraphrase,neighborhood (default edit)")
     con.add_argument("--config", help='editor config fields as JSON, e.g. \'{"steps": 4}\'')
@@ -367,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")
     train.add_argument("--out", help="checkpoint folder (default: the package's own checkpoint)")
     train.add_argument("--steps", type=int, help="optimisation steps (default: the shipped config)")
-    train.add_argument("--seed", type=int, help="training seed (default 0)")
+    train.add_argument("--seed", type=int, help="training seed: initialisation and training text (default 0)")
+    train.add_argument("--world-seed", type=int, help="seed of the world: who the people are and their facts (default 0)")
+    train.add_argument("--n-people", type=int, help="people in the world (default 400)")
+    train.add_argument("--threads", type=int, help="CPU threads used for training (default 2)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toy_train)
     ev = toy.add_parser("eval", help="print the toy-world model's accuracies as key=value lines")

@@ -10,24 +10,26 @@ import torch
 
 from interp_edit.batching import last_token_logits
 from interp_edit.model import load_model
-from interp_edit.toyworld import counterfact_records, load_world
+from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
 
 def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Path = "results/demo",
-             aie_facts: int = 100) -> None:
+             aie_facts: int = 100, model: str = "toyworld") -> None:
+    """Show what a toy-world model (``model``: ``"toyworld"`` or a checkpoint folder) knows of its
+    own world, trace and attribute its facts, and edit one."""
     start = time.perf_counter()
     import transformer_lens  # noqa: F401 - a one-off cost, reported apart from the model's load
 
     imported = time.perf_counter()
-    model = load_model("toyworld")
+    model = load_model(model)
     cfg = model.cfg
     print(
         f"Loaded the toy-world model in {time.perf_counter() - imported:.2f}s (TransformerLens import "
         f"{imported - start:.1f}s): {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
         f"d_mlp {cfg.d_mlp}, vocabulary {cfg.d_vocab}"
     )
-    world = load_world()
+    world = world_of(model)
     records = counterfact_records(world)
     rng = random.Random(stable_seed("demo", seed))
     chosen = rng.sample(records, min(n_facts, len(records)))

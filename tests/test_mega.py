@@ -199,3 +199,50 @@ def test_a_bad_request_names_its_index_and_leaves_the_model(toy_model, person_re
         mega(toy_model, [person_records[0]], target_mode="forced", forcing_template="{prompt} {new} " * 12 + "{prompt}")
     assert_same(toy_model, before)
     assert hook_counts(toy_model) == {}
+
+
+def test_a_calibrated_gate_uses_each_request_s_threshold_and_the_most_similar_passing_request():
+    d = 4
+    keys = torch.eye(d)[:2, None]  # request 0's source e0, request 1's e1
+    zero = torch.zeros(2, d)
+    shift = torch.stack([torch.full((d,), 1.0), torch.full((d,), 2.0)])
+    hook = GatedLinearMap("h", zero, shift, torch.zeros(2, d, 1), torch.ones(2, 1, 1), keys, torch.ones(2, 1, dtype=torch.bool),
+                          gate_threshold=0.5, gate_thresholds=torch.tensor([0.5, 0.99]))
+    near0 = 0.6 * keys[0, 0] + 0.8 * keys[1, 0]  # similarity 0.6 to request 0, 0.8 to request 1
+    sims = hook.similarities(torch.stack([keys[0, 0], keys[1, 0], near0]))
+    assert torch.allclose(sims.diagonal()[:2], torch.ones(2), atol=1e-6)
+    out = hook(torch.stack([keys[0, 0], keys[1, 0], near0, -keys[0, 0]])[None])[0]
+    assert torch.allclose(out[0], keys[0, 0] + 1.0) and torch.allclose(out[1], keys[1, 0] + 2.0)
+    assert torch.allclose(out[2], near0 + 1.0)  # the more similar request 1 fails its own (higher) threshold
+    assert torch.equal(out[3], -keys[0, 0])
+    # a position passing both gates goes to the more similar request
+    both = GatedLinearMap("h", zero, shift, torch.zeros(2, d, 1), torch.ones(2, 1, 1), keys,
+                          torch.ones(2, 1, dtype=torch.bool), gate_threshold=-1.0, gate_thresholds=torch.tensor([-1.0, -1.0]))
+    assert torch.allclose(both(keys[1, 0][None, None])[0, 0], keys[1, 0] + 2.0)
+    assert torch.allclose(both(keys[0, 0][None, None])[0, 0], keys[0, 0] + 1.0)
+
+
+def test_a_calibrated_edit_leaves_every_calibration_position_and_saves_its_thresholds(toy_model, person_records, tmp_path):
+    from interp_edit.batching import encode_prompts, pad_right
+    from interp_edit.editing.stats import default_corpus
+
+    record = person_records[20]
+    texts = [t for t in default_corpus(toy_model, 60) if record.subject not in t]
+    tokens, lengths = pad_right(encode_prompts(toy_model.tokenizer, texts), toy_model.tokenizer.pad_token_id)
+    real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    base = toy_model(tokens)[real]
+    loose = mega(toy_model, [record], gate_threshold=0.5)
+    with loose.applied(toy_model):
+        assert not torch.equal(toy_model(tokens)[real], base)  # a loose fixed gate lets calibration text through
+    calibrated = mega(toy_model, [record], gate_threshold=0.5, gate_calibration_texts=60, gate_margin=0.02)
+    info = calibrated.info["gate_calibration"]
+    assert info["texts"] == len(texts) and sorted(info["layers"]) == [2, 3, 4]
+    for row in info["layers"].values():
+        assert row["thresholds"][0] == pytest.approx(max(0.5, row["calibration_max"][0] + 0.02))
+    with calibrated.applied(toy_model):
+        assert torch.equal(toy_model(tokens)[real], base)  # no calibration position passes any layer's gate
+        edited = last_token_logits(toy_model, [text(record)])
+    assert edited[0].argmax() == new_id(toy_model, record)
+    loaded = Edit.load(calibrated.save(tmp_path / "calibrated"))
+    for label, hook in calibrated.hooks.items():
+        assert torch.equal(loaded.hooks[label].gate_thresholds, hook.gate_thresholds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,8 @@ def load_checkpoint(
         fold_value_biases=fold_value_biases,
     )
     model.eval()
+    #: the checkpoint's config (e.g. a toy world's ``world`` section: see interp_edit.toyworld.model_world)
+    model.checkpoint_config = meta
     return model
 
 
@@ -285,6 +288,14 @@ def save_checkpoint(model, folder: str | Path, extra: dict[str, Any] | None = No
     meta = {"model": model_config_dict(model), **(extra or {})}
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     model.tokenizer.save_pretrained(str(folder))
+    _ordinary_permissions(folder / WEIGHTS_FILE)
+
+
+def _ordinary_permissions(path: Path) -> None:
+    """Give a file the mode ``open()`` would (0666 less the umask); safetensors writes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 #: HookedTransformerConfig fields that define the toy world's architecture.

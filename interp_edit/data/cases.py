@@ -146,6 +146,8 @@ class Dataset:
     cases: tuple
     source: str = ""
     skipped: list[str] = field(default_factory=list)
+    #: the toy world a built-in dataset was built from (a ``WorldSpec``; ``None`` for files)
+    world: object | None = None
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from interp_edit.data.cases import FORMATS, CounterFactCase, Dataset, MCQCase, MQuAKECase, ZsRECase
@@ -102,21 +102,28 @@ def _from_hub(spec: str) -> list[dict]:
 
 
 def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict: bool = True,
-                 world=None, seed: int = 0, tokenizer=None) -> Dataset:
+                 world=None, seed: int = 0, tokenizer=None, model=None) -> Dataset:
     """A validated dataset: a built-in name (``toyworld-counterfact``, ``toyworld-zsre``,
     ``toyworld-mquake``, ``toyworld-mcq``), a local ``.json`` (a list of records) or ``.jsonl``
     file, or ``hf:owner/name[:split]``. The format is guessed from the first record unless
     given. With ``tokenizer``, targets must also tokenise to at least one token (see
-    :func:`check_tokens`)."""
+    :func:`check_tokens`).
+
+    A built-in dataset is built from ``world``, else from ``model``'s own toy world (the one
+    its checkpoint names), else from the shipped model's world; ``world`` and ``model`` of
+    different worlds raise :class:`DatasetError` naming both."""
+    from interp_edit.toyworld.model_world import WorldSpec, check_same_world, shipped_world, world_or_shipped
+
     builtins = builtin_datasets()
     key = str(name_or_path)
     if key in builtins:
         spec = builtins[key]
         if world is None:
-            from interp_edit.toyworld import load_world
-
-            world = load_world()
+            world = world_or_shipped(model) if model is not None else shipped_world()
+        elif model is not None:
+            check_same_world(model, WorldSpec.of(world), f"dataset {key!r} (world=)")
         dataset = parse_records(spec.build(world, seed), spec.format, key, strict=strict, name=key)
+        dataset = replace(dataset, world=WorldSpec.of(world))
     else:
         path = Path(key)
         if key.startswith("hf:"):
@@ -169,4 +176,4 @@ def check_tokens(dataset: Dataset, tokenizer, *, strict: bool = True) -> Dataset
             raise DatasetError(problem)
         else:
             skipped.append(problem)
-    return Dataset(dataset.name, dataset.format, tuple(keep), dataset.source, skipped)
+    return Dataset(dataset.name, dataset.format, tuple(keep), dataset.source, skipped, dataset.world)

@@ -33,8 +33,8 @@ from torch import Tensor
 from interp_edit.editing.closed_form import check_layers, solve, w_out_name
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
+from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.memit import MEMITConfig, spread_update
-from interp_edit.editing.requests import prepare_requests
 from interp_edit.editing.stats import second_moments
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.model import model_fingerprint
@@ -138,7 +138,7 @@ class AlphaEditor:
         """Edit ``requests`` as one batch; remembers their keys for later batches."""
         if model_fingerprint(model) != self.model_fingerprint:
             raise EditRequestError("this AlphaEditor was created for another model; create one per model")
-        treqs = prepare_requests(model, requests, self.model_fingerprint)
+        treqs, token_info = prepare_at_edit_tokens(model, requests, self.model_fingerprint, self.config, self.config.layers)
         cfg = self.config
 
         def left_factor(layer: int, keys: Tensor) -> Tensor:
@@ -155,7 +155,7 @@ class AlphaEditor:
                     [r.request.as_dict() for r in treqs],
                     {"target_nll": result.target_nll, "seconds": result.timings, "nullspace_dims": dict(self.nullspace_dims),
                      "key_dim": self.key_dim,
-                     "edits_before": self.n_edited - len(treqs)})
+                     "edits_before": self.n_edited - len(treqs), "edit_token": token_info})
 
 
 def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None,

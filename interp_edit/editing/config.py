@@ -56,6 +56,47 @@ class EditorConfig(TargetConfig):
 
 GENERIC = "generic"
 
+#: ``edit_token`` values that are measured, not named: per subject length, or per request
+TRACED_EDIT_TOKENS = ("traced", "traced_per_request")
+#: what ``edit_token="traced"`` maximises (see :mod:`interp_edit.editing.edit_token_choice`)
+TOKEN_TRACE_CURVES = ("mlp", "mlp_mediated")
+
+
+@dataclass(frozen=True)
+class SubjectTokenConfig(EditorConfig):
+    """The fields of editors that write at a subject token (ROME, MEMIT, AlphaEdit, IntAttn)."""
+
+    #: the subject token keys are read at and targets written to: ``"subject_last"`` (the
+    #: papers'), ``"subject_first"``, ``"subject_<k>"`` (the k-th, from 0), or measured:
+    #: ``"traced"`` (per subject length, the token with the largest MLP-mediated effect at the
+    #: edited layers over the batch's requests of that length) or ``"traced_per_request"``;
+    #: see :mod:`interp_edit.editing.edit_token_choice`
+    edit_token: str = "subject_last"
+    #: ``traced``: requests of each subject length traced (the first ones of the batch)
+    token_trace_facts: int = 16
+    #: ``traced``: noise draws per trace (ROME: 10)
+    token_trace_noise_samples: int = 10
+    #: ``traced``: the effect that decides, one of :data:`TOKEN_TRACE_CURVES`: ``"mlp"`` (default:
+    #: restoring the edited layers' MLP output at the token, what these editors rewrite) or
+    #: ``"mlp_mediated"`` (edit_token_aie's hidden − severed curve at the edited layers)
+    token_trace_curve: str = "mlp"
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_edit_token()
+        if self.token_trace_facts < 1 or self.token_trace_noise_samples < 1:
+            raise EditConfigError("fields 'token_trace_facts' and 'token_trace_noise_samples' must be >= 1")
+        if self.token_trace_curve not in TOKEN_TRACE_CURVES:
+            raise EditConfigError(f"field 'token_trace_curve' must be one of {list(TOKEN_TRACE_CURVES)}, got {self.token_trace_curve!r}")
+
+    def check_edit_token(self) -> None:
+        """Raise :class:`EditConfigError` unless ``edit_token`` is one this editor can write at."""
+        from interp_edit.editing.requests import subject_offset
+
+        if self.edit_token not in ("subject_last", "subject_first", *TRACED_EDIT_TOKENS) and subject_offset(self.edit_token) is None:
+            raise EditConfigError(f"field 'edit_token': {self.edit_token!r} is not a subject token; use 'subject_last', "
+                                  f"'subject_first', 'subject_<k>' or one of {list(TRACED_EDIT_TOKENS)}")
+
 
 def preset_config(cls, model, overrides: dict[str, Any]):
     """``cls``'s preset for ``model`` with ``overrides`` on top, validated, its ``preset`` field

@@ -71,10 +71,11 @@ from interp_edit.editing.closed_form import (
     w_o_name,
     w_out_name,
 )
-from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
+from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.memit import MEMITConfig
-from interp_edit.editing.requests import TokenizedRequest, prepare_requests
+from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError, InvalidArgumentError
@@ -83,7 +84,7 @@ _TRACE_METRICS = ("logit_diff", "prob", "logprob")
 
 
 @dataclass(frozen=True)
-class IntAttnConfig(EditorConfig):
+class IntAttnConfig(SubjectTokenConfig):
     """IntAttn-Edit's settings. The defaults are GPT-2 XL's: MEMIT's MLP layers 13–17 and
     targets (λ 20,000, clamp 0.75, 5 prefixes); the attention layers 11–13 (two layers before
     the first MLP layer up to it, the pattern of the paper's attention 2–4 / MLP 4–8) and
@@ -222,7 +223,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
     check_layers(model, cfg.mlp_layers, "mlp_layers")
     check_layers(model, cfg.attn_layers, "attn_layers")
     fingerprint = model_fingerprint(model)
-    treqs = prepare_requests(model, requests, fingerprint)
+    treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, cfg.mlp_layers)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     trace = traced_alpha(model, treqs, cfg) if cfg.alpha is None else None
@@ -289,6 +290,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
         "target_nll": targets.nll.tolist(),
         "prefixes": list(prefixes),
         "seconds": seconds,
+        "edit_token": token_info,
     }
     if trace is not None:
         info["traced_alpha"] = {"per_request": trace["per_request"], "skipped_requests": trace["skipped"]}

@@ -91,6 +91,12 @@ class MEGAConfig(EditorConfig):
     #: use the requests' paraphrases as source prompts
     use_paraphrases: bool = True
     n_prefixes: int = 5
+    #: calibrate the gate per edit: texts (from ``corpus``, else the model's default statistics
+    #: corpus: its own toy world's text) whose positions must not pass; 0 = the fixed threshold
+    gate_calibration_texts: int = 0
+    #: a calibrated gate opens above ``max(gate_threshold, the calibration texts' highest
+    #: similarity + gate_margin)``
+    gate_margin: float = 0.02
 
     PRESETS: ClassVar[MappingProxyType] = MappingProxyType({
         # layers / k / threshold of the paper's runs are not given in methods.md: the generic
@@ -116,6 +122,9 @@ class MEGAConfig(EditorConfig):
             raise EditConfigError(f"field 'min_layer' must be >= 0, got {self.min_layer}")
         if self.n_contrast_layers < 1:
             raise EditConfigError(f"field 'n_contrast_layers' must be >= 1, got {self.n_contrast_layers}")
+        if self.gate_calibration_texts < 0 or not 0 <= self.gate_margin < 1:
+            raise EditConfigError(f"fields 'gate_calibration_texts' (>= 0, got {self.gate_calibration_texts}) and "
+                                  f"'gate_margin' (in [0, 1), got {self.gate_margin}) are out of range")
         if not -1.0 <= self.gate_threshold <= 1.0:
             raise EditConfigError(f"field 'gate_threshold' is a cosine similarity and must be in [-1, 1], got {self.gate_threshold}")
         if not self.strength > 0:
@@ -140,7 +149,8 @@ class GatedLinearMap:
 
     Per request ``r``: ``mu_source[r]``, ``mu_target[r]`` [d]; ``basis[r]`` [d, k] (orthonormal
     columns); ``map[r]`` [k, k]; ``gate_keys[r]`` [n, d] unit vectors with ``gate_mask[r]`` [n]
-    marking the real ones (requests with fewer samples are padded).
+    marking the real ones (requests with fewer samples are padded); ``gate_thresholds[r]``
+    (optional) a per-request threshold that replaces ``gate_threshold`` (a calibrated gate).
     """
 
     hook_name: str
@@ -152,6 +162,7 @@ class GatedLinearMap:
     gate_mask: Bool[Tensor, "request sample"]
     gate_threshold: float
     strength: float = 1.0
+    gate_thresholds: Float[Tensor, " request"] | None = None
 
     kind: ClassVar[str] = "mega_gated_map"
 
@@ -162,17 +173,27 @@ class GatedLinearMap:
         key = str(device)
         if key not in moved:
             floats = (self.mu_source, self.mu_target, self.basis, self.map, self.gate_keys)
-            moved[key] = (*(t.to(device, torch.float32) for t in floats), self.gate_mask.to(device))
+            thresholds = None if self.gate_thresholds is None else self.gate_thresholds.to(device, torch.float32)
+            moved[key] = (*(t.to(device, torch.float32) for t in floats), self.gate_mask.to(device), thresholds)
         return moved[key]
 
     def gate(self, act: Float[Tensor, "*batch d"]) -> tuple[Bool[Tensor, "*batch"], Tensor, Tensor]:
         """Per position: whether the gate passes, the chosen request and its similarity."""
-        _, _, _, _, keys, mask = self._on(act.device)
+        _, _, _, _, keys, mask, thresholds = self._on(act.device)
+        sims = self.similarities(act)
+        if thresholds is None:
+            best, request = sims.max(-1)
+            return best >= self.gate_threshold, request, best
+        # a calibrated gate: the request with the highest similarity among those whose own gate passes
+        best, request = sims.masked_fill(sims < thresholds, -3.0).max(-1)
+        return best >= -1.0, request, best
+
+    def similarities(self, act: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch request"]:
+        """Per position and request: the largest cosine similarity with that request's sources."""
+        _, _, _, _, keys, mask, _ = self._on(act.device)
         unit = torch.nn.functional.normalize(act.float(), dim=-1)
         sims = torch.einsum("...d,rnd->...rn", unit, keys)
-        sims = sims.masked_fill(~mask, -2.0)
-        best, request = sims.amax(-1).max(-1)
-        return best >= self.gate_threshold, request, best
+        return sims.masked_fill(~mask, -2.0).amax(-1)
 
     def __call__(self, act: Float[Tensor, "batch pos d"], hook: Any = None) -> Float[Tensor, "batch pos d"]:
         passed, request, _ = self.gate(act)
@@ -181,7 +202,7 @@ class GatedLinearMap:
         where = passed.nonzero(as_tuple=True)
         chosen = request[where]
         x = act[where].float()
-        mu_source, mu_target, basis, mapping, _, _ = self._on(act.device)
+        mu_source, mu_target, basis, mapping, _, _, _ = self._on(act.device)
         mu_s, mu_t, basis, mapping = mu_source[chosen], mu_target[chosen], basis[chosen], mapping[chosen]
         z = torch.einsum("nd,ndk->nk", x - mu_s, basis)
         moved = torch.einsum("nij,nj->ni", mapping, z) - z
@@ -191,8 +212,11 @@ class GatedLinearMap:
         return out
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"mu_source": self.mu_source, "mu_target": self.mu_target, "basis": self.basis, "map": self.map,
-                "gate_keys": self.gate_keys, "gate_mask": self.gate_mask}
+        out = {"mu_source": self.mu_source, "mu_target": self.mu_target, "basis": self.basis, "map": self.map,
+               "gate_keys": self.gate_keys, "gate_mask": self.gate_mask}
+        if self.gate_thresholds is not None:
+            out["gate_thresholds"] = self.gate_thresholds
+        return out
 
     def metadata(self) -> dict[str, Any]:
         return {"gate_threshold": self.gate_threshold, "strength": self.strength}
@@ -201,7 +225,7 @@ class GatedLinearMap:
     def from_saved(cls, hook_name: str, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> GatedLinearMap:
         return cls(hook_name, tensors["mu_source"], tensors["mu_target"], tensors["basis"], tensors["map"],
                    tensors["gate_keys"], tensors["gate_mask"].bool(), float(metadata["gate_threshold"]),
-                   float(metadata.get("strength", 1.0)))
+                   float(metadata.get("strength", 1.0)), tensors.get("gate_thresholds"))
 
     def check(self, model) -> None:
         check_hook_width(model, self.hook_name, self.mu_source.shape[-1], self.kind)
@@ -209,7 +233,8 @@ class GatedLinearMap:
     def describe(self) -> dict[str, Any]:
         shift = (self.mu_target - self.mu_source).double().norm(dim=-1)
         return {"kind": self.kind, "rank": int(self.basis.shape[-1]), "requests": int(self.mu_source.shape[0]),
-                "delta_norm": float(shift.mean() * self.strength), "gate_threshold": self.gate_threshold}
+                "delta_norm": float(shift.mean() * self.strength),
+                "gate_threshold": self.gate_threshold if self.gate_thresholds is None else self.gate_thresholds.tolist()}
 
 
 #: the activation-hook classes this module defines (see activation_hooks.hook_kinds)
@@ -333,6 +358,37 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
     return source, reached - source
 
 
+# --- the calibrated gate -----------------------------------------------------------------------
+def calibration_texts(model, treqs: list[TokenizedRequest], cfg: MEGAConfig, corpus=None) -> list[str]:
+    """``gate_calibration_texts`` texts from ``corpus`` (else the model's default statistics
+    corpus), leaving out any that names an edited subject (those are not unrelated)."""
+    from interp_edit.editing.stats import corpus_texts
+
+    subjects = [r.request.subject for r in treqs]
+    texts = [t for t in corpus_texts(model, corpus, cfg.gate_calibration_texts) if not any(s in t for s in subjects)]
+    if not texts:
+        raise EditConfigError("field 'gate_calibration_texts': every calibration text names an edited subject")
+    return texts
+
+
+@torch.no_grad()
+def calibration_similarity(model, hook: GatedLinearMap, texts: list[str], lower, batch_size: int = 64
+                           ) -> Float[Tensor, " request"]:
+    """Per request: the highest gate similarity at any real position of ``texts`` (the lower
+    layers' hooks in place, as at inference)."""
+    from interp_edit.batching import encode_prompts, pad_right
+
+    ids = [i[: model.cfg.n_ctx] for i in encode_prompts(model.tokenizer, texts)]
+    highest = torch.full((hook.mu_source.shape[0],), -1.0)
+    for start in range(0, len(ids), batch_size):
+        tokens, lengths = pad_right(ids[start : start + batch_size], model.tokenizer.pad_token_id or 0)
+        _, cache = run_with_cache(model, tokens.to(model.cfg.device), [hook.hook_name], lower)
+        real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        sims = hook.similarities(cache[hook.hook_name])[real.to(tokens.device)]  # [position, request]
+        highest = torch.maximum(highest, sims.amax(0).cpu())
+    return highest
+
+
 # --- the fit ---------------------------------------------------------------------------------
 def fit_map(source: Float[Tensor, "sample d"], target: Float[Tensor, "sample d"], k: int, ridge: float
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -387,6 +443,8 @@ def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, co
     start = time.perf_counter()
     hooks: dict[str, GatedLinearMap] = {}
     n_max = int(torch.bincount(owner).max())
+    calibration = calibration_texts(model, treqs, cfg, corpus) if cfg.gate_calibration_texts else None
+    calibrated: dict[int, dict] = {}
     for li, layer in enumerate(layers):
         lower = [(h.hook_name, h) for h in hooks.values()]
         sources = last_token_attn_out(model, texts, [layer], lower)[0]
@@ -405,10 +463,21 @@ def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, co
         if not all(torch.isfinite(t.float()).all() for t in stacked):
             raise EditOptimizationError(f"the MEGA map of layer {layer} has non-finite values; the model is unchanged")
         name = hook_name("attn_out", layer)
-        hooks[f"layer{layer}"] = GatedLinearMap(name, *stacked, gate_threshold=cfg.gate_threshold, strength=cfg.strength)
+        hook = GatedLinearMap(name, *stacked, gate_threshold=cfg.gate_threshold, strength=cfg.strength)
+        if calibration is not None:
+            highest = calibration_similarity(model, hook, calibration, lower)
+            thresholds = torch.clamp(highest + cfg.gate_margin, min=cfg.gate_threshold)
+            hook = dataclasses.replace(hook, gate_thresholds=thresholds)
+            own = hook.similarities(sources.to(thresholds.device))[torch.arange(len(owner)), owner]
+            calibrated[layer] = {"thresholds": thresholds.tolist(), "calibration_max": highest.tolist(),
+                                 "sources_passing": [float((own[owner == r] >= thresholds[r]).float().mean())
+                                                     for r in range(len(treqs))]}
+        hooks[f"layer{layer}"] = hook
     timings["fit"] = time.perf_counter() - start
     info = {"layers": layers, "layers_chosen_by": chosen_by, "prefixes": list(prefixes), "seconds": timings,
             "n_sources": torch.bincount(owner).tolist()}
+    if calibration is not None:
+        info["gate_calibration"] = {"texts": len(calibration), "margin": cfg.gate_margin, "layers": calibrated}
     return Edit("mega", {}, fingerprint, dataclasses.asdict(cfg), [r.request.as_dict() for r in treqs], info, hooks=hooks)
 
 

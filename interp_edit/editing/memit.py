@@ -36,16 +36,17 @@ from interp_edit.editing.closed_form import (
     values_at_edit_tokens,
     w_out_name,
 )
-from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.config import EditorConfig, SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
-from interp_edit.editing.requests import TokenizedRequest, prepare_requests
+from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
+from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError
 
 
 @dataclass(frozen=True)
-class MEMITConfig(EditorConfig):
+class MEMITConfig(SubjectTokenConfig):
     """MEMIT's settings; defaults are the published GPT-2 XL ones as the authors' code runs
     them (layers 13–17, λ 20,000, clamp 0.75, 20 steps = 19 updates, KL(edited ‖ original),
     5 context templates from start words, keys averaged by template type)."""
@@ -148,7 +149,7 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     cfg = resolve(MEMITConfig, model, config, overrides)
     check_layers(model, cfg.layers, "layers")
     fingerprint = model_fingerprint(model)
-    treqs = prepare_requests(model, requests, fingerprint)
+    treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, cfg.layers)
     start = time.perf_counter()
     covs = second_moments(model, cfg.layers, corpus=corpus, n_samples=cfg.stats_samples,
                           batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
@@ -160,4 +161,5 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
 
     result = spread_update(model, treqs, cfg, cfg.layers, left_factor)
     return Edit("memit", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
-                {"target_nll": result.target_nll, "seconds": {"stats": stats_seconds, **result.timings}})
+                {"target_nll": result.target_nll, "seconds": {"stats": stats_seconds, **result.timings},
+                 "edit_token": token_info})

@@ -89,6 +89,10 @@ class MEMITCSKConfig(MEMITConfig):
     def auto_layers(self) -> bool:
         return self.layers is None or self.layers == AUTO
 
+    def check_edit_token(self) -> None:
+        if self.edit_token not in EDIT_TOKENS:
+            raise EditConfigError(f"field 'edit_token': unknown edit token {self.edit_token!r}; known: {list(EDIT_TOKENS)}")
+
     def validate(self) -> None:
         if isinstance(self.layers, str) and self.layers != AUTO:
             raise EditConfigError(f"field 'layers' must be increasing layer indices or 'auto', got {self.layers!r}")
@@ -98,8 +102,6 @@ class MEMITCSKConfig(MEMITConfig):
                 raise EditConfigError(f"field 'mom2_update_weight' must be >= 0, got {self.mom2_update_weight}")
         else:
             super().validate()
-        if self.edit_token not in EDIT_TOKENS:
-            raise EditConfigError(f"field 'edit_token': unknown edit token {self.edit_token!r}; known: {list(EDIT_TOKENS)}")
         if self.trace_curve not in CURVES:
             raise EditConfigError(f"field 'trace_curve' must be one of {CURVES}, got {self.trace_curve!r}")
         for name in ("window", "trace_samples", "trace_noise_samples"):

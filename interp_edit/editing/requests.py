@@ -49,6 +49,34 @@ class EditRequest:
 EDIT_TOKENS = ("subject_last", "subject_first", "verb_last", "verb_first", "object_last", "object_first", "prompt_last")
 
 
+def subject_token_name(offset: int) -> str:
+    """The edit token of the subject's ``offset``-th token (0 = its first): ``"subject_<offset>"``
+    (what ``edit_token="traced"`` resolves to per request)."""
+    return f"subject_{offset}"
+
+
+def subject_offset(edit_token: str) -> int | None:
+    """The offset within the subject that a ``"subject_<k>"`` edit token names, else ``None``."""
+    head, _, tail = edit_token.partition("_")
+    return int(tail) if head == "subject" and tail.isdigit() else None
+
+
+def is_edit_token(edit_token: str) -> bool:
+    """One of :data:`EDIT_TOKENS` or a ``"subject_<k>"`` offset token."""
+    return edit_token in EDIT_TOKENS or subject_offset(edit_token) is not None
+
+
+def _subject_position(span: tuple[int, int], edit_token: str, index: int, subject: str) -> int:
+    """The position of a subject edit token (first / last / ``subject_<k>``) in a subject span."""
+    offset = subject_offset(edit_token)
+    if offset is None:
+        return span[0] if edit_token.endswith("_first") else span[1] - 1
+    if offset >= span[1] - span[0]:
+        raise EditRequestError(f"request {index}: edit token {edit_token!r}: the subject {subject!r} has only "
+                               f"{span[1] - span[0]} tokens")
+    return span[0] + offset
+
+
 @dataclass(frozen=True)
 class TokenizedRequest:
     """A request tokenised for one model: the filled prompt's ids (BOS first), the subject's
@@ -138,9 +166,9 @@ def validate_request(request: EditRequest, index: int) -> None:
 def edit_span_text(request: EditRequest, edit_token: str, index: int = 0) -> str | None:
     """The text of the span ``edit_token`` names (``None`` for ``prompt_last``); a span the
     request does not give raises :class:`EditRequestError` naming it."""
-    if edit_token not in EDIT_TOKENS:
-        raise EditRequestError(f"unknown edit token {edit_token!r}; known: {list(EDIT_TOKENS)}")
-    kind = edit_token.rsplit("_", 1)[0]
+    if not is_edit_token(edit_token):
+        raise EditRequestError(f"unknown edit token {edit_token!r}; known: {list(EDIT_TOKENS)} or 'subject_<k>'")
+    kind = edit_token.split("_", 1)[0]
     if kind == "prompt":
         return None
     span = getattr(request, kind)
@@ -159,7 +187,7 @@ def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str
         tok = tokenize_with_subject(tokenizer, text, request.subject, occurrence=slot_occurrence(text, before, request))
         if span is None:
             return tok.tokens, len(tok.tokens) - 1
-        return tok.tokens, (tok.subject_span[0] if edit_token.endswith("_first") else tok.subject_span[1] - 1)
+        return tok.tokens, _subject_position(tok.subject_span, edit_token, index, request.subject)
     subject_start = len(before) + request.prompt.index("{}")
     subject_end = subject_start + len(request.subject)
     starts = [i for i in range(len(text)) if text.startswith(span, i)]
@@ -181,10 +209,12 @@ def slot_occurrence(text: str, before: str, request: EditRequest) -> int:
     return sum(text.startswith(request.subject, i) for i in range(slot))
 
 
-def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: str = "subject_last") -> list[TokenizedRequest]:
+def prepare_requests(model, requests: Iterable, fingerprint: str,
+                     edit_token: str | Sequence[str] = "subject_last") -> list[TokenizedRequest]:
     """Validate and tokenise every request for ``model``; ``edit_token`` (one of
-    :data:`EDIT_TOKENS`) is where keys are read and targets written. Already tokenised requests
-    must come from a model with the same fingerprint."""
+    :data:`EDIT_TOKENS` or ``"subject_<k>"``, or one per request) is where keys are read and
+    targets written. Already tokenised requests must come from a model with the same
+    fingerprint."""
     from interp_edit.analysis.scoring import encode_target
 
     if isinstance(requests, (str, bytes)) or not isinstance(requests, (EditRequest, CounterFactRecord, dict, Iterable)):
@@ -192,8 +222,11 @@ def prepare_requests(model, requests: Iterable, fingerprint: str, edit_token: st
     items = list(requests) if not isinstance(requests, (EditRequest, CounterFactRecord, dict)) else [requests]
     if not items:
         raise EditRequestError("no edit requests given")
+    tokens = [edit_token] * len(items) if isinstance(edit_token, str) else list(edit_token)
+    if len(tokens) != len(items):
+        raise EditRequestError(f"{len(tokens)} edit tokens for {len(items)} requests")
     out = []
-    for index, item in enumerate(items):
+    for index, (item, edit_token) in enumerate(zip(items, tokens, strict=True)):
         if isinstance(item, TokenizedRequest) and item.model_fingerprint != fingerprint:
             raise EditRequestError(
                 f"request {index}: tokenised for another model (fingerprint {item.model_fingerprint}, "

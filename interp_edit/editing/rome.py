@@ -33,16 +33,16 @@ from types import MappingProxyType
 import torch
 
 from interp_edit.editing.closed_form import add_low_rank, check_finite, check_layers, scratch_weights, solve, w_out_name
-from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
-from interp_edit.editing.requests import prepare_requests
+from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.model import get_parameter, model_fingerprint
 
 
 @dataclass(frozen=True)
-class ROMEConfig(EditorConfig):
+class ROMEConfig(SubjectTokenConfig):
     """ROME's settings; defaults are the published GPT-2 XL ones as the authors' code runs them
     (``variant="original"``, layer 17, 20 steps = 19 updates, lr 0.5, weight decay 0.5,
     KL(edited ‖ original) × 0.0625, clamp 4, 21 context templates)."""
@@ -106,7 +106,7 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
     cfg = resolve(ROMEConfig, model, config, overrides)
     check_layers(model, [cfg.layer], "layer")
     fingerprint = model_fingerprint(model)
-    treqs = prepare_requests(model, requests, fingerprint)
+    treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, [cfg.layer])
     timings = {}
     start = time.perf_counter()
     cov = second_moments(model, [cfg.layer], corpus=corpus, n_samples=cfg.stats_samples,
@@ -146,4 +146,4 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
             timings["update"] += time.perf_counter() - start
     delta = LowRankDelta(torch.cat(lefts, 1).cpu(), torch.cat(rights, 0).cpu())
     return Edit("rome", {name: delta}, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
-                {"target_nll": losses, "steps": steps, "prefixes": list(prefixes), "seconds": timings})
+                {"target_nll": losses, "steps": steps, "prefixes": list(prefixes), "seconds": timings, "edit_token": token_info})

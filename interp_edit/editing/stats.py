@@ -44,12 +44,14 @@ def cache_folder(cache_dir: str | Path | None = None) -> Path:
 
 
 def default_corpus(model, n_samples: int) -> list[str]:
-    """The toy world's training-style text for the toy-world model, Wikitext-103 otherwise."""
-    if model.cfg.model_name == "toyworld":
-        from interp_edit.toyworld import load_world
+    """Training-style text of the model's own toy world for a toy-world model (the world its
+    checkpoint names; the shipped world for one that names none), Wikitext-103 otherwise."""
+    from interp_edit.toyworld.model_world import world_or_shipped, world_spec_of
+
+    if model.cfg.model_name == "toyworld" or world_spec_of(model) is not None:
         from interp_edit.toyworld.corpus import CorpusSampler
 
-        sampler = CorpusSampler(load_world(), seed=7919)
+        sampler = CorpusSampler(world_or_shipped(model), seed=7919)
         return [sampler.sample() for _ in range(n_samples)]
     return hub_corpus(WIKITEXT, n_samples)
 

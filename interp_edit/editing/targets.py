@@ -249,7 +249,9 @@ def _build_rows(model, requests: Sequence[TokenizedRequest], prefixes: Sequence[
             # the essence prompts hold the subject only: they constrain subject-token edits
             tok = tokenize_with_subject(model.tokenizer, template.format(request.request.subject), request.request.subject)
             seqs.append(list(tok.tokens))
-            edit_pos.append(tok.subject_span[1] - 1)
+            # the same subject token as the edit's (ROME's lookup of every prompt by its fact token)
+            offset = min(request.edit_position - request.subject_span[0], tok.subject_span[1] - tok.subject_span[0] - 1)
+            edit_pos.append(tok.subject_span[0] + offset)
             owner.append(i)
             rewrite.append(False)
             tpos.append([])

@@ -160,8 +160,11 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
 
     if batch_size < 1 or eval_every < 1 or unrelated < 0:
         raise InvalidArgumentError(f"batch_size ({batch_size}) and eval_every ({eval_every}) must be >= 1, unrelated >= 0")
+    from interp_edit.toyworld.model_world import check_same_world
+
     if isinstance(dataset, (str, Path)):
-        dataset = load_dataset(dataset)
+        dataset = load_dataset(dataset, model=model)
+    check_same_world(model, getattr(dataset, "world", None), f"dataset {dataset.name!r}")
     if dataset.format not in EXPERIMENT_FORMATS:
         raise DatasetError(f"dataset {dataset.name!r} has {dataset.format!r} cases; experiments evaluate "
                            f"{', '.join(EXPERIMENT_FORMATS)} cases (commonsense statements are scored by "

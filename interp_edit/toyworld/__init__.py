@@ -5,21 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from interp_edit.toyworld.model_world import (
+    WorldSpec,
+    attach_world,
+    check_same_world,
+    checkpoint_world_spec,
+    shipped_world,
+    world_of,
+    world_or_shipped,
+    world_spec_of,
+)
 from interp_edit.toyworld.records import counterfact_records, multihop_questions
 from interp_edit.toyworld.tokenizer import build_tokenizer
 from interp_edit.toyworld.world import Fact, Person, ToyWorld, build_world
 
 
 def load_world(checkpoint: str | Path | None = None) -> ToyWorld:
-    """The world a toy-world checkpoint was trained on (default: the shipped model's)."""
-    from interp_edit.errors import CheckpointError
-    from interp_edit.model import BUILTIN_MODELS, CONFIG_FILE, _read_json
-
-    folder = Path(checkpoint) if checkpoint else BUILTIN_MODELS["toyworld"]
-    meta = _read_json(folder / CONFIG_FILE)
-    if "world" not in meta:
-        raise CheckpointError(f"checkpoint file {folder / CONFIG_FILE} has no 'world' section (not a toy-world model)")
-    return build_world(meta["world"]["seed"], meta["world"]["n_people"])
+    """The world a toy-world checkpoint folder was trained on (default: the shipped model's).
+    For a loaded model use :func:`world_of`."""
+    return checkpoint_world_spec(checkpoint).build()
 
 
 def to_hf(model):
@@ -33,6 +37,14 @@ __all__ = [
     "Fact",
     "Person",
     "ToyWorld",
+    "WorldSpec",
+    "attach_world",
+    "check_same_world",
+    "checkpoint_world_spec",
+    "shipped_world",
+    "world_of",
+    "world_or_shipped",
+    "world_spec_of",
     "build_tokenizer",
     "build_world",
     "counterfact_records",

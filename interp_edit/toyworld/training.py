@@ -13,6 +13,7 @@ from interp_edit.batching import pad_right
 from interp_edit.model import build_hooked_transformer, save_checkpoint
 from interp_edit.progress import progress_bar
 from interp_edit.toyworld.corpus import CorpusMixture, CorpusSampler
+from interp_edit.toyworld.model_world import WorldSpec, attach_world
 from interp_edit.toyworld.tokenizer import build_tokenizer
 from interp_edit.toyworld.world import build_world
 
@@ -138,6 +139,7 @@ def _train(cfg: ToyTrainConfig, progress: bool, log_every: int):
             log.append(entry)
             bar.set_postfix(loss=entry["loss"])
     model.eval()
+    attach_world(model, WorldSpec.of(world))
     return model, world, log
 
 
@@ -161,7 +163,7 @@ def train_and_save(cfg: ToyTrainConfig, folder: Path, *, progress: bool = True) 
     save_checkpoint(
         model,
         folder,
-        extra={"world": {"seed": cfg.world_seed, "n_people": cfg.n_people}, "training": _jsonable(asdict(cfg)),
+        extra={"world": WorldSpec(cfg.world_seed, cfg.n_people).as_section(), "training": _jsonable(asdict(cfg)),
                "training_log": log, "metrics": metrics},
     )
     return metrics
