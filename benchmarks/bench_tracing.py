@@ -13,7 +13,7 @@ hidden + MLP + attention trace of a 12-token prompt (Gaussian noise, 10 samples)
   same sites with the same noise hook;
 
 and prints the largest score difference to each baseline. Medians over ``--repeats``.
-Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small]``.
+Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small] [--samples 10] [--threads 2] [--no-tl]``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
     return resid, mlp, attn
 
 
-def bench(name: str, model, repeats: int) -> None:
+def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True) -> None:
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
 
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
@@ -61,12 +61,15 @@ def bench(name: str, model, repeats: int) -> None:
     target = None
     n_tokens = model.to_tokens(PROMPT).shape[1]
     print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab}", flush=True)
-    t_fast, fast = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10), repeats)
+    t_fast, fast = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples), repeats)
     print(f"{name}.trace_s={t_fast:.3f}", flush=True)
-    t_loop, loop = median_time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10), max(1, repeats // 2))
+    t_loop, loop = median_time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10, samples=samples),
+                                 max(1, repeats // 2))
     print(f"{name}.loop_s={t_loop:.3f}")
     print(f"{name}.trace_speedup_vs_loop={t_loop / t_fast:.2f}")
     print(f"{name}.trace_max_abs_diff_vs_loop={(fast.scores - loop).abs().max().item():.2e}", flush=True)
+    if not tl:
+        return
     t_fast1, fast1 = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1), repeats)
     print(f"{name}.trace_window1_s={t_fast1:.3f}", flush=True)
     inputs = prepare_trace(model, PROMPT, SUBJECT, target, TraceSettings(window=1))
@@ -86,8 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="toy,gpt2small")
+    parser.add_argument("--samples", type=int, default=10, help="noise samples per trace (ROME: 10)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-tl", action="store_true", help="skip the TransformerLens patching comparison")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from interp_edit import load_model
 
     toy = load_model("toyworld")
@@ -103,7 +109,7 @@ def main() -> None:
         else:
             model = gpt2_small_random(toy.tokenizer)
         with torch.no_grad():
-            bench(name, model, args.repeats)
+            bench(name, model, args.repeats, args.samples, not args.no_tl)
 
 
 if __name__ == "__main__":

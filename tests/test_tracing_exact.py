@@ -63,7 +63,8 @@ def test_multi_token_target_is_teacher_forced(toy_model):
     # scores the prompt's last position (log-probabilities: this target's probability is ~1e-8)
     split = causal_trace(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden", "mlp"), samples=3, max_rows=3,
                          metric="logprob")
-    slow = causal_trace_loop(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden", "mlp"), samples=3, metric="logprob")
+    slow = causal_trace_loop(toy_model, PROMPT, SUBJECT, "Karsa Veltra", kinds=("hidden", "mlp"), samples=3, metric="logprob",
+                             window=split.settings.window)
     assert (split.scores - slow).abs().max().item() < 1e-4
     assert result.target_ids == tuple(toy_model.tokenizer.encode(" Karsa Veltra", add_special_tokens=False))
     # the clean score is the product of the two teacher-forced probabilities

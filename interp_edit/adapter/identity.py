@@ -31,6 +31,10 @@ class ModelShape:
     d_vocab: tuple[int, ...]
 
     def matches(self, cfg) -> bool:
+        """Whether ``cfg`` has this shape (a config lacking a field has none of the shapes)."""
+        fields = ("original_architecture", "n_layers", "d_model", "n_heads", "d_mlp", "d_vocab")
+        if not all(hasattr(cfg, f) for f in fields):
+            return False
         n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
         return (
             cfg.original_architecture == self.architecture
