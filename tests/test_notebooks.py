@@ -13,6 +13,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+#: every notebook executed end to end: the second CI job (`pytest -m slow`), not the default suite
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 PLOTLY_JSON = "application/vnd.plotly.v1+json"
 #: no single output of an executed notebook is this large (plotly.js alone is 4.5 MB)

@@ -27,7 +27,7 @@ from interp_edit.model import load_model
 from interp_edit.toyworld import WorldSpec, counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 
-pytestmark = pytest.mark.second_checkpoint
+pytestmark = [pytest.mark.second_checkpoint, pytest.mark.slow]
 
 CHECKPOINT = Path(__file__).parent / "checkpoints" / "toyworld_world1"
 
