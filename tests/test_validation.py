@@ -46,8 +46,8 @@ def test_check_helpers():
 @given(field=st.sampled_from(["noise", "samples", "window", "seed", "subject_occurrence", "embedding_std"]), data=st.data())
 def test_trace_arguments_of_the_wrong_type_or_infinite_raise_named_errors(toy_model, field, data):
     value = data.draw(NOT_REAL if field in ("noise", "embedding_std") else NOT_INT)
-    if field == "embedding_std" and value is None:
-        return  # None means "measure it"
+    if field in ("embedding_std", "window") and value is None:
+        return  # None means "measure it" / "the depth-scaled default window"
     with pytest.raises(InterpEditError, match=field):
         causal_trace(toy_model, PROMPT, SUBJECT, **{"samples": 1, field: value})
     assert all(not hp.fwd_hooks for hp in toy_model.hook_dict.values())
