@@ -53,12 +53,7 @@ def test_spearman_by_hand_ties_and_undefined_cases():
     assert math.isnan(spearman(torch.tensor([1.0, 2]), torch.tensor([1.0, 2])))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small forwards: one thread is fastest
 
 
 @pytest.fixture(scope="module")

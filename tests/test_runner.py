@@ -17,13 +17,7 @@ runner = importlib.import_module("interp_edit.evaluation.runner")
 SMALL = {"n": 12, "batch_size": 4, "unrelated": 6, "fluency": False, "progress": False, "seed": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Many small forwards: one thread is faster and robust to busy cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small forwards: one thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import sweep_helpers
-import torch
 
 from interp_edit.cli import main
 from interp_edit.errors import SweepExecutorError, SweepSpecError
@@ -28,12 +27,7 @@ ROME = GRID | {"editors": [{"method": "rome", "grid": {"layer": [1, 2]}}]}  # th
 ONE_CELL = GRID | {"editors": [{"method": "rome", "grid": {"layer": [1]}}]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small forwards: one thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,8 @@ def _activation(hf_config) -> str:
     return getattr(hf_config, "hidden_activation", None) or hf_config.hidden_act
 
 
-def _gemma_common(hf_config) -> dict[str, Any]:
-    head_dim = _head_dim(hf_config)
+def _dimensions(hf_config, head_dim: int, eps: float) -> dict[str, Any]:
+    """The sizes every converted config shares, read from a Hugging Face config."""
     return {
         "d_model": hf_config.hidden_size,
         "d_head": head_dim,
@@ -57,10 +57,17 @@ def _gemma_common(hf_config) -> dict[str, Any]:
         "d_mlp": hf_config.intermediate_size,
         "n_layers": hf_config.num_hidden_layers,
         "n_ctx": hf_config.max_position_embeddings,
-        "eps": hf_config.rms_norm_eps,
+        "eps": eps,
         "d_vocab": hf_config.vocab_size,
-        "act_fn": _activation(hf_config),
         "initializer_range": hf_config.initializer_range,
+    }
+
+
+def _gemma_common(hf_config) -> dict[str, Any]:
+    head_dim = _head_dim(hf_config)
+    return {
+        **_dimensions(hf_config, head_dim, hf_config.rms_norm_eps),
+        "act_fn": _activation(hf_config),
         "normalization_type": "RMS",
         "rotary_base": _rope_theta(hf_config),
         "rotary_dim": head_dim,
@@ -113,16 +120,8 @@ def phi_config(hf_config) -> dict[str, Any]:
 
         raise UnsupportedArchitectureError("Phi model with qk_layernorm=True: per-head q/k LayerNorm is not converted")
     return {
-        "d_model": hf_config.hidden_size,
-        "d_head": head_dim,
-        "n_heads": hf_config.num_attention_heads,
-        "d_mlp": hf_config.intermediate_size,
-        "n_layers": hf_config.num_hidden_layers,
-        "n_ctx": hf_config.max_position_embeddings,
-        "eps": hf_config.layer_norm_eps,
-        "d_vocab": hf_config.vocab_size,
+        **_dimensions(hf_config, head_dim, hf_config.layer_norm_eps),
         "act_fn": hf_config.hidden_act,
-        "initializer_range": hf_config.initializer_range,
         "normalization_type": "LN",
         "positional_embedding_type": "rotary",
         "rotary_base": _rope_theta(hf_config),

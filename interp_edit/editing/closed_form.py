@@ -58,28 +58,31 @@ def add_low_rank(model, name: str, delta: LowRankDelta) -> None:
 def values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: int, site: str) -> Float[Tensor, "request d"]:
     """The activation at ``site`` of ``layer`` at each request's edit token (by default the subject's last), on the bare
     prompt (batched, forward stopped after ``layer``)."""
-    from interp_edit.batching import pad_right
-
-    tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
     name = hook_name(site, layer)
-    act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
-    return act[torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])].float()
+    return _at_edit_tokens(model, requests, layer, [name], [], lambda cache: cache[name]).float()
 
 
 @torch.no_grad()
 def raw_values_at_edit_tokens(model, requests: Sequence[TokenizedRequest], layer: int, kind: str) -> Float[Tensor, "request d_model"]:
     """The raw output of ``layer``'s ``kind`` (``"mlp"``: ``post @ W_out + b_out``; before a
     post-sublayer norm where the architecture has one) at each request's edit token, in float64."""
-    from interp_edit.batching import pad_right
-
-    tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
     raw: dict[str, Tensor] = {}
 
     def keep(out, hook):
         raw["out"] = out.detach()
 
-    forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [], sublayer_output_hooks(model, kind, layer, keep))
-    return raw["out"][torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])].double()
+    hooks = sublayer_output_hooks(model, kind, layer, keep)
+    return _at_edit_tokens(model, requests, layer, [], hooks, lambda cache: raw["out"]).double()
+
+
+def _at_edit_tokens(model, requests, layer: int, names, hooks, read) -> Tensor:
+    """``read(cache)`` [request, pos, d] of one batched forward of the bare prompts stopped after
+    ``layer``, at each request's edit token."""
+    from interp_edit.batching import pad_right
+
+    tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
+    act = read(forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, names, hooks))
+    return act[torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])]
 
 
 def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:
