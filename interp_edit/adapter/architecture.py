@@ -85,10 +85,6 @@ class Architecture:
         """Whether learned position embeddings are added to the residual (``hook_pos_embed``)."""
         return self.positional == "standard"
 
-    def describe(self) -> dict[str, object]:
-        """The description as a plain dict (recorded in results and saved edits)."""
-        return dict(self.__dict__)
-
 
 def architecture(model) -> Architecture:
     """The :class:`Architecture` of a loaded model (computed once and kept on the model)."""
