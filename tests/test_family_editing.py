@@ -143,6 +143,55 @@ def test_rome_reaches_v_star_inside_the_model(family):
     assert abs(nll - result.info["target_nll"][0]) < 1e-3 * max(1.0, nll)
 
 
+def _block_states(model, layer, prompt, position):
+    """The residual after block ``layer``, and (post-norm blocks) the residual between its
+    attention and its MLP, at ``position``: PyTorch forward hooks on the block and on its
+    ``hook_resid_mid`` module, no TransformerLens hook call and no interp_edit code."""
+    seen = {}
+    block = model.blocks[layer]
+    handles = [block.register_forward_hook(lambda mod, args, out: seen.setdefault("post", out.detach())),
+               block.hook_resid_mid.register_forward_hook(lambda mod, args, out: seen.setdefault("mid", out.detach()))]
+    try:
+        with torch.no_grad():
+            model(_tokens(model, prompt))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen["post"][0, position].double(), seen.get("mid", seen["post"])[0, position].double()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_memit_moves_the_residual_to_its_target_z(family):
+    """One MEMIT layer, no context prefixes and a vanishing covariance weight: the edited MLP must
+    carry the residual after that layer to MEMIT's z at the subject's last token. Through a
+    post-sublayer norm (Gemma-2: ``w ⊙ x / rms(x)``) the MLP's contribution has a fixed scale
+    (rms of ``out / w`` is 1), so z is reachable only in direction: the contribution must point
+    along ``(z - resid_mid) / w``, which the post-norm preimage of the raw W_out change gives."""
+    from interp_edit.editing import MEMITConfig
+
+    model = family_model(family)
+    layer = model.cfg.n_layers // 2
+    settings = dict(FAST, n_prefixes=0, steps=10, layers=(layer,), mom2_update_weight=1e-6)
+    result = editors()["memit"].fn(model, [REQUEST], corpus=CORPUS, **settings)
+    treq = prepare_requests(model, [REQUEST], model_fingerprint(model))
+    z = optimise_targets(model, treq, layer, ("",), MEMITConfig.for_model(model, **settings).target_config(),
+                         initial_site="resid_post").target[0].double()
+    prompt = "Talvik Corlo was born in"
+    position = len(model.tokenizer.encode(" Talvik Corlo", add_special_tokens=False))  # BOS first
+    before, _ = _block_states(model, layer, prompt, position)
+    with result.applied(model):
+        after, mid = _block_states(model, layer, prompt, position)
+    move = (z - before).norm().item()
+    assert move > 1e-2 * z.norm().item()
+    if family != "gemma2":
+        assert (after - z).norm().item() < 2e-2 * move
+        return
+    gain = model.blocks[layer].ln2_post.w.detach().double()
+    wanted, got = (z - mid) / gain, (after - mid) / gain
+    assert torch.nn.functional.cosine_similarity(wanted, got, dim=0).item() > 1 - 1e-4
+    assert abs(got.pow(2).mean().sqrt().item() - 1) < 1e-3  # the post-norm's fixed scale
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_mega_leaves_off_gate_prompts_bit_for_bit(family):
     model = family_model(family)
