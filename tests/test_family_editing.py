@@ -149,8 +149,9 @@ def _block_states(model, layer, prompt, position):
     ``hook_resid_mid`` module, no TransformerLens hook call and no interp_edit code."""
     seen = {}
     block = model.blocks[layer]
-    handles = [block.register_forward_hook(lambda mod, args, out: seen.setdefault("post", out.detach())),
-               block.hook_resid_mid.register_forward_hook(lambda mod, args, out: seen.setdefault("mid", out.detach()))]
+    handles = [block.register_forward_hook(lambda mod, args, out: seen.setdefault("post", out.detach()))]
+    if hasattr(block, "hook_resid_mid"):  # parallel blocks have no point between attention and MLP
+        handles.append(block.hook_resid_mid.register_forward_hook(lambda m, a, out: seen.setdefault("mid", out.detach())))
     try:
         with torch.no_grad():
             model(_tokens(model, prompt))
