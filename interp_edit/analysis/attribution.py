@@ -532,7 +532,7 @@ def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Seque
             k_src = kappa if gain is None else kappa * gain[0, pos]  # [s, d_model]
             proj = layer_weight(model, "W_out", source) @ k_src.T  # [d_mlp, s]
             acts = cache[hook_name("mlp_post", source)][0, pos]  # [s, d_mlp]
-            out[source] += einops.einsum(acts, proj, weight, "s i, i s, s -> i")
+            out[source] += einops.einsum(acts.float(), proj.float(), weight.float(), "s i, i s, s -> i")
     return out
 
 
@@ -560,5 +560,5 @@ def ffn_query_layer_scores(model, cache: dict[str, Tensor], value_neurons: Seque
         denom = kappa @ ffn_input(model, cache, layer)[0, -1]
         weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))
         used = 2 * layer + 1 + int(own_attention)  # embeddings, (A, F) of earlier layers[, A of this layer]
-        totals[:used] += (comps[:used] @ kappa.T) @ weight
+        totals[:used] += (comps[:used] @ kappa.T).float() @ weight.float()
     return einops.rearrange(totals[1:], "(layer kind) -> layer kind", kind=2), totals[0].item()

@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.errors import EditApplicationError
+from interp_edit.precision import add_delta_
 from interp_edit.model import (
     add_persistent_hook,
     delta_hooks,
@@ -185,10 +186,12 @@ class Edit:
                 if isinstance(delta, SparseRowDelta):
                     rows = delta.rows.to(param.device)
                     originals[name] = matrix[rows].clone()
-                    matrix[rows] += delta.values.to(param.device, param.dtype)
+                    block = matrix[rows]
+                    add_delta_(block, delta.values)
+                    matrix[rows] = block
                 else:
                     originals[name] = param.data.clone()
-                    matrix += delta.dense().to(param.device, param.dtype)
+                    add_delta_(matrix, delta.dense())
         except BaseException:
             self._restore(model, originals, handles)
             raise

@@ -64,6 +64,7 @@ from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
 from interp_edit.editing.targets import context_prefixes
 from interp_edit.errors import EditConfigError, EditOptimizationError
+from interp_edit.precision import add_delta_
 from interp_edit.model import (
     forward_to_layer,
     frozen_parameters,
@@ -363,7 +364,7 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
                     weight = get_parameter(model, w_out_name(key[0])).data
                     if key not in originals:
                         originals[key] = weight[key[1]].clone()
-                    weight[key[1]] += value.to(weight.device, weight.dtype)
+                    add_delta_(weight[key[1]], value)
                     totals[key] = totals.get(key, 0.0) + value.double().cpu()
             info["selected"].append([list(n) for n in selection.union()])
             info["neurons"].append([list(n) for n in neurons])

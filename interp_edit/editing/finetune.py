@@ -19,6 +19,7 @@ from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import prepare_requests
 from interp_edit.errors import EditConfigError, EditOptimizationError
+from interp_edit.precision import OPTIMISE_DTYPE
 from interp_edit.model import (
     forward_to_layer,
     frozen_parameters,
@@ -76,7 +77,8 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
     rows = torch.arange(len(treqs), device=device)[:, None]
     start = forward_to_layer(model, tokens, cfg.layer + 1, [hook_name("resid_pre", cfg.layer)])[hook_name("resid_pre", cfg.layer)]
     weight = model.blocks[cfg.layer].mlp.W_out
-    change = torch.zeros_like(weight, requires_grad=True)
+    # optimised in float32 (Adam on a half-precision tensor underflows): see interp_edit.precision
+    change = torch.zeros(weight.shape, dtype=OPTIMISE_DTYPE, device=weight.device, requires_grad=True)
     optimiser = torch.optim.Adam([change], lr=cfg.lr)
     store = {}
 
@@ -84,7 +86,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
         store["post"] = act
 
     def add(out, hook):
-        return out + store.pop("post") @ change
+        return out + store.pop("post") @ change.to(out.dtype)
 
     hooks = [(hook_name("mlp_post", cfg.layer), keep), *sublayer_output_hooks(model, "mlp", cfg.layer, add)]
     losses = []
