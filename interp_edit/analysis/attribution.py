@@ -389,6 +389,7 @@ def neuron_attribution(
     n_tokens: int = 5,
     method: str = "exact",
     chunk_elements: int = CHUNK_ELEMENTS,
+    memory_budget: int | float | None = None,
 ) -> NeuronAttributionResult:
     """NLKA of one prompt: exact log-prob increase of every FFN and attention neuron, layer
     scores, query neurons / layers, and the promoted tokens of the top neurons.
@@ -400,12 +401,18 @@ def neuron_attribution(
     shown per top neuron. ``method="first_order"`` replaces each neuron's exact score by its
     gradient approximation ``c · ∂ log p / ∂c`` at the base (no projection of every neuron onto
     the vocabulary: for large vocabularies far cheaper, but not exact; layer scores stay exact).
+    ``memory_budget`` (bytes; None: a share of the free memory, the rule of
+    :func:`interp_edit.batching.resolve_memory_budget`) caps the temporary logits of the exact
+    projections at ``budget / 16`` elements (float32 logits and two temporaries of their size)
+    besides ``chunk_elements``; the scores do not depend on it.
     """
+    from interp_edit.batching import resolve_memory_budget
     from interp_edit.validation import check_int
 
     check_int(top_k, f"top_k (prompt {prompt!r})", minimum=1)
     check_int(n_tokens, "n_tokens", minimum=0)
     check_int(chunk_elements, "chunk_elements", minimum=1)
+    chunk_elements = max(1, min(chunk_elements, resolve_memory_budget(memory_budget, model.cfg.device) // 16))
     if not isinstance(keep_bias, bool):
         raise InvalidArgumentError(f"keep_bias must be True or False, got {keep_bias!r}")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
