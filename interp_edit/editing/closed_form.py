@@ -83,7 +83,7 @@ def _at_edit_tokens(model, requests, layer: int, names, hooks, read) -> Tensor:
 
     tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
     act = read(forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, names, hooks))
-    return act[torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])]
+    return act[torch.arange(len(requests), device=act.device), torch.tensor([r.edit_position for r in requests], device=act.device)]
 
 
 def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:

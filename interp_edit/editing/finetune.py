@@ -8,6 +8,8 @@ touched while optimising), and returned as sparse rows of ``W_out`` (the rows th
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -96,10 +98,11 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
             logp = torch.log_softmax(unembed(model, model.ln_final(final[rows, pos])).float(), -1)
             nll = -(logp.gather(-1, ids[..., None])[..., 0] * mask).sum(-1) / mask.sum(-1)
             loss = nll.mean()
-            if not torch.isfinite(loss):
+            value = loss.item()  # the step's one host synchronisation
+            if not math.isfinite(value):
                 raise EditOptimizationError(f"fine-tuning loss became non-finite at step {step}; the model is unchanged")
-            losses.append(loss.item())
-            if loss.item() < cfg.early_stop_loss:
+            losses.append(value)
+            if value < cfg.early_stop_loss:
                 break
             optimiser.zero_grad()
             loss.backward()
