@@ -15,7 +15,15 @@ import time
 
 import torch
 
-from interp_edit import activation_patch, average_indirect_effect, causal_trace, edit, editors, load_model, neuron_attribution
+from interp_edit import (
+    activation_patch,
+    average_indirect_effect,
+    causal_trace,
+    edit,
+    editors,
+    load_model,
+    neuron_attribution,
+)
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.toyworld import counterfact_records, load_world
 

@@ -36,7 +36,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.errors import EditApplicationError
-from interp_edit.precision import add_delta_
 from interp_edit.model import (
     add_persistent_hook,
     delta_hooks,
@@ -46,6 +45,7 @@ from interp_edit.model import (
     remove_persistent_hook,
     weight_matrix_shape,
 )
+from interp_edit.precision import add_delta_
 
 #: attribute of the model object that holds the stack of applied edits
 _STACK_ATTR = "_interp_edit_applied"

@@ -64,7 +64,6 @@ from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
 from interp_edit.editing.targets import context_prefixes
 from interp_edit.errors import EditConfigError, EditOptimizationError
-from interp_edit.precision import add_delta_
 from interp_edit.model import (
     forward_to_layer,
     frozen_parameters,
@@ -76,6 +75,7 @@ from interp_edit.model import (
     sublayer_output_hooks,
     unembed,
 )
+from interp_edit.precision import add_delta_
 
 
 @dataclass(frozen=True)

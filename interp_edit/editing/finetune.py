@@ -9,7 +9,6 @@ touched while optimising), and returned as sparse rows of ``W_out`` (the rows th
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -21,7 +20,6 @@ from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import prepare_requests
 from interp_edit.errors import EditConfigError, EditOptimizationError
-from interp_edit.precision import OPTIMISE_DTYPE
 from interp_edit.model import (
     forward_to_layer,
     frozen_parameters,
@@ -31,6 +29,7 @@ from interp_edit.model import (
     sublayer_output_hooks,
     unembed,
 )
+from interp_edit.precision import OPTIMISE_DTYPE
 
 
 @dataclass(frozen=True)
