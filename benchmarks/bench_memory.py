@@ -61,11 +61,27 @@ def child(args) -> None:
     print(f"weights_bytes={weights_bytes(model)}")
     start = time.perf_counter()
     if args.child == "trace":
+        import importlib
+
+        from interp_edit.batching import forward_row_bytes
+
+        restore = importlib.import_module("interp_edit.analysis.restore")
+        rows, real = [], restore.forward_from_layer
+
+        def counting(model, residual, *a, **k):
+            rows.append(residual.shape[0])
+            return real(model, residual, *a, **k)
+
+        restore.forward_from_layer = counting  # counts the rows of each batched forward
         with PeakRSS() as peak:
             result = causal_trace(model, record.prompt.format(record.subject), record.subject, samples=args.samples,
                                   memory_budget=parse_budget(args.budget))
         print(f"{prefix}_positions={len(result.tokens)}")
         print(f"{prefix}_score_sum={float(result.scores.sum()):.6f}")  # equal across budgets
+        n_pos = len(result.tokens)
+        print(f"{prefix}_estimated_bytes_per_row={forward_row_bytes(model, n_pos, n_pos, 1)}")
+        print(f"{prefix}_forwards={len(rows)}")
+        print(f"{prefix}_max_rows_per_forward={max(rows)}")
     else:
         from interp_edit.editing.stats import default_corpus
 
