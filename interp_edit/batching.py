@@ -56,3 +56,70 @@ def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
     if len(ids) > model.cfg.n_ctx:
         raise PromptTooLongError(f"prompt {prompt!r} is {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
     return torch.tensor([ids], device=model.cfg.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory budgets: the one rule for how much the batched engines (restorations behind causal
+# tracing, patching and AIE; attribution's vocabulary projections) may hold per forward.
+
+#: share of the device's free memory a forward may use when no budget is given
+DEFAULT_BUDGET_SHARE = 0.25
+
+
+def free_memory(device) -> int:
+    """Free bytes on ``device``: ``torch.cuda.mem_get_info`` on a GPU, psutil's available
+    memory on the CPU (and on any other device)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory_budget(memory_budget, name: str = "memory_budget") -> None:
+    """``memory_budget`` is None (the default) or a positive number of bytes (an int, or a float
+    such as ``2e9``); anything else raises :class:`InvalidArgumentError` naming it."""
+    import math
+
+    from interp_edit.errors import InvalidArgumentError
+
+    if memory_budget is None:
+        return
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)):
+        raise InvalidArgumentError(f"{name} must be a number of bytes (or None for "
+                                   f"{DEFAULT_BUDGET_SHARE:.0%} of the free memory), got "
+                                   f"{type(memory_budget).__name__} {memory_budget!r}")
+    if not math.isfinite(memory_budget) or memory_budget <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive number of bytes, got {memory_budget!r}")
+
+
+def resolve_memory_budget(memory_budget, device) -> int:
+    """The budget in bytes: ``memory_budget`` if given (checked), else
+    :data:`DEFAULT_BUDGET_SHARE` of :func:`free_memory` of the device."""
+    check_memory_budget(memory_budget)
+    if memory_budget is None:
+        return max(1, int(DEFAULT_BUDGET_SHARE * free_memory(device)))
+    return int(memory_budget)
+
+
+def rows_within(memory_budget: int, bytes_per_row: int, limit: int | None = None) -> int:
+    """How many rows of ``bytes_per_row`` fit in the budget: at least 1 (one row is the
+    smallest unit of work; a budget below one row runs one row per forward), at most ``limit``."""
+    rows = max(1, int(memory_budget) // max(1, int(bytes_per_row)))
+    return rows if limit is None else min(rows, limit)
+
+
+def forward_row_bytes(model, n_pos: int, n_keys: int | None = None, n_scored: int = 1) -> int:
+    """An upper estimate of the bytes one row (one sequence) of a no-grad forward holds at its
+    peak: per position the residual stream and its copies (6 · d_model), the MLP's hidden
+    activations (3 · d_mlp), queries / keys / values and outputs (4 · heads · d_head) and
+    two attention-score matrices (2 · heads · ``n_keys``, all positions attended to,
+    ``n_pos`` by default), in the model's dtype; plus the logits of ``n_scored`` positions
+    and their float32 log-softmax."""
+    cfg = model.cfg
+    n_keys = n_pos if n_keys is None else n_keys
+    elt = torch.empty(0, dtype=model.W_E.dtype).element_size()
+    d_mlp = cfg.d_mlp or 4 * cfg.d_model
+    per_pos = 6 * cfg.d_model + 3 * d_mlp + 4 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * n_keys
+    return elt * n_pos * per_pos + n_scored * cfg.d_vocab_out * (elt + 8)

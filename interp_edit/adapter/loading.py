@@ -77,10 +77,17 @@ def load_model(
     an architecture the toolkit does not cover raises ``UnsupportedArchitectureError`` naming
     what is missing, here rather than deep inside an analysis.
 
+    ``dtype``: the weights' dtype (``torch.float32`` default, ``torch.bfloat16``, ``torch.float16``,
+    ``torch.float64`` or a name such as ``"bf16"``); what runs in which precision is the rule of
+    :mod:`interp_edit.precision`. Another dtype raises ``InvalidArgumentError`` before loading.
+
     Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
     models (all True; but no unembedding centring under a final-logit soft-cap, see
     :func:`_local_processing`) and no processing for the toy world.
     """
+    from interp_edit.precision import check_dtype
+
+    dtype = check_dtype(dtype)  # the one dtype rule: interp_edit.precision
     flags = dict(
         fold_ln=fold_ln,
         center_writing_weights=center_writing_weights,
@@ -240,6 +247,9 @@ def load_checkpoint(
     from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
 
+    from interp_edit.precision import check_dtype
+
+    dtype = check_dtype(dtype)
     folder = Path(folder)
     meta = _read_json(folder / CONFIG_FILE)
     if "model" not in meta:

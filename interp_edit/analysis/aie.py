@@ -21,7 +21,7 @@ from interp_edit.analysis.tracing import (
     default_window,
     subject_embedding_std,
 )
-from interp_edit.batching import last_token_logits
+from interp_edit.batching import last_token_logits, resolve_memory_budget
 from interp_edit.errors import InterpEditError, InvalidArgumentError, PromptTooLongError
 from interp_edit.progress import progress_bar
 from interp_edit.prompts import tokenize_with_subject
@@ -166,11 +166,13 @@ def average_indirect_effect(
     embedding_std: float | None = None,
     progress: bool = True,
     max_rows: int = 1024,
+    memory_budget: int | float | None = None,
 ) -> AIEResult:
     """Trace every fact the model gets right (clean top-1 = first target token) and average
     the indirect effects by token role × layer. Facts are CounterFact records, CounterFact
     dicts or ``(prompt, subject, target)`` tuples. The noise scale is, as in ROME, 3 × the std
-    of the embeddings of all the facts' subject tokens unless ``embedding_std`` is given."""
+    of the embeddings of all the facts' subject tokens unless ``embedding_std`` is given.
+    ``max_rows`` and ``memory_budget`` bound each batched forward as in :func:`causal_trace`."""
     facts = [_as_fact(f, i) for i, f in enumerate(check_sequence(facts, "facts", nonempty=False))]
     check_facts(model, facts)
     window = default_window(model.cfg.n_layers) if window is None else window
@@ -178,6 +180,7 @@ def average_indirect_effect(
     TraceSettings(tuple(check_sequence(kinds, "kinds")), "gaussian", noise, samples, window, metric, severed, seed,
                   embedding_std).validate()
     check_int(max_rows, "max_rows", minimum=1)
+    budget = resolve_memory_budget(memory_budget, model.cfg.device)  # checked before any forward
     std = embedding_std or subject_embedding_std(model, [s for _, s, _ in facts])
     predicted = last_token_logits(model, [p for p, _, _ in facts]).argmax(-1).tolist()
     per_fact, skipped, clean, corrupted = [], [], [], []
@@ -187,7 +190,7 @@ def average_indirect_effect(
             continue
         trace = causal_trace(model, prompt, subject, target, kinds=kinds, noise=noise, samples=samples,
                              window=window, metric=metric, severed=severed, seed=seed + i,
-                             embedding_std=std, max_rows=max_rows)
+                             embedding_std=std, max_rows=max_rows, memory_budget=budget)
         per_fact.append(effects_by_role(trace))
         clean.append(trace.clean_score)
         corrupted.append(trace.corrupted_score)

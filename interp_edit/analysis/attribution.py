@@ -389,6 +389,7 @@ def neuron_attribution(
     n_tokens: int = 5,
     method: str = "exact",
     chunk_elements: int = CHUNK_ELEMENTS,
+    memory_budget: int | float | None = None,
 ) -> NeuronAttributionResult:
     """NLKA of one prompt: exact log-prob increase of every FFN and attention neuron, layer
     scores, query neurons / layers, and the promoted tokens of the top neurons.
@@ -400,12 +401,18 @@ def neuron_attribution(
     shown per top neuron. ``method="first_order"`` replaces each neuron's exact score by its
     gradient approximation ``c · ∂ log p / ∂c`` at the base (no projection of every neuron onto
     the vocabulary: for large vocabularies far cheaper, but not exact; layer scores stay exact).
+    ``memory_budget`` (bytes; None: a share of the free memory, the rule of
+    :func:`interp_edit.batching.resolve_memory_budget`) caps the temporary logits of the exact
+    projections at ``budget / 16`` elements (float32 logits and two temporaries of their size)
+    besides ``chunk_elements``; the scores do not depend on it.
     """
+    from interp_edit.batching import resolve_memory_budget
     from interp_edit.validation import check_int
 
     check_int(top_k, f"top_k (prompt {prompt!r})", minimum=1)
     check_int(n_tokens, "n_tokens", minimum=0)
     check_int(chunk_elements, "chunk_elements", minimum=1)
+    chunk_elements = max(1, min(chunk_elements, resolve_memory_budget(memory_budget, model.cfg.device) // 16))
     if not isinstance(keep_bias, bool):
         raise InvalidArgumentError(f"keep_bias must be True or False, got {keep_bias!r}")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
@@ -532,7 +539,7 @@ def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Seque
             k_src = kappa if gain is None else kappa * gain[0, pos]  # [s, d_model]
             proj = layer_weight(model, "W_out", source) @ k_src.T  # [d_mlp, s]
             acts = cache[hook_name("mlp_post", source)][0, pos]  # [s, d_mlp]
-            out[source] += einops.einsum(acts, proj, weight, "s i, i s, s -> i")
+            out[source] += einops.einsum(acts.float(), proj.float(), weight.float(), "s i, i s, s -> i")
     return out
 
 
@@ -560,5 +567,5 @@ def ffn_query_layer_scores(model, cache: dict[str, Tensor], value_neurons: Seque
         denom = kappa @ ffn_input(model, cache, layer)[0, -1]
         weight = torch.where(denom.abs() > _MIN_DENOMINATOR, imp / denom, torch.zeros_like(denom))
         used = 2 * layer + 1 + int(own_attention)  # embeddings, (A, F) of earlier layers[, A of this layer]
-        totals[:used] += (comps[:used] @ kappa.T) @ weight
+        totals[:used] += (comps[:used] @ kappa.T).float() @ weight.float()
     return einops.rearrange(totals[1:], "(layer kind) -> layer kind", kind=2), totals[0].item()

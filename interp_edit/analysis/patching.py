@@ -172,6 +172,7 @@ def activation_patch(
     sites: Sequence[str] = DEFAULT_SITES,
     direction: str = "denoise",
     max_rows: int = 1024,
+    memory_budget: int | float | None = None,
 ) -> PatchingResult:
     """Exact activation patching at every (layer, pos) / (layer, head[, pos]) of each site.
 
@@ -180,16 +181,21 @@ def activation_patch(
     necessary?). The metric (default: logit difference between ``answer`` — the clean top-1
     by default — and ``foil`` — the corrupted top-1 by default) is normalised so that the clean
     run scores 1 and the corrupted run 0. Restorations share batched forwards that start at
-    the patched layer."""
+    the patched layer, at most ``max_rows`` rows and ``memory_budget`` bytes each (None: a
+    share of the device's free memory, see :func:`interp_edit.batching.resolve_memory_budget`);
+    the result does not depend on either."""
+    from interp_edit.batching import check_memory_budget, resolve_memory_budget
     from interp_edit.validation import check_int
 
     check_int(max_rows, "max_rows", minimum=1)
+    check_memory_budget(memory_budget)
     _check_direction(direction)
     pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
 
     def score(logits):
         return score_logits(logits, pair.target, metric)
 
+    budget = resolve_memory_budget(memory_budget, model.cfg.device)
     cache_sites = sorted({SITES[s][0] for s in sites} - {"resid_pre"})
     clean_logits, clean_cache = cache_run(model, pair.clean, [], cache_sites)
     corr_logits, corr_cache = cache_run(model, pair.corrupted, [], cache_sites)
@@ -203,7 +209,8 @@ def activation_patch(
     for site in sites:
         by_pos = SITES[site][1] != "layer head"
         jobs = _restorations(site, model.cfg.n_layers, model.cfg.n_heads, range(first if by_pos else 0, n_pos))
-        values = run_restorations(model, jobs, base, source, score, pair.positions, max_rows=max_rows)[:, 0]
+        values = run_restorations(model, jobs, base, source, score, pair.positions, max_rows=max_rows,
+                                  memory_budget=budget)[:, 0]
         full = torch.full(_shape(site, model.cfg, n_pos), m_base)
         if by_pos:
             full[..., first:] = values.reshape(full[..., first:].shape)
@@ -299,7 +306,8 @@ def attribution_patch_error(model, clean: str, corrupted: str, **kwargs) -> dict
     """How far attribution patching is from exact patching on the same sites: per site the
     max and mean absolute error of the normalised metric and their Pearson correlation."""
     exact = activation_patch(model, clean, corrupted, **kwargs)
-    approx = attribution_patch(model, clean, corrupted, **{k: v for k, v in kwargs.items() if k != "max_rows"})
+    approx = attribution_patch(model, clean, corrupted, **{k: v for k, v in kwargs.items()
+                                                          if k not in ("max_rows", "memory_budget")})
     report = {}
     for site, value in exact.results.items():
         a, b = value.flatten(), approx.results[site].flatten()

@@ -6,7 +6,8 @@ other prompt), optionally with other activations *frozen* at their base values (
 severed traces). The engine runs many restorations at once:
 
 - restorations that patch the same site at the same layers (differing only in position, head
-  or noise sample) share one batched forward, in chunks of at most ``max_rows`` rows;
+  or noise sample) share one batched forward, in chunks of at most ``max_rows`` rows and of
+  what fits in the memory budget (``memory_budget`` bytes; the rule is in interp_edit.batching);
 - a run that first differs from the base at layer l starts from the cached base residual
   stream at layer l (``start_at_layer``): the layers below are identical and are not rerun.
 
@@ -24,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name
+from interp_edit.batching import forward_row_bytes, resolve_memory_budget, rows_within
 
 #: Sites whose value is the residual stream itself (patched at the run's input).
 RESIDUAL_SITES = ("resid_pre", "resid_post")
@@ -78,12 +80,6 @@ def cache_run(model, tokens, hooks, sites: Sequence[str]) -> tuple[Tensor, RunCa
     return logits, RunCache(streams, acts)
 
 
-def _sample_index(cache: RunCache, rows: int, samples: int, device) -> Tensor:
-    """For each row (job-major, sample-minor), the sample of ``cache`` to read (0 if it has one)."""
-    idx = torch.arange(rows, device=device) % samples
-    return idx if cache.samples > 1 else torch.zeros_like(idx)
-
-
 def _patch_hook(values: Tensor, rows: Tensor, src: Tensor, pos: Tensor | None, head: Tensor | None,
                 shift: int = 0) -> Callable:
     """Set ``act[rows, pos - shift(, head)] = values[src, pos(, head)]`` (every position if
@@ -133,32 +129,51 @@ def run_restorations(
     positions: list[int],
     *,
     max_rows: int = 1024,
+    memory_budget: int | float | None = None,
 ) -> Float[Tensor, "restoration sample"]:
     """Score every restoration on every base sample. Only ``positions`` are unembedded;
-    ``score`` maps their logits [rows, len(positions), vocab] to one number per row."""
+    ``score`` maps their logits [rows, len(positions), vocab] to one number per row.
+
+    A forward holds at most ``max_rows`` rows and at most what fits in ``memory_budget`` bytes
+    (:func:`~interp_edit.batching.forward_row_bytes` per row; None: a share of the device's
+    free memory, :func:`~interp_edit.batching.resolve_memory_budget`). When fewer rows than the
+    base has samples fit, a restoration's samples are split over several forwards. Every row
+    is computed independently, so the scores do not depend on the budget (up to the last bits
+    of batched matrix products)."""
     samples = base.samples
-    out = torch.empty(len(restorations), samples)
+    device = base.streams[0].device
+    n_pos = base.streams[0].shape[1]
+    budget = resolve_memory_budget(memory_budget, device)
+    rows_cap = rows_within(budget, forward_row_bytes(model, n_pos, n_pos, len(positions)), max_rows)
+    # the scores stay on the device until the end: no host synchronisation per forward
+    out = torch.empty(len(restorations), samples, device=device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(restorations):
         groups[(r.site, r.layers, r.freeze, r.pos is None, r.head is None)].append(i)
-    n_pos = base.streams[0].shape[1]
     # one more forward costs about as much as computing this many extra row-positions
     overhead_rows = max(32.0, 8e6 / model.cfg.d_model**2)
+    per_forward = min(samples, rows_cap)
+    sample_ranges = [(s, min(s + per_forward, samples)) for s in range(0, samples, per_forward)]
     for members in groups.values():
-        for chunk in _position_chunks(members, restorations, samples, max(1, max_rows // samples), n_pos, overhead_rows):
-            values = _run_group(model, [restorations[i] for i in chunk], base, source, score, positions)
-            out[chunk] = values.reshape(len(chunk), samples).cpu()
-    return out
+        for chunk in _position_chunks(members, restorations, samples, max(1, rows_cap // samples), n_pos, overhead_rows):
+            for s0, s1 in sample_ranges:
+                ids = torch.arange(s0, s1, device=device)
+                values = _run_group(model, [restorations[i] for i in chunk], base, source, score, positions, ids)
+                out[chunk, s0:s1] = values.reshape(len(chunk), s1 - s0).to(out.dtype)
+    return out.cpu()
 
 
-def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache, score, positions) -> Tensor:
+def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache, score, positions,
+               sample_ids: Tensor) -> Tensor:
+    """One forward of ``group`` × ``sample_ids`` rows (job-major, sample-minor)."""
     first = group[0]
-    samples = base.samples
+    samples = len(sample_ids)
     rows = len(group) * samples
     device = base.streams[0].device
     job = torch.arange(rows, device=device) // samples
-    base_idx = torch.arange(rows, device=device) % samples
-    src_idx = _sample_index(source, rows, samples, device)
+    base_idx = sample_ids[torch.arange(rows, device=device) % samples]
+    # the source's sample for each row (its only one, if it has one)
+    src_idx = base_idx if source.samples > 1 else torch.zeros_like(base_idx)
     pos = None if first.pos is None else torch.tensor([r.pos for r in group], device=device)[job]
     head = None if first.head is None else torch.tensor([r.head for r in group], device=device)[job]
     all_rows = torch.arange(rows, device=device)
@@ -166,7 +181,7 @@ def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache
     start = first.start_layer
     # Positions before the first restored one are unchanged: reuse their attention keys and
     # values from the base run instead of recomputing them (never past the scored positions).
-    t0 = 0 if pos is None else min(int(pos.min()), min(positions))
+    t0 = 0 if pos is None else min(min(r.pos for r in group), min(positions))  # host values: no device sync
     residual = base.streams[start][base_idx][:, t0:].clone()
     hooks = []
     if first.site in RESIDUAL_SITES:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
+from interp_edit.batching import check_memory_budget, resolve_memory_budget
 from interp_edit.errors import InvalidArgumentError, PromptTooLongError
 from interp_edit.model import hook_name
 from interp_edit.prompts import TokenizedPrompt, tokenize_with_subject
@@ -284,6 +285,7 @@ def causal_trace(
     noise_draw: Tensor | None = None,
     generator: torch.Generator | None = None,
     max_rows: int = 1024,
+    memory_budget: int | float | None = None,
 ) -> CausalTraceResult:
     """ROME's causal trace of one fact.
 
@@ -309,6 +311,10 @@ def causal_trace(
     depth (ROME's code uses 10 at any depth: pass ``window=10`` for that). The target defaults
     to the clean top-1 token; see :mod:`interp_edit.analysis.scoring` for metrics and multi-token targets. The subject's
     first occurrence is used unless ``subject_occurrence`` says otherwise.
+
+    Memory: the restored runs are batched, at most ``max_rows`` rows and ``memory_budget``
+    bytes per forward (None: a share of the device's free memory; the rule is
+    :func:`interp_edit.batching.resolve_memory_budget`); the scores do not depend on either.
     """
     window = default_window(model.cfg.n_layers) if window is None else window
     if noise_subjects is not None and embedding_std is None:
@@ -316,6 +322,7 @@ def causal_trace(
             raise InvalidArgumentError("noise_subjects must be a non-empty sequence of subject strings")
         embedding_std = subject_embedding_std(model, list(noise_subjects))
     check_int(max_rows, "max_rows", minimum=1)
+    check_memory_budget(memory_budget)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(check_sequence(kinds, "kinds"))
     settings = TraceSettings(kinds, corruption, noise, samples, window, metric, severed, seed,
                              embedding_std, replacement, subject_occurrence, noise_draw, generator)
@@ -325,6 +332,7 @@ def causal_trace(
     def score(logits):
         return score_logits(logits, inputs.target, metric)
 
+    budget = resolve_memory_budget(memory_budget, model.cfg.device)
     sites = ["mlp_out", "attn_out"]
     clean_logits, clean_cache = cache_run(model, inputs.clean_tokens, [], sites)
     base_logits, base_cache = cache_run(model, inputs.base_tokens, inputs.base_hooks, sites)
@@ -336,7 +344,8 @@ def causal_trace(
     scores = torch.full((len(settings.kinds), n_layers, n_pos), corrupted_score)
     for i, kind in enumerate(settings.kinds):
         jobs = restorations_for(kind, n_layers, range(first, n_pos), window, severed)
-        values = run_restorations(model, jobs, base_cache, clean_cache, score, positions, max_rows=max_rows)
+        values = run_restorations(model, jobs, base_cache, clean_cache, score, positions, max_rows=max_rows,
+                                  memory_budget=budget)
         scores[i, :, first:] = values.mean(1).reshape(n_layers, n_pos - first)
     tok = inputs.tokenized
     return CausalTraceResult(

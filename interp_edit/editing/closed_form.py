@@ -15,6 +15,7 @@ from interp_edit.adapter import forward_to_layer, get_parameter, hook_name, subl
 from interp_edit.editing.edit import LowRankDelta
 from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.errors import EditConfigError, EditOptimizationError
+from interp_edit.precision import add_delta_
 
 
 def w_out_name(layer: int) -> str:
@@ -51,7 +52,7 @@ def scratch_weights(model, names: Sequence[str]) -> Iterator[None]:
 @torch.no_grad()
 def add_low_rank(model, name: str, delta: LowRankDelta) -> None:
     param = get_parameter(model, name)
-    param.data.view(weight_matrix_shape(model, name)).add_(delta.dense().to(param.device, param.dtype))
+    add_delta_(param.data.view(weight_matrix_shape(model, name)), delta.dense())
 
 
 @torch.no_grad()
@@ -82,7 +83,7 @@ def _at_edit_tokens(model, requests, layer: int, names, hooks, read) -> Tensor:
 
     tokens, _ = pad_right([r.prompt_ids for r in requests], model.tokenizer.pad_token_id or 0)
     act = read(forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, names, hooks))
-    return act[torch.arange(len(requests)), torch.tensor([r.edit_position for r in requests])]
+    return act[torch.arange(len(requests), device=act.device), torch.tensor([r.edit_position for r in requests], device=act.device)]
 
 
 def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:

@@ -45,6 +45,7 @@ from interp_edit.model import (
     remove_persistent_hook,
     weight_matrix_shape,
 )
+from interp_edit.precision import add_delta_
 
 #: attribute of the model object that holds the stack of applied edits
 _STACK_ATTR = "_interp_edit_applied"
@@ -185,10 +186,12 @@ class Edit:
                 if isinstance(delta, SparseRowDelta):
                     rows = delta.rows.to(param.device)
                     originals[name] = matrix[rows].clone()
-                    matrix[rows] += delta.values.to(param.device, param.dtype)
+                    block = matrix[rows]
+                    add_delta_(block, delta.values)
+                    matrix[rows] = block
                 else:
                     originals[name] = param.data.clone()
-                    matrix += delta.dense().to(param.device, param.dtype)
+                    add_delta_(matrix, delta.dense())
         except BaseException:
             self._restore(model, originals, handles)
             raise

@@ -75,6 +75,7 @@ from interp_edit.model import (
     sublayer_output_hooks,
     unembed,
 )
+from interp_edit.precision import add_delta_
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,7 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
                     weight = get_parameter(model, w_out_name(key[0])).data
                     if key not in originals:
                         originals[key] = weight[key[1]].clone()
-                    weight[key[1]] += value.to(weight.device, weight.dtype)
+                    add_delta_(weight[key[1]], value)
                     totals[key] = totals.get(key, 0.0) + value.double().cpu()
             info["selected"].append([list(n) for n in selection.union()])
             info["neurons"].append([list(n) for n in neurons])

@@ -8,6 +8,7 @@ touched while optimising), and returned as sparse rows of ``W_out`` (the rows th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -28,6 +29,7 @@ from interp_edit.model import (
     sublayer_output_hooks,
     unembed,
 )
+from interp_edit.precision import OPTIMISE_DTYPE
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
     rows = torch.arange(len(treqs), device=device)[:, None]
     start = forward_to_layer(model, tokens, cfg.layer + 1, [hook_name("resid_pre", cfg.layer)])[hook_name("resid_pre", cfg.layer)]
     weight = model.blocks[cfg.layer].mlp.W_out
-    change = torch.zeros_like(weight, requires_grad=True)
+    # optimised in float32 (Adam on a half-precision tensor underflows): see interp_edit.precision
+    change = torch.zeros(weight.shape, dtype=OPTIMISE_DTYPE, device=weight.device, requires_grad=True)
     optimiser = torch.optim.Adam([change], lr=cfg.lr)
     store = {}
 
@@ -84,7 +87,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
         store["post"] = act
 
     def add(out, hook):
-        return out + store.pop("post") @ change
+        return out + store.pop("post") @ change.to(out.dtype)
 
     hooks = [(hook_name("mlp_post", cfg.layer), keep), *sublayer_output_hooks(model, "mlp", cfg.layer, add)]
     losses = []
@@ -94,10 +97,11 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
             logp = torch.log_softmax(unembed(model, model.ln_final(final[rows, pos])).float(), -1)
             nll = -(logp.gather(-1, ids[..., None])[..., 0] * mask).sum(-1) / mask.sum(-1)
             loss = nll.mean()
-            if not torch.isfinite(loss):
+            value = loss.item()  # the step's one host synchronisation
+            if not math.isfinite(value):
                 raise EditOptimizationError(f"fine-tuning loss became non-finite at step {step}; the model is unchanged")
-            losses.append(loss.item())
-            if loss.item() < cfg.early_stop_loss:
+            losses.append(value)
+            if value < cfg.early_stop_loss:
                 break
             optimiser.zero_grad()
             loss.backward()

@@ -196,7 +196,7 @@ def compute_keys(model, requests: Sequence[TokenizedRequest], layer: int, prefix
         tokens, _ = pad_right([ids for ids, _ in chunk], model.tokenizer.pad_token_id or 0)
         act = forward_to_layer(model, tokens.to(model.cfg.device), layer + 1, [name])[name]
         act = act.reshape(*act.shape[:2], -1)
-        keys.append(act[torch.arange(len(chunk)), torch.tensor([pos for _, pos in chunk])])
+        keys.append(act[torch.arange(len(chunk), device=act.device), torch.tensor([pos for _, pos in chunk], device=act.device)])
     keys = torch.cat(keys).float()  # average in float32 at least (half-precision models)
     owner = torch.tensor(owners, device=keys.device)
     total = torch.zeros(len(requests), keys.shape[-1], dtype=keys.dtype, device=keys.device).index_add_(0, owner, keys)
@@ -336,6 +336,8 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     delta = torch.zeros(n_req, model.cfg.d_model, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
     done = torch.zeros(n_req, dtype=torch.bool, device=device)
+    # a host copy of ``done`` picks the rows to run: one host synchronisation per step (below)
+    done_host, owner_host = torch.zeros(n_req, dtype=torch.bool), rows.owner
     steps = [max_updates(config)] * n_req
     target_pos, target_ids = rows.target_pos.to(device), rows.target_ids.to(device)
     mask = rows.target_mask.to(device)
@@ -348,7 +350,7 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     with frozen_parameters(model), torch.enable_grad():
         for step in range(updates + 1):
             # only the rows of requests still optimising are run
-            sel = (~done[owner]).nonzero().flatten()
+            sel = (~done_host[owner_host]).nonzero().flatten().to(device)
             sel_owner, sel_pos, local = owner[sel], edit_pos[sel], torch.arange(len(sel), device=device)
 
             def add_delta(out, hook, sel_owner=sel_owner, sel_pos=sel_pos, local=local):
@@ -374,24 +376,26 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
             nll = torch.where(active, step_nll.detach(), nll)
             loss = torch.where(active, step_loss.detach(), loss)
             bad = active & ~torch.isfinite(step_loss.detach())
-            if bad.any():
-                which = requests[int(bad.nonzero()[0])]
+            newly = (step_loss.detach() < config.early_stop_loss) & active
+            flags = torch.stack([bad, newly]).cpu()  # the step's one host synchronisation
+            if flags[0].any():
+                which = requests[int(flags[0].nonzero()[0])]
                 raise EditOptimizationError(
                     f"request {which.index} ({which.request.text!r} -> {which.request.target_new!r}): the target "
                     f"optimisation at layer {layer} produced a non-finite loss at step {step}; the model is unchanged"
                 )
-            newly = (step_loss.detach() < config.early_stop_loss) & active
-            for i in newly.nonzero().flatten().tolist():
+            for i in flags[1].nonzero().flatten().tolist():
                 steps[i] = step
             done |= newly
-            if done.all() or step == updates:
+            done_host |= flags[1]
+            if done_host.all() or step == updates:
                 break
             kept = delta.detach().clone()
             optimiser.zero_grad()
             step_loss[~done].sum().backward()
             optimiser.step()
             with torch.no_grad():
-                delta[done] = kept[done]
+                delta.copy_(torch.where(done[:, None], kept, delta))  # no boolean indexing: no host sync
                 limit = (config.clamp_norm_factor * init_norm)[:, None]
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_(torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms)))

@@ -1,0 +1,154 @@
+"""Half precision: the analyses and editors on the toy-world model loaded in bfloat16 and float16
+agree with the float32 model within stated tolerances; deltas are added in float32 and rounded
+once; undo is bitwise; a dtype a model cannot take is a named error before loading.
+
+Tolerances (measured on this model, CPU, torch 2.13, then given ~4x headroom):
+traces / patching / AIE: max |Δ score| 0.02 (bf16 measured 0.0045, fp16 0.0012);
+attribution layer scores: 0.1 absolute on scores up to 2.7 (bf16 0.028, fp16 0.0036);
+edits: both efficacious, target log-probability within 0.1 nats of float32; ΔW within 5%
+(relative Frobenius) of float32's in fp16 (measured ≤ 1.8%). In bf16 the target optimisation
+converges (same efficacy, target NLL within 0.01) but Adam's per-coordinate steps on bf16
+gradients take another path: ΔW has cosine ≥ 0.8 with float32's (relative difference 7–54%
+measured), so bf16 is compared by effect, fp16 also by delta.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp_edit import activation_patch, average_indirect_effect, causal_trace, edit, load_model, neuron_attribution
+from interp_edit.errors import InvalidArgumentError
+from interp_edit.evaluation.logprobs import continuation_logprobs
+from interp_edit.precision import add_delta_, check_dtype
+
+CLEAN, CORRUPTED = "Talvik Corlo was born in", "Fenpas Astlo was born in"
+EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega")
+#: float16 matrix products are slow on the CPU (ROME: 35 s): the default suite runs these two
+FAST_FP16_EDITORS = ("ft", "fine")
+
+
+@pytest.fixture(scope="module", params=["bfloat16", "fp16"])
+def half(request):
+    return load_model("toyworld", dtype=request.param)  # a name, as check_dtype takes it
+
+
+@pytest.fixture(scope="module")
+def bf16_model():
+    return load_model("toyworld", dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def fp16_model():
+    return load_model("toyworld", dtype=torch.float16)
+
+
+def _fact(records, i=0):
+    r = records[i]
+    return r.prompt.format(r.subject), r.subject, r.target_true
+
+
+def test_check_dtype_names_and_refusals():
+    assert check_dtype("bf16") is torch.bfloat16 and check_dtype("float16") is torch.float16
+    assert check_dtype(torch.float32) is torch.float32 and check_dtype("torch.float64") is torch.float64
+    for bad in (torch.int8, torch.bool, "int8", "fp8", 16, None):
+        with pytest.raises(InvalidArgumentError, match="dtype"):
+            check_dtype(bad)
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        load_model("toyworld", dtype=torch.int64)
+
+
+def test_a_delta_is_added_in_float32_and_rounded_once():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32).to(torch.bfloat16)
+    delta = 1e-3 * torch.randn(64, 32)
+    once = weight.clone()
+    add_delta_(once, delta)
+    assert torch.equal(once, (weight.float() + delta).to(torch.bfloat16))
+    twice = weight + delta.to(torch.bfloat16)  # rounding the delta first loses more
+    exact = weight.double() + delta.double()
+    assert (once.double() - exact).abs().sum() < (twice.double() - exact).abs().sum()
+    w32 = torch.randn(8, 4)
+    d32 = torch.randn(8, 4)
+    same = w32.clone()
+    add_delta_(same, d32)
+    assert torch.equal(same, w32 + d32)  # float32: exactly the plain in-place add
+
+
+def test_traces_patching_and_aie_match_float32(half, toy_model, person_records):
+    prompt, subject, target = _fact(person_records)
+    a = causal_trace(toy_model, prompt, subject, target, samples=3)
+    b = causal_trace(half, prompt, subject, target, samples=3)
+    assert b.scores.dtype == torch.float32
+    assert (a.scores - b.scores).abs().max() < 0.02
+    assert abs(a.clean_score - b.clean_score) < 0.02
+    pa, pb = activation_patch(toy_model, CLEAN, CORRUPTED), activation_patch(half, CLEAN, CORRUPTED)
+    for site in pa.results:
+        assert (pa.results[site] - pb.results[site]).abs().max() < 0.02, site
+    facts = person_records[:3]
+    ea = average_indirect_effect(toy_model, facts, kinds=("mlp",), samples=2, progress=False)
+    eb = average_indirect_effect(half, facts, kinds=("mlp",), samples=2, progress=False)
+    assert ea.n_facts == eb.n_facts
+    assert (ea.effects - eb.effects).nan_to_num().abs().max() < 0.02
+
+
+def test_neuron_attribution_matches_float32(half, toy_model, person_records):
+    prompt, _, target = _fact(person_records)
+    a, b = neuron_attribution(toy_model, prompt, target), neuron_attribution(half, prompt, target)
+    assert b.ffn_scores.dtype == torch.float32
+    assert (a.layer_scores - b.layer_scores).abs().max() < 0.1
+    assert (a.ffn_scores - b.ffn_scores).abs().max() < 0.01
+    top_a = {(s.neuron.layer, s.neuron.index) for s in a.value_neurons(10, ("ffn",))}
+    top_b = {(s.neuron.layer, s.neuron.index) for s in b.value_neurons(10, ("ffn",))}
+    assert len(top_a & top_b) >= 8
+
+
+def _target_logprob(model, records):
+    return continuation_logprobs(model, [r.prompt.format(r.subject) for r in records], [r.target_new for r in records])[0]
+
+
+def _check_editor(method, half, toy_model, records):
+    before = {k: v.clone() for k, v in half.state_dict().items()}
+    kwargs = {"layers": (0, 1)} if method == "memit_csk" else {}  # MEMIT's toy layers: no tracing of 2 requests
+    ref, got = edit(toy_model, records, method, **kwargs), edit(half, records, method, **kwargs)
+    with ref.applied(toy_model):
+        lp_ref = _target_logprob(toy_model, records)
+    with got.applied(half):
+        lp_half = _target_logprob(half, records)
+        assert all(p.dtype == half.W_E.dtype for p in half.parameters())
+        changed = [k for k, v in half.state_dict().items() if not torch.equal(v, before[k])]
+        assert changed or method == "mega", method  # the edit reached the weights (MEGA: hooks only)
+    # undo restores every tensor bit for bit
+    for key, value in half.state_dict().items():
+        assert torch.equal(value, before[key]), (method, key)
+    assert (lp_half - lp_ref).abs().max() < 0.1, (method, lp_ref, lp_half)
+    assert lp_half.min() > -0.7, method  # efficacious: the new target is likely
+    for name in ref.deltas:
+        da, db = ref.delta_matrix(name, toy_model).double(), got.delta_matrix(name, half).double()
+        if half.W_E.dtype == torch.float16:
+            assert (da - db).norm() / da.norm() < 0.05, (method, name)
+        else:
+            assert torch.nn.functional.cosine_similarity(da.flatten(), db.flatten(), 0) > 0.8, (method, name)
+
+
+@pytest.mark.parametrize("method", EDITORS)
+def test_editors_in_bfloat16_match_float32(method, toy_model, person_records, bf16_model):
+    _check_editor(method, bf16_model, toy_model, person_records[:2])
+
+
+@pytest.mark.parametrize("method", FAST_FP16_EDITORS)
+def test_editors_in_float16_match_float32(method, toy_model, person_records, fp16_model):
+    _check_editor(method, fp16_model, toy_model, person_records[:2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [m for m in EDITORS if m not in FAST_FP16_EDITORS])
+def test_slow_editors_in_float16_match_float32(method, toy_model, person_records, fp16_model):
+    _check_editor(method, fp16_model, toy_model, person_records[:2])
+
+
+def test_fine_tuning_in_float16_optimises_a_float32_delta(fp16_model, person_records):
+    """Adam on a float16 ΔW produced NaN at the first step (ε = 1e-8 is 0 in float16)."""
+    result = edit(fp16_model, person_records[:1], "ft")
+    delta = next(iter(result.deltas.values()))
+    assert delta.values.dtype == torch.float32 and torch.isfinite(delta.values).all()
