@@ -143,8 +143,7 @@ def key_statistics(
         if probe_keys is None:
             raise EditConfigError("n_samples='auto' needs the request keys (probe_keys) it watches; this caller gives none: "
                                   "pass an integer stats_samples")
-        keys = probe_keys()
-        found.update(auto_statistics(model, missing, site, corpus, {layer: keys[layer] for layer in missing},
+        found.update(auto_statistics(model, missing, site, corpus, probe_keys,
                                      probe=probe, tolerance=tolerance, max_samples=max_samples, batch_size=batch_size,
                                      cache_dir=cache_dir, progress=progress))
     elif missing:

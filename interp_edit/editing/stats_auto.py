@@ -64,19 +64,24 @@ def relative_change(new: Tensor, old: Tensor) -> float:
     return float(((new - old).norm(dim=0) / new.norm(dim=0).clamp_min(1e-300)).max())
 
 
-def auto_statistics(model, layers: Sequence[int], site: str, corpus, keys: Mapping[int, Tensor], *,
+def auto_statistics(model, layers: Sequence[int], site: str, corpus,
+                    keys: Mapping[int, Tensor] | Callable[[], Mapping[int, Tensor]], *,
                     probe: Callable[[int, Tensor, Tensor], Tensor] | None = None, tolerance: float = 0.01,
                     max_samples: int = 100_000, batch_size: int = 32, cache_dir=None, progress: bool = False,
                     start: int = AUTO_START, growth: int = AUTO_GROWTH) -> dict[int, KeyStatistics]:
     """:class:`KeyStatistics` of ``layers`` from the smallest sample (of the schedule above) at
     which the watched quantity stops changing by more than ``tolerance``. ``keys``: the
-    request keys per layer, [request, key]; ``probe(layer, C, K)``: the quantity watched
+    request keys per layer, [request, key] (or a function giving them, called after the corpus
+    is read); ``probe(layer, C, K)``: the quantity watched
     (default ``C⁻¹K``)."""
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
         raise EditConfigError(f"field 'stats_tolerance' must be in (0, 1), got {tolerance!r}")
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
         raise EditConfigError(f"field 'stats_max_samples' must be an integer >= 1, got {max_samples!r}")
     dim = site_dim(model, site)
+    named_toy = corpus is None and model.cfg.model_name == "toyworld"
+    texts = None if named_toy else corpus_texts(model, corpus, max_samples)  # read (and checked) before any forward
+    keys = keys() if callable(keys) else keys
     K = {}
     for layer in layers:
         k = torch.as_tensor(keys[layer]).detach().to("cpu", torch.float64)
@@ -84,8 +89,6 @@ def auto_statistics(model, layers: Sequence[int], site: str, corpus, keys: Mappi
             raise EditConfigError(f"request keys of layer {layer} have shape {tuple(k.shape)}; expected [request, {dim}]")
         K[layer] = k.T
     watch = probe or (lambda layer, C, k: solved(C, k))
-    named_toy = corpus is None and model.cfg.model_name == "toyworld"
-    texts = None if named_toy else corpus_texts(model, corpus, max_samples)  # read (and checked) before any forward
     total = max_samples if named_toy else len(texts)
     sizes = schedule(total, start, growth)
     folder = cache_folder(cache_dir)
