@@ -15,10 +15,10 @@ TEXTS = ["Talvik Corlo was born in Karsa.", "Korwa Drarin plays the harp.", "Bel
 
 def test_text_file_by_line_and_by_paragraph(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_text("first line\n\n  \nsecond line\nthird line\n")
-    assert read_texts(path, 10) == ["first line", "second line", "third line"]
-    assert read_texts(str(path), 2) == ["first line", "second line"]
-    assert read_texts(Corpus(path, unit="paragraph"), 10) == ["first line", "second line\nthird line"]
+    path.write_text("first line\nstill first\n\n  \nsecond line\nthird line\n")
+    assert read_texts(path, 10) == ["first line", "still first", "second line", "third line"]
+    assert read_texts(str(path), 2) == ["first line", "still first"]
+    assert read_texts(Corpus(path, unit="paragraph"), 10) == ["first line\nstill first", "second line\nthird line"]
     assert source_kind(Corpus(path)) == "text" and "one text per line" in describe(path)
 
 
