@@ -110,6 +110,10 @@ def test_rome_and_easyedit_npz_files_are_used_and_recorded(toy_model, toy_world,
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max())
     assert from_file.info["stats"][0]["source"] == "rome-npz" and from_file.info["stats"][0]["path"] == str(path.resolve())
     assert from_texts.info["stats"][0]["corpus_hash"] == corpus_hash(texts)
+    from interp_edit.editing import Edit
+
+    saved = Edit.load(from_file.save(tmp_path / "edit"), toy_model)
+    assert saved.info["stats"] == from_file.info["stats"]  # the provenance travels with a saved edit
     # EasyEdit: the same layout, its own writer class, the model folder named by the last path component
     ee = rome_layout(tmp_path / "ee", "toyworld", "transformer.h.0.mlp.c_proj", sums.numpy().astype(np.float32), count, None,
                      constructor="easyeditor.util.runningstats.SecondMoment()")
