@@ -14,6 +14,7 @@ tokenizer; ROME's generic layer) with a corpus generated offline: toy-world sent
 (``CorpusSampler``, seed 101). Both runs are on one CPU thread.
 
     .venv/bin/python benchmarks/bench_stats_auto.py [--models toy,gpt2small] [--tolerances 0.2,0.1,0.05]
+        [--toy-max-texts 32000] [--gpt2-max-texts 4000] [--cov-ridge 0]
 """
 
 from __future__ import annotations
@@ -34,27 +35,30 @@ from interp_edit.model import model_fingerprint
 from interp_edit.toyworld import counterfact_records, load_world
 
 
-def whitened(model, stats, key):
-    return torch.linalg.solve(stats.moment, key)
+def whitened(stats, key, ridge: float):
+    cov = stats.moment
+    if ridge:
+        cov = cov + ridge * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
+    return torch.linalg.solve(cov, key)
 
 
-def run(label, model, corpus, requests, tolerances, max_texts, cache_dir):
-    cfg = ROMEConfig.for_model(model, steps=2)
+def run(label, model, corpus, requests, tolerances, max_texts, cache_dir, ridge: float = 0.0):
+    cfg = ROMEConfig.for_model(model, steps=2, cov_ridge=ridge)
     treqs = prepare_requests(model, requests, model_fingerprint(model))
     key = compute_keys(model, treqs, cfg.layer, prefixes_for(model, cfg)).double().T  # [d_mlp, request]
     start = time.perf_counter()
     reference = key_statistics(model, [cfg.layer], corpus=corpus, n_samples=max_texts, cache_dir=cache_dir, progress=False)[cfg.layer]
     print(f"{label}_reference_texts={reference.provenance.n_texts} {label}_reference_tokens={reference.provenance.n_tokens} "
           f"{label}_reference_seconds={time.perf_counter() - start:.1f} {label}_layer={cfg.layer} {label}_d_mlp={model.cfg.d_mlp}")
-    x_ref = whitened(model, reference, key)
+    x_ref = whitened(reference, key, ridge)
     for tol in sorted(tolerances, reverse=True):
         start = time.perf_counter()
-        edit = rome(model, requests, corpus=corpus, cache_dir=cache_dir, steps=2, stats_samples="auto",
+        edit = rome(model, requests, corpus=corpus, cache_dir=cache_dir, steps=2, cov_ridge=ridge, stats_samples="auto",
                     stats_tolerance=tol, stats_max_samples=max_texts)
         seconds = time.perf_counter() - start
         rec = edit.info["stats"][0]
         used = key_statistics(model, [cfg.layer], corpus=corpus, n_samples=rec["n_texts"], cache_dir=cache_dir, progress=False)[cfg.layer]
-        x = whitened(model, used, key)
+        x = whitened(used, key, ridge)
         distance = float(((x - x_ref).norm(dim=0) / x_ref.norm(dim=0)).max())
         print(f"{label}_tol={tol} {label}_auto_texts={rec['n_texts']} {label}_auto_tokens={rec['n_tokens']} "
               f"{label}_converged={rec['auto']['converged']} {label}_seconds={seconds:.1f} "
@@ -71,6 +75,7 @@ def main():
     parser.add_argument("--toy-max-texts", type=int, default=32000)
     parser.add_argument("--gpt2-max-texts", type=int, default=4000)
     parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument("--cov-ridge", type=float, default=0.0, help="ROME's cov_ridge (C + ridge·mean diag·I), both models")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tolerances = [float(t) for t in args.tolerances.split(",")]
@@ -79,7 +84,7 @@ def main():
     records = [r for r in counterfact_records(world) if r.relation_id in ("born_in", "profession")][: args.requests]
     with tempfile.TemporaryDirectory() as cache:
         if "toy" in args.models.split(","):
-            run("toy", toy, None, records, tolerances, args.toy_max_texts, cache)
+            run("toy", toy, None, records, tolerances, args.toy_max_texts, cache, args.cov_ridge)
         if "gpt2small" in args.models.split(","):
             from interp_edit.adapter.tiny import tiny_hf_model
             from interp_edit.toyworld.corpus import CorpusSampler
@@ -88,7 +93,7 @@ def main():
             model = load_model("tiny-gpt2", hf_model=hf, tokenizer=toy.tokenizer)
             sampler = CorpusSampler(world, seed=101)
             texts = [sampler.sample() for _ in range(args.gpt2_max_texts)]
-            run("gpt2small", model, texts, records, tolerances, args.gpt2_max_texts, cache)
+            run("gpt2small", model, texts, records, tolerances, args.gpt2_max_texts, cache, args.cov_ridge)
 
 
 if __name__ == "__main__":
