@@ -11,14 +11,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 
 from interp_edit.data.corpus import corpus_hash
 from interp_edit.editing.rome import rome
-from interp_edit.editing.stats import key_statistics, second_moments
+from interp_edit.editing.stats import key_statistics
 from interp_edit.editing.stats_npz import read_npz, write_npz
 from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
 from interp_edit.model import model_fingerprint
-from model_state import assert_unchanged, snapshot
 
 FAST = dict(layer=0, steps=2, n_prefixes=1, prefix_length=3, prefix_lengths=None)
 REQUEST = {"prompt": "{} was born in", "subject": "Talvik Corlo", "target_new": "Karsa"}
@@ -176,9 +176,9 @@ def test_export_is_the_rome_layout_with_our_provenance(toy_model, toy_world, tmp
 
 
 def test_auto_stops_at_the_first_sample_whose_whitened_keys_settle(toy_model, toy_world, tmp_path):
-    from interp_edit.editing.targets import compute_keys, prefixes_for
     from interp_edit.editing.requests import prepare_requests
     from interp_edit.editing.rome import ROMEConfig
+    from interp_edit.editing.targets import compute_keys, prefixes_for
 
     texts = corpus(toy_world, 1500, seed=5)
     tol = 0.3
@@ -200,7 +200,7 @@ def test_auto_stops_at_the_first_sample_whose_whitened_keys_settle(toy_model, to
         more, added = plain_moment(toy_model, texts[done:n], 0)
         sums, count, done = sums + more, count + added, n
         xs.append(torch.linalg.solve(sums / count, key))
-    changes = [float((b - a).norm() / b.norm()) for a, b in zip(xs, xs[1:])]
+    changes = [float((b - a).norm() / b.norm()) for a, b in zip(xs, xs[1:], strict=False)]
     assert changes[-1] <= tol and all(c > tol for c in changes[:-1])
     assert changes == pytest.approx([s["relative_change"] for s in auto["steps"][1:]], rel=1e-3)
     # a rerun with the same request reads both cached steps and runs no statistics forward

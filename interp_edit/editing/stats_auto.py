@@ -112,13 +112,13 @@ def auto_statistics(model, layers: Sequence[int], site: str, corpus,
         first, second = _cached(model, folder, stem(a), site, layers), _cached(model, folder, stem(b), site, layers)
         if len(first) == len(second) == len(layers):
             tokens = second[layers[0]].provenance.n_tokens
-            delta = change(quantities({l: s.moment for l, s in second.items()}),
-                           quantities({l: s.moment for l, s in first.items()}), tokens)
+            delta = change(quantities({k: s.moment for k, s in second.items()}),
+                           quantities({k: s.moment for k, s in first.items()}), tokens)
             if delta <= tolerance:
                 auto = {"tolerance": tolerance, "converged": True, "from_cache": True, "probe": _probe_name(probe),
                         "steps": [{"n_texts": a, "n_tokens": first[layers[0]].provenance.n_tokens},
                                   {"n_texts": b, "n_tokens": tokens, "relative_change": delta}]}
-                return {l: KeyStatistics(s.moment, s.provenance.replace(auto=auto)) for l, s in second.items()}
+                return {k: KeyStatistics(s.moment, s.provenance.replace(auto=auto)) for k, s in second.items()}
 
     sums, count, done, previous, steps, converged = None, 0, 0, None, [], False
     moments = {}
@@ -126,7 +126,7 @@ def auto_statistics(model, layers: Sequence[int], site: str, corpus,
         cached = _cached(model, folder, stem(n), site, layers)
         if len(cached) == len(layers):
             count = cached[layers[0]].provenance.n_tokens
-            sums = {l: s.moment.to(model.cfg.device, torch.float64) * count for l, s in cached.items()}
+            sums = {k: s.moment.to(model.cfg.device, torch.float64) * count for k, s in cached.items()}
         else:
             _require_base(model, layers)
             chunk = (default_corpus(model, n) if named_toy else texts)[done:n]
@@ -135,7 +135,7 @@ def auto_statistics(model, layers: Sequence[int], site: str, corpus,
             sums, added = accumulate(model, layers, site, ids, batch_size=batch_size, progress=progress, sums=sums)
             count += added
         done = n
-        moments = {l: (sums[l] / count).cpu() for l in layers}
+        moments = {k: (sums[k] / count).cpu() for k in layers}
         current = quantities(moments)
         delta = change(current, previous, count)
         full = bool(steps) and n >= growth * steps[-1]["n_texts"]  # a shorter last step (the corpus ended) does not count

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp_edit.editing.stats_provenance import KeyStatistics, StatsProvenance, check_statistics, site_dim
+from interp_edit.editing.stats_provenance import KeyStatistics, StatsProvenance, check_statistics
 from interp_edit.errors import StatisticsMismatchError
 
 #: architecture -> (module whose input is the ``mlp_post`` key, module whose input is the ``z`` key)
