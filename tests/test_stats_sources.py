@@ -250,3 +250,24 @@ def test_old_cache_files_without_provenance_are_recomputed(toy_model, tmp_path):
     with pytest.warns(UserWarning, match="records no provenance.*recomputing"):
         again = key_statistics(toy_model, [0], corpus=texts, n_samples=2, cache_dir=tmp_path, progress=False)[0]
     assert torch.allclose(again.moment, first.moment) and again.provenance.source == "computed"
+
+
+def test_memit_auto_watches_its_own_solve_and_given_statistics_skip_the_corpus(toy_model, toy_world, tmp_path):
+    from interp_edit.editing.memit import memit
+
+    texts = corpus(toy_world, 1000, seed=9)
+    fast = dict(layers=(0, 1), steps=2, n_prefixes=1, prefix_length=3)
+    edit = memit(toy_model, [REQUEST], corpus=texts, stats_samples="auto", stats_tolerance=0.6, stats_max_samples=1000,
+                 cache_dir=tmp_path, **fast)
+    records = edit.info["stats"]
+    assert [r["layer"] for r in records] == [0, 1] and records[0]["auto"]["probe"].endswith("·C + KKᵀ)⁻¹K")
+    assert records[0]["n_texts"] == records[1]["n_texts"] == records[0]["auto"]["steps"][-1]["n_texts"]
+    assert records[0]["auto"]["converged"] and records[0]["auto"]["steps"][-1]["relative_change"] <= 0.6
+    # statistics given per layer (a KeyStatistics and a cache file) are used as they are: no corpus read
+    stats = key_statistics(toy_model, [0, 1], corpus=texts, n_samples=records[0]["n_texts"], cache_dir=tmp_path, progress=False)
+    given = {0: stats[0], 1: stats[1].provenance.path}
+    again = memit(toy_model, [REQUEST], corpus=tmp_path / "no-such-corpus.txt", stats=given, cache_dir=tmp_path, **fast)
+    assert [r["source"] for r in again.info["stats"]] == ["cache", "cache"]
+    assert torch.equal(again.deltas["blocks.0.mlp.W_out"].dense(), edit.deltas["blocks.0.mlp.W_out"].dense())
+    with pytest.raises(StatisticsMismatchError, match="are of layer 1; the edit needs layer 0"):
+        memit(toy_model, [REQUEST], stats={0: stats[1]}, cache_dir=tmp_path, **fast)

@@ -332,6 +332,7 @@ def _one_given(model, value, site: str, layer: int | None) -> KeyStatistics:
         raise StatisticsMismatchError(f"statistics file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         stats = load_cache_file(path)
+        stats = KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))
         check_statistics(stats, model, site, stats.provenance.layer if layer is None else layer, what=f"the statistics in {str(path)!r}")
         return stats
     return read_npz(path, model, site=site, layer=layer)
