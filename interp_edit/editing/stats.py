@@ -352,7 +352,10 @@ def load_cache_file(path: Path) -> KeyStatistics:
         raise StatisticsMismatchError(f"statistics file {str(path)!r} cannot be read ({err})") from None
     if "provenance" not in meta:
         raise StatisticsMismatchError(f"statistics file {str(path)!r} records no provenance (an older cache file)")
-    prov = StatsProvenance(**json.loads(meta["provenance"]))
+    try:
+        prov = StatsProvenance(**json.loads(meta["provenance"]))
+    except (TypeError, ValueError) as err:
+        raise StatisticsMismatchError(f"statistics file {str(path)!r} has unreadable provenance ({err})") from None
     return KeyStatistics(moment, prov.replace(path=str(path)))
 
 
