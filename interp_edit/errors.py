@@ -84,3 +84,18 @@ class SweepSpecError(InterpEditError, ValueError):
 
 class SweepExecutorError(InterpEditError, RuntimeError):
     """A sweep executor cannot start (Ray not installed, a Ray address that cannot be reached)."""
+
+
+class CorpusError(DatasetError, EditConfigError):
+    """A statistics corpus is empty, unreadable, or lacks its text field; the message names the
+    corpus (the file, the record and the field). Raised before any forward."""
+
+
+class CorpusUnavailableError(CorpusError):
+    """A hub dataset was named as a corpus but the network is missing (offline mode, or the hub
+    cannot be reached); the message says so and names the local alternatives."""
+
+
+class StatisticsMismatchError(InterpEditError, ValueError):
+    """Key statistics (a cache or an imported ROME/MEMIT/EasyEdit file) belong to another model,
+    site, layer or key dimension; the message says which, and what was expected."""

@@ -14,6 +14,7 @@ from interp_edit.data.cases import (
     Rewrite,
     ZsRECase,
 )
+from interp_edit.data.corpus import Corpus, read_texts
 from interp_edit.data.loaders import builtin_datasets, check_tokens, load_dataset, parse_records
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "Rewrite",
     "ZsRECase",
     "builtin_datasets",
+    "Corpus",
+    "read_texts",
     "check_tokens",
     "load_dataset",
     "parse_records",

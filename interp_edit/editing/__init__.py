@@ -13,7 +13,9 @@ from interp_edit.editing.memit_csk import MEMITCSKConfig, memit_csk
 from interp_edit.editing.registry import Editor, edit, editors, get_editor
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, prepare_requests
 from interp_edit.editing.rome import ROMEConfig, rome
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import key_statistics, second_moments
+from interp_edit.editing.stats_npz import read_npz, write_npz
+from interp_edit.editing.stats_provenance import KeyStatistics, StatsProvenance
 from interp_edit.editing.targets import TargetConfig
 
 __all__ = [
@@ -51,4 +53,9 @@ __all__ = [
     "prepare_requests",
     "rome",
     "second_moments",
+    "key_statistics",
+    "KeyStatistics",
+    "StatsProvenance",
+    "read_npz",
+    "write_npz",
 ]

@@ -50,7 +50,7 @@ from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.memit import spread_update
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, as_request, prepare_requests
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import editor_statistics, provenance_records
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.model import forward_to_layer, hook_name, model_fingerprint
 
@@ -324,8 +324,8 @@ def _merge(deltas: dict[str, LowRankDelta], new: dict[str, LowRankDelta]) -> Non
                                                               torch.cat([old.right, delta.right], 0))
 
 
-def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_dir=None, progress: bool = False,
-        **overrides) -> Edit:
+def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
+        progress: bool = False, **overrides) -> Edit:
     """One ACE edit of all ``requests`` (see the module docstring). The model is unchanged;
     apply the returned :class:`Edit` with ``edit.apply(model)``. ``edit.info`` records the
     query and value layers, where they came from (``"pathways"`` or ``"config"``), the
@@ -341,8 +341,9 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
     seconds = {"layers": time.perf_counter() - start}
     start = time.perf_counter()
     all_layers = sorted(set(layers["query_layers"]) | set(layers["value_layers"]))
-    covs = second_moments(model, all_layers, corpus=corpus, n_samples=cfg.stats_samples,
-                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+    statistics = editor_statistics(model, cfg, all_layers, corpus=corpus, cache_dir=cache_dir, progress=progress,
+                                   stats=stats, method="ACE")
+    covs = {layer: s.moment for layer, s in statistics.items()}
     seconds["stats"] = time.perf_counter() - start
 
     preserve = [p for r in rows.requests for p in r.preserve_prompts]
@@ -372,7 +373,8 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
     seconds.update({f"value_{k}": v for k, v in value.timings.items()})
     seconds.update({f"query_{k}": v for k, v in query.timings.items()})
     info = {**layers, "value_rows": list(rows.value_kinds), "preserved_prompts": len(preserve), "value_target_nll": value.target_nll,
-            "query_target_nll": query.target_nll, "seconds": seconds}
+            "query_target_nll": query.target_nll, "seconds": seconds,
+            "stats": provenance_records(statistics)}
     return Edit("ace", deltas, fingerprint, cfg.as_dict(), [r.as_dict() for r in rows.requests], info)
 
 

@@ -35,7 +35,7 @@ from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.memit import MEMITConfig, spread_update
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import editor_statistics, provenance_records
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.model import model_fingerprint
 
@@ -107,13 +107,16 @@ class AlphaEditor:
     """An AlphaEdit session on one model: holds the null-space projections and the keys of
     the edits it has made (for sequential editing)."""
 
-    def __init__(self, model, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None,
+    def __init__(self, model, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
                  progress: bool = False, **overrides) -> None:
         self.config = resolve(AlphaEditConfig, model, config, overrides)
         check_layers(model, self.config.layers, "layers")
         self.model_fingerprint = model_fingerprint(model)
-        covs = second_moments(model, self.config.layers, corpus=corpus, n_samples=self.config.stats_samples,
-                              batch_size=self.config.stats_batch_size, cache_dir=cache_dir, progress=progress)
+        statistics = editor_statistics(model, self.config, self.config.layers, corpus=corpus, cache_dir=cache_dir,
+                                       progress=progress, stats=stats, method="AlphaEdit")
+        #: the provenance of the preserved-key statistics, recorded in each edit's info
+        self.stats_provenance = provenance_records(statistics)
+        covs = {layer: s.moment for layer, s in statistics.items()}
         self.projections: dict[int, Tensor] = {}
         self.nullspace_dims: dict[int, int] = {}
         self.key_dim = model.cfg.d_mlp
@@ -155,13 +158,15 @@ class AlphaEditor:
                     [r.request.as_dict() for r in treqs],
                     {"target_nll": result.target_nll, "seconds": result.timings, "nullspace_dims": dict(self.nullspace_dims),
                      "key_dim": self.key_dim,
-                     "edits_before": self.n_edited - len(treqs), "edit_token": token_info})
+                     "edits_before": self.n_edited - len(treqs), "edit_token": token_info,
+                     "stats": self.stats_provenance})
 
 
-def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None,
+def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
               progress: bool = False, **overrides) -> Edit:
     """One AlphaEdit batch with a fresh :class:`AlphaEditor` (no earlier edits to preserve)."""
-    return AlphaEditor(model, config, corpus=corpus, cache_dir=cache_dir, progress=progress, **overrides)(model, requests)
+    return AlphaEditor(model, config, corpus=corpus, cache_dir=cache_dir, stats=stats, progress=progress,
+                       **overrides)(model, requests)
 
 
 __all__ = ["NULLSPACE_RULES", "AlphaEditConfig", "AlphaEditor", "alphaedit", "null_space_basis", "w_out_name"]

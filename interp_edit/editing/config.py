@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from interp_edit.adapter.identity import preset_key
 from interp_edit.editing.targets import TargetConfig
@@ -19,9 +19,16 @@ from interp_edit.validation import check_fields
 class EditorConfig(TargetConfig):
     """Fields every closed-form editor has, on top of :class:`TargetConfig`."""
 
-    #: texts of the statistics corpus (ROME / MEMIT used 100,000 Wikipedia articles)
-    stats_samples: int = 100_000
+    #: texts of the statistics corpus (ROME / MEMIT used 100,000 Wikipedia articles), or
+    #: ``"auto"``: grow the sample until the edit's whitened request keys stop changing (see
+    #: :mod:`interp_edit.editing.stats_auto`)
+    stats_samples: int | Literal["auto"] = 100_000
     stats_batch_size: int = 32
+    #: ``stats_samples="auto"``: the largest relative change of C⁻¹k (per request key and layer)
+    #: between two consecutive sample sizes at which the sample stops growing
+    stats_tolerance: float = 0.01
+    #: ``stats_samples="auto"``: the most texts it may read
+    stats_max_samples: int = 100_000
     #: the preset these settings started from (a key of ``PRESETS``, or "generic"), set by
     #: :func:`preset_config` and recorded in ``edit.config``; None for a config built by hand.
     #: Passed as an override, it selects that preset (e.g. ``preset="gpt-j-6B"``).
@@ -44,8 +51,11 @@ class EditorConfig(TargetConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.stats_samples < 1 or self.stats_batch_size < 1:
-            raise EditConfigError("fields 'stats_samples' and 'stats_batch_size' must be >= 1")
+        if (self.stats_samples != "auto" and self.stats_samples < 1) or self.stats_batch_size < 1:
+            raise EditConfigError("fields 'stats_samples' (an integer or 'auto') and 'stats_batch_size' must be >= 1")
+        if not 0 < self.stats_tolerance < 1 or self.stats_max_samples < 1:
+            raise EditConfigError("field 'stats_tolerance' must be in (0, 1) and 'stats_max_samples' >= 1, got "
+                                  f"{self.stats_tolerance!r} and {self.stats_max_samples!r}")
 
     def target_config(self) -> TargetConfig:
         return TargetConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TargetConfig)})

@@ -76,7 +76,7 @@ from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.memit import MEMITConfig
 from interp_edit.editing.requests import TokenizedRequest
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import editor_statistics, provenance_records
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError, InvalidArgumentError
 
@@ -215,7 +215,7 @@ def _realised_fraction(achieved: Float[Tensor, "request d_model"], share: Float[
     return ((achieved * share).sum(-1) / share.pow(2).sum(-1).clamp_min(1e-12)).mean().item()
 
 
-def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None, cache_dir=None,
+def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
             progress: bool = False, **overrides) -> Edit:
     """One IntAttn-Edit batch edit of all ``requests`` (``W_O`` and ``W_out`` deltas). The model
     is unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``."""
@@ -232,12 +232,16 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
     schedule = write_schedule(cfg.mlp_layers, cfg.attn_layers, alpha)
 
     start = time.perf_counter()
-    stats = {}
+    stats_given, stats, provenance = stats, {}, []
     for kind, site in (("mlp", "mlp_post"), ("attn", "z")):
         layers = [s.layer for s in schedule if s.kind == kind]
         if layers:
-            stats[kind] = second_moments(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
-                                         batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+            # stats=: a folder (searched for both sites) or a {site: statistics} dict
+            given = stats_given.get(site) if isinstance(stats_given, dict) and set(stats_given) <= {"mlp_post", "z"} else stats_given
+            full = editor_statistics(model, cfg, layers, site=site, corpus=corpus, cache_dir=cache_dir, progress=progress,
+                                     stats=given, method="IntAttn")
+            provenance += provenance_records(full)
+            stats[kind] = {layer: s.moment for layer, s in full.items()}
     seconds["stats"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -283,6 +287,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
             seconds["update"] += time.perf_counter() - start
         final = measure_remaining()
     info = {
+        "stats": provenance,
         "alpha": alpha,
         "alpha_source": "config" if trace is None else "trace",
         "writes": writes,

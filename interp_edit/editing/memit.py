@@ -40,7 +40,8 @@ from interp_edit.editing.config import EditorConfig, SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.requests import TokenizedRequest
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import editor_statistics, provenance_records
+from interp_edit.editing.stats_auto import solved
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError
 
@@ -142,8 +143,24 @@ def spread_update(model, treqs: Sequence[TokenizedRequest], cfg: EditorConfig, l
     return out
 
 
-def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, cache_dir=None, progress: bool = False,
-          **overrides) -> Edit:
+def probe_keys(model, treqs, cfg, layers) -> dict[int, Tensor]:
+    """The requests' keys at each of ``layers`` on the base model ([request, d_mlp]), which
+    ``stats_samples="auto"`` watches."""
+    prefixes = prefixes_for(model, cfg)
+    return {layer: compute_keys(model, treqs, layer, prefixes, average=cfg.key_average) for layer in layers}
+
+
+def memit_probe(weight: float):
+    """What ``stats_samples="auto"`` watches for MEMIT: (λC + KKᵀ)⁻¹K."""
+    def probe(layer, cov, keys):
+        return solved(weight * cov + keys @ keys.T, keys)
+
+    probe.label = f"({weight}·C + KKᵀ)⁻¹K"
+    return probe
+
+
+def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
+          progress: bool = False, **overrides) -> Edit:
     """One MEMIT batch edit of all ``requests``. The model is unchanged; apply the returned
     :class:`Edit` with ``edit.apply(model)``."""
     cfg = resolve(MEMITConfig, model, config, overrides)
@@ -151,8 +168,10 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     fingerprint = model_fingerprint(model)
     treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, cfg.layers)
     start = time.perf_counter()
-    covs = second_moments(model, cfg.layers, corpus=corpus, n_samples=cfg.stats_samples,
-                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+    statistics = editor_statistics(model, cfg, cfg.layers, corpus=corpus, cache_dir=cache_dir, progress=progress, stats=stats,
+                                   probe_keys=lambda: probe_keys(model, treqs, cfg, cfg.layers),
+                                   probe=memit_probe(cfg.mom2_update_weight))
+    covs = {layer: s.moment for layer, s in statistics.items()}
     stats_seconds = time.perf_counter() - start
 
     def left_factor(layer: int, keys: Tensor) -> Tensor:
@@ -162,4 +181,4 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     result = spread_update(model, treqs, cfg, cfg.layers, left_factor)
     return Edit("memit", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
                 {"target_nll": result.target_nll, "seconds": {"stats": stats_seconds, **result.timings},
-                 "edit_token": token_info})
+                 "edit_token": token_info, "stats": provenance_records(statistics)})

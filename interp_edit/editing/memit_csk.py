@@ -35,9 +35,9 @@ from interp_edit.analysis.layers import select_layer_window
 from interp_edit.editing.closed_form import check_layers, solve
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
-from interp_edit.editing.memit import MEMITConfig, spread_update
+from interp_edit.editing.memit import MEMITConfig, memit_probe, probe_keys, spread_update
 from interp_edit.editing.requests import EDIT_TOKENS, TokenizedRequest, prepare_requests
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import editor_statistics, provenance_records
 from interp_edit.errors import EditConfigError, InvalidArgumentError
 from interp_edit.model import model_fingerprint
 
@@ -146,7 +146,7 @@ def fix_auto_layers(model, requests, config: dict) -> dict:
     return {**config, "layers": tuple(layers)}
 
 
-def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=None, cache_dir=None,
+def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
               progress: bool = False, **overrides) -> Edit:
     """One MEMIT-CSK batch edit of all ``requests`` at ``edit_token`` (see the module
     docstring). The model is unchanged; apply the returned :class:`Edit` with ``edit.apply``."""
@@ -162,8 +162,10 @@ def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=N
         layers, aie_info = trace_layer_window(model, treqs, cfg)
     trace_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    covs = second_moments(model, layers, corpus=corpus, n_samples=cfg.stats_samples,
-                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)
+    statistics = editor_statistics(model, cfg, layers, corpus=corpus, cache_dir=cache_dir, progress=progress, stats=stats,
+                                   probe_keys=lambda: probe_keys(model, treqs, cfg, layers),
+                                   probe=memit_probe(cfg.mom2_update_weight))
+    covs = {layer: s.moment for layer, s in statistics.items()}
     stats_seconds = time.perf_counter() - start
 
     def left_factor(layer: int, keys: Tensor) -> Tensor:
@@ -173,7 +175,8 @@ def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=N
     result = spread_update(model, treqs, cfg, layers, left_factor)
     info = {"edit_token": cfg.edit_token, "layers": list(layers), "edit_positions": [r.edit_position for r in treqs],
             "target_nll": result.target_nll,
-            "seconds": {"trace": trace_seconds, "stats": stats_seconds, **result.timings}}
+            "seconds": {"trace": trace_seconds, "stats": stats_seconds, **result.timings},
+            "stats": provenance_records(statistics)}
     if aie_info is not None:
         info["aie"] = aie_info
     return Edit("memit_csk", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info)

@@ -69,7 +69,8 @@ def get_editor(name: str) -> Editor:
 
 def edit(model, requests, method: str = "rome", *, config=None, apply: bool = False, **kwargs):
     """One call: compute an edit of ``requests`` with ``method`` (config fields as keyword
-    arguments, e.g. ``layer=3``; ``corpus=`` / ``cache_dir=`` for the statistics). The model is
+    arguments, e.g. ``layer=3``; ``corpus=`` / ``cache_dir=`` / ``stats=`` for the statistics,
+    see :mod:`interp_edit.editing.stats`). The model is
     left unchanged unless ``apply=True``, in which case the edit is applied before returning."""
     editor = get_editor(method)
     result = editor.fn(model, requests, config, **kwargs)

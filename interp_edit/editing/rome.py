@@ -36,7 +36,8 @@ from interp_edit.editing.closed_form import add_low_rank, check_finite, check_la
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.stats import editor_statistics, provenance_records
+from interp_edit.editing.stats_auto import solved
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.model import get_parameter, model_fingerprint
 
@@ -99,21 +100,33 @@ class ROMEConfig(SubjectTokenConfig):
             raise EditConfigError(f"field 'cov_ridge' must be >= 0, got {self.cov_ridge}")
 
 
-def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cache_dir=None, progress: bool = False,
-         **overrides) -> Edit:
+def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
+         progress: bool = False, **overrides) -> Edit:
     """ROME edit(s) of ``requests`` (EditRequests, CounterFact records or dicts). The model is
-    unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``."""
+    unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``. ``corpus`` /
+    ``stats`` / ``cache_dir``: where the key statistics come from (see
+    :mod:`interp_edit.editing.stats`); ``edit.info["stats"]`` records their provenance."""
     cfg = resolve(ROMEConfig, model, config, overrides)
     check_layers(model, [cfg.layer], "layer")
     fingerprint = model_fingerprint(model)
     treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, [cfg.layer])
     timings = {}
     start = time.perf_counter()
-    cov = second_moments(model, [cfg.layer], corpus=corpus, n_samples=cfg.stats_samples,
-                         batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress)[cfg.layer]
-    cov = cov.to(model.cfg.device)
-    if cfg.cov_ridge:
-        cov = cov + cfg.cov_ridge * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+
+    def ridged(cov):
+        if cfg.cov_ridge:
+            cov = cov + cfg.cov_ridge * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        return cov
+
+    def probe(layer, cov, keys):  # what "auto" watches: C⁻¹k̄ of every request
+        return solved(ridged(cov), keys)
+
+    probe.label = "C⁻¹k̄" + (f" (ridge {cfg.cov_ridge})" if cfg.cov_ridge else "")
+
+    statistics = editor_statistics(
+        model, cfg, [cfg.layer], corpus=corpus, cache_dir=cache_dir, progress=progress, stats=stats, probe=probe,
+        probe_keys=lambda: {cfg.layer: compute_keys(model, treqs, cfg.layer, prefixes_for(model, cfg))})
+    cov = ridged(statistics[cfg.layer].moment.to(model.cfg.device))
     timings["stats"] = time.perf_counter() - start
     name = w_out_name(cfg.layer)
     prefixes = prefixes_for(model, cfg)
@@ -146,4 +159,5 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
             timings["update"] += time.perf_counter() - start
     delta = LowRankDelta(torch.cat(lefts, 1).cpu(), torch.cat(rights, 0).cpu())
     return Edit("rome", {name: delta}, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
-                {"target_nll": losses, "steps": steps, "prefixes": list(prefixes), "seconds": timings, "edit_token": token_info})
+                {"target_nll": losses, "steps": steps, "prefixes": list(prefixes), "seconds": timings, "edit_token": token_info,
+                 "stats": provenance_records(statistics)})

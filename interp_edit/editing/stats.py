@@ -1,25 +1,39 @@
 """Second-moment statistics of the keys an editor writes through: C = E[k kᵀ] (uncentred),
-over every non-padding, non-BOS token of a text corpus.
+over every non-padding, non-BOS token of a text corpus, with their provenance.
 
 Keys are the MLP hidden activations (``mlp_post``, the input of ``W_out``) or the
 concatenated attention head outputs (``z``, the input of ``W_O``). The forward stops after
 the last needed layer, accumulates in float64, and the result is cached on disk keyed by
 the model fingerprint, site, layer, corpus hash and sample count (cache folder: the
-``cache_dir`` argument, else ``$INTERP_EDIT_CACHE``, else ``~/.cache/interp_edit``). A cache
-file that cannot be read is recomputed with a warning.
+``cache_dir`` argument, else ``$INTERP_EDIT_CACHE``, else ``~/.cache/interp_edit``). Each
+cache file carries its :class:`~interp_edit.editing.stats_provenance.StatsProvenance` (model
+fingerprint, site, layer, key width, corpus and corpus hash, texts, tokens, dtype) in its
+safetensors metadata; a file that cannot be read, lacks provenance or whose provenance does
+not match is recomputed with a warning.
 
-Corpus: any iterable of strings; a string names a Hugging Face dataset (loaded with
-``datasets``, needs a hub or a local copy); ``None`` means the toy world's own text for the
-toy-world model and Wikitext-103 otherwise (as ROME used Wikipedia).
+Corpus (``corpus=``): texts, a text / JSONL file, a folder of them, a ``datasets`` directory, a
+hub dataset name or a :class:`~interp_edit.data.corpus.Corpus` — see
+:mod:`interp_edit.data.corpus`; ``None`` means the toy world's own text for the toy-world
+model and Wikitext-103 from the hub otherwise (as ROME used Wikipedia). The texts are read
+(and a bad corpus refused) before any forward.
+
+Existing statistics (``stats=``): a ROME / MEMIT / EasyEdit ``.npz`` file, a folder of them
+(their ``<model>/<dataset>_stats/`` layout), one of our cache ``.safetensors`` files, a
+:class:`KeyStatistics`, a list of these or a ``{layer: ...}`` dict; each is checked against
+the model, site and layer (:func:`~interp_edit.editing.stats_provenance.check_statistics`)
+and the layers it does not cover are computed from the corpus. See
+:mod:`interp_edit.editing.stats_npz` for the layout.
+
+``n_samples="auto"`` (``stats_samples="auto"`` in an editor's config) grows the sample
+until the statistics stop changing what the edit computes: see :func:`auto_statistics`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
+import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -27,12 +41,20 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.batching import encode_prompts, pad_right
-from interp_edit.errors import EditConfigError
+from interp_edit.data.corpus import Corpus, corpus_hash, describe, read_texts
+from interp_edit.editing.stats_provenance import SITES, KeyStatistics, StatsProvenance, check_statistics, site_dim
+from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
 from interp_edit.model import forward_to_layer, hook_name, model_fingerprint
 
-SITES = ("mlp_post", "z")
 CACHE_ENV = "INTERP_EDIT_CACHE"
 WIKITEXT = ("wikitext", "wikitext-103-raw-v1")
+TOY_CORPUS = "toy world default text (CorpusSampler, seed 7919)"
+#: ``n_samples="auto"``: the first sample size tried, the growth factor, the default tolerance
+AUTO_START = 250
+AUTO_GROWTH = 2
+AUTO_TOLERANCE = 0.01
+
+_site_dim = site_dim  # kept for callers of the old name
 
 
 def cache_folder(cache_dir: str | Path | None = None) -> Path:
@@ -43,12 +65,18 @@ def cache_folder(cache_dir: str | Path | None = None) -> Path:
     return Path.home() / ".cache" / "interp_edit"
 
 
+def is_toy_default(model, corpus) -> bool:
+    from interp_edit.toyworld.model_world import world_spec_of
+
+    return corpus is None and (model.cfg.model_name == "toyworld" or world_spec_of(model) is not None)
+
+
 def default_corpus(model, n_samples: int) -> list[str]:
     """Training-style text of the model's own toy world for a toy-world model (the world its
     checkpoint names; the shipped world for one that names none), Wikitext-103 otherwise."""
-    from interp_edit.toyworld.model_world import world_or_shipped, world_spec_of
+    from interp_edit.toyworld.model_world import world_or_shipped
 
-    if model.cfg.model_name == "toyworld" or world_spec_of(model) is not None:
+    if is_toy_default(model, None):
         from interp_edit.toyworld.corpus import CorpusSampler
 
         sampler = CorpusSampler(world_or_shipped(model), seed=7919)
@@ -57,113 +85,180 @@ def default_corpus(model, n_samples: int) -> list[str]:
 
 
 def hub_corpus(name: str | tuple[str, ...], n_samples: int) -> list[str]:
-    """The first ``n_samples`` non-empty ``text`` fields of a Hugging Face dataset."""
-    try:
-        import datasets
-    except ImportError as err:  # pragma: no cover - datasets comes with transformer-lens
-        raise EditConfigError(f"loading the corpus {name!r} needs the 'datasets' package: {err}") from None
+    """The first ``n_samples`` non-empty ``text`` fields of a Hugging Face dataset (needs the
+    network: :class:`~interp_edit.errors.CorpusUnavailableError` when it is missing)."""
     args = (name,) if isinstance(name, str) else tuple(name)
-    try:
-        data = datasets.load_dataset(*args, split="train", streaming=True)
-    except Exception as err:
-        raise EditConfigError(
-            f"cannot load the statistics corpus {args!r} from the Hugging Face hub ({err}); pass corpus= an "
-            "iterable of strings instead"
-        ) from None
-    texts = (row["text"] for row in data if row.get("text", "").strip())
-    return list(itertools.islice(texts, n_samples))
+    return read_texts(Corpus(args[0], name=args[1] if len(args) > 1 else None), n_samples)
 
 
 def corpus_texts(model, corpus, n_samples: int) -> list[str]:
+    """The first ``n_samples`` texts of ``corpus`` (``None``: the model's default corpus); an
+    empty or unreadable corpus raises :class:`~interp_edit.errors.CorpusError`."""
     if corpus is None:
         return default_corpus(model, n_samples)
-    if isinstance(corpus, (str, tuple)):
-        return hub_corpus(corpus, n_samples)
-    texts = list(itertools.islice(iter(corpus), n_samples))
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise EditConfigError(f"corpus item {bad[0]} is not a string: {texts[bad[0]]!r}")
-    return [t for t in texts if t.strip()]
+    return read_texts(corpus, n_samples)
 
 
-def corpus_hash(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\x1e")
-    return digest.hexdigest()[:12]
+def corpus_label(model, corpus) -> str:
+    if corpus is None:
+        return TOY_CORPUS if is_toy_default(model, None) else describe(Corpus(WIKITEXT[0], name=WIKITEXT[1]))
+    return describe(corpus)
 
 
-def _site_dim(model, site: str) -> int:
-    return model.cfg.d_mlp if site == "mlp_post" else model.cfg.n_heads * model.cfg.d_head
-
-
-def second_moments(
-    model,
-    layers: Iterable[int],
-    *,
-    site: str = "mlp_post",
-    corpus: Iterable[str] | str | None = None,
-    n_samples: int = 2000,
-    batch_size: int = 32,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> dict[int, Float[Tensor, "key key"]]:
-    """C = E[k kᵀ] (float64, on the CPU) of the keys at ``site`` for each of ``layers``,
-    from disk when cached; the layers not cached share one pass over the corpus."""
+def _check_args(model, layers, site, n_samples) -> list[int]:
     layers = sorted(set(int(layer) for layer in layers))
     if site not in SITES:
         raise EditConfigError(f"unknown statistics site {site!r}; choose one of {SITES}")
     if not layers or min(layers) < 0 or max(layers) >= model.cfg.n_layers:
         raise EditConfigError(f"statistics layers {layers} out of range for a {model.cfg.n_layers}-layer model")
-    if n_samples < 1:
-        raise EditConfigError(f"n_samples must be >= 1, got {n_samples}")
-    if corpus is None and model.cfg.model_name == "toyworld":
-        # the default toy corpus is a pure function of the world: name it instead of hashing it,
-        # so a cached statistic costs no text generation
-        texts, corpus_id = None, f"toyworld-default-{n_samples}"
-    else:
-        texts = corpus_texts(model, corpus, n_samples)
-        if not texts:
-            raise EditConfigError("the statistics corpus is empty")
-        corpus_id = f"{corpus_hash(texts)}_{len(texts)}"
-    folder = cache_folder(cache_dir)
-    stem = f"{model_fingerprint(model)}_{site}_{corpus_id}"
-    found: dict[int, Tensor] = {}
-    for layer in layers:
-        cached = _read_cache(folder / f"{stem}_L{layer}.safetensors", _site_dim(model, site))
-        if cached is not None:
-            found[layer] = cached
-    missing = [layer for layer in layers if layer not in found]
-    if missing:
-        from interp_edit.editing.edit import applied_edits
+    if n_samples != "auto" and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+        raise EditConfigError(f"n_samples must be an integer >= 1 or 'auto', got {n_samples!r}")
+    return layers
 
-        if applied_edits(model):  # cached statistics of the base model are fine; new ones are not
-            raise EditConfigError(
-                f"key statistics of layers {missing} are not cached and must come from the base model, but edits are "
-                f"applied to it in place ({[e.method for e in applied_edits(model)]}); compute them before editing "
-                "or undo the edits first (the cache is keyed by the base model)"
-            )
-        if texts is None:
-            texts = default_corpus(model, n_samples)
-        computed = collect_second_moments(model, missing, site, texts, batch_size=batch_size, progress=progress)
-        for layer, moment in computed.items():
-            _write_cache(folder / f"{stem}_L{layer}.safetensors", moment)
-        found.update(computed)
+
+def key_statistics(
+    model,
+    layers: Iterable[int],
+    *,
+    site: str = "mlp_post",
+    corpus=None,
+    n_samples: int | str = 2000,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    stats=None,
+    probe_keys: Callable[[], Mapping[int, Tensor]] | None = None,
+    probe: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+    tolerance: float = AUTO_TOLERANCE,
+    max_samples: int = 100_000,
+) -> dict[int, KeyStatistics]:
+    """:class:`KeyStatistics` (C = E[k kᵀ] in float64 on the CPU, and its provenance) of the
+    keys at ``site`` for each of ``layers``: from ``stats`` where given (checked), else from
+    the disk cache, else computed (the layers not cached share one pass over the corpus).
+    ``n_samples="auto"`` grows the sample (:func:`auto_statistics`; needs ``probe_keys``)."""
+    layers = _check_args(model, layers, site, n_samples)
+    found = given_statistics(model, stats, site, layers) if stats is not None else {}
+    missing = [layer for layer in layers if layer not in found]
+    if missing and n_samples == "auto":
+        if probe_keys is None:
+            raise EditConfigError("n_samples='auto' needs the request keys (probe_keys) it watches; this caller gives none: "
+                                  "pass an integer stats_samples")
+        found.update(auto_statistics(model, missing, site, corpus, probe_keys,
+                                     probe=probe, tolerance=tolerance, max_samples=max_samples, batch_size=batch_size,
+                                     cache_dir=cache_dir, progress=progress))
+    elif missing:
+        found.update(_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress))
     return {layer: found[layer] for layer in layers}
 
 
+def second_moments(model, layers: Iterable[int], *, site: str = "mlp_post", corpus=None, n_samples: int = 2000,
+                   batch_size: int = 32, cache_dir: str | Path | None = None, progress: bool = True,
+                   stats=None) -> dict[int, Float[Tensor, "key key"]]:
+    """C = E[k kᵀ] (float64, on the CPU) of the keys at ``site`` for each of ``layers`` (the
+    moments of :func:`key_statistics`, without their provenance)."""
+    out = key_statistics(model, layers, site=site, corpus=corpus, n_samples=n_samples, batch_size=batch_size,
+                         cache_dir=cache_dir, progress=progress, stats=stats)
+    return {layer: s.moment for layer, s in out.items()}
+
+
+def editor_statistics(model, cfg, layers: Sequence[int], *, site: str = "mlp_post", corpus=None, cache_dir=None,
+                      progress: bool = False, stats=None, probe_keys=None, probe=None, method: str = "this editor"
+                      ) -> dict[int, KeyStatistics]:
+    """:func:`key_statistics` with an editor config's ``stats_*`` fields. An editor that gives
+    no ``probe_keys`` cannot use ``stats_samples="auto"`` (an error naming ``method``)."""
+    if cfg.stats_samples == "auto" and probe_keys is None:
+        raise EditConfigError(f"field 'stats_samples': 'auto' watches the request keys of ROME / MEMIT / MEMIT-CSK; {method} "
+                              "computes its statistics without them: give an integer")
+    return key_statistics(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
+                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
+                          probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance, max_samples=cfg.stats_max_samples)
+
+
+def provenance_records(statistics: Mapping[int, KeyStatistics]) -> list[dict]:
+    """The provenance of each layer's statistic, for ``edit.info["stats"]``."""
+    return [s.provenance.as_dict() for _, s in sorted(statistics.items())]
+
+
+# --- computing, with the cache --------------------------------------------------------------
+
+def _corpus_id(model, corpus, texts: Sequence[str] | None, n: int) -> str:
+    if texts is None:  # the default toy corpus is a pure function of the world: named, not hashed
+        return f"toyworld-default-{n}"
+    return f"{corpus_hash(texts)}_{len(texts)}"
+
+
+def _stem(model, site: str, corpus_id: str) -> str:
+    return f"{model_fingerprint(model)}_{site}_{corpus_id}"
+
+
+def _cached(model, folder: Path, stem: str, site: str, layers: Sequence[int]) -> dict[int, KeyStatistics]:
+    found = {}
+    for layer in layers:
+        cached = read_cache(folder / f"{stem}_L{layer}.safetensors", model, site, layer)
+        if cached is not None:
+            found[layer] = cached
+    return found
+
+
+def _texts_for(model, corpus, n: int) -> tuple[list[str] | None, str]:
+    """(texts or None for the toy default, corpus id) of the first ``n`` texts."""
+    if corpus is None and model.cfg.model_name == "toyworld":
+        return None, _corpus_id(model, corpus, None, n)
+    texts = corpus_texts(model, corpus, n)
+    return texts, _corpus_id(model, corpus, texts, n)
+
+
+def _require_base(model, missing: Sequence[int]) -> None:
+    from interp_edit.editing.edit import applied_edits
+
+    if applied_edits(model):  # cached statistics of the base model are fine; new ones are not
+        raise EditConfigError(
+            f"key statistics of layers {list(missing)} are not cached and must come from the base model, but edits are "
+            f"applied to it in place ({[e.method for e in applied_edits(model)]}); compute them before editing "
+            "or undo the edits first (the cache is keyed by the base model)"
+        )
+
+
+def _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress) -> dict[int, KeyStatistics]:
+    texts, corpus_id = _texts_for(model, corpus, n_samples)
+    folder = cache_folder(cache_dir)
+    stem = _stem(model, site, corpus_id)
+    found = _cached(model, folder, stem, site, layers)
+    missing = [layer for layer in layers if layer not in found]
+    if missing:
+        _require_base(model, missing)
+        if texts is None:
+            texts = default_corpus(model, n_samples)
+        ids = token_ids(model, texts, corpus)
+        sums, count = accumulate(model, missing, site, ids, batch_size=batch_size, progress=progress)
+        for layer in missing:
+            found[layer] = _store(model, folder / f"{stem}_L{layer}.safetensors", site, layer, sums[layer] / count,
+                                  corpus_label(model, corpus), corpus_hash(texts), len(texts), count)
+    return found
+
+
+def token_ids(model, texts: Sequence[str], corpus=None) -> list[list[int]]:
+    """Token ids (BOS first, cut to the context) of ``texts``; a corpus with no token besides
+    BOS raises :class:`CorpusError` (before any forward)."""
+    ids = [seq[: model.cfg.n_ctx] for seq in encode_prompts(model.tokenizer, texts)]
+    if not any(len(seq) > 1 for seq in ids):
+        raise CorpusError(f"the statistics corpus ({corpus_label(model, corpus)}) has no token besides BOS")
+    return ids
+
+
 @torch.no_grad()
-def collect_second_moments(model, layers: Sequence[int], site: str, texts: Sequence[str], *,
-                           batch_size: int = 32, progress: bool = True) -> dict[int, Float[Tensor, "key key"]]:
-    """One pass over ``texts`` (no cache): the forward stops after ``max(layers)``."""
+def accumulate(model, layers: Sequence[int], site: str, ids: Sequence[Sequence[int]], *, batch_size: int = 32,
+               progress: bool = True, sums: dict[int, Tensor] | None = None) -> tuple[dict[int, Tensor], int]:
+    """(Σ k kᵀ per layer in float64 on the model's device, number of keys) over the non-BOS,
+    non-padding tokens of ``ids``, added to ``sums`` when given. The forward stops after
+    ``max(layers)``."""
     from interp_edit.progress import progress_bar
 
     names = {hook_name(site, layer): layer for layer in layers}
-    dim = _site_dim(model, site)
-    sums = {layer: torch.zeros(dim, dim, dtype=torch.float64, device=model.cfg.device) for layer in layers}
+    dim = site_dim(model, site)
+    if sums is None:
+        sums = {layer: torch.zeros(dim, dim, dtype=torch.float64, device=model.cfg.device) for layer in layers}
     count = 0
-    ids = [seq[: model.cfg.n_ctx] for seq in encode_prompts(model.tokenizer, texts)]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
     bar = progress_bar(total=len(ids), desc=f"key statistics ({site}, layers {list(layers)})", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
@@ -179,28 +274,124 @@ def collect_second_moments(model, layers: Sequence[int], site: str, texts: Seque
         count += int(keep.sum())
         bar.update(len(batch))
     bar.close()
-    return {layer: (total / max(count, 1)).cpu() for layer, total in sums.items()}
+    return sums, count
 
 
-def _read_cache(path: Path, dim: int) -> Tensor | None:
+def collect_second_moments(model, layers: Sequence[int], site: str, texts: Sequence[str], *,
+                           batch_size: int = 32, progress: bool = True) -> dict[int, Float[Tensor, "key key"]]:
+    """One pass over ``texts`` (no cache): the forward stops after ``max(layers)``."""
+    sums, count = accumulate(model, layers, site, token_ids(model, texts), batch_size=batch_size, progress=progress)
+    return {layer: (total / count).cpu() for layer, total in sums.items()}
+
+
+def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tokens, auto=None) -> KeyStatistics:
+    prov = StatsProvenance(model_fingerprint(model), site, layer, site_dim(model, site), corpus, chash, n_texts, n_tokens,
+                           "float64", "computed", str(path), auto=auto)
+    stats = KeyStatistics(moment.cpu(), prov)
+    write_cache(path, stats)
+    return stats
+
+
+# --- statistics the caller gives ------------------------------------------------------------
+
+def given_statistics(model, stats, site: str, layers: Sequence[int]) -> dict[int, KeyStatistics]:
+    """The statistics ``stats`` names (see the module docstring), checked: each must be of this
+    model, ``site`` and one of ``layers``."""
+    from interp_edit.editing.stats_npz import find_npz
+
+    wanted = list(layers)
+    if isinstance(stats, Mapping):
+        items = [(int(layer), value) for layer, value in stats.items()]
+    elif isinstance(stats, (list, tuple)):
+        items = [(None, value) for value in stats]
+    elif isinstance(stats, (str, Path)) and Path(stats).is_dir():
+        found = find_npz(stats, model, site, wanted)
+        items = [(layer, path) for layer, path in found.items()]
+    else:
+        items = [(None, stats)]
+    out: dict[int, KeyStatistics] = {}
+    for layer, value in items:
+        one = _one_given(model, value, site, layer)
+        if one.provenance.layer not in wanted:
+            raise StatisticsMismatchError(f"the given statistics ({one.provenance.path or 'in memory'}) are of layer "
+                                          f"{one.provenance.layer}; the edit needs layer(s) {wanted} (site {site!r})")
+        out[one.provenance.layer] = one
+    return out
+
+
+def _one_given(model, value, site: str, layer: int | None) -> KeyStatistics:
+    from interp_edit.editing.stats_npz import read_npz
+
+    if isinstance(value, KeyStatistics):
+        check_statistics(value, model, site, value.provenance.layer if layer is None else layer, what="the given statistics")
+        return value
+    if not isinstance(value, (str, Path)):
+        raise StatisticsMismatchError(f"stats= items must be paths or KeyStatistics, got {value!r}")
+    path = Path(value)
+    if not path.is_file():
+        raise StatisticsMismatchError(f"statistics file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        stats = load_cache_file(path)
+        stats = KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))
+        check_statistics(stats, model, site, stats.provenance.layer if layer is None else layer, what=f"the statistics in {str(path)!r}")
+        return stats
+    return read_npz(path, model, site=site, layer=layer)
+
+
+# --- our cache files ------------------------------------------------------------------------
+
+def load_cache_file(path: Path) -> KeyStatistics:
+    """A cache file with its provenance (an error when it has none or cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            moment = handle.get_tensor("moment")
+    except Exception as err:
+        raise StatisticsMismatchError(f"statistics file {str(path)!r} cannot be read ({err})") from None
+    if "provenance" not in meta:
+        raise StatisticsMismatchError(f"statistics file {str(path)!r} records no provenance (an older cache file)")
+    try:
+        prov = StatsProvenance(**json.loads(meta["provenance"]))
+    except (TypeError, ValueError) as err:
+        raise StatisticsMismatchError(f"statistics file {str(path)!r} has unreadable provenance ({err})") from None
+    return KeyStatistics(moment, prov.replace(path=str(path)))
+
+
+def read_cache(path: Path, model, site: str, layer: int) -> KeyStatistics | None:
+    """The cached statistic at ``path`` if it is readable, finite and its provenance matches;
+    else None, with a warning when a file was there."""
     if not path.is_file():
         return None
     try:
-        from safetensors.torch import load_file
-
-        moment = load_file(str(path))["moment"]
-        if moment.shape != (dim, dim) or not torch.isfinite(moment).all():
-            raise ValueError(f"shape {tuple(moment.shape)} or non-finite values")
-        return moment
+        stats = load_cache_file(path)
+        check_statistics(stats, model, site, layer, what=f"the cached statistics {str(path)!r}")
+        if not torch.isfinite(stats.moment).all():
+            raise ValueError("non-finite values")
+        return KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))
     except Exception as err:
-        warnings.warn(f"statistics cache file {path} is unreadable ({err}); recomputing it", stacklevel=3)
+        warnings.warn(f"statistics cache file {path} is unreadable ({err}); recomputing it", stacklevel=4)
         return None
 
 
-def _write_cache(path: Path, moment: Tensor) -> None:
+def write_cache(path: Path, stats: KeyStatistics) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep workers may write the same file
-    save_file({"moment": moment.contiguous()}, str(tmp))
+    prov = stats.provenance.replace(path=None)
+    save_file({"moment": stats.moment.contiguous()}, str(tmp), metadata={"provenance": json.dumps(prov.as_dict())})
     tmp.replace(path)
+
+
+def auto_statistics(*args, **kwargs) -> dict[int, KeyStatistics]:
+    """See :func:`interp_edit.editing.stats_auto.auto_statistics`."""
+    from interp_edit.editing.stats_auto import auto_statistics as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["CACHE_ENV", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "auto_statistics", "cache_folder",
+           "collect_second_moments", "corpus_texts", "default_corpus", "editor_statistics", "given_statistics",
+           "key_statistics", "provenance_records", "second_moments"]
