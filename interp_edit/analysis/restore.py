@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name
+from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name, supports_prefix_kv
 
 #: Sites whose value is the residual stream itself (patched at the run's input).
 RESIDUAL_SITES = ("resid_pre", "resid_post")
@@ -166,7 +166,7 @@ def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache
     start = first.start_layer
     # Positions before the first restored one are unchanged: reuse their attention keys and
     # values from the base run instead of recomputing them (never past the scored positions).
-    t0 = 0 if pos is None else min(int(pos.min()), min(positions))
+    t0 = 0 if pos is None or not supports_prefix_kv(model) else min(int(pos.min()), min(positions))
     residual = base.streams[start][base_idx][:, t0:].clone()
     hooks = []
     if first.site in RESIDUAL_SITES:
