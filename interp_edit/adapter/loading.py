@@ -117,6 +117,11 @@ def load_model(
         if backend == "bridge":
             bridge.check_bridge_family(type(hf_model).__name__, hooked_can=_hooked_converts(hf_model))
             return check_supported(bridge.boot(name, hf_model, tokenizer, device, dtype))
+        if type(hf_model).__name__ in bridge.BRIDGE_ARCHITECTURES and not _hooked_converts(hf_model):
+            raise UnsupportedArchitectureError(
+                f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
+                "HookedTransformer has no converter for it; load it with backend='bridge' (or leave backend unset)"
+            )
         return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags))
     if _is_checkpoint_folder(name) and backend == "bridge":
         return check_supported(_checkpoint_on_bridge(name, device, dtype))
