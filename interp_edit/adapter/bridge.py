@@ -175,6 +175,9 @@ _BLOCK_PARAMS = ("mlp.W_out", "mlp.b_out", "mlp.W_in", "mlp.b_in", "mlp.W_gate",
                  "attn.W_V", "attn.W_K", "attn.W_Q", "attn.b_V", "attn.b_K", "attn.b_Q")
 
 
+_ZERO_BIASES = ("b_out", "b_O", "b_in")
+
+
 def parameter(model, name: str) -> torch.Tensor:
     """The weight ``name`` (TransformerLens name and layout) of a bridge model: a view of the
     Hugging Face parameter, so in-place changes change the model."""
@@ -185,6 +188,9 @@ def parameter(model, name: str) -> torch.Tensor:
             tensor = getattr(getattr(model.blocks[layer], parts[2]), parts[3], None)
             if tensor is not None:
                 return tensor
+            if parts[3] in _ZERO_BIASES:  # HookedTransformer holds zeros where Hugging Face has no bias
+                size = model.cfg.d_mlp if parts[3] == "b_in" else model.cfg.d_model
+                return torch.zeros(size, device=model.W_U.device, dtype=model.W_U.dtype)
     elif name in ("W_U", "W_E"):
         return getattr(model, name)
     raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")

@@ -27,7 +27,10 @@ def layer_weight(model, name: str, layer: int) -> torch.Tensor:
     from interp_edit.adapter import bridge
 
     if bridge.is_bridge(model):
-        return bridge.parameter(model, f"blocks.{layer}.{path}").detach()
+        weight = bridge.parameter(model, f"blocks.{layer}.{path}").detach()
+        if name == "W_V" and weight.shape[0] != model.cfg.n_heads:  # one per query head, as HookedTransformer's
+            weight = weight.repeat_interleave(model.cfg.n_heads // weight.shape[0], dim=0)
+        return weight
     module, attr = path.split(".")
     return getattr(getattr(model.blocks[layer], module), attr).detach()
 
