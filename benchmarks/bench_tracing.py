@@ -19,7 +19,7 @@ backend="bridge")``: the toy world exported to a GPT-2 Hugging Face model, and a
 GPT-2-small-sized Hugging Face model; no TransformerLens patching comparison there);
 ``--backend both`` runs both backends on the same weights (the hooked models unprocessed) and
 prints ``{model}.bridge_vs_hooked_trace_time`` and the largest score difference between them.
-Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both]``.
+Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop]``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
     return resid, mlp, attn
 
 
-def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True) -> None:
+def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, loop: bool = True):
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
 
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
@@ -69,6 +69,8 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True) ->
     print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab}", flush=True)
     t_fast, fast = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples), repeats)
     print(f"{name}.trace_s={t_fast:.3f}", flush=True)
+    if not loop:
+        return t_fast, fast
     t_loop, loop = median_time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10, samples=samples),
                                  max(1, repeats // 2))
     print(f"{name}.loop_s={t_loop:.3f}")
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tl", action="store_true", help="skip the TransformerLens patching comparison")
     parser.add_argument("--backend", choices=("hooked", "bridge", "both"), default="hooked")
+    parser.add_argument("--no-loop", action="store_true", help="skip the plain-loop comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from interp_edit import load_model
@@ -113,7 +116,8 @@ def main() -> None:
             label = name if args.backend == "hooked" else f"{name}@{backend}"
             model = _model(name, backend, args.backend == "hooked", toy, tokenizer)
             with torch.no_grad():
-                results[backend] = bench(label, model, args.repeats, args.samples, not args.no_tl and backend == "hooked")
+                results[backend] = bench(label, model, args.repeats, args.samples, not args.no_tl and backend == "hooked",
+                                         not args.no_loop)
             del model
         if len(results) == 2:
             (t_h, r_h), (t_b, r_b) = results["hooked"], results["bridge"]

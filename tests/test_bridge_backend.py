@@ -22,7 +22,7 @@ from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES
 from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from interp_edit.model import architecture, backend_of, model_fingerprint
 
-pytestmark = pytest.mark.skipif(not bridge.hooked_available(), reason="parity needs HookedTransformer (TransformerLens 3.x)")
+needs_hooked = pytest.mark.skipif(not bridge.hooked_available(), reason="compares with HookedTransformer (TransformerLens 3.x)")
 
 SHARED = tuple(f for f in BRIDGE_FAMILY_NAMES if f in FAMILIES)
 PARITY = SHARED if os.environ.get("INTERP_EDIT_TEST_BACKEND") == "bridge" else ("gpt2", "llama3", "qwen3", "gemma2")
@@ -40,6 +40,7 @@ def _tokens(model, text=PROMPT):
     return torch.tensor([[model.tokenizer.bos_token_id] + model.tokenizer.encode(text, add_special_tokens=False)])
 
 
+@needs_hooked
 @pytest.mark.parametrize("family", PARITY)
 def test_same_architecture_fingerprint_and_activations(family):
     hooked, bridged = _pair(family)
@@ -58,6 +59,7 @@ def test_same_architecture_fingerprint_and_activations(family):
         assert model_fingerprint(bridged) == model_fingerprint(hooked)
 
 
+@needs_hooked
 @pytest.mark.parametrize("family", PARITY)
 def test_trace_and_patching_agree(family):
     hooked, bridged = _pair(family)
@@ -72,6 +74,7 @@ def test_trace_and_patching_agree(family):
         assert (grid - patches[1].results[site]).abs().max().item() < 1e-5 * max(1.0, grid.abs().max().item()), site
 
 
+@needs_hooked
 @pytest.mark.parametrize("family", PARITY)
 def test_direct_logit_attribution_agrees(family):
     hooked, bridged = _pair(family)
@@ -84,6 +87,7 @@ def test_direct_logit_attribution_agrees(family):
     assert [n.neuron for n in nla[0].top_ffn] == [n.neuron for n in nla[1].top_ffn]
 
 
+@needs_hooked
 @pytest.mark.parametrize("family", PARITY)
 @pytest.mark.parametrize("method", ["rome", "memit"])
 def test_editor_deltas_agree_and_edits_cross_backends(family, method):
@@ -138,6 +142,7 @@ def test_bridge_family_list_is_the_adapters():
         assert type(family_hf(family)).__name__ in bridge.BRIDGE_GAPS, family
 
 
+@needs_hooked
 def test_toyworld_on_the_bridge_equals_the_hooked_toyworld():
     hooked, bridged = load_model("toyworld"), load_model("toyworld", backend="bridge")
     assert backend_of(bridged) == "bridge" and bridged.checkpoint_config == hooked.checkpoint_config
@@ -153,6 +158,7 @@ def test_bridge_on_a_family_it_does_not_cover_names_the_hooked_backend():
         load_model("tiny-gptj", hf_model=family_hf("gptj"), tokenizer=toy_tokenizer(), backend="bridge")
 
 
+@needs_hooked
 def test_hooked_on_a_bridge_only_family_names_the_bridge():
     with pytest.raises(UnsupportedArchitectureError, match="backend='bridge'"):
         load_model("tiny-starcoder2", hf_model=family_hf("starcoder2"), tokenizer=toy_tokenizer(), backend="hooked")
