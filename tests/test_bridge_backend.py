@@ -87,36 +87,44 @@ def test_direct_logit_attribution_agrees(family):
     assert [n.neuron for n in nla[0].top_ffn] == [n.neuron for n in nla[1].top_ffn]
 
 
+EDITOR_PARITY = PARITY if os.environ.get("INTERP_EDIT_TEST_BACKEND") == "bridge" else ("gemma2",)
+EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega", "ace")  # every editor
+
+
 @needs_hooked
-@pytest.mark.parametrize("family", PARITY)
-@pytest.mark.parametrize("method", ["rome", "memit"])
+@pytest.mark.parametrize("family", EDITOR_PARITY)
+@pytest.mark.parametrize("method", EDITORS)
 def test_editor_deltas_agree_and_edits_cross_backends(family, method):
+    from model_state import assert_unchanged, snapshot
+    from test_family_editing import _config, _kwargs, _requests
+
     from interp_edit.editing import editors
 
-    from model_state import assert_unchanged, snapshot
-
     hooked, bridged = _pair(family)
-    layer = hooked.cfg.n_layers // 2
-    settings = dict(steps=5, n_prefixes=0, prefix_lengths=None)
-    settings.update(layer=layer) if method == "rome" else settings.update(layers=[layer])
-    edits = [editors()[method].fn(m, [REQUEST], corpus=["Veltra is a city.", "Karsa is far away."], **settings)
-             for m in (hooked, bridged)]
-    assert sorted(edits[0].deltas) == sorted(edits[1].deltas)
+    settings = _config(method, hooked.cfg.n_layers)
+    edits = [editors()[method].fn(m, _requests(method), **_kwargs(method), **settings) for m in (hooked, bridged)]
+    assert sorted(edits[0].deltas) == sorted(edits[1].deltas) and sorted(edits[0].hooks) == sorted(edits[1].hooks)
+    assert edits[0].deltas or edits[0].hooks
     for name in edits[0].deltas:
         a, b = edits[0].delta_matrix(name, hooked), edits[1].delta_matrix(name, bridged)
-        assert (a - b).norm().item() < 1e-4 * a.norm().item(), name
-        assert a.norm().item() > 0
-    if family == "qwen3":
-        return  # the fingerprints differ (n_ctx, above)
+        assert (a - b).norm().item() <= 1e-4 * a.norm().item(), name
+    for label, steer in edits[0].hooks.items():
+        other = edits[1].hooks[label].tensors()
+        for key, value in steer.tensors().items():
+            assert (value.double() - other[key].double()).norm().item() <= 1e-4 * max(1e-12, value.double().norm().item()), (label, key)
+    if model_fingerprint(hooked) != model_fingerprint(bridged):
+        return  # Qwen: HookedTransformer's n_ctx cap (above)
     # an edit made on the hooked backend applies on the bridge, in place, and is undone exactly
     before = snapshot(bridged)
-    plain = bridged(_tokens(bridged))
-    with edits[0].applied(bridged):
-        edited_b = bridged(_tokens(bridged))
-    with edits[0].applied(hooked):
-        edited_h = hooked(_tokens(hooked))
+    tokens = _tokens(bridged, "Talvik Corlo was born in")
+    with torch.no_grad():
+        plain = bridged(tokens)
+        with edits[0].applied(bridged):
+            edited_b = bridged(tokens)
+        with edits[0].applied(hooked):
+            edited_h = hooked(tokens)
     assert_unchanged(bridged, before, no_edits=True)
-    assert (edited_b - plain).abs().max().item() > 1e-3
+    assert (edited_b - plain).abs().max().item() > 1e-4
     assert (edited_b - edited_h).abs().max().item() < 1e-4 * max(1.0, edited_h.abs().max().item())
 
 

@@ -80,11 +80,11 @@ def check_backend(backend: str | None) -> None:
     if backend is not None and backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {BACKENDS} (or None for the family's default), got {backend!r}")
     if backend == "hooked" and not hooked_available():
-        import transformer_lens
+        from importlib.metadata import version
 
         raise InvalidArgumentError(
             f"backend='hooked' needs TransformerLens' HookedTransformer, which TransformerLens "
-            f"{transformer_lens.__version__} no longer has (removed in 4.0); load the model with backend='bridge' "
+            f"{version('transformer-lens')} no longer has (removed in 4.0); load the model with backend='bridge' "
             "(or leave backend unset), or install transformer-lens<4"
         )
 
