@@ -93,7 +93,12 @@ def check_bridge_family(hf_architecture: str, hooked_can: bool) -> None:
     """Raise naming the backend that can load ``hf_architecture`` if the bridge backend cannot."""
     if hf_architecture in BRIDGE_ARCHITECTURES:
         return
-    other = "load it with backend='hooked'" if hooked_can else "the hooked backend does not cover it either"
+    if hooked_can:
+        other = "load it with backend='hooked'"
+    elif not hooked_available():
+        other = "backend='hooked' (TransformerLens' HookedTransformer, transformer-lens<4) may load it"
+    else:
+        other = "the hooked backend does not cover it either"
     why = BRIDGE_GAPS.get(hf_architecture, "interp_edit's bridge backend does not cover this architecture")
     raise UnsupportedArchitectureError(
         f"model architecture {hf_architecture!r} cannot run on backend='bridge': {why} "
