@@ -38,11 +38,11 @@ from interp_edit.adapter.hooks import (
     hook_counts,
     hook_name,
     remove_persistent_hook,
-    supports_prefix_kv,
     residual_from_layer,
     run_with_cache,
     run_with_hooks,
     sublayer_output_hooks,
+    supports_prefix_kv,
     unembed,
 )
 from interp_edit.adapter.loading import (

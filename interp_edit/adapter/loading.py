@@ -14,7 +14,13 @@ import torch
 
 from interp_edit.adapter import bridge, families
 from interp_edit.adapter.architecture import check_supported
-from interp_edit.errors import CheckpointError, ExportError, InvalidArgumentError, ModelNotFoundError, UnsupportedArchitectureError
+from interp_edit.errors import (
+    CheckpointError,
+    ExportError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    UnsupportedArchitectureError,
+)
 
 #: Built-in models and the folder (inside the installed package) that holds each one.
 BUILTIN_MODELS: dict[str, Path] = {

@@ -16,7 +16,6 @@ unablated run. Prompts run in right-padded batches; hooks are removed even on an
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

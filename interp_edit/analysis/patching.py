@@ -4,7 +4,6 @@ Spec: shared/reference/methods.md A2."""
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -46,9 +46,8 @@ and 25% of unrelated subjects asked the same relation change their answer (ROME 
 
 from __future__ import annotations
 
-import functools
-
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
