@@ -2,15 +2,29 @@
 (:data:`interp_edit.adapter.tiny.FAMILIES`), loaded through ``load_model(hf_model=...)`` with
 the toy world's tokenizer, built once per test session and shared by every family test.
 
-Tests that change a model restore it bit for bit (``model_state.assert_model_unchanged``)."""
+Tests that change a model restore it bit for bit (``model_state.assert_model_unchanged``).
+
+The backend: ``INTERP_EDIT_TEST_BACKEND`` (``hooked`` / ``bridge``; default: hooked where
+TransformerLens has HookedTransformer, else bridge). On the bridge the matrix is the families
+the bridge backend covers (those it shares with the hooked backend, and the bridge-only ones)
+and every model is unprocessed (the bridge keeps the Hugging Face weights)."""
 
 from __future__ import annotations
 
 import functools
+import os
 
-from interp_edit.adapter.tiny import FAMILIES, tiny_hf_model
+from interp_edit.adapter.bridge import hooked_available
+from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES, tiny_hf_model
 
-FAMILY_NAMES = tuple(FAMILIES)
+BACKEND = os.environ.get("INTERP_EDIT_TEST_BACKEND") or ("hooked" if hooked_available() else "bridge")
+
+
+#: The tiny families the bridge backend covers (test_bridge_backend checks this against
+#: interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES): all but GPT-J, OPT, Phi, plus the bridge-only ones.
+BRIDGE_FAMILY_NAMES = tuple(f for f in FAMILIES if f not in ("gptj", "opt", "phi")) + tuple(BRIDGE_ONLY_FAMILIES)
+
+FAMILY_NAMES = tuple(FAMILIES) if BACKEND == "hooked" else BRIDGE_FAMILY_NAMES
 
 
 @functools.cache
@@ -26,10 +40,14 @@ def family_hf(family: str):
 
 
 @functools.cache
-def family_model(family: str, processed: bool = True):
-    """The family's tiny model as a HookedTransformer (TransformerLens' default processing, or none)."""
+def family_model(family: str, processed: bool = True, backend: str | None = None):
+    """The family's tiny model on ``backend`` (default :data:`BACKEND`): a HookedTransformer with
+    TransformerLens' default processing (or none), or a TransformerBridge (never processed)."""
     from interp_edit import load_model
 
+    backend = backend or BACKEND
+    if backend == "bridge":
+        return load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), backend="bridge")
     flags = {} if processed else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
-    return load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), **flags)
+    return load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), backend="hooked", **flags)

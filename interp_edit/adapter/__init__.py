@@ -9,6 +9,8 @@ and read by every analysis and editor.
   and model objects (converted offline), hub names, checkpoints;
 - :mod:`~interp_edit.adapter.families` — configs TransformerLens knows by hub name only (Gemma,
   Gemma-2, Phi-2 from a local folder), converted from the Hugging Face config;
+- :mod:`~interp_edit.adapter.bridge` — the TransformerBridge backend (``backend="bridge"``):
+  everything that differs from HookedTransformer, in one place;
 - :mod:`~interp_edit.adapter.architecture` — :class:`Architecture`, the description of a loaded
   model that everything else reads;
 - :mod:`~interp_edit.adapter.hooks` — hook names, forwards with temporary hooks, partial forwards,
@@ -26,6 +28,7 @@ and read by every analysis and editor.
 """
 
 from interp_edit.adapter.architecture import Architecture, architecture
+from interp_edit.adapter.bridge import backend_of
 from interp_edit.adapter.export import to_hf
 from interp_edit.adapter.hooks import (
     add_persistent_hook,
@@ -39,6 +42,7 @@ from interp_edit.adapter.hooks import (
     run_with_cache,
     run_with_hooks,
     sublayer_output_hooks,
+    supports_prefix_kv,
     unembed,
 )
 from interp_edit.adapter.loading import (
@@ -58,6 +62,7 @@ from interp_edit.adapter.params import (
     delta_hooks,
     frozen_parameters,
     get_parameter,
+    has_parameter,
     layer_weight,
     model_fingerprint,
     norm_bias,
@@ -65,6 +70,7 @@ from interp_edit.adapter.params import (
     norm_weight,
     parameter_layer,
     post_norm_preimage,
+    token_embeddings,
     weight_matrix_shape,
 )
 
@@ -74,5 +80,6 @@ __all__ = [
     "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
-    "parameter_layer", "post_norm_preimage", "weight_matrix_shape",
+    "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_prefix_kv", "token_embeddings",
+    "backend_of",
 ]

@@ -91,7 +91,9 @@ def architecture(model) -> Architecture:
     cached = getattr(model, _ARCH_ATTR, None)
     if cached is not None:
         return cached
-    arch = _from_config(model.cfg)
+    from interp_edit.adapter import bridge
+
+    arch = bridge.architecture_of(model) if bridge.is_bridge(model) else _from_config(model.cfg)
     setattr(model, _ARCH_ATTR, arch)
     return arch
 
@@ -130,6 +132,11 @@ def check_supported(model):
     """Return ``model`` (its :class:`Architecture` computed and kept on it), or raise
     :class:`UnsupportedArchitectureError` naming every property of it that the toolkit's
     analyses and editors do not cover."""
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):  # the bridge backend's families are listed, and checked at load
+        architecture(model)
+        return model
     from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES
 
     cfg = model.cfg

@@ -63,6 +63,15 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
     [batch, prefix, head, d_head]), ``residual`` holds only the positions after a prefix whose
     attention keys and values are given: the prefix is not recomputed.
     """
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        if prefix_kv is not None:
+            raise ValueError("the bridge backend reuses no key/value prefix (supports_prefix_kv(model) is False)")
+        final = bridge.run_from_layer(model, residual, start_layer, hooks)
+        if positions is not None:
+            final = final[:, positions]
+        return unembed(model, model.ln_final(final))
     kwargs = {}
     if prefix_kv is not None:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -77,6 +86,14 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
     if positions is not None:
         final = final[:, positions]
     return unembed(model, model.ln_final(final))
+
+
+def supports_prefix_kv(model) -> bool:
+    """Whether :func:`forward_from_layer` can reuse a key/value prefix (``prefix_kv``): the
+    hooked backend can, the bridge backend cannot (it recomputes every position)."""
+    from interp_edit.adapter import bridge
+
+    return not bridge.is_bridge(model)
 
 
 def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, Any]]:
@@ -100,8 +117,11 @@ def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, A
             return out if new is None else new
 
         return [(hook_name(f"{kind}_out", layer), direct)]
-    norm_name = f"blocks.{layer}.{'ln1_post' if kind == 'attn' else 'ln2_post'}"
-    norm = model.get_submodule(norm_name)
+    from interp_edit.adapter import bridge
+
+    short = "ln1_post" if kind == "attn" else "ln2_post"
+    norm_name = f"blocks.{layer}.{short}"
+    eps = bridge.norm_eps(model, short, layer) if bridge.is_bridge(model) else model.get_submodule(norm_name).eps
     store: dict[str, torch.Tensor] = {}
 
     def keep_scale(scale, hook):
@@ -113,7 +133,7 @@ def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, A
         if new is None:
             return normalised
         new = new.float() if new.dtype not in (torch.float32, torch.float64) else new
-        return (new / (new.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()).to(normalised.dtype)
+        return (new / (new.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(normalised.dtype)
 
     return [(f"{norm_name}.hook_scale", keep_scale), (f"{norm_name}.hook_normalized", renormalise)]
 
@@ -123,8 +143,11 @@ def cached_keys_values(model, layer: int, keys: torch.Tensor, values: torch.Tens
     ``attn.hook_v``: the keys after the per-head q/k norm where the architecture has one
     (Qwen3; ``hook_k`` is taken before it), and after TransformerLens' ``clip_qkv``; both
     before rotary (the cache is rotated when read)."""
+    from interp_edit.adapter import bridge
     from interp_edit.adapter.architecture import architecture
 
+    if bridge.is_bridge(model):  # no key/value prefix is reused on the bridge (supports_prefix_kv)
+        return keys, values
     attn = model.blocks[layer].attn
     if architecture(model).qk_norm:
         with torch.no_grad():
@@ -152,13 +175,19 @@ def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
 def run_with_cache(model, tokens, names: list[str], hooks: list[tuple[str, Any]] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and the activations at ``names`` of one forward (extra hooks run first)."""
     cache: dict[str, torch.Tensor] = {}
-
-    def save(act, hook):
-        cache[hook.name] = act.detach()
-
-    with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
+    with model.hooks(fwd_hooks=list(hooks) + [(n, _saver(cache, n)) for n in names]):
         logits = model(tokens, return_type="logits")
     return logits, cache
+
+
+def _saver(cache: dict[str, torch.Tensor], name: str):
+    """A hook keeping its activation under ``name`` (the name asked for: on the bridge, the
+    HookedTransformer names are aliases and ``hook.name`` is the bridge's own)."""
+
+    def save(act, hook):
+        cache[name] = act.detach()
+
+    return save
 
 
 def add_persistent_hook(model, name: str, fn) -> Any:
@@ -194,11 +223,7 @@ def forward_to_layer(model, tokens: torch.Tensor, stop_layer: int, names: list[s
     """Activations at ``names`` of a forward that stops before block ``stop_layer`` (the blocks
     after the needed ones are not run)."""
     cache: dict[str, torch.Tensor] = {}
-
-    def save(act, hook):
-        cache[hook.name] = act.detach()
-
-    with model.hooks(fwd_hooks=list(hooks) + [(n, save) for n in names]):
+    with model.hooks(fwd_hooks=list(hooks) + [(n, _saver(cache, n)) for n in names]):
         model(tokens, stop_at_layer=stop_layer)
     return cache
 
@@ -207,5 +232,9 @@ def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: 
     """The final residual stream (before the final norm) of the blocks from ``start_layer`` on,
     run on ``residual`` with temporary hooks; differentiable. Callers normalise and unembed
     only the positions they need (:func:`unembed`)."""
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        return bridge.run_from_layer(model, residual, start_layer, hooks)
     with model.hooks(fwd_hooks=list(hooks)):
         return model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)

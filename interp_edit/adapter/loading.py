@@ -12,9 +12,15 @@ from typing import Any
 
 import torch
 
-from interp_edit.adapter import families
+from interp_edit.adapter import bridge, families
 from interp_edit.adapter.architecture import check_supported
-from interp_edit.errors import CheckpointError, InvalidArgumentError, ModelNotFoundError, UnsupportedArchitectureError
+from interp_edit.errors import (
+    CheckpointError,
+    ExportError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    UnsupportedArchitectureError,
+)
 
 #: Built-in models and the folder (inside the installed package) that holds each one.
 BUILTIN_MODELS: dict[str, Path] = {
@@ -58,9 +64,16 @@ def load_model(
     center_unembed: bool | None = None,
     fold_value_biases: bool | None = None,
     dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
     **from_pretrained_kwargs: Any,
 ):
-    """Load a model as a TransformerLens ``HookedTransformer``.
+    """Load a model as a TransformerLens ``HookedTransformer`` (``backend="hooked"``) or
+    ``TransformerBridge`` (``backend="bridge"``, see :mod:`interp_edit.adapter.bridge`: the
+    Hugging Face weights, unprocessed). ``backend=None`` picks the family's default: hooked
+    where TransformerLens has ``HookedTransformer`` (3.x) and a converter for the family,
+    else the bridge (families only the bridge has, e.g. StarCoder2, StableLM; every family
+    under TransformerLens 4). Asking for a backend that cannot load the model raises an error
+    naming the one that can.
 
     - ``"toyworld"`` (default): the embedded toy-world model, read from the files shipped in the
       package; never trains, never touches the network. Its weights are *not* processed
@@ -94,17 +107,49 @@ def load_model(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
+    bridge.check_backend(backend)
+    if backend is None and not bridge.hooked_available():
+        backend = "bridge"
+    if backend == "bridge":
+        if any(flags.values()):
+            raise InvalidArgumentError(
+                f"backend='bridge' keeps the Hugging Face weights unprocessed: "
+                f"{sorted(k for k, v in flags.items() if v)} need backend='hooked'"
+            )
+        if from_pretrained_kwargs:
+            raise TypeError(f"load_model(backend='bridge') takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
     if hf_model is None and name in BUILTIN_MODELS:
         name = str(BUILTIN_MODELS[name])
     elif hf_model is None and Path(name).is_dir() and not (Path(name) / CONFIG_FILE).is_file():
         raise CheckpointError(f"missing checkpoint file {Path(name) / CONFIG_FILE}")
     if hf_model is not None or _is_local_hf_folder(name):
+        if hf_model is None:
+            hf_model, tokenizer = _read_local_hf(name, tokenizer, dtype)
+        if backend is None:
+            backend = _default_backend(hf_model)
+        if backend == "bridge":
+            bridge.check_bridge_family(type(hf_model).__name__, hooked_can=_hooked_converts(hf_model))
+            return check_supported(bridge.boot(name, hf_model, tokenizer, device, dtype))
+        if type(hf_model).__name__ in bridge.BRIDGE_ARCHITECTURES and not _hooked_converts(hf_model):
+            raise UnsupportedArchitectureError(
+                f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
+                "HookedTransformer has no converter for it; load it with backend='bridge' (or leave backend unset)"
+            )
         return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags))
+    if _is_checkpoint_folder(name) and backend == "bridge":
+        return check_supported(_checkpoint_on_bridge(name, device, dtype))
     if _is_checkpoint_folder(name):
         if from_pretrained_kwargs:
             raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
         processing = {k: bool(v) for k, v in flags.items()}
         return check_supported(load_checkpoint(name, device=device, dtype=dtype, **processing))
+    if backend == "bridge":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        bridge.check_bridge_family(type(hf).__name__, hooked_can=_hooked_converts(hf))
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(name)
+        return check_supported(bridge.boot(name, hf, tokenizer, device, dtype))
     processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
     return check_supported(_load_hub(name, device, dtype, tokenizer, processing, from_pretrained_kwargs))
 
@@ -142,6 +187,85 @@ def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
     )
 
 
+def _hooked_converts(hf_model) -> bool:
+    """Whether the hooked backend can load ``hf_model`` (HookedTransformer present and a config
+    converter for its architecture)."""
+    if not bridge.hooked_available():
+        return False
+    try:
+        hooked_config(hf_model.config, architecture=type(hf_model).__name__)
+    except UnsupportedArchitectureError:
+        return False
+    return True
+
+
+def _default_backend(hf_model) -> str:
+    """The family's default backend: hooked where it converts, else the bridge."""
+    if _hooked_converts(hf_model):
+        return "hooked"
+    bridge.check_bridge_family(type(hf_model).__name__, hooked_can=False)
+    return "bridge"
+
+
+def _read_local_hf(name, tokenizer, dtype):
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    if tokenizer is None and (Path(name) / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    return hf_model, tokenizer
+
+
+def _checkpoint_on_bridge(folder, device, dtype):
+    """A toy-world-style checkpoint (HookedTransformer weights) on the bridge backend: exported
+    to a GPT-2 Hugging Face model (:func:`~interp_edit.adapter.export.to_hf`, read from the
+    weights file: no HookedTransformer is built) and booted."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    from interp_edit.adapter.export import to_hf
+
+    folder = Path(folder)
+    meta = _read_json(folder / CONFIG_FILE)
+    for path in (folder / WEIGHTS_FILE, folder / "tokenizer.json"):
+        if not path.is_file():
+            raise CheckpointError(f"missing checkpoint file {path}")
+    state = load_file(str(folder / WEIGHTS_FILE))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    cfg = SimpleNamespace(**{"attn_only": False, "parallel_attn_mlp": False, "gated_mlp": False, "n_key_value_heads": None,
+                             "d_vocab_out": meta["model"].get("d_vocab"), **meta["model"]})
+
+    def tree(prefix):
+        out = SimpleNamespace()
+        for key, value in state.items():
+            if key.startswith(prefix):
+                module, _, attr = key[len(prefix):].rpartition(".")
+                node = out
+                for part in filter(None, module.split(".")):
+                    node = node.__dict__.setdefault(part, SimpleNamespace())
+                setattr(node, attr, value)
+        return out
+
+    top = SimpleNamespace(
+        cfg=cfg, tokenizer=tokenizer, W_E=state["embed.W_E"], W_pos=state["pos_embed.W_pos"],
+        W_U=state["unembed.W_U"], b_U=state["unembed.b_U"], ln_final=tree("ln_final."),
+        blocks=[tree(f"blocks.{i}.") for i in range(cfg.n_layers)],
+    )
+    try:
+        hf, _ = to_hf(top)
+    except (AttributeError, KeyError, ExportError) as err:
+        raise UnsupportedArchitectureError(
+            f"checkpoint {folder} is not GPT-2-shaped ({err}), so backend='bridge' cannot load it; load it with backend='hooked'"
+        ) from None
+    model = bridge.boot(str(meta["model"].get("model_name", folder.name)), hf, tokenizer, device, dtype)
+    model.checkpoint_config = meta
+    return model
+
+
 def _local_processing(flags: dict[str, bool | None], cfg) -> dict[str, bool]:
     """The processing flags for a converted Hugging Face model: TransformerLens' hub defaults,
     except that the unembedding is not centred under a final-logit soft-cap (Gemma-2):
@@ -165,13 +289,7 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags):
     from transformer_lens import loading_from_pretrained as loading
 
     if hf_model is None:
-        from transformers import AutoModelForCausalLM
-
-        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-        if tokenizer is None and (Path(name) / "tokenizer_config.json").is_file():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(name)
+        hf_model, tokenizer = _read_local_hf(name, tokenizer, dtype)
     fold_ln = HUB_PROCESSING["fold_ln"] if flags["fold_ln"] is None else bool(flags["fold_ln"])
     cfg = hooked_config(hf_model.config, architecture=type(hf_model).__name__, fold_ln=fold_ln, device=device, dtype=dtype)
     processing = _local_processing(flags, cfg)

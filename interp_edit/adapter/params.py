@@ -24,6 +24,13 @@ def layer_weight(model, name: str, layer: int) -> torch.Tensor:
         path = _LAYER_WEIGHTS[name]
     except KeyError:
         raise KeyError(f"unknown layer weight {name!r}; known: {sorted(_LAYER_WEIGHTS)}") from None
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        weight = bridge.parameter(model, f"blocks.{layer}.{path}").detach()
+        if name == "W_V" and weight.shape[0] != model.cfg.n_heads:  # one per query head, as HookedTransformer's
+            weight = weight.repeat_interleave(model.cfg.n_heads // weight.shape[0], dim=0)
+        return weight
     module, attr = path.split(".")
     return getattr(getattr(model.blocks[layer], module), attr).detach()
 
@@ -31,6 +38,10 @@ def layer_weight(model, name: str, layer: int) -> torch.Tensor:
 def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The gain γ [d_model] of a normalisation (``"ln1"``, ``"ln2"`` of a block, or
     ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``)."""
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        return bridge.norm_gain(model, norm, layer)
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
     weight = getattr(module, "w", None)
     return weight.detach() if weight is not None else torch.ones(model.cfg.d_model, device=model.cfg.device)
@@ -38,6 +49,11 @@ def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
 
 def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The bias β [d_model] of a normalisation (zeros where it has none)."""
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        bias = bridge.norm_bias(model, norm, layer)
+        return bias if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
     bias = getattr(module, "b", None)
     return bias.detach() if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
@@ -66,11 +82,26 @@ def parameter_layer(name: str) -> int | None:
 
 
 def get_parameter(model, name: str) -> torch.nn.Parameter:
-    """A parameter by its TransformerLens name; a clear error for an unknown name."""
+    """A parameter by its TransformerLens name; a clear error for an unknown name. On the
+    bridge backend: a view of the Hugging Face parameter in TransformerLens' layout (in-place
+    changes change the model)."""
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        return bridge.parameter(model, name)
     params = dict(model.named_parameters())
     if name not in params:
         raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
     return params[name]
+
+
+def has_parameter(model, name: str) -> bool:
+    """Whether the model has the parameter ``name`` (TransformerLens name)."""
+    try:
+        get_parameter(model, name)
+    except KeyError:
+        return False
+    return True
 
 
 def weight_matrix_shape(model, name: str) -> tuple[int, int]:
@@ -124,12 +155,30 @@ def model_fingerprint(model) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab,
                               cfg.n_ctx, cfg.act_fn, cfg.normalization_type]).encode())
-    for tensor in (model.W_E, model.W_pos if cfg.positional_embedding_type == "standard" else None, model.W_U):
+    for tensor in _fingerprinted_weights(model):
         if tensor is None:
             continue
         rows = tensor.detach()[: 4096].to("cpu", torch.float32).contiguous()
         digest.update(rows.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def token_embeddings(model) -> torch.Tensor:
+    """``W_E`` [vocab, d_model] as ``hook_embed`` sees it (Gemma's √d scale included) on either
+    backend."""
+    from interp_edit.adapter import bridge
+
+    return bridge.token_embedding(model) if bridge.is_bridge(model) else model.W_E
+
+
+def _fingerprinted_weights(model) -> tuple:
+    """Token embedding (as ``hook_embed`` sees it), position embedding (or None), unembedding:
+    the same tensors on both backends for the same weights."""
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        return bridge.token_embedding(model), bridge.position_embedding(model), model.W_U
+    return model.W_E, model.W_pos if model.cfg.positional_embedding_type == "standard" else None, model.W_U
 
 
 @contextlib.contextmanager
@@ -158,10 +207,16 @@ def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor, change: 
 
     if not architecture(model).post_norms:
         return change
-    norm = model.get_submodule(f"blocks.{layer}.{'ln1_post' if kind == 'attn' else 'ln2_post'}")
-    gain = norm.w.detach().to(raw.dtype)
+    from interp_edit.adapter import bridge
+
+    norm_name = "ln1_post" if kind == "attn" else "ln2_post"
+    if bridge.is_bridge(model):
+        gain, eps = bridge.norm_gain(model, norm_name, layer).to(raw.dtype), bridge.norm_eps(model, norm_name, layer)
+    else:
+        norm = model.get_submodule(f"blocks.{layer}.{norm_name}")
+        gain, eps = norm.w.detach().to(raw.dtype), norm.eps
     if gain.abs().min().item() < 1e-6:
         raise ValueError(f"blocks.{layer} post-norm gain has a zero entry: its output cannot be moved there")
-    rms = (raw.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    rms = (raw.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     normed = gain * raw / rms
     return (normed + change) / gain * rms - raw

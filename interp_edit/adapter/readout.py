@@ -95,8 +95,9 @@ def write_gain(model, cache: dict[str, Tensor], layer: int, sublayer: str) -> Fl
         return None
     if arch.norm != "rmsnorm":
         raise UnsupportedArchitectureError("post-sublayer LayerNorms (only RMSNorm post-norms are covered)")
-    norm = getattr(model.blocks[layer], _POST_NORMS[sublayer])
-    gamma = norm.w.detach()
+    from interp_edit.adapter.params import norm_weight
+
+    gamma = norm_weight(model, _POST_NORMS[sublayer], layer)
     scale = cache[hook_name(f"{_POST_NORMS[sublayer]}_scale", layer)]  # [batch, pos, 1]
     return gamma / scale
 

@@ -31,6 +31,13 @@ FAMILIES: dict[str, str] = {
     "phi": "Phi-2: parallel blocks, one LayerNorm, partial rotary, dense biases",
 }
 
+#: Families only the TransformerBridge backend loads (TransformerLens' HookedTransformer has no
+#: converter for them): ``load_model(..., hf_model=tiny_hf_model(f, ...))`` picks the bridge.
+BRIDGE_ONLY_FAMILIES: dict[str, str] = {
+    "starcoder2": "StarCoder2: LayerNorm with biases, GQA, rotary, plain (ungated) GELU MLP with biases",
+    "stablelm": "StableLM: LayerNorm, GQA, partial rotary, gated SiLU MLP",
+}
+
 _SIZES = {
     "tiny": dict(d_model=64, n_layers=3, n_heads=4, d_mlp=128, n_ctx=64),
     "gpt2-small": dict(d_model=768, n_layers=12, n_heads=12, d_mlp=3072, n_ctx=256),
@@ -80,6 +87,11 @@ def _configs(s: dict) -> dict[str, Callable[[], object]]:
             vocab_size=V, hidden_size=d, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H,
             max_position_embeddings=C, partial_rotary_factor=0.5, initializer_range=init, resid_pdrop=0.0,
             embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+        "starcoder2": lambda: T.Starcoder2ForCausalLM(_llama_like(
+            T.Starcoder2Config, s, num_key_value_heads=kv, sliding_window=None, residual_dropout=0.0,
+            embedding_dropout=0.0, attention_dropout=0.0)),
+        "stablelm": lambda: T.StableLmForCausalLM(_llama_like(T.StableLmConfig, s, num_key_value_heads=kv,
+                                                              partial_rotary_factor=0.5)),
     }
 
 
@@ -87,8 +99,8 @@ def tiny_hf_model(family: str, *, vocab_size: int, size: str = "tiny", seed: int
     """A randomly initialised Hugging Face causal LM of ``family`` (see :data:`FAMILIES`), in
     eval mode. Norm gains are drawn from U(0.5, 1.5) (Gemma's ``1 + w`` gains from U(-0.5, 0.5))
     and every bias from N(0, 0.05²), so that folding and centring are really exercised."""
-    if family not in FAMILIES:
-        raise KeyError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    if family not in FAMILIES and family not in BRIDGE_ONLY_FAMILIES:
+        raise KeyError(f"unknown family {family!r}; known: {sorted(FAMILIES) + sorted(BRIDGE_ONLY_FAMILIES)}")
     if size not in _SIZES:
         raise KeyError(f"unknown size {size!r}; known: {sorted(_SIZES)}")
     spec = dict(_SIZES[size], vocab_size=vocab_size, init=init)

@@ -15,6 +15,7 @@ unablated run. Prompts run in right-padded batches; hooks are removed even on an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +211,8 @@ def _positional_hooks(model, layer: int, entries: list[tuple[int, int, int]], me
     arch = architecture(model)
     seen: dict[str, Tensor] = {}
 
-    def keep(act: Tensor, hook) -> Tensor:
-        seen[hook.name] = act
+    def keep(act: Tensor, hook, name: str) -> Tensor:  # by the name asked for (bridge: hook.name is its own)
+        seen[name] = act
         return act
 
     v_name, pattern_name = hook_name("v", layer), hook_name("pattern", layer)
@@ -225,4 +226,5 @@ def _positional_hooks(model, layer: int, entries: list[tuple[int, int, int]], me
             z[:, :, h, j] = z[:, :, h, j] - pattern[:, h, :, p] * removed[:, None]
         return z
 
-    return [(v_name, keep), (pattern_name, keep), (hook_name("z", layer), correct)]
+    return [(v_name, functools.partial(keep, name=v_name)), (pattern_name, functools.partial(keep, name=pattern_name)),
+            (hook_name("z", layer), correct)]

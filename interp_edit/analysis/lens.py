@@ -14,7 +14,7 @@ from interp_edit.adapter.architecture import architecture
 from interp_edit.adapter.readout import write_gain, write_gain_names, written
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
-from interp_edit.model import hook_name, run_with_cache, unembed
+from interp_edit.model import get_parameter, hook_name, layer_weight, norm_bias, norm_weight, run_with_cache, unembed
 
 
 def _tokens(model, prompt: str) -> Tensor:
@@ -175,9 +175,8 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
     names.append(hook_name("resid_post", n - 1))
     logits, cache = run_with_cache(model, tokens, names)
     scale = cache[hook_name("ln_final_scale")][0, -1]  # [1]
-    ln_w = getattr(model.ln_final, "w", None)
-    ln_b = getattr(model.ln_final, "b", None)
-    readout = direction * ln_w if ln_w is not None else direction
+    ln_w, ln_b = norm_weight(model, "ln_final"), norm_bias(model, "ln_final")  # ones / zeros where folded
+    readout = direction * ln_w
     centre = arch.norm_centres
 
     def project(vectors: Tensor) -> Tensor:  # [..., d_model] -> [...]
@@ -190,12 +189,12 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
         return None if g is None else g[0, -1]
 
     heads = torch.stack([
-        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1], model.W_O[layer], "h d, h d m -> h m"), gain(layer)))
+        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1], layer_weight(model, "W_O", layer), "h d, h d m -> h m"), gain(layer)))
         for layer in range(n)
     ])
-    attn_bias = torch.stack([project(written(model.b_O[layer], gain(layer))) for layer in range(n)])
+    attn_bias = torch.stack([project(written(get_parameter(model, f"blocks.{layer}.attn.b_O").detach(), gain(layer))) for layer in range(n)])
     mlp = torch.stack([project(cache[hook_name("mlp_out", layer)][0, -1]) for layer in range(n)])
-    constant = b_u + (ln_b @ direction).item() if ln_b is not None else b_u
+    constant = b_u + (ln_b @ direction).item()
     f_id = encode_target(model.tokenizer, foil)[0] if foil else None
     model_total = logits[0, -1, t_id].item() - (logits[0, -1, f_id].item() if foil else 0.0)
     total = model_total

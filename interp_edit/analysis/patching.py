@@ -3,6 +3,7 @@ Spec: shared/reference/methods.md A2."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,14 +287,14 @@ def _gradients(model, tokens, names, metric_fn) -> tuple[dict[str, Tensor], dict
     """Gradients of the metric w.r.t. the activations at ``names`` (parameters get none)."""
     acts: dict[str, Tensor] = {}
 
-    def keep(act, hook):
-        acts[hook.name] = act
+    def keep(act, hook, name):  # by the name asked for (on the bridge hook.name is the bridge's own)
+        acts[name] = act
         return act
 
     def ensure_graph(embed, hook):  # also when the parameters are frozen
         return embed if embed.requires_grad else embed.detach().requires_grad_(True)
 
-    hooks = [(hook_name("embed"), ensure_graph)] + [(n, keep) for n in names]
+    hooks = [(hook_name("embed"), ensure_graph)] + [(n, functools.partial(keep, name=n)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = metric_fn(model(tokens, return_type="logits"))
         ordered = [acts[n] for n in names]

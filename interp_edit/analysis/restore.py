@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name
+from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name, supports_prefix_kv
 from interp_edit.batching import forward_row_bytes, resolve_memory_budget, rows_within
 
 #: Sites whose value is the residual stream itself (patched at the run's input).
@@ -181,7 +181,7 @@ def _run_group(model, group: list[Restoration], base: RunCache, source: RunCache
     start = first.start_layer
     # Positions before the first restored one are unchanged: reuse their attention keys and
     # values from the base run instead of recomputing them (never past the scored positions).
-    t0 = 0 if pos is None else min(min(r.pos for r in group), min(positions))  # host values: no device sync
+    t0 = 0 if pos is None or not supports_prefix_kv(model) else min(min(r.pos for r in group), min(positions))  # host values: no device sync
     residual = base.streams[start][base_idx][:, t0:].clone()
     hooks = []
     if first.site in RESIDUAL_SITES:

@@ -16,7 +16,7 @@ from interp_edit.analysis.restore import Restoration, cache_run, run_restoration
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.batching import check_memory_budget, resolve_memory_budget
 from interp_edit.errors import InvalidArgumentError, PromptTooLongError
-from interp_edit.model import hook_name
+from interp_edit.model import hook_name, token_embeddings
 from interp_edit.prompts import TokenizedPrompt, tokenize_with_subject
 from interp_edit.validation import check_choice, check_int, check_positive_finite, check_sequence, check_str
 
@@ -134,7 +134,8 @@ def subject_embedding_std(model, subjects: Sequence[str]) -> float:
     subject pooled (repeats kept): ROME's ``collect_embedding_std`` over a dataset's subjects
     (its "s3" noise is 3 × this), or a single prompt's subject."""
     ids = [t for s in subjects for t in model.tokenizer.encode(" " + s.strip(), add_special_tokens=False)]
-    return model.W_E[torch.tensor(ids, device=model.W_E.device)].float().std().item()
+    w_e = token_embeddings(model)
+    return w_e[torch.tensor(ids, device=w_e.device)].float().std().item()
 
 
 #: ROME restores windows of 10 layers on GPT-2 XL's 48: the default window keeps that fraction

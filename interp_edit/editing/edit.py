@@ -40,6 +40,7 @@ from interp_edit.model import (
     add_persistent_hook,
     delta_hooks,
     get_parameter,
+    has_parameter,
     model_fingerprint,
     parameter_layer,
     remove_persistent_hook,
@@ -135,9 +136,8 @@ class Edit:
                 f"this {self.method} edit was made for the model with fingerprint {self.model_fingerprint}, "
                 f"not this one ({found}); edits only apply to the base model they were computed on"
             )
-        params = dict(model.named_parameters())
         for name, delta in self.deltas.items():
-            if name not in params:
+            if not has_parameter(model, name):
                 raise EditApplicationError(f"this {self.method} edit changes the parameter {name!r}, which the model does not have")
             if not all(torch.isfinite(t).all() for t in delta.tensors().values()):
                 raise EditApplicationError(f"the delta of {name} holds non-finite values (NaN or inf); it would break the model")

@@ -47,6 +47,7 @@ and 25% of unrelated subjects asked the same relation change their answer (ROME 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -206,10 +207,10 @@ def select_neurons(model, request: TokenizedRequest, top_k: int, layers: list[in
     names = [hook_name("mlp_post", layer) for layer in layers]
     cache: dict[str, Tensor] = {}
 
-    def save(act, hook):
-        cache[hook.name] = act.detach()
+    def save(act, hook, name):  # by the name asked for (on the bridge hook.name is the bridge's own)
+        cache[name] = act.detach()
 
-    with model.hooks(fwd_hooks=[(n, save) for n in names]):
+    with model.hooks(fwd_hooks=[(n, functools.partial(save, name=n)) for n in names]):
         logits = model(tokens, return_type="logits")
     predicted = logits[0, positions].argmax(-1)  # [token]
     unembed_cols = model.W_U.detach()[:, predicted]  # [d_model, token]

@@ -23,6 +23,7 @@ from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.model import (
     forward_to_layer,
     frozen_parameters,
+    get_parameter,
     hook_name,
     model_fingerprint,
     residual_from_layer,
@@ -77,7 +78,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
     mask = torch.tensor([[float(i < len(r.target_ids)) for i in range(width)] for r in treqs], device=device)
     rows = torch.arange(len(treqs), device=device)[:, None]
     start = forward_to_layer(model, tokens, cfg.layer + 1, [hook_name("resid_pre", cfg.layer)])[hook_name("resid_pre", cfg.layer)]
-    weight = model.blocks[cfg.layer].mlp.W_out
+    weight = get_parameter(model, w_out_name(cfg.layer))
     # optimised in float32 (Adam on a half-precision tensor underflows): see interp_edit.precision
     change = torch.zeros(weight.shape, dtype=OPTIMISE_DTYPE, device=weight.device, requires_grad=True)
     optimiser = torch.optim.Adam([change], lr=cfg.lr)

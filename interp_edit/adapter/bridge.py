@@ -1,0 +1,267 @@
+"""The TransformerBridge backend: where it differs from ``HookedTransformer``, in one place.
+
+``load_model(..., backend="bridge")`` wraps the native Hugging Face model in TransformerLens'
+``TransformerBridge`` (booted from the in-memory model, never the hub) in compatibility mode
+*without weight processing*: the weights are the Hugging Face ones (no folded norms, no centred
+writing weights), and the hook points carry the HookedTransformer names (``blocks.3.hook_mlp_out``,
+``blocks.3.attn.hook_z`` …) that :mod:`interp_edit.adapter.hooks` uses. What differs, and is
+handled here and nowhere else:
+
+- weights by their TransformerLens names (``blocks.3.mlp.W_out`` …) are *views* of the Hugging
+  Face parameters in TransformerLens' layout (the bridge's own ``W_out`` / ``W_O`` properties),
+  so in-place writes of an ``Edit`` change the model; :func:`parameter`;
+- norm gains are read from the Hugging Face modules (Gemma's ``1 + w``), :func:`norm_gain`;
+- the token embedding as the residual sees it (Gemma's √d scale, folded into ``W_E`` by
+  HookedTransformer), :func:`token_embedding`;
+- a forward from block ``l`` (HookedTransformer's ``start_at_layer``, which the bridge lacks)
+  replaces ``blocks.l.hook_resid_pre`` of a forward on placeholder tokens, :func:`run_from_layer`;
+- the :class:`~interp_edit.adapter.architecture.Architecture`, read from the Hugging Face
+  config (the bridge's config does not record q/k norms or post-sublayer norms),
+  :func:`architecture_of`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
+
+BACKENDS = ("hooked", "bridge")
+
+#: Hugging Face architectures the bridge backend covers, with what the Architecture needs to
+#: know that the config does not say: parallel blocks, norm kind, post-sublayer norms, q/k
+#: norm, gated MLP, learned positions, Gemma's √d embedding scale and ``1 + w`` norm gains.
+BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "GPT2LMHeadModel": dict(norm="layernorm", gated=False, positional="standard"),
+    "GPTNeoXForCausalLM": dict(norm="layernorm", gated=False, parallel="use_parallel_residual"),
+    "LlamaForCausalLM": dict(norm="rmsnorm", gated=True),
+    "MistralForCausalLM": dict(norm="rmsnorm", gated=True),
+    "Qwen2ForCausalLM": dict(norm="rmsnorm", gated=True),
+    "Qwen3ForCausalLM": dict(norm="rmsnorm", gated=True, qk_norm=True),
+    "GemmaForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True),
+    "Gemma2ForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True, post_norms=True),
+    # only the bridge has these (HookedTransformer 3.9 has no converter)
+    "Starcoder2ForCausalLM": dict(norm="layernorm", gated=False),
+    "StableLmForCausalLM": dict(norm="layernorm", gated=True),
+}
+
+#: Architectures the bridge boots whose HookedTransformer-named hooks are incomplete in
+#: TransformerLens 3.9 / 4.x, so interp_edit's analyses cannot run on them there.
+BRIDGE_GAPS: dict[str, str] = {
+    "GPTJForCausalLM": "the bridge fires no attn.hook_pattern and no ln2 hooks for GPT-J",
+    "OPTForCausalLM": "the bridge fires no attn.hook_pattern for OPT and its ln2.hook_scale drops the batch axis",
+    "PhiForCausalLM": "the bridge has no ln2 hooks for Phi's single shared norm",
+}
+
+
+def hooked_available() -> bool:
+    """Whether the installed TransformerLens has ``HookedTransformer`` (3.x; 4.0 removed it)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def is_bridge(model) -> bool:
+    """Whether ``model`` is a TransformerBridge (else a HookedTransformer)."""
+    return getattr(model, "_interp_edit_backend", None) == "bridge"
+
+
+def backend_of(model) -> str:
+    return "bridge" if is_bridge(model) else "hooked"
+
+
+def check_backend(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS} (or None for the family's default), got {backend!r}")
+    if backend == "hooked" and not hooked_available():
+        from importlib.metadata import version
+
+        raise InvalidArgumentError(
+            f"backend='hooked' needs TransformerLens' HookedTransformer, which TransformerLens "
+            f"{version('transformer-lens')} no longer has (removed in 4.0); load the model with backend='bridge' "
+            "(or leave backend unset), or install transformer-lens<4"
+        )
+
+
+def check_bridge_family(hf_architecture: str, hooked_can: bool) -> None:
+    """Raise naming the backend that can load ``hf_architecture`` if the bridge backend cannot."""
+    if hf_architecture in BRIDGE_ARCHITECTURES:
+        return
+    if hooked_can:
+        other = "load it with backend='hooked'"
+    elif not hooked_available():
+        other = "backend='hooked' (TransformerLens' HookedTransformer, transformer-lens<4) may load it"
+    else:
+        other = "the hooked backend does not cover it either"
+    why = BRIDGE_GAPS.get(hf_architecture, "interp_edit's bridge backend does not cover this architecture")
+    raise UnsupportedArchitectureError(
+        f"model architecture {hf_architecture!r} cannot run on backend='bridge': {why} "
+        f"(bridge families: {sorted(BRIDGE_ARCHITECTURES)}); {other}"
+    )
+
+
+def boot(name: str, hf_model, tokenizer, device, dtype):
+    """A TransformerBridge around ``hf_model`` (in memory; no hub access), in compatibility
+    mode without weight processing, checked and tagged as the bridge backend."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_architecture = type(hf_model).__name__
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [hf_architecture]
+    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    quiet = logging.getLogger().manager.disable
+    logging.disable(logging.WARNING)  # the bridge warns about every legacy alias it registers
+    try:
+        model = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+        model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    finally:
+        logging.disable(quiet)
+    model._interp_edit_backend = "bridge"
+    model._interp_edit_hf_architecture = hf_architecture
+    model.eval()
+    return model
+
+
+# --- the architecture ----------------------------------------------------------------------
+def _get(config, *names, default=None):
+    for n in names:
+        value = getattr(config, n, None)
+        if value is not None:
+            return value
+    return default
+
+
+def architecture_of(model):
+    """The :class:`~interp_edit.adapter.architecture.Architecture` of a bridge model, from its
+    Hugging Face config."""
+    from interp_edit.adapter.architecture import Architecture
+
+    hf_architecture = model._interp_edit_hf_architecture
+    spec = BRIDGE_ARCHITECTURES[hf_architecture]
+    c = model.original_model.config
+    d_model = _get(c, "hidden_size", "n_embd")
+    n_heads = _get(c, "num_attention_heads", "n_head")
+    parallel = spec.get("parallel", False)
+    parallel = bool(getattr(c, parallel, False)) if isinstance(parallel, str) else bool(parallel)
+    return Architecture(
+        family=hf_architecture,
+        n_layers=_get(c, "num_hidden_layers", "n_layer"),
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=_get(c, "head_dim", default=d_model // n_heads),
+        d_mlp=_get(c, "intermediate_size", "n_inner", default=4 * d_model),
+        n_kv_heads=int(_get(c, "num_key_value_heads", default=n_heads)),
+        parallel_blocks=parallel,
+        norm=spec["norm"],
+        norm_folded=False,
+        post_norms=spec.get("post_norms", False),
+        qk_norm=spec.get("qk_norm", False),
+        gated_mlp=spec["gated"],
+        positional=spec.get("positional", "rotary"),
+        logit_softcap=_positive(getattr(c, "final_logit_softcapping", None)),
+        attn_softcap=_positive(getattr(c, "attn_logit_softcapping", None)),
+        embedding_scale=math.sqrt(d_model) if spec.get("gemma") else 1.0,
+    )
+
+
+def _positive(value) -> float | None:
+    return float(value) if value is not None and value > 0 else None
+
+
+# --- weights -------------------------------------------------------------------------------
+#: TransformerLens parameter names (after ``blocks.{l}.``) the bridge exposes as views.
+_BLOCK_PARAMS = ("mlp.W_out", "mlp.b_out", "mlp.W_in", "mlp.b_in", "mlp.W_gate", "attn.W_O", "attn.b_O",
+                 "attn.W_V", "attn.W_K", "attn.W_Q", "attn.b_V", "attn.b_K", "attn.b_Q")
+
+
+_ZERO_BIASES = ("b_out", "b_O", "b_in")
+
+
+def parameter(model, name: str) -> torch.Tensor:
+    """The weight ``name`` (TransformerLens name and layout) of a bridge model: a view of the
+    Hugging Face parameter, so in-place changes change the model."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blocks" and parts[1].isdigit() and ".".join(parts[2:]) in _BLOCK_PARAMS:
+        layer = int(parts[1])
+        if layer < len(model.blocks):
+            tensor = getattr(getattr(model.blocks[layer], parts[2]), parts[3], None)
+            if tensor is not None:
+                return tensor
+            if parts[3] in _ZERO_BIASES:  # HookedTransformer holds zeros where Hugging Face has no bias
+                size = model.cfg.d_mlp if parts[3] == "b_in" else model.cfg.d_model
+                return torch.zeros(size, device=model.W_U.device, dtype=model.W_U.dtype)
+    elif name in ("W_U", "W_E"):
+        return getattr(model, name)
+    raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
+
+
+def _norm_module(model, norm: str, layer: int | None):
+    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm, None)
+    if module is None and norm == "ln2":  # one shared norm (parallel blocks)
+        module = model.blocks[layer].ln1
+    return module.original_component
+
+
+def norm_gain(model, norm: str, layer: int | None = None) -> torch.Tensor:
+    """The gain γ of a norm as it multiplies (Gemma's RMSNorm multiplies by ``1 + w``)."""
+    weight = _norm_module(model, norm, layer).weight.detach()
+    return 1.0 + weight if BRIDGE_ARCHITECTURES[model._interp_edit_hf_architecture].get("gemma") else weight
+
+
+def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor | None:
+    bias = getattr(_norm_module(model, norm, layer), "bias", None)
+    return None if bias is None else bias.detach()
+
+
+def norm_eps(model, norm: str, layer: int | None = None) -> float:
+    module = _norm_module(model, norm, layer)
+    return float(_get(module, "eps", "variance_epsilon"))
+
+
+def token_embedding(model) -> torch.Tensor:
+    """``W_E`` as ``hook_embed`` sees it (times Gemma's √d scale)."""
+    from interp_edit.adapter.architecture import architecture
+
+    scale = architecture(model).embedding_scale
+    w_e = model.W_E
+    return w_e if scale == 1.0 else w_e * torch.tensor(scale, dtype=w_e.dtype)
+
+
+def position_embedding(model) -> torch.Tensor | None:
+    """Learned position embeddings [n_ctx, d_model], or None (rotary)."""
+    from interp_edit.adapter.architecture import architecture
+
+    if not architecture(model).has_pos_embed:
+        return None
+    return model.original_model.transformer.wpe.weight
+
+
+# --- forwards ------------------------------------------------------------------------------
+def run_from_layer(model, residual: torch.Tensor, start_layer: int, hooks) -> torch.Tensor:
+    """The final residual (before the final norm) of blocks ``start_layer`` … on ``residual``,
+    with temporary hooks; differentiable. The bridge cannot start a forward inside the model:
+    it runs on placeholder tokens and ``blocks.{start_layer}.hook_resid_pre`` is replaced by
+    ``residual`` (the earlier blocks' work is discarded)."""
+    n = model.cfg.n_layers
+    if start_layer >= n:
+        with model.hooks(fwd_hooks=list(hooks)):
+            return residual
+    store: dict[str, torch.Tensor] = {}
+
+    def inject(act, hook):
+        return residual.to(act.dtype)
+
+    def keep(act, hook):
+        store["final"] = act
+
+    placeholder = torch.zeros(residual.shape[:2], dtype=torch.long, device=residual.device)
+    names = [(f"blocks.{start_layer}.hook_resid_pre", inject), *hooks, (f"blocks.{n - 1}.hook_resid_post", keep)]
+    with model.hooks(fwd_hooks=names):
+        model(placeholder, return_type=None)
+    return store["final"]

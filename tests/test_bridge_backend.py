@@ -1,0 +1,185 @@
+"""The TransformerBridge backend (interp_edit.adapter.bridge) against the HookedTransformer one.
+
+Where both backends load the same weights (the hooked model unprocessed: the bridge keeps the
+Hugging Face weights), every result must agree: activations, traces, patching, attributions,
+editors' deltas, fingerprints (an edit made on one backend applies on the other). The default
+suite checks a representative subset of the shared families (:data:`PARITY`); the TransformerLens-4
+CI job runs the whole family matrix on the bridge (``INTERP_EDIT_TEST_BACKEND=bridge``).
+Tolerances: 1e-5 (absolute, on log-probabilities / scores of order 1) for forward results; the
+editors' deltas, which come out of gradient steps and linear solves, agree to 1e-4 relative."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from family_models import BRIDGE_FAMILY_NAMES, family_hf, family_model, toy_tokenizer
+
+from interp_edit import activation_patch, causal_trace, direct_logit_attribution, load_model, neuron_attribution
+from interp_edit.adapter import bridge
+from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES
+from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
+from interp_edit.model import architecture, backend_of, model_fingerprint
+
+needs_hooked = pytest.mark.skipif(not bridge.hooked_available(), reason="compares with HookedTransformer (TransformerLens 3.x)")
+
+SHARED = tuple(f for f in BRIDGE_FAMILY_NAMES if f in FAMILIES)
+PARITY = SHARED if os.environ.get("INTERP_EDIT_TEST_BACKEND") == "bridge" else ("gpt2", "llama3", "qwen3", "gemma2")
+
+PROMPT = "As everyone knows, Talvik Corlo was born in"
+SUBJECT, OTHER, TARGET = "Talvik Corlo", "Zellen Hul", " Karsa"
+REQUEST = {"prompt": "{} was born in", "subject": "Talvik Corlo", "target_new": " Karsa"}
+
+
+def _pair(family):
+    return family_model(family, processed=False, backend="hooked"), family_model(family, backend="bridge")
+
+
+def _tokens(model, text=PROMPT):
+    return torch.tensor([[model.tokenizer.bos_token_id] + model.tokenizer.encode(text, add_special_tokens=False)])
+
+
+@needs_hooked
+@pytest.mark.parametrize("family", PARITY)
+def test_same_architecture_fingerprint_and_activations(family):
+    hooked, bridged = _pair(family)
+    assert backend_of(hooked) == "hooked" and backend_of(bridged) == "bridge"
+    assert architecture(bridged) == architecture(hooked)
+    names = [f"blocks.{layer}.{site}" for layer in range(hooked.cfg.n_layers)
+             for site in ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out", "mlp.hook_post", "attn.hook_z")]
+    from interp_edit.model import run_with_cache
+
+    logits_h, cache_h = run_with_cache(hooked, _tokens(hooked), names)
+    logits_b, cache_b = run_with_cache(bridged, _tokens(bridged), names)
+    assert (logits_h - logits_b).abs().max().item() < 1e-5 * max(1.0, logits_h.abs().max().item())
+    for name in names:
+        assert (cache_h[name] - cache_b[name]).abs().max().item() < 1e-5 * max(1.0, cache_h[name].abs().max().item()), name
+    if family != "qwen3":  # HookedTransformer caps Qwen's n_ctx at 2048, which the fingerprint records
+        assert model_fingerprint(bridged) == model_fingerprint(hooked)
+
+
+@needs_hooked
+@pytest.mark.parametrize("family", PARITY)
+def test_trace_and_patching_agree(family):
+    hooked, bridged = _pair(family)
+    traces = [causal_trace(m, PROMPT, SUBJECT, TARGET, corruption="replace", replacement=OTHER, window=2, samples=1,
+                           metric="logprob") for m in (hooked, bridged)]
+    assert (traces[0].scores - traces[1].scores).abs().max().item() < 1e-5
+    assert traces[0].scores.max() - traces[0].scores.min() > 0.05  # not trivially equal
+    patches = [activation_patch(m, PROMPT, PROMPT.replace(SUBJECT, OTHER), answer=" Karsa", foil=" Veltra",
+                                metric="logit_diff", sites=("resid_pre", "attn_out", "mlp_out", "head_out"))
+               for m in (hooked, bridged)]
+    for site, grid in patches[0].results.items():
+        assert (grid - patches[1].results[site]).abs().max().item() < 1e-5 * max(1.0, grid.abs().max().item()), site
+
+
+@needs_hooked
+@pytest.mark.parametrize("family", PARITY)
+def test_direct_logit_attribution_agrees(family):
+    hooked, bridged = _pair(family)
+    dla = [direct_logit_attribution(m, PROMPT, TARGET) for m in (hooked, bridged)]
+    for part in ("heads", "attn_bias", "mlp"):
+        a, b = getattr(dla[0], part), getattr(dla[1], part)
+        assert (a - b).abs().max().item() < 1e-5 * max(1.0, a.abs().max().item()), part
+    nla = [neuron_attribution(m, PROMPT, TARGET, top_k=3) for m in (hooked, bridged)]
+    assert (nla[0].ffn_query_scores - nla[1].ffn_query_scores).abs().max().item() < 1e-5
+    assert [n.neuron for n in nla[0].top_ffn] == [n.neuron for n in nla[1].top_ffn]
+
+
+EDITOR_PARITY = PARITY if os.environ.get("INTERP_EDIT_TEST_BACKEND") == "bridge" else ("gemma2",)
+EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega", "ace")  # every editor
+
+
+@needs_hooked
+@pytest.mark.parametrize("family", EDITOR_PARITY)
+@pytest.mark.parametrize("method", EDITORS)
+def test_editor_deltas_agree_and_edits_cross_backends(family, method):
+    from model_state import assert_unchanged, snapshot
+    from test_family_editing import _config, _kwargs, _requests
+
+    from interp_edit.editing import editors
+
+    hooked, bridged = _pair(family)
+    settings = _config(method, hooked.cfg.n_layers)
+    edits = [editors()[method].fn(m, _requests(method), **_kwargs(method), **settings) for m in (hooked, bridged)]
+    assert sorted(edits[0].deltas) == sorted(edits[1].deltas) and sorted(edits[0].hooks) == sorted(edits[1].hooks)
+    assert edits[0].deltas or edits[0].hooks
+    for name in edits[0].deltas:
+        a, b = edits[0].delta_matrix(name, hooked), edits[1].delta_matrix(name, bridged)
+        assert (a - b).norm().item() <= 1e-4 * a.norm().item(), name
+    for label, steer in edits[0].hooks.items():
+        other = edits[1].hooks[label].tensors()
+        for key, value in steer.tensors().items():
+            assert (value.double() - other[key].double()).norm().item() <= 1e-4 * max(1e-12, value.double().norm().item()), (label, key)
+    if model_fingerprint(hooked) != model_fingerprint(bridged):
+        return  # Qwen: HookedTransformer's n_ctx cap (above)
+    # an edit made on the hooked backend applies on the bridge, in place, and is undone exactly
+    before = snapshot(bridged)
+    tokens = _tokens(bridged, "Talvik Corlo was born in")
+    with torch.no_grad():
+        plain = bridged(tokens)
+        with edits[0].applied(bridged):
+            edited_b = bridged(tokens)
+        with edits[0].applied(hooked):
+            edited_h = hooked(tokens)
+    assert_unchanged(bridged, before, no_edits=True)
+    assert (edited_b - plain).abs().max().item() > 1e-4
+    assert (edited_b - edited_h).abs().max().item() < 1e-4 * max(1.0, edited_h.abs().max().item())
+
+
+# --- families only the bridge has ----------------------------------------------------------
+@pytest.mark.parametrize("family", sorted(BRIDGE_ONLY_FAMILIES))
+def test_bridge_only_families_default_to_the_bridge_and_trace_like_a_plain_loop(family):
+    from test_family_tracing import _plain_trace
+
+    model = load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer())
+    assert backend_of(model) == "bridge"
+    result = causal_trace(model, PROMPT, SUBJECT, TARGET, corruption="replace", replacement=OTHER, window=2, samples=1,
+                          metric="logprob")
+    scores, clean, _ = _plain_trace(model, 2)
+    assert abs(result.clean_score - clean) < 1e-6
+    assert (result.scores.double() - scores.double()).abs().max().item() < 1e-5
+    assert scores.max() - scores.min() > 0.05
+
+
+def test_bridge_family_list_is_the_adapters():
+    for family in BRIDGE_FAMILY_NAMES:
+        assert type(family_hf(family)).__name__ in bridge.BRIDGE_ARCHITECTURES, family
+    for family in set(FAMILIES) - set(BRIDGE_FAMILY_NAMES):
+        assert type(family_hf(family)).__name__ in bridge.BRIDGE_GAPS, family
+
+
+@needs_hooked
+def test_toyworld_on_the_bridge_equals_the_hooked_toyworld():
+    hooked, bridged = load_model("toyworld"), load_model("toyworld", backend="bridge")
+    assert backend_of(bridged) == "bridge" and bridged.checkpoint_config == hooked.checkpoint_config
+    assert model_fingerprint(bridged) == model_fingerprint(hooked)
+    with torch.no_grad():
+        a, b = hooked(_tokens(hooked)), bridged(_tokens(bridged))
+    assert (a - b).abs().max().item() < 1e-4
+
+
+# --- bad input -----------------------------------------------------------------------------
+def test_bridge_on_a_family_it_does_not_cover_names_the_hooked_backend():
+    with pytest.raises(UnsupportedArchitectureError, match="backend='hooked'"):
+        load_model("tiny-gptj", hf_model=family_hf("gptj"), tokenizer=toy_tokenizer(), backend="bridge")
+
+
+@needs_hooked
+def test_hooked_on_a_bridge_only_family_names_the_bridge():
+    with pytest.raises(UnsupportedArchitectureError, match="backend='bridge'"):
+        load_model("tiny-starcoder2", hf_model=family_hf("starcoder2"), tokenizer=toy_tokenizer(), backend="hooked")
+
+
+def test_hooked_under_transformer_lens_4_names_the_bridge(monkeypatch):
+    monkeypatch.setattr(bridge, "hooked_available", lambda: False)
+    with pytest.raises(InvalidArgumentError, match="backend='bridge'"):
+        load_model("toyworld", backend="hooked")
+    assert backend_of(load_model("toyworld")) == "bridge"  # and the default follows
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(backend="Bridge"), "backend"), (dict(backend="bridge", fold_ln=True), "fold_ln")])
+def test_bad_backend_arguments(kwargs, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        load_model("tiny-gpt2", hf_model=family_hf("gpt2"), tokenizer=toy_tokenizer(), **kwargs)
