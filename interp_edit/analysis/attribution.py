@@ -57,6 +57,7 @@ from interp_edit.adapter.readout import (
     write_gain_names,
     written,
 )
+from interp_edit.analysis.attribution_bounds import CertifiedTopK, certified_top_k, ranked, score_upper_bounds
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import InvalidArgumentError
@@ -64,8 +65,10 @@ from interp_edit.model import hook_name, layer_weight, norm_bias, norm_centres, 
 
 #: Elements of the largest temporary [rows, positions, vocab] logits block.
 CHUNK_ELEMENTS = 1 << 24
-#: ``exact``: the spec's log-probability increases; ``first_order``: their gradient approximation.
-METHODS = ("exact", "first_order")
+#: ``exact``: the spec's log-probability increases of every neuron; ``first_order``: their
+#: gradient approximation; ``exact_top_k``: the exact top-k (certified by upper bounds, see
+#: :mod:`interp_edit.analysis.attribution_bounds`) with exact scores of the neurons it scored.
+METHODS = ("exact", "first_order", "exact_top_k")
 
 
 @dataclass(frozen=True)
@@ -162,19 +165,32 @@ def shifted_logprobs(
     """``log p(target | base + coefs[r, p] · weights[r]) − log p(target | base)`` for every row
     and column, through the frozen readout. Rows are processed in chunks so that the temporary
     logits stay below ``chunk_elements``."""
+    return _shifted(readout, base, weights, coefs, target_id, chunk_elements, 0)[0]
+
+
+def _shifted(readout, base, weights, coefs, target_id, chunk_elements, n_tokens) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`shifted_logprobs` and, for ``n_tokens > 0``, the ids of the ``n_tokens`` tokens each
+    row's direction promotes most (``up``) and least (``down``: what ``−direction`` promotes)."""
     base_logits = readout.raw_logits(base).float()  # before the soft-cap: adding c · w is affine here
     base_lp = torch.log_softmax(softcap(base_logits, readout.softcap), -1)[target_id]
     n_rows, n_pos = coefs.shape
     vocab = base_logits.shape[-1]
     step = max(1, chunk_elements // (n_pos * vocab))
     out = torch.empty(n_rows, n_pos, dtype=torch.float32, device=coefs.device)
+    n_tokens = min(n_tokens, vocab)
+    up = torch.empty(n_rows, n_tokens, dtype=torch.long, device=coefs.device) if n_tokens else None
+    down = torch.empty(n_rows, n_tokens, dtype=torch.long, device=coefs.device) if n_tokens else None
     for start in range(0, n_rows, step):
-        dirs = readout.directions(weights[start : start + step]).float()  # [r, vocab]
+        dirs = readout.directions(weights[start : start + step])  # [r, vocab]
+        if n_tokens:
+            up[start : start + step] = dirs.topk(n_tokens, dim=-1).indices
+            down[start : start + step] = (-dirs).topk(n_tokens, dim=-1).indices
+        dirs = dirs.float()
         c = coefs[start : start + step].float()  # [r, pos]
         shifted = softcap(torch.addcmul(base_logits, c[..., None], dirs[:, None, :]), readout.softcap)  # [r, pos, vocab]
         target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], readout.softcap)
         out[start : start + step] = target - torch.logsumexp(shifted, -1) - base_lp
-    return out
+    return out, up, down
 
 
 def first_order_logprobs(
@@ -321,6 +337,8 @@ class NeuronAttributionResult:
     ffn_query_scores: Float[Tensor, "layer 2"]
     ffn_query_embed: float
     settings: dict = field(default_factory=dict)
+    ffn_bounds: Float[Tensor, "layer d_mlp"] | None = None
+    attn_bounds: Float[Tensor, "layer head d_head pos"] | None = None
 
     @property
     def head_scores(self) -> Float[Tensor, "layer head"]:
@@ -373,9 +391,8 @@ def _promoted_tokens(model, readout: FrozenUnembed, vectors: Float[Tensor, "n d_
 
 
 def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    k = min(k, scores.numel())
-    top = scores.flatten().topk(k)
-    return top.values, top.indices
+    """Best first, ties by flat index, NaN (not scored) last: :func:`~interp_edit.analysis.attribution_bounds.ranked`."""
+    return ranked(scores.flatten(), min(k, scores.numel()))
 
 
 @torch.no_grad()
@@ -422,20 +439,32 @@ def neuron_attribution(
     target_id, note = resolve_target(model, target, logits[0, -1], prompt)
     readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
 
-    ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
     ffn_acts = torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)])
-    attn_scores, attn_coefs = [], []
-    for layer in range(n):
-        coefs = _attention_coefficients(model, cache, layer)  # [head, d, pos]
-        w_o = einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m")
-        flat = _scores(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
-                       einops.rearrange(coefs, "head d pos -> (head d) pos"), target_id, method, chunk_elements)
-        attn_scores.append(flat.view_as(coefs))
-        attn_coefs.append(coefs)
-    attn_scores_t, attn_coefs_t = torch.stack(attn_scores), torch.stack(attn_coefs)
+    attn_coefs_t = torch.stack([_attention_coefficients(model, cache, layer) for layer in range(n)])  # [layer, head, d, pos]
+    ffn_bounds = attn_bounds = ffn_tokens = attn_tokens = None
+    extra: dict = {}
+    if method == "exact_top_k":
+        ffn_cert, ffn_tokens = _certified_ffn(model, cache, readout, target_id, min(top_k, ffn_acts.numel()), n_tokens,
+                                              chunk_elements, prompt)
+        attn_cert, attn_tokens = _certified_attn(model, cache, readout, target_id, attn_coefs_t,
+                                                 min(top_k, attn_coefs_t.numel()), n_tokens, chunk_elements, prompt)
+        ffn_scores, ffn_bounds = ffn_cert.scores.view_as(ffn_acts), ffn_cert.bounds.view_as(ffn_acts)
+        attn_scores_t, attn_bounds = attn_cert.scores.view_as(attn_coefs_t), attn_cert.bounds.view_as(attn_coefs_t)
+        extra = dict(rows_scored=dict(ffn=ffn_cert.rows_scored, attn=attn_cert.rows_scored),
+                     rows=dict(ffn=ffn_acts.numel(), attn=attn_coefs_t[..., 0].numel()),
+                     rounds=dict(ffn=ffn_cert.rounds, attn=attn_cert.rounds))
+    else:
+        ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
+        attn_scores = []
+        for layer in range(n):
+            w_o = einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m")
+            flat = _scores(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
+                           einops.rearrange(attn_coefs_t[layer], "head d pos -> (head d) pos"), target_id, method, chunk_elements)
+            attn_scores.append(flat.view_as(attn_coefs_t[layer]))
+        attn_scores_t = torch.stack(attn_scores)
 
-    top_ffn = _scored_ffn(model, cache, readout, ffn_scores, ffn_acts, top_k, n_tokens)
-    top_attn = _scored_attn(model, cache, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens)
+    top_ffn = _scored_ffn(model, cache, readout, ffn_scores, ffn_acts, top_k, n_tokens, ffn_tokens)
+    top_attn = _scored_attn(model, cache, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens, attn_tokens)
     query_scores = attention_query_scores(model, cache, top_attn)
     q_vals, q_idx = _top(query_scores, top_k)
     d_mlp = query_scores.shape[1]
@@ -466,33 +495,111 @@ def neuron_attribution(
         query_neurons=query_neurons,
         ffn_query_scores=ffn_query.cpu(),
         ffn_query_embed=ffn_query_embed,
-        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, method=method, sigma=readout.scale),
+        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, method=method, sigma=readout.scale, **extra),
+        ffn_bounds=None if ffn_bounds is None else ffn_bounds.cpu(),
+        attn_bounds=None if attn_bounds is None else attn_bounds.cpu(),
     )
 
 
-def _scored_ffn(model, cache, readout, scores, acts, k, n_tokens) -> list[ScoredNeuron]:
+class _Promoted:
+    """Promoted-token ids of the rows scored exactly (``up``: of +direction, ``down``: of −direction),
+    recorded while scoring so that the top neurons need no second projection onto the vocabulary."""
+
+    def __init__(self, n_rows: int, n_tokens: int, vocab: int, device) -> None:
+        self.n_tokens = min(n_tokens, vocab)
+        self.up = torch.zeros(n_rows, self.n_tokens, dtype=torch.long, device=device)
+        self.down = torch.zeros_like(self.up)
+        self.zero = torch.zeros(vocab, device=device).topk(self.n_tokens).indices  # what a zero vector "promotes"
+
+    def put(self, rows: Tensor, up: Tensor | None, down: Tensor | None) -> None:
+        if self.n_tokens:
+            self.up[rows], self.down[rows] = up, down
+
+    def names(self, model, rows: Tensor, coefs: Tensor) -> list[tuple[str, ...]]:
+        if not self.n_tokens:
+            return [() for _ in range(len(rows))]
+        sign = coefs.sign()[:, None]
+        ids = torch.where(sign > 0, self.up[rows], torch.where(sign < 0, self.down[rows], self.zero)).tolist()
+        decoded = {i: model.tokenizer.decode([i]) for i in {i for row in ids for i in row}}
+        return [tuple(decoded[i] for i in row) for row in ids]
+
+
+@dataclass(frozen=True)
+class _Certified:
+    scores: Tensor
+    bounds: Tensor
+    rows_scored: int
+    rounds: int
+
+
+def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_elements, what: str) -> tuple[_Certified, _Promoted]:
+    """The certified exact top ``k`` of rows ``(layer, r)`` with ``vectors[layer][r]`` added with
+    ``coefs[layer][r, :]`` to ``bases[layer]`` (see :mod:`~interp_edit.analysis.attribution_bounds`)."""
+    per_layer, n_cols = coefs[0].shape
+    bounds = torch.cat([score_upper_bounds(readout, b, v, c, target_id) for b, v, c in zip(bases, vectors, coefs, strict=True)])
+    promoted = _Promoted(len(bounds), n_tokens, readout.w_u.shape[1], bounds.device)
+
+    def score_rows(rows: Tensor) -> Tensor:
+        out = torch.empty(len(rows), n_cols, device=bounds.device)
+        layer_of = rows // per_layer
+        for layer in layer_of.unique().tolist():
+            sel = layer_of == layer
+            local = rows[sel] % per_layer
+            scores, up, down = _shifted(readout, bases[layer], vectors[layer][local], coefs[layer][local], target_id,
+                                        chunk_elements, n_tokens)
+            out[sel] = scores
+            promoted.put(rows[sel], up, down)
+        return out
+
+    cert: CertifiedTopK = certified_top_k(bounds, score_rows, k, name=what)
+    return _Certified(cert.scores, bounds, cert.rows_scored, cert.rounds), promoted
+
+
+def _certified_ffn(model, cache, readout, target_id, k, n_tokens, chunk_elements, prompt) -> tuple[_Certified, _Promoted]:
+    n = model.cfg.n_layers
+    return _certify(readout, target_id, [ffn_base(model, cache, layer)[0, -1] for layer in range(n)],
+                    [_ffn_vectors(model, cache, layer) for layer in range(n)],
+                    [cache[hook_name("mlp_post", layer)][0, -1][:, None] for layer in range(n)],
+                    k, n_tokens, chunk_elements, f"top_k (FFN neurons, prompt {prompt!r})")
+
+
+def _certified_attn(model, cache, readout, target_id, coefs, k, n_tokens, chunk_elements, prompt) -> tuple[_Certified, _Promoted]:
+    n = model.cfg.n_layers
+    return _certify(readout, target_id, [cache[hook_name("resid_pre", layer)][0, -1] for layer in range(n)],
+                    [einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m") for layer in range(n)],
+                    [einops.rearrange(coefs[layer], "head d pos -> (head d) pos") for layer in range(n)],
+                    k, n_tokens, chunk_elements, f"top_k (attention neurons, prompt {prompt!r})")
+
+
+def _scored_ffn(model, cache, readout, scores, acts, k, n_tokens, promoted: _Promoted | None = None) -> list[ScoredNeuron]:
     values, idx = _top(scores, k)
     d_mlp = scores.shape[1]
     layers, units = (idx // d_mlp).tolist(), (idx % d_mlp).tolist()
     coefs = acts[idx // d_mlp, idx % d_mlp]
-    vectors = torch.stack([_ffn_vectors(model, cache, lay)[u] for lay, u in zip(layers, units, strict=True)]) \
-        if layers else torch.empty(0, model.cfg.d_model)
-    tokens = _promoted_tokens(model, readout, vectors * coefs.sign()[:, None], n_tokens)
+    if promoted is not None:
+        tokens = promoted.names(model, idx, coefs)
+    else:
+        vectors = torch.stack([_ffn_vectors(model, cache, lay)[u] for lay, u in zip(layers, units, strict=True)]) \
+            if layers else torch.empty(0, model.cfg.d_model)
+        tokens = _promoted_tokens(model, readout, vectors * coefs.sign()[:, None], n_tokens)
     return [ScoredNeuron(Neuron("ffn", lay, u), v, c, t)
             for lay, u, v, c, t in zip(layers, units, values.tolist(), coefs.tolist(), tokens, strict=True)]
 
 
-def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens) -> list[ScoredNeuron]:
+def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens, promoted: _Promoted | None = None) -> list[ScoredNeuron]:
     values, idx = _top(scores, k)
     _, n_heads, d_head, n_pos = scores.shape
     layer, rest = idx // (n_heads * d_head * n_pos), idx % (n_heads * d_head * n_pos)
     head, rest = rest // (d_head * n_pos), rest % (d_head * n_pos)
     dim, pos = rest // n_pos, rest % n_pos
     c = coefs[layer, head, dim, pos]
-    vectors = torch.stack([_attn_vectors(model, cache, lay)[h, j] for lay, h, j in
-                           zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \
-        if len(idx) else torch.empty(0, model.cfg.d_model)
-    tokens = _promoted_tokens(model, readout, vectors * c.sign()[:, None], n_tokens)
+    if promoted is not None:
+        tokens = promoted.names(model, idx // n_pos, c)
+    else:
+        vectors = torch.stack([_attn_vectors(model, cache, lay)[h, j] for lay, h, j in
+                               zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \
+            if len(idx) else torch.empty(0, model.cfg.d_model)
+        tokens = _promoted_tokens(model, readout, vectors * c.sign()[:, None], n_tokens)
     return [ScoredNeuron(Neuron("attn", lay, j, head=h, pos=p), v, cc, t) for lay, h, j, p, v, cc, t in
             zip(layer.tolist(), head.tolist(), dim.tolist(), pos.tolist(), values.tolist(), c.tolist(), tokens, strict=True)]
 
