@@ -172,7 +172,6 @@ def _shifted(readout, base, weights, coefs, target_id, chunk_elements, n_tokens)
     """:func:`shifted_logprobs` and, for ``n_tokens > 0``, the ids of the ``n_tokens`` tokens each
     row's direction promotes most (``up``) and least (``down``: what ``−direction`` promotes)."""
     base_logits = readout.raw_logits(base).float()  # before the soft-cap: adding c · w is affine here
-    base_lp = torch.log_softmax(softcap(base_logits, readout.softcap), -1)[target_id]
     n_rows, n_pos = coefs.shape
     vocab = base_logits.shape[-1]
     step = max(1, chunk_elements // (n_pos * vocab))
@@ -185,12 +184,37 @@ def _shifted(readout, base, weights, coefs, target_id, chunk_elements, n_tokens)
         if n_tokens:
             up[start : start + step] = dirs.topk(n_tokens, dim=-1).indices
             down[start : start + step] = (-dirs).topk(n_tokens, dim=-1).indices
-        dirs = dirs.float()
-        c = coefs[start : start + step].float()  # [r, pos]
-        shifted = softcap(torch.addcmul(base_logits, c[..., None], dirs[:, None, :]), readout.softcap)  # [r, pos, vocab]
-        target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], readout.softcap)
-        out[start : start + step] = target - torch.logsumexp(shifted, -1) - base_lp
+        out[start : start + step] = shifted_by_directions(base_logits, dirs, coefs[start : start + step], target_id,
+                                                          readout.softcap)
     return out, up, down
+
+
+def shifted_by_directions(base_logits: Float[Tensor, " vocab"], dirs: Float[Tensor, "row vocab"],
+                          coefs: Float[Tensor, "row pos"], target_id: int, cap: float | None) -> Float[Tensor, "row pos"]:
+    """The exact log-prob increase ``log p_t(cap(base_logits + c · dirs)) − log p_t(cap(base_logits))``
+    (``base_logits``: pre-cap; ``dirs``: the rows' :meth:`FrozenUnembed.directions`).
+
+    With ``x = cap(base_logits + c · dirs) − cap(base_logits)`` and ``p₀`` the base distribution it
+    is ``x_t − log Σ_v p₀_v e^{x_v}``, computed as ``x_t − log1p(Σ_v p₀_v expm1(x_v))``: no
+    difference of two log-sum-exps of the whole logits, so the score keeps its own relative
+    precision instead of float32's absolute error at the logits' scale (rows with ``x > 60``,
+    where ``expm1`` could overflow, use the log-sum-exp form)."""
+    base_logits = base_logits.float()
+    dirs, c = dirs.float(), coefs.float()
+    base_capped = softcap(base_logits, cap)
+    log_p0 = torch.log_softmax(base_capped, -1)
+    shift = torch.addcmul(base_logits, c[..., None], dirs[:, None, :])  # [r, pos, vocab]
+    if cap is None:
+        shift -= base_logits
+        target = c * dirs[:, target_id, None]
+    else:
+        shift = softcap(shift, cap) - base_capped
+        target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], cap) - base_capped[target_id]
+    big = shift.amax(-1) > 60.0
+    out = target - torch.log1p(torch.expm1(shift) @ log_p0.exp())
+    if big.any():
+        out[big] = target[big] - torch.logsumexp(shift[big] + log_p0, -1)
+    return out
 
 
 def first_order_logprobs(
