@@ -197,8 +197,9 @@ def shifted_by_directions(base_logits: Float[Tensor, " vocab"], dirs: Float[Tens
     With ``x = cap(base_logits + c · dirs) − cap(base_logits)`` and ``p₀`` the base distribution it
     is ``x_t − log Σ_v p₀_v e^{x_v}``, computed as ``x_t − log1p(Σ_v p₀_v expm1(x_v))``: no
     difference of two log-sum-exps of the whole logits, so the score keeps its own relative
-    precision instead of float32's absolute error at the logits' scale (rows with ``x > 60``,
-    where ``expm1`` could overflow, use the log-sum-exp form)."""
+    precision instead of float32's absolute error at the logits' scale (where ``Σ p₀ e^x < 1/2``,
+    so that ``1 + Σ p₀ expm1 x`` would cancel, or ``x > 60``, where ``expm1`` could overflow, it
+    uses the log-sum-exp form)."""
     base_logits = base_logits.float()
     dirs, c = dirs.float(), coefs.float()
     base_capped = softcap(base_logits, cap)
@@ -210,10 +211,13 @@ def shifted_by_directions(base_logits: Float[Tensor, " vocab"], dirs: Float[Tens
     else:
         shift = softcap(shift, cap) - base_capped
         target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], cap) - base_capped[target_id]
-    big = shift.amax(-1) > 60.0
-    out = target - torch.log1p(torch.expm1(shift) @ log_p0.exp())
-    if big.any():
-        out[big] = target[big] - torch.logsumexp(shift[big] + log_p0, -1)
+    moved = torch.expm1(shift.clamp_max(60.0)) @ log_p0.exp()  # Σ p₀ (e^x − 1)
+    # where most of the base mass moves away (Σ p₀ e^x < 1/2) or e^x could overflow, 1 + moved
+    # would cancel: use the log-sum-exp form there
+    other = (moved < -0.5) | (shift.amax(-1) > 60.0)
+    out = target - torch.log1p(moved)
+    if other.any():
+        out[other] = target[other] - torch.logsumexp(shift[other] + log_p0, -1)
     return out
 
 
