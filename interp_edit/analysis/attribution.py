@@ -57,7 +57,7 @@ from interp_edit.adapter.readout import (
     write_gain_names,
     written,
 )
-from interp_edit.analysis.attribution_bounds import CertifiedTopK, certified_top_k, ranked, score_upper_bounds
+from interp_edit.analysis.attribution_bounds import CertifiedTopK, certified_top_k, ranked, score_upper_bounds, slack
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import InvalidArgumentError
@@ -579,7 +579,8 @@ def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_eleme
             promoted.put(rows[sel], up, down)
         return out
 
-    cert: CertifiedTopK = certified_top_k(bounds, score_rows, k, name=what)
+    logit_scale = max(readout.raw_logits(b).abs().max().item() for b in bases)
+    cert: CertifiedTopK = certified_top_k(bounds, score_rows, k, slack=float(slack(logit_scale)), name=what)
     return _Certified(cert.scores, bounds, cert.rows_scored, cert.rounds), promoted
 
 

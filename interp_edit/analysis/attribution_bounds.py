@@ -20,7 +20,7 @@ concave and the first-order score is *not* a bound. Using ``φ(r₀ + δ) ≥ φ
 
     s(c) ≤ Δz_t(c) − c·Σ_v p₀_v φ'(r₀_v) d_v + (K/2)·c²·Q(w),     Q(w) ≥ Σ_v p₀_v d_v²,
 
-with ``Q`` = the exact sum over the ``TAIL_TOKENS`` most probable tokens plus ``max p₀`` of the
+with ``Q`` = the exact sum over the ``tail_tokens`` (default 256) most probable tokens plus ``max p₀`` of the
 rest times the rest of ``‖d‖²`` (``‖d‖² = w̃ᵀ (W_U W_Uᵀ) w̃``, one ``d_model²`` Gram matrix per
 call). It costs a few matrix-vector products per neuron, never a projection onto the vocabulary.
 
@@ -44,9 +44,16 @@ from interp_edit.errors import InvalidArgumentError
 
 #: Most probable tokens whose ``p₀ d²`` enters the soft-capped bound exactly.
 TAIL_TOKENS = 256
-#: Absolute slack on the bound (float32 rounding of the exact score): a row is scored exactly
-#: while its bound + slack ≥ the k-th exact score.
+#: Slack on the bound for float32 rounding of the exact score, absolute and per unit of the
+#: largest |base logit| (:func:`slack`): a row is scored exactly while its bound + slack ≥ the
+#: k-th exact score.
 SLACK = 1e-5
+SLACK_PER_LOGIT = 1e-6
+
+
+def slack(logit_scale: float) -> float:
+    """The float32 slack of scores read from base logits of magnitude up to ``logit_scale``."""
+    return SLACK + SLACK_PER_LOGIT * abs(logit_scale)
 #: sup |tanh''|.
 _TANH2 = 4.0 / (3.0 * math.sqrt(3.0))
 
@@ -64,6 +71,8 @@ def score_upper_bounds(
     weights: Float[Tensor, "row d_model"],
     coefs: Float[Tensor, "row pos"],
     target_id: int,
+    *,
+    tail_tokens: int = TAIL_TOKENS,
 ) -> Float[Tensor, "row pos"]:
     """An upper bound on ``shifted_logprobs(readout, base, weights, coefs, target_id)`` for
     every row and column (see the module doc): the first-order score without a soft-cap, the
@@ -84,7 +93,7 @@ def score_upper_bounds(
     w_t = _prepared(readout, weights.float())  # [row, d_model]
     d_target = w_t @ w_u[:, target_id]  # [row]
     linear = w_t @ (w_u @ (probs * slope_cap))  # [row]: Σ p₀ φ' d
-    top = probs.topk(min(TAIL_TOKENS, probs.numel())).indices
+    top = probs.topk(min(tail_tokens, probs.numel())).indices
     d_top = w_t @ w_u[:, top]  # [row, m]
     head = (d_top**2) @ probs[top]  # Σ_{top} p₀ d²
     rest_mass = probs.clone()

@@ -48,7 +48,7 @@ from interp_edit.analysis.attribution import (
     resolve_target,
     shifted_by_directions,
 )
-from interp_edit.analysis.attribution_bounds import SLACK, certified_top_k, ranked, score_upper_bounds
+from interp_edit.analysis.attribution_bounds import certified_top_k, ranked, score_upper_bounds, slack
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import EmptyInputError, InvalidArgumentError
 from interp_edit.model import hook_name, layer_weight, norm_weight, run_with_cache
@@ -192,7 +192,8 @@ def qv_pathways(
         cert = certified_top_k(value_bounds[min_value_layer:].reshape(-1, 1),
                                lambda rows: _dataset_value_scores(model, readouts, bases, acts_t, gains_t, target_ids,
                                                                   rows + min_value_layer * d_mlp, chunk_elements),
-                               n_value, slack=SLACK * len(prompts), name="n_value")
+                               n_value, name="n_value",
+                               slack=sum(slack(r.raw_logits(b).abs().max().item()) for r, b in zip(readouts, bases, strict=True)))
         value_scores = torch.full_like(value_bounds, float("nan"))
         value_scores[min_value_layer:] = cert.scores.view(n - min_value_layer, d_mlp)
         order = cert.indices
