@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -171,8 +172,17 @@ def exact_top_k(name: str, model, full, t_base: float, repeats: int, sync) -> No
     from interp_edit.analysis import neuron_attribution
 
     neuron_attribution(model, PROMPT, top_k=300, method="exact_top_k")  # warm-up
-    t, fast = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300, method="exact_top_k"), sync())[0], repeats)
-    print(f"{name}_exact_top_k_s={t:.4f}")
+    # interleaved with a fresh forward + backward baseline, so that a change of machine load
+    # between the first baseline and this measurement does not enter the ratio
+    tokens = model.to_tokens(PROMPT).to(model.cfg.device)
+    target = full.target_id
+    times, base_times = [], []
+    for _ in range(max(repeats, 3)):
+        base_times.append(median_time(lambda: (fwd_bwd(model, tokens, target), sync()), 1)[0])
+        t, fast = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300, method="exact_top_k"), sync())[0], 1)
+        times.append(t)
+    t, t_base = statistics.median(times), statistics.median(base_times)
+    print(f"{name}_exact_top_k_s={t:.4f} {name}_exact_top_k_interleaved_fwd_bwd_s={t_base:.4f}")
     print(f"{name}_exact_top_k_time_ratio_vs_fwd_bwd={t / t_base:.2f}", flush=True)
     for kind in ("ffn", "attn"):
         a, b = getattr(full, f"top_{kind}"), getattr(fast, f"top_{kind}")
@@ -199,14 +209,24 @@ def pathways(name: str, model, tokens, t_base: float, n_prompts: int, sync) -> N
     from interp_edit.analysis import qv_pathways
 
     prompts = list(PATHWAY_PROMPTS[:n_prompts])
-    t_base_data = 0.0
+    data = []
     for prompt in prompts:
         toks = model.to_tokens(prompt).to(tokens.device)
         with torch.no_grad():
-            target = int(model(toks)[0, -1].argmax())
-        t_base_data += median_time(lambda: (fwd_bwd(model, toks, target), sync()), 3)[0]  # noqa: B023
+            data.append((toks, int(model(toks)[0, -1].argmax())))
+
+    def baseline():
+        for toks, target in data:
+            fwd_bwd(model, toks, target)
+        sync()
+
     qv_pathways(model, prompts, n_value=50, method="exact_top_k")  # warm-up
-    t, fast = median_time(lambda: (qv_pathways(model, prompts, n_value=50, method="exact_top_k"), sync())[0], 3)
+    times, base_times = [], []
+    for _ in range(3):  # interleaved, as for exact_top_k
+        base_times.append(median_time(baseline, 1)[0])
+        t, fast = median_time(lambda: (qv_pathways(model, prompts, n_value=50, method="exact_top_k"), sync())[0], 1)
+        times.append(t)
+    t, t_base_data = statistics.median(times), statistics.median(base_times)
     print(f"{name}_pathways_prompts={len(prompts)} {name}_pathways_fwd_bwd_total_s={t_base_data:.4f}")
     print(f"{name}_pathways_exact_top_k_s={t:.4f}")
     print(f"{name}_pathways_exact_top_k_time_ratio_vs_fwd_bwd={t / t_base_data:.2f}", flush=True)

@@ -284,3 +284,17 @@ def test_exact_ties_are_ranked_by_index_as_in_the_full_computation(toy_model):
     for n_value in (r + 1, r + 2):
         fast = qv_pathways(model, PROMPTS, n_value=n_value, method="exact_top_k")
         assert [(v.layer, v.index) for v in fast.value_neurons] == order[:n_value]
+
+
+def test_exact_top_k_results_plot_and_refuse_the_diff(toy_model):
+    result = neuron_attribution(toy_model, PROMPT, top_k=20, method="exact_top_k")
+    assert result.head_scores.isnan().any()  # heads with unscored neurons
+    for view in ("overview", "neurons", "heads", "layers", "query"):
+        result.plot(view)
+    heads = result.plot("heads").data[0]
+    assert len(heads.y) and all(math.isfinite(v) for v in heads.y)
+    qv_pathways(toy_model, PROMPTS[:2], n_value=5, method="exact_top_k").plot("layers")
+    from interp_edit.analysis import attribution_diff
+
+    with pytest.raises(InvalidArgumentError, match="neuron_method"):
+        attribution_diff(toy_model, object(), neuron_method="exact_top_k")

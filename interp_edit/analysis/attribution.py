@@ -32,6 +32,12 @@ final norm is), ``v ⊙ γ_post / σ_post``; the neurons' vectors then add up to
 ``mlp_out`` exactly and the readout stays exact. **Gated MLPs**: an FFN neuron's query shares
 are read through ``W_gate``, where its nonlinearity acts. **Final-logit soft-cap** (Gemma-2):
 ``U`` ends with ``cap · tanh(· / cap)``, as the model does.
+
+**Exact top-k at real size** (``method="exact_top_k"``): the first-order scores are upper bounds
+of the exact ones (the frozen readout is affine and log-sum-exp convex; a soft-capped readout
+gets its own bound), so only the neurons whose bound could beat the k-th exact score are scored
+exactly (:mod:`interp_edit.analysis.attribution_bounds`). Exact scores are computed as
+``x_t − log1p(Σ_v p₀_v expm1(x_v))`` (x: the logit shift), which keeps a small score's precision.
 """
 
 from __future__ import annotations
@@ -341,7 +347,9 @@ class NeuronAttributionResult:
     ``query_neurons``: earlier FFN neurons ranked by their accumulated share in the value
     vectors read by the top attention value neurons. ``ffn_query_scores[l, 0 | 1]``: the
     share of attention / FFN layer ``l``'s output (``ffn_query_embed``: the embeddings') in the
-    input of the top FFN value neurons, times their importance."""
+    input of the top FFN value neurons, times their importance. With ``method="exact_top_k"``
+    the score tensors are NaN where a neuron was not scored and ``ffn_bounds`` / ``attn_bounds``
+    (else ``None``) hold upper bounds of every neuron's score."""
 
     prompt: str
     str_tokens: tuple[str, ...]
@@ -445,6 +453,13 @@ def neuron_attribution(
     shown per top neuron. ``method="first_order"`` replaces each neuron's exact score by its
     gradient approximation ``c · ∂ log p / ∂c`` at the base (no projection of every neuron onto
     the vocabulary: for large vocabularies far cheaper, but not exact; layer scores stay exact).
+    ``method="exact_top_k"``: ``top_ffn`` / ``top_attn`` are exactly those of ``"exact"`` (same
+    neurons, order, exact scores and promoted tokens; ties by flat index in both), but only the
+    neurons whose first-order upper bound could beat the k-th exact score are projected onto the
+    vocabulary (:mod:`~interp_edit.analysis.attribution_bounds`). ``ffn_scores`` / ``attn_scores``
+    are exact where scored and NaN elsewhere (so is a ``head_scores`` entry with an unscored
+    neuron), ``ffn_bounds`` / ``attn_bounds`` hold every neuron's upper bound, ``settings`` the
+    rows scored; layer scores and query neurons / layers are those of ``"exact"``.
     """
     from interp_edit.validation import check_int
 

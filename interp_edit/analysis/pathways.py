@@ -145,7 +145,14 @@ def qv_pathways(
     """Q-V pathways of a dataset (see the module doc). ``targets``: the answers (first token
     of a multi-token string; ``None``: the model's top-1). ``n_value`` and ``top_pathways`` are
     clipped to what exists. One cached forward per prompt. ``method="first_order"``: value
-    scores by their gradient approximation (see :func:`neuron_attribution`)."""
+    scores by their gradient approximation (see :func:`neuron_attribution`).
+    ``method="exact_top_k"``: the value neurons, pathways and pathway weights of ``"exact"``
+    (certified: only the neurons whose dataset-summed first-order upper bound could beat the
+    ``n_value``-th exact summed score are scored exactly, each projected onto the vocabulary
+    once for all prompts); ``value_scores`` are exact where scored and NaN elsewhere,
+    ``value_bounds`` the upper bounds, and ``value_layer_scores`` (sums over *every* neuron of
+    a layer, which only scoring every neuron gives exactly) are **upper bounds**: the exact
+    score where scored, the bound elsewhere (``settings["value_layer_scores"]`` says so)."""
     prompts = list(prompts)
     if not prompts:
         raise EmptyInputError("qv_pathways needs at least one prompt")
