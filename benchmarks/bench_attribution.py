@@ -140,7 +140,8 @@ def bench(name: str, model, repeats: int, device: str, pathway_prompts: int = 2,
     fwd_bwd(model, tokens, target_id)  # warm-up
     t_base, _ = median_time(lambda: (fwd_bwd(model, tokens, target_id), sync()), max(repeats, 5))
     print(f"{name}_fwd_bwd_s={t_base:.4f}", flush=True)
-    neuron_attribution(model, PROMPT, top_k=300)  # warm-up
+    if repeats > 1:  # (one full exact run is minutes at GPT-2 size on a CPU)
+        neuron_attribution(model, PROMPT, top_k=300)  # warm-up
     t_attr, result = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300), sync())[0], repeats)
     print(f"{name}_attribution_s={t_attr:.4f}")
     print(f"{name}_attribution_time_ratio_vs_fwd_bwd={t_attr / t_base:.2f}", flush=True)

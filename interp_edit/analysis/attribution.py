@@ -63,7 +63,14 @@ from interp_edit.adapter.readout import (
     write_gain_names,
     written,
 )
-from interp_edit.analysis.attribution_bounds import CertifiedTopK, certified_top_k, ranked, score_upper_bounds, slack
+from interp_edit.analysis.attribution_bounds import (
+    CertifiedTopK,
+    certified_top_k,
+    ranked,
+    readout_gradients,
+    score_upper_bounds,
+    slack,
+)
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import InvalidArgumentError
@@ -174,10 +181,13 @@ def shifted_logprobs(
     return _shifted(readout, base, weights, coefs, target_id, chunk_elements, 0)[0]
 
 
-def _shifted(readout, base, weights, coefs, target_id, chunk_elements, n_tokens) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _shifted(readout, base, weights, coefs, target_id, chunk_elements, n_tokens,
+             base_logits: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """:func:`shifted_logprobs` and, for ``n_tokens > 0``, the ids of the ``n_tokens`` tokens each
-    row's direction promotes most (``up``) and least (``down``: what ``−direction`` promotes)."""
-    base_logits = readout.raw_logits(base).float()  # before the soft-cap: adding c · w is affine here
+    row's direction promotes most (``up``) and least (``down``: what ``−direction`` promotes).
+    ``base_logits``: ``readout.raw_logits(base)``, if already computed."""
+    # before the soft-cap: adding c · w is affine here
+    base_logits = (readout.raw_logits(base) if base_logits is None else base_logits).float()
     n_rows, n_pos = coefs.shape
     vocab = base_logits.shape[-1]
     step = max(1, chunk_elements // (n_pos * vocab))
@@ -288,10 +298,16 @@ def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias
     return _layer_scores(model, cache, readout, target_id)
 
 
-def _scores(readout, base, weights, coefs, target_id, method: str, chunk_elements: int) -> Tensor:
+def _scores(readout, base, weights, coefs, target_id, method: str, chunk_elements: int, base_logits: Tensor | None = None) -> Tensor:
     if method == "first_order":
         return first_order_logprobs(readout, base, weights, coefs, target_id)
-    return shifted_logprobs(readout, base, weights, coefs, target_id, chunk_elements=chunk_elements)
+    return _shifted(readout, base, weights, coefs, target_id, chunk_elements, 0, base_logits)[0]
+
+
+def _base_logits(readout: FrozenUnembed, bases: Sequence[Tensor]) -> Float[Tensor, "layer vocab"]:
+    """The pre-cap logits of every layer's base residual in one product (the unembedding read
+    once; the full and the ``exact_top_k`` computations share these bits)."""
+    return readout.raw_logits(torch.stack(list(bases))).float()
 
 
 def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int,
@@ -299,10 +315,12 @@ def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, ta
     """Value scores of every FFN neuron at the last position (needs :func:`_layer_names` and
     ``mlp_post`` of every layer in ``cache``)."""
     rows = []
+    bases = [ffn_base(model, cache, layer)[0, -1] for layer in range(model.cfg.n_layers)]
+    base_logits = _base_logits(readout, bases)
     for layer in range(model.cfg.n_layers):
         acts = cache[hook_name("mlp_post", layer)][0, -1]
-        rows.append(_scores(readout, ffn_base(model, cache, layer)[0, -1], _ffn_vectors(model, cache, layer),
-                            acts[:, None], target_id, method, chunk_elements)[:, 0])
+        rows.append(_scores(readout, bases[layer], _ffn_vectors(model, cache, layer),
+                            acts[:, None], target_id, method, chunk_elements, base_logits[layer])[:, 0])
     return torch.stack(rows)
 
 
@@ -499,10 +517,12 @@ def neuron_attribution(
     else:
         ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
         attn_scores = []
+        attn_bases = [cache[hook_name("resid_pre", layer)][0, -1] for layer in range(n)]
+        attn_logits = _base_logits(readout, attn_bases)
         for layer in range(n):
             w_o = einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m")
-            flat = _scores(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
-                           einops.rearrange(attn_coefs_t[layer], "head d pos -> (head d) pos"), target_id, method, chunk_elements)
+            flat = _scores(readout, attn_bases[layer], w_o, einops.rearrange(attn_coefs_t[layer], "head d pos -> (head d) pos"),
+                           target_id, method, chunk_elements, attn_logits[layer])
             attn_scores.append(flat.view_as(attn_coefs_t[layer]))
         attn_scores_t = torch.stack(attn_scores)
 
@@ -579,7 +599,10 @@ def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_eleme
     """The certified exact top ``k`` of rows ``(layer, r)`` with ``vectors[layer][r]`` added with
     ``coefs[layer][r, :]`` to ``bases[layer]`` (see :mod:`~interp_edit.analysis.attribution_bounds`)."""
     per_layer, n_cols = coefs[0].shape
-    bounds = torch.cat([score_upper_bounds(readout, b, v, c, target_id) for b, v, c in zip(bases, vectors, coefs, strict=True)])
+    base_logits = _base_logits(readout, bases)  # [layer, vocab]
+    grads = readout_gradients(readout, base_logits, [target_id] * len(bases)) if readout.softcap is None else [None] * len(bases)
+    bounds = torch.cat([score_upper_bounds(readout, b, v, c, target_id, base_logits=z, gradient=g)
+                        for b, v, c, z, g in zip(bases, vectors, coefs, base_logits, grads, strict=True)])
     promoted = _Promoted(len(bounds), n_tokens, readout.w_u.shape[1], bounds.device)
 
     def score_rows(rows: Tensor) -> Tensor:
@@ -589,12 +612,12 @@ def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_eleme
             sel = layer_of == layer
             local = rows[sel] % per_layer
             scores, up, down = _shifted(readout, bases[layer], vectors[layer][local], coefs[layer][local], target_id,
-                                        chunk_elements, n_tokens)
+                                        chunk_elements, n_tokens, base_logits[layer])
             out[sel] = scores
             promoted.put(rows[sel], up, down)
         return out
 
-    logit_scale = max(readout.raw_logits(b).abs().max().item() for b in bases)
+    logit_scale = base_logits.abs().max().item()
     cert: CertifiedTopK = certified_top_k(bounds, score_rows, k, slack=float(slack(logit_scale)), name=what)
     return _Certified(cert.scores, bounds, cert.rows_scored, cert.rounds), promoted
 

@@ -73,17 +73,20 @@ def score_upper_bounds(
     target_id: int,
     *,
     tail_tokens: int = TAIL_TOKENS,
+    base_logits: Float[Tensor, " vocab"] | None = None,
+    gradient: Float[Tensor, " d_model"] | None = None,
 ) -> Float[Tensor, "row pos"]:
     """An upper bound on ``shifted_logprobs(readout, base, weights, coefs, target_id)`` for
     every row and column (see the module doc): the first-order score without a soft-cap, the
-    curvature-corrected Gibbs bound with one. Never projects a row onto the vocabulary."""
-    raw = readout.raw_logits(base).float()  # [vocab]
+    curvature-corrected Gibbs bound with one. Never projects a row onto the vocabulary.
+    ``base_logits`` (``readout.raw_logits(base)``) and, without a soft-cap, ``gradient``
+    (:func:`readout_gradients`) may be passed precomputed, batched over several bases."""
+    raw = (readout.raw_logits(base) if base_logits is None else base_logits).float()  # [vocab]
     coefs = coefs.float()
     if readout.softcap is None:
-        probs = torch.softmax(raw, -1)
-        grad = -probs
-        grad[target_id] += 1.0
-        slopes = readout.directions_dot(weights, (readout.w_u @ grad.to(readout.w_u.dtype))).float()
+        if gradient is None:
+            gradient = readout_gradients(readout, raw[None], [target_id])[0]
+        slopes = readout.directions_dot(weights, gradient).float()
         return coefs * slopes[:, None]
     cap = readout.softcap
     capped = cap * torch.tanh(raw / cap)
@@ -108,6 +111,15 @@ def score_upper_bounds(
     shifted_target = cap * torch.tanh((raw[target_id] + coefs * d_target[:, None]) / cap) - capped[target_id]
     curvature = _TANH2 / cap
     return shifted_target - coefs * linear[:, None] + 0.5 * curvature * coefs**2 * quad[:, None]
+
+
+def readout_gradients(readout, base_logits: Float[Tensor, "base vocab"], target_ids: list[int]) -> Float[Tensor, "base d_model"]:
+    """``W_U (e_t − p₀)`` for each base (no soft-cap): ``directions_dot(w, ·)`` of it is the slope
+    of log p_t along ``w``, the first-order score per unit coefficient. One matrix product for
+    all bases (the unembedding is read once)."""
+    grads = -torch.softmax(base_logits.float(), -1)
+    grads[torch.arange(len(target_ids), device=grads.device), torch.tensor(target_ids, device=grads.device)] += 1.0
+    return (grads.to(readout.w_u.dtype) @ readout.w_u.T)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
     METHODS,
     Neuron,
+    _base_logits,
     _centre,
     _layer_names,
     ffn_value_scores,
@@ -48,7 +49,13 @@ from interp_edit.analysis.attribution import (
     resolve_target,
     shifted_by_directions,
 )
-from interp_edit.analysis.attribution_bounds import certified_top_k, ranked, score_upper_bounds, slack
+from interp_edit.analysis.attribution_bounds import (
+    certified_top_k,
+    ranked,
+    readout_gradients,
+    score_upper_bounds,
+    slack,
+)
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import EmptyInputError, InvalidArgumentError
 from interp_edit.model import hook_name, layer_weight, norm_weight, run_with_cache
@@ -171,7 +178,7 @@ def qv_pathways(
     names += [hook_name(site, layer) for site in ("mlp_post", "ln2_scale") for layer in range(n)]
     pruned = method == "exact_top_k"
     value_scores = torch.zeros(n, d_mlp, device=cfg.device)
-    acts, inv_scales, target_ids, gains, readouts, bases = [], [], [], [], [], []
+    acts, inv_scales, target_ids, gains, readouts, bases, logit_scale = [], [], [], [], [], [], []
     for prompt, target in zip(prompts, targets, strict=True):
         logits, cache = run_with_cache(model, prompt_tokens(model, prompt), names)
         target_id, _ = resolve_target(model, target, logits[0, -1], prompt)
@@ -182,9 +189,13 @@ def qv_pathways(
         if pruned:  # the bounds now, exact scores of the candidates later (needs each prompt's base and readout)
             bases.append(torch.stack([ffn_base(model, cache, layer)[0, -1] for layer in range(n)]))
             readouts.append(readout)
+            raw = _base_logits(readout, bases[-1])  # [layer, vocab]
+            grads = readout_gradients(readout, raw, [target_id] * n) if readout.softcap is None else [None] * n
             value_scores += torch.stack([
                 score_upper_bounds(readout, bases[-1][layer], written(layer_weight(model, "W_out", layer), gains[-1][layer] if gains else None),
-                                   acts[-1][layer][:, None], target_id)[:, 0] for layer in range(n)])
+                                   acts[-1][layer][:, None], target_id, base_logits=raw[layer], gradient=grads[layer])[:, 0]
+                for layer in range(n)])
+            logit_scale.append(raw.abs().max().item())
         else:
             value_scores += ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
         inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
@@ -200,7 +211,7 @@ def qv_pathways(
                                lambda rows: _dataset_value_scores(model, readouts, bases, acts_t, gains_t, target_ids,
                                                                   rows + min_value_layer * d_mlp, chunk_elements),
                                n_value, name="n_value",
-                               slack=sum(slack(r.raw_logits(b).abs().max().item()) for r, b in zip(readouts, bases, strict=True)))
+                               slack=sum(slack(scale) for scale in logit_scale))
         value_scores = torch.full_like(value_bounds, float("nan"))
         value_scores[min_value_layer:] = cert.scores.view(n - min_value_layer, d_mlp)
         order = cert.indices
@@ -242,21 +253,30 @@ def qv_pathways(
 def _dataset_value_scores(model, readouts, bases, acts, gains, target_ids, rows: Tensor, chunk_elements: int) -> Tensor:
     """Exact value scores of FFN neurons ``rows`` (flat layer · d_mlp + unit) summed over the
     prompts. Without post-sublayer gains a neuron's direction differs between prompts only by
-    1/σ*, so it is projected onto the vocabulary once, not once per prompt."""
-    d_mlp = model.cfg.d_mlp
+    1/σ*, so it is projected onto the vocabulary once per block of prompts, not once per prompt
+    (a block's base logits stay below ``chunk_elements``)."""
+    d_mlp, vocab = model.cfg.d_mlp, readouts[0].w_u.shape[1]
     out = torch.zeros(len(rows), 1, device=acts.device)
     layer_of = rows // d_mlp
-    for layer in layer_of.unique().tolist():
-        sel = (layer_of == layer).nonzero().flatten()
-        w_out = layer_weight(model, "W_out", layer)
-        for start in range(0, len(sel), max(1, chunk_elements // readouts[0].w_u.shape[1])):
-            part = sel[start : start + max(1, chunk_elements // readouts[0].w_u.shape[1])]
-            units = rows[part] % d_mlp
-            unit_dirs = None if gains is not None else replace(readouts[0], scale=1.0).directions(w_out[units])
-            for p, (readout, target_id) in enumerate(zip(readouts, target_ids, strict=True)):
-                raw = readout.raw_logits(bases[p][layer])
-                dirs = unit_dirs / readout.scale if gains is None else readout.directions(written(w_out[units], gains[p, layer]))
-                out[part] += shifted_by_directions(raw, dirs, acts[p, layer, units][:, None], target_id, readout.softcap)
+    layers = layer_of.unique().tolist()
+    step = max(1, chunk_elements // vocab)
+    per_block = max(1, chunk_elements // (vocab * len(layers)))
+    for first in range(0, len(readouts), per_block):
+        block = range(first, min(first + per_block, len(readouts)))
+        # [prompt, layer, vocab], as ffn_value_scores computes them (the same bits)
+        raws = {p: dict(zip(layers, _base_logits(readouts[p], [bases[p][lay] for lay in layers]), strict=True)) for p in block}
+        for layer in layers:
+            sel = (layer_of == layer).nonzero().flatten()
+            w_out = layer_weight(model, "W_out", layer)
+            for start in range(0, len(sel), step):
+                part = sel[start : start + step]
+                units = rows[part] % d_mlp
+                unit_dirs = None if gains is not None else replace(readouts[0], scale=1.0).directions(w_out[units])
+                for p in block:
+                    readout = readouts[p]
+                    dirs = unit_dirs / readout.scale if gains is None else readout.directions(written(w_out[units], gains[p, layer]))
+                    out[part] += shifted_by_directions(raws[p][layer], dirs, acts[p, layer, units][:, None], target_ids[p],
+                                                       readout.softcap)
     return out
 
 
