@@ -192,7 +192,7 @@ def exact_top_k(name: str, model, full, t_base: float, repeats: int, sync) -> No
         tokens = [s.top_tokens for s in a] == [s.top_tokens for s in b]
         print(f"{name}_exact_top_k_top300_{kind}_identical={int(same)} (same neurons, same order; promoted tokens same={int(tokens)})")
         print(f"{name}_exact_top_k_top300_{kind}_max_abs_score_diff={diff:.2e}")
-        print(f"{name}_exact_top_k_rows_scored_{kind}={fast.settings['rows_scored'][kind]}/{fast.settings['rows'][kind]} "
+        print(f"{name}_exact_top_k_neurons_scored_{kind}={fast.settings['scored'][kind]}/{fast.settings['neurons'][kind]} "
               f"(rounds {fast.settings['rounds'][kind]})")
         bounds, exact = getattr(fast, f"{kind}_bounds"), getattr(full, f"{kind}_scores")
         print(f"{name}_bound_min_margin_{kind}={(bounds - exact).min().item():.2e} (bound − exact over every neuron; >= 0 up to rounding)")
@@ -238,7 +238,7 @@ def pathways(name: str, model, tokens, t_base: float, n_prompts: int, sync) -> N
     print(f"{name}_pathways_top_pathways_identical={int([p.label for p in full.pathways] == [p.label for p in fast.pathways])}")
     scored = ~fast.value_scores.isnan()
     print(f"{name}_pathways_max_abs_value_score_diff={(fast.value_scores[scored] - full.value_scores[scored]).abs().max().item():.2e}")
-    print(f"{name}_pathways_rows_scored={fast.settings['rows_scored']}/{fast.settings['rows']} (rounds {fast.settings['rounds']})", flush=True)
+    print(f"{name}_pathways_neurons_scored={fast.settings['scored']}/{fast.settings['neurons']} (rounds {fast.settings['rounds']})", flush=True)
 
 
 def _fresh_process_memory(name: str, which: str, device: str) -> int:

@@ -203,7 +203,6 @@ def test_bad_top_k_for_the_analyses(toy_model):
 def test_exact_top_k_attribution_equals_the_full_computation(name, toy_model):
     model = _model(name, toy_model)
     n_ffn = model.cfg.n_layers * model.cfg.d_mlp
-    rounds = []
     for k in (1, 7, 200, n_ffn + 10**6):
         full = neuron_attribution(model, PROMPT, top_k=k)
         fast = neuron_attribution(model, PROMPT, top_k=k, method="exact_top_k")
@@ -220,10 +219,9 @@ def test_exact_top_k_attribution_equals_the_full_computation(name, toy_model):
             scored = ~got.isnan()
             assert scored.any() and torch.allclose(got[scored], scores[scored], atol=NOISE)
         torch.testing.assert_close(fast.layer_scores, full.layer_scores, atol=0, rtol=0)  # exact, one forward
-        rounds.append(fast.settings["rounds"]["ffn"])
         if k == 1:
-            assert fast.settings["rows_scored"]["ffn"] < n_ffn  # pruning prunes
-    assert fast.settings["rows_scored"] == fast.settings["rows"]  # k = every neuron: every row scored
+            assert fast.settings["scored"]["ffn"] < n_ffn  # pruning prunes
+    assert fast.settings["scored"]["ffn"] == fast.settings["neurons"]["ffn"]  # k = every FFN neuron: all scored
 
 
 def _neuron_grid(result, kind):
@@ -254,7 +252,7 @@ def test_exact_top_k_pathways_equal_the_full_computation(name, toy_model):
         scored = ~fast.value_scores.isnan()
         assert torch.allclose(fast.value_scores[scored], full.value_scores[scored], atol=NOISE * len(PROMPTS))
         assert (fast.value_layer_scores >= full.value_layer_scores - 1e-4).all()  # an upper bound in this mode
-    assert fast.settings["rows_scored"] == n_rows
+    assert fast.settings["scored"] == n_rows
 
 
 def test_exact_ties_are_ranked_by_index_as_in_the_full_computation(toy_model):

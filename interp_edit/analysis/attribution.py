@@ -220,14 +220,13 @@ def shifted_by_directions(base_logits: Float[Tensor, " vocab"], dirs: Float[Tens
     dirs, c = dirs.float(), coefs.float()
     base_capped = softcap(base_logits, cap)
     log_p0 = torch.log_softmax(base_capped, -1)
-    shift = torch.addcmul(base_logits, c[..., None], dirs[:, None, :])  # [r, pos, vocab]
     if cap is None:
-        shift -= base_logits
+        shift = c[..., None] * dirs[:, None, :]  # [r, pos, vocab]
         target = c * dirs[:, target_id, None]
     else:
-        shift = softcap(shift, cap) - base_capped
+        shift = softcap(torch.addcmul(base_logits, c[..., None], dirs[:, None, :]), cap) - base_capped
         target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], cap) - base_capped[target_id]
-    moved = torch.expm1(shift.clamp_max(60.0)) @ log_p0.exp()  # Σ p₀ (e^x − 1)
+    moved = torch.expm1(shift) @ log_p0.exp()  # Σ p₀ (e^x − 1); inf / NaN where e^x overflows (recomputed below)
     # where most of the base mass moves away (Σ p₀ e^x < 1/2) or e^x could overflow, 1 + moved
     # would cancel: use the log-sum-exp form there
     other = (moved < -0.5) | (shift.amax(-1) > 60.0)
@@ -511,8 +510,8 @@ def neuron_attribution(
                                                  min(top_k, attn_coefs_t.numel()), n_tokens, chunk_elements, prompt)
         ffn_scores, ffn_bounds = ffn_cert.scores.view_as(ffn_acts), ffn_cert.bounds.view_as(ffn_acts)
         attn_scores_t, attn_bounds = attn_cert.scores.view_as(attn_coefs_t), attn_cert.bounds.view_as(attn_coefs_t)
-        extra = dict(rows_scored=dict(ffn=ffn_cert.rows_scored, attn=attn_cert.rows_scored),
-                     rows=dict(ffn=ffn_acts.numel(), attn=attn_coefs_t[..., 0].numel()),
+        extra = dict(scored=dict(ffn=ffn_cert.rows_scored, attn=attn_cert.rows_scored),
+                     neurons=dict(ffn=ffn_acts.numel(), attn=attn_coefs_t.numel()),
                      rounds=dict(ffn=ffn_cert.rounds, attn=attn_cert.rounds))
     else:
         ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
@@ -596,30 +595,45 @@ class _Certified:
 
 
 def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_elements, what: str) -> tuple[_Certified, _Promoted]:
-    """The certified exact top ``k`` of rows ``(layer, r)`` with ``vectors[layer][r]`` added with
-    ``coefs[layer][r, :]`` to ``bases[layer]`` (see :mod:`~interp_edit.analysis.attribution_bounds`)."""
+    """The certified exact top ``k`` of neurons ``(layer, r, col)``: ``vectors[layer][r]`` added with
+    ``coefs[layer][r, col]`` to ``bases[layer]`` (see :mod:`~interp_edit.analysis.attribution_bounds`).
+    Neurons are scored one by one (an attention neuron is a row and a source position), each
+    batch projecting its distinct rows onto the vocabulary once."""
     per_layer, n_cols = coefs[0].shape
+    vocab = readout.w_u.shape[1]
     base_logits = _base_logits(readout, bases)  # [layer, vocab]
     grads = readout_gradients(readout, base_logits, [target_id] * len(bases)) if readout.softcap is None else [None] * len(bases)
     bounds = torch.cat([score_upper_bounds(readout, b, v, c, target_id, base_logits=z, gradient=g)
                         for b, v, c, z, g in zip(bases, vectors, coefs, base_logits, grads, strict=True)])
-    promoted = _Promoted(len(bounds), n_tokens, readout.w_u.shape[1], bounds.device)
+    promoted = _Promoted(bounds.numel(), n_tokens, vocab, bounds.device)
+    step = max(1, chunk_elements // vocab)
 
-    def score_rows(rows: Tensor) -> Tensor:
-        out = torch.empty(len(rows), n_cols, device=bounds.device)
-        layer_of = rows // per_layer
-        for layer in layer_of.unique().tolist():
-            sel = layer_of == layer
-            local = rows[sel] % per_layer
-            scores, up, down = _shifted(readout, bases[layer], vectors[layer][local], coefs[layer][local], target_id,
-                                        chunk_elements, n_tokens, base_logits[layer])
-            out[sel] = scores
-            promoted.put(rows[sel], up, down)
+    def score_neurons(neurons: Tensor) -> Tensor:  # flat indices, ascending
+        out = torch.empty(len(neurons), 1, device=bounds.device)
+        rows, cols = neurons // n_cols, neurons % n_cols
+        for start in range(0, len(neurons), step):
+            part = slice(start, start + step)
+            uniq, inverse = torch.unique(rows[part], return_inverse=True)
+            layer_of = uniq // per_layer
+            dirs = torch.empty(len(uniq), vocab, dtype=readout.w_u.dtype, device=bounds.device)
+            for layer in layer_of.unique().tolist():
+                sel = layer_of == layer
+                dirs[sel] = readout.directions(vectors[layer][uniq[sel] % per_layer])
+            if promoted.n_tokens:
+                promoted.put(neurons[part], dirs.topk(promoted.n_tokens, dim=-1).indices[inverse],
+                             (-dirs).topk(promoted.n_tokens, dim=-1).indices[inverse])
+            layers = rows[part] // per_layer
+            c = torch.stack([coefs[lay][r % per_layer, col] for lay, r, col in
+                             zip(layers.tolist(), rows[part].tolist(), cols[part].tolist(), strict=True)])
+            for layer in layers.unique().tolist():
+                sel = (layers == layer).nonzero().flatten()
+                out[start + sel] = shifted_by_directions(base_logits[layer], dirs[inverse[sel]], c[sel][:, None], target_id,
+                                                         readout.softcap)
         return out
 
     logit_scale = base_logits.abs().max().item()
-    cert: CertifiedTopK = certified_top_k(bounds, score_rows, k, slack=float(slack(logit_scale)), name=what)
-    return _Certified(cert.scores, bounds, cert.rows_scored, cert.rounds), promoted
+    cert: CertifiedTopK = certified_top_k(bounds.reshape(-1, 1), score_neurons, k, slack=float(slack(logit_scale)), name=what)
+    return _Certified(cert.scores.view_as(bounds), bounds, cert.rows_scored, cert.rounds), promoted
 
 
 def _certified_ffn(model, cache, readout, target_id, k, n_tokens, chunk_elements, prompt) -> tuple[_Certified, _Promoted]:
@@ -661,7 +675,7 @@ def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens, promoted: _P
     dim, pos = rest // n_pos, rest % n_pos
     c = coefs[layer, head, dim, pos]
     if promoted is not None:
-        tokens = promoted.names(model, idx // n_pos, c)
+        tokens = promoted.names(model, idx, c)
     else:
         vectors = torch.stack([_attn_vectors(model, cache, lay)[h, j] for lay, h, j in
                                zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \

@@ -215,7 +215,7 @@ def qv_pathways(
         value_scores = torch.full_like(value_bounds, float("nan"))
         value_scores[min_value_layer:] = cert.scores.view(n - min_value_layer, d_mlp)
         order = cert.indices
-        extra = dict(rows_scored=cert.rows_scored, rows=(n - min_value_layer) * d_mlp, rounds=cert.rounds,
+        extra = dict(scored=cert.rows_scored, neurons=(n - min_value_layer) * d_mlp, rounds=cert.rounds,
                      value_layer_scores="upper bound: exact where scored, the bound elsewhere")
     else:
         order = ranked(value_scores[min_value_layer:].flatten(), n_value)[1]
