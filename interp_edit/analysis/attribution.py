@@ -564,24 +564,28 @@ def neuron_attribution(
 
 
 class _Promoted:
-    """Promoted-token ids of the rows scored exactly (``up``: of +direction, ``down``: of −direction),
-    recorded while scoring so that the top neurons need no second projection onto the vocabulary."""
+    """Promoted-token ids of the neurons scored exactly (``up``: of +direction, ``down``: of
+    −direction), recorded while scoring so that the top neurons need no second projection onto
+    the vocabulary. Kept for the scored neurons only (a long prompt has millions of attention
+    neurons)."""
 
-    def __init__(self, n_rows: int, n_tokens: int, vocab: int, device) -> None:
+    def __init__(self, n_tokens: int, vocab: int, device) -> None:
         self.n_tokens = min(n_tokens, vocab)
-        self.up = torch.zeros(n_rows, self.n_tokens, dtype=torch.long, device=device)
-        self.down = torch.zeros_like(self.up)
         self.zero = torch.zeros(vocab, device=device).topk(self.n_tokens).indices  # what a zero vector "promotes"
+        self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
 
-    def put(self, rows: Tensor, up: Tensor | None, down: Tensor | None) -> None:
+    def put(self, neurons: Tensor, up: Tensor | None, down: Tensor | None) -> None:
         if self.n_tokens:
-            self.up[rows], self.down[rows] = up, down
+            self.parts.append((neurons, up, down))
 
-    def names(self, model, rows: Tensor, coefs: Tensor) -> list[tuple[str, ...]]:
-        if not self.n_tokens:
-            return [() for _ in range(len(rows))]
+    def names(self, model, neurons: Tensor, coefs: Tensor) -> list[tuple[str, ...]]:
+        if not self.n_tokens or not len(neurons):
+            return [() for _ in range(len(neurons))]
+        index, up, down = (torch.cat(t) for t in zip(*self.parts, strict=True))
+        order = index.argsort()
+        at = order[torch.searchsorted(index[order], neurons.to(index.device))]
         sign = coefs.sign()[:, None]
-        ids = torch.where(sign > 0, self.up[rows], torch.where(sign < 0, self.down[rows], self.zero)).tolist()
+        ids = torch.where(sign > 0, up[at], torch.where(sign < 0, down[at], self.zero)).tolist()
         decoded = {i: model.tokenizer.decode([i]) for i in {i for row in ids for i in row}}
         return [tuple(decoded[i] for i in row) for row in ids]
 
@@ -605,7 +609,7 @@ def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_eleme
     grads = readout_gradients(readout, base_logits, [target_id] * len(bases)) if readout.softcap is None else [None] * len(bases)
     bounds = torch.cat([score_upper_bounds(readout, b, v, c, target_id, base_logits=z, gradient=g)
                         for b, v, c, z, g in zip(bases, vectors, coefs, base_logits, grads, strict=True)])
-    promoted = _Promoted(bounds.numel(), n_tokens, vocab, bounds.device)
+    promoted = _Promoted(n_tokens, vocab, bounds.device)
     step = max(1, chunk_elements // vocab)
 
     def score_neurons(neurons: Tensor) -> Tensor:  # flat indices, ascending
