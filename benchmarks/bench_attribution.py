@@ -19,14 +19,21 @@ multiply-adds of projecting every neuron's output weights onto the vocabulary, w
 scoring cannot avoid (see the README). ``first_order_*``: the same with
 ``method="first_order"`` (gradient approximation of every neuron's score, no vocabulary
 projection), its error against the exact scores and the overlap of the top-300 FFN and
-attention neuron sets.
-Usage: ``python benchmarks/bench_attribution.py [--repeats 3] [--models toy,gpt2small] [--threads 2]``.
+attention neuron sets. ``exact_top_k_*``: ``method="exact_top_k"`` (the exact top 300 certified
+by first-order upper bounds), its time, whether its top-300 lists equal the full exact ones
+(neurons and order), their largest score difference, how many rows it scored exactly, and the
+smallest bound − exact margin over every neuron. ``pathways_*``: ``qv_pathways(method=
+"exact_top_k", n_value=50)`` over ``--pathway-prompts`` prompts against one forward + backward
+per prompt and against the full exact ``qv_pathways`` (value neurons and top pathways equal?).
+Usage: ``python benchmarks/bench_attribution.py [--repeats 3] [--models toy,gpt2small] [--threads 2]
+[--pathway-prompts 2] [--skip-memory]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -114,7 +121,7 @@ def max_abs_error(model, result, n_samples: int = 32) -> float:
     return max(errors)
 
 
-def bench(name: str, model, repeats: int, device: str) -> None:
+def bench(name: str, model, repeats: int, device: str, pathway_prompts: int = 2, skip_memory: bool = False) -> None:
     from interp_edit.analysis import neuron_attribution
 
     cfg = model.cfg
@@ -133,7 +140,8 @@ def bench(name: str, model, repeats: int, device: str) -> None:
     fwd_bwd(model, tokens, target_id)  # warm-up
     t_base, _ = median_time(lambda: (fwd_bwd(model, tokens, target_id), sync()), max(repeats, 5))
     print(f"{name}_fwd_bwd_s={t_base:.4f}", flush=True)
-    neuron_attribution(model, PROMPT, top_k=300)  # warm-up
+    if repeats > 1:  # (one full exact run is minutes at GPT-2 size on a CPU)
+        neuron_attribution(model, PROMPT, top_k=300)  # warm-up
     t_attr, result = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300), sync())[0], repeats)
     print(f"{name}_attribution_s={t_attr:.4f}")
     print(f"{name}_attribution_time_ratio_vs_fwd_bwd={t_attr / t_base:.2f}", flush=True)
@@ -148,12 +156,89 @@ def bench(name: str, model, repeats: int, device: str) -> None:
         exact_set = {s.neuron for s in getattr(result, f"top_{kind}")}
         approx_set = {s.neuron for s in getattr(approx, f"top_{kind}")}
         print(f"{name}_first_order_top300_{kind}_overlap={len(exact_set & approx_set) / len(exact_set):.3f}", flush=True)
+    exact_top_k(name, model, result, t_base, repeats, sync)
+    pathways(name, model, tokens, t_base, pathway_prompts, sync)
+    if skip_memory:
+        return
     mem_base, mem_attr = (_fresh_process_memory(name, which, device) for which in ("fwd_bwd", "attribution"))
     how = "cuda_max_allocated" if device.startswith("cuda") else "rss_sampled_2ms_fresh_process"
     print(f"{name}_peak_mem_fwd_bwd_mib={mem_base / 2**20:.1f} ({how})")
     print(f"{name}_peak_mem_attribution_mib={mem_attr / 2**20:.1f} ({how})")
     gflop = 2 * cfg.n_layers * (cfg.d_mlp + cfg.n_heads * cfg.d_head) * cfg.d_model * cfg.d_vocab / 1e9
     print(f"{name}_exact_projection_gflop={gflop:.1f}", flush=True)
+
+
+def exact_top_k(name: str, model, full, t_base: float, repeats: int, sync) -> None:
+    """``method="exact_top_k"`` against the full exact result ``full`` of the same prompt."""
+    from interp_edit.analysis import neuron_attribution
+
+    neuron_attribution(model, PROMPT, top_k=300, method="exact_top_k")  # warm-up
+    # interleaved with a fresh forward + backward baseline, so that a change of machine load
+    # between the first baseline and this measurement does not enter the ratio
+    tokens = model.to_tokens(PROMPT).to(model.cfg.device)
+    target = full.target_id
+    times, base_times = [], []
+    for _ in range(max(repeats, 3)):
+        base_times.append(median_time(lambda: (fwd_bwd(model, tokens, target), sync()), 1)[0])
+        t, fast = median_time(lambda: (neuron_attribution(model, PROMPT, top_k=300, method="exact_top_k"), sync())[0], 1)
+        times.append(t)
+    t, t_base = statistics.median(times), statistics.median(base_times)
+    print(f"{name}_exact_top_k_s={t:.4f} {name}_exact_top_k_interleaved_fwd_bwd_s={t_base:.4f}")
+    print(f"{name}_exact_top_k_time_ratio_vs_fwd_bwd={t / t_base:.2f}", flush=True)
+    for kind in ("ffn", "attn"):
+        a, b = getattr(full, f"top_{kind}"), getattr(fast, f"top_{kind}")
+        same = [s.neuron for s in a] == [s.neuron for s in b]
+        diff = max(abs(x.score - y.score) for x, y in zip(a, b, strict=True))
+        tokens = [s.top_tokens for s in a] == [s.top_tokens for s in b]
+        print(f"{name}_exact_top_k_top300_{kind}_identical={int(same)} (same neurons, same order; promoted tokens same={int(tokens)})")
+        print(f"{name}_exact_top_k_top300_{kind}_max_abs_score_diff={diff:.2e}")
+        print(f"{name}_exact_top_k_neurons_scored_{kind}={fast.settings['scored'][kind]}/{fast.settings['neurons'][kind]} "
+              f"(rounds {fast.settings['rounds'][kind]})")
+        bounds, exact = getattr(fast, f"{kind}_bounds"), getattr(full, f"{kind}_scores")
+        print(f"{name}_bound_min_margin_{kind}={(bounds - exact).min().item():.2e} (bound − exact over every neuron; >= 0 up to rounding)")
+    print(f"{name}_exact_top_k_layer_scores_max_abs_diff={(fast.layer_scores - full.layer_scores).abs().max().item():.2e}", flush=True)
+
+
+PATHWAY_PROMPTS = (PROMPT, "Talvik Corlo was born in", "The capital of Dorvia is", "Talvik Corlo lives in",
+                   "As everyone knows, Talvik Corlo was born in", "Talvik Corlo works as a", "The river that flows through the city is",
+                   "Talvik Corlo speaks the language")
+
+
+def pathways(name: str, model, tokens, t_base: float, n_prompts: int, sync) -> None:
+    """``qv_pathways(method="exact_top_k", n_value=50)`` over ``n_prompts`` prompts against the
+    full exact computation, and its time against one forward + backward per prompt."""
+    from interp_edit.analysis import qv_pathways
+
+    prompts = list(PATHWAY_PROMPTS[:n_prompts])
+    data = []
+    for prompt in prompts:
+        toks = model.to_tokens(prompt).to(tokens.device)
+        with torch.no_grad():
+            data.append((toks, int(model(toks)[0, -1].argmax())))
+
+    def baseline():
+        for toks, target in data:
+            fwd_bwd(model, toks, target)
+        sync()
+
+    qv_pathways(model, prompts, n_value=50, method="exact_top_k")  # warm-up
+    times, base_times = [], []
+    for _ in range(3):  # interleaved, as for exact_top_k
+        base_times.append(median_time(baseline, 1)[0])
+        t, fast = median_time(lambda: (qv_pathways(model, prompts, n_value=50, method="exact_top_k"), sync())[0], 1)
+        times.append(t)
+    t, t_base_data = statistics.median(times), statistics.median(base_times)
+    print(f"{name}_pathways_prompts={len(prompts)} {name}_pathways_fwd_bwd_total_s={t_base_data:.4f}")
+    print(f"{name}_pathways_exact_top_k_s={t:.4f}")
+    print(f"{name}_pathways_exact_top_k_time_ratio_vs_fwd_bwd={t / t_base_data:.2f}", flush=True)
+    start = time.perf_counter()
+    full = qv_pathways(model, prompts, n_value=50)
+    print(f"{name}_pathways_full_exact_s={time.perf_counter() - start:.2f}")
+    print(f"{name}_pathways_value_neurons_identical={int(full.value_neurons == fast.value_neurons)}")
+    print(f"{name}_pathways_top_pathways_identical={int([p.label for p in full.pathways] == [p.label for p in fast.pathways])}")
+    scored = ~fast.value_scores.isnan()
+    print(f"{name}_pathways_max_abs_value_score_diff={(fast.value_scores[scored] - full.value_scores[scored]).abs().max().item():.2e}")
+    print(f"{name}_pathways_neurons_scored={fast.settings['scored']}/{fast.settings['neurons']} (rounds {fast.settings['rounds']})", flush=True)
 
 
 def _fresh_process_memory(name: str, which: str, device: str) -> int:
@@ -184,6 +269,8 @@ def main() -> None:
     parser.add_argument("--models", default="toy,gpt2small")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pathway-prompts", type=int, default=2, help="prompts of the qv_pathways dataset (1-8)")
+    parser.add_argument("--skip-memory", action="store_true", help="no fresh-process peak-memory probes")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,7 +282,7 @@ def main() -> None:
     toy = load_model("toyworld", device=args.device)
     for name in args.models.split(","):
         model = toy if name == "toy" else gpt2_small_random(toy.tokenizer, args.device)
-        bench(name, model, args.repeats, args.device)
+        bench(name, model, args.repeats, args.device, args.pathway_prompts, args.skip_memory)
 
 
 if __name__ == "__main__":

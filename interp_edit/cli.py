@@ -299,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
     attribute.add_argument("--top-k", type=int, default=300, help="value / query neurons kept per kind (clipped)")
     attribute.add_argument("--keep-bias", action="store_true", help="keep the final norm and unembedding biases in the readout")
-    attribute.add_argument("--method", default="exact", choices=("exact", "first_order"),
-                           help="exact log-prob increases (default) or their cheaper gradient approximation")
+    attribute.add_argument("--method", default="exact", choices=("exact", "first_order", "exact_top_k"),
+                           help="exact log-prob increases of every neuron (default), their cheaper gradient approximation, "
+                                "or the exact top-k certified by first-order bounds (exact_top_k)")
     attribute.add_argument("--show", type=int, default=15, help="neurons printed")
     attribute.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
     attribute.add_argument("--name", default="attribution", help="file name stem of the figures")

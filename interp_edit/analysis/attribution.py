@@ -32,6 +32,12 @@ final norm is), ``v ⊙ γ_post / σ_post``; the neurons' vectors then add up to
 ``mlp_out`` exactly and the readout stays exact. **Gated MLPs**: an FFN neuron's query shares
 are read through ``W_gate``, where its nonlinearity acts. **Final-logit soft-cap** (Gemma-2):
 ``U`` ends with ``cap · tanh(· / cap)``, as the model does.
+
+**Exact top-k at real size** (``method="exact_top_k"``): the first-order scores are upper bounds
+of the exact ones (the frozen readout is affine and log-sum-exp convex; a soft-capped readout
+gets its own bound), so only the neurons whose bound could beat the k-th exact score are scored
+exactly (:mod:`interp_edit.analysis.attribution_bounds`). Exact scores are computed as
+``x_t − log1p(Σ_v p₀_v expm1(x_v))`` (x: the logit shift), which keeps a small score's precision.
 """
 
 from __future__ import annotations
@@ -57,6 +63,14 @@ from interp_edit.adapter.readout import (
     write_gain_names,
     written,
 )
+from interp_edit.analysis.attribution_bounds import (
+    CertifiedTopK,
+    certified_top_k,
+    ranked,
+    readout_gradients,
+    score_upper_bounds,
+    slack,
+)
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import InvalidArgumentError
@@ -64,8 +78,10 @@ from interp_edit.model import hook_name, layer_weight, norm_bias, norm_centres, 
 
 #: Elements of the largest temporary [rows, positions, vocab] logits block.
 CHUNK_ELEMENTS = 1 << 24
-#: ``exact``: the spec's log-probability increases; ``first_order``: their gradient approximation.
-METHODS = ("exact", "first_order")
+#: ``exact``: the spec's log-probability increases of every neuron; ``first_order``: their
+#: gradient approximation; ``exact_top_k``: the exact top-k (certified by upper bounds, see
+#: :mod:`interp_edit.analysis.attribution_bounds`) with exact scores of the neurons it scored.
+METHODS = ("exact", "first_order", "exact_top_k")
 
 
 @dataclass(frozen=True)
@@ -162,18 +178,61 @@ def shifted_logprobs(
     """``log p(target | base + coefs[r, p] · weights[r]) − log p(target | base)`` for every row
     and column, through the frozen readout. Rows are processed in chunks so that the temporary
     logits stay below ``chunk_elements``."""
-    base_logits = readout.raw_logits(base).float()  # before the soft-cap: adding c · w is affine here
-    base_lp = torch.log_softmax(softcap(base_logits, readout.softcap), -1)[target_id]
+    return _shifted(readout, base, weights, coefs, target_id, chunk_elements, 0)[0]
+
+
+def _shifted(readout, base, weights, coefs, target_id, chunk_elements, n_tokens,
+             base_logits: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`shifted_logprobs` and, for ``n_tokens > 0``, the ids of the ``n_tokens`` tokens each
+    row's direction promotes most (``up``) and least (``down``: what ``−direction`` promotes).
+    ``base_logits``: ``readout.raw_logits(base)``, if already computed."""
+    # before the soft-cap: adding c · w is affine here
+    base_logits = (readout.raw_logits(base) if base_logits is None else base_logits).float()
     n_rows, n_pos = coefs.shape
     vocab = base_logits.shape[-1]
     step = max(1, chunk_elements // (n_pos * vocab))
     out = torch.empty(n_rows, n_pos, dtype=torch.float32, device=coefs.device)
+    n_tokens = min(n_tokens, vocab)
+    up = torch.empty(n_rows, n_tokens, dtype=torch.long, device=coefs.device) if n_tokens else None
+    down = torch.empty(n_rows, n_tokens, dtype=torch.long, device=coefs.device) if n_tokens else None
     for start in range(0, n_rows, step):
-        dirs = readout.directions(weights[start : start + step]).float()  # [r, vocab]
-        c = coefs[start : start + step].float()  # [r, pos]
-        shifted = softcap(torch.addcmul(base_logits, c[..., None], dirs[:, None, :]), readout.softcap)  # [r, pos, vocab]
-        target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], readout.softcap)
-        out[start : start + step] = target - torch.logsumexp(shifted, -1) - base_lp
+        dirs = readout.directions(weights[start : start + step])  # [r, vocab]
+        if n_tokens:
+            up[start : start + step] = dirs.topk(n_tokens, dim=-1).indices
+            down[start : start + step] = (-dirs).topk(n_tokens, dim=-1).indices
+        out[start : start + step] = shifted_by_directions(base_logits, dirs, coefs[start : start + step], target_id,
+                                                          readout.softcap)
+    return out, up, down
+
+
+def shifted_by_directions(base_logits: Float[Tensor, " vocab"], dirs: Float[Tensor, "row vocab"],
+                          coefs: Float[Tensor, "row pos"], target_id: int, cap: float | None) -> Float[Tensor, "row pos"]:
+    """The exact log-prob increase ``log p_t(cap(base_logits + c · dirs)) − log p_t(cap(base_logits))``
+    (``base_logits``: pre-cap; ``dirs``: the rows' :meth:`FrozenUnembed.directions`).
+
+    With ``x = cap(base_logits + c · dirs) − cap(base_logits)`` and ``p₀`` the base distribution it
+    is ``x_t − log Σ_v p₀_v e^{x_v}``, computed as ``x_t − log1p(Σ_v p₀_v expm1(x_v))``: no
+    difference of two log-sum-exps of the whole logits, so the score keeps its own relative
+    precision instead of float32's absolute error at the logits' scale (where ``Σ p₀ e^x < 1/2``,
+    so that ``1 + Σ p₀ expm1 x`` would cancel, or ``x > 60``, where ``expm1`` could overflow, it
+    uses the log-sum-exp form)."""
+    base_logits = base_logits.float()
+    dirs, c = dirs.float(), coefs.float()
+    base_capped = softcap(base_logits, cap)
+    log_p0 = torch.log_softmax(base_capped, -1)
+    if cap is None:
+        shift = c[..., None] * dirs[:, None, :]  # [r, pos, vocab]
+        target = c * dirs[:, target_id, None]
+    else:
+        shift = softcap(torch.addcmul(base_logits, c[..., None], dirs[:, None, :]), cap) - base_capped
+        target = softcap(base_logits[target_id] + c * dirs[:, target_id, None], cap) - base_capped[target_id]
+    moved = torch.expm1(shift) @ log_p0.exp()  # Σ p₀ (e^x − 1); inf / NaN where e^x overflows (recomputed below)
+    # where most of the base mass moves away (Σ p₀ e^x < 1/2) or e^x could overflow, 1 + moved
+    # would cancel: use the log-sum-exp form there
+    other = (moved < -0.5) | (shift.amax(-1) > 60.0)
+    out = target - torch.log1p(moved)
+    if other.any():
+        out[other] = target[other] - torch.logsumexp(shift[other] + log_p0, -1)
     return out
 
 
@@ -238,10 +297,16 @@ def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias
     return _layer_scores(model, cache, readout, target_id)
 
 
-def _scores(readout, base, weights, coefs, target_id, method: str, chunk_elements: int) -> Tensor:
+def _scores(readout, base, weights, coefs, target_id, method: str, chunk_elements: int, base_logits: Tensor | None = None) -> Tensor:
     if method == "first_order":
         return first_order_logprobs(readout, base, weights, coefs, target_id)
-    return shifted_logprobs(readout, base, weights, coefs, target_id, chunk_elements=chunk_elements)
+    return _shifted(readout, base, weights, coefs, target_id, chunk_elements, 0, base_logits)[0]
+
+
+def _base_logits(readout: FrozenUnembed, bases: Sequence[Tensor]) -> Float[Tensor, "layer vocab"]:
+    """The pre-cap logits of every layer's base residual in one product (the unembedding read
+    once; the full and the ``exact_top_k`` computations share these bits)."""
+    return readout.raw_logits(torch.stack(list(bases))).float()
 
 
 def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, target_id: int,
@@ -249,10 +314,12 @@ def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, ta
     """Value scores of every FFN neuron at the last position (needs :func:`_layer_names` and
     ``mlp_post`` of every layer in ``cache``)."""
     rows = []
+    bases = [ffn_base(model, cache, layer)[0, -1] for layer in range(model.cfg.n_layers)]
+    base_logits = _base_logits(readout, bases)
     for layer in range(model.cfg.n_layers):
         acts = cache[hook_name("mlp_post", layer)][0, -1]
-        rows.append(_scores(readout, ffn_base(model, cache, layer)[0, -1], _ffn_vectors(model, cache, layer),
-                            acts[:, None], target_id, method, chunk_elements)[:, 0])
+        rows.append(_scores(readout, bases[layer], _ffn_vectors(model, cache, layer),
+                            acts[:, None], target_id, method, chunk_elements, base_logits[layer])[:, 0])
     return torch.stack(rows)
 
 
@@ -297,7 +364,9 @@ class NeuronAttributionResult:
     ``query_neurons``: earlier FFN neurons ranked by their accumulated share in the value
     vectors read by the top attention value neurons. ``ffn_query_scores[l, 0 | 1]``: the
     share of attention / FFN layer ``l``'s output (``ffn_query_embed``: the embeddings') in the
-    input of the top FFN value neurons, times their importance."""
+    input of the top FFN value neurons, times their importance. With ``method="exact_top_k"``
+    the score tensors are NaN where a neuron was not scored and ``ffn_bounds`` / ``attn_bounds``
+    (else ``None``) hold upper bounds of every neuron's score."""
 
     prompt: str
     str_tokens: tuple[str, ...]
@@ -321,6 +390,8 @@ class NeuronAttributionResult:
     ffn_query_scores: Float[Tensor, "layer 2"]
     ffn_query_embed: float
     settings: dict = field(default_factory=dict)
+    ffn_bounds: Float[Tensor, "layer d_mlp"] | None = None
+    attn_bounds: Float[Tensor, "layer head d_head pos"] | None = None
 
     @property
     def head_scores(self) -> Float[Tensor, "layer head"]:
@@ -373,9 +444,8 @@ def _promoted_tokens(model, readout: FrozenUnembed, vectors: Float[Tensor, "n d_
 
 
 def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    k = min(k, scores.numel())
-    top = scores.flatten().topk(k)
-    return top.values, top.indices
+    """Best first, ties by flat index, NaN (not scored) last: :func:`~interp_edit.analysis.attribution_bounds.ranked`."""
+    return ranked(scores.flatten(), min(k, scores.numel()))
 
 
 @torch.no_grad()
@@ -405,6 +475,13 @@ def neuron_attribution(
     :func:`interp_edit.batching.resolve_memory_budget`) caps the temporary logits of the exact
     projections at ``budget / 16`` elements (float32 logits and two temporaries of their size)
     besides ``chunk_elements``; the scores do not depend on it.
+    ``method="exact_top_k"``: ``top_ffn`` / ``top_attn`` are exactly those of ``"exact"`` (same
+    neurons, order, exact scores and promoted tokens; ties by flat index in both), but only the
+    neurons whose first-order upper bound could beat the k-th exact score are projected onto the
+    vocabulary (:mod:`~interp_edit.analysis.attribution_bounds`). ``ffn_scores`` / ``attn_scores``
+    are exact where scored and NaN elsewhere (so is a ``head_scores`` entry with an unscored
+    neuron), ``ffn_bounds`` / ``attn_bounds`` hold every neuron's upper bound, ``settings`` the
+    rows scored; layer scores and query neurons / layers are those of ``"exact"``.
     """
     from interp_edit.batching import resolve_memory_budget
     from interp_edit.validation import check_int
@@ -429,20 +506,34 @@ def neuron_attribution(
     target_id, note = resolve_target(model, target, logits[0, -1], prompt)
     readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
 
-    ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
     ffn_acts = torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)])
-    attn_scores, attn_coefs = [], []
-    for layer in range(n):
-        coefs = _attention_coefficients(model, cache, layer)  # [head, d, pos]
-        w_o = einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m")
-        flat = _scores(readout, cache[hook_name("resid_pre", layer)][0, -1], w_o,
-                       einops.rearrange(coefs, "head d pos -> (head d) pos"), target_id, method, chunk_elements)
-        attn_scores.append(flat.view_as(coefs))
-        attn_coefs.append(coefs)
-    attn_scores_t, attn_coefs_t = torch.stack(attn_scores), torch.stack(attn_coefs)
+    attn_coefs_t = torch.stack([_attention_coefficients(model, cache, layer) for layer in range(n)])  # [layer, head, d, pos]
+    ffn_bounds = attn_bounds = ffn_tokens = attn_tokens = None
+    extra: dict = {}
+    if method == "exact_top_k":
+        ffn_cert, ffn_tokens = _certified_ffn(model, cache, readout, target_id, min(top_k, ffn_acts.numel()), n_tokens,
+                                              chunk_elements, prompt)
+        attn_cert, attn_tokens = _certified_attn(model, cache, readout, target_id, attn_coefs_t,
+                                                 min(top_k, attn_coefs_t.numel()), n_tokens, chunk_elements, prompt)
+        ffn_scores, ffn_bounds = ffn_cert.scores.view_as(ffn_acts), ffn_cert.bounds.view_as(ffn_acts)
+        attn_scores_t, attn_bounds = attn_cert.scores.view_as(attn_coefs_t), attn_cert.bounds.view_as(attn_coefs_t)
+        extra = dict(scored=dict(ffn=ffn_cert.rows_scored, attn=attn_cert.rows_scored),
+                     neurons=dict(ffn=ffn_acts.numel(), attn=attn_coefs_t.numel()),
+                     rounds=dict(ffn=ffn_cert.rounds, attn=attn_cert.rounds))
+    else:
+        ffn_scores = ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
+        attn_scores = []
+        attn_bases = [cache[hook_name("resid_pre", layer)][0, -1] for layer in range(n)]
+        attn_logits = _base_logits(readout, attn_bases)
+        for layer in range(n):
+            w_o = einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m")
+            flat = _scores(readout, attn_bases[layer], w_o, einops.rearrange(attn_coefs_t[layer], "head d pos -> (head d) pos"),
+                           target_id, method, chunk_elements, attn_logits[layer])
+            attn_scores.append(flat.view_as(attn_coefs_t[layer]))
+        attn_scores_t = torch.stack(attn_scores)
 
-    top_ffn = _scored_ffn(model, cache, readout, ffn_scores, ffn_acts, top_k, n_tokens)
-    top_attn = _scored_attn(model, cache, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens)
+    top_ffn = _scored_ffn(model, cache, readout, ffn_scores, ffn_acts, top_k, n_tokens, ffn_tokens)
+    top_attn = _scored_attn(model, cache, readout, attn_scores_t, attn_coefs_t, top_k, n_tokens, attn_tokens)
     query_scores = attention_query_scores(model, cache, top_attn)
     q_vals, q_idx = _top(query_scores, top_k)
     d_mlp = query_scores.shape[1]
@@ -473,33 +564,134 @@ def neuron_attribution(
         query_neurons=query_neurons,
         ffn_query_scores=ffn_query.cpu(),
         ffn_query_embed=ffn_query_embed,
-        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, method=method, sigma=readout.scale),
+        settings=dict(top_k=top_k, keep_bias=keep_bias, n_tokens=n_tokens, method=method, sigma=readout.scale, **extra),
+        ffn_bounds=None if ffn_bounds is None else ffn_bounds.cpu(),
+        attn_bounds=None if attn_bounds is None else attn_bounds.cpu(),
     )
 
 
-def _scored_ffn(model, cache, readout, scores, acts, k, n_tokens) -> list[ScoredNeuron]:
+class _Promoted:
+    """Promoted-token ids of the neurons scored exactly (``up``: of +direction, ``down``: of
+    −direction), recorded while scoring so that the top neurons need no second projection onto
+    the vocabulary. Kept for the scored neurons only (a long prompt has millions of attention
+    neurons)."""
+
+    def __init__(self, n_tokens: int, vocab: int, device) -> None:
+        self.n_tokens = min(n_tokens, vocab)
+        self.zero = torch.zeros(vocab, device=device).topk(self.n_tokens).indices  # what a zero vector "promotes"
+        self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def put(self, neurons: Tensor, up: Tensor | None, down: Tensor | None) -> None:
+        if self.n_tokens:
+            self.parts.append((neurons, up, down))
+
+    def names(self, model, neurons: Tensor, coefs: Tensor) -> list[tuple[str, ...]]:
+        if not self.n_tokens or not len(neurons):
+            return [() for _ in range(len(neurons))]
+        index, up, down = (torch.cat(t) for t in zip(*self.parts, strict=True))
+        order = index.argsort()
+        at = order[torch.searchsorted(index[order], neurons.to(index.device))]
+        sign = coefs.sign()[:, None]
+        ids = torch.where(sign > 0, up[at], torch.where(sign < 0, down[at], self.zero)).tolist()
+        decoded = {i: model.tokenizer.decode([i]) for i in {i for row in ids for i in row}}
+        return [tuple(decoded[i] for i in row) for row in ids]
+
+
+@dataclass(frozen=True)
+class _Certified:
+    scores: Tensor
+    bounds: Tensor
+    rows_scored: int
+    rounds: int
+
+
+def _certify(readout, target_id, bases, vectors, coefs, k, n_tokens, chunk_elements, what: str) -> tuple[_Certified, _Promoted]:
+    """The certified exact top ``k`` of neurons ``(layer, r, col)``: ``vectors[layer][r]`` added with
+    ``coefs[layer][r, col]`` to ``bases[layer]`` (see :mod:`~interp_edit.analysis.attribution_bounds`).
+    Neurons are scored one by one (an attention neuron is a row and a source position), each
+    batch projecting its distinct rows onto the vocabulary once."""
+    per_layer, n_cols = coefs[0].shape
+    vocab = readout.w_u.shape[1]
+    base_logits = _base_logits(readout, bases)  # [layer, vocab]
+    grads = readout_gradients(readout, base_logits, [target_id] * len(bases)) if readout.softcap is None else [None] * len(bases)
+    bounds = torch.cat([score_upper_bounds(readout, b, v, c, target_id, base_logits=z, gradient=g)
+                        for b, v, c, z, g in zip(bases, vectors, coefs, base_logits, grads, strict=True)])
+    promoted = _Promoted(n_tokens, vocab, bounds.device)
+    step = max(1, chunk_elements // vocab)
+
+    def score_neurons(neurons: Tensor) -> Tensor:  # flat indices, ascending
+        out = torch.empty(len(neurons), 1, device=bounds.device)
+        rows, cols = neurons // n_cols, neurons % n_cols
+        for start in range(0, len(neurons), step):
+            part = slice(start, start + step)
+            uniq, inverse = torch.unique(rows[part], return_inverse=True)
+            layer_of = uniq // per_layer
+            dirs = torch.empty(len(uniq), vocab, dtype=readout.w_u.dtype, device=bounds.device)
+            for layer in layer_of.unique().tolist():
+                sel = layer_of == layer
+                dirs[sel] = readout.directions(vectors[layer][uniq[sel] % per_layer])
+            if promoted.n_tokens:
+                promoted.put(neurons[part], dirs.topk(promoted.n_tokens, dim=-1).indices[inverse],
+                             (-dirs).topk(promoted.n_tokens, dim=-1).indices[inverse])
+            layers = rows[part] // per_layer
+            c = torch.stack([coefs[lay][r % per_layer, col] for lay, r, col in
+                             zip(layers.tolist(), rows[part].tolist(), cols[part].tolist(), strict=True)])
+            for layer in layers.unique().tolist():
+                sel = (layers == layer).nonzero().flatten()
+                out[start + sel] = shifted_by_directions(base_logits[layer], dirs[inverse[sel]], c[sel][:, None], target_id,
+                                                         readout.softcap)
+        return out
+
+    logit_scale = base_logits.abs().max().item()
+    cert: CertifiedTopK = certified_top_k(bounds.reshape(-1, 1), score_neurons, k, slack=float(slack(logit_scale)), name=what)
+    return _Certified(cert.scores.view_as(bounds), bounds, cert.rows_scored, cert.rounds), promoted
+
+
+def _certified_ffn(model, cache, readout, target_id, k, n_tokens, chunk_elements, prompt) -> tuple[_Certified, _Promoted]:
+    n = model.cfg.n_layers
+    return _certify(readout, target_id, [ffn_base(model, cache, layer)[0, -1] for layer in range(n)],
+                    [_ffn_vectors(model, cache, layer) for layer in range(n)],
+                    [cache[hook_name("mlp_post", layer)][0, -1][:, None] for layer in range(n)],
+                    k, n_tokens, chunk_elements, f"top_k (FFN neurons, prompt {prompt!r})")
+
+
+def _certified_attn(model, cache, readout, target_id, coefs, k, n_tokens, chunk_elements, prompt) -> tuple[_Certified, _Promoted]:
+    n = model.cfg.n_layers
+    return _certify(readout, target_id, [cache[hook_name("resid_pre", layer)][0, -1] for layer in range(n)],
+                    [einops.rearrange(_attn_vectors(model, cache, layer), "head d m -> (head d) m") for layer in range(n)],
+                    [einops.rearrange(coefs[layer], "head d pos -> (head d) pos") for layer in range(n)],
+                    k, n_tokens, chunk_elements, f"top_k (attention neurons, prompt {prompt!r})")
+
+
+def _scored_ffn(model, cache, readout, scores, acts, k, n_tokens, promoted: _Promoted | None = None) -> list[ScoredNeuron]:
     values, idx = _top(scores, k)
     d_mlp = scores.shape[1]
     layers, units = (idx // d_mlp).tolist(), (idx % d_mlp).tolist()
     coefs = acts[idx // d_mlp, idx % d_mlp]
-    vectors = torch.stack([_ffn_vectors(model, cache, lay)[u] for lay, u in zip(layers, units, strict=True)]) \
-        if layers else torch.empty(0, model.cfg.d_model)
-    tokens = _promoted_tokens(model, readout, vectors * coefs.sign()[:, None], n_tokens)
+    if promoted is not None:
+        tokens = promoted.names(model, idx, coefs)
+    else:
+        vectors = torch.stack([_ffn_vectors(model, cache, lay)[u] for lay, u in zip(layers, units, strict=True)]) \
+            if layers else torch.empty(0, model.cfg.d_model)
+        tokens = _promoted_tokens(model, readout, vectors * coefs.sign()[:, None], n_tokens)
     return [ScoredNeuron(Neuron("ffn", lay, u), v, c, t)
             for lay, u, v, c, t in zip(layers, units, values.tolist(), coefs.tolist(), tokens, strict=True)]
 
 
-def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens) -> list[ScoredNeuron]:
+def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens, promoted: _Promoted | None = None) -> list[ScoredNeuron]:
     values, idx = _top(scores, k)
     _, n_heads, d_head, n_pos = scores.shape
     layer, rest = idx // (n_heads * d_head * n_pos), idx % (n_heads * d_head * n_pos)
     head, rest = rest // (d_head * n_pos), rest % (d_head * n_pos)
     dim, pos = rest // n_pos, rest % n_pos
     c = coefs[layer, head, dim, pos]
-    vectors = torch.stack([_attn_vectors(model, cache, lay)[h, j] for lay, h, j in
-                           zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \
-        if len(idx) else torch.empty(0, model.cfg.d_model)
-    tokens = _promoted_tokens(model, readout, vectors * c.sign()[:, None], n_tokens)
+    if promoted is not None:
+        tokens = promoted.names(model, idx, c)
+    else:
+        vectors = torch.stack([_attn_vectors(model, cache, lay)[h, j] for lay, h, j in
+                               zip(layer.tolist(), head.tolist(), dim.tolist(), strict=True)]) \
+            if len(idx) else torch.empty(0, model.cfg.d_model)
+        tokens = _promoted_tokens(model, readout, vectors * c.sign()[:, None], n_tokens)
     return [ScoredNeuron(Neuron("attn", lay, j, head=h, pos=p), v, cc, t) for lay, h, j, p, v, cc, t in
             zip(layer.tolist(), head.tolist(), dim.tolist(), pos.tolist(), values.tolist(), c.tolist(), tokens, strict=True)]
 

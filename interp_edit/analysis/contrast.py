@@ -312,6 +312,8 @@ def attribution_diff(
 
     An edit made on another base model raises :class:`~interp_edit.errors.EditApplicationError`
     before anything runs."""
+    if neuron_method not in ("exact", "first_order"):  # the diff needs every neuron's score
+        raise InvalidArgumentError(f"neuron_method must be 'exact' or 'first_order' (every neuron's score), got {neuron_method!r}")
     found = model_fingerprint(model)
     expected = getattr(edit, "model_fingerprint", None)
     if expected != found:

@@ -29,23 +29,32 @@ amount the query neuron adds to the value neuron's pre-activation on every famil
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp_edit.adapter.readout import ffn_gate_weight, write_gain, write_gain_names
+from interp_edit.adapter.readout import ffn_base, ffn_gate_weight, write_gain, write_gain_names, written
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
     METHODS,
     Neuron,
+    _base_logits,
     _centre,
     _layer_names,
     ffn_value_scores,
     frozen_unembed,
     resolve_target,
+    shifted_by_directions,
+)
+from interp_edit.analysis.attribution_bounds import (
+    certified_top_k,
+    ranked,
+    readout_gradients,
+    score_upper_bounds,
+    slack,
 )
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import EmptyInputError, InvalidArgumentError
@@ -79,6 +88,7 @@ class PathwayResult:
     pathway_weights: Float[Tensor, "layer d_mlp value"]
     pathways: list[Pathway]
     settings: dict = field(default_factory=dict)
+    value_bounds: Float[Tensor, "layer d_mlp"] | None = None
 
     @property
     def value_layers(self) -> list[int]:
@@ -142,7 +152,14 @@ def qv_pathways(
     """Q-V pathways of a dataset (see the module doc). ``targets``: the answers (first token
     of a multi-token string; ``None``: the model's top-1). ``n_value`` and ``top_pathways`` are
     clipped to what exists. One cached forward per prompt. ``method="first_order"``: value
-    scores by their gradient approximation (see :func:`neuron_attribution`)."""
+    scores by their gradient approximation (see :func:`neuron_attribution`).
+    ``method="exact_top_k"``: the value neurons, pathways and pathway weights of ``"exact"``
+    (certified: only the neurons whose dataset-summed first-order upper bound could beat the
+    ``n_value``-th exact summed score are scored exactly, each projected onto the vocabulary
+    once for all prompts); ``value_scores`` are exact where scored and NaN elsewhere,
+    ``value_bounds`` the upper bounds, and ``value_layer_scores`` (sums over *every* neuron of
+    a layer, which only scoring every neuron gives exactly) are **upper bounds**: the exact
+    score where scored, the bound elsewhere (``settings["value_layer_scores"]`` says so)."""
     prompts = list(prompts)
     if not prompts:
         raise EmptyInputError("qv_pathways needs at least one prompt")
@@ -159,23 +176,49 @@ def qv_pathways(
         raise InvalidArgumentError(f"min_value_layer must be in 0..{n - 1}, got {min_value_layer}")
     names = _layer_names(model) + [hook_name("ln_final_scale")]
     names += [hook_name(site, layer) for site in ("mlp_post", "ln2_scale") for layer in range(n)]
+    pruned = method == "exact_top_k"
     value_scores = torch.zeros(n, d_mlp, device=cfg.device)
-    acts, inv_scales, target_ids, gains = [], [], [], []
+    acts, inv_scales, target_ids, gains, readouts, bases, logit_scale = [], [], [], [], [], [], []
     for prompt, target in zip(prompts, targets, strict=True):
         logits, cache = run_with_cache(model, prompt_tokens(model, prompt), names)
         target_id, _ = resolve_target(model, target, logits[0, -1], prompt)
         readout = frozen_unembed(model, cache[hook_name("ln_final_scale")][0, -1].item(), keep_bias=keep_bias)
-        value_scores += ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
         acts.append(torch.stack([cache[hook_name("mlp_post", layer)][0, -1] for layer in range(n)]))
-        inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
         if write_gain_names(model):
             gains.append(torch.stack([write_gain(model, cache, layer, "mlp")[0, -1] for layer in range(n)]))
+        if pruned:  # the bounds now, exact scores of the candidates later (needs each prompt's base and readout)
+            bases.append(torch.stack([ffn_base(model, cache, layer)[0, -1] for layer in range(n)]))
+            readouts.append(readout)
+            raw = _base_logits(readout, bases[-1])  # [layer, vocab]
+            grads = readout_gradients(readout, raw, [target_id] * n) if readout.softcap is None else [None] * n
+            value_scores += torch.stack([
+                score_upper_bounds(readout, bases[-1][layer], written(layer_weight(model, "W_out", layer), gains[-1][layer] if gains else None),
+                                   acts[-1][layer][:, None], target_id, base_logits=raw[layer], gradient=grads[layer])[:, 0]
+                for layer in range(n)])
+            logit_scale.append(raw.abs().max().item())
+        else:
+            value_scores += ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
+        inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
         target_ids.append(target_id)
     acts_t, inv_t = torch.stack(acts), torch.stack(inv_scales)  # [prompt, layer, d_mlp], [prompt, layer]
     gains_t = torch.stack(gains) if gains else None  # [prompt, layer, d_model]
 
     n_value = min(n_value, (n - min_value_layer) * d_mlp)
-    order = value_scores[min_value_layer:].flatten().topk(n_value).indices
+    value_bounds, extra = None, {}
+    if pruned:
+        value_bounds = value_scores
+        cert = certified_top_k(value_bounds[min_value_layer:].reshape(-1, 1),
+                               lambda rows: _dataset_value_scores(model, readouts, bases, acts_t, gains_t, target_ids,
+                                                                  rows + min_value_layer * d_mlp, chunk_elements),
+                               n_value, name="n_value",
+                               slack=sum(slack(scale) for scale in logit_scale))
+        value_scores = torch.full_like(value_bounds, float("nan"))
+        value_scores[min_value_layer:] = cert.scores.view(n - min_value_layer, d_mlp)
+        order = cert.indices
+        extra = dict(scored=cert.rows_scored, neurons=(n - min_value_layer) * d_mlp, rounds=cert.rounds,
+                     value_layer_scores="upper bound: exact where scored, the bound elsewhere")
+    else:
+        order = ranked(value_scores[min_value_layer:].flatten(), n_value)[1]
     v_layer, v_unit = order // d_mlp + min_value_layer, order % d_mlp
     value_neurons = tuple(Neuron("ffn", int(lay), int(u)) for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True))
     weights = pathway_weights(model, acts_t, inv_t, v_layer, v_unit, gains_t)  # [layer, d_mlp, value]
@@ -196,14 +239,45 @@ def qv_pathways(
         target_ids=torch.tensor(target_ids),
         value_scores=value_scores.cpu(),
         query_scores=query_scores.cpu(),
-        value_layer_scores=value_scores.sum(-1).cpu(),
+        value_layer_scores=(value_scores if value_bounds is None else torch.where(value_scores.isnan(), value_bounds, value_scores)).sum(-1).cpu(),
         query_layer_scores=query_scores.sum(-1).cpu(),
         value_neurons=value_neurons,
         pathway_weights=weights.cpu(),
         pathways=pathways,
         settings=dict(n_value=n_value, top_pathways=top_pathways, min_value_layer=min_value_layer, keep_bias=keep_bias,
-                      method=method),
+                      method=method, **extra),
+        value_bounds=None if value_bounds is None else value_bounds.cpu(),
     )
+
+
+def _dataset_value_scores(model, readouts, bases, acts, gains, target_ids, rows: Tensor, chunk_elements: int) -> Tensor:
+    """Exact value scores of FFN neurons ``rows`` (flat layer · d_mlp + unit) summed over the
+    prompts. Without post-sublayer gains a neuron's direction differs between prompts only by
+    1/σ*, so it is projected onto the vocabulary once per block of prompts, not once per prompt
+    (a block's base logits stay below ``chunk_elements``)."""
+    d_mlp, vocab = model.cfg.d_mlp, readouts[0].w_u.shape[1]
+    out = torch.zeros(len(rows), 1, device=acts.device)
+    layer_of = rows // d_mlp
+    layers = layer_of.unique().tolist()
+    step = max(1, chunk_elements // vocab)
+    per_block = max(1, chunk_elements // (vocab * len(layers)))
+    for first in range(0, len(readouts), per_block):
+        block = range(first, min(first + per_block, len(readouts)))
+        # [prompt, layer, vocab], as ffn_value_scores computes them (the same bits)
+        raws = {p: dict(zip(layers, _base_logits(readouts[p], [bases[p][lay] for lay in layers]), strict=True)) for p in block}
+        for layer in layers:
+            sel = (layer_of == layer).nonzero().flatten()
+            w_out = layer_weight(model, "W_out", layer)
+            for start in range(0, len(sel), step):
+                part = sel[start : start + step]
+                units = rows[part] % d_mlp
+                unit_dirs = None if gains is not None else replace(readouts[0], scale=1.0).directions(w_out[units])
+                for p in block:
+                    readout = readouts[p]
+                    dirs = unit_dirs / readout.scale if gains is None else readout.directions(written(w_out[units], gains[p, layer]))
+                    out[part] += shifted_by_directions(raws[p][layer], dirs, acts[p, layer, units][:, None], target_ids[p],
+                                                       readout.softcap)
+    return out
 
 
 def pathway_weights(

@@ -25,11 +25,12 @@ def neuron_bars(scored, name: str, color: str) -> go.Bar:
 
 
 def head_bars(result) -> go.Bar:
-    heads = result.head_scores
+    heads = result.head_scores  # NaN: a head with unscored neurons (method="exact_top_k")
     n_heads = heads.shape[1]
-    order = heads.flatten().argsort(descending=True)[:_BARS].tolist()
+    order = [i for i in heads.flatten().argsort(descending=True).tolist() if not heads.flatten()[i].isnan()][:_BARS]
+    partial = bool(heads.isnan().any())
     return go.Bar(x=[f"L{i // n_heads}H{i % n_heads}" for i in order], y=[heads.flatten()[i].item() for i in order],
-                  name="heads", marker_color="#d62728",
+                  name="heads (only those with every neuron scored)" if partial else "heads", marker_color="#d62728",
                   hovertemplate="%{x}: sum over its neurons %{y:.4f}<extra></extra>")
 
 
