@@ -11,7 +11,9 @@ the relative ΔW error ‖ΔW_ours − ΔW_ref‖ / ‖ΔW_ref‖ per method, se
         [--model toyworld|random-gpt2] [--export-dir DIR]
 
 ``--model random-gpt2``: a randomly initialised GPT-2 (``tiny_hf_model("gpt2", size=...)``: weights
-N(0, 0.2²), norm gains U(0.5, 1.5), non-zero biases; the toy world's tokenizer) is saved with
+N(0, init²) with ``--gpt2-init`` (0.2 by default; with it the keys are so large that no
+eigenvalue of C lies below AlphaEdit's hard-coded 2e-2, so AlphaEdit's update is exactly 0 on
+both sides; ``--gpt2-init 0.02``, GPT-2's own initializer_range, leaves a null space), norm gains U(0.5, 1.5), non-zero biases; the toy world's tokenizer) is saved with
 ``save_pretrained`` to ``--export-dir`` (a temporary folder by default); the reference code gets
 ``GPT2LMHeadModel.from_pretrained`` of that folder and our side ``load_model`` of the same folder
 with no weight processing, so both edit the same ``c_proj`` / ``W_out``; C comes from the toy
@@ -291,16 +293,18 @@ def compare_memit(path, model, hf, tok, requests, covs, args) -> None:
             hparams = MEMITHyperParams(**memit_hparams_dict(cfg, model.cfg.n_layers, lm_head_name(hf)))
             memit_main.CONTEXT_TEMPLATES_CACHE = [["{}"], [p + " {}" for p in prefixes[1:]]] if len(prefixes) > 1 else [["{}"]]
             memit_main.COV_CACHE.clear()
+            fill_cov_cache(memit_main.COV_CACHE, hf, covs, cfg.layers, args)
             names = [f"transformer.h.{layer}.mlp.c_proj.weight" for layer in cfg.layers]
             with contextlib.redirect_stdout(io.StringIO()):
                 deltas = memit_main.execute_memit(hf, btok, [ref_request(r, i) for i, r in enumerate(requests)], hparams)
             fixed = dict(fields, prefixes=tuple(prefixes[1:]))
             edit = memit(model, requests, **base, **fixed, corpus=args.corpus, cache_dir=args.cache_dir)
+            tag = "_refcov64" if args.ref_cov_cache_float64 else ""
             for layer, wname in zip(cfg.layers, names, strict=True):
                 adj_k, resid = deltas[wname]
                 ref = adj_k.double() @ resid.double().T  # [d_mlp, d_model], as W_out
                 ours = edit.deltas[f"blocks.{layer}.mlp.W_out"].dense()
-                print(f"memit_{name}_L{layer}_rel_dW_err={relative_error(ours, ref):.3e} "
+                print(f"memit{tag}_{name}_L{layer}_rel_dW_err={relative_error(ours, ref):.3e} "
                       f"(templates={len(prefixes)} requests={len(requests)} ref_norm={float(ref.norm()):.4g})", flush=True)
             if name == "templates6_kl":
                 legacy = memit(model, requests, **dict(base, key_average="flat"), **fixed, corpus=args.corpus, cache_dir=args.cache_dir)
@@ -309,6 +313,14 @@ def compare_memit(path, model, hf, tok, requests, covs, args) -> None:
                 ref = adj_k.double() @ resid.double().T
                 print(f"memit_key_average=flat_{name}_L{layer}_rel_dW_err="
                       f"{relative_error(legacy.deltas[f'blocks.{layer}.mlp.W_out'].dense(), ref):.3e}")
+
+
+def fill_cov_cache(cache: dict, hf, covs, layers, args) -> None:
+    """With ``--ref-cov-cache-float64``: the code's ``COV_CACHE`` holds our C in float64 (its
+    ``get_cov`` stores ``moment().float()``, so C reaches its float64 solve rounded to float32)."""
+    if args.ref_cov_cache_float64:
+        name = hf.config._name_or_path.replace("/", "_")
+        cache.update({(name, f"transformer.h.{layer}.mlp.c_proj"): covs[layer].double() for layer in layers})
 
 
 def float64_linalg():
@@ -350,7 +362,7 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
         if args.ref_float64_linalg:
             main.torch = float64_linalg()
         get_project = get_project_from(code, main.get_cov, main.torch)
-        tag = "_reflinalg64" if args.ref_float64_linalg else ""
+        tag = ("_reflinalg64" if args.ref_float64_linalg else "") + ("_refcov64" if args.ref_cov_cache_float64 else "")
         base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, steps=args.steps, lr=args.lr,
                     clamp_norm_factor=args.memit_clamp, mom2_update_weight=args.mom2_update_weight, l2=args.l2,
                     **MEMIT_REFERENCE,
@@ -365,6 +377,7 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
             hparams = AlphaEditHyperParams(**{k: v for k, v in hp.items() if k in AlphaEditHyperParams.__dataclass_fields__})
             main.CONTEXT_TEMPLATES_CACHE = [["{}"], [p + " {}" for p in prefixes[1:]]] if len(prefixes) > 1 else [["{}"]]
             main.COV_CACHE.clear()
+            fill_cov_cache(main.COV_CACHE, hf, covs, cfg.layers, args)
             d = model.cfg.d_mlp
             with contextlib.redirect_stdout(io.StringIO()):
                 P = torch.stack([get_project(hf, tok, layer, hparams) for layer in cfg.layers])
@@ -407,13 +420,13 @@ def random_gpt2(tok, args):
     from interp_edit.adapter.tiny import tiny_hf_model
 
     folder = Path(args.export_dir or tempfile.mkdtemp(prefix="random_gpt2_"))
-    tiny_hf_model("gpt2", vocab_size=len(tok), size=args.gpt2_size).save_pretrained(folder)
+    tiny_hf_model("gpt2", vocab_size=len(tok), size=args.gpt2_size, init=args.gpt2_init).save_pretrained(folder)
     tok.save_pretrained(folder)
     hf = GPT2LMHeadModel.from_pretrained(folder).eval()
     model = load_model(str(folder), fold_ln=False, center_writing_weights=False, center_unembed=False,
                        fold_value_biases=False)
     err = (model.blocks[0].mlp.W_out.detach() - hf.transformer.h[0].mlp.c_proj.weight.detach()).abs().max().item()
-    print(f"random_gpt2 folder={folder} size={args.gpt2_size} d_model={model.cfg.d_model} d_mlp={model.cfg.d_mlp} "
+    print(f"random_gpt2 folder={folder} size={args.gpt2_size} init={args.gpt2_init} d_model={model.cfg.d_model} d_mlp={model.cfg.d_mlp} "
           f"n_layers={model.cfg.n_layers} W_out_vs_c_proj_max_abs={err:.1e}", flush=True)
     return model, hf
 
@@ -436,9 +449,13 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--ref-float64-linalg", action="store_true",
                         help="run AlphaEdit's code's float32 solve and SVD in float64 (ours are float64)")
+    parser.add_argument("--ref-cov-cache-float64", action="store_true",
+                        help="MEMIT / AlphaEdit: the code's get_cov returns our float64 C (it rounds C to float32)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="toyworld", choices=["toyworld", "random-gpt2"])
     parser.add_argument("--gpt2-size", default="tiny", help="random-gpt2: a size of interp_edit.adapter.tiny (tiny, gpt2-small)")
+    parser.add_argument("--gpt2-init", type=float, default=0.2,
+                        help="random-gpt2: std of its weights (tiny_hf_model's init; GPT-2's own initializer_range is 0.02)")
     parser.add_argument("--export-dir", default=None, help="random-gpt2: the folder it is saved to (default: a temporary one)")
     args = parser.parse_args()
     args.memit_layers = [int(x) for x in args.memit_layers.split(",")]

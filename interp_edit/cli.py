@@ -78,7 +78,7 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.d_mlp is not None:
         if args.d_mlp < 1:
-            raise SystemExit(f"--d-mlp must be a positive integer, got {args.d_mlp}")
+            raise CommandLineError(f"--d-mlp: expected a positive integer, got {args.d_mlp}")
         cfg = replace(cfg, model=replace(cfg.model, d_mlp=args.d_mlp))
     out = _writable_folder(args.out, "--out") or BUILTIN_MODELS["toyworld"]
     metrics = train_and_save(cfg, out, progress=not args.quiet)
