@@ -316,7 +316,7 @@ def compare_memit(path, model, hf, tok, requests, covs, args) -> None:
 
 
 def fill_cov_cache(cache: dict, hf, covs, layers, args) -> None:
-    """With ``--ref-cov-cache-float64``: the code's ``COV_CACHE`` holds our C in float64 (its
+    """With ``--ref-cov-cache-float64``: MEMIT's ``COV_CACHE`` holds our C in float64 (its
     ``get_cov`` stores ``moment().float()``, so C reaches its float64 solve rounded to float32)."""
     if args.ref_cov_cache_float64:
         name = hf.config._name_or_path.replace("/", "_")
@@ -362,7 +362,7 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
         if args.ref_float64_linalg:
             main.torch = float64_linalg()
         get_project = get_project_from(code, main.get_cov, main.torch)
-        tag = ("_reflinalg64" if args.ref_float64_linalg else "") + ("_refcov64" if args.ref_cov_cache_float64 else "")
+        tag = "_reflinalg64" if args.ref_float64_linalg else ""
         base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, steps=args.steps, lr=args.lr,
                     clamp_norm_factor=args.memit_clamp, mom2_update_weight=args.mom2_update_weight, l2=args.l2,
                     **MEMIT_REFERENCE,
@@ -376,8 +376,7 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
             hp.update({"model_name": "gpt2-xl", "nullspace_threshold": cfg.nullspace_threshold, "L2": cfg.l2})
             hparams = AlphaEditHyperParams(**{k: v for k, v in hp.items() if k in AlphaEditHyperParams.__dataclass_fields__})
             main.CONTEXT_TEMPLATES_CACHE = [["{}"], [p + " {}" for p in prefixes[1:]]] if len(prefixes) > 1 else [["{}"]]
-            main.COV_CACHE.clear()
-            fill_cov_cache(main.COV_CACHE, hf, covs, cfg.layers, args)
+            main.COV_CACHE.clear()  # (no --ref-cov-cache-float64 here: the code's P @ (K Kᵀ + …) needs float32 P)
             d = model.cfg.d_mlp
             with contextlib.redirect_stdout(io.StringIO()):
                 P = torch.stack([get_project(hf, tok, layer, hparams) for layer in cfg.layers])
@@ -450,7 +449,7 @@ def main() -> None:
     parser.add_argument("--ref-float64-linalg", action="store_true",
                         help="run AlphaEdit's code's float32 solve and SVD in float64 (ours are float64)")
     parser.add_argument("--ref-cov-cache-float64", action="store_true",
-                        help="MEMIT / AlphaEdit: the code's get_cov returns our float64 C (it rounds C to float32)")
+                        help="MEMIT: the code's get_cov returns our float64 C (it rounds C to float32)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="toyworld", choices=["toyworld", "random-gpt2"])
     parser.add_argument("--gpt2-size", default="tiny", help="random-gpt2: a size of interp_edit.adapter.tiny (tiny, gpt2-small)")
