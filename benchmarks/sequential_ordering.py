@@ -116,14 +116,17 @@ def main() -> None:
     probes = fact_probes([data[i] for i in order[args.n : args.n + args.unrelated]])
     batches = [edited[i : i + args.batch_size] for i in range(0, len(edited), args.batch_size)]
     print(f"cases={len(edited)} batches={len(batches)} batch_size={args.batch_size} unrelated_probes={len(probes)}", flush=True)
-    baseline = aggregate(evaluate_cases(model, edited))
-    print(" ".join(f"unedited_{k}={baseline[k]:.4f}" for k in HEAD[:3]), flush=True)
     config = json.loads(args.config)
     if args.spectrum:
         print(" ".join(f"{k}={v:.3e}" if isinstance(v, float) else f"{k}={v}" for k, v in spectrum(model, config).items()),
               flush=True)
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods:
+        return
+    baseline = aggregate(evaluate_cases(model, edited))
+    print(" ".join(f"unedited_{k}={baseline[k]:.4f}" for k in HEAD[:3]), flush=True)
     results = {}
-    for method in [m for m in args.methods.split(",") if m]:
+    for method in methods:
         results[method] = run(model, method, batches, probes, config, args.fluency_cases, args.time_budget)
         for key, value in results[method].items():
             print(f"{method}_{key}={value:.4f}" if isinstance(value, float) else f"{method}_{key}={value}", flush=True)
