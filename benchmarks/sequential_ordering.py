@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--model", default="toyworld", help="toyworld or a toy-world checkpoint folder")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds of editing per method; the batches edited by then are scored")
+    parser.add_argument("--no-unedited", action="store_true", help="skip scoring the unedited model on the cases")
     parser.add_argument("--spectrum", action="store_true", help="print the key covariance's eigenvalues at AlphaEdit's layers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,8 +124,9 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     if not methods:
         return
-    baseline = aggregate(evaluate_cases(model, edited))
-    print(" ".join(f"unedited_{k}={baseline[k]:.4f}" for k in HEAD[:3]), flush=True)
+    if not args.no_unedited:
+        baseline = aggregate(evaluate_cases(model, edited))
+        print(" ".join(f"unedited_{k}={baseline[k]:.4f}" for k in HEAD[:3]), flush=True)
     results = {}
     for method in methods:
         results[method] = run(model, method, batches, probes, config, args.fluency_cases, args.time_budget)
