@@ -8,6 +8,16 @@ the relative ΔW error ‖ΔW_ours − ΔW_ref‖ / ‖ΔW_ref‖ per method, se
 ``key=value`` lines. Usage:
 
     .venv/bin/python benchmarks/reference_compare.py --rome ../rome --memit ../memit --alphaedit ../AlphaEdit
+        [--model toyworld|random-gpt2] [--export-dir DIR]
+
+``--model random-gpt2``: a randomly initialised GPT-2 (``tiny_hf_model("gpt2", size=...)``: weights
+N(0, init²) with ``--gpt2-init`` (0.2 by default; with it the keys are so large that no
+eigenvalue of C lies below AlphaEdit's hard-coded 2e-2, so AlphaEdit's update is exactly 0 on
+both sides; ``--gpt2-init 0.02``, GPT-2's own initializer_range, leaves a null space), norm gains U(0.5, 1.5), non-zero biases; the toy world's tokenizer) is saved with
+``save_pretrained`` to ``--export-dir`` (a temporary folder by default); the reference code gets
+``GPT2LMHeadModel.from_pretrained`` of that folder and our side ``load_model`` of the same folder
+with no weight processing, so both edit the same ``c_proj`` / ``W_out``; C comes from the toy
+world's training-style text on both sides (the same texts as the toy model's default corpus).
 
 The reference code runs unmodified apart from these shims at its boundaries (each one a
 property of this environment, not of the algorithm):
@@ -183,17 +193,17 @@ def weight_deltas(hf, names, fn):
     return out
 
 
-def rome_hparams_dict(cfg: ROMEConfig, n_layers: int) -> dict:
+def rome_hparams_dict(cfg: ROMEConfig, n_layers: int, lm_head: str = "lm_head") -> dict:
     return {"layers": [cfg.layer], "fact_token": "subject_last", "v_num_grad_steps": cfg.steps, "v_lr": cfg.lr,
             "v_loss_layer": n_layers - 1, "v_weight_decay": cfg.weight_decay, "clamp_norm_factor": cfg.clamp_norm_factor,
             "kl_factor": cfg.kl_factor, "mom2_adjustment": True, "context_template_length_params": [[5, 10], [10, 10]],
             "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj", "layer_module_tmp": "transformer.h.{}",
             "mlp_module_tmp": "transformer.h.{}.mlp", "attn_module_tmp": "transformer.h.{}.attn",
-            "ln_f_module": "transformer.ln_f", "lm_head_module": "lm_head", "mom2_dataset": "wikipedia",
+            "ln_f_module": "transformer.ln_f", "lm_head_module": lm_head, "mom2_dataset": "wikipedia",
             "mom2_n_samples": cfg.stats_samples, "mom2_dtype": "float32"}
 
 
-def memit_hparams_dict(cfg: MEMITConfig, n_layers: int) -> dict:
+def memit_hparams_dict(cfg: MEMITConfig, n_layers: int, lm_head: str = "lm_head") -> dict:
     out = {}
     out.update({"layers": list(cfg.layers), "layer_selection": "all", "fact_token": "subject_last",
                 "v_num_grad_steps": cfg.steps, "v_lr": cfg.lr, "v_loss_layer": n_layers - 1,
@@ -201,9 +211,16 @@ def memit_hparams_dict(cfg: MEMITConfig, n_layers: int) -> dict:
                 "mom2_adjustment": True, "mom2_update_weight": cfg.mom2_update_weight,
                 "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj", "layer_module_tmp": "transformer.h.{}",
                 "mlp_module_tmp": "transformer.h.{}.mlp", "attn_module_tmp": "transformer.h.{}.attn",
-                "ln_f_module": "transformer.ln_f", "lm_head_module": "lm_head", "mom2_dataset": "wikipedia",
+                "ln_f_module": "transformer.ln_f", "lm_head_module": lm_head, "mom2_dataset": "wikipedia",
                 "mom2_n_samples": cfg.stats_samples, "mom2_dtype": "float32"})
     return out
+
+
+def lm_head_name(hf) -> str:
+    """The unembedding's module name as the code's ``get_parameter`` finds it: with tied
+    embeddings (a GPT-2 as built) only ``transformer.wte`` is a named parameter (MEMIT's
+    gpt2-xl hparams say ``transformer.wte`` for this reason)."""
+    return "lm_head" if "lm_head.weight" in dict(hf.named_parameters()) else "transformer.wte"
 
 
 def templates_for(prefixes) -> list[str]:
@@ -232,7 +249,7 @@ def compare_rome(path, model, hf, tok, requests, covs, args) -> None:
         for name, fields in settings.items():
             cfg = ROMEConfig.for_model(model, **dict(base, variant="original"), **fields)
             prefixes = prefixes_for(model, cfg)
-            hparams = ROMEHyperParams(**rome_hparams_dict(cfg, model.cfg.n_layers))
+            hparams = ROMEHyperParams(**rome_hparams_dict(cfg, model.cfg.n_layers, lm_head_name(hf)))
             rome_main.CONTEXT_TEMPLATES_CACHE = templates_for(prefixes)
             compute_u.inv_mom2_cache.clear()
             w = f"transformer.h.{cfg.layer}.mlp.c_proj.weight"
@@ -240,18 +257,18 @@ def compare_rome(path, model, hf, tok, requests, covs, args) -> None:
                 hf, btok, [ref_request(r, i) for i, r in enumerate(requests)], hparams))[w]
             fixed = dict(fields, prefixes=tuple(prefixes[1:]))
             for variant in ("original", "r-rome"):
-                ours = rome(model, requests, **dict(base, variant=variant), **fixed, cache_dir=args.cache_dir).deltas[
+                ours = rome(model, requests, **dict(base, variant=variant), **fixed, corpus=args.corpus, cache_dir=args.cache_dir).deltas[
                     f"blocks.{cfg.layer}.mlp.W_out"].dense()
                 print(f"rome_{variant}_{name}_L{cfg.layer}_rel_dW_err={relative_error(ours, ref):.3e} "
                       f"(templates={len(prefixes)} requests={len(requests)} ref_norm={float(ref.norm()):.4g})", flush=True)
             if name == "templates21_kl":
                 # the semantics the toy preset was measured with, against the reference
                 legacy = rome(model, requests, **dict(base, variant="r-rome", step_count="updates",
-                                                      kl_direction="original||edited"), **fixed, cache_dir=args.cache_dir).deltas[f"blocks.{cfg.layer}.mlp.W_out"].dense()
+                                                      kl_direction="original||edited"), **fixed, corpus=args.corpus, cache_dir=args.cache_dir).deltas[f"blocks.{cfg.layer}.mlp.W_out"].dense()
                 print(f"rome_rrome_updates_kl-original||edited_{name}_rel_dW_err={relative_error(legacy, ref):.3e}")
                 for field, value in (("step_count", "updates"), ("kl_direction", "original||edited")):
                     one = rome(model, requests, **dict(base, variant="original", **{field: value}), **fixed,
-                               cache_dir=args.cache_dir).deltas[f"blocks.{cfg.layer}.mlp.W_out"].dense()
+                               corpus=args.corpus, cache_dir=args.cache_dir).deltas[f"blocks.{cfg.layer}.mlp.W_out"].dense()
                     print(f"rome_original_{field}={value}_{name}_rel_dW_err={relative_error(one, ref):.3e}")
 
 
@@ -273,27 +290,37 @@ def compare_memit(path, model, hf, tok, requests, covs, args) -> None:
         for name, fields in settings.items():
             cfg = MEMITConfig.for_model(model, **base, **fields)
             prefixes = prefixes_for(model, cfg)
-            hparams = MEMITHyperParams(**memit_hparams_dict(cfg, model.cfg.n_layers))
+            hparams = MEMITHyperParams(**memit_hparams_dict(cfg, model.cfg.n_layers, lm_head_name(hf)))
             memit_main.CONTEXT_TEMPLATES_CACHE = [["{}"], [p + " {}" for p in prefixes[1:]]] if len(prefixes) > 1 else [["{}"]]
             memit_main.COV_CACHE.clear()
+            fill_cov_cache(memit_main.COV_CACHE, hf, covs, cfg.layers, args)
             names = [f"transformer.h.{layer}.mlp.c_proj.weight" for layer in cfg.layers]
             with contextlib.redirect_stdout(io.StringIO()):
                 deltas = memit_main.execute_memit(hf, btok, [ref_request(r, i) for i, r in enumerate(requests)], hparams)
             fixed = dict(fields, prefixes=tuple(prefixes[1:]))
-            edit = memit(model, requests, **base, **fixed, cache_dir=args.cache_dir)
+            edit = memit(model, requests, **base, **fixed, corpus=args.corpus, cache_dir=args.cache_dir)
+            tag = "_refcov64" if args.ref_cov_cache_float64 else ""
             for layer, wname in zip(cfg.layers, names, strict=True):
                 adj_k, resid = deltas[wname]
                 ref = adj_k.double() @ resid.double().T  # [d_mlp, d_model], as W_out
                 ours = edit.deltas[f"blocks.{layer}.mlp.W_out"].dense()
-                print(f"memit_{name}_L{layer}_rel_dW_err={relative_error(ours, ref):.3e} "
+                print(f"memit{tag}_{name}_L{layer}_rel_dW_err={relative_error(ours, ref):.3e} "
                       f"(templates={len(prefixes)} requests={len(requests)} ref_norm={float(ref.norm()):.4g})", flush=True)
             if name == "templates6_kl":
-                legacy = memit(model, requests, **dict(base, key_average="flat"), **fixed, cache_dir=args.cache_dir)
+                legacy = memit(model, requests, **dict(base, key_average="flat"), **fixed, corpus=args.corpus, cache_dir=args.cache_dir)
                 layer = cfg.layers[0]
                 adj_k, resid = deltas[names[0]]
                 ref = adj_k.double() @ resid.double().T
                 print(f"memit_key_average=flat_{name}_L{layer}_rel_dW_err="
                       f"{relative_error(legacy.deltas[f'blocks.{layer}.mlp.W_out'].dense(), ref):.3e}")
+
+
+def fill_cov_cache(cache: dict, hf, covs, layers, args) -> None:
+    """With ``--ref-cov-cache-float64``: MEMIT's ``COV_CACHE`` holds our C in float64 (its
+    ``get_cov`` stores ``moment().float()``, so C reaches its float64 solve rounded to float32)."""
+    if args.ref_cov_cache_float64:
+        name = hf.config._name_or_path.replace("/", "_")
+        cache.update({(name, f"transformer.h.{layer}.mlp.c_proj"): covs[layer].double() for layer in layers})
 
 
 def float64_linalg():
@@ -345,18 +372,18 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
         for name, fields in settings.items():
             cfg = AlphaEditConfig.for_model(model, **base, **fields)
             prefixes = prefixes_for(model, cfg)
-            hp = memit_hparams_dict(cfg, model.cfg.n_layers)
+            hp = memit_hparams_dict(cfg, model.cfg.n_layers, lm_head_name(hf))
             hp.update({"model_name": "gpt2-xl", "nullspace_threshold": cfg.nullspace_threshold, "L2": cfg.l2})
             hparams = AlphaEditHyperParams(**{k: v for k, v in hp.items() if k in AlphaEditHyperParams.__dataclass_fields__})
             main.CONTEXT_TEMPLATES_CACHE = [["{}"], [p + " {}" for p in prefixes[1:]]] if len(prefixes) > 1 else [["{}"]]
-            main.COV_CACHE.clear()
+            main.COV_CACHE.clear()  # (no --ref-cov-cache-float64 here: the code's P @ (K Kᵀ + …) needs float32 P)
             d = model.cfg.d_mlp
             with contextlib.redirect_stdout(io.StringIO()):
                 P = torch.stack([get_project(hf, tok, layer, hparams) for layer in cfg.layers])
             cache_c = torch.zeros(len(cfg.layers), d, d)
             names = [f"transformer.h.{layer}.mlp.c_proj.weight" for layer in cfg.layers]
             fixed = dict(fields, prefixes=tuple(prefixes[1:]))
-            editor = AlphaEditor(model, **base, **fixed, cache_dir=args.cache_dir)
+            editor = AlphaEditor(model, **base, **fixed, corpus=args.corpus, cache_dir=args.cache_dir)
             ref_dims = [round(float(P[i].double().trace())) for i in range(len(cfg.layers))]  # a projection's rank
             print(f"alphaedit{tag}_{name}_nullspace_dims ours={[editor.nullspace_dims[layer] for layer in cfg.layers]} "
                   f"ref={ref_dims}")
@@ -385,6 +412,24 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
                         params[n].copy_(originals[n])
 
 
+def random_gpt2(tok, args):
+    """A random GPT-2 saved to a folder; (our HookedTransformer of it, the code's GPT2LMHeadModel of it)."""
+    from transformers import GPT2LMHeadModel
+
+    from interp_edit.adapter.tiny import tiny_hf_model
+
+    folder = Path(args.export_dir or tempfile.mkdtemp(prefix="random_gpt2_"))
+    tiny_hf_model("gpt2", vocab_size=len(tok), size=args.gpt2_size, init=args.gpt2_init).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    model = load_model(str(folder), fold_ln=False, center_writing_weights=False, center_unembed=False,
+                       fold_value_biases=False)
+    err = (model.blocks[0].mlp.W_out.detach() - hf.transformer.h[0].mlp.c_proj.weight.detach()).abs().max().item()
+    print(f"random_gpt2 folder={folder} size={args.gpt2_size} init={args.gpt2_init} d_model={model.cfg.d_model} d_mlp={model.cfg.d_mlp} "
+          f"n_layers={model.cfg.n_layers} W_out_vs_c_proj_max_abs={err:.1e}", flush=True)
+    return model, hf
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rome")
@@ -403,17 +448,32 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--ref-float64-linalg", action="store_true",
                         help="run AlphaEdit's code's float32 solve and SVD in float64 (ours are float64)")
+    parser.add_argument("--ref-cov-cache-float64", action="store_true",
+                        help="MEMIT: the code's get_cov returns our float64 C (it rounds C to float32)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="toyworld", choices=["toyworld", "random-gpt2"])
+    parser.add_argument("--gpt2-size", default="tiny", help="random-gpt2: a size of interp_edit.adapter.tiny (tiny, gpt2-small)")
+    parser.add_argument("--gpt2-init", type=float, default=0.2,
+                        help="random-gpt2: std of its weights (tiny_hf_model's init; GPT-2's own initializer_range is 0.02)")
+    parser.add_argument("--export-dir", default=None, help="random-gpt2: the folder it is saved to (default: a temporary one)")
     args = parser.parse_args()
     args.memit_layers = [int(x) for x in args.memit_layers.split(",")]
     args.ref_dtype = getattr(torch, args.ref_cov_dtype)
     torch.set_num_threads(args.threads)
     model = load_model("toyworld")
     hf, tok = to_hf(model)
+    args.corpus = None  # the toy model's own: its world's training-style text
+    if args.model == "random-gpt2":
+        model, hf = random_gpt2(tok, args)
+        # the same toy-world text for C on both sides (a model without a world would stream Wikitext)
+        from interp_edit.toyworld.corpus import CorpusSampler
+
+        sampler = CorpusSampler(load_world(), seed=7919)
+        args.corpus = [sampler.sample() for _ in range(args.stats_samples)]
     records = counterfact_records(load_world())[:: 7][: args.requests]  # different people and relations
     requests = [EditRequest(r.prompt, r.subject, r.target_new, r.target_true) for r in records]
     layers = sorted({args.rome_layer, *args.memit_layers})
-    covs = second_moments(model, layers, n_samples=args.stats_samples, cache_dir=args.cache_dir, progress=False)
+    covs = second_moments(model, layers, n_samples=args.stats_samples, corpus=args.corpus, cache_dir=args.cache_dir, progress=False)
     print(json.dumps({"requests": [r.text + " -> " + r.target_new for r in requests]}))
     for flag, fn in (("rome", compare_rome), ("memit", compare_memit), ("alphaedit", compare_alphaedit)):
         if getattr(args, flag):

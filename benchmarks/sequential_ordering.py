@@ -5,9 +5,14 @@ the retention of the first batch (its scores right after its edit and at the end
 unrelated facts. AlphaEdit's null-space dimension per layer is printed.
 
 Each method gets the same cases in the same order (a seeded shuffle of the dataset) and its
-toy preset (``--config`` overrides, a JSON object applied to every method). Prints
-``key=value`` lines and a Markdown table. Usage:
+toy preset (``--config`` overrides, a JSON object applied to every method). ``--model DIR``
+runs on another toy-world checkpoint (its own world's dataset). ``--time-budget S`` stops a
+method's editing after the first batch that ends past S seconds and scores the batches edited so
+far (``<method>_edited_cases`` says how many). ``--spectrum`` prints the eigenvalues of the key
+covariance C at AlphaEdit's layers (smallest, largest, how many lie below 2e-2 and below 1e-6 ×
+the largest). Prints ``key=value`` lines and a Markdown table. Usage:
     .venv/bin/python benchmarks/sequential_ordering.py [--n 1500] [--batch-size 100] [--methods alphaedit,memit,rome]
+        [--model toyworld|DIR] [--time-budget S] [--spectrum]
 """
 
 from __future__ import annotations
@@ -33,7 +38,23 @@ def requests_of(cases):
     return [EditRequest(r.prompt, r.subject, r.target_new, r.target_true) for c in cases for r in c.rewrites()]
 
 
-def run(model, method: str, batches, probes, config: dict, fluency_cases: int) -> dict:
+def spectrum(model, config: dict) -> dict:
+    """Eigenvalues of the key covariance C that AlphaEdit's null space is taken from."""
+    from interp_edit.editing.stats import second_moments
+
+    cfg = AlphaEditor(model, **config).config
+    covs = second_moments(model, cfg.layers, n_samples=cfg.stats_samples, batch_size=cfg.stats_batch_size, progress=False)
+    out = {}
+    for layer, cov in covs.items():
+        values = torch.linalg.eigvalsh(cov.double())
+        out.update({f"L{layer}_key_dim": len(values), f"L{layer}_eig_min": values[0].item(),
+                    f"L{layer}_eig_max": values[-1].item(), f"L{layer}_below_2e-2": int((values < 2e-2).sum()),
+                    f"L{layer}_below_1e-6_rel": int((values < 1e-6 * values[-1]).sum()),
+                    f"L{layer}_below_1e-3_rel": int((values < 1e-3 * values[-1]).sum())})
+    return out
+
+
+def run(model, method: str, batches, probes, config: dict, fluency_cases: int, time_budget: float | None = None) -> dict:
     reference = unrelated_metrics(model, probes)[1]
     alpha = AlphaEditor(model, **config) if method == "alphaedit" else None
     editor = get_editor(method)
@@ -43,11 +64,15 @@ def run(model, method: str, batches, probes, config: dict, fluency_cases: int) -
         for b, cases in enumerate(batches):
             edit = alpha(model, requests_of(cases)) if alpha else editor.fn(model, requests_of(cases), **config)
             applied.append(edit.apply(model))
+            print(f"{method}: batch {b + 1}/{len(batches)} edited, {time.perf_counter() - start:.0f} s", flush=True)
             if b == 0:
                 first = aggregate(evaluate_cases(model, cases))
                 out.update({f"first_batch_after_own_edit_{k}": first[k] for k in HEAD[:3]})
+            if time_budget is not None and time.perf_counter() - start > time_budget and b + 1 < len(batches):
+                break
         out["edit_and_first_eval_seconds"] = time.perf_counter() - start
-        edited = [c for batch in batches for c in batch]
+        edited = [c for batch in batches[: len(applied)] for c in batch]
+        out["edited_cases"] = len(edited)
         rows = evaluate_cases(model, edited)
         final = aggregate(rows)
         out.update({k: final[k] for k in HEAD[:3]})
@@ -77,30 +102,42 @@ def main() -> None:
     parser.add_argument("--unrelated", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="toyworld", help="toyworld or a toy-world checkpoint folder")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds of editing per method; the batches edited by then are scored")
+    parser.add_argument("--no-unedited", action="store_true", help="skip scoring the unedited model on the cases")
+    parser.add_argument("--spectrum", action="store_true", help="print the key covariance's eigenvalues at AlphaEdit's layers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model("toyworld")
-    data = load_dataset("toyworld-counterfact", tokenizer=model.tokenizer)
+    model = load_model(args.model)
+    data = load_dataset("toyworld-counterfact", tokenizer=model.tokenizer, model=model)
     order = list(range(len(data)))
     random.Random(args.seed).shuffle(order)
     edited = [data[i] for i in order[: args.n]]
     probes = fact_probes([data[i] for i in order[args.n : args.n + args.unrelated]])
     batches = [edited[i : i + args.batch_size] for i in range(0, len(edited), args.batch_size)]
     print(f"cases={len(edited)} batches={len(batches)} batch_size={args.batch_size} unrelated_probes={len(probes)}", flush=True)
-    baseline = aggregate(evaluate_cases(model, edited))
-    print(" ".join(f"unedited_{k}={baseline[k]:.4f}" for k in HEAD[:3]), flush=True)
     config = json.loads(args.config)
+    if args.spectrum:
+        print(" ".join(f"{k}={v:.3e}" if isinstance(v, float) else f"{k}={v}" for k, v in spectrum(model, config).items()),
+              flush=True)
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods:
+        return
+    if not args.no_unedited:
+        baseline = aggregate(evaluate_cases(model, edited))
+        print(" ".join(f"unedited_{k}={baseline[k]:.4f}" for k in HEAD[:3]), flush=True)
     results = {}
-    for method in args.methods.split(","):
-        results[method] = run(model, method, batches, probes, config, args.fluency_cases)
+    for method in methods:
+        results[method] = run(model, method, batches, probes, config, args.fluency_cases, args.time_budget)
         for key, value in results[method].items():
             print(f"{method}_{key}={value:.4f}" if isinstance(value, float) else f"{method}_{key}={value}", flush=True)
-    cols = ["efficacy_score", "paraphrase_score", "neighborhood_score", "fluency", "first_batch_after_own_edit_efficacy_score",
+    cols = ["edited_cases", "efficacy_score", "paraphrase_score", "neighborhood_score", "fluency", "first_batch_after_own_edit_efficacy_score",
             "first_batch_at_end_efficacy_score", "unrelated_accuracy"]
     print("| method | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for method, res in results.items():
-        print(f"| {method} | " + " | ".join(f"{res[c]:.3f}" for c in cols) + " |")
+        print(f"| {method} | " + " | ".join(f"{res[c]:.3f}" if isinstance(res[c], float) else str(res[c]) for c in cols) + " |")
 
 
 if __name__ == "__main__":

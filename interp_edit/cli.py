@@ -76,6 +76,10 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "seed": args.seed, "world_seed": args.world_seed, "n_people": args.n_people,
                  "threads": args.threads}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.d_mlp is not None:
+        if args.d_mlp < 1:
+            raise CommandLineError(f"--d-mlp: expected a positive integer, got {args.d_mlp}")
+        cfg = replace(cfg, model=replace(cfg.model, d_mlp=args.d_mlp))
     out = _writable_folder(args.out, "--out") or BUILTIN_MODELS["toyworld"]
     metrics = train_and_save(cfg, out, progress=not args.quiet)
     print(f"checkpoint={out}")
@@ -373,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--world-seed", type=int, help="seed of the world: who the people are and their facts (default 0)")
     train.add_argument("--n-people", type=int, help="people in the world (default 400)")
     train.add_argument("--threads", type=int, help="CPU threads used for training (default 2)")
+    train.add_argument("--d-mlp", type=int, help="MLP width of every block (default 512)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toy_train)
     ev = toy.add_parser("eval", help="print the toy-world model's accuracies as key=value lines")

@@ -86,21 +86,29 @@ def test_default_statistics_corpus_is_the_model_s_world(other_world_model, toy_m
     assert default_corpus(toy_model, 200) != texts
 
 
+def test_toy_train_refuses_a_bad_mlp_width_before_training(tmp_path, capsys):
+    assert main(["toy", "train", "--out", str(tmp_path / "ckpt"), "--steps", "2", "--d-mlp", "0", "--quiet"]) == 2
+    assert "--d-mlp: expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_toy_train_flags_write_the_world_and_ordinary_permissions(tmp_path, capsys):
     old = os.umask(0o022)
     try:
         out = tmp_path / "ckpt"
         assert main(["toy", "train", "--out", str(out), "--steps", "2", "--seed", "5", "--world-seed", "7",
-                     "--n-people", "40", "--threads", "1", "--quiet"]) == 0
+                     "--n-people", "40", "--threads", "1", "--d-mlp", "96", "--quiet"]) == 0
     finally:
         os.umask(old)
     meta = json.loads((out / "config.json").read_text())
     assert meta["world"] == {"seed": 7, "n_people": 40}
+    assert meta["model"]["d_mlp"] == 96 and meta["training"]["model"]["d_mlp"] == 96
     assert meta["training"]["seed"] == 5 and meta["training"]["steps"] == 2 and meta["training"]["threads"] == 1
     for path in out.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
     model = load_model(str(out))
     assert world_of(model) == build_world(7, 40)
+    assert model.cfg.d_mlp == 96 and model.blocks[0].mlp.W_out.shape == (96, model.cfg.d_model)
     capsys.readouterr()
     assert main(["toy", "eval", "--checkpoint", str(out)]) == 0
     assert "fact_acc=" in capsys.readouterr().out
