@@ -293,8 +293,11 @@ def pathway_weights(
     ``W_gate`` for a gated MLP, ``W_in`` otherwise; g: the frozen post-norm gains at the last
     position (``gains``; none without post-sublayer norms)."""
     n = model.cfg.n_layers
+    # scores are float32 whatever the model's dtype (interp_edit.precision)
+    acts, inv_scales = acts.float(), inv_scales.float()
+    gains = None if gains is None else gains.float()
     kappa = torch.stack([
-        _centre(model, ffn_gate_weight(model, lay)[:, u] * norm_weight(model, "ln2", lay))
+        _centre(model, ffn_gate_weight(model, lay)[:, u].float() * norm_weight(model, "ln2", lay).float())
         for lay, u in zip(v_layer.tolist(), v_unit.tolist(), strict=True)
     ])  # [value, d_model]
     v_layer = v_layer.to(acts.device)
@@ -303,7 +306,7 @@ def pathway_weights(
         later = v_layer > source
         if not later.any():
             continue
-        w_out = layer_weight(model, "W_out", source)
+        w_out = layer_weight(model, "W_out", source).float()
         if gains is None:
             proj = w_out @ kappa[later].T  # [d_mlp, value']
             # Σ_prompts m_k / σ_{l_v}: [d_mlp, value']
