@@ -40,6 +40,14 @@ def family_hf(family: str):
 
 
 @functools.cache
+def bridge_hf(family: str):
+    """The same tiny model as :func:`family_hf`, as its own instance: a TransformerBridge wraps
+    the Hugging Face modules it is given in place, so it must not get the shared one (which
+    other tests save and convert)."""
+    return tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
+
+
+@functools.cache
 def family_model(family: str, processed: bool = True, backend: str | None = None):
     """The family's tiny model on ``backend`` (default :data:`BACKEND`): a HookedTransformer with
     TransformerLens' default processing (or none), or a TransformerBridge (never processed)."""
@@ -47,7 +55,7 @@ def family_model(family: str, processed: bool = True, backend: str | None = None
 
     backend = backend or BACKEND
     if backend == "bridge":
-        return load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), backend="bridge")
+        return load_model(f"tiny-{family}", hf_model=bridge_hf(family), tokenizer=toy_tokenizer(), backend="bridge")
     flags = {} if processed else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
     return load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), backend="hooked", **flags)

@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from family_models import BRIDGE_FAMILY_NAMES, family_hf, family_model, toy_tokenizer
+from family_models import BRIDGE_FAMILY_NAMES, bridge_hf, family_hf, family_model, toy_tokenizer
 
 from interp_edit import activation_patch, causal_trace, direct_logit_attribution, load_model, neuron_attribution
 from interp_edit.adapter import bridge
@@ -133,7 +133,7 @@ def test_editor_deltas_agree_and_edits_cross_backends(family, method):
 def test_bridge_only_families_default_to_the_bridge_and_trace_like_a_plain_loop(family):
     from test_family_tracing import _plain_trace
 
-    model = load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer())
+    model = load_model(f"tiny-{family}", hf_model=bridge_hf(family), tokenizer=toy_tokenizer())
     assert backend_of(model) == "bridge"
     result = causal_trace(model, PROMPT, SUBJECT, TARGET, corruption="replace", replacement=OTHER, window=2, samples=1,
                           metric="logprob")

@@ -98,7 +98,7 @@ def check_bridge_family(hf_architecture: str, hooked_can: bool) -> None:
     elif not hooked_available():
         other = "backend='hooked' (TransformerLens' HookedTransformer, transformer-lens<4) may load it"
     else:
-        other = "the hooked backend does not cover it either"
+        other = "the hooked backend has no config converter for it either"
     why = BRIDGE_GAPS.get(hf_architecture, "interp_edit's bridge backend does not cover this architecture")
     raise UnsupportedArchitectureError(
         f"model architecture {hf_architecture!r} cannot run on backend='bridge': {why} "
@@ -108,7 +108,9 @@ def check_bridge_family(hf_architecture: str, hooked_can: bool) -> None:
 
 def boot(name: str, hf_model, tokenizer, device, dtype):
     """A TransformerBridge around ``hf_model`` (in memory; no hub access), in compatibility
-    mode without weight processing, checked and tagged as the bridge backend."""
+    mode without weight processing, checked and tagged as the bridge backend. The bridge takes
+    ``hf_model`` over: its modules are wrapped in place (no copy of the weights), so the object
+    passed in is the bridge's from then on — pass a separate instance to keep a plain one."""
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_architecture = type(hf_model).__name__
