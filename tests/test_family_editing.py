@@ -13,7 +13,7 @@ from model_state import assert_unchanged, snapshot
 from interp_edit.editing import EditRequest, ROMEConfig, editors, prepare_requests
 from interp_edit.editing.ace import ACERequest
 from interp_edit.editing.targets import optimise_targets
-from interp_edit.model import model_fingerprint
+from interp_edit.model import model_fingerprint, norm_weight
 
 REQUEST = EditRequest("{} was born in", "Talvik Corlo", target_new="Karsa", target_true="Veltra")
 PROBES = ["Talvik Corlo was born in", "As everyone knows, Talvik Corlo was born in", "Zellen Hul plays the"]
@@ -187,7 +187,7 @@ def test_memit_moves_the_residual_to_its_target_z(family):
     if family != "gemma2":
         assert (after - z).norm().item() < 2e-2 * move
         return
-    gain = model.blocks[layer].ln2_post.w.detach().double()
+    gain = norm_weight(model, "ln2_post", layer).double()  # the gain as it multiplies (bridge: Gemma's 1 + w)
     wanted, got = (z - mid) / gain, (after - mid) / gain
     assert torch.nn.functional.cosine_similarity(wanted, got, dim=0).item() > 1 - 1e-4
     assert abs(got.pow(2).mean().sqrt().item() - 1) < 1e-3  # the post-norm's fixed scale
