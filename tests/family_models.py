@@ -40,22 +40,26 @@ def family_hf(family: str):
 
 
 @functools.cache
-def bridge_hf(family: str):
+def bridge_hf(family: str, dtype=None):
     """The same tiny model as :func:`family_hf`, as its own instance: a TransformerBridge wraps
-    the Hugging Face modules it is given in place, so it must not get the shared one (which
-    other tests save and convert)."""
+    the Hugging Face modules it is given in place (and casts them to its dtype), so it must not
+    get the shared one (which other tests save and convert). One instance per dtype."""
     return tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
 
 
 @functools.cache
-def family_model(family: str, processed: bool = True, backend: str | None = None):
+def family_model(family: str, processed: bool = True, backend: str | None = None, dtype=None):
     """The family's tiny model on ``backend`` (default :data:`BACKEND`): a HookedTransformer with
-    TransformerLens' default processing (or none), or a TransformerBridge (never processed)."""
+    TransformerLens' default processing (or none), or a TransformerBridge (never processed).
+    ``dtype`` (default float32): another one gets Hugging Face instances of its own."""
     from interp_edit import load_model
 
     backend = backend or BACKEND
+    extra = {} if dtype is None else dict(dtype=dtype)
     if backend == "bridge":
-        return load_model(f"tiny-{family}", hf_model=bridge_hf(family), tokenizer=toy_tokenizer(), backend="bridge")
+        return load_model(f"tiny-{family}", hf_model=bridge_hf(family, dtype), tokenizer=toy_tokenizer(), backend="bridge",
+                          **extra)
     flags = {} if processed else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
-    return load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), backend="hooked", **flags)
+    hf = family_hf(family) if dtype is None else tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
+    return load_model(f"tiny-{family}", hf_model=hf, tokenizer=toy_tokenizer(), backend="hooked", **flags, **extra)

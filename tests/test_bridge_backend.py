@@ -5,8 +5,15 @@ Hugging Face weights), every result must agree: activations, traces, patching, a
 editors' deltas, fingerprints (an edit made on one backend applies on the other). The default
 suite checks a representative subset of the shared families (:data:`PARITY`); the TransformerLens-4
 CI job runs the whole family matrix on the bridge (``INTERP_EDIT_TEST_BACKEND=bridge``).
-Tolerances: 1e-5 (absolute, on log-probabilities / scores of order 1) for forward results; the
-editors' deltas, which come out of gradient steps and linear solves, agree to 1e-4 relative."""
+Tolerances, float32: 1e-5 relative to the values' scale for forward results (logits,
+activations, traces, attributions); 5e-5 for patching grids, whose logit differences over
+patched runs compound the rounding (measured: 1.0e-4 on Qwen2's head grid of scale 4.7). The
+backends do not round alike: Hugging Face's RMSNorm and rotary run in float32 internally — even
+in float64 — and its matmuls fuse the biases. The editors' deltas are compared in float64, to
+1e-4 relative: they come out of gradient steps with early stopping and clamps, where float32
+rounding can flip a branch (GPT-2's ROME delta: 1.4e-3 apart in float32, bitwise equal in
+float64); on the RMSNorm / rotary families Hugging Face's float32 internals remain (Llama-2's
+ROME delta: 1.3e-5 apart in float64)."""
 
 from __future__ import annotations
 
@@ -32,8 +39,9 @@ SUBJECT, OTHER, TARGET = "Talvik Corlo", "Zellen Hul", " Karsa"
 REQUEST = {"prompt": "{} was born in", "subject": "Talvik Corlo", "target_new": " Karsa"}
 
 
-def _pair(family):
-    return family_model(family, processed=False, backend="hooked"), family_model(family, backend="bridge")
+def _pair(family, dtype=None):
+    return (family_model(family, processed=False, backend="hooked", dtype=dtype),
+            family_model(family, backend="bridge", dtype=dtype))
 
 
 def _tokens(model, text=PROMPT):
@@ -55,8 +63,7 @@ def test_same_architecture_fingerprint_and_activations(family):
     assert (logits_h - logits_b).abs().max().item() < 1e-5 * max(1.0, logits_h.abs().max().item())
     for name in names:
         assert (cache_h[name] - cache_b[name]).abs().max().item() < 1e-5 * max(1.0, cache_h[name].abs().max().item()), name
-    if family != "qwen3":  # HookedTransformer caps Qwen's n_ctx at 2048, which the fingerprint records
-        assert model_fingerprint(bridged) == model_fingerprint(hooked)
+    assert model_fingerprint(bridged) == model_fingerprint(hooked)
 
 
 @needs_hooked
@@ -71,7 +78,7 @@ def test_trace_and_patching_agree(family):
                                 metric="logit_diff", sites=("resid_pre", "attn_out", "mlp_out", "head_out"))
                for m in (hooked, bridged)]
     for site, grid in patches[0].results.items():
-        assert (grid - patches[1].results[site]).abs().max().item() < 1e-5 * max(1.0, grid.abs().max().item()), site
+        assert (grid - patches[1].results[site]).abs().max().item() < 5e-5 * max(1.0, grid.abs().max().item()), site
 
 
 @needs_hooked
@@ -94,15 +101,17 @@ EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "
 @needs_hooked
 @pytest.mark.parametrize("family", EDITOR_PARITY)
 @pytest.mark.parametrize("method", EDITORS)
-def test_editor_deltas_agree_and_edits_cross_backends(family, method):
+def test_editor_deltas_agree_and_edits_cross_backends(family, method, tmp_path):
     from model_state import assert_unchanged, snapshot
     from test_family_editing import _config, _kwargs, _requests
 
     from interp_edit.editing import editors
 
-    hooked, bridged = _pair(family)
+    hooked, bridged = _pair(family, torch.float64)
     settings = _config(method, hooked.cfg.n_layers)
-    edits = [editors()[method].fn(m, _requests(method), **_kwargs(method), **settings) for m in (hooked, bridged)]
+    # each backend computes its own key statistics (the two share a fingerprint, hence a cache)
+    edits = [editors()[method].fn(m, _requests(method), **_kwargs(method), **settings, cache_dir=tmp_path / backend_of(m))
+             for m in (hooked, bridged)]
     assert sorted(edits[0].deltas) == sorted(edits[1].deltas) and sorted(edits[0].hooks) == sorted(edits[1].hooks)
     assert edits[0].deltas or edits[0].hooks
     for name in edits[0].deltas:
@@ -112,8 +121,6 @@ def test_editor_deltas_agree_and_edits_cross_backends(family, method):
         other = edits[1].hooks[label].tensors()
         for key, value in steer.tensors().items():
             assert (value.double() - other[key].double()).norm().item() <= 1e-4 * max(1e-12, value.double().norm().item()), (label, key)
-    if model_fingerprint(hooked) != model_fingerprint(bridged):
-        return  # Qwen: HookedTransformer's n_ctx cap (above)
     # an edit made on the hooked backend applies on the bridge, in place, and is undone exactly
     before = snapshot(bridged)
     tokens = _tokens(bridged, "Talvik Corlo was born in")

@@ -148,6 +148,17 @@ def test_fingerprint_is_stable_under_edits_and_differs_between_models(tiny_model
     assert model_fingerprint(toy_model) != fp
 
 
+def test_fingerprint_tells_apart_families_whose_embeddings_coincide():
+    """Tiny Llama-3 and Mistral built from one seed share every embedding and unembedding
+    weight; their blocks differ. The fingerprint keys the key-statistics cache, so it must
+    tell them apart (it names the architecture's family)."""
+    from family_models import family_model
+
+    llama, mistral = family_model("llama3", backend="hooked"), family_model("mistral", backend="hooked")
+    assert torch.equal(llama.W_E, mistral.W_E) and torch.equal(llama.W_U, mistral.W_U)
+    assert model_fingerprint(llama) != model_fingerprint(mistral)
+
+
 def test_summary_reports_layers_ranks_and_norms(tiny_model):
     edit = random_edit(tiny_model, 8)
     rows = {r["parameter"]: r for r in edit.summary(tiny_model)}

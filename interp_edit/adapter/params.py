@@ -146,15 +146,24 @@ def delta_hooks(model, name: str, through) -> list[tuple[str, Any]]:
 
 
 def model_fingerprint(model) -> str:
-    """A short hash identifying the *base* model: its architecture and the weights that no
-    editor changes (token and position embeddings, unembedding). It is therefore the same
-    before and after an edit, and differs between two differently trained models."""
+    """A short hash identifying the *base* model: its architecture (the
+    :class:`~interp_edit.adapter.architecture.Architecture` description, which names the Hugging
+    Face family, less ``norm_folded``, a loading choice) and the weights that no editor changes
+    (token and position embeddings, unembedding). It is therefore the same before and after an
+    edit, on either backend, and differs between two differently trained models — and between two
+    families whose embeddings happen to coincide (tiny random models built from one seed). The
+    context length is not part of it: HookedTransformer caps some families' ``n_ctx`` at load, the
+    bridge does not, and a learned position table is hashed anyway."""
+    import dataclasses
     import hashlib
 
+    from interp_edit.adapter.architecture import architecture
+
+    described = dataclasses.asdict(architecture(model))
+    described.pop("norm_folded")
     cfg = model.cfg
     digest = hashlib.sha256()
-    digest.update(json.dumps([cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab,
-                              cfg.n_ctx, cfg.act_fn, cfg.normalization_type]).encode())
+    digest.update(json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True).encode())
     for tensor in _fingerprinted_weights(model):
         if tensor is None:
             continue
