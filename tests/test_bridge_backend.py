@@ -25,7 +25,7 @@ from family_models import BRIDGE_FAMILY_NAMES, bridge_hf, family_hf, family_mode
 
 from interp_edit import activation_patch, causal_trace, direct_logit_attribution, load_model, neuron_attribution
 from interp_edit.adapter import bridge
-from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES
+from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES, tiny_hf_model
 from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
 from interp_edit.model import architecture, backend_of, model_fingerprint
 
@@ -140,7 +140,7 @@ def test_editor_deltas_agree_and_edits_cross_backends(family, method, tmp_path):
 def test_bridge_only_families_default_to_the_bridge_and_trace_like_a_plain_loop(family):
     from test_family_tracing import _plain_trace
 
-    model = load_model(f"tiny-{family}", hf_model=bridge_hf(family), tokenizer=toy_tokenizer())
+    model = load_model(f"tiny-{family}", hf_model=tiny_hf_model(family, vocab_size=len(toy_tokenizer())), tokenizer=toy_tokenizer())
     assert backend_of(model) == "bridge"
     result = causal_trace(model, PROMPT, SUBJECT, TARGET, corruption="replace", replacement=OTHER, window=2, samples=1,
                           metric="logprob")
@@ -190,3 +190,23 @@ def test_hooked_under_transformer_lens_4_names_the_bridge(monkeypatch):
 def test_bad_backend_arguments(kwargs, match):
     with pytest.raises(InvalidArgumentError, match=match):
         load_model("tiny-gpt2", hf_model=family_hf("gpt2"), tokenizer=toy_tokenizer(), **kwargs)
+
+
+def test_a_second_bridge_over_the_same_hugging_face_model_is_refused():
+    """The bridge wraps the Hugging Face modules in place; a second one over the same object
+    would rewire the first one's hooks (a test harness that did this broke the first bridge's
+    caches). Refused, naming the argument, with the first bridge and the object unchanged."""
+    from model_state import assert_unchanged, snapshot
+
+    hf = tiny_hf_model("gpt2", vocab_size=len(toy_tokenizer()))
+    first = load_model("tiny-gpt2", hf_model=hf, tokenizer=toy_tokenizer(), backend="bridge")
+    tokens = _tokens(first)
+    with torch.no_grad():
+        before_logits = first(tokens)
+    before = snapshot(first)
+    with pytest.raises(InvalidArgumentError, match="hf_model: this Hugging Face model already backs a TransformerBridge"):
+        load_model("tiny-gpt2", hf_model=hf, tokenizer=toy_tokenizer(), backend="bridge", dtype=torch.float64)
+    assert_unchanged(first, before)
+    assert next(hf.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(first(tokens), before_logits)

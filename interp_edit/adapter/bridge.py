@@ -110,9 +110,17 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
     """A TransformerBridge around ``hf_model`` (in memory; no hub access), in compatibility
     mode without weight processing, checked and tagged as the bridge backend. The bridge takes
     ``hf_model`` over: its modules are wrapped in place (no copy of the weights), so the object
-    passed in is the bridge's from then on — pass a separate instance to keep a plain one."""
+    passed in is the bridge's from then on — pass a separate instance to keep a plain one.
+    Booting a second bridge over an object one already wraps would rewire the first bridge's
+    modules: it is refused (``InvalidArgumentError``), before anything changes."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    if getattr(hf_model, "_interp_edit_bridged", False):
+        raise InvalidArgumentError(
+            "hf_model: this Hugging Face model already backs a TransformerBridge (backend='bridge' wraps the "
+            "modules it is given in place); a second bridge over it would rewire the first one's modules — "
+            "pass another instance of the model"
+        )
     hf_architecture = type(hf_model).__name__
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [hf_architecture]
@@ -126,6 +134,7 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
         logging.disable(quiet)
     model._interp_edit_backend = "bridge"
     model._interp_edit_hf_architecture = hf_architecture
+    hf_model._interp_edit_bridged = True
     model.eval()
     return model
 
