@@ -67,9 +67,20 @@ def person_records(toy_world):
 def tiny_model(toy_model):
     """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer (tests that
     change it restore it bit for bit)."""
+    from interp_edit.adapter.bridge import hooked_available
     from interp_edit.model import build_hooked_transformer
 
     torch.manual_seed(0)
+    if not hooked_available():  # TransformerLens 4: the same shape as a Hugging Face GPT-2 on the bridge
+        import transformers
+
+        from interp_edit import load_model
+
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=3, n_embd=32, n_head=4, n_inner=64, n_positions=64, vocab_size=toy_model.cfg.d_vocab,
+            activation_function="gelu_new", bos_token_id=toy_model.tokenizer.bos_token_id,
+            eos_token_id=toy_model.tokenizer.eos_token_id))
+        return load_model("tiny-gpt2", hf_model=hf, tokenizer=toy_model.tokenizer, backend="bridge")
     cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
                act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
                default_prepend_bos=True)

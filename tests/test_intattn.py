@@ -163,11 +163,13 @@ def test_bad_request_and_failure_midway_leave_the_model(toy_model, records, monk
 
 def test_registry_apply_undo_bitwise_and_save(toy_model, records, joint_edit, tmp_path):
     assert get_editor("intattn").fn is intattn and get_editor("intattn").config_class is IntAttnConfig
+    from interp_edit.adapter.params import get_parameter
+
     before = snapshot(toy_model)
-    joint_edit.apply(toy_model)
-    assert not torch.equal(toy_model.blocks[0].attn.W_O, before["blocks.0.attn.W_O"])
-    assert not torch.equal(toy_model.blocks[1].mlp.W_out, before["blocks.1.mlp.W_out"])
-    joint_edit.undo(toy_model)
+    plain = {name: get_parameter(toy_model, name).detach().clone() for name in ("blocks.0.attn.W_O", "blocks.1.mlp.W_out")}
+    with joint_edit.applied(toy_model):  # undone also when an assertion fails (the toy model is shared)
+        for name, value in plain.items():
+            assert not torch.equal(get_parameter(toy_model, name), value), name
     assert_unchanged(toy_model, before)
     via = edit(toy_model, records[:2], "intattn", alpha=0.5, steps=2)
     assert sorted(via.deltas) == sorted(W_O + W_OUT)

@@ -108,9 +108,11 @@ def test_save_load_round_trip_and_undo(toy_model, person_records, tmp_path):
         for key, tensor in hook.tensors().items():
             assert torch.equal(loaded.hooks[label].tensors()[key], tensor), (label, key)
     loaded.apply(toy_model)
-    toy_model.reset_hooks()  # permanent hooks survive the analyses' own hook handling
-    assert torch.equal(last_token_logits(toy_model, prompts), edited)
-    loaded.undo(toy_model)
+    try:
+        toy_model.reset_hooks()  # permanent hooks survive the analyses' own hook handling
+        assert torch.equal(last_token_logits(toy_model, prompts), edited)
+    finally:  # the toy model is shared: undone also when the assertion fails
+        loaded.undo(toy_model)
     assert hook_counts(toy_model) == {} and torch.equal(last_token_logits(toy_model, prompts), base)
     with loaded.hooked(toy_model):
         assert torch.equal(last_token_logits(toy_model, prompts), edited)
