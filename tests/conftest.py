@@ -13,11 +13,32 @@ def _threads():
     torch.set_num_threads(int(os.environ.get("INTERP_EDIT_TEST_THREADS", "2")))
 
 
+#: the session's shared models (toy_model, tiny_model), checked after every test by _shared_models_clean
+_SHARED_MODELS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _shared_models_clean(request):
+    """A test that leaves an edit applied on a shared model fails (an error naming it), and the
+    edit is undone, so that the tests after it see the model as it was."""
+    yield
+    from interp_edit.editing import applied_edits
+
+    for model in _SHARED_MODELS:
+        left = applied_edits(model)
+        for edit in reversed(left):
+            edit.undo(model)
+        if left:
+            pytest.fail(f"{request.node.nodeid} left {len(left)} edit(s) applied on the shared model", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def toy_model():
     from interp_edit import load_model
 
-    return load_model("toyworld")
+    model = load_model("toyworld")
+    _SHARED_MODELS.append(model)
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +101,15 @@ def tiny_model(toy_model):
             n_layer=3, n_embd=32, n_head=4, n_inner=64, n_positions=64, vocab_size=toy_model.cfg.d_vocab,
             activation_function="gelu_new", bos_token_id=toy_model.tokenizer.bos_token_id,
             eos_token_id=toy_model.tokenizer.eos_token_id))
-        return load_model("tiny-gpt2", hf_model=hf, tokenizer=toy_model.tokenizer, backend="bridge")
+        model = load_model("tiny-gpt2", hf_model=hf, tokenizer=toy_model.tokenizer, backend="bridge")
+        _SHARED_MODELS.append(model)
+        return model
     cfg = dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=toy_model.cfg.d_vocab,
                act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
                default_prepend_bos=True)
     model = build_hooked_transformer(cfg, toy_model.tokenizer)
     model.eval()
+    _SHARED_MODELS.append(model)
     return model
 
 

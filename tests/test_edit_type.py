@@ -43,13 +43,18 @@ def logits(model):
 
 def test_apply_changes_logits_and_undo_restores_bitwise(tiny_model):
     before, base = snapshot(tiny_model), logits(tiny_model)
+    from interp_edit.adapter.params import get_parameter
+
+    plain = get_parameter(tiny_model, "blocks.1.mlp.W_out").detach().clone()
     edit = random_edit(tiny_model, 0)
     edit.apply(tiny_model)
-    assert applied_edits(tiny_model) == [edit]
-    assert (logits(tiny_model) - base).abs().max() > 1e-2
-    expected = before["blocks.1.mlp.W_out"] + edit.deltas["blocks.1.mlp.W_out"].dense()
-    assert torch.allclose(tiny_model.blocks[1].mlp.W_out, expected, atol=1e-6)
-    edit.undo(tiny_model)
+    try:
+        assert applied_edits(tiny_model) == [edit]
+        assert (logits(tiny_model) - base).abs().max() > 1e-2
+        expected = plain + edit.deltas["blocks.1.mlp.W_out"].dense()
+        assert torch.allclose(get_parameter(tiny_model, "blocks.1.mlp.W_out"), expected, atol=1e-6)
+    finally:
+        edit.undo(tiny_model)
     assert_same(tiny_model, before)
     assert applied_edits(tiny_model) == []
 
