@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
+
 from interp_edit.adapter.bridge import hooked_available
 from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES, tiny_hf_model
 
@@ -57,16 +59,16 @@ def family_model(family: str, processed: bool = True, backend: str | None = None
     backend = backend or BACKEND
     if backend == "bridge":  # one bridge per Hugging Face instance (``processed`` means nothing here)
         return _bridge_model(family, dtype)
-    extra = {} if dtype is None else dict(dtype=dtype)
     flags = {} if processed else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
     hf = family_hf(family) if dtype is None else tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
-    return load_model(f"tiny-{family}", hf_model=hf, tokenizer=toy_tokenizer(), backend="hooked", **flags, **extra)
+    return load_model(f"tiny-{family}", hf_model=hf, tokenizer=toy_tokenizer(), backend="hooked", dtype=dtype or torch.float32,
+                      **flags)
 
 
 @functools.cache
 def _bridge_model(family: str, dtype=None):
     from interp_edit import load_model
 
-    extra = {} if dtype is None else dict(dtype=dtype)
-    return load_model(f"tiny-{family}", hf_model=bridge_hf(family, dtype), tokenizer=toy_tokenizer(), backend="bridge", **extra)
+    return load_model(f"tiny-{family}", hf_model=bridge_hf(family, dtype), tokenizer=toy_tokenizer(), backend="bridge",
+                      dtype=dtype or torch.float32)
