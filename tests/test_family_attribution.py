@@ -10,8 +10,9 @@ with the function under test:
   active (post-sublayer norm scales frozen);
 - layer scores, FFN and attention query shares and Q-V pathway weights: pre-activation changes
   measured by feeding each residual component into the layer with its input norm frozen;
-- per-position attention-neuron ablation on grouped / multi-query attention equals setting
-  ``hook_v`` with TransformerLens' own un-grouped attention;
+- per-position attention-neuron ablation on grouped / multi-query attention equals changing
+  only that query head's output by the pattern times the value change (which kv head each query
+  head reads is found by running the model);
 - attribution_diff runs (parallel blocks have no ``resid_mid``).
 
 Besides the family matrix, ``postnorm`` is a Gemma-2-shaped HookedTransformer built directly
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_models import FAMILY_NAMES, family_model, toy_tokenizer
+from family_models import BACKEND, FAMILY_NAMES, family_model, toy_tokenizer
 
 from interp_edit import Neuron, ablate_neurons, direct_logit_attribution, logit_lens, neuron_attribution, qv_pathways
 from interp_edit.analysis import attribution_diff, layer_attribution_scores
@@ -34,8 +35,10 @@ from interp_edit.model import hook_counts
 
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 OTHER = "Talvik Corlo lives in"
-#: and two families without TransformerLens' weight processing (norm gains and biases unfolded)
-CASES = FAMILY_NAMES + ("postnorm", "gptj-raw", "llama3-raw")
+#: and two families without TransformerLens' weight processing (norm gains and biases unfolded),
+#: and the HookedTransformer-built ``postnorm`` model; on the bridge (never processed, no
+#: HookedTransformer under TransformerLens 4) the bridge's families
+CASES = FAMILY_NAMES + (("postnorm", "gptj-raw", "llama3-raw") if BACKEND == "hooked" else ())
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,10 +103,13 @@ def _post_scales(model, layer):
 
 def _final_logprob(model, cache, residual, target):
     """log p(target) from a last-position residual: the model's own final norm (scale frozen at
-    the clean run), unembedding and soft-cap (TransformerLens forward from the last layer)."""
+    the clean run), unembedding and soft-cap, called as the model's own modules."""
     scale = cache["ln_final.hook_scale"][:, -1:]
     with torch.no_grad(), model.hooks(fwd_hooks=[("ln_final.hook_scale", lambda act, hook: scale)]):
-        logits = model(residual.reshape(1, 1, -1), start_at_layer=model.cfg.n_layers)
+        logits = model.unembed(model.ln_final(residual.reshape(1, 1, -1)))
+    cap = model.cfg.output_logits_soft_cap
+    if cap and cap > 0:
+        logits = cap * torch.tanh(logits / cap)
     return torch.log_softmax(logits[0, -1].double(), -1)[target].item()
 
 
@@ -178,10 +184,45 @@ def _pre_activation_changes(model, tokens, cache, layer, units, vectors, pos=-1)
     return pre[:-1] - pre[-1:]
 
 
+def _kv_head_of(model, tokens, layer):
+    """[n_heads]: the key/value head each query head of ``layer`` reads, found by running the
+    model: a change to kv head k's values moves the outputs (``hook_z``) of the query heads that
+    read it and no others (no assumption about how grouped heads are laid out)."""
+    n_kv = _hook_shape(model, tokens, f"blocks.{layer}.attn.hook_v")[2]
+    reads = torch.full((model.cfg.n_heads,), -1)
+    for k in range(n_kv):
+        def bump(act, hook, k=k):
+            out = act.clone()
+            out[:, :, k] += 1.0
+            return out
+
+        zs = {}
+        for name, hooks in (("base", []), ("bumped", [(f"blocks.{layer}.attn.hook_v", bump)])):
+            hooks = hooks + [(f"blocks.{layer}.attn.hook_z", lambda act, hook, name=name: zs.setdefault(name, act.clone()))]
+            with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+                model(tokens, stop_at_layer=layer + 1)
+        moved = (zs["bumped"] - zs["base"]).abs().amax(dim=(0, 1, 3)) > 1e-3  # [n_heads]
+        assert torch.all(reads[moved] == -1), "a query head reads two kv heads"
+        reads[moved] = k
+    assert torch.all(reads >= 0), "a query head reads no kv head"
+    return reads
+
+
+def _hook_shape(model, tokens, name):
+    seen = {}
+
+    def keep(act, hook):
+        seen["x"] = act.shape
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(name, keep)]):
+        model(tokens, stop_at_layer=int(name.split(".")[1]) + 1)
+    return seen["x"]
+
+
 def _value_changes(model, tokens, cache, layer, vectors, pos):
     """[vector, head, d_head]: how ``vectors`` (each alone at resid_pre of ``layer`` at ``pos``,
-    ln1 scale frozen) move the values read by each query head (TransformerLens' un-grouped
-    attention: one value per query head)."""
+    ln1 scale frozen) move the values read by each query head (the kv head it reads, found by
+    :func:`_kv_head_of`)."""
     rows = torch.cat([vectors, torch.zeros_like(vectors[:1])])
 
     def put(act, hook):
@@ -192,14 +233,9 @@ def _value_changes(model, tokens, cache, layer, vectors, pos):
     seen = {}
     hooks = [(f"blocks.{layer}.hook_resid_pre", put)] + _frozen(cache, [f"blocks.{layer}.ln1.hook_scale"])
     hooks.append((f"blocks.{layer}.attn.hook_v", lambda act, hook: seen.setdefault("v", act.clone())))
-    before = model.cfg.ungroup_grouped_query_attention
-    model.cfg.ungroup_grouped_query_attention = True
-    try:
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(tokens.expand(len(rows), -1), stop_at_layer=layer + 1)
-    finally:
-        model.cfg.ungroup_grouped_query_attention = before
-    v = seen["v"][:, pos]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens.expand(len(rows), -1), stop_at_layer=layer + 1)
+    v = seen["v"][:, pos][:, _kv_head_of(model, tokens, layer)]  # [row, query head, d_head]
     return v[:-1] - v[-1:]
 
 
@@ -322,35 +358,47 @@ def test_pathway_weights_are_pre_activation_changes(model):
 
 
 @pytest.mark.parametrize("mode", ["zero", "mean"])
-def test_per_position_attention_ablation_equals_ungrouped_value_ablation(model, mode):
+def test_per_position_attention_ablation_equals_value_ablation_for_one_query_head(model, mode):
+    """Ablating attention neuron (l, h, j, p) sets the value query head h reads at source p,
+    dim j, and nothing another head reads (grouped heads share a kv head): the reference adds
+    pattern[h, q, p] * (new - old value) to head h's output ``hook_z`` at every query q,
+    reading the pattern and values of the same forward."""
     prompts = [PROMPT, OTHER]
     neurons = [Neuron("attn", 1, 2, head=model.cfg.n_heads - 1, pos=3), Neuron("attn", 2, 5, head=0, pos=1),
                Neuron("attn", 2, 5, head=1, pos=2)]
     res = ablate_neurons(model, neurons, prompts, mode=mode)
     assert hook_counts(model) == {}
-    before = model.cfg.ungroup_grouped_query_attention
-    model.cfg.ungroup_grouped_query_attention = True  # TransformerLens: one value per query head
-    try:
-        runs = [_clean(model, p) for p in prompts]
-        means = {}
-        for layer in (1, 2):
-            vs = torch.cat([c[f"blocks.{layer}.attn.hook_v"][0] for _, _, c in runs])  # [all positions, head, d]
-            means[layer] = vs.mean(0)
-        probs = []
-        for (tokens, _, _), target in zip(runs, res.target_ids.tolist(), strict=True):
-            def hook(act, hook):
-                layer = int(hook.name.split(".")[1])
-                for nrn in neurons:
-                    if nrn.layer == layer:
-                        value = 0.0 if mode == "zero" else means[layer][nrn.head, nrn.index]
-                        act[:, nrn.pos, nrn.head, nrn.index] = value
-                return act
+    runs = [_clean(model, p) for p in prompts]
+    reads = {layer: _kv_head_of(model, runs[0][0], layer) for layer in (1, 2)}
+    means = {}
+    for layer in (1, 2):
+        vs = torch.cat([c[f"blocks.{layer}.attn.hook_v"][0] for _, _, c in runs])  # [all positions, kv head, d]
+        means[layer] = vs.mean(0)[reads[layer]]  # [query head, d]
+    probs = []
+    for (tokens, _, _), target in zip(runs, res.target_ids.tolist(), strict=True):
+        seen = {}
 
-            with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_v", hook) for layer in (1, 2)]):
-                logits = model(tokens)
-            probs.append(torch.softmax(logits[0, -1], -1)[target].item())
-    finally:
-        model.cfg.ungroup_grouped_query_attention = before
+        def keep(act, hook):
+            seen[hook.name] = act.detach().clone()
+
+        def fix_z(act, hook):
+            layer = int(hook.name.split(".")[1])
+            pattern, v = seen[f"blocks.{layer}.attn.hook_pattern"], seen[f"blocks.{layer}.attn.hook_v"]
+            out = act.clone()
+            for nrn in neurons:
+                if nrn.layer == layer:
+                    old = v[0, nrn.pos, reads[layer][nrn.head], nrn.index]
+                    new = 0.0 if mode == "zero" else means[layer][nrn.head, nrn.index]
+                    out[0, :, nrn.head, nrn.index] += pattern[0, nrn.head, :, nrn.pos] * (new - old)
+            return out
+
+        hooks = []
+        for layer in (1, 2):
+            hooks += [(f"blocks.{layer}.attn.hook_v", keep), (f"blocks.{layer}.attn.hook_pattern", keep),
+                      (f"blocks.{layer}.attn.hook_z", fix_z)]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            logits = model(tokens)
+        probs.append(torch.softmax(logits[0, -1], -1)[target].item())
     assert res.probs_after.tolist() == pytest.approx(probs, abs=1e-6)
     assert not torch.allclose(res.probs_after, res.probs_before)
 
@@ -389,7 +437,7 @@ def test_first_order_scores_are_the_slope_of_the_exact_scores(model):
     assert torch.allclose(first, slope, rtol=2e-2, atol=2e-3)
 
 
-@pytest.mark.parametrize("family", ["gptj", "neox", "phi", "llama3"])
+@pytest.mark.parametrize("family", [f for f in ("gptj", "neox", "phi", "llama3") if f in FAMILY_NAMES])
 def test_ace_takes_its_layers_from_the_pathways(family):
     """ACE's layer choice (Q-V pathways) on parallel-block and grouped-attention models."""
     from model_state import assert_unchanged, snapshot

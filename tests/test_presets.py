@@ -9,10 +9,12 @@ and TransformerLens' own offline hub configs where it has them."""
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import pytest
 
+from interp_edit.adapter.bridge import hooked_available, is_bridge
 from interp_edit.adapter.identity import KNOWN_MODELS, known_model, preset_key
 from interp_edit.adapter.loading import hooked_config
 from interp_edit.editing import AlphaEditConfig, MEMITConfig, ROMEConfig, rome
@@ -45,11 +47,46 @@ _ARCHITECTURES = {
 }
 
 
-@pytest.fixture(scope="module")
-def converted():
-    """name -> the HookedTransformerConfig a hf_model= load of that checkpoint gets (a temporary
-    folder's name as model_name)."""
-    return {name: hooked_config(c, architecture=_ARCHITECTURES[name]) for name, c in _hf_configs().items()}
+#: the backends the recognition is checked on (the bridge's config does not record the Hugging
+#: Face architecture: it is read from the architecture description)
+BACKENDS = ("hooked", "bridge") if hooked_available() else ("bridge",)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def converted(request):
+    """name -> a stand-in for that checkpoint loaded with hf_model= under a temporary folder's
+    name: on the hooked backend the converted HookedTransformerConfig (``.cfg``), on the bridge a
+    TransformerBridge over the Hugging Face model built on the meta device (no weights), except
+    :data:`NOT_ON_META_BRIDGE`."""
+    if request.param == "hooked":
+        return {name: _fake_model(hooked_config(c, architecture=_ARCHITECTURES[name])) for name, c in _hf_configs().items()}
+    return {name: _meta_bridge(c, _ARCHITECTURES[name], "tmp3x9q2") for name, c in _hf_configs().items()
+            if _ARCHITECTURES[name] not in NOT_ON_META_BRIDGE}
+
+
+#: published models the meta-device bridge stand-ins leave out, and why
+NOT_ON_META_BRIDGE = {
+    "GPTJForCausalLM": "the bridge backend does not cover GPT-J (BRIDGE_GAPS)",
+    "GPT2LMHeadModel": "the bridge splits GPT-2's fused QKV weights at boot, which needs real (not meta) weights",
+}
+
+
+def _meta_bridge(hf_config, architecture, model_name):
+    import torch
+    import transformers
+
+    from interp_edit import load_model
+
+    with torch.device("meta"):
+        hf = getattr(transformers, architecture)(hf_config)
+    return load_model(model_name, hf_model=hf, tokenizer=_tokenizer(), backend="bridge", device="meta")
+
+
+@functools.cache
+def _tokenizer():
+    from interp_edit import load_model
+
+    return load_model("toyworld").tokenizer
 
 
 def _fake_model(cfg):
@@ -57,13 +94,15 @@ def _fake_model(cfg):
 
 
 def test_every_published_model_is_recognised_from_its_converted_config(converted):
-    assert set(converted) == set(KNOWN_MODELS)
-    for name, cfg in converted.items():
-        assert cfg.model_name != name  # a temporary folder name: the name cannot be what tells
-        assert known_model(cfg) == name
-        assert known_model(_fake_model(cfg)) == name
+    on_bridge = is_bridge(next(iter(converted.values())))
+    assert set(converted) == {n for n, shape in KNOWN_MODELS.items() if not on_bridge or shape.architecture not in NOT_ON_META_BRIDGE}
+    for name, model in converted.items():
+        assert model.cfg.model_name != name  # a temporary folder name: the name cannot be what tells
+        assert known_model(model) == name
+        assert preset_key(model) == name
 
 
+@pytest.mark.skipif(not hooked_available(), reason="TransformerLens 4 removed loading_from_pretrained")
 @pytest.mark.parametrize("hub_name, expected", [
     ("meta-llama/Llama-2-7b-hf", "Llama-2-7b-hf"),
     ("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b-hf"),
@@ -81,12 +120,11 @@ def test_transformerlens_hub_configs_are_recognised(hub_name, expected):
     dict(n_layers=47), dict(d_mlp=11000), dict(n_key_value_heads=4), dict(d_vocab=32001),
     dict(original_architecture="MistralForCausalLM"),
 ])
-def test_one_different_dimension_is_not_the_published_model(converted, change):
-    cfg = converted["Llama-2-7b-hf"]
-    fake = SimpleNamespace(**{**{k: getattr(cfg, k) for k in ("original_architecture", "n_layers", "d_model", "n_heads",
-                                                               "n_key_value_heads", "d_mlp", "d_vocab", "model_name")},
-                              **change})
-    assert known_model(fake) is None
+def test_one_different_dimension_is_not_the_published_model(change):
+    llama2 = dict(original_architecture="LlamaForCausalLM", n_layers=32, d_model=4096, n_heads=32, n_key_value_heads=32,
+                  d_mlp=11008, d_vocab=32000, model_name="tmp")  # Llama-2-7b-hf's config.json
+    assert known_model(SimpleNamespace(**llama2)) == "Llama-2-7b-hf"
+    assert known_model(SimpleNamespace(**{**llama2, **change})) is None
 
 
 def test_llama3_shapes_under_the_mistral_architecture_are_mistral(converted):
@@ -103,27 +141,37 @@ def test_llama3_shapes_under_the_mistral_architecture_are_mistral(converted):
     ("Qwen2.5-7B", AlphaEditConfig, dict(layers=(4, 5, 6, 7, 8), l2=1.0, clamp_norm_factor=4.0)),
 ])
 def test_a_model_loaded_under_any_name_gets_its_published_preset(converted, name, editor_config, expected):
-    config = editor_config.for_model(_fake_model(converted[name]))
+    if name not in converted:
+        pytest.skip(f"{name}: not on this backend")
+    config = editor_config.for_model(converted[name])
     assert config.preset == name
     assert {k: getattr(config, k) for k in expected} == expected
 
 
 def test_without_published_settings_the_generic_rule_applies(converted):
-    qwen3 = _fake_model(converted["Qwen3-8B"])
+    qwen3 = converted["Qwen3-8B"]
     config = ROMEConfig.for_model(qwen3)
     assert config.preset == "generic" and config.layer == ROMEConfig.generic(qwen3)["layer"]
-    assert AlphaEditConfig.for_model(_fake_model(converted["Mistral-7B-v0.1"])).preset == "generic"
+    assert AlphaEditConfig.for_model(converted["Mistral-7B-v0.1"]).preset == "generic"
 
 
-def test_a_published_name_on_other_shapes_gets_no_preset():
-    """A tiny model in a folder called gpt-j-6B is not GPT-J-6B."""
-    from transformers import GPTJConfig
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_published_name_on_other_shapes_gets_no_preset(backend):
+    """A tiny model in a folder called gpt-j-6B (on the bridge, which lacks GPT-J: Llama-2-7b-hf)
+    is not that model."""
+    from transformers import GPTJConfig, LlamaConfig
 
-    cfg = hooked_config(GPTJConfig(n_layer=3, n_embd=64, n_head=4, vocab_size=100, rotary_dim=8),
-                        architecture="GPTJForCausalLM")
-    cfg.model_name = "gpt-j-6B"
-    assert known_model(cfg) is None and preset_key(cfg) is None
-    config = ROMEConfig.for_model(_fake_model(cfg))
+    if backend == "hooked":
+        cfg = hooked_config(GPTJConfig(n_layer=3, n_embd=64, n_head=4, vocab_size=100, rotary_dim=8),
+                            architecture="GPTJForCausalLM")
+        cfg.model_name = "gpt-j-6B"
+        model = _fake_model(cfg)
+    else:
+        model = _meta_bridge(LlamaConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                                         vocab_size=100), "LlamaForCausalLM", "Llama-2-7b-hf")
+        assert model.cfg.model_name == "Llama-2-7b-hf"
+    assert known_model(model) is None and preset_key(model) is None
+    config = ROMEConfig.for_model(model)
     assert config.preset == "generic" and config.layer < 3
 
 
@@ -134,9 +182,11 @@ def test_every_preset_key_is_a_recognisable_model_and_fits_it(converted):
             if key == "toyworld":
                 continue
             assert key in KNOWN_MODELS, (editor.name, key)
-            config = editor.config_class.for_model(_fake_model(converted[key]))
+            if key not in converted:  # NOT_ON_META_BRIDGE
+                continue
+            config = editor.config_class.for_model(converted[key])
             assert config.preset == key
-            n_layers = converted[key].n_layers
+            n_layers = converted[key].cfg.n_layers
             for field in ("layer", "layers", "mlp_layers", "attn_layers", "query_layers", "value_layers"):
                 value = getattr(config, field, None)
                 if isinstance(value, int):
@@ -146,11 +196,12 @@ def test_every_preset_key_is_a_recognisable_model_and_fits_it(converted):
 
 
 def test_preset_override_and_unknown_preset(converted):
-    gptj = _fake_model(converted["gpt-j-6B"])
-    assert ROMEConfig.for_model(gptj, preset="generic").layer == ROMEConfig.generic(gptj)["layer"]
-    assert ROMEConfig.for_model(gptj, preset="gpt2-xl", steps=3).layer == 17
+    llama2 = converted["Llama-2-7b-hf"]
+    assert ROMEConfig.for_model(llama2).layer == 5 != ROMEConfig.generic(llama2)["layer"]
+    assert ROMEConfig.for_model(llama2, preset="generic").layer == ROMEConfig.generic(llama2)["layer"]
+    assert ROMEConfig.for_model(llama2, preset="gpt2-xl", steps=3).layer == 17
     with pytest.raises(EditConfigError, match="preset 'gpt-j'"):
-        ROMEConfig.for_model(gptj, preset="gpt-j")
+        ROMEConfig.for_model(llama2, preset="gpt-j")
 
 
 def test_edit_config_records_the_preset(toy_model, person_records):

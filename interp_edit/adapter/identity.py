@@ -57,10 +57,29 @@ KNOWN_MODELS: dict[str, ModelShape] = {
 }
 
 
+def _identity_fields(model_or_cfg):
+    """The fields :meth:`ModelShape.matches` reads: a HookedTransformer's config (or the config
+    itself) as it is; a TransformerBridge's from its architecture description (its config does not
+    record the Hugging Face architecture)."""
+    from interp_edit.adapter import bridge
+
+    if not bridge.is_bridge(model_or_cfg):
+        return getattr(model_or_cfg, "cfg", model_or_cfg)
+    from types import SimpleNamespace
+
+    from interp_edit.adapter.architecture import architecture
+
+    arch = architecture(model_or_cfg)
+    return SimpleNamespace(original_architecture=arch.family, n_layers=arch.n_layers, d_model=arch.d_model,
+                           n_heads=arch.n_heads, n_key_value_heads=arch.n_kv_heads, d_mlp=arch.d_mlp,
+                           d_vocab=model_or_cfg.cfg.d_vocab, model_name=model_or_cfg.cfg.model_name)
+
+
 def known_model(model_or_cfg) -> str | None:
     """The name (a key of :data:`KNOWN_MODELS`) of the published model whose architecture and
-    dimensions ``model_or_cfg`` (a HookedTransformer or its config) has, or None."""
-    cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
+    dimensions ``model_or_cfg`` (a model on either backend, or a HookedTransformer config) has,
+    or None."""
+    cfg = _identity_fields(model_or_cfg)
     for name, shape in KNOWN_MODELS.items():
         if shape.matches(cfg):
             return name
@@ -71,7 +90,7 @@ def preset_key(model_or_cfg) -> str | None:
     """The key under which the editors' presets are looked up: the recognised published model,
     else ``cfg.model_name`` unless that names a published model whose shape this model does not
     have (a tiny model in a folder called ``gpt-j-6B`` gets no GPT-J preset)."""
-    cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
+    cfg = _identity_fields(model_or_cfg)
     name = known_model(cfg)
     if name is not None:
         return name
