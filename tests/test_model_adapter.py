@@ -9,8 +9,17 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from interp_edit import load_model, to_hf
-from interp_edit.errors import CheckpointError, ExportError, ModelNotFoundError
+from interp_edit.adapter.bridge import hooked_available, is_bridge
+from interp_edit.errors import CheckpointError, ExportError, InvalidArgumentError, ModelNotFoundError
 from interp_edit.model import BUILTIN_MODELS
+
+#: the bridge needs a tokenizer with hf_model= (it would look one up on the hub): the toy world's
+#: (its vocabulary covers the random GPT-2's 301 token ids); the hooked backend needs none
+needs_hooked = pytest.mark.skipif(not hooked_available(), reason="HookedTransformer (TransformerLens 3.x)")
+
+
+def _tokenizer_kwargs():
+    return {} if hooked_available() else {"tokenizer": load_model("toyworld").tokenizer}
 
 
 def _hf_logprobs(hf, tokens):
@@ -21,6 +30,13 @@ def _hf_logprobs(hf, tokens):
 def _tl_logprobs(model, tokens):
     with torch.no_grad():
         return torch.log_softmax(model(tokens, return_type="logits").float(), -1)
+
+
+def _fresh(hf):
+    """A copy of ``hf`` (a bridge takes the Hugging Face object it wraps over)."""
+    import copy
+
+    return copy.deepcopy(hf)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +58,15 @@ def random_gpt2():
 
 
 def test_toyworld_is_a_hooked_transformer_with_a_working_tokenizer(toy_model):
-    from transformer_lens import HookedTransformer
+    """(a TransformerBridge under TransformerLens 4, which has no HookedTransformer)"""
+    if hooked_available():
+        from transformer_lens import HookedTransformer
 
-    assert isinstance(toy_model, HookedTransformer)
+        assert isinstance(toy_model, HookedTransformer)
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        assert isinstance(toy_model, TransformerBridge) and is_bridge(toy_model)
     assert toy_model.cfg.n_layers >= 6
     tokens = toy_model.to_tokens("As everyone knows, Veltra is a city in")
     assert tokens[0, 0].item() == toy_model.tokenizer.bos_token_id
@@ -56,15 +78,21 @@ def test_toyworld_is_a_hooked_transformer_with_a_working_tokenizer(toy_model):
 
 def test_toyworld_weights_are_unprocessed_by_default(toy_model):
     # LayerNorm weights are present (not folded) so W_out etc. are the trained weights
-    assert toy_model.cfg.normalization_type == "LN"
-    assert not torch.allclose(toy_model.blocks[0].ln1.w, torch.ones_like(toy_model.blocks[0].ln1.w))
+    from interp_edit.adapter.architecture import architecture
+    from interp_edit.adapter.params import norm_weight
+
+    assert architecture(toy_model).norm == "layernorm" and not architecture(toy_model).norm_folded
+    gain = norm_weight(toy_model, "ln1", 0)
+    assert not torch.allclose(gain, torch.ones_like(gain))
 
 
 @pytest.mark.parametrize("processed", [False, True])
 def test_local_hf_model_object_matches_hugging_face(random_gpt2, processed):
     flags = {} if processed else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False)
-    model = load_model("my-local-gpt2", hf_model=random_gpt2, **flags)
+    if processed and not hooked_available():
+        pytest.skip("the bridge keeps the Hugging Face weights unprocessed")
+    model = load_model("my-local-gpt2", hf_model=_fresh(random_gpt2), **flags, **_tokenizer_kwargs())
     tokens = torch.randint(0, 301, (3, 20), generator=torch.Generator().manual_seed(1))
     tl, hf = _tl_logprobs(model, tokens), _hf_logprobs(random_gpt2, tokens)
     assert (tl - hf).abs().max().item() < 1e-4
@@ -72,7 +100,7 @@ def test_local_hf_model_object_matches_hugging_face(random_gpt2, processed):
 
 def test_local_hf_folder_matches_hugging_face(random_gpt2, tmp_path):
     random_gpt2.save_pretrained(tmp_path)
-    model = load_model(str(tmp_path))
+    model = load_model(str(tmp_path), **_tokenizer_kwargs())
     tokens = torch.randint(0, 301, (2, 16), generator=torch.Generator().manual_seed(2))
     assert (_tl_logprobs(model, tokens) - _hf_logprobs(random_gpt2, tokens)).abs().max().item() < 1e-4
 
@@ -86,18 +114,28 @@ def test_export_toyworld_to_hf_matches(toy_model):
 
 
 def test_export_of_processed_model_matches(random_gpt2):
-    model = load_model("x", hf_model=random_gpt2)  # folded LayerNorm, centred weights
+    # folded LayerNorm, centred weights (on the bridge: unprocessed, its only kind)
+    model = load_model("x", hf_model=_fresh(random_gpt2), **_tokenizer_kwargs())
     hf, _ = to_hf(model)
     tokens = torch.randint(0, 301, (2, 12), generator=torch.Generator().manual_seed(3))
     assert (_hf_logprobs(hf, tokens) - _hf_logprobs(random_gpt2, tokens)).abs().max().item() < 1e-4
 
 
+@needs_hooked  # the bridge's GPT-2 has no unembedding bias to set
 def test_export_refuses_an_unembedding_bias(random_gpt2):
     model = load_model("x", hf_model=random_gpt2, fold_ln=False, center_unembed=False)
     with torch.no_grad():
         model.b_U[0] = 1.0
     with pytest.raises(ExportError, match="b_U"):
         to_hf(model)
+
+
+def test_the_bridge_without_a_tokenizer_is_refused_before_the_hub(random_gpt2):
+    hf = _fresh(random_gpt2)
+    with pytest.raises(InvalidArgumentError, match="tokenizer: backend='bridge' needs a tokenizer for model 'my-gpt2'"):
+        load_model("my-gpt2", hf_model=hf, backend="bridge")
+    assert not getattr(hf, "_interp_edit_bridged", False)  # nothing wrapped: it can still be bridged
+    assert is_bridge(load_model("my-gpt2", hf_model=hf, backend="bridge", tokenizer=load_model("toyworld").tokenizer))
 
 
 def test_unknown_name_lists_builtins_and_resolution():
@@ -116,6 +154,7 @@ def checkpoint_copy(tmp_path):
 
 def test_copied_checkpoint_folder_loads(checkpoint_copy, toy_model):
     model = load_model(str(checkpoint_copy))
+    assert model.state_dict().keys() == toy_model.state_dict().keys()
     for (name, a), (_, b) in zip(model.state_dict().items(), toy_model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 

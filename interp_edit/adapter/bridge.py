@@ -121,6 +121,11 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
             "modules it is given in place); a second bridge over it would rewire the first one's modules — "
             "pass another instance of the model"
         )
+    if tokenizer is None:  # TransformerBridge would fetch one from the hub by ``name``
+        raise InvalidArgumentError(
+            f"tokenizer: backend='bridge' needs a tokenizer for model {name!r} (it would otherwise look one up on the "
+            "Hugging Face hub under that name); pass tokenizer=, or load a folder that holds one"
+        )
     hf_architecture = type(hf_model).__name__
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [hf_architecture]

@@ -40,7 +40,8 @@ def _resolution_help() -> str:
         "TransformerLens' HookedTransformer.from_pretrained, which accepts its official model "
         "names and aliases (e.g. 'gpt2-xl', 'gpt2-small'; see "
         "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES) and needs the Hugging Face "
-        "hub or its cache. A local Hugging Face folder (with config.json) or a model object "
+        "hub or its cache; under TransformerLens 4 (the bridge backend) also a Hugging Face repository "
+        "id ('owner/name'). A local Hugging Face folder (with config.json) or a model object "
         "(hf_model=...) is converted offline with TransformerLens' weight converters."
     )
 
@@ -146,6 +147,8 @@ def load_model(
     if backend == "bridge":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if not hub_name_loadable(name):
+            raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}")
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         bridge.check_bridge_family(type(hf).__name__, hooked_can=_hooked_converts(hf))
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(name)
@@ -175,13 +178,33 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"cannot read checkpoint file {path}: {err}") from None
 
 
-def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
-    from transformer_lens import HookedTransformer, loading_from_pretrained
-
+def _official_model_name(name: str) -> str | None:
+    """TransformerLens' official name for a hub name or alias, or None (its registry moved to
+    ``transformer_lens.supported_models`` in 4.0)."""
     try:
-        loading_from_pretrained.get_official_model_name(name)
+        from transformer_lens.supported_models import get_official_model_name
+    except ImportError:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    try:
+        return get_official_model_name(name)
     except ValueError:
-        raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}") from None
+        return None
+
+
+def hub_name_loadable(name: str) -> bool:
+    """Whether ``load_model`` can resolve ``name`` as a hub model without loading it: a
+    TransformerLens official name or alias, or — on the bridge under TransformerLens 4, which
+    loads any Hugging Face repository — an ``owner/name`` repository id."""
+    if _official_model_name(name) is not None:
+        return True
+    return not bridge.hooked_available() and name.count("/") == 1 and all(name.split("/"))
+
+
+def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
+    from transformer_lens import HookedTransformer
+
+    if _official_model_name(name) is None:
+        raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}")
     return HookedTransformer.from_pretrained(
         name, device=device, dtype=dtype, tokenizer=tokenizer, **processing, **kwargs
     )
@@ -224,18 +247,10 @@ def _checkpoint_on_bridge(folder, device, dtype):
     weights file: no HookedTransformer is built) and booted."""
     from types import SimpleNamespace
 
-    from safetensors.torch import load_file
-    from transformers import PreTrainedTokenizerFast
-
     from interp_edit.adapter.export import to_hf
 
     folder = Path(folder)
-    meta = _read_json(folder / CONFIG_FILE)
-    for path in (folder / WEIGHTS_FILE, folder / "tokenizer.json"):
-        if not path.is_file():
-            raise CheckpointError(f"missing checkpoint file {path}")
-    state = load_file(str(folder / WEIGHTS_FILE))
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    meta, tokenizer, state = _read_checkpoint(folder)
     cfg = SimpleNamespace(**{"attn_only": False, "parallel_attn_mlp": False, "gated_mlp": False, "n_key_value_heads": None,
                              "d_vocab_out": meta["model"].get("d_vocab"), **meta["model"]})
 
@@ -257,6 +272,11 @@ def _checkpoint_on_bridge(folder, device, dtype):
     )
     try:
         hf, _ = to_hf(top)
+    except RuntimeError as err:  # the weights' shapes are not the config's
+        detail = str(err).strip().splitlines()[1:2] or [str(err)]
+        raise CheckpointError(
+            f"checkpoint file {folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: {detail[0].strip()}"
+        ) from None
     except (AttributeError, KeyError, ExportError) as err:
         raise UnsupportedArchitectureError(
             f"checkpoint {folder} is not GPT-2-shaped ({err}), so backend='bridge' cannot load it; load it with backend='hooked'"
@@ -362,30 +382,12 @@ def load_checkpoint(
     fold_value_biases: bool = False,
 ):
     """Load a checkpoint folder written by :func:`save_checkpoint`."""
-    from safetensors.torch import load_file
-    from transformers import PreTrainedTokenizerFast
-
     from interp_edit.precision import check_dtype
 
     dtype = check_dtype(dtype)
     folder = Path(folder)
-    meta = _read_json(folder / CONFIG_FILE)
-    if "model" not in meta:
-        raise CheckpointError(f"checkpoint file {folder / CONFIG_FILE} has no 'model' section")
-    tokenizer_file = folder / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise CheckpointError(f"missing checkpoint file {tokenizer_file}")
-    try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
-        raise CheckpointError(f"cannot read checkpoint file {tokenizer_file}: {err}") from None
+    meta, tokenizer, state_dict = _read_checkpoint(folder)
     weights_file = folder / WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise CheckpointError(f"missing checkpoint file {weights_file}")
-    try:
-        state_dict = load_file(str(weights_file))
-    except Exception as err:  # noqa: BLE001 - safetensors' own error type varies by version
-        raise CheckpointError(f"cannot read checkpoint file {weights_file}: {err}") from None
     model = build_hooked_transformer({**meta["model"], "device": str(device), "dtype": dtype}, tokenizer, init_weights=False)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
@@ -403,6 +405,32 @@ def load_checkpoint(
     #: the checkpoint's config (e.g. a toy world's ``world`` section: see interp_edit.toyworld.model_world)
     model.checkpoint_config = meta
     return model
+
+
+def _read_checkpoint(folder: Path):
+    """(config, tokenizer, weights) of a checkpoint folder; a missing or unreadable file is a
+    :class:`CheckpointError` naming it."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    meta = _read_json(folder / CONFIG_FILE)
+    if "model" not in meta:
+        raise CheckpointError(f"checkpoint file {folder / CONFIG_FILE} has no 'model' section")
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise CheckpointError(f"missing checkpoint file {tokenizer_file}")
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise CheckpointError(f"cannot read checkpoint file {tokenizer_file}: {err}") from None
+    weights_file = folder / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise CheckpointError(f"missing checkpoint file {weights_file}")
+    try:
+        state_dict = load_file(str(weights_file))
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type varies by version
+        raise CheckpointError(f"cannot read checkpoint file {weights_file}: {err}") from None
+    return meta, tokenizer, state_dict
 
 
 def save_checkpoint(model, folder: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -62,7 +62,9 @@ PREFIX = "interp_edit."
 
 def module_name(model, site: str, layer: int) -> str:
     """The Hugging Face name of the module whose input is ``site``'s key at ``layer``."""
-    arch = str(model.cfg.original_architecture or "")
+    from interp_edit.adapter.architecture import architecture
+
+    arch = architecture(model).family
     pair = HF_MODULES.get(arch) or (LLAMA_MODULES if arch.endswith("ForCausalLM") else TL_MODULES)
     return pair[0 if site == "mlp_post" else 1].format(layer)
 

@@ -125,13 +125,11 @@ def _model_shape(name: str, models: dict) -> _ModelShape | None:
         if "model" in config:  # an interp_edit checkpoint
             return _ModelShape(config["model"].get("model_name", name), int(config["model"]["n_layers"]))
         return None  # a Hugging Face folder: converted when loaded
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    from interp_edit.adapter.loading import hub_name_loadable
 
-    try:
-        get_official_model_name(name)
-    except ValueError:
+    if not hub_name_loadable(name):
         raise ValueError(f"unknown model {name!r}: not a built-in model ({sorted(BUILTIN_MODELS)}), "
-                         "a local folder or a TransformerLens model name") from None
+                         "a local folder or a TransformerLens model name")
     return None
 
 
