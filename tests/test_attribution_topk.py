@@ -23,6 +23,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_family_attribution import CASES
 
 from interp_edit import neuron_attribution, qv_pathways
 from interp_edit.analysis.attribution import FrozenUnembed, first_order_logprobs, shifted_logprobs
@@ -34,7 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 PROMPTS = ["Talvik Corlo was born in", "The capital of Dorvia is", "Talvik Corlo lives in",
            "People say that Talvik Corlo is a musician who plays the"]
-MODELS = ("toy", "gpt2", "gptj", "llama", "gemma2", "postnorm")
+#: (on the bridge: those it covers — not GPT-J, nor the HookedTransformer-built ``postnorm``)
+MODELS = tuple(m for m in ("toy", "gpt2", "gptj", "llama", "gemma2", "postnorm") if m == "toy" or m in CASES)
 #: float32 noise of two computations of the same exact score (different batching)
 NOISE = 2e-6
 
@@ -235,7 +237,7 @@ def _neuron_grid(result, kind):
     return [Neuron("attn", lay, j, head=hh, pos=pp) for lay in range(n) for hh in range(h) for j in range(d) for pp in range(p)]
 
 
-@pytest.mark.parametrize("name", ("toy", "llama", "gemma2", "postnorm"))
+@pytest.mark.parametrize("name", [m for m in ("toy", "llama", "gemma2", "postnorm") if m in MODELS])
 def test_exact_top_k_pathways_equal_the_full_computation(name, toy_model):
     model = _model(name, toy_model)
     n_rows = (model.cfg.n_layers - 1) * model.cfg.d_mlp

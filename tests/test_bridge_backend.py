@@ -21,7 +21,7 @@ import os
 
 import pytest
 import torch
-from family_models import BRIDGE_FAMILY_NAMES, bridge_hf, family_hf, family_model, toy_tokenizer
+from family_models import BRIDGE_FAMILY_NAMES, family_hf, family_model, toy_tokenizer
 
 from interp_edit import activation_patch, causal_trace, direct_logit_attribution, load_model, neuron_attribution
 from interp_edit.adapter import bridge

@@ -198,7 +198,7 @@ def _kv_head_of(model, tokens, layer):
 
         zs = {}
         for name, hooks in (("base", []), ("bumped", [(f"blocks.{layer}.attn.hook_v", bump)])):
-            hooks = hooks + [(f"blocks.{layer}.attn.hook_z", lambda act, hook, name=name: zs.setdefault(name, act.clone()))]
+            hooks = hooks + [(f"blocks.{layer}.attn.hook_z", lambda act, hook, name=name, zs=zs: zs.setdefault(name, act.clone()))]
             with torch.no_grad(), model.hooks(fwd_hooks=hooks):
                 model(tokens, stop_at_layer=layer + 1)
         moved = (zs["bumped"] - zs["base"]).abs().amax(dim=(0, 1, 3)) > 1e-3  # [n_heads]
@@ -378,10 +378,10 @@ def test_per_position_attention_ablation_equals_value_ablation_for_one_query_hea
     for (tokens, _, _), target in zip(runs, res.target_ids.tolist(), strict=True):
         seen = {}
 
-        def keep(act, hook):
+        def keep(act, hook, seen=seen):
             seen[hook.name] = act.detach().clone()
 
-        def fix_z(act, hook):
+        def fix_z(act, hook, seen=seen):
             layer = int(hook.name.split(".")[1])
             pattern, v = seen[f"blocks.{layer}.attn.hook_pattern"], seen[f"blocks.{layer}.attn.hook_v"]
             out = act.clone()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
+from interp_edit.adapter.bridge import hooked_available
 from interp_edit.cli import main
 from interp_edit.data import load_dataset
 from interp_edit.errors import CheckpointError, DatasetError
@@ -27,10 +28,17 @@ def other_world_model():
     world = OTHER.build()
     tokenizer = build_tokenizer(world)
     torch.manual_seed(0)
-    cfg = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=len(tokenizer),
-               act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-               default_prepend_bos=True, model_name="toyworld")
-    model = build_hooked_transformer(cfg, tokenizer)
+    if hooked_available():
+        cfg = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=len(tokenizer),
+                   act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+                   default_prepend_bos=True, model_name="toyworld")
+        model = build_hooked_transformer(cfg, tokenizer)
+    else:  # TransformerLens 4: the same shape as a Hugging Face GPT-2 on the bridge
+        import transformers
+
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_inner=64, n_positions=64,
+                                                                  vocab_size=len(tokenizer)))
+        model = load_model("toyworld", hf_model=hf, tokenizer=tokenizer, backend="bridge")
     model.eval()
     attach_world(model, OTHER)
     return model
@@ -92,6 +100,7 @@ def test_toy_train_refuses_a_bad_mlp_width_before_training(tmp_path, capsys):
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.skipif(not hooked_available(), reason="the trainer builds a HookedTransformer (TransformerLens 3.x)")
 def test_toy_train_flags_write_the_world_and_ordinary_permissions(tmp_path, capsys):
     old = os.umask(0o022)
     try:

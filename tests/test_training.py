@@ -3,8 +3,11 @@ shipped model: that one is trained by `interp-edit toy train`, never in the test
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from interp_edit.adapter.bridge import hooked_available
+from interp_edit.errors import InvalidArgumentError
 from interp_edit.toyworld.training import ToyModelConfig, ToyTrainConfig, learning_rate, train_toy_model
 
 TINY = ToyTrainConfig(
@@ -13,6 +16,13 @@ TINY = ToyTrainConfig(
 )
 
 
+@pytest.mark.skipif(hooked_available(), reason="TransformerLens 4 only")
+def test_training_under_transformerlens_4_says_what_it_needs():
+    with pytest.raises(InvalidArgumentError, match=r"needs TransformerLens 3\.x.*install transformer-lens<4"):
+        train_toy_model(TINY, progress=False)
+
+
+@pytest.mark.skipif(not hooked_available(), reason="the trainer builds a HookedTransformer (TransformerLens 3.x)")
 def test_training_is_deterministic_and_keeps_the_unembedding_bias_at_zero():
     a, _, log_a = train_toy_model(TINY, progress=False, log_every=1)
     b, _, log_b = train_toy_model(TINY, progress=False, log_every=1)

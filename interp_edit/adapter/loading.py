@@ -47,7 +47,17 @@ def _resolution_help() -> str:
 
 
 def build_hooked_transformer(config: dict[str, Any], tokenizer=None, *, init_weights: bool = True):
-    """A fresh ``HookedTransformer`` from a plain config dict (HookedTransformerConfig fields)."""
+    """A fresh ``HookedTransformer`` from a plain config dict (HookedTransformerConfig fields).
+    What builds one (the toy world's trainer) needs TransformerLens 3.x: under 4.x this raises
+    :class:`InvalidArgumentError` saying so."""
+    if not bridge.hooked_available():
+        from importlib.metadata import version
+
+        raise InvalidArgumentError(
+            f"building a HookedTransformer from a config (the toy world's trainer does) needs TransformerLens 3.x: "
+            f"TransformerLens {version('transformer-lens')} removed HookedTransformer; install transformer-lens<4 to "
+            "train, or load an existing model with backend='bridge'"
+        )
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(**{**config, "init_weights": init_weights})
