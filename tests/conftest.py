@@ -99,7 +99,8 @@ def tiny_model(toy_model):
 
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
             n_layer=3, n_embd=32, n_head=4, n_inner=64, n_positions=64, vocab_size=toy_model.cfg.d_vocab,
-            activation_function="gelu_new", bos_token_id=toy_model.tokenizer.bos_token_id,
+            activation_function="gelu_new", initializer_range=0.8 / 32**0.5,  # HookedTransformer's default scale
+            bos_token_id=toy_model.tokenizer.bos_token_id,
             eos_token_id=toy_model.tokenizer.eos_token_id))
         model = load_model("tiny-gpt2", hf_model=hf, tokenizer=toy_model.tokenizer, backend="bridge")
         _SHARED_MODELS.append(model)
