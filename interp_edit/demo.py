@@ -24,10 +24,14 @@ def run_demo(n_facts: int = 6, top_k: int = 5, seed: int = 0, figures: str | Pat
     imported = time.perf_counter()
     model = load_model(model)
     cfg = model.cfg
+    from importlib.metadata import version
+
+    from interp_edit.adapter.bridge import backend_of
+
     print(
-        f"Loaded the toy-world model in {time.perf_counter() - imported:.2f}s (TransformerLens import "
-        f"{imported - start:.1f}s): {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
-        f"d_mlp {cfg.d_mlp}, vocabulary {cfg.d_vocab}"
+        f"Loaded the toy-world model in {time.perf_counter() - imported:.2f}s (TransformerLens "
+        f"{version('transformer-lens')}, import {imported - start:.1f}s; backend {backend_of(model)!r}): "
+        f"{cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, vocabulary {cfg.d_vocab}"
     )
     world = world_of(model)
     records = counterfact_records(world)
