@@ -24,7 +24,7 @@ from common import gpt2_small_random  # noqa: E402
 from interp_edit import load_model
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.editing import memit, rome
-from interp_edit.editing.stats import collect_second_moments, default_corpus
+from interp_edit.statistics.collect import collect_second_moments, default_corpus
 from interp_edit.toyworld import counterfact_records, world_of
 
 

@@ -22,7 +22,8 @@ import torch
 from common import PeakRSS, random_gpt2, weights_bytes
 
 from interp_edit import causal_trace, load_model, memit, rome
-from interp_edit.editing.stats import default_corpus, second_moments
+from interp_edit.statistics.collect import default_corpus
+from interp_edit.statistics.keys import second_moments
 from interp_edit.toyworld import counterfact_records, world_of
 
 ROME_LAYER, MEMIT_LAYERS = 17, (13, 14, 15, 16, 17)

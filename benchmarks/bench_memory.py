@@ -83,7 +83,7 @@ def child(args) -> None:
         print(f"{prefix}_forwards={len(rows)}")
         print(f"{prefix}_max_rows_per_forward={max(rows)}")
     else:
-        from interp_edit.editing.stats import default_corpus
+        from interp_edit.statistics.collect import default_corpus
 
         texts = default_corpus(toy, args.stats_texts)
         settings = dict(layer=8, steps=5, n_prefixes=2, stats_samples=args.stats_texts)

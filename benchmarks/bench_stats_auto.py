@@ -26,12 +26,12 @@ import time
 import torch
 
 from interp_edit import load_model
+from interp_edit.adapter import model_fingerprint
 from interp_edit.editing import rome
+from interp_edit.editing.methods.rome import ROMEConfig
 from interp_edit.editing.requests import prepare_requests
-from interp_edit.editing.rome import ROMEConfig
-from interp_edit.editing.stats import key_statistics
 from interp_edit.editing.targets import compute_keys, prefixes_for
-from interp_edit.model import model_fingerprint
+from interp_edit.statistics.keys import key_statistics
 from interp_edit.toyworld import counterfact_records, load_world
 
 

@@ -31,8 +31,8 @@ def _rows(result) -> dict:
 def main() -> None:
     import torch
 
-    from interp_edit.editing.stats import CACHE_ENV
-    from interp_edit.model import load_model
+    from interp_edit.adapter import load_model
+    from interp_edit.statistics.collect import CACHE_ENV
     from interp_edit.sweep import RayExecutor, run_sweep
 
     torch.set_num_threads(1)

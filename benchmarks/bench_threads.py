@@ -22,7 +22,7 @@ from common import median_time
 from interp_edit import load_model
 from interp_edit.analysis import causal_trace, neuron_attribution
 from interp_edit.editing import EditRequest, rome
-from interp_edit.editing.stats import CACHE_ENV
+from interp_edit.statistics.collect import CACHE_ENV
 
 PROMPT, SUBJECT = "Talvik Corlo was born in", "Talvik Corlo"
 

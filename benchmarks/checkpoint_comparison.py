@@ -28,12 +28,12 @@ import time
 import torch
 
 from interp_edit import load_model
+from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
 from interp_edit.batching import last_token_logits
 from interp_edit.editing import AlphaEditor, ROMEConfig, intattn, mega, memit, prepare_requests, rome
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens, traced_offsets
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
-from interp_edit.model import model_fingerprint
 from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.evaluation import evaluate_toyworld
 from interp_edit.toyworld.world import stable_seed

@@ -11,7 +11,7 @@ import torch
 def gpt2_small_random(tokenizer, device: str = "cpu"):
     """A randomly initialised GPT-2-small-sized HookedTransformer (12 layers, d_model 768, 12
     heads, d_mlp 3072, vocabulary 50,257, context 1,024); the toy tokenizer supplies the ids."""
-    from interp_edit.model import build_hooked_transformer
+    from interp_edit.adapter import build_hooked_transformer
 
     torch.manual_seed(0)
     cfg = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
@@ -38,7 +38,7 @@ def random_gpt2(tokenizer, *, n_layers: int, d_model: int, n_heads: int, d_vocab
     """A randomly initialised GPT-2-shaped HookedTransformer (d_mlp = 4 · d_model, GPT-2's
     vocabulary and context by default) in ``dtype``; the toy tokenizer supplies the ids.
     GPT-2 medium: 24 layers, d_model 1024, 16 heads; GPT-2 XL: 48, 1600, 25."""
-    from interp_edit.model import build_hooked_transformer
+    from interp_edit.adapter import build_hooked_transformer
 
     torch.manual_seed(0)
     cfg = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=4 * d_model,

@@ -84,7 +84,7 @@ def cache_key(method: str, resolved_config: dict, n: int, model) -> str:
     import hashlib
 
     from interp_edit import __version__
-    from interp_edit.model import model_fingerprint
+    from interp_edit.adapter import model_fingerprint
 
     payload = {"version": __version__, "source": source_hash(), "method": method, "config": resolved_config, "n": n,
                "overrides": OVERRIDES.get(method, {}), "model": model_fingerprint(model)}

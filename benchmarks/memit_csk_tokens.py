@@ -27,9 +27,9 @@ import torch
 from interp_edit import load_model
 from interp_edit.data import load_dataset
 from interp_edit.editing import MEMITCSKConfig, memit, memit_csk
-from interp_edit.editing.stats import second_moments
 from interp_edit.errors import EditConfigError
 from interp_edit.evaluation.commonsense import commonsense_scores
+from interp_edit.statistics.keys import second_moments
 
 
 def run(model, cases, label: str, fn) -> None:

@@ -60,11 +60,11 @@ import torch
 
 from interp_edit import load_model, to_hf
 from interp_edit.editing import AlphaEditor, EditRequest, memit, rome
-from interp_edit.editing.alphaedit import AlphaEditConfig
-from interp_edit.editing.memit import MEMITConfig
-from interp_edit.editing.rome import ROMEConfig
-from interp_edit.editing.stats import second_moments
+from interp_edit.editing.methods.alphaedit import AlphaEditConfig
+from interp_edit.editing.methods.memit import MEMITConfig
+from interp_edit.editing.methods.rome import ROMEConfig
 from interp_edit.editing.targets import prefixes_for
+from interp_edit.statistics.keys import second_moments
 from interp_edit.toyworld import counterfact_records, load_world
 
 #: the code's semantics (the toy presets keep the ones they were measured with)

@@ -40,7 +40,7 @@ def requests_of(cases):
 
 def spectrum(model, config: dict) -> dict:
     """Eigenvalues of the key covariance C that AlphaEdit's null space is taken from."""
-    from interp_edit.editing.stats import second_moments
+    from interp_edit.statistics.keys import second_moments
 
     cfg = AlphaEditor(model, **config).config
     covs = second_moments(model, cfg.layers, n_samples=cfg.stats_samples, batch_size=cfg.stats_batch_size, progress=False)

@@ -50,7 +50,7 @@ _EXPORTS = {
     "memit": "interp_edit.editing",
     "alphaedit": "interp_edit.editing",
     "finetune": "interp_edit.editing",
-    "load_model": "interp_edit.model",
+    "load_model": "interp_edit.adapter",
     "ACEConfig": "interp_edit.editing",
     "ACERequest": "interp_edit.editing",
     "ace": "interp_edit.editing",
@@ -76,8 +76,8 @@ _EXPORTS = {
     "run_experiment": "interp_edit.evaluation",
     "DatasetError": "interp_edit.errors",
     "ExperimentError": "interp_edit.errors",
-    "to_hf": "interp_edit.model",
-    "BUILTIN_MODELS": "interp_edit.model",
+    "to_hf": "interp_edit.adapter",
+    "BUILTIN_MODELS": "interp_edit.adapter",
     "CounterFactRecord": "interp_edit.prompts",
     "MultiHopQuestion": "interp_edit.prompts",
     "last_token_logits": "interp_edit.batching",
@@ -191,6 +191,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from interp_edit.adapter import BUILTIN_MODELS, load_model, to_hf
     from interp_edit.analysis import (
         AblationResult,
         AIEResult,
@@ -272,7 +273,6 @@ if TYPE_CHECKING:
         relation_locality,
         run_experiment,
     )
-    from interp_edit.model import BUILTIN_MODELS, load_model, to_hf
     from interp_edit.prompts import CounterFactRecord, MultiHopQuestion
 
 

@@ -69,7 +69,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_toy_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from interp_edit.model import BUILTIN_MODELS
+    from interp_edit.adapter import BUILTIN_MODELS
     from interp_edit.toyworld.training import ToyTrainConfig, train_and_save
 
     cfg = ToyTrainConfig()
@@ -89,7 +89,7 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy_eval(args: argparse.Namespace) -> int:
-    from interp_edit.model import load_model
+    from interp_edit.adapter import load_model
     from interp_edit.toyworld import world_of
     from interp_edit.toyworld.evaluation import evaluate_toyworld
 
@@ -100,8 +100,8 @@ def _cmd_toy_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    from interp_edit.adapter import load_model
     from interp_edit.analysis import causal_trace
-    from interp_edit.model import load_model
 
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
@@ -122,8 +122,8 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
+    from interp_edit.adapter import load_model
     from interp_edit.analysis import neuron_attribution
-    from interp_edit.model import load_model
 
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
@@ -156,8 +156,8 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
+    from interp_edit.adapter import load_model
     from interp_edit.editing import EditRequest, edit
-    from interp_edit.model import load_model
     from interp_edit.validation import check_int
 
     _writable_file(args.out, "--out")
@@ -188,9 +188,9 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import math
 
+    from interp_edit.adapter import load_model
     from interp_edit.editing import get_editor
     from interp_edit.evaluation import run_experiment
-    from interp_edit.model import load_model
 
     editor = get_editor(args.method)
     data = args.data or editor.default_data
@@ -214,8 +214,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_contrast(args: argparse.Namespace) -> int:
     import random
 
+    from interp_edit.adapter import load_model
     from interp_edit.evaluation.contrast import contrast_study
-    from interp_edit.model import load_model
     from interp_edit.toyworld import counterfact_records, world_or_shipped
     from interp_edit.toyworld.world import stable_seed
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from interp_edit.adapter import load_model
 from interp_edit.batching import last_token_logits
-from interp_edit.model import load_model
 from interp_edit.toyworld import counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 

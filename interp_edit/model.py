@@ -1,7 +1,10 @@
-"""The adapter's public names in one module (kept for ``from interp_edit.model import ...``).
+"""Retired: the model adapter is :mod:`interp_edit.adapter`. Importing this module still works
+(it re-exports the adapter) but warns; it will be removed in a later release."""
 
-The adapter itself is the package :mod:`interp_edit.adapter`; see its docstring.
-"""
+import warnings
 
 from interp_edit.adapter import *  # noqa: F401,F403
-from interp_edit.adapter import __all__, _read_json  # noqa: F401
+from interp_edit.adapter import __all__  # noqa: F401
+
+warnings.warn("interp_edit.model is retired: import from interp_edit.adapter instead "
+              "(e.g. `from interp_edit.adapter import load_model`)", DeprecationWarning, stacklevel=2)

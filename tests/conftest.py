@@ -60,7 +60,7 @@ def _stats_cache(tmp_path_factory):
     """Key statistics are cached in a folder of this test session, not the user's cache."""
     import os
 
-    from interp_edit.editing.stats import CACHE_ENV
+    from interp_edit.statistics.collect import CACHE_ENV
 
     old = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("stats-cache"))
@@ -88,8 +88,8 @@ def person_records(toy_world):
 def tiny_model(toy_model):
     """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer (tests that
     change it restore it bit for bit)."""
+    from interp_edit.adapter import build_hooked_transformer
     from interp_edit.adapter.bridge import hooked_available
-    from interp_edit.model import build_hooked_transformer
 
     torch.manual_seed(0)
     if not hooked_available():  # TransformerLens 4: the same shape as a Hugging Face GPT-2 on the bridge

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from interp_edit.adapter import hook_counts
 from interp_edit.editing import applied_edits
-from interp_edit.model import hook_counts
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:

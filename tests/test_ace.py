@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interp_edit.adapter import get_parameter, hook_counts, model_fingerprint
 from interp_edit.analysis.pathways import qv_pathways
 from interp_edit.editing import ACEConfig, ACERequest, EditRequest, ace, get_editor, memit
-from interp_edit.editing.ace import as_ace_request, choose_layers, prepare_ace_requests
+from interp_edit.editing.methods.ace import as_ace_request, choose_layers, prepare_ace_requests
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.evaluation.multihop_edits import mean_rows, multihop_edit_scores, toy_multihop_edit_cases
-from interp_edit.model import get_parameter, hook_counts, model_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,7 +156,7 @@ def test_requests_without_hop_structure_are_refused_by_name(toy_model, cases):
 def test_preserved_prompts_keep_their_keys_mapping(toy_model, cases):
     """With preserved prompts the value stage moves their last-token keys' outputs less (its
     solve adds μ K_p K_pᵀ); an empty preserved prompt is refused by name."""
-    from interp_edit.editing.ace import last_token_keys
+    from interp_edit.editing.methods.ace import last_token_keys
 
     case = next(c for c in cases if c.hops == 3)  # 3-hop keys barely depend on the subject
     kwargs = dict(query_layers=(0, 1), value_layers=(3, 4), steps=8)

@@ -24,10 +24,9 @@ import torch
 from family_models import BRIDGE_FAMILY_NAMES, family_hf, family_model, toy_tokenizer
 
 from interp_edit import activation_patch, causal_trace, direct_logit_attribution, load_model, neuron_attribution
-from interp_edit.adapter import bridge
+from interp_edit.adapter import architecture, backend_of, bridge, model_fingerprint
 from interp_edit.adapter.tiny import BRIDGE_ONLY_FAMILIES, FAMILIES, tiny_hf_model
 from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
-from interp_edit.model import architecture, backend_of, model_fingerprint
 
 needs_hooked = pytest.mark.skipif(not bridge.hooked_available(), reason="compares with HookedTransformer (TransformerLens 3.x)")
 
@@ -56,7 +55,7 @@ def test_same_architecture_fingerprint_and_activations(family):
     assert architecture(bridged) == architecture(hooked)
     names = [f"blocks.{layer}.{site}" for layer in range(hooked.cfg.n_layers)
              for site in ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out", "mlp.hook_post", "attn.hook_z")]
-    from interp_edit.model import run_with_cache
+    from interp_edit.adapter import run_with_cache
 
     logits_h, cache_h = run_with_cache(hooked, _tokens(hooked), names)
     logits_b, cache_b = run_with_cache(bridged, _tokens(bridged), names)

@@ -38,7 +38,7 @@ def _refuse_any_edit(monkeypatch, module: str, name: str):
 
 
 def test_ace_on_single_hop_cases_is_refused_before_any_edit_naming_the_data(monkeypatch, capsys):
-    _refuse_any_edit(monkeypatch, "interp_edit.editing.ace", "ace")
+    _refuse_any_edit(monkeypatch, "interp_edit.editing.methods.ace", "ace")
     # the whole counterfact set: some of its cases have no multi-hop probe
     code = main(["evaluate", "--method", "ace", "--data", "toyworld-counterfact", "--no-fluency", "--unrelated", "0", "--quiet"])
     err = capsys.readouterr().err
@@ -47,7 +47,7 @@ def test_ace_on_single_hop_cases_is_refused_before_any_edit_naming_the_data(monk
 
 
 def test_commonsense_data_is_refused_before_any_edit(monkeypatch, capsys):
-    _refuse_any_edit(monkeypatch, "interp_edit.editing.memit_csk", "memit_csk")
+    _refuse_any_edit(monkeypatch, "interp_edit.editing.methods.memit_csk", "memit_csk")
     code = main(["evaluate", "--method", "memit_csk", "--data", "toyworld-csk", *FAST])
     err = capsys.readouterr().err
     assert code == 2 and "commonsense" in err and "toyworld-csk" in err
@@ -59,7 +59,7 @@ def test_memit_csk_traces_the_experiment_once_and_every_batch_shares_the_layers(
     from interp_edit.evaluation import run_experiment
     from interp_edit.evaluation.runner import _requests, _select
 
-    module = importlib.import_module("interp_edit.editing.memit_csk")  # the package exports a function of that name
+    module = importlib.import_module("interp_edit.editing.methods.memit_csk")  # the package exports a function of that name
     seen, original = [], module.memit_csk
 
     def recording(model, requests, config=None, **overrides):
@@ -79,7 +79,7 @@ def test_memit_csk_traces_the_experiment_once_and_every_batch_shares_the_layers(
 
 
 def test_a_flat_memit_csk_trace_is_refused_before_any_edit(monkeypatch, toy_model, capsys):
-    _refuse_any_edit(monkeypatch, "interp_edit.editing.memit_csk", "memit_csk")
+    _refuse_any_edit(monkeypatch, "interp_edit.editing.methods.memit_csk", "memit_csk")
     # the window's effect can never reach this bar: the trace is refused as flat
     code = main(["evaluate", "--method", "memit_csk", "--config", '{"min_window_effect": 2.0}', *FAST])
     err = capsys.readouterr().err

@@ -12,14 +12,14 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
+from interp_edit.adapter import hook_counts, model_fingerprint
 from interp_edit.analysis import attribution_diff, layer_attribution_scores, neuron_attribution
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.editing import Edit, EditRequest, applied_edits, rome
-from interp_edit.editing.activation_hooks import AdditiveSteering
+from interp_edit.editing.hooks import AdditiveSteering
 from interp_edit.editing.requests import as_request
 from interp_edit.errors import EditApplicationError, EditRequestError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation import contrast_study
-from interp_edit.model import hook_counts, model_fingerprint
 
 analysis_contrast = importlib.import_module("interp_edit.analysis.contrast")
 evaluation_contrast = importlib.import_module("interp_edit.evaluation.contrast")

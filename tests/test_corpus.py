@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from interp_edit.data.corpus import Corpus, describe, read_texts, source_kind
 from interp_edit.errors import CorpusError, CorpusUnavailableError, EditConfigError
+from interp_edit.statistics.corpus import Corpus, describe, read_texts, source_kind
 
 TEXTS = ["Talvik Corlo was born in Karsa.", "Korwa Drarin plays the harp.", "Beldel Nordel works as a doctor."]
 

@@ -8,12 +8,12 @@ import importlib
 import pytest
 import torch
 
+from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.edit_token_aie import EditTokenAIE
 from interp_edit.editing import EditRequest, MEMITConfig, ROMEConfig, memit, prepare_requests, rome
 from interp_edit.editing.requests import tokenize_in_context
 from interp_edit.editing.targets import compute_keys, optimise_targets
 from interp_edit.errors import EditConfigError, EditRequestError
-from interp_edit.model import model_fingerprint
 
 choice_module = importlib.import_module("interp_edit.editing.edit_token_choice")
 targets_module = importlib.import_module("interp_edit.editing.targets")

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from interp_edit.adapter import model_fingerprint
 from interp_edit.editing import Edit, LowRankDelta, SparseRowDelta, applied_edits
 from interp_edit.errors import CheckpointError, EditApplicationError
-from interp_edit.model import model_fingerprint
 
 PROMPTS = ["As everyone knows, Talvik Corlo was born in", "Lisvo Pimlo speaks"]
 
@@ -184,7 +184,7 @@ def test_sparse_rows_must_be_distinct():
 
 
 def steering_edit(model, seed: int = 0, layer: int = 1) -> Edit:
-    from interp_edit.editing.activation_hooks import AdditiveSteering
+    from interp_edit.editing.hooks import AdditiveSteering
 
     vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
     steer = AdditiveSteering(f"blocks.{layer}.hook_attn_out", vector, 0.7)
@@ -192,7 +192,7 @@ def steering_edit(model, seed: int = 0, layer: int = 1) -> Edit:
 
 
 def test_a_steering_edit_changes_no_weight_and_undoes_its_hook(tiny_model):
-    from interp_edit.model import hook_counts, hook_name
+    from interp_edit.adapter import hook_counts, hook_name
 
     before, base = snapshot(tiny_model), logits(tiny_model)
     edit = steering_edit(tiny_model)
@@ -213,7 +213,7 @@ def test_a_steering_edit_changes_no_weight_and_undoes_its_hook(tiny_model):
 
 
 def test_steering_and_weight_edits_stack_and_save(tiny_model, tmp_path):
-    from interp_edit.model import hook_counts
+    from interp_edit.adapter import hook_counts
 
     before, base = snapshot(tiny_model), logits(tiny_model)
     weights, steer = random_edit(tiny_model, 3), steering_edit(tiny_model, 1, layer=2)
@@ -233,8 +233,8 @@ def test_steering_and_weight_edits_stack_and_save(tiny_model, tmp_path):
 
 
 def test_a_steering_hook_of_the_wrong_width_is_refused_and_nothing_is_added(tiny_model):
-    from interp_edit.editing.activation_hooks import AdditiveSteering
-    from interp_edit.model import hook_counts
+    from interp_edit.adapter import hook_counts
+    from interp_edit.editing.hooks import AdditiveSteering
 
     bad = Edit("steer", {}, model_fingerprint(tiny_model),
                hooks={"a": AdditiveSteering("blocks.0.hook_attn_out", torch.zeros(tiny_model.cfg.d_model + 1))})

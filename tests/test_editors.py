@@ -9,6 +9,7 @@ import importlib
 import pytest
 import torch
 
+from interp_edit.adapter import get_parameter, model_fingerprint
 from interp_edit.editing import (
     AlphaEditor,
     EditRequest,
@@ -24,10 +25,9 @@ from interp_edit.editing import (
 from interp_edit.editing.targets import compute_keys, optimise_targets
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
-from interp_edit.model import get_parameter, model_fingerprint
 
 # the modules themselves (the package re-exports functions of the same names)
-memit_module = importlib.import_module("interp_edit.editing.memit")
+memit_module = importlib.import_module("interp_edit.editing.spread")  # the layer-spreading loop MEMIT runs
 targets_module = importlib.import_module("interp_edit.editing.targets")
 
 

@@ -28,10 +28,10 @@ import torch
 from family_models import BACKEND, FAMILY_NAMES, family_model, toy_tokenizer
 
 from interp_edit import Neuron, ablate_neurons, direct_logit_attribution, logit_lens, neuron_attribution, qv_pathways
+from interp_edit.adapter import hook_counts
 from interp_edit.analysis import attribution_diff, layer_attribution_scores
 from interp_edit.analysis.attribution import ScoredNeuron, attention_query_scores, ffn_query_layer_scores
 from interp_edit.batching import prompt_tokens
-from interp_edit.model import hook_counts
 
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 OTHER = "Talvik Corlo lives in"
@@ -404,9 +404,9 @@ def test_per_position_attention_ablation_equals_value_ablation_for_one_query_hea
 
 
 def test_attribution_diff_runs(model):
+    from interp_edit.adapter import model_fingerprint
     from interp_edit.editing import Edit
-    from interp_edit.editing.activation_hooks import AdditiveSteering
-    from interp_edit.model import model_fingerprint
+    from interp_edit.editing.hooks import AdditiveSteering
 
     vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     hook = AdditiveSteering("blocks.1.hook_attn_out", vector, 5.0)

@@ -10,10 +10,10 @@ import torch
 from family_models import FAMILY_NAMES, family_model
 from model_state import assert_unchanged, snapshot
 
+from interp_edit.adapter import model_fingerprint, norm_weight
 from interp_edit.editing import EditRequest, ROMEConfig, editors, prepare_requests
-from interp_edit.editing.ace import ACERequest
+from interp_edit.editing.methods.ace import ACERequest
 from interp_edit.editing.targets import optimise_targets
-from interp_edit.model import model_fingerprint, norm_weight
 
 REQUEST = EditRequest("{} was born in", "Talvik Corlo", target_new="Karsa", target_true="Veltra")
 PROBES = ["Talvik Corlo was born in", "As everyone knows, Talvik Corlo was born in", "Zellen Hul plays the"]

@@ -9,9 +9,9 @@ import torch
 from family_models import BACKEND, FAMILY_NAMES, family_hf, family_model, toy_tokenizer
 
 from interp_edit import load_model
+from interp_edit.adapter import architecture
 from interp_edit.adapter.bridge import hooked_available
 from interp_edit.errors import InvalidArgumentError
-from interp_edit.model import architecture
 
 TOL = 1e-4  # log-probabilities, float32
 #: tests of the HookedTransformer conversion itself (its config fields, its converters' messages)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
+from interp_edit.adapter import hook_name, model_fingerprint, parameter_layer
 from interp_edit.editing import Edit, EditRequest, FiNEConfig, SparseRowDelta, fine, get_editor, prepare_requests, rome
-from interp_edit.editing.fine import select_neurons
+from interp_edit.editing.methods.fine import select_neurons
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError, InvalidArgumentError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 from interp_edit.evaluation.locality import relation_locality, same_subject_prompts, unedited_answers
-from interp_edit.model import hook_name, model_fingerprint, parameter_layer
 
-fine_module = importlib.import_module("interp_edit.editing.fine")
+fine_module = importlib.import_module("interp_edit.editing.methods.fine")
 
 
 @pytest.fixture(scope="module")

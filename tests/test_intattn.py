@@ -13,11 +13,11 @@ from model_state import assert_unchanged, snapshot
 from interp_edit.analysis.layers import attention_mlp_balance
 from interp_edit.analysis.tracing import causal_trace
 from interp_edit.editing import Edit, EditRequest, IntAttnConfig, edit, get_editor, intattn, memit
-from interp_edit.editing.intattn import write_schedule
+from interp_edit.editing.methods.intattn import write_schedule
 from interp_edit.errors import EditConfigError, EditRequestError, InvalidArgumentError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 
-intattn_module = importlib.import_module("interp_edit.editing.intattn")
+intattn_module = importlib.import_module("interp_edit.editing.methods.intattn")
 
 W_O = ("blocks.0.attn.W_O", "blocks.1.attn.W_O")
 W_OUT = ("blocks.0.mlp.W_out", "blocks.1.mlp.W_out")

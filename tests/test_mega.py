@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interp_edit.adapter import hook_counts
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import last_token_logits
 from interp_edit.editing import Edit, GatedLinearMap, MEGAConfig, get_editor, mega
-from interp_edit.editing.mega import fit_map, last_token_attn_out, source_prompts
+from interp_edit.editing.methods.mega import fit_map, last_token_attn_out, source_prompts
 from interp_edit.errors import EditConfigError
-from interp_edit.model import hook_counts
 
 
 def snapshot(model):
@@ -152,9 +152,9 @@ def test_forced_targets_are_the_forced_prompts_attention_outputs(toy_model, pers
     record = person_records[16]
     result = mega(toy_model, [record], target_mode="forced", layers=(2, 4), n_prefixes=2, k=2)
     cfg = MEGAConfig.for_model(toy_model, n_prefixes=2)
+    from interp_edit.adapter import model_fingerprint
     from interp_edit.editing.requests import prepare_requests
     from interp_edit.editing.targets import context_prefixes
-    from interp_edit.model import model_fingerprint
 
     treq = prepare_requests(toy_model, [record], model_fingerprint(toy_model))[0]
     texts = source_prompts(treq, context_prefixes(toy_model, 2, cfg.prefix_length, cfg.seed), True)
@@ -226,7 +226,7 @@ def test_a_calibrated_gate_uses_each_request_s_threshold_and_the_most_similar_pa
 
 def test_a_calibrated_edit_leaves_every_calibration_position_and_saves_its_thresholds(toy_model, person_records, tmp_path):
     from interp_edit.batching import encode_prompts, pad_right
-    from interp_edit.editing.stats import default_corpus
+    from interp_edit.statistics.collect import default_corpus
 
     record = person_records[20]
     texts = [t for t in default_corpus(toy_model, 60) if record.subject not in t]

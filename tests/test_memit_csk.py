@@ -12,16 +12,16 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
+from interp_edit.adapter import hook_name, model_fingerprint, run_with_cache
 from interp_edit.analysis.edit_token_aie import EditTokenAIE, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
 from interp_edit.data import load_dataset, parse_records
 from interp_edit.editing import Edit, EditRequest, MEMITCSKConfig, edit, memit, memit_csk, prepare_requests
 from interp_edit.editing.requests import fill_prefix
-from interp_edit.editing.stats import second_moments
 from interp_edit.editing.targets import context_prefixes
 from interp_edit.errors import DatasetError, EditConfigError, EditRequestError
 from interp_edit.evaluation.commonsense import commonsense_efficacy, commonsense_scores, relapse_rate
-from interp_edit.model import hook_name, model_fingerprint, run_with_cache
+from interp_edit.statistics.keys import second_moments
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from interp_edit import load_model, to_hf
+from interp_edit.adapter import BUILTIN_MODELS
 from interp_edit.adapter.bridge import hooked_available, is_bridge
 from interp_edit.errors import CheckpointError, ExportError, InvalidArgumentError, ModelNotFoundError
-from interp_edit.model import BUILTIN_MODELS
 
 #: the bridge needs a tokenizer with hf_model= (it would look one up on the hub): the toy world's
 #: (its vocabulary covers the random GPT-2's 301 token ids); the hooked backend needs none

@@ -11,11 +11,11 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
+from interp_edit.adapter import build_hooked_transformer, load_model
 from interp_edit.adapter.bridge import hooked_available
 from interp_edit.cli import main
 from interp_edit.data import load_dataset
 from interp_edit.errors import CheckpointError, DatasetError
-from interp_edit.model import build_hooked_transformer, load_model
 from interp_edit.toyworld import WorldSpec, attach_world, build_tokenizer, build_world, world_of, world_spec_of
 
 OTHER = WorldSpec(seed=3, n_people=30)
@@ -84,7 +84,7 @@ def test_a_dataset_of_another_world_is_refused_naming_both(other_world_model, to
 
 
 def test_default_statistics_corpus_is_the_model_s_world(other_world_model, toy_model):
-    from interp_edit.editing.stats import default_corpus
+    from interp_edit.statistics.collect import default_corpus
 
     other, shipped = _people(OTHER.build()), _people(world_of(toy_model))
     texts = default_corpus(other_world_model, 200)

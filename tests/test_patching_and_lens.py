@@ -16,8 +16,8 @@ from interp_edit import (
     logit_lens,
     select_layer_window,
 )
+from interp_edit.adapter import hook_name
 from interp_edit.errors import InvalidArgumentError
-from interp_edit.model import hook_name
 
 CLEAN, CORRUPTED = "Talvik Corlo was born in", "Fenpas Astlo was born in"
 

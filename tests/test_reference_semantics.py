@@ -12,12 +12,12 @@ import warnings
 import pytest
 import torch
 
+from interp_edit.adapter import model_fingerprint
 from interp_edit.editing import AlphaEditor, EditRequest, ROMEConfig, prepare_requests, rome
-from interp_edit.editing.alphaedit import AlphaEditConfig, null_space_basis
-from interp_edit.editing.memit import MEMITConfig
+from interp_edit.editing.methods.alphaedit import AlphaEditConfig, null_space_basis
+from interp_edit.editing.methods.memit import MEMITConfig
 from interp_edit.editing.targets import TargetConfig, compute_keys, kl_rows, optimise_targets
 from interp_edit.errors import EditConfigError
-from interp_edit.model import model_fingerprint
 
 REQUEST = EditRequest("{} was born in", "Talvik Corlo", target_new="Gemmel", target_true="Karsa")
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp_edit.adapter import load_model
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import last_token_logits
 from interp_edit.data import load_dataset
 from interp_edit.editing import AlphaEditor, mega, memit, rome
 from interp_edit.errors import DatasetError
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
-from interp_edit.model import load_model
 from interp_edit.toyworld import WorldSpec, counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp_edit.editing.stats import collect_second_moments, second_moments
 from interp_edit.errors import EditConfigError
+from interp_edit.statistics.collect import collect_second_moments
+from interp_edit.statistics.keys import second_moments
 
 TEXTS = ["Talvik Corlo was born in Karsa.", "People say that Lisvo Pimlo speaks Heskian.", "Korwa Drarin plays the harp.",
          "As everyone knows, Beldel Nordel works as a doctor."]
@@ -50,8 +51,8 @@ def test_bad_statistics_arguments(toy_model, tmp_path):
 
 
 def test_statistics_are_not_computed_on_an_edited_model(toy_model, tmp_path):
+    from interp_edit.adapter import model_fingerprint
     from interp_edit.editing import Edit, LowRankDelta
-    from interp_edit.model import model_fingerprint
 
     cfg = toy_model.cfg
     edit = Edit("test", {"blocks.0.mlp.W_out": LowRankDelta(torch.ones(cfg.d_mlp, 1), torch.ones(1, cfg.d_model))},

@@ -13,12 +13,12 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
-from interp_edit.data.corpus import corpus_hash
-from interp_edit.editing.rome import rome
-from interp_edit.editing.stats import key_statistics
-from interp_edit.editing.stats_npz import read_npz, write_npz
+from interp_edit.adapter import model_fingerprint
+from interp_edit.editing.methods.rome import rome
 from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
-from interp_edit.model import model_fingerprint
+from interp_edit.statistics.corpus import corpus_hash
+from interp_edit.statistics.keys import key_statistics
+from interp_edit.statistics.npz import read_npz, write_npz
 
 FAST = dict(layer=0, steps=2, n_prefixes=1, prefix_length=3, prefix_lengths=None)
 REQUEST = {"prompt": "{} was born in", "subject": "Talvik Corlo", "target_new": "Karsa"}
@@ -73,7 +73,7 @@ def test_file_corpora_give_the_statistics_of_their_texts(toy_model, toy_world, t
     texts = corpus(toy_world, 30)
     (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
-    from interp_edit.data.corpus import Corpus
+    from interp_edit.statistics.corpus import Corpus
 
     stats = key_statistics(toy_model, [1], corpus=tmp_path / "c.txt", n_samples=30, cache_dir=tmp_path / "cache", progress=False)[1]
     sums, count = plain_moment(toy_model, texts, 1)
@@ -176,8 +176,8 @@ def test_export_is_the_rome_layout_with_our_provenance(toy_model, toy_world, tmp
 
 
 def test_auto_stops_at_the_first_sample_whose_whitened_keys_settle(toy_model, toy_world, tmp_path):
+    from interp_edit.editing.methods.rome import ROMEConfig
     from interp_edit.editing.requests import prepare_requests
-    from interp_edit.editing.rome import ROMEConfig
     from interp_edit.editing.targets import compute_keys, prefixes_for
 
     texts = corpus(toy_world, 1500, seed=5)
@@ -216,7 +216,7 @@ def test_auto_stops_at_the_first_sample_whose_whitened_keys_settle(toy_model, to
 
 
 def test_auto_is_refused_where_the_editor_has_no_request_keys(toy_model, tmp_path):
-    from interp_edit.editing.alphaedit import AlphaEditor
+    from interp_edit.editing.methods.alphaedit import AlphaEditor
 
     with pytest.raises(EditConfigError, match="'auto' watches the request keys.*AlphaEdit"):
         AlphaEditor(toy_model, stats_samples="auto", cache_dir=tmp_path)
@@ -253,7 +253,7 @@ def test_old_cache_files_without_provenance_are_recomputed(toy_model, tmp_path):
 
 
 def test_memit_auto_watches_its_own_solve_and_given_statistics_skip_the_corpus(toy_model, toy_world, tmp_path):
-    from interp_edit.editing.memit import memit
+    from interp_edit.editing.methods.memit import memit
 
     texts = corpus(toy_world, 1000, seed=9)
     fast = dict(layers=(0, 1), steps=2, n_prefixes=1, prefix_length=3)

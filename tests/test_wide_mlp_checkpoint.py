@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from interp_edit.adapter import load_model
 from interp_edit.batching import last_token_logits
-from interp_edit.model import load_model
 from interp_edit.toyworld import WorldSpec, counterfact_records, world_of
 from interp_edit.toyworld.world import stable_seed
 

@@ -58,6 +58,7 @@ from interp_edit.adapter.loading import (
     save_checkpoint,
 )
 from interp_edit.adapter.params import (
+    applied_edit_stack,
     delta_hook_sites,
     delta_hooks,
     frozen_parameters,
@@ -81,5 +82,5 @@ __all__ = [
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
     "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_prefix_kv", "token_embeddings",
-    "backend_of",
+    "backend_of", "applied_edit_stack",
 ]

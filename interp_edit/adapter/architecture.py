@@ -13,8 +13,10 @@ names the property a model has that the toolkit does not cover.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from interp_edit.adapter import bridge
 from interp_edit.errors import UnsupportedArchitectureError
 
 _ARCH_ATTR = "_interp_edit_architecture"
@@ -91,9 +93,7 @@ def architecture(model) -> Architecture:
     cached = getattr(model, _ARCH_ATTR, None)
     if cached is not None:
         return cached
-    from interp_edit.adapter import bridge
-
-    arch = bridge.architecture_of(model) if bridge.is_bridge(model) else _from_config(model.cfg)
+    arch = _from_bridge(model) if bridge.is_bridge(model) else _from_config(model.cfg)
     setattr(model, _ARCH_ATTR, arch)
     return arch
 
@@ -128,12 +128,45 @@ def _from_config(cfg) -> Architecture:
     )
 
 
+def _from_bridge(model) -> Architecture:
+    """The :class:`~interp_edit.adapter.architecture.Architecture` of a bridge model, from its
+    Hugging Face config."""
+    hf_architecture = model._interp_edit_hf_architecture
+    spec = bridge.BRIDGE_ARCHITECTURES[hf_architecture]
+    c = model.original_model.config
+    d_model = bridge._get(c, "hidden_size", "n_embd")
+    n_heads = bridge._get(c, "num_attention_heads", "n_head")
+    parallel = spec.get("parallel", False)
+    parallel = bool(getattr(c, parallel, False)) if isinstance(parallel, str) else bool(parallel)
+    return Architecture(
+        family=hf_architecture,
+        n_layers=bridge._get(c, "num_hidden_layers", "n_layer"),
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=bridge._get(c, "head_dim", default=d_model // n_heads),
+        d_mlp=bridge._get(c, "intermediate_size", "n_inner", default=4 * d_model),
+        n_kv_heads=int(bridge._get(c, "num_key_value_heads", default=n_heads)),
+        parallel_blocks=parallel,
+        norm=spec["norm"],
+        norm_folded=False,
+        post_norms=spec.get("post_norms", False),
+        qk_norm=spec.get("qk_norm", False),
+        gated_mlp=spec["gated"],
+        positional=spec.get("positional", "rotary"),
+        logit_softcap=_softcap(getattr(c, "final_logit_softcapping", None)),
+        attn_softcap=_softcap(getattr(c, "attn_logit_softcapping", None)),
+        embedding_scale=math.sqrt(d_model) if spec.get("gemma") else 1.0,
+    )
+
+
+def _softcap(value) -> float | None:
+    return float(value) if value is not None and value > 0 else None
+
+
 def check_supported(model):
     """Return ``model`` (its :class:`Architecture` computed and kept on it), or raise
     :class:`UnsupportedArchitectureError` naming every property of it that the toolkit's
     analyses and editors do not cover."""
-    from interp_edit.adapter import bridge
-
     if bridge.is_bridge(model):  # the bridge backend's families are listed, and checked at load
         architecture(model)
         return model

@@ -15,15 +15,14 @@ handled here and nowhere else:
   HookedTransformer), :func:`token_embedding`;
 - a forward from block ``l`` (HookedTransformer's ``start_at_layer``, which the bridge lacks)
   replaces ``blocks.l.hook_resid_pre`` of a forward on placeholder tokens, :func:`run_from_layer`;
-- the :class:`~interp_edit.adapter.architecture.Architecture`, read from the Hugging Face
-  config (the bridge's config does not record q/k norms or post-sublayer norms),
-  :func:`architecture_of`.
+- which Hugging Face architectures it covers, and what their description needs
+  (:data:`BRIDGE_ARCHITECTURES`, read by :mod:`interp_edit.adapter.architecture`, which builds
+  the :class:`~interp_edit.adapter.architecture.Architecture` from the Hugging Face config).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -153,43 +152,6 @@ def _get(config, *names, default=None):
     return default
 
 
-def architecture_of(model):
-    """The :class:`~interp_edit.adapter.architecture.Architecture` of a bridge model, from its
-    Hugging Face config."""
-    from interp_edit.adapter.architecture import Architecture
-
-    hf_architecture = model._interp_edit_hf_architecture
-    spec = BRIDGE_ARCHITECTURES[hf_architecture]
-    c = model.original_model.config
-    d_model = _get(c, "hidden_size", "n_embd")
-    n_heads = _get(c, "num_attention_heads", "n_head")
-    parallel = spec.get("parallel", False)
-    parallel = bool(getattr(c, parallel, False)) if isinstance(parallel, str) else bool(parallel)
-    return Architecture(
-        family=hf_architecture,
-        n_layers=_get(c, "num_hidden_layers", "n_layer"),
-        d_model=d_model,
-        n_heads=n_heads,
-        d_head=_get(c, "head_dim", default=d_model // n_heads),
-        d_mlp=_get(c, "intermediate_size", "n_inner", default=4 * d_model),
-        n_kv_heads=int(_get(c, "num_key_value_heads", default=n_heads)),
-        parallel_blocks=parallel,
-        norm=spec["norm"],
-        norm_folded=False,
-        post_norms=spec.get("post_norms", False),
-        qk_norm=spec.get("qk_norm", False),
-        gated_mlp=spec["gated"],
-        positional=spec.get("positional", "rotary"),
-        logit_softcap=_positive(getattr(c, "final_logit_softcapping", None)),
-        attn_softcap=_positive(getattr(c, "attn_logit_softcapping", None)),
-        embedding_scale=math.sqrt(d_model) if spec.get("gemma") else 1.0,
-    )
-
-
-def _positive(value) -> float | None:
-    return float(value) if value is not None and value > 0 else None
-
-
 # --- weights -------------------------------------------------------------------------------
 #: TransformerLens parameter names (after ``blocks.{l}.``) the bridge exposes as views.
 _BLOCK_PARAMS = ("mlp.W_out", "mlp.b_out", "mlp.W_in", "mlp.b_in", "mlp.W_gate", "attn.W_O", "attn.b_O",
@@ -240,21 +202,14 @@ def norm_eps(model, norm: str, layer: int | None = None) -> float:
     return float(_get(module, "eps", "variance_epsilon"))
 
 
-def token_embedding(model) -> torch.Tensor:
-    """``W_E`` as ``hook_embed`` sees it (times Gemma's √d scale)."""
-    from interp_edit.adapter.architecture import architecture
-
-    scale = architecture(model).embedding_scale
+def token_embedding(model, scale: float) -> torch.Tensor:
+    """``W_E`` as ``hook_embed`` sees it (times ``scale``: Gemma's √d, from the architecture)."""
     w_e = model.W_E
     return w_e if scale == 1.0 else w_e * torch.tensor(scale, dtype=w_e.dtype)
 
 
-def position_embedding(model) -> torch.Tensor | None:
-    """Learned position embeddings [n_ctx, d_model], or None (rotary)."""
-    from interp_edit.adapter.architecture import architecture
-
-    if not architecture(model).has_pos_embed:
-        return None
+def position_embedding(model) -> torch.Tensor:
+    """Learned position embeddings [n_ctx, d_model] (ask the architecture whether there are any)."""
     return model.original_model.transformer.wpe.weight
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from interp_edit.adapter import bridge
+from interp_edit.adapter.architecture import architecture
 from interp_edit.adapter.hooks import hook_name
 
 #: Per-block weights by their TransformerLens names (shapes as TransformerLens stores them).
@@ -18,14 +20,22 @@ _LAYER_WEIGHTS = {
 }
 
 
+#: attribute of the model object that holds the stack of edits applied to it in place, oldest
+#: first, as ``(edit, saved originals)`` entries (written by :mod:`interp_edit.editing.edit`)
+APPLIED_EDITS_ATTR = "_interp_edit_applied"
+
+
+def applied_edit_stack(model) -> list:
+    """The ``(edit, saved)`` entries of the edits applied in place to ``model``, oldest first."""
+    return getattr(model, APPLIED_EDITS_ATTR, None) or []
+
+
 def layer_weight(model, name: str, layer: int) -> torch.Tensor:
     """A block's weight, detached, without stacking all layers (``("W_out", 3)`` -> ``blocks.3.mlp.W_out``)."""
     try:
         path = _LAYER_WEIGHTS[name]
     except KeyError:
         raise KeyError(f"unknown layer weight {name!r}; known: {sorted(_LAYER_WEIGHTS)}") from None
-    from interp_edit.adapter import bridge
-
     if bridge.is_bridge(model):
         weight = bridge.parameter(model, f"blocks.{layer}.{path}").detach()
         if name == "W_V" and weight.shape[0] != model.cfg.n_heads:  # one per query head, as HookedTransformer's
@@ -38,8 +48,6 @@ def layer_weight(model, name: str, layer: int) -> torch.Tensor:
 def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The gain γ [d_model] of a normalisation (``"ln1"``, ``"ln2"`` of a block, or
     ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``)."""
-    from interp_edit.adapter import bridge
-
     if bridge.is_bridge(model):
         return bridge.norm_gain(model, norm, layer)
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
@@ -49,8 +57,6 @@ def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
 
 def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The bias β [d_model] of a normalisation (zeros where it has none)."""
-    from interp_edit.adapter import bridge
-
     if bridge.is_bridge(model):
         bias = bridge.norm_bias(model, norm, layer)
         return bias if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
@@ -61,8 +67,6 @@ def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
 
 def norm_centres(model) -> bool:
     """Whether the model's normalisations subtract the mean (LayerNorm) or not (RMSNorm)."""
-    from interp_edit.adapter.architecture import architecture
-
     return architecture(model).norm_centres
 
 
@@ -85,8 +89,6 @@ def get_parameter(model, name: str) -> torch.nn.Parameter:
     """A parameter by its TransformerLens name; a clear error for an unknown name. On the
     bridge backend: a view of the Hugging Face parameter in TransformerLens' layout (in-place
     changes change the model)."""
-    from interp_edit.adapter import bridge
-
     if bridge.is_bridge(model):
         return bridge.parameter(model, name)
     params = dict(model.named_parameters())
@@ -157,8 +159,6 @@ def model_fingerprint(model) -> str:
     import dataclasses
     import hashlib
 
-    from interp_edit.adapter.architecture import architecture
-
     described = dataclasses.asdict(architecture(model))
     described.pop("norm_folded")
     cfg = model.cfg
@@ -175,18 +175,18 @@ def model_fingerprint(model) -> str:
 def token_embeddings(model) -> torch.Tensor:
     """``W_E`` [vocab, d_model] as ``hook_embed`` sees it (Gemma's √d scale included) on either
     backend."""
-    from interp_edit.adapter import bridge
-
-    return bridge.token_embedding(model) if bridge.is_bridge(model) else model.W_E
+    if bridge.is_bridge(model):
+        return bridge.token_embedding(model, architecture(model).embedding_scale)
+    return model.W_E
 
 
 def _fingerprinted_weights(model) -> tuple:
     """Token embedding (as ``hook_embed`` sees it), position embedding (or None), unembedding:
     the same tensors on both backends for the same weights."""
-    from interp_edit.adapter import bridge
-
     if bridge.is_bridge(model):
-        return bridge.token_embedding(model), bridge.position_embedding(model), model.W_U
+        arch = architecture(model)
+        position = bridge.position_embedding(model) if arch.has_pos_embed else None
+        return bridge.token_embedding(model, arch.embedding_scale), position, model.W_U
     return model.W_E, model.W_pos if model.cfg.positional_embedding_type == "standard" else None, model.W_U
 
 
@@ -212,12 +212,8 @@ def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor, change: 
     moved to ``(w ⊙ x / rms(x) + change) / w · rms(x)``: exact up to the rms of the new
     direction, i.e. to first order in ``change``. MEMIT-style editors re-measure the residual
     after each layer, which corrects the rest."""
-    from interp_edit.adapter.architecture import architecture
-
     if not architecture(model).post_norms:
         return change
-    from interp_edit.adapter import bridge
-
     norm_name = "ln1_post" if kind == "attn" else "ln2_post"
     if bridge.is_bridge(model):
         gain, eps = bridge.norm_gain(model, norm_name, layer).to(raw.dtype), bridge.norm_eps(model, norm_name, layer)

@@ -24,11 +24,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp_edit.adapter import hook_name, run_with_cache, run_with_hooks
 from interp_edit.adapter.architecture import architecture
 from interp_edit.analysis.attribution import Neuron, ScoredNeuron, resolve_target
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
-from interp_edit.model import hook_name, run_with_cache, run_with_hooks
 
 MODES = ("zero", "mean")
 

@@ -51,6 +51,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import hook_name, layer_weight, norm_bias, norm_centres, norm_weight, run_with_cache
 from interp_edit.adapter.architecture import architecture
 from interp_edit.adapter.readout import (
     ffn_base,
@@ -74,7 +75,6 @@ from interp_edit.analysis.attribution_bounds import (
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import InvalidArgumentError
-from interp_edit.model import hook_name, layer_weight, norm_bias, norm_centres, norm_weight, run_with_cache
 
 #: Elements of the largest temporary [rows, positions, vocab] logits block.
 CHUNK_ELEMENTS = 1 << 24

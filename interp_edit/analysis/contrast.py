@@ -32,11 +32,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import hook_name, model_fingerprint, run_with_cache
 from interp_edit.adapter.readout import stream_names, stream_points
 from interp_edit.analysis.attribution import Neuron, frozen_unembed, neuron_attribution, resolve_target
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import EditApplicationError, EmptyInputError, InvalidArgumentError, PromptTooLongError
-from interp_edit.model import hook_name, model_fingerprint, run_with_cache
 
 #: module axis: attention layer, FFN layer
 MODULES = ("attn", "ffn")

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from interp_edit.adapter import hook_name
 from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
-from interp_edit.model import hook_name
 
 #: site name -> (engine site, what the scores are indexed by)
 SITES = {
@@ -252,7 +252,7 @@ def attribution_patch(
     pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
     names = _grad_names(model, sites)
     with torch.no_grad():
-        from interp_edit.model import run_with_cache
+        from interp_edit.adapter import run_with_cache
 
         clean_logits, clean_acts = run_with_cache(model, pair.clean, names)
         corr_logits, corr_acts = run_with_cache(model, pair.corrupted, names)

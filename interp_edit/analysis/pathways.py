@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp_edit.adapter import hook_name, layer_weight, norm_weight, run_with_cache
 from interp_edit.adapter.readout import ffn_base, ffn_gate_weight, write_gain, write_gain_names, written
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
@@ -58,7 +59,6 @@ from interp_edit.analysis.attribution_bounds import (
 )
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import EmptyInputError, InvalidArgumentError
-from interp_edit.model import hook_name, layer_weight, norm_weight, run_with_cache
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import hook_name, token_embeddings
 from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.batching import check_memory_budget, resolve_memory_budget
 from interp_edit.errors import InvalidArgumentError, PromptTooLongError
-from interp_edit.model import hook_name, token_embeddings
 from interp_edit.prompts import TokenizedPrompt, tokenize_with_subject
 from interp_edit.validation import check_choice, check_int, check_positive_finite, check_sequence, check_str
 

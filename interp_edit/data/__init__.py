@@ -14,8 +14,8 @@ from interp_edit.data.cases import (
     Rewrite,
     ZsRECase,
 )
-from interp_edit.data.corpus import Corpus, read_texts
 from interp_edit.data.loaders import builtin_datasets, check_tokens, load_dataset, parse_records
+from interp_edit.statistics.corpus import Corpus, read_texts
 
 __all__ = [
     "FORMATS",

@@ -21,7 +21,7 @@ class EditorConfig(TargetConfig):
 
     #: texts of the statistics corpus (ROME / MEMIT used 100,000 Wikipedia articles), or
     #: ``"auto"``: grow the sample until the edit's whitened request keys stop changing (see
-    #: :mod:`interp_edit.editing.stats_auto`)
+    #: :mod:`interp_edit.statistics.auto`)
     stats_samples: int | Literal["auto"] = 100_000
     stats_batch_size: int = 32
     #: ``stats_samples="auto"``: the largest relative change of C⁻¹k (per request key and layer)

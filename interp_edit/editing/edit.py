@@ -12,7 +12,7 @@ sparse rows (``ΔW[rows] = values``: neuron-level editors, fine-tuning). Deltas 
 - ``with edit.hooked(model):`` adds the deltas' effect with hooks (``input @ ΔW`` added to the
   output the weight writes to) and touches no weight.
 - An edit may also carry activation hooks (``edit.hooks``: steering such as MEGA's, see
-  :mod:`interp_edit.editing.activation_hooks`) instead of or besides deltas: ``apply`` registers
+  :mod:`interp_edit.editing.hooks`) instead of or besides deltas: ``apply`` registers
   them on the model until ``undo`` (permanent TransformerLens hooks, so analyses' own hook
   contexts and ``reset_hooks()`` leave them), ``hooked`` adds them for a block, and saving
   keeps them.
@@ -35,9 +35,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp_edit.errors import EditApplicationError
-from interp_edit.model import (
+from interp_edit.adapter import (
     add_persistent_hook,
+    applied_edit_stack,
     delta_hooks,
     get_parameter,
     has_parameter,
@@ -46,10 +46,11 @@ from interp_edit.model import (
     remove_persistent_hook,
     weight_matrix_shape,
 )
+from interp_edit.adapter.params import APPLIED_EDITS_ATTR
+from interp_edit.errors import EditApplicationError
 from interp_edit.precision import add_delta_
 
-#: attribute of the model object that holds the stack of applied edits
-_STACK_ATTR = "_interp_edit_applied"
+_STACK_ATTR = APPLIED_EDITS_ATTR
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Edit:
     #: anything else the method reports (losses, timings, chosen layers, neurons...)
     info: dict[str, Any] = field(default_factory=dict)
     library_version: str = ""
-    #: activation hooks (steering) by label; see :mod:`interp_edit.editing.activation_hooks`
+    #: activation hooks (steering) by label; see :mod:`interp_edit.editing.hooks`
     hooks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -379,7 +380,7 @@ class Edit:
                     deltas[name] = SparseRowDelta(rows, values)
                 except ValueError as err:
                     raise CheckpointError(f"{path}: {err}") from None
-        from interp_edit.editing.activation_hooks import hook_kinds
+        from interp_edit.editing.hooks import hook_kinds
 
         kinds = hook_kinds()
         hooks = {}
@@ -442,4 +443,4 @@ def _json_default(obj):
 
 def applied_edits(model) -> list[Edit]:
     """The edits currently applied in place to ``model``, oldest first."""
-    return [entry[0] for entry in getattr(model, _STACK_ATTR, None) or []]
+    return [entry[0] for entry in applied_edit_stack(model)]

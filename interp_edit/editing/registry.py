@@ -33,15 +33,15 @@ class Editor:
 
 def editors() -> dict[str, Editor]:
     """Every registered editing method, by name."""
-    from interp_edit.editing.ace import ACEConfig, ace, check_ace_items
-    from interp_edit.editing.alphaedit import AlphaEditConfig, alphaedit
-    from interp_edit.editing.fine import FiNEConfig, fine
-    from interp_edit.editing.finetune import FTConfig, finetune
-    from interp_edit.editing.intattn import IntAttnConfig, intattn
-    from interp_edit.editing.mega import MEGAConfig, mega
-    from interp_edit.editing.memit import MEMITConfig, memit
-    from interp_edit.editing.memit_csk import MEMITCSKConfig, fix_auto_layers, memit_csk
-    from interp_edit.editing.rome import ROMEConfig, rome
+    from interp_edit.editing.methods.ace import ACEConfig, ace, check_ace_items
+    from interp_edit.editing.methods.alphaedit import AlphaEditConfig, alphaedit
+    from interp_edit.editing.methods.fine import FiNEConfig, fine
+    from interp_edit.editing.methods.finetune import FTConfig, finetune
+    from interp_edit.editing.methods.intattn import IntAttnConfig, intattn
+    from interp_edit.editing.methods.mega import MEGAConfig, mega
+    from interp_edit.editing.methods.memit import MEMITConfig, memit
+    from interp_edit.editing.methods.memit_csk import MEMITCSKConfig, fix_auto_layers, memit_csk
+    from interp_edit.editing.methods.rome import ROMEConfig, rome
 
     found = [
         Editor("rome", ROMEConfig, rome, "rank-one update of one MLP W_out (Meng et al. 2022)"),
@@ -70,7 +70,7 @@ def get_editor(name: str) -> Editor:
 def edit(model, requests, method: str = "rome", *, config=None, apply: bool = False, **kwargs):
     """One call: compute an edit of ``requests`` with ``method`` (config fields as keyword
     arguments, e.g. ``layer=3``; ``corpus=`` / ``cache_dir=`` / ``stats=`` for the statistics,
-    see :mod:`interp_edit.editing.stats`). The model is
+    see :mod:`interp_edit.statistics.collect`). The model is
     left unchanged unless ``apply=True``, in which case the edit is applied before returning."""
     editor = get_editor(method)
     result = editor.fn(model, requests, config, **kwargs)

@@ -304,9 +304,9 @@ def contrast_study(
     two need CounterFact records), and contrast successes with failures on ``group`` (see the
     module docstring). Requests need ``target_true`` (efficacy compares against it). The model is
     bitwise unchanged afterwards, also on an exception."""
+    from interp_edit.adapter import model_fingerprint
     from interp_edit.editing.registry import get_editor
     from interp_edit.editing.requests import as_request, prepare_requests
-    from interp_edit.model import model_fingerprint
 
     requests = list(requests)
     if not requests:

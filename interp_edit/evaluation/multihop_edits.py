@@ -28,7 +28,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from interp_edit.editing.ace import ACERequest
+from interp_edit.editing.methods.ace import ACERequest
 from interp_edit.editing.requests import EditRequest
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
 from interp_edit.evaluation.metrics import any_phrasing_right, new_beats_true

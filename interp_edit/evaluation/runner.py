@@ -155,8 +155,8 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     """Edit ``n`` cases of ``dataset`` (a :class:`~interp_edit.data.Dataset` or a name / path for
     :func:`~interp_edit.data.load_dataset`) with ``method`` in batches; see the module docstring.
     ``config``: the editor's config fields (e.g. ``{"layers": (1, 2)}``)."""
+    from interp_edit.adapter import model_fingerprint
     from interp_edit.data import check_tokens, load_dataset
-    from interp_edit.model import model_fingerprint
 
     if batch_size < 1 or eval_every < 1 or unrelated < 0:
         raise InvalidArgumentError(f"batch_size ({batch_size}) and eval_every ({eval_every}) must be >= 1, unrelated >= 0")

@@ -112,7 +112,7 @@ class _ModelShape:
 def _model_shape(name: str, models: dict) -> _ModelShape | None:
     """The model's name and depth (``None`` when only loading it would tell); an unknown name
     raises ``ValueError``."""
-    from interp_edit.model import BUILTIN_MODELS, CONFIG_FILE
+    from interp_edit.adapter import BUILTIN_MODELS, CONFIG_FILE
 
     if name in models:
         return _ModelShape(models[name].cfg.model_name, models[name].cfg.n_layers)

@@ -38,7 +38,7 @@ class InProcessExecutor:
         self.models = dict(models or {})
 
     def run(self, cells: Sequence, fn: CellFn, root: Path) -> Iterator[tuple[Any, Outcome]]:
-        from interp_edit.model import load_model
+        from interp_edit.adapter import load_model
 
         loaded = dict(self.models)
         for cell in cells:

@@ -35,8 +35,8 @@ def run_cell(cell: Cell, root: str, model=None) -> dict:
     the loaded model, or ``None`` to load ``cell.model``."""
     import torch
 
+    from interp_edit.adapter import load_model
     from interp_edit.evaluation import run_experiment
-    from interp_edit.model import load_model
 
     folder = cell.folder(root)
     folder.mkdir(parents=True, exist_ok=True)

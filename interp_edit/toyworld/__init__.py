@@ -28,7 +28,7 @@ def load_world(checkpoint: str | Path | None = None) -> ToyWorld:
 
 def to_hf(model):
     """The toy-world model as a Hugging Face ``GPT2LMHeadModel`` and its tokenizer."""
-    from interp_edit.model import to_hf as _to_hf
+    from interp_edit.adapter import to_hf as _to_hf
 
     return _to_hf(model)
 

@@ -1,5 +1,5 @@
 """Which toy world a model knows. A toy-world checkpoint's ``config.json`` names its world (the
-``world`` section: seed and sizes); :func:`~interp_edit.model.load_checkpoint` keeps the
+``world`` section: seed and sizes); :func:`~interp_edit.adapter.load_checkpoint` keeps the
 checkpoint's config on the model (``model.checkpoint_config``) and :func:`train_toy_model`
 sets it on the model it trains. Every consumer of "the toy world" (built-in datasets, the
 default statistics corpus, ``evaluate``, ``contrast``, the demo) asks :func:`world_of` for the
@@ -94,7 +94,7 @@ def shipped_world() -> ToyWorld:
 
 def checkpoint_world_spec(folder: str | Path | None) -> WorldSpec:
     """The world spec in a checkpoint folder's config (``None``: the shipped checkpoint)."""
-    from interp_edit.model import BUILTIN_MODELS, CONFIG_FILE, _read_json
+    from interp_edit.adapter import BUILTIN_MODELS, CONFIG_FILE, _read_json
 
     path = (Path(folder) if folder else BUILTIN_MODELS["toyworld"]) / CONFIG_FILE
     meta = _read_json(path)

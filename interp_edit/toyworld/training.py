@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from interp_edit.adapter import build_hooked_transformer, save_checkpoint
 from interp_edit.batching import pad_right
-from interp_edit.model import build_hooked_transformer, save_checkpoint
 from interp_edit.progress import progress_bar
 from interp_edit.toyworld.corpus import CorpusMixture, CorpusSampler
 from interp_edit.toyworld.model_world import WorldSpec, attach_world

@@ -41,20 +41,20 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.editing.activation_hooks import check_hook_width
+from interp_edit.adapter import frozen_parameters, hook_name, model_fingerprint, run_with_cache
 from interp_edit.editing.closed_form import check_layers
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit
+from interp_edit.editing.hooks import GatedLinearMap
 from interp_edit.editing.requests import TokenizedRequest, fill_prefix, prepare_requests
 from interp_edit.editing.targets import prefixes_for
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError
-from interp_edit.model import frozen_parameters, hook_name, model_fingerprint, run_with_cache
 
 TARGET_MODES = ("forced", "optimised")
 
@@ -140,105 +140,6 @@ class MEGAConfig(EditorConfig):
         if self.layers is not None and not isinstance(self.layers, (str, bytes)) and hasattr(self.layers, "__iter__"):
             object.__setattr__(self, "layers", tuple(self.layers))
         super().__post_init__()  # field types
-
-
-@dataclass(frozen=True)
-class GatedLinearMap:
-    """The hook of one layer: every request's affine map on the attention output, each behind
-    a cosine-similarity gate. A frozen dataclass of tensors (saved and loaded like any hook).
-
-    Per request ``r``: ``mu_source[r]``, ``mu_target[r]`` [d]; ``basis[r]`` [d, k] (orthonormal
-    columns); ``map[r]`` [k, k]; ``gate_keys[r]`` [n, d] unit vectors with ``gate_mask[r]`` [n]
-    marking the real ones (requests with fewer samples are padded); ``gate_thresholds[r]``
-    (optional) a per-request threshold that replaces ``gate_threshold`` (a calibrated gate).
-    """
-
-    hook_name: str
-    mu_source: Float[Tensor, "request d"]
-    mu_target: Float[Tensor, "request d"]
-    basis: Float[Tensor, "request d k"]
-    map: Float[Tensor, "request k k"]
-    gate_keys: Float[Tensor, "request sample d"]
-    gate_mask: Bool[Tensor, "request sample"]
-    gate_threshold: float
-    strength: float = 1.0
-    gate_thresholds: Float[Tensor, " request"] | None = None
-
-    kind: ClassVar[str] = "mega_gated_map"
-
-    def _on(self, device) -> tuple[Tensor, ...]:
-        """The tensors in float32 on ``device``, moved once per device and kept on this instance
-        (not copied at every forward)."""
-        moved = self.__dict__.setdefault("_moved", {})
-        key = str(device)
-        if key not in moved:
-            floats = (self.mu_source, self.mu_target, self.basis, self.map, self.gate_keys)
-            thresholds = None if self.gate_thresholds is None else self.gate_thresholds.to(device, torch.float32)
-            moved[key] = (*(t.to(device, torch.float32) for t in floats), self.gate_mask.to(device), thresholds)
-        return moved[key]
-
-    def gate(self, act: Float[Tensor, "*batch d"]) -> tuple[Bool[Tensor, "*batch"], Tensor, Tensor]:
-        """Per position: whether the gate passes, the chosen request and its similarity."""
-        _, _, _, _, keys, mask, thresholds = self._on(act.device)
-        sims = self.similarities(act)
-        if thresholds is None:
-            best, request = sims.max(-1)
-            return best >= self.gate_threshold, request, best
-        # a calibrated gate: the request with the highest similarity among those whose own gate passes
-        best, request = sims.masked_fill(sims < thresholds, -3.0).max(-1)
-        return best >= -1.0, request, best
-
-    def similarities(self, act: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch request"]:
-        """Per position and request: the largest cosine similarity with that request's sources."""
-        _, _, _, _, keys, mask, _ = self._on(act.device)
-        unit = torch.nn.functional.normalize(act.float(), dim=-1)
-        sims = torch.einsum("...d,rnd->...rn", unit, keys)
-        return sims.masked_fill(~mask, -2.0).amax(-1)
-
-    def __call__(self, act: Float[Tensor, "batch pos d"], hook: Any = None) -> Float[Tensor, "batch pos d"]:
-        passed, request, _ = self.gate(act)
-        if not passed.any():
-            return act
-        where = passed.nonzero(as_tuple=True)
-        chosen = request[where]
-        x = act[where].float()
-        mu_source, mu_target, basis, mapping, _, _, _ = self._on(act.device)
-        mu_s, mu_t, basis, mapping = mu_source[chosen], mu_target[chosen], basis[chosen], mapping[chosen]
-        z = torch.einsum("nd,ndk->nk", x - mu_s, basis)
-        moved = torch.einsum("nij,nj->ni", mapping, z) - z
-        update = self.strength * ((mu_t - mu_s) + torch.einsum("ndk,nk->nd", basis, moved))
-        out = act.clone()
-        out[where] = (x + update).to(act.dtype)
-        return out
-
-    def tensors(self) -> dict[str, Tensor]:
-        out = {"mu_source": self.mu_source, "mu_target": self.mu_target, "basis": self.basis, "map": self.map,
-               "gate_keys": self.gate_keys, "gate_mask": self.gate_mask}
-        if self.gate_thresholds is not None:
-            out["gate_thresholds"] = self.gate_thresholds
-        return out
-
-    def metadata(self) -> dict[str, Any]:
-        return {"gate_threshold": self.gate_threshold, "strength": self.strength}
-
-    @classmethod
-    def from_saved(cls, hook_name: str, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> GatedLinearMap:
-        return cls(hook_name, tensors["mu_source"], tensors["mu_target"], tensors["basis"], tensors["map"],
-                   tensors["gate_keys"], tensors["gate_mask"].bool(), float(metadata["gate_threshold"]),
-                   float(metadata.get("strength", 1.0)), tensors.get("gate_thresholds"))
-
-    def check(self, model) -> None:
-        check_hook_width(model, self.hook_name, self.mu_source.shape[-1], self.kind)
-
-    def describe(self) -> dict[str, Any]:
-        shift = (self.mu_target - self.mu_source).double().norm(dim=-1)
-        return {"kind": self.kind, "rank": int(self.basis.shape[-1]), "requests": int(self.mu_source.shape[0]),
-                "delta_norm": float(shift.mean() * self.strength),
-                "gate_threshold": self.gate_threshold if self.gate_thresholds is None else self.gate_thresholds.tolist()}
-
-
-#: the activation-hook classes this module defines (see activation_hooks.hook_kinds)
-HOOK_CLASSES: tuple = (GatedLinearMap,)
 
 
 # --- choosing the layers ----------------------------------------------------------------------
@@ -362,7 +263,7 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
 def calibration_texts(model, treqs: list[TokenizedRequest], cfg: MEGAConfig, corpus=None) -> list[str]:
     """``gate_calibration_texts`` texts from ``corpus`` (else the model's default statistics
     corpus), leaving out any that names an edited subject (those are not unrelated)."""
-    from interp_edit.editing.stats import corpus_texts
+    from interp_edit.statistics.collect import corpus_texts
 
     subjects = [r.request.subject for r in treqs]
     texts = [t for t in corpus_texts(model, corpus, cfg.gate_calibration_texts) if not any(s in t for s in subjects)]
@@ -481,4 +382,4 @@ def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, co
     return Edit("mega", {}, fingerprint, dataclasses.asdict(cfg), [r.request.as_dict() for r in treqs], info, hooks=hooks)
 
 
-__all__ = ["HOOK_CLASSES", "GatedLinearMap", "MEGAConfig", "choose_layers", "fit_map", "mega"]
+__all__ = ["GatedLinearMap", "MEGAConfig", "choose_layers", "fit_map", "mega"]

@@ -30,14 +30,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import model_fingerprint
 from interp_edit.editing.closed_form import check_layers, solve, w_out_name
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
-from interp_edit.editing.memit import MEMITConfig, spread_update
-from interp_edit.editing.stats import editor_statistics, provenance_records
+from interp_edit.editing.methods.memit import MEMITConfig
+from interp_edit.editing.spread import spread_update
 from interp_edit.errors import EditConfigError, EditRequestError
-from interp_edit.model import model_fingerprint
+from interp_edit.statistics.keys import editor_statistics, provenance_records
 
 
 @dataclass(frozen=True)

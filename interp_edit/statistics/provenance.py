@@ -31,7 +31,7 @@ class StatsProvenance:
     site: str
     layer: int
     dim: int
-    #: a description of the corpus (``interp_edit.data.corpus.describe``, or the data set an imported file names)
+    #: a description of the corpus (``interp_edit.statistics.corpus.describe``, or the data set an imported file names)
     corpus: str
     corpus_hash: str | None
     n_texts: int | None

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp_edit.editing.stats_provenance import KeyStatistics, StatsProvenance, check_statistics
 from interp_edit.errors import StatisticsMismatchError
+from interp_edit.statistics.provenance import KeyStatistics, StatsProvenance, check_statistics
 
 #: architecture -> (module whose input is the ``mlp_post`` key, module whose input is the ``z`` key)
 HF_MODULES: dict[str, tuple[str, str]] = {

@@ -58,14 +58,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp_edit.batching import pad_right
-from interp_edit.editing.closed_form import w_out_name
-from interp_edit.editing.config import preset_config, resolve
-from interp_edit.editing.edit import Edit, SparseRowDelta
-from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
-from interp_edit.editing.targets import context_prefixes
-from interp_edit.errors import EditConfigError, EditOptimizationError
-from interp_edit.model import (
+from interp_edit.adapter import (
     forward_to_layer,
     frozen_parameters,
     get_parameter,
@@ -76,6 +69,13 @@ from interp_edit.model import (
     sublayer_output_hooks,
     unembed,
 )
+from interp_edit.batching import pad_right
+from interp_edit.editing.closed_form import w_out_name
+from interp_edit.editing.config import preset_config, resolve
+from interp_edit.editing.edit import Edit, SparseRowDelta
+from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
+from interp_edit.editing.targets import context_prefixes
+from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import add_delta_
 
 

@@ -6,23 +6,23 @@ concatenated attention head outputs (``z``, the input of ``W_O``). The forward s
 the last needed layer, accumulates in float64, and the result is cached on disk keyed by
 the model fingerprint, site, layer, corpus hash and sample count (cache folder: the
 ``cache_dir`` argument, else ``$INTERP_EDIT_CACHE``, else ``~/.cache/interp_edit``). Each
-cache file carries its :class:`~interp_edit.editing.stats_provenance.StatsProvenance` (model
+cache file carries its :class:`~interp_edit.statistics.provenance.StatsProvenance` (model
 fingerprint, site, layer, key width, corpus and corpus hash, texts, tokens, dtype) in its
 safetensors metadata; a file that cannot be read, lacks provenance or whose provenance does
 not match is recomputed with a warning.
 
 Corpus (``corpus=``): texts, a text / JSONL file, a folder of them, a ``datasets`` directory, a
-hub dataset name or a :class:`~interp_edit.data.corpus.Corpus` — see
-:mod:`interp_edit.data.corpus`; ``None`` means the toy world's own text for the toy-world
+hub dataset name or a :class:`~interp_edit.statistics.corpus.Corpus` — see
+:mod:`interp_edit.statistics.corpus`; ``None`` means the toy world's own text for the toy-world
 model and Wikitext-103 from the hub otherwise (as ROME used Wikipedia). The texts are read
 (and a bad corpus refused) before any forward.
 
 Existing statistics (``stats=``): a ROME / MEMIT / EasyEdit ``.npz`` file, a folder of them
 (their ``<model>/<dataset>_stats/`` layout), one of our cache ``.safetensors`` files, a
 :class:`KeyStatistics`, a list of these or a ``{layer: ...}`` dict; each is checked against
-the model, site and layer (:func:`~interp_edit.editing.stats_provenance.check_statistics`)
+the model, site and layer (:func:`~interp_edit.statistics.provenance.check_statistics`)
 and the layers it does not cover are computed from the corpus. See
-:mod:`interp_edit.editing.stats_npz` for the layout.
+:mod:`interp_edit.statistics.npz` for the layout.
 
 ``n_samples="auto"`` (``stats_samples="auto"`` in an editor's config) grows the sample
 until the statistics stop changing what the edit computes: see :func:`auto_statistics`.
@@ -33,18 +33,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import applied_edit_stack, forward_to_layer, hook_name, model_fingerprint
 from interp_edit.batching import encode_prompts, pad_right
-from interp_edit.data.corpus import Corpus, corpus_hash, describe, read_texts
-from interp_edit.editing.stats_provenance import SITES, KeyStatistics, StatsProvenance, check_statistics, site_dim
 from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
-from interp_edit.model import forward_to_layer, hook_name, model_fingerprint
+from interp_edit.statistics.corpus import Corpus, corpus_hash, describe, read_texts
+from interp_edit.statistics.provenance import SITES, KeyStatistics, StatsProvenance, check_statistics, site_dim
 
 CACHE_ENV = "INTERP_EDIT_CACHE"
 WIKITEXT = ("wikitext", "wikitext-103-raw-v1")
@@ -105,80 +105,6 @@ def corpus_label(model, corpus) -> str:
     return describe(corpus)
 
 
-def _check_args(model, layers, site, n_samples) -> list[int]:
-    layers = sorted(set(int(layer) for layer in layers))
-    if site not in SITES:
-        raise EditConfigError(f"unknown statistics site {site!r}; choose one of {SITES}")
-    if not layers or min(layers) < 0 or max(layers) >= model.cfg.n_layers:
-        raise EditConfigError(f"statistics layers {layers} out of range for a {model.cfg.n_layers}-layer model")
-    if n_samples != "auto" and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
-        raise EditConfigError(f"n_samples must be an integer >= 1 or 'auto', got {n_samples!r}")
-    return layers
-
-
-def key_statistics(
-    model,
-    layers: Iterable[int],
-    *,
-    site: str = "mlp_post",
-    corpus=None,
-    n_samples: int | str = 2000,
-    batch_size: int = 32,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-    stats=None,
-    probe_keys: Callable[[], Mapping[int, Tensor]] | None = None,
-    probe: Callable[[int, Tensor, Tensor], Tensor] | None = None,
-    tolerance: float = AUTO_TOLERANCE,
-    max_samples: int = 100_000,
-) -> dict[int, KeyStatistics]:
-    """:class:`KeyStatistics` (C = E[k kᵀ] in float64 on the CPU, and its provenance) of the
-    keys at ``site`` for each of ``layers``: from ``stats`` where given (checked), else from
-    the disk cache, else computed (the layers not cached share one pass over the corpus).
-    ``n_samples="auto"`` grows the sample (:func:`auto_statistics`; needs ``probe_keys``)."""
-    layers = _check_args(model, layers, site, n_samples)
-    found = given_statistics(model, stats, site, layers) if stats is not None else {}
-    missing = [layer for layer in layers if layer not in found]
-    if missing and n_samples == "auto":
-        if probe_keys is None:
-            raise EditConfigError("n_samples='auto' needs the request keys (probe_keys) it watches; this caller gives none: "
-                                  "pass an integer stats_samples")
-        found.update(auto_statistics(model, missing, site, corpus, probe_keys,
-                                     probe=probe, tolerance=tolerance, max_samples=max_samples, batch_size=batch_size,
-                                     cache_dir=cache_dir, progress=progress))
-    elif missing:
-        found.update(_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress))
-    return {layer: found[layer] for layer in layers}
-
-
-def second_moments(model, layers: Iterable[int], *, site: str = "mlp_post", corpus=None, n_samples: int = 2000,
-                   batch_size: int = 32, cache_dir: str | Path | None = None, progress: bool = True,
-                   stats=None) -> dict[int, Float[Tensor, "key key"]]:
-    """C = E[k kᵀ] (float64, on the CPU) of the keys at ``site`` for each of ``layers`` (the
-    moments of :func:`key_statistics`, without their provenance)."""
-    out = key_statistics(model, layers, site=site, corpus=corpus, n_samples=n_samples, batch_size=batch_size,
-                         cache_dir=cache_dir, progress=progress, stats=stats)
-    return {layer: s.moment for layer, s in out.items()}
-
-
-def editor_statistics(model, cfg, layers: Sequence[int], *, site: str = "mlp_post", corpus=None, cache_dir=None,
-                      progress: bool = False, stats=None, probe_keys=None, probe=None, method: str = "this editor"
-                      ) -> dict[int, KeyStatistics]:
-    """:func:`key_statistics` with an editor config's ``stats_*`` fields. An editor that gives
-    no ``probe_keys`` cannot use ``stats_samples="auto"`` (an error naming ``method``)."""
-    if cfg.stats_samples == "auto" and probe_keys is None:
-        raise EditConfigError(f"field 'stats_samples': 'auto' watches the request keys of ROME / MEMIT / MEMIT-CSK; {method} "
-                              "computes its statistics without them: give an integer")
-    return key_statistics(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
-                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
-                          probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance, max_samples=cfg.stats_max_samples)
-
-
-def provenance_records(statistics: Mapping[int, KeyStatistics]) -> list[dict]:
-    """The provenance of each layer's statistic, for ``edit.info["stats"]``."""
-    return [s.provenance.as_dict() for _, s in sorted(statistics.items())]
-
-
 # --- computing, with the cache --------------------------------------------------------------
 
 def _corpus_id(model, corpus, texts: Sequence[str] | None, n: int) -> str:
@@ -209,12 +135,11 @@ def _texts_for(model, corpus, n: int) -> tuple[list[str] | None, str]:
 
 
 def _require_base(model, missing: Sequence[int]) -> None:
-    from interp_edit.editing.edit import applied_edits
-
-    if applied_edits(model):  # cached statistics of the base model are fine; new ones are not
+    applied = [entry[0] for entry in applied_edit_stack(model)]
+    if applied:  # cached statistics of the base model are fine; new ones are not
         raise EditConfigError(
             f"key statistics of layers {list(missing)} are not cached and must come from the base model, but edits are "
-            f"applied to it in place ({[e.method for e in applied_edits(model)]}); compute them before editing "
+            f"applied to it in place ({[e.method for e in applied]}); compute them before editing "
             "or undo the edits first (the cache is keyed by the base model)"
         )
 
@@ -297,7 +222,7 @@ def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tok
 def given_statistics(model, stats, site: str, layers: Sequence[int]) -> dict[int, KeyStatistics]:
     """The statistics ``stats`` names (see the module docstring), checked: each must be of this
     model, ``site`` and one of ``layers``."""
-    from interp_edit.editing.stats_npz import find_npz
+    from interp_edit.statistics.npz import find_npz
 
     wanted = list(layers)
     if isinstance(stats, Mapping):
@@ -320,7 +245,7 @@ def given_statistics(model, stats, site: str, layers: Sequence[int]) -> dict[int
 
 
 def _one_given(model, value, site: str, layer: int | None) -> KeyStatistics:
-    from interp_edit.editing.stats_npz import read_npz
+    from interp_edit.statistics.npz import read_npz
 
     if isinstance(value, KeyStatistics):
         check_statistics(value, model, site, value.provenance.layer if layer is None else layer, what="the given statistics")
@@ -385,13 +310,5 @@ def write_cache(path: Path, stats: KeyStatistics) -> None:
     tmp.replace(path)
 
 
-def auto_statistics(*args, **kwargs) -> dict[int, KeyStatistics]:
-    """See :func:`interp_edit.editing.stats_auto.auto_statistics`."""
-    from interp_edit.editing.stats_auto import auto_statistics as run
-
-    return run(*args, **kwargs)
-
-
-__all__ = ["CACHE_ENV", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "auto_statistics", "cache_folder",
-           "collect_second_moments", "corpus_texts", "default_corpus", "editor_statistics", "given_statistics",
-           "key_statistics", "provenance_records", "second_moments"]
+__all__ = ["CACHE_ENV", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "cache_folder",
+           "collect_second_moments", "corpus_texts", "default_corpus", "given_statistics"]

@@ -12,7 +12,7 @@ activate *value* FFN neurons in deeper layers. ACE edits both ends of these path
    default only layers above every query layer (``value_above_query``), since a pathway runs
    from a query neuron to a later value neuron and the paper's layers are disjoint (GPT-J:
    query 16–18, value 28–30). Either set can instead be fixed in the config.
-2. **Value stage.** A closed-form MEMIT-style spread (:func:`~interp_edit.editing.memit.spread_update`)
+2. **Value stage.** A closed-form MEMIT-style spread (:func:`~interp_edit.editing.methods.memit.spread_update`)
    over the value layers, with one row per multi-hop prompt *at its last token*
    (``edit_token="prompt_last"``) whose target is the new multi-hop answer, plus — with
    ``value_fact_rows`` — the single-hop fact at its prompt's last token.
@@ -44,15 +44,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import forward_to_layer, hook_name, model_fingerprint
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.editing.closed_form import add_low_rank, check_layers, scratch_weights, solve, w_out_name
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
-from interp_edit.editing.memit import spread_update
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, as_request, prepare_requests
-from interp_edit.editing.stats import editor_statistics, provenance_records
+from interp_edit.editing.spread import spread_update
 from interp_edit.errors import EditConfigError, EditRequestError
-from interp_edit.model import forward_to_layer, hook_name, model_fingerprint
+from interp_edit.statistics.keys import editor_statistics, provenance_records
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ configurable edit token and a layer window chosen by causal tracing. Spec: metho
   read, and the target residual z is written, at the first or last token of the request's
   subject, verb or object span (the spans are given in the request: ``EditRequest.verb`` /
   ``.object``), or at the prompt's last token. Everything else is MEMIT's
-  :func:`~interp_edit.editing.memit.spread_update` (same least-squares update per layer).
+  :func:`~interp_edit.editing.methods.memit.spread_update` (same least-squares update per layer).
   The subject's "essence" KL term only constrains subject-token edits (the essence prompts
   hold the subject alone).
 - ``layers="auto"``: per-layer AIE at the edit token of the first ``trace_samples`` requests
@@ -30,16 +30,17 @@ from types import MappingProxyType
 
 from torch import Tensor
 
+from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.edit_token_aie import CURVES, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
 from interp_edit.editing.closed_form import check_layers, solve
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
-from interp_edit.editing.memit import MEMITConfig, memit_probe, probe_keys, spread_update
+from interp_edit.editing.methods.memit import MEMITConfig, memit_probe
 from interp_edit.editing.requests import EDIT_TOKENS, TokenizedRequest, prepare_requests
-from interp_edit.editing.stats import editor_statistics, provenance_records
+from interp_edit.editing.spread import probe_keys, spread_update
 from interp_edit.errors import EditConfigError, InvalidArgumentError
-from interp_edit.model import model_fingerprint
+from interp_edit.statistics.keys import editor_statistics, provenance_records
 
 AUTO = "auto"
 

@@ -14,13 +14,7 @@ from types import MappingProxyType
 
 import torch
 
-from interp_edit.batching import pad_right
-from interp_edit.editing.closed_form import check_layers, w_out_name
-from interp_edit.editing.config import EditorConfig, resolve
-from interp_edit.editing.edit import Edit, SparseRowDelta
-from interp_edit.editing.requests import prepare_requests
-from interp_edit.errors import EditConfigError, EditOptimizationError
-from interp_edit.model import (
+from interp_edit.adapter import (
     forward_to_layer,
     frozen_parameters,
     get_parameter,
@@ -30,6 +24,12 @@ from interp_edit.model import (
     sublayer_output_hooks,
     unembed,
 )
+from interp_edit.batching import pad_right
+from interp_edit.editing.closed_form import check_layers, w_out_name
+from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.edit import Edit, SparseRowDelta
+from interp_edit.editing.requests import prepare_requests
+from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import OPTIMISE_DTYPE
 
 

@@ -74,11 +74,11 @@ from interp_edit.editing.closed_form import (
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
-from interp_edit.editing.memit import MEMITConfig
+from interp_edit.editing.methods.memit import MEMITConfig
 from interp_edit.editing.requests import TokenizedRequest
-from interp_edit.editing.stats import editor_statistics, provenance_records
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
 from interp_edit.errors import EditConfigError, InvalidArgumentError
+from interp_edit.statistics.keys import editor_statistics, provenance_records
 
 _TRACE_METRICS = ("logit_diff", "prob", "logprob")
 

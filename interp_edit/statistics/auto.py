@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from interp_edit.batching import encode_prompts
-from interp_edit.data.corpus import corpus_hash
-from interp_edit.editing.stats import (
+from interp_edit.errors import EditConfigError
+from interp_edit.statistics.collect import (
     AUTO_GROWTH,
     AUTO_START,
     _cached,
@@ -40,8 +40,8 @@ from interp_edit.editing.stats import (
     default_corpus,
     token_ids,
 )
-from interp_edit.editing.stats_provenance import KeyStatistics, site_dim
-from interp_edit.errors import EditConfigError
+from interp_edit.statistics.corpus import corpus_hash
+from interp_edit.statistics.provenance import KeyStatistics, site_dim
 
 
 def schedule(total: int, start: int = AUTO_START, growth: int = AUTO_GROWTH) -> list[int]:

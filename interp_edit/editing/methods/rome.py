@@ -32,14 +32,14 @@ from types import MappingProxyType
 
 import torch
 
+from interp_edit.adapter import get_parameter, model_fingerprint
 from interp_edit.editing.closed_form import add_low_rank, check_finite, check_layers, scratch_weights, solve, w_out_name
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
-from interp_edit.editing.stats import editor_statistics, provenance_records
-from interp_edit.editing.stats_auto import solved
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for
-from interp_edit.model import get_parameter, model_fingerprint
+from interp_edit.statistics.auto import solved
+from interp_edit.statistics.keys import editor_statistics, provenance_records
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
     """ROME edit(s) of ``requests`` (EditRequests, CounterFact records or dicts). The model is
     unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``. ``corpus`` /
     ``stats`` / ``cache_dir``: where the key statistics come from (see
-    :mod:`interp_edit.editing.stats`); ``edit.info["stats"]`` records their provenance."""
+    :mod:`interp_edit.statistics.collect`); ``edit.info["stats"]`` records their provenance."""
     cfg = resolve(ROMEConfig, model, config, overrides)
     check_layers(model, [cfg.layer], "layer")
     fingerprint = model_fingerprint(model)

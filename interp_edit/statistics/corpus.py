@@ -1,5 +1,5 @@
 """Texts of a statistics corpus (the texts key statistics are averaged over), from wherever a
-user has them. ``corpus=`` of :func:`interp_edit.editing.stats.second_moments` and of every
+user has them. ``corpus=`` of :func:`interp_edit.statistics.collect.second_moments` and of every
 editor is one of:
 
 - an iterable of strings (a list, a generator): the texts themselves;

@@ -1,0 +1,92 @@
+"""The entry points of key statistics: :func:`key_statistics` (given, cached or computed, fixed
+or ``"auto"`` sample size), :func:`second_moments` (the moments alone), :func:`editor_statistics`
+(with an editor config's ``stats_*`` fields) and :func:`provenance_records`. Collection and the
+disk cache are in :mod:`interp_edit.statistics.collect`; the ``"auto"`` sample size in
+:mod:`interp_edit.statistics.auto`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.errors import EditConfigError
+from interp_edit.statistics.auto import auto_statistics
+from interp_edit.statistics.collect import AUTO_TOLERANCE, _fixed_statistics, given_statistics
+from interp_edit.statistics.provenance import SITES, KeyStatistics
+
+
+def _check_args(model, layers, site, n_samples) -> list[int]:
+    layers = sorted(set(int(layer) for layer in layers))
+    if site not in SITES:
+        raise EditConfigError(f"unknown statistics site {site!r}; choose one of {SITES}")
+    if not layers or min(layers) < 0 or max(layers) >= model.cfg.n_layers:
+        raise EditConfigError(f"statistics layers {layers} out of range for a {model.cfg.n_layers}-layer model")
+    if n_samples != "auto" and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+        raise EditConfigError(f"n_samples must be an integer >= 1 or 'auto', got {n_samples!r}")
+    return layers
+
+
+def key_statistics(
+    model,
+    layers: Iterable[int],
+    *,
+    site: str = "mlp_post",
+    corpus=None,
+    n_samples: int | str = 2000,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    stats=None,
+    probe_keys: Callable[[], Mapping[int, Tensor]] | None = None,
+    probe: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+    tolerance: float = AUTO_TOLERANCE,
+    max_samples: int = 100_000,
+) -> dict[int, KeyStatistics]:
+    """:class:`KeyStatistics` (C = E[k kᵀ] in float64 on the CPU, and its provenance) of the
+    keys at ``site`` for each of ``layers``: from ``stats`` where given (checked), else from
+    the disk cache, else computed (the layers not cached share one pass over the corpus).
+    ``n_samples="auto"`` grows the sample (:func:`auto_statistics`; needs ``probe_keys``)."""
+    layers = _check_args(model, layers, site, n_samples)
+    found = given_statistics(model, stats, site, layers) if stats is not None else {}
+    missing = [layer for layer in layers if layer not in found]
+    if missing and n_samples == "auto":
+        if probe_keys is None:
+            raise EditConfigError("n_samples='auto' needs the request keys (probe_keys) it watches; this caller gives none: "
+                                  "pass an integer stats_samples")
+        found.update(auto_statistics(model, missing, site, corpus, probe_keys,
+                                     probe=probe, tolerance=tolerance, max_samples=max_samples, batch_size=batch_size,
+                                     cache_dir=cache_dir, progress=progress))
+    elif missing:
+        found.update(_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress))
+    return {layer: found[layer] for layer in layers}
+
+
+def second_moments(model, layers: Iterable[int], *, site: str = "mlp_post", corpus=None, n_samples: int = 2000,
+                   batch_size: int = 32, cache_dir: str | Path | None = None, progress: bool = True,
+                   stats=None) -> dict[int, Float[Tensor, "key key"]]:
+    """C = E[k kᵀ] (float64, on the CPU) of the keys at ``site`` for each of ``layers`` (the
+    moments of :func:`key_statistics`, without their provenance)."""
+    out = key_statistics(model, layers, site=site, corpus=corpus, n_samples=n_samples, batch_size=batch_size,
+                         cache_dir=cache_dir, progress=progress, stats=stats)
+    return {layer: s.moment for layer, s in out.items()}
+
+
+def editor_statistics(model, cfg, layers: Sequence[int], *, site: str = "mlp_post", corpus=None, cache_dir=None,
+                      progress: bool = False, stats=None, probe_keys=None, probe=None, method: str = "this editor"
+                      ) -> dict[int, KeyStatistics]:
+    """:func:`key_statistics` with an editor config's ``stats_*`` fields. An editor that gives
+    no ``probe_keys`` cannot use ``stats_samples="auto"`` (an error naming ``method``)."""
+    if cfg.stats_samples == "auto" and probe_keys is None:
+        raise EditConfigError(f"field 'stats_samples': 'auto' watches the request keys of ROME / MEMIT / MEMIT-CSK; {method} "
+                              "computes its statistics without them: give an integer")
+    return key_statistics(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
+                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
+                          probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance, max_samples=cfg.stats_max_samples)
+
+
+def provenance_records(statistics: Mapping[int, KeyStatistics]) -> list[dict]:
+    """The provenance of each layer's statistic, for ``edit.info["stats"]``."""
+    return [s.provenance.as_dict() for _, s in sorted(statistics.items())]
