@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--modes", default="sequential,independent")
     parser.add_argument("--eval-every", type=int, default=2, help="sequential runs: evaluate all edited cases every k batches")
     parser.add_argument("--out", default="results/evaluation_suite")
-    parser.add_argument("--figure", default="figures/sequential_editing")
+    parser.add_argument("--figure", default="docs/figures/sequential_editing")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

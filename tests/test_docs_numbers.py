@@ -1,4 +1,4 @@
-"""The README's measured numbers, asserted with tolerances: a number the README states is a
+"""The documentation's measured numbers, asserted with tolerances: a number the docs state is a
 number a test re-measures."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 
 def test_readme_aie_numbers_of_the_demo(toy_model, toy_world, one_thread):
-    """README, "Causal tracing": AIE over the demo's 100 person facts, window 1."""
+    """docs/tracing.md: AIE over the demo's 100 person facts, window 1."""
     from interp_edit import average_indirect_effect
     from interp_edit.toyworld import counterfact_records
     from interp_edit.toyworld.world import stable_seed
