@@ -1,4 +1,8 @@
-"""Records the toolkit passes around: CounterFact-style edit cases and multi-hop questions.
+"""Records the toolkit passes around (CounterFact-style edit cases, multi-hop questions) and the
+one place prompts and targets are tokenised: :func:`tokenize_with_subject` (a prompt's tokens and
+where its subject lies in them) and :func:`encode_target` (a target's tokens as the continuation
+of a prompt). Editing requests are prepared from these in
+:func:`interp_edit.editing.requests.prepare_requests`; analyses score targets with them.
 
 Target strings are stored without their leading space, as in the public CounterFact and
 MQuAKE files; code that scores a target as the continuation of a prompt prepends one space.
@@ -114,3 +118,34 @@ def tokenize_with_subject(tokenizer, prompt: str, subject: str, occurrence: int 
     lo, hi = starts[occurrence], starts[occurrence] + len(subject)
     inside = [i for i, (a, b) in enumerate(offsets) if a < hi and b > lo]
     return TokenizedPrompt(prompt, tokens, str_tokens, subject, (inside[0] + shift, inside[-1] + 1 + shift))
+
+
+#: the text a target is encoded after when the caller gives no prompt: one plain word
+NEUTRAL_CONTEXT = "The"
+
+
+def encode_target(tokenizer, target: str, prompt: str | None = None) -> tuple[int, ...]:
+    """The token ids of ``target`` as the continuation of ``prompt`` (default
+    :data:`NEUTRAL_CONTEXT`): the tokens of ``prompt + " " + target`` after those of ``prompt``.
+
+    Encoding ``" " + target`` on its own is right for byte-level BPE (GPT-2, Qwen) but not for
+    SentencePiece / Metaspace tokenizers (Llama, Mistral, Gemma), which turn the leading space
+    into a bare ``"▁"`` token (``["▁", "▁Paris"]``) that never follows a prompt. Raises
+    :class:`~interp_edit.errors.TokenizationError` when the prompt's tokens are not a prefix of
+    the whole text's (a merge across the boundary), naming both."""
+    from interp_edit.errors import EmptyInputError, InvalidArgumentError, TokenizationError
+
+    if not isinstance(target, str):
+        raise InvalidArgumentError(f"target must be a string, got {target!r} ({type(target).__name__})")
+    if not target or not target.strip():
+        raise EmptyInputError(f"empty target {target!r}")
+    context = NEUTRAL_CONTEXT if prompt is None else prompt
+    text = target if target.startswith(" ") else " " + target
+    before = list(tokenizer.encode(context, add_special_tokens=False))
+    whole = list(tokenizer.encode(context + text, add_special_tokens=False))
+    if whole[: len(before)] != before or len(whole) == len(before):
+        raise TokenizationError(
+            f"target {target!r} does not tokenise as a continuation of {context!r}: "
+            f"{context!r} -> {before}, {context + text!r} -> {whole}"
+        )
+    return tuple(whole[len(before):])

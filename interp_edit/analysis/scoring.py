@@ -1,4 +1,5 @@
-"""What an analysis measures at the output: the target, its tokens, and the metric.
+"""What an analysis measures at the output: the target and the metric (a target's tokens come
+from :func:`interp_edit.prompts.encode_target`).
 
 A target string is scored as the continuation of the prompt; like CounterFact, a target
 without a leading space gets one (``"Paris"`` -> ``" Paris"``). A target of several tokens is
@@ -17,7 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.errors import EmptyInputError, InvalidArgumentError, TokenizationError
+from interp_edit.errors import InvalidArgumentError
+from interp_edit.prompts import NEUTRAL_CONTEXT, encode_target  # noqa: F401  (tokenising lives in prompts.py)
 
 METRICS = ("prob", "logprob", "logit_diff")
 
@@ -28,35 +30,6 @@ class Target:
     ids: tuple[int, ...]
     #: the competing token of ``logit_diff`` (None for the other metrics)
     foil_id: int | None = None
-
-
-#: the text a target is encoded after when the caller gives no prompt: one plain word
-NEUTRAL_CONTEXT = "The"
-
-
-def encode_target(tokenizer, target: str, prompt: str | None = None) -> tuple[int, ...]:
-    """The token ids of ``target`` as the continuation of ``prompt`` (default
-    :data:`NEUTRAL_CONTEXT`): the tokens of ``prompt + " " + target`` after those of ``prompt``.
-
-    Encoding ``" " + target`` on its own is right for byte-level BPE (GPT-2, Qwen) but not for
-    SentencePiece / Metaspace tokenizers (Llama, Mistral, Gemma), which turn the leading space
-    into a bare ``"▁"`` token (``["▁", "▁Paris"]``) that never follows a prompt. Raises
-    :class:`~interp_edit.errors.TokenizationError` when the prompt's tokens are not a prefix of
-    the whole text's (a merge across the boundary), naming both."""
-    if not isinstance(target, str):
-        raise InvalidArgumentError(f"target must be a string, got {target!r} ({type(target).__name__})")
-    if not target or not target.strip():
-        raise EmptyInputError(f"empty target {target!r}")
-    context = NEUTRAL_CONTEXT if prompt is None else prompt
-    text = target if target.startswith(" ") else " " + target
-    before = list(tokenizer.encode(context, add_special_tokens=False))
-    whole = list(tokenizer.encode(context + text, add_special_tokens=False))
-    if whole[: len(before)] != before or len(whole) == len(before):
-        raise TokenizationError(
-            f"target {target!r} does not tokenise as a continuation of {context!r}: "
-            f"{context!r} -> {before}, {context + text!r} -> {whole}"
-        )
-    return tuple(whole[len(before):])
 
 
 def check_metric(metric: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from interp_edit.errors import EditConfigError, EditRequestError, InterpEditError
-from interp_edit.prompts import CounterFactRecord, tokenize_with_subject
+from interp_edit.prompts import CounterFactRecord, encode_target, tokenize_with_subject
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,6 @@ def prepare_requests(model, requests: Iterable, fingerprint: str,
     :data:`EDIT_TOKENS` or ``"subject_<k>"``, or one per request) is where keys are read and
     targets written. Already tokenised requests must come from a model with the same
     fingerprint."""
-    from interp_edit.analysis.scoring import encode_target
-
     if isinstance(requests, (str, bytes)) or not isinstance(requests, (EditRequest, CounterFactRecord, dict, Iterable)):
         raise EditRequestError(f"expected a list of edit requests, got {requests!r} ({type(requests).__name__})")
     items = list(requests) if not isinstance(requests, (EditRequest, CounterFactRecord, dict)) else [requests]
