@@ -1,15 +1,20 @@
 """Second-moment statistics of the keys an editor writes through: C = E[k kᵀ] (uncentred),
-over every non-padding, non-BOS token of a text corpus, with their provenance.
+over the non-padding tokens of a text corpus (by default every one but the BOS), with their
+provenance.
 
 Keys are the MLP hidden activations (``mlp_post``, the input of ``W_out``) or the
-concatenated attention head outputs (``z``, the input of ``W_O``). The forward stops after
-the last needed layer, accumulates in float64, and the result is cached on disk keyed by
-the model fingerprint, site, layer, corpus hash and sample count (cache folder: the
-``cache_dir`` argument, else ``$INTERP_EDIT_CACHE``, else ``~/.cache/interp_edit``). Each
-cache file carries its :class:`~interp_edit.statistics.provenance.StatsProvenance` (model
-fingerprint, site, layer, key width, corpus and corpus hash, texts, tokens, dtype) in its
-safetensors metadata; a file that cannot be read, lacks provenance or whose provenance does
-not match is recomputed with a warning.
+concatenated attention head outputs (``z``, the input of ``W_O``). Texts are read as
+``packing`` says (:data:`PACKINGS`: ours, BOS first and not counted, or ROME's), cut to the
+context, sorted by length and batched by token count (:func:`batches`). The forward stops
+after the last needed layer; each batch's kᵀk is taken in the hook, in float64, by its lower
+triangle (:func:`add_lower_gram`). The
+result is cached on disk keyed by the model fingerprint, site, layer, corpus hash, sample
+count and packing (cache folder: the ``cache_dir`` argument, else ``$INTERP_EDIT_CACHE``,
+else ``~/.cache/interp_edit``). Each cache file carries its
+:class:`~interp_edit.statistics.provenance.StatsProvenance` (model fingerprint, site, layer,
+key width, corpus and corpus hash, texts, tokens, dtype, packing) in its safetensors
+metadata; a file that cannot be read, lacks provenance or whose provenance does not match is
+recomputed with a warning.
 
 Corpus (``corpus=``): texts, a text / JSONL file, a folder of them, a ``datasets`` directory, a
 hub dataset name or a :class:`~interp_edit.statistics.corpus.Corpus` — see
@@ -33,11 +38,11 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import applied_edit_stack, forward_to_layer, hook_name, model_fingerprint
@@ -53,6 +58,15 @@ TOY_CORPUS = "toy world default text (CorpusSampler, seed 7919)"
 AUTO_START = 250
 AUTO_GROWTH = 2
 AUTO_TOLERANCE = 0.01
+#: how texts become the token rows the statistics are taken over (``packing=``):
+#: ``"bos"`` (the default): BOS, then the text, cut to the context; BOS is not counted.
+#: ``"rome"``: ROME's ``layer_stats`` (``TokenizedDataset``): the tokenizer's own encoding
+#: (``encode(text, truncation=True, max_length=n_ctx)``: GPT-2's adds no BOS), cut to the
+#: context — the tokens past it are dropped, texts are not concatenated — and every token
+#: counted. Cached statistics record their packing; each packing has its own cache files.
+PACKINGS = ("bos", "rome")
+#: the most tokens (rows × padded width) one forward of the statistics takes
+BATCH_TOKENS = 8192
 
 _site_dim = site_dim  # kept for callers of the old name
 
@@ -113,14 +127,15 @@ def _corpus_id(model, corpus, texts: Sequence[str] | None, n: int) -> str:
     return f"{corpus_hash(texts)}_{len(texts)}"
 
 
-def _stem(model, site: str, corpus_id: str) -> str:
-    return f"{model_fingerprint(model)}_{site}_{corpus_id}"
+def _stem(model, site: str, corpus_id: str, packing: str = "bos") -> str:
+    """The cache file name's stem; a packing other than the default is part of it."""
+    return f"{model_fingerprint(model)}_{site}_{corpus_id}" + ("" if packing == "bos" else f"_{packing}")
 
 
-def _cached(model, folder: Path, stem: str, site: str, layers: Sequence[int]) -> dict[int, KeyStatistics]:
+def _cached(model, folder: Path, stem: str, site: str, layers: Sequence[int], packing: str = "bos") -> dict[int, KeyStatistics]:
     found = {}
     for layer in layers:
-        cached = read_cache(folder / f"{stem}_L{layer}.safetensors", model, site, layer)
+        cached = read_cache(folder / f"{stem}_L{layer}.safetensors", model, site, layer, packing)
         if cached is not None:
             found[layer] = cached
     return found
@@ -144,74 +159,155 @@ def _require_base(model, missing: Sequence[int]) -> None:
         )
 
 
-def _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress) -> dict[int, KeyStatistics]:
+def _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress, *,
+                      packing: str = "bos", batch_tokens: int = BATCH_TOKENS) -> dict[int, KeyStatistics]:
+    check_packing(packing)
     texts, corpus_id = _texts_for(model, corpus, n_samples)
     folder = cache_folder(cache_dir)
-    stem = _stem(model, site, corpus_id)
-    found = _cached(model, folder, stem, site, layers)
+    stem = _stem(model, site, corpus_id, packing)
+    found = _cached(model, folder, stem, site, layers, packing)
     missing = [layer for layer in layers if layer not in found]
     if missing:
         _require_base(model, missing)
         if texts is None:
             texts = default_corpus(model, n_samples)
-        ids = token_ids(model, texts, corpus)
-        sums, count = accumulate(model, missing, site, ids, batch_size=batch_size, progress=progress)
+        ids = token_ids(model, texts, corpus, packing)
+        sums, count = accumulate(model, missing, site, ids, batch_size=batch_size, batch_tokens=batch_tokens,
+                                 progress=progress, packing=packing)
         for layer in missing:
             found[layer] = _store(model, folder / f"{stem}_L{layer}.safetensors", site, layer, sums[layer] / count,
-                                  corpus_label(model, corpus), corpus_hash(texts), len(texts), count)
+                                  corpus_label(model, corpus), corpus_hash(texts), len(texts), count, packing=packing)
     return found
 
 
-def token_ids(model, texts: Sequence[str], corpus=None) -> list[list[int]]:
-    """Token ids (BOS first, cut to the context) of ``texts``; a corpus with no token besides
-    BOS raises :class:`CorpusError` (before any forward)."""
-    ids = [seq[: model.cfg.n_ctx] for seq in encode_prompts(model.tokenizer, texts)]
-    if not any(len(seq) > 1 for seq in ids):
-        raise CorpusError(f"the statistics corpus ({corpus_label(model, corpus)}) has no token besides BOS")
+def token_ids(model, texts: Sequence[str], corpus=None, packing: str = "bos") -> list[list[int]]:
+    """Token ids of ``texts`` as ``packing`` reads them (see :data:`PACKINGS`), each cut to the
+    model's context; a corpus with no token to count raises :class:`CorpusError` (before any
+    forward). ``"bos"``: BOS, then the text's tokens; ``"rome"``: the tokenizer's own encoding
+    (its special tokens included), as ROME's ``TokenizedDataset`` does; empty texts are dropped."""
+    check_packing(packing)
+    if packing == "rome":
+        ids = [seq for seq in (model.tokenizer.encode(t, truncation=True, max_length=model.cfg.n_ctx) for t in texts) if seq]
+        counted = sum(len(seq) for seq in ids)
+    else:
+        ids = [seq[: model.cfg.n_ctx] for seq in encode_prompts(model.tokenizer, texts)]
+        counted = sum(len(seq) - 1 for seq in ids)
+    if not counted:
+        raise CorpusError(f"the statistics corpus ({corpus_label(model, corpus)}) has no token "
+                          f"{'besides BOS' if packing == 'bos' else 'to count'}")
     return ids
+
+
+def check_packing(packing) -> None:
+    if packing not in PACKINGS:
+        raise EditConfigError(f"argument 'packing' must be one of {sorted(PACKINGS)}, got {packing!r}")
+
+
+def batches(ids: Sequence[Sequence[int]], *, batch_size: int = 32, batch_tokens: int = BATCH_TOKENS, pad_id: int = 0
+            ) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]]:
+    """Right-padded batches (tokens, lengths) of ``ids``, longest first: each has at most
+    ``batch_size`` rows and ``rows × width ≤ batch_tokens`` (a text longer than the budget goes
+    alone), as ROME's ``length_collation`` batches by token count. Sorting by length keeps the
+    padding small."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    batch: list[Sequence[int]] = []
+    for i in order:
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * len(batch[0]) > batch_tokens):
+            yield pad_right(batch, pad_id)
+            batch = []
+        batch.append(ids[i])
+    if batch:
+        yield pad_right(batch, pad_id)
+
+
+def counted_rows(lengths: Int[Tensor, " batch"], width: int, first: int) -> Int[Tensor, " kept"]:
+    """Flat indices (into ``batch · width`` rows) of the positions counted: from ``first`` (1:
+    BOS skipped) up to each row's length; padding is never counted. Computed on the CPU, so
+    selecting them on the device needs no synchronisation."""
+    positions = torch.arange(width)
+    keep = (positions[None] < lengths[:, None]) & (positions[None] >= first)
+    return keep.reshape(-1).nonzero().squeeze(1)
+
+
+def add_lower_gram(total: Float[Tensor, "key key"], keys: Float[Tensor, "n key"]) -> None:
+    """Add the lower triangle (diagonal included) of kᵀk to ``total``, in ``total``'s dtype, by
+    row blocks (a block-wise SYRK: ~56% of a full product's flops); the upper triangle is left
+    as it was (:func:`symmetrised` fills it)."""
+    keys = keys.to(total.dtype)
+    dim = keys.shape[1]
+    block = max(128, -(-dim // 8))
+    for i in range(0, dim, block):
+        end = min(i + block, dim)
+        total[i:end, :end].addmm_(keys[:, i:end].T, keys[:, :end])
+
+
+def symmetrised(total: Float[Tensor, "key key"]) -> Float[Tensor, "key key"]:
+    """``total`` with its upper triangle replaced by the mirror of its lower one (in place)."""
+    total.copy_(total.tril() + total.tril(-1).T)
+    return total
 
 
 @torch.no_grad()
 def accumulate(model, layers: Sequence[int], site: str, ids: Sequence[Sequence[int]], *, batch_size: int = 32,
-               progress: bool = True, sums: dict[int, Tensor] | None = None) -> tuple[dict[int, Tensor], int]:
-    """(Σ k kᵀ per layer in float64 on the model's device, number of keys) over the non-BOS,
-    non-padding tokens of ``ids``, added to ``sums`` when given. The forward stops after
-    ``max(layers)``."""
+               batch_tokens: int = BATCH_TOKENS, progress: bool = True, sums: dict[int, Tensor] | None = None,
+               packing: str = "bos") -> tuple[dict[int, Tensor], int]:
+    """(Σ k kᵀ per layer in float64 on the model's device, number of keys) over the counted
+    tokens of ``ids`` (``packing="bos"``: all but the first, the BOS; ``"rome"``: all), padding
+    never counted; added to ``sums`` when given. The forward stops after ``max(layers)``.
+
+    Each batch's keys are upcast to float64 (from float32, bfloat16 or float16) and their kᵀk
+    added to the sums by its lower triangle only (:func:`add_lower_gram`; the sums are
+    symmetrised at the end). A float32 product with float64 flushes is faster still, but its
+    ~1e-7 relative error is amplified by C⁻¹ (condition numbers ~10⁴–10⁶) into the edits. The
+    counted positions are chosen by indices built on the CPU (no device synchronisation per
+    batch) and the product is taken in the hook, so no activation is kept past its layer."""
     from interp_edit.progress import progress_bar
 
-    names = {hook_name(site, layer): layer for layer in layers}
+    check_packing(packing)
+    first = 1 if packing == "bos" else 0
     dim = site_dim(model, site)
+    device = model.cfg.device
     if sums is None:
-        sums = {layer: torch.zeros(dim, dim, dtype=torch.float64, device=model.cfg.device) for layer in layers}
+        sums = {layer: torch.zeros(dim, dim, dtype=torch.float64, device=device) for layer in layers}
     count = 0
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
+    rows: list[Tensor] = []  # the current batch's counted rows (on the device)
+
+    def adder(layer: int):
+        def add(act, hook):
+            add_lower_gram(sums[layer], act.reshape(-1, dim).index_select(0, rows[0]))
+
+        return add
+
+    hooks = [(hook_name(site, layer), adder(layer)) for layer in layers]
     bar = progress_bar(total=len(ids), desc=f"key statistics ({site}, layers {list(layers)})", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        batch = [ids[i] for i in order[start : start + batch_size]]
-        tokens, lengths = pad_right(batch, model.tokenizer.pad_token_id or 0)
-        tokens = tokens.to(model.cfg.device)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        keep = (positions[None] < lengths.to(tokens.device)[:, None]) & (positions[None] > 0)  # no pad, no BOS
-        cache = forward_to_layer(model, tokens, max(layers) + 1, list(names))
-        for name, layer in names.items():
-            keys = cache[name][keep].reshape(int(keep.sum()), dim).double()
-            sums[layer].addmm_(keys.T, keys)
-        count += int(keep.sum())
-        bar.update(len(batch))
+    for tokens, lengths in batches(ids, batch_size=batch_size, batch_tokens=batch_tokens, pad_id=model.tokenizer.pad_token_id or 0):
+        index = counted_rows(lengths, tokens.shape[1], first)
+        rows[:] = [index.to(device, non_blocking=True)]
+        forward_to_layer(model, tokens.to(device, non_blocking=True), max(layers) + 1, [], hooks=hooks)
+        count += len(index)
+        bar.update(len(lengths))
     bar.close()
+    for total in sums.values():
+        symmetrised(total)
     return sums, count
 
 
 def collect_second_moments(model, layers: Sequence[int], site: str, texts: Sequence[str], *,
-                           batch_size: int = 32, progress: bool = True) -> dict[int, Float[Tensor, "key key"]]:
-    """One pass over ``texts`` (no cache): the forward stops after ``max(layers)``."""
-    sums, count = accumulate(model, layers, site, token_ids(model, texts), batch_size=batch_size, progress=progress)
+                           batch_size: int = 32, batch_tokens: int = BATCH_TOKENS, progress: bool = True,
+                           packing: str = "bos") -> dict[int, Float[Tensor, "key key"]]:
+    """One pass over ``texts`` (no cache): the forward stops after ``max(layers)``.
+
+        moments = collect_second_moments(model, [3, 4], "mlp_post", texts)  # {3: C₃, 4: C₄}
+    """
+    sums, count = accumulate(model, layers, site, token_ids(model, texts, packing=packing), batch_size=batch_size,
+                             batch_tokens=batch_tokens, progress=progress, packing=packing)
     return {layer: (total / count).cpu() for layer, total in sums.items()}
 
 
-def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tokens, auto=None) -> KeyStatistics:
+def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tokens, auto=None, packing: str = "bos"
+           ) -> KeyStatistics:
     prov = StatsProvenance(model_fingerprint(model), site, layer, site_dim(model, site), corpus, chash, n_texts, n_tokens,
-                           "float64", "computed", str(path), auto=auto)
+                           "float64", "computed", str(path), auto=auto, packing=packing)
     stats = KeyStatistics(moment.cpu(), prov)
     write_cache(path, stats)
     return stats
@@ -284,14 +380,17 @@ def load_cache_file(path: Path) -> KeyStatistics:
     return KeyStatistics(moment, prov.replace(path=str(path)))
 
 
-def read_cache(path: Path, model, site: str, layer: int) -> KeyStatistics | None:
-    """The cached statistic at ``path`` if it is readable, finite and its provenance matches;
-    else None, with a warning when a file was there."""
+def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -> KeyStatistics | None:
+    """The cached statistic at ``path`` if it is readable, finite and its provenance matches
+    (``packing`` included: a file that records none is of the default ``"bos"``, the only one
+    before packings were recorded); else None, with a warning when a file was there."""
     if not path.is_file():
         return None
     try:
         stats = load_cache_file(path)
         check_statistics(stats, model, site, layer, what=f"the cached statistics {str(path)!r}")
+        if (stats.provenance.packing or "bos") != packing:
+            raise ValueError(f"its packing is {stats.provenance.packing!r}, not {packing!r}")
         if not torch.isfinite(stats.moment).all():
             raise ValueError("non-finite values")
         return KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))
@@ -310,5 +409,6 @@ def write_cache(path: Path, stats: KeyStatistics) -> None:
     tmp.replace(path)
 
 
-__all__ = ["CACHE_ENV", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "cache_folder",
+__all__ = ["BATCH_TOKENS", "CACHE_ENV", "PACKINGS", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "batches",
+           "cache_folder",
            "collect_second_moments", "corpus_texts", "default_corpus", "given_statistics"]

@@ -46,6 +46,9 @@ class StatsProvenance:
     file_sha256: str | None = None
     #: ``stats_samples="auto"``: tolerance, the schedule tried and each step's relative change
     auto: dict[str, Any] | None = None
+    #: how texts became token rows (``interp_edit.statistics.collect.PACKINGS``: ``"bos"``,
+    #: ``"rome"``); None where the file does not say (imported files, caches written before)
+    packing: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
