@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# TransformerLens imports tqdm.auto, which warns in a Jupyter kernel without ipywidgets; see
+# interp_edit.progress.import_tqdm_auto_quietly
+from interp_edit.progress import import_tqdm_auto_quietly  # noqa: E402
+
+import_tqdm_auto_quietly()
+
 _EXPORTS = {
     "AIEResult": "interp_edit.analysis",
     "AblationResult": "interp_edit.analysis",

@@ -1,5 +1,7 @@
-"""The ``interp-edit`` command line. Heavy imports happen inside the commands, so ``--help``
-is quick."""
+"""The ``interp-edit`` command line (argparse). Every flag's value is checked when the
+arguments are parsed or, for editor names, right after, before any model loads; heavy imports
+happen inside the commands, so ``--help`` is quick. Every flag's help shows its default
+(:class:`HelpFormatter`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,86 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+
+#: the top-level ``--help`` text (prose: argparse prints it as written)
+DESCRIPTION = (
+    "Mechanistic interpretability of knowledge editing, from the command line. Trace where a model "
+    "stores a fact (trace), attribute its prediction to neurons (attribute), edit a fact (edit), measure "
+    "editors on a data set (evaluate, sweep) and contrast successful with failed edits (contrast), on the "
+    "shipped toy-world model or a Hugging Face model. Run 'interp-edit COMMAND --help' for a command's flags."
+)
+KINDS = ("hidden", "mlp", "attn")
+GROUPS = ("edit", "paraphrase", "neighborhood")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: …)`` to a flag's help unless the help already names its default; an
+    on/off flag reads ``(default: off)``, a required one ``(required)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return text + " (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return text + " (default: off)"
+        if action.default is None or action.default == []:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _names_from(allowed: tuple[str, ...]):
+    """A comma-separated list of names from ``allowed``, e.g. ``hidden,mlp``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(x.strip() for x in text.split(","))
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose comma-separated from {','.join(allowed)}")
+        return names
+
+    parse.__name__ = "list"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+
+
+def _editor(name: str, flag: str = "--method"):
+    """The registered editor ``name`` (imports the editors, not TransformerLens or a model)."""
+    from interp_edit.editing.registry import get_editor
+    from interp_edit.errors import EditConfigError
+
+    try:
+        return get_editor(name)
+    except EditConfigError as err:
+        raise CommandLineError(f"{flag}: {err}") from None
 
 
 class CommandLineError(Exception):
@@ -106,7 +188,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
     result = causal_trace(
-        model, args.prompt, args.subject, args.target, kinds=tuple(args.kinds.split(",")),
+        model, args.prompt, args.subject, args.target, kinds=args.kinds,
         corruption=args.corruption, noise=args.noise, samples=args.samples, window=args.window,
         metric=args.metric, severed=args.severed, seed=args.seed, replacement=args.replacement, foil=args.foil,
     )
@@ -161,6 +243,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from interp_edit.validation import check_int
 
     _writable_file(args.out, "--out")
+    _editor(args.method)
     layers = _int_list(args.layers, "--layers") if args.layers else None
     model = load_model(args.model)
     check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
@@ -189,10 +272,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import math
 
     from interp_edit.adapter import load_model
-    from interp_edit.editing import get_editor
     from interp_edit.evaluation import run_experiment
 
-    editor = get_editor(args.method)
+    editor = _editor(args.method)
     data = args.data or editor.default_data
     config = _json_object(args.config, "--config")
     _writable_folder(args.out, "--out")
@@ -219,6 +301,7 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     from interp_edit.toyworld import counterfact_records, world_or_shipped
     from interp_edit.toyworld.world import stable_seed
 
+    _editor(args.method)
     config = _json_object(args.config, "--config")
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
@@ -226,7 +309,7 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     records = [r for r in counterfact_records(world_or_shipped(model)) if r.relation_id in relations]
     random.Random(stable_seed("contrast", args.seed)).shuffle(records)
     out = Path(args.out) if args.out else None
-    result = contrast_study(model, args.method, records[: args.n], config=config, groups=tuple(args.groups.split(",")),
+    result = contrast_study(model, args.method, records[: args.n], config=config, groups=args.groups,
                             n_boot=args.n_boot, seed=args.seed, out=out, progress=not args.quiet)
     print(result.summary())
     print(f"n_success={result.n_success} n_failure={result.n_failure}")
@@ -261,133 +344,171 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp-edit", description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, help="torch threads (default: the package's policy, "
-                        "interp_edit.threads: $INTERP_EDIT_THREADS or 1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _sub(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
-    demo = sub.add_parser("demo", help="load the toy-world model and show what it knows")
-    demo.add_argument("--facts", type=int, default=6, help="number of facts to show")
-    demo.add_argument("--top-k", type=int, default=5, help="predictions shown per fact")
+
+_METHOD_HELP = ("an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop "
+                "cases), mega")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interp-edit", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("--threads", type=POSITIVE, help="torch threads (default: the package's policy, "
+                        "interp_edit.threads: $INTERP_EDIT_THREADS or 1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = _sub(sub, "demo", help="load the toy-world model and show what it knows",
+                description="Load the toy-world model, show what it knows and write the demo figures.")
+    demo.add_argument("--facts", type=POSITIVE, default=6, help="number of facts to show")
+    demo.add_argument("--top-k", type=POSITIVE, default=5, help="predictions shown per fact")
     demo.add_argument("--seed", type=int, default=0, help="which facts are drawn")
-    demo.add_argument("--figures", default="results/demo", help="folder for the figures (default results/demo, not tracked by git)")
-    demo.add_argument("--aie-facts", type=int, default=100, help="facts averaged in the AIE figure")
-    demo.add_argument("--model", default="toyworld", help="a toy-world checkpoint: name or folder (default: toyworld)")
+    demo.add_argument("--figures", default="results/demo", help="folder for the figures (not tracked by git)")
+    demo.add_argument("--aie-facts", type=POSITIVE, default=100, help="facts averaged in the AIE figure")
+    demo.add_argument("--model", default="toyworld", help="a toy-world checkpoint: name or folder")
     demo.set_defaults(func=_cmd_demo)
 
-    trace = sub.add_parser("trace", help="causal trace of one fact: figures + the top restoration sites")
+    trace = _sub(sub, "trace", help="causal trace of one fact: figures + the top restoration sites",
+                 description="Causal trace of one fact (ROME): corrupt the subject, restore one site at a time.")
     trace.add_argument("--prompt", required=True, help="the prompt, e.g. 'Talvik Corlo was born in'")
     trace.add_argument("--subject", required=True, help="the subject as it appears in the prompt")
     trace.add_argument("--target", help="the answer to score (default: the clean top-1 token)")
-    trace.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
-    trace.add_argument("--kinds", default="hidden,mlp,attn")
-    trace.add_argument("--corruption", default="gaussian", choices=("gaussian", "replace"))
-    trace.add_argument("--replacement", help="subject swapped in by --corruption replace")
-    trace.add_argument("--noise", type=float, default=3.0, help="noise scale in embedding stds")
-    trace.add_argument("--samples", type=int, default=10)
-    trace.add_argument("--window", type=int, help="layers restored together for mlp/attn (default: 10 of 48 layers "
+    trace.add_argument("--model", default="toyworld", help="model name or folder")
+    trace.add_argument("--kinds", type=_names_from(KINDS), default=KINDS, metavar="KINDS",
+                       help=f"what is restored, comma-separated from {','.join(KINDS)} (default: all three)")
+    trace.add_argument("--corruption", default="gaussian", choices=("gaussian", "replace"),
+                       help="noise on the subject's embeddings, or another subject swapped in")
+    trace.add_argument("--replacement", help="subject swapped in by --corruption replace (default: none; required there)")
+    trace.add_argument("--noise", type=_positive_float, default=3.0, help="noise scale in embedding stds")
+    trace.add_argument("--samples", type=POSITIVE, default=10, help="corrupted runs averaged")
+    trace.add_argument("--window", type=POSITIVE, help="layers restored together for mlp/attn (default: 10 of 48 layers "
                        "scaled to the model's depth, max(1, round(10 * n_layers / 48)))")
-    trace.add_argument("--metric", default="prob", choices=("prob", "logprob", "logit_diff"))
-    trace.add_argument("--foil", help="competing answer for --metric logit_diff")
-    trace.add_argument("--severed", choices=("mlp", "attn"))
-    trace.add_argument("--seed", type=int, default=0)
-    trace.add_argument("--top", type=int, default=5, help="restoration sites printed")
-    trace.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
+    trace.add_argument("--metric", default="prob", choices=("prob", "logprob", "logit_diff"),
+                       help="score of the answer: p(target), log p(target) or logit(target) - logit(foil)")
+    trace.add_argument("--foil", help="competing answer for --metric logit_diff (default: none)")
+    trace.add_argument("--severed", choices=("mlp", "attn"), help="sever this path while restoring hidden states "
+                       "(default: none)")
+    trace.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    trace.add_argument("--top", type=POSITIVE, default=5, help="restoration sites printed")
+    trace.add_argument("--out", default="results/figures", help="folder for the figures")
     trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
     trace.set_defaults(func=_cmd_trace)
 
-    attribute = sub.add_parser("attribute", help="neuron-level attribution of one prompt: ranked value neurons, layer scores, figures")
+    attribute = _sub(sub, "attribute", help="neuron-level attribution of one prompt: ranked value neurons, layer "
+                     "scores, figures", description="Neuron-level attribution of one prompt's prediction.")
     attribute.add_argument("--prompt", required=True, help="the prompt, e.g. 'Talvik Corlo was born in'")
-    attribute.add_argument("--target", help="the answer to score (default: the model's top-1 token; a multi-token answer: its first token)")
-    attribute.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
-    attribute.add_argument("--top-k", type=int, default=300, help="value / query neurons kept per kind (clipped)")
-    attribute.add_argument("--keep-bias", action="store_true", help="keep the final norm and unembedding biases in the readout")
+    attribute.add_argument("--target", help="the answer to score (default: the model's top-1 token; a multi-token "
+                           "answer: its first token)")
+    attribute.add_argument("--model", default="toyworld", help="model name or folder")
+    attribute.add_argument("--top-k", type=POSITIVE, default=300, help="value / query neurons kept per kind (clipped)")
+    attribute.add_argument("--keep-bias", action="store_true", help="keep the final norm and unembedding biases in the "
+                           "readout")
     attribute.add_argument("--method", default="exact", choices=("exact", "first_order", "exact_top_k"),
-                           help="exact log-prob increases of every neuron (default), their cheaper gradient approximation, "
+                           help="exact log-prob increases of every neuron, their cheaper gradient approximation, "
                                 "or the exact top-k certified by first-order bounds (exact_top_k)")
-    attribute.add_argument("--show", type=int, default=15, help="neurons printed")
-    attribute.add_argument("--out", default="results/figures", help="folder for the figures (default results/figures)")
+    attribute.add_argument("--show", type=POSITIVE, default=15, help="neurons printed")
+    attribute.add_argument("--out", default="results/figures", help="folder for the figures")
     attribute.add_argument("--name", default="attribution", help="file name stem of the figures")
     attribute.set_defaults(func=_cmd_attribute)
 
-    edit = sub.add_parser("edit", help="edit one fact; print the top-k before and after, save the edit")
-    edit.add_argument("--method", default="rome", help="an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop cases), mega (default rome)")
+    edit = _sub(sub, "edit", help="edit one fact; print the top-k before and after, save the edit",
+                description="Edit one fact; print the top-k predictions before and after; save the edit.")
+    edit.add_argument("--method", default="rome", help=_METHOD_HELP)
     edit.add_argument("--prompt", required=True, help="the prompt with {} for the subject, e.g. '{} was born in'")
-    edit.add_argument("--subject", required=True)
+    edit.add_argument("--subject", required=True, help="the subject put in for {}")
     edit.add_argument("--target-new", required=True, help="the new object")
-    edit.add_argument("--target-true", help="the current object (optional)")
-    edit.add_argument("--layer", type=int, help="edited layer (rome, ft; default: the model's preset)")
-    edit.add_argument("--layers", help="edited layers, comma-separated (memit, alphaedit)")
-    edit.add_argument("--check", action="append", default=[], help="another prompt to show before/after (repeatable)")
-    edit.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
-    edit.add_argument("--top-k", type=int, default=5)
-    edit.add_argument("--out", help="save the edit to this .safetensors file")
+    edit.add_argument("--target-true", help="the current object (default: none, optional)")
+    edit.add_argument("--layer", type=NON_NEGATIVE, help="edited layer (rome, ft; default: the model's preset)")
+    edit.add_argument("--layers", help="edited layers, comma-separated (memit, alphaedit; default: the model's preset)")
+    edit.add_argument("--check", action="append", default=[], help="another prompt to show before/after (repeatable; "
+                      "default: none)")
+    edit.add_argument("--model", default="toyworld", help="model name or folder")
+    edit.add_argument("--top-k", type=POSITIVE, default=5, help="predictions printed per prompt")
+    edit.add_argument("--out", help="save the edit to this .safetensors file (default: not saved)")
     edit.set_defaults(func=_cmd_edit)
 
-    ev_cmd = sub.add_parser("evaluate", help="edit n dataset cases in batches (independent or sequential); print the metrics")
-    ev_cmd.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld)")
-    ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL file "
-                        "(default: the one that suits the method: toyworld-mquake for ace, toyworld-counterfact otherwise)")
-    ev_cmd.add_argument("--method", default="rome", help="an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop cases), mega (default rome)")
-    ev_cmd.add_argument("--n", type=int, help="number of cases edited (default: all)")
-    ev_cmd.add_argument("--batch-size", type=int, default=1, help="requests per edit (default 1)")
-    ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (default: undo each batch)")
-    ev_cmd.add_argument("--eval-every", type=int, default=1, help="evaluate all edited cases every this many batches")
-    ev_cmd.add_argument("--unrelated", type=int, default=100, help="unrelated facts watched for drift")
+    ev_cmd = _sub(sub, "evaluate", help="edit n dataset cases in batches (independent or sequential); print the metrics",
+                  description="Edit n cases of a data set in batches (independent or sequential); print the metrics.")
+    ev_cmd.add_argument("--model", default="toyworld", help="model name or folder")
+    ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL "
+                        "file (default: the one that suits the method: toyworld-mquake for ace, toyworld-counterfact "
+                        "otherwise)")
+    ev_cmd.add_argument("--method", default="rome", help=_METHOD_HELP)
+    ev_cmd.add_argument("--n", type=POSITIVE, help="number of cases edited (default: all)")
+    ev_cmd.add_argument("--batch-size", type=POSITIVE, default=1, help="requests per edit")
+    ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (off: undo each batch)")
+    ev_cmd.add_argument("--eval-every", type=POSITIVE, default=1, help="evaluate all edited cases every this many batches")
+    ev_cmd.add_argument("--unrelated", type=NON_NEGATIVE, default=100, help="unrelated facts watched for drift")
     ev_cmd.add_argument("--seed", type=int, default=0, help="which cases are drawn")
     ev_cmd.add_argument("--no-fluency", action="store_true", help="skip the greedy generations (faster)")
-    ev_cmd.add_argument("--config", help='editor config fields as JSON, e.g. \'{"layers": [1, 2]}\'')
-    ev_cmd.add_argument("--out", help="folder for results.jsonl (resumable), edits, summary.json and the figure")
+    ev_cmd.add_argument("--config", help='editor config fields as JSON, e.g. \'{"layers": [1, 2]}\' (default: the '
+                        "editor's preset for the model)")
+    ev_cmd.add_argument("--out", help="folder for results.jsonl (resumable), edits, summary.json and the figure "
+                        "(default: nothing written)")
     ev_cmd.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ev_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     ev_cmd.set_defaults(func=_cmd_evaluate)
 
-    con = sub.add_parser("contrast", help="success-vs-failure contrast of pre/post-edit attribution diffs over n toy edits")
-    con.add_argument("--method", default="rome", help="a registered editor (default rome)")
-    con.add_argument("--n", type=int, default=100, help="independent single edits (default 100)")
-    con.add_argument("--model", default="toyworld", help="model name or folder (default: toyworld; the pool is the facts of the model's toy world)")
+    con = _sub(sub, "contrast", help="success-vs-failure contrast of pre/post-edit attribution diffs over n toy edits",
+               description="Contrast the pre/post-edit attribution diffs of successful and failed edits.")
+    con.add_argument("--method", default="rome", help=_METHOD_HELP)
+    con.add_argument("--n", type=POSITIVE, default=100, help="independent single edits")
+    con.add_argument("--model", default="toyworld", help="model name or folder (the pool is the facts of the model's "
+                     "toy world)")
     con.add_argument("--relations", default="born_in,profession,speaks,instrument", help="toy-world relations in the pool")
-    con.add_argument("--groups", default="edit", help="prompt groups recorded: edit,paraphrase,neighborhood (default edit)")
-    con.add_argument("--config", help='editor config fields as JSON, e.g. \'{"steps": 4}\'')
-    con.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the confidence intervals")
+    con.add_argument("--groups", type=_names_from(GROUPS), default=("edit",), metavar="GROUPS",
+                     help=f"prompt groups recorded, comma-separated from {','.join(GROUPS)} (default: edit)")
+    con.add_argument("--config", help='editor config fields as JSON, e.g. \'{"steps": 4}\' (default: the editor\'s '
+                     "preset)")
+    con.add_argument("--n-boot", type=POSITIVE, default=1000, help="bootstrap resamples of the confidence intervals")
     con.add_argument("--seed", type=int, default=0, help="which facts are drawn; bootstrap seed")
-    con.add_argument("--out", help="folder for contrast.jsonl (resumable) and the figures")
+    con.add_argument("--out", help="folder for contrast.jsonl (resumable) and the figures (default: nothing written)")
     con.add_argument("--quiet", action="store_true", help="no progress bar")
     con.set_defaults(func=_cmd_contrast)
 
-    sw = sub.add_parser("sweep", help="run a grid of experiments (editors x configs x datasets x seeds x models); resumable")
+    sw = _sub(sub, "sweep", help="run a grid of experiments (editors x configs x datasets x seeds x models); resumable",
+              description="Run a grid of experiments (editors x configs x datasets x seeds x models); resumable.")
     sw.add_argument("spec", help="the grid: a .json or .yaml file (see interp_edit.sweep.spec)")
-    sw.add_argument("--out", required=True, help="folder for every cell's results.jsonl (resumable) and the merged summary")
+    sw.add_argument("--out", required=True, help="folder for every cell's results.jsonl (resumable) and the merged "
+                    "summary")
     sw.add_argument("--executor", default="inprocess", choices=("inprocess", "processes", "ray"),
-                    help="where cells run: this process (default), local processes, or Ray")
-    sw.add_argument("--address", help="Ray cluster address (host:port, ray://host:port or auto; default: a new local instance)")
-    sw.add_argument("--workers", type=int, default=2, help="local processes / CPUs of a local Ray instance (default 2)")
-    sw.add_argument("--retries", type=int, default=2, help="retries of a failed cell (default 2)")
-    sw.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a Ray address (default 10)")
+                    help="where cells run: this process, local processes, or Ray")
+    sw.add_argument("--address", help="Ray cluster address (host:port, ray://host:port or auto; default: a new local "
+                    "instance)")
+    sw.add_argument("--workers", type=POSITIVE, default=2, help="local processes / CPUs of a local Ray instance")
+    sw.add_argument("--retries", type=NON_NEGATIVE, default=2, help="retries of a failed cell")
+    sw.add_argument("--connect-timeout", type=_positive_float, default=10.0, help="seconds to wait for a Ray address")
     sw.add_argument("--no-figure", action="store_true", help="skip the merged figure")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)
 
-    toy = sub.add_parser("toy", help="the embedded toy-world model").add_subparsers(dest="toy_command", required=True)
-    train = toy.add_parser("train", help="retrain the toy-world model from scratch (deterministic)")
+    toy = _sub(sub, "toy", help="the embedded toy-world model", description="The embedded toy-world model.")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="COMMAND")
+    train = _sub(toy_sub, "train", help="retrain the toy-world model from scratch (deterministic)",
+                 description="Retrain the toy-world model from scratch (deterministic).")
     train.add_argument("--out", help="checkpoint folder (default: the package's own checkpoint)")
-    train.add_argument("--steps", type=int, help="optimisation steps (default: the shipped config)")
+    train.add_argument("--steps", type=POSITIVE, help="optimisation steps (default: the shipped config)")
     train.add_argument("--seed", type=int, help="training seed: initialisation and training text (default 0)")
     train.add_argument("--world-seed", type=int, help="seed of the world: who the people are and their facts (default 0)")
-    train.add_argument("--n-people", type=int, help="people in the world (default 400)")
-    train.add_argument("--threads", type=int, help="CPU threads used for training (default 2)")
-    train.add_argument("--d-mlp", type=int, help="MLP width of every block (default 512)")
+    train.add_argument("--n-people", type=POSITIVE, help="people in the world (default 400)")
+    train.add_argument("--threads", type=POSITIVE, help="CPU threads used for training (default 2)")
+    train.add_argument("--d-mlp", type=POSITIVE, help="MLP width of every block (default 512)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toy_train)
-    ev = toy.add_parser("eval", help="print the toy-world model's accuracies as key=value lines")
+    ev = _sub(toy_sub, "eval", help="print the toy-world model's accuracies as key=value lines",
+              description="Print the toy-world model's accuracies as key=value lines.")
     ev.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     ev.set_defaults(func=_cmd_toy_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 for a bad flag, with a message naming it,
+    before any model loads)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a refused value (2: argparse printed which flag)
+        return done.code if isinstance(done.code, int) else 2
     from interp_edit.errors import InterpEditError
 
     try:

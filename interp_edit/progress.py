@@ -1,11 +1,19 @@
 """Progress bars, chosen once for the package: a widget in a Jupyter kernel (when ipywidgets is
 installed: the ``notebook`` extra), tqdm's text bar on a terminal, and a few plain lines in a
-non-interactive log (no carriage returns). ``disable=True`` gives a bar that prints nothing."""
+non-interactive log (no carriage returns). ``disable=True`` gives a bar that prints nothing.
+
+It also owns :func:`import_tqdm_auto_quietly`: TransformerLens (``HookedTransformer``,
+``patching``, ``evals``) imports ``tqdm.auto``, which in a Jupyter kernel without ipywidgets
+warns ``TqdmWarning: IProgress not found`` and falls back to the text bar. The package's own
+bars never use ``tqdm.auto`` (:func:`progress_bar` picks the bar itself), so ``import
+interp_edit`` imports ``tqdm.auto`` once with that one warning silenced; later imports of it
+(by TransformerLens) find it loaded and say nothing."""
 
 from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from importlib.util import find_spec
 
@@ -18,6 +26,18 @@ def in_jupyter_kernel() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def import_tqdm_auto_quietly() -> None:
+    """Import ``tqdm.auto`` with its "IProgress not found" :class:`tqdm.TqdmWarning` silenced
+    (only that warning: any other still shows). Called by ``import interp_edit``."""
+    if "tqdm.auto" in sys.modules:
+        return
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        import tqdm.auto  # noqa: F401
 
 
 def bar_kind(stream=None) -> str:

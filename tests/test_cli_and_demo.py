@@ -93,3 +93,59 @@ def test_contrast_command_reports_an_undefined_contrast(capsys):
     assert main(["contrast", "--method", "rome", "--n", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "undefined=all 3 edits succeeded" in out and "leverage" not in out.split("\n", 1)[1]
+
+
+# --- flags: help with defaults, prose description, values checked before any model loads ----
+
+def _options(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                for where, option in _options(child):
+                    yield f"{name} {where}".strip(), option
+        elif action.option_strings and not isinstance(action, argparse._HelpAction):
+            yield "", (parser, action)
+
+
+def test_every_flag_has_help_that_shows_its_default():
+    from interp_edit.cli import build_parser
+
+    missing = []
+    for where, (parser, action) in _options(build_parser()):
+        formatter = parser._get_formatter()
+        text = formatter._expand_help(action) if action.help else ""
+        if not text or ("default" not in text and not (action.required and text.endswith("(required)"))):
+            missing.append(f"{where} {action.option_strings[0]}: {text!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_top_level_help_reads_as_prose():
+    out = subprocess.run([sys.executable, "-m", "interp_edit.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    description = out.split("\n\n")[1]
+    assert "``" not in out and ":class:" not in out and ":func:" not in out
+    assert description.rstrip().endswith(".") and len(description.split()) > 20
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["trace", "--prompt", "p", "--subject", "s", "--samples", "0"], "--samples"),
+    (["trace", "--prompt", "p", "--subject", "s", "--kinds", "foo"], "--kinds"),
+    (["trace", "--prompt", "p", "--subject", "s", "--noise", "-1"], "--noise"),
+    (["edit", "--method", "romee", "--prompt", "{} x", "--subject", "s", "--target-new", "t"], "--method"),
+    (["evaluate", "--method", "romee"], "--method"),
+    (["evaluate", "--n", "0"], "--n"),
+    (["contrast", "--method", "romee"], "--method"),
+    (["contrast", "--groups", "edit,nope"], "--groups"),
+    (["demo", "--facts", "0"], "--facts"),
+])
+def test_bad_values_are_refused_naming_the_flag_before_a_model_loads(monkeypatch, capsys, tmp_path, argv, flag):
+    import interp_edit.adapter
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(interp_edit.adapter, "load_model", no_model)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert flag in capsys.readouterr().err

@@ -67,7 +67,7 @@ def test_threads_policy(monkeypatch):
 def test_cli_refuses_bad_threads_before_any_work(capsys):
     from interp_edit.cli import main
 
-    assert main(["--threads", "0", "trace", "--prompt", "x", "--subject", "x"]) == 2
+    assert main(["--threads", "0", "trace", "--prompt", "x", "--subject", "x"]) == 2  # refused by argparse
     assert "threads" in capsys.readouterr().err
 
 
@@ -144,6 +144,43 @@ def test_import_prints_no_warning():
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
+def _run_in_a_kernel(cells: list[str]) -> str:
+    """Run ``cells`` in a fresh Jupyter kernel; returns what they wrote to stderr (errors too)."""
+    pytest.importorskip("ipykernel")
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
+    err = []
+    try:
+        for code in cells:
+            msg_id = kc.execute(code)
+            while True:
+                msg = kc.get_iopub_msg(timeout=240)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
+                    err.append(msg["content"]["text"])
+                elif msg["msg_type"] == "error":
+                    err.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return "".join(err)
+
+
+def test_a_notebook_without_ipywidgets_gets_no_warning_from_import_or_the_first_bar():
+    """The README's install has no ipywidgets: TransformerLens's ``import tqdm.auto`` used to
+    warn ``TqdmWarning: IProgress not found`` in the notebook's first cell."""
+    err = _run_in_a_kernel([
+        "import sys; sys.modules['ipywidgets'] = None  # as if not installed",
+        "import interp_edit, interp_edit.analysis, interp_edit.viz, transformer_lens",
+        "from interp_edit.progress import progress_bar\nbar = progress_bar(total=2, desc='run')\nbar.update(2)\nbar.close()",
+    ])
+    assert "Warning" not in err and "run: 2/2" in err, err
+
+
 # --- figures: renderer and saved HTML ---------------------------------------------------------
 
 @pytest.fixture
@@ -178,20 +215,37 @@ def test_outside_a_kernel_the_renderer_is_left_alone(restore_renderer):
     assert configure_renderers("png") == "png"
 
 
-def test_saved_html_shares_one_plotlyjs_per_folder(tmp_path):
+def test_saved_html_shares_one_plotlyjs_per_output_root(tmp_path, monkeypatch):
+    """results/demo, results/figures and results/sweep/summary load one results/plotly.min.js."""
+    import re
+
     from interp_edit.viz.export import save_figure
 
+    monkeypatch.chdir(tmp_path)
     fig = go.Figure(go.Bar(y=[1, 2, 3])).update_layout(width=300, height=200)
-    a, _ = save_figure(fig, tmp_path / "a")
-    b, png = save_figure(fig, tmp_path / "b.html")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "a.png", "b.html", "b.png", "plotly.min.js"]
-    assert a.stat().st_size < 50_000 and b.stat().st_size < 50_000 and png.stat().st_size > 0
-    assert 'src="plotly.min.js"' in a.read_text()
-    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    pages = [save_figure(fig, "results/demo/a")[0], save_figure(fig, Path("results/figures/b.html"))[0],
+             save_figure(fig, tmp_path / "results" / "sweep" / "deep" / "c")[0]]
+    copies = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("plotly.min.js"))
+    assert copies == ["results/plotly.min.js"]
+    assert (tmp_path / "results" / "plotly.min.js").stat().st_size > 1_000_000
+    for page in pages:
+        text = page.read_text()
+        assert page.stat().st_size < 50_000
+        src = re.search(r'<script [^>]*src="([^"]+plotly\.min\.js)"', text).group(1)
+        assert (page.parent / src).resolve() == (tmp_path / "results" / "plotly.min.js").resolve()
+        assert page.with_suffix(".png").stat().st_size > 0
+    # an explicit root; a folder outside the working directory gets its own copy
+    other = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    save_figure(fig, other / "x" / "d", js_root=other)
+    assert (other / "plotly.min.js").is_file() and not (other / "x" / "plotly.min.js").exists()
+    save_figure(fig, other / "y" / "e")
+    assert (other / "plotly.min.js").is_file() and not (other / "y" / "plotly.min.js").exists()
     alone, _ = save_figure(fig, tmp_path / "inline" / "c", plotlyjs="inline")
     assert alone.stat().st_size > 1_000_000 and not (tmp_path / "inline" / "plotly.min.js").exists()
     with pytest.raises(ExportError, match="plotlyjs"):
         save_figure(fig, tmp_path / "d", plotlyjs="cdn")
+    with pytest.raises(ExportError, match="js_root"):
+        save_figure(fig, tmp_path / "results" / "f", js_root=tmp_path / "results" / "demo")
 
 
 # --- the demo leaves tracked files alone ----------------------------------------------------------

@@ -16,9 +16,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from interp_edit.errors import SweepSpecError
+from interp_edit.progress import progress_bar
 from interp_edit.sweep.cells import Cell, expand, validate_cells
 from interp_edit.sweep.executors import CellFn, make_executor
 from interp_edit.sweep.result import SweepResult
@@ -105,8 +105,8 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
     results = {c.cell_id: r for c in cells if (r := finished(c, root)) is not None}
     errors: dict[str, list[str]] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(cells), initial=len(results), desc=f"sweep ({getattr(runner, 'name', 'custom')})",
-               disable=not progress)
+    bar = progress_bar(total=len(cells), initial=len(results), desc=f"sweep ({getattr(runner, 'name', 'custom')})",
+                       disable=not progress)
     try:
         pending = [c for c in cells if c.cell_id not in results]
         for attempt in range(1, retries + 2):
