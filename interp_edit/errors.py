@@ -8,28 +8,70 @@ from __future__ import annotations
 
 
 class InterpEditError(Exception):
-    """Base class of all errors raised on purpose by interp_edit."""
+    """Base class of all errors raised on purpose by interp_edit.
+
+    Catch it to handle any of the toolkit's own errors; each also derives from the matching
+    built-in exception (``ValueError``, ``OSError``, ``RuntimeError``):
+
+    >>> try:
+    ...     edit(model, [], "rome")
+    ... except InterpEditError as err:
+    ...     print(type(err).__name__, isinstance(err, ValueError))
+    EditRequestError True
+    """
 
 
 class ModelNotFoundError(InterpEditError, ValueError):
-    """`load_model` was given a name it cannot resolve."""
+    """`load_model` was given a name it cannot resolve.
+
+    >>> issubclass(ModelNotFoundError, ValueError)
+    True
+    >>> sorted(BUILTIN_MODELS)         # names that always resolve, offline
+    ['toyworld']
+    """
 
 
 class CheckpointError(InterpEditError, OSError):
-    """A checkpoint file is missing, unreadable or inconsistent with its config."""
+    """A checkpoint file is missing, unreadable or inconsistent with its config.
+
+    >>> Edit.load("missing.edit", model)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.CheckpointError: missing edit file missing.edit
+    """
 
 
 class TokenizationError(InterpEditError, ValueError):
     """A string does not tokenise the way the caller requires (e.g. an object that is not
-    a single token)."""
+    a single token).
+
+    >>> from interp_edit.prompts import encode_target
+    >>> encode_target(model.tokenizer, "Karsa", "Talvik Corlo was born in")   # one token
+    (...,)
+    >>> issubclass(TokenizationError, ValueError)
+    True
+    """
 
 
 class SubjectNotFoundError(InterpEditError, ValueError):
-    """The subject string does not occur in the tokenised prompt."""
+    """The subject string does not occur in the tokenised prompt.
+
+    >>> causal_trace(model, "Talvik Corlo was born in", "Mermi Corgun", samples=2)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.SubjectNotFoundError: ...
+    """
 
 
 class ExportError(InterpEditError, ValueError):
-    """A model cannot be exported to another library's format without changing it."""
+    """A model cannot be exported to another library's format without changing it.
+
+    :func:`to_hf` raises it naming the property a GPT-2 cannot represent:
+
+    >>> issubclass(ExportError, ValueError)
+    True
+    >>> hf_model, tokenizer = to_hf(model)     # the toy model is GPT-2-shaped: no error
+    """
 
 
 class EmptyInputError(InterpEditError, ValueError):
@@ -45,31 +87,69 @@ class InvalidArgumentError(InterpEditError, ValueError):
 
 
 class EditRequestError(InterpEditError, ValueError):
-    """An edit request is malformed; the message names the request index and the field."""
+    """An edit request is malformed; the message names the request index and the field.
+
+    >>> edit(model, [], "rome")
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.EditRequestError: ...
+    """
 
 
 class EditConfigError(InterpEditError, ValueError):
     """An editor's configuration is invalid (a layer out of range, a negative step count...);
-    the message names the field."""
+    the message names the field.
+
+    >>> rome(model, records[:1], layer=99)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.EditConfigError: ...layer...
+    """
 
 
 class EditOptimizationError(InterpEditError, RuntimeError):
-    """An editor's optimisation failed (NaN or inf appeared); the model is left unchanged."""
+    """An editor's optimisation failed (NaN or inf appeared); the model is left unchanged.
+
+    >>> try:
+    ...     e = finetune(model, records[:1], steps=2)
+    ... except EditOptimizationError as err:  # the message says which step or layer diverged
+    ...     print(err)
+    >>> issubclass(EditOptimizationError, RuntimeError)
+    True
+    """
 
 
 class EditApplicationError(InterpEditError, RuntimeError):
     """An edit cannot be applied or undone on this model (another base model, undone out of
-    order, already applied)."""
+    order, already applied).
+
+    >>> e = rome(model, records[:1])
+    >>> with e.applied(model):
+    ...     e.apply(model)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.EditApplicationError: this rome edit is already applied to the model
+    """
 
 
 class DatasetError(InterpEditError, ValueError):
     """A dataset file or record is malformed, or a dataset name is unknown; the message names
-    the file, the record index and the field."""
+    the file, the record index and the field.
+
+    >>> load_dataset("no-such-dataset")
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.DatasetError: ...
+    """
 
 
 class ExperimentError(InterpEditError, RuntimeError):
     """An experiment cannot run or resume (e.g. its results file was written with other
-    settings)."""
+    settings).
+
+    >>> issubclass(ExperimentError, RuntimeError)
+    True
+    """
 
 
 class UnsupportedArchitectureError(InterpEditError, ValueError):
@@ -79,11 +159,27 @@ class UnsupportedArchitectureError(InterpEditError, ValueError):
 
 class SweepSpecError(InterpEditError, ValueError):
     """A sweep's grid is invalid (an unknown editor, config field, dataset or model, an empty
-    axis); the message names the cell (or axis) and the field. Raised before any cell runs."""
+    axis); the message names the cell (or axis) and the field. Raised before any cell runs.
+
+    >>> spec = {"models": ["toyworld"], "editors": [{"method": "no-such-editor"}],
+    ...         "datasets": [{"name": "toyworld-counterfact", "n": 1}]}
+    >>> run_sweep(spec, "sweep", progress=False)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.SweepSpecError: ...
+    """
 
 
 class SweepExecutorError(InterpEditError, RuntimeError):
-    """A sweep executor cannot start (Ray not installed, a Ray address that cannot be reached)."""
+    """A sweep executor cannot start (Ray not installed, a Ray address that cannot be reached).
+
+    >>> spec = {"models": ["toyworld"], "editors": [{"method": "rome"}],
+    ...         "datasets": [{"name": "toyworld-counterfact", "n": 1}]}
+    >>> run_sweep(spec, "sweep", executor="no-such-executor", progress=False)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.SweepExecutorError: unknown executor 'no-such-executor'; ...
+    """
 
 
 class CorpusError(DatasetError, EditConfigError):
