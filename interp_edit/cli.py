@@ -19,6 +19,9 @@ DESCRIPTION = (
     "shipped toy-world model or a Hugging Face model. Run 'interp-edit COMMAND --help' for a command's flags."
 )
 KINDS = ("hidden", "mlp", "attn")
+#: the editors of :func:`interp_edit.editing.registry.editors` (kept equal by a test), so that
+#: argparse refuses a misspelt --method at once, before torch is imported
+METHODS = ("rome", "memit", "alphaedit", "ft", "memit_csk", "fine", "intattn", "ace", "mega")
 GROUPS = ("edit", "paraphrase", "neighborhood")
 
 
@@ -348,8 +351,7 @@ def _sub(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
     return subparsers.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
 
-_METHOD_HELP = ("an editor of the registry: rome, memit, alphaedit, ft, memit_csk, fine, intattn, ace (needs multi-hop "
-                "cases), mega")
+_METHOD_HELP = "an editor of the registry (ace needs multi-hop cases)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = _sub(sub, "edit", help="edit one fact; print the top-k before and after, save the edit",
                 description="Edit one fact; print the top-k predictions before and after; save the edit.")
-    edit.add_argument("--method", default="rome", help=_METHOD_HELP)
+    edit.add_argument("--method", default="rome", choices=METHODS, help=_METHOD_HELP)
     edit.add_argument("--prompt", required=True, help="the prompt with {} for the subject, e.g. '{} was born in'")
     edit.add_argument("--subject", required=True, help="the subject put in for {}")
     edit.add_argument("--target-new", required=True, help="the new object")
@@ -433,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL "
                         "file (default: the one that suits the method: toyworld-mquake for ace, toyworld-counterfact "
                         "otherwise)")
-    ev_cmd.add_argument("--method", default="rome", help=_METHOD_HELP)
+    ev_cmd.add_argument("--method", default="rome", choices=METHODS, help=_METHOD_HELP)
     ev_cmd.add_argument("--n", type=POSITIVE, help="number of cases edited (default: all)")
     ev_cmd.add_argument("--batch-size", type=POSITIVE, default=1, help="requests per edit")
     ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (off: undo each batch)")
@@ -451,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     con = _sub(sub, "contrast", help="success-vs-failure contrast of pre/post-edit attribution diffs over n toy edits",
                description="Contrast the pre/post-edit attribution diffs of successful and failed edits.")
-    con.add_argument("--method", default="rome", help=_METHOD_HELP)
+    con.add_argument("--method", default="rome", choices=METHODS, help=_METHOD_HELP)
     con.add_argument("--n", type=POSITIVE, default=100, help="independent single edits")
     con.add_argument("--model", default="toyworld", help="model name or folder (the pool is the facts of the model's "
                      "toy world)")

@@ -121,6 +121,13 @@ def test_every_flag_has_help_that_shows_its_default():
     assert not missing, "\n".join(missing)
 
 
+def test_the_command_lines_editor_names_are_the_registrys():
+    from interp_edit.cli import METHODS
+    from interp_edit.editing.registry import editors
+
+    assert sorted(METHODS) == sorted(editors())
+
+
 def test_top_level_help_reads_as_prose():
     out = subprocess.run([sys.executable, "-m", "interp_edit.cli", "--help"], capture_output=True, text=True, check=True).stdout
     description = out.split("\n\n")[1]
