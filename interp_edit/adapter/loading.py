@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from interp_edit.adapter import bridge, families
+from interp_edit.adapter import bridge, families, streaming
 from interp_edit.adapter.architecture import check_supported
 from interp_edit.errors import (
     CheckpointError,
@@ -94,6 +94,13 @@ def load_model(
       converted offline with TransformerLens' own config and weight converters (TransformerLens'
       ``from_pretrained`` would still ask the hub for the config). Pass ``tokenizer=`` unless the
       folder holds tokenizer files.
+      Memory: the hooked backend converts one decoder layer at a time
+      (:mod:`~interp_edit.adapter.streaming`), so loading needs the converted weights plus about
+      one layer's conversion (peak ≈ 1.1 × the weights' bytes in ``dtype``), with the weights
+      made directly in ``dtype`` on ``device``; a folder's Hugging Face weights are read one
+      layer at a time and dropped, a ``hf_model`` is left unchanged (and keeps its own memory).
+      The bridge reads a folder straight into ``dtype`` on ``device`` (×1.0) and wraps an
+      ``hf_model`` in place (no copy).
     - any other name: ``HookedTransformer.from_pretrained(name, ...)``, the path users with a hub
       call (e.g. ``"gpt2-xl"``).
 
@@ -134,19 +141,25 @@ def load_model(
     elif hf_model is None and Path(name).is_dir() and not (Path(name) / CONFIG_FILE).is_file():
         raise CheckpointError(f"missing checkpoint file {Path(name) / CONFIG_FILE}")
     if hf_model is not None or _is_local_hf_folder(name):
-        if hf_model is None:
-            hf_model, tokenizer = _read_local_hf(name, tokenizer, dtype)
+        folder = None
+        if hf_model is None:  # the folder's model as a meta skeleton: its class and config, no memory
+            folder, tokenizer = name, _folder_tokenizer(name, tokenizer)
+            hf_model = _folder_skeleton(name, dtype)
+            if hf_model is None:
+                folder, (hf_model, tokenizer) = None, _read_local_hf(name, tokenizer, dtype)
         if backend is None:
             backend = _default_backend(hf_model)
         if backend == "bridge":
             bridge.check_bridge_family(type(hf_model).__name__, hooked_can=_hooked_converts(hf_model))
+            if folder is not None:
+                hf_model = _read_local_hf_weights(folder, dtype, device)
             return check_supported(bridge.boot(name, hf_model, tokenizer, device, dtype))
         if type(hf_model).__name__ in bridge.BRIDGE_ARCHITECTURES and not _hooked_converts(hf_model):
             raise UnsupportedArchitectureError(
                 f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
                 "HookedTransformer has no converter for it; load it with backend='bridge' (or leave backend unset)"
             )
-        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags))
+        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder))
     if _is_checkpoint_folder(name) and backend == "bridge":
         return check_supported(_checkpoint_on_bridge(name, device, dtype))
     if _is_checkpoint_folder(name):
@@ -241,14 +254,35 @@ def _default_backend(hf_model) -> str:
 
 
 def _read_local_hf(name, tokenizer, dtype):
+    """The folder's Hugging Face model, read whole (TransformerLens' whole-model conversion)."""
+    return _read_local_hf_weights(name, dtype, "cpu"), _folder_tokenizer(name, tokenizer)
+
+
+def _read_local_hf_weights(name, dtype, device):
+    """The folder's Hugging Face model in ``dtype`` on ``device``, read straight into its
+    parameters (transformers builds it on the meta device first: no second copy)."""
     from transformers import AutoModelForCausalLM
 
-    hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    device = torch.device(device)
+    placement = {} if device.type == "cpu" else {"device_map": {"": device}}
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, low_cpu_mem_usage=True, **placement)
+
+
+def _folder_tokenizer(name, tokenizer):
     if tokenizer is None and (Path(name) / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(name)
-    return hf_model, tokenizer
+    return tokenizer
+
+
+def _folder_skeleton(name, dtype):
+    """The folder's model with its tensors on the meta device, or None where transformers
+    cannot build it that way (the folder is then read whole)."""
+    try:
+        return streaming.folder_skeleton(name, dtype)
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError):
+        return None
 
 
 def _checkpoint_on_bridge(folder, device, dtype):
@@ -313,16 +347,36 @@ def _local_processing(flags: dict[str, bool | None], cfg) -> dict[str, bool]:
     return processing
 
 
-def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags):
-    """Mirror of TransformerLens' from_pretrained for a local folder or model object, with no hub."""
+def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags, *, folder=None, streamed=True):
+    """Mirror of TransformerLens' from_pretrained for a local folder or model object, with no hub.
+
+    Converted one decoder layer at a time (:mod:`~interp_edit.adapter.streaming`: peak memory
+    ≈ the converted weights ×1.1, no second copy; ``hf_model`` is left unchanged; from
+    ``folder``, ``hf_model`` is its meta skeleton and each layer is read from the safetensors
+    files and dropped once converted). Where a model cannot be streamed (its weights are not in
+    safetensors; a family whose converter does not loop over one list of decoder layers, none
+    of GPT-2, GPT-J, GPT-NeoX, OPT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma-2, Phi) or with
+    ``streamed=False``, TransformerLens converts the whole model at once, as before: the
+    Hugging Face model, its converted state dict and the HookedTransformer side by side (×3
+    and more)."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
-    if hf_model is None:
-        hf_model, tokenizer = _read_local_hf(name, tokenizer, dtype)
     fold_ln = HUB_PROCESSING["fold_ln"] if flags["fold_ln"] is None else bool(flags["fold_ln"])
-    cfg = hooked_config(hf_model.config, architecture=type(hf_model).__name__, fold_ln=fold_ln, device=device, dtype=dtype)
+
+    def config():
+        return hooked_config(hf_model.config, architecture=type(hf_model).__name__, fold_ln=fold_ln, device=device,
+                             dtype=dtype)
+
+    cfg = config()
     processing = _local_processing(flags, cfg)
+    if streamed:
+        try:
+            return streaming.stream_hooked(hf_model, cfg, tokenizer, processing, device, dtype, folder=folder)
+        except streaming.CannotStream:
+            cfg = config()
+    if folder is not None:
+        hf_model, tokenizer = _read_local_hf(folder, tokenizer, dtype)
     with tempfile.TemporaryDirectory() as tmp:  # TransformerLens wants an existing path; it reads hf_model
         state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
