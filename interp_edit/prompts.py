@@ -16,7 +16,17 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class CounterFactRecord:
     """One editing case in the CounterFact layout (Meng et al. 2022), plus the prompts about
-    the same subject's other relations (to measure an edit's leakage into them)."""
+    the same subject's other relations (to measure an edit's leakage into them).
+
+    Every editor takes these as requests:
+
+    >>> r = records[0]                      # counterfact_records(world)[0]
+    >>> r.prompt.format(r.subject), r.target_true, r.target_new
+    ('Talvik Corlo was born in', 'Karsa', 'Gemmel')
+    >>> r.to_counterfact()["requested_rewrite"]["target_new"]
+    {'str': 'Gemmel'}
+    >>> e = rome(model, [r])
+    """
 
     case_id: int
     prompt: str
@@ -55,7 +65,15 @@ class CounterFactRecord:
 
 @dataclass(frozen=True)
 class MultiHopQuestion:
-    """A multi-hop question in the MQuAKE spirit: several phrasings of one chained query."""
+    """A multi-hop question in the MQuAKE spirit: several phrasings of one chained query.
+
+    >>> from interp_edit.toyworld import multihop_questions
+    >>> q = multihop_questions(world)[0]
+    >>> q.subject, len(q.chain) == len(q.hops) + 1, q.answer == q.chain[-1]
+    ('Talvik Corlo', True, True)
+    >>> sorted(q.to_mquake())[:3]
+    ['answer', 'answer_alias', 'case_id']
+    """
 
     case_id: int
     subject: str

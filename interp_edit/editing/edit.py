@@ -110,7 +110,19 @@ Delta = LowRankDelta | SparseRowDelta
 
 @dataclass
 class Edit:
-    """Weight deltas plus the record of how they were made. See the module docstring."""
+    """Weight deltas plus the record of how they were made. See the module docstring.
+
+    >>> e = rome(model, records[:1])            # Talvik Corlo: born in Karsa -> Gemmel
+    >>> e.method, e.layers(), e.changes_weights
+    ('rome', [0], True)
+    >>> with e.applied(model):                  # edited inside the block, restored after it
+    ...     top = last_token_logits(model, ["Talvik Corlo was born in"]).argmax(-1)
+    >>> model.tokenizer.decode(top)
+    ' Gemmel'
+    >>> path = e.save("talvik")                 # talvik.safetensors, with its metadata
+    >>> Edit.load(path, model).content_hash() == e.content_hash()
+    True
+    """
 
     method: str
     deltas: dict[str, Delta]

@@ -32,7 +32,13 @@ class Editor:
 
 
 def editors() -> dict[str, Editor]:
-    """Every registered editing method, by name."""
+    """Every registered editing method, by name.
+
+    >>> sorted(editors())
+    ['ace', 'alphaedit', 'fine', 'ft', 'intattn', 'mega', 'memit', 'memit_csk', 'rome']
+    >>> editors()["memit"].description
+    'batch update spread over MLP layers (Meng et al. 2023)'
+    """
     from interp_edit.editing.methods.ace import ACEConfig, ace, check_ace_items
     from interp_edit.editing.methods.alphaedit import AlphaEditConfig, alphaedit
     from interp_edit.editing.methods.fine import FiNEConfig, fine
@@ -60,7 +66,16 @@ def editors() -> dict[str, Editor]:
 
 
 def get_editor(name: str) -> Editor:
-    """The editor registered as ``name`` (an error lists the known names)."""
+    """The editor registered as ``name`` (an error lists the known names).
+
+    >>> editor = get_editor("rome")
+    >>> editor.config_class.for_model(model).preset
+    'toyworld'
+    >>> get_editor("romee")
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.EditConfigError: unknown editing method 'romee'; known: [...]
+    """
     known = editors()
     if name not in known:
         raise EditConfigError(f"unknown editing method {name!r}; known: {sorted(known)}")
@@ -71,7 +86,16 @@ def edit(model, requests, method: str = "rome", *, config=None, apply: bool = Fa
     """One call: compute an edit of ``requests`` with ``method`` (config fields as keyword
     arguments, e.g. ``layer=3``; ``corpus=`` / ``cache_dir=`` / ``stats=`` for the statistics,
     see :mod:`interp_edit.statistics.collect`). The model is
-    left unchanged unless ``apply=True``, in which case the edit is applied before returning."""
+    left unchanged unless ``apply=True``, in which case the edit is applied before returning.
+
+    >>> e = edit(model, records[:1], "rome", layer=1)     # config fields as keywords
+    >>> e.layers()
+    [1]
+    >>> e = edit(model, records[:2], "ft", steps=5, apply=True)
+    >>> len(e.requests)
+    2
+    >>> _ = e.undo(model)                                 # back to the original weights
+    """
     editor = get_editor(method)
     result = editor.fn(model, requests, config, **kwargs)
     if apply:

@@ -23,6 +23,13 @@ class EditRequest:
     ``paraphrases`` are optional extra prompts (full strings) some editors use as sources.
     ``verb`` and ``object`` are optional spans of the filled prompt (e.g. ``"was born in"``)
     for editors that edit at another token than the subject's (MEMIT-CSK's ``edit_token``).
+
+    >>> req = EditRequest("{} was born in", "Talvik Corlo", "Gemmel", target_true="Karsa")
+    >>> req.text
+    'Talvik Corlo was born in'
+    >>> e = edit(model, [req], "rome")          # the model is unchanged until e.apply(model)
+    >>> e.requests[0]["target_new"]
+    'Gemmel'
     """
 
     prompt: str

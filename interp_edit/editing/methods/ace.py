@@ -59,7 +59,16 @@ from interp_edit.statistics.keys import editor_statistics, provenance_records
 class ACERequest:
     """One ACE edit: the single-hop fact(s) to rewrite and the multi-hop prompts that pass
     through them, with their new answers (one per prompt). Every multi-hop prompt is a full
-    string that mentions the subject of one of the facts."""
+    string that mentions the subject of one of the facts.
+
+    >>> fact = EditRequest("{} was born in", "Talvik Corlo", "Pellin", target_true="Karsa")
+    >>> req = ACERequest(facts=(fact,),
+    ...                  multihop_prompts=("The capital of the homeland of Talvik Corlo is",),
+    ...                  multihop_answers=("Briva",))
+    >>> e = ace(model, [req], steps=3, stats_samples=200)    # a MQuAKE case works too
+    >>> e.method
+    'ace'
+    """
 
     facts: tuple[EditRequest, ...]
     multihop_prompts: tuple[str, ...]
@@ -84,7 +93,12 @@ class ACEConfig(EditorConfig):
     settings. The GPT-J preset fixes the query layers the paper identified (16–18) with MEMIT's
     GPT-J λ; the value layers it names (28–30) lie past GPT-J-6B's last layer (27), so they are
     chosen by the pathway analysis. The paper gives no GPT-2 XL layers, so that preset keeps the
-    pathway-driven choice."""
+    pathway-driven choice.
+
+    >>> cfg = ACEConfig.for_model(model, n_query_layers=1)
+    >>> cfg.preset, cfg.n_query_layers, cfg.query_layers is None   # None: chosen by pathways
+    ('toyworld', 1, True)
+    """
 
     #: query layers chosen by the pathway analysis (when ``query_layers`` is not fixed)
     n_query_layers: int = 3
@@ -329,7 +343,15 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
     """One ACE edit of all ``requests`` (see the module docstring). The model is unchanged;
     apply the returned :class:`Edit` with ``edit.apply(model)``. ``edit.info`` records the
     query and value layers, where they came from (``"pathways"`` or ``"config"``), the
-    pathway rankings, each stage's target losses and timings."""
+    pathway rankings, each stage's target losses and timings.
+
+    >>> case = load_dataset("toyworld-mquake")[0]       # Talvik Corlo born in Pellin, 2-hop probes
+    >>> e = ace(model, [case], steps=3, stats_samples=200)
+    >>> sorted(e.info)[:3]
+    [...]
+    >>> with e.applied(model):
+    ...     probs = last_token_logits(model, [case.probe.questions[0]]).softmax(-1)
+    """
     cfg = resolve(ACEConfig, model, config, overrides)
     for name in ("query_layers", "value_layers"):
         if getattr(cfg, name) is not None:

@@ -85,7 +85,12 @@ class FiNEConfig:
     layers frozen, α = 1, β = 10, γ = 0.1, ≤ 50 Adam steps, stop at p > 0.9 for every target
     token); ``lr``, ``n_prefixes`` and ``prefix_length`` are left open by the paper (documented
     choices here). The ``"toyworld"`` preset was chosen by measurement
-    (``benchmarks/fine_vs_rome.py``)."""
+    (``benchmarks/fine_vs_rome.py``).
+
+    >>> cfg = FiNEConfig.for_model(model, top_k=3)
+    >>> cfg.preset, cfg.top_k, cfg.n_frozen
+    ('toyworld', 3, 1)
+    """
 
     #: neurons kept per target token (over all editable layers together)
     top_k: int = 5
@@ -330,7 +335,14 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     selected (``selected``: ``[layer, neuron]`` pairs) and those touched (``neurons``, their
     count ``neurons_touched``: the selected ones whose δ is not zero — all of them unless the
     target was predicted already), the final max NLL, loss and steps, and timings. (``corpus`` / ``cache_dir`` are accepted for a uniform call
-    and unused: FiNE needs no key statistics.)"""
+    and unused: FiNE needs no key statistics.)
+
+    >>> e = fine(model, records[:1], steps=10)
+    >>> {row["kind"] for row in e.summary()}               # a few W_out rows, no low-rank ΔW
+    {'sparse_rows'}
+    >>> with e.applied(model):
+    ...     top = last_token_logits(model, ["Talvik Corlo was born in"]).argmax(-1)
+    """
     cfg = resolve(FiNEConfig, model, config, overrides)
     cfg.check_model(model)
     fingerprint = model_fingerprint(model)

@@ -36,7 +36,13 @@ from interp_edit.precision import OPTIMISE_DTYPE
 @dataclass(frozen=True)
 class FTConfig(EditorConfig):
     """FT-L's settings; defaults are the ROME paper's GPT-2 XL ones (layer 0, 25 steps, lr 5e-4,
-    L∞ 5e-4)."""
+    L∞ 5e-4).
+
+    >>> cfg = FTConfig.for_model(model, steps=5)        # the toy-world preset, one override
+    >>> cfg.preset, cfg.steps, cfg.lr
+    ('toyworld', 5, 0.01)
+    >>> e = finetune(model, records[:1], cfg)
+    """
 
     layer: int = 0
     steps: int = 25
@@ -63,7 +69,13 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
              **overrides) -> Edit:
     """Fine-tune ``W_out`` of one layer on the requests (all at once). The model is unchanged;
     apply the returned :class:`Edit`. (``corpus`` and ``cache_dir`` are accepted for a uniform
-    call and unused: fine-tuning needs no key statistics.)"""
+    call and unused: fine-tuning needs no key statistics.)
+
+    >>> e = finetune(model, records[:2], steps=5)           # or edit(model, ..., "ft")
+    >>> row = e.summary(model)[0]
+    >>> row["parameter"], row["kind"]
+    ('blocks.0.mlp.W_out', 'sparse_rows')
+    """
     cfg = resolve(FTConfig, model, config, overrides)
     check_layers(model, [cfg.layer], "layer")
     fingerprint = model_fingerprint(model)

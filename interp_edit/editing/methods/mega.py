@@ -66,7 +66,12 @@ class MEGAConfig(EditorConfig):
     ``prefix_length`` / ``seed`` give the context prefixes of the source prompts, and ``steps``,
     ``lr``, ``weight_decay``, ``clamp_norm_factor``, ``early_stop_loss`` drive
     ``target_mode="optimised"``; the statistics and KL fields are unused (no covariance, no
-    weight update)."""
+    weight update).
+
+    >>> cfg = MEGAConfig.for_model(model, k=2)
+    >>> cfg.preset, cfg.layers, cfg.k
+    ('toyworld', (2, 3, 4), 2)
+    """
 
     #: the attention layers hooked; ``None``: the top ``n_contrast_layers`` of a contrast study
     #: if one is given, else the upper half ``n_layers // 2 .. n_layers - 1`` ("mid-to-late")
@@ -315,7 +320,14 @@ def mega(model, requests, config: MEGAConfig | None = None, *, contrast=None, co
     optional contrast study result whose attention promote-new leverage picks the layers (when
     ``layers`` is not set). ``corpus`` / ``cache_dir`` / ``progress`` are accepted for a uniform
     call and unused (MEGA needs no key statistics). The model is unchanged; apply the returned
-    :class:`Edit`."""
+    :class:`Edit`.
+
+    >>> e = mega(model, records[:1], steps=5)
+    >>> e.changes_weights, sorted(e.hooks)[:1]          # hooks on attention outputs only
+    (False, [...])
+    >>> with e.applied(model):
+    ...     top = last_token_logits(model, ["Talvik Corlo was born in"]).argmax(-1)
+    """
     cfg = resolve(MEGAConfig, model, config, overrides)
     layers, chosen_by = choose_layers(model, cfg, contrast)
     fingerprint = model_fingerprint(model)
