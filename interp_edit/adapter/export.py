@@ -41,6 +41,13 @@ def to_hf(model):
     Works for processed (folded LayerNorm, centred weights) and unprocessed models. Returns
     ``(hf_model, tokenizer)``. Raises :class:`ExportError` naming the property that a GPT-2
     cannot represent (e.g. a non-zero unembedding bias, rotary positions).
+
+    >>> hf_model, tokenizer = to_hf(model)
+    >>> type(hf_model).__name__
+    'GPT2LMHeadModel'
+    >>> ids = torch.tensor([tokenizer.encode("Talvik Corlo was born in")])
+    >>> tokenizer.decode(hf_model(ids).logits[0, -1].argmax())     # the same answer as the TL model
+    ' Karsa'
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -35,7 +35,17 @@ MODES = ("zero", "mean")
 
 @dataclass
 class AblationResult:
-    """Target probability and top-1 token of each prompt before and after the ablation."""
+    """Target probability and top-1 token of each prompt before and after the ablation.
+
+    ``probs_before`` / ``probs_after`` and ``top1_before`` / ``top1_after``: [prompt] tensors;
+    ``drop``: the probability each prompt lost; ``accuracy_before`` / ``accuracy_after``: the
+    share of prompts whose top-1 is the target.
+
+    >>> res = ablate_neurons(model, [Neuron("ffn", 2, 7)], ["Talvik Corlo was born in"], ["Karsa"])
+    >>> res.drop.shape, res.accuracy_before
+    (torch.Size([1]), 1.0)
+    >>> fig = res.plot()
+    """
 
     prompts: tuple[str, ...]
     targets: tuple[str | int | None, ...]
@@ -129,7 +139,13 @@ def ablate_neurons(
 ) -> AblationResult:
     """Ablate ``neurons`` together on every prompt; the target (default: each prompt's
     unablated top-1 token; a multi-token string: its first token) probability at the last
-    position before and after."""
+    position before and after.
+
+    >>> top = neuron_attribution(model, "Talvik Corlo was born in", "Karsa", top_k=10).top_ffn
+    >>> res = ablate_neurons(model, top, ["Talvik Corlo was born in"], ["Karsa"], mode="zero")
+    >>> bool(res.mean_drop > 0)                  # the top value neurons carry the answer
+    True
+    """
     if mode not in MODES:
         raise InvalidArgumentError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)

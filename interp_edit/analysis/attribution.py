@@ -87,7 +87,12 @@ METHODS = ("exact", "first_order", "exact_top_k")
 @dataclass(frozen=True)
 class Neuron:
     """An FFN neuron ``(layer, index)`` or an attention neuron ``(layer, head, index = head
-    dimension j)``, optionally restricted to one source position ``pos``."""
+    dimension j)``, optionally restricted to one source position ``pos``.
+
+    >>> Neuron("ffn", 2, 7).label, Neuron("attn", 3, 5, head=1).label
+    ('L2N7', 'L3H1.5')
+    >>> res = ablate_neurons(model, [Neuron("ffn", 2, 7)], "Talvik Corlo was born in")
+    """
 
     kind: str
     layer: int
@@ -111,7 +116,12 @@ class Neuron:
 @dataclass(frozen=True)
 class ScoredNeuron:
     """A neuron with its score, its coefficient (activation ``m_i`` or ``α·v``) and the tokens
-    its output vector promotes most (vocabulary projection through the frozen final norm)."""
+    its output vector promotes most (vocabulary projection through the frozen final norm).
+
+    >>> best = neuron_attribution(model, "Talvik Corlo was born in", "Karsa", top_k=5).top_ffn[0]
+    >>> best.neuron.kind, best.score > 0, len(best.top_tokens)
+    ('ffn', True, 5)
+    """
 
     neuron: Neuron
     score: float
@@ -288,7 +298,15 @@ def _layer_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, targe
 def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias: bool = False) -> Float[Tensor, "layer 2"]:
     """Layer-level NLKA scores of ``target`` (a token id, or a string: its first token) at the
     last position: ``[:, 0]`` attention layers, ``[:, 1]`` FFN layers (see the module doc).
-    One forward; cheap enough to call for the new and the old object on an edited model."""
+    One forward; cheap enough to call for the new and the old object on an edited model.
+
+    >>> scores = layer_attribution_scores(model, "Talvik Corlo was born in", "Karsa")
+    >>> scores.shape                       # [layer, attention | FFN]
+    torch.Size([6, 2])
+    >>> e = rome(model, records[:1])
+    >>> with e.applied(model):
+    ...     after = layer_attribution_scores(model, "Talvik Corlo was born in", "Gemmel")
+    """
     tokens = prompt_tokens(model, prompt)
     names = _layer_names(model) + [hook_name("ln_final_scale")]
     logits, cache = run_with_cache(model, tokens, names)
@@ -366,7 +384,15 @@ class NeuronAttributionResult:
     share of attention / FFN layer ``l``'s output (``ffn_query_embed``: the embeddings') in the
     input of the top FFN value neurons, times their importance. With ``method="exact_top_k"``
     the score tensors are NaN where a neuron was not scored and ``ffn_bounds`` / ``attn_bounds``
-    (else ``None``) hold upper bounds of every neuron's score."""
+    (else ``None``) hold upper bounds of every neuron's score.
+
+    >>> res = neuron_attribution(model, "Talvik Corlo was born in", "Karsa", top_k=5)
+    >>> res.ffn_scores.shape, res.layer_scores.shape     # [layer, d_mlp], [layer, attn | ffn]
+    (torch.Size([6, 512]), torch.Size([6, 2]))
+    >>> [n.label for n in res.value_neurons(2, kinds=("ffn",))]
+    ['L0N299', 'L0N179']
+    >>> fig = res.plot()                                 # or res.plot("heads"), ...
+    """
 
     prompt: str
     str_tokens: tuple[str, ...]
@@ -424,7 +450,11 @@ class NeuronAttributionResult:
                           ("rank", "neuron", "kind", "score", "coefficient", "promotes"), rows)
 
     def plot(self, view: str = "overview"):
-        """``overview`` (top neurons, heads and layer heatmap), ``neurons``, ``heads``, ``layers``, ``query``."""
+        """A Plotly figure: ``overview`` (top neurons, heads and layer heatmap), ``neurons``,
+        ``heads``, ``layers``, ``query``.
+
+        >>> fig = neuron_attribution(model, "Talvik Corlo was born in", top_k=5).plot("layers")
+        """
         from interp_edit.viz.attribution import attribution_figure
 
         return attribution_figure(self, view)
@@ -482,6 +512,14 @@ def neuron_attribution(
     are exact where scored and NaN elsewhere (so is a ``head_scores`` entry with an unscored
     neuron), ``ffn_bounds`` / ``attn_bounds`` hold every neuron's upper bound, ``settings`` the
     rows scored; layer scores and query neurons / layers are those of ``"exact"``.
+
+    >>> res = neuron_attribution(model, "Talvik Corlo was born in", "Karsa", top_k=5)
+    >>> res
+    NeuronAttributionResult(prompt='Talvik Corlo was born in', target=' Karsa', logprob=..., top_neurons=[L0N299 ...], best_layer=...)
+    >>> rows = res.table(3)                              # dicts, e.g. for a DataFrame
+    >>> fast = neuron_attribution(model, "Talvik Corlo was born in", "Karsa", top_k=5, method="exact_top_k")
+    >>> [n.label for n in fast.top_ffn] == [n.label for n in res.top_ffn]
+    True
     """
     from interp_edit.batching import resolve_memory_budget
     from interp_edit.validation import check_int

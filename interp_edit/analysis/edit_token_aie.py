@@ -41,7 +41,18 @@ class TokenFact:
 
 @dataclass
 class EditTokenAIE:
-    """Per-layer mean indirect effects at the chosen positions, over ``n_facts`` traced facts."""
+    """Per-layer mean indirect effects at the chosen positions, over ``n_facts`` traced facts.
+
+    ``hidden`` / ``severed``: [layer] mean effects of restoring the residual (with the later
+    MLPs severed for ``severed``); ``mlp_mediated`` = ``hidden − severed``; ``skipped``: the
+    facts left out, with the reason.
+
+    >>> from interp_edit.analysis.edit_token_aie import TokenFact
+    >>> res = edit_token_aie(model, [TokenFact("Talvik Corlo was born in", "Talvik Corlo", "Karsa", 4)], samples=2)
+    >>> res.hidden.shape, res.n_facts
+    (torch.Size([6]), 1)
+    >>> fig = res.plot(window=(1, 2))
+    """
 
     hidden: Float[Tensor, " layer"]
     severed: Float[Tensor, " layer"]
@@ -71,6 +82,12 @@ class EditTokenAIE:
                           mlp_mediated_peak=f"L{peak} {number(curve[peak].item(), 3)}" if peak is not None else None)
 
     def plot(self, window: Sequence[int] = ()):
+        """A Plotly figure of the three curves per layer; ``window`` (layers) is shaded, e.g. the
+        window MEMIT-CSK chose.
+
+        >>> from interp_edit.analysis.edit_token_aie import TokenFact
+        >>> fig = edit_token_aie(model, [TokenFact("Talvik Corlo was born in", "Talvik Corlo", "Karsa", 1)], samples=2).plot()
+        """
         from interp_edit.viz.edit_token_aie import edit_token_aie_figure
 
         return edit_token_aie_figure(self, window)
@@ -99,7 +116,15 @@ def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, sam
     """AIE per layer at each fact's ``position`` (see the module docstring). Facts the model gets
     wrong, and facts whose position lies before the subject (the corruption cannot reach it),
     are skipped and listed. The noise scale is 3 × the std of the embeddings of all the facts'
-    subject tokens unless ``embedding_std`` is given (as in ROME)."""
+    subject tokens unless ``embedding_std`` is given (as in ROME).
+
+    >>> from interp_edit.analysis.edit_token_aie import TokenFact
+    >>> facts = [TokenFact("Talvik Corlo was born in", "Talvik Corlo", "Karsa", position=4),  # "born"
+    ...          TokenFact("Mermi Corgun was born in", "Mermi Corgun", None, position=4)]
+    >>> res = edit_token_aie(model, facts, samples=2)
+    >>> res.n_facts + len(res.skipped), res.curve("mlp_mediated").shape
+    (2, torch.Size([6]))
+    """
     if not facts:
         raise InvalidArgumentError("no facts to trace")
     std = embedding_std or subject_embedding_std(model, [f.subject for f in facts])

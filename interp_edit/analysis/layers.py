@@ -14,6 +14,12 @@ def select_layer_window(aie, width: int = 5, *, kind: str = "mlp", role: str = "
     ``aie`` is an :class:`~interp_edit.analysis.aie.AIEResult` (its ``kind`` × ``role`` curve is
     used; MEMIT-CSK computes it from a severed-MLP trace at the edit token) or a per-layer
     tensor. The window is clipped to the model when ``width`` exceeds its depth.
+
+    >>> select_layer_window(torch.tensor([0.1, 0.5, 0.9, 0.7, 0.2, 0.0]), width=3)
+    (1, 2, 3)
+    >>> aie = average_indirect_effect(model, records[:2], samples=2, kinds=("mlp",), progress=False)
+    >>> len(select_layer_window(aie, width=2))
+    2
     """
     if width < 1:
         raise InvalidArgumentError(f"width must be >= 1, got {width}")
@@ -32,6 +38,12 @@ def attention_mlp_balance(trace) -> float:
 
     Effects are the trace's indirect effects (use ``metric="logit_diff"`` as the paper does),
     summed over layers and positions; negative effects count as zero so α lies in [0, 1].
+
+    >>> trace = causal_trace(model, "Talvik Corlo was born in", "Talvik Corlo", samples=2,
+    ...                      kinds=("mlp", "attn"), metric="logit_diff", foil="Gemmel")
+    >>> alpha = attention_mlp_balance(trace)
+    >>> 0.0 <= alpha <= 1.0
+    True
     """
     if "attn" not in trace.kinds or "mlp" not in trace.kinds:
         raise InvalidArgumentError(f"the trace needs kinds 'attn' and 'mlp', it has {trace.kinds}")

@@ -26,7 +26,19 @@ def _tokens(model, prompt: str) -> Tensor:
 class LogitLensResult:
     """The residual stream after the embedding (row 0) and after each layer, read through the
     final norm and unembedding (nostalgebraist's logit lens), with the model's final-logit
-    soft-cap where it has one (Gemma-2): the last row is the model's output."""
+    soft-cap where it has one (Gemma-2): the last row is the model's output.
+
+    ``top_ids`` / ``top_probs`` / ``top_tokens``: the ``k`` most likely next tokens, [layer + 1,
+    pos, k]; ``target_probs`` / ``target_ranks``: the target's probability and rank (0 = top-1),
+    [layer + 1, pos], or None without a target; ``layer_labels``: the row names.
+
+    >>> lens = logit_lens(model, "Talvik Corlo was born in", "Karsa", k=3)
+    >>> lens.top_probs.shape                     # embedding + 6 layers, 6 positions, k
+    torch.Size([7, 6, 3])
+    >>> lens.top_tokens[-1][-1][0]               # the model's top-1 at the last position
+    ' Karsa'
+    >>> fig = lens.plot()
+    """
 
     top_ids: Int[Tensor, "layer pos k"]
     top_probs: Float[Tensor, "layer pos k"]
@@ -63,7 +75,14 @@ class LogitLensResult:
 @torch.no_grad()
 def logit_lens(model, prompt: str, target: str | None = None, *, k: int = 5) -> LogitLensResult:
     """Top-``k`` next tokens at every position after every layer; with ``target``, its
-    probability and rank there too (first token of a multi-token target)."""
+    probability and rank there too (first token of a multi-token target).
+
+    >>> lens = logit_lens(model, "Talvik Corlo was born in", "Karsa")
+    >>> lens
+    LogitLensResult(prompt='Talvik Corlo was born in', target='Karsa', layers=7, final_top1=' Karsa' ..., target_top1_from=L2)
+    >>> lens.target_ranks[:, -1].tolist()       # the target's rank after each layer
+    [...]
+    """
     from interp_edit.validation import check_int, check_str
 
     check_int(k, "k", minimum=1, maximum=model.cfg.d_vocab_out)  # topk over the vocabulary
@@ -108,7 +127,16 @@ class DLAResult:
     ``ln1_post`` frozen at this prompt's scale, so heads and bias still add up to ``attn_out``.
     With a final-logit soft-cap (Gemma-2), DLA is defined on the **pre-cap** logits (the cap
     is not additive): ``total`` is the pre-cap logit difference and ``model_total`` the model's
-    (capped) one; without a cap they are equal. ``logit_softcap``: the cap, or None."""
+    (capped) one; without a cap they are equal. ``logit_softcap``: the cap, or None.
+
+    >>> dla = direct_logit_attribution(model, "Talvik Corlo was born in", "Karsa", foil="Gemmel")
+    >>> dla.heads.shape, dla.mlp.shape           # [layer, head], [layer]
+    (torch.Size([6, 4]), torch.Size([6]))
+    >>> parts = dla.embed + dla.pos_embed + dla.heads.sum() + dla.attn_bias.sum() + dla.mlp.sum() + dla.constant
+    >>> abs(float(parts) - dla.total) < 1e-3
+    True
+    >>> fig = dla.plot()
+    """
 
     heads: Float[Tensor, "layer head"]
     attn_bias: Float[Tensor, " layer"]
@@ -153,7 +181,14 @@ class DLAResult:
 @torch.no_grad()
 def direct_logit_attribution(model, prompt: str, target: str, foil: str | None = None) -> DLAResult:
     """DLA of every attention head, attention bias, MLP layer and the embeddings to the target
-    logit (minus the foil's) at the last position (first token of a multi-token target)."""
+    logit (minus the foil's) at the last position (first token of a multi-token target).
+
+    >>> dla = direct_logit_attribution(model, "Talvik Corlo was born in", "Karsa")
+    >>> dla
+    DLAResult(prompt='Talvik Corlo was born in', target='Karsa', total=..., top=[...])
+    >>> int(dla.mlp.argmax())                    # the MLP layer that writes the answer most
+    2
+    """
     from interp_edit.validation import check_str
 
     check_str(target, "target")

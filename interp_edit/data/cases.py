@@ -139,7 +139,15 @@ Case = CounterFactCase | ZsRECase | MQuAKECase | MCQCase
 @dataclass
 class Dataset:
     """Validated cases of one format. ``skipped`` lists the error messages of records left out
-    with ``strict=False``."""
+    with ``strict=False``.
+
+    >>> ds = load_dataset("toyworld-counterfact")
+    >>> ds.format, len(ds) > 1000, type(ds[0]).__name__
+    ('counterfact', True, 'CounterFactCase')
+    >>> ds[0].rewrites()[0].text               # what an editor is asked to change
+    'Talvik Corlo was born in'
+    >>> e = rome(model, [ds[0].rewrites()[0].as_dict()])     # editors take dicts
+    """
 
     name: str
     format: str

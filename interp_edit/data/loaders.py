@@ -111,7 +111,16 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
 
     A built-in dataset is built from ``world``, else from ``model``'s own toy world (the one
     its checkpoint names), else from the shipped model's world; ``world`` and ``model`` of
-    different worlds raise :class:`DatasetError` naming both."""
+    different worlds raise :class:`DatasetError` naming both.
+
+    >>> load_dataset("toyworld-zsre")
+    Dataset(name='toyworld-zsre', format='zsre', cases=..., skipped=0)
+    >>> import json
+    >>> with open("cases.json", "w") as f:                 # any CounterFact-format file
+    ...     json.dump([r.to_counterfact() for r in records[:3]], f)
+    >>> len(load_dataset("cases.json"))
+    3
+    """
     from interp_edit.toyworld.model_world import WorldSpec, check_same_world, shipped_world, world_or_shipped
 
     builtins = builtin_datasets()
