@@ -267,9 +267,13 @@ def stream_hooked(hf_model, cfg, tokenizer, processing: dict[str, bool], device,
         state, cfg_rest = _convert(_view(hf_model, path, [], meta=False), cfg, 0)
         _fill_missing(state, {k: v for k, v in target.params.items() if not k.startswith("blocks.")})
         sources = _storages(hf_model)
-        state = _process(state, cfg_rest, processing)
-        for key in list(state):
-            target.assign(key, state.pop(key), sources)
+        # the embedding side and the unembedding side one after the other (their processing is
+        # independent), each with the other as meta stand-ins: half the float32 working copies
+        for side in (lambda k: k.startswith(("embed.", "pos_embed.")), lambda k: not k.startswith(("embed.", "pos_embed."))):
+            part = _process({k: v if side(k) else v.to("meta") for k, v in state.items()}, cfg_rest, processing)
+            for key in [k for k in part if side(k)]:
+                target.assign(key, part.pop(key), sources)
+            del part
         del state, sources
 
     for index in range(cfg.n_layers):
