@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-
 #: the top-level ``--help`` text (prose: argparse prints it as written)
 DESCRIPTION = (
     "Mechanistic interpretability of knowledge editing, from the command line. Trace where a model "

@@ -40,10 +40,37 @@ def build_zoo(model, records) -> dict:
         "ablation": ablate_neurons(model, attribution.value_neurons(5), [text], [r.target_true]),
         "pathways": qv_pathways(model, [x.prompt.format(x.subject) for x in records[:3]], [x.target_true for x in records[:3]],
                                 n_value=10, top_pathways=10),
-        "diff": attribution_diff(model, ft, r, neurons=False),
+        "diff": attribution_diff(model, ft, r),
         "edit_token_aie": edit_token_aie(model, [TokenFact(text, r.subject, r.target_true, subject_last)], samples=2),
         "contrast": contrast_study(model, "ft", records[:3], progress=False, n_boot=20),
         "experiment": run_experiment(model, "toyworld-counterfact", "ft", n=1, unrelated=2, fluency=False, progress=False),
+        "sweep": SweepRows.from_experiment(run_experiment(model, "toyworld-counterfact", "ft", n=1, unrelated=2,
+                                                          fluency=False, progress=False)),
         "record": r,
         "text": text,
     }
+
+
+class SweepRows:
+    """What the sweep figure reads of a :class:`~interp_edit.sweep.SweepResult` (``rows()``,
+    ``cells``): 2 methods × 2 configs × 2 seeds × 2 modes around one real experiment's summary,
+    without running 16 cells."""
+
+    def __init__(self, rows: list[dict]):
+        self._rows, self.cells = rows, list(range(len(rows) + 1))
+
+    @classmethod
+    def from_experiment(cls, experiment) -> SweepRows:
+        summary, rows = experiment.summary(), []
+        for method in ("rome", "memit_csk"):
+            for config in ("layer=1 v_lr=0.5", "layer=3 v_lr=0.5"):
+                for seed in (0, 1):
+                    for mode in ("independent", "sequential"):
+                        scale = 1 - 0.05 * len(rows)
+                        rows.append({"cell": len(rows), "method": method, "config": config, "seed": seed, "mode": mode,
+                                     "status": "ok"} | {k: v * scale for k, v in summary.items() if isinstance(v, float)})
+        return cls(rows + [{"cell": len(rows), "method": "rome", "config": "", "seed": 0, "mode": "independent",
+                            "status": "failed"}])
+
+    def rows(self) -> list[dict]:
+        return self._rows

@@ -99,15 +99,16 @@ class AIEResult:
                           clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
                           peaks="[" + "; ".join(peaks) + "]")
 
-    def plot(self):
+    def plot(self, view: str = "heatmap"):
+        """``heatmap``: ROME's figure, token roles × layers per kind; ``lines``: one curve per role."""
         from interp_edit.viz.traces import aie_figure
 
-        return aie_figure(self)
+        return aie_figure(self, view)
 
-    def save(self, path: str | Path) -> tuple[Path, Path]:
+    def save(self, path: str | Path, view: str = "heatmap") -> tuple[Path, Path]:
         from interp_edit.viz.export import save_figure
 
-        return save_figure(self.plot(), path)
+        return save_figure(self.plot(view), path)
 
 
 def _as_fact(fact, index: int = 0) -> tuple[str, str, str]:

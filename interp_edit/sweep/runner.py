@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-
 from interp_edit.errors import SweepSpecError
 from interp_edit.progress import progress_bar
 from interp_edit.sweep.cells import Cell, expand, validate_cells

@@ -34,12 +34,13 @@ def head_bars(result) -> go.Bar:
                   hovertemplate="%{x}: sum over its neurons %{y:.4f}<extra></extra>")
 
 
-def layer_heatmap(scores, title: str, colorbar_x: float | None = None) -> go.Heatmap:
-    """Layers on y, {attention, FFN} on x, diverging colours around 0."""
+def layer_heatmap(scores, title: str) -> go.Heatmap:
+    """Layers on y, {attention, FFN} on x, diverging colours around 0; ``title``: the colourbar's
+    (a key of :data:`~interp_edit.viz.labels.COLORBAR_LABELS`)."""
     bound = max(scores.abs().max().item(), 1e-9)
     return go.Heatmap(z=scores.tolist(), x=["attention", "FFN"], y=[f"L{i}" for i in range(scores.shape[0])],
                       colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound, text=[[f"{v:.3f}" for v in row] for row in scores.tolist()],
-                      texttemplate="%{text}", colorbar=dict(title=title, x=colorbar_x) if colorbar_x else dict(title=title),
+                      texttemplate="%{text}", colorbar=dict(title=title),
                       hovertemplate="%{y} %{x}: %{z:.4f}<extra></extra>")
 
 
@@ -59,13 +60,13 @@ def attribution_figure(result, view: str = "overview") -> go.Figure:
         fig.update_layout(title=f"Attention heads (sum of their neurons): {what}", yaxis_title="Δ log p", height=420, width=800)
         return fit_layout(fig)
     if view == "layers":
-        fig = go.Figure(layer_heatmap(result.layer_scores, "Δ log p"))
+        fig = go.Figure(layer_heatmap(result.layer_scores, "Δ log p(target)"))
         fig.update_layout(title=f"Layer scores: {what}", height=160 + 40 * result.layer_scores.shape[0], width=600)
         return fit_layout(fig)
     if view == "query":
         fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16, subplot_titles=[
             "query layers of the top FFN value neurons", "top query neurons of the attention value neurons"])
-        fig.add_trace(layer_heatmap(result.ffn_query_scores, "share × Imp", colorbar_x=0.43), row=1, col=1)
+        fig.add_trace(layer_heatmap(result.ffn_query_scores, "query share × Δ log p"), row=1, col=1)
         fig.add_trace(neuron_bars(result.query_neurons, "query", "#2ca02c"), row=1, col=2)
         fig.update_layout(title=f"Query components (embeddings: {result.ffn_query_embed:.3f}): {what}", height=450, width=1100,
                           showlegend=False)
@@ -76,7 +77,7 @@ def attribution_figure(result, view: str = "overview") -> go.Figure:
     fig.add_trace(neuron_bars(result.top_ffn, "FFN", "#1f77b4"), row=1, col=1)
     fig.add_trace(neuron_bars(result.top_attn, "attention", "#ff7f0e"), row=1, col=2)
     fig.add_trace(head_bars(result), row=2, col=1)
-    fig.add_trace(layer_heatmap(result.layer_scores, "Δ log p", colorbar_x=1.02), row=2, col=2)
+    fig.add_trace(layer_heatmap(result.layer_scores, "Δ log p(target)"), row=2, col=2)
     note = f"<br><sup>{result.target_note}</sup>" if result.target_note else ""
     fig.update_layout(title=f"Neuron attribution: {what}{note}", height=800, width=1200, showlegend=False)
     return fit_layout(fig)

@@ -20,16 +20,18 @@ _MODULE_NAMES = ("attention", "FFN")
 _COLORS = {"attention": "#ff7f0e", "FFN": "#1f77b4"}
 
 
-def diff_heatmap(values, *, bound: float | None = None, show_scale: bool = True, colorbar_x: float | None = None) -> go.Heatmap:
-    """Layers on y, {attention, FFN} on x, diverging colours around 0 (NaN cells left blank)."""
+def diff_heatmap(values, coloraxis: str = "coloraxis") -> go.Heatmap:
+    """Layers on y, {attention, FFN} on x (NaN cells left blank), coloured on the layout's
+    ``coloraxis`` (one colourbar shared by every heatmap on it: :func:`diverging_axis`)."""
     rows = values.tolist()
-    finite = [abs(v) for row in rows for v in row if not math.isnan(v)]
-    bound = bound if bound is not None else max(finite + [1e-9])
     text = [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in rows]
-    colorbar = dict(title="Δ log p", x=colorbar_x) if colorbar_x is not None else dict(title="Δ log p")
-    return go.Heatmap(z=rows, x=list(_MODULE_NAMES), y=[f"L{i}" for i in range(len(rows))], colorscale="RdBu", zmid=0,
-                      zmin=-bound, zmax=bound, text=text, texttemplate="%{text}", showscale=show_scale, colorbar=colorbar,
-                      hovertemplate="%{y} %{x}: %{z:.4f}<extra></extra>")
+    return go.Heatmap(z=rows, x=list(_MODULE_NAMES), y=[f"L{i}" for i in range(len(rows))], coloraxis=coloraxis,
+                      text=text, texttemplate="%{text}", hovertemplate="%{y} %{x}: %{z:.4f}<extra></extra>")
+
+
+def diverging_axis(bound: float, title: str = "Δ log p(target)") -> dict:
+    """A shared colour axis: RdBu from ``-bound`` to ``bound``, its colourbar titled ``title``."""
+    return dict(colorscale="RdBu", cmid=0, cmin=-bound, cmax=bound, colorbar=dict(title=title))
 
 
 def _bound(*tensors) -> float:
@@ -51,10 +53,10 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
         bound = _bound(diff)
         fig = make_subplots(rows=1, cols=2, subplot_titles=list(_DIRECTION_TITLES), horizontal_spacing=0.15)
         for d in range(2):
-            fig.add_trace(diff_heatmap(diff[:, :, d], bound=bound, show_scale=d == 1), row=1, col=d + 1)
+            fig.add_trace(diff_heatmap(diff[:, :, d]), row=1, col=d + 1)
         n = len(result.prompts[group])
         fig.update_layout(title=f"After − before, {group} prompts (mean of {n}): {what}", height=200 + 45 * diff.shape[0],
-                          width=900)
+                          width=900, coloraxis=diverging_axis(bound))
         return fit_layout(fig)
     if view == "groups":
         groups = result.groups
@@ -64,9 +66,9 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
         fig = make_subplots(rows=2, cols=len(groups), subplot_titles=titles, vertical_spacing=0.12)
         for d in range(2):
             for c, diff in enumerate(diffs):
-                fig.add_trace(diff_heatmap(diff[:, :, d], bound=bound, show_scale=d == 0 and c == 0), row=d + 1, col=c + 1)
+                fig.add_trace(diff_heatmap(diff[:, :, d]), row=d + 1, col=c + 1)
         fig.update_layout(title=f"After − before per prompt group: {what}", height=300 + 90 * diffs[0].shape[0],
-                          width=330 * len(groups) + 150)
+                          width=330 * len(groups) + 150, coloraxis=diverging_axis(bound))
         return fit_layout(fig)
     if view == "neurons":
         fig = make_subplots(rows=1, cols=2, subplot_titles=[f"most changed: {t}" for t in _DIRECTION_TITLES])
@@ -102,18 +104,17 @@ def contrast_figure(result, view: str = "panels") -> go.Figure:
     undefined = "" if result.defined else f" — contrast undefined: {result.undefined_reason}"
     n_layers = result.n_layers
     if view == "panels":
-        cols = ("successes", "failures", "success − failure (leverage)")
+        cols = ("successes", "failures", "leverage")
         titles = [f"{c}: {t.split(' (')[0]}" for t in _DIRECTION_TITLES for c in cols]
-        fig = make_subplots(rows=2, cols=3, subplot_titles=titles, vertical_spacing=0.1, horizontal_spacing=0.08)
+        fig = make_subplots(rows=2, cols=3, subplot_titles=titles, vertical_spacing=0.12, horizontal_spacing=0.08)
         bound = _bound(result.success_mean, result.failure_mean)
         lev_bound = _bound(result.leverage)
         for d in range(2):
             maps = (result.success_mean, result.failure_mean, result.leverage)
             for c, values in enumerate(maps):
-                fig.add_trace(diff_heatmap(values[:, :, d], bound=lev_bound if c == 2 else bound,
-                                           show_scale=d == 0 and c in (1, 2), colorbar_x=0.64 if c == 1 else 1.02),
-                              row=d + 1, col=c + 1)
-        fig.update_layout(title=f"Mean after − before diffs: {head}{undefined}", height=300 + 90 * n_layers, width=1200)
+                fig.add_trace(diff_heatmap(values[:, :, d], "coloraxis2" if c == 2 else "coloraxis"), row=d + 1, col=c + 1)
+        fig.update_layout(title=f"Mean after − before diffs (leverage = successes − failures): {head}{undefined}", height=300 + 90 * n_layers, width=1200,
+                          coloraxis=diverging_axis(bound), coloraxis2=diverging_axis(lev_bound, "Δ log p(target)"))
         return fit_layout(fig)
     if view == "leverage":
         fig = make_subplots(rows=1, cols=2, subplot_titles=list(_DIRECTION_TITLES))

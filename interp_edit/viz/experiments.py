@@ -1,5 +1,6 @@
 """Figures of editing experiments: metric curves vs number of edits, and several methods
-compared."""
+compared. An experiment evaluated once (one batch, or one checkpoint) has no curve: its
+metrics are drawn as bars, before (unedited) and after the edits."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def experiment_figure(result, metrics: Sequence[str] | None = None):
 
     last = result.checkpoints[-1] if result.checkpoints else {}
     metrics = [m for m in (metrics or DEFAULT_CURVES) if m in last]
+    s = result.settings
+    mode = "sequential" if s["sequential"] else "independent (each batch undone)"
+    if len(result.checkpoints) <= 1:
+        return _one_checkpoint_figure(result, metrics, f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}")
     entropy = "option_entropy" in last
     fig = make_subplots(rows=1, cols=2 if entropy else 1, subplot_titles=("metrics", "option entropy (bits)") if entropy else None)
     for metric in metrics:
@@ -40,12 +45,28 @@ def experiment_figure(result, metrics: Sequence[str] | None = None):
         xs, ys = _points(result, "option_entropy")
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name="option_entropy"), row=1, col=2)
         fig.update_xaxes(title_text="number of edits", row=1, col=2)
-    s = result.settings
-    mode = "sequential" if s["sequential"] else "independent (each batch undone)"
     fig.update_xaxes(title_text="number of edits", row=1, col=1)
     fig.update_yaxes(title_text="value", row=1, col=1)
     fig.update_layout(title=f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}",
                       width=1000 if entropy else 750, height=450, template="plotly_white")
+    return fit_layout(fig)
+
+
+def _one_checkpoint_figure(result, metrics: Sequence[str], title: str):
+    """Grouped bars: each metric unedited and after the edits (one evaluation, no curve)."""
+    import plotly.graph_objects as go
+
+    from interp_edit.viz.layout import fit_layout
+
+    last = result.checkpoints[-1] if result.checkpoints else {}
+    before = [m for m in metrics if m in result.baseline]
+    fig = go.Figure()
+    if before:
+        fig.add_trace(go.Bar(x=before, y=[result.baseline[m] for m in before], name="unedited", marker_color="#9e9e9e"))
+    fig.add_trace(go.Bar(x=list(metrics), y=[last[m] for m in metrics], name=f"after {last.get('n_edited', 0)} edits",
+                         marker_color="#1f77b4"))
+    fig.update_layout(title=title, barmode="group", yaxis_title="value", xaxis_tickangle=-30,
+                      width=max(500, 70 * len(metrics) + 200), height=480, template="plotly_white")
     return fit_layout(fig)
 
 

@@ -22,7 +22,7 @@ def logit_lens_figure(result) -> go.Figure:
     fig.add_trace(go.Heatmap(z=top1.tolist(), x=labels, y=list(result.layer_labels), text=text,
                              texttemplate="%{text}", customdata=hover, colorscale="Blues", zmin=0, zmax=1,
                              hovertemplate="%{y} %{x}<br>%{customdata}<extra></extra>",
-                             colorbar=dict(title="top-1 p")),
+                             colorbar=dict(title="p(top-1)")),
                   row=1, col=1)
     if panels == 2:
         fig.add_trace(go.Heatmap(z=result.target_probs.tolist(), x=labels, y=list(result.layer_labels),
@@ -41,7 +41,8 @@ def dla_figure(result) -> go.Figure:
     fig.add_trace(go.Bar(x=layers, y=result.mlp.tolist(), name="MLP"), row=1, col=1)
     bound = max(result.heads.abs().max().item(), 1e-9)
     fig.add_trace(go.Heatmap(z=result.heads.tolist(), x=[f"H{h}" for h in range(result.heads.shape[1])], y=layers,
-                             colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound), row=1, col=2)
+                             colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound,
+                             colorbar=dict(title="Δ logit")), row=1, col=2)
     fig.update_xaxes(title_text="layer", row=1, col=1)
     fig.update_yaxes(title_text="layer", row=1, col=2)
     what = f"logit({result.target!r})" + (f" − logit({result.foil!r})" if result.foil else "")

@@ -10,6 +10,8 @@ def localization_figure(result, metric: str):
     from plotly.colors import sample_colorscale
     from plotly.subplots import make_subplots
 
+    from interp_edit.viz.layout import fit_layout
+
     c = result.correlations[metric]
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "per layer: means over facts",
@@ -34,4 +36,4 @@ def localization_figure(result, metric: str):
     fig.update_layout(title=f"Does localization inform editing? {result.method}, {len(result.case_ids)} facts; "
                             f"layer-mean rho {c['layers']:+.2f} [{c['layers_ci'][0]:+.2f}, {c['layers_ci'][1]:+.2f}]",
                       width=1150, height=470, template="plotly_white")
-    return fig
+    return fit_layout(fig)

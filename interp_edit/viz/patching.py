@@ -23,12 +23,12 @@ def patching_figure(result, sites=None) -> go.Figure:
             z, x, y = value.tolist(), [f"H{h}" for h in range(value.shape[1])], list(range(value.shape[0]))
         else:
             z, x, y = value.tolist(), labels, list(range(value.shape[0]))
-        fig.add_trace(go.Heatmap(z=z, x=x, y=y, colorscale="RdBu", zmid=0, zmin=-1, zmax=1,
-                                 showscale=i == len(sites) - 1,
+        fig.add_trace(go.Heatmap(z=z, x=x, y=y, coloraxis="coloraxis",
                                  hovertemplate="%{y} / %{x}<br>%{z:.3f}<extra>" + site + "</extra>"),
                       row=1, col=i + 1)
         fig.update_yaxes(title_text="layer" if value.ndim == 2 else "", row=1, col=i + 1)
     fig.update_layout(
         title=f"{result.method} patching ({result.direction}), {result.metric} normalised: clean 1, corrupted 0",
-        height=520, width=max(500, 330 * len(sites)))
+        height=520, width=max(500, 330 * len(sites)),
+        coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-1, cmax=1, colorbar=dict(title="restored fraction")))
     return fit_layout(fig)

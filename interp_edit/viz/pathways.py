@@ -8,6 +8,13 @@ from plotly.subplots import make_subplots
 from interp_edit.viz.layout import fit_layout
 
 
+def drawn_layers(flow, axis: int) -> list[int]:
+    """Every layer the Sankey draws on one side (``axis`` 0: value layers, the targets; 1:
+    query layers, the sources), largest total flow first: what the title lists."""
+    totals = flow.sum(axis)
+    return sorted((i for i in range(totals.shape[0]) if totals[i] > 0), key=lambda i: -totals[i].item())
+
+
 def pathway_sankey(result) -> go.Figure:
     """Query FFN layers (left) flowing into value FFN layers (right), widths = summed positive
     weights of the top pathways; hover lists the pathways of each link."""
@@ -28,11 +35,8 @@ def pathway_sankey(result) -> go.Figure:
         link=dict(source=sources, target=targets, value=values, customdata=hover,
                   hovertemplate="%{source.label} → %{target.label}: %{value:.3f}<br>%{customdata}<extra></extra>"),
     ))
-    # the title names the layers the diagram draws (best first), not the rankings of all layers
-    drawn_values = [v for v in result.value_layers if flow[:, v].sum() > 0][:2]
-    drawn_queries = [q for q in result.query_layers if flow[q].sum() > 0][:2]
     fig.update_layout(title=f"Top {len(result.pathways)} query → value pathways over {len(result.prompts)} prompts "
-                            f"(value layers {drawn_values}, query layers {drawn_queries})",
+                            f"(value layers {drawn_layers(flow, 0)}, query layers {drawn_layers(flow, 1)}, by flow)",
                       height=500, width=900)
     return fit_layout(fig)
 
