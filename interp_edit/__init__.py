@@ -104,6 +104,7 @@ _EXPORTS = {
     "run_sweep": "interp_edit.sweep",
     "LocalizationEditingResult": "interp_edit.sweep",
     "localization_vs_editing": "interp_edit.sweep",
+    "clear_statistics_cache": "interp_edit.statistics",
 }
 
 __all__ = [
@@ -194,6 +195,7 @@ __all__ = [
     "run_sweep",
     "LocalizationEditingResult",
     "localization_vs_editing",
+    "clear_statistics_cache",
 ]
 
 if TYPE_CHECKING:
@@ -230,6 +232,7 @@ if TYPE_CHECKING:
     )
     from interp_edit.batching import last_token_logits
     from interp_edit.data import Dataset, load_dataset
+    from interp_edit.statistics import clear_statistics_cache
     from interp_edit.editing import (
         ACEConfig,
         ACERequest,

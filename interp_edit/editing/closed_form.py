@@ -1,6 +1,9 @@
 """Pieces of the closed-form editors (ROME, MEMIT, AlphaEdit and their relatives): working on
 the weights in a scratch transaction, measuring the current values at the edit tokens, and
-the least-squares solves (in float64)."""
+the least-squares solves (in float64) — :func:`solve` for a system seen once,
+:func:`moment_solve` (ROME's ``C⁻¹k``) and :func:`memit_left_factor` (MEMIT's ``(λC + KKᵀ)⁻¹K``)
+through factorisations of the statistics that the model's statistics store keeps across edits
+(:mod:`interp_edit.statistics.store`)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from interp_edit.editing.edit import LowRankDelta
 from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import add_delta_
+from interp_edit.statistics.store import cached_factor
 
 
 def w_out_name(layer: int) -> str:
@@ -98,6 +102,65 @@ def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:
     if not torch.isfinite(out).all():
         raise EditOptimizationError(f"the {what} solve gave non-finite values; the model is unchanged")
     return out
+
+
+def _singular(what: str, detail: str) -> EditOptimizationError:
+    return EditOptimizationError(
+        f"the {what} solve is singular ({detail}); a statistics weight (mom2_update_weight) of 0 with fewer keys "
+        "than the key width gives a singular system: raise it above 0; the model is unchanged")
+
+
+def _finite(out: Tensor, what: str) -> Tensor:
+    if not torch.isfinite(out).all():
+        raise EditOptimizationError(f"the {what} solve gave non-finite values; the model is unchanged")
+    return out
+
+
+def moment_solve(model, moment: Float[Tensor, "key key"], rhs: Float[Tensor, "key *n"], what: str, *,
+                 scale: float = 1.0, ridge: float = 0.0) -> Tensor:
+    """``(scale · C + ridge · mean(diag C) · I)⁻¹ rhs`` in float64 on ``rhs``'s device, C =
+    ``moment``: the LU factor (the one :func:`torch.linalg.solve` computes, so the result is
+    the same) is built once per moment and kept in the model's statistics store."""
+    device = rhs.device
+
+    def build():
+        matrix = scale * moment.to(device, torch.float64)
+        if ridge:
+            matrix = matrix + ridge * matrix.diagonal().mean() * torch.eye(len(matrix), dtype=matrix.dtype, device=device)
+        lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+        return lu, pivots, int(info)  # read once, not at every edit
+
+    lu, pivots, info = cached_factor(model, moment, ("lu", float(scale), float(ridge), str(device)), build)
+    if info != 0:
+        raise _singular(what, f"U[{info - 1}, {info - 1}] is zero")
+    column = rhs.ndim == 1
+    out = torch.linalg.lu_solve(lu, pivots, rhs.double()[:, None] if column else rhs.double())
+    return _finite(out[:, 0] if column else out, what)
+
+
+def memit_left_factor(model, moment: Float[Tensor, "key key"], weight: float, keys: Float[Tensor, "key n"],
+                      what: str) -> Float[Tensor, "key n"]:
+    """MEMIT's ``(λC + KKᵀ)⁻¹K`` (λ = ``weight``, K = ``keys``) in float64. With λC positive
+    definite, through its Cholesky factor L (built once per moment, kept in the model's
+    statistics store) and the Woodbury identity: ``X (I + KᵀX)⁻¹`` with ``X = (λC)⁻¹K``, which
+    costs O(d²n + n³) per edit instead of O(d³). Otherwise (λ = 0, or C singular) the dense
+    :func:`solve`."""
+    device = keys.device
+
+    def build():
+        factor, info = torch.linalg.cholesky_ex(weight * moment.to(device, torch.float64))
+        return factor if int(info) == 0 else None
+
+    factor = cached_factor(model, moment, ("cholesky", float(weight), str(device)), build) if weight > 0 else None
+    if factor is None:
+        return solve(weight * moment.to(device) + keys @ keys.T, keys, what)
+    keys = keys.double()
+    x = torch.cholesky_solve(keys, factor)  # (λC)⁻¹K  [d, n]
+    inner = torch.eye(keys.shape[1], dtype=x.dtype, device=device) + keys.T @ x  # symmetric positive definite
+    inner_factor, info = torch.linalg.cholesky_ex(inner)
+    if int(info) != 0:
+        return solve(weight * moment.to(device) + keys @ keys.T, keys, what)
+    return _finite(torch.cholesky_solve(x.T, inner_factor).T, what)
 
 
 def check_finite(name: str, tensor: Tensor, requests: Sequence[TokenizedRequest]) -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import model_fingerprint
 from interp_edit.errors import EditConfigError
 from interp_edit.statistics.auto import auto_statistics
-from interp_edit.statistics.collect import AUTO_TOLERANCE, _fixed_statistics, given_statistics
+from interp_edit.statistics.collect import AUTO_TOLERANCE, _fixed_statistics, cache_folder, given_statistics
 from interp_edit.statistics.provenance import SITES, KeyStatistics
+from interp_edit.statistics.store import corpus_key, statistics_store
 
 
 def _check_args(model, layers, site, n_samples) -> list[int]:
@@ -48,6 +50,8 @@ def key_statistics(
     """:class:`KeyStatistics` (C = E[k kᵀ] in float64 on the CPU, and its provenance) of the
     keys at ``site`` for each of ``layers``: from ``stats`` where given (checked), else from
     the disk cache, else computed (the layers not cached share one pass over the corpus).
+    A fixed sample's statistics are kept in memory on the model after the first call
+    (:mod:`interp_edit.statistics.store`; :func:`clear_statistics_cache` drops them).
     ``n_samples="auto"`` grows the sample (:func:`auto_statistics`; needs ``probe_keys``)."""
     layers = _check_args(model, layers, site, n_samples)
     found = given_statistics(model, stats, site, layers) if stats is not None else {}
@@ -60,8 +64,27 @@ def key_statistics(
                                      probe=probe, tolerance=tolerance, max_samples=max_samples, batch_size=batch_size,
                                      cache_dir=cache_dir, progress=progress))
     elif missing:
-        found.update(_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress))
+        found.update(_stored_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress))
     return {layer: found[layer] for layer in layers}
+
+
+def _stored_fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress
+                             ) -> dict[int, KeyStatistics]:
+    """The fixed-size statistics of ``layers``: from the model's in-memory store
+    (:mod:`interp_edit.statistics.store`) where it holds them, else from the disk cache or
+    computed (and then kept in the store)."""
+    spec = corpus_key(corpus)
+    if spec is None:  # an iterator of texts: nothing names it without consuming it
+        return _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress)
+    store = statistics_store(model)
+    base = (model_fingerprint(model), site, spec, n_samples, str(cache_folder(cache_dir)))
+    found = {layer: store.get((*base, layer)) for layer in layers}
+    missing = [layer for layer in layers if found[layer] is None]
+    if missing:
+        for layer, stats in _fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress).items():
+            store.put((*base, layer), stats)
+            found[layer] = stats
+    return found
 
 
 def second_moments(model, layers: Iterable[int], *, site: str = "mlp_post", corpus=None, n_samples: int = 2000,

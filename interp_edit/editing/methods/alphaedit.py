@@ -39,6 +39,7 @@ from interp_edit.editing.methods.memit import MEMITConfig
 from interp_edit.editing.spread import spread_update
 from interp_edit.errors import EditConfigError, EditRequestError
 from interp_edit.statistics.keys import editor_statistics, provenance_records
+from interp_edit.statistics.store import cached_factor
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ def null_space_basis(cov: Float[Tensor, "key key"], rule: str, threshold: float)
     return vectors[:, null]
 
 
+def _projector(cov: Tensor, rule: str, threshold: float, device) -> tuple[Tensor, int]:
+    """(P = U Uᵀ on ``device``, the null-space dimension) of ``cov`` (eigendecomposed on ``device``)."""
+    basis = null_space_basis(cov.to(device), rule, threshold)
+    return basis @ basis.T, int(basis.shape[1])
+
+
 class AlphaEditor:
     """An AlphaEdit session on one model: holds the null-space projections and the keys of
     the edits it has made (for sequential editing)."""
@@ -121,10 +128,12 @@ class AlphaEditor:
         self.projections: dict[int, Tensor] = {}
         self.nullspace_dims: dict[int, int] = {}
         self.key_dim = model.cfg.d_mlp
+        rule, threshold, device = self.config.nullspace_rule, self.config.nullspace_threshold, model.cfg.device
         for layer, cov in covs.items():
-            basis = null_space_basis(cov, self.config.nullspace_rule, self.config.nullspace_threshold)
-            self.projections[layer] = (basis @ basis.T).to(model.cfg.device)
-            self.nullspace_dims[layer] = int(basis.shape[1])
+            # P and its dimension, kept in the model's statistics store: one eigendecomposition per statistic
+            self.projections[layer], self.nullspace_dims[layer] = cached_factor(
+                model, cov, ("nullspace", rule, float(threshold), str(device)),
+                lambda cov=cov: _projector(cov, rule, threshold, device))
         rule = f"nullspace_rule={self.config.nullspace_rule!r}, nullspace_threshold={self.config.nullspace_threshold}"
         empty = [layer for layer, dim in self.nullspace_dims.items() if dim == 0]
         full = [layer for layer, dim in self.nullspace_dims.items() if dim == len(self.projections[layer])]

@@ -64,9 +64,9 @@ from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
     check_layers,
+    memit_left_factor,
     raw_values_at_edit_tokens,
     scratch_weights,
-    solve,
     values_at_edit_tokens,
     w_o_name,
     w_out_name,
@@ -275,8 +275,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
                 raw = raw_values_at_edit_tokens(model, treqs, step.layer, step.kind)
                 share = post_norm_preimage(model, step.layer, step.kind, raw, share)
             lam = cfg.attn_mom2_update_weight if step.kind == "attn" else cfg.mom2_update_weight
-            cov = stats[step.kind][step.layer].to(keys.device)
-            left = solve(lam * cov + keys @ keys.T, keys, f"IntAttn {step.kind} layer {step.layer}")
+            left = memit_left_factor(model, stats[step.kind][step.layer], lam, keys, f"IntAttn {step.kind} layer {step.layer}")
             check_finite(f"{step.kind} update of layer {step.layer}", left.T, treqs)
             delta = LowRankDelta(left.float().cpu(), share.float().cpu())
             add_low_rank(model, step.parameter, delta)

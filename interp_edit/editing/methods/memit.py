@@ -25,7 +25,7 @@ from types import MappingProxyType
 from torch import Tensor
 
 from interp_edit.adapter import model_fingerprint
-from interp_edit.editing.closed_form import check_layers, solve
+from interp_edit.editing.closed_form import check_layers, memit_left_factor
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
@@ -114,8 +114,7 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     stats_seconds = time.perf_counter() - start
 
     def left_factor(layer: int, keys: Tensor) -> Tensor:
-        cov = covs[layer].to(keys.device)
-        return solve(cfg.mom2_update_weight * cov + keys @ keys.T, keys, f"MEMIT layer {layer}")
+        return memit_left_factor(model, covs[layer], cfg.mom2_update_weight, keys, f"MEMIT layer {layer}")
 
     result = spread_update(model, treqs, cfg, cfg.layers, left_factor)
     return Edit("memit", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],

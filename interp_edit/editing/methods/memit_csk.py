@@ -33,7 +33,7 @@ from torch import Tensor
 from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.edit_token_aie import CURVES, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
-from interp_edit.editing.closed_form import check_layers, solve
+from interp_edit.editing.closed_form import check_layers, memit_left_factor
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.methods.memit import MEMITConfig, memit_probe
@@ -170,8 +170,7 @@ def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=N
     stats_seconds = time.perf_counter() - start
 
     def left_factor(layer: int, keys: Tensor) -> Tensor:
-        cov = covs[layer].to(keys.device)
-        return solve(cfg.mom2_update_weight * cov + keys @ keys.T, keys, f"MEMIT-CSK layer {layer}")
+        return memit_left_factor(model, covs[layer], cfg.mom2_update_weight, keys, f"MEMIT-CSK layer {layer}")
 
     result = spread_update(model, treqs, cfg, layers, left_factor)
     info = {"edit_token": cfg.edit_token, "layers": list(layers), "edit_positions": [r.edit_position for r in treqs],

@@ -33,7 +33,7 @@ from types import MappingProxyType
 import torch
 
 from interp_edit.adapter import get_parameter, model_fingerprint
-from interp_edit.editing.closed_form import add_low_rank, check_finite, check_layers, scratch_weights, solve, w_out_name
+from interp_edit.editing.closed_form import add_low_rank, check_finite, check_layers, moment_solve, scratch_weights, w_out_name
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
@@ -126,7 +126,7 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
     statistics = editor_statistics(
         model, cfg, [cfg.layer], corpus=corpus, cache_dir=cache_dir, progress=progress, stats=stats, probe=probe,
         probe_keys=lambda: {cfg.layer: compute_keys(model, treqs, cfg.layer, prefixes_for(model, cfg))})
-    cov = ridged(statistics[cfg.layer].moment.to(model.cfg.device))
+    moment = statistics[cfg.layer].moment
     timings["stats"] = time.perf_counter() - start
     name = w_out_name(cfg.layer)
     prefixes = prefixes_for(model, cfg)
@@ -147,7 +147,8 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
             # r-ROME: the averaged key everywhere; original: the bare prompt's key in v − Wk and kᵀC⁻¹k̄
             used = key if cfg.variant == "r-rome" else compute_keys(model, [request], cfg.layer, ("",))[0].double()
             right = target.target[0].double() - (used @ weight + bias)
-            cinv_key = solve(cov, key, f"ROME C⁻¹k (layer {cfg.layer})")
+            # through the LU factor of C the statistics store keeps across edits
+            cinv_key = moment_solve(model, moment, key, f"ROME C⁻¹k (layer {cfg.layer})", ridge=cfg.cov_ridge)
             left = cinv_key / (used @ cinv_key)
             check_finite("update", left[None], [request])
             delta = LowRankDelta(left[:, None].float(), right[None].float())
