@@ -19,7 +19,12 @@ backend="bridge")``: the toy world exported to a GPT-2 Hugging Face model, and a
 GPT-2-small-sized Hugging Face model; no TransformerLens patching comparison there);
 ``--backend both`` runs both backends on the same weights (the hooked models unprocessed) and
 prints ``{model}.bridge_vs_hooked_trace_time`` and the largest score difference between them.
-Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop]``.
+``--device cuda --dtype bfloat16`` runs on a GPU with models built directly on the device:
+``gpt2small`` and ``gpt2xl`` (48 layers, d_model 1600, 25 heads; random weights), each timed
+after one warm-up call (CUDA initialisation and kernel selection are not counted); the plain
+loop is skipped for ``gpt2xl`` (1,440 forwards). :func:`measure` returns the same numbers as a
+dict (for ``benchmarks/gpu_suite.py``).
+Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small,gpt2xl] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop] [--device cpu|cuda] [--dtype float32|bfloat16] [--merge auto|by_layer|all]``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from common import gpt2_small_random, median_time  # noqa: E402
+from common import gpt2_small_random, median_time, random_gpt2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -59,39 +64,96 @@ def tl_patching_trace(model, prompt, subject, target_id, noise_hook, samples):
     return resid, mlp, attn
 
 
-def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, loop: bool = True):
+def _timed(fn, repeats: int, device: str, warmup: bool):
+    """Median time of ``fn`` (synchronised on CUDA), after one untimed call if ``warmup``."""
+
+    def call():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    if warmup:
+        call()
+    return median_time(call, repeats)
+
+
+def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, loop: bool = True, *,
+          device: str = "cpu", merge: str = "auto", report=None) -> tuple[float, object]:
+    """Time the trace (and the baselines); print ``key=value`` lines and put them in ``report``."""
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
 
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
 
+    report = {} if report is None else report
+
+    def put(key, value, fmt):
+        report[f"{name}.{key}"] = value
+        print(f"{name}.{key}={value:{fmt}}", flush=True)
+
+    warm = device == "cuda"
     target = None
     n_tokens = model.to_tokens(PROMPT).shape[1]
-    print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab}", flush=True)
-    t_fast, fast = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples), repeats)
-    print(f"{name}.trace_s={t_fast:.3f}", flush=True)
-    if not loop:
-        return t_fast, fast
-    t_loop, loop = median_time(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10, samples=samples),
-                                 max(1, repeats // 2))
-    print(f"{name}.loop_s={t_loop:.3f}")
-    print(f"{name}.trace_speedup_vs_loop={t_loop / t_fast:.2f}")
-    print(f"{name}.trace_max_abs_diff_vs_loop={(fast.scores - loop).abs().max().item():.2e}", flush=True)
+    print(f"[{name}] prompt_tokens={n_tokens} layers={model.cfg.n_layers} d_model={model.cfg.d_model} vocab={model.cfg.d_vocab} "
+          f"device={device} dtype={str(model.cfg.dtype).removeprefix('torch.')} merge={merge}", flush=True)
+    t_fast, fast = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples, merge=merge),
+                          repeats, device, warm)
+    put("trace_s", t_fast, ".3f")
+    if loop:
+        t_loop, slow = _timed(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10, samples=samples),
+                              max(1, repeats // 2), device, False)
+        put("loop_s", t_loop, ".3f")
+        put("trace_speedup_vs_loop", t_loop / t_fast, ".2f")
+        put("trace_max_abs_diff_vs_loop", (fast.scores - slow).abs().max().item(), ".2e")
     if not tl:
         return t_fast, fast
-    t_fast1, fast1 = median_time(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1), repeats)
-    print(f"{name}.trace_window1_s={t_fast1:.3f}", flush=True)
-    inputs = prepare_trace(model, PROMPT, SUBJECT, target, TraceSettings(window=1))
-    t_tl, (resid, mlp, attn) = median_time(
-        lambda: tl_patching_trace(model, PROMPT, SUBJECT, inputs.target.ids[0], inputs.base_hooks[0], 10),
-        max(1, repeats // 2))
+    t_fast1, fast1 = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1, samples=samples, merge=merge),
+                            repeats, device, warm)
+    put("trace_window1_s", t_fast1, ".3f")
+    inputs = prepare_trace(model, PROMPT, SUBJECT, target, TraceSettings(window=1, samples=samples))
+    t_tl, (resid, mlp, attn) = _timed(
+        lambda: tl_patching_trace(model, PROMPT, SUBJECT, inputs.target.ids[0], inputs.base_hooks[0], samples),
+        max(1, repeats // 2), device, False)
     # TransformerLens' resid_pre at layer l+1 is our hidden (resid_post) at layer l
-    tl_diff = max((fast1.kind("hidden")[:-1] - resid[1:].cpu()).abs().max().item(),
-                  (fast1.kind("mlp") - mlp.cpu()).abs().max().item(),
-                  (fast1.kind("attn") - attn.cpu()).abs().max().item())
-    print(f"{name}.tl_patching_s={t_tl:.3f}")
-    print(f"{name}.trace_speedup_vs_tl_patching={t_tl / t_fast1:.2f}")
-    print(f"{name}.trace_max_abs_diff_vs_tl_patching={tl_diff:.2e}", flush=True)
+    tl_diff = max((fast1.kind("hidden")[:-1] - resid[1:].float().cpu()).abs().max().item(),
+                  (fast1.kind("mlp") - mlp.float().cpu()).abs().max().item(),
+                  (fast1.kind("attn") - attn.float().cpu()).abs().max().item())
+    put("tl_patching_s", t_tl, ".3f")
+    put("trace_speedup_vs_tl_patching", t_tl / t_fast1, ".2f")
+    put("trace_max_abs_diff_vs_tl_patching", tl_diff, ".2e")
     return t_fast, fast
+
+
+def device_model(name: str, tokenizer, device: str, dtype: torch.dtype):
+    """``gpt2small`` / ``gpt2xl`` shapes, random weights, built directly on ``device`` in ``dtype``."""
+    shapes = {"gpt2small": dict(n_layers=12, d_model=768, n_heads=12), "gpt2xl": dict(n_layers=48, d_model=1600, n_heads=25)}
+    if name not in shapes:
+        raise ValueError(f"--device {device} builds only {sorted(shapes)}, not {name!r}")
+    return random_gpt2(tokenizer, **shapes[name], dtype=dtype, name=f"{name}-random", device=device)
+
+
+def measure(device: str = "cuda", dtype: str = "bfloat16", models=("gpt2small", "gpt2xl"), *, samples: int = 10,
+            repeats: int = 3, tl_models=("gpt2small",), loop_models=("gpt2small",), merge: str = "auto") -> dict:
+    """Trace times and ratios on ``device``: ``{model}.trace_s`` (full hidden + MLP + attention
+    trace, window 10), ``{model}.loop_s`` / ``trace_speedup_vs_loop`` (for ``loop_models``),
+    ``{model}.trace_window1_s`` / ``tl_patching_s`` / ``trace_speedup_vs_tl_patching`` (for
+    ``tl_models``: the same single-site restorations, the same noise and samples on both
+    sides), and the largest score differences to each baseline. Prints ``key=value`` lines."""
+    from interp_edit import load_model
+
+    models = models.split(",") if isinstance(models, str) else list(models)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    tokenizer = load_model("toyworld").tokenizer
+    report: dict = {}
+    for name in models:
+        model = device_model(name, tokenizer, device, torch_dtype)
+        with torch.no_grad():
+            bench(name, model, repeats, samples, name in tl_models, name in loop_models, device=device, merge=merge,
+                  report=report)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return report
 
 
 def main() -> None:
@@ -103,8 +165,17 @@ def main() -> None:
     parser.add_argument("--no-tl", action="store_true", help="skip the TransformerLens patching comparison")
     parser.add_argument("--backend", choices=("hooked", "bridge", "both"), default="hooked")
     parser.add_argument("--no-loop", action="store_true", help="skip the plain-loop comparison")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (models built on the device: gpt2small, gpt2xl)")
+    parser.add_argument("--dtype", default="float32", help="the models' dtype on --device cuda, e.g. bfloat16")
+    parser.add_argument("--merge", default="auto", choices=("auto", "by_layer", "all"), help="the engine's merge mode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device != "cpu":
+        models = args.models.split(",")
+        measure(args.device, args.dtype, models, samples=args.samples, repeats=args.repeats,
+                tl_models=() if args.no_tl else [m for m in models if m != "gpt2xl"],
+                loop_models=() if args.no_loop else [m for m in models if m != "gpt2xl"], merge=args.merge)
+        return
     from interp_edit import load_model
 
     toy = load_model("toyworld") if args.backend == "hooked" else None
@@ -117,7 +188,7 @@ def main() -> None:
             model = _model(name, backend, args.backend == "hooked", toy, tokenizer)
             with torch.no_grad():
                 results[backend] = bench(label, model, args.repeats, args.samples, not args.no_tl and backend == "hooked",
-                                         not args.no_loop)
+                                         not args.no_loop, merge=args.merge)
             del model
         if len(results) == 2:
             (t_h, r_h), (t_b, r_b) = results["hooked"], results["bridge"]

@@ -123,3 +123,27 @@ def forward_row_bytes(model, n_pos: int, n_keys: int | None = None, n_scored: in
     d_mlp = cfg.d_mlp or 4 * cfg.d_model
     per_pos = 6 * cfg.d_model + 3 * d_mlp + 4 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * n_keys
     return elt * n_pos * per_pos + n_scored * cfg.d_vocab_out * (elt + 8)
+
+
+#: rows per batched forward when the caller gives no ``max_rows``: large merged forwards on a
+#: GPU (each forward costs a fixed launch overhead), today's size elsewhere
+CUDA_MAX_ROWS = 16384
+OTHER_MAX_ROWS = 1024
+
+
+def default_max_rows(device) -> int:
+    """The most rows a batched restoration forward holds when the caller sets no ``max_rows``:
+    16,384 on CUDA, 1,024 on the CPU (the memory budget may allow fewer)."""
+    return CUDA_MAX_ROWS if torch.device(device).type == "cuda" else OTHER_MAX_ROWS
+
+
+def forward_overhead_row_layers(model, n_pos: int, device) -> float:
+    """What one more forward costs, as the number of row-layers (one sequence of ``n_pos``
+    positions through one block) that cost as much: how the merged restoration engine decides
+    whether to cut a forward to skip lower layers. On CUDA a forward costs a fixed launch and
+    Python-hook overhead (~5 ms; a row-layer ~24·d_model²·n_pos FLOP at ~4e14 FLOP/s); on the
+    CPU about as much as 8e6 / d_model² row-positions (the by-layer engine's rule)."""
+    d = model.cfg.d_model
+    if torch.device(device).type == "cuda":
+        return 5e-3 * 4e14 / (24 * d * d * max(1, n_pos))
+    return max(32.0, 8e6 / d**2) / max(1, n_pos)

@@ -117,3 +117,30 @@ def test_a_bad_budget_is_a_named_error_before_any_forward(toy_model, person_reco
     for call in calls:
         with pytest.raises(InvalidArgumentError, match="memory_budget"):
             call()
+
+
+def test_merged_forwards_stay_within_the_budget_and_equal_by_layer(toy_model, person_records, forward_rows):
+    from interp_edit.batching import default_max_rows
+
+    prompt, subject, target = _fact(person_records)
+    kw = dict(samples=3, severed="mlp")
+    by_layer = causal_trace(toy_model, prompt, subject, target, merge="by_layer", memory_budget=HUGE, **kw)
+    n_by_layer = len(forward_rows)
+    forward_rows.clear()
+    merged = causal_trace(toy_model, prompt, subject, target, merge="all", memory_budget=HUGE, **kw)
+    assert len(forward_rows) < n_by_layer  # kinds and layers share forwards
+    assert torch.allclose(merged.scores, by_layer.scores, atol=1e-6, rtol=0)
+    # the merged engine also holds the reused key/value prefix: a row costs at least forward_row_bytes
+    row = forward_row_bytes(toy_model, len(merged.tokens), len(merged.tokens), 1)
+    for rows in (1, 2, 7):
+        forward_rows.clear()
+        small = causal_trace(toy_model, prompt, subject, target, merge="all", memory_budget=rows * row, **kw)
+        assert max(forward_rows) <= rows
+        assert torch.allclose(small.scores, by_layer.scores, atol=1e-6, rtol=0)
+    forward_rows.clear()
+    patched = activation_patch(toy_model, CLEAN, CORRUPTED, sites=("resid_pre", "head_out"), merge="all", max_rows=5)
+    assert max(forward_rows) <= 5
+    reference = activation_patch(toy_model, CLEAN, CORRUPTED, sites=("resid_pre", "head_out"), merge="by_layer")
+    for site in ("resid_pre", "head_out"):
+        assert torch.allclose(patched.results[site], reference.results[site], atol=1e-5, rtol=0), site
+    assert default_max_rows("cpu") == 1024 and default_max_rows("cuda") >= 8192

@@ -30,14 +30,24 @@ CASES = [
 ]
 
 
+MERGES = ["by_layer", "layers", "all"]
+_LOOPS: dict = {}  # the reference loop's scores, computed once per (model, settings) for every merge mode
+
+
+@pytest.mark.parametrize("merge", MERGES)
 @pytest.mark.parametrize("settings", CASES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "default")
 @pytest.mark.parametrize("which", ["tiny", "toy"])
-def test_batched_trace_equals_loop(which, settings, tiny_model, toy_model):
+def test_batched_trace_equals_loop(which, settings, merge, tiny_model, toy_model):
     model = tiny_model if which == "tiny" else toy_model
-    fast = causal_trace(model, PROMPT, SUBJECT, max_rows=64, **settings)
+    # by_layer: small forwards (a restoration's samples split); merged: the default size, so
+    # rows of every kind, layer and position share forwards
+    fast = causal_trace(model, PROMPT, SUBJECT, max_rows=64 if merge == "by_layer" else None, merge=merge, **settings)
     # the default window is ROME's 10 of 48 layers scaled to the depth (written out here, not imported)
     window = settings.get("window", max(1, round(10 * model.cfg.n_layers / 48)))
-    slow = causal_trace_loop(model, PROMPT, SUBJECT, **{**settings, "window": window})
+    key = (which, tuple(sorted(settings.items())))
+    if key not in _LOOPS:
+        _LOOPS[key] = causal_trace_loop(model, PROMPT, SUBJECT, **{**settings, "window": window})
+    slow = _LOOPS[key]
     assert fast.scores.shape == slow.shape
     assert (fast.scores - slow).abs().max().item() < 1e-5
     assert not model.hook_dict["hook_embed"].fwd_hooks
@@ -143,3 +153,75 @@ def test_hooks_are_removed_after_an_exception_inside_a_hook(toy_model, monkeypat
     assert all(not hp.fwd_hooks for hp in toy_model.hook_dict.values())
     monkeypatch.undo()
     assert causal_trace(toy_model, PROMPT, SUBJECT, kinds=("hidden",), samples=2).clean_score > 0.9
+
+
+PATCH_CLEAN, PATCH_CORRUPTED = "Talvik Corlo was born in", "Fenpas Astlo was born in"
+PATCH_SITES = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_out_pos")
+
+
+def _patching_by_hand(model, direction, answer, foil):
+    """Every patched run by plain hooks (one ``run_with_hooks`` each), normalised so that the
+    clean run scores 1 and the corrupted run 0: [site] -> tensor like activation_patch's."""
+    clean, corrupted = model.to_tokens(PATCH_CLEAN), model.to_tokens(PATCH_CORRUPTED)
+    base, source = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    answer = model.tokenizer.encode(" " + answer.strip(), add_special_tokens=False)[0]
+    foil = model.tokenizer.encode(" " + foil.strip(), add_special_tokens=False)[0]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source)
+
+        def metric(tokens, hooks=()):
+            logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))[0, -1]
+            return (logits[answer] - logits[foil]).item()
+
+        m_clean, m_corr = metric(clean), metric(corrupted)
+        cfg, n_pos = model.cfg, clean.shape[1]
+        out = {}
+        for site in PATCH_SITES:
+            hook = {"head_out": "attn.hook_z", "head_out_pos": "attn.hook_z"}.get(site, f"hook_{site}")
+            shape = {"head_out": (cfg.n_layers, cfg.n_heads), "head_out_pos": (cfg.n_layers, cfg.n_heads, n_pos)}
+            values = torch.zeros(shape.get(site, (cfg.n_layers, n_pos)))
+            for index in torch.cartesian_prod(*[torch.arange(s) for s in values.shape]).tolist():
+                layer, rest = index[0], index[1:]
+                name = f"blocks.{layer}.{hook}"
+                if site == "head_out":
+                    where = (slice(None), slice(None), rest[0])
+                elif site == "head_out_pos":
+                    where = (slice(None), rest[1], rest[0])
+                else:
+                    where = (slice(None), rest[0])
+
+                def patch(act, hook, name=name, where=where):
+                    act[where] = cache[name][where]
+                    return act
+
+                values[tuple(index)] = metric(base, [(name, patch)])
+            out[site] = (values - m_corr) / (m_clean - m_corr)
+    return out
+
+
+@pytest.mark.parametrize("merge", MERGES)
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_patching_equals_one_hooked_run_per_site(toy_model, direction, merge):
+    from interp_edit import activation_patch
+
+    fast = activation_patch(toy_model, PATCH_CLEAN, PATCH_CORRUPTED, sites=PATCH_SITES, direction=direction,
+                            merge=merge, max_rows=16)
+    slow = _patching_by_hand(toy_model, direction, fast.answer, fast.foil)
+    for site in PATCH_SITES:
+        assert fast.results[site].shape == slow[site].shape, site
+        assert (fast.results[site] - slow[site]).abs().max().item() < 1e-4, site
+
+
+def test_merge_modes_agree_and_a_bad_mode_is_named(toy_model):
+    from interp_edit import activation_patch
+
+    a = causal_trace(toy_model, PROMPT, SUBJECT, samples=3, severed="attn", merge="by_layer")
+    b = causal_trace(toy_model, PROMPT, SUBJECT, samples=3, severed="attn", merge="all")
+    c = causal_trace(toy_model, PROMPT, SUBJECT, samples=3, severed="attn", merge="auto")
+    d = causal_trace(toy_model, PROMPT, SUBJECT, samples=3, severed="attn", merge="layers", max_rows=7)
+    for other in (b, c, d):
+        assert (a.scores - other.scores).abs().max().item() < 1e-5
+    for call in (lambda: causal_trace(toy_model, PROMPT, SUBJECT, merge="everything"),
+                 lambda: activation_patch(toy_model, PATCH_CLEAN, PATCH_CORRUPTED, merge=None)):
+        with pytest.raises(InvalidArgumentError, match="merge"):
+            call()

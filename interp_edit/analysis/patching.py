@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from interp_edit.adapter import hook_name
-from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
+from interp_edit.analysis.restore import Restoration, cache_run, resolve_merge, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
 
@@ -172,8 +172,9 @@ def activation_patch(
     metric: str = "logit_diff",
     sites: Sequence[str] = DEFAULT_SITES,
     direction: str = "denoise",
-    max_rows: int = 1024,
+    max_rows: int | None = None,
     memory_budget: int | float | None = None,
+    merge: str = "auto",
 ) -> PatchingResult:
     """Exact activation patching at every (layer, pos) / (layer, head[, pos]) of each site.
 
@@ -184,12 +185,15 @@ def activation_patch(
     run scores 1 and the corrupted run 0. Restorations share batched forwards that start at
     the patched layer, at most ``max_rows`` rows and ``memory_budget`` bytes each (None: a
     share of the device's free memory, see :func:`interp_edit.batching.resolve_memory_budget`);
-    the result does not depend on either."""
+    the result does not depend on either, nor on ``merge`` (``"auto"`` | ``"by_layer"`` |
+    ``"layers"`` | ``"all"``: which restorations share a forward, as in :func:`causal_trace`)."""
     from interp_edit.batching import check_memory_budget, resolve_memory_budget
     from interp_edit.validation import check_int
 
-    check_int(max_rows, "max_rows", minimum=1)
+    if max_rows is not None:
+        check_int(max_rows, "max_rows", minimum=1)
     check_memory_budget(memory_budget)
+    resolve_merge(merge, model.cfg.device)
     _check_direction(direction)
     pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
 
@@ -207,11 +211,16 @@ def activation_patch(
     # Before the first differing token both runs are identical: patching there changes nothing.
     first = pair.first_diff
     results = {}
+    # every site in one call: the merged engine may share forwards between sites
+    jobs = {site: _restorations(site, model.cfg.n_layers, model.cfg.n_heads,
+                                range(first if SITES[site][1] != "layer head" else 0, n_pos)) for site in sites}
+    every = run_restorations(model, [j for site in sites for j in jobs[site]], base, source, score, pair.positions,
+                             max_rows=max_rows, memory_budget=budget, merge=merge)[:, 0]
+    offset = 0
     for site in sites:
         by_pos = SITES[site][1] != "layer head"
-        jobs = _restorations(site, model.cfg.n_layers, model.cfg.n_heads, range(first if by_pos else 0, n_pos))
-        values = run_restorations(model, jobs, base, source, score, pair.positions, max_rows=max_rows,
-                                  memory_budget=budget)[:, 0]
+        values = every[offset:offset + len(jobs[site])]
+        offset += len(jobs[site])
         full = torch.full(_shape(site, model.cfg, n_pos), m_base)
         if by_pos:
             full[..., first:] = values.reshape(full[..., first:].shape)

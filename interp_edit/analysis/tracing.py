@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import hook_name, token_embeddings
-from interp_edit.analysis.restore import Restoration, cache_run, run_restorations
+from interp_edit.analysis.restore import Restoration, cache_run, resolve_merge, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.batching import check_memory_budget, resolve_memory_budget
 from interp_edit.errors import InvalidArgumentError, PromptTooLongError
@@ -285,8 +285,9 @@ def causal_trace(
     noise_subjects: Sequence[str] | None = None,
     noise_draw: Tensor | None = None,
     generator: torch.Generator | None = None,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
     memory_budget: int | float | None = None,
+    merge: str = "auto",
 ) -> CausalTraceResult:
     """ROME's causal trace of one fact.
 
@@ -315,15 +316,23 @@ def causal_trace(
 
     Memory: the restored runs are batched, at most ``max_rows`` rows and ``memory_budget``
     bytes per forward (None: a share of the device's free memory; the rule is
-    :func:`interp_edit.batching.resolve_memory_budget`); the scores do not depend on either.
+    :func:`interp_edit.batching.resolve_memory_budget`; ``max_rows=None``:
+    :func:`interp_edit.batching.default_max_rows` of the device); the scores do not depend on
+    either. ``merge`` (``"auto"`` | ``"by_layer"`` | ``"layers"`` | ``"all"``) chooses which
+    restorations share a forward (:mod:`interp_edit.analysis.restore`): ``"layers"`` merges
+    every kind and layer into few large forwards (the default on CUDA), ``"by_layer"`` runs
+    one group per site and layers (the default elsewhere), ``"all"`` merges up to the size
+    limits only; the scores do not depend on it.
     """
     window = default_window(model.cfg.n_layers) if window is None else window
     if noise_subjects is not None and embedding_std is None:
         if isinstance(noise_subjects, str) or not noise_subjects:
             raise InvalidArgumentError("noise_subjects must be a non-empty sequence of subject strings")
         embedding_std = subject_embedding_std(model, list(noise_subjects))
-    check_int(max_rows, "max_rows", minimum=1)
+    if max_rows is not None:
+        check_int(max_rows, "max_rows", minimum=1)
     check_memory_budget(memory_budget)
+    resolve_merge(merge, model.cfg.device)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(check_sequence(kinds, "kinds"))
     settings = TraceSettings(kinds, corruption, noise, samples, window, metric, severed, seed,
                              embedding_std, replacement, subject_occurrence, noise_draw, generator)
@@ -343,11 +352,11 @@ def causal_trace(
     # causal): restoring there changes nothing, so only later positions are run.
     first = inputs.tokenized.subject_span[0]
     scores = torch.full((len(settings.kinds), n_layers, n_pos), corrupted_score)
-    for i, kind in enumerate(settings.kinds):
-        jobs = restorations_for(kind, n_layers, range(first, n_pos), window, severed)
-        values = run_restorations(model, jobs, base_cache, clean_cache, score, positions, max_rows=max_rows,
-                                  memory_budget=budget)
-        scores[i, :, first:] = values.mean(1).reshape(n_layers, n_pos - first)
+    # every kind in one call: the merged engine may share forwards between kinds
+    jobs = [job for kind in settings.kinds for job in restorations_for(kind, n_layers, range(first, n_pos), window, severed)]
+    values = run_restorations(model, jobs, base_cache, clean_cache, score, positions, max_rows=max_rows,
+                              memory_budget=budget, merge=merge)
+    scores[:, :, first:] = values.mean(1).reshape(len(settings.kinds), n_layers, n_pos - first)
     tok = inputs.tokenized
     return CausalTraceResult(
         scores=scores,
