@@ -68,9 +68,13 @@ class ExportError(InterpEditError, ValueError):
 
     :func:`to_hf` raises it naming the property a GPT-2 cannot represent:
 
-    >>> issubclass(ExportError, ValueError)
-    True
-    >>> hf_model, tokenizer = to_hf(model)     # the toy model is GPT-2-shaped: no error
+    >>> from interp_edit.adapter.tiny import tiny_hf_model
+    >>> llama = load_model("tiny-llama", tokenizer=model.tokenizer,
+    ...                    hf_model=tiny_hf_model("llama", vocab_size=len(model.tokenizer)))
+    >>> to_hf(llama)
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.ExportError: cannot export to GPT2LMHeadModel: ...rotary...
     """
 
 
