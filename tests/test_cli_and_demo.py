@@ -67,7 +67,7 @@ def test_readme_quick_start_runs(capsys):
     assert len(block.strip().splitlines()) <= 30
     exec(compile(block, "README quick start", "exec"), {})
     out = capsys.readouterr().out
-    assert "<|endoftext|>" in out and "(" in out
+    assert "CausalTraceResult(" in out and "'efficacy'" in out  # the trace and the edited scores are printed
 
 
 def test_contrast_command_prints_groups_leverage_and_resumes(capsys, tmp_path):
