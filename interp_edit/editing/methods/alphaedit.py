@@ -45,7 +45,12 @@ from interp_edit.statistics.store import cached_factor
 @dataclass(frozen=True)
 class AlphaEditConfig(MEMITConfig):
     """AlphaEdit's settings; defaults are the published GPT-2 XL ones (MEMIT's layers and
-    targets, β = 10, null-space threshold 2e-2)."""
+    targets, β = 10, null-space threshold 2e-2).
+
+    >>> cfg = AlphaEditConfig.for_model(model, l2=5.0)
+    >>> cfg.preset, cfg.l2
+    ('toyworld', 5.0)
+    """
 
     #: β, the ridge of the projected solve (the code's "L2")
     l2: float = 10.0
@@ -113,7 +118,15 @@ def _projector(cov: Tensor, rule: str, threshold: float, device) -> tuple[Tensor
 
 class AlphaEditor:
     """An AlphaEdit session on one model: holds the null-space projections and the keys of
-    the edits it has made (for sequential editing)."""
+    the edits it has made (for sequential editing).
+
+    >>> editor = AlphaEditor(model)
+    >>> first = editor(model, records[:1]).apply(model)
+    >>> second = editor(model, records[1:2]).apply(model)   # preserves the first batch's keys
+    >>> second.method
+    'alphaedit'
+    >>> _ = second.undo(model), first.undo(model)          # undo in reverse order
+    """
 
     def __init__(self, model, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
                  progress: bool = False, **overrides) -> None:
@@ -174,7 +187,12 @@ class AlphaEditor:
 
 def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
               progress: bool = False, **overrides) -> Edit:
-    """One AlphaEdit batch with a fresh :class:`AlphaEditor` (no earlier edits to preserve)."""
+    """One AlphaEdit batch with a fresh :class:`AlphaEditor` (no earlier edits to preserve).
+
+    >>> e = alphaedit(model, records[:2])                  # or edit(model, records[:2], "alphaedit")
+    >>> len(e.requests), e.changes_weights
+    (2, True)
+    """
     return AlphaEditor(model, config, corpus=corpus, cache_dir=cache_dir, stats=stats, progress=progress,
                        **overrides)(model, requests)
 

@@ -91,7 +91,12 @@ class IntAttnConfig(SubjectTokenConfig):
     λ_a = λ are our choice (the paper gives no GPT-2 XL or GPT-J settings). Presets:
     ``Qwen2.5-7B`` (α 0.3) and ``Mistral-7B-v0.1`` (α 0.1) with attention 2–4 / MLP 4–8 as
     published; ``toyworld`` (MEMIT's toy preset, attention and MLP layers 0–1, where the toy
-    model's causal trace peaks for both)."""
+    model's causal trace peaks for both).
+
+    >>> cfg = IntAttnConfig.for_model(model, alpha=0.2)   # alpha=None: traced per batch
+    >>> cfg.preset, cfg.attn_layers, cfg.mlp_layers, cfg.alpha
+    ('toyworld', (0, 1), (0, 1), 0.2)
+    """
 
     #: layers whose MLP ``W_out`` is written (increasing); the target z is after the last
     mlp_layers: tuple[int, ...] = (13, 14, 15, 16, 17)
@@ -218,7 +223,14 @@ def _realised_fraction(achieved: Float[Tensor, "request d_model"], share: Float[
 def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
             progress: bool = False, **overrides) -> Edit:
     """One IntAttn-Edit batch edit of all ``requests`` (``W_O`` and ``W_out`` deltas). The model
-    is unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``."""
+    is unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``.
+
+    >>> e = intattn(model, records[:2], alpha=0.2, stats_samples=500)
+    >>> sorted({row["parameter"].split(".")[-1] for row in e.summary()})   # both sublayers
+    ['W_O', 'W_out']
+    >>> e.info["alpha"], e.info["alpha_source"]
+    (0.2, 'config')
+    """
     cfg = resolve(IntAttnConfig, model, config, overrides)
     check_layers(model, cfg.mlp_layers, "mlp_layers")
     check_layers(model, cfg.attn_layers, "attn_layers")

@@ -39,7 +39,12 @@ from interp_edit.statistics.keys import editor_statistics, provenance_records
 class MEMITConfig(SubjectTokenConfig):
     """MEMIT's settings; defaults are the published GPT-2 XL ones as the authors' code runs
     them (layers 13–17, λ 20,000, clamp 0.75, 20 steps = 19 updates, KL(edited ‖ original),
-    5 context templates from start words, keys averaged by template type)."""
+    5 context templates from start words, keys averaged by template type).
+
+    >>> cfg = MEMITConfig.for_model(model, layers=(1, 2))
+    >>> cfg.preset, cfg.layers
+    ('toyworld', (1, 2))
+    """
 
     layers: tuple[int, ...] = (13, 14, 15, 16, 17)
     #: λ, the weight of the preserved keys' second moment
@@ -101,7 +106,16 @@ def memit_probe(weight: float):
 def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
           progress: bool = False, **overrides) -> Edit:
     """One MEMIT batch edit of all ``requests``. The model is unchanged; apply the returned
-    :class:`Edit` with ``edit.apply(model)``."""
+    :class:`Edit` with ``edit.apply(model)``.
+
+    >>> e = memit(model, records[:3])                   # three facts in one batch
+    >>> e.layers() == list(MEMITConfig.for_model(model).layers)
+    True
+    >>> {row["rank"] for row in e.summary()}            # rank <= number of requests
+    {3}
+    >>> with e.applied(model):
+    ...     top = last_token_logits(model, [r.prompt.format(r.subject) for r in records[:3]]).argmax(-1)
+    """
     cfg = resolve(MEMITConfig, model, config, overrides)
     check_layers(model, cfg.layers, "layers")
     fingerprint = model_fingerprint(model)

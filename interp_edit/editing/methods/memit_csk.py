@@ -54,6 +54,10 @@ class MEMITCSKConfig(MEMITConfig):
     so that preset traces (``"auto"``) with MEMIT's GPT-J λ. The toy-world preset uses a window
     of 2 on its 6 layers: on 100 statements edited at the verb's last token, W = 1 / 2 / 3 gave
     efficacy 0.97 / 1.00 / 1.00 and relapse 0.26 / 0.13 / 0.15 (``benchmarks/memit_csk_tokens.py``).
+
+    >>> cfg = MEMITCSKConfig.for_model(model, edit_token="verb_last")
+    >>> cfg.preset, cfg.layers, cfg.window        # layers traced per batch, 2 wide
+    ('toyworld', 'auto', 2)
     """
 
     #: fixed increasing layers, or ``"auto"`` (``None`` means the same): choose by tracing
@@ -150,7 +154,13 @@ def fix_auto_layers(model, requests, config: dict) -> dict:
 def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
               progress: bool = False, **overrides) -> Edit:
     """One MEMIT-CSK batch edit of all ``requests`` at ``edit_token`` (see the module
-    docstring). The model is unchanged; apply the returned :class:`Edit` with ``edit.apply``."""
+    docstring). The model is unchanged; apply the returned :class:`Edit` with ``edit.apply``.
+
+    >>> req = EditRequest("{} was born in", "Talvik Corlo", "Gemmel", verb="was born in")
+    >>> e = memit_csk(model, [req], edit_token="verb_last", layers=(1, 2))    # fixed layers
+    >>> e.layers()
+    [1, 2]
+    """
     cfg = resolve(MEMITCSKConfig, model, config, overrides)
     if not cfg.auto_layers:
         check_layers(model, cfg.layers, "layers")

@@ -46,7 +46,15 @@ from interp_edit.statistics.keys import editor_statistics, provenance_records
 class ROMEConfig(SubjectTokenConfig):
     """ROME's settings; defaults are the published GPT-2 XL ones as the authors' code runs them
     (``variant="original"``, layer 17, 20 steps = 19 updates, lr 0.5, weight decay 0.5,
-    KL(edited ‖ original) × 0.0625, clamp 4, 21 context templates)."""
+    KL(edited ‖ original) × 0.0625, clamp 4, 21 context templates).
+
+    >>> ROMEConfig.for_model(model).preset             # recognised: the tuned toy-world preset
+    'toyworld'
+    >>> cfg = ROMEConfig.for_model(model, layer=1, steps=10)
+    >>> cfg.layer, cfg.steps
+    (1, 10)
+    >>> e = rome(model, records[:1], cfg)
+    """
 
     #: "original" (the bare prompt's key in v − Wk, the authors' code) or "r-rome" (the
     #: averaged key everywhere)
@@ -105,7 +113,15 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
     """ROME edit(s) of ``requests`` (EditRequests, CounterFact records or dicts). The model is
     unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``. ``corpus`` /
     ``stats`` / ``cache_dir``: where the key statistics come from (see
-    :mod:`interp_edit.statistics.collect`); ``edit.info["stats"]`` records their provenance."""
+    :mod:`interp_edit.statistics.collect`); ``edit.info["stats"]`` records their provenance.
+
+    >>> e = rome(model, [EditRequest("{} was born in", "Talvik Corlo", "Gemmel")])
+    >>> e
+    Edit(method='rome', requests=1, deltas=[blocks.0.mlp.W_out (low_rank, rank 1, ‖Δ‖=...)])
+    >>> with e.applied(model):
+    ...     print(model.tokenizer.decode(last_token_logits(model, ["Talvik Corlo was born in"]).argmax(-1)))
+     Gemmel
+    """
     cfg = resolve(ROMEConfig, model, config, overrides)
     check_layers(model, [cfg.layer], "layer")
     fingerprint = model_fingerprint(model)
