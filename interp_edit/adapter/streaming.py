@@ -20,7 +20,11 @@ after it. The result is the model TransformerLens' ``get_pretrained_state_dict``
 ``load_and_process_state_dict`` give (tests/test_load_streaming.py checks every tiny family).
 
 Peak memory above the start: the converted weights (×1.0) plus one layer's conversion in float32
-(or the embeddings/unembedding's, whichever is larger): ≈ ×1.1 for a Llama-3-8B shape.
+(or the embeddings/unembedding's, whichever is larger), plus what the memory allocator keeps of
+freed working copies. Measured on the CPU (benchmarks/bench_load_memory.py, a 0.85 B Llama-style
+model in bfloat16): 1.34× the weights' bytes from a folder, 1.46–1.60× from an object, 1.28× with
+``MALLOC_MMAP_THRESHOLD_=65536`` (glibc returning freed blocks); the larger the model, the smaller
+one layer's share.
 
 Every family TransformerLens converts with a per-layer loop over one list of decoder layers
 streams (GPT-2, GPT-J, GPT-NeoX, OPT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma-2, Phi); a
