@@ -25,19 +25,19 @@ def close(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("initial_site", ["resid_post", "mlp_out"])
 def test_batched_targets_equal_one_at_a_time_with_early_stops(toy_model, person_records, initial_site):
-    treqs = prepare_requests(toy_model, person_records[:6], model_fingerprint(toy_model))
-    cfg = MEMITConfig.for_model(toy_model, steps=10, n_prefixes=2)
+    treqs = prepare_requests(toy_model, person_records[:8], model_fingerprint(toy_model))
+    cfg = MEMITConfig.for_model(toy_model, steps=12)
     prefixes = prefixes_for(toy_model, cfg)
     # a stopping loss that some requests reach early, at different steps, and some never
     probe = optimise_targets(toy_model, treqs, 1, prefixes, cfg.target_config(), initial_site=initial_site)
-    stop = float(probe.loss.median())
+    stop = float(probe.loss.quantile(0.75))
     tcfg = dataclasses.replace(cfg.target_config(), early_stop_loss=stop)
     batched = optimise_targets(toy_model, treqs, 1, prefixes, tcfg, initial_site=initial_site)
     single = optimise_targets(toy_model, treqs, 1, prefixes, dataclasses.replace(tcfg, chunk_size=1),
                               initial_site=initial_site)
-    full = 10
+    full = 12
     assert batched.steps == single.steps
-    assert len({s for s in batched.steps if s < full}) >= 2 and full in batched.steps, batched.steps  # stops differ
+    assert min(batched.steps) < full and full in batched.steps, batched.steps  # requests stop at different steps
     assert close(batched.initial, single.initial) <= TOL
     assert close(batched.target, single.target) <= TOL
     assert close(batched.loss, single.loss) <= TOL
