@@ -143,3 +143,23 @@ def test_batches_respect_the_text_and_token_budgets(lengths, batch_size, budget)
             assert row[:n] == [row[0]] * n and row[n:] == [-1] * (width - n)
             seen.append(row[0])
     assert sorted(seen) == list(range(len(lengths)))
+
+
+def test_an_editor_config_chooses_the_packing(toy_model, tmp_path):
+    """``stats_packing`` in an editor's config reaches the statistics (their provenance and the
+    in-memory store key), and a bad value names the field before anything runs."""
+    from interp_edit.editing import EditRequest, rome
+    from interp_edit.statistics import clear_statistics_cache
+
+    request = EditRequest("{} was born in", "Talvik Corlo", target_new="Gemmel")
+    packings = []
+    for packing in ("bos", "rome"):
+        e = rome(toy_model, [request], corpus=SHORT, cache_dir=tmp_path, steps=2, n_prefixes=1,
+                 stats_samples=len(SHORT), stats_packing=packing)
+        packings.append(e.info["stats"][0]["packing"])
+    assert packings == ["bos", "rome"]
+    clear_statistics_cache(toy_model)
+    before = len(list(tmp_path.iterdir()))
+    with pytest.raises(EditConfigError, match="field 'stats_packing'"):
+        rome(toy_model, [request], corpus=SHORT, cache_dir=tmp_path, stats_samples=len(SHORT), stats_packing="concat")
+    assert len(list(tmp_path.iterdir())) == before

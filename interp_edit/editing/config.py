@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from interp_edit.adapter.identity import preset_key
 from interp_edit.editing.targets import TargetConfig
 from interp_edit.errors import EditConfigError
+from interp_edit.statistics.collect import PACKINGS
 from interp_edit.validation import check_fields
 
 
@@ -29,6 +30,9 @@ class EditorConfig(TargetConfig):
     stats_tolerance: float = 0.01
     #: ``stats_samples="auto"``: the most texts it may read
     stats_max_samples: int = 100_000
+    #: how corpus texts become token rows for the statistics: ``"bos"`` (BOS first, not counted)
+    #: or ``"rome"`` (ROME's ``layer_stats``: each text cut to the context, every token counted)
+    stats_packing: str = "bos"
     #: the preset these settings started from (a key of ``PRESETS``, or "generic"), set by
     #: :func:`preset_config` and recorded in ``edit.config``; None for a config built by hand.
     #: Passed as an override, it selects that preset (e.g. ``preset="gpt-j-6B"``).
@@ -53,6 +57,8 @@ class EditorConfig(TargetConfig):
         super().validate()
         if (self.stats_samples != "auto" and self.stats_samples < 1) or self.stats_batch_size < 1:
             raise EditConfigError("fields 'stats_samples' (an integer or 'auto') and 'stats_batch_size' must be >= 1")
+        if self.stats_packing not in PACKINGS:
+            raise EditConfigError(f"field 'stats_packing' must be one of {PACKINGS}, got {self.stats_packing!r}")
         if not 0 < self.stats_tolerance < 1 or self.stats_max_samples < 1:
             raise EditConfigError("field 'stats_tolerance' must be in (0, 1) and 'stats_max_samples' >= 1, got "
                                   f"{self.stats_tolerance!r} and {self.stats_max_samples!r}")

@@ -15,7 +15,13 @@ from torch import Tensor
 from interp_edit.adapter import model_fingerprint
 from interp_edit.errors import EditConfigError
 from interp_edit.statistics.auto import auto_statistics
-from interp_edit.statistics.collect import AUTO_TOLERANCE, _fixed_statistics, cache_folder, given_statistics
+from interp_edit.statistics.collect import (
+    AUTO_TOLERANCE,
+    _fixed_statistics,
+    cache_folder,
+    check_packing,
+    given_statistics,
+)
 from interp_edit.statistics.provenance import SITES, KeyStatistics
 from interp_edit.statistics.store import corpus_key, statistics_store
 
@@ -46,14 +52,22 @@ def key_statistics(
     probe: Callable[[int, Tensor, Tensor], Tensor] | None = None,
     tolerance: float = AUTO_TOLERANCE,
     max_samples: int = 100_000,
+    packing: str = "bos",
 ) -> dict[int, KeyStatistics]:
     """:class:`KeyStatistics` (C = E[k kᵀ] in float64 on the CPU, and its provenance) of the
     keys at ``site`` for each of ``layers``: from ``stats`` where given (checked), else from
     the disk cache, else computed (the layers not cached share one pass over the corpus).
     A fixed sample's statistics are kept in memory on the model after the first call
     (:mod:`interp_edit.statistics.store`; :func:`clear_statistics_cache` drops them).
-    ``n_samples="auto"`` grows the sample (:func:`auto_statistics`; needs ``probe_keys``)."""
+    ``n_samples="auto"`` grows the sample (:func:`auto_statistics`; needs ``probe_keys``).
+    ``packing``: how texts become token rows (:data:`~interp_edit.statistics.collect.PACKINGS`:
+    ``"bos"``, ours, or ``"rome"``, ROME's ``layer_stats``: each text cut to the context, every
+    token counted); each packing has its own cache files."""
     layers = _check_args(model, layers, site, n_samples)
+    check_packing(packing)
+    if n_samples == "auto" and packing != "bos":
+        raise EditConfigError(f"packing={packing!r} is not available with n_samples='auto' (it samples with packing 'bos'); "
+                              "give an integer sample size")
     found = given_statistics(model, stats, site, layers) if stats is not None else {}
     missing = [layer for layer in layers if layer not in found]
     if missing and n_samples == "auto":
@@ -64,24 +78,25 @@ def key_statistics(
                                      probe=probe, tolerance=tolerance, max_samples=max_samples, batch_size=batch_size,
                                      cache_dir=cache_dir, progress=progress))
     elif missing:
-        found.update(_stored_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress))
+        found.update(_stored_fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress, packing))
     return {layer: found[layer] for layer in layers}
 
 
-def _stored_fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress
+def _stored_fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress, packing="bos"
                              ) -> dict[int, KeyStatistics]:
     """The fixed-size statistics of ``layers``: from the model's in-memory store
     (:mod:`interp_edit.statistics.store`) where it holds them, else from the disk cache or
     computed (and then kept in the store)."""
     spec = corpus_key(corpus)
     if spec is None:  # an iterator of texts: nothing names it without consuming it
-        return _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress)
+        return _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress, packing=packing)
     store = statistics_store(model)
-    base = (model_fingerprint(model), site, spec, n_samples, str(cache_folder(cache_dir)))
+    base = (model_fingerprint(model), site, spec, n_samples, packing, str(cache_folder(cache_dir)))
     found = {layer: store.get((*base, layer)) for layer in layers}
     missing = [layer for layer in layers if found[layer] is None]
     if missing:
-        for layer, stats in _fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress).items():
+        for layer, stats in _fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress,
+                                              packing=packing).items():
             store.put((*base, layer), stats)
             found[layer] = stats
     return found
@@ -107,7 +122,8 @@ def editor_statistics(model, cfg, layers: Sequence[int], *, site: str = "mlp_pos
                               "computes its statistics without them: give an integer")
     return key_statistics(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
                           batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
-                          probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance, max_samples=cfg.stats_max_samples)
+                          probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance, max_samples=cfg.stats_max_samples,
+                          packing=cfg.stats_packing)
 
 
 def provenance_records(statistics: Mapping[int, KeyStatistics]) -> list[dict]:
