@@ -30,6 +30,12 @@ def last_token_logits(model, prompts: Sequence[str], batch_size: int = 256) -> F
 
     With right padding and a causal model, the logits at a prompt's last real position do not
     depend on the padding after it, so the result equals one forward per prompt.
+
+    >>> logits = last_token_logits(model, ["Talvik Corlo was born in", "Beldel Kordor was born in"])
+    >>> logits.shape                             # [prompt, vocab]
+    torch.Size([2, 1113])
+    >>> [model.tokenizer.decode(i) for i in logits.argmax(-1)]
+    [' Karsa', ' Gemmel']
     """
     from interp_edit.validation import check_int, check_prompt_batch
 

@@ -82,6 +82,7 @@ class AblationResult:
                           accuracy=f"{number(self.accuracy_before, 3)}→{number(self.accuracy_after, 3)}")
 
     def plot(self):
+        """A Plotly figure: the target probability before and after the ablation, per prompt."""
         from interp_edit.viz.attribution import ablation_figure
 
         return ablation_figure(self)

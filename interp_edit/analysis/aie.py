@@ -65,7 +65,34 @@ def effects_by_role(trace: CausalTraceResult) -> Float[Tensor, "kind role layer"
 
 @dataclass
 class AIEResult:
-    """Mean indirect effect ``effects[kind, role, layer]`` over the facts the model knows."""
+    """Mean indirect effect ``effects[kind, role, layer]`` over the facts the model knows.
+
+    Fields:
+
+    - ``effects``: [kind, role, layer] float tensor, the indirect effect (restored score minus
+      corrupted score) averaged over the traced facts; NaN where no fact has a token of that
+      role (e.g. ``middle_subject`` when every subject is two tokens long).
+    - ``counts``: [kind, role, layer] integer tensor, how many facts contributed to each cell.
+    - ``kinds``: the restored activations, e.g. ``("hidden", "mlp", "attn")``.
+    - ``roles``: the token roles of ROME's figure, in order: ``first_subject``,
+      ``middle_subject``, ``last_subject``, ``first_subsequent``, ``further``, ``last``.
+    - ``n_facts`` / ``n_skipped``: facts traced / left out (the model's clean top-1 was not the
+      first target token); ``skipped``: one dict per left-out fact (its index, prompt, reason).
+    - ``mean_clean_score`` / ``mean_corrupted_score``: the metric without and with the
+      corruption (nothing restored), averaged over the traced facts.
+    - ``settings``: the options of the traces (noise, samples, window, metric, ...).
+
+    >>> aie = average_indirect_effect(model, records[:3], samples=2, progress=False)
+    >>> aie.effects.shape                     # [kind, role, layer]
+    torch.Size([3, 6, 6])
+    >>> aie.n_facts + aie.n_skipped
+    3
+    >>> aie.curve("mlp", "last_subject").shape
+    torch.Size([6])
+    >>> sorted(aie.peak("mlp"))
+    ['effect', 'kind', 'layer', 'role']
+    >>> fig = aie.plot()                      # or aie.plot("lines")
+    """
 
     effects: Float[Tensor, "kind role layer"]
     #: how many facts contributed to each (kind, role, layer) cell (roles can be empty)
@@ -166,21 +193,30 @@ def average_indirect_effect(
     seed: int = 0,
     embedding_std: float | None = None,
     progress: bool = True,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
     memory_budget: int | float | None = None,
 ) -> AIEResult:
     """Trace every fact the model gets right (clean top-1 = first target token) and average
     the indirect effects by token role × layer. Facts are CounterFact records, CounterFact
     dicts or ``(prompt, subject, target)`` tuples. The noise scale is, as in ROME, 3 × the std
     of the embeddings of all the facts' subject tokens unless ``embedding_std`` is given.
-    ``max_rows`` and ``memory_budget`` bound each batched forward as in :func:`causal_trace`."""
+    ``max_rows`` and ``memory_budget`` bound each batched forward as in :func:`causal_trace`.
+
+    >>> aie = average_indirect_effect(model, records[:3], samples=2, kinds=("mlp",), progress=False)
+    >>> aie.kinds, aie.effects.shape
+    (('mlp',), torch.Size([1, 6, 6]))
+    >>> facts = [("Talvik Corlo was born in", "Talvik Corlo", "Karsa")]   # tuples work too
+    >>> average_indirect_effect(model, facts, samples=2, progress=False).n_facts
+    1
+    """
     facts = [_as_fact(f, i) for i, f in enumerate(check_sequence(facts, "facts", nonempty=False))]
     check_facts(model, facts)
     window = default_window(model.cfg.n_layers) if window is None else window
     # the trace settings are checked once, before any fact is traced
     TraceSettings(tuple(check_sequence(kinds, "kinds")), "gaussian", noise, samples, window, metric, severed, seed,
                   embedding_std).validate()
-    check_int(max_rows, "max_rows", minimum=1)
+    if max_rows is not None:
+        check_int(max_rows, "max_rows", minimum=1)
     budget = resolve_memory_budget(memory_budget, model.cfg.device)  # checked before any forward
     std = embedding_std or subject_embedding_std(model, [s for _, s, _ in facts])
     predicted = last_token_logits(model, [p for p, _, _ in facts]).argmax(-1).tolist()

@@ -125,7 +125,16 @@ class AttributionDiffResult:
     the model's log-probabilities ``[prompt, target]`` of the (first) target tokens.
     ``neuron_before`` / ``neuron_after``: ``[prompt, target, neuron]`` scores of every FFN
     neuron then every attention neuron (flat; :meth:`neuron` names an index), for the groups in
-    ``neuron_groups``. Diffs are after − before per :data:`DIRECTIONS` (see the module doc)."""
+    ``neuron_groups``. Diffs are after − before per :data:`DIRECTIONS` (see the module doc).
+
+    >>> e = rome(model, records[:1])
+    >>> diff = attribution_diff(model, e, records[0], neurons=False)
+    >>> diff.groups
+    ('edit', 'paraphrase', 'neighborhood')
+    >>> diff.layer_diff("edit").shape                # [layer, module (attn | FFN), direction]
+    torch.Size([6, 2, ...])
+    >>> fig = diff.plot()                            # or plot("groups"), plot("logprobs")
+    """
 
     method: str
     prompts: dict[str, tuple[str, ...]]
@@ -220,7 +229,11 @@ class AttributionDiffResult:
 
     def plot(self, view: str = "heatmap", group: str = "edit"):
         """``heatmap`` (layer × module diff maps, new and old), ``groups`` (the maps of every
-        prompt group side by side), ``neurons`` (top changed neurons), ``logprobs``."""
+        prompt group side by side), ``neurons`` (top changed neurons), ``logprobs``.
+        Returns a Plotly figure.
+
+        >>> fig = attribution_diff(model, rome(model, records[:1]), neurons=False).plot("logprobs")
+        """
         from interp_edit.viz.contrast import attribution_diff_figure
 
         return attribution_diff_figure(self, view, group)
@@ -311,7 +324,16 @@ def attribution_diff(
     :func:`~interp_edit.analysis.attribution.neuron_attribution` (``"first_order"`` is cheaper).
 
     An edit made on another base model raises :class:`~interp_edit.errors.EditApplicationError`
-    before anything runs."""
+    before anything runs.
+
+    >>> e = rome(model, records[:1])
+    >>> diff = attribution_diff(model, e, neurons=("edit",))   # edit prompt(s): new vs old object
+    >>> diff.target_tokens
+    (' Gemmel', ' Karsa')
+    >>> bool(diff.logprob_after["edit"][0, 0] > diff.logprob_before["edit"][0, 0])   # new object up
+    True
+    >>> rows = diff.top_neurons("edit", "promote_new", k=3)
+    """
     if neuron_method not in ("exact", "first_order"):  # the diff needs every neuron's score
         raise InvalidArgumentError(f"neuron_method must be 'exact' or 'first_order' (every neuron's score), got {neuron_method!r}")
     found = model_fingerprint(model)

@@ -62,6 +62,9 @@ class LogitLensResult:
                           layers=str(len(self.layer_labels)), final_top1=final, target_top1_from=first)
 
     def plot(self):
+        """A Plotly figure: layer × position grid coloured by the top-1 probability, annotated
+        with the top-1 token (hover: the top-k); with a target, a second panel shows its
+        probability."""
         from interp_edit.viz.lens import logit_lens_figure
 
         return logit_lens_figure(self)
@@ -168,6 +171,8 @@ class DLAResult:
                           top="[" + ", ".join(f"{k} {v:+.3g}" for k, v in top) + "]")
 
     def plot(self):
+        """A Plotly figure: per layer the attention (heads + bias) and MLP direct effects, and a
+        heatmap per head."""
         from interp_edit.viz.lens import dla_figure
 
         return dla_figure(self)

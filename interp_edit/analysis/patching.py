@@ -33,7 +33,16 @@ class PatchingResult:
 
     ``results[site]`` is [layer, pos], [layer, head] or [layer, head, pos] (see ``SITES``).
     ``method`` is ``"exact"`` (one patched run per site) or ``"attribution"`` (first-order
-    estimate from 2 forwards + 1 backward)."""
+    estimate from 2 forwards + 1 backward).
+
+    >>> res = activation_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+    ...                        sites=("resid_pre", "head_out"))
+    >>> res.results["resid_pre"].shape, res.results["head_out"].shape   # [layer, pos], [layer, head]
+    (torch.Size([6, 6]), torch.Size([6, 4]))
+    >>> abs(round(res.results["resid_pre"][0, -1].item(), 3))   # " in" is the same in both: no effect
+    0.0
+    >>> fig = res.plot()
+    """
 
     results: dict[str, Tensor]
     method: str
@@ -62,6 +71,10 @@ class PatchingResult:
                           metric=repr(self.metric), peaks="[" + "; ".join(peaks) + "]")
 
     def plot(self, sites: Sequence[str] | None = None):
+        """A Plotly figure: one heatmap per site (``sites``: a subset, default all).
+
+        >>> fig = attribution_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in").plot(["mlp_out"])
+        """
         from interp_edit.viz.patching import patching_figure
 
         return patching_figure(self, sites)
@@ -186,7 +199,15 @@ def activation_patch(
     the patched layer, at most ``max_rows`` rows and ``memory_budget`` bytes each (None: a
     share of the device's free memory, see :func:`interp_edit.batching.resolve_memory_budget`);
     the result does not depend on either, nor on ``merge`` (``"auto"`` | ``"by_layer"`` |
-    ``"layers"`` | ``"all"``: which restorations share a forward, as in :func:`causal_trace`)."""
+    ``"layers"`` | ``"all"``: which restorations share a forward, as in :func:`causal_trace`).
+
+    >>> res = activation_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+    ...                        answer="Karsa", sites=("mlp_out",))
+    >>> res.method, res.direction, res.metric
+    ('exact', 'denoise', 'logit_diff')
+    >>> res.results["mlp_out"].shape                       # [layer, pos]
+    torch.Size([6, 6])
+    """
     from interp_edit.batching import check_memory_budget, resolve_memory_budget
     from interp_edit.validation import check_int
 
@@ -256,7 +277,12 @@ def attribution_patch(
 ) -> PatchingResult:
     """Attribution patching (Nanda 2023; Syed et al. 2023): the first-order estimate
     (a_source − a_base) · ∂M/∂a at the base run, for every site at once, from 2 forwards and 1
-    backward. Normalised like :func:`activation_patch`."""
+    backward. Normalised like :func:`activation_patch`.
+
+    >>> res = attribution_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in")
+    >>> res.method, sorted(res.results)
+    ('attribution', ['attn_out', 'head_out', 'mlp_out', 'resid_pre'])
+    """
     _check_direction(direction)
     pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
     names = _grad_names(model, sites)
@@ -314,7 +340,13 @@ def _gradients(model, tokens, names, metric_fn) -> tuple[dict[str, Tensor], dict
 
 def attribution_patch_error(model, clean: str, corrupted: str, **kwargs) -> dict[str, dict[str, float]]:
     """How far attribution patching is from exact patching on the same sites: per site the
-    max and mean absolute error of the normalised metric and their Pearson correlation."""
+    max and mean absolute error of the normalised metric and their Pearson correlation.
+
+    >>> err = attribution_patch_error(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+    ...                               sites=("mlp_out",))
+    >>> sorted(err["mlp_out"])
+    ['correlation', 'max_abs_error', 'mean_abs_error']
+    """
     exact = activation_patch(model, clean, corrupted, **kwargs)
     approx = attribution_patch(model, clean, corrupted, **{k: v for k, v in kwargs.items()
                                                           if k not in ("max_rows", "memory_budget")})

@@ -63,6 +63,15 @@ from interp_edit.errors import EmptyInputError, InvalidArgumentError
 
 @dataclass(frozen=True)
 class Pathway:
+    """A query → value pathway: an earlier FFN ``query`` neuron whose output the ``value``
+    neuron reads, with the pathway's ``weight`` (its share of the value neuron's score).
+
+    >>> res = qv_pathways(model, ["Talvik Corlo was born in", "Sevko Sevdel was born in"], n_value=5, top_pathways=3)
+    >>> p = res.pathways[0]
+    >>> p.query.layer < p.value.layer, p.label == f"{p.query.label}→{p.value.label}"
+    (True, True)
+    """
+
     query: Neuron
     value: Neuron
     weight: float
@@ -75,7 +84,13 @@ class Pathway:
 @dataclass
 class PathwayResult:
     """Dataset-level value / query scores of every FFN neuron, layer rankings (best first) and
-    the ``top_pathways`` strongest query → value pathways (see the module doc)."""
+    the ``top_pathways`` strongest query → value pathways (see the module doc).
+
+    >>> res = qv_pathways(model, ["Talvik Corlo was born in", "Sevko Sevdel was born in"], n_value=5, top_pathways=3)
+    >>> res.value_scores.shape, len(res.value_neurons), len(res.pathways)   # [layer, d_mlp]
+    (torch.Size([6, 512]), 5, 3)
+    >>> fig = res.plot()                         # or res.plot("layers")
+    """
 
     prompts: tuple[str, ...]
     targets: tuple[str | int | None, ...]
@@ -125,7 +140,11 @@ class PathwayResult:
                           top=f"{top.label} {number(top.weight, 3)}" if top else None)
 
     def plot(self, view: str = "sankey"):
-        """``sankey`` (layer → layer flow of the top pathways) or ``layers`` (value / query layer scores)."""
+        """A Plotly figure: ``sankey`` (layer → layer flow of the top pathways) or ``layers``
+        (value / query layer scores).
+
+        >>> fig = qv_pathways(model, ["Talvik Corlo was born in"], n_value=5).plot("layers")
+        """
         from interp_edit.viz.pathways import pathway_figure
 
         return pathway_figure(self, view)
@@ -159,7 +178,15 @@ def qv_pathways(
     once for all prompts); ``value_scores`` are exact where scored and NaN elsewhere,
     ``value_bounds`` the upper bounds, and ``value_layer_scores`` (sums over *every* neuron of
     a layer, which only scoring every neuron gives exactly) are **upper bounds**: the exact
-    score where scored, the bound elsewhere (``settings["value_layer_scores"]`` says so)."""
+    score where scored, the bound elsewhere (``settings["value_layer_scores"]`` says so).
+
+    >>> prompts = [r.prompt.format(r.subject) for r in records[:4]]
+    >>> res = qv_pathways(model, prompts, [r.target_true for r in records[:4]], n_value=10, top_pathways=5)
+    >>> res.value_layer_scores.shape, res.query_layer_scores.shape
+    (torch.Size([6]), torch.Size([6]))
+    >>> [p.label for p in res.pathways][:1]
+    ['L...N...→L...N...']
+    """
     prompts = list(prompts)
     if not prompts:
         raise EmptyInputError("qv_pathways needs at least one prompt")

@@ -71,7 +71,21 @@ class TraceSettings:
 @dataclass
 class CausalTraceResult:
     """Scores of restored runs: ``scores[kind, layer, pos]`` is the metric when the clean
-    activation of ``kind`` is restored at (layer, pos) into the corrupted run."""
+    activation of ``kind`` is restored at (layer, pos) into the corrupted run.
+
+    ``clean_score`` / ``corrupted_score``: the metric without corruption and with it, nothing
+    restored; ``indirect_effects`` = ``scores − corrupted_score``; ``subject_span``: the
+    subject's token positions ``[start, end)``; ``settings``: the trace's options.
+
+    >>> trace = causal_trace(model, "Talvik Corlo was born in", "Talvik Corlo", samples=2)
+    >>> trace.kinds, trace.scores.shape              # [kind, layer, pos]
+    (('hidden', 'mlp', 'attn'), torch.Size([3, 6, 6]))
+    >>> trace.clean_score > trace.corrupted_score, trace.subject_span
+    (True, (1, 3))
+    >>> sorted(trace.top_sites(1)[0])
+    ['indirect_effect', 'kind', 'layer', 'pos', 'token']
+    >>> fig = trace.plot()
+    """
 
     scores: Float[Tensor, "kind layer pos"]
     kinds: tuple[str, ...]
@@ -119,6 +133,13 @@ class CausalTraceResult:
                           corrupted=number(self.corrupted_score), top_site=site)
 
     def plot(self, layout: str = "rome"):
+        """A Plotly figure of the scores, one panel per kind. ``layout="rome"``: ROME's
+        (layers on x, tokens on y, the subject marked ``*``); ``"tl"``: layers on y, positions
+        on x, the indirect effect on a diverging scale centred at 0.
+
+        >>> trace = causal_trace(model, "Talvik Corlo was born in", "Talvik Corlo", samples=2)
+        >>> fig = trace.plot(layout="tl")
+        """
         from interp_edit.viz.traces import causal_trace_figure
 
         return causal_trace_figure(self, layout=layout)
@@ -323,6 +344,14 @@ def causal_trace(
     every kind and layer into few large forwards (the default on CUDA), ``"by_layer"`` runs
     one group per site and layers (the default elsewhere), ``"all"`` merges up to the size
     limits only; the scores do not depend on it.
+
+    >>> trace = causal_trace(model, "Talvik Corlo was born in", "Talvik Corlo", samples=2)
+    >>> trace.scores.shape[0]                        # kinds: hidden, mlp, attn
+    3
+    >>> trace.target
+    ' Karsa'
+    >>> severed = causal_trace(model, "Talvik Corlo was born in", "Talvik Corlo", samples=2,
+    ...                        kinds=("hidden",), severed="mlp", metric="logit_diff", foil="Gemmel")
     """
     window = default_window(model.cfg.n_layers) if window is None else window
     if noise_subjects is not None and embedding_std is None:
