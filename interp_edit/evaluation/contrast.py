@@ -55,7 +55,15 @@ class ContrastResult:
     """Mean pre/post attribution diffs of successful and failed edits and their difference
     (see the module docstring). ``diffs[r]`` is request ``r``'s mean diff over the prompts of
     ``group``; ``success[r]`` its efficacy; ``margins[r]`` its mean log p(new) − log p(true)
-    on the rewrite prompt after the edit."""
+    on the rewrite prompt after the edit.
+
+    >>> study = contrast_study(model, "rome", records[:2], n_boot=20, progress=False)
+    >>> study.diffs.shape                    # [request, layer, module (attn | FFN), direction]
+    torch.Size([2, 6, 2, ...])
+    >>> study.success.tolist()               # efficacy of each edit
+    [...]
+    >>> fig = study.plot()                   # or plot("leverage"), plot("margins")
+    """
 
     method: str
     group: str
@@ -163,8 +171,11 @@ class ContrastResult:
                           ffn_suppress=number(p["ffn_suppress"], 3))
 
     def plot(self, view: str = "panels"):
-        """``panels`` (success / failure / leverage maps side by side), ``leverage`` (profile
-        with bootstrap error bars), ``margins`` (efficacy margins by group)."""
+        """A Plotly figure: ``panels`` (success / failure / leverage maps side by side),
+        ``leverage`` (profile with bootstrap error bars), ``margins`` (efficacy margins by group).
+
+        >>> fig = contrast_study(model, "rome", records[:2], n_boot=10, progress=False).plot("margins")
+        """
         from interp_edit.viz.contrast import contrast_figure
 
         return contrast_figure(self, view)
@@ -303,7 +314,14 @@ def contrast_study(
     prompts of each of ``groups`` (``"edit"``, ``"paraphrase"``, ``"neighborhood"``: the last
     two need CounterFact records), and contrast successes with failures on ``group`` (see the
     module docstring). Requests need ``target_true`` (efficacy compares against it). The model is
-    bitwise unchanged afterwards, also on an exception."""
+    bitwise unchanged afterwards, also on an exception.
+
+    >>> study = contrast_study(model, "memit", records[:3], config={"layers": (1, 2)},
+    ...                        groups=("edit", "paraphrase"), n_boot=20, progress=False)
+    >>> study.method, study.group, study.margins.shape
+    ('memit', 'edit', torch.Size([3]))
+    >>> rows = study.table()                 # one dict per (layer, module, direction)
+    """
     from interp_edit.adapter import model_fingerprint
     from interp_edit.editing.registry import get_editor
     from interp_edit.editing.requests import as_request, prepare_requests

@@ -18,7 +18,13 @@ HEADLINE = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counter
 class ExperimentResult:
     """Settings, the unedited model's metrics on the edited cases (``baseline``), one entry per
     batch (``rows``: its cases right after its edit; ``checkpoint``: the metrics on all cases
-    edited so far, every ``eval_every`` batches), and timings."""
+    edited so far, every ``eval_every`` batches), and timings.
+
+    >>> res = run_experiment(model, "toyworld-counterfact", "rome", n=2, unrelated=5, fluency=False, progress=False)
+    >>> len(res.batches), sorted(res.final_metrics())[:2]
+    (2, [...])
+    >>> fig = res.plot()
+    """
 
     settings: dict
     baseline: dict
@@ -88,7 +94,13 @@ class ExperimentResult:
                           ("metric", "edited", "unedited"), rows)
 
     def plot(self, metrics: tuple[str, ...] | None = None):
-        """Metrics vs number of edits (and option entropy vs edits when the data is MCQ)."""
+        """A Plotly figure: metrics vs number of edits (and option entropy vs edits when the
+        data is MCQ).
+
+        >>> res = run_experiment(model, "toyworld-counterfact", "ft", n=2, sequential=True,
+        ...                      unrelated=5, fluency=False, progress=False, config={"steps": 5})
+        >>> fig = res.plot()
+        """
         from interp_edit.viz.experiments import experiment_figure
 
         return experiment_figure(self, metrics)

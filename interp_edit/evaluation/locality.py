@@ -34,7 +34,14 @@ from interp_edit.prompts import CounterFactRecord
 class RelationLocality:
     """Per request: its same-subject prompts, whether each kept its top-1 answer, and the
     fraction kept; ``fraction`` is the mean of the per-request fractions (requests without
-    such prompts are left out of it)."""
+    such prompts are left out of it).
+
+    >>> loc = relation_locality(model, rome(model, records[:1]), records[:1])
+    >>> loc.prompts[0][0]                    # the same subject's other relations
+    'Talvik Corlo works as a'
+    >>> len(loc.kept[0]), 0.0 <= loc.fraction <= 1.0
+    (3, True)
+    """
 
     prompts: list[list[str]]
     kept: list[list[bool]]
@@ -120,6 +127,11 @@ def relation_locality(model, edit, requests: Sequence, *, world=None,
     - ``edit`` ``None``: ``model`` is taken as already edited (e.g. edits applied in sequence)
       and compared with ``reference``, the unedited answers per request (from
       :func:`unedited_answers` on the model before editing), which is then required.
+
+    >>> e = memit(model, records[:2])
+    >>> loc = relation_locality(model, e, records[:2])    # applies e, scores, undoes it
+    >>> len(loc.per_request)
+    2
     """
     prompts = same_subject_prompts(requests, world)
     flat = [p for row in prompts for p in row]

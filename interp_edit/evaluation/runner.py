@@ -154,7 +154,15 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                    progress: bool = True) -> ExperimentResult:
     """Edit ``n`` cases of ``dataset`` (a :class:`~interp_edit.data.Dataset` or a name / path for
     :func:`~interp_edit.data.load_dataset`) with ``method`` in batches; see the module docstring.
-    ``config``: the editor's config fields (e.g. ``{"layers": (1, 2)}``)."""
+    ``config``: the editor's config fields (e.g. ``{"layers": (1, 2)}``).
+
+    >>> res = run_experiment(model, "toyworld-counterfact", "memit", n=2, batch_size=2,
+    ...                      unrelated=5, fluency=False, progress=False, out="run")
+    >>> len(res.batches), res.settings["method"]
+    (1, 'memit')
+    >>> "efficacy_score" in res.final_metrics()
+    True
+    """
     from interp_edit.adapter import model_fingerprint
     from interp_edit.data import check_tokens, load_dataset
 

@@ -146,7 +146,11 @@ def clear_statistics_cache(model=None) -> None:
     allocator's free blocks are released too). The next edit reads them again (from the disk
     cache, or computes them). Nothing on disk is touched.
 
-        interp_edit.clear_statistics_cache(model)
+    >>> e = rome(model, records[:1])        # collects (or reuses) layer 0's key statistics
+    >>> clear_statistics_cache(model)       # this model's only; clear_statistics_cache(): all
+    >>> e2 = rome(model, records[:1])       # collects them again
+    >>> torch.equal(e2.delta_matrix("blocks.0.mlp.W_out", model), e.delta_matrix("blocks.0.mlp.W_out", model))
+    True
     """
     stores = [getattr(model, STORE_ATTR, None)] if model is not None else \
         [obj for obj in gc.get_objects() if isinstance(obj, StatisticsStore)]

@@ -54,7 +54,17 @@ class LocalizationEditingResult:
     """Per traced request and layer: the tracing effect at the edit token (``effects``) and the
     editing metrics of a single-layer edit there (``metrics[name]``, names of :data:`METRICS`);
     rank correlations with bootstrap intervals (``correlations[name]``: ``pairs``,
-    ``pairs_ci``, ``layers``, ``layers_ci``, ``within``, ``within_ci``)."""
+    ``pairs_ci``, ``layers``, ``layers_ci``, ``within``, ``within_ci``).
+
+    >>> cases = load_dataset("toyworld-counterfact")[:2]
+    >>> res = localization_vs_editing(model, "rome", cases, layers=(0, 1), samples=2, n_boot=20,
+    ...                               config={"steps": 5}, out="loc")
+    >>> res.effects.shape, res.metrics["efficacy"].shape        # [fact, layer]
+    (torch.Size([2, 2]), torch.Size([2, 2]))
+    >>> sorted(res.correlations["efficacy"])[:2]
+    ['layers', 'layers_ci']
+    >>> fig = res.plot()
+    """
 
     method: str
     layers: tuple[int, ...]
@@ -106,8 +116,14 @@ class LocalizationEditingResult:
         return self.summary()
 
     def plot(self, metric: str = "efficacy"):
-        """Hase et al. style: left, the mean tracing effect and the mean edit success per layer;
-        right, every (fact, layer) point: tracing effect vs edit success, coloured by layer."""
+        """A Plotly figure, Hase et al. style: left, the mean tracing effect and the mean edit
+        success per layer; right, every (fact, layer) point: tracing effect vs edit success,
+        coloured by layer.
+
+        >>> res = localization_vs_editing(model, "ft", load_dataset("toyworld-counterfact")[:2], layers=(0, 1),
+        ...                               samples=2, n_boot=10, config={"steps": 5}, out="loc_ft")
+        >>> fig = res.plot("specificity")
+        """
         from interp_edit.viz.localization import localization_figure
 
         if metric not in self.metrics:
@@ -175,7 +191,16 @@ def localization_vs_editing(model, method: str, requests, *, layers: Sequence[in
     for other executors, which load it by that name); ``requests``: CounterFact cases (a
     :class:`~interp_edit.data.Dataset` or a sequence of
     :class:`~interp_edit.data.CounterFactCase`); ``layers``: default all; ``config``: the
-    editor's other config fields; ``out``: folder of the (resumable) editing sweep."""
+    editor's other config fields; ``out``: folder of the (resumable) editing sweep.
+
+    >>> cases = load_dataset("toyworld-counterfact")[:2]
+    >>> res = localization_vs_editing(model, "rome", cases, layers=(0, 1), samples=2, n_boot=20,
+    ...                               config={"steps": 5}, out="loc")
+    >>> res.layers, len(res.case_ids) + len(res.skipped)
+    ((0, 1), 2)
+    >>> sorted(res.best_layers())[:1]
+    [...]
+    """
     from interp_edit.analysis.tracing import subject_embedding_std
     from interp_edit.data import CounterFactCase, Dataset
     from interp_edit.prompts import tokenize_with_subject

@@ -17,6 +17,18 @@ TABLE_METRICS = ("efficacy_score", "paraphrase_score", "neighborhood_score", "mu
 
 @dataclass
 class SweepResult:
+    """What :func:`run_sweep` returns: the spec, its cells, the finished cells' results
+    (``results``: cell id -> :meth:`ExperimentResult.to_dict`) and the cells that failed.
+
+    >>> spec = {"models": ["toyworld"], "editors": [{"method": "rome", "grid": {"layer": [0, 1]}}],
+    ...         "datasets": [{"name": "toyworld-counterfact", "n": 1}], "unrelated": 2, "fluency": False}
+    >>> sweep = run_sweep(spec, "sweep", models={"toyworld": model}, progress=False)
+    >>> len(sweep.cells), len(sweep.results), sweep.failed
+    (2, 2, {})
+    >>> rows = sweep.rows()                       # one dict per finished cell
+    >>> fig = sweep.plot()
+    """
+
     spec: object
     cells: list
     #: cell id -> :meth:`ExperimentResult.to_dict` of the finished cells
@@ -70,7 +82,12 @@ class SweepResult:
         return self.table()
 
     def plot(self, metrics: tuple[str, ...] = ("efficacy_score", "paraphrase_score", "neighborhood_score")):
-        """One panel per metric, one bar per finished cell (grouped by method)."""
+        """A Plotly figure: one panel per metric, one bar per finished cell (grouped by method).
+
+        >>> spec = {"models": ["toyworld"], "editors": [{"method": "ft", "config": {"steps": 5}}],
+        ...         "datasets": [{"name": "toyworld-counterfact", "n": 1}], "unrelated": 2, "fluency": False}
+        >>> fig = run_sweep(spec, "sweep", models={"toyworld": model}, progress=False).plot(("efficacy_score",))
+        """
         from interp_edit.viz.sweeps import sweep_figure
 
         return sweep_figure(self, metrics)

@@ -86,7 +86,16 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
     with ``workers`` CPUs, or the cluster at ``address``), or an executor object. A failed cell
     is retried up to ``retries`` times; cells still failing are listed in the result's
     ``failed`` (their finished batches stay on disk for the next run). Every cell is checked
-    before any runs (:class:`~interp_edit.errors.SweepSpecError` names the cell and field)."""
+    before any runs (:class:`~interp_edit.errors.SweepSpecError` names the cell and field).
+
+    >>> spec = {"models": ["toyworld"],
+    ...         "editors": [{"method": "rome"}, {"method": "memit", "config": {"layers": [1, 2]}}],
+    ...         "datasets": [{"name": "toyworld-counterfact", "n": 1}], "unrelated": 2, "fluency": False}
+    >>> sweep = run_sweep(spec, "sweep", models={"toyworld": model}, progress=False)
+    >>> sorted(row["method"] for row in sweep.rows())
+    ['memit', 'rome']
+    >>> again = run_sweep(spec, "sweep", models={"toyworld": model}, progress=False)   # resumes: nothing to redo
+    """
     spec = load_spec(spec)
     if retries < 0:
         raise SweepSpecError(f"retries must be >= 0, got {retries}")

@@ -115,7 +115,16 @@ class DatasetSlice:
 @dataclass(frozen=True)
 class SweepSpec:
     """A validated-in-shape grid (names are checked against the registries when the grid is
-    expanded: :func:`~interp_edit.sweep.cells.expand`)."""
+    expanded: :func:`~interp_edit.sweep.cells.expand`).
+
+    >>> spec = SweepSpec.from_dict({"models": ["toyworld"],
+    ...                             "editors": [{"method": "rome", "grid": {"layer": [0, 1]}}],
+    ...                             "datasets": [{"name": "toyworld-counterfact", "n": 2}]})
+    >>> spec.editors[0].method, spec.datasets[0].n, spec.modes
+    ('rome', 2, ('independent',))
+    >>> spec.to_dict()["editors"]
+    [{'method': 'rome', 'grid': {'layer': [0, 1]}, 'config': {}}]
+    """
 
     models: tuple[str, ...]
     editors: tuple[EditorGrid, ...]
