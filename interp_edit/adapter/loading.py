@@ -22,10 +22,22 @@ from interp_edit.errors import (
     UnsupportedArchitectureError,
 )
 
-#: Built-in models and the folder (inside the installed package) that holds each one.
-BUILTIN_MODELS: dict[str, Path] = {
+
+class BuiltinModels(dict):
+    """Built-in models and the folder (inside the installed package) that holds each one: a
+    plain ``dict`` of name -> ``Path``; :func:`load_model` resolves these names offline.
+
+    >>> sorted(BUILTIN_MODELS)
+    ['toyworld']
+    >>> (BUILTIN_MODELS["toyworld"] / "config.json").is_file()
+    True
+    >>> toy = load_model("toyworld")            # the same as load_model(str(BUILTIN_MODELS["toyworld"]))
+    """
+
+
+BUILTIN_MODELS: dict[str, Path] = BuiltinModels({
     "toyworld": Path(__file__).parent.parent / "toyworld" / "checkpoint",
-}
+})
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -111,6 +123,15 @@ def load_model(
     ``dtype``: the weights' dtype (``torch.float32`` default, ``torch.bfloat16``, ``torch.float16``,
     ``torch.float64`` or a name such as ``"bf16"``); what runs in which precision is the rule of
     :mod:`interp_edit.precision`. Another dtype raises ``InvalidArgumentError`` before loading.
+
+    >>> toy = load_model("toyworld")                          # the shipped model, offline
+    >>> type(toy).__name__, toy.cfg.n_layers, toy.cfg.d_model
+    ('HookedTransformer', 6, 128)
+    >>> from interp_edit.adapter.tiny import tiny_hf_model    # any Hugging Face model object
+    >>> hf = tiny_hf_model("llama", vocab_size=len(model.tokenizer))
+    >>> tiny = load_model("tiny-llama", hf_model=hf, tokenizer=model.tokenizer)
+    >>> tiny.cfg.normalization_type, tiny.cfg.positional_embedding_type
+    ('RMSPre', 'rotary')
 
     Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
     models (all True; but no unembedding centring under a final-logit soft-cap, see
