@@ -125,8 +125,10 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, lo
 
 
 def device_model(name: str, tokenizer, device: str, dtype: torch.dtype):
-    """``gpt2small`` / ``gpt2xl`` shapes, random weights, built directly on ``device`` in ``dtype``."""
-    shapes = {"gpt2small": dict(n_layers=12, d_model=768, n_heads=12), "gpt2xl": dict(n_layers=48, d_model=1600, n_heads=25)}
+    """``gpt2small`` / ``gpt2xl`` shapes (``tiny``: 4 layers, d_model 128, the toy vocabulary, for
+    dry runs), random weights, built directly on ``device`` in ``dtype``."""
+    shapes = {"gpt2small": dict(n_layers=12, d_model=768, n_heads=12), "gpt2xl": dict(n_layers=48, d_model=1600, n_heads=25),
+              "tiny": dict(n_layers=4, d_model=128, n_heads=4, d_vocab=tokenizer.vocab_size if hasattr(tokenizer, "vocab_size") else len(tokenizer))}
     if name not in shapes:
         raise ValueError(f"--device {device} builds only {sorted(shapes)}, not {name!r}")
     return random_gpt2(tokenizer, **shapes[name], dtype=dtype, name=f"{name}-random", device=device)

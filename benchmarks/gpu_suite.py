@@ -89,20 +89,52 @@ def section_topk(device: str, dtype: torch.dtype, dry: bool) -> dict:
     return out
 
 
-def _import_section(module: str, description: str):
-    def run(device: str, dtype: torch.dtype, dry: bool) -> dict:
-        mod = __import__(module)
-        return mod.measure(device=device, dtype=dtype, dry_run=dry)
+def section_load(device: str, dtype: torch.dtype, dry: bool) -> dict:
+    """Peak memory above the start of ``load_model`` over the weights' bytes, at Llama-3-8B shape
+    in bf16 (each case in a fresh process): from a Hugging Face object (hooked, bridge) and from a
+    ``save_pretrained`` folder (hooked)."""
+    import bench_load_memory
 
-    run.__doc__ = description
-    return run
+    cases = ("object_hooked", "object_bridge", "folder_hooked")
+    return bench_load_memory.measure(device=device, dtype="fp32" if dry else "bf16",
+                                     shape="tiny" if dry else "llama3-8b", cases=cases)
+
+
+def section_trace(device: str, dtype: torch.dtype, dry: bool) -> dict:
+    """A full causal trace (hidden + MLP + attention, window 10, 10 samples) at GPT-2-small and
+    GPT-2-XL shape, and TransformerLens' patching over the same rows at GPT-2-small shape."""
+    import bench_tracing
+
+    if dry:
+        return bench_tracing.measure(device=device, dtype=dtype, models=("tiny",), samples=2, repeats=1,
+                                     tl_models=("tiny",), loop_models=("tiny",))
+    return bench_tracing.measure(device=device, dtype=dtype, models=("gpt2small", "gpt2xl"), samples=10, repeats=3,
+                                 tl_models=("gpt2small",), loop_models=())
+
+
+def section_stats(device: str, dtype: torch.dtype, dry: bool) -> dict:
+    """Key-statistics collection against a plain forward's throughput, 5 layers, GPT-2-XL shape
+    (GPT-2-small on a dry run)."""
+    import bench_stats
+
+    if dry:
+        return bench_stats.measure(device=device, dtype=dtype, shape="small", n_texts=8, repeats=1)
+    return bench_stats.measure(device=device, dtype=dtype, shape="xl", n_texts=2000, repeats=3)
+
+
+def section_edit(device: str, dtype: torch.dtype, dry: bool) -> dict:
+    """ROME at Llama-3-8B shape with its preset; MEMIT of 100 and 1,000 and AlphaEdit of 100 at
+    GPT-2-XL shape; sequential MEMIT / AlphaEdit in batches of 100."""
+    import bench_edit_speed
+
+    return bench_edit_speed.measure(device=device, dtype=dtype, dry_run=dry)
 
 
 SECTIONS = {
-    "load": _import_section("bench_load_memory", "load_model's peak memory over the weights"),
-    "trace": _import_section("bench_tracing", "causal trace vs TransformerLens' patching"),
-    "stats": _import_section("bench_stats", "key statistics vs a forward's throughput"),
-    "edit": _import_section("bench_edit_speed", "ROME, MEMIT, AlphaEdit, sequential editing"),
+    "load": section_load,
+    "trace": section_trace,
+    "stats": section_stats,
+    "edit": section_edit,
     "topk": section_topk,
 }
 
