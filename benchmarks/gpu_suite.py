@@ -62,8 +62,8 @@ def section_topk(device: str, dtype: torch.dtype, dry: bool) -> dict:
     forward + backward of log p(target), at GPT-2-XL shape (tiny on a dry run)."""
     from common import median_time, random_gpt2
 
-    from interp_edit.analysis import neuron_attribution
     from interp_edit.adapter import load_model
+    from interp_edit.analysis import neuron_attribution
 
     toy = load_model("toyworld")
     shape = dict(n_layers=2, d_model=64, n_heads=4, d_vocab=toy.cfg.d_vocab) if dry else dict(n_layers=48, d_model=1600, n_heads=25)
