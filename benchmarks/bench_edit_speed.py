@@ -90,8 +90,8 @@ def rome_cold_warm(model, records, corpus, cache_dir, device, repeats: int = 2, 
     cold, warm, parts = [], [], None
     for i in range(repeats):
         clear_statistics_cache(model)
-        cold.append(timed(lambda: run(records[1 + i]), device)[0])
-        seconds, edit = timed(lambda: run(records[1 + repeats + i]), device)
+        cold.append(timed(lambda i=i: run(records[1 + i]), device)[0])
+        seconds, edit = timed(lambda i=i: run(records[1 + repeats + i]), device)
         warm.append(seconds)
         parts = edit.info["seconds"]
     out = {"rome_cold_s": stat.median(cold), "rome_warm_s": stat.median(warm)}
@@ -154,9 +154,9 @@ def sequential(model, method: str, n_edits: int, batch: int, *, records, corpus,
     try:
         for start in range(0, n_edits, batch):
             chunk = [records[(start + i) % len(records)] for i in range(min(batch, n_edits - start))]
-            call = (lambda: editor(model, chunk)) if editor is not None else \
-                (lambda: memit(model, chunk, corpus=corpus, cache_dir=cache_dir, **settings))
-            seconds, edit = timed(lambda: call().apply(model), device)
+            call = (lambda chunk=chunk: editor(model, chunk)) if editor is not None else \
+                (lambda chunk=chunk: memit(model, chunk, corpus=corpus, cache_dir=cache_dir, **settings))
+            seconds, edit = timed(lambda call=call: call().apply(model), device)
             applied.append(edit)
             times.append(seconds)
     finally:

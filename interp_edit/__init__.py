@@ -232,7 +232,6 @@ if TYPE_CHECKING:
     )
     from interp_edit.batching import last_token_logits
     from interp_edit.data import Dataset, load_dataset
-    from interp_edit.statistics import clear_statistics_cache
     from interp_edit.editing import (
         ACEConfig,
         ACERequest,
@@ -283,6 +282,7 @@ if TYPE_CHECKING:
         run_experiment,
     )
     from interp_edit.prompts import CounterFactRecord, MultiHopQuestion
+    from interp_edit.statistics import clear_statistics_cache
 
 
 def __getattr__(name: str):

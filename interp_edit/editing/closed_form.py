@@ -116,7 +116,7 @@ def _finite(out: Tensor, what: str) -> Tensor:
     return out
 
 
-def moment_solve(model, moment: Float[Tensor, "key key"], rhs: Float[Tensor, "key *n"], what: str, *,
+def moment_solve(model, moment: Float[Tensor, "key key"], rhs: Float[Tensor, "key ..."], what: str, *,
                  scale: float = 1.0, ridge: float = 0.0) -> Tensor:
     """``(scale · C + ridge · mean(diag C) · I)⁻¹ rhs`` in float64 on ``rhs``'s device, C =
     ``moment``: the LU factor (the one :func:`torch.linalg.solve` computes, so the result is

@@ -33,7 +33,14 @@ from types import MappingProxyType
 import torch
 
 from interp_edit.adapter import get_parameter, model_fingerprint
-from interp_edit.editing.closed_form import add_low_rank, check_finite, check_layers, moment_solve, scratch_weights, w_out_name
+from interp_edit.editing.closed_form import (
+    add_low_rank,
+    check_finite,
+    check_layers,
+    moment_solve,
+    scratch_weights,
+    w_out_name,
+)
 from interp_edit.editing.config import SubjectTokenConfig, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
