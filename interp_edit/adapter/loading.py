@@ -107,9 +107,11 @@ def load_model(
       ``from_pretrained`` would still ask the hub for the config). Pass ``tokenizer=`` unless the
       folder holds tokenizer files.
       Memory: the hooked backend converts one decoder layer at a time
-      (:mod:`~interp_edit.adapter.streaming`), so loading needs the converted weights plus about
-      one layer's conversion (peak ≈ 1.1 × the weights' bytes in ``dtype``), with the weights
-      made directly in ``dtype`` on ``device``; a folder's Hugging Face weights are read one
+      (:mod:`~interp_edit.adapter.streaming`), so loading needs the converted weights plus one
+      layer's float32 working copies, with the weights made directly in ``dtype`` on ``device``
+      (measured on the CPU, a 0.85 B Llama-style model in bfloat16: peak above the start 1.34×
+      the weights' bytes from a folder, 1.46–1.60× from an object, against 8.45× and 6.26×
+      before; see docs/gpu.md); a folder's Hugging Face weights are read one
       layer at a time and dropped, a ``hf_model`` is left unchanged (and keeps its own memory).
       The bridge reads a folder straight into ``dtype`` on ``device`` (×1.0) and wraps an
       ``hf_model`` in place (no copy).
@@ -371,8 +373,8 @@ def _local_processing(flags: dict[str, bool | None], cfg) -> dict[str, bool]:
 def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags, *, folder=None, streamed=True):
     """Mirror of TransformerLens' from_pretrained for a local folder or model object, with no hub.
 
-    Converted one decoder layer at a time (:mod:`~interp_edit.adapter.streaming`: peak memory
-    ≈ the converted weights ×1.1, no second copy; ``hf_model`` is left unchanged; from
+    Converted one decoder layer at a time (:mod:`~interp_edit.adapter.streaming`: the
+    converted weights plus one layer's working copies, no second full copy; ``hf_model`` is left unchanged; from
     ``folder``, ``hf_model`` is its meta skeleton and each layer is read from the safetensors
     files and dropped once converted). Where a model cannot be streamed (its weights are not in
     safetensors; a family whose converter does not loop over one list of decoder layers, none

@@ -112,7 +112,7 @@ class EditTokenAIE:
 
 @torch.no_grad()
 def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, samples: int = 10, seed: int = 0,
-                   embedding_std: float | None = None, max_rows: int = 1024) -> EditTokenAIE:
+                   embedding_std: float | None = None, max_rows: int | None = None) -> EditTokenAIE:
     """AIE per layer at each fact's ``position`` (see the module docstring). Facts the model gets
     wrong, and facts whose position lies before the subject (the corruption cannot reach it),
     are skipped and listed. The noise scale is 3 × the std of the embeddings of all the facts'
