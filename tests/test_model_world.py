@@ -96,7 +96,7 @@ def test_default_statistics_corpus_is_the_model_s_world(other_world_model, toy_m
 
 def test_toy_train_refuses_a_bad_mlp_width_before_training(tmp_path, capsys):
     assert main(["toy", "train", "--out", str(tmp_path / "ckpt"), "--steps", "2", "--d-mlp", "0", "--quiet"]) == 2
-    assert "--d-mlp: expected a positive integer, got 0" in capsys.readouterr().err
+    assert "argument --d-mlp: expected an integer >= 1, got '0'" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
 
 
