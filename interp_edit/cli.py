@@ -346,6 +346,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refused flag reported as every other user error is: one line,
+    ``interp-edit: error: ...``, naming the flag and where its help is; exit status 2."""
+
+    def error(self, message: str):
+        print(f"interp-edit: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)
+        self.exit(2)
+
+
 def _sub(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
     return subparsers.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
@@ -354,7 +363,7 @@ _METHOD_HELP = "an editor of the registry (ace needs multi-hop cases)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp-edit", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser = _Parser(prog="interp-edit", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--threads", type=POSITIVE, help="torch threads (default: the package's policy, "
                         "interp_edit.threads: $INTERP_EDIT_THREADS or 1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
