@@ -1,4 +1,4 @@
-"""What neuron attribution finds on the toy-world model (numbers for the README).
+"""What neuron attribution finds on the toy-world model (numbers for docs/attribution.md).
 
 1. Ablation check: for ``--facts`` CounterFact-style facts, zero-ablate each fact's top-k value
    neurons (FFN and attention together, and FFN only) against k random neurons of the same

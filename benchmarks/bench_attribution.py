@@ -16,7 +16,7 @@ earlier call's freed memory is reused): the largest increase of the resident set
 the call, sampled every 2 ms from /proc/self/statm (CPU), or ``torch.cuda.max_memory_allocated``
 above the memory in use before the call (GPU). ``exact_projection_gflop`` counts the
 multiply-adds of projecting every neuron's output weights onto the vocabulary, which exact
-scoring cannot avoid (see the README). ``first_order_*``: the same with
+scoring cannot avoid (see docs/attribution.md). ``first_order_*``: the same with
 ``method="first_order"`` (gradient approximation of every neuron's score, no vocabulary
 projection), its error against the exact scores and the overlap of the top-300 FFN and
 attention neuron sets. ``exact_top_k_*``: ``method="exact_top_k"`` (the exact top 300 certified

@@ -1,4 +1,4 @@
-"""Every registered editor on the same toy-world edits: the comparison table of the README.
+"""Every registered editor on the same toy-world edits: the comparison table of docs/editing.md.
 
 The edits are MQuAKE-style toy cases (``toy_multihop_edit_cases``): a person's birth city
 changes, so their birth country / capital / language questions change too. Each edit is

@@ -1,4 +1,4 @@
-"""Editing quality on the toy world (the numbers in the README and the closing note).
+"""Editing quality on the toy world (the numbers in docs/editing.md).
 
 - ROME, independent single edits (each undone before the next);
 - MEMIT, one batch;

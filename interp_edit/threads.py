@@ -1,6 +1,6 @@
 """The package's threads policy, in one place: one intra-op thread unless told otherwise.
 
-Measured on the toy-world model (``benchmarks/bench_threads.py``, README "Threads"): its
+Measured on the toy-world model (``benchmarks/bench_threads.py``, docs/jupyter.md, "Threads"): its
 kernels are too small for a second thread to pay for its synchronisation, and on a busy
 machine a second thread is far slower. The notebooks and the CLI call :func:`set_threads`; a
 larger model on an idle machine may gain from more (``threads=`` / ``--threads`` /

@@ -132,7 +132,7 @@ def _check_editor(method, half, toy_model, records):
             assert torch.nn.functional.cosine_similarity(da.flatten(), db.flatten(), 0) > 0.8, (method, name)
 
 
-#: A known gap (README, "Two backends"): the bridge runs Hugging Face's modules in bfloat16 end to
+#: A known gap (docs/models.md, "Two backends"): the bridge runs Hugging Face's modules in bfloat16 end to
 #: end, and the editors that spread one target over several layers land further from float32 on
 #: this test's first fact: target log-prob −0.589 (MEMIT) against −0.009 in float32 and −0.005 for
 #: the hooked model in bfloat16 (the deltas are applied exactly: relative error 4e-3, bfloat16
