@@ -127,13 +127,16 @@ def load_model(
     :mod:`interp_edit.precision`. Another dtype raises ``InvalidArgumentError`` before loading.
 
     >>> toy = load_model("toyworld")                          # the shipped model, offline
-    >>> type(toy).__name__, toy.cfg.n_layers, toy.cfg.d_model
-    ('HookedTransformer', 6, 128)
+    >>> toy.cfg.n_layers, toy.cfg.d_model
+    (6, 128)
+    >>> type(toy).__name__ in ("HookedTransformer", "TransformerBridge")  # 3.x: hooked by default; 4.x: the bridge
+    True
+    >>> from interp_edit.adapter import architecture
     >>> from interp_edit.adapter.tiny import tiny_hf_model    # any Hugging Face model object
     >>> hf = tiny_hf_model("llama", vocab_size=len(model.tokenizer))
     >>> tiny = load_model("tiny-llama", hf_model=hf, tokenizer=model.tokenizer)
-    >>> tiny.cfg.normalization_type, tiny.cfg.positional_embedding_type
-    ('RMSPre', 'rotary')
+    >>> architecture(tiny).norm, architecture(tiny).positional, architecture(tiny).gated_mlp
+    ('rmsnorm', 'rotary', True)
 
     Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
     models (all True; but no unembedding centring under a final-logit soft-cap, see
