@@ -22,6 +22,13 @@ KINDS = ("hidden", "mlp", "attn")
 #: argparse refuses a misspelt --method at once, before torch is imported
 METHODS = ("rome", "memit", "alphaedit", "ft", "memit_csk", "fine", "intattn", "ace", "mega")
 GROUPS = ("edit", "paraphrase", "neighborhood")
+#: the toy world's relations (:data:`interp_edit.toyworld.templates.RELATIONS`, kept equal by a
+#: test; importing the toy world here would import transformers and slow ``--help``)
+RELATIONS = ("born_in", "profession", "speaks", "instrument", "located_in", "capital", "country_language")
+#: the largest seed a flag takes: numpy's and torch's generators both accept 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+#: the most threads a flag takes (torch crashes on absurd thread counts)
+MAX_THREADS = 1024
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -41,17 +48,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum`` if given)."""
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = expected
     return parse
 
 
@@ -72,14 +82,30 @@ def _names_from(allowed: tuple[str, ...]):
         names = tuple(x.strip() for x in text.split(","))
         unknown = [n for n in names if n not in allowed]
         if unknown or not names:
-            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose comma-separated from {','.join(allowed)}")
+            raise argparse.ArgumentTypeError(f"unknown {unknown} in {text!r}; choose comma-separated from "
+                                             f"{','.join(allowed)}")
         return names
 
     parse.__name__ = "list"
     return parse
 
 
+def _ints_of(item):
+    """A comma-separated list of integers, each checked by the type ``item``, e.g. ``1,2``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(item(x) for x in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, each {item.__name__}, "
+                                             f"got {text!r}") from None
+
+    parse.__name__ = "list"
+    return parse
+
+
 POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+SEED, THREADS = _int_at_least(0, MAX_SEED), _int_at_least(1, MAX_THREADS)
 
 
 def _editor(name: str, flag: str = "--method"):
@@ -109,13 +135,6 @@ def _json_object(text: str | None, flag: str) -> dict:
     if not isinstance(value, dict):
         raise CommandLineError(f"{flag}: expected a JSON object of config fields, e.g. '{{\"steps\": 4}}', got {text!r}")
     return value
-
-
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise CommandLineError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
 def _writable_folder(path: str | None, flag: str) -> Path | None:
@@ -161,8 +180,6 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
                  "threads": args.threads}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.d_mlp is not None:
-        if args.d_mlp < 1:
-            raise CommandLineError(f"--d-mlp: expected a positive integer, got {args.d_mlp}")
         cfg = replace(cfg, model=replace(cfg.model, d_mlp=args.d_mlp))
     out = _writable_folder(args.out, "--out") or BUILTIN_MODELS["toyworld"]
     metrics = train_and_save(cfg, out, progress=not args.quiet)
@@ -246,15 +263,14 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
     _writable_file(args.out, "--out")
     _editor(args.method)
-    layers = _int_list(args.layers, "--layers") if args.layers else None
     model = load_model(args.model)
     check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
     overrides = {}
     if args.layer is not None:
         overrides["layer"] = args.layer
-    if layers:
-        overrides["layers"] = layers
+    if args.layers:
+        overrides["layers"] = args.layers
     result = edit(model, [request], args.method, **overrides)
     prompts = [request.text, *args.check]
     for prompt in prompts:
@@ -307,8 +323,7 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     config = _json_object(args.config, "--config")
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
-    relations = tuple(args.relations.split(","))
-    records = [r for r in counterfact_records(world_or_shipped(model)) if r.relation_id in relations]
+    records = [r for r in counterfact_records(world_or_shipped(model)) if r.relation_id in args.relations]
     random.Random(stable_seed("contrast", args.seed)).shuffle(records)
     out = Path(args.out) if args.out else None
     result = contrast_study(model, args.method, records[: args.n], config=config, groups=args.groups,
@@ -333,7 +348,9 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from interp_edit.sweep import run_sweep
+    from interp_edit.sweep.runner import check_out
 
+    check_out(args.out, "--out")
     result = run_sweep(args.spec, args.out, executor=args.executor, retries=args.retries, workers=args.workers,
                        address=args.address, connect_timeout=args.connect_timeout, progress=not args.quiet)
     print(result.table())
@@ -364,7 +381,7 @@ _METHOD_HELP = "an editor of the registry (ace needs multi-hop cases)"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="interp-edit", description=DESCRIPTION, formatter_class=HelpFormatter)
-    parser.add_argument("--threads", type=POSITIVE, help="torch threads (default: the package's policy, "
+    parser.add_argument("--threads", type=THREADS, help="torch threads (default: the package's policy, "
                         "interp_edit.threads: $INTERP_EDIT_THREADS or 1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -372,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Load the toy-world model, show what it knows and write the demo figures.")
     demo.add_argument("--facts", type=POSITIVE, default=6, help="number of facts to show")
     demo.add_argument("--top-k", type=POSITIVE, default=5, help="predictions shown per fact")
-    demo.add_argument("--seed", type=int, default=0, help="which facts are drawn")
+    demo.add_argument("--seed", type=SEED, default=0, help="which facts are drawn")
     demo.add_argument("--figures", default="results/demo", help="folder for the figures (not tracked by git)")
     demo.add_argument("--aie-facts", type=POSITIVE, default=100, help="facts averaged in the AIE figure")
     demo.add_argument("--model", default="toyworld", help="a toy-world checkpoint: name or folder")
@@ -398,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--foil", help="competing answer for --metric logit_diff (default: none)")
     trace.add_argument("--severed", choices=("mlp", "attn"), help="sever this path while restoring hidden states "
                        "(default: none)")
-    trace.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    trace.add_argument("--seed", type=SEED, default=0, help="seed of the noise")
     trace.add_argument("--top", type=POSITIVE, default=5, help="restoration sites printed")
     trace.add_argument("--out", default="results/figures", help="folder for the figures")
     trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
@@ -429,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--target-new", required=True, help="the new object")
     edit.add_argument("--target-true", help="the current object (default: none, optional)")
     edit.add_argument("--layer", type=NON_NEGATIVE, help="edited layer (rome, ft; default: the model's preset)")
-    edit.add_argument("--layers", help="edited layers, comma-separated (memit, alphaedit; default: the model's preset)")
+    edit.add_argument("--layers", type=_ints_of(NON_NEGATIVE), metavar="LAYERS",
+                      help="edited layers, comma-separated (memit, alphaedit; default: the model's preset)")
     edit.add_argument("--check", action="append", default=[], help="another prompt to show before/after (repeatable; "
                       "default: none)")
     edit.add_argument("--model", default="toyworld", help="model name or folder")
@@ -449,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (off: undo each batch)")
     ev_cmd.add_argument("--eval-every", type=POSITIVE, default=1, help="evaluate all edited cases every this many batches")
     ev_cmd.add_argument("--unrelated", type=NON_NEGATIVE, default=100, help="unrelated facts watched for drift")
-    ev_cmd.add_argument("--seed", type=int, default=0, help="which cases are drawn")
+    ev_cmd.add_argument("--seed", type=SEED, default=0, help="which cases are drawn")
     ev_cmd.add_argument("--no-fluency", action="store_true", help="skip the greedy generations (faster)")
     ev_cmd.add_argument("--config", help='editor config fields as JSON, e.g. \'{"layers": [1, 2]}\' (default: the '
                         "editor's preset for the model)")
@@ -465,13 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--n", type=POSITIVE, default=100, help="independent single edits")
     con.add_argument("--model", default="toyworld", help="model name or folder (the pool is the facts of the model's "
                      "toy world)")
-    con.add_argument("--relations", default="born_in,profession,speaks,instrument", help="toy-world relations in the pool")
+    con.add_argument("--relations", type=_names_from(RELATIONS), default=",".join(RELATIONS[:4]), metavar="RELATIONS",
+                     help=f"toy-world relations in the pool, comma-separated from {','.join(RELATIONS)}")
     con.add_argument("--groups", type=_names_from(GROUPS), default=("edit",), metavar="GROUPS",
                      help=f"prompt groups recorded, comma-separated from {','.join(GROUPS)} (default: edit)")
     con.add_argument("--config", help='editor config fields as JSON, e.g. \'{"steps": 4}\' (default: the editor\'s '
                      "preset)")
     con.add_argument("--n-boot", type=POSITIVE, default=1000, help="bootstrap resamples of the confidence intervals")
-    con.add_argument("--seed", type=int, default=0, help="which facts are drawn; bootstrap seed")
+    con.add_argument("--seed", type=SEED, default=0, help="which facts are drawn; bootstrap seed")
     con.add_argument("--out", help="folder for contrast.jsonl (resumable) and the figures (default: nothing written)")
     con.add_argument("--quiet", action="store_true", help="no progress bar")
     con.set_defaults(func=_cmd_contrast)
@@ -498,10 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
                  description="Retrain the toy-world model from scratch (deterministic).")
     train.add_argument("--out", help="checkpoint folder (default: the package's own checkpoint)")
     train.add_argument("--steps", type=POSITIVE, help="optimisation steps (default: the shipped config)")
-    train.add_argument("--seed", type=int, help="training seed: initialisation and training text (default 0)")
-    train.add_argument("--world-seed", type=int, help="seed of the world: who the people are and their facts (default 0)")
+    train.add_argument("--seed", type=SEED, help="training seed: initialisation and training text (default 0)")
+    train.add_argument("--world-seed", type=SEED, help="seed of the world: who the people are and their facts (default 0)")
     train.add_argument("--n-people", type=POSITIVE, help="people in the world (default 400)")
-    train.add_argument("--threads", type=POSITIVE, help="CPU threads used for training (default 2)")
+    train.add_argument("--threads", type=THREADS, help="CPU threads used for training (default 2)")
     train.add_argument("--d-mlp", type=POSITIVE, help="MLP width of every block (default 512)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_toy_train)

@@ -12,6 +12,7 @@ nothing.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,21 @@ def finished(cell: Cell, root: str | Path) -> dict | None:
         return None
 
 
+def check_out(out, name: str = "out=") -> Path:
+    """``out`` as a sweep's folder: a path (str or ``os.PathLike``) that is a folder, or does not
+    exist yet and whose nearest existing parent is a folder; else
+    :class:`~interp_edit.errors.SweepSpecError` naming ``name`` and the path. Nothing is created."""
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
+        raise SweepSpecError(f"sweep {name}: expected a folder path, got {out!r}")
+    root = Path(out)
+    label = f"{name}{str(out)!r}" if name.endswith("=") else f"{name} {str(out)!r}"
+    existing = next((p for p in (root, *root.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        problem = "exists and is not a folder" if existing == root else f"is inside {str(existing)!r}, which is not a folder"
+        raise SweepSpecError(f"sweep {label} {problem}; give a new folder or a previous sweep's")
+    return root
+
+
 def _append(path: Path, entry: dict) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
@@ -96,6 +112,7 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
     ['memit', 'rome']
     >>> again = run_sweep(spec, "sweep", models={"toyworld": model}, progress=False)   # resumes: nothing to redo
     """
+    check_out(out)
     spec = load_spec(spec)
     if retries < 0:
         raise SweepSpecError(f"retries must be >= 0, got {retries}")

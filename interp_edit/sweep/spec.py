@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,7 @@ def _mapping(value, where: str) -> Mapping:
 
 
 def _check_keys(data: Mapping, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=repr)  # any keys, not only strings (Python dicts)
     if unknown:
         raise SweepSpecError(f"sweep spec: {where} has unknown field(s) {unknown}; fields: {sorted(allowed)}")
 
@@ -213,10 +214,13 @@ def load_spec(source: str | Path | Mapping | SweepSpec) -> SweepSpec:
     """A :class:`SweepSpec` from a dict, a ``.json`` file or a ``.yaml`` / ``.yml`` file."""
     if isinstance(source, (SweepSpec, Mapping)):
         return SweepSpec.from_dict(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise SweepSpecError(f"sweep spec: expected a mapping or a .json / .yaml file, got {source!r} "
+                             f"({type(source).__name__})")
     path = Path(source)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8 text, or a NUL in the path
         raise SweepSpecError(f"sweep spec {path}: cannot read: {err}") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
