@@ -72,6 +72,7 @@ from interp_edit.adapter.params import (
     parameter_layer,
     post_norm_preimage,
     token_embeddings,
+    weight_checksum,
     weight_matrix_shape,
 )
 
@@ -82,5 +83,5 @@ __all__ = [
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
     "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_prefix_kv", "token_embeddings",
-    "backend_of", "applied_edit_stack",
+    "backend_of", "applied_edit_stack", "weight_checksum",
 ]

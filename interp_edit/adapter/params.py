@@ -205,6 +205,28 @@ def frozen_parameters(model):
 
 
 
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@torch.no_grad()
+def weight_checksum(tensor: torch.Tensor, *, chunk_rows: int = 1024) -> tuple[int, int]:
+    """An exact fingerprint of a tensor's bits, computed where it lives (no copy to the CPU):
+    the wrapping int64 sum of its elements read as integers, and the same sum weighted by
+    position. Any change of a value changes it (but for collisions no user edit makes); the
+    cost is one pass over the tensor, in chunks of ``chunk_rows`` rows."""
+    flat = tensor.detach().contiguous()
+    flat = flat.view(-1, flat.shape[-1]) if flat.dim() > 1 else flat.view(1, -1)
+    ints = flat.view(_INT_VIEW[flat.element_size()])
+    total = weighted = 0
+    width = ints.shape[1]
+    for start in range(0, ints.shape[0], chunk_rows):
+        block = ints[start : start + chunk_rows].to(torch.int64)
+        index = torch.arange(start * width, start * width + block.numel(), device=block.device).view(block.shape)
+        total += int(block.sum())
+        weighted += int((block * (index % 1_000_003 + 1)).sum())
+    return total, weighted
+
+
 def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
     """The change of a sublayer's raw output ``raw`` [n, d_model] that moves its contribution to
     the residual by ``change`` [n, d_model]. Without a post-sublayer norm that is ``change``

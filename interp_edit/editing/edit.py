@@ -46,7 +46,7 @@ from interp_edit.adapter import (
     remove_persistent_hook,
     weight_matrix_shape,
 )
-from interp_edit.adapter.params import APPLIED_EDITS_ATTR
+from interp_edit.adapter.params import APPLIED_EDITS_ATTR, weight_checksum
 from interp_edit.errors import EditApplicationError
 from interp_edit.precision import add_delta_
 
@@ -208,12 +208,37 @@ class Edit:
         except BaseException:
             self._restore(model, originals, handles)
             raise
-        stack.append((self, originals, handles, digest))
+        stack.append((self, originals, handles, digest, self._checksums(model)))
         return self
 
+    def _edited_region(self, model, name: str) -> Tensor:
+        """What this edit wrote in parameter ``name``: its rows for a sparse delta, else all of it."""
+        param = get_parameter(model, name)
+        delta = self.deltas[name]
+        if isinstance(delta, SparseRowDelta):
+            return param.data.view(weight_matrix_shape(model, name))[delta.rows.to(param.device)]
+        return param.data
+
+    def _checksums(self, model) -> dict[str, tuple[int, int]]:
+        return {name: weight_checksum(self._edited_region(model, name)) for name in self.deltas}
+
     @torch.no_grad()
-    def undo(self, model) -> Edit:
-        """Restore the exact original tensors. Edits are undone in reverse order of applying."""
+    def undo(self, model, *, changed: str = "refuse") -> Edit:
+        """Restore the exact original tensors. Edits are undone in reverse order of applying.
+
+        ``apply`` records a checksum of what it wrote. If a weight the edit changed no longer
+        holds that (the user changed it since), ``changed`` says what to do:
+
+        - ``"refuse"`` (default): raise :class:`EditApplicationError` naming the parameters and
+          change nothing — restoring the originals would silently discard the user's change;
+        - ``"subtract"``: undo by subtracting ΔW from the changed parameters, which keeps the
+          user's change (exact up to the weights' rounding); unchanged parameters are restored
+          bit for bit as usual.
+
+        Changes to weights the edit did not touch are always kept.
+        """
+        if changed not in ("refuse", "subtract"):
+            raise EditApplicationError(f"undo(changed={changed!r}): expected 'refuse' or 'subtract'")
         stack = getattr(model, _STACK_ATTR, None) or []
         if not stack or stack[-1][0] is not self:
             applied = [entry[0].method for entry in stack]
@@ -221,8 +246,26 @@ class Edit:
             raise EditApplicationError(
                 f"cannot undo this {self.method} edit: it {where} (applied, oldest first: {applied}); undo in reverse order"
             )
-        _, originals, handles, _ = stack.pop()
-        self._restore(model, originals, handles)
+        _, originals, handles, _, checksums = stack[-1]
+        moved = [name for name, value in self._checksums(model).items() if value != checksums[name]]
+        if moved and changed == "refuse":
+            raise EditApplicationError(
+                f"cannot undo this {self.method} edit: parameter(s) {moved} no longer hold what the edit left there "
+                "(changed since it was applied); restoring the originals would discard that change. Pass "
+                "undo(model, changed='subtract') to subtract ΔW and keep the change, or restore the weights first")
+        stack.pop()
+        for name in moved:  # keep the user's change: W_now - ΔW
+            param = get_parameter(model, name)
+            matrix = param.data.view(weight_matrix_shape(model, name))
+            delta = self.deltas[name]
+            if isinstance(delta, SparseRowDelta):
+                rows = delta.rows.to(param.device)
+                block = matrix[rows]
+                add_delta_(block, -delta.values)
+                matrix[rows] = block
+            else:
+                add_delta_(matrix, -delta.dense())
+        self._restore(model, {k: v for k, v in originals.items() if k not in moved}, handles)
         return self
 
     def _restore(self, model, originals: dict[str, Tensor], handles: list[tuple[str, Any]] = ()) -> None:
@@ -316,8 +359,11 @@ class Edit:
     # --- saving --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the deltas and the metadata to one safetensors file (``.safetensors`` added
-        if missing)."""
+        if missing). The write is atomic (:mod:`interp_edit.atomic_files`): an interrupted
+        save leaves the previous file at ``path`` as it was."""
         from safetensors.torch import save_file
+
+        from interp_edit.atomic_files import atomic_path
 
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -339,7 +385,9 @@ class Edit:
             "requests": self.requests, "info": self.info, "library_version": self.library_version, "kinds": kinds,
             "hooks": hooks,
         }
-        save_file(tensors, str(path), metadata={"interp_edit": json.dumps(meta, default=_json_default)})
+        metadata = {"interp_edit": json.dumps(meta, default=_json_default)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod

@@ -35,6 +35,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp_edit.analysis.contrast import DIRECTIONS, GROUPS, MODULES, attribution_diff, axis_index
+from interp_edit.atomic_files import write_text_atomic
 from interp_edit.errors import EditRequestError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.logprobs import continuation_logprobs
 from interp_edit.progress import progress_bar
@@ -282,10 +283,7 @@ def _resume(path: Path | None, settings: dict) -> list[dict]:
 
 
 def _write(path: Path, settings: dict, records: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for entry in [{"type": "settings", **settings}, *records]:
-            handle.write(json.dumps(entry) + "\n")
+    write_text_atomic(path, "".join(json.dumps(entry) + "\n" for entry in [{"type": "settings", **settings}, *records]))
 
 
 def _append(path: Path, entry: dict) -> None:

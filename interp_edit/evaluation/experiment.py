@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from interp_edit.atomic_files import write_text_atomic
+
 #: the metrics a summary shows first, in this order (others follow)
 HEADLINE = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score", "fluency",
             "multihop_accuracy", "efficacy_token_accuracy", "paraphrase_token_accuracy", "specificity_token_accuracy",
@@ -118,7 +120,7 @@ class ExperimentResult:
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
         out = [base.with_suffix(".json")]
-        out[0].write_text(json.dumps(self.to_dict(), indent=1))
+        write_text_atomic(out[0], json.dumps(self.to_dict(), indent=1))
         if figure:
             out += list(save_figure(self.plot(), base))
         return out

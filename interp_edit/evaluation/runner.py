@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from interp_edit.atomic_files import atomic_path, write_text_atomic
 from interp_edit.errors import DatasetError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
 from interp_edit.evaluation.experiment import ExperimentResult
@@ -120,7 +121,8 @@ class _Session:
         edit_path, state_path = self._paths(batch)
         edit.save(edit_path)
         if self.alpha is not None:
-            torch.save({"preserved": self.alpha.preserved, "n_edited": self.alpha.n_edited}, state_path)
+            with atomic_path(state_path) as tmp:
+                torch.save({"preserved": self.alpha.preserved, "n_edited": self.alpha.n_edited}, tmp)
         return str(edit_path.relative_to(self.folder))
 
     def prune(self, batch: int) -> None:
@@ -195,7 +197,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     probes = fact_probes(others)
     records = _resume(path, settings)
     if records:  # drop a line cut by the interruption, and anything after it
-        path.write_text("".join(json.dumps(line) + "\n" for line in [{"type": "settings", **settings}, *records]))
+        write_text_atomic(path, "".join(json.dumps(line) + "\n" for line in [{"type": "settings", **settings}, *records]))
     baseline = records[0] if records else None
     done = records[1:]
     applied: list = []
@@ -209,8 +211,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                         "seconds": time.perf_counter() - t0}
             if path is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-                path.write_text("")
-                _append(path, {"type": "settings", **settings})
+                write_text_atomic(path, json.dumps({"type": "settings", **settings}) + "\n")
                 _append(path, baseline)
         reference = baseline["unrelated_logprobs"]
         applied = session.restore(len(done))

@@ -400,13 +400,16 @@ def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -
 
 
 def write_cache(path: Path, stats: KeyStatistics) -> None:
+    """Write one cache file atomically: parallel sweep workers may write the same file, and a
+    writer killed mid-write leaves the cache as it was (its partial file is removed by the
+    next write to the folder)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep workers may write the same file
+    from interp_edit.atomic_files import atomic_path
+
     prov = stats.provenance.replace(path=None)
-    save_file({"moment": stats.moment.contiguous()}, str(tmp), metadata={"provenance": json.dumps(prov.as_dict())})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({"moment": stats.moment.contiguous()}, str(tmp), metadata={"provenance": json.dumps(prov.as_dict())})
 
 
 __all__ = ["BATCH_TOKENS", "CACHE_ENV", "PACKINGS", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "batches",

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interp_edit.atomic_files import atomic_path
 from interp_edit.errors import StatisticsMismatchError
 from interp_edit.statistics.provenance import KeyStatistics, StatsProvenance, check_statistics
 
@@ -211,9 +212,11 @@ def write_npz(stats: KeyStatistics, stats_dir, model, *, dataset: str = "interp_
     ours = {"model_fingerprint": prov.model_fingerprint, "model_name": name, "site": prov.site, "layer": prov.layer,
             "corpus": prov.corpus, "corpus_hash": prov.corpus_hash or "", "n_texts": -1 if prov.n_texts is None else prov.n_texts,
             "n_tokens": prov.n_tokens, "dtype": precision, "provenance": json.dumps(prov.as_dict(), default=str)}
-    np.savez(path, **{"mom2.mom2": sums, "mom2.count": np.array(prov.n_tokens), "mom2.constructor": np.array("interp_edit.SecondMoment()"),
-                      "sample_size": np.array(np.nan if prov.n_texts is None else prov.n_texts)},
-             **{PREFIX + k: np.array(v) for k, v in ours.items()})
+    arrays = {"mom2.mom2": sums, "mom2.count": np.array(prov.n_tokens), "mom2.constructor": np.array("interp_edit.SecondMoment()"),
+              "sample_size": np.array(np.nan if prov.n_texts is None else prov.n_texts),
+              **{PREFIX + k: np.array(v) for k, v in ours.items()}}
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:  # a file handle: savez would append .npz to a name
+        np.savez(handle, **arrays)
     return path
 
 

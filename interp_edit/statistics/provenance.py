@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -86,6 +87,42 @@ def check_statistics(stats: KeyStatistics, model, site: str, layer: int, *, what
     if prov.model_fingerprint and prov.model_fingerprint != fingerprint:
         raise StatisticsMismatchError(f"{what} are of another model (fingerprint {prov.model_fingerprint}"
                                       f"{', ' + repr(prov.model_name) if prov.model_name else ''}); this model's is {fingerprint}")
+    check_second_moment(stats.moment, what=f"{what} (site {site!r}, layer {layer})")
 
 
-__all__ = ["SITES", "KeyStatistics", "StatsProvenance", "check_statistics", "site_dim"]
+#: relative tolerances of :func:`check_second_moment`: asymmetry, and the shift of the diagonal
+#: (× the trace) under which a PSD matrix stored in float32 still factors
+SYMMETRY_RTOL = 1e-5
+PSD_JITTER = 1e-6
+
+
+def check_second_moment(moment: Tensor, *, what: str) -> None:
+    """Raise :class:`StatisticsMismatchError` unless ``moment`` can be a second moment
+    E[k kᵀ]: finite, symmetric (to ``SYMMETRY_RTOL`` × its largest entry, the rounding of a
+    float32 file) and positive semidefinite (a Cholesky factorisation of ``moment +
+    PSD_JITTER · trace · I`` exists — rounding cannot make an eigenvalue that negative, a
+    covariance computed wrongly or a corrupted file does). Costs one Cholesky (n³/3 flops)."""
+    moment = moment.detach().to("cpu", torch.float64)
+    if not torch.isfinite(moment).all():
+        raise StatisticsMismatchError(f"{what} hold non-finite values (NaN or inf)")
+    scale = float(moment.abs().max()) if moment.numel() else 0.0
+    asymmetry = float((moment - moment.T).abs().max()) if moment.numel() else 0.0
+    if asymmetry > SYMMETRY_RTOL * max(scale, 1e-300):
+        raise StatisticsMismatchError(
+            f"{what} are not a second moment: the matrix is not symmetric (max |C - Cᵀ| = {asymmetry:.3g}, "
+            f"largest entry {scale:.3g}); E[k kᵀ] always is — the file is corrupted or holds something else")
+    diagonal = torch.diagonal(moment)
+    if moment.numel() and float(diagonal.min()) < -SYMMETRY_RTOL * scale:
+        index = int(diagonal.argmin())
+        raise StatisticsMismatchError(f"{what} are not a second moment: diagonal entry {index} is {float(diagonal[index]):.3g} < 0 "
+                                      "(a mean square cannot be negative)")
+    jitter = PSD_JITTER * max(float(diagonal.sum()), 1e-300)
+    _, info = torch.linalg.cholesky_ex(moment + jitter * torch.eye(len(moment), dtype=moment.dtype))
+    if int(info) != 0:
+        raise StatisticsMismatchError(
+            f"{what} are not a second moment: the matrix is not positive semidefinite (its leading {int(info)}×{int(info)} "
+            f"block has a negative eigenvalue beyond {PSD_JITTER:g} × the trace); E[k kᵀ] is PSD — the file is corrupted "
+            "or holds something else (e.g. a difference of two moments)")
+
+
+__all__ = ["SITES", "KeyStatistics", "StatsProvenance", "check_second_moment", "check_statistics", "site_dim"]

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from interp_edit.atomic_files import write_text_atomic
 from interp_edit.evaluation.experiment import ExperimentResult
 
 #: the metrics the merged table shows by default (those a cell lacks are blank)
@@ -106,8 +107,8 @@ class SweepResult:
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
         out = [base.with_suffix(".json"), base.with_suffix(".md")]
-        out[0].write_text(json.dumps(self.to_dict(), indent=1, default=str))
-        out[1].write_text(self.table() + "\n")
+        write_text_atomic(out[0], json.dumps(self.to_dict(), indent=1, default=str))
+        write_text_atomic(out[1], self.table() + "\n")
         if figure and self.results:
             out += list(save_figure(self.plot(), base))
         return out

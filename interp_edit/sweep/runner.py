@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from interp_edit.atomic_files import write_text_atomic
 from interp_edit.errors import SweepSpecError
 from interp_edit.progress import progress_bar
 from interp_edit.sweep.cells import Cell, expand, validate_cells
@@ -40,7 +41,7 @@ def run_cell(cell: Cell, root: str, model=None) -> dict:
 
     folder = cell.folder(root)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cell.json").write_text(json.dumps(cell.to_dict(), indent=1))
+    write_text_atomic(folder / "cell.json", json.dumps(cell.to_dict(), indent=1))
     threads = torch.get_num_threads()
     if cell.threads is not None:
         torch.set_num_threads(cell.threads)
@@ -54,9 +55,7 @@ def run_cell(cell: Cell, root: str, model=None) -> dict:
     finally:
         torch.set_num_threads(threads)
     data = result.to_dict()
-    tmp = folder / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(folder / SUMMARY_FILE)
+    write_text_atomic(folder / SUMMARY_FILE, json.dumps(data))
     return data
 
 
@@ -125,7 +124,7 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
     runner = make_executor(executor, workers=workers, address=address, connect_timeout=connect_timeout, models=models)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    (root / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "cells": [c.to_dict() | {"cell_id": c.cell_id}
+    write_text_atomic(root / SPEC_FILE, json.dumps({"spec": spec.to_dict(), "cells": [c.to_dict() | {"cell_id": c.cell_id}
                                                                                    for c in cells]}, indent=1))
     results = {c.cell_id: r for c in cells if (r := finished(c, root)) is not None}
     errors: dict[str, list[str]] = {}
