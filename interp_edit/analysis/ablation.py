@@ -27,8 +27,9 @@ from torch import Tensor
 from interp_edit.adapter import hook_name, run_with_cache, run_with_hooks
 from interp_edit.adapter.architecture import architecture
 from interp_edit.analysis.attribution import Neuron, ScoredNeuron, resolve_target
-from interp_edit.batching import encode_prompts, pad_right
-from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
+from interp_edit.batching import pad_right
+from interp_edit.errors import InvalidArgumentError
+from interp_edit.validation import check_choice, check_int, check_prompt_batch, check_sequence, check_str
 
 MODES = ("zero", "mean")
 
@@ -93,12 +94,22 @@ class AblationResult:
         return save_figure(self.plot(), path)
 
 
-def _as_neuron(item) -> Neuron:
+def _as_neuron(item, index: int) -> Neuron:
     if isinstance(item, ScoredNeuron):
         return item.neuron
     if isinstance(item, Neuron):
         return item
-    raise InvalidArgumentError(f"expected a Neuron or ScoredNeuron, got {item!r}")
+    raise InvalidArgumentError(f"neurons[{index}] must be a Neuron or ScoredNeuron, got {item!r} ({type(item).__name__})")
+
+
+def _check_target(model, target, index: int) -> None:
+    """A target is None (the top-1), a token id in the vocabulary, or a non-blank string."""
+    if target is None:
+        return
+    if isinstance(target, int) and not isinstance(target, bool):
+        check_int(target, "targets", minimum=0, maximum=model.cfg.d_vocab - 1, index=index)
+    else:
+        check_str(target, "targets", index=index)
 
 
 def _sites(model, neurons: Sequence[Neuron]) -> tuple[dict[str, list[tuple[int, ...]]], dict[int, list[tuple[int, int, int]]]]:
@@ -147,28 +158,26 @@ def ablate_neurons(
     >>> bool(res.mean_drop > 0)                  # the top value neurons carry the answer
     True
     """
-    if mode not in MODES:
-        raise InvalidArgumentError(f"unknown ablation mode {mode!r}; choose one of {MODES}")
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise EmptyInputError("no prompts to ablate on")
+    check_choice(mode, "mode", MODES)
+    check_int(batch_size, "batch_size", minimum=1)
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    ids = check_prompt_batch(model, prompts, "prompts")  # every prompt a non-blank str that fits; errors name the index
+    prompts = list(prompts)
     if targets is None or isinstance(targets, (str, int)):
         targets = [targets] * len(prompts)
-    targets = list(targets)
+    targets = check_sequence(targets, "targets")
     if len(targets) != len(prompts):
         raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
-    nrns = tuple(_as_neuron(n) for n in neurons)
+    for i, target in enumerate(targets):
+        _check_target(model, target, i)
+    nrns = tuple(_as_neuron(n, i) for i, n in enumerate(check_sequence(neurons, "neurons")))
     sites, positional = _sites(model, nrns)
     mean_names = list(sites) + [hook_name("v", layer) for layer in positional]
-    ids = encode_prompts(model.tokenizer, prompts)
-    for prompt, row in zip(prompts, ids, strict=True):
-        if not prompt.strip():
-            raise EmptyInputError(f"empty prompt {prompt!r}")
-        if len(row) > model.cfg.n_ctx:
-            raise PromptTooLongError(f"prompt {prompt!r} is {len(row)} tokens; the context is {model.cfg.n_ctx}")
+    for i, (prompt, row) in enumerate(zip(prompts, ids, strict=True)):
         for nrn in nrns:
             if nrn.pos is not None and nrn.pos >= len(row):
-                raise InvalidArgumentError(f"neuron {nrn.label}: position {nrn.pos} is beyond prompt {prompt!r} ({len(row)} tokens)")
+                raise InvalidArgumentError(f"neuron {nrn.label}: position {nrn.pos} is beyond prompts[{i}] {prompt!r} "
+                                           f"({len(row)} tokens)")
 
     batches = [pad_right(ids[i : i + batch_size], model.tokenizer.pad_token_id) for i in range(0, len(ids), batch_size)]
     device = model.cfg.device

@@ -272,7 +272,33 @@ def prepare_ace_requests(model, requests: Iterable, fingerprint: str, value_fact
                                        f"not a string or longer than the model's context")
         parsed.append(ACERequest(tuple(facts), tuple(req.multihop_prompts), tuple(req.multihop_answers),
                                  tuple(req.preserve_prompts)))
+    check_ace_conflicts(parsed)
     return ACERows(tuple(parsed), tuple(value), tuple(query), tuple(kinds))
+
+
+def check_ace_conflicts(requests: Sequence[ACERequest]) -> None:
+    """Two facts that rewrite the same subject and relation (prompt) to different objects, or
+    one multi-hop question given two different answers, conflict — within a request or across
+    requests: ACE would keep one of them without a word. Raises :class:`EditRequestError`
+    naming both places. The same fact restated by several requests (MQuAKE cases that share a
+    hop) agrees with itself and is fine."""
+    facts: dict[tuple[str, str], tuple[str, str]] = {}
+    answers: dict[str, tuple[str, str]] = {}
+    for index, req in enumerate(requests):
+        for j, fact in enumerate(req.facts):
+            key, where = (fact.subject.strip(), fact.text.strip()), f"request {index} fact {j}"
+            if key in facts and facts[key][1] != fact.target_new.strip():
+                raise EditRequestError(
+                    f"{facts[key][0]} and {where} conflict: both rewrite {fact.text!r} (subject {fact.subject!r}) but to "
+                    f"different objects ({facts[key][1]!r} vs {fact.target_new.strip()!r}); give each fact one new object")
+            facts.setdefault(key, (where, fact.target_new.strip()))
+        for j, (prompt, answer) in enumerate(zip(req.multihop_prompts, req.multihop_answers, strict=True)):
+            key, where = prompt.strip(), f"request {index} multi-hop prompt {j}"
+            if key in answers and answers[key][1] != answer.strip():
+                raise EditRequestError(
+                    f"{answers[key][0]} and {where} conflict: the question {prompt!r} is given two new answers "
+                    f"({answers[key][1]!r} vs {answer.strip()!r})")
+            answers.setdefault(key, (where, answer.strip()))
 
 
 @torch.no_grad()
