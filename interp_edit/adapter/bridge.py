@@ -88,6 +88,30 @@ def check_backend(backend: str | None) -> None:
         )
 
 
+#: Why each backend cannot do without a tokenizer (:func:`require_tokenizer`).
+_WHY_A_TOKENIZER = {
+    "bridge": "it would otherwise look one up on the Hugging Face hub under that name",
+    "hooked": "a HookedTransformer without one loads, then fails at the first prompt it encodes",
+    None: "backend='bridge' would look one up on the Hugging Face hub under that name; a HookedTransformer without "
+          "one loads, then fails at the first prompt it encodes",
+}
+
+
+def require_tokenizer(tokenizer, name: str, backend: str | None, *, folder: str | None = None) -> None:
+    """The one rule for a model converted from Hugging Face (a folder or ``hf_model=``), on either
+    backend: it needs a tokenizer (``tokenizer=``, or the folder's tokenizer files). Raises
+    :class:`InvalidArgumentError` naming ``tokenizer`` (and the ``folder`` that holds no
+    tokenizer files) before anything is loaded."""
+    if tokenizer is not None:
+        return
+    who = "load_model" if backend is None else f"backend={backend!r}"
+    lacking = f"; folder {folder} holds no tokenizer files (tokenizer_config.json)" if folder is not None else ""
+    raise InvalidArgumentError(
+        f"tokenizer: {who} needs a tokenizer for model {name!r} ({_WHY_A_TOKENIZER.get(backend, _WHY_A_TOKENIZER[None])})"
+        f"{lacking}; pass tokenizer=, or load a folder that holds one"
+    )
+
+
 def check_bridge_family(hf_architecture: str, hooked_can: bool) -> None:
     """Raise naming the backend that can load ``hf_architecture`` if the bridge backend cannot."""
     if hf_architecture in BRIDGE_ARCHITECTURES:
@@ -120,11 +144,7 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
             "modules it is given in place); a second bridge over it would rewire the first one's modules — "
             "pass another instance of the model"
         )
-    if tokenizer is None:  # TransformerBridge would fetch one from the hub by ``name``
-        raise InvalidArgumentError(
-            f"tokenizer: backend='bridge' needs a tokenizer for model {name!r} (it would otherwise look one up on the "
-            "Hugging Face hub under that name); pass tokenizer=, or load a folder that holds one"
-        )
+    require_tokenizer(tokenizer, name, "bridge")  # TransformerBridge would fetch one from the hub by ``name``
     hf_architecture = type(hf_model).__name__
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [hf_architecture]

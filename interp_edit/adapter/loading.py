@@ -126,6 +126,20 @@ def load_model(
     ``torch.float64`` or a name such as ``"bf16"``); what runs in which precision is the rule of
     :mod:`interp_edit.precision`. Another dtype raises ``InvalidArgumentError`` before loading.
 
+    Every argument is checked where it enters, before anything is loaded (a ``hf_model`` passed
+    in is left as it was): ``name`` a str (or a path), ``device`` a str or ``torch.device``, the
+    processing flags ``True`` / ``False`` / ``None``, ``hf_model`` a ``transformers.PreTrainedModel``,
+    ``tokenizer`` a ``transformers.PreTrainedTokenizerBase`` of at most the model's vocabulary
+    (a smaller one is fine). A model converted from Hugging Face (a folder or ``hf_model=``) needs
+    a tokenizer on either backend (:func:`~interp_edit.adapter.bridge.require_tokenizer`). The
+    wrong kind raises ``InvalidArgumentError`` naming the argument, what was given and what is
+    expected:
+
+    >>> load_model("mine", hf_model="gpt2")
+    Traceback (most recent call last):
+    ...
+    interp_edit.errors.InvalidArgumentError: hf_model= must be a Hugging Face model object ...
+
     >>> toy = load_model("toyworld")                          # the shipped model, offline
     >>> toy.cfg.n_layers, toy.cfg.d_model
     (6, 128)
@@ -151,6 +165,7 @@ def load_model(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
+    name = _check_load_args(name, device, flags, hf_model, tokenizer)
     bridge.check_backend(backend)
     if backend is None and not bridge.hooked_available():
         backend = "bridge"
@@ -170,9 +185,12 @@ def load_model(
         folder = None
         if hf_model is None:  # the folder's model as a meta skeleton: its class and config, no memory
             folder, tokenizer = name, _folder_tokenizer(name, tokenizer)
+            _check_tokenizer_fits(tokenizer, name, backend, _folder_vocab(name), folder=name)
             hf_model = _folder_skeleton(name, dtype)
             if hf_model is None:
                 folder, (hf_model, tokenizer) = None, _read_local_hf(name, tokenizer, dtype)
+        else:
+            _check_tokenizer_fits(tokenizer, name, backend, _model_vocab(hf_model))
         if backend is None:
             backend = _default_backend(hf_model)
         if backend == "bridge":
@@ -180,6 +198,8 @@ def load_model(
             if folder is not None:
                 hf_model = _read_local_hf_weights(folder, dtype, device)
             return check_supported(bridge.boot(name, hf_model, tokenizer, device, dtype))
+        if from_pretrained_kwargs:
+            raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
         if type(hf_model).__name__ in bridge.BRIDGE_ARCHITECTURES and not _hooked_converts(hf_model):
             raise UnsupportedArchitectureError(
                 f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
@@ -200,10 +220,113 @@ def load_model(
             raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}")
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         bridge.check_bridge_family(type(hf).__name__, hooked_can=_hooked_converts(hf))
+        _check_tokenizer_fits(tokenizer, name, backend, _model_vocab(hf), required=False)
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(name)
         return check_supported(bridge.boot(name, hf, tokenizer, device, dtype))
     processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
-    return check_supported(_load_hub(name, device, dtype, tokenizer, processing, from_pretrained_kwargs))
+    model = _load_hub(name, device, dtype, tokenizer, processing, from_pretrained_kwargs)
+    _check_tokenizer_fits(tokenizer, name, backend, model.cfg.d_vocab, required=False)  # the hub's vocabulary: known once loaded
+    return check_supported(model)
+
+
+# --- the arguments, checked where they enter load_model (before anything is loaded) ---------
+def _shown(value: Any) -> str:
+    """``value`` for an error message: its repr (cut short) and its type's name."""
+    text = repr(value)
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({type(value).__name__})"
+
+
+def _check_load_args(name, device, flags: dict[str, Any], hf_model, tokenizer) -> str:
+    """Check the kind of each of load_model's arguments (``backend`` and ``dtype`` have their own
+    rules); return ``name`` as a str (a path is taken as its str). Raises
+    :class:`InvalidArgumentError` (:class:`~interp_edit.errors.EmptyInputError` for an empty
+    name) naming the argument, what was given and what is expected."""
+    from interp_edit.validation import check_str
+
+    name = check_str(os.fspath(name) if isinstance(name, os.PathLike) else name, "name")
+    _check_device(device)
+    for flag, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise InvalidArgumentError(
+                f"{flag}= must be True, False or None (the default for the model's kind), got {_shown(value)}"
+            )
+    _check_hf_model(hf_model)
+    _check_tokenizer_kind(tokenizer)
+    return name
+
+
+def _check_device(device) -> None:
+    """``device``: a ``torch.device`` or a str torch parses as one, on hardware this machine has."""
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidArgumentError(f"device= must be a str or torch.device (e.g. 'cpu', 'cuda', 'cuda:1'), got {_shown(device)}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise InvalidArgumentError(f"device= {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1'): {err}") from None
+    count = torch.cuda.device_count() if parsed.type == "cuda" and torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and (parsed.index or 0) >= count:
+        raise InvalidArgumentError(f"device= {device!r}: this machine has {count} CUDA device(s) torch can use")
+
+
+def _check_hf_model(hf_model) -> None:
+    """``hf_model``: None or a Hugging Face model object (``transformers.PreTrainedModel``)."""
+    from transformers import PreTrainedModel
+
+    if hf_model is None or isinstance(hf_model, PreTrainedModel):
+        return
+    hint = f"; to load the folder or hub model {hf_model!r}, pass it as the name: load_model({hf_model!r})" if isinstance(
+        hf_model, (str, os.PathLike)) else ""
+    raise InvalidArgumentError(
+        f"hf_model= must be a Hugging Face model object (a transformers.PreTrainedModel, e.g. "
+        f"AutoModelForCausalLM.from_pretrained(folder)) or None, got {_shown(hf_model)}{hint}"
+    )
+
+
+def _check_tokenizer_kind(tokenizer) -> None:
+    """``tokenizer``: None or a Hugging Face tokenizer (``transformers.PreTrainedTokenizerBase``)."""
+    from transformers import PreTrainedTokenizerBase
+
+    if tokenizer is None or isinstance(tokenizer, PreTrainedTokenizerBase):
+        return
+    raise InvalidArgumentError(
+        f"tokenizer= must be a Hugging Face tokenizer (a transformers.PreTrainedTokenizerBase, e.g. "
+        f"AutoTokenizer.from_pretrained(folder)) or None, got {_shown(tokenizer)}"
+    )
+
+
+def _check_tokenizer_fits(tokenizer, name: str, backend: str | None, vocab: int | None, *,
+                          folder: str | None = None, required: bool = True) -> None:
+    """A model converted from Hugging Face needs a tokenizer (``required``: the rule of
+    :func:`~interp_edit.adapter.bridge.require_tokenizer`, on both backends), and one whose ids
+    all index the model's embedding: ``len(tokenizer)`` at most the model's vocabulary
+    ``vocab`` (a smaller tokenizer is fine: models often pad their vocabulary)."""
+    if required:
+        bridge.require_tokenizer(tokenizer, name, backend, folder=folder)
+    if tokenizer is None or vocab is None or len(tokenizer) <= vocab:
+        return
+    raise InvalidArgumentError(
+        f"tokenizer= has {len(tokenizer)} tokens (len(tokenizer)) but model {name!r} has a vocabulary of {vocab} "
+        f"(d_vocab, its embedding's rows): ids {vocab}..{len(tokenizer) - 1} would index past the embedding; pass the "
+        f"model's own tokenizer, or one of at most {vocab} tokens"
+    )
+
+
+def _model_vocab(hf_model) -> int | None:
+    """The rows of a Hugging Face model's token embedding (its config's ``vocab_size`` where the
+    model does not say), read without touching the weights."""
+    try:
+        return int(hf_model.get_input_embeddings().weight.shape[0])
+    except (AttributeError, NotImplementedError, TypeError, IndexError):
+        config = hf_model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return getattr(config, "vocab_size", None)
+
+
+def _folder_vocab(folder: str) -> int | None:
+    """A Hugging Face folder's ``vocab_size`` (its config.json's, or its text config's)."""
+    data = _read_json(Path(folder) / CONFIG_FILE)
+    text = data.get("text_config")
+    return data.get("vocab_size") or (text.get("vocab_size") if isinstance(text, dict) else None)
 
 
 def _is_local_hf_folder(name: str) -> bool:
