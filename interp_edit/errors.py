@@ -199,3 +199,16 @@ class CorpusUnavailableError(CorpusError):
 class StatisticsMismatchError(InterpEditError, ValueError):
     """Key statistics (a cache or an imported ROME/MEMIT/EasyEdit file) belong to another model,
     site, layer or key dimension; the message says which, and what was expected."""
+
+
+class KeyCollisionWarning(UserWarning):
+    """Requests an editor cannot tell apart: a key-value editor (ROME, MEMIT, AlphaEdit,
+    IntAttn) reads one key per request at its edit token, and requests whose tokens up to that
+    position are the same have the same key — so at most one of their new targets can hold
+    (e.g. one subject's facts of several relations, keyed at the subject's last token). The
+    message names the request indices; ``edit.info["key_collisions"]`` lists them and the
+    edit's repr says so. With the editor's ``strict=True`` it is an :class:`EditRequestError`.
+
+    >>> issubclass(KeyCollisionWarning, UserWarning)
+    True
+    """

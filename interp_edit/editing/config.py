@@ -96,6 +96,10 @@ class SubjectTokenConfig(EditorConfig):
     #: restoring the edited layers' MLP output at the token, what these editors rewrite) or
     #: ``"mlp_mediated"`` (edit_token_aie's hidden − severed curve at the edited layers)
     token_trace_curve: str = "mlp"
+    #: requests that share one key (see :func:`~interp_edit.editing.requests.key_collisions`):
+    #: ``False`` warns (:class:`~interp_edit.errors.KeyCollisionWarning`) and records them in
+    #: ``edit.info["key_collisions"]``; ``True`` raises :class:`~interp_edit.errors.EditRequestError`
+    strict: bool = False
 
     def validate(self) -> None:
         super().validate()

@@ -351,10 +351,20 @@ class Edit:
                          "layer": parameter_layer(steer.hook_name), "rows_touched": 0, **steer.describe()})
         return rows
 
+    def warnings(self) -> list[str]:
+        """What may make this edit's results mislead (shown in the repr): requests that share
+        one key (``info["key_collisions"]``), of which at most one per group can hold."""
+        out = []
+        for group in self.info.get("key_collisions") or []:
+            out.append(f"requests {list(group)} share one key (at most one of their targets can hold)")
+        return out
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{r['parameter'] or r['hook']} ({r['kind']}, rank {r.get('rank')}, ‖Δ‖={r.get('delta_norm', 0.0):.3g})"
                           for r in self.summary())
-        return f"Edit(method={self.method!r}, requests={len(self.requests)}, deltas=[{parts}])"
+        settings = "".join(f", {key}={self.config[key]!r}" for key in ("preset", "variant") if self.config.get(key) is not None)
+        notes = "".join(f", WARNING: {w}" for w in self.warnings())
+        return f"Edit(method={self.method!r}{settings}, requests={len(self.requests)}, deltas=[{parts}]{notes})"
 
     # --- saving --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

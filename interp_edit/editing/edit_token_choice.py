@@ -27,13 +27,20 @@ records the scores and the choice.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
 from interp_edit.analysis.tracing import causal_trace, subject_embedding_std
 from interp_edit.editing.config import TRACED_EDIT_TOKENS, SubjectTokenConfig
-from interp_edit.editing.requests import TokenizedRequest, prepare_requests, subject_token_name
-from interp_edit.errors import EditConfigError, InvalidArgumentError
+from interp_edit.editing.requests import (
+    TokenizedRequest,
+    describe_collisions,
+    key_collisions,
+    prepare_requests,
+    subject_token_name,
+)
+from interp_edit.errors import EditConfigError, EditRequestError, InvalidArgumentError, KeyCollisionWarning
 
 
 def prepare_at_edit_tokens(model, requests, fingerprint: str, cfg: SubjectTokenConfig,
@@ -42,12 +49,40 @@ def prepare_at_edit_tokens(model, requests, fingerprint: str, cfg: SubjectTokenC
     edited MLP layers) and what to record in ``edit.info["edit_token"]``."""
     if cfg.edit_token not in TRACED_EDIT_TOKENS:
         treqs = prepare_requests(model, requests, fingerprint, edit_token=cfg.edit_token)
-        return treqs, {"mode": cfg.edit_token, "positions": [r.edit_position for r in treqs]}
-    plain = prepare_requests(model, requests, fingerprint)
-    chosen, scores = traced_offsets(model, plain, cfg, layers)
-    treqs = prepare_requests(model, plain, fingerprint, edit_token=[subject_token_name(k) for k in chosen])
-    return treqs, {"mode": cfg.edit_token, "layers": list(layers), "offsets": chosen, "scores": scores,
-                   "positions": [r.edit_position for r in treqs]}
+        info = {"mode": cfg.edit_token, "positions": [r.edit_position for r in treqs]}
+    else:
+        plain = prepare_requests(model, requests, fingerprint)
+        chosen, scores = traced_offsets(model, plain, cfg, layers)
+        treqs = prepare_requests(model, plain, fingerprint, edit_token=[subject_token_name(k) for k in chosen])
+        info = {"mode": cfg.edit_token, "layers": list(layers), "offsets": chosen, "scores": scores,
+                "positions": [r.edit_position for r in treqs]}
+    info["key_collisions"] = check_key_collisions(model, treqs, cfg)
+    return treqs, info
+
+
+def check_requests_first(model, requests, cfg: SubjectTokenConfig) -> None:
+    """Validate ``requests`` (and, with ``cfg.strict``, refuse shared keys) before an editor's
+    own preparation computes anything (AlphaEdit's null space); warnings wait for the edit.
+    Traced edit tokens are known only after tracing: checked at the subject's last token."""
+    edit_token = "subject_last" if cfg.edit_token in TRACED_EDIT_TOKENS else cfg.edit_token
+    from interp_edit.adapter import model_fingerprint
+
+    treqs = prepare_requests(model, requests, model_fingerprint(model), edit_token=edit_token)
+    groups = key_collisions(treqs)
+    if groups and cfg.strict and cfg.edit_token not in TRACED_EDIT_TOKENS:
+        raise EditRequestError(describe_collisions(model, treqs, groups, type(cfg).__name__.removesuffix("Config")))
+
+
+def check_key_collisions(model, treqs: Sequence[TokenizedRequest], cfg: SubjectTokenConfig) -> list[list[int]]:
+    """The requests that share one key (:func:`key_collisions`), warned about — or, with
+    ``cfg.strict``, refused — before any compute; returned for ``edit.info``."""
+    groups = key_collisions(treqs)
+    if groups:
+        message = describe_collisions(model, treqs, groups, type(cfg).__name__.removesuffix("Config"))
+        if cfg.strict:
+            raise EditRequestError(message)
+        warnings.warn(message, KeyCollisionWarning, stacklevel=4)
+    return groups
 
 
 def traced_offsets(model, treqs: Sequence[TokenizedRequest], cfg: SubjectTokenConfig,

@@ -282,6 +282,32 @@ def check_against_each_other(requests: Sequence[EditRequest]) -> None:
         seen[key] = index
 
 
+def key_collisions(requests: Sequence[TokenizedRequest]) -> list[list[int]]:
+    """Groups of request indices (position in ``requests``) that share one key: the same tokens
+    up to and including the edit position (a causal model then gives them the same activation
+    there, in any context prefix) but different new targets. Empty when every request has its
+    own key."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(tuple(r.prompt_ids[: r.edit_position + 1]), []).append(i)
+    return [members for members in groups.values()
+            if len({requests[i].request.target_new.strip() for i in members}) > 1]
+
+
+def describe_collisions(model, requests: Sequence[TokenizedRequest], groups: list[list[int]], editor: str) -> str:
+    """The message of a key collision: which requests, at which token, and what to do."""
+    parts = []
+    for members in groups:
+        r = requests[members[0]]
+        token = model.tokenizer.decode([r.prompt_ids[r.edit_position]])
+        targets = [requests[i].request.target_new for i in members]
+        parts.append(f"requests {members} ({r.request.subject!r}, keyed at token {token!r}; new targets {targets})")
+    return (f"{editor}: {'; '.join(parts)} share one key: the same tokens up to the edit position, so the editor gives "
+            "them one value and at most one new target per group can hold. Edit them in separate calls (one fact per "
+            "subject per call), choose another edit_token, or use an editor that reads the whole prompt (e.g. 'ft'); "
+            "strict=True makes this an error")
+
+
 def fill_prefix(prefix: str, text: str) -> str:
     """A context prefix followed by a prompt (the empty prefix gives the bare prompt)."""
     return text if not prefix else f"{prefix} {text}"

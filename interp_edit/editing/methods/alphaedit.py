@@ -34,7 +34,7 @@ from interp_edit.adapter import model_fingerprint
 from interp_edit.editing.closed_form import check_layers, solve, w_out_name
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
-from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
+from interp_edit.editing.edit_token_choice import check_requests_first, prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig
 from interp_edit.editing.spread import spread_update
 from interp_edit.errors import EditConfigError, EditRequestError
@@ -181,7 +181,7 @@ class AlphaEditor:
                     [r.request.as_dict() for r in treqs],
                     {"target_nll": result.target_nll, "seconds": result.timings, "nullspace_dims": dict(self.nullspace_dims),
                      "key_dim": self.key_dim,
-                     "edits_before": self.n_edited - len(treqs), "edit_token": token_info,
+                     "edits_before": self.n_edited - len(treqs), "edit_token": token_info, "key_collisions": token_info["key_collisions"],
                      "stats": self.stats_provenance})
 
 
@@ -193,8 +193,9 @@ def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=
     >>> len(e.requests), e.changes_weights
     (2, True)
     """
-    return AlphaEditor(model, config, corpus=corpus, cache_dir=cache_dir, stats=stats, progress=progress,
-                       **overrides)(model, requests)
+    cfg = resolve(AlphaEditConfig, model, config, overrides)
+    check_requests_first(model, requests, cfg)  # before the null space's statistics
+    return AlphaEditor(model, cfg, corpus=corpus, cache_dir=cache_dir, stats=stats, progress=progress)(model, requests)
 
 
 __all__ = ["NULLSPACE_RULES", "AlphaEditConfig", "AlphaEditor", "alphaedit", "null_space_basis", "w_out_name"]

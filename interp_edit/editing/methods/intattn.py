@@ -306,7 +306,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
         "target_nll": targets.nll.tolist(),
         "prefixes": list(prefixes),
         "seconds": seconds,
-        "edit_token": token_info,
+        "edit_token": token_info, "key_collisions": token_info["key_collisions"],
     }
     if trace is not None:
         info["traced_alpha"] = {"per_request": trace["per_request"], "skipped_requests": trace["skipped"]}

@@ -133,4 +133,4 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     result = spread_update(model, treqs, cfg, cfg.layers, left_factor)
     return Edit("memit", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
                 {"target_nll": result.target_nll, "seconds": {"stats": stats_seconds, **result.timings},
-                 "edit_token": token_info, "stats": provenance_records(statistics)})
+                 "edit_token": token_info, "key_collisions": token_info["key_collisions"], "stats": provenance_records(statistics)})

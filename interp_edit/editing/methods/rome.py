@@ -183,5 +183,5 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
             timings["update"] += time.perf_counter() - start
     delta = LowRankDelta(torch.cat(lefts, 1).cpu(), torch.cat(rights, 0).cpu())
     return Edit("rome", {name: delta}, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
-                {"target_nll": losses, "steps": steps, "prefixes": list(prefixes), "seconds": timings, "edit_token": token_info,
+                {"target_nll": losses, "steps": steps, "prefixes": list(prefixes), "seconds": timings, "edit_token": token_info, "key_collisions": token_info["key_collisions"],
                  "stats": provenance_records(statistics)})
