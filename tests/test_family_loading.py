@@ -61,7 +61,7 @@ def test_gemma2_sliding_window_layers_are_local():
 
     torch.manual_seed(0)
     config = Gemma2Config(
-        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(toy_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=32, sliding_window=3,
         query_pre_attn_scalar=12, initializer_range=0.3, attn_logit_softcapping=20.0, final_logit_softcapping=10.0,
     )

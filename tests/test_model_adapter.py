@@ -19,7 +19,8 @@ needs_hooked = pytest.mark.skipif(not hooked_available(), reason="HookedTransfor
 
 
 def _tokenizer_kwargs():
-    return {} if hooked_available() else {"tokenizer": load_model("toyworld").tokenizer}
+    """A model converted from Hugging Face needs a tokenizer on either backend."""
+    return {"tokenizer": load_model("toyworld").tokenizer}
 
 
 def _hf_logprobs(hf, tokens):
@@ -43,7 +44,7 @@ def _fresh(hf):
 def random_gpt2():
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=301, n_positions=32, n_embd=64, n_layer=3, n_head=4,
+        vocab_size=len(load_model("toyworld").tokenizer), n_positions=32, n_embd=64, n_layer=3, n_head=4,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     hf = GPT2LMHeadModel(config).eval()
@@ -123,7 +124,7 @@ def test_export_of_processed_model_matches(random_gpt2):
 
 @needs_hooked  # the bridge's GPT-2 has no unembedding bias to set
 def test_export_refuses_an_unembedding_bias(random_gpt2):
-    model = load_model("x", hf_model=random_gpt2, fold_ln=False, center_unembed=False)
+    model = load_model("x", hf_model=random_gpt2, fold_ln=False, center_unembed=False, **_tokenizer_kwargs())
     with torch.no_grad():
         model.b_U[0] = 1.0
     with pytest.raises(ExportError, match="b_U"):

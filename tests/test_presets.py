@@ -168,7 +168,7 @@ def test_a_published_name_on_other_shapes_gets_no_preset(backend):
         model = _fake_model(cfg)
     else:
         model = _meta_bridge(LlamaConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-                                         vocab_size=100), "LlamaForCausalLM", "Llama-2-7b-hf")
+                                         vocab_size=len(_tokenizer())), "LlamaForCausalLM", "Llama-2-7b-hf")
         assert model.cfg.model_name == "Llama-2-7b-hf"
     assert known_model(model) is None and preset_key(model) is None
     config = ROMEConfig.for_model(model)

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.analysis.gap import ScoreGap
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.analysis.tracing import (
     KINDS,
@@ -106,6 +107,13 @@ class AIEResult:
     mean_corrupted_score: float
     settings: dict = field(default_factory=dict)
 
+    @property
+    def gap(self) -> ScoreGap:
+        """The mean clean − corrupted gap of the traced facts (each one the model knows: its
+        clean top-1 is the target) and whether it is worth localising; see
+        :mod:`~interp_edit.analysis.gap`."""
+        return ScoreGap(self.mean_clean_score, self.mean_corrupted_score, self.settings.get("metric", "prob"), True)
+
     def curve(self, kind: str, role: str) -> Float[Tensor, " layer"]:
         return self.effects[self.kinds.index(kind), self.roles.index(role)]
 
@@ -122,7 +130,8 @@ class AIEResult:
         for kind in self.kinds:
             p = self.peak(kind)
             peaks.append(f"{kind} {p['role']} L{p['layer']} {number(p['effect'], 3)}")
-        return short_repr("AIEResult", n_facts=str(self.n_facts), skipped=str(self.n_skipped),
+        return short_repr("AIEResult", WARNING=self.gap.repr_note(),
+                          n_facts=str(self.n_facts), skipped=str(self.n_skipped),
                           clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
                           peaks="[" + "; ".join(peaks) + "]")
 

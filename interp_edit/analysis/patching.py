@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from interp_edit.adapter import hook_name
+from interp_edit.analysis.gap import ScoreGap
 from interp_edit.analysis.restore import Restoration, cache_run, resolve_merge, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.errors import EmptyInputError, InvalidArgumentError, PromptTooLongError
@@ -56,6 +57,14 @@ class PatchingResult:
     answer: str
     foil: str | None
     settings: dict = field(default_factory=dict)
+    #: whether the clean prompt's top-1 token is the answer's first token (None: not recorded)
+    clean_prefers_target: bool | None = None
+
+    @property
+    def gap(self) -> ScoreGap:
+        """The clean − corrupted gap of the metric and whether it is worth localising (see
+        :mod:`~interp_edit.analysis.gap`); its warnings show in the repr and the figure title."""
+        return ScoreGap(self.clean_value, self.corrupted_value, self.metric, self.clean_prefers_target)
 
     def __repr__(self) -> str:
         from interp_edit.reprs import number, short_repr, text
@@ -65,7 +74,7 @@ class PatchingResult:
             flat = values.nan_to_num(-float("inf")).flatten().argmax().item()
             index = [int(i) for i in torch.unravel_index(torch.tensor(flat), values.shape)]
             peaks.append(f"{site}{index} {number(values.flatten()[flat].item(), 3)}")
-        return short_repr("PatchingResult", method=repr(self.method), direction=repr(self.direction),
+        return short_repr("PatchingResult", WARNING=self.gap.repr_note(), method=repr(self.method), direction=repr(self.direction),
                           clean=text(self.clean_prompt, 40), corrupted=text(self.corrupted_prompt, 40),
                           answer=text(self.answer), foil=text(self.foil) if self.foil is not None else None,
                           metric=repr(self.metric), peaks="[" + "; ".join(peaks) + "]")
@@ -95,6 +104,8 @@ class _Pair:
     foil_text: str | None
     #: the first position where the prompts differ (activations before it are identical)
     first_diff: int
+    #: the clean prompt's top-1 next token is the answer's first token
+    clean_prefers: bool = True
 
     @property
     def positions(self) -> list[int]:
@@ -150,6 +161,7 @@ def _prepare(model, clean: str, corrupted: str, answer: str | None, foil: str | 
         tuple(tok.decode([t]) for t in ids),
         None if foil_id is None else tok.decode([foil_id]),
         next((i for i, (a, b) in enumerate(zip(clean_ids, corrupted_ids, strict=True)) if a != b), len(clean_ids)),
+        int(both[0].argmax()) == answer_ids[0],
     )
 
 
@@ -261,7 +273,7 @@ def _normalise(values: Tensor, m_clean: float, m_corr: float) -> Tensor:
 def _result(results, method, direction, metric, m_clean, m_corr, clean, corrupted, pair: _Pair) -> PatchingResult:
     foil = None if pair.target.foil_id is None else pair.foil_text
     return PatchingResult(results, method, direction, metric, m_clean, m_corr, clean, corrupted, pair.str_tokens,
-                          pair.target.text, foil)
+                          pair.target.text, foil, clean_prefers_target=pair.clean_prefers)
 
 
 def attribution_patch(

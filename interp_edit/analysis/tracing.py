@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import hook_name, token_embeddings
+from interp_edit.analysis.gap import ScoreGap
 from interp_edit.analysis.restore import Restoration, cache_run, resolve_merge, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
 from interp_edit.batching import check_memory_budget, resolve_memory_budget
@@ -101,6 +102,14 @@ class CausalTraceResult:
     settings: TraceSettings
     replacement: str | None = None
     metadata: dict = field(default_factory=dict)
+    #: whether the clean run's top-1 token is the target's first token (None: not recorded)
+    clean_prefers_target: bool | None = None
+
+    @property
+    def gap(self) -> ScoreGap:
+        """The clean − corrupted gap and whether it is worth localising (see
+        :mod:`~interp_edit.analysis.gap`); its warnings show in the repr and the figure title."""
+        return ScoreGap(self.clean_score, self.corrupted_score, self.settings.metric, self.clean_prefers_target)
 
     @property
     def indirect_effects(self) -> Float[Tensor, "kind layer pos"]:
@@ -128,7 +137,8 @@ class CausalTraceResult:
         top = self.top_sites(1)[0] if self.scores.numel() else None
         site = (f"{top['kind']} L{top['layer']} @{top['pos']} {text(top['token'])} (+{number(top['indirect_effect'], 3)})"
                 if top else None)
-        return short_repr("CausalTraceResult", prompt=text(self.prompt), subject=text(self.subject), target=text(self.target),
+        return short_repr("CausalTraceResult", WARNING=self.gap.repr_note(),
+                          prompt=text(self.prompt), subject=text(self.subject), target=text(self.target),
                           metric=self.settings.metric, window=str(self.settings.window), clean=number(self.clean_score),
                           corrupted=number(self.corrupted_score), top_site=site)
 
@@ -401,4 +411,5 @@ def causal_trace(
         target_ids=inputs.target.ids,
         settings=settings,
         replacement=inputs.replacement,
+        clean_prefers_target=int(clean_logits[0, positions[0]].argmax()) == inputs.target.ids[0],
     )

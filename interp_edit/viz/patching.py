@@ -28,7 +28,8 @@ def patching_figure(result, sites=None) -> go.Figure:
                       row=1, col=i + 1)
         fig.update_yaxes(title_text="layer" if value.ndim == 2 else "", row=1, col=i + 1)
     fig.update_layout(
-        title=f"{result.method} patching ({result.direction}), {result.metric} normalised: clean 1, corrupted 0",
+        title=f"{result.method} patching ({result.direction}), {result.metric} normalised: clean 1, corrupted 0"
+              f"{result.gap.title_note()}",
         height=520, width=max(500, 330 * len(sites)),
         coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-1, cmax=1, colorbar=dict(title="restored fraction")))
     return fit_layout(fig)

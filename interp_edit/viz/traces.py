@@ -58,7 +58,7 @@ def causal_trace_figure(result, layout: str = "rome") -> go.Figure:
         fig.update_yaxes(autorange="reversed")
     title = (f"Causal trace of {result.prompt!r} → {result.target!r} ({result.settings.corruption} corruption"
              f"{', severed ' + result.settings.severed if result.settings.severed else ''}; clean "
-             f"{result.clean_score:.3f}, corrupted {result.corrupted_score:.3f})")
+             f"{result.clean_score:.3f}, corrupted {result.corrupted_score:.3f}){result.gap.title_note()}")
     fig.update_layout(title=dict(text=title, font=dict(size=13)), height=120 + 28 * len(labels), width=360 * n + 120)
     return fit_layout(fig)
 
@@ -97,7 +97,7 @@ def aie_figure(result, view: str = "heatmap") -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         title=f"Average indirect effect by token role over {result.n_facts} facts ({result.n_skipped} skipped: not "
-              f"known); clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}",
+              f"known); clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}{result.gap.title_note()}",
         height=200 + 34 * len(roles), width=330 * len(kinds) + 200)
     return fit_layout(fig)
 
@@ -119,7 +119,7 @@ def _aie_lines(result) -> go.Figure:
     fig.update_yaxes(title_text="average indirect effect", row=1, col=1)
     fig.update_layout(
         title=f"Average indirect effect over {result.n_facts} facts ({result.n_skipped} skipped: not known); "
-              f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}",
+              f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}{result.gap.title_note()}",
         height=420, width=380 * len(kinds) + 200)
     return fit_layout(fig)
 
