@@ -264,3 +264,21 @@ def test_a_request_without_prompt_fields_asks_for_prompts(toy_model):
     with pytest.raises(InvalidArgumentError, match="request 0 of the ace edit has no 'prompt' / 'subject'.*prompts="):
         attribution_diff(toy_model, multi_hop)
     assert hook_counts(toy_model) == {}
+
+
+def test_a_multi_request_diff_names_its_request_and_marks_the_edited_layers(toy_model, person_records):
+    from interp_edit.editing import memit
+
+    records = [r for r in person_records if r.relation_id == "born_in"][:2]
+    e = memit(toy_model, records, layers=(1, 2), steps=2, n_prefixes=1, prefix_length=3, prefix_lengths=None)
+    with pytest.raises(InvalidArgumentError, match=r"holds 2 requests and attribution_diff analyses one: pass request=i \(0..1\)"):
+        attribution_diff(toy_model, e, neurons=False)
+    diff = attribution_diff(toy_model, e, request=1, neurons=False)
+    assert diff.prompts["edit"] == (records[1].prompt.format(records[1].subject),)
+    assert diff.settings["request"] == 1 and diff.settings["n_requests"] == 2 and diff.settings["edited_layers"] == [1, 2]
+    fig = diff.plot()
+    assert "(request 1 of 2)" in fig.layout.title.text and "edited layers [1, 2]" in fig.layout.title.text
+    assert list(fig.data[0].y[:4]) == ["L0", "L1 (edited)", "L2 (edited)", "L3"]
+    # explicit prompts and targets read no request: no request= needed
+    explicit = attribution_diff(toy_model, e, ["Talvik Corlo was born in"], targets=("Karsa", "Veltra"), neurons=False)
+    assert explicit.settings["request"] is None

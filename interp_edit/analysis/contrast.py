@@ -286,6 +286,30 @@ def _prompt_groups(edit, prompts, request: int) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def _which_request(edit, request, prompts, targets) -> int | None:
+    """The request the diff reads (``None``: none is read — prompts and targets are given)."""
+    n = len(getattr(edit, "requests", []) or [])
+    reads = prompts is None or (any(isinstance(t, str) and t in TARGET_KEYWORDS for t in targets)
+                                and not hasattr(prompts, "neighborhood_prompts"))
+    if request is not None:
+        if isinstance(request, bool) or not isinstance(request, int):
+            raise InvalidArgumentError(f"request must be an int (the index of one of the edit's requests), got {request!r}")
+        return request
+    if not reads:
+        return None
+    if n > 1:
+        raise InvalidArgumentError(
+            f"the {getattr(edit, 'method', '')} edit holds {n} requests and attribution_diff analyses one: pass "
+            f"request=i (0..{n - 1}), e.g. [attribution_diff(model, edit, request=i) for i in range({n})]; "
+            "or pass prompts= and explicit targets")
+    return 0
+
+
+def _edited_layers(edit) -> list[int]:
+    layers = getattr(edit, "layers", None)
+    return list(layers()) if callable(layers) else []
+
+
 def _target(edit, target, request: int, prompts) -> str | int:
     if isinstance(target, str) and target in TARGET_KEYWORDS:
         key = TARGET_KEYWORDS[target]
@@ -306,7 +330,7 @@ def attribution_diff(
     prompts=None,
     *,
     targets: tuple[str | int, str | int] = ("new", "old"),
-    request: int = 0,
+    request: int | None = None,
     neurons: bool | Sequence[str] = True,
     neuron_method: str = "exact",
     batch_size: int = 64,
@@ -322,6 +346,12 @@ def attribution_diff(
     scored by their first token; ints are token ids. ``neurons``: neuron-level scores for all
     groups (``True``), none (``False``) or the named groups; ``neuron_method`` as in
     :func:`~interp_edit.analysis.attribution.neuron_attribution` (``"first_order"`` is cheaper).
+
+    ``request``: which of the edit's requests supplies the default prompts and the ``"new"`` /
+    ``"old"`` targets. An edit of several requests needs it said (``request=i``; loop over
+    ``range(len(edit.requests))`` for all of them): a diff of one request is not the edit's.
+    The result names the request (``settings["request"]`` of ``settings["n_requests"]``) and
+    its figures say "request i of n" and mark the edited layers.
 
     An edit made on another base model raises :class:`~interp_edit.errors.EditApplicationError`
     before anything runs.
@@ -345,6 +375,7 @@ def attribution_diff(
         raise InvalidArgumentError(f"targets must be (promoted, suppressed), got {targets!r}")
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+    request = _which_request(edit, request, prompts, targets)
     groups = _prompt_groups(edit, prompts, request)
     resolved = tuple(_target(edit, t, request, prompts) for t in targets)
     first = next(iter(groups.values()))[0]
@@ -386,6 +417,7 @@ def attribution_diff(
         neuron_before=n_before,
         neuron_after=n_after,
         model_shape=(cfg.n_layers, cfg.d_mlp, cfg.n_heads, cfg.d_head),
-        settings={"request": request, "neuron_method": neuron_method, "neuron_groups": list(neuron_groups),
-                  "model_fingerprint": found},
+        settings={"request": request, "n_requests": len(getattr(edit, "requests", []) or []),
+                  "edited_layers": _edited_layers(edit), "neuron_method": neuron_method,
+                  "neuron_groups": list(neuron_groups), "model_fingerprint": found},
     )

@@ -6,6 +6,7 @@ bootstrap error bars."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -20,12 +21,14 @@ _MODULE_NAMES = ("attention", "FFN")
 _COLORS = {"attention": "#ff7f0e", "FFN": "#1f77b4"}
 
 
-def diff_heatmap(values, coloraxis: str = "coloraxis") -> go.Heatmap:
-    """Layers on y, {attention, FFN} on x (NaN cells left blank), coloured on the layout's
-    ``coloraxis`` (one colourbar shared by every heatmap on it: :func:`diverging_axis`)."""
+def diff_heatmap(values, coloraxis: str = "coloraxis", edited: Sequence[int] = ()) -> go.Heatmap:
+    """Layers on y (the ``edited`` ones labelled ``L3 (edited)``), {attention, FFN} on x (NaN
+    cells left blank), coloured on the layout's ``coloraxis`` (one colourbar shared by every
+    heatmap on it: :func:`diverging_axis`)."""
     rows = values.tolist()
     text = [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in rows]
-    return go.Heatmap(z=rows, x=list(_MODULE_NAMES), y=[f"L{i}" for i in range(len(rows))], coloraxis=coloraxis,
+    labels = [f"L{i} (edited)" if i in edited else f"L{i}" for i in range(len(rows))]
+    return go.Heatmap(z=rows, x=list(_MODULE_NAMES), y=labels, coloraxis=coloraxis,
                       text=text, texttemplate="%{text}", hovertemplate="%{y} %{x}: %{z:.4f}<extra></extra>")
 
 
@@ -47,13 +50,16 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
     """Figures of an :class:`~interp_edit.analysis.contrast.AttributionDiffResult`."""
     if view not in DIFF_VIEWS:
         raise InvalidArgumentError(f"view must be one of {DIFF_VIEWS}, got {view!r}")
-    what = f"{result.method} edit, {_target_label(result)}"
+    edited = result.settings.get("edited_layers") or []
+    request, n_requests = result.settings.get("request"), result.settings.get("n_requests") or 0
+    which = f" (request {request} of {n_requests})" if request is not None and n_requests > 1 else ""
+    what = f"{result.method} edit{which}, {_target_label(result)}; edited layers {edited}"
     if view == "heatmap":
         diff = result.layer_diff(group)
         bound = _bound(diff)
         fig = make_subplots(rows=1, cols=2, subplot_titles=list(_DIRECTION_TITLES), horizontal_spacing=0.15)
         for d in range(2):
-            fig.add_trace(diff_heatmap(diff[:, :, d]), row=1, col=d + 1)
+            fig.add_trace(diff_heatmap(diff[:, :, d], edited=edited), row=1, col=d + 1)
         n = len(result.prompts[group])
         fig.update_layout(title=f"After − before, {group} prompts (mean of {n}): {what}", height=200 + 45 * diff.shape[0],
                           width=900, coloraxis=diverging_axis(bound))
@@ -66,7 +72,7 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
         fig = make_subplots(rows=2, cols=len(groups), subplot_titles=titles, vertical_spacing=0.12)
         for d in range(2):
             for c, diff in enumerate(diffs):
-                fig.add_trace(diff_heatmap(diff[:, :, d]), row=d + 1, col=c + 1)
+                fig.add_trace(diff_heatmap(diff[:, :, d], edited=edited), row=d + 1, col=c + 1)
         fig.update_layout(title=f"After − before per prompt group: {what}", height=300 + 90 * diffs[0].shape[0],
                           width=330 * len(groups) + 150, coloraxis=diverging_axis(bound))
         return fit_layout(fig)
