@@ -210,3 +210,25 @@ def test_edit_config_records_the_preset(toy_model, person_records):
     assert edit.config["layer"] == ROMEConfig.PRESETS["toyworld"]["layer"]
     by_hand = ROMEConfig(**{**ROMEConfig.PRESETS["toyworld"], "steps": 2})
     assert rome(toy_model, [person_records[0]], config=by_hand).config["preset"] is None
+
+
+def test_rome_paper_preset_is_the_reference_settings_at_the_models_layer(toy_model):
+    import dataclasses
+
+    from interp_edit.editing import EditRequest, rome
+    from interp_edit.editing.methods.memit import MEMITConfig
+    from interp_edit.editing.methods.rome import ROMEConfig
+    from interp_edit.errors import EditConfigError
+
+    paper, own = ROMEConfig.for_model(toy_model, preset="paper"), ROMEConfig.for_model(toy_model)
+    reference = ROMEConfig()  # the class defaults: kmeng01/rome's GPT-2 XL settings
+    differ = {f.name for f in dataclasses.fields(ROMEConfig) if getattr(paper, f.name) != getattr(reference, f.name)}
+    assert differ == {"layer", "stats_samples", "preset"}
+    assert (paper.layer, paper.stats_samples, paper.preset) == (own.layer, own.stats_samples, "paper")
+    assert (paper.variant, own.variant) == ("original", "r-rome")
+    with pytest.raises(EditConfigError, match="MEMITConfig has no 'paper' preset"):
+        MEMITConfig.for_model(toy_model, preset="paper")
+    with pytest.raises(EditConfigError, match=r"no preset 'papers'.*or 'paper'"):
+        ROMEConfig.for_model(toy_model, preset="papers")
+    e = rome(toy_model, [EditRequest("{} was born in", "Talvik Corlo", "Karsa")], preset="paper", steps=2, n_prefixes=1)
+    assert repr(e).startswith("Edit(method='rome', preset='paper', variant='original'")

@@ -41,6 +41,10 @@ class EditorConfig(TargetConfig):
     #: published model (see :func:`interp_edit.adapter.identity.known_model`) or model name ->
     #: field values; the fields a preset leaves out keep the class defaults
     PRESETS: ClassVar[MappingProxyType] = MappingProxyType({})
+    #: ``preset="paper"``: the fields that locate the edit in *this* model or size its data
+    #: (e.g. ``("layer", "stats_samples")``), taken from the model's own preset; every other
+    #: field keeps the class default, the reference code's settings. Empty: no "paper" preset.
+    PAPER_MODEL_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def generic(cls, model) -> dict[str, Any]:
@@ -71,6 +75,8 @@ class EditorConfig(TargetConfig):
 
 
 GENERIC = "generic"
+#: the preset of the reference code's settings (see ``EditorConfig.PAPER_MODEL_FIELDS``)
+PAPER = "paper"
 
 #: ``edit_token`` values that are measured, not named: per subject length, or per request
 TRACED_EDIT_TOKENS = ("traced", "traced_per_request")
@@ -132,14 +138,23 @@ def preset_config(cls, model, overrides: dict[str, Any]):
         raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
     overrides = dict(overrides)
     key = overrides.pop("preset", None)
+    own = preset_key(model)
+    own = own if own in cls.PRESETS else GENERIC
+    paper = getattr(cls, "PAPER_MODEL_FIELDS", ())
     if key is None:
-        key = preset_key(model)
-        key = key if key in cls.PRESETS else GENERIC
-    elif key != GENERIC and key not in cls.PRESETS:
+        key = own
+    elif key == PAPER and not paper:
+        raise EditConfigError(f"field 'preset': {cls.__name__} has no {PAPER!r} preset; presets: "
+                              f"{sorted(cls.PRESETS)} or {GENERIC!r}")
+    elif key not in (GENERIC, PAPER) and key not in cls.PRESETS:
         raise EditConfigError(
-            f"field 'preset': {cls.__name__} has no preset {key!r}; presets: {sorted(cls.PRESETS)} or {GENERIC!r}"
+            f"field 'preset': {cls.__name__} has no preset {key!r}; presets: {sorted(cls.PRESETS)}, {GENERIC!r}"
+            f"{' or ' + repr(PAPER) if paper else ''}"
         )
-    preset = dict(cls.generic(model) if key == GENERIC else cls.PRESETS[key])
+    preset = dict(cls.generic(model) if key == GENERIC else cls.PRESETS[key] if key != PAPER else {})
+    if key == PAPER:  # the reference settings, placed in this model by its own preset's layer(s) and data size
+        base = {**cls.generic(model), **(cls.PRESETS[own] if own != GENERIC else {})}
+        preset = {name: base[name] for name in paper if name in base}
     config = check_fields(cls(**{**preset, **overrides, "preset": key}), EditConfigError)
     config.validate()
     return config

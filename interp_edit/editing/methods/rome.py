@@ -19,7 +19,10 @@ prompt and the context prefixes, k the key used in the residual:
 
 The ``gpt2-xl`` / ``gpt-j-6B`` presets are the original; the ``toyworld`` preset is r-ROME with
 the settings it was measured with (``step_count="updates"``, ``kl_direction="original||edited"``,
-``prefix_join="punctuate"``). C⁻¹ is solved in float64 (the code inverts C in float32).
+``prefix_join="punctuate"``). A model's own preset is the default (on the toy world its
+r-ROME settings edit every tested fact; the reference settings were written for GPT-2 XL);
+``preset="paper"`` runs the reference code's settings on any model, at the layer (and
+statistics sample size) of the model's own preset. C⁻¹ is solved in float64 (the code inverts C in float32).
 Several requests are edited one after another (each on the model with the earlier ones
 applied), giving one ``Edit`` of rank = number of requests.
 """
@@ -57,6 +60,9 @@ class ROMEConfig(SubjectTokenConfig):
 
     >>> ROMEConfig.for_model(model).preset             # recognised: the tuned toy-world preset
     'toyworld'
+    >>> paper = ROMEConfig.for_model(model, preset="paper")   # the reference settings, at this model's layer
+    >>> paper.variant, paper.layer, paper.kl_direction
+    ('original', 0, 'edited||original')
     >>> cfg = ROMEConfig.for_model(model, layer=1, steps=10)
     >>> cfg.layer, cfg.steps
     (1, 10)
@@ -80,6 +86,7 @@ class ROMEConfig(SubjectTokenConfig):
     # AlphaEdit's Llama / Qwen / Mistral runs set mom2_adjustment: false (no C⁻¹); this ROME
     # always whitens by C (cov_ridge is the only knob), so those presets differ from the
     # reference in that one respect.
+    PAPER_MODEL_FIELDS = ("layer", "stats_samples")
     PRESETS = MappingProxyType({
         # kmeng01/rome hparams/ROME/gpt2-xl.json: the class defaults
         "gpt2-xl": {},
