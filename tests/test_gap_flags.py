@@ -32,6 +32,11 @@ def test_a_trace_of_a_known_fact_says_nothing(toy_model):
     assert trace.clean_prefers_target is True and trace.gap.reliable
     assert trace.gap.gap == pytest.approx(trace.clean_score - trace.corrupted_score)
     assert "WARNING" not in repr(trace) and "WARNING" not in title(trace.plot())
+    # a multi-token target: the rule reads the first target token at the first scored position (as the AIE's)
+    longer = causal_trace(toy_model, PROMPT, SUBJECT, trace.target.strip() + " Talvik", samples=2)
+    assert len(longer.target_ids) == 2 and longer.clean_prefers_target is True
+    after = toy_model(toy_model.to_tokens(PROMPT + trace.target))[0, -1].argmax().item()
+    assert after != longer.target_ids[1]  # the model would not continue with it: only the first token counts
 
 
 def test_patching_warns_on_a_random_model_and_not_on_a_known_fact(toy_model, tiny_model):
