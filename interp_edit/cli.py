@@ -299,7 +299,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
-                            fluency=not args.no_fluency, config=config, progress=not args.quiet)
+                            fluency=not args.no_fluency, config=config, progress=not args.quiet,
+                            protocol=args.protocol, gen_tokens=args.gen_tokens)
     files = result.save(Path(args.out) / "summary") if args.out else []
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.summary().items()}
@@ -469,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd.add_argument("--unrelated", type=NON_NEGATIVE, default=100, help="unrelated facts watched for drift")
     ev_cmd.add_argument("--seed", type=SEED, default=0, help="which cases are drawn")
     ev_cmd.add_argument("--no-fluency", action="store_true", help="skip the greedy generations (faster)")
+    ev_cmd.add_argument("--protocol", default="teacher_forced", choices=("teacher_forced", "generation", "both"),
+                        help="judge edits by teacher-forced log-probs, by greedy generation (exact / contains match) "
+                        "or both (default: teacher_forced)")
+    ev_cmd.add_argument("--gen-tokens", type=POSITIVE, default=8, help="greedy tokens a generation is judged on")
     ev_cmd.add_argument("--config", help='editor config fields as JSON, e.g. \'{"layers": [1, 2]}\' (default: the '
                         "editor's preset for the model)")
     ev_cmd.add_argument("--out", help="folder for results.jsonl (resumable), edits, summary.json and the figure "

@@ -16,6 +16,10 @@ Row keys by format (see :mod:`interp_edit.evaluation.metrics` for the definition
 - mcq: ``mcq_reliability``, ``mcq_generalisation``, ``mcq_locality``, ``mcq_portability``
   (accuracy per kind), ``option_entropy`` (bits, mean over the case's questions) and
   ``option_entropy_<kind>``, ``efficacy_score``.
+
+``protocol="generation"`` replaces these teacher-forced metrics by the ``gen_*`` metrics of
+:mod:`interp_edit.evaluation.generation` (greedy decoding judged by exact / contains match);
+``protocol="both"`` gives both sets. ``fluency`` is measured under every protocol.
 """
 
 from __future__ import annotations
@@ -85,13 +89,43 @@ def _multihop(pairs: _Pairs, questions: Sequence[str], answers: Sequence[str]):
 
 
 def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tokens: int = 50,
-                   compare: str = "mean_logprob") -> list[dict]:
-    """One dict of metrics per case (keys by format: see the module docstring), plus
-    ``case_id``."""
+                   compare: str = "mean_logprob", protocol: str = "teacher_forced", gen_tokens: int = 8) -> list[dict]:
+    """One dict of metrics per case (keys by format and ``protocol``: see the module
+    docstring), plus ``case_id``. ``gen_tokens``: the greedy tokens a generation is judged on."""
+    from interp_edit.evaluation.generation import (
+        check_gen_tokens,
+        check_protocol,
+        generation_rows,
+        uses_generation,
+        uses_teacher_forcing,
+    )
+
+    check_protocol(protocol)
+    check_gen_tokens(gen_tokens)
+    if uses_teacher_forcing(protocol):
+        rows = _teacher_forced_rows(model, cases, compare)
+    else:
+        rows = [{"case_id": case.case_id} for case in cases]
+    if uses_generation(protocol):
+        for row, found in zip(rows, generation_rows(model, cases, gen_tokens), strict=True):
+            row.update(found)
+    if fluency:
+        generation = [(row, p) for row, case in enumerate(cases) if isinstance(case, CounterFactCase)
+                      for p in (case.generation_prompts or (case.rewrite.text,))]
+        if generation:
+            values = generation_fluency(model, [p for _, p in generation], max_new_tokens).tolist()
+            per_row: dict[int, list[float]] = {}
+            for (row, _), value in zip(generation, values, strict=True):
+                per_row.setdefault(row, []).append(value)
+            for row, found in per_row.items():
+                rows[row]["fluency"] = _mean(found)
+    return rows
+
+
+def _teacher_forced_rows(model, cases: Sequence, compare: str) -> list[dict]:
     pairs = _Pairs()
     finishers = []
     mcq_questions: list[tuple[int, object]] = []
-    generation: list[tuple[int, str]] = []
     for row, case in enumerate(cases):
         if isinstance(case, CounterFactCase):
             r = case.rewrite
@@ -99,8 +133,6 @@ def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tok
                      "neighborhood": _comparison(pairs, case.neighborhood_prompts, r)}
             hop = case.multihop and _multihop(pairs, case.multihop.questions, (case.multihop.new_answer, *case.multihop.new_answer_aliases))
             finishers.append(lambda parts=parts, hop=hop: _counterfact_row(parts, hop, compare))
-            if fluency:
-                generation += [(row, p) for p in (case.generation_prompts or (r.text,))]
         elif isinstance(case, ZsRECase):
             r = case.rewrite
             parts = {"efficacy": _comparison(pairs, [case.src], r), "paraphrase": _comparison(pairs, [case.rephrase], r)}
@@ -124,13 +156,6 @@ def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tok
     rows = [{"case_id": case.case_id, **finish()} for case, finish in zip(cases, finishers, strict=True)]
     if mcq_questions:
         _add_mcq(model, rows, mcq_questions)
-    if generation:
-        values = generation_fluency(model, [p for _, p in generation], max_new_tokens).tolist()
-        per_row: dict[int, list[float]] = {}
-        for (row, _), value in zip(generation, values, strict=True):
-            per_row.setdefault(row, []).append(value)
-        for row, found in per_row.items():
-            rows[row]["fluency"] = _mean(found)
     return rows
 
 

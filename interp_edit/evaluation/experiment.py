@@ -10,17 +10,20 @@ from pathlib import Path
 from interp_edit.atomic_files import write_text_atomic
 
 #: the metrics a summary shows first, in this order (others follow)
-HEADLINE = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score", "fluency",
-            "multihop_accuracy", "efficacy_token_accuracy", "paraphrase_token_accuracy", "specificity_token_accuracy",
+HEADLINE = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score",
+            "gen_efficacy_exact", "gen_efficacy_contains", "gen_paraphrase_exact", "gen_paraphrase_contains",
+            "gen_neighborhood_exact", "gen_neighborhood_contains", "fluency", "multihop_accuracy", "efficacy_token_accuracy", "paraphrase_token_accuracy", "specificity_token_accuracy",
             "mcq_reliability", "mcq_generalisation", "mcq_locality", "mcq_portability", "option_entropy",
-            "unrelated_accuracy", "unrelated_logprob_drop")
+            "unrelated_accuracy", "unrelated_logprob_drop", "heldout_perplexity")
 
 
 @dataclass
 class ExperimentResult:
     """Settings, the unedited model's metrics on the edited cases (``baseline``), one entry per
     batch (``rows``: its cases right after its edit; ``checkpoint``: the metrics on all cases
-    edited so far, every ``eval_every`` batches), and timings.
+    edited so far, every ``eval_every`` batches), and timings. With ``protocol="both"`` the
+    teacher-forced and the generation (``gen_*``) metrics sit side by side; sequential runs
+    also carry ``heldout_perplexity`` (baseline and every checkpoint).
 
     >>> res = run_experiment(model, "toyworld-counterfact", "rome", n=2, unrelated=5, fluency=False, progress=False)
     >>> len(res.batches), sorted(res.final_metrics())[:2]
@@ -97,7 +100,8 @@ class ExperimentResult:
 
     def plot(self, metrics: tuple[str, ...] | None = None):
         """A Plotly figure: metrics vs number of edits (and option entropy vs edits when the
-        data is MCQ).
+        data is MCQ; and, for sequential runs, the collapse curves: held-out perplexity and
+        unedited-fact accuracy vs edits).
 
         >>> res = run_experiment(model, "toyworld-counterfact", "ft", n=2, sequential=True,
         ...                      unrelated=5, fluency=False, progress=False, config={"steps": 5})

@@ -23,6 +23,10 @@ Multi-hop (MQuAKE): ``multihop_accuracy`` = the fraction of questions for which 
 is answered right; answered right = greedy decoding emits the answer (or an alias) first,
 i.e. every answer token is the top-1 prediction under teacher forcing.
 
+Perplexity: ``corpus_perplexity`` = exp(mean negative log-likelihood per predicted token) over
+a set of texts, every token of each text predicted after BOS and the tokens before it (the
+held-out perplexity of sequential experiments: a cheap surrogate for model collapse).
+
 Multiple choice (CaseEdit-style): the choice is the argmax of the options' label-token logits
 at the end of the prompt; ``option_entropy`` = H(p) = −Σ p_i log2 p_i of the softmax over
 those logits, in bits (log2 5 for a uniform five-way choice).
@@ -178,14 +182,22 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
 
 
 @torch.no_grad()
-def greedy_generate(model, prompts: Sequence[str], max_new_tokens: int = 50, batch_size: int = 64) -> list[str]:
-    """Greedy continuations of each prompt (prompt text included), at most ``max_new_tokens``
-    and never past the model's context; a row stops at the end-of-text token."""
+def greedy_token_ids(model, prompts: Sequence[str], max_new_tokens: int = 50, batch_size: int = 64) -> list[list[int]]:
+    """The greedily decoded new token ids of each prompt (BOS + prompt, the prompt not
+    included), batched with right padding: at every step one forward of the batch and the
+    argmax of each row's logits at its own last real position. At most ``max_new_tokens`` and
+    never past the model's context; a row stops at the end-of-text token (not included).
+
+    >>> ids = greedy_token_ids(model, ["Talvik Corlo was born in"], max_new_tokens=1)
+    >>> [model.tokenizer.decode(i) for i in ids]
+    [' Karsa']
+    """
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
-    out = []
+    out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         rows = encode_prompts(tokenizer, prompts[start : start + batch_size])
+        starts = [len(r) for r in rows]
         done = [False] * len(rows)
         steps = max(0, min(max_new_tokens, model.cfg.n_ctx - max(len(r) for r in rows)))
         for _ in range(steps):
@@ -200,13 +212,47 @@ def greedy_generate(model, prompts: Sequence[str], max_new_tokens: int = 50, bat
                         rows[i].append(token)
             if all(done):
                 break
-        out += [tokenizer.decode(r[1:] if r and r[0] == tokenizer.bos_token_id else r) for r in rows]
+        out += [r[n:] for r, n in zip(rows, starts, strict=True)]
     return out
+
+
+def greedy_generate(model, prompts: Sequence[str], max_new_tokens: int = 50, batch_size: int = 64) -> list[str]:
+    """Greedy continuations of each prompt (prompt text included), at most ``max_new_tokens``
+    and never past the model's context; a row stops at the end-of-text token."""
+    tokenizer = model.tokenizer
+    new = greedy_token_ids(model, prompts, max_new_tokens, batch_size)
+    return [tokenizer.decode(tokenizer.encode(p, add_special_tokens=False) + ids) for p, ids in zip(prompts, new, strict=True)]
 
 
 def generation_fluency(model, prompts: Sequence[str], max_new_tokens: int = 50) -> Float[Tensor, " n"]:
     """:func:`ngram_entropy` of each prompt's greedy generation."""
     return torch.tensor([ngram_entropy(t) for t in greedy_generate(model, prompts, max_new_tokens)])
+
+
+# --- perplexity -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def corpus_perplexity(model, texts: Sequence[str], batch_size: int = 32) -> float:
+    """The perplexity of a corpus: exp of the mean negative log-likelihood per predicted token,
+    over all tokens of all ``texts`` (each text BOS-first, its every token predicted from the
+    ones before it, BOS included; the BOS itself is not predicted). Batched with right
+    padding; padded positions are not scored.
+
+    >>> ppl = corpus_perplexity(model, ["Talvik Corlo was born in Karsa."])
+    >>> 1.0 <= ppl < 10
+    True
+    """
+    ids = encode_prompts(model.tokenizer, list(texts))
+    nll, count = 0.0, 0
+    for start in range(0, len(ids), batch_size):
+        tokens, lengths = pad_right(ids[start : start + batch_size], model.tokenizer.pad_token_id or 0)
+        tokens = tokens.to(model.cfg.device)
+        logprobs = model(tokens, return_type="logits").float().log_softmax(-1)[:, :-1]
+        picked = logprobs.gather(-1, tokens[:, 1:, None])[..., 0]
+        scored = torch.arange(tokens.shape[1] - 1, device=tokens.device)[None] < (lengths.to(tokens.device) - 1)[:, None]
+        nll -= float(picked[scored].double().sum())
+        count += int(scored.sum())
+    return math.exp(nll / count) if count else math.nan
 
 
 # --- multiple choice -------------------------------------------------------------------------

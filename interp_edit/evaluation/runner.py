@@ -7,7 +7,18 @@
 - every ``eval_every`` batches (and after the last), all cases edited so far — in sequential
   mode on the model with every edit so far applied, the curves of papers on sequential editing;
   in independent mode the running mean of the per-batch rows;
-- a fixed sample of ``unrelated`` other cases' true facts (drift: accuracy, log-prob drop).
+- a fixed sample of ``unrelated`` other cases' true facts (drift: accuracy, log-prob drop);
+- in sequential mode, at each checkpoint (and on the unedited model, in the baseline), the
+  ``heldout_perplexity`` of a fixed held-out corpus: the butterfly-effect paper's cheap
+  surrogate for model collapse. For a toy-world dataset the corpus is :data:`HELDOUT_TEXTS`
+  texts of :class:`~interp_edit.toyworld.corpus.CorpusSampler` with the seed
+  :data:`HELDOUT_SEED` (neither the training seed nor the statistics' one); for another
+  dataset the texts given as ``heldout_texts`` (without them the metric is absent).
+
+``protocol`` chooses how edits are judged: ``"teacher_forced"`` (the default: log-probabilities
+of the targets), ``"generation"`` (greedy decoding of ``gen_tokens`` tokens judged by exact /
+contains match, :mod:`interp_edit.evaluation.generation`) or ``"both"`` (both sets of metrics in
+one table).
 
 Independent mode undoes each batch's edit before the next; sequential mode keeps them
 (AlphaEdit through one :class:`~interp_edit.editing.AlphaEditor`, so later batches preserve the
@@ -34,11 +45,16 @@ from interp_edit.atomic_files import atomic_path, write_text_atomic
 from interp_edit.errors import DatasetError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
 from interp_edit.evaluation.experiment import ExperimentResult
+from interp_edit.evaluation.generation import DEFAULT_GEN_TOKENS, check_gen_tokens, check_protocol
 from interp_edit.progress import progress_bar
 
 RESULTS_FILE = "results.jsonl"
 #: the case formats :func:`evaluate_cases` measures
 EXPERIMENT_FORMATS = ("counterfact", "zsre", "mquake", "mcq")
+#: the toy world's held-out corpus: this many texts of ``CorpusSampler(world, seed=HELDOUT_SEED)``
+#: (training samples with its config's seed, 0 by default; the statistics with 7919)
+HELDOUT_SEED = 104729
+HELDOUT_TEXTS = 32
 
 
 def _after_batch(batch: int) -> None:
@@ -83,7 +99,39 @@ def _append(path: Path, entry: dict) -> None:
 
 
 def _comparable(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k not in ("started",)}
+    out = {k: v for k, v in settings.items() if k not in ("started",)}
+    out.setdefault("protocol", "teacher_forced")  # files written before protocols existed
+    return out
+
+
+def heldout_corpus(world, n: int = HELDOUT_TEXTS) -> list[str]:
+    """The toy world's held-out texts: the first ``n`` of ``CorpusSampler(world,
+    seed=HELDOUT_SEED)`` (a :class:`~interp_edit.toyworld.world.ToyWorld` or its spec).
+
+    >>> texts = heldout_corpus(world)
+    >>> len(texts), texts == heldout_corpus(world)
+    (32, True)
+    """
+    from interp_edit.toyworld.corpus import CorpusSampler
+
+    world = world.build() if hasattr(world, "build") else world
+    sampler = CorpusSampler(world, seed=HELDOUT_SEED)
+    return [sampler.sample() for _ in range(n)]
+
+
+def _check_heldout(model, texts) -> list[str]:
+    """``heldout_texts``: a non-empty list of non-empty strings, each within the context."""
+    from interp_edit.batching import encode_prompts
+
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
+        raise InvalidArgumentError(f"heldout_texts must be a non-empty list of strings, got {type(texts).__name__} {texts!r:.80}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidArgumentError(f"heldout_texts[{i}] must be a non-empty string, got {text!r:.80}")
+    for i, ids in enumerate(encode_prompts(model.tokenizer, texts)):
+        if len(ids) > model.cfg.n_ctx:
+            raise InvalidArgumentError(f"heldout_texts[{i}] is {len(ids)} tokens with BOS; the model's context is {model.cfg.n_ctx}")
+    return list(texts)
 
 
 class _Session:
@@ -153,10 +201,14 @@ class _Session:
 def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_size: int = 1, sequential: bool = False,
                    eval_every: int = 1, seed: int = 0, out: str | Path | None = None, unrelated: int = 100,
                    fluency: bool = True, max_new_tokens: int = 50, config: dict | None = None,
-                   progress: bool = True) -> ExperimentResult:
+                   progress: bool = True, protocol: str = "teacher_forced", gen_tokens: int = DEFAULT_GEN_TOKENS,
+                   heldout_texts: Sequence[str] | None = None) -> ExperimentResult:
     """Edit ``n`` cases of ``dataset`` (a :class:`~interp_edit.data.Dataset` or a name / path for
     :func:`~interp_edit.data.load_dataset`) with ``method`` in batches; see the module docstring.
-    ``config``: the editor's config fields (e.g. ``{"layers": (1, 2)}``).
+    ``config``: the editor's config fields (e.g. ``{"layers": (1, 2)}``). ``protocol``:
+    ``"teacher_forced"`` | ``"generation"`` | ``"both"``; ``gen_tokens``: the greedy tokens a
+    generation is judged on (``max_new_tokens`` is the fluency generations' length);
+    ``heldout_texts``: the held-out corpus of sequential runs (default: the toy world's).
 
     >>> res = run_experiment(model, "toyworld-counterfact", "memit", n=2, batch_size=2,
     ...                      unrelated=5, fluency=False, progress=False, out="run")
@@ -164,12 +216,20 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     (1, 'memit')
     >>> "efficacy_score" in res.final_metrics()
     True
+    >>> res = run_experiment(model, "toyworld-counterfact", "memit", n=2, batch_size=2, unrelated=5,
+    ...                      fluency=False, progress=False, protocol="both", sequential=True)
+    >>> [k for k in res.final_metrics() if k.startswith("gen_efficacy")], "heldout_perplexity" in res.baseline
+    (['gen_efficacy_exact', 'gen_efficacy_contains'], True)
     """
     from interp_edit.adapter import model_fingerprint
     from interp_edit.data import check_tokens, load_dataset
 
     if batch_size < 1 or eval_every < 1 or unrelated < 0:
         raise InvalidArgumentError(f"batch_size ({batch_size}) and eval_every ({eval_every}) must be >= 1, unrelated >= 0")
+    check_protocol(protocol)
+    check_gen_tokens(gen_tokens)
+    if heldout_texts is not None:
+        heldout_texts = _check_heldout(model, heldout_texts)
     from interp_edit.toyworld.model_world import check_same_world
 
     if isinstance(dataset, (str, Path)):
@@ -190,6 +250,19 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         "model_fingerprint": model_fingerprint(model), "case_ids": [c.case_id for c in edited],
         "library_version": _library_version(),  # results of another version are not resumed into
     }
+    settings["protocol"] = protocol  # (a file of an earlier version has none: it was teacher forced)
+    if protocol != "teacher_forced":
+        settings["gen_tokens"] = gen_tokens
+    heldout = None
+    if sequential:
+        heldout = heldout_texts if heldout_texts is not None else (
+            heldout_corpus(dataset.world) if getattr(dataset, "world", None) is not None else None)
+    if heldout is not None:
+        import hashlib
+
+        digest = hashlib.sha256("\x1f".join(heldout).encode()).hexdigest()
+        settings["heldout"] = {"n_texts": len(heldout), "sha256": digest}
+    measure = {"fluency": fluency, "max_new_tokens": max_new_tokens, "protocol": protocol, "gen_tokens": gen_tokens}
     folder = Path(out) if out is not None else None
     path = folder / RESULTS_FILE if folder is not None else None
     session = _Session(model, method, sequential, config, folder)
@@ -206,8 +279,9 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         if baseline is None:
             t0 = time.perf_counter()
             unrelated_now, reference = unrelated_metrics(model, probes)
-            rows = evaluate_cases(model, edited, fluency=fluency, max_new_tokens=max_new_tokens)
-            baseline = {"type": "baseline", "metrics": aggregate(rows) | unrelated_now, "unrelated_logprobs": reference,
+            rows = evaluate_cases(model, edited, **measure)
+            baseline = {"type": "baseline", "metrics": aggregate(rows) | unrelated_now | _collapse(model, heldout),
+                        "unrelated_logprobs": reference,
                         "seconds": time.perf_counter() - t0}
             if path is not None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +299,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
             edit_seconds = time.perf_counter() - t0
             edit.apply(model)
             applied.append(edit)
-            rows = evaluate_cases(model, cases, fluency=fluency, max_new_tokens=max_new_tokens)
+            rows = evaluate_cases(model, cases, **measure)
             all_rows += rows
             entry = {"type": "batch", "batch": b, "n_edited": sum(len(x) for x in batches[: b + 1]),
                      "case_ids": [c.case_id for c in cases], "edit_seconds": edit_seconds, "rows": rows}
@@ -233,10 +307,10 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                 drift, _ = unrelated_metrics(model, probes, reference)
                 if sequential:
                     so_far = [c for batch in batches[: b + 1] for c in batch]
-                    metrics = aggregate(evaluate_cases(model, so_far, fluency=fluency, max_new_tokens=max_new_tokens))
+                    metrics = aggregate(evaluate_cases(model, so_far, **measure))
                 else:
                     metrics = aggregate(all_rows)
-                entry["checkpoint"] = metrics | drift
+                entry["checkpoint"] = metrics | drift | _collapse(model, heldout)
             entry["edit_file"] = session.save(b, edit)
             if not sequential:
                 applied.pop().undo(model)
@@ -253,6 +327,13 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
             edit.undo(model)
     wall = baseline["seconds"] + sum(entry["seconds"] for entry in done)
     return ExperimentResult(settings, baseline["metrics"], done, wall, time.perf_counter() - start)
+
+
+def _collapse(model, heldout: list[str] | None) -> dict:
+    """``heldout_perplexity`` of the held-out corpus (nothing without one)."""
+    from interp_edit.evaluation.metrics import corpus_perplexity
+
+    return {} if heldout is None else {"heldout_perplexity": corpus_perplexity(model, heldout)}
 
 
 def _resume(path: Path | None, settings: dict) -> list[dict]:

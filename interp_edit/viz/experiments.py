@@ -1,12 +1,16 @@
 """Figures of editing experiments: metric curves vs number of edits, and several methods
 compared. An experiment evaluated once (one batch, or one checkpoint) has no curve: its
-metrics are drawn as bars, before (unedited) and after the edits."""
+metrics are drawn as bars, before (unedited) and after the edits. A sequential run also gets
+its collapse curves, next to the rest: the held-out perplexity and the accuracy on unedited
+facts vs number of edits (from the unedited model on)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 DEFAULT_CURVES = ("efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score",
+                  "gen_efficacy_exact", "gen_efficacy_contains", "gen_paraphrase_exact", "gen_paraphrase_contains",
+                  "gen_neighborhood_exact",
                   "multihop_accuracy", "efficacy_token_accuracy", "paraphrase_token_accuracy",
                   "specificity_token_accuracy", "mcq_reliability", "mcq_generalisation", "mcq_locality",
                   "mcq_portability", "unrelated_accuracy")
@@ -22,9 +26,39 @@ def _points(result, metric: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+#: the collapse curves of a sequential run: (metric, panel title)
+COLLAPSE_CURVES = (("heldout_perplexity", "held-out perplexity"), ("unrelated_accuracy", "unedited-fact accuracy"))
+
+
+def collapse_panels(result) -> list[tuple[str, str]]:
+    """The collapse curves a result has data for (sequential runs only), as (metric, title).
+
+    >>> res = run_experiment(model, "toyworld-counterfact", "memit", n=2, sequential=True,
+    ...                      unrelated=5, fluency=False, progress=False)
+    >>> collapse_panels(res)
+    [('heldout_perplexity', 'held-out perplexity'), ('unrelated_accuracy', 'unedited-fact accuracy')]
+    """
+    if not result.settings.get("sequential"):
+        return []
+    return [(m, title) for m, title in COLLAPSE_CURVES if any(m in point for point in result.checkpoints)]
+
+
+def _add_collapse(fig, result, panels: Sequence[tuple[str, str]], first_col: int) -> None:
+    import plotly.graph_objects as go
+
+    colors = {"heldout_perplexity": "#d62728", "unrelated_accuracy": "#2ca02c"}
+    for i, (metric, title) in enumerate(panels):
+        xs, ys = _points(result, metric)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=metric, line={"color": colors[metric]}),
+                      row=1, col=first_col + i)
+        fig.update_xaxes(title_text="number of edits", row=1, col=first_col + i)
+        fig.update_yaxes(title_text=title, row=1, col=first_col + i)
+
+
 def experiment_figure(result, metrics: Sequence[str] | None = None):
-    """Left: the chosen metrics vs number of edits (0 = unedited); right (MCQ data): option
-    entropy in bits vs number of edits."""
+    """Left: the chosen metrics vs number of edits (0 = unedited); then (MCQ data) option
+    entropy in bits vs number of edits; then (sequential runs) held-out perplexity and
+    unedited-fact accuracy vs number of edits."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -34,10 +68,13 @@ def experiment_figure(result, metrics: Sequence[str] | None = None):
     metrics = [m for m in (metrics or DEFAULT_CURVES) if m in last]
     s = result.settings
     mode = "sequential" if s["sequential"] else "independent (each batch undone)"
+    collapse = collapse_panels(result)
     if len(result.checkpoints) <= 1:
-        return _one_checkpoint_figure(result, metrics, f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}")
+        return _one_checkpoint_figure(result, metrics, f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}",
+                                      collapse)
     entropy = "option_entropy" in last
-    fig = make_subplots(rows=1, cols=2 if entropy else 1, subplot_titles=("metrics", "option entropy (bits)") if entropy else None)
+    titles = ["metrics"] + (["option entropy (bits)"] if entropy else []) + [title for _, title in collapse]
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles if len(titles) > 1 else None)
     for metric in metrics:
         xs, ys = _points(result, metric)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=metric), row=1, col=1)
@@ -45,28 +82,40 @@ def experiment_figure(result, metrics: Sequence[str] | None = None):
         xs, ys = _points(result, "option_entropy")
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name="option_entropy"), row=1, col=2)
         fig.update_xaxes(title_text="number of edits", row=1, col=2)
+    _add_collapse(fig, result, collapse, 2 + entropy)
     fig.update_xaxes(title_text="number of edits", row=1, col=1)
     fig.update_yaxes(title_text="value", row=1, col=1)
     fig.update_layout(title=f"{s['method']} on {s['dataset']}: batches of {s['batch_size']}, {mode}",
-                      width=1000 if entropy else 750, height=450, template="plotly_white")
+                      width=750 + 250 * (len(titles) - 1), height=450, template="plotly_white")
     return fit_layout(fig)
 
 
-def _one_checkpoint_figure(result, metrics: Sequence[str], title: str):
-    """Grouped bars: each metric unedited and after the edits (one evaluation, no curve)."""
+def _one_checkpoint_figure(result, metrics: Sequence[str], title: str, collapse: Sequence[tuple[str, str]] = ()):
+    """Grouped bars: each metric unedited and after the edits (one evaluation, no curve); a
+    sequential run's collapse curves (unedited and after the edits) beside them."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     from interp_edit.viz.layout import fit_layout
 
     last = result.checkpoints[-1] if result.checkpoints else {}
     before = [m for m in metrics if m in result.baseline]
-    fig = go.Figure()
+    if collapse:
+        fig = make_subplots(rows=1, cols=1 + len(collapse), column_widths=[0.6] + [0.4 / len(collapse)] * len(collapse),
+                            subplot_titles=["metrics", *(t for _, t in collapse)])
+        where = {"row": 1, "col": 1}
+    else:
+        fig, where = go.Figure(), {}
     if before:
-        fig.add_trace(go.Bar(x=before, y=[result.baseline[m] for m in before], name="unedited", marker_color="#9e9e9e"))
+        fig.add_trace(go.Bar(x=before, y=[result.baseline[m] for m in before], name="unedited", marker_color="#9e9e9e"),
+                      **where)
     fig.add_trace(go.Bar(x=list(metrics), y=[last[m] for m in metrics], name=f"after {last.get('n_edited', 0)} edits",
-                         marker_color="#1f77b4"))
-    fig.update_layout(title=title, barmode="group", yaxis_title="value", xaxis_tickangle=-30,
-                      width=max(500, 70 * len(metrics) + 200), height=480, template="plotly_white")
+                         marker_color="#1f77b4"), **where)
+    _add_collapse(fig, result, collapse, 2)
+    fig.update_xaxes(tickangle=-30, **where)
+    fig.update_yaxes(title_text="value", **where)
+    fig.update_layout(title=title, barmode="group", width=max(500, 70 * len(metrics) + 200) + 300 * len(collapse),
+                      height=480, template="plotly_white")
     return fit_layout(fig)
 
 
