@@ -128,8 +128,9 @@ def relation_locality(model, edit, requests: Sequence, *, world=None,
       and compared with ``reference``, the unedited answers per request (from
       :func:`unedited_answers` on the model before editing), which is then required.
 
-    >>> e = memit(model, records[:2])
-    >>> loc = relation_locality(model, e, records[:2])    # applies e, scores, undoes it
+    >>> people = records[::4][:2]                         # two people's birth cities
+    >>> e = memit(model, people)
+    >>> loc = relation_locality(model, e, people)         # applies e, scores, undoes it
     >>> len(loc.per_request)
     2
     """

@@ -189,7 +189,7 @@ def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=
               progress: bool = False, **overrides) -> Edit:
     """One AlphaEdit batch with a fresh :class:`AlphaEditor` (no earlier edits to preserve).
 
-    >>> e = alphaedit(model, records[:2])                  # or edit(model, records[:2], "alphaedit")
+    >>> e = alphaedit(model, records[::4][:2])             # two people; or edit(model, ..., "alphaedit")
     >>> len(e.requests), e.changes_weights
     (2, True)
     """

@@ -225,7 +225,7 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
     """One IntAttn-Edit batch edit of all ``requests`` (``W_O`` and ``W_out`` deltas). The model
     is unchanged; apply the returned :class:`Edit` with ``edit.apply(model)``.
 
-    >>> e = intattn(model, records[:2], alpha=0.2, stats_samples=500)
+    >>> e = intattn(model, records[::4][:2], alpha=0.2, stats_samples=500)   # two people
     >>> sorted({row["parameter"].split(".")[-1] for row in e.summary()})   # both sublayers
     ['W_O', 'W_out']
     >>> e.info["alpha"], e.info["alpha_source"]

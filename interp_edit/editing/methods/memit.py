@@ -108,13 +108,14 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     """One MEMIT batch edit of all ``requests``. The model is unchanged; apply the returned
     :class:`Edit` with ``edit.apply(model)``.
 
-    >>> e = memit(model, records[:3])                   # three facts in one batch
+    >>> people = records[::4][:3]                       # three people (one key each)
+    >>> e = memit(model, people)                        # their facts in one batch
     >>> e.layers() == list(MEMITConfig.for_model(model).layers)
     True
     >>> {row["rank"] for row in e.summary()}            # rank <= number of requests
     {3}
     >>> with e.applied(model):
-    ...     top = last_token_logits(model, [r.prompt.format(r.subject) for r in records[:3]]).argmax(-1)
+    ...     top = last_token_logits(model, [r.prompt.format(r.subject) for r in people]).argmax(-1)
     """
     cfg = resolve(MEMITConfig, model, config, overrides)
     check_layers(model, cfg.layers, "layers")

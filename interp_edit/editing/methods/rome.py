@@ -131,7 +131,7 @@ def rome(model, requests, config: ROMEConfig | None = None, *, corpus=None, cach
 
     >>> e = rome(model, [EditRequest("{} was born in", "Talvik Corlo", "Gemmel")])
     >>> e
-    Edit(method='rome', requests=1, deltas=[blocks.0.mlp.W_out (low_rank, rank 1, ‖Δ‖=...)])
+    Edit(method='rome', preset='toyworld', variant='r-rome', requests=1, deltas=[blocks.0.mlp.W_out (low_rank, rank 1, ‖Δ‖=...)])
     >>> with e.applied(model):
     ...     print(model.tokenizer.decode(last_token_logits(model, ["Talvik Corlo was born in"]).argmax(-1)))
      Gemmel
