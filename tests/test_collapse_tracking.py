@@ -121,10 +121,13 @@ def test_independent_runs_and_foreign_datasets_have_no_heldout_perplexity(toy_mo
 
 @pytest.mark.parametrize("texts", ["one string", [], ["ok", ""], ["ok", 3], ["word " * 5000], 7])
 def test_bad_heldout_texts_are_refused_before_any_edit(toy_model, monkeypatch, texts):
-    def no_edit(self, cases):
-        raise AssertionError("an edit was made")
+    """Refused up front: before the baseline is measured, let alone an edit made."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the experiment started")
 
-    monkeypatch.setattr(runner._Session, "edit", no_edit)
+    monkeypatch.setattr(runner._Session, "edit", no_work)
+    monkeypatch.setattr(runner, "evaluate_cases", no_work)
+    monkeypatch.setattr(runner, "unrelated_metrics", no_work)
     with pytest.raises(InvalidArgumentError, match="heldout_texts"):
         run_experiment(toy_model, "toyworld-counterfact", "ft", n=1, unrelated=1, fluency=False, progress=False,
                        sequential=True, heldout_texts=texts)

@@ -48,17 +48,19 @@ def reference_words(text: str) -> list[str]:
     return re.findall(r"\w+", text)
 
 
-@pytest.mark.parametrize("batch_size", [64, 2])
-def test_batched_greedy_decoding_equals_a_per_prompt_loop(toy_model, batch_size):
+@pytest.mark.parametrize(("batch_size", "n"), [(64, 10), (2, 10), (64, 3), (3, 1)])
+def test_batched_greedy_decoding_equals_a_per_prompt_loop(toy_model, batch_size, n):
+    """n=10: every row stops at end-of-text, at different steps; n=3 / 1: some rows are cut."""
     from interp_edit.evaluation.metrics import greedy_token_ids
 
-    got = greedy_token_ids(toy_model, PROMPTS, 10, batch_size=batch_size)
-    want = [reference_greedy(toy_model, p, 10) for p in PROMPTS]
+    got = greedy_token_ids(toy_model, PROMPTS, n, batch_size=batch_size)
+    want = [reference_greedy(toy_model, p, n) for p in PROMPTS]
     assert got == want
-    texts = gen.greedy_continuations(toy_model, PROMPTS, gen_tokens=10, batch_size=batch_size)
+    assert n == 10 or max(len(w) for w in want) == n
+    texts = gen.greedy_continuations(toy_model, PROMPTS, gen_tokens=n, batch_size=batch_size)
     assert texts == [toy_model.tokenizer.decode(w) for w in want]
     assert len({len(w) for w in want} | {len(toy_model.tokenizer.encode(p)) for p in PROMPTS}) > 1  # ragged batch
-    assert gen.greedy_continuations(toy_model, PROMPTS, gen_tokens=10, batch_size=batch_size) == texts  # deterministic
+    assert gen.greedy_continuations(toy_model, PROMPTS, gen_tokens=n, batch_size=batch_size) == texts  # deterministic
 
 
 def test_greedy_generate_keeps_its_output(toy_model):
@@ -151,10 +153,13 @@ def test_evaluate_cases_protocols(toy_model, toy_world):
                                               ({"gen_tokens": 0}, "gen_tokens"), ({"gen_tokens": True}, "gen_tokens"),
                                               ({"gen_tokens": 2.0}, "gen_tokens")])
 def test_bad_arguments_are_refused_before_any_edit(toy_model, monkeypatch, kwargs, name):
-    def no_edit(self, cases):
-        raise AssertionError("an edit was made")
+    """Refused up front: before the baseline is measured, let alone an edit made."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the experiment started")
 
-    monkeypatch.setattr(runner._Session, "edit", no_edit)
+    monkeypatch.setattr(runner._Session, "edit", no_work)
+    monkeypatch.setattr(runner, "evaluate_cases", no_work)
+    monkeypatch.setattr(runner, "unrelated_metrics", no_work)
     with pytest.raises(InvalidArgumentError, match=name):
         run_experiment(toy_model, "toyworld-counterfact", "ft", n=1, unrelated=1, fluency=False, progress=False, **kwargs)
 

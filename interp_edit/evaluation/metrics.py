@@ -200,7 +200,7 @@ def greedy_token_ids(model, prompts: Sequence[str], max_new_tokens: int = 50, ba
         starts = [len(r) for r in rows]
         done = [False] * len(rows)
         steps = max(0, min(max_new_tokens, model.cfg.n_ctx - max(len(r) for r in rows)))
-        for _ in range(steps - 1):
+        for _ in range(steps):
             tokens, lengths = pad_right(rows, tokenizer.pad_token_id or 0)
             logits = model(tokens.to(model.cfg.device))
             nxt = logits[torch.arange(len(rows)), lengths.to(logits.device) - 1].argmax(-1).tolist()
