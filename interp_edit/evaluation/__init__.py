@@ -36,9 +36,14 @@ from interp_edit.evaluation.metrics import (
     paraphrase_score,
     token_accuracy,
 )
+from interp_edit.evaluation.ripple import RippleResult, ripple_scores, ripple_study, toy_ripple_cases
 from interp_edit.evaluation.runner import run_experiment
 
 __all__ = [
+    "RippleResult",
+    "ripple_scores",
+    "ripple_study",
+    "toy_ripple_cases",
     "CommonsenseScores",
     "commonsense_efficacy",
     "commonsense_scores",
