@@ -104,3 +104,17 @@ def test_a_hand_made_case_scores_what_the_model_says(toy_model):
     case = RippleCase("x", "person", None, (RippleTest("relation_specificity", (prompt,), said, said),
                                            RippleTest("relation_specificity", ("Talvik Corlo works as a",), "zzz", "zzz")))
     assert ripple_scores(toy_model, [case])[0]["relation_specificity"] == 0.5
+
+
+@pytest.mark.slow
+def test_docs_evaluation_md_ripple_table(toy_model, toy_world):
+    """docs/evaluation.md: the ripple table (first 40 cases, each editor's own toy preset)."""
+    cases = toy_ripple_cases(toy_world, n=40)
+    expected = {"rome": (0.900, 0.688, 0.022, 0.350), "memit": (0.900, 0.625, 0.000, 0.367),
+                "alphaedit": (0.800, 0.625, 0.013, 0.417)}
+    for method, numbers in expected.items():
+        res = ripple_study(toy_model, method, cases)
+        s = res.summary()
+        assert res.known == {"compositionality_I": 20, "compositionality_II": 72, "relation_specificity": 60}
+        got = (s["efficacy"], s["compositionality_I"], s["compositionality_II"], s["relation_specificity"])
+        assert got == pytest.approx(numbers, abs=0.03), method
