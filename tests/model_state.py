@@ -3,6 +3,8 @@ applied edits."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from interp_edit.adapter import hook_counts
@@ -21,3 +23,18 @@ def assert_unchanged(model, state: dict[str, torch.Tensor], *, no_edits: bool = 
     assert hook_counts(model) == {}
     if no_edits:
         assert applied_edits(model) == []
+
+
+@contextlib.contextmanager
+def refused_before_any_forward(model):
+    """``with refused_before_any_forward(model):`` — the block must not run the model (its
+    forwards are counted at the embedding) and must leave it exactly as it was."""
+    calls = []
+    handle = model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
+    state = snapshot(model)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+    assert calls == [], "a forward ran before the bad input was refused"
+    assert_unchanged(model, state)

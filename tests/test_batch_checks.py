@@ -6,7 +6,7 @@ both places, while a fact restated by several requests is accepted."""
 from __future__ import annotations
 
 import pytest
-from model_state import assert_unchanged, snapshot
+from model_state import refused_before_any_forward
 
 from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.ablation import ablate_neurons
@@ -21,13 +21,8 @@ NEURONS = [Neuron("ffn", 2, 7), Neuron("attn", 3, 5, head=1)]
 
 @pytest.fixture
 def no_forward(toy_model):
-    calls = []
-    handle = toy_model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
-    state = snapshot(toy_model)
-    yield calls
-    handle.remove()
-    assert calls == [], "a forward ran before the bad input was refused"
-    assert_unchanged(toy_model, state)
+    with refused_before_any_forward(toy_model) as calls:
+        yield calls
 
 
 @pytest.mark.parametrize("prompts, targets, neurons, error, match", [

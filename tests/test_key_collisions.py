@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from model_state import assert_unchanged, snapshot
+from model_state import refused_before_any_forward
 
 from interp_edit.editing import EditRequest, edit
 from interp_edit.editing.requests import key_collisions, prepare_requests
@@ -26,13 +26,8 @@ SAME_SUBJECT = [EditRequest("{} was born in", SUBJECT, "Karsa"), EditRequest("{}
 
 @pytest.fixture
 def no_forward(toy_model):
-    calls = []
-    handle = toy_model.embed.register_forward_pre_hook(lambda module, args: calls.append(1))
-    state = snapshot(toy_model)
-    yield calls
-    handle.remove()
-    assert calls == []
-    assert_unchanged(toy_model, state)
+    with refused_before_any_forward(toy_model) as calls:
+        yield calls
 
 
 def test_one_subjects_relations_share_its_last_token_key(toy_model):
