@@ -6,7 +6,7 @@ Cases (:func:`toy_ripple_cases`), two kinds of edit, alternating:
 
 - a person's birth city moved to a city of another country. Tests:
   ``compositionality_I`` — the person's composed facts (birth country, its capital, its
-  language; every phrasing the world has) must give the new city's chain;
+  language; each in the composition's first trained phrasing and its held-out ones) must give the new city's chain;
   ``relation_specificity`` — the person's other relations (profession, language spoken,
   instrument) must keep their objects.
 - a city moved to another country. Tests: ``compositionality_II`` — people born in that city
