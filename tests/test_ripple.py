@@ -29,7 +29,7 @@ def test_every_expected_answer_is_the_worlds_truth(toy_world):
     country_of, capital, language = toy_world.city_country, toy_world.country_capital, toy_world.country_language
     born = {p.name: toy_world.person_attributes[p.name]["born_in"] for p in toy_world.people}
     for case in cases:
-        fact = case.fact
+        fact = case.rewrite
         if case.edit_kind == "person":
             old_city, new_city = fact.target_true, fact.target_new
             assert born[fact.subject] == old_city and country_of[new_city] != country_of[old_city]

@@ -185,5 +185,7 @@ def sniff_format(record: Any) -> str | None:
     if isinstance(rewrite, list):
         return "mquake"
     if isinstance(rewrite, dict):
+        if "tests" in record and "edit_kind" in record:
+            return "ripple"
         return "mcq" if "questions" in record else "counterfact"
     return None

@@ -28,6 +28,7 @@ def builtin_datasets() -> dict[str, BuiltinDataset]:
     """The datasets available by name (built offline from the toy world)."""
     from interp_edit.data import toyworld as toy
     from interp_edit.data.commonsense import toy_commonsense
+    from interp_edit.data.ripple import toy_ripple
 
     found = [
         BuiltinDataset("toyworld-counterfact", "counterfact", "every toy-world fact as a CounterFact case (+ multi-hop probes)", toy.toy_counterfact),
@@ -35,6 +36,7 @@ def builtin_datasets() -> dict[str, BuiltinDataset]:
         BuiltinDataset("toyworld-mquake", "mquake", "birth-city rewrites with 2-/3-hop questions through them", toy.toy_mquake),
         BuiltinDataset("toyworld-mcq", "mcq", "birth-city rewrites with four cloze multiple-choice questions", toy.toy_mcq),
         BuiltinDataset("toyworld-csk", "commonsense", "relation statements with verb / object spans (MEMIT-CSK)", toy_commonsense),
+        BuiltinDataset("toyworld-ripple", "ripple", "birth-city and city-country rewrites with ripple tests (RippleEdits)", toy_ripple),
     ]
     return {d.name: d for d in found}
 
@@ -42,10 +44,11 @@ def builtin_datasets() -> dict[str, BuiltinDataset]:
 def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None) -> Dataset:
     """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset`."""
     from interp_edit.data.commonsense import parse_commonsense
+    from interp_edit.data.ripple import parse_ripple
 
-    parsers = {**PARSERS, "commonsense": parse_commonsense}
+    parsers = {**PARSERS, "commonsense": parse_commonsense, "ripple": parse_ripple}
     if fmt not in parsers:
-        raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(FORMATS) + ['commonsense']}")
+        raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(parsers)}")
     parse = parsers[fmt]
     cases, skipped, seen = [], [], {}
     for index, record in enumerate(records):
@@ -104,7 +107,7 @@ def _from_hub(spec: str) -> list[dict]:
 def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict: bool = True,
                  world=None, seed: int = 0, tokenizer=None, model=None) -> Dataset:
     """A validated dataset: a built-in name (``toyworld-counterfact``, ``toyworld-zsre``,
-    ``toyworld-mquake``, ``toyworld-mcq``), a local ``.json`` (a list of records) or ``.jsonl``
+    ``toyworld-mquake``, ``toyworld-mcq``, ``toyworld-csk``, ``toyworld-ripple``), a local ``.json`` (a list of records) or ``.jsonl``
     file, or ``hf:owner/name[:split]``. The format is guessed from the first record unless
     given. With ``tokenizer``, targets must also tokenise to at least one token (see
     :func:`check_tokens`).

@@ -1,4 +1,4 @@
-"""Metrics of dataset cases (any of the four formats), one row per case, with every
+"""Metrics of dataset cases (any of the five formats), one row per case, with every
 teacher-forced continuation of all cases scored in shared batches.
 
 Row keys by format (see :mod:`interp_edit.evaluation.metrics` for the definitions):
@@ -15,7 +15,11 @@ Row keys by format (see :mod:`interp_edit.evaluation.metrics` for the definition
   ``efficacy_score`` (mean over the case's rewrites);
 - mcq: ``mcq_reliability``, ``mcq_generalisation``, ``mcq_locality``, ``mcq_portability``
   (accuracy per kind), ``option_entropy`` (bits, mean over the case's questions) and
-  ``option_entropy_<kind>``, ``efficacy_score``.
+  ``option_entropy_<kind>``, ``efficacy_score``;
+- ripple: ``efficacy_score``, ``efficacy_token_accuracy`` and, under every protocol, each ripple
+  kind's accuracy (``compositionality_I``, ``compositionality_II``, ``relation_specificity``;
+  a test is right when greedy decoding emits its answer on any phrasing, as RippleEdits judges
+  it; NaN for a kind the case has no test of).
 
 ``protocol="generation"`` replaces these teacher-forced metrics by the ``gen_*`` metrics of
 :mod:`interp_edit.evaluation.generation` (greedy decoding judged by exact / contains match);
@@ -30,6 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from interp_edit.data.cases import MCQ_KINDS, CounterFactCase, MCQCase, MQuAKECase, Rewrite, ZsRECase
+from interp_edit.data.ripple import RippleCase
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
 from interp_edit.evaluation.metrics import (
     any_phrasing_right,
@@ -109,6 +114,12 @@ def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tok
     if uses_generation(protocol):
         for row, found in zip(rows, generation_rows(model, cases, gen_tokens), strict=True):
             row.update(found)
+    ripple = [(row, case) for row, case in enumerate(cases) if isinstance(case, RippleCase)]
+    if ripple:
+        from interp_edit.evaluation.ripple import ripple_scores
+
+        for (row, _), found in zip(ripple, ripple_scores(model, [c for _, c in ripple]), strict=True):
+            rows[row].update({k: v for k, v in found.items() if k not in ("case_id", "edit_kind")})
     if fluency:
         generation = [(row, p) for row, case in enumerate(cases) if isinstance(case, CounterFactCase)
                       for p in (case.generation_prompts or (case.rewrite.text,))]
@@ -146,6 +157,10 @@ def _teacher_forced_rows(model, cases: Sequence, compare: str) -> list[dict]:
             finishers.append(lambda new=new, old=old, eff=eff: {
                 "multihop_accuracy": new(), "multihop_accuracy_original": old(),
                 "efficacy_score": _mean([float(f(compare)[2].float().mean()) for f in eff])})
+        elif isinstance(case, RippleCase):
+            eff = _comparison(pairs, [case.rewrite.text], case.rewrite)
+            finishers.append(lambda eff=eff: {"efficacy_score": float(eff(compare)[2].float().mean()),
+                                              "efficacy_token_accuracy": _mean(eff(compare)[0].token_accuracy)})
         elif isinstance(case, MCQCase):
             eff = _comparison(pairs, [case.rewrite.text], case.rewrite)
             mcq_questions += [(row, q) for q in case.questions]

@@ -134,6 +134,7 @@ def greedy_continuations(model, prompts: Sequence[str], gen_tokens: int = DEFAUL
 def _probes(case) -> list[tuple[str, str, tuple[str, ...]]]:
     """(metric kind, prompt, accepted answers) of one case."""
     from interp_edit.data.cases import CounterFactCase, MCQCase, MQuAKECase, ZsRECase
+    from interp_edit.data.ripple import RippleCase
 
     if isinstance(case, CounterFactCase):
         r = case.rewrite
@@ -146,14 +147,15 @@ def _probes(case) -> list[tuple[str, str, tuple[str, ...]]]:
         p = case.probe
         return ([("efficacy", r.text, (r.target_new,)) for r in case.requested_rewrite]
                 + [("multihop", q, (p.new_answer, *p.new_answer_aliases)) for q in p.questions])
-    if isinstance(case, MCQCase):
+    if isinstance(case, (MCQCase, RippleCase)):
         return [("efficacy", case.rewrite.text, (case.rewrite.target_new,))]
     raise TypeError(f"unsupported case type {type(case).__name__}")
 
 
 #: the metric kinds each case type reports (so a case without such prompts gets NaN)
 _KINDS = {"CounterFactCase": ("efficacy", "paraphrase", "neighborhood"), "ZsRECase": ("efficacy", "paraphrase", "specificity"),
-          "MQuAKECase": ("efficacy", "multihop"), "MCQCase": ("efficacy",)}
+          "MQuAKECase": ("efficacy", "multihop"), "MCQCase": ("efficacy",),
+          "RippleCase": ("efficacy",)}
 
 
 def generation_rows(model, cases: Sequence, gen_tokens: int = DEFAULT_GEN_TOKENS, batch_size: int = 64) -> list[dict]:

@@ -2,24 +2,19 @@
 toy world: an edit changes one fact, and the facts that follow from it must change with it,
 while the subject's other facts must not.
 
-Cases (:func:`toy_ripple_cases`), two kinds of edit, alternating:
-
-- a person's birth city moved to a city of another country. Tests:
-  ``compositionality_I`` — the person's composed facts (birth country, its capital, its
-  language; each in the composition's first trained phrasing and its held-out ones) must give the new city's chain;
-  ``relation_specificity`` — the person's other relations (profession, language spoken,
-  instrument) must keep their objects.
-- a city moved to another country. Tests: ``compositionality_II`` — people born in that city
-  must now come from the new country (the edited subject appears only as a hop).
-
-RippleEdits' other criteria need structure the toy world lacks, and are reported as such
-(:data:`UNAVAILABLE`): it has no inverse or symmetric relations (logical generalisation), one
-name per person (subject aliasing), and one object per subject and relation (forgetfulness).
+Cases: :mod:`interp_edit.data.ripple` (the built-in data set ``toyworld-ripple``, also
+:func:`toy_ripple_cases`): a person's birth city moved (``compositionality_I``,
+``relation_specificity``) or a city moved to another country (``compositionality_II``).
+RippleEdits' other criteria need structure the toy world lacks (:data:`UNAVAILABLE` says which
+and why).
 
 Scoring (:func:`ripple_scores`): a test is right when greedy decoding emits its expected
 answer on any of its phrasings (MQuAKE's rule, :func:`~interp_edit.evaluation.metrics.any_phrasing_right`).
 A row per case gives each kind's accuracy; score the unedited model too (``before=True``
-expects the answers before the edit) to keep the tests the model knew, as RippleEdits does.
+expects the answers before the edit) to keep the tests the model knew, as RippleEdits does
+(:func:`known_tests_only`). Experiments on ``toyworld-ripple``
+(:func:`~interp_edit.evaluation.run_experiment`) do both: the tests are filtered on the unedited
+model before any edit, and every row carries each kind's accuracy.
 
 >>> cases = toy_ripple_cases(world, n=2)
 >>> [c.edit_kind for c in cases], sorted({t.kind for t in cases[0].tests})
@@ -32,98 +27,26 @@ expects the answers before the edit) to keep the tests the model knew, as Ripple
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from interp_edit.editing.requests import EditRequest
-
-#: the RippleEdits criteria measured here
-RIPPLE_KINDS = ("compositionality_I", "compositionality_II", "relation_specificity")
-#: the criteria the toy world cannot pose, and why
-UNAVAILABLE = {
-    "logical_generalisation": "the toy world has no inverse or symmetric relations",
-    "subject_aliasing": "every person has one name",
-    "forgetfulness": "every relation has one object per subject",
-}
-
-
-@dataclass(frozen=True)
-class RippleTest:
-    """One consequence of an edit: its phrasings, the answer it must have after the edit
-    (``answer``) and the one it had before (``before``; equal for a fact that must not move)."""
-
-    kind: str
-    prompts: tuple[str, ...]
-    answer: str
-    before: str
-
-
-@dataclass(frozen=True)
-class RippleCase:
-    case_id: str
-    #: ``"person"`` (a birth city moved) or ``"city"`` (a city moved to another country)
-    edit_kind: str
-    fact: EditRequest
-    tests: tuple[RippleTest, ...]
-
-
-def _phrasings(comp) -> tuple[str, ...]:
-    return tuple(comp.train_templates[:1] + comp.heldout_templates)
-
-
-def _person_case(world, name: str, index: int, rng: random.Random) -> RippleCase:
-    from interp_edit.toyworld.templates import COMPOSITIONS, PERSON_RELATIONS, relation
-
-    old_city = world.lookup(name, "born_in")
-    country = world.lookup(old_city, "located_in")
-    new_city = rng.choice(sorted(c for c, k in world.city_country.items() if k != country))
-    tests = [RippleTest("compositionality_I", tuple(t.format(name) for t in _phrasings(comp)),
-                        world.chain(new_city, comp.hops[1:])[-1], world.chain(old_city, comp.hops[1:])[-1])
-             for comp in COMPOSITIONS]
-    tests += [RippleTest("relation_specificity", (relation(rel).canonical_template.format(name),),
-                         world.lookup(name, rel), world.lookup(name, rel))
-              for rel in PERSON_RELATIONS if rel != "born_in"]
-    fact = EditRequest(relation("born_in").canonical_template, name, new_city, old_city)
-    return RippleCase(f"person-{index}", "person", fact, tuple(tests))
-
-
-def _city_case(world, city: str, index: int, rng: random.Random, n_people: int) -> RippleCase:
-    from interp_edit.toyworld.templates import BIRTH_COUNTRY, relation
-
-    old = world.lookup(city, "located_in")
-    new = rng.choice(sorted(k for k in world.country_capital if k != old))
-    born_here = [p.name for p in world.people if world.lookup(p.name, "born_in") == city][:n_people]
-    tests = tuple(RippleTest("compositionality_II", tuple(t.format(p) for t in _phrasings(BIRTH_COUNTRY)), new, old)
-                  for p in born_here)
-    fact = EditRequest(relation("located_in").canonical_template, city, new, old)
-    return RippleCase(f"city-{index}", "city", fact, tests)
+from interp_edit.data.ripple import RIPPLE_KINDS, UNAVAILABLE, RippleCase, RippleTest
 
 
 def toy_ripple_cases(world, n: int | None = None, *, people_per_city: int = 5, seed: int = 0) -> list[RippleCase]:
     """``n`` ripple cases (all by default: one per person and per city, interleaved person,
-    city, person...), in a fixed shuffled order; see the module docstring.
+    city, person...), in a fixed shuffled order: the cases of the built-in data set
+    ``toyworld-ripple`` (:mod:`interp_edit.data.ripple`).
 
     >>> case = toy_ripple_cases(world, n=1)[0]           # a person's birth city moved
-    >>> case.fact.prompt, [t.kind for t in case.tests][:3]
+    >>> case.rewrite.prompt, [t.kind for t in case.tests][:3]
     ('{} was born in', ['compositionality_I', 'compositionality_I', 'compositionality_I'])
     """
-    from interp_edit.toyworld.world import stable_seed
+    from interp_edit.data.formats import Where
+    from interp_edit.data.ripple import parse_ripple, toy_ripple
 
-    rng = random.Random(stable_seed("ripple-cases", world.seed, seed))
-    people = [p.name for p in world.people]
-    cities = sorted(c for c in world.city_country if any(world.lookup(p, "born_in") == c for p in people))
-    rng.shuffle(people)
-    rng.shuffle(cities)
-    out: list[RippleCase] = []
-    for i in range(max(len(people), len(cities))):
-        if i < len(people):
-            out.append(_person_case(world, people[i], i, rng))
-        if i < len(cities):
-            out.append(_city_case(world, cities[i], i, rng, people_per_city))
-        if n is not None and len(out) >= n:
-            break
-    return out[:n]
+    records = toy_ripple(world, seed, n=n, people_per_city=people_per_city)
+    return [parse_ripple(r, Where("toyworld-ripple", i)) for i, r in enumerate(records)]
 
 
 def _answered(model, cases: Sequence[RippleCase], before: bool) -> list[list[bool]]:
@@ -161,6 +84,24 @@ def ripple_scores(model, cases: Sequence[RippleCase], *, before: bool = False) -
     it knew)."""
     return [{"case_id": c.case_id, "edit_kind": c.edit_kind, **_by_kind(c, flags)}
             for c, flags in zip(cases, _answered(model, cases, before), strict=True)]
+
+
+def known_tests_only(model, cases: Sequence[RippleCase]) -> tuple[list[RippleCase], dict[str, int]]:
+    """The cases with only the tests ``model`` (unedited) answers right before the edit
+    (RippleEdits' filter: a consequence the model never knew cannot ripple), and the number of
+    tests kept per kind. A case keeps its edit even when no test is left.
+
+    >>> kept, known = known_tests_only(model, toy_ripple_cases(world, n=2))
+    >>> sorted(known), len(kept)
+    (['compositionality_I', 'compositionality_II', 'relation_specificity'], 2)
+    """
+    from dataclasses import replace
+
+    cases = list(cases)
+    knew = _answered(model, cases, before=True)
+    kept = [replace(c, tests=tuple(t for t, k in zip(c.tests, flags, strict=True) if k))
+            for c, flags in zip(cases, knew, strict=True)]
+    return kept, {kind: sum(t.kind == kind for c in kept for t in c.tests) for kind in RIPPLE_KINDS}
 
 
 @dataclass
@@ -228,14 +169,14 @@ def ripple_study(model, method: str, cases: Sequence[RippleCase], *, config: dic
                        if t.kind == kind) for kind in RIPPLE_KINDS}
     rows = []
     for case, keep in zip(cases, knew, strict=True):
-        e = edit(model, [case.fact], method, **(config or {}))
+        e = edit(model, [case.rewrite.as_dict()], method, **(config or {}))
         with e.applied(model):
             flags = _answered(model, [case], before=False)[0]
-            efficacy = float(answered(model, [case.fact.text], [[case.fact.target_new]])[0])
+            efficacy = float(answered(model, [case.rewrite.text], [[case.rewrite.target_new]])[0])
         rows.append({"case_id": case.case_id, "edit_kind": case.edit_kind, **_by_kind(case, flags, keep),
                      "efficacy": efficacy})
     return RippleResult(method, rows, known, dict(UNAVAILABLE))
 
 
-__all__ = ["RIPPLE_KINDS", "UNAVAILABLE", "RippleCase", "RippleResult", "RippleTest", "ripple_scores", "ripple_study",
-           "toy_ripple_cases"]
+__all__ = ["RIPPLE_KINDS", "UNAVAILABLE", "RippleCase", "RippleResult", "RippleTest", "known_tests_only", "ripple_scores",
+           "ripple_study", "toy_ripple_cases"]

@@ -20,6 +20,11 @@ of the targets), ``"generation"`` (greedy decoding of ``gen_tokens`` tokens judg
 contains match, :mod:`interp_edit.evaluation.generation`) or ``"both"`` (both sets of metrics in
 one table).
 
+On a ``ripple`` data set (``toyworld-ripple``) the edited cases keep only the ripple tests the
+unedited model answers right (RippleEdits' filter, :func:`~interp_edit.evaluation.ripple.known_tests_only`,
+run before any edit; ``settings["ripple_known_tests"]`` counts them per kind), and every row
+carries each ripple kind's accuracy.
+
 Independent mode undoes each batch's edit before the next; sequential mode keeps them
 (AlphaEdit through one :class:`~interp_edit.editing.AlphaEditor`, so later batches preserve the
 keys of earlier ones; other methods are simply called on the edited model). The model gets its
@@ -50,7 +55,7 @@ from interp_edit.progress import progress_bar
 
 RESULTS_FILE = "results.jsonl"
 #: the case formats :func:`evaluate_cases` measures
-EXPERIMENT_FORMATS = ("counterfact", "zsre", "mquake", "mcq")
+EXPERIMENT_FORMATS = ("counterfact", "zsre", "mquake", "mcq", "ripple")
 #: the toy world's held-out corpus: this many texts of ``CorpusSampler(world, seed=HELDOUT_SEED)``
 #: (training samples with its config's seed, 0 by default; the statistics with 7919)
 HELDOUT_SEED = 104729
@@ -242,6 +247,11 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     dataset = check_tokens(dataset, model.tokenizer)
     config = dict(config or {})
     edited, others = _select(dataset, n, unrelated, seed)
+    ripple_known = None
+    if dataset.format == "ripple":  # RippleEdits' filter, on the unedited model, before any edit
+        from interp_edit.evaluation.ripple import known_tests_only
+
+        edited, ripple_known = known_tests_only(model, edited)
     batches = [edited[i : i + batch_size] for i in range(0, len(edited), batch_size)]
     settings = {
         "dataset": dataset.name, "format": dataset.format, "method": method, "n": len(edited), "batch_size": batch_size,
@@ -251,6 +261,8 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         "library_version": _library_version(),  # results of another version are not resumed into
     }
     settings["protocol"] = protocol  # (a file of an earlier version has none: it was teacher forced)
+    if ripple_known is not None:
+        settings["ripple_known_tests"] = ripple_known
     if protocol != "teacher_forced":
         settings["gen_tokens"] = gen_tokens
     heldout = None
