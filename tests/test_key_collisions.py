@@ -65,3 +65,25 @@ def test_distinct_subjects_raise_nothing_and_the_repr_names_preset_and_variant(t
         e = edit(toy_model, distinct, "rome", strict=True, **FAST["rome"])
     assert e.info["key_collisions"] == [] and "WARNING" not in repr(e)
     assert repr(e).startswith("Edit(method='rome', preset='toyworld', variant='r-rome', requests=2")
+
+
+CSK_FAST = dict(layers=(1, 2), steps=2, n_prefixes=1, prefix_length=3, prefix_lengths=None)
+CSK_SAME_SUBJECT = [EditRequest("{} was born in", SUBJECT, "Karsa", verb="was born in"),
+                    EditRequest("{} works as a", SUBJECT, "baker", verb="works as a")]
+
+
+def test_memit_csk_checks_keys_at_its_edit_token_before_any_forward(toy_model, no_forward):
+    """MEMIT-CSK keys on a chosen token: one subject's two statements collide at the subject's
+    last token (refused under strict before any forward), not at the verb's."""
+    with pytest.raises(EditRequestError, match=r"MEMITCSK: requests \[0, 1\] \('Talvik Corlo'.*share one key"):
+        edit(toy_model, CSK_SAME_SUBJECT, "memit_csk", strict=True, edit_token="subject_last", **CSK_FAST)
+
+
+def test_memit_csk_warns_and_records_collisions_but_not_at_distinct_verbs(toy_model):
+    with pytest.warns(KeyCollisionWarning, match=r"MEMITCSK: requests \[0, 1\]"):
+        e = edit(toy_model, CSK_SAME_SUBJECT, "memit_csk", edit_token="subject_last", **CSK_FAST)
+    assert e.info["key_collisions"] == [[0, 1]] and "WARNING: requests [0, 1] share one key" in repr(e)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeyCollisionWarning)
+        e = edit(toy_model, CSK_SAME_SUBJECT, "memit_csk", strict=True, edit_token="verb_last", **CSK_FAST)
+    assert e.info["key_collisions"] == [] and "WARNING" not in repr(e)

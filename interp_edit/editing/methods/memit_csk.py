@@ -20,6 +20,10 @@ configurable edit token and a layer window chosen by causal tracing. Spec: metho
   token the subject's corruption cannot reach, would make any window arbitrary).
 
 ``edit.info`` records the edit token, the layers edited and, for ``"auto"``, the AIE curves.
+Requests that share one key at the edit token (the same tokens up to it, different new
+targets: e.g. one subject's two relations edited at ``subject_last``) are warned about with
+:class:`~interp_edit.errors.KeyCollisionWarning` — refused with ``strict=True`` — before any
+tracing or statistics, and recorded in ``edit.info["key_collisions"]``, as for MEMIT.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from interp_edit.analysis.layers import select_layer_window
 from interp_edit.editing.closed_form import check_layers, memit_left_factor
 from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit
+from interp_edit.editing.edit_token_choice import check_key_collisions
 from interp_edit.editing.methods.memit import MEMITConfig, memit_probe
 from interp_edit.editing.requests import EDIT_TOKENS, TokenizedRequest, prepare_requests
 from interp_edit.editing.spread import probe_keys, spread_update
@@ -166,6 +171,7 @@ def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=N
         check_layers(model, cfg.layers, "layers")
     fingerprint = model_fingerprint(model)
     treqs = prepare_requests(model, requests, fingerprint, edit_token=cfg.edit_token)
+    collisions = check_key_collisions(model, treqs, cfg)  # before tracing and statistics
     start = time.perf_counter()
     aie_info = None
     layers = tuple(cfg.layers) if not cfg.auto_layers else None
@@ -186,7 +192,7 @@ def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=N
     info = {"edit_token": cfg.edit_token, "layers": list(layers), "edit_positions": [r.edit_position for r in treqs],
             "target_nll": result.target_nll,
             "seconds": {"trace": trace_seconds, "stats": stats_seconds, **result.timings},
-            "stats": provenance_records(statistics)}
+            "stats": provenance_records(statistics), "key_collisions": collisions}
     if aie_info is not None:
         info["aie"] = aie_info
     return Edit("memit_csk", result.deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info)
