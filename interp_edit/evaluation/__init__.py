@@ -36,10 +36,14 @@ from interp_edit.evaluation.metrics import (
     paraphrase_score,
     token_accuracy,
 )
-from interp_edit.evaluation.ripple import RippleResult, ripple_scores, ripple_study, toy_ripple_cases
+from interp_edit.evaluation.ripple import RippleResult, known_tests_only, ripple_scores, ripple_study, toy_ripple_cases
 from interp_edit.evaluation.runner import run_experiment
+from interp_edit.evaluation.study import GapRippleStudy, gap_ripple_study
 
 __all__ = [
+    "GapRippleStudy",
+    "gap_ripple_study",
+    "known_tests_only",
     "RippleResult",
     "ripple_scores",
     "ripple_study",
