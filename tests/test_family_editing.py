@@ -38,6 +38,8 @@ def _config(name: str, n_layers: int) -> dict:
     return {
         "rome": dict(FAST, layer=mid),
         "memit": dict(FAST, layers=(0, mid)),
+        "emmet": dict(FAST, layers=(mid,)),
+        "grace": dict(layer=mid, n_iter=5),
         # the tiny models' key covariances are full rank: the published absolute threshold (2e-2)
         # calls nothing "null" (a zero edit); the scale-free rule keeps the weak half
         "alphaedit": dict(FAST, layers=(0, mid), nullspace_rule="relative", nullspace_threshold=0.5),

@@ -24,7 +24,7 @@ from interp_edit.evaluation.logprobs import continuation_logprobs
 from interp_edit.precision import add_delta_, check_dtype
 
 CLEAN, CORRUPTED = "Talvik Corlo was born in", "Fenpas Astlo was born in"
-EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega")
+EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega", "emmet", "grace")
 #: float16 matrix products are slow on the CPU (ROME: 35 s): the default suite runs these two
 FAST_FP16_EDITORS = ("ft", "fine")
 

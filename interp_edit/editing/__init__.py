@@ -12,8 +12,10 @@ imports a method."""
 from interp_edit.editing.edit import Edit, LowRankDelta, SparseRowDelta, applied_edits
 from interp_edit.editing.methods.ace import ACEConfig, ACERequest, ace
 from interp_edit.editing.methods.alphaedit import AlphaEditConfig, AlphaEditor, alphaedit
+from interp_edit.editing.methods.emmet import EMMETConfig, emmet
 from interp_edit.editing.methods.fine import FiNEConfig, fine
 from interp_edit.editing.methods.finetune import FTConfig, finetune
+from interp_edit.editing.methods.grace import GRACEConfig, grace
 from interp_edit.editing.methods.intattn import IntAttnConfig, intattn
 from interp_edit.editing.methods.mega import GatedLinearMap, MEGAConfig, mega
 from interp_edit.editing.methods.memit import MEMITConfig, memit
@@ -30,10 +32,12 @@ __all__ = [
     "ace",
     "AlphaEditConfig",
     "AlphaEditor",
+    "EMMETConfig",
     "Edit",
     "EditRequest",
     "Editor",
     "FTConfig",
+    "GRACEConfig",
     "FiNEConfig",
     "IntAttnConfig",
     "LowRankDelta",
@@ -49,9 +53,11 @@ __all__ = [
     "applied_edits",
     "edit",
     "editors",
+    "emmet",
     "fine",
     "finetune",
     "get_editor",
+    "grace",
     "intattn",
     "mega",
     "memit",

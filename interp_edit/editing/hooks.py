@@ -2,7 +2,8 @@
 
 An :class:`~interp_edit.editing.edit.Edit` may carry, besides weight deltas, activation hooks:
 objects with a TransformerLens hook-point name that change the activation there at inference
-(MEGA's gated linear map on the attention output; the plain additive steering vector below).
+(MEGA's gated linear map on the attention output; GRACE's key-value codebook; the plain
+additive steering vector below).
 They follow the :class:`ActivationHook` protocol so that ``apply`` / ``undo`` / ``hooked`` /
 ``save`` / ``load`` treat them like deltas. Every hook class lives in this module
 (the editors that build them import it) and is listed in :func:`hook_kinds`, which ``Edit.load``
@@ -185,6 +186,86 @@ class GatedLinearMap:
                 "gate_threshold": self.gate_threshold if self.gate_thresholds is None else self.gate_thresholds.tolist()}
 
 
+#: where a GRACE codebook's match replaces the activation (see :class:`GraceCodebook`)
+GRACE_REPLACEMENTS = ("last", "prompt", "all")
+
+
+@dataclass(frozen=True)
+class GraceCodebook:
+    """The hook of a GRACE edit: keys [n, d], values [n, d] and radii ε [n] at ``hook_name``;
+    ``replacement`` says which positions a match replaces (see :mod:`interp_edit.editing.methods.grace`).
+    A position is matched when its activation lies within ε of its nearest key.
+
+    >>> book = GraceCodebook("blocks.3.hook_mlp_out", keys=torch.zeros(1, 2), values=torch.ones(1, 2),
+    ...                      epsilons=torch.tensor([1.0]))
+    >>> book(torch.tensor([[[0.5, 0.0], [3.0, 0.0]]]))  # the first position is within ε of the key
+    tensor([[[1., 1.],
+             [3., 0.]]])
+    """
+
+    hook_name: str
+    keys: Float[Tensor, "n d"]
+    values: Float[Tensor, "n d"]
+    epsilons: Float[Tensor, " n"]
+    replacement: str = "last"
+
+    kind: ClassVar[str] = "grace_codebook"
+
+    def nearest(self, act: Float[Tensor, "*batch d"]) -> tuple[Tensor, Tensor]:
+        """Per position: the distance to the nearest key and its index."""
+        flat = act.detach().float().reshape(-1, act.shape[-1])
+        keys = self.keys.detach().to(act.device, torch.float32)
+        # no matrix-product shortcut: a key's own activation is at distance exactly 0
+        dist = torch.cdist(flat, keys, compute_mode="donot_use_mm_for_euclid_dist")
+        best, index = dist.min(-1)
+        return best.reshape(act.shape[:-1]), index.reshape(act.shape[:-1])
+
+    def matches(self, act: Float[Tensor, "*batch d"]) -> tuple[Tensor, Tensor]:
+        """Per position: whether it is within its nearest key's radius, and that key."""
+        best, index = self.nearest(act)
+        return best <= self.epsilons.to(act.device, torch.float32)[index], index
+
+    def __call__(self, act: Float[Tensor, "batch pos d"], hook: Any = None) -> Float[Tensor, "batch pos d"]:
+        hit, index = self.matches(act)
+        if not bool(hit.any()):
+            return act
+        if self.replacement == "last":
+            where, chosen = hit, index
+        else:  # per sequence, the key of its last matched position
+            pos = torch.arange(act.shape[1], device=act.device).expand_as(hit)
+            last = torch.where(hit, pos, -1).amax(-1)  # [batch], -1: no match
+            chosen = index.gather(1, last.clamp(min=0)[:, None]).expand_as(index)
+            rows = (last >= 0)[:, None]
+            where = rows & (pos < last[:, None]) if self.replacement == "prompt" else rows.expand_as(hit)
+        values = self.values.to(act.device, act.dtype)[chosen]
+        return torch.where(where[..., None], values, act)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"keys": self.keys, "values": self.values, "epsilons": self.epsilons}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"replacement": self.replacement}
+
+    @classmethod
+    def from_saved(cls, hook_name: str, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> GraceCodebook:
+        keys, values, eps = tensors["keys"], tensors["values"], tensors["epsilons"]
+        if keys.dim() != 2 or values.shape != keys.shape or eps.shape != keys.shape[:1]:
+            raise ValueError(f"codebook tensors of shapes keys {tuple(keys.shape)}, values {tuple(values.shape)}, "
+                             f"epsilons {tuple(eps.shape)} do not fit together")
+        if metadata.get("replacement") not in GRACE_REPLACEMENTS:
+            raise ValueError(f"replacement {metadata.get('replacement')!r} is not one of {GRACE_REPLACEMENTS}")
+        return cls(hook_name, keys, values, eps, metadata["replacement"])
+
+    def check(self, model) -> None:
+        check_hook_width(model, self.hook_name, self.keys.shape[-1], self.kind)
+
+    def describe(self) -> dict[str, Any]:
+        n = int(self.keys.shape[0])
+        return {"kind": self.kind, "rank": n, "keys": n, "replacement": self.replacement,
+                "delta_norm": float((self.values - self.keys).double().norm(dim=-1).mean()) if n else 0.0,
+                "eps_min": float(self.epsilons.min()) if n else 0.0, "eps_max": float(self.epsilons.max()) if n else 0.0}
+
+
 def hook_kinds() -> dict[str, type]:
     """Every activation-hook class an edit file may hold, by its ``kind``."""
-    return {cls.kind: cls for cls in (AdditiveSteering, GatedLinearMap)}
+    return {cls.kind: cls for cls in (AdditiveSteering, GatedLinearMap, GraceCodebook)}

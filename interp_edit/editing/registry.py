@@ -35,14 +35,16 @@ def editors() -> dict[str, Editor]:
     """Every registered editing method, by name.
 
     >>> sorted(editors())
-    ['ace', 'alphaedit', 'fine', 'ft', 'intattn', 'mega', 'memit', 'memit_csk', 'rome']
+    ['ace', 'alphaedit', 'emmet', 'fine', 'ft', 'grace', 'intattn', 'mega', 'memit', 'memit_csk', 'rome']
     >>> editors()["memit"].description
     'batch update spread over MLP layers (Meng et al. 2023)'
     """
     from interp_edit.editing.methods.ace import ACEConfig, ace, check_ace_items
     from interp_edit.editing.methods.alphaedit import AlphaEditConfig, alphaedit
+    from interp_edit.editing.methods.emmet import EMMETConfig, emmet
     from interp_edit.editing.methods.fine import FiNEConfig, fine
     from interp_edit.editing.methods.finetune import FTConfig, finetune
+    from interp_edit.editing.methods.grace import GRACEConfig, grace
     from interp_edit.editing.methods.intattn import IntAttnConfig, intattn
     from interp_edit.editing.methods.mega import MEGAConfig, mega
     from interp_edit.editing.methods.memit import MEMITConfig, memit
@@ -59,6 +61,8 @@ def editors() -> dict[str, Editor]:
                prepare=fix_auto_layers),
         Editor("intattn", IntAttnConfig, intattn, "joint MLP W_out + attention W_O update, attention share alpha (IntAttn-Edit)"),
         Editor("mega", MEGAConfig, mega, "gated linear maps on attention outputs, no weight change (MEGA activation steering)"),
+        Editor("emmet", EMMETConfig, emmet, "batched ROME: equality constraints per request (EMMET, Gupta et al. 2024)"),
+        Editor("grace", GRACEConfig, grace, "discrete key-value codebook replacing one layer's output, no weight change (GRACE, Hartvigsen et al. 2023)"),
         Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)",
                takes_cases=True, default_data="toyworld-mquake", prepare=check_ace_items),
     ]
