@@ -29,6 +29,13 @@ _SITE_HOOKS = {
     "mlp_pre_linear": "blocks.{layer}.mlp.hook_pre_linear",
     "ln1_post_scale": "blocks.{layer}.ln1_post.hook_scale",
     "ln2_post_scale": "blocks.{layer}.ln2_post.hook_scale",
+    # edge-level sites: they exist only under the circuits engine's ``edge_hook_mode``
+    # (TransformerLens's use_attn_result / use_split_qkv_input / use_hook_mlp_in)
+    "result": "blocks.{layer}.attn.hook_result",
+    "q_input": "blocks.{layer}.hook_q_input",
+    "k_input": "blocks.{layer}.hook_k_input",
+    "v_input": "blocks.{layer}.hook_v_input",
+    "mlp_in": "blocks.{layer}.hook_mlp_in",
 }
 
 

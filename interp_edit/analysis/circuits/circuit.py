@@ -1,0 +1,279 @@
+"""Circuits from edge scores: top-n and greedy edge selection, and faithfulness curves measured
+by running the model with only the kept edges from the clean run.
+
+>>> c = find_circuit(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+...                  method="eap_ig_inputs", ig_steps=3, n_edges=30, curve=(0, 10, 30))
+>>> c.n_edges, c.curve_sizes, len(c.edges)
+(30, (0, 10, 30), 30)
+>>> round(c.faithfulness[0], 6)               # no edge kept: the corrupted run
+0.0
+>>> fig = c.plot()                            # the kept edges, layers top to bottom
+
+A circuit's faithfulness is ``(M(circuit) − M(corrupted)) / (M(clean) − M(corrupted))``, where
+``M(circuit)`` is the metric of the clean run in which every edge outside the circuit is
+patched: its receiver reads the corrupted run's output of its sender (all edges patched is the
+corrupted run, none the clean run). Selections order the edges, and the circuit of ``k`` edges
+is the first ``k``:
+
+- ``"top_n"``: by |score|, largest first;
+- ``"greedy"``: grown back from the logits: at each step the edge of largest |score| among
+  those whose receiver belongs to a node already in the circuit (the logits; a head whose
+  output an edge already carries — with grouped-query attention a key/value receiver belongs to
+  every query head reading it; an MLP), so the circuit stays connected to the output.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from interp_edit.analysis.circuits.engine import (
+    Task,
+    check_arguments,
+    check_edge_model,
+    masked_forward,
+    prepare_task,
+    sender_outputs,
+)
+from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
+from interp_edit.analysis.circuits.scores import EdgeScores, check_score_arguments, scores_for_task
+from interp_edit.errors import InvalidArgumentError
+
+SELECTIONS = ("top_n", "greedy")
+
+
+@dataclass
+class CircuitResult:
+    """A circuit: the first ``n_edges`` edges of ``order`` (indices into
+    ``scores.graph.edges()``), with the faithfulness of the circuits of ``curve_sizes`` edges.
+
+    >>> c = find_circuit(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+    ...                  method="eap", n_edges=20, selection="greedy", curve=(20,))
+    >>> c.selection, c.edges[0][0].endswith("-> logits")   # greedy starts at the logits
+    ('greedy', True)
+    """
+
+    scores: EdgeScores
+    selection: str
+    n_edges: int
+    order: list[int]
+    curve_sizes: tuple[int, ...]
+    faithfulness: tuple[float, ...]
+    #: the metric of the full model and of the corrupted run, through the same patched forward
+    clean_value: float
+    corrupted_value: float
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def graph(self) -> EdgeGraph:
+        return self.scores.graph
+
+    @property
+    def edges(self) -> list[tuple[str, float]]:
+        """The kept edges as (``"sender -> receiver"``, score), in selection order."""
+        edges, flat = self.graph.edges(), self.scores.flat()
+        return [(self.graph.edge_name(*edges[i]), flat[i].item()) for i in self.order[:self.n_edges]]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[sender, receiver] booleans: True on the kept edges."""
+        keep = torch.zeros_like(self.graph.allowed)
+        for i in self.order[:self.n_edges]:
+            s, r = self.graph.edges()[i]
+            keep[s, r] = True
+        return keep
+
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        at_n = (self.faithfulness[self.curve_sizes.index(self.n_edges)] if self.n_edges in self.curve_sizes else None)
+        return short_repr("CircuitResult", selection=repr(self.selection), method=repr(self.scores.method),
+                          metric=repr(self.scores.metric), edges=f"{self.n_edges}/{self.graph.n_edges}",
+                          faithfulness=None if at_n is None else number(at_n, 3),
+                          curve="[" + ", ".join(f"{k}: {number(f, 3)}" for k, f in
+                                                zip(self.curve_sizes, self.faithfulness, strict=True)) + "]",
+                          clean=text(self.scores.clean_prompts[0], 40), prompts=str(len(self.scores.clean_prompts)),
+                          top="[" + "; ".join(f"{n} {number(v, 3)}" for n, v in self.edges[:2]) + "]")
+
+    def plot(self, view: str = "graph"):
+        """``view="graph"``: the kept edges (layers top to bottom, blue +, red −, width |score|);
+        ``"faithfulness"``: the faithfulness curve.
+
+        >>> fig = find_circuit(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+        ...                    method="eap", n_edges=10, curve=(10,)).plot("faithfulness")
+        """
+        from interp_edit.analysis.circuits.figure import circuit_figure, faithfulness_figure
+
+        if view == "faithfulness":
+            return faithfulness_figure(self)
+        if view != "graph":
+            raise InvalidArgumentError(f"view must be 'graph' or 'faithfulness', got {view!r}")
+        note = ""
+        if self.n_edges in self.curve_sizes:
+            note = f", faithfulness {self.faithfulness[self.curve_sizes.index(self.n_edges)]:.3f}"
+        return circuit_figure(self.scores, self.order[:self.n_edges],
+                              f"{self.selection} circuit: {self.n_edges} edges by {self.scores.method} score{note}")
+
+    def to_dict(self) -> dict:
+        return dict(kind="CircuitResult", selection=self.selection, n_edges=self.n_edges,
+                    edges=[[n, v] for n, v in self.edges], curve_sizes=list(self.curve_sizes),
+                    faithfulness=list(self.faithfulness), clean_value=self.clean_value,
+                    corrupted_value=self.corrupted_value, settings=self.settings, scores=self.scores.to_dict())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the circuit (kept edges, curve, and every edge's score) as JSON, atomically."""
+        from interp_edit.atomic_files import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+
+def select_edges(scores: EdgeScores, selection: str = "top_n") -> list[int]:
+    """Every allowed edge's index (into ``scores.graph.edges()``) in the order ``selection``
+    adds them (see the module docstring); greedy lists only the edges it can reach.
+
+    >>> s = edge_scores(model, "Talvik Corlo was born in", "Beldel Kordor was born in", method="eap")
+    >>> order = select_edges(s, "greedy")
+    >>> s.graph.receivers[s.graph.edges()[order[0]][1]].name    # greedy starts at the logits
+    'logits'
+    """
+    flat = scores.flat()
+    if selection == "top_n":
+        return flat.abs().argsort(descending=True, stable=True).tolist()
+    graph = scores.graph
+    edges = graph.edges()
+    by_receiver: dict[int, list[int]] = {}
+    for i, (_, r) in enumerate(edges):
+        by_receiver.setdefault(r, []).append(i)
+    owners: dict[int, list[int]] = {}  # sender index -> the receivers its node owns
+    for r, receiver in enumerate(graph.receivers):
+        if receiver.kind in ("q", "k", "v"):
+            for h in receiver.heads:
+                owners.setdefault(graph.sender_index(f"a{receiver.layer}.h{h}"), []).append(r)
+        elif receiver.kind == "mlp":
+            owners.setdefault(graph.sender_index(f"m{receiver.layer}"), []).append(r)
+    heap: list[tuple[float, int]] = []
+    active: set[int] = set()
+
+    def activate(r):
+        if r not in active:
+            active.add(r)
+            for i in by_receiver.get(r, []):
+                heapq.heappush(heap, (-abs(flat[i].item()), i))
+
+    activate(graph.receiver_index("logits"))
+    order, in_circuit = [], set()
+    while heap:
+        _, i = heapq.heappop(heap)
+        order.append(i)
+        s = edges[i][0]
+        if s not in in_circuit:
+            in_circuit.add(s)
+            for r in owners.get(s, []):
+                activate(r)
+    return order
+
+
+@torch.no_grad()
+def faithfulness_curve(model, task: Task, graph: EdgeGraph, order: Sequence[int], sizes: Sequence[int],
+                       max_rows: int = 64) -> tuple[list[float], float, float]:
+    """Faithfulness of the circuits made of the first ``k`` edges of ``order`` for each ``k``
+    of ``sizes`` (one patched forward per circuit and prompt), with the engine's clean and
+    corrupted metric values. :func:`find_circuit` calls it; ``task`` comes from
+    :func:`interp_edit.analysis.circuits.engine.prepare_task`.
+
+    >>> from interp_edit.analysis.circuits.engine import prepare_task
+    >>> task = prepare_task(model, "Talvik Corlo was born in", "Beldel Kordor was born in")
+    >>> g = edge_graph(model)
+    >>> faith, full, corrupted = faithfulness_curve(model, task, g, list(range(g.n_edges)), [0, g.n_edges])
+    >>> [round(f, 4) for f in faith]
+    [0.0, 1.0]
+    """
+    corrupt_out = sender_outputs(model, graph, task.corrupted)
+    edges = graph.edges()
+    ranks = torch.full((len(edges),), len(edges) + 1)
+    ranks[torch.tensor(list(order), dtype=torch.long)] = torch.arange(len(order))
+    edge_s = torch.tensor([s for s, _ in edges])
+    edge_r = torch.tensor([r for _, r in edges])
+    n_prompts = task.n_prompts
+    # the full model (nothing patched) and the corrupted run (everything patched) first
+    masks = [torch.zeros_like(graph.allowed, dtype=torch.float32), graph.allowed.float()]
+    for k in sizes:
+        patched = torch.zeros(graph.allowed.shape)
+        dropped = ranks >= k
+        patched[edge_s[dropped], edge_r[dropped]] = 1.0
+        masks.append(patched)
+    values = []
+    per_chunk = max(1, max_rows // n_prompts)
+    device = task.clean.device
+    for start in range(0, len(masks), per_chunk):
+        chunk = torch.stack(masks[start:start + per_chunk]).to(device)
+        rows = chunk.shape[0] * n_prompts
+        row_prompt = torch.arange(n_prompts, device=device).repeat(chunk.shape[0])
+        mask = chunk.repeat_interleave(n_prompts, 0)
+        logits = masked_forward(model, graph, task.clean[row_prompt], corrupt_out[row_prompt], mask)
+        values += task.metric_rows(logits, row_prompt).reshape(rows // n_prompts, n_prompts).mean(1).tolist()
+    m_clean, m_corrupt = values[0], values[1]
+    denom = m_clean - m_corrupt
+    if abs(denom) < 1e-12:
+        raise InvalidArgumentError("the clean and corrupted prompts score the same; faithfulness is undefined")
+    return [(v - m_corrupt) / denom for v in values[2:]], m_clean, m_corrupt
+
+
+def _default_sizes(n_total: int, n_edges: int) -> list[int]:
+    sizes, k = {0, n_edges, n_total}, 1
+    while k < n_total:
+        sizes.add(k)
+        k *= 2
+    return sorted(s for s in sizes if s <= n_total)
+
+
+def find_circuit(
+    model,
+    clean: str | Sequence[str],
+    corrupted: str | Sequence[str],
+    *,
+    answer: str | Sequence[str] | None = None,
+    foil: str | Sequence[str] | None = None,
+    metric: str = "logit_diff",
+    method: str = "eap_ig_inputs",
+    ig_steps: int = 5,
+    n_edges: int = 50,
+    selection: str = "top_n",
+    curve: Sequence[int] | None = None,
+    max_rows: int | None = None,
+) -> CircuitResult:
+    """The circuit of ``n_edges`` edges that ``selection`` picks from :func:`edge_scores` by
+    ``method`` (``direction="noise"``), and its faithfulness curve over ``curve`` (edge counts;
+    default 0, 1, 2, 4, …, every edge, and ``n_edges``). Arguments as :func:`edge_scores`; all
+    are checked before any forward, and the model is left as it was.
+
+    >>> c = find_circuit(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+    ...                  method="eap", n_edges=5, curve=(5,))
+    >>> len(c.edges), c.curve_sizes
+    (5, (5,))
+    """
+    from interp_edit.validation import check_choice, check_int, check_sequence
+
+    check_score_arguments(method, "noise", ig_steps, max_rows)
+    check_arguments(clean, corrupted, answer, foil, metric)
+    check_choice(selection, "selection", SELECTIONS)
+    check_edge_model(model)
+    graph = edge_graph(model)
+    check_int(n_edges, "n_edges", minimum=0, maximum=graph.n_edges)
+    if curve is not None:
+        curve = check_sequence(curve, "curve")
+        for i, k in enumerate(curve):
+            check_int(k, f"curve[{i}]", minimum=0, maximum=graph.n_edges)
+    task = prepare_task(model, clean, corrupted, answer, foil, metric)
+    scores = scores_for_task(model, graph, task, method=method, ig_steps=ig_steps, direction="noise", max_rows=max_rows)
+    order = select_edges(scores, selection)
+    n_edges = min(n_edges, len(order))
+    sizes = tuple(sorted(set(curve))) if curve is not None else tuple(_default_sizes(len(order), n_edges))
+    faith, m_clean, m_corrupt = faithfulness_curve(model, task, graph, order, sizes, max_rows or 64)
+    return CircuitResult(scores, selection, n_edges, order, sizes, tuple(faith), m_clean, m_corrupt,
+                         settings=dict(max_rows=max_rows))

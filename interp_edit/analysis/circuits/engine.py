@@ -1,0 +1,322 @@
+"""The edge engine: a task's tokens and metric, the hook points of the edge graph, and the two
+kinds of forward every circuit score is built from.
+
+- :func:`masked_forward`: a forward in which receiver ``r`` of row ``i`` reads, for every
+  sender ``s`` with ``mask[i, s, r] = 1``, the source run's output of ``s`` instead of this
+  run's (``input_r + Σ_s mask · (source_s − current_s)``); one row per patched edge gives exact
+  edge patching, one row per circuit gives a circuit's faithfulness.
+- :func:`receiver_gradients`: one forward + backward giving ∂metric/∂(every receiver input)
+  and every sender's output, for a whole batch of prompts.
+
+Both run inside :func:`edge_hook_mode`, which turns on the TransformerLens options that give
+every head its own output (``use_attn_result``) and its own q / k / v input
+(``use_split_qkv_input``), and the MLP its own input (``use_hook_mlp_in``), and restores the
+model's settings afterwards, also on an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp_edit.adapter import hook_name
+from interp_edit.analysis.circuits.graph import EdgeGraph
+from interp_edit.analysis.scoring import Target, encode_target, score_logits, score_positions
+from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
+
+#: the metrics a circuit is scored with; ``kl`` is KL(p_clean ‖ p_run) at the scored positions
+METRICS = ("logit_diff", "prob", "logprob", "kl")
+
+#: the adapter's sites (:func:`~interp_edit.adapter.hooks.hook_name`) of the edge-level hook
+#: points, by receiver kind; they exist only under :func:`edge_hook_mode`
+_EDGE_SITES = {"result": "result", "q": "q_input", "k": "k_input", "v": "v_input", "mlp": "mlp_in"}
+#: the TransformerLens options :func:`edge_hook_mode` turns on
+_MODES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+
+
+def check_edge_model(model) -> None:
+    """Raise :class:`UnsupportedArchitectureError` for a model whose edges this engine cannot
+    separate (before any forward)."""
+    from interp_edit.adapter import bridge
+    from interp_edit.adapter.architecture import architecture
+
+    if bridge.is_bridge(model):
+        raise UnsupportedArchitectureError(
+            "circuits need HookedTransformer's per-head q/k/v inputs (use_split_qkv_input); the "
+            "TransformerBridge backend has none: load the model with backend='hooked'")
+    arch = architecture(model)
+    if arch.post_norms:
+        raise UnsupportedArchitectureError(
+            f"model {arch.family!r} normalises each sublayer's output (post-norms): a head's share of the "
+            "normed attention output is not separable, so its edges are not defined here")
+    if arch.grouped_query and getattr(model.cfg, "ungroup_grouped_query_attention", False):
+        raise UnsupportedArchitectureError(
+            "ungroup_grouped_query_attention=True gives every query head its own key/value input; "
+            "the edge graph has one per key/value head: load the model without it")
+
+
+@contextlib.contextmanager
+def edge_hook_mode(model, results: bool = True):
+    """The model with per-head results (``results``: not needed where no sender is read),
+    split q/k/v inputs and MLP-input hooks; its settings (and hooks) are as before on leaving,
+    also on an exception."""
+    check_edge_model(model)
+    before = {name: getattr(model.cfg, name) for name in _MODES}
+    try:
+        for name in _MODES:
+            setattr(model.cfg, name, results or name != "use_attn_result")
+        yield model
+    finally:
+        for name, value in before.items():
+            setattr(model.cfg, name, value)
+
+
+def sender_hooks(graph: EdgeGraph) -> list[tuple[str, slice, bool]]:
+    """(hook name, sender slice, has a head axis) for every sender group, in forward order."""
+    out = [(hook_name("resid_pre", 0), graph.layer_senders("input", None), False)]
+    for layer in range(graph.n_layers):
+        out.append((hook_name(_EDGE_SITES["result"], layer), graph.layer_senders("head", layer), True))
+        out.append((hook_name("mlp_out", layer), graph.layer_senders("mlp", layer), False))
+    return out
+
+
+def receiver_hooks(graph: EdgeGraph) -> list[tuple[str, slice, bool]]:
+    """(hook name, receiver slice, has a head axis) for every receiver group."""
+    out = []
+    for layer in range(graph.n_layers):
+        for kind in ("q", "k", "v"):
+            out.append((hook_name(_EDGE_SITES[kind], layer), graph.layer_receivers(kind, layer), True))
+        out.append((hook_name(_EDGE_SITES["mlp"], layer), graph.layer_receivers("mlp", layer), False))
+    out.append((hook_name("resid_post", graph.n_layers - 1), graph.layer_receivers("logits", None), False))
+    return out
+
+
+# --- the task -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """Clean and corrupted prompts (BOS first, right-padded; each pair of one length), their
+    targets and the metric. Right padding is exact: a causal model's real positions never read
+    the padding."""
+
+    clean_prompts: tuple[str, ...]
+    corrupted_prompts: tuple[str, ...]
+    clean: Int[Tensor, "prompt pos"]
+    corrupted: Int[Tensor, "prompt pos"]
+    targets: tuple[Target, ...]
+    positions: tuple[tuple[int, ...], ...]
+    metric: str
+    #: log-probabilities of the clean run at each prompt's scored positions (for ``kl``)
+    clean_logprobs: tuple[Tensor, ...]
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.targets)
+
+    def metric_rows(self, logits: Float[Tensor, "row pos vocab"], row_prompt: Int[Tensor, " row"]) -> Float[Tensor, " row"]:
+        """The metric of each row (row ``i`` is a run of prompt ``row_prompt[i]``); differentiable."""
+        out = torch.zeros(logits.shape[0], device=logits.device)
+        for i in range(self.n_prompts):
+            rows = (row_prompt == i).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            scored = logits[rows][:, list(self.positions[i])]
+            if self.metric == "kl":
+                ref = self.clean_logprobs[i]
+                values = (ref.exp() * (ref - torch.log_softmax(scored.float(), -1))).sum((-1, -2))
+            else:
+                values = score_logits(scored, self.targets[i], self.metric)
+            out = out.index_copy(0, rows, values.float())
+        return out
+
+    def mean_metric(self, logits: Float[Tensor, "prompt pos vocab"]) -> Tensor:
+        return self.metric_rows(logits, torch.arange(self.n_prompts, device=logits.device)).mean()
+
+
+def as_prompt_list(value, name: str) -> list[str]:
+    from interp_edit.validation import check_sequence, check_str
+
+    items = [value] if isinstance(value, str) else check_sequence(value, name)
+    for i, item in enumerate(items):
+        check_str(item, name, index=i if not isinstance(value, str) else None)
+    return items
+
+
+def _as_targets(value, name: str, n: int) -> list[str | None]:
+    from interp_edit.validation import check_sequence, check_str
+
+    if value is None or isinstance(value, str):
+        check_str(value, name, optional=True)
+        return [value] * n
+    items = check_sequence(value, name)
+    if len(items) != n:
+        raise InvalidArgumentError(f"{name} has {len(items)} entries but there are {n} prompts")
+    for i, item in enumerate(items):
+        check_str(item, name, index=i)
+    return items
+
+
+def check_arguments(clean, corrupted, answer, foil, metric) -> tuple[list[str], list[str], list, list]:
+    """Every argument of a task checked, nothing run: the lists of prompts, answers and foils."""
+    from interp_edit.validation import check_choice
+
+    check_choice(metric, "metric", METRICS)
+    cleans, corrupts = as_prompt_list(clean, "clean"), as_prompt_list(corrupted, "corrupted")
+    if len(cleans) != len(corrupts):
+        raise InvalidArgumentError(f"clean has {len(cleans)} prompts but corrupted has {len(corrupts)}")
+    answers = _as_targets(answer, "answer", len(cleans))
+    foils = _as_targets(foil, "foil", len(cleans))
+    return cleans, corrupts, answers, foils
+
+
+@torch.no_grad()
+def prepare_task(model, clean, corrupted, answer=None, foil=None, metric: str = "logit_diff") -> Task:
+    """Tokenise and check a task; the answer defaults to the clean run's top token and the
+    foil (``logit_diff``) to the corrupted run's. Errors name the prompt's index."""
+    from interp_edit.batching import pad_right
+    from interp_edit.validation import check_prompt_batch
+
+    cleans, corrupts, answers, foils = check_arguments(clean, corrupted, answer, foil, metric)
+    clean_ids = check_prompt_batch(model, cleans, "clean")
+    corrupt_ids = check_prompt_batch(model, corrupts, "corrupted")
+    for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids, strict=True)):
+        if len(a) != len(b):
+            raise InvalidArgumentError(
+                f"clean[{i}] {cleans[i]!r} has {len(a)} tokens but corrupted[{i}] {corrupts[i]!r} has {len(b)}; "
+                "edge patching needs the two prompts of a pair to have one length")
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = model.cfg.device
+    c_tokens, lengths = pad_right(clean_ids, pad)
+    k_tokens, _ = pad_right(corrupt_ids, pad)
+    last = torch.arange(len(cleans)), lengths - 1
+    top_clean = model(c_tokens.to(device), return_type="logits")[last].argmax(-1).cpu()
+    top_corrupt = model(k_tokens.to(device), return_type="logits")[last].argmax(-1).cpu()
+    targets, full_clean, full_corrupt = [], [], []
+    for i in range(len(cleans)):
+        ids = encode_target(tok, answers[i], cleans[i]) if answers[i] is not None else (int(top_clean[i]),)
+        foil_id = None
+        if metric == "logit_diff":
+            foil_id = encode_target(tok, foils[i], cleans[i])[0] if foils[i] is not None else int(top_corrupt[i])
+            if foil_id == ids[0]:
+                raise InvalidArgumentError(
+                    f"the foil {tok.decode([foil_id])!r} of prompt {i} equals its answer; pass answer= and foil= that differ")
+        extra = list(ids[:-1])
+        if len(clean_ids[i]) + len(extra) > model.cfg.n_ctx:
+            from interp_edit.errors import PromptTooLongError
+
+            raise PromptTooLongError(f"clean[{i}] {cleans[i]!r} with its answer exceeds the model's context {model.cfg.n_ctx}")
+        text = answers[i] if answers[i] is not None else tok.decode(list(ids))
+        targets.append(Target(text, tuple(ids), foil_id))
+        full_clean.append(clean_ids[i] + extra)
+        full_corrupt.append(corrupt_ids[i] + extra)
+    c_tokens, _ = pad_right(full_clean, pad)
+    k_tokens, _ = pad_right(full_corrupt, pad)
+    positions = tuple(tuple(score_positions(len(clean_ids[i]), targets[i])) for i in range(len(cleans)))
+    c_tokens, k_tokens = c_tokens.to(device), k_tokens.to(device)
+    logits = model(c_tokens, return_type="logits")
+    logprobs = tuple(torch.log_softmax(logits[i, list(positions[i])].float(), -1) for i in range(len(cleans)))
+    return Task(tuple(cleans), tuple(corrupts), c_tokens, k_tokens, tuple(targets), positions, metric, logprobs)
+
+
+# --- forwards -----------------------------------------------------------------------------
+
+
+def _grouped(act: Tensor, heads: bool) -> Tensor:
+    """A hook's activation as [row, pos, group, d_model]."""
+    return act if heads else act.unsqueeze(2)
+
+
+@torch.no_grad()
+def sender_outputs(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"],
+                   hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "row pos sender d_model"]:
+    """Every sender's output (what it adds to the residual stream) in one forward."""
+    out = torch.zeros(*tokens.shape, len(graph.senders), model.cfg.d_model, device=tokens.device)
+
+    def keep(act, hook, sl, heads):
+        out[:, :, sl] = _grouped(act, heads).float()
+
+    with edge_hook_mode(model), model.hooks(fwd_hooks=list(hooks) + [(n, functools.partial(keep, sl=sl, heads=h))
+                                                                       for n, sl, h in sender_hooks(graph)]):
+        model(tokens, return_type="logits")
+    return out
+
+
+@torch.no_grad()
+def masked_forward(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"],
+                   source: Float[Tensor, "row pos sender d_model"], mask: Float[Tensor, "row sender receiver"],
+                   more: Sequence[tuple[Tensor, Tensor]] = ()) -> Float[Tensor, "row pos vocab"]:
+    """Logits of a forward in which receiver ``r`` of row ``i`` reads ``source[i]``'s output of
+    every sender ``s`` with ``mask[i, s, r] = 1`` instead of this run's: its input becomes
+    ``input + Σ_s mask[i, s, r] (source[i, s] − current[i, s])``. ``more``: further
+    (source, mask) pairs read the same way (their masks must not overlap)."""
+    pairs = [(source, mask.to(source.dtype))] + [(src, m.to(src.dtype)) for src, m in more]
+    diffs = [torch.zeros_like(src) for src, _ in pairs]
+
+    def on_sender(act, hook, sl, heads):
+        current = _grouped(act, heads).float()
+        for diff, (src, _) in zip(diffs, pairs, strict=True):
+            diff[:, :, sl] = src[:, :, sl] - current
+
+    def on_receiver(act, hook, sl, heads):
+        add = sum(torch.einsum("bpsd,bsr->bprd", diff, m[:, :, sl]) for diff, (_, m) in zip(diffs, pairs, strict=True))
+        return act + (add if heads else add[:, :, 0]).to(act.dtype)
+
+    hooks = [(n, functools.partial(on_sender, sl=sl, heads=h)) for n, sl, h in sender_hooks(graph)]
+    hooks += [(n, functools.partial(on_receiver, sl=sl, heads=h)) for n, sl, h in receiver_hooks(graph)]
+    with edge_hook_mode(model), model.hooks(fwd_hooks=hooks):
+        return model(tokens, return_type="logits")
+
+
+@torch.no_grad()
+def edge_forward(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"], delta: Float[Tensor, "row pos d_model"],
+                 receiver: Int[Tensor, " row"]) -> Float[Tensor, "row pos vocab"]:
+    """Logits of a forward in which the input of receiver ``receiver[i]`` of row ``i`` gets
+    ``delta[i]`` added (−1: nothing). With ``delta`` a sender's source minus base output, this
+    is :func:`masked_forward` with one edge per row, without its [row, pos, sender, d_model]
+    bookkeeping: nothing upstream of the receiver changes, so the sender's output in this run
+    is its base output."""
+
+    def on_receiver(act, hook, sl, heads):
+        rows = ((receiver >= sl.start) & (receiver < sl.stop)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return act
+        act = act.clone()
+        if heads:
+            act[rows, :, receiver[rows] - sl.start] += delta[rows].to(act.dtype)
+        else:
+            act[rows] += delta[rows].to(act.dtype)
+        return act
+
+    hooks = [(n, functools.partial(on_receiver, sl=sl, heads=h)) for n, sl, h in receiver_hooks(graph)]
+    with edge_hook_mode(model, results=False), model.hooks(fwd_hooks=hooks):
+        return model(tokens, return_type="logits")
+
+
+def receiver_gradients(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"], metric_fn: Callable[[Tensor], Tensor],
+                       hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "row pos receiver d_model"]:
+    """∂ metric_fn(logits) / ∂(each receiver's input) from one forward and one backward
+    (``hooks`` run first, e.g. an interpolated input); parameters get no gradient."""
+    probes: list[tuple[slice, bool, Tensor]] = []
+
+    def on_receiver(act, hook, sl, heads):
+        probe = torch.zeros_like(act, requires_grad=True)
+        probes.append((sl, heads, probe))
+        return act + probe
+
+    fwd = list(hooks) + [(n, functools.partial(on_receiver, sl=sl, heads=h)) for n, sl, h in receiver_hooks(graph)]
+    with torch.enable_grad(), edge_hook_mode(model), model.hooks(fwd_hooks=fwd):
+        value = metric_fn(model(tokens, return_type="logits"))
+        grads = torch.autograd.grad(value, [p for _, _, p in probes], allow_unused=True)
+    out = torch.zeros(*tokens.shape, len(graph.receivers), model.cfg.d_model, device=tokens.device)
+    for (sl, heads, _), grad in zip(probes, grads, strict=True):
+        if grad is not None:
+            out[:, :, sl] = _grouped(grad, heads).float()
+    return out

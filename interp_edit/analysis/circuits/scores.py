@@ -1,0 +1,252 @@
+"""Edge scores: exact edge patching, EAP, EAP-IG (over inputs, over activations) and the
+clean–corrupted variant, for a batch of clean / corrupted prompt pairs.
+
+>>> s = edge_scores(model, "Talvik Corlo was born in", "Beldel Kordor was born in", method="eap")
+>>> s.scores.shape, s.method                  # [sender, receiver] of edge_graph(model)
+(torch.Size([31, 79]), 'eap')
+>>> name, value = s.top(1)[0]                 # the edge whose corruption moves the metric most
+
+An edge's score is the change of the metric (averaged over the prompts) when that edge alone is
+patched: with ``direction="noise"`` (the default, as in EAP) the clean run with the receiver
+reading the corrupted run's output of the sender, ``M(patched) − M(clean)``; with
+``"denoise"`` the corrupted run reading the clean output, ``M(patched) − M(corrupted)``.
+
+- ``"exact"``: that patched forward, one row per edge and prompt, batched (``max_rows``).
+- ``"eap"``: the first-order term ``Δ_s · ∂M/∂x_r`` at the base run, Δ_s the source minus
+  base output of the sender and x_r the receiver's input; one forward + backward in all.
+- ``"eap_ig_inputs"``: Δ_s · the mean of ∂M/∂x_r over ``ig_steps`` runs whose input embeddings
+  are ``corrupted + α (clean − corrupted)``, α = k / ig_steps for k = 1 … ig_steps (the right
+  Riemann sum of the path integral; ``ig_steps=1`` is EAP at the clean run).
+- ``"eap_ig_activations"``: the same, but the path moves the *sender's own* layer output (the
+  input, the heads of a layer together, or an MLP) from its corrupted to its clean value while
+  the rest of the run is clean; (2 n_layers + 1) · ig_steps forward + backward passes.
+- ``"clean_corrupted"``: Δ_s · the mean of the gradients at the clean and the corrupted runs.
+
+Metrics (:data:`~interp_edit.analysis.circuits.engine.METRICS`): ``logit_diff`` (answer −
+foil), ``prob``, ``logprob`` and ``kl`` (KL(p_clean ‖ p_run): zero with zero gradient at the
+clean run, so EAP scores it 0 — use EAP-IG).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp_edit.analysis.circuits.engine import (
+    Task,
+    check_arguments,
+    check_edge_model,
+    edge_forward,
+    prepare_task,
+    receiver_gradients,
+    sender_hooks,
+    sender_outputs,
+)
+from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
+
+METHODS = ("exact", "eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted")
+DIRECTIONS = ("noise", "denoise")
+
+
+@dataclass
+class EdgeScores:
+    """Scores of every edge of :attr:`graph`: ``scores[s, r]`` (0 where ``graph.allowed`` is
+    False), in units of the metric, with the clean and corrupted runs' metric values.
+
+    >>> s = edge_scores(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
+    ...                 method="eap_ig_inputs", ig_steps=3)
+    >>> s.ig_steps, len(s.top(5))
+    (3, 5)
+    >>> s.edge("m0", "logits") == s.scores[s.graph.sender_index("m0"), -1].item()
+    True
+    """
+
+    graph: EdgeGraph
+    scores: Float[Tensor, "sender receiver"]
+    method: str
+    metric: str
+    direction: str
+    ig_steps: int | None
+    clean_value: float
+    corrupted_value: float
+    clean_prompts: tuple[str, ...]
+    corrupted_prompts: tuple[str, ...]
+    answers: tuple[str, ...]
+    settings: dict = field(default_factory=dict)
+
+    def flat(self) -> Float[Tensor, " edge"]:
+        """The scores of the allowed edges in :meth:`EdgeGraph.edges` order."""
+        return self.scores[self.graph.allowed]
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` edges of largest absolute score, as (``"sender -> receiver"``, score)."""
+        edges = self.graph.edges()
+        flat = self.flat()
+        order = flat.abs().argsort(descending=True, stable=True)[:n]
+        return [(self.graph.edge_name(*edges[i]), flat[i].item()) for i in order.tolist()]
+
+    def edge(self, sender: str, receiver: str) -> float:
+        """The score of one edge, by the names of its sender and receiver."""
+        return self.scores[self.graph.sender_index(sender), self.graph.receiver_index(receiver)].item()
+
+    def __repr__(self) -> str:
+        from interp_edit.reprs import number, short_repr, text
+
+        best = self.top(3)
+        return short_repr("EdgeScores", method=repr(self.method), metric=repr(self.metric), direction=repr(self.direction),
+                          ig_steps=None if self.ig_steps is None else str(self.ig_steps), prompts=str(len(self.clean_prompts)),
+                          clean=text(self.clean_prompts[0], 40), edges=str(self.graph.n_edges),
+                          clean_value=number(self.clean_value), corrupted_value=number(self.corrupted_value),
+                          top="[" + "; ".join(f"{n} {number(v, 3)}" for n, v in best) + "]")
+
+    def plot(self, n_edges: int = 40):
+        """The graph of the ``n_edges`` top-scoring edges (see :meth:`CircuitResult.plot`)."""
+        from interp_edit.analysis.circuits.figure import circuit_figure
+
+        order = self.flat().abs().argsort(descending=True, stable=True)[:n_edges]
+        return circuit_figure(self, order.tolist(), f"top {len(order)} edges by |{self.method} score|")
+
+    def to_dict(self) -> dict:
+        return dict(kind="EdgeScores", method=self.method, metric=self.metric, direction=self.direction,
+                    ig_steps=self.ig_steps, clean_value=self.clean_value, corrupted_value=self.corrupted_value,
+                    clean_prompts=list(self.clean_prompts), corrupted_prompts=list(self.corrupted_prompts),
+                    answers=list(self.answers), settings=self.settings, family=self.graph.family,
+                    senders=[s.name for s in self.graph.senders], receivers=[r.name for r in self.graph.receivers],
+                    edges=[[self.graph.edge_name(s, r), self.scores[s, r].item()] for s, r in self.graph.edges()])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the scores as JSON (atomically: a reader never sees half a file)."""
+        from interp_edit.atomic_files import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+
+def check_score_arguments(method, direction, ig_steps, max_rows) -> None:
+    from interp_edit.validation import check_choice, check_int
+
+    check_choice(method, "method", METHODS)
+    check_choice(direction, "direction", DIRECTIONS)
+    check_int(ig_steps, "ig_steps", minimum=1)
+    if max_rows is not None:
+        check_int(max_rows, "max_rows", minimum=1)
+
+
+def edge_scores(
+    model,
+    clean: str | Sequence[str],
+    corrupted: str | Sequence[str],
+    *,
+    answer: str | Sequence[str] | None = None,
+    foil: str | Sequence[str] | None = None,
+    metric: str = "logit_diff",
+    method: str = "eap_ig_inputs",
+    ig_steps: int = 5,
+    direction: str = "noise",
+    max_rows: int | None = None,
+) -> EdgeScores:
+    """Score every edge of :func:`edge_graph` ``(model)`` by ``method`` (see the module
+    docstring) over the prompt pairs ``clean[i]`` / ``corrupted[i]`` (one string each, or lists
+    of equal length; the two prompts of a pair must have one token length). ``answer`` defaults
+    to each clean prompt's top token, ``foil`` (``logit_diff``) to the corrupted one's.
+    ``max_rows``: the rows of one exact-patching forward (default 64). The model is left as it
+    was; every argument is checked before any forward.
+
+    >>> s = edge_scores(model, ["Talvik Corlo was born in", "Beldel Kordor was born in"],
+    ...                 ["Beldel Kordor was born in", "Talvik Corlo was born in"],
+    ...                 answer=["Karsa", "Gemmel"], method="clean_corrupted", metric="prob")
+    >>> s.method, s.answers
+    ('clean_corrupted', ('Karsa', 'Gemmel'))
+    """
+    check_score_arguments(method, direction, ig_steps, max_rows)
+    check_arguments(clean, corrupted, answer, foil, metric)
+    check_edge_model(model)
+    task = prepare_task(model, clean, corrupted, answer, foil, metric)
+    graph = edge_graph(model)
+    return scores_for_task(model, graph, task, method=method, ig_steps=ig_steps, direction=direction, max_rows=max_rows)
+
+
+def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_steps: int, direction: str,
+                    max_rows: int | None) -> EdgeScores:
+    clean_out = sender_outputs(model, graph, task.clean)
+    corrupt_out = sender_outputs(model, graph, task.corrupted)
+    with torch.no_grad():
+        m_clean = task.mean_metric(model(task.clean, return_type="logits")).item()
+        m_corrupt = task.mean_metric(model(task.corrupted, return_type="logits")).item()
+    base_tokens, base_out, source_out = ((task.clean, clean_out, corrupt_out) if direction == "noise"
+                                         else (task.corrupted, corrupt_out, clean_out))
+    delta = source_out - base_out
+    if method == "exact":
+        scores = _exact(model, graph, task, base_tokens, delta, max_rows or 64)
+    elif method == "eap":
+        scores = _contract(graph, delta, receiver_gradients(model, graph, base_tokens, task.mean_metric))
+    elif method == "clean_corrupted":
+        grads = (receiver_gradients(model, graph, task.clean, task.mean_metric)
+                 + receiver_gradients(model, graph, task.corrupted, task.mean_metric)) / 2
+        scores = _contract(graph, delta, grads)
+    elif method == "eap_ig_inputs":
+        grads = _ig_gradients(model, graph, task, 0, clean_out, corrupt_out, ig_steps)
+        scores = _contract(graph, delta, grads)
+    else:
+        scores = torch.zeros(len(graph.senders), len(graph.receivers))
+        for group in range(len(sender_hooks(graph))):
+            grads = _ig_gradients(model, graph, task, group, clean_out, corrupt_out, ig_steps)
+            sl = sender_hooks(graph)[group][1]
+            scores[sl] = _contract(graph, delta, grads)[sl]
+    return EdgeScores(graph, scores, method, task.metric, direction,
+                      ig_steps if method.startswith("eap_ig") else None, m_clean, m_corrupt,
+                      task.clean_prompts, task.corrupted_prompts, tuple(t.text for t in task.targets),
+                      settings=dict(max_rows=max_rows) if method == "exact" else {})
+
+
+def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "sender receiver"]:
+    """Σ over prompts, positions and d_model of Δ_s · g_r, 0 off the allowed edges."""
+    return torch.einsum("bpsd,bprd->sr", delta, grads).cpu() * graph.allowed
+
+
+def _ig_gradients(model, graph: EdgeGraph, task: Task, group: int, clean_out: Tensor, corrupt_out: Tensor,
+                  steps: int) -> Tensor:
+    """The mean receiver gradients over the right Riemann sum of the path that moves sender
+    group ``group`` (0: the input embeddings) from its corrupted to its clean output."""
+    name, sl, heads = sender_hooks(graph)[group]
+    clean_g, corrupt_g = clean_out[:, :, sl], corrupt_out[:, :, sl]
+
+    def interpolate(act, hook, alpha):
+        value = corrupt_g + alpha * (clean_g - corrupt_g)
+        return (value if heads else value[:, :, 0]).to(act.dtype)
+
+    total = None
+    for k in range(1, steps + 1):
+        grads = receiver_gradients(model, graph, task.clean, task.mean_metric,
+                                   hooks=[(name, functools.partial(interpolate, alpha=k / steps))])
+        total = grads if total is None else total + grads
+    return total / steps
+
+
+def _exact(model, graph: EdgeGraph, task: Task, base_tokens: Tensor, delta: Tensor,
+           max_rows: int) -> Float[Tensor, "sender receiver"]:
+    """One patched forward per (edge, prompt), ``max_rows`` rows a forward."""
+    edges = graph.edges()
+    n_prompts = task.n_prompts
+    device = base_tokens.device
+    per_chunk = max(1, max_rows // n_prompts)
+    scores = torch.zeros(len(graph.senders), len(graph.receivers))
+    everyone = torch.arange(n_prompts, device=device)
+    # the base metric through the same hooked forward, so that an edge without effect scores 0
+    nothing = torch.full((n_prompts,), -1, device=device)
+    m_base = task.metric_rows(edge_forward(model, graph, base_tokens, delta[:, :, 0], nothing), everyone).mean().item()
+    for start in range(0, len(edges), per_chunk):
+        chunk = torch.tensor(edges[start:start + per_chunk], device=device)
+        row_prompt = everyone.repeat(len(chunk))
+        row_edge = torch.arange(len(chunk), device=device).repeat_interleave(n_prompts)
+        senders, receivers = chunk[row_edge, 0], chunk[row_edge, 1]
+        logits = edge_forward(model, graph, base_tokens[row_prompt], delta[row_prompt, :, senders], receivers)
+        values = task.metric_rows(logits, row_prompt).reshape(len(chunk), n_prompts).mean(1).cpu()
+        scores[chunk[:, 0].cpu(), chunk[:, 1].cpu()] = values - m_base
+    return scores

@@ -1,0 +1,566 @@
+"""Circuits (issue 30, parts 1–3): the edge graph, edge scores and circuits, on tiny random
+models of three families — GPT-2 (sequential blocks), GPT-NeoX (parallel blocks) and Llama-3
+(grouped-query attention) — each checked against references written here that share no code
+with :mod:`interp_edit.analysis.circuits`:
+
+- exact edge patching against a plain loop that patches one edge at a time with its own hooks;
+- EAP against the first-order term Δ_s · ∂M/∂x_r computed by hand with autograd on a few edges;
+- EAP-IG (inputs and activations) against a fine midpoint Riemann sum of the path integral,
+  the error shrinking as ``ig_steps`` grows; the clean–corrupted variant against its definition;
+- faithfulness against a forward whose receivers read the corrupted outputs of the senders
+  outside the circuit, recomputed here;
+- bad input refused naming the argument before any forward, the model left as it was.
+
+The reference hooks use TransformerLens' own switches (``set_use_split_qkv_input`` …) and hook
+names, spelled out here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+
+import pytest
+import torch
+from family_models import BACKEND, family_model
+from model_state import assert_unchanged, refused_before_any_forward, snapshot
+
+pytestmark = pytest.mark.skipif(BACKEND != "hooked", reason="circuits need HookedTransformer's split q/k/v inputs")
+
+CLEAN, CORRUPTED = "Talvik Corlo was born in", "Beldel Kordor was born in"
+FAMILIES = ("gpt2", "neox", "llama3")
+
+
+# --- the reference: its own graph, hooks and metric ------------------------------------------
+
+
+@contextlib.contextmanager
+def split_inputs(model):
+    before = (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in)
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        yield
+    finally:
+        model.set_use_split_qkv_input(before[0])
+        model.set_use_attn_result(before[1])
+        model.set_use_hook_mlp_in(before[2])
+
+
+def ref_senders(model):
+    """(name, hook, head index or None, layer or -1)."""
+    out = [("input", "blocks.0.hook_resid_pre", None, -1)]
+    for layer in range(model.cfg.n_layers):
+        out += [(f"a{layer}.h{h}", f"blocks.{layer}.attn.hook_result", h, layer) for h in range(model.cfg.n_heads)]
+        out.append((f"m{layer}", f"blocks.{layer}.hook_mlp_out", None, layer))
+    return out
+
+
+def ref_receivers(model):
+    """(name, hook, index or None, layer, kind)."""
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    grouped = n_kv != model.cfg.n_heads
+    out = []
+    for layer in range(model.cfg.n_layers):
+        out += [(f"a{layer}.h{h}<q>", f"blocks.{layer}.hook_q_input", h, layer, "attn") for h in range(model.cfg.n_heads)]
+        for kind in "kv":
+            out += [(f"a{layer}.{'kv' if grouped else 'h'}{g}<{kind}>", f"blocks.{layer}.hook_{kind}_input", g, layer, "attn")
+                    for g in range(n_kv)]
+        out.append((f"m{layer}", f"blocks.{layer}.hook_mlp_in", None, layer, "mlp"))
+    out.append(("logits", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", None, model.cfg.n_layers, "logits"))
+    return out
+
+
+def ref_allowed(model, sender, receiver) -> bool:
+    s_name, _, _, s_layer = sender
+    _, _, _, r_layer, r_kind = receiver
+    if s_name == "input" or r_kind == "logits":
+        return True
+    if s_layer < r_layer:
+        return True
+    # same layer: only a head feeding its own layer's MLP in a sequential block
+    return s_layer == r_layer and r_kind == "mlp" and s_name.startswith("a") and not model.cfg.parallel_attn_mlp
+
+
+def ref_tokens(model, text):
+    return torch.tensor([[model.tokenizer.bos_token_id] + model.tokenizer.encode(text, add_special_tokens=False)])
+
+
+def ref_metrics(model, clean, corrupted):
+    """The metrics on last-position logits (answer = clean top-1, foil = corrupted top-1)."""
+    with torch.no_grad():
+        lc = model(clean)[0, -1]
+        lk = model(corrupted)[0, -1]
+    answer, foil = int(lc.argmax()), int(lk.argmax())
+    ref_logp = torch.log_softmax(lc, -1)
+    return {
+        "logit_diff": lambda logits: logits[0, -1, answer] - logits[0, -1, foil],
+        "prob": lambda logits: torch.softmax(logits[0, -1], -1)[answer],
+        "kl": lambda logits: (ref_logp.exp() * (ref_logp - torch.log_softmax(logits[0, -1], -1))).sum(),
+    }
+
+
+def ref_metric(model, clean, corrupted, metric):
+    return ref_metrics(model, clean, corrupted)[metric]
+
+
+def ref_outputs(model, tokens):
+    names = sorted({hook for _, hook, _, _ in ref_senders(model)})
+    with split_inputs(model), torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    out = {}
+    for name, hook, head, _ in ref_senders(model):
+        out[name] = cache[hook][0, :, head] if head is not None else cache[hook][0]
+    return out
+
+
+def ref_exact_scores(model, metric_names):
+    """metric -> {(sender, receiver): score}, one patched forward per edge."""
+    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
+    metrics = {name: f for name, f in ref_metrics(model, clean, corrupted).items() if name in metric_names}
+    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
+    with split_inputs(model), torch.no_grad():
+        logits = model(clean)
+    base = {name: f(logits).item() for name, f in metrics.items()}
+    scores = {name: {} for name in metrics}
+    for sender in ref_senders(model):
+        delta = corrupt_out[sender[0]] - clean_out[sender[0]]
+        for receiver in ref_receivers(model):
+            if not ref_allowed(model, sender, receiver):
+                continue
+            r_name, r_hook, r_index, _, _ = receiver
+
+            def patch(act, hook, delta=delta, index=r_index):
+                act = act.clone()
+                if index is None:
+                    act[0] += delta
+                else:
+                    act[0, :, index] += delta
+                return act
+
+            with split_inputs(model), torch.no_grad():
+                logits = model.run_with_hooks(clean, fwd_hooks=[(r_hook, patch)])
+            for name, f in metrics.items():
+                scores[name][(sender[0], r_name)] = f(logits).item() - base[name]
+    return scores
+
+
+def ref_gradients(model, tokens, metric, receivers, extra_hooks=()):
+    """∂metric/∂(receiver input) for the named receivers, with zero probes added at their hooks."""
+    wanted = {r[0]: r for r in ref_receivers(model) if r[0] in receivers}
+    probes = {}
+
+    def probe_hook(act, hook):
+        probe = torch.zeros_like(act, requires_grad=True)
+        probes[hook.name] = probe
+        return act + probe
+
+    hooks = list(extra_hooks) + [(h, probe_hook) for h in sorted({r[1] for r in wanted.values()})]
+    with split_inputs(model), torch.enable_grad():
+        value = metric(model.run_with_hooks(tokens, fwd_hooks=hooks))
+        names = list(probes)
+        grads = dict(zip(names, torch.autograd.grad(value, [probes[n] for n in names]), strict=True))
+    out = {}
+    for name, (_, hook, index, _, _) in wanted.items():
+        out[name] = grads[hook][0] if index is None else grads[hook][0, :, index]
+    return out
+
+
+def sample_edges(model, k=8, seed=0):
+    edges = [(s[0], r[0]) for s in ref_senders(model) for r in ref_receivers(model) if ref_allowed(model, s, r)]
+    rng = random.Random(seed)
+    picked = rng.sample(edges, k - 2)
+    return picked + [("input", "logits"), (f"m{model.cfg.n_layers - 2}", "logits")]
+
+
+# --- the graph ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES + ("gemma",))
+def test_graph_matches_the_residual_stream_rule(family):
+    from interp_edit.analysis.circuits import edge_graph
+
+    model = family_model(family)
+    g = edge_graph(model)
+    senders, receivers = ref_senders(model), ref_receivers(model)
+    assert [s.name for s in g.senders] == [s[0] for s in senders]
+    assert [r.name for r in g.receivers] == [r[0] for r in receivers]
+    expected = torch.tensor([[ref_allowed(model, s, r) for r in receivers] for s in senders])
+    assert torch.equal(g.allowed, expected)
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    assert sum(r.kind == "k" for r in g.receivers) == model.cfg.n_layers * n_kv
+    if n_kv != model.cfg.n_heads:  # a key/value receiver is read by every head of its group
+        k0 = g.receivers[g.receiver_index("a0.kv0<k>")]
+        assert len(k0.heads) == model.cfg.n_heads // n_kv
+    if model.cfg.parallel_attn_mlp:
+        assert not g.allowed[g.sender_index("a1.h0"), g.receiver_index("m1")]
+    else:
+        assert g.allowed[g.sender_index("a1.h0"), g.receiver_index("m1")]
+    assert "edges=" in repr(g)
+
+
+# --- exact edge patching --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,metrics", [("gpt2", ("logit_diff", "prob", "kl")), ("neox", ("logit_diff",)),
+                                            ("llama3", ("logit_diff", "kl"))])
+def test_exact_edge_patching_equals_a_one_edge_at_a_time_loop(family, metrics):
+    from interp_edit.analysis.circuits import edge_scores
+
+    model = family_model(family)
+    state = snapshot(model)
+    reference = ref_exact_scores(model, metrics)
+    for metric in metrics:
+        got = edge_scores(model, CLEAN, CORRUPTED, method="exact", metric=metric, max_rows=300)
+        want = reference[metric]
+        assert len(want) == got.graph.n_edges
+        scale = max(abs(v) for v in want.values())
+        for (s, r), value in want.items():
+            assert got.edge(s, r) == pytest.approx(value, abs=2e-4 * scale + 1e-6), (metric, s, r)
+    assert_unchanged(model, state)
+    assert (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in) == (False, False, False)
+
+
+def test_a_batch_of_prompts_scores_the_mean_of_its_prompts():
+    """Prompts of different lengths share right-padded forwards; each prompt's own scores
+    averaged are the batch's, also when the rows of one forward hold several edges."""
+    from interp_edit.analysis.circuits import edge_scores
+
+    model = family_model("gpt2")
+    pairs = [(CLEAN, CORRUPTED), ("Talvik Corlo speaks", "Beldel Kordor speaks")]
+    for method in ("exact", "eap"):
+        batch = edge_scores(model, [c for c, _ in pairs], [k for _, k in pairs], method=method, max_rows=41)
+        each = [edge_scores(model, c, k, method=method, max_rows=128) for c, k in pairs]
+        torch.testing.assert_close(batch.scores, (each[0].scores + each[1].scores) / 2, atol=2e-4, rtol=1e-4)
+
+
+# --- EAP, EAP-IG, clean–corrupted -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eap_and_clean_corrupted_equal_the_hand_computed_first_order_terms(family):
+    from interp_edit.analysis.circuits import edge_scores
+
+    model = family_model(family)
+    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
+    metric = ref_metric(model, clean, corrupted, "logit_diff")
+    edges = sample_edges(model)
+    receivers = {r for _, r in edges}
+    g_clean = ref_gradients(model, clean, metric, receivers)
+    g_corrupt = ref_gradients(model, corrupted, metric, receivers)
+    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
+    eap = edge_scores(model, CLEAN, CORRUPTED, method="eap")
+    both = edge_scores(model, CLEAN, CORRUPTED, method="clean_corrupted")
+    denoise = edge_scores(model, CLEAN, CORRUPTED, method="eap", direction="denoise")
+    for s, r in edges:
+        delta = corrupt_out[s] - clean_out[s]
+        assert eap.edge(s, r) == pytest.approx((delta * g_clean[r]).sum().item(), rel=1e-4, abs=1e-5), (s, r)
+        mean_grad = (g_clean[r] + g_corrupt[r]) / 2
+        assert both.edge(s, r) == pytest.approx((delta * mean_grad).sum().item(), rel=1e-4, abs=1e-5), (s, r)
+        assert denoise.edge(s, r) == pytest.approx((-delta * g_corrupt[r]).sum().item(), rel=1e-4, abs=1e-5), (s, r)
+    assert (eap.scores[~eap.graph.allowed] == 0).all() and (both.scores[~both.graph.allowed] == 0).all()
+    kl = edge_scores(model, CLEAN, CORRUPTED, method="eap", metric="kl")  # zero gradient at the clean run
+    assert kl.scores.abs().max() < 1e-5
+
+
+def ref_path_integral(model, hook, edges, n=32):
+    """Δ_s · ∫_0^1 ∂M/∂x_r dα along the straight path of the output at ``hook`` (all heads of
+    it when ``head_slice``) from corrupted to clean: a midpoint Riemann sum of ``n`` points."""
+    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
+    metric = ref_metric(model, clean, corrupted, "logit_diff")
+    with split_inputs(model), torch.no_grad():
+        _, c_cache = model.run_with_cache(clean, names_filter=lambda x: x == hook)
+        _, k_cache = model.run_with_cache(corrupted, names_filter=lambda x: x == hook)
+    a, b = k_cache[hook], c_cache[hook]
+    receivers = {r for _, r in edges}
+    total = None
+    for i in range(n):
+        alpha = (i + 0.5) / n
+        grads = ref_gradients(model, clean, metric, receivers,
+                              extra_hooks=[(hook, lambda act, hook, alpha=alpha: a + alpha * (b - a))])
+        total = grads if total is None else {k: total[k] + grads[k] for k in total}
+    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
+    return {(s, r): ((corrupt_out[s] - clean_out[s]) * total[r] / n).sum().item() for s, r in edges}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eap_ig_inputs_approaches_the_path_integral(family):
+    from interp_edit.analysis.circuits import edge_scores
+
+    model = family_model(family)
+    edges = sample_edges(model)
+    exact = ref_path_integral(model, "blocks.0.hook_resid_pre", edges)
+    errors = []
+    for steps in (1, 4, 16):
+        got = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=steps)
+        errors.append(max(abs(got.edge(s, r) - v) for (s, r), v in exact.items()))
+    scale = max(abs(v) for v in exact.values())
+    assert errors[0] > errors[1] > 2 * errors[2], errors  # the right Riemann sum's error falls as 1 / steps
+    assert errors[2] < 0.1 * scale, (errors, scale)
+    eap = edge_scores(model, CLEAN, CORRUPTED, method="eap")
+    one = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=1)
+    torch.testing.assert_close(one.scores, eap.scores, atol=1e-4 * scale, rtol=1e-4)  # one step: the gradient at the clean run
+
+
+@pytest.mark.parametrize("family", ("gpt2", "llama3"))
+def test_eap_ig_activations_approaches_the_path_integral_of_the_senders_layer(family):
+    """The heads of layer 0 move together from corrupted to clean: their edges' scores approach
+    the path integral along that path; the input's edges are those of EAP-IG over inputs."""
+    from interp_edit.analysis.circuits import edge_scores
+
+    model = family_model(family)
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    k_name = f"a1.{'kv' if n_kv != model.cfg.n_heads else 'h'}0<k>"
+    edges = [("a0.h1", "a1.h2<q>"), ("a0.h3", k_name), ("a0.h0", "m0"), ("a0.h2", "logits"), ("a0.h1", "m2")]
+    exact = ref_path_integral(model, "blocks.0.attn.hook_result", edges)
+    errors = []
+    runs = {}
+    for steps in (2, 8):
+        runs[steps] = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_activations", ig_steps=steps)
+        errors.append(max(abs(runs[steps].edge(s, r) - v) for (s, r), v in exact.items()))
+    scale = max(abs(v) for v in exact.values())
+    assert errors[1] < errors[0] / 2.5, errors  # the right Riemann sum's error falls as 1 / steps
+    assert errors[1] < 0.2 * scale, (errors, scale)
+    inputs = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=2)
+    torch.testing.assert_close(runs[2].scores[0], inputs.scores[0], atol=1e-4 * scale, rtol=1e-4)
+
+
+# --- circuits -------------------------------------------------------------------------------
+
+
+def ref_circuit_metric(model, keep):
+    """The clean run in which every receiver reads the corrupted output of each sender whose
+    edge to it is not kept (and this run's output of the others)."""
+    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
+    metric = ref_metric(model, clean, corrupted, "logit_diff")
+    corrupt_out = ref_outputs(model, corrupted)
+    current = {}
+    senders, receivers = ref_senders(model), ref_receivers(model)
+
+    def read(act, hook):
+        for name, h, head, _ in senders:
+            if h == hook.name:
+                current[name] = act[0, :, head] if head is not None else act[0]
+
+    def write(act, hook):
+        act = act.clone()
+        for receiver in receivers:
+            r_name, h, index, _, _ = receiver
+            if h != hook.name:
+                continue
+            for sender in senders:
+                if ref_allowed(model, sender, receiver) and (sender[0], r_name) not in keep:
+                    d = corrupt_out[sender[0]] - current[sender[0]]
+                    if index is None:
+                        act[0] += d
+                    else:
+                        act[0, :, index] += d
+        return act
+
+    hooks = [(h, read) for h in sorted({s[1] for s in senders})] + [(h, write) for h in sorted({r[1] for r in receivers})]
+    with split_inputs(model), torch.no_grad():
+        value = metric(model.run_with_hooks(clean, fwd_hooks=hooks)).item()
+        full = metric(model(clean)).item()
+        none = metric(model(corrupted)).item()
+    return (value - none) / (full - none)
+
+
+@pytest.mark.parametrize("family,selection", [("gpt2", "top_n"), ("neox", "greedy"), ("llama3", "top_n")])
+def test_faithfulness_is_the_metric_of_the_circuit_run(family, selection):
+    from interp_edit.analysis.circuits import find_circuit
+
+    model = family_model(family)
+    state = snapshot(model)
+    c = find_circuit(model, CLEAN, CORRUPTED, method="eap", n_edges=25, selection=selection, curve=(0, 10, 25, 100))
+    assert c.faithfulness[0] == pytest.approx(0.0, abs=1e-4)
+    for k, value in zip(c.curve_sizes, c.faithfulness, strict=True):
+        edges = c.scores.graph.edges()
+        keep = {(c.graph.senders[edges[i][0]].name, c.graph.receivers[edges[i][1]].name) for i in c.order[:k]}
+        assert value == pytest.approx(ref_circuit_metric(model, keep), abs=2e-4), k
+    full = find_circuit(model, CLEAN, CORRUPTED, method="eap", n_edges=5, curve=(c.graph.n_edges,))
+    assert full.faithfulness[0] == pytest.approx(1.0, abs=1e-4)
+    assert_unchanged(model, state)
+
+
+def test_selections():
+    from interp_edit.analysis.circuits import find_circuit
+
+    model = family_model("llama3")
+    top = find_circuit(model, CLEAN, CORRUPTED, method="eap", n_edges=30, curve=(30,))
+    flat = top.scores.flat().abs()
+    kept = flat[top.order[:30]]
+    assert kept.min() >= flat[top.order[30:]].max()
+    greedy = find_circuit(model, CLEAN, CORRUPTED, method="eap", n_edges=30, selection="greedy", curve=(30,))
+    g = greedy.graph
+    edges = g.edges()
+    reached = set()
+    for i in greedy.order:  # every edge reads into the logits or a node an earlier edge carries
+        s, r = edges[i]
+        receiver = g.receivers[r]
+        owners = {f"a{receiver.layer}.h{h}" for h in receiver.heads} if receiver.heads else {receiver.node}
+        assert receiver.kind == "logits" or owners & reached, g.edge_name(s, r)
+        reached.add(g.senders[s].name)
+
+
+def test_result_repr_plot_and_save(tmp_path):
+    from interp_edit.analysis.circuits import find_circuit
+    from interp_edit.reprs import REPR_LIMIT
+
+    model = family_model("gpt2")
+    c = find_circuit(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=2, n_edges=12, curve=(0, 12))
+    text = repr(c)
+    assert text.startswith("CircuitResult(") and "faithfulness=" in text and len(text) <= REPR_LIMIT
+    assert repr(c.scores).startswith("EdgeScores(") and "ig_steps=2" in repr(c.scores)
+    fig = c.plot()
+    lines = [t for t in fig.data if t.mode == "lines" and t.x[0] is not None]
+    assert len(lines) == 12
+    colours = {t.line.color for t in lines}
+    signs = {v >= 0 for _, v in c.edges}
+    assert len(colours) == len(signs)
+    assert fig.layout.yaxis.autorange == "reversed"
+    assert len(c.plot("faithfulness").data[0].x) == 2
+    saved = json.loads(c.save(tmp_path / "circuit.json").read_text())
+    assert saved["n_edges"] == 12 and len(saved["edges"]) == 12 and saved["faithfulness"] == list(c.faithfulness)
+    assert list(tmp_path.iterdir()) == [tmp_path / "circuit.json"]
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(method="eapp"), "method"),
+    (dict(method="eap_ig_inputs", ig_steps=0), "ig_steps"),
+    (dict(ig_steps=2.5), "ig_steps"),
+    (dict(metric="accuracy"), "metric"),
+    (dict(direction="sideways"), "direction"),
+    (dict(max_rows=0), "max_rows"),
+    (dict(clean=[CLEAN, CLEAN]), "corrupted"),
+    (dict(answer=["Karsa", "Karsa"]), "answer"),
+    (dict(corrupted="Mermi Corgun was born in"), "corrupted[0]"),
+    (dict(clean=""), "clean"),
+])
+def test_bad_input_is_refused_before_any_forward(kwargs, named):
+    from interp_edit.analysis.circuits import edge_scores
+    from interp_edit.errors import InterpEditError
+
+    model = family_model("gpt2")
+    args = dict(clean=CLEAN, corrupted=CORRUPTED)
+    args.update(kwargs)
+    clean, corrupted = args.pop("clean"), args.pop("corrupted")
+    with refused_before_any_forward(model), pytest.raises(InterpEditError, match=named.replace("[", r"\[")):
+        edge_scores(model, clean, corrupted, **args)
+
+
+@pytest.mark.parametrize("kwargs,named", [(dict(n_edges=10**6), "n_edges"), (dict(curve=(5, -1)), r"curve\[1\]"),
+                                          (dict(selection="best"), "selection")])
+def test_bad_circuit_input_is_refused_before_any_forward(kwargs, named):
+    from interp_edit.analysis.circuits import find_circuit
+    from interp_edit.errors import InterpEditError
+
+    model = family_model("gpt2")
+    with refused_before_any_forward(model), pytest.raises(InterpEditError, match=named):
+        find_circuit(model, CLEAN, CORRUPTED, **kwargs)
+
+
+def test_post_norm_models_are_refused_by_name():
+    from interp_edit.analysis.circuits import edge_scores
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    model = family_model("gemma2")
+    with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError, match="post-norms"):
+        edge_scores(model, CLEAN, CORRUPTED)
+
+
+# --- path patching --------------------------------------------------------------------------
+
+
+def ref_path_patch(model, path):
+    """Classic path patching, hop by hop: the first receiver's input gets the sender's corrupted
+    output; a clean run with that input records the next sender's output; the next receiver's
+    input gets that output's change, …; the last run's metric minus the clean one."""
+    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
+    metric = ref_metric(model, clean, corrupted, "logit_diff")
+    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
+    senders = {s[0]: s for s in ref_senders(model)}
+    receivers = {r[0]: r for r in ref_receivers(model)}
+
+    def add_at(receiver, delta):
+        _, hook, index, _, _ = receivers[receiver]
+
+        def fn(act, hook):
+            act = act.clone()
+            if index is None:
+                act[0] += delta
+            else:
+                act[0, :, index] += delta
+            return act
+
+        return (hook, fn)
+
+    edges = [tuple(p.strip() for p in e.split("->")) for e in path]
+    delta = corrupt_out[edges[0][0]] - clean_out[edges[0][0]]
+    for (_, receiver), (next_sender, _) in zip(edges[:-1], edges[1:], strict=True):
+        _, s_hook, head, _ = senders[next_sender]
+        seen = {}
+
+        def keep(act, hook, head=head, seen=seen):
+            seen["out"] = (act[0, :, head] if head is not None else act[0]).clone()
+
+        with split_inputs(model), torch.no_grad():
+            model.run_with_hooks(clean, fwd_hooks=[add_at(receiver, delta), (s_hook, keep)])
+        delta = seen["out"] - clean_out[next_sender]
+    with split_inputs(model), torch.no_grad():
+        value = metric(model.run_with_hooks(clean, fwd_hooks=[add_at(edges[-1][1], delta)])).item()
+        base = metric(model(clean)).item()
+    return value - base
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_path_patching_equals_a_hop_by_hop_hook_loop(family):
+    from interp_edit.analysis.circuits import edge_scores, path_patch
+
+    model = family_model(family)
+    state = snapshot(model)
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    kv = "kv" if n_kv != model.cfg.n_heads else "h"
+    last = f"a2.{kv}{(3 * n_kv) // model.cfg.n_heads}<v>"  # read by head 3 of layer 2
+    mlp_hop = ["m0 -> m1", "m1 -> logits"] if not model.cfg.parallel_attn_mlp else ["a0.h1 -> m1", "m1 -> logits"]
+    paths = [["a0.h1 -> logits"], ["input -> a1.h2<q>", "a1.h2 -> logits"],
+             ["a0.h0 -> a1.h3<q>", f"a1.h3 -> {last}", "a2.h3 -> logits"], mlp_hop,
+             ["input -> m0", "m0 -> a1.h0<q>", "a1.h0 -> m2", "m2 -> logits"]]
+    res = path_patch(model, CLEAN, CORRUPTED, paths)
+    for path, effect in zip(paths, res.effects.tolist(), strict=True):
+        want = ref_path_patch(model, path)
+        assert effect == pytest.approx(want, abs=1e-4 * max(1.0, abs(want))), path
+    one = edge_scores(model, CLEAN, CORRUPTED, method="exact", max_rows=300)  # a one-edge path is edge patching
+    assert res.effects[0].item() == pytest.approx(one.edge("a0.h1", "logits"), abs=1e-5)
+    assert repr(res).startswith("PathPatchingResult(") and len(res.plot().data[0].y) == len(paths)
+    assert_unchanged(model, state)
+
+
+@pytest.mark.parametrize("paths,named", [(["a0.h1 -> a0.h2<q>"], r"paths\[0\]\[0\]"),
+                                         ([["a0.h1 -> a1.h2<q>", "a1.h3 -> logits"]], r"paths\[0\]\[1\]"),
+                                         (["nonsense"], r"paths\[0\]\[0\]"), ("a0.h1 -> logits", "paths")])
+def test_bad_paths_are_refused_before_any_forward(paths, named):
+    from interp_edit.analysis.circuits import path_patch
+    from interp_edit.errors import InterpEditError
+
+    model = family_model("gpt2")
+    with refused_before_any_forward(model), pytest.raises(InterpEditError, match=named):
+        path_patch(model, CLEAN, CORRUPTED, paths)
+
+
+def test_settings_and_hooks_are_restored_after_an_exception():
+    from interp_edit.analysis.circuits import edge_graph
+    from interp_edit.analysis.circuits.engine import masked_forward, prepare_task, sender_outputs
+
+    model = family_model("gpt2")
+    state = snapshot(model)
+    graph = edge_graph(model)
+    task = prepare_task(model, CLEAN, CORRUPTED)
+    source = sender_outputs(model, graph, task.clean)
+    with pytest.raises(RuntimeError):  # a mask of the wrong shape fails inside the forward
+        masked_forward(model, graph, task.clean, source, torch.zeros(1, 3, 3))
+    assert (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in) == (False, False, False)
+    assert_unchanged(model, state)
