@@ -151,7 +151,7 @@ def test_name_may_be_a_path():
 
 # --- property: every argument of the wrong kind is refused by name ----------------------------
 FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
-ARGS = ("name", "device", "dtype", "backend", "hf_model", "tokenizer", *FLAGS)
+ARGS = ("name", "device", "dtype", "backend", "hf_model", "tokenizer", "check_equivalence", *FLAGS)
 
 #: values no argument of load_model takes (None is added where an argument does not allow it)
 _ANY_WRONG = st.one_of(
@@ -172,6 +172,7 @@ _WRONG = {
                          *([] if hooked_available() else [st.just("hooked")])),
     "hf_model": st.one_of(_ANY_WRONG, st.text(max_size=8)),
     "tokenizer": st.one_of(_ANY_WRONG, st.text(max_size=8)),
+    "check_equivalence": st.one_of(_ANY_WRONG, st.text(max_size=4)),
     **{flag: st.one_of(_ANY_WRONG, st.text(max_size=4)) for flag in FLAGS},
 }
 _VALID = {
@@ -181,6 +182,7 @@ _VALID = {
     "backend": st.sampled_from([None, *BACKENDS]),
     "hf_model": st.none(),
     "tokenizer": st.sampled_from([None, "toy"]),  # "toy": the toy world's own tokenizer (ignored for a checkpoint)
+    "check_equivalence": st.sampled_from([None, False]),  # True is refused for a load that is not from Hugging Face
     **{flag: st.sampled_from([None, False, True]) for flag in FLAGS},
 }
 

@@ -29,6 +29,7 @@ and read by every analysis and editor.
 
 from interp_edit.adapter.architecture import Architecture, architecture
 from interp_edit.adapter.bridge import backend_of
+from interp_edit.adapter.equivalence import LoadCheck, load_check
 from interp_edit.adapter.export import to_hf
 from interp_edit.adapter.hooks import (
     add_persistent_hook,
@@ -77,6 +78,8 @@ from interp_edit.adapter.params import (
 )
 
 __all__ = [
+    "LoadCheck",
+    "load_check",
     "Architecture", "architecture", "to_hf", "add_persistent_hook", "cached_keys_values", "forward_from_layer", "forward_to_layer",
     "hook_counts", "hook_name", "remove_persistent_hook", "residual_from_layer", "run_with_cache", "run_with_hooks", "sublayer_output_hooks",
     "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",

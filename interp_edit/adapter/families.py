@@ -160,3 +160,61 @@ def hooked_config_dict(architecture: str, hf_config, *, model_name: str, fold_ln
         dtype=dtype,
     )
     return cfg
+
+
+# --- what no backend covers, read from the Hugging Face config (both backends ask here) -------
+#: Config fields that count a mixture-of-experts MLP's experts (at the top level, or inside a
+#: sub-config such as DBRX's ``ffn_config`` or a multimodal model's ``text_config``): one of them
+#: above 1 means the MLP is a router over experts.
+MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "num_routed_experts", "moe_num_experts", "n_experts")
+
+#: Families whose attention always adds ALiBi biases (no config field says so).
+ALIBI_MODEL_TYPES = ("bloom",)
+
+
+def _config_items(data: dict, path: str = "", depth: int = 2):
+    """(dotted field name, value) of a config dict and of the dicts it nests (sub-configs)."""
+    for key, value in data.items():
+        name = f"{path}{key}"
+        yield name, key, value
+        if isinstance(value, dict) and depth > 0:
+            yield from _config_items(value, name + ".", depth - 1)
+
+
+def uncovered_properties(hf_config) -> list[str]:
+    """What ``hf_config`` (a Hugging Face config) describes that neither backend covers, each
+    naming the property and the config field that says so: mixture-of-experts MLPs (any
+    :data:`MOE_FIELDS` above 1), ALiBi attention biases (Bloom; Falcon's ``alibi``; MPT's
+    ``attn_config.alibi``; ``position_embedding_type='alibi'``). Read from the config alone:
+    nothing is converted or built."""
+    data = hf_config.to_dict()
+    model_type = str(getattr(hf_config, "model_type", "") or "")
+    missing = []
+    experts = [(name, value) for name, key, value in _config_items(data)
+               if key in MOE_FIELDS and isinstance(value, int) and not isinstance(value, bool) and value > 1]
+    experts += [(name, "on") for name, key, value in _config_items(data) if key == "enable_moe_block" and value is True]
+    if experts:
+        name, value = experts[0]
+        missing.append(f"mixture-of-experts MLPs (num_experts={value}), from the config field {name}")
+    alibi = [name for name, key, value in _config_items(data)
+             if (key == "alibi" and value is True) or (key == "position_embedding_type" and value == "alibi")]
+    if model_type in ALIBI_MODEL_TYPES:
+        alibi.insert(0, f"model_type={model_type!r}, always")
+    if alibi:
+        missing.append(f"ALiBi attention biases (linear position biases, no rotary or learned positions), from {alibi[0]}")
+    return missing
+
+
+def check_covered(hf_config, architecture: str) -> None:
+    """Raise :class:`~interp_edit.errors.UnsupportedArchitectureError` naming every property of
+    ``hf_config`` that no backend covers (:func:`uncovered_properties`); called by ``load_model``
+    for every Hugging Face model, object or folder, on either backend, before any weight is
+    converted or the model is wrapped."""
+    missing = uncovered_properties(hf_config)
+    if missing:
+        from interp_edit.errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
+            f"model architecture {architecture!r} cannot run on backend='bridge' nor backend='hooked': "
+            f"interp_edit does not cover " + "; ".join(missing)
+        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from interp_edit.adapter import bridge, families, streaming
+from interp_edit.adapter import bridge, equivalence, families, streaming
 from interp_edit.adapter.architecture import check_supported
 from interp_edit.errors import (
     CheckpointError,
@@ -88,6 +88,7 @@ def load_model(
     fold_value_biases: bool | None = None,
     dtype: torch.dtype = torch.float32,
     backend: str | None = None,
+    check_equivalence: bool | None = None,
     **from_pretrained_kwargs: Any,
 ):
     """Load a model as a TransformerLens ``HookedTransformer`` (``backend="hooked"``) or
@@ -152,6 +153,20 @@ def load_model(
     >>> architecture(tiny).norm, architecture(tiny).positional, architecture(tiny).gated_mlp
     ('rmsnorm', 'rotary', True)
 
+    A model loaded from Hugging Face (an object, a folder, or a hub model on the bridge) is
+    compared with the Hugging Face model on a short probe at load
+    (:mod:`~interp_edit.adapter.equivalence`: one forward of each, both already in memory):
+    beyond a dtype-aware tolerance the load is refused (``UnsupportedArchitectureError`` naming
+    the largest log-probability difference and the config fields set away from their defaults),
+    and the measured difference is recorded on the model
+    (:func:`~interp_edit.adapter.equivalence.load_check`). ``check_equivalence``: ``None``
+    (default) checks wherever both models are in memory — a hooked load streamed from a folder
+    holds no Hugging Face model, and records that the check was skipped; ``True`` checks that
+    one too (reading the folder's model whole for the probe: one more copy of the weights,
+    dropped after); ``False`` measures and records the difference but never refuses. Configs
+    no backend covers (mixture-of-experts MLPs, ALiBi) are refused before anything is converted
+    (:func:`~interp_edit.adapter.families.check_covered`).
+
     Processing flags left as ``None`` take TransformerLens' defaults for hub and Hugging Face
     models (all True; but no unembedding centring under a final-logit soft-cap, see
     :func:`_local_processing`) and no processing for the toy world.
@@ -166,6 +181,7 @@ def load_model(
         fold_value_biases=fold_value_biases,
     )
     name = _check_load_args(name, device, flags, hf_model, tokenizer)
+    _check_equivalence_arg(check_equivalence)
     bridge.check_backend(backend)
     if backend is None and not bridge.hooked_available():
         backend = "bridge"
@@ -191,13 +207,17 @@ def load_model(
                 folder, (hf_model, tokenizer) = None, _read_local_hf(name, tokenizer, dtype)
         else:
             _check_tokenizer_fits(tokenizer, name, backend, _model_vocab(hf_model))
+        families.check_covered(hf_model.config, type(hf_model).__name__)  # MoE, ALiBi: before any conversion
+        probe_vocab = _probe_vocab(tokenizer, hf_model)
         if backend is None:
             backend = _default_backend(hf_model)
         if backend == "bridge":
             bridge.check_bridge_family(type(hf_model).__name__, hooked_can=_hooked_converts(hf_model))
             if folder is not None:
                 hf_model = _read_local_hf_weights(folder, dtype, device)
-            return check_supported(bridge.boot(name, hf_model, tokenizer, device, dtype))
+            reference = equivalence.reference(hf_model, probe_vocab)  # before the bridge wraps (and casts) it
+            model = check_supported(bridge.boot(name, hf_model, tokenizer, device, dtype))
+            return _verified(model, reference, "bridge", name, check_equivalence)
         if from_pretrained_kwargs:
             raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
         if type(hf_model).__name__ in bridge.BRIDGE_ARCHITECTURES and not _hooked_converts(hf_model):
@@ -205,7 +225,16 @@ def load_model(
                 f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
                 "HookedTransformer has no converter for it; load it with backend='bridge' (or leave backend unset)"
             )
-        return check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder))
+        model = check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder))
+        reference = equivalence.reference(hf_model, probe_vocab)  # None for a folder's meta skeleton
+        if reference is None and check_equivalence and folder is not None:  # asked for: read the folder's model whole for the probe
+            reference = equivalence.reference(_read_local_hf_weights(folder, dtype, "cpu"), probe_vocab)
+        return _verified(model, reference, "hooked", name, check_equivalence)
+    if check_equivalence and (_is_checkpoint_folder(name) or backend != "bridge"):
+        raise InvalidArgumentError(
+            f"check_equivalence=True compares a model loaded from Hugging Face (hf_model=, a Hugging Face folder, or a hub "
+            f"model on backend='bridge') with the Hugging Face model; {name!r} is not loaded from one"
+        )
     if _is_checkpoint_folder(name) and backend == "bridge":
         return check_supported(_checkpoint_on_bridge(name, device, dtype))
     if _is_checkpoint_folder(name):
@@ -219,14 +248,45 @@ def load_model(
         if not hub_name_loadable(name):
             raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}")
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        families.check_covered(hf.config, type(hf).__name__)
         bridge.check_bridge_family(type(hf).__name__, hooked_can=_hooked_converts(hf))
         _check_tokenizer_fits(tokenizer, name, backend, _model_vocab(hf), required=False)
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(name)
-        return check_supported(bridge.boot(name, hf, tokenizer, device, dtype))
+        reference = equivalence.reference(hf, _probe_vocab(tokenizer, hf))
+        return _verified(check_supported(bridge.boot(name, hf, tokenizer, device, dtype)), reference, "bridge", name,
+                         check_equivalence)
     processing = {k: HUB_PROCESSING[k] if v is None else v for k, v in flags.items()}
     model = _load_hub(name, device, dtype, tokenizer, processing, from_pretrained_kwargs)
     _check_tokenizer_fits(tokenizer, name, backend, model.cfg.d_vocab, required=False)  # the hub's vocabulary: known once loaded
     return check_supported(model)
+
+
+# --- the load-time equivalence check (interp_edit.adapter.equivalence) ------------------------
+def _check_equivalence_arg(value) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgumentError(
+            f"check_equivalence= must be True, False or None (the default: check wherever the Hugging Face model is in "
+            f"memory), got {_shown(value)}"
+        )
+
+
+def _probe_vocab(tokenizer, hf_model) -> int:
+    """The ids the probe may use: those of the tokenizer that the model's embedding has."""
+    vocab = _model_vocab(hf_model) or len(tokenizer)
+    return min(vocab, len(tokenizer)) if tokenizer is not None else vocab
+
+
+def _verified(model, reference, backend: str, name: str, check_equivalence: bool | None):
+    """``model`` compared with the Hugging Face ``reference`` (refused beyond the tolerance
+    unless ``check_equivalence=False``), the result recorded on it; or, where no Hugging Face
+    model was in memory, the reason recorded."""
+    if reference is None:
+        return equivalence.skipped(
+            model, backend,
+            "not checked: a hooked load from a folder streams the Hugging Face weights one layer at a time, so no Hugging "
+            "Face model is in memory to compare with (check_equivalence=True reads it whole for the check)",
+        )
+    return equivalence.verify(model, reference, backend, name, enforce=check_equivalence is not False)
 
 
 # --- the arguments, checked where they enter load_model (before anything is loaded) ---------
