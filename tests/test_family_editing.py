@@ -45,6 +45,7 @@ def _config(name: str, n_layers: int) -> dict:
         "alphaedit": dict(FAST, layers=(0, mid), nullspace_rule="relative", nullspace_threshold=0.5),
         "ft": dict(FAST, layer=mid),
         "fine": dict(steps=6, n_frozen=1, top_k=2),
+        "kn": dict(steps=4, batch_size=4),
         "memit_csk": dict(FAST, layers=(0, mid)),
         "intattn": dict(FAST, mlp_layers=(0, mid), attn_layers=(0,), alpha=0.3),
         "mega": dict(FAST, layers=(mid,), target_mode="optimised", use_paraphrases=False, k=2),

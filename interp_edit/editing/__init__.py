@@ -17,6 +17,7 @@ from interp_edit.editing.methods.fine import FiNEConfig, fine
 from interp_edit.editing.methods.finetune import FTConfig, finetune
 from interp_edit.editing.methods.grace import GRACEConfig, grace
 from interp_edit.editing.methods.intattn import IntAttnConfig, intattn
+from interp_edit.editing.methods.kn import KNConfig, kn
 from interp_edit.editing.methods.mega import GatedLinearMap, MEGAConfig, mega
 from interp_edit.editing.methods.memit import MEMITConfig, memit
 from interp_edit.editing.methods.memit_csk import MEMITCSKConfig, memit_csk
@@ -40,6 +41,7 @@ __all__ = [
     "GRACEConfig",
     "FiNEConfig",
     "IntAttnConfig",
+    "KNConfig",
     "LowRankDelta",
     "GatedLinearMap",
     "MEGAConfig",
@@ -59,6 +61,7 @@ __all__ = [
     "get_editor",
     "grace",
     "intattn",
+    "kn",
     "mega",
     "memit",
     "memit_csk",

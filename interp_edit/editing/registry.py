@@ -35,7 +35,7 @@ def editors() -> dict[str, Editor]:
     """Every registered editing method, by name.
 
     >>> sorted(editors())
-    ['ace', 'alphaedit', 'emmet', 'fine', 'ft', 'grace', 'intattn', 'mega', 'memit', 'memit_csk', 'rome']
+    ['ace', 'alphaedit', 'emmet', 'fine', 'ft', 'grace', 'intattn', 'kn', 'mega', 'memit', 'memit_csk', 'rome']
     >>> editors()["memit"].description
     'batch update spread over MLP layers (Meng et al. 2023)'
     """
@@ -46,6 +46,7 @@ def editors() -> dict[str, Editor]:
     from interp_edit.editing.methods.finetune import FTConfig, finetune
     from interp_edit.editing.methods.grace import GRACEConfig, grace
     from interp_edit.editing.methods.intattn import IntAttnConfig, intattn
+    from interp_edit.editing.methods.kn import KNConfig, kn
     from interp_edit.editing.methods.mega import MEGAConfig, mega
     from interp_edit.editing.methods.memit import MEMITConfig, memit
     from interp_edit.editing.methods.memit_csk import MEMITCSKConfig, fix_auto_layers, memit_csk
@@ -63,6 +64,7 @@ def editors() -> dict[str, Editor]:
         Editor("mega", MEGAConfig, mega, "gated linear maps on attention outputs, no weight change (MEGA activation steering)"),
         Editor("emmet", EMMETConfig, emmet, "batched ROME: equality constraints per request (EMMET, Gupta et al. 2024)"),
         Editor("grace", GRACEConfig, grace, "discrete key-value codebook replacing one layer's output, no weight change (GRACE, Hartvigsen et al. 2023)"),
+        Editor("kn", KNConfig, kn, "knowledge neurons by integrated gradients, W_out rows moved between embeddings (KN, Dai et al. 2022)"),
         Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)",
                takes_cases=True, default_data="toyworld-mquake", prepare=check_ace_items),
     ]
