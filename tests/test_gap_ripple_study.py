@@ -101,6 +101,35 @@ def test_the_docs_tables_are_the_published_numbers():
         assert [float(c) for c in cells[2:6]] == pytest.approx(expected, abs=0.0051, nan_ok=True), cells
 
 
+def test_the_readme_table_is_the_published_numbers():
+    study = GapRippleStudy.published()
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text[text.index("<!-- readme gap table -->"):].splitlines()[3:6]
+    names = {"ROME": "rome", "MEMIT": "memit", "AlphaEdit": "alphaedit"}
+    assert [line.split("|")[1].strip() for line in block] == list(names)
+    for line in block:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for edits, cell in zip((1, 100, 1000), cells[1:], strict=True):
+            m = study.point(names[cells[0]], "toyworld-counterfact", edits)
+            assert [float(v) for v in cell.split(" / ")] == pytest.approx(
+                [m["efficacy_score"], m["gen_efficacy_exact"]], abs=0.0051), (cells[0], edits)
+    ripple = {m: study.point(m, "toyworld-ripple", 1) for m in names.values()}
+    assert min(r["relation_specificity"] for r in ripple.values()) == pytest.approx(0.35, abs=0.005)
+    assert max(r["relation_specificity"] for r in ripple.values()) == pytest.approx(0.52, abs=0.005)
+    assert all(0.5 <= r["compositionality_I"] <= 0.6 for r in ripple.values())  # "about half"
+
+
+def test_the_docs_collapse_numbers_at_1000_edits():
+    """docs/evaluation.md: held-out perplexity and unrelated facts kept after 1,000 edits."""
+    study = GapRippleStudy.published()
+    runs = {m: [r for r in rs if r["n"] == 1000][0] for m, rs in study.runs.items()}
+    assert runs["rome"]["baseline"]["heldout_perplexity"] == pytest.approx(2.78, abs=0.005)
+    found = {m: (r["metrics"]["heldout_perplexity"], r["metrics"]["unrelated_accuracy"]) for m, r in runs.items()}
+    assert found["rome"] == pytest.approx((99.7, 0.03), abs=0.05)
+    assert found["memit"] == pytest.approx((7366, 0.0), abs=0.5)
+    assert found["alphaedit"] == pytest.approx((110.9, 0.05), abs=0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["rome"])
 def test_the_100_edit_points_re_measured(toy_model, one_thread, method):
