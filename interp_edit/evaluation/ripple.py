@@ -140,6 +140,8 @@ class RippleResult:
         """A bar per kind (and efficacy): the mean accuracy after the edits, known tests only."""
         import plotly.graph_objects as go
 
+        from interp_edit.viz.layout import fit_layout  # (importing interp_edit.viz sets the Jupyter renderer)
+
         summary = self.summary()
         labels = [f"{k}<br>({self.known.get(k, len(self.rows))} tests)" for k in summary]
         fig = go.Figure(go.Bar(x=labels, y=list(summary.values())))
@@ -147,7 +149,7 @@ class RippleResult:
         fig.update_layout(title=f"Ripple effects of {self.method} edits on the toy world ({len(self.rows)} cases)<br>"
                                 f"<sup>not measurable here: {missing}</sup>", yaxis=dict(range=[0, 1], title="accuracy"),
                           height=420, width=760)
-        return fig
+        return fit_layout(fig)
 
 
 def ripple_study(model, method: str, cases: Sequence[RippleCase], *, config: dict | None = None) -> RippleResult:

@@ -105,6 +105,8 @@ class GapRippleStudy:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp_edit.viz.layout import fit_layout  # (importing interp_edit.viz sets the Jupyter renderer)
+
         fig = make_subplots(rows=1, cols=3, subplot_titles=("efficacy", "paraphrase", "ripple (toyworld-ripple)"))
         palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
         for i, method in enumerate(self.runs):
@@ -125,7 +127,7 @@ class GapRippleStudy:
         fig.update_yaxes(range=[0, 1.05])
         fig.update_layout(title="Teacher forcing vs generation, and ripple effects, as edits accumulate (toy world)",
                           height=460, width=1200)
-        return fig
+        return fit_layout(fig)
 
     def save(self, folder: str | Path) -> list[Path]:
         """One ``<method>.json`` per method in ``folder`` (what :meth:`load` reads)."""
