@@ -20,7 +20,7 @@ DESCRIPTION = (
 KINDS = ("hidden", "mlp", "attn")
 #: the editors of :func:`interp_edit.editing.registry.editors` (kept equal by a test), so that
 #: argparse refuses a misspelt --method at once, before torch is imported
-METHODS = ("rome", "memit", "alphaedit", "ft", "memit_csk", "fine", "intattn", "ace", "mega", "emmet", "grace", "kn")
+METHODS = ("rome", "memit", "alphaedit", "ft", "memit_csk", "fine", "intattn", "ace", "mega", "emmet", "grace", "kn", "pmet", "ultraedit", "wise")
 GROUPS = ("edit", "paraphrase", "neighborhood")
 #: the toy world's relations (:data:`interp_edit.toyworld.templates.RELATIONS`, kept equal by a
 #: test; importing the toy world here would import transformers and slow ``--help``)

@@ -39,13 +39,18 @@ def _config(name: str, n_layers: int) -> dict:
         "rome": dict(FAST, layer=mid),
         "memit": dict(FAST, layers=(0, mid)),
         "emmet": dict(FAST, layers=(mid,)),
+        "pmet": dict(FAST, layers=(0, mid)),
         "grace": dict(layer=mid, n_iter=5),
+        # a tiny act_ratio routes every probe to the side memory (this checks the hooks, not the router)
+        "wise": dict(layer=mid, n_iter=3, prefixes=(), loc_prompts=("The weather today is mild and dry.",), act_ratio=1e-6),
         # the tiny models' key covariances are full rank: the published absolute threshold (2e-2)
         # calls nothing "null" (a zero edit); the scale-free rule keeps the weak half
         "alphaedit": dict(FAST, layers=(0, mid), nullspace_rule="relative", nullspace_threshold=0.5),
         "ft": dict(FAST, layer=mid),
         "fine": dict(steps=6, n_frozen=1, top_k=2),
         "kn": dict(steps=4, batch_size=4),
+        # one request, one target token: "mask" reads every position (with "ans" one row, refused)
+        "ultraedit": dict(layers=(0, mid), lr=1e-2, token="mask"),
         "memit_csk": dict(FAST, layers=(0, mid)),
         "intattn": dict(FAST, mlp_layers=(0, mid), attn_layers=(0,), alpha=0.3),
         "mega": dict(FAST, layers=(mid,), target_mode="optimised", use_paraphrases=False, k=2),

@@ -24,7 +24,7 @@ from interp_edit.evaluation.logprobs import continuation_logprobs
 from interp_edit.precision import add_delta_, check_dtype
 
 CLEAN, CORRUPTED = "Talvik Corlo was born in", "Fenpas Astlo was born in"
-EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega", "emmet", "grace")
+EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega", "emmet", "grace", "pmet", "ultraedit", "wise")
 #: float16 matrix products are slow on the CPU (ROME: 35 s): the default suite runs these two
 FAST_FP16_EDITORS = ("ft", "fine")
 
@@ -111,6 +111,8 @@ def _target_logprob(model, records):
 def _check_editor(method, half, toy_model, records):
     before = {k: v.clone() for k, v in half.state_dict().items()}
     kwargs = {"layers": (0, 1)} if method == "memit_csk" else {}  # MEMIT's toy layers: no tracing of 2 requests
+    if method == "ultraedit":  # its toy lr trades efficacy for neighbourhood (docs/editing.md): these 2 facts need 2x
+        kwargs = {"lr": 3e-3}
     ref, got = edit(toy_model, records, method, **kwargs), edit(half, records, method, **kwargs)
     with ref.applied(toy_model):
         lp_ref = _target_logprob(toy_model, records)
@@ -118,7 +120,7 @@ def _check_editor(method, half, toy_model, records):
         lp_half = _target_logprob(half, records)
         assert all(p.dtype == half.W_E.dtype for p in half.parameters())
         changed = [k for k, v in half.state_dict().items() if not torch.equal(v, before[k])]
-        assert changed or not got.changes_weights, method  # the edit reached the weights (MEGA, GRACE: hooks only)
+        assert changed or not got.changes_weights, method  # the edit reached the weights (MEGA, GRACE, WISE: hooks only)
     # undo restores every tensor bit for bit
     for key, value in half.state_dict().items():
         assert torch.equal(value, before[key]), (method, key)

@@ -57,7 +57,7 @@ def assert_same_results(a: ExperimentResult, b: ExperimentResult) -> None:
                 assert x[key] == y[key], key
 
 
-@pytest.mark.parametrize("method", ["alphaedit", "memit"])
+@pytest.mark.parametrize("method", ["alphaedit", "memit", "ultraedit"])  # ultraedit: its normalisation state resumes
 def test_interrupted_sequential_run_resumes_like_an_uninterrupted_one(toy_model, facts, tmp_path, monkeypatch, method):
     before = snapshot(toy_model)
     full = run_experiment(toy_model, facts, method, sequential=True, out=tmp_path / "full", **SMALL)

@@ -21,7 +21,10 @@ from interp_edit.editing.methods.kn import KNConfig, kn
 from interp_edit.editing.methods.mega import GatedLinearMap, MEGAConfig, mega
 from interp_edit.editing.methods.memit import MEMITConfig, memit
 from interp_edit.editing.methods.memit_csk import MEMITCSKConfig, memit_csk
+from interp_edit.editing.methods.pmet import PMETConfig, pmet
 from interp_edit.editing.methods.rome import ROMEConfig, rome
+from interp_edit.editing.methods.ultraedit import UltraEditConfig, UltraEditor, UltraEditState, ultraedit
+from interp_edit.editing.methods.wise import WISEConfig, wise
 from interp_edit.editing.registry import Editor, edit, editors, get_editor
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, prepare_requests
 from interp_edit.editing.targets import TargetConfig
@@ -46,8 +49,13 @@ __all__ = [
     "GatedLinearMap",
     "MEGAConfig",
     "MEMITConfig",
+    "PMETConfig",
     "MEMITCSKConfig",
     "ROMEConfig",
+    "WISEConfig",
+    "UltraEditConfig",
+    "UltraEditState",
+    "UltraEditor",
     "SparseRowDelta",
     "TargetConfig",
     "TokenizedRequest",
@@ -64,9 +72,12 @@ __all__ = [
     "kn",
     "mega",
     "memit",
+    "pmet",
     "memit_csk",
     "prepare_requests",
     "rome",
+    "wise",
+    "ultraedit",
     "second_moments",
     "key_statistics",
     "KeyStatistics",

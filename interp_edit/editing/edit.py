@@ -47,6 +47,7 @@ from interp_edit.adapter import (
     weight_matrix_shape,
 )
 from interp_edit.adapter.params import APPLIED_EDITS_ATTR, weight_checksum
+from interp_edit.editing.hooks import hook_points
 from interp_edit.errors import EditApplicationError
 from interp_edit.precision import add_delta_
 
@@ -192,7 +193,8 @@ class Edit:
         handles: list[tuple[str, Any]] = []
         try:
             for steer in self.hooks.values():
-                handles.append((steer.hook_name, add_persistent_hook(model, steer.hook_name, steer)))
+                for point, fn in hook_points(model, steer):  # one pair, or two for a hook reading two activations (WISE)
+                    handles.append((point, add_persistent_hook(model, point, fn)))
             for name, delta in self.deltas.items():
                 param = get_parameter(model, name)
                 matrix = param.data.view(weight_matrix_shape(model, name))
@@ -299,7 +301,7 @@ class Edit:
         hooks = []
         for name, delta in self.deltas.items():
             hooks += delta_hooks(model, name, delta.through)
-        hooks += [(steer.hook_name, steer) for steer in self.hooks.values()]
+        hooks += [pair for steer in self.hooks.values() for pair in hook_points(model, steer)]
         with model.hooks(fwd_hooks=hooks):
             yield model
 

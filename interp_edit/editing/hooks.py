@@ -3,11 +3,13 @@
 An :class:`~interp_edit.editing.edit.Edit` may carry, besides weight deltas, activation hooks:
 objects with a TransformerLens hook-point name that change the activation there at inference
 (MEGA's gated linear map on the attention output; GRACE's key-value codebook; the plain
-additive steering vector below).
+additive steering vector below; WISE's side memory and router, in
+:mod:`interp_edit.editing.wise_memory`, which reads two activations and registers through
+:func:`hook_points`).
 They follow the :class:`ActivationHook` protocol so that ``apply`` / ``undo`` / ``hooked`` /
 ``save`` / ``load`` treat them like deltas. Every hook class lives in this module
-(the editors that build them import it) and is listed in :func:`hook_kinds`, which ``Edit.load``
-reads.
+(the editors that build them import it; WISE's in its own) and is listed in :func:`hook_kinds`,
+which ``Edit.load`` reads.
 """
 
 from __future__ import annotations
@@ -266,6 +268,17 @@ class GraceCodebook:
                 "eps_min": float(self.epsilons.min()) if n else 0.0, "eps_max": float(self.epsilons.max()) if n else 0.0}
 
 
+def hook_points(model, steer) -> list[tuple[str, Any]]:
+    """The (hook name, function) pairs that make ``steer`` act on ``model``: ``[(hook_name,
+    steer)]`` for a one-activation hook; a hook that reads two activations (WISE's
+    :class:`~interp_edit.editing.wise_memory.WiseSideMemory`: the MLP's hidden activation and its
+    output) says which by its own ``hook_points(model)``."""
+    own = getattr(steer, "hook_points", None)
+    return own(model) if own is not None else [(steer.hook_name, steer)]
+
+
 def hook_kinds() -> dict[str, type]:
     """Every activation-hook class an edit file may hold, by its ``kind``."""
-    return {cls.kind: cls for cls in (AdditiveSteering, GatedLinearMap, GraceCodebook)}
+    from interp_edit.editing.wise_memory import WiseSideMemory  # its own module (it imports this one's helpers)
+
+    return {cls.kind: cls for cls in (AdditiveSteering, GatedLinearMap, GraceCodebook, WiseSideMemory)}

@@ -35,7 +35,7 @@ def editors() -> dict[str, Editor]:
     """Every registered editing method, by name.
 
     >>> sorted(editors())
-    ['ace', 'alphaedit', 'emmet', 'fine', 'ft', 'grace', 'intattn', 'kn', 'mega', 'memit', 'memit_csk', 'rome']
+    ['ace', 'alphaedit', 'emmet', 'fine', 'ft', 'grace', 'intattn', 'kn', 'mega', 'memit', 'memit_csk', 'pmet', 'rome', 'ultraedit', 'wise']
     >>> editors()["memit"].description
     'batch update spread over MLP layers (Meng et al. 2023)'
     """
@@ -50,7 +50,10 @@ def editors() -> dict[str, Editor]:
     from interp_edit.editing.methods.mega import MEGAConfig, mega
     from interp_edit.editing.methods.memit import MEMITConfig, memit
     from interp_edit.editing.methods.memit_csk import MEMITCSKConfig, fix_auto_layers, memit_csk
+    from interp_edit.editing.methods.pmet import PMETConfig, pmet
     from interp_edit.editing.methods.rome import ROMEConfig, rome
+    from interp_edit.editing.methods.ultraedit import UltraEditConfig, ultraedit
+    from interp_edit.editing.methods.wise import WISEConfig, wise
 
     found = [
         Editor("rome", ROMEConfig, rome, "rank-one update of one MLP W_out (Meng et al. 2022)"),
@@ -65,6 +68,9 @@ def editors() -> dict[str, Editor]:
         Editor("emmet", EMMETConfig, emmet, "batched ROME: equality constraints per request (EMMET, Gupta et al. 2024)"),
         Editor("grace", GRACEConfig, grace, "discrete key-value codebook replacing one layer's output, no weight change (GRACE, Hartvigsen et al. 2023)"),
         Editor("kn", KNConfig, kn, "knowledge neurons by integrated gradients, W_out rows moved between embeddings (KN, Dai et al. 2022)"),
+        Editor("pmet", PMETConfig, pmet, "MEMIT with joint attention + FFN targets, FFN target written (PMET, Li et al. 2024)"),
+        Editor("ultraedit", UltraEditConfig, ultraedit, "lifelong closed-form W_out update from normalised keys and gradients (UltraEdit, Gu et al. 2025)"),
+        Editor("wise", WISEConfig, wise, "side memory of one layer's W_out behind an activation router, no weight change (WISE, Wang et al. 2024)"),
         Editor("ace", ACEConfig, ace, "multi-hop edit of value- then query-layer FFNs along Q-V pathways (ACE, 2026)",
                takes_cases=True, default_data="toyworld-mquake", prepare=check_ace_items),
     ]

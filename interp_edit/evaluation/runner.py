@@ -27,13 +27,15 @@ carries each ripple kind's accuracy.
 
 Independent mode undoes each batch's edit before the next; sequential mode keeps them
 (AlphaEdit through one :class:`~interp_edit.editing.AlphaEditor`, so later batches preserve the
-keys of earlier ones; other methods are simply called on the edited model). The model gets its
-original weights back at the end, also on an exception.
+keys of earlier ones; UltraEdit with one :class:`~interp_edit.editing.UltraEditState`, so later
+batches are normalised with the statistics of every earlier one; other methods are simply called
+on the edited model). The model gets its original weights back at the end, also on an exception.
 
 With ``out``, results go to ``out/results.jsonl`` (one line of settings, one of baseline metrics,
 one per finished batch) and, in sequential mode, each batch's edit to ``out/edits/`` (and the
-AlphaEditor's accumulated keys). Running again with the same settings resumes after the last
-finished batch: the earlier edits are re-applied from their files, no case is repeated or lost.
+AlphaEditor's accumulated keys, UltraEdit's normalisation statistics). Running again with the
+same settings resumes after the last finished batch: the earlier edits are re-applied from their
+files, no case is repeated or lost.
 """
 
 from __future__ import annotations
@@ -149,6 +151,12 @@ class _Session:
         self.model, self.method, self.sequential, self.config, self.folder = model, method, sequential, config, folder
         self.editor = get_editor(method)
         self.alpha = AlphaEditor(model, **config) if sequential and method == "alphaedit" else None
+        #: UltraEdit's lifelong normalisation statistics, passed to every batch of a sequential run
+        self.ultra = None
+        if sequential and method == "ultraedit":
+            from interp_edit.editing import UltraEditState
+
+            self.ultra = UltraEditState()
 
     def items(self, cases) -> list:
         """What the editor's function takes for ``cases``."""
@@ -162,11 +170,13 @@ class _Session:
     def edit(self, cases):
         if self.alpha is not None:
             return self.alpha(self.model, _requests(cases))
+        if self.ultra is not None:
+            return self.editor.fn(self.model, self.items(cases), state=self.ultra, **self.config)
         return self.editor.fn(self.model, self.items(cases), **self.config)
 
     def _paths(self, batch: int) -> tuple[Path, Path]:
         folder = self.folder / "edits"
-        return folder / f"batch_{batch:05d}.safetensors", folder / f"alphaedit_state_{batch:05d}.pt"
+        return folder / f"batch_{batch:05d}.safetensors", folder / f"{self.method}_state_{batch:05d}.pt"
 
     def save(self, batch: int, edit) -> str | None:
         if self.folder is None or not self.sequential:
@@ -176,11 +186,14 @@ class _Session:
         if self.alpha is not None:
             with atomic_path(state_path) as tmp:
                 torch.save({"preserved": self.alpha.preserved, "n_edited": self.alpha.n_edited}, tmp)
+        if self.ultra is not None:
+            with atomic_path(state_path) as tmp:
+                torch.save(self.ultra.state_dict(), tmp)
         return str(edit_path.relative_to(self.folder))
 
     def prune(self, batch: int) -> None:
         """Once batch ``batch`` is recorded, the editor state before it is no longer needed."""
-        if self.folder is not None and self.alpha is not None:
+        if self.folder is not None and (self.alpha is not None or self.ultra is not None):
             self._paths(batch - 1)[1].unlink(missing_ok=True)
 
     def restore(self, done: int) -> list:
@@ -200,6 +213,13 @@ class _Session:
             state = torch.load(state_path)
             self.alpha.preserved = {int(k): v.to(self.model.cfg.device) for k, v in state["preserved"].items()}
             self.alpha.n_edited = state["n_edited"]
+        if self.ultra is not None:
+            from interp_edit.editing import UltraEditState
+
+            state_path = self._paths(done - 1)[1]
+            if not state_path.exists():
+                raise ExperimentError(f"cannot resume the UltraEdit sequence: missing {state_path}")
+            self.ultra = UltraEditState.from_state_dict(torch.load(state_path))
         return applied
 
 
