@@ -13,10 +13,11 @@ names the property a model has that the toolkit does not cover.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from interp_edit.adapter import bridge
+from interp_edit.adapter import bridge, config_fields
 from interp_edit.errors import UnsupportedArchitectureError
 
 _ARCH_ATTR = "_interp_edit_architecture"
@@ -44,6 +45,22 @@ class Architecture:
       attention scores (Gemma-2), or None.
     - ``embedding_scale``: the factor the token embeddings are multiplied by (Gemma: √d_model;
       TransformerLens folds it into ``W_E``, so ``hook_embed`` already carries it).
+    - ``attn_bias`` / ``mlp_bias``: the attention's q/k/v projections / the MLP have biases in
+      the Hugging Face model (Llama's ``attention_bias`` / ``mlp_bias``, StableLM's
+      ``use_qkv_bias``, StarCoder2's ``use_bias`` …); a HookedTransformer holds zeros where there
+      are none.
+    - ``sliding_window``: the keys some layers attend to are the last this many (Mistral,
+      Qwen2 with ``use_sliding_window``, Gemma-2's local layers), or None (none, or a window
+      at least the context length).
+    - ``rotary_dim``: the dimensions of each head rotary rotates (partial rotary: GPT-J, GPT-NeoX,
+      Phi, StableLM), None for learned positions.
+    - ``attn_scale``: attention scores are divided by it (√d_head; Gemma-2 √query_pre_attn_scalar).
+    - ``logit_scale``: the final logits are multiplied by it (1.0; Cohere, Granite).
+
+    The forward-changing properties are read from the Hugging Face config field by field where
+    the model came from Hugging Face (:mod:`interp_edit.adapter.config_fields`: the table of
+    config field -> property, and the family constants); on the hooked backend the
+    HookedTransformer's config must say the same wherever it says it.
     """
 
     family: str
@@ -63,6 +80,12 @@ class Architecture:
     logit_softcap: float | None
     attn_softcap: float | None
     embedding_scale: float
+    attn_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    rotary_dim: int | None = None
+    attn_scale: float | None = None
+    logit_scale: float = 1.0
 
     @property
     def ffn_input_site(self) -> str:
@@ -88,12 +111,18 @@ class Architecture:
         return self.positional == "standard"
 
 
+_HF_CONFIG_ATTR = "_interp_edit_hf_config"
+
+
 def architecture(model) -> Architecture:
     """The :class:`Architecture` of a loaded model (computed once and kept on the model)."""
     cached = getattr(model, _ARCH_ATTR, None)
     if cached is not None:
         return cached
-    arch = _from_bridge(model) if bridge.is_bridge(model) else _from_config(model.cfg)
+    if bridge.is_bridge(model):
+        arch = _from_bridge(model)
+    else:
+        arch = _from_config(model.cfg, getattr(model, _HF_CONFIG_ATTR, None))
     setattr(model, _ARCH_ATTR, arch)
     return arch
 
@@ -102,11 +131,89 @@ def _softcap(value) -> float | None:
     return float(value) if value is not None and value > 0 else None
 
 
-def _from_config(cfg) -> Architecture:
+def _scale(value) -> float:
+    """Attention scales, rounded so that √x from either backend's arithmetic compares equal."""
+    return round(float(value), 9)
+
+
+@functools.cache
+def _default_hf_config(hf_architecture: str):
+    """The default config of the Hugging Face class ``hf_architecture`` (None where unknown)."""
+    try:
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    for model_type, name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
+        if name == hf_architecture:
+            try:
+                return AutoConfig.for_model(model_type)
+            except Exception:  # noqa: BLE001 - a config class that cannot be built with its defaults
+                return None
+    return None
+
+
+def _stated_by_hooked(cfg, context: int | None) -> dict:
+    """The forward-changing properties a HookedTransformerConfig states itself."""
+    rotary = cfg.positional_embedding_type == "rotary"
+    window = cfg.window_size if getattr(cfg, "use_local_attn", False) else None
+    gemma = str(cfg.original_architecture or "").startswith("Gemma")
+    return dict(
+        parallel_blocks=bool(cfg.parallel_attn_mlp),
+        qk_norm=bool(getattr(cfg, "use_qk_norm", False)),
+        post_norms=bool(getattr(cfg, "use_normalization_before_and_after", False)),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        rotary_dim=int(cfg.rotary_dim or cfg.d_head) if rotary else None,
+        sliding_window=config_fields.effective_window(window, context),
+        attn_scale=_scale(cfg.attn_scale if cfg.use_attn_scale else 1.0),
+        logit_softcap=_softcap(getattr(cfg, "output_logits_soft_cap", None)),
+        attn_softcap=_softcap(getattr(cfg, "attn_scores_soft_cap", None)),
+        embedding_scale=cfg.d_model**0.5 if gemma else 1.0,
+    )
+
+
+#: The HookedTransformerConfig field behind each property :func:`_stated_by_hooked` reads.
+_HOOKED_FIELDS = dict(
+    parallel_blocks="parallel_attn_mlp", qk_norm="use_qk_norm", post_norms="use_normalization_before_and_after",
+    n_kv_heads="n_key_value_heads", rotary_dim="rotary_dim", sliding_window="use_local_attn / window_size",
+    attn_scale="attn_scale", logit_softcap="output_logits_soft_cap", attn_softcap="attn_scores_soft_cap",
+    embedding_scale="original_architecture (Gemma: W_E scaled by √d_model)",
+)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def _from_config(cfg, hf_config=None) -> Architecture:
+    """The description of a HookedTransformer. From Hugging Face (``hf_config``): the properties
+    read from it field by field (:func:`~interp_edit.adapter.config_fields.describe_hf_config`),
+    and every one the HookedTransformerConfig states must agree (else
+    :class:`UnsupportedArchitectureError` naming both). Otherwise what the HookedTransformerConfig
+    states, and the rest (biases, logit scale) from the default config of its
+    ``original_architecture`` (a HookedTransformer has every bias as a parameter: a custom model
+    is described with them)."""
     norm_type = cfg.normalization_type or "none"
     norm = "rmsnorm" if norm_type.startswith("RMS") else "layernorm"
-    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    scale = cfg.d_model**0.5 if str(cfg.original_architecture or "").startswith("Gemma") else 1.0
+    context = config_fields.n_ctx(hf_config) if hf_config is not None else None
+    stated = _stated_by_hooked(cfg, context)
+    if hf_config is not None:
+        props = config_fields.describe_hf_config(hf_config)
+        props["attn_scale"] = _scale(props["attn_scale"])
+        wrong = [f"{p}: the Hugging Face config says {props[p]!r}, HookedTransformerConfig.{_HOOKED_FIELDS[p]} says "
+                 f"{stated[p]!r}" for p in stated if not _same(props[p], stated[p])]
+        if wrong:
+            raise UnsupportedArchitectureError(
+                f"model {cfg.original_architecture or cfg.model_name!r}: TransformerLens' conversion disagrees with the "
+                f"Hugging Face config: {'; '.join(wrong)}; load it with backend='bridge'"
+            )
+    else:
+        default = _default_hf_config(str(cfg.original_architecture or ""))
+        props = config_fields.describe_hf_config(default) if default is not None else dict(attn_bias=True, mlp_bias=True,
+                                                                                          logit_scale=1.0)
+        props = {**props, **stated}
     return Architecture(
         family=str(cfg.original_architecture or "custom"),
         n_layers=cfg.n_layers,
@@ -114,60 +221,61 @@ def _from_config(cfg) -> Architecture:
         n_heads=cfg.n_heads,
         d_head=cfg.d_head,
         d_mlp=cfg.d_mlp,
-        n_kv_heads=int(n_kv),
-        parallel_blocks=bool(cfg.parallel_attn_mlp),
         norm=norm,
         norm_folded=norm_type.endswith("Pre"),
-        post_norms=bool(getattr(cfg, "use_normalization_before_and_after", False)),
-        qk_norm=bool(getattr(cfg, "use_qk_norm", False)),
         gated_mlp=bool(cfg.gated_mlp),
         positional=str(cfg.positional_embedding_type),
-        logit_softcap=_softcap(getattr(cfg, "output_logits_soft_cap", None)),
-        attn_softcap=_softcap(getattr(cfg, "attn_scores_soft_cap", None)),
-        embedding_scale=scale,
+        **{p: props[p] for p in config_fields.PROPERTIES},
     )
 
 
 def _from_bridge(model) -> Architecture:
     """The :class:`~interp_edit.adapter.architecture.Architecture` of a bridge model, from its
-    Hugging Face config."""
+    Hugging Face config: the family's norm, MLP and positions from
+    :data:`~interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES`, every forward-changing property
+    from the config's fields (:func:`~interp_edit.adapter.config_fields.describe_hf_config`)."""
     hf_architecture = model._interp_edit_hf_architecture
     spec = bridge.BRIDGE_ARCHITECTURES[hf_architecture]
     c = model.original_model.config
     d_model = bridge._get(c, "hidden_size", "n_embd")
-    n_heads = bridge._get(c, "num_attention_heads", "n_head")
-    parallel = spec.get("parallel", False)
-    parallel = bool(getattr(c, parallel, False)) if isinstance(parallel, str) else bool(parallel)
+    props = config_fields.describe_hf_config(c)
+    props["attn_scale"] = _scale(props["attn_scale"])
+    positional = spec.get("positional", "rotary")
+    if positional != "rotary":
+        props["rotary_dim"] = None
     return Architecture(
         family=hf_architecture,
         n_layers=bridge._get(c, "num_hidden_layers", "n_layer"),
         d_model=d_model,
-        n_heads=n_heads,
-        d_head=bridge._get(c, "head_dim", default=d_model // n_heads),
+        n_heads=bridge._get(c, "num_attention_heads", "n_head"),
+        d_head=config_fields.head_dim(c),
         d_mlp=bridge._get(c, "intermediate_size", "n_inner", default=4 * d_model),
-        n_kv_heads=int(bridge._get(c, "num_key_value_heads", default=n_heads)),
-        parallel_blocks=parallel,
         norm=spec["norm"],
         norm_folded=False,
-        post_norms=spec.get("post_norms", False),
-        qk_norm=spec.get("qk_norm", False),
         gated_mlp=spec["gated"],
-        positional=spec.get("positional", "rotary"),
-        logit_softcap=_softcap(getattr(c, "final_logit_softcapping", None)),
-        attn_softcap=_softcap(getattr(c, "attn_logit_softcapping", None)),
-        embedding_scale=math.sqrt(d_model) if spec.get("gemma") else 1.0,
+        positional=positional,
+        **{p: props[p] for p in config_fields.PROPERTIES},
     )
 
 
-def _softcap(value) -> float | None:
-    return float(value) if value is not None and value > 0 else None
-
-
-def check_supported(model):
+def check_supported(model, hf_config=None):
     """Return ``model`` (its :class:`Architecture` computed and kept on it), or raise
     :class:`UnsupportedArchitectureError` naming every property of it that the toolkit's
-    analyses and editors do not cover."""
+    analyses and editors do not cover. ``hf_config``: the Hugging Face config a HookedTransformer
+    was converted from; the description is then read from it field by field and checked against
+    the HookedTransformer's config (a disagreement refuses the model). A bridge model's is read
+    from its Hugging Face model."""
+    if hf_config is not None and not bridge.is_bridge(model):
+        setattr(model, _HF_CONFIG_ATTR, hf_config)
+        if getattr(model, _ARCH_ATTR, None) is not None:
+            setattr(model, _ARCH_ATTR, None)  # described again, from the Hugging Face config
     if bridge.is_bridge(model):  # the bridge backend's families are listed, and checked at load
+        hf_config = model.original_model.config
+    refused = config_fields.refused_properties(hf_config) if hf_config is not None else []
+    if refused:
+        name = type(model.original_model).__name__ if bridge.is_bridge(model) else model.cfg.original_architecture
+        raise UnsupportedArchitectureError(f"model {name!r} is not covered by interp_edit: " + "; ".join(refused))
+    if bridge.is_bridge(model):
         architecture(model)
         return model
     from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES

@@ -1,0 +1,303 @@
+"""The architecture description's forward-changing properties, read from a Hugging Face config
+field by field: the one table (:data:`FIELD_RULES`) that says which config field sets which
+property of :class:`~interp_edit.adapter.architecture.Architecture`, and the family constants
+(:data:`FAMILY_CONSTANTS`) for what a family always does and no field says.
+
+>>> describe_hf_config(StableLmConfig(use_parallel_residual=True, qk_layernorm=True))
+{'parallel_blocks': True, 'qk_norm': True, 'attn_bias': False, ...}
+
+:func:`describe_hf_config` applies, per property: the family constant (by ``model_type``),
+then the rules of :data:`FIELD_RULES` whose field the config has, in table order (a later rule
+of the same property wins only where its field is present). :mod:`interp_edit.adapter.architecture`
+reads it for every model that came from Hugging Face (the bridge: always; the hooked backend:
+where ``check_supported`` was given the Hugging Face config, and then it checks that the
+HookedTransformer's own config says the same).
+
+:data:`NOT_DESCRIBED` lists, once, the config fields of the family matrix's config classes
+that change nothing the description says, with the reason; :data:`SIZE_FIELDS` the sizes (the
+description's ``n_layers`` / ``d_model`` / ... read them). ``tests/test_architecture_fields.py``
+holds every field of every matrix config class to one of the three.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: The description's properties this module derives (the others, ``norm`` / ``gated_mlp`` /
+#: ``positional`` / the sizes, follow from the family and the sizes).
+PROPERTIES = ("parallel_blocks", "qk_norm", "attn_bias", "mlp_bias", "sliding_window", "rotary_dim", "post_norms",
+              "n_kv_heads", "attn_scale", "logit_softcap", "attn_softcap", "logit_scale", "embedding_scale")
+
+
+def _rope(config) -> dict:
+    params = getattr(config, "rope_parameters", None)
+    return dict(params) if isinstance(params, dict) else {}
+
+
+def _field(config, name: str):
+    """A top-level field, or (``rope_parameters.x``) one inside ``rope_parameters``."""
+    if name.startswith("rope_parameters."):
+        return _rope(config).get(name.split(".", 1)[1])
+    return getattr(config, name, None)
+
+
+def _has(config, name: str) -> bool:
+    if name.startswith("rope_parameters."):
+        return name.split(".", 1)[1] in _rope(config)
+    return name in config.to_dict()
+
+
+def head_dim(config) -> int:
+    d = getattr(config, "head_dim", None)
+    d_model = getattr(config, "hidden_size", None) or config.n_embd
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    return int(d) if d else d_model // heads
+
+
+def n_ctx(config) -> int | None:
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def effective_window(window, context: int | None) -> int | None:
+    """A sliding window, or None where it masks nothing the causal mask does not (unset, 0, or
+    at least the context length)."""
+    if not window or window <= 0:
+        return None
+    return None if context is not None and window >= context else int(window)
+
+
+def _sliding_window(config, value):
+    if _has(config, "use_sliding_window") and not config.use_sliding_window:
+        return None  # Qwen2 / Qwen3: the window is off unless use_sliding_window
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)) and "sliding_attention" not in layer_types:
+        return None  # no layer slides (Qwen2: only layers from max_window_layers on do)
+    return effective_window(value, n_ctx(config))
+
+
+def _softcap(value):
+    return float(value) if value is not None and value > 0 else None
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """Config ``field`` (``rope_parameters.x``: inside ``rope_parameters``) sets ``property`` to
+    ``derive(config, value)``; ``families``: the config classes (``model_type``) that have it."""
+
+    field: str
+    property: str
+    derive: Callable[[Any, Any], Any]
+    families: str
+
+
+def _flag(config, value) -> bool:
+    return bool(value)
+
+
+#: The one table: config field -> description property. Read in order; a rule applies where the
+#: config has its field (``None`` values too: e.g. ``sliding_window=None`` is "no window").
+FIELD_RULES: tuple[FieldRule, ...] = (
+    # parallel residual: attention and MLP both read resid_pre
+    FieldRule("use_parallel_residual", "parallel_blocks", _flag, "gpt_neox, stablelm"),
+    FieldRule("parallel_attn", "parallel_blocks", _flag, "falcon"),
+    # per-head q/k norm
+    FieldRule("qk_layernorm", "qk_norm", _flag, "stablelm, phi, persimmon"),
+    FieldRule("use_qk_norm", "qk_norm", _flag, "cohere"),
+    # biases
+    FieldRule("attention_bias", "attn_bias", _flag, "llama, gpt_neox, qwen3, gemma, gemma2, granite, olmo"),
+    FieldRule("use_qkv_bias", "attn_bias", _flag, "stablelm"),
+    FieldRule("use_bias", "attn_bias", _flag, "starcoder2"),
+    FieldRule("use_bias", "mlp_bias", _flag, "starcoder2"),
+    FieldRule("enable_bias", "attn_bias", _flag, "opt"),
+    FieldRule("enable_bias", "mlp_bias", _flag, "opt"),
+    FieldRule("mlp_bias", "mlp_bias", _flag, "llama, granite"),
+    FieldRule("bias", "attn_bias", _flag, "falcon"),
+    FieldRule("bias", "mlp_bias", _flag, "falcon"),
+    # sliding windows (Qwen2 / Qwen3: only with use_sliding_window)
+    FieldRule("sliding_window", "sliding_window", _sliding_window, "mistral, qwen2, qwen3, gemma2, starcoder2"),
+    FieldRule("use_sliding_window", "sliding_window",
+              lambda c, v: _sliding_window(c, getattr(c, "sliding_window", None)), "qwen2, qwen3"),
+    # partial rotary
+    FieldRule("rotary_dim", "rotary_dim", lambda c, v: int(v) if v else head_dim(c), "gptj"),
+    FieldRule("rotary_pct", "rotary_dim", lambda c, v: round(float(v) * head_dim(c)), "gpt_neox (transformers 4)"),
+    FieldRule("partial_rotary_factor", "rotary_dim", lambda c, v: round(float(v) * head_dim(c)), "phi, stablelm (transformers 4)"),
+    FieldRule("rope_parameters.partial_rotary_factor", "rotary_dim", lambda c, v: round(float(v) * head_dim(c)),
+              "gpt_neox, phi, stablelm (transformers 5)"),
+    # multi-query / grouped-query attention
+    FieldRule("num_key_value_heads", "n_kv_heads",
+              lambda c, v: int(v) if v else int(c.num_attention_heads), "llama, mistral, qwen2, qwen3, gemma, ..."),
+    FieldRule("multi_query", "n_kv_heads", lambda c, v: 1 if v else int(c.n_head), "gpt_bigcode"),
+    # attention-score scale, soft-caps, logit scales, embedding multipliers
+    FieldRule("scale_attn_weights", "attn_scale", lambda c, v: math.sqrt(head_dim(c)) if v else 1.0, "gpt2"),
+    FieldRule("query_pre_attn_scalar", "attn_scale", lambda c, v: math.sqrt(float(v)), "gemma2"),
+    FieldRule("attn_logit_softcapping", "attn_softcap", lambda c, v: _softcap(v), "gemma2"),
+    FieldRule("final_logit_softcapping", "logit_softcap", lambda c, v: _softcap(v), "gemma2"),
+    FieldRule("logit_scale", "logit_scale", lambda c, v: float(v), "cohere (logits times it)"),
+    FieldRule("logits_scaling", "logit_scale", lambda c, v: 1.0 / float(v), "granite (logits divided by it)"),
+    FieldRule("embedding_multiplier", "embedding_scale", lambda c, v: float(v), "granite"),
+)
+
+
+def _sqrt_d(config) -> float:
+    return math.sqrt(config.hidden_size)
+
+
+#: What a family always does and no config field says (by ``model_type``); a rule of
+#: :data:`FIELD_RULES` overrides it where the config has the field.
+FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(attn_bias=True, mlp_bias=True),
+    "gptj": dict(parallel_blocks=True, attn_bias=False, mlp_bias=True),
+    "gpt_neox": dict(mlp_bias=True),
+    "opt": dict(),
+    "phi": dict(parallel_blocks=True, attn_bias=True, mlp_bias=True),
+    "qwen2": dict(attn_bias=True),  # q/k/v biases, always (o_proj none)
+    "qwen3": dict(qk_norm=True),
+    "gemma": dict(embedding_scale=_sqrt_d),
+    "gemma2": dict(embedding_scale=_sqrt_d, post_norms=True),
+}
+
+#: Every property's value where neither a family constant nor a field says otherwise.
+_DEFAULTS: dict[str, Any] = dict(
+    parallel_blocks=False, qk_norm=False, attn_bias=False, mlp_bias=False, sliding_window=None, rotary_dim=None,
+    post_norms=False, n_kv_heads=None, attn_scale=None, logit_softcap=None, attn_softcap=None, logit_scale=1.0,
+    embedding_scale=1.0,
+)
+
+#: Learned-position families (no rotary, so no rotary_dim).
+_LEARNED_POSITIONS = ("gpt2", "opt")
+
+
+def rules_for(config) -> list[FieldRule]:
+    """The rules of :data:`FIELD_RULES` whose field ``config`` has."""
+    return [rule for rule in FIELD_RULES if _has(config, rule.field)]
+
+
+def describe_hf_config(config) -> dict[str, Any]:
+    """The description's forward-changing properties (:data:`PROPERTIES`) of a Hugging Face
+    config: defaults, then the family constants, then the config's fields (:data:`FIELD_RULES`)."""
+    model_type = str(getattr(config, "model_type", "") or "")
+    out = dict(_DEFAULTS)
+    for prop, value in FAMILY_CONSTANTS.get(model_type, {}).items():
+        out[prop] = value(config) if callable(value) else value
+    for rule in rules_for(config):
+        out[rule.property] = rule.derive(config, _field(config, rule.field))
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if out["n_kv_heads"] is None:
+        out["n_kv_heads"] = int(heads)
+    if out["attn_scale"] is None:
+        out["attn_scale"] = math.sqrt(head_dim(config))
+    if model_type in _LEARNED_POSITIONS:
+        out["rotary_dim"] = None
+    elif out["rotary_dim"] is None:
+        out["rotary_dim"] = head_dim(config)
+    return out
+
+
+#: Config fields that are sizes (read into the description's ``n_layers``, ``d_model``,
+#: ``n_heads``, ``d_head``, ``d_mlp``, ``n_kv_heads`` or the vocabulary / context length).
+SIZE_FIELDS = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
+    "max_position_embeddings", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "ffn_dim",
+})
+
+_EVAL = "dropout: off in eval mode, where every analysis and editor runs models"
+_TOKENS = "special-token ids: tokenization, not the forward"
+_NONLINEAR = ("the MLP nonlinearity: analyses read its input and output at mlp.hook_pre / mlp.hook_post and never "
+              "recompute it; both backends convert it and the load-time equivalence check holds them to it")
+_EPS = "norm epsilon: read from the loaded model's norms (params.norm_eps, TransformerLens cfg.eps), never from the description"
+_ROPE = ("rotary frequencies: inside attention (hook_q / hook_k are before rotary, hook_pattern after); analyses never "
+         "recompute them; converters read them and the equivalence check holds them to it")
+
+#: Fields of the matrix's config classes that change nothing the description says, once, with
+#: the reason. A field here that a converter drops still cannot load silently wrong: the
+#: load-time equivalence check (interp_edit.adapter.equivalence) refuses it.
+NOT_DESCRIBED: dict[str, str] = {
+    # bookkeeping
+    "use_cache": "key/value caching: the same outputs", "return_dict": "output container",
+    "output_attentions": "extra outputs only", "output_hidden_states": "extra outputs only",
+    "initializer_range": "initialisation only (the weights are loaded)", "init_std": "initialisation only",
+    "tie_word_embeddings": "W_U is read from the model (tied or not, the weights are what they are)",
+    "is_decoder": "always a decoder here", "is_encoder_decoder": "always a decoder here",
+    "layer_types": "read through sliding_window (which layers slide); without a window every layer is full",
+    "max_window_layers": "read through use_sliding_window (which layers slide); without a window nothing",
+    "pretraining_tp": "a numerically equivalent split of the projections (tensor-parallel pre-training)",
+    "add_cross_attention": "cross-attention runs only with encoder states, never given to a causal LM here",
+    "summary_type": "sequence-classification head only", "summary_use_proj": "sequence-classification head only",
+    "summary_activation": "sequence-classification head only", "summary_proj_to_labels": "sequence-classification head only",
+    "summary_first_dropout": "sequence-classification head only", "classifier_dropout": "classification head only",
+    "layerdrop": "drops layers in training only",
+    # dropout
+    **{f: _EVAL for f in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout", "dropout",
+                          "embedding_dropout", "residual_dropout")},
+    # tokens
+    **{f: _TOKENS for f in ("bos_token_id", "eos_token_id", "pad_token_id")},
+    # nonlinearity, eps, rotary frequencies
+    **{f: _NONLINEAR for f in ("activation_function", "hidden_act", "hidden_activation")},
+    **{f: _EPS for f in ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "norm_epsilon")},
+    **{f: _ROPE for f in ("rope_parameters.rope_theta", "rope_parameters.rope_type", "rope_theta")},
+    "scale_attn_by_inverse_layer_idx": ("GPT-2 attention scores divided by layer+1: inside the score computation, which "
+                                        "analyses read at hook_pattern and never recompute; the hooked converter drops it "
+                                        "and the equivalence check refuses that load (the bridge runs it)"),
+    "reorder_and_upcast_attn": "GPT-2 computes the scores in float32: the same numbers to rounding",
+}
+
+#: Fields of the matrix's config classes whose value (the predicate true) makes the load refuse
+#: on every backend (not described: no analysis or editor covers what they switch on), with why.
+REFUSED_FIELDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "do_layer_norm_before": (lambda c, v: v is False, "post-norm blocks (OPT-350m: the norm after each sublayer)"),
+    "word_embed_proj_dim": (lambda c, v: v is not None and v != c.hidden_size,
+                            "projections between a narrower embedding and the residual (OPT-350m's project_in/out)"),
+    "layer_norm_elementwise_affine": (lambda c, v: v is False, "LayerNorms without gains or biases"),
+    "_remove_final_layer_norm": (lambda c, v: v is True, "no final norm before the unembedding"),
+    "use_bidirectional_attention": (lambda c, v: v is True, "bidirectional (non-causal) attention"),
+}
+
+
+def refused_properties(config) -> list[str]:
+    """What ``config`` switches on that no analysis covers (:data:`REFUSED_FIELDS`), each naming
+    the property and the field."""
+    data = config.to_dict()
+    return [f"{why} ({field}={data[field]!r})" for field, (refuses, why) in REFUSED_FIELDS.items()
+            if field in data and refuses(config, data[field])]
+
+
+#: (model_type, field) -> (predicate on the value, what) for what TransformerLens' HookedTransformer
+#: conversion (the hooked backend) does not convert though the bridge runs it: the hooked backend
+#: must refuse these (before converting: its converters crash or drop them), the bridge loads them.
+HOOKED_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
+    ("gpt_neox", "attention_bias"): (lambda c, v: v is False, "GPT-NeoX attention without biases"),
+    ("opt", "enable_bias"): (lambda c, v: v is False, "OPT without biases"),
+    ("phi", "num_key_value_heads"): (lambda c, v: v not in (None, c.num_attention_heads), "Phi with grouped-query attention"),
+    ("phi", "qk_layernorm"): (lambda c, v: v is True, "Phi with per-head q/k LayerNorm"),
+    ("llama", "attention_bias"): (lambda c, v: v is True, "Llama attention biases"),
+    ("llama", "mlp_bias"): (lambda c, v: v is True, "Llama MLP biases"),
+}
+
+
+def hooked_gaps(config) -> list[str]:
+    """What ``config`` uses that the hooked backend's conversion does not convert
+    (:data:`HOOKED_GAPS`), each naming the field; empty where it converts all of it."""
+    model_type = str(getattr(config, "model_type", "") or "")
+    data = config.to_dict()
+    return [f"{why} ({field}={data[field]!r})" for (family, field), (gap, why) in HOOKED_GAPS.items()
+            if family == model_type and field in data and gap(config, data[field])]
+
+
+#: The same for the bridge backend (TransformerLens' TransformerBridge adapters): what its
+#: adapter for the family cannot boot.
+BRIDGE_FIELD_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
+    ("gpt_neox", "attention_bias"): (lambda c, v: v is False, "GPT-NeoX attention without biases (the bridge's q/k/v split asserts a bias)"),
+}
+
+
+def conversion_gaps(config, backend: str) -> list[str]:
+    """What ``config`` uses that ``backend`` (``"hooked"`` / ``"bridge"``) does not convert."""
+    if backend == "hooked":
+        return hooked_gaps(config)
+    model_type = str(getattr(config, "model_type", "") or "")
+    data = config.to_dict()
+    return [f"{why} ({field}={data[field]!r})" for (family, field), (gap, why) in BRIDGE_FIELD_GAPS.items()
+            if family == model_type and field in data and gap(config, data[field])]
