@@ -23,8 +23,8 @@ BACKEND = os.environ.get("INTERP_EDIT_TEST_BACKEND") or ("hooked" if hooked_avai
 
 
 #: The tiny families the bridge backend covers (test_bridge_backend checks this against
-#: interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES): all but GPT-J, OPT, Phi, plus the bridge-only ones.
-BRIDGE_FAMILY_NAMES = tuple(f for f in FAMILIES if f not in ("gptj", "opt", "phi")) + tuple(BRIDGE_ONLY_FAMILIES)
+#: interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES): all but GPT-J, OPT, Phi, GPT-Neo, plus the bridge-only ones.
+BRIDGE_FAMILY_NAMES = tuple(f for f in FAMILIES if f not in ("gptj", "opt", "phi", "gptneo")) + tuple(BRIDGE_ONLY_FAMILIES)
 
 FAMILY_NAMES = tuple(FAMILIES) if BACKEND == "hooked" else BRIDGE_FAMILY_NAMES
 

@@ -101,12 +101,22 @@ def _post_scales(model, layer):
     return [n for n in model.hook_dict if n.startswith(f"blocks.{layer}.ln") and "_post.hook_scale" in n]
 
 
+def _logit_scale(model) -> float:
+    """What the model's logits are multiplied by after ``lm_head``, read from the Hugging Face
+    config (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``); TransformerLens'
+    ``unembed`` on the bridge is the bare ``lm_head``."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if config is None:
+        return 1.0
+    return float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+
+
 def _final_logprob(model, cache, residual, target):
     """log p(target) from a last-position residual: the model's own final norm (scale frozen at
     the clean run), unembedding and soft-cap, called as the model's own modules."""
     scale = cache["ln_final.hook_scale"][:, -1:]
     with torch.no_grad(), model.hooks(fwd_hooks=[("ln_final.hook_scale", lambda act, hook: scale)]):
-        logits = model.unembed(model.ln_final(residual.reshape(1, 1, -1)))
+        logits = model.unembed(model.ln_final(residual.reshape(1, 1, -1))) * _logit_scale(model)
     cap = model.cfg.output_logits_soft_cap
     if cap and cap > 0:
         logits = cap * torch.tanh(logits / cap)
@@ -258,13 +268,13 @@ def test_dla_components_sum_to_the_logit(model):
     parts = res.embed + res.pos_embed + res.heads.sum().item() + res.attn_bias.sum().item() + res.mlp.sum().item() + res.constant
     assert parts == pytest.approx(res.total, abs=1e-4)
     t, f = (model.tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in ("Karsa", "the"))
-    raw = model.unembed(model.ln_final(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]))[0, -1]
+    raw = model.unembed(model.ln_final(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]))[0, -1] * _logit_scale(model)
     cap = model.cfg.output_logits_soft_cap
     capped = cap * torch.tanh(raw / cap) if cap and cap > 0 else raw
     assert torch.allclose(capped, logits[0, -1], atol=1e-5)  # the reference is the model's output
     assert res.total == pytest.approx((raw[t] - raw[f]).item(), abs=1e-5)
     assert res.model_total == pytest.approx((logits[0, -1, t] - logits[0, -1, f]).item(), abs=1e-5)
-    direction = model.W_U[:, t] - model.W_U[:, f]
+    direction = (model.W_U[:, t] - model.W_U[:, f]) * _logit_scale(model)
     for layer in range(model.cfg.n_layers):
         for kind, got in (("attn", res.attn[layer]), ("mlp", res.mlp[layer])):
             x = cache[f"blocks.{layer}.hook_{kind}_out"][:, -1:]

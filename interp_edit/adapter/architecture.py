@@ -249,7 +249,7 @@ def _from_bridge(model) -> Architecture:
         d_model=d_model,
         n_heads=bridge._get(c, "num_attention_heads", "n_head"),
         d_head=config_fields.head_dim(c),
-        d_mlp=bridge._get(c, "intermediate_size", "n_inner", default=4 * d_model),
+        d_mlp=bridge._get(c, "intermediate_size", "n_inner", "ffn_hidden_size", default=4 * d_model),
         norm=spec["norm"],
         norm_folded=False,
         gated_mlp=spec["gated"],
@@ -270,12 +270,6 @@ def check_supported(model, hf_config=None):
         if getattr(model, _ARCH_ATTR, None) is not None:
             setattr(model, _ARCH_ATTR, None)  # described again, from the Hugging Face config
     if bridge.is_bridge(model):  # the bridge backend's families are listed, and checked at load
-        hf_config = model.original_model.config
-    refused = config_fields.refused_properties(hf_config) if hf_config is not None else []
-    if refused:
-        name = type(model.original_model).__name__ if bridge.is_bridge(model) else model.cfg.original_architecture
-        raise UnsupportedArchitectureError(f"model {name!r} is not covered by interp_edit: " + "; ".join(refused))
-    if bridge.is_bridge(model):
         architecture(model)
         return model
     from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES

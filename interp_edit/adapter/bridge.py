@@ -31,21 +31,30 @@ from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureErro
 
 BACKENDS = ("hooked", "bridge")
 
-#: Hugging Face architectures the bridge backend covers, with what the Architecture needs to
-#: know that the config does not say: parallel blocks, norm kind, post-sublayer norms, q/k
-#: norm, gated MLP, learned positions, Gemma's √d embedding scale and ``1 + w`` norm gains.
+#: Hugging Face architectures the bridge backend covers, with what the family always is and no
+#: config field says: the norm kind, a gated MLP, learned positions, and Gemma's ``1 + w`` norm
+#: gains. Everything a config field sets (parallel blocks, q/k norms, post-norms, biases, the
+#: attention and logit scales ...) is read from the config
+#: (:mod:`interp_edit.adapter.config_fields`).
 BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "GPT2LMHeadModel": dict(norm="layernorm", gated=False, positional="standard"),
-    "GPTNeoXForCausalLM": dict(norm="layernorm", gated=False, parallel="use_parallel_residual"),
+    "GPTNeoXForCausalLM": dict(norm="layernorm", gated=False),
     "LlamaForCausalLM": dict(norm="rmsnorm", gated=True),
     "MistralForCausalLM": dict(norm="rmsnorm", gated=True),
     "Qwen2ForCausalLM": dict(norm="rmsnorm", gated=True),
-    "Qwen3ForCausalLM": dict(norm="rmsnorm", gated=True, qk_norm=True),
+    "Qwen3ForCausalLM": dict(norm="rmsnorm", gated=True),
     "GemmaForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True),
-    "Gemma2ForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True, post_norms=True),
+    "Gemma2ForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True),
+    "Phi3ForCausalLM": dict(norm="rmsnorm", gated=True),
     # only the bridge has these (HookedTransformer 3.9 has no converter)
     "Starcoder2ForCausalLM": dict(norm="layernorm", gated=False),
     "StableLmForCausalLM": dict(norm="layernorm", gated=True),
+    "Gemma3ForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True),
+    "OlmoForCausalLM": dict(norm="layernorm", gated=True),
+    "FalconForCausalLM": dict(norm="layernorm", gated=False),
+    "GPTBigCodeForCausalLM": dict(norm="layernorm", gated=False, positional="standard"),
+    "GraniteForCausalLM": dict(norm="rmsnorm", gated=True),
+    "SmolLM3ForCausalLM": dict(norm="rmsnorm", gated=True),
 }
 
 #: Architectures the bridge boots whose HookedTransformer-named hooks are incomplete in
@@ -54,6 +63,11 @@ BRIDGE_GAPS: dict[str, str] = {
     "GPTJForCausalLM": "the bridge fires no attn.hook_pattern and no ln2 hooks for GPT-J",
     "OPTForCausalLM": "the bridge fires no attn.hook_pattern for OPT and its ln2.hook_scale drops the batch axis",
     "PhiForCausalLM": "the bridge has no ln2 hooks for Phi's single shared norm",
+    "GPTNeoForCausalLM": ("the bridge's GPT-Neo attention delegates to the Hugging Face module and discards edits of "
+                          "attn.hook_pattern"),
+    "Olmo2ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
+    "Olmo3ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
+    "CohereForCausalLM": "the bridge has no ln2 hooks for Cohere's single shared norm (parallel blocks read one norm)",
 }
 
 
@@ -149,6 +163,7 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [hf_architecture]
     hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    _give_norms_a_gain(hf_model)
     quiet = logging.getLogger().manager.disable
     logging.disable(logging.WARNING)  # the bridge warns about every legacy alias it registers
     try:
@@ -161,6 +176,21 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
     hf_model._interp_edit_bridged = True
     model.eval()
     return model
+
+
+def _give_norms_a_gain(hf_model) -> None:
+    """OLMo's LayerNorm has no gain or bias; the bridge's norm, when a hook edits ``hook_scale``
+    (a frozen-norm readout), rebuilds the output from the module's ``weight``. Give such norms a
+    non-persistent ``weight`` of ones (Hugging Face's forward never reads it; no state-dict key)."""
+    for module in hf_model.modules():
+        if type(module).__name__.endswith("LayerNorm") and getattr(module, "weight", None) is None \
+                and hasattr(module, "normalized_shape"):
+            size = module.normalized_shape
+            module.register_buffer("weight", torch.ones(size, device=_device_of(hf_model)), persistent=False)
+
+
+def _device_of(hf_model):
+    return next(hf_model.parameters()).device
 
 
 # --- the architecture ----------------------------------------------------------------------
@@ -208,7 +238,7 @@ def _norm_module(model, norm: str, layer: int | None):
 
 def norm_gain(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The gain γ of a norm as it multiplies (Gemma's RMSNorm multiplies by ``1 + w``)."""
-    weight = _norm_module(model, norm, layer).weight.detach()
+    weight = _norm_module(model, norm, layer).weight.detach()  # OLMo's: ones (_give_norms_a_gain)
     return 1.0 + weight if BRIDGE_ARCHITECTURES[model._interp_edit_hf_architecture].get("gemma") else weight
 
 

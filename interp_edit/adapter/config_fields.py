@@ -91,6 +91,8 @@ class FieldRule:
     property: str
     derive: Callable[[Any, Any], Any]
     families: str
+    #: config classes (``model_type``) whose field of this name is an alias another rule reads
+    not_for: tuple[str, ...] = ()
 
 
 def _flag(config, value) -> bool:
@@ -103,23 +105,30 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     # parallel residual: attention and MLP both read resid_pre
     FieldRule("use_parallel_residual", "parallel_blocks", _flag, "gpt_neox, stablelm"),
     FieldRule("parallel_attn", "parallel_blocks", _flag, "falcon"),
+    FieldRule("new_decoder_architecture", "parallel_blocks", lambda c, v: bool(v) or bool(c.parallel_attn),
+              "falcon (the new decoder: parallel blocks, two norms)"),
     # per-head q/k norm
     FieldRule("qk_layernorm", "qk_norm", _flag, "stablelm, phi, persimmon"),
     FieldRule("use_qk_norm", "qk_norm", _flag, "cohere"),
     # biases
-    FieldRule("attention_bias", "attn_bias", _flag, "llama, gpt_neox, qwen3, gemma, gemma2, granite, olmo"),
+    FieldRule("attention_bias", "attn_bias", _flag,
+              "llama, gpt_neox, qwen3, gemma, gemma2, gemma3_text, granite, olmo, smollm3"),
     FieldRule("use_qkv_bias", "attn_bias", _flag, "stablelm"),
     FieldRule("use_bias", "attn_bias", _flag, "starcoder2"),
     FieldRule("use_bias", "mlp_bias", _flag, "starcoder2"),
     FieldRule("enable_bias", "attn_bias", _flag, "opt"),
     FieldRule("enable_bias", "mlp_bias", _flag, "opt"),
-    FieldRule("mlp_bias", "mlp_bias", _flag, "llama, granite"),
+    FieldRule("mlp_bias", "mlp_bias", _flag, "llama, granite, smollm3"),
     FieldRule("bias", "attn_bias", _flag, "falcon"),
     FieldRule("bias", "mlp_bias", _flag, "falcon"),
     # sliding windows (Qwen2 / Qwen3: only with use_sliding_window)
-    FieldRule("sliding_window", "sliding_window", _sliding_window, "mistral, qwen2, qwen3, gemma2, starcoder2"),
+    FieldRule("sliding_window", "sliding_window", _sliding_window,
+              "mistral, qwen2, qwen3, gemma2, gemma3_text, starcoder2, phi3, smollm3"),
     FieldRule("use_sliding_window", "sliding_window",
-              lambda c, v: _sliding_window(c, getattr(c, "sliding_window", None)), "qwen2, qwen3"),
+              lambda c, v: _sliding_window(c, getattr(c, "sliding_window", None)), "qwen2, qwen3, smollm3"),
+    FieldRule("window_size", "sliding_window",
+              lambda c, v: effective_window(v, n_ctx(c)) if "local" in (c.attention_layers or ()) else None,
+              "gpt_neo (its 'local' layers)"),
     # partial rotary
     FieldRule("rotary_dim", "rotary_dim", lambda c, v: int(v) if v else head_dim(c), "gptj"),
     FieldRule("rotary_pct", "rotary_dim", lambda c, v: round(float(v) * head_dim(c)), "gpt_neox (transformers 4)"),
@@ -128,10 +137,13 @@ FIELD_RULES: tuple[FieldRule, ...] = (
               "gpt_neox, phi, stablelm (transformers 5)"),
     # multi-query / grouped-query attention
     FieldRule("num_key_value_heads", "n_kv_heads",
-              lambda c, v: int(v) if v else int(c.num_attention_heads), "llama, mistral, qwen2, qwen3, gemma, ..."),
-    FieldRule("multi_query", "n_kv_heads", lambda c, v: 1 if v else int(c.n_head), "gpt_bigcode"),
+              lambda c, v: int(v) if v else int(c.num_attention_heads), "llama, mistral, qwen2, qwen3, gemma, ...",
+              not_for=("falcon", "gpt_bigcode")),  # there: derived from multi_query / num_kv_heads
+    FieldRule("multi_query", "n_kv_heads", lambda c, v: int(c.num_kv_heads) if getattr(c, "new_decoder_architecture", False)
+              else (1 if v else int(c.num_attention_heads)), "gpt_bigcode, falcon (the old decoder)"),
     # attention-score scale, soft-caps, logit scales, embedding multipliers
-    FieldRule("scale_attn_weights", "attn_scale", lambda c, v: math.sqrt(head_dim(c)) if v else 1.0, "gpt2"),
+    FieldRule("scale_attn_weights", "attn_scale", lambda c, v: math.sqrt(head_dim(c)) if v else 1.0, "gpt2, gpt_bigcode"),
+    FieldRule("attention_multiplier", "attn_scale", lambda c, v: 1.0 / float(v), "granite (scores times it)"),
     FieldRule("query_pre_attn_scalar", "attn_scale", lambda c, v: math.sqrt(float(v)), "gemma2"),
     FieldRule("attn_logit_softcapping", "attn_softcap", lambda c, v: _softcap(v), "gemma2"),
     FieldRule("final_logit_softcapping", "logit_softcap", lambda c, v: _softcap(v), "gemma2"),
@@ -157,6 +169,11 @@ FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
     "qwen3": dict(qk_norm=True),
     "gemma": dict(embedding_scale=_sqrt_d),
     "gemma2": dict(embedding_scale=_sqrt_d, post_norms=True),
+    "gemma3_text": dict(embedding_scale=_sqrt_d, post_norms=True, qk_norm=True),
+    "gpt_neo": dict(attn_scale=1.0, mlp_bias=True),  # GPT-Neo does not scale its scores; q/k/v without biases
+    "gpt_bigcode": dict(attn_bias=True, mlp_bias=True),
+    "falcon": dict(),
+    "olmo": dict(),
 }
 
 #: Every property's value where neither a family constant nor a field says otherwise.
@@ -167,12 +184,13 @@ _DEFAULTS: dict[str, Any] = dict(
 )
 
 #: Learned-position families (no rotary, so no rotary_dim).
-_LEARNED_POSITIONS = ("gpt2", "opt")
+_LEARNED_POSITIONS = ("gpt2", "opt", "gpt_neo", "gpt_bigcode")
 
 
 def rules_for(config) -> list[FieldRule]:
-    """The rules of :data:`FIELD_RULES` whose field ``config`` has."""
-    return [rule for rule in FIELD_RULES if _has(config, rule.field)]
+    """The rules of :data:`FIELD_RULES` whose field ``config`` has (and reads as the rule says)."""
+    model_type = str(getattr(config, "model_type", "") or "")
+    return [rule for rule in FIELD_RULES if _has(config, rule.field) and model_type not in rule.not_for]
 
 
 def describe_hf_config(config) -> dict[str, Any]:
@@ -201,6 +219,8 @@ def describe_hf_config(config) -> dict[str, Any]:
 SIZE_FIELDS = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
     "max_position_embeddings", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "ffn_dim",
+    "num_layers", "num_heads", "ffn_hidden_size",
+    "num_kv_heads",  # Falcon's; the description's n_kv_heads reads it (num_key_value_heads, multi_query)
 })
 
 _EVAL = "dropout: off in eval mode, where every analysis and editor runs models"
@@ -221,7 +241,6 @@ NOT_DESCRIBED: dict[str, str] = {
     "initializer_range": "initialisation only (the weights are loaded)", "init_std": "initialisation only",
     "tie_word_embeddings": "W_U is read from the model (tied or not, the weights are what they are)",
     "is_decoder": "always a decoder here", "is_encoder_decoder": "always a decoder here",
-    "layer_types": "read through sliding_window (which layers slide); without a window every layer is full",
     "max_window_layers": "read through use_sliding_window (which layers slide); without a window nothing",
     "pretraining_tp": "a numerically equivalent split of the projections (tensor-parallel pre-training)",
     "add_cross_attention": "cross-attention runs only with encoder states, never given to a causal LM here",
@@ -231,13 +250,24 @@ NOT_DESCRIBED: dict[str, str] = {
     "layerdrop": "drops layers in training only",
     # dropout
     **{f: _EVAL for f in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout", "dropout",
-                          "embedding_dropout", "residual_dropout")},
+                          "embedding_dropout", "residual_dropout", "embed_dropout", "resid_dropout")},
     # tokens
     **{f: _TOKENS for f in ("bos_token_id", "eos_token_id", "pad_token_id")},
     # nonlinearity, eps, rotary frequencies
-    **{f: _NONLINEAR for f in ("activation_function", "hidden_act", "hidden_activation")},
+    **{f: _NONLINEAR for f in ("activation_function", "hidden_act", "hidden_activation", "activation")},
     **{f: _EPS for f in ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "norm_epsilon")},
-    **{f: _ROPE for f in ("rope_parameters.rope_theta", "rope_parameters.rope_type", "rope_theta")},
+    **{f: _ROPE for f in ("rope_parameters.rope_theta", "rope_parameters.rope_type", "rope_theta",
+                          "rope_parameters.full_attention", "rope_parameters.sliding_attention",
+                          "original_max_position_embeddings")},
+    **{f: ("which layers apply rotary (SmolLM3's NoPE layers): inside attention, after hook_q / hook_k, which analyses "
+           "never recompute; the equivalence check holds the conversion to it") for f in ("no_rope_layers", "no_rope_layer_interval")},
+    "attention_layers": "read through window_size (which layers are local); GPT-Neo's global layers see the whole context",
+    "attention_types": "the same as attention_layers, run-length encoded",
+    "_sliding_window_pattern": "read through sliding_window and layer_types (which layers slide)",
+    **{f: "softmax in float32: the same numbers to rounding" for f in ("attention_softmax_in_fp32",
+                                                                      "scale_attention_softmax_in_fp32")},
+    "num_ln_in_parallel_attn": ("Falcon's norms per parallel block: two (new decoder) are ln1 / ln2; one shared norm is "
+                                "a conversion gap of the bridge (BRIDGE_FIELD_GAPS)"),
     "scale_attn_by_inverse_layer_idx": ("GPT-2 attention scores divided by layer+1: inside the score computation, which "
                                         "analyses read at hook_pattern and never recompute; the hooked converter drops it "
                                         "and the equivalence check refuses that load (the bridge runs it)"),
@@ -253,6 +283,19 @@ REFUSED_FIELDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "layer_norm_elementwise_affine": (lambda c, v: v is False, "LayerNorms without gains or biases"),
     "_remove_final_layer_norm": (lambda c, v: v is True, "no final norm before the unembedding"),
     "use_bidirectional_attention": (lambda c, v: v is True, "bidirectional (non-causal) attention"),
+    "clip_qkv": (lambda c, v: v is not None, "queries, keys and values clamped inside attention (OLMo's clip_qkv): "
+                 "analyses that recompute them from the residual would not clamp"),
+    "residual_multiplier": (lambda c, v: v != 1, "sublayer outputs scaled before they join the residual (Granite's "
+                            "residual_multiplier): the attribution readouts' decomposition of the residual does not "
+                            "cover it"),
+    # layer_types: otherwise read through sliding_window (which layers slide)
+    "layer_types": (lambda c, v: bool(set(v or ()) - {"full_attention", "sliding_attention"}),
+                    "layers that are not softmax attention (Qwen3.5's 'linear_attention': Gated DeltaNet), from layer_types"),
+    "hidden_size_per_layer_input": (lambda c, v: bool(v), "per-layer input embeddings added inside every layer "
+                                                         "(Gemma-4's hidden_size_per_layer_input)"),
+    "per_layer_config": (lambda c, v: bool(v), "layers of different shapes (per_layer_config: head sizes per layer)"),
+    "num_kv_shared_layers": (lambda c, v: bool(v), "layers that reuse an earlier layer's keys and values"),
+    "alibi": (lambda c, v: v is True, "ALiBi attention biases (linear position biases, no rotary or learned positions)"),
 }
 
 
@@ -272,6 +315,8 @@ HOOKED_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
     ("opt", "enable_bias"): (lambda c, v: v is False, "OPT without biases"),
     ("phi", "num_key_value_heads"): (lambda c, v: v not in (None, c.num_attention_heads), "Phi with grouped-query attention"),
     ("phi", "qk_layernorm"): (lambda c, v: v is True, "Phi with per-head q/k LayerNorm"),
+    ("gpt_neo", "intermediate_size"): (lambda c, v: v is not None and v != 4 * c.hidden_size,
+                                      "GPT-Neo with an MLP width other than 4 × hidden_size (the converter assumes 4×)"),
     ("llama", "attention_bias"): (lambda c, v: v is True, "Llama attention biases"),
     ("llama", "mlp_bias"): (lambda c, v: v is True, "Llama MLP biases"),
 }
@@ -290,6 +335,12 @@ def hooked_gaps(config) -> list[str]:
 #: adapter for the family cannot boot.
 BRIDGE_FIELD_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
     ("gpt_neox", "attention_bias"): (lambda c, v: v is False, "GPT-NeoX attention without biases (the bridge's q/k/v split asserts a bias)"),
+    ("falcon", "num_kv_heads"): (lambda c, v: bool(c.new_decoder_architecture) and v != 1,
+                                 "Falcon with several key/value heads (the bridge's fused q/k/v split assumes one)"),
+    ("gpt_bigcode", "multi_query"): (lambda c, v: not v, "GPT-BigCode with multi-head attention (the bridge's adapter "
+                                                          "splits q/k/v for multi-query attention only)"),
+    ("falcon", "new_decoder_architecture"): (lambda c, v: not v, "Falcon's old decoder (one shared norm per parallel "
+                                                                 "block: the bridge fires no ln2 hooks for it)"),
 }
 
 

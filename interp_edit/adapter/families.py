@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from interp_edit.adapter import config_fields
+
 
 def _rope(hf_config) -> dict:
     """transformers 5 keeps rotary settings in ``rope_parameters``; earlier versions at the top."""
@@ -185,8 +187,9 @@ def uncovered_properties(hf_config) -> list[str]:
     """What ``hf_config`` (a Hugging Face config) describes that neither backend covers, each
     naming the property and the config field that says so: mixture-of-experts MLPs (any
     :data:`MOE_FIELDS` above 1), ALiBi attention biases (Bloom; Falcon's ``alibi``; MPT's
-    ``attn_config.alibi``; ``position_embedding_type='alibi'``). Read from the config alone:
-    nothing is converted or built."""
+    ``attn_config.alibi``; ``position_embedding_type='alibi'``), and the fields of
+    :data:`~interp_edit.adapter.config_fields.REFUSED_FIELDS` (post-norm OPT, bidirectional
+    attention ...). Read from the config alone: nothing is converted or built."""
     data = hf_config.to_dict()
     model_type = str(getattr(hf_config, "model_type", "") or "")
     missing = []
@@ -197,12 +200,13 @@ def uncovered_properties(hf_config) -> list[str]:
         name, value = experts[0]
         missing.append(f"mixture-of-experts MLPs (num_experts={value}), from the config field {name}")
     alibi = [name for name, key, value in _config_items(data)
-             if (key == "alibi" and value is True) or (key == "position_embedding_type" and value == "alibi")]
+             if (key == "alibi" and value is True and "." in name)  # top-level: config_fields.REFUSED_FIELDS
+             or (key == "position_embedding_type" and value == "alibi")]
     if model_type in ALIBI_MODEL_TYPES:
         alibi.insert(0, f"model_type={model_type!r}, always")
     if alibi:
         missing.append(f"ALiBi attention biases (linear position biases, no rotary or learned positions), from {alibi[0]}")
-    return missing
+    return missing + config_fields.refused_properties(hf_config)
 
 
 def check_covered(hf_config, architecture: str) -> None:

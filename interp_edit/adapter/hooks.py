@@ -167,11 +167,25 @@ def cached_keys_values(model, layer: int, keys: torch.Tensor, values: torch.Tens
 
 def unembed(model, normalised: torch.Tensor) -> torch.Tensor:
     """Logits from the final-normed residual. Same as TransformerLens' ``model.unembed`` but
-    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary); with the final-logit
-    soft-cap ``cap · tanh(logits / cap)`` where the model has one (Gemma-2)."""
+    without its per-call copy of W_U (150 MB for a GPT-2 vocabulary); with the logit scale
+    (Cohere, Granite: :func:`unembedding`) and the final-logit soft-cap ``cap · tanh(logits /
+    cap)`` where the model has one (Gemma-2)."""
     from interp_edit.adapter.architecture import architecture
 
-    return softcap(normalised @ model.W_U + model.b_U, architecture(model).logit_softcap)
+    w_u, b_u = unembedding(model)
+    return softcap(normalised @ w_u + b_u, architecture(model).logit_softcap)
+
+
+def unembedding(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_U`` [d_model, vocab] and ``b_U`` [vocab] as the model's logits read them: times the
+    architecture's ``logit_scale`` (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``;
+    TransformerLens' ``W_U`` is the bare ``lm_head`` on the bridge). Not detached."""
+    from interp_edit.adapter.architecture import architecture
+
+    scale = architecture(model).logit_scale
+    if scale == 1.0:
+        return model.W_U, model.b_U
+    return model.W_U * scale, model.b_U * scale
 
 
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:

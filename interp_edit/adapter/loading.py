@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from interp_edit.adapter import bridge, equivalence, families, streaming
+from interp_edit.adapter import bridge, config_fields, equivalence, families, streaming
 from interp_edit.adapter.architecture import check_supported
 from interp_edit.errors import (
     CheckpointError,
@@ -213,6 +213,7 @@ def load_model(
             backend = _default_backend(hf_model)
         if backend == "bridge":
             bridge.check_bridge_family(type(hf_model).__name__, hooked_can=_hooked_converts(hf_model))
+            _check_conversion(hf_model, "bridge")
             if folder is not None:
                 hf_model = _read_local_hf_weights(folder, dtype, device)
             reference = equivalence.reference(hf_model, probe_vocab)  # before the bridge wraps (and casts) it
@@ -220,12 +221,14 @@ def load_model(
             return _verified(model, reference, "bridge", name, check_equivalence)
         if from_pretrained_kwargs:
             raise TypeError(f"load_model({name!r}) takes no from_pretrained options: {sorted(from_pretrained_kwargs)}")
+        _check_conversion(hf_model, "hooked")
         if type(hf_model).__name__ in bridge.BRIDGE_ARCHITECTURES and not _hooked_converts(hf_model):
             raise UnsupportedArchitectureError(
                 f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
                 "HookedTransformer has no converter for it; load it with backend='bridge' (or leave backend unset)"
             )
-        model = check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder))
+        model = check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder),
+                                hf_config=hf_model.config)
         reference = equivalence.reference(hf_model, probe_vocab)  # None for a folder's meta skeleton
         if reference is None and check_equivalence and folder is not None:  # asked for: read the folder's model whole for the probe
             reference = equivalence.reference(_read_local_hf_weights(folder, dtype, "cpu"), probe_vocab)
@@ -250,6 +253,7 @@ def load_model(
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         families.check_covered(hf.config, type(hf).__name__)
         bridge.check_bridge_family(type(hf).__name__, hooked_can=_hooked_converts(hf))
+        _check_conversion(hf, "bridge")
         _check_tokenizer_fits(tokenizer, name, backend, _model_vocab(hf), required=False)
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(name)
         reference = equivalence.reference(hf, _probe_vocab(tokenizer, hf))
@@ -445,13 +449,26 @@ def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
 def _hooked_converts(hf_model) -> bool:
     """Whether the hooked backend can load ``hf_model`` (HookedTransformer present and a config
     converter for its architecture)."""
-    if not bridge.hooked_available():
+    if not bridge.hooked_available() or config_fields.conversion_gaps(hf_model.config, "hooked"):
         return False
     try:
         hooked_config(hf_model.config, architecture=type(hf_model).__name__)
     except UnsupportedArchitectureError:
         return False
     return True
+
+
+def _check_conversion(hf_model, backend: str) -> None:
+    """Refuse, before converting, a config that uses what ``backend``'s conversion does not
+    convert (:func:`~interp_edit.adapter.config_fields.conversion_gaps`), naming each field and
+    the backend that does convert it."""
+    gaps = config_fields.conversion_gaps(hf_model.config, backend)
+    if gaps:
+        other = "hooked" if backend == "bridge" else "bridge"
+        raise UnsupportedArchitectureError(
+            f"model architecture {type(hf_model).__name__!r} cannot run on backend={backend!r}: its conversion does not "
+            f"convert {'; '.join(gaps)}; load it with backend={other!r} (or leave backend unset)"
+        )
 
 
 def _default_backend(hf_model) -> str:

@@ -29,6 +29,8 @@ FAMILIES: dict[str, str] = {
     "gemma": "Gemma: multi-query attention, GeGLU, √d embedding scale, (1 + w) RMSNorm",
     "gemma2": "Gemma-2: post-sublayer norms, attention and final-logit soft-caps",
     "phi": "Phi-2: parallel blocks, one LayerNorm, partial rotary, dense biases",
+    "phi3": "Phi-3: RMSNorm, GQA, fused q/k/v and gate/up projections",
+    "gptneo": "GPT-Neo: learned positions, global and local (windowed) attention layers, unscaled scores",
 }
 
 #: Families only the TransformerBridge backend loads (TransformerLens' HookedTransformer has no
@@ -36,6 +38,12 @@ FAMILIES: dict[str, str] = {
 BRIDGE_ONLY_FAMILIES: dict[str, str] = {
     "starcoder2": "StarCoder2: LayerNorm with biases, GQA, rotary, plain (ungated) GELU MLP with biases",
     "stablelm": "StableLM: LayerNorm, GQA, partial rotary, gated SiLU MLP",
+    "gemma3": "Gemma-3 (text): post-sublayer norms, per-head q/k RMSNorm, local and global layers",
+    "olmo": "OLMo: LayerNorm without gains or biases, gated SiLU MLP",
+    "falcon": "Falcon (new decoder): parallel blocks with two norms, multi-query attention",
+    "bigcode": "GPT-BigCode / StarCoder: multi-query attention, learned positions",
+    "granite": "Granite: embedding, attention and logit multipliers (a residual multiplier is refused)",
+    "smollm3": "SmolLM3: GQA, rotary on three layers of four (NoPE on the rest)",
 }
 
 _SIZES = {
@@ -87,6 +95,30 @@ def _configs(s: dict) -> dict[str, Callable[[], object]]:
             vocab_size=V, hidden_size=d, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H,
             max_position_embeddings=C, partial_rotary_factor=0.5, initializer_range=init, resid_pdrop=0.0,
             embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+        "phi3": lambda: T.Phi3ForCausalLM(_llama_like(T.Phi3Config, s, num_key_value_heads=kv, pad_token_id=None, bos_token_id=None,
+                                                      eos_token_id=None,
+                                                      resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)),
+        "gptneo": lambda: T.GPTNeoForCausalLM(T.GPTNeoConfig(
+            vocab_size=V, max_position_embeddings=C, hidden_size=d, num_layers=L, num_heads=H, intermediate_size=None,
+            attention_types=[[["global", "local"], L // 2], [["global"], L % 2]] if L % 2 else [[["global", "local"], L // 2]],
+            window_size=max(2, C // 4), bos_token_id=None, eos_token_id=None, resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0,
+            initializer_range=init)),
+        "gemma3": lambda: T.Gemma3ForCausalLM(_llama_like(
+            T.Gemma3TextConfig, s, num_key_value_heads=kv, head_dim=dh, sliding_window=C, query_pre_attn_scalar=dh)),
+        "olmo": lambda: T.OlmoForCausalLM(_llama_like(T.OlmoConfig, s, num_key_value_heads=kv, pad_token_id=None,
+                                                        bos_token_id=None, eos_token_id=None)),
+        "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(
+            vocab_size=V, hidden_size=d, num_hidden_layers=L, num_attention_heads=H, num_kv_heads=1,
+            new_decoder_architecture=True, parallel_attn=True, bias=False, max_position_embeddings=C,
+            initializer_range=init, hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+        "bigcode": lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(
+            vocab_size=V, n_positions=C, n_embd=d, n_layer=L, n_head=H, n_inner=F, multi_query=True, bos_token_id=None,
+            eos_token_id=None, initializer_range=init, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)),
+        "granite": lambda: T.GraniteForCausalLM(_llama_like(
+            T.GraniteConfig, s, num_key_value_heads=kv, embedding_multiplier=2.0, residual_multiplier=1.0,
+            attention_multiplier=1.0 / dh, logits_scaling=2.0)),
+        "smollm3": lambda: T.SmolLM3ForCausalLM(_llama_like(T.SmolLM3Config, s, num_key_value_heads=kv, pad_token_id=None,
+                                                              bos_token_id=None, eos_token_id=None)),
         "starcoder2": lambda: T.Starcoder2ForCausalLM(_llama_like(
             T.Starcoder2Config, s, num_key_value_heads=kv, sliding_window=None, residual_dropout=0.0,
             embedding_dropout=0.0, attention_dropout=0.0)),

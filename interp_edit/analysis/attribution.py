@@ -53,6 +53,7 @@ from torch import Tensor
 
 from interp_edit.adapter import hook_name, layer_weight, norm_bias, norm_centres, norm_weight, run_with_cache
 from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.hooks import unembedding
 from interp_edit.adapter.readout import (
     ffn_base,
     ffn_gate_weight,
@@ -171,8 +172,8 @@ class FrozenUnembed:
 def frozen_unembed(model, scale: float, *, keep_bias: bool = False) -> FrozenUnembed:
     """The final norm frozen at ``scale`` (σ*) followed by the unembedding."""
     gamma = norm_weight(model, "ln_final")
-    w_u = model.W_U.detach()
-    bias = norm_bias(model, "ln_final") @ w_u + model.b_U.detach() if keep_bias else None
+    w_u, b_u = (w.detach() for w in unembedding(model))
+    bias = norm_bias(model, "ln_final") @ w_u + b_u if keep_bias else None
     return FrozenUnembed(gamma[:, None] * w_u, float(scale), norm_centres(model), bias, architecture(model).logit_softcap)
 
 

@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import get_parameter, hook_name, layer_weight, norm_bias, norm_weight, run_with_cache, unembed
+from interp_edit.adapter.hooks import unembedding
 from interp_edit.adapter.architecture import architecture
 from interp_edit.adapter.readout import write_gain, write_gain_names, written
 from interp_edit.analysis.scoring import encode_target
@@ -201,12 +202,13 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
     tokens = _tokens(model, prompt)
     n = model.cfg.n_layers
     t_id = encode_target(model.tokenizer, target)[0]
-    direction = model.W_U[:, t_id].clone()
-    b_u = model.b_U[t_id].item()
+    w_u, b_unembed = unembedding(model)  # times the logit scale (Cohere, Granite)
+    direction = w_u[:, t_id].detach().clone()
+    b_u = b_unembed[t_id].item()
     if foil is not None:
         f_id = encode_target(model.tokenizer, foil)[0]
-        direction -= model.W_U[:, f_id]
-        b_u -= model.b_U[f_id].item()
+        direction -= w_u[:, f_id].detach()
+        b_u -= b_unembed[f_id].item()
     arch = architecture(model)
     names = [hook_name("embed"), hook_name("ln_final_scale")] + write_gain_names(model)
     if arch.has_pos_embed:
@@ -239,7 +241,7 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
     model_total = logits[0, -1, t_id].item() - (logits[0, -1, f_id].item() if foil else 0.0)
     total = model_total
     if arch.logit_softcap is not None:  # the pre-cap logits, from the final residual
-        raw = model.ln_final(cache[hook_name("resid_post", n - 1)][:, -1:])[0, 0] @ model.W_U + model.b_U
+        raw = model.ln_final(cache[hook_name("resid_post", n - 1)][:, -1:])[0, 0] @ w_u + b_unembed
         total = raw[t_id].item() - (raw[f_id].item() if foil else 0.0)
     return DLAResult(
         heads=heads.cpu(),
