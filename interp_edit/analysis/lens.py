@@ -11,8 +11,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import get_parameter, hook_name, layer_weight, norm_bias, norm_weight, run_with_cache, unembed
-from interp_edit.adapter.hooks import unembedding
 from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.hooks import unembedding
 from interp_edit.adapter.readout import write_gain, write_gain_names, written
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
