@@ -5,7 +5,9 @@ the retention of the first batch (its scores right after its edit and at the end
 unrelated facts. AlphaEdit's null-space dimension per layer is printed.
 
 Each method gets the same cases in the same order (a seeded shuffle of the dataset) and its
-toy preset (``--config`` overrides, a JSON object applied to every method). ``--model DIR``
+toy preset (``--config`` overrides, a JSON object applied to every method). What a method
+carries from batch to batch is :class:`SequentialEditor`'s (AlphaEdit's projection, UltraEdit's
+state, WISE's side memory; ``benchmarks/lifelong.py`` uses it too). ``--model DIR``
 runs on another toy-world checkpoint (its own world's dataset). ``--time-budget S`` stops a
 method's editing after the first batch that ends past S seconds and scores the batches edited so
 far (``<method>_edited_cases`` says how many). ``--spectrum`` prints the eigenvalues of the key
@@ -54,16 +56,56 @@ def spectrum(model, config: dict) -> dict:
     return out
 
 
+class SequentialEditor:
+    """One method's edits kept one after another on ``model`` (``edit(cases)`` computes a batch's
+    edit on the model as the earlier batches left it and applies it; ``undo()`` takes every
+    batch off again). What a method carries between batches: AlphaEdit one
+    :class:`~interp_edit.editing.AlphaEditor` (its preserved keys' projection), UltraEdit one
+    :class:`~interp_edit.editing.UltraEditState` (its normalisation statistics), WISE its side
+    memory (the earlier edit is undone and passed as ``memory=``, the extended memory applied in
+    its place); every other method (GRACE included: each batch adds its own codebook hook at the
+    same site, after the earlier ones) stacks independent edits."""
+
+    def __init__(self, model, method: str, config: dict) -> None:
+        self.model, self.method, self.config = model, method, dict(config)
+        self.editor = get_editor(method)
+        self.alpha = AlphaEditor(model, **config) if method == "alphaedit" else None
+        self.ultra = None
+        if method == "ultraedit":
+            from interp_edit.editing import UltraEditState
+
+            self.ultra = UltraEditState()
+        #: the applied edits, in order (WISE: one, the side memory holding every batch)
+        self.applied: list = []
+
+    def edit(self, cases):
+        requests = requests_of(cases)
+        if self.alpha is not None:
+            edit = self.alpha(self.model, requests)
+        elif self.ultra is not None:
+            edit = self.editor.fn(self.model, requests, state=self.ultra, **self.config)
+        elif self.method == "wise" and self.applied:
+            memory = self.applied.pop().undo(self.model)
+            edit = self.editor.fn(self.model, requests, memory=memory, **self.config)
+        else:
+            edit = self.editor.fn(self.model, requests, **self.config)
+        self.applied.append(edit.apply(self.model))
+        return edit
+
+    def undo(self) -> None:
+        while self.applied:
+            self.applied.pop().undo(self.model)
+
+
 def run(model, method: str, batches, probes, config: dict, fluency_cases: int, time_budget: float | None = None) -> dict:
     reference = unrelated_metrics(model, probes)[1]
-    alpha = AlphaEditor(model, **config) if method == "alphaedit" else None
-    editor = get_editor(method)
-    applied, out = [], {}
+    sequence = SequentialEditor(model, method, config)
+    alpha, done, out = sequence.alpha, 0, {}
     start = time.perf_counter()
     try:
         for b, cases in enumerate(batches):
-            edit = alpha(model, requests_of(cases)) if alpha else editor.fn(model, requests_of(cases), **config)
-            applied.append(edit.apply(model))
+            sequence.edit(cases)
+            done = b + 1
             print(f"{method}: batch {b + 1}/{len(batches)} edited, {time.perf_counter() - start:.0f} s", flush=True)
             if b == 0:
                 first = aggregate(evaluate_cases(model, cases))
@@ -71,7 +113,7 @@ def run(model, method: str, batches, probes, config: dict, fluency_cases: int, t
             if time_budget is not None and time.perf_counter() - start > time_budget and b + 1 < len(batches):
                 break
         out["edit_and_first_eval_seconds"] = time.perf_counter() - start
-        edited = [c for batch in batches[: len(applied)] for c in batch]
+        edited = [c for batch in batches[:done] for c in batch]
         out["edited_cases"] = len(edited)
         rows = evaluate_cases(model, edited)
         final = aggregate(rows)
@@ -86,8 +128,7 @@ def run(model, method: str, batches, probes, config: dict, fluency_cases: int, t
         if alpha is not None:
             out.update({f"nullspace_dim_L{layer}": dim for layer, dim in alpha.nullspace_dims.items()})
     finally:
-        for edit in reversed(applied):
-            edit.undo(model)
+        sequence.undo()
     out["seconds"] = time.perf_counter() - start
     return out
 
