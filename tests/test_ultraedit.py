@@ -10,6 +10,7 @@ import pytest
 import torch
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
+from interp_edit.adapter import get_parameter
 from interp_edit.editing import Edit, EditRequest
 from interp_edit.editing.methods.ultraedit import UltraEditConfig, UltraEditor, UltraEditState, ultraedit
 from interp_edit.errors import EditConfigError, EditRequestError, InvalidArgumentError
@@ -207,8 +208,9 @@ def test_toy_world_facts_are_edited(toy_model, person_records):
 def test_apply_undo_is_bitwise_and_the_edit_saves(toy_model, person_records, tmp_path):
     before = snapshot(toy_model)
     e = ultraedit(toy_model, person_records[:3])
+    w_out = get_parameter(toy_model, "blocks.2.mlp.W_out").detach().clone()  # TransformerLens layout, either backend
     e.apply(toy_model)
-    assert not torch.equal(toy_model.blocks[2].mlp.W_out, before["blocks.2.mlp.W_out"])
+    assert not torch.equal(get_parameter(toy_model, "blocks.2.mlp.W_out").detach(), w_out)
     e.undo(toy_model)
     assert_unchanged(toy_model, before, no_edits=True)
     loaded = Edit.load(e.save(tmp_path / "ultra"), toy_model)
