@@ -29,6 +29,9 @@ def _hf_configs():
     return {
         "gpt2-xl": T.GPT2Config(n_layer=48, n_embd=1600, n_head=25, vocab_size=50257, n_positions=1024),
         "gpt-j-6B": T.GPTJConfig(n_layer=28, n_embd=4096, n_head=16, vocab_size=50400, rotary_dim=64, n_positions=2048),
+        "gpt-neox-20b": T.GPTNeoXConfig(hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+                                        intermediate_size=24576, vocab_size=50432, rotary_pct=0.25,
+                                        max_position_embeddings=2048),
         "Llama-2-7b-hf": T.LlamaConfig(**llama, intermediate_size=11008, num_key_value_heads=32, vocab_size=32000),
         "Meta-Llama-3-8B": T.LlamaConfig(**llama, intermediate_size=14336, num_key_value_heads=8, vocab_size=128256,
                                          rope_theta=500000.0),
@@ -41,7 +44,8 @@ def _hf_configs():
 
 
 _ARCHITECTURES = {
-    "gpt2-xl": "GPT2LMHeadModel", "gpt-j-6B": "GPTJForCausalLM", "Llama-2-7b-hf": "LlamaForCausalLM",
+    "gpt2-xl": "GPT2LMHeadModel", "gpt-j-6B": "GPTJForCausalLM", "gpt-neox-20b": "GPTNeoXForCausalLM",
+    "Llama-2-7b-hf": "LlamaForCausalLM",
     "Meta-Llama-3-8B": "LlamaForCausalLM", "Qwen2.5-7B": "Qwen2ForCausalLM", "Qwen3-8B": "Qwen3ForCausalLM",
     "Mistral-7B-v0.1": "MistralForCausalLM",
 }

@@ -48,6 +48,7 @@ class ModelShape:
 KNOWN_MODELS: dict[str, ModelShape] = {
     "gpt2-xl": ModelShape("GPT2LMHeadModel", 48, 1600, 25, 25, 6400, (50257,)),
     "gpt-j-6B": ModelShape("GPTJForCausalLM", 28, 4096, 16, 16, 16384, (50400,)),
+    "gpt-neox-20b": ModelShape("GPTNeoXForCausalLM", 44, 6144, 64, 64, 24576, (50432,)),
     "Llama-2-7b-hf": ModelShape("LlamaForCausalLM", 32, 4096, 32, 32, 11008, (32000,)),
     "Meta-Llama-3-8B": ModelShape("LlamaForCausalLM", 32, 4096, 32, 8, 14336, (128256,)),
     "Qwen2.5-7B": ModelShape("Qwen2ForCausalLM", 28, 3584, 28, 4, 18944, (152064,)),
