@@ -425,6 +425,64 @@ def test_result_repr_plot_and_save(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "circuit.json"]
 
 
+def test_a_circuit_from_scores_given_equals_one_that_computes_them():
+    """``scores=``: no new scoring (no gradient pass), the same order and faithfulness as
+    computing the scores in the call; and on another model (here edited by hand) the curve is
+    measured on that model, with its own clean run as KL's reference."""
+    from interp_edit.analysis.circuits import edge_scores, find_circuit
+
+    model = family_model("gpt2")
+    computed = find_circuit(model, CLEAN, CORRUPTED, method="eap", metric="kl", n_edges=15, curve=(0, 5, 15))
+    scores = edge_scores(model, CLEAN, CORRUPTED, method="eap", metric="kl")
+    calls = []
+    with model.hooks(bwd_hooks=[("hook_embed", lambda grad, hook: calls.append(1))]):
+        reused = find_circuit(model, scores=scores, n_edges=15, curve=(0, 5, 15), selection="top_n")
+    assert not calls and reused.scores is scores and reused.settings["reused_scores"]
+    assert reused.order == computed.order and reused.faithfulness == pytest.approx(computed.faithfulness, abs=1e-6)
+    assert not computed.settings["reused_scores"]
+    saved = model.blocks[0].mlp.W_out.detach().clone()
+    try:
+        with torch.no_grad():
+            model.blocks[0].mlp.W_out.mul_(3.0)
+        on_edited = find_circuit(model, scores=scores, n_edges=15, curve=(15,))
+        fresh = find_circuit(model, CLEAN, CORRUPTED, method="eap", metric="kl", n_edges=15, curve=(15,))
+        # the same kept edges, measured on the edited model (the KL reference is its own clean run)
+        assert on_edited.clean_value == pytest.approx(0.0, abs=1e-6)
+        from interp_edit.analysis.circuits.circuit import faithfulness_curve
+        from interp_edit.analysis.circuits.engine import prepare_task
+        task = prepare_task(model, CLEAN, CORRUPTED, answer=scores.answers[0], metric="kl")
+        expected, _, _ = faithfulness_curve(model, task, fresh.graph, on_edited.order, [15])
+        assert on_edited.faithfulness[0] == pytest.approx(expected[0], abs=1e-5)
+    finally:
+        with torch.no_grad():
+            model.blocks[0].mlp.W_out.copy_(saved)
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(clean=CLEAN), "clean"), (dict(foil="Karsa"), "foil"), (dict(method="exact"), "method"),
+    (dict(metric="prob"), "metric"), (dict(ig_steps=3), "ig_steps"), (dict(scores="scores"), "EdgeScores"),
+])
+def test_scores_given_with_contradicting_arguments_are_refused(kwargs, named):
+    from interp_edit.analysis.circuits import edge_scores, find_circuit
+    from interp_edit.errors import InterpEditError
+
+    model = family_model("gpt2")
+    scores = edge_scores(model, CLEAN, CORRUPTED, method="eap")
+    args = dict(scores=scores) | kwargs
+    with refused_before_any_forward(model), pytest.raises(InterpEditError, match=named):
+        find_circuit(model, **args)
+
+
+def test_scores_of_another_graph_are_refused():
+    from interp_edit.analysis.circuits import edge_scores, find_circuit
+    from interp_edit.errors import InterpEditError
+
+    scores = edge_scores(family_model("gpt2"), CLEAN, CORRUPTED, method="eap")
+    model = family_model("llama3")
+    with refused_before_any_forward(model), pytest.raises(InterpEditError, match="another edge graph"):
+        find_circuit(model, scores=scores)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from interp_edit.analysis.circuits.engine import (
     masked_forward,
     prepare_task,
     sender_outputs,
+    task_on_model,
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
 from interp_edit.analysis.circuits.scores import EdgeScores, check_score_arguments, scores_for_task
@@ -234,46 +235,104 @@ def _default_sizes(n_total: int, n_edges: int) -> list[int]:
 
 def find_circuit(
     model,
-    clean: str | Sequence[str],
-    corrupted: str | Sequence[str],
+    clean: str | Sequence[str] | None = None,
+    corrupted: str | Sequence[str] | None = None,
     *,
     answer: str | Sequence[str] | None = None,
     foil: str | Sequence[str] | None = None,
-    metric: str = "logit_diff",
-    method: str = "eap_ig_inputs",
-    ig_steps: int = 5,
+    metric: str | None = None,
+    method: str | None = None,
+    ig_steps: int | None = None,
     n_edges: int = 50,
     selection: str = "top_n",
     curve: Sequence[int] | None = None,
     max_rows: int | None = None,
+    scores: EdgeScores | None = None,
 ) -> CircuitResult:
     """The circuit of ``n_edges`` edges that ``selection`` picks from :func:`edge_scores` by
-    ``method`` (``direction="noise"``), and its faithfulness curve over ``curve`` (edge counts;
-    default 0, 1, 2, 4, …, every edge, and ``n_edges``). Arguments as :func:`edge_scores`; all
-    are checked before any forward, and the model is left as it was.
+    ``method`` (default ``"eap_ig_inputs"``, ``ig_steps`` 5, ``metric`` ``"logit_diff"``,
+    ``direction="noise"``), and its faithfulness curve over ``curve`` (edge counts; default 0,
+    1, 2, 4, …, every edge, and ``n_edges``). Arguments as :func:`edge_scores`; all are checked
+    before any forward, and the model is left as it was.
 
     >>> c = find_circuit(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
     ...                  method="eap", n_edges=5, curve=(5,))
     >>> len(c.edges), c.curve_sizes
     (5, (5,))
+
+    ``scores=``: edge scores already computed (an :class:`EdgeScores` from
+    :func:`edge_scores` on a model with this one's edge graph) are selected from instead of
+    computing new ones; the prompts, answers, foils and metric are the scores' own, so
+    ``clean``, ``corrupted``, ``answer`` and ``foil`` are not passed, and ``method``,
+    ``metric`` and ``ig_steps``, if passed, must be the scores'. The faithfulness curve is
+    measured on ``model``. One scoring, several circuits:
+
+    >>> s = edge_scores(model, "Talvik Corlo was born in", "Beldel Kordor was born in", method="eap")
+    >>> small = find_circuit(model, scores=s, n_edges=5, curve=(5,))
+    >>> large = find_circuit(model, scores=s, n_edges=20, selection="greedy", curve=(20,))
+    >>> small.scores is s, large.settings["reused_scores"]
+    (True, True)
     """
     from interp_edit.validation import check_choice, check_int, check_sequence
 
-    check_score_arguments(method, "noise", ig_steps, max_rows)
-    check_arguments(clean, corrupted, answer, foil, metric)
+    if scores is not None:
+        method, metric, ig_steps = _check_reused(scores, clean, corrupted, answer, foil, method, metric, ig_steps)
+        check_score_arguments(method, "noise", ig_steps or 1, max_rows)
+    else:
+        method = "eap_ig_inputs" if method is None else method
+        metric = "logit_diff" if metric is None else metric
+        ig_steps = 5 if ig_steps is None else ig_steps
+        if clean is None or corrupted is None:
+            raise InvalidArgumentError("find_circuit needs clean= and corrupted= prompts, or scores= (an EdgeScores)")
+        check_score_arguments(method, "noise", ig_steps, max_rows)
+        check_arguments(clean, corrupted, answer, foil, metric)
     check_choice(selection, "selection", SELECTIONS)
     check_edge_model(model)
     graph = edge_graph(model)
+    if scores is not None:
+        _check_same_graph(scores.graph, graph)
     check_int(n_edges, "n_edges", minimum=0, maximum=graph.n_edges)
     if curve is not None:
         curve = check_sequence(curve, "curve")
         for i, k in enumerate(curve):
             check_int(k, f"curve[{i}]", minimum=0, maximum=graph.n_edges)
-    task = prepare_task(model, clean, corrupted, answer, foil, metric)
-    scores = scores_for_task(model, graph, task, method=method, ig_steps=ig_steps, direction="noise", max_rows=max_rows)
+    if scores is None:
+        task = prepare_task(model, clean, corrupted, answer, foil, metric)
+        scores = scores_for_task(model, graph, task, method=method, ig_steps=ig_steps, direction="noise", max_rows=max_rows)
+    else:
+        task = task_on_model(model, scores.task)
     order = select_edges(scores, selection)
     n_edges = min(n_edges, len(order))
     sizes = tuple(sorted(set(curve))) if curve is not None else tuple(_default_sizes(len(order), n_edges))
     faith, m_clean, m_corrupt = faithfulness_curve(model, task, graph, order, sizes, max_rows or 64)
     return CircuitResult(scores, selection, n_edges, order, sizes, tuple(faith), m_clean, m_corrupt,
-                         settings=dict(max_rows=max_rows))
+                         settings=dict(max_rows=max_rows, reused_scores=scores.task is not task))
+
+
+def _check_reused(scores, clean, corrupted, answer, foil, method, metric, ig_steps) -> tuple[str, str, int | None]:
+    """The method, metric and step count of reused ``scores``, after checking that nothing
+    passed beside them contradicts them."""
+    if not isinstance(scores, EdgeScores):
+        raise InvalidArgumentError(f"scores must be an EdgeScores (from edge_scores), got {type(scores).__name__}")
+    if scores.task is None:
+        raise InvalidArgumentError("scores carries no task (its tokens and targets): pass scores computed by "
+                                   "edge_scores in this session")
+    given = [name for name, value in (("clean", clean), ("corrupted", corrupted), ("answer", answer), ("foil", foil))
+             if value is not None]
+    if given:
+        raise InvalidArgumentError(f"{', '.join(given)} given with scores=: the prompts, answers and foils are the "
+                                   "scores' own; pass one or the other")
+    for name, value, own in (("method", method, scores.method), ("metric", metric, scores.metric),
+                             ("ig_steps", ig_steps, scores.ig_steps)):
+        if value is not None and value != own:
+            raise InvalidArgumentError(f"{name}={value!r} differs from the scores' {name} {own!r}; leave it out "
+                                       "with scores=")
+    return scores.method, scores.metric, scores.ig_steps
+
+
+def _check_same_graph(theirs: EdgeGraph, ours: EdgeGraph) -> None:
+    if (theirs.family, [s.name for s in theirs.senders], [r.name for r in theirs.receivers]) != (
+            ours.family, [s.name for s in ours.senders], [r.name for r in ours.receivers]):
+        raise InvalidArgumentError(f"scores were computed on another edge graph ({theirs.family!r}, "
+                                   f"{len(theirs.senders)} senders, {len(theirs.receivers)} receivers) than this "
+                                   f"model's ({ours.family!r}, {len(ours.senders)}, {len(ours.receivers)})")

@@ -226,6 +226,20 @@ def prepare_task(model, clean, corrupted, answer=None, foil=None, metric: str = 
     return Task(tuple(cleans), tuple(corrupts), c_tokens, k_tokens, tuple(targets), positions, metric, logprobs)
 
 
+@torch.no_grad()
+def task_on_model(model, task: Task) -> Task:
+    """``task`` (its tokens, targets and positions) with the clean run's log-probabilities
+    (``kl``'s reference) recomputed on ``model``: a task prepared on one model, scored on
+    another (e.g. the model after an edit)."""
+    from dataclasses import replace
+
+    device = model.cfg.device
+    clean, corrupted = task.clean.to(device), task.corrupted.to(device)
+    logits = model(clean, return_type="logits")
+    logprobs = tuple(torch.log_softmax(logits[i, list(task.positions[i])].float(), -1) for i in range(task.n_prompts))
+    return replace(task, clean=clean, corrupted=corrupted, clean_logprobs=logprobs)
+
+
 # --- forwards -----------------------------------------------------------------------------
 
 

@@ -80,6 +80,9 @@ class EdgeScores:
     corrupted_prompts: tuple[str, ...]
     answers: tuple[str, ...]
     settings: dict = field(default_factory=dict)
+    #: the task the scores were computed on (tokens, targets, foils): what
+    #: :func:`~interp_edit.analysis.circuits.circuit.find_circuit` ``(scores=...)`` reuses
+    task: Task | None = field(default=None, repr=False, compare=False)
 
     def flat(self) -> Float[Tensor, " edge"]:
         """The scores of the allowed edges in :meth:`EdgeGraph.edges` order."""
@@ -202,7 +205,7 @@ def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_step
     return EdgeScores(graph, scores, method, task.metric, direction,
                       ig_steps if method.startswith("eap_ig") else None, m_clean, m_corrupt,
                       task.clean_prompts, task.corrupted_prompts, tuple(t.text for t in task.targets),
-                      settings=dict(max_rows=max_rows) if method == "exact" else {})
+                      settings=dict(max_rows=max_rows) if method == "exact" else {}, task=task)
 
 
 def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "sender receiver"]:
