@@ -86,7 +86,7 @@ def test_phi_rotary_dim_from_rope_parameters():
     hf = family_hf("phi")
     factor = hf.config.rope_parameters["partial_rotary_factor"]
     d_head = hf.config.hidden_size // hf.config.num_attention_heads
-    assert family_model("phi").cfg.rotary_dim == round(factor * d_head) < d_head
+    assert family_model("phi", backend="hooked").cfg.rotary_dim == round(factor * d_head) < d_head
 
 
 # --- bad input: an architecture the toolkit does not cover is named at load time -------------
@@ -102,14 +102,14 @@ def _tiny(cls_name: str, config_name: str, **kwargs):
 @pytest.mark.parametrize("build, match", [
     (lambda: _tiny("MixtralForCausalLM", "MixtralConfig", intermediate_size=64, num_key_value_heads=2,
                    num_local_experts=4, num_experts_per_tok=2), r"MixtralForCausalLM.*mixture-of-experts MLPs \(num_experts=4\)"),
-    (lambda: _tiny("CohereForCausalLM", "CohereConfig", intermediate_size=64, num_key_value_heads=2),
-     r"CohereForCausalLM.*single shared norm.*no config converter"),
+    (lambda: _tiny("PersimmonForCausalLM", "PersimmonConfig", intermediate_size=64),
+     r"PersimmonForCausalLM.*does not cover this architecture.*no config converter"),
 ], ids=["moe", "unknown-architecture"])
 def test_an_uncovered_hf_model_is_refused_at_load_naming_it(build, match):
     from interp_edit.errors import UnsupportedArchitectureError
 
     if not hooked_available():  # TransformerLens 4: the bridge refuses it, naming the backend that may load it
-        match = r"(Mixtral|Cohere)ForCausalLM' cannot run on backend='bridge'.*backend='hooked'"
+        match = r"(Mixtral|Persimmon)ForCausalLM' cannot run on backend='bridge'.*backend='hooked'"
     with pytest.raises(UnsupportedArchitectureError, match=match):
         load_model("tiny-uncovered", hf_model=build(), tokenizer=toy_tokenizer())
 

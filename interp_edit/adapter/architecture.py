@@ -4,6 +4,7 @@
 >>> arch.parallel_blocks                 # GPT-J, GPT-NeoX / Pythia, Phi-2: attention and MLP read resid_pre
 >>> arch.ffn_input_site                  # "resid_pre" there, "resid_mid" for sequential blocks
 >>> arch.post_norms                      # Gemma-2: a norm between W_out / W_O and the residual
+>>> arch.shared_norm                     # Phi-2, Cohere, Falcon-7B: the MLP reads the attention's input norm
 >>> arch.kv_head(h)                      # the key/value head that query head h reads (GQA / MQA)
 
 Nothing outside :mod:`interp_edit.adapter` asks a TransformerLens config field or assumes a
@@ -31,6 +32,11 @@ class Architecture:
       or TransformerLens' ``original_architecture`` / ``"custom"``.
     - ``parallel_blocks``: attention and MLP both read the block's input (``resid_pre``) and
       write to ``resid_post``; there is no ``resid_mid``.
+    - ``shared_norm``: a parallel block with one input norm that attention and MLP both read
+      (GPT-J, Phi-2, Cohere, Falcon's old decoder): the MLP's input norm ``ln2`` *is* ``ln1``
+      (same input, same gain), so its scale and output are ln1's. A HookedTransformer holds a
+      copy of it as ``ln2``; on the bridge the ``ln2`` hook names are ln1's hook points
+      (:func:`interp_edit.adapter.bridge.share_the_norm`, the one place that maps them).
     - ``norm``: ``"layernorm"`` (subtracts the mean) or ``"rmsnorm"``; ``norm_folded``: the gains
       are folded into the following weights (TransformerLens ``LNPre`` / ``RMSPre``).
     - ``post_norms``: a norm after each sublayer, before its output joins the residual
@@ -86,6 +92,7 @@ class Architecture:
     rotary_dim: int | None = None
     attn_scale: float | None = None
     logit_scale: float = 1.0
+    shared_norm: bool = False
 
     @property
     def ffn_input_site(self) -> str:
@@ -212,7 +219,7 @@ def _from_config(cfg, hf_config=None) -> Architecture:
     else:
         default = _default_hf_config(str(cfg.original_architecture or ""))
         props = config_fields.describe_hf_config(default) if default is not None else dict(attn_bias=True, mlp_bias=True,
-                                                                                          logit_scale=1.0)
+                                                                                          logit_scale=1.0, shared_norm=False)
         props = {**props, **stated}
     return Architecture(
         family=str(cfg.original_architecture or "custom"),

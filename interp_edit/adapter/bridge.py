@@ -15,6 +15,9 @@ handled here and nowhere else:
   HookedTransformer), :func:`token_embedding`;
 - a forward from block ``l`` (HookedTransformer's ``start_at_layer``, which the bridge lacks)
   replaces ``blocks.l.hook_resid_pre`` of a forward on placeholder tokens, :func:`run_from_layer`;
+- a block with one shared input norm (``Architecture.shared_norm``: Phi-2, Cohere, Falcon's old
+  decoder) has no ``ln2`` on the bridge: its ``ln2`` hook names are made ln1's hook points,
+  :func:`share_the_norm`, so every reader asks for ``ln2`` as on any other model;
 - which Hugging Face architectures it covers, and what their description needs
   (:data:`BRIDGE_ARCHITECTURES`, read by :mod:`interp_edit.adapter.architecture`, which builds
   the :class:`~interp_edit.adapter.architecture.Architecture` from the Hugging Face config).
@@ -44,6 +47,7 @@ BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "Qwen2ForCausalLM": dict(norm="rmsnorm", gated=True),
     "Qwen3ForCausalLM": dict(norm="rmsnorm", gated=True),
     "GemmaForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True),
+    "PhiForCausalLM": dict(norm="layernorm", gated=False),
     "Gemma2ForCausalLM": dict(norm="rmsnorm", gated=True, gemma=True),
     "Phi3ForCausalLM": dict(norm="rmsnorm", gated=True),
     # only the bridge has these (HookedTransformer 3.9 has no converter)
@@ -55,20 +59,44 @@ BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "GPTBigCodeForCausalLM": dict(norm="layernorm", gated=False, positional="standard"),
     "GraniteForCausalLM": dict(norm="rmsnorm", gated=True),
     "SmolLM3ForCausalLM": dict(norm="rmsnorm", gated=True),
+    "CohereForCausalLM": dict(norm="layernorm", gated=True),  # LayerNorm with a gain and no bias
 }
 
 #: Architectures the bridge boots whose HookedTransformer-named hooks are incomplete in
 #: TransformerLens 3.9 / 4.x, so interp_edit's analyses cannot run on them there.
 BRIDGE_GAPS: dict[str, str] = {
-    "GPTJForCausalLM": "the bridge fires no attn.hook_pattern and no ln2 hooks for GPT-J",
+    "GPTJForCausalLM": ("the bridge fires no attn.hook_pattern for GPT-J under TransformerLens 3.9 (4.3's does, but the "
+                        "family matrix has not been run on it there; its one shared norm is covered: share_the_norm)"),
     "OPTForCausalLM": "the bridge fires no attn.hook_pattern for OPT and its ln2.hook_scale drops the batch axis",
-    "PhiForCausalLM": "the bridge has no ln2 hooks for Phi's single shared norm",
     "GPTNeoForCausalLM": ("the bridge's GPT-Neo attention delegates to the Hugging Face module and discards edits of "
                           "attn.hook_pattern"),
     "Olmo2ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
     "Olmo3ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
-    "CohereForCausalLM": "the bridge has no ln2 hooks for Cohere's single shared norm (parallel blocks read one norm)",
 }
+
+
+#: Architectures the bridge backend covers only from a TransformerLens version on, with why the
+#: older bridge cannot (:func:`version_gap`; found by the load-time equivalence check).
+BRIDGE_MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
+    "CohereForCausalLM": ((4,), "TransformerLens 3.9's Cohere adapter applies logit_scale only by folding it into W_U "
+                                "when it processes the weights, which the bridge backend never does: its logits lack "
+                                "the scale (measured: 1.9 off Hugging Face's log-probabilities)"),
+}
+
+
+def version_gap(hf_architecture: str) -> str | None:
+    """Why the installed TransformerLens' bridge cannot run ``hf_architecture`` though a newer one
+    can (:data:`BRIDGE_MIN_VERSIONS`), or None."""
+    if hf_architecture not in BRIDGE_MIN_VERSIONS:
+        return None
+    from importlib.metadata import version
+
+    needed, why = BRIDGE_MIN_VERSIONS[hf_architecture]
+    installed = version("transformer-lens")
+    parts = tuple(int(p) for p in installed.split(".")[: len(needed)] if p.isdigit())
+    if parts >= needed:
+        return None
+    return f"{why}; install transformer-lens>={'.'.join(map(str, needed))} (installed: {installed})"
 
 
 def hooked_available() -> bool:
@@ -129,6 +157,10 @@ def require_tokenizer(tokenizer, name: str, backend: str | None, *, folder: str 
 def check_bridge_family(hf_architecture: str, hooked_can: bool) -> None:
     """Raise naming the backend that can load ``hf_architecture`` if the bridge backend cannot."""
     if hf_architecture in BRIDGE_ARCHITECTURES:
+        too_old = version_gap(hf_architecture)
+        if too_old is not None:
+            raise UnsupportedArchitectureError(
+                f"model architecture {hf_architecture!r} cannot run on backend='bridge' here: {too_old}")
         return
     if hooked_can:
         other = "load it with backend='hooked'"
@@ -174,8 +206,50 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
     model._interp_edit_backend = "bridge"
     model._interp_edit_hf_architecture = hf_architecture
     hf_model._interp_edit_bridged = True
+    share_the_norm(model)
     model.eval()
     return model
+
+
+#: The hook points of a block's norm (``blocks.{l}.ln1.<point>``) that a shared norm's ``ln2``
+#: names resolve to.
+_NORM_HOOKS = ("hook_in", "hook_scale", "hook_normalized", "hook_out")
+
+
+def share_the_norm(model) -> None:
+    """The one place the bridge backend maps the MLP's input norm onto the attention's, for a
+    model whose parallel blocks read one shared norm (``Architecture.shared_norm``): the bridge
+    then has no ``blocks.{l}.ln2`` (the Hugging Face block has one ``input_layernorm``), and
+    ``blocks.{l}.ln2.hook_scale`` / ``hook_normalized`` / ``hook_in`` / ``hook_out`` are made
+    aliases of ``blocks.{l}.ln1``'s hook points (TransformerLens' ``hook_aliases``, as its own
+    ``hook_resid_pre`` → ``hook_in``). What a reader caches or freezes at ``ln2`` is then what
+    the MLP's norm is — ln1's scale and output, same input and gain — and the gain, bias and eps
+    of ``ln2`` are ln1's (:func:`norm_gain`). A hook *editing* ``ln2`` edits the one norm both
+    sublayers read, as it would on the Hugging Face model. A block whose adapter disagrees with
+    the description (an ``ln2`` in a shared-norm block, none in another) is refused."""
+    from interp_edit.adapter.architecture import architecture
+
+    shared = architecture(model).shared_norm
+    for layer, block in enumerate(model.blocks):
+        has_ln2 = getattr(block, "ln2", None) is not None
+        if has_ln2 == shared:
+            raise UnsupportedArchitectureError(
+                f"model architecture {model._interp_edit_hf_architecture!r}: its config describes "
+                f"{'one shared norm' if shared else 'two norms'} per block, but TransformerLens' bridge gives block {layer} "
+                f"{'an ln2' if has_ln2 else 'no ln2'}; interp_edit cannot tell which norm the MLP reads"
+            )
+    if not shared:
+        return
+    aliases = {f"blocks.{layer}.ln2.{point}": f"blocks.{layer}.ln1.{point}"
+               for layer in range(len(model.blocks)) for point in _NORM_HOOKS}
+    model.hook_aliases = {**model.hook_aliases, **aliases}  # an instance attribute over the class's table
+    hook_dict = model.hook_dict
+    missing = [name for name in aliases if name not in hook_dict]
+    if missing:
+        raise UnsupportedArchitectureError(
+            f"model architecture {model._interp_edit_hf_architecture!r}: the bridge does not resolve the shared norm's "
+            f"ln2 hook names to ln1's (e.g. {missing[0]!r}); interp_edit needs them for the MLP's input norm"
+        )
 
 
 def _give_norms_a_gain(hf_model) -> None:
@@ -230,9 +304,11 @@ def parameter(model, name: str) -> torch.Tensor:
 
 
 def _norm_module(model, norm: str, layer: int | None):
-    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm, None)
-    if module is None and norm == "ln2":  # one shared norm (parallel blocks)
-        module = model.blocks[layer].ln1
+    from interp_edit.adapter.architecture import architecture
+
+    if norm == "ln2" and architecture(model).shared_norm:  # one shared norm: the MLP's is ln1 (share_the_norm)
+        norm = "ln1"
+    module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
     return module.original_component
 
 

@@ -29,7 +29,8 @@ from typing import Any
 #: The description's properties this module derives (the others, ``norm`` / ``gated_mlp`` /
 #: ``positional`` / the sizes, follow from the family and the sizes).
 PROPERTIES = ("parallel_blocks", "qk_norm", "attn_bias", "mlp_bias", "sliding_window", "rotary_dim", "post_norms",
-              "n_kv_heads", "attn_scale", "logit_softcap", "attn_softcap", "logit_scale", "embedding_scale")
+              "n_kv_heads", "attn_scale", "logit_softcap", "attn_softcap", "logit_scale", "embedding_scale",
+              "shared_norm")
 
 
 def _rope(config) -> dict:
@@ -99,6 +100,16 @@ def _flag(config, value) -> bool:
     return bool(value)
 
 
+def _falcon_shared_norm(config) -> bool:
+    """Falcon's parallel blocks read one norm (``input_layernorm``) unless the new decoder has
+    two (``ln_attn`` / ``ln_mlp``: ``num_ln_in_parallel_attn`` 2, which None means there)."""
+    if not config.parallel_attn:
+        return False  # sequential: input_layernorm and post_attention_layernorm
+    if getattr(config, "new_decoder_architecture", False):
+        return getattr(config, "num_ln_in_parallel_attn", None) == 1
+    return True
+
+
 #: The one table: config field -> description property. Read in order; a rule applies where the
 #: config has its field (``None`` values too: e.g. ``sliding_window=None`` is "no window").
 FIELD_RULES: tuple[FieldRule, ...] = (
@@ -107,6 +118,11 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule("parallel_attn", "parallel_blocks", _flag, "falcon"),
     FieldRule("new_decoder_architecture", "parallel_blocks", lambda c, v: bool(v) or bool(c.parallel_attn),
               "falcon (the new decoder: parallel blocks, two norms)"),
+    # one input norm per parallel block, read by attention and MLP (ln2 is ln1)
+    FieldRule("use_parallel_residual", "shared_norm", _flag, "stablelm (parallel: input_layernorm only)",
+              not_for=("gpt_neox",)),  # GPT-NeoX's parallel blocks have two norms
+    FieldRule("parallel_attn", "shared_norm", lambda c, v: _falcon_shared_norm(c),
+              "falcon (the old decoder's parallel blocks, or num_ln_in_parallel_attn=1)"),
     # per-head q/k norm
     FieldRule("qk_layernorm", "qk_norm", _flag, "stablelm, phi, persimmon"),
     FieldRule("use_qk_norm", "qk_norm", _flag, "cohere"),
@@ -161,10 +177,11 @@ def _sqrt_d(config) -> float:
 #: :data:`FIELD_RULES` overrides it where the config has the field.
 FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
     "gpt2": dict(attn_bias=True, mlp_bias=True),
-    "gptj": dict(parallel_blocks=True, attn_bias=False, mlp_bias=True),
+    "gptj": dict(parallel_blocks=True, shared_norm=True, attn_bias=False, mlp_bias=True),
     "gpt_neox": dict(mlp_bias=True),
     "opt": dict(),
-    "phi": dict(parallel_blocks=True, attn_bias=True, mlp_bias=True),
+    "phi": dict(parallel_blocks=True, shared_norm=True, attn_bias=True, mlp_bias=True),
+    "cohere": dict(parallel_blocks=True, shared_norm=True),  # one LayerNorm (gain, no bias) per block
     "qwen2": dict(attn_bias=True),  # q/k/v biases, always (o_proj none)
     "qwen3": dict(qk_norm=True),
     "gemma": dict(embedding_scale=_sqrt_d),
@@ -180,7 +197,7 @@ FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
 _DEFAULTS: dict[str, Any] = dict(
     parallel_blocks=False, qk_norm=False, attn_bias=False, mlp_bias=False, sliding_window=None, rotary_dim=None,
     post_norms=False, n_kv_heads=None, attn_scale=None, logit_softcap=None, attn_softcap=None, logit_scale=1.0,
-    embedding_scale=1.0,
+    embedding_scale=1.0, shared_norm=False,
 )
 
 #: Learned-position families (no rotary, so no rotary_dim).
@@ -266,8 +283,8 @@ NOT_DESCRIBED: dict[str, str] = {
     "_sliding_window_pattern": "read through sliding_window and layer_types (which layers slide)",
     **{f: "softmax in float32: the same numbers to rounding" for f in ("attention_softmax_in_fp32",
                                                                       "scale_attention_softmax_in_fp32")},
-    "num_ln_in_parallel_attn": ("Falcon's norms per parallel block: two (new decoder) are ln1 / ln2; one shared norm is "
-                                "a conversion gap of the bridge (BRIDGE_FIELD_GAPS)"),
+    "num_ln_in_parallel_attn": ("Falcon's norms per parallel block: read through parallel_attn (shared_norm: one norm "
+                                "is ln1 and ln2 both; two, the new decoder's default, are ln1 / ln2)"),
     "scale_attn_by_inverse_layer_idx": ("GPT-2 attention scores divided by layer+1: inside the score computation, which "
                                         "analyses read at hook_pattern and never recompute; the hooked converter drops it "
                                         "and the equivalence check refuses that load (the bridge runs it)"),
@@ -337,10 +354,16 @@ BRIDGE_FIELD_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
     ("gpt_neox", "attention_bias"): (lambda c, v: v is False, "GPT-NeoX attention without biases (the bridge's q/k/v split asserts a bias)"),
     ("falcon", "num_kv_heads"): (lambda c, v: bool(c.new_decoder_architecture) and v != 1,
                                  "Falcon with several key/value heads (the bridge's fused q/k/v split assumes one)"),
+    ("falcon", "num_ln_in_parallel_attn"): (lambda c, v: bool(c.new_decoder_architecture) and v == 1,
+                                            "Falcon's new decoder with one norm per block (the bridge's adapter reads "
+                                            "ln_attn, which such a block lacks)"),
+    ("falcon", "multi_query"): (lambda c, v: not c.new_decoder_architecture and not v,
+                                "Falcon's old decoder with multi-head attention (the bridge's fused q/k/v split assumes "
+                                "one key/value head)"),
+    ("phi", "qk_layernorm"): (lambda c, v: v is True, "Phi with per-head q/k LayerNorm (the bridge's Phi adapter has no "
+                                                      "q/k norm: it refuses to boot, or would skip it)"),
     ("gpt_bigcode", "multi_query"): (lambda c, v: not v, "GPT-BigCode with multi-head attention (the bridge's adapter "
                                                           "splits q/k/v for multi-query attention only)"),
-    ("falcon", "new_decoder_architecture"): (lambda c, v: not v, "Falcon's old decoder (one shared norm per parallel "
-                                                                 "block: the bridge fires no ln2 hooks for it)"),
 }
 
 

@@ -161,6 +161,8 @@ def model_fingerprint(model) -> str:
 
     described = dataclasses.asdict(architecture(model))
     described.pop("norm_folded")
+    if not described["shared_norm"]:  # added later: the fingerprints of models without one stay as they were
+        described.pop("shared_norm")
     cfg = model.cfg
     digest = hashlib.sha256()
     digest.update(json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True).encode())

@@ -44,6 +44,8 @@ BRIDGE_ONLY_FAMILIES: dict[str, str] = {
     "bigcode": "GPT-BigCode / StarCoder: multi-query attention, learned positions",
     "granite": "Granite: embedding, attention and logit multipliers (a residual multiplier is refused)",
     "smollm3": "SmolLM3: GQA, rotary on three layers of four (NoPE on the rest)",
+    "cohere": "Cohere (Command-R): parallel blocks reading one shared LayerNorm (gain, no bias), GQA, logit scale",
+    "falcon7b": "Falcon's old decoder (Falcon-7B): parallel blocks reading one shared norm, multi-query attention",
 }
 
 _SIZES = {
@@ -111,6 +113,13 @@ def _configs(s: dict) -> dict[str, Callable[[], object]]:
             vocab_size=V, hidden_size=d, num_hidden_layers=L, num_attention_heads=H, num_kv_heads=1,
             new_decoder_architecture=True, parallel_attn=True, bias=False, max_position_embeddings=C,
             initializer_range=init, hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+        "falcon7b": lambda: T.FalconForCausalLM(T.FalconConfig(
+            vocab_size=V, hidden_size=d, num_hidden_layers=L, num_attention_heads=H, multi_query=True,
+            num_kv_heads=1,  # read by the new decoder only (Falcon-7B's config leaves it at n_head)
+            new_decoder_architecture=False, parallel_attn=True, alibi=False, bias=False, max_position_embeddings=C,
+            initializer_range=init, hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+        "cohere": lambda: T.CohereForCausalLM(_llama_like(T.CohereConfig, s, num_key_value_heads=kv, logit_scale=0.5,
+                                                            pad_token_id=None, bos_token_id=None, eos_token_id=None)),
         "bigcode": lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(
             vocab_size=V, n_positions=C, n_embd=d, n_layer=L, n_head=H, n_inner=F, multi_query=True, bos_token_id=None,
             eos_token_id=None, initializer_range=init, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)),
