@@ -1,7 +1,7 @@
 """Circuits (issue 30, parts 1–3): the edge graph, edge scores and circuits, on tiny random
 models of three families — GPT-2 (sequential blocks), GPT-NeoX (parallel blocks) and Llama-3
-(grouped-query attention) — each checked against references written here that share no code
-with :mod:`interp_edit.analysis.circuits`:
+(grouped-query attention) — each checked against references (:mod:`circuit_reference`) that
+share no code with :mod:`interp_edit.analysis.circuits`:
 
 - exact edge patching against a plain loop that patches one edge at a time with its own hooks;
 - EAP against the first-order term Δ_s · ∂M/∂x_r computed by hand with autograd on a few edges;
@@ -11,167 +11,45 @@ with :mod:`interp_edit.analysis.circuits`:
   outside the circuit, recomputed here;
 - bad input refused naming the argument before any forward, the model left as it was.
 
-The reference hooks use TransformerLens' own switches (``set_use_split_qkv_input`` …) and hook
-names, spelled out here."""
+These run on the hooked backend; the post-norm families (Gemma-2 here, Gemma-3 on the bridge)
+and the TransformerBridge backend get the same kinds of checks in
+``test_circuits_families.py``. The graph, bad input, refusals and restored settings are
+checked on either backend."""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import random
 
 import pytest
 import torch
+from circuit_reference import (
+    CLEAN,
+    CORRUPTED,
+    ref_allowed,
+    ref_circuit_metric,
+    ref_exact_scores,
+    ref_gradients,
+    ref_metric,
+    ref_outputs,
+    ref_path_integral,
+    ref_path_patch,
+    ref_receivers,
+    ref_senders,
+    ref_tokens,
+    sample_edges,
+)
 from family_models import BACKEND, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
-pytestmark = pytest.mark.skipif(BACKEND != "hooked", reason="circuits need HookedTransformer's split q/k/v inputs")
+#: the per-family exactness checks of this module (the bridge's: test_circuits_families.py)
+hooked_only = pytest.mark.skipif(BACKEND != "hooked", reason="the bridge's exactness checks are in test_circuits_families.py")
 
-CLEAN, CORRUPTED = "Talvik Corlo was born in", "Beldel Kordor was born in"
 FAMILIES = ("gpt2", "neox", "llama3")
 
 
-# --- the reference: its own graph, hooks and metric ------------------------------------------
-
-
-@contextlib.contextmanager
-def split_inputs(model):
-    before = (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in)
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    model.set_use_hook_mlp_in(True)
-    try:
-        yield
-    finally:
-        model.set_use_split_qkv_input(before[0])
-        model.set_use_attn_result(before[1])
-        model.set_use_hook_mlp_in(before[2])
-
-
-def ref_senders(model):
-    """(name, hook, head index or None, layer or -1)."""
-    out = [("input", "blocks.0.hook_resid_pre", None, -1)]
-    for layer in range(model.cfg.n_layers):
-        out += [(f"a{layer}.h{h}", f"blocks.{layer}.attn.hook_result", h, layer) for h in range(model.cfg.n_heads)]
-        out.append((f"m{layer}", f"blocks.{layer}.hook_mlp_out", None, layer))
-    return out
-
-
-def ref_receivers(model):
-    """(name, hook, index or None, layer, kind)."""
-    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
-    grouped = n_kv != model.cfg.n_heads
-    out = []
-    for layer in range(model.cfg.n_layers):
-        out += [(f"a{layer}.h{h}<q>", f"blocks.{layer}.hook_q_input", h, layer, "attn") for h in range(model.cfg.n_heads)]
-        for kind in "kv":
-            out += [(f"a{layer}.{'kv' if grouped else 'h'}{g}<{kind}>", f"blocks.{layer}.hook_{kind}_input", g, layer, "attn")
-                    for g in range(n_kv)]
-        out.append((f"m{layer}", f"blocks.{layer}.hook_mlp_in", None, layer, "mlp"))
-    out.append(("logits", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", None, model.cfg.n_layers, "logits"))
-    return out
-
-
-def ref_allowed(model, sender, receiver) -> bool:
-    s_name, _, _, s_layer = sender
-    _, _, _, r_layer, r_kind = receiver
-    if s_name == "input" or r_kind == "logits":
-        return True
-    if s_layer < r_layer:
-        return True
-    # same layer: only a head feeding its own layer's MLP in a sequential block
-    return s_layer == r_layer and r_kind == "mlp" and s_name.startswith("a") and not model.cfg.parallel_attn_mlp
-
-
-def ref_tokens(model, text):
-    return torch.tensor([[model.tokenizer.bos_token_id] + model.tokenizer.encode(text, add_special_tokens=False)])
-
-
-def ref_metrics(model, clean, corrupted):
-    """The metrics on last-position logits (answer = clean top-1, foil = corrupted top-1)."""
-    with torch.no_grad():
-        lc = model(clean)[0, -1]
-        lk = model(corrupted)[0, -1]
-    answer, foil = int(lc.argmax()), int(lk.argmax())
-    ref_logp = torch.log_softmax(lc, -1)
-    return {
-        "logit_diff": lambda logits: logits[0, -1, answer] - logits[0, -1, foil],
-        "prob": lambda logits: torch.softmax(logits[0, -1], -1)[answer],
-        "kl": lambda logits: (ref_logp.exp() * (ref_logp - torch.log_softmax(logits[0, -1], -1))).sum(),
-    }
-
-
-def ref_metric(model, clean, corrupted, metric):
-    return ref_metrics(model, clean, corrupted)[metric]
-
-
-def ref_outputs(model, tokens):
-    names = sorted({hook for _, hook, _, _ in ref_senders(model)})
-    with split_inputs(model), torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    out = {}
-    for name, hook, head, _ in ref_senders(model):
-        out[name] = cache[hook][0, :, head] if head is not None else cache[hook][0]
-    return out
-
-
-def ref_exact_scores(model, metric_names):
-    """metric -> {(sender, receiver): score}, one patched forward per edge."""
-    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
-    metrics = {name: f for name, f in ref_metrics(model, clean, corrupted).items() if name in metric_names}
-    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
-    with split_inputs(model), torch.no_grad():
-        logits = model(clean)
-    base = {name: f(logits).item() for name, f in metrics.items()}
-    scores = {name: {} for name in metrics}
-    for sender in ref_senders(model):
-        delta = corrupt_out[sender[0]] - clean_out[sender[0]]
-        for receiver in ref_receivers(model):
-            if not ref_allowed(model, sender, receiver):
-                continue
-            r_name, r_hook, r_index, _, _ = receiver
-
-            def patch(act, hook, delta=delta, index=r_index):
-                act = act.clone()
-                if index is None:
-                    act[0] += delta
-                else:
-                    act[0, :, index] += delta
-                return act
-
-            with split_inputs(model), torch.no_grad():
-                logits = model.run_with_hooks(clean, fwd_hooks=[(r_hook, patch)])
-            for name, f in metrics.items():
-                scores[name][(sender[0], r_name)] = f(logits).item() - base[name]
-    return scores
-
-
-def ref_gradients(model, tokens, metric, receivers, extra_hooks=()):
-    """∂metric/∂(receiver input) for the named receivers, with zero probes added at their hooks."""
-    wanted = {r[0]: r for r in ref_receivers(model) if r[0] in receivers}
-    probes = {}
-
-    def probe_hook(act, hook):
-        probe = torch.zeros_like(act, requires_grad=True)
-        probes[hook.name] = probe
-        return act + probe
-
-    hooks = list(extra_hooks) + [(h, probe_hook) for h in sorted({r[1] for r in wanted.values()})]
-    with split_inputs(model), torch.enable_grad():
-        value = metric(model.run_with_hooks(tokens, fwd_hooks=hooks))
-        names = list(probes)
-        grads = dict(zip(names, torch.autograd.grad(value, [probes[n] for n in names]), strict=True))
-    out = {}
-    for name, (_, hook, index, _, _) in wanted.items():
-        out[name] = grads[hook][0] if index is None else grads[hook][0, :, index]
-    return out
-
-
-def sample_edges(model, k=8, seed=0):
-    edges = [(s[0], r[0]) for s in ref_senders(model) for r in ref_receivers(model) if ref_allowed(model, s, r)]
-    rng = random.Random(seed)
-    picked = rng.sample(edges, k - 2)
-    return picked + [("input", "logits"), (f"m{model.cfg.n_layers - 2}", "logits")]
+def flags(model):
+    return (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in)
 
 
 # --- the graph ----------------------------------------------------------------------------
@@ -203,6 +81,7 @@ def test_graph_matches_the_residual_stream_rule(family):
 # --- exact edge patching --------------------------------------------------------------------
 
 
+@hooked_only
 @pytest.mark.parametrize("family,metrics", [("gpt2", ("logit_diff", "prob", "kl")), ("neox", ("logit_diff",)),
                                             ("llama3", ("logit_diff", "kl"))])
 def test_exact_edge_patching_equals_a_one_edge_at_a_time_loop(family, metrics):
@@ -219,9 +98,10 @@ def test_exact_edge_patching_equals_a_one_edge_at_a_time_loop(family, metrics):
         for (s, r), value in want.items():
             assert got.edge(s, r) == pytest.approx(value, abs=2e-4 * scale + 1e-6), (metric, s, r)
     assert_unchanged(model, state)
-    assert (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in) == (False, False, False)
+    assert flags(model) == (False, False, False)
 
 
+@hooked_only
 def test_a_batch_of_prompts_scores_the_mean_of_its_prompts():
     """Prompts of different lengths share right-padded forwards; each prompt's own scores
     averaged are the batch's, also when the rows of one forward hold several edges."""
@@ -238,6 +118,7 @@ def test_a_batch_of_prompts_scores_the_mean_of_its_prompts():
 # --- EAP, EAP-IG, clean–corrupted -----------------------------------------------------------
 
 
+@hooked_only
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eap_and_clean_corrupted_equal_the_hand_computed_first_order_terms(family):
     from interp_edit.analysis.circuits import edge_scores
@@ -264,26 +145,7 @@ def test_eap_and_clean_corrupted_equal_the_hand_computed_first_order_terms(famil
     assert kl.scores.abs().max() < 1e-5
 
 
-def ref_path_integral(model, hook, edges, n=32):
-    """Δ_s · ∫_0^1 ∂M/∂x_r dα along the straight path of the output at ``hook`` (all heads of
-    it when ``head_slice``) from corrupted to clean: a midpoint Riemann sum of ``n`` points."""
-    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
-    metric = ref_metric(model, clean, corrupted, "logit_diff")
-    with split_inputs(model), torch.no_grad():
-        _, c_cache = model.run_with_cache(clean, names_filter=lambda x: x == hook)
-        _, k_cache = model.run_with_cache(corrupted, names_filter=lambda x: x == hook)
-    a, b = k_cache[hook], c_cache[hook]
-    receivers = {r for _, r in edges}
-    total = None
-    for i in range(n):
-        alpha = (i + 0.5) / n
-        grads = ref_gradients(model, clean, metric, receivers,
-                              extra_hooks=[(hook, lambda act, hook, alpha=alpha: a + alpha * (b - a))])
-        total = grads if total is None else {k: total[k] + grads[k] for k in total}
-    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
-    return {(s, r): ((corrupt_out[s] - clean_out[s]) * total[r] / n).sum().item() for s, r in edges}
-
-
+@hooked_only
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eap_ig_inputs_approaches_the_path_integral(family):
     from interp_edit.analysis.circuits import edge_scores
@@ -303,6 +165,7 @@ def test_eap_ig_inputs_approaches_the_path_integral(family):
     torch.testing.assert_close(one.scores, eap.scores, atol=1e-4 * scale, rtol=1e-4)  # one step: the gradient at the clean run
 
 
+@hooked_only
 @pytest.mark.parametrize("family", ("gpt2", "llama3"))
 def test_eap_ig_activations_approaches_the_path_integral_of_the_senders_layer(family):
     """The heads of layer 0 move together from corrupted to clean: their edges' scores approach
@@ -329,43 +192,7 @@ def test_eap_ig_activations_approaches_the_path_integral_of_the_senders_layer(fa
 # --- circuits -------------------------------------------------------------------------------
 
 
-def ref_circuit_metric(model, keep):
-    """The clean run in which every receiver reads the corrupted output of each sender whose
-    edge to it is not kept (and this run's output of the others)."""
-    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
-    metric = ref_metric(model, clean, corrupted, "logit_diff")
-    corrupt_out = ref_outputs(model, corrupted)
-    current = {}
-    senders, receivers = ref_senders(model), ref_receivers(model)
-
-    def read(act, hook):
-        for name, h, head, _ in senders:
-            if h == hook.name:
-                current[name] = act[0, :, head] if head is not None else act[0]
-
-    def write(act, hook):
-        act = act.clone()
-        for receiver in receivers:
-            r_name, h, index, _, _ = receiver
-            if h != hook.name:
-                continue
-            for sender in senders:
-                if ref_allowed(model, sender, receiver) and (sender[0], r_name) not in keep:
-                    d = corrupt_out[sender[0]] - current[sender[0]]
-                    if index is None:
-                        act[0] += d
-                    else:
-                        act[0, :, index] += d
-        return act
-
-    hooks = [(h, read) for h in sorted({s[1] for s in senders})] + [(h, write) for h in sorted({r[1] for r in receivers})]
-    with split_inputs(model), torch.no_grad():
-        value = metric(model.run_with_hooks(clean, fwd_hooks=hooks)).item()
-        full = metric(model(clean)).item()
-        none = metric(model(corrupted)).item()
-    return (value - none) / (full - none)
-
-
+@hooked_only
 @pytest.mark.parametrize("family,selection", [("gpt2", "top_n"), ("neox", "greedy"), ("llama3", "top_n")])
 def test_faithfulness_is_the_metric_of_the_circuit_run(family, selection):
     from interp_edit.analysis.circuits import find_circuit
@@ -383,6 +210,7 @@ def test_faithfulness_is_the_metric_of_the_circuit_run(family, selection):
     assert_unchanged(model, state)
 
 
+@hooked_only
 def test_selections():
     from interp_edit.analysis.circuits import find_circuit
 
@@ -403,6 +231,7 @@ def test_selections():
         reached.add(g.senders[s].name)
 
 
+@hooked_only
 def test_result_repr_plot_and_save(tmp_path):
     from interp_edit.analysis.circuits import find_circuit
     from interp_edit.reprs import REPR_LIMIT
@@ -521,59 +350,38 @@ def test_bad_circuit_input_is_refused_before_any_forward(kwargs, named):
         find_circuit(model, CLEAN, CORRUPTED, **kwargs)
 
 
-def test_post_norm_models_are_refused_by_name():
+def test_ungrouped_key_value_heads_are_refused_by_name(monkeypatch):
+    """ungroup_grouped_query_attention gives every query head its own key/value input, which
+    the graph (one per key/value head) does not have; refused before any forward."""
     from interp_edit.analysis.circuits import edge_scores
     from interp_edit.errors import UnsupportedArchitectureError
 
-    model = family_model("gemma2")
-    with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError, match="post-norms"):
+    model = family_model("llama3")
+    monkeypatch.setattr(model.cfg, "ungroup_grouped_query_attention", True, raising=False)
+    with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError, match="ungroup_grouped_query"):
         edge_scores(model, CLEAN, CORRUPTED)
+    assert flags(model) == (False, False, False)
+
+
+def test_layernorm_post_norms_are_refused_by_name(monkeypatch):
+    """The frozen-scale shares are defined for RMSNorm post-norms (the families that have post-norms);
+    a LayerNorm one (no family here: the description is altered) is refused naming it."""
+    from interp_edit.adapter import architecture
+    from interp_edit.analysis.circuits import path_patch
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    model = family_model("gpt2")
+    altered = dataclasses.replace(architecture(model), post_norms=True)
+    monkeypatch.setattr(model, "_interp_edit_architecture", altered)
+    with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError, match="layernorm post-sublayer"):
+        path_patch(model, CLEAN, CORRUPTED, ["a0.h1 -> logits"])
+    assert flags(model) == (False, False, False)
 
 
 # --- path patching --------------------------------------------------------------------------
 
 
-def ref_path_patch(model, path):
-    """Classic path patching, hop by hop: the first receiver's input gets the sender's corrupted
-    output; a clean run with that input records the next sender's output; the next receiver's
-    input gets that output's change, …; the last run's metric minus the clean one."""
-    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
-    metric = ref_metric(model, clean, corrupted, "logit_diff")
-    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
-    senders = {s[0]: s for s in ref_senders(model)}
-    receivers = {r[0]: r for r in ref_receivers(model)}
-
-    def add_at(receiver, delta):
-        _, hook, index, _, _ = receivers[receiver]
-
-        def fn(act, hook):
-            act = act.clone()
-            if index is None:
-                act[0] += delta
-            else:
-                act[0, :, index] += delta
-            return act
-
-        return (hook, fn)
-
-    edges = [tuple(p.strip() for p in e.split("->")) for e in path]
-    delta = corrupt_out[edges[0][0]] - clean_out[edges[0][0]]
-    for (_, receiver), (next_sender, _) in zip(edges[:-1], edges[1:], strict=True):
-        _, s_hook, head, _ = senders[next_sender]
-        seen = {}
-
-        def keep(act, hook, head=head, seen=seen):
-            seen["out"] = (act[0, :, head] if head is not None else act[0]).clone()
-
-        with split_inputs(model), torch.no_grad():
-            model.run_with_hooks(clean, fwd_hooks=[add_at(receiver, delta), (s_hook, keep)])
-        delta = seen["out"] - clean_out[next_sender]
-    with split_inputs(model), torch.no_grad():
-        value = metric(model.run_with_hooks(clean, fwd_hooks=[add_at(edges[-1][1], delta)])).item()
-        base = metric(model(clean)).item()
-    return value - base
-
-
+@hooked_only
 @pytest.mark.parametrize("family", FAMILIES)
 def test_path_patching_equals_a_hop_by_hop_hook_loop(family):
     from interp_edit.analysis.circuits import edge_scores, path_patch
@@ -620,5 +428,5 @@ def test_settings_and_hooks_are_restored_after_an_exception():
     source = sender_outputs(model, graph, task.clean)
     with pytest.raises(RuntimeError):  # a mask of the wrong shape fails inside the forward
         masked_forward(model, graph, task.clean, source, torch.zeros(1, 3, 3))
-    assert (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in) == (False, False, False)
+    assert flags(model) == (False, False, False)
     assert_unchanged(model, state)

@@ -40,8 +40,10 @@ class Architecture:
     - ``norm``: ``"layernorm"`` (subtracts the mean) or ``"rmsnorm"``; ``norm_folded``: the gains
       are folded into the following weights (TransformerLens ``LNPre`` / ``RMSPre``).
     - ``post_norms``: a norm after each sublayer, before its output joins the residual
-      (Gemma-2): ``hook_attn_out`` / ``hook_mlp_out`` see the *normed* output, so a weight delta
-      of ``W_O`` / ``W_out`` must be added before that norm.
+      (Gemma-2, Gemma-3): ``hook_attn_out`` / ``hook_mlp_out`` see the *normed* output, so a
+      weight delta of ``W_O`` / ``W_out`` must be added before that norm, and a head's part of
+      the normed output is its frozen-scale share (its hook and gain:
+      :func:`~interp_edit.adapter.hooks.post_norm_scale`).
     - ``qk_norm``: queries and keys are normalised per head before rotary (Qwen3, Gemma-3); the
       keys a key/value cache holds are the normed ones, not ``hook_k``.
     - ``gated_mlp``: ``act(x W_gate) * (x W_in)``; the nonlinearity acts on the gate.

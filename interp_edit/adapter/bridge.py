@@ -18,6 +18,9 @@ handled here and nowhere else:
 - a block with one shared input norm (``Architecture.shared_norm``: Phi-2, Cohere, Falcon's old
   decoder) has no ``ln2`` on the bridge: its ``ln2`` hook names are made ln1's hook points,
   :func:`share_the_norm`, so every reader asks for ``ln2`` as on any other model;
+- the per-head result and q / k / v input hooks (``use_attn_result`` …) are switched through
+  the bridge's setters, and only where its attention forks them exactly (TransformerLens'
+  per-head fork; not gated attention), :func:`edge_hooks_missing`, :func:`set_hook_switch`;
 - which Hugging Face architectures it covers, and what their description needs
   (:data:`BRIDGE_ARCHITECTURES`, read by :mod:`interp_edit.adapter.architecture`, which builds
   the :class:`~interp_edit.adapter.architecture.Architecture` from the Hugging Face config).
@@ -337,6 +340,73 @@ def token_embedding(model, scale: float) -> torch.Tensor:
 def position_embedding(model) -> torch.Tensor:
     """Learned position embeddings [n_ctx, d_model] (ask the architecture whether there are any)."""
     return model.original_model.transformer.wpe.weight
+
+
+# --- edge-level hooks (the circuits engine) ----------------------------------------------------
+#: The TransformerLens switches that give every head its own output (``attn.hook_result``) and
+#: its own q / k / v input (``blocks.L.hook_q_input`` …), and the MLP its own input
+#: (``blocks.L.hook_mlp_in``). A TransformerBridge turns them on through its setters
+#: (``set_use_attn_result`` …), which also copy them to the blocks' own configs.
+EDGE_HOOK_SWITCHES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+
+
+def _transformer_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def edge_hooks_missing(model) -> str | None:
+    """Why this bridge cannot give the edge-level hooks of :data:`EDGE_HOOK_SWITCHES` exactly
+    (None where it can). It reads the model only: nothing is switched. A bridge forks the
+    q / k / v inputs before ``ln1`` (as HookedTransformer does) only with an attention bridge
+    of TransformerLens' ``JointQKVAttentionBridge`` / ``PositionEmbeddingsAttentionBridge``
+    kinds in a block that wires its ``ln1``; anything else would leave the hooks silent, or
+    fork the normed input."""
+    tl = _transformer_lens_version()
+    lacking = [f"set_{s}" for s in EDGE_HOOK_SWITCHES if not callable(getattr(model, f"set_{s}", None))]
+    if lacking:
+        return f"TransformerLens {tl}'s TransformerBridge has no {', '.join(lacking)} (the per-head hook switches)"
+    try:
+        from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+        from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+            PositionEmbeddingsAttentionBridge,
+        )
+    except ImportError:
+        return f"TransformerLens {tl} has no attention bridge that forks the q/k/v inputs"
+    if getattr(model.cfg, "use_attn_in", False):
+        return ("use_attn_in is on, and a bridge forks either one shared attention input or split q/k/v inputs: "
+                "call model.set_use_attn_in(False) first")
+    for layer, block in enumerate(model.blocks):
+        parts = getattr(block, "submodules", None) or {}
+        attn = parts.get("attn")
+        if attn is None:
+            return f"block {layer} has no attention bridge"
+        kind = type(attn).__name__
+        if getattr(getattr(attn, "config", None), "gated_q_proj", False) or getattr(model.cfg, "gated_q_proj", False):
+            return (f"block {layer}'s gated attention (gated_q_proj: Qwen3.5 / Qwen3-Next) has no per-head q/k/v input "
+                    f"in TransformerLens {tl}")
+        if not (isinstance(attn, (JointQKVAttentionBridge, PositionEmbeddingsAttentionBridge))
+                and getattr(attn, "supports_split_qkv_fork", False)):
+            return f"block {layer}'s {kind} has no q/k/v input fork (supports_split_qkv_fork) in TransformerLens {tl}"
+        if not getattr(attn, "supports_attn_result", False):
+            return f"block {layer}'s {kind} computes no per-head result (supports_attn_result) in TransformerLens {tl}"
+        ln1 = parts.get("ln1")
+        if ln1 is None or getattr(ln1, "original_component", None) is None:
+            return f"block {layer} has no ln1 for the q/k/v fork to read before (it would fork the normed input)"
+        if not hasattr(block, "hook_mlp_in"):
+            return f"block {layer} has no hook_mlp_in in TransformerLens {tl}"
+        target = parts.get("mlp" if getattr(block, "mlp_reads_resid_directly", False) else "ln2")
+        if target is None or getattr(target, "original_component", None) is None:
+            return f"block {layer}'s hook_mlp_in has nothing to fire on (no ln2 before its MLP)"
+    return None
+
+
+def set_hook_switch(model, name: str, value: bool) -> None:
+    """Turn one of :data:`EDGE_HOOK_SWITCHES` on or off through the bridge's setter."""
+    if name not in EDGE_HOOK_SWITCHES:
+        raise ValueError(f"unknown hook switch {name!r}; known: {EDGE_HOOK_SWITCHES}")
+    getattr(model, f"set_{name}")(bool(value))
 
 
 # --- forwards ------------------------------------------------------------------------------

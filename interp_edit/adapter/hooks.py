@@ -52,6 +52,47 @@ def hook_name(site: str, layer: int | None = None) -> str:
     return template
 
 
+# --- edge-level hook switches (the circuits engine) -----------------------------------------------
+def hook_switches(model) -> dict[str, bool]:
+    """The model's TransformerLens switches of the edge-level sites (``result``, ``q_input`` …,
+    ``mlp_in``): ``use_attn_result``, ``use_split_qkv_input``, ``use_hook_mlp_in``."""
+    from interp_edit.adapter.bridge import EDGE_HOOK_SWITCHES
+
+    return {name: bool(getattr(model.cfg, name, False)) for name in EDGE_HOOK_SWITCHES}
+
+
+def set_hook_switches(model, values: dict[str, bool]) -> None:
+    """Set switches of :func:`hook_switches`: a HookedTransformer's config fields, or a
+    TransformerBridge's setters (which copy them to its blocks; check
+    :func:`~interp_edit.adapter.bridge.edge_hooks_missing` first)."""
+    from interp_edit.adapter import bridge
+
+    for name, value in values.items():
+        if bridge.is_bridge(model):
+            bridge.set_hook_switch(model, name, value)
+        else:
+            setattr(model.cfg, name, bool(value))
+
+
+def post_norm_scale(model, kind: str, layer: int) -> tuple[str, torch.Tensor]:
+    """The post-sublayer norm after a block's attention (``kind="attn"``: ``ln1_post``) or MLP
+    (``"mlp"``: ``ln2_post``) of a post-norm architecture (Gemma-2, Gemma-3): the hook name of
+    its scale (``hook_scale``, [batch, pos, 1]: ``sqrt(mean(x²) + eps)`` of the raw sublayer
+    output ``x``) and its gain γ [d_model] as it multiplies, detached, so that the norm's output
+    is ``γ · x / scale``. Gemma's RMSNorm multiplies by ``1 + w``: HookedTransformer's ``w`` holds
+    ``1 + w`` already (TransformerLens adds the 1 at conversion), the bridge's Hugging Face
+    module holds ``w`` (:func:`~interp_edit.adapter.bridge.norm_gain` adds it)."""
+    from interp_edit.adapter import bridge
+
+    if kind not in ("attn", "mlp"):
+        raise ValueError(f"kind must be 'attn' or 'mlp', got {kind!r}")
+    norm = "ln1_post" if kind == "attn" else "ln2_post"
+    if bridge.is_bridge(model):
+        gain = bridge.norm_gain(model, norm, layer)
+    else:
+        gain = getattr(model.blocks[layer], norm).w.detach()
+    return hook_name(f"{norm}_scale", layer), gain
+
 
 def run_with_hooks(model, tokens, hooks: list[tuple[str, Any]]) -> torch.Tensor:
     """Logits of a forward with temporary hooks; the hooks are removed even on an exception."""

@@ -11,7 +11,33 @@ kinds of forward every circuit score is built from.
 Both run inside :func:`edge_hook_mode`, which turns on the TransformerLens options that give
 every head its own output (``use_attn_result``) and its own q / k / v input
 (``use_split_qkv_input``), and the MLP its own input (``use_hook_mlp_in``), and restores the
-model's settings afterwards, also on an exception.
+model's settings afterwards, also on an exception. Hook names and switches come from the
+adapter (:func:`~interp_edit.adapter.hooks.hook_name`,
+:func:`~interp_edit.adapter.hooks.set_hook_switches`), on either backend.
+
+**Backends.** On a HookedTransformer the switches are config fields. A TransformerBridge turns
+them on through its setters, and forks the q / k / v inputs before ``ln1`` per head as
+HookedTransformer does, with the block-level names (``blocks.L.hook_q_input``); a bridge whose
+TransformerLens or attention cannot (no setters, an attention bridge without TransformerLens'
+per-head fork, gated attention, ``use_attn_in`` on) is refused by :func:`check_edge_model`
+before any forward, naming what it lacks
+(:func:`~interp_edit.adapter.bridge.edge_hooks_missing`), its settings untouched.
+
+**Post-sublayer norms** (Gemma-2, Gemma-3: ``architecture(model).post_norms``). A block adds
+``N(Σ_h result_h + b_O)`` to the residual, ``N(x) = γ · x / scale(x)`` an RMSNorm, so no head's
+term is separable by itself. Named choice, the *frozen-scale share*: head ``h``'s sender output
+is ``γ · result_h / scale``, with ``scale`` the norm's scale on this run's whole attention
+output (``ln1_post.hook_scale``) and γ the gain as it multiplies (Gemma's ``1 + w``;
+:func:`~interp_edit.adapter.hooks.post_norm_scale`). The shares and the bias term
+``γ · b_O / scale`` (no sender, as ``b_O`` is none without post-norms; Gemma has no ``b_O``) sum
+to exactly what the block adds (``hook_attn_out``). An MLP's output is its post-normed output
+(``hook_mlp_out``, what the block adds). A patch is applied at the receiver, so the norm is
+not recomputed for it: exact edge patching of ``s → r`` moves ``r``'s input by the change of
+``s``'s share, and EAP's first-order term ``Δ_s · ∂M/∂x_r`` is that forward's first-order term.
+EAP-IG over activations moves a layer's heads along the straight path of their shares (the
+block's normed attention output moves by the change of their sum). The reference
+implementation (hannamw/EAP-IG) has no post-norm handling; this is interp_edit's definition.
+Only RMSNorm post-norms are covered (the families that have them).
 """
 
 from __future__ import annotations
@@ -36,25 +62,25 @@ METRICS = ("logit_diff", "prob", "logprob", "kl")
 #: the adapter's sites (:func:`~interp_edit.adapter.hooks.hook_name`) of the edge-level hook
 #: points, by receiver kind; they exist only under :func:`edge_hook_mode`
 _EDGE_SITES = {"result": "result", "q": "q_input", "k": "k_input", "v": "v_input", "mlp": "mlp_in"}
-#: the TransformerLens options :func:`edge_hook_mode` turns on
-_MODES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
 
 
 def check_edge_model(model) -> None:
     """Raise :class:`UnsupportedArchitectureError` for a model whose edges this engine cannot
-    separate (before any forward)."""
+    separate (before any forward; nothing is changed)."""
     from interp_edit.adapter import bridge
     from interp_edit.adapter.architecture import architecture
 
-    if bridge.is_bridge(model):
-        raise UnsupportedArchitectureError(
-            "circuits need HookedTransformer's per-head q/k/v inputs (use_split_qkv_input); the "
-            "TransformerBridge backend has none: load the model with backend='hooked'")
     arch = architecture(model)
-    if arch.post_norms:
+    if bridge.is_bridge(model):
+        why = bridge.edge_hooks_missing(model)
+        if why is not None:
+            raise UnsupportedArchitectureError(
+                f"circuits need per-head results and q/k/v inputs (use_attn_result, use_split_qkv_input) and MLP "
+                f"inputs (use_hook_mlp_in): {why}")
+    if arch.post_norms and arch.norm != "rmsnorm":
         raise UnsupportedArchitectureError(
-            f"model {arch.family!r} normalises each sublayer's output (post-norms): a head's share of the "
-            "normed attention output is not separable, so its edges are not defined here")
+            f"model {arch.family!r} has {arch.norm} post-sublayer norms: the circuits' frozen-scale shares of a "
+            "post-norm are defined for RMSNorm only")
     if arch.grouped_query and getattr(model.cfg, "ungroup_grouped_query_attention", False):
         raise UnsupportedArchitectureError(
             "ungroup_grouped_query_attention=True gives every query head its own key/value input; "
@@ -66,24 +92,80 @@ def edge_hook_mode(model, results: bool = True):
     """The model with per-head results (``results``: not needed where no sender is read),
     split q/k/v inputs and MLP-input hooks; its settings (and hooks) are as before on leaving,
     also on an exception."""
+    from interp_edit.adapter.hooks import hook_switches, set_hook_switches
+
     check_edge_model(model)
-    before = {name: getattr(model.cfg, name) for name in _MODES}
+    before = hook_switches(model)
     try:
-        for name in _MODES:
-            setattr(model.cfg, name, results or name != "use_attn_result")
+        set_hook_switches(model, {name: results or name != "use_attn_result" for name in before})
         yield model
     finally:
-        for name, value in before.items():
-            setattr(model.cfg, name, value)
+        set_hook_switches(model, before)
 
 
-def sender_hooks(graph: EdgeGraph) -> list[tuple[str, slice, bool]]:
-    """(hook name, sender slice, has a head axis) for every sender group, in forward order."""
-    out = [(hook_name("resid_pre", 0), graph.layer_senders("input", None), False)]
+@dataclass(frozen=True, eq=False)
+class SenderGroup:
+    """Senders written to the residual stream together: the input, a layer's heads, a layer's MLP.
+
+    ``read``: the hook names whose activations give the senders' outputs, in forward order (the
+    last completes them); ``write``: the hook whose activation holds the group's outputs (with a
+    head axis: one per head) — or, where ``summed``, their sum plus the terms no sender owns
+    (the heads of a post-norm block: ``hook_attn_out``); ``gain``: the post-norm's gain."""
+
+    senders: slice
+    heads: bool
+    read: tuple[str, ...]
+    write: str
+    summed: bool = False
+    gain: Tensor | None = None
+
+    def outputs(self, acts: Sequence[Tensor]) -> Tensor:
+        """The senders' outputs [row, pos, sender, d_model] (float) from the activations at
+        :attr:`read`: a post-norm block's heads ``γ · result_h / scale`` (the module docstring)."""
+        if self.gain is not None:
+            result, scale = acts
+            return self.gain.float() * result.float() / scale.float().unsqueeze(-1)
+        act = acts[-1]
+        return (act if self.heads else act.unsqueeze(2)).float()
+
+
+def sender_groups(model, graph: EdgeGraph) -> list[SenderGroup]:
+    """Every sender group, in forward order."""
+    from interp_edit.adapter.architecture import architecture
+    from interp_edit.adapter.hooks import post_norm_scale
+
+    post = architecture(model).post_norms
+    out = [SenderGroup(graph.layer_senders("input", None), False, (hook_name("resid_pre", 0),), hook_name("resid_pre", 0))]
     for layer in range(graph.n_layers):
-        out.append((hook_name(_EDGE_SITES["result"], layer), graph.layer_senders("head", layer), True))
-        out.append((hook_name("mlp_out", layer), graph.layer_senders("mlp", layer), False))
+        result = hook_name(_EDGE_SITES["result"], layer)
+        heads = graph.layer_senders("head", layer)
+        if post:
+            scale, gain = post_norm_scale(model, "attn", layer)
+            out.append(SenderGroup(heads, True, (result, scale), hook_name("attn_out", layer), True, gain))
+        else:
+            out.append(SenderGroup(heads, True, (result,), result))
+        mlp = hook_name("mlp_out", layer)
+        out.append(SenderGroup(graph.layer_senders("mlp", layer), False, (mlp,), mlp))
     return out
+
+
+def sender_read_hooks(model, graph: EdgeGraph, fn: Callable[[SenderGroup, Tensor], None]) -> list[tuple[str, Callable]]:
+    """Forward hooks that call ``fn(group, outputs)`` once a forward has computed each sender
+    group's outputs (:meth:`SenderGroup.outputs`); they change no activation."""
+    hooks = []
+    for group in sender_groups(model, graph):
+        store: list[Tensor] = []
+
+        def keep(act, hook, store=store):
+            store.append(act)
+
+        def done(act, hook, group=group, store=store):
+            acts = [*store, act]
+            store.clear()
+            fn(group, group.outputs(acts))
+
+        hooks += [(name, keep) for name in group.read[:-1]] + [(group.read[-1], done)]
+    return hooks
 
 
 def receiver_hooks(graph: EdgeGraph) -> list[tuple[str, slice, bool]]:
@@ -243,22 +325,16 @@ def task_on_model(model, task: Task) -> Task:
 # --- forwards -----------------------------------------------------------------------------
 
 
-def _grouped(act: Tensor, heads: bool) -> Tensor:
-    """A hook's activation as [row, pos, group, d_model]."""
-    return act if heads else act.unsqueeze(2)
-
-
 @torch.no_grad()
 def sender_outputs(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"],
                    hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "row pos sender d_model"]:
     """Every sender's output (what it adds to the residual stream) in one forward."""
     out = torch.zeros(*tokens.shape, len(graph.senders), model.cfg.d_model, device=tokens.device)
 
-    def keep(act, hook, sl, heads):
-        out[:, :, sl] = _grouped(act, heads).float()
+    def keep(group, outputs):
+        out[:, :, group.senders] = outputs
 
-    with edge_hook_mode(model), model.hooks(fwd_hooks=list(hooks) + [(n, functools.partial(keep, sl=sl, heads=h))
-                                                                       for n, sl, h in sender_hooks(graph)]):
+    with edge_hook_mode(model), model.hooks(fwd_hooks=list(hooks) + sender_read_hooks(model, graph, keep)):
         model(tokens, return_type="logits")
     return out
 
@@ -274,8 +350,8 @@ def masked_forward(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"],
     pairs = [(source, mask.to(source.dtype))] + [(src, m.to(src.dtype)) for src, m in more]
     diffs = [torch.zeros_like(src) for src, _ in pairs]
 
-    def on_sender(act, hook, sl, heads):
-        current = _grouped(act, heads).float()
+    def on_sender(group, current):
+        sl = group.senders
         for diff, (src, _) in zip(diffs, pairs, strict=True):
             diff[:, :, sl] = src[:, :, sl] - current
 
@@ -283,7 +359,7 @@ def masked_forward(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"],
         add = sum(torch.einsum("bpsd,bsr->bprd", diff, m[:, :, sl]) for diff, (_, m) in zip(diffs, pairs, strict=True))
         return act + (add if heads else add[:, :, 0]).to(act.dtype)
 
-    hooks = [(n, functools.partial(on_sender, sl=sl, heads=h)) for n, sl, h in sender_hooks(graph)]
+    hooks = sender_read_hooks(model, graph, on_sender)
     hooks += [(n, functools.partial(on_receiver, sl=sl, heads=h)) for n, sl, h in receiver_hooks(graph)]
     with edge_hook_mode(model), model.hooks(fwd_hooks=hooks):
         return model(tokens, return_type="logits")
@@ -332,5 +408,5 @@ def receiver_gradients(model, graph: EdgeGraph, tokens: Int[Tensor, "row pos"], 
     out = torch.zeros(*tokens.shape, len(graph.receivers), model.cfg.d_model, device=tokens.device)
     for (sl, heads, _), grad in zip(probes, grads, strict=True):
         if grad is not None:
-            out[:, :, sl] = _grouped(grad, heads).float()
+            out[:, :, sl] = (grad if heads else grad.unsqueeze(2)).float()
     return out

@@ -46,7 +46,7 @@ from interp_edit.analysis.circuits.engine import (
     edge_forward,
     prepare_task,
     receiver_gradients,
-    sender_hooks,
+    sender_groups,
     sender_outputs,
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
@@ -198,10 +198,9 @@ def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_step
         scores = _contract(graph, delta, grads)
     else:
         scores = torch.zeros(len(graph.senders), len(graph.receivers))
-        for group in range(len(sender_hooks(graph))):
+        for group, senders in enumerate(g.senders for g in sender_groups(model, graph)):
             grads = _ig_gradients(model, graph, task, group, clean_out, corrupt_out, ig_steps)
-            sl = sender_hooks(graph)[group][1]
-            scores[sl] = _contract(graph, delta, grads)[sl]
+            scores[senders] = _contract(graph, delta, grads)[senders]
     return EdgeScores(graph, scores, method, task.metric, direction,
                       ig_steps if method.startswith("eap_ig") else None, m_clean, m_corrupt,
                       task.clean_prompts, task.corrupted_prompts, tuple(t.text for t in task.targets),
@@ -216,18 +215,22 @@ def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "
 def _ig_gradients(model, graph: EdgeGraph, task: Task, group: int, clean_out: Tensor, corrupt_out: Tensor,
                   steps: int) -> Tensor:
     """The mean receiver gradients over the right Riemann sum of the path that moves sender
-    group ``group`` (0: the input embeddings) from its corrupted to its clean output."""
-    name, sl, heads = sender_hooks(graph)[group]
-    clean_g, corrupt_g = clean_out[:, :, sl], corrupt_out[:, :, sl]
+    group ``group`` (0: the input embeddings) from its corrupted to its clean output, the rest
+    of the run clean. Where the group's write hook holds its outputs' sum (a post-norm block's
+    heads), that sum moves by the change of the outputs along the path."""
+    g = sender_groups(model, graph)[group]
+    clean_g, corrupt_g = clean_out[:, :, g.senders], corrupt_out[:, :, g.senders]
 
     def interpolate(act, hook, alpha):
         value = corrupt_g + alpha * (clean_g - corrupt_g)
-        return (value if heads else value[:, :, 0]).to(act.dtype)
+        if g.summed:  # this (clean) run's outputs are clean_g
+            return act + (value - clean_g).sum(2).to(act.dtype)
+        return (value if g.heads else value[:, :, 0]).to(act.dtype)
 
     total = None
     for k in range(1, steps + 1):
         grads = receiver_gradients(model, graph, task.clean, task.mean_metric,
-                                   hooks=[(name, functools.partial(interpolate, alpha=k / steps))])
+                                   hooks=[(g.write, functools.partial(interpolate, alpha=k / steps))])
         total = grads if total is None else total + grads
     return total / steps
 
