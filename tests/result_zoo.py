@@ -18,6 +18,7 @@ def build_zoo(model, records) -> dict:
         neuron_attribution,
         qv_pathways,
     )
+    from interp_edit.analysis.circuits import circuit_diff, edge_scores, find_circuit, path_patch
     from interp_edit.editing import edit
     from interp_edit.evaluation import contrast_study, run_experiment
 
@@ -29,7 +30,13 @@ def build_zoo(model, records) -> dict:
     attribution = neuron_attribution(model, text, r.target_true, top_k=20)
     subject_last = trace.subject_span[1] - 1
     ft = edit(model, [r], "ft")
+    other = same[0].prompt.format(same[0].subject)
+    scores = edge_scores(model, text, other, method="eap")
     return {
+        "edge_scores": scores,
+        "circuit": find_circuit(model, scores=scores, n_edges=10, curve=(0, 5, 10)),
+        "path_patching": path_patch(model, text, other, ["a0.h0 -> logits", ["m0 -> a1.h0<v>", "a1.h0 -> logits"]]),
+        "circuit_diff": circuit_diff(model, ft, method="eap", n_edges=10, paraphrases=False),
         "trace": trace,
         "aie": average_indirect_effect(model, records[:3], samples=2, progress=False),
         "patching": activation_patch(model, text, same[0].prompt.format(same[0].subject), answer=r.target_true,

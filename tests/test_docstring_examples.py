@@ -21,8 +21,6 @@ import interp_edit
 
 NAMES = [name for name in interp_edit.__all__ if name != "__version__"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-#: modules whose examples need the HookedTransformer backend (skipped when the suite runs on the bridge)
-HOOKED_ONLY = ("interp_edit.analysis.circuits",)
 
 
 def _docstring(obj) -> str:
@@ -42,10 +40,6 @@ def namespace(toy_model, toy_world):
 def test_public_name_has_a_runnable_example(name, namespace, toy_model, tmp_path, monkeypatch):
     doc = _docstring(getattr(interp_edit, name))
     assert ">>>" in doc, f"interp_edit.{name}: its docstring has no example (a '>>>' line)"
-    from interp_edit.adapter.bridge import is_bridge
-
-    if getattr(getattr(interp_edit, name), "__module__", "").startswith(HOOKED_ONLY) and is_bridge(toy_model):
-        pytest.skip(f"interp_edit.{name} needs HookedTransformer (the circuits refuse the bridge by name)")
     monkeypatch.chdir(tmp_path)  # examples that save files write them here
     before = snapshot(toy_model)
     test = doctest.DocTestParser().get_doctest(doc, dict(namespace), f"interp_edit.{name}", None, 0)

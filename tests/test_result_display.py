@@ -9,7 +9,7 @@ from result_zoo import build_zoo
 from interp_edit.reprs import REPR_LIMIT
 
 RESULTS = ("trace", "aie", "patching", "lens", "dla", "attribution", "ablation", "pathways", "diff", "edit_token_aie",
-           "contrast", "experiment")
+           "contrast", "experiment", "edge_scores", "circuit", "path_patching", "circuit_diff")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,13 @@ def test_repr_contents_say_what_was_computed_and_the_headline_numbers(zoo):
     assert f"n_facts={eta.n_facts}" in repr(eta)
     diff = zoo["diff"]
     assert "'ft'" in repr(diff) and "largest_change=edit:" in repr(diff)
+    circuit = zoo["circuit"]
+    assert "edges=10/" in repr(circuit) and "curve=[0: " in repr(circuit) and "5: " in repr(circuit)
+    scores = zoo["edge_scores"]
+    assert "method='eap'" in repr(scores) and scores.top(1)[0][0] in repr(scores)
+    paths = zoo["path_patching"]
+    assert "a0.h0 -> logits" in repr(paths)
+    assert "method='ft'" in repr(zoo["circuit_diff"]) and "edges=10/" in repr(zoo["circuit_diff"])
 
 
 def test_long_prompts_are_cut_inside_their_quotes():
@@ -88,7 +95,9 @@ def _figures(zoo) -> dict:
             "patching": zoo["patching"].plot(), "lens": zoo["lens"].plot(), "dla": zoo["dla"].plot(),
             "ablation": zoo["ablation"].plot(), "edit_token_aie": zoo["edit_token_aie"].plot(window=(1, 2)),
             "experiment": zoo["experiment"].plot(), "comparison": comparison_figure([zoo["experiment"]]),
-            "aie_lines": zoo["aie"].plot("lines"), "sweep": sweep_figure(zoo["sweep"], ("efficacy_score", "paraphrase_score",
+            "aie_lines": zoo["aie"].plot("lines"), "edge_scores": zoo["edge_scores"].plot(),
+            "circuit": zoo["circuit"].plot(), "circuit_faithfulness": zoo["circuit"].plot("faithfulness"),
+            "path_patching": zoo["path_patching"].plot(), "circuit_diff": zoo["circuit_diff"].plot(), "sweep": sweep_figure(zoo["sweep"], ("efficacy_score", "paraphrase_score",
                                                                                           "neighborhood_score"))}
     for view in ("overview", "neurons", "heads", "layers", "query"):
         figs[f"attribution_{view}"] = zoo["attribution"].plot(view)
