@@ -40,7 +40,7 @@ from circuit_reference import (
     ref_tokens,
     sample_edges,
 )
-from family_models import BACKEND, family_model
+from family_models import BACKEND, FAMILY_NAMES, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
 FAMILIES = ("gemma2",) if BACKEND == "hooked" else ("gemma3", "llama3", "neox")
@@ -269,3 +269,16 @@ def test_what_the_bridge_cannot_fork_is_refused_before_any_forward(monkeypatch, 
         if model.cfg.use_attn_in:
             model.set_use_attn_in(False)
     assert flags(model) == (False, False, False)
+
+
+@bridge_only
+@pytest.mark.parametrize("family", [f for f in ("phi", "cohere", "falcon7b") if f in FAMILY_NAMES])
+def test_shared_norm_blocks_are_refused_on_the_bridge_naming_the_shared_norm(family):
+    """One input norm for attention and MLP (Phi-2, Cohere, Falcon's old decoder): the bridge's
+    hook_mlp_in fires on an ln2 these blocks lack, so the MLP has no input of its own."""
+    from interp_edit.analysis.circuits import edge_scores
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    model = family_model(family)
+    with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError, match="shared_norm"):
+        edge_scores(model, "Talvik Corlo was born in", "Beldel Kordor was born in", method="eap")

@@ -398,6 +398,12 @@ def edge_hooks_missing(model) -> str | None:
             return f"block {layer} has no hook_mlp_in in TransformerLens {tl}"
         target = parts.get("mlp" if getattr(block, "mlp_reads_resid_directly", False) else "ln2")
         if target is None or getattr(target, "original_component", None) is None:
+            from interp_edit.adapter.architecture import architecture
+
+            if architecture(model).shared_norm:
+                return (f"block {layer} reads one shared input norm (shared_norm: Phi-2, Cohere, Falcon's old decoder) "
+                        f"and TransformerLens {tl}'s bridge fires hook_mlp_in on an ln2 these blocks lack, so the MLP "
+                        "has no input of its own to patch; load the model with backend='hooked' where it converts")
             return f"block {layer}'s hook_mlp_in has nothing to fire on (no ln2 before its MLP)"
     return None
 
