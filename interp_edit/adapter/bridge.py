@@ -230,9 +230,7 @@ def share_the_norm(model) -> None:
     of ``ln2`` are ln1's (:func:`norm_gain`). A hook *editing* ``ln2`` edits the one norm both
     sublayers read, as it would on the Hugging Face model. A block whose adapter disagrees with
     the description (an ``ln2`` in a shared-norm block, none in another) is refused."""
-    from interp_edit.adapter.architecture import architecture
-
-    shared = architecture(model).shared_norm
+    shared = _shared_norm(model)
     for layer, block in enumerate(model.blocks):
         has_ln2 = getattr(block, "ln2", None) is not None
         if has_ln2 == shared:
@@ -306,10 +304,16 @@ def parameter(model, name: str) -> torch.Tensor:
     raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
 
 
-def _norm_module(model, norm: str, layer: int | None):
-    from interp_edit.adapter.architecture import architecture
+def _shared_norm(model) -> bool:
+    """The description's ``shared_norm``, read from the Hugging Face config as
+    :mod:`~interp_edit.adapter.architecture` reads it (this module sits below that one)."""
+    from interp_edit.adapter import config_fields
 
-    if norm == "ln2" and architecture(model).shared_norm:  # one shared norm: the MLP's is ln1 (share_the_norm)
+    return bool(config_fields.describe_hf_config(model.original_model.config)["shared_norm"])
+
+
+def _norm_module(model, norm: str, layer: int | None):
+    if norm == "ln2" and _shared_norm(model):  # one shared norm: the MLP's is ln1 (share_the_norm)
         norm = "ln1"
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
     return module.original_component
@@ -398,9 +402,7 @@ def edge_hooks_missing(model) -> str | None:
             return f"block {layer} has no hook_mlp_in in TransformerLens {tl}"
         target = parts.get("mlp" if getattr(block, "mlp_reads_resid_directly", False) else "ln2")
         if target is None or getattr(target, "original_component", None) is None:
-            from interp_edit.adapter.architecture import architecture
-
-            if architecture(model).shared_norm:
+            if _shared_norm(model):
                 return (f"block {layer} reads one shared input norm (shared_norm: Phi-2, Cohere, Falcon's old decoder) "
                         f"and TransformerLens {tl}'s bridge fires hook_mlp_in on an ln2 these blocks lack, so the MLP "
                         "has no input of its own to patch; load the model with backend='hooked' where it converts")
