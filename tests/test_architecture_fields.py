@@ -57,6 +57,7 @@ FLIPS: dict[str, tuple] = {
     "attention_multiplier": (0.125, 1.0, {}),
     "embedding_multiplier": (1.0, 2.0, {}),
     "logits_scaling": (1.0, 2.0, {}),
+    "residual_multiplier": (1.0, 0.5, {}),
     "logit_scale": (1.0, 0.5, {}),
     "use_qk_norm": (False, True, {}),
 }
@@ -226,7 +227,7 @@ def test_stablelm_parallel_residual_and_qk_layernorm_load_described(fields):
 def _refused_cases():
     values = {"do_layer_norm_before": False, "word_embed_proj_dim": 16, "layer_norm_elementwise_affine": False,
               "_remove_final_layer_norm": True, "use_bidirectional_attention": True, "clip_qkv": 8.0,
-              "alibi": True, "residual_multiplier": 0.5, "layer_types": ["linear_attention", "full_attention"],
+              "alibi": True, "layer_types": ["linear_attention", "full_attention"],
               "hidden_size_per_layer_input": 8, "per_layer_config": {"1": {"head_dim": 16}}, "num_kv_shared_layers": 1}
     assert set(values) == set(REFUSED_FIELDS)
     for family in FAMILY_NAMES:

@@ -64,6 +64,13 @@ class Architecture:
       Phi, StableLM), None for learned positions.
     - ``attn_scale``: attention scores are divided by it (√d_head; Gemma-2 √query_pre_attn_scalar).
     - ``logit_scale``: the final logits are multiplied by it (1.0; Cohere, Granite).
+    - ``residual_multiplier``: each sublayer's output is multiplied by it before it joins the
+      residual, ``resid + residual_multiplier · out`` (1.0; Granite's ``residual_multiplier``).
+      ``hook_attn_out`` / ``hook_mlp_out`` see the *scaled* contribution (the bridge fires them
+      after the multiplication), so what a row of ``W_out`` / ``W_O`` writes to the residual is
+      the row times it (:func:`~interp_edit.adapter.readout.write_gain`) and a weight delta must
+      be added to the raw output before it
+      (:func:`~interp_edit.adapter.hooks.sublayer_output_hooks`).
 
     The forward-changing properties are read from the Hugging Face config field by field where
     the model came from Hugging Face (:mod:`interp_edit.adapter.config_fields`: the table of
@@ -95,6 +102,14 @@ class Architecture:
     attn_scale: float | None = None
     logit_scale: float = 1.0
     shared_norm: bool = False
+    residual_multiplier: float = 1.0
+
+    @property
+    def writes_raw_output(self) -> bool:
+        """Whether a sublayer's raw output (``z W_O + b_O``, ``post W_out + b_out``) joins the
+        residual as it is: no post-sublayer norm and no residual multiplier between them, so
+        ``hook_attn_out`` / ``hook_mlp_out`` are that raw output."""
+        return not self.post_norms and self.residual_multiplier == 1.0
 
     @property
     def ffn_input_site(self) -> str:
@@ -178,6 +193,7 @@ def _stated_by_hooked(cfg, context: int | None) -> dict:
         logit_softcap=_softcap(getattr(cfg, "output_logits_soft_cap", None)),
         attn_softcap=_softcap(getattr(cfg, "attn_scores_soft_cap", None)),
         embedding_scale=cfg.d_model**0.5 if gemma else 1.0,
+        residual_multiplier=1.0,  # a HookedTransformer adds every sublayer output unscaled
     )
 
 
@@ -187,6 +203,7 @@ _HOOKED_FIELDS = dict(
     n_kv_heads="n_key_value_heads", rotary_dim="rotary_dim", sliding_window="use_local_attn / window_size",
     attn_scale="attn_scale", logit_softcap="output_logits_soft_cap", attn_softcap="attn_scores_soft_cap",
     embedding_scale="original_architecture (Gemma: W_E scaled by √d_model)",
+    residual_multiplier="(none: HookedTransformer adds the sublayer outputs unscaled)",
 )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 #: ``positional`` / the sizes, follow from the family and the sizes).
 PROPERTIES = ("parallel_blocks", "qk_norm", "attn_bias", "mlp_bias", "sliding_window", "rotary_dim", "post_norms",
               "n_kv_heads", "attn_scale", "logit_softcap", "attn_softcap", "logit_scale", "embedding_scale",
-              "shared_norm")
+              "shared_norm", "residual_multiplier")
 
 
 def _rope(config) -> dict:
@@ -166,6 +166,9 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule("logit_scale", "logit_scale", lambda c, v: float(v), "cohere (logits times it)"),
     FieldRule("logits_scaling", "logit_scale", lambda c, v: 1.0 / float(v), "granite (logits divided by it)"),
     FieldRule("embedding_multiplier", "embedding_scale", lambda c, v: float(v), "granite"),
+    # what each sublayer's output is multiplied by before it joins the residual
+    FieldRule("residual_multiplier", "residual_multiplier", lambda c, v: 1.0 if v is None else float(v),
+              "granite (resid + residual_multiplier · sublayer output)"),
 )
 
 
@@ -197,7 +200,7 @@ FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
 _DEFAULTS: dict[str, Any] = dict(
     parallel_blocks=False, qk_norm=False, attn_bias=False, mlp_bias=False, sliding_window=None, rotary_dim=None,
     post_norms=False, n_kv_heads=None, attn_scale=None, logit_softcap=None, attn_softcap=None, logit_scale=1.0,
-    embedding_scale=1.0, shared_norm=False,
+    embedding_scale=1.0, shared_norm=False, residual_multiplier=1.0,
 )
 
 #: Learned-position families (no rotary, so no rotary_dim).
@@ -302,9 +305,6 @@ REFUSED_FIELDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "use_bidirectional_attention": (lambda c, v: v is True, "bidirectional (non-causal) attention"),
     "clip_qkv": (lambda c, v: v is not None, "queries, keys and values clamped inside attention (OLMo's clip_qkv): "
                  "analyses that recompute them from the residual would not clamp"),
-    "residual_multiplier": (lambda c, v: v != 1, "sublayer outputs scaled before they join the residual (Granite's "
-                            "residual_multiplier): the attribution readouts' decomposition of the residual does not "
-                            "cover it"),
     # layer_types: otherwise read through sliding_window (which layers slide)
     "layer_types": (lambda c, v: bool(set(v or ()) - {"full_attention", "sliding_attention"}),
                     "layers that are not softmax attention (Qwen3.5's 'linear_attention': Gated DeltaNet), from layer_types"),

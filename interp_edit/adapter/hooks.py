@@ -149,23 +149,33 @@ def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, A
     *raw* output of a block's attention (``kind="attn"``: ``z @ W_O + b_O``) or MLP (``"mlp"``:
     ``post @ W_out + b_out``), i.e. what the sublayer's output weight produces.
 
-    Without post-sublayer norms that is ``hook_attn_out`` / ``hook_mlp_out``. With them (Gemma-2:
-    ``ln1_post`` / ``ln2_post`` sit between the weight and the residual, and the hooks see the
-    normed output) the raw output is read as ``hook_normalized · hook_scale`` of that norm and a
-    replacement is normalised again by the norm's own rule, so a change of ``W_O`` / ``W_out``
-    made by hooks equals the same change made in place. ``fn`` returning None leaves the
-    activation untouched (bit for bit)."""
+    Without post-sublayer norms or a residual multiplier that is ``hook_attn_out`` /
+    ``hook_mlp_out``. With a residual multiplier (Granite: the block adds ``residual_multiplier ·
+    out``, and the bridge fires ``hook_attn_out`` / ``hook_mlp_out`` on the scaled contribution)
+    it is the sublayer module's own output hook, ``attn.hook_out`` / ``mlp.hook_out``, before the
+    multiplication. With post-sublayer norms (Gemma-2: ``ln1_post`` / ``ln2_post`` sit between
+    the weight and the residual, and the hooks see the normed output) the raw output is read as
+    ``hook_normalized · hook_scale`` of that norm and a replacement is normalised again by the
+    norm's own rule. Either way a change of ``W_O`` / ``W_out`` made by hooks equals the same
+    change made in place. ``fn`` returning None leaves the activation untouched (bit for bit)."""
+    from interp_edit.adapter import bridge
     from interp_edit.adapter.architecture import architecture
 
     if kind not in ("attn", "mlp"):
         raise ValueError(f"kind must be 'attn' or 'mlp', got {kind!r}")
-    if not architecture(model).post_norms:
+    arch = architecture(model)
+    if not arch.post_norms:
         def direct(out, hook):
             new = fn(out, hook)
             return out if new is None else new
 
-        return [(hook_name(f"{kind}_out", layer), direct)]
-    from interp_edit.adapter import bridge
+        if arch.residual_multiplier == 1.0:
+            return [(hook_name(f"{kind}_out", layer), direct)]
+        if not bridge.is_bridge(model):  # pragma: no cover - the hooked backend refuses a residual multiplier
+            from interp_edit.errors import UnsupportedArchitectureError
+
+            raise UnsupportedArchitectureError("a residual multiplier on the hooked backend (it adds sublayer outputs unscaled)")
+        return [(f"blocks.{layer}.{kind}.hook_out", direct)]  # the module's output, before the multiplier
 
     short = "ln1_post" if kind == "attn" else "ln2_post"
     norm_name = f"blocks.{layer}.{short}"

@@ -161,8 +161,10 @@ def model_fingerprint(model) -> str:
 
     described = dataclasses.asdict(architecture(model))
     described.pop("norm_folded")
-    if not described["shared_norm"]:  # added later: the fingerprints of models without one stay as they were
-        described.pop("shared_norm")
+    # properties added later: at their default they are left out, so those models' fingerprints stay as they were
+    for later, default in (("shared_norm", False), ("residual_multiplier", 1.0)):
+        if described[later] == default:
+            described.pop(later)
     cfg = model.cfg
     digest = hashlib.sha256()
     digest.update(json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True).encode())
@@ -229,14 +231,20 @@ def weight_checksum(tensor: torch.Tensor, *, chunk_rows: int = 1024) -> tuple[in
     return total, weighted
 
 
-def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor | None, change: torch.Tensor) -> torch.Tensor:
     """The change of a sublayer's raw output ``raw`` [n, d_model] that moves its contribution to
-    the residual by ``change`` [n, d_model]. Without a post-sublayer norm that is ``change``
-    itself. With one (Gemma-2's RMSNorm ``w ⊙ x / rms(x)``), the raw output keeps its rms and is
-    moved to ``(w ⊙ x / rms(x) + change) / w · rms(x)``: exact up to the rms of the new
-    direction, i.e. to first order in ``change``. MEMIT-style editors re-measure the residual
-    after each layer, which corrects the rest."""
-    if not architecture(model).post_norms:
+    the residual by ``change`` [n, d_model]. Where the raw output joins the residual as it is
+    (``architecture(model).writes_raw_output``) that is ``change`` itself. A residual multiplier
+    r (Granite: the block adds ``r · out``) divides it by r, exactly (``raw`` is not read, and
+    may be None, where there is no post-sublayer norm). With a post-sublayer norm (Gemma-2's
+    RMSNorm ``w ⊙ x / rms(x)``), the raw output keeps its rms and is moved to
+    ``(w ⊙ x / rms(x) + change) / w · rms(x)``: exact up to the rms of the new direction, i.e. to
+    first order in ``change``. MEMIT-style editors re-measure the residual after each layer,
+    which corrects the rest."""
+    arch = architecture(model)
+    if arch.residual_multiplier != 1.0:  # the multiplier acts after the post-sublayer norm, if any
+        change = change / arch.residual_multiplier
+    if not arch.post_norms:
         return change
     norm_name = "ln1_post" if kind == "attn" else "ln2_post"
     if bridge.is_bridge(model):

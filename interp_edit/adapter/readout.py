@@ -13,6 +13,12 @@ are exact on every family.
   norm is frozen for the logit readout), ``ln_post(v) = γ ⊙ v / σ`` is linear: a raw output
   ``v`` at position ``p`` joins the residual as ``v ⊙ gain[p]`` (:func:`write_gain`), and the
   neurons' shares add up to ``attn_out`` / ``mlp_out`` exactly.
+- **Residual multiplier** (Granite): ``resid_mid = resid_pre + r · attn_raw``, ``resid_post =
+  resid_mid + r · mlp_raw`` (``r = residual_multiplier``; ``hook_attn_out`` / ``hook_mlp_out``
+  see the scaled contribution). What a row of ``W_out`` / ``W_O`` writes into the residual is
+  the row times r (:func:`write_weight`, :func:`write_scaled`; before a post-norm's gain,
+  where the multiplier comes after the norm), so the neurons' shares again add up to
+  ``attn_out`` / ``mlp_out``.
 - **Gated MLPs**: ``m = act(x W_gate) ⊙ (x W_in)``; the nonlinearity acts on the gate, so the
   pre-activation of an FFN neuron is ``x W_gate`` (:func:`ffn_gate_weight`, ``mlp.hook_pre``).
 """
@@ -75,6 +81,26 @@ def ffn_gate_weight(model, layer: int) -> Float[Tensor, "d_model d_mlp"]:
     return (mlp.W_gate if architecture(model).gated_mlp else mlp.W_in).detach()
 
 
+def write_scaled(model, raw: Tensor) -> Tensor:
+    """A sublayer's raw output (``m W_out``, ``z W_O``, a bias, or the weights themselves) as it is
+    scaled on its way into the residual: times the architecture's ``residual_multiplier``
+    (Granite); ``raw`` itself where there is none. A post-sublayer norm's gain
+    (:func:`write_gain`) still applies, to the result (the multiplier is a scalar: the order
+    does not matter)."""
+    scale = architecture(model).residual_multiplier
+    return raw if scale == 1.0 else raw * scale
+
+
+def write_weight(model, name: str, layer: int) -> Float[Tensor, "... d_model"]:
+    """A sublayer's output weight ``name`` (``"W_out"`` [d_mlp, d_model], ``"W_O"`` [head, d_head,
+    d_model]) of ``layer``, detached, as its rows write into the residual: times the residual
+    multiplier (:func:`write_scaled`). Through a post-sublayer norm, :func:`written` with
+    :func:`write_gain` then gives what a unit of each row adds to the residual."""
+    from interp_edit.adapter.params import layer_weight
+
+    return write_scaled(model, layer_weight(model, name, layer))
+
+
 def write_gain_names(model) -> list[str]:
     """Hook names :func:`write_gain` needs (the post-sublayer norms' scales; none without them)."""
     arch = architecture(model)
@@ -86,8 +112,9 @@ def write_gain_names(model) -> list[str]:
 def write_gain(model, cache: dict[str, Tensor], layer: int, sublayer: str) -> Float[Tensor, "batch pos d_model"] | None:
     """``γ / σ`` of the post-sublayer norm of ``sublayer`` (``"attn"`` / ``"mlp"``) in ``layer``,
     σ frozen at the cached run: a raw output vector ``v`` (a neuron's ``m_i W_out[i]`` or
-    ``α v W_O[h, j]``) at position ``p`` joins the residual as ``v * gain[:, p]``. ``None``
-    where the model has no post-sublayer norms (the raw output joins as it is)."""
+    ``α v W_O[h, j]``, scaled by :func:`write_scaled`) at position ``p`` joins the residual as
+    ``v * gain[:, p]``. ``None`` where the model has no post-sublayer norms (the vector joins as
+    it is)."""
     if sublayer not in SUBLAYERS:
         raise ValueError(f"sublayer must be one of {SUBLAYERS}, got {sublayer!r}")
     arch = architecture(model)

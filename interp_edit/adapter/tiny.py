@@ -42,7 +42,7 @@ BRIDGE_ONLY_FAMILIES: dict[str, str] = {
     "olmo": "OLMo: LayerNorm without gains or biases, gated SiLU MLP",
     "falcon": "Falcon (new decoder): parallel blocks with two norms, multi-query attention",
     "bigcode": "GPT-BigCode / StarCoder: multi-query attention, learned positions",
-    "granite": "Granite: embedding, attention and logit multipliers (a residual multiplier is refused)",
+    "granite": "Granite: embedding, attention, residual and logit multipliers",
     "smollm3": "SmolLM3: GQA, rotary on three layers of four (NoPE on the rest)",
     "cohere": "Cohere (Command-R): parallel blocks reading one shared LayerNorm (gain, no bias), GQA, logit scale",
     "falcon7b": "Falcon's old decoder (Falcon-7B): parallel blocks reading one shared norm, multi-query attention",
@@ -124,7 +124,7 @@ def _configs(s: dict) -> dict[str, Callable[[], object]]:
             vocab_size=V, n_positions=C, n_embd=d, n_layer=L, n_head=H, n_inner=F, multi_query=True, bos_token_id=None,
             eos_token_id=None, initializer_range=init, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)),
         "granite": lambda: T.GraniteForCausalLM(_llama_like(
-            T.GraniteConfig, s, num_key_value_heads=kv, embedding_multiplier=2.0, residual_multiplier=1.0,
+            T.GraniteConfig, s, num_key_value_heads=kv, embedding_multiplier=2.0, residual_multiplier=0.5,
             attention_multiplier=1.0 / dh, logits_scaling=2.0)),
         "smollm3": lambda: T.SmolLM3ForCausalLM(_llama_like(T.SmolLM3Config, s, num_key_value_heads=kv, pad_token_id=None,
                                                               bos_token_id=None, eos_token_id=None)),

@@ -29,7 +29,9 @@ no ``resid_mid``; the block is still read attention first, so an FFN neuron's ba
 its query shares never credit A^l. **Post-sublayer norms** (Gemma-2): a neuron's vector passes
 through ``ln1_post`` / ``ln2_post`` with that norm's scale frozen at the prompt's value (as the
 final norm is), ``v ⊙ γ_post / σ_post``; the neurons' vectors then add up to ``attn_out`` /
-``mlp_out`` exactly and the readout stays exact. **Gated MLPs**: an FFN neuron's query shares
+``mlp_out`` exactly and the readout stays exact. **Residual multiplier** (Granite): a block adds
+``r · out``, so a neuron's vector is ``r · v`` (``readout.write_weight``); again the vectors add up
+to ``attn_out`` / ``mlp_out``. **Gated MLPs**: an FFN neuron's query shares
 are read through ``W_gate``, where its nonlinearity acts. **Final-logit soft-cap** (Gemma-2):
 ``U`` ends with ``cap · tanh(· / cap)``, as the model does.
 
@@ -63,6 +65,7 @@ from interp_edit.adapter.readout import (
     stream_points,
     write_gain,
     write_gain_names,
+    write_weight,
     written,
 )
 from interp_edit.analysis.attribution_bounds import (
@@ -345,13 +348,13 @@ def ffn_value_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, ta
 def _ffn_vectors(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """What a unit activation of each FFN neuron of ``layer`` adds to the residual at the last position."""
     gain = write_gain(model, cache, layer, "mlp")
-    return written(layer_weight(model, "W_out", layer), None if gain is None else gain[0, -1])
+    return written(write_weight(model, "W_out", layer), None if gain is None else gain[0, -1])
 
 
 def _attn_vectors(model, cache: dict[str, Tensor], layer: int) -> Float[Tensor, "head d_head d_model"]:
     """What a unit ``z`` of each attention neuron of ``layer`` adds to the residual at the last position."""
     gain = write_gain(model, cache, layer, "attn")
-    return written(layer_weight(model, "W_O", layer), None if gain is None else gain[0, -1])
+    return written(write_weight(model, "W_O", layer), None if gain is None else gain[0, -1])
 
 
 def _per_head(model, tensor: Tensor, axis: int) -> Tensor:
@@ -768,7 +771,7 @@ def attention_query_scores(model, cache: dict[str, Tensor], value_neurons: Seque
         for source in range(layer):
             gain = write_gain(model, cache, source, "mlp")
             k_src = kappa if gain is None else kappa * gain[0, pos]  # [s, d_model]
-            proj = layer_weight(model, "W_out", source) @ k_src.T  # [d_mlp, s]
+            proj = write_weight(model, "W_out", source) @ k_src.T  # [d_mlp, s]
             acts = cache[hook_name("mlp_post", source)][0, pos]  # [s, d_mlp]
             out[source] += einops.einsum(acts.float(), proj.float(), weight.float(), "s i, i s, s -> i")
     return out

@@ -10,10 +10,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp_edit.adapter import get_parameter, hook_name, layer_weight, norm_bias, norm_weight, run_with_cache, unembed
+from interp_edit.adapter import get_parameter, hook_name, norm_bias, norm_weight, run_with_cache, unembed
 from interp_edit.adapter.architecture import architecture
 from interp_edit.adapter.hooks import unembedding
-from interp_edit.adapter.readout import write_gain, write_gain_names, written
+from interp_edit.adapter.readout import write_gain, write_gain_names, write_scaled, write_weight, written
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import prompt_tokens
 
@@ -128,7 +128,8 @@ class DLAResult:
 
     ``pos_embed`` is 0 for models without learned position embeddings (rotary). With
     post-sublayer norms (Gemma-2) a head's output and the attention bias pass through
-    ``ln1_post`` frozen at this prompt's scale, so heads and bias still add up to ``attn_out``.
+    ``ln1_post`` frozen at this prompt's scale, so heads and bias still add up to ``attn_out``;
+    with a residual multiplier (Granite) both are scaled by it, as ``attn_out`` is.
     With a final-logit soft-cap (Gemma-2), DLA is defined on the **pre-cap** logits (the cap
     is not additive): ``total`` is the pre-cap logit difference and ``model_total`` the model's
     (capped) one; without a cap they are equal. ``logit_softcap``: the cap, or None.
@@ -231,10 +232,11 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
         return None if g is None else g[0, -1]
 
     heads = torch.stack([
-        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1], layer_weight(model, "W_O", layer), "h d, h d m -> h m"), gain(layer)))
+        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1], write_weight(model, "W_O", layer), "h d, h d m -> h m"), gain(layer)))
         for layer in range(n)
     ])
-    attn_bias = torch.stack([project(written(get_parameter(model, f"blocks.{layer}.attn.b_O").detach(), gain(layer))) for layer in range(n)])
+    attn_bias = torch.stack([project(written(write_scaled(model, get_parameter(model, f"blocks.{layer}.attn.b_O").detach()), gain(layer)))
+                             for layer in range(n)])
     mlp = torch.stack([project(cache[hook_name("mlp_out", layer)][0, -1]) for layer in range(n)])
     constant = b_u + (ln_b @ direction).item()
     f_id = encode_target(model.tokenizer, foil)[0] if foil else None

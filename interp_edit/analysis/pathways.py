@@ -21,6 +21,7 @@ Every family (:mod:`interp_edit.adapter.readout`): for a **gated MLP** the value
 pre-activation is its gate's, ``x W_gate[:, i]`` (κ from ``W_gate``: the nonlinearity acts there,
 ``mlp.hook_pre``); with **post-sublayer norms** (Gemma-2) the query neuron's output joins the
 residual through ``ln2_post`` frozen at the prompt's scale, ``m_k W_out[k] ⊙ γ_post / σ_post``;
+with a **residual multiplier** r (Granite) it joins as ``r · m_k W_out[k]``;
 **parallel blocks** read ``resid_pre``, which holds exactly the FFN outputs of earlier layers,
 as a sequential block's ``resid_mid`` does (plus its own attention). ``c`` stays the exact
 amount the query neuron adds to the value neuron's pre-activation on every family.
@@ -36,8 +37,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp_edit.adapter import hook_name, layer_weight, norm_weight, run_with_cache
-from interp_edit.adapter.readout import ffn_base, ffn_gate_weight, write_gain, write_gain_names, written
+from interp_edit.adapter import hook_name, norm_weight, run_with_cache
+from interp_edit.adapter.readout import ffn_base, ffn_gate_weight, write_gain, write_gain_names, write_weight, written
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
     METHODS,
@@ -219,7 +220,7 @@ def qv_pathways(
             raw = _base_logits(readout, bases[-1])  # [layer, vocab]
             grads = readout_gradients(readout, raw, [target_id] * n) if readout.softcap is None else [None] * n
             value_scores += torch.stack([
-                score_upper_bounds(readout, bases[-1][layer], written(layer_weight(model, "W_out", layer), gains[-1][layer] if gains else None),
+                score_upper_bounds(readout, bases[-1][layer], written(write_weight(model, "W_out", layer), gains[-1][layer] if gains else None),
                                    acts[-1][layer][:, None], target_id, base_logits=raw[layer], gradient=grads[layer])[:, 0]
                 for layer in range(n)])
             logit_scale.append(raw.abs().max().item())
@@ -294,7 +295,7 @@ def _dataset_value_scores(model, readouts, bases, acts, gains, target_ids, rows:
         raws = {p: dict(zip(layers, _base_logits(readouts[p], [bases[p][lay] for lay in layers]), strict=True)) for p in block}
         for layer in layers:
             sel = (layer_of == layer).nonzero().flatten()
-            w_out = layer_weight(model, "W_out", layer)
+            w_out = write_weight(model, "W_out", layer)
             for start in range(0, len(sel), step):
                 part = sel[start : start + step]
                 units = rows[part] % d_mlp
@@ -333,7 +334,7 @@ def pathway_weights(
         later = v_layer > source
         if not later.any():
             continue
-        w_out = layer_weight(model, "W_out", source).float()
+        w_out = write_weight(model, "W_out", source).float()
         if gains is None:
             proj = w_out @ kappa[later].T  # [d_mlp, value']
             # Σ_prompts m_k / σ_{l_v}: [d_mlp, value']

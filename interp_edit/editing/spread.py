@@ -57,8 +57,9 @@ def spread_update(model, treqs: Sequence[TokenizedRequest], cfg: EditorConfig, l
             out.timings["keys"] += time.perf_counter() - start
             start = time.perf_counter()
             residual = (targets.target.double() - current) / (len(layers) - i)  # [n, d_model]
-            if architecture(model).post_norms:  # the raw W_out output change that adds ``residual`` to the stream
-                raw = raw_values_at_edit_tokens(model, treqs, layer, "mlp")
+            arch = architecture(model)
+            if not arch.writes_raw_output:  # the raw W_out output change that adds ``residual`` to the stream
+                raw = raw_values_at_edit_tokens(model, treqs, layer, "mlp") if arch.post_norms else None
                 residual = post_norm_preimage(model, layer, "mlp", raw, residual)
             left = left_factor(layer, keys)
             check_finite(f"update of layer {layer}", left.T, treqs)

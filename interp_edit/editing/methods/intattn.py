@@ -283,8 +283,9 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
             seconds["keys"] += time.perf_counter() - start
             start = time.perf_counter()
             share = remaining / (sum(s.weight for s in schedule[i:]) / step.weight)
-            if architecture(model).post_norms:  # the raw W_O / W_out output change that adds ``share``
-                raw = raw_values_at_edit_tokens(model, treqs, step.layer, step.kind)
+            arch = architecture(model)
+            if not arch.writes_raw_output:  # the raw W_O / W_out output change that adds ``share``
+                raw = raw_values_at_edit_tokens(model, treqs, step.layer, step.kind) if arch.post_norms else None
                 share = post_norm_preimage(model, step.layer, step.kind, raw, share)
             lam = cfg.attn_mom2_update_weight if step.kind == "attn" else cfg.mom2_update_weight
             left = memit_left_factor(model, stats[step.kind][step.layer], lam, keys, f"IntAttn {step.kind} layer {step.layer}")
