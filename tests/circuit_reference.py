@@ -53,6 +53,13 @@ def post_norm_gain(model, layer: int) -> torch.Tensor:
     return norm.w.detach()
 
 
+def residual_multiplier(model) -> float:
+    """What a block multiplies its sublayers' outputs by on their way into the residual: Granite's
+    ``residual_multiplier`` of the Hugging Face config (1 elsewhere, and on HookedTransformer)."""
+    hf = getattr(model, "original_model", None)
+    return float(getattr(getattr(hf, "config", None), "residual_multiplier", 1.0) or 1.0)
+
+
 def n_kv_heads(model) -> int:
     return model.cfg.n_key_value_heads or model.cfg.n_heads
 
@@ -135,9 +142,15 @@ def recorder(model, out: dict):
     def result(act, hook, layer):
         if post:
             results[layer] = act[0]
-        else:
+        elif residual_multiplier(model) == 1.0:
             for h in range(model.cfg.n_heads):
                 out[f"a{layer}.h{h}"] = act[0, :, h]
+
+    def from_z(act, hook, layer):  # a head's raw result z_h W_O[h], times the residual multiplier
+        w_o = model.blocks[layer].attn.W_O.detach()
+        shares = torch.einsum("phd,hdm->phm", act[0].to(w_o.dtype), w_o) * residual_multiplier(model)
+        for h in range(model.cfg.n_heads):
+            out[f"a{layer}.h{h}"] = shares[:, h]
 
     def scale(act, hook, layer):
         share = post_norm_gain(model, layer) * results.pop(layer) / act[0][:, None, :]
@@ -150,6 +163,8 @@ def recorder(model, out: dict):
     hooks.append(("blocks.0.hook_resid_pre", resid))
     for layer in range(model.cfg.n_layers):
         hooks.append((f"blocks.{layer}.attn.hook_result", lambda a, hook, layer=layer: result(a, hook, layer)))
+        if residual_multiplier(model) != 1.0:
+            hooks.append((f"blocks.{layer}.attn.hook_z", lambda a, hook, layer=layer: from_z(a, hook, layer)))
         if post:
             hooks.append((f"blocks.{layer}.ln1_post.hook_scale", lambda a, hook, layer=layer: scale(a, hook, layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_out", lambda a, hook, layer=layer: mlp(a, hook, layer)))

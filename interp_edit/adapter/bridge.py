@@ -410,6 +410,16 @@ def edge_hooks_missing(model) -> str | None:
     return None
 
 
+def result_hook_scale(model, layer: int) -> float:
+    """The factor a block's residual multiplier (Granite) already applies to what
+    ``blocks.{layer}.attn.hook_result`` shows: TransformerLens 4.3's bridge shows the heads'
+    scaled contribution (its ``_result_contribution_scale``), an older bridge and
+    HookedTransformer the raw result (1.0)."""
+    if not is_bridge(model):
+        return 1.0
+    return float(getattr(model.blocks[layer].attn, "_result_contribution_scale", 1.0) or 1.0)
+
+
 def set_hook_switch(model, name: str, value: bool) -> None:
     """Turn one of :data:`EDGE_HOOK_SWITCHES` on or off through the bridge's setter."""
     if name not in EDGE_HOOK_SWITCHES:

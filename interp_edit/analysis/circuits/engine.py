@@ -38,6 +38,12 @@ EAP-IG over activations moves a layer's heads along the straight path of their s
 block's normed attention output moves by the change of their sum). The reference
 implementation (hannamw/EAP-IG) has no post-norm handling; this is interp_edit's definition.
 Only RMSNorm post-norms are covered (the families that have them).
+
+**Residual multiplier** (Granite: ``architecture(model).residual_multiplier`` r). A block adds
+``r · (Σ_h result_h + b_O)`` and ``r · mlp``: a head's sender output is ``r · result_h``
+(``hook_attn_out`` and ``hook_mlp_out`` are after the multiplication; TransformerLens 4.3's
+bridge shows ``hook_result`` after it too, an older one before it:
+:func:`~interp_edit.adapter.bridge.result_hook_scale`).
 """
 
 from __future__ import annotations
@@ -118,30 +124,40 @@ class SenderGroup:
     write: str
     summed: bool = False
     gain: Tensor | None = None
+    #: the residual multiplier a head's result is scaled by on its way into the residual (Granite)
+    factor: float = 1.0
 
     def outputs(self, acts: Sequence[Tensor]) -> Tensor:
         """The senders' outputs [row, pos, sender, d_model] (float) from the activations at
-        :attr:`read`: a post-norm block's heads ``γ · result_h / scale`` (the module docstring)."""
+        :attr:`read`: a post-norm block's heads ``γ · result_h / scale`` (the module docstring),
+        times the residual multiplier where there is one."""
         if self.gain is not None:
             result, scale = acts
-            return self.gain.float() * result.float() / scale.float().unsqueeze(-1)
-        act = acts[-1]
-        return (act if self.heads else act.unsqueeze(2)).float()
+            out = self.gain.float() * result.float() / scale.float().unsqueeze(-1)
+        else:
+            act = acts[-1]
+            out = (act if self.heads else act.unsqueeze(2)).float()
+        return out if self.factor == 1.0 else out * self.factor
 
 
 def sender_groups(model, graph: EdgeGraph) -> list[SenderGroup]:
     """Every sender group, in forward order."""
     from interp_edit.adapter.architecture import architecture
+    from interp_edit.adapter.bridge import result_hook_scale
     from interp_edit.adapter.hooks import post_norm_scale
 
-    post = architecture(model).post_norms
+    arch = architecture(model)
+    post = arch.post_norms
     out = [SenderGroup(graph.layer_senders("input", None), False, (hook_name("resid_pre", 0),), hook_name("resid_pre", 0))]
     for layer in range(graph.n_layers):
         result = hook_name(_EDGE_SITES["result"], layer)
         heads = graph.layer_senders("head", layer)
+        factor = arch.residual_multiplier / result_hook_scale(model, layer)
         if post:
             scale, gain = post_norm_scale(model, "attn", layer)
-            out.append(SenderGroup(heads, True, (result, scale), hook_name("attn_out", layer), True, gain))
+            out.append(SenderGroup(heads, True, (result, scale), hook_name("attn_out", layer), True, gain, factor))
+        elif factor != 1.0:  # hook_result is before the multiplier, hook_attn_out after it
+            out.append(SenderGroup(heads, True, (result,), hook_name("attn_out", layer), True, None, factor))
         else:
             out.append(SenderGroup(heads, True, (result,), result))
         mlp = hook_name("mlp_out", layer)
