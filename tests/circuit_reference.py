@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import random
 
+import pytest
 import torch
 
 CLEAN, CORRUPTED = "Talvik Corlo was born in", "Beldel Kordor was born in"
@@ -325,3 +326,26 @@ def ref_path_patch(model, path):
         value = metric(logits_of(model, clean, [add_at(model, edges[-1][1], delta)])).item()
         base = metric(logits_of(model, clean)).item()
     return value - base
+
+
+def assert_first_order_terms(model, edges, clean_text=CLEAN, corrupted_text=CORRUPTED):
+    """EAP, clean–corrupted and denoising EAP of ``edges`` equal Δ_s · ∂M/∂x_r computed here
+    (autograd at the reference's receivers), and nothing off the allowed edges scores."""
+    from interp_edit.analysis.circuits import edge_scores
+
+    clean, corrupted = ref_tokens(model, clean_text), ref_tokens(model, corrupted_text)
+    metric = ref_metric(model, clean, corrupted, "logit_diff")
+    receivers = {r for _, r in edges}
+    g_clean = ref_gradients(model, clean, metric, receivers)
+    g_corrupt = ref_gradients(model, corrupted, metric, receivers)
+    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
+    eap = edge_scores(model, clean_text, corrupted_text, method="eap")
+    both = edge_scores(model, clean_text, corrupted_text, method="clean_corrupted")
+    denoise = edge_scores(model, clean_text, corrupted_text, method="eap", direction="denoise")
+    for s, r in edges:
+        delta = corrupt_out[s] - clean_out[s]
+        assert eap.edge(s, r) == pytest.approx((delta * g_clean[r]).sum().item(), rel=1e-4, abs=1e-5), (s, r)
+        mean_grad = (g_clean[r] + g_corrupt[r]) / 2
+        assert both.edge(s, r) == pytest.approx((delta * mean_grad).sum().item(), rel=1e-4, abs=1e-5), (s, r)
+        assert denoise.edge(s, r) == pytest.approx((-delta * g_corrupt[r]).sum().item(), rel=1e-4, abs=1e-5), (s, r)
+    assert (eap.scores[~eap.graph.allowed] == 0).all() and (both.scores[~both.graph.allowed] == 0).all()

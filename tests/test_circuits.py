@@ -26,17 +26,14 @@ import torch
 from circuit_reference import (
     CLEAN,
     CORRUPTED,
+    assert_first_order_terms,
     ref_allowed,
     ref_circuit_metric,
     ref_exact_scores,
-    ref_gradients,
-    ref_metric,
-    ref_outputs,
     ref_path_integral,
     ref_path_patch,
     ref_receivers,
     ref_senders,
-    ref_tokens,
     sample_edges,
 )
 from family_models import BACKEND, family_model
@@ -124,23 +121,7 @@ def test_eap_and_clean_corrupted_equal_the_hand_computed_first_order_terms(famil
     from interp_edit.analysis.circuits import edge_scores
 
     model = family_model(family)
-    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
-    metric = ref_metric(model, clean, corrupted, "logit_diff")
-    edges = sample_edges(model)
-    receivers = {r for _, r in edges}
-    g_clean = ref_gradients(model, clean, metric, receivers)
-    g_corrupt = ref_gradients(model, corrupted, metric, receivers)
-    clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
-    eap = edge_scores(model, CLEAN, CORRUPTED, method="eap")
-    both = edge_scores(model, CLEAN, CORRUPTED, method="clean_corrupted")
-    denoise = edge_scores(model, CLEAN, CORRUPTED, method="eap", direction="denoise")
-    for s, r in edges:
-        delta = corrupt_out[s] - clean_out[s]
-        assert eap.edge(s, r) == pytest.approx((delta * g_clean[r]).sum().item(), rel=1e-4, abs=1e-5), (s, r)
-        mean_grad = (g_clean[r] + g_corrupt[r]) / 2
-        assert both.edge(s, r) == pytest.approx((delta * mean_grad).sum().item(), rel=1e-4, abs=1e-5), (s, r)
-        assert denoise.edge(s, r) == pytest.approx((-delta * g_corrupt[r]).sum().item(), rel=1e-4, abs=1e-5), (s, r)
-    assert (eap.scores[~eap.graph.allowed] == 0).all() and (both.scores[~both.graph.allowed] == 0).all()
+    assert_first_order_terms(model, sample_edges(model))
     kl = edge_scores(model, CLEAN, CORRUPTED, method="eap", metric="kl")  # zero gradient at the clean run
     assert kl.scores.abs().max() < 1e-5
 
