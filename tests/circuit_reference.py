@@ -24,15 +24,34 @@ import torch
 CLEAN, CORRUPTED = "Talvik Corlo was born in", "Beldel Kordor was born in"
 
 
+def shared_norm_bridge(model) -> bool:
+    """A TransformerBridge whose blocks have one input norm (no ``ln2``: Phi-2, Cohere, Falcon-7B)."""
+    return hasattr(model, "original_model") and getattr(model.blocks[0], "ln1", None) is not None \
+        and getattr(model.blocks[0], "ln2", None) is None
+
+
 @contextlib.contextmanager
 def split_inputs(model):
+    """TransformerLens' switches on; on a shared-norm bridge also the MLP's own input: its
+    input becomes ``norm(blocks.L.hook_mlp_in(x))``, ``x`` the block's input and ``norm`` the
+    one input norm's Hugging Face module (the definition the engine's MLP receiver follows)."""
     before = (model.cfg.use_split_qkv_input, model.cfg.use_attn_result, model.cfg.use_hook_mlp_in)
     model.set_use_split_qkv_input(True)
     model.set_use_attn_result(True)
     model.set_use_hook_mlp_in(True)
+    handles = []
+    if shared_norm_bridge(model):
+        for block in model.blocks:
+            inputs = []
+            handles.append(block.ln1.register_forward_pre_hook(lambda module, args, inputs=inputs: inputs.append(args[0])))
+            handles.append(block.mlp.register_forward_pre_hook(
+                lambda module, args, block=block, inputs=inputs:
+                (block.ln1.original_component(block.hook_mlp_in(inputs.pop())),) + tuple(args[1:])))
     try:
         yield
     finally:
+        for handle in handles:
+            handle.remove()
         model.set_use_split_qkv_input(before[0])
         model.set_use_attn_result(before[1])
         model.set_use_hook_mlp_in(before[2])

@@ -43,7 +43,8 @@ from circuit_reference import (
 from family_models import BACKEND, FAMILY_NAMES, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
-FAMILIES = ("gemma2",) if BACKEND == "hooked" else ("gemma3", "llama3", "neox", "granite")
+FAMILIES = ("gemma2",) if BACKEND == "hooked" else ("gemma3", "llama3", "neox", "granite") + tuple(
+    f for f in ("phi", "cohere", "falcon7b") if f in FAMILY_NAMES)  # the last three: one shared input norm
 #: the post-norm families, checked on every method (the others: sender outputs and exact patching)
 FULL = ("gemma2", "gemma3")
 
@@ -64,6 +65,15 @@ def edges_for(model):
     picked = sample_edges(model, k=8, seed=1)
     same_layer_mlp = [("a1.h2", "m1")] if not parallel(model) else [("a0.h2", "m1")]
     return picked + same_layer_mlp + [("a0.h1", "a1.h3<q>"), ("a0.h3", f"a2.{kv(model, 0)}<v>"), ("a1.h0", "logits")]
+
+
+def one_top_token(model) -> bool:
+    """Whether the clean and corrupted prompts' top tokens coincide (some tiny random models)."""
+    from circuit_reference import logits_of
+
+    with torch.no_grad():
+        return bool(logits_of(model, ref_tokens(model, CLEAN))[0, -1].argmax() ==
+                    logits_of(model, ref_tokens(model, CORRUPTED))[0, -1].argmax())
 
 
 def _checked(family):
@@ -145,8 +155,8 @@ def test_exact_edge_patching_equals_a_one_edge_at_a_time_loop(model):
     from interp_edit.analysis.circuits import edge_scores
 
     edges = edges_for(model)
-    metrics = (("logit_diff", "kl") if has_post_norms(model) else ("prob",) if residual_multiplier(model) != 1.0
-               else ("logit_diff",))  # tiny Granite's clean and corrupted top tokens coincide: no logit difference
+    metrics = (("logit_diff", "kl") if has_post_norms(model) else ("prob",) if one_top_token(model)
+               else ("logit_diff",))  # where the clean and corrupted top tokens coincide there is no logit difference
     reference = ref_exact_scores(model, metrics, edges)
     for metric in metrics:
         got = edge_scores(model, CLEAN, CORRUPTED, method="exact", metric=metric, max_rows=400)
@@ -256,12 +266,19 @@ def test_what_the_bridge_cannot_fork_is_refused_before_any_forward(monkeypatch, 
 
 @bridge_only
 @pytest.mark.parametrize("family", [f for f in ("phi", "cohere", "falcon7b") if f in FAMILY_NAMES])
-def test_shared_norm_blocks_are_refused_on_the_bridge_naming_the_shared_norm(family):
-    """One input norm for attention and MLP (Phi-2, Cohere, Falcon's old decoder): the bridge's
-    hook_mlp_in fires on an ln2 these blocks lack, so the MLP has no input of its own."""
-    from interp_edit.analysis.circuits import edge_scores
-    from interp_edit.errors import UnsupportedArchitectureError
+def test_shared_norm_blocks_keep_their_forward_with_the_mlps_own_input(family):
+    """One input norm for attention and MLP (Phi-2, Cohere, Falcon's old decoder): in the edge
+    hooks' mode the MLP reads the norm of its own hooked input — unhooked, the same forward."""
+    from interp_edit.analysis.circuits.engine import edge_hook_mode
 
     model = family_model(family)
-    with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError, match="shared_norm"):
-        edge_scores(model, "Talvik Corlo was born in", "Beldel Kordor was born in", method="eap")
+    tokens = ref_tokens(model, CLEAN)
+    with torch.no_grad():
+        plain = model(tokens, return_type="logits")
+        with edge_hook_mode(model):
+            hooked = model(tokens, return_type="logits")
+            seen = []
+            model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_in", lambda act, hook: seen.append(act.shape))])
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
+    assert seen == [(1, tokens.shape[1], model.cfg.d_model)]
+    assert flags(model) == (False, False, False)

@@ -28,6 +28,7 @@ handled here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -400,14 +401,45 @@ def edge_hooks_missing(model) -> str | None:
             return f"block {layer} has no ln1 for the q/k/v fork to read before (it would fork the normed input)"
         if not hasattr(block, "hook_mlp_in"):
             return f"block {layer} has no hook_mlp_in in TransformerLens {tl}"
+        if _shared_norm(model):  # the MLP's input is routed through hook_mlp_in by shared_norm_mlp_inputs
+            if parts.get("mlp") is None:
+                return f"block {layer} has no MLP bridge for its input to be routed through hook_mlp_in"
+            continue
         target = parts.get("mlp" if getattr(block, "mlp_reads_resid_directly", False) else "ln2")
         if target is None or getattr(target, "original_component", None) is None:
-            if _shared_norm(model):
-                return (f"block {layer} reads one shared input norm (shared_norm: Phi-2, Cohere, Falcon's old decoder) "
-                        f"and TransformerLens {tl}'s bridge fires hook_mlp_in on an ln2 these blocks lack, so the MLP "
-                        "has no input of its own to patch; load the model with backend='hooked' where it converts")
             return f"block {layer}'s hook_mlp_in has nothing to fire on (no ln2 before its MLP)"
     return None
+
+
+@contextlib.contextmanager
+def shared_norm_mlp_inputs(model):
+    """Inside the block, a bridge whose blocks read one shared input norm (``shared_norm``: Phi-2,
+    Cohere, Falcon's old decoder) gives each MLP an input of its own: the MLP reads
+    ``ln1(blocks.L.hook_mlp_in(resid_pre))`` — the shared norm's Hugging Face module on the
+    block's input, through the hook — instead of the attention's normed input. Unhooked, that is
+    the same norm of the same input, so the forward is unchanged; a hook on ``hook_mlp_in`` then
+    moves the MLP's input alone, as HookedTransformer's copy of the norm (``ln2``) does. (The
+    bridge fires ``hook_mlp_in`` on ``ln2``'s input, which these blocks lack.) Nothing is
+    installed for other models; the hooks are removed on leaving, also on an exception."""
+    handles = []
+    try:
+        if is_bridge(model) and _shared_norm(model):
+            for block in model.blocks:
+                ln1, mlp = block.submodules["ln1"], block.submodules["mlp"]
+                seen: dict[str, torch.Tensor] = {}
+
+                def keep(module, args, seen=seen):
+                    seen["resid_pre"] = args[0]
+
+                def reroute(module, args, block=block, norm=ln1.original_component, seen=seen):
+                    return (norm(block.hook_mlp_in(seen.pop("resid_pre"))), *args[1:])
+
+                handles.append(ln1.register_forward_pre_hook(keep))
+                handles.append(mlp.register_forward_pre_hook(reroute))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def result_hook_scale(model, layer: int) -> float:

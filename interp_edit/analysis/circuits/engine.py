@@ -98,13 +98,15 @@ def edge_hook_mode(model, results: bool = True):
     """The model with per-head results (``results``: not needed where no sender is read),
     split q/k/v inputs and MLP-input hooks; its settings (and hooks) are as before on leaving,
     also on an exception."""
+    from interp_edit.adapter.bridge import shared_norm_mlp_inputs
     from interp_edit.adapter.hooks import hook_switches, set_hook_switches
 
     check_edge_model(model)
     before = hook_switches(model)
     try:
         set_hook_switches(model, {name: results or name != "use_attn_result" for name in before})
-        yield model
+        with shared_norm_mlp_inputs(model):
+            yield model
     finally:
         set_hook_switches(model, before)
 
