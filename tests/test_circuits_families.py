@@ -96,10 +96,31 @@ def post_model(request):
     yield from _checked(request.param)
 
 
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def any_model(request):
+    """Every family of the backend's matrix."""
+    yield from _checked(request.param)
+
+
+def test_every_family_of_the_matrix_has_its_edges(any_model):
+    """Every family runs the circuits: its senders' outputs are the reference's and add up to
+    what each block writes, and EAP scores every allowed edge (finite, 0 elsewhere)."""
+    from interp_edit.analysis.circuits import edge_scores
+
+    check_shares(any_model)
+    scores = edge_scores(any_model, CLEAN, CORRUPTED, method="eap", metric="prob")
+    assert torch.isfinite(scores.scores).all() and (scores.scores[~scores.graph.allowed] == 0).all()
+    assert scores.flat().abs().max() > 0
+
+
 def test_a_heads_output_is_its_frozen_scale_share_of_what_the_block_adds(model):
     """The engine's sender outputs are the reference's; with a post-norm the heads' shares sum
     to ``hook_attn_out`` exactly, and the adapter's gain times the norm's own normalised output
     is its output (Gemma's ``1 + w``, whichever way the backend stores it)."""
+    check_shares(model)
+
+
+def check_shares(model):
     from interp_edit.adapter.hooks import post_norm_scale
     from interp_edit.analysis.circuits import edge_graph
     from interp_edit.analysis.circuits.engine import prepare_task, sender_outputs
