@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-from family_models import BACKEND
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
 from interp_edit.adapter import model_fingerprint
@@ -22,8 +21,6 @@ from interp_edit.editing.edit import LowRankDelta
 from interp_edit.editing.hooks import AdditiveSteering
 from interp_edit.editing.requests import as_request
 from interp_edit.errors import EditApplicationError, InterpEditError, InvalidArgumentError
-
-pytestmark = pytest.mark.skipif(BACKEND != "hooked", reason="circuits need HookedTransformer's split q/k/v inputs")
 
 FAST = dict(method="eap_ig_inputs", ig_steps=2)
 
