@@ -307,10 +307,15 @@ def parameter(model, name: str) -> torch.Tensor:
 
 def _shared_norm(model) -> bool:
     """The description's ``shared_norm``, read from the Hugging Face config as
-    :mod:`~interp_edit.adapter.architecture` reads it (this module sits below that one)."""
-    from interp_edit.adapter import config_fields
+    :mod:`~interp_edit.adapter.architecture` reads it (this module sits below that one) — once,
+    at boot (:func:`share_the_norm`): the norm readers ask for it on every layer."""
+    known = getattr(model, "_interp_edit_shared_norm", None)
+    if known is None:
+        from interp_edit.adapter import config_fields
 
-    return bool(config_fields.describe_hf_config(model.original_model.config)["shared_norm"])
+        known = bool(config_fields.describe_hf_config(model.original_model.config)["shared_norm"])
+        model._interp_edit_shared_norm = known
+    return known
 
 
 def _norm_module(model, norm: str, layer: int | None):
