@@ -258,6 +258,42 @@ def test_bridge_on_a_family_it_does_not_cover_names_the_hooked_backend():
         load_model("tiny-gptj", hf_model=family_hf("gptj"), tokenizer=toy_tokenizer(), backend="bridge")
 
 
+#: The families whose attention TransformerLens' bridge hands whole to the Hugging Face module
+#: (bridge.BRIDGE_GAPS): refused on the bridge, on 3.9 and 4.x alike.
+DELEGATED_ATTENTION = ("gptj", "opt", "gptneo")
+
+
+@pytest.mark.parametrize("family", DELEGATED_ATTENTION)
+def test_bridge_refuses_the_families_whose_attention_it_delegates(family):
+    with pytest.raises(UnsupportedArchitectureError, match=r"fires attn\.hook_pattern only after it has run"):
+        load_model(f"tiny-{family}", hf_model=family_hf(family), tokenizer=toy_tokenizer(), backend="bridge")
+
+
+@pytest.mark.parametrize("family", DELEGATED_ATTENTION)
+def test_the_bridges_delegated_attention_still_ignores_pattern_edits(family):
+    """The measured reason of the refusal above, kept true: a bridge booted around the family
+    (past the refusal) either fires no attn.hook_pattern or discards an edit of it. When this
+    fails, the installed TransformerLens' bridge honours the edits: run the family matrix on it
+    and lift the refusal from that version on (bridge.BRIDGE_MIN_VERSIONS)."""
+    import warnings
+
+    model = bridge.boot(f"tiny-{family}", tiny_hf_model(family, vocab_size=len(toy_tokenizer())), toy_tokenizer(), "cpu",
+                        torch.float32)
+    tokens, fired = _tokens(model), []
+
+    def attend_to_the_first_token(pattern, hook):
+        fired.append(hook.name)
+        edited = torch.zeros_like(pattern)
+        edited[..., 0] = 1.0
+        return edited
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 4.x warns that the edit is discarded
+        plain = model(tokens)
+        edited = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", attend_to_the_first_token)])
+    assert not fired or torch.equal(edited, plain)
+
+
 @needs_hooked
 def test_hooked_on_a_bridge_only_family_names_the_bridge():
     with pytest.raises(UnsupportedArchitectureError, match="backend='bridge'"):

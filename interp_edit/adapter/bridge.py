@@ -66,14 +66,23 @@ BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "CohereForCausalLM": dict(norm="layernorm", gated=True),  # LayerNorm with a gain and no bias
 }
 
+#: What TransformerLens' bridge does with an attention it hands whole to the Hugging Face module
+#: (its generic ``AttentionBridge``: GPT-J, OPT, GPT-Neo), measured on 4.3.
+_DELEGATED_ATTENTION = (
+    "TransformerLens' bridge hands {family}'s attention whole to the Hugging Face module: 4.3's fires "
+    "attn.hook_pattern only after it has run (after hook_z and hook_attn_out), so an edit of the pattern is "
+    "discarded (measured: the logits do not change) and a hook on hook_z cannot read this forward's pattern"
+)
+
 #: Architectures the bridge boots whose HookedTransformer-named hooks are incomplete in
 #: TransformerLens 3.9 / 4.x, so interp_edit's analyses cannot run on them there.
 BRIDGE_GAPS: dict[str, str] = {
-    "GPTJForCausalLM": ("the bridge fires no attn.hook_pattern for GPT-J under TransformerLens 3.9 (4.3's does, but the "
-                        "family matrix has not been run on it there; its one shared norm is covered: share_the_norm)"),
-    "OPTForCausalLM": "the bridge fires no attn.hook_pattern for OPT and its ln2.hook_scale drops the batch axis",
-    "GPTNeoForCausalLM": ("the bridge's GPT-Neo attention delegates to the Hugging Face module and discards edits of "
-                          "attn.hook_pattern"),
+    "GPTJForCausalLM": _DELEGATED_ATTENTION.format(family="GPT-J")
+    + " (3.9's fires no attn.hook_pattern; its one shared norm is covered: share_the_norm)",
+    "OPTForCausalLM": _DELEGATED_ATTENTION.format(family="OPT")
+    + " (3.9's fires no attn.hook_pattern); and its ln2.hook_scale / hook_normalized drop the batch axis "
+      "([batch·pos, ...] on 3.9 and 4.3)",
+    "GPTNeoForCausalLM": _DELEGATED_ATTENTION.format(family="GPT-Neo") + " (3.9's the same)",
     "Olmo2ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
     "Olmo3ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
 }
