@@ -1,11 +1,13 @@
 """The documentation's measured numbers, asserted with tolerances: a number the docs state is a
-number a test re-measures."""
+number a test re-measures. In the slow job (``pytest -m slow``), with the other quality numbers."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+
+pytestmark = pytest.mark.slow  # quality numbers on the toy world (the README says which tests are slow)
 
 
 def test_readme_aie_numbers_of_the_demo(toy_model, toy_world, one_thread):
@@ -66,7 +68,6 @@ def test_editing_md_shared_keys_numbers(toy_model):
     assert got["efficacy"] == pytest.approx(1.0, abs=0.05) and got["paraphrase"] == pytest.approx(1.0, abs=0.05)
 
 
-@pytest.mark.slow
 def test_editing_md_rome_preset_table(toy_model):
     """docs/editing.md: ROME with the toy world's own preset and with preset="paper" on 20 cases."""
     from interp_edit.evaluation import run_experiment

@@ -55,6 +55,7 @@ def test_rome_maps_the_averaged_key_exactly_to_v_star(toy_model, person_records)
     assert (key @ toy_model.blocks[cfg.layer].mlp.W_out + toy_model.blocks[cfg.layer].mlp.b_out - v_star).abs().max() > 1e-2
 
 
+@pytest.mark.slow  # a quality number on the toy world (the README says which tests are slow)
 def test_rome_single_edits_meet_the_quality_floors_and_undo_bitwise(toy_model, person_records):
     records = person_records[:50]
     before = snapshot(toy_model)
@@ -70,6 +71,7 @@ def test_rome_single_edits_meet_the_quality_floors_and_undo_bitwise(toy_model, p
     assert_same(toy_model, before)
 
 
+@pytest.mark.slow  # a quality number on the toy world (the README says which tests are slow)
 def test_memit_batch_of_100_edits(toy_model, person_records):
     records = person_records[100:200]
     result = memit(toy_model, records)

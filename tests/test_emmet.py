@@ -116,6 +116,7 @@ def test_a_batch_of_one_is_romes_closed_form(tiny_model, person_records, corpus)
     assert (a - b).norm() / b.norm() < 1e-4
 
 
+@pytest.mark.slow  # a quality number on the toy world (the README says which tests are slow)
 def test_toy_world_facts_are_edited(toy_model, person_records):
     records = person_records[100:150]
     result = emmet(toy_model, records)  # the toy-world preset: layer 0, λ 100, μ 0.1

@@ -72,6 +72,7 @@ def test_fine_single_edits_succeed_touching_few_neurons_in_the_editable_layers(t
     assert max(r.info["steps"][0] for r in single_edits) <= cfg.steps
 
 
+@pytest.mark.slow  # a quality number on the toy world (the README says which tests are slow)
 def test_fine_keeps_the_subjects_other_relations_better_than_rome(toy_model, records, single_edits):
     before = snapshot(toy_model)
     reference = unedited_answers(toy_model, records)

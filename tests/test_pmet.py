@@ -161,6 +161,7 @@ def test_targets_are_optimised_jointly_at_both_outputs(tiny_model, person_record
         assert float(nll) == pytest.approx(float(t.nll[i]), abs=1e-4)
 
 
+@pytest.mark.slow  # a quality number on the toy world (the README says which tests are slow)
 @pytest.mark.parametrize("fields, expected", [
     ({}, (0.86, 0.844, 0.96)),
     (dict(update_attention=True), (0.92, 0.892, 0.559)),  # W_O writes: the neighbourhood pays
