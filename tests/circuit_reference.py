@@ -8,10 +8,10 @@ setters ``set_use_split_qkv_input`` … and the HookedTransformer hook names as 
 kept by the names asked for, not ``hook.name``, which on the bridge is its own).
 
 A sender's output is what it adds to the residual stream; with post-sublayer norms (Gemma-2,
-Gemma-3: a block has ``ln1_post``) a head's is its frozen-scale share ``γ · result_h / scale``
+Gemma-3, OLMo-2: a block has ``ln1_post``) a head's is its frozen-scale share ``γ · result_h / scale``
 of the normed attention output, γ the gain as the norm multiplies it: HookedTransformer's
 ``ln1_post.w`` (TransformerLens stores Gemma's ``1 + w``), or ``1 + w`` of the bridge's Hugging
-Face ``Gemma*RMSNorm`` (which stores ``w``)."""
+Face ``Gemma*RMSNorm`` (which stores ``w``), ``w`` of OLMo-2's ``Olmo2RMSNorm``."""
 
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def post_norm_gain(model, layer: int) -> torch.Tensor:
     """γ of ``blocks.{layer}.ln1_post`` as it multiplies."""
     norm = model.blocks[layer].ln1_post
     hf = getattr(norm, "original_component", None)
-    if hf is not None:  # the bridge: Hugging Face's Gemma RMSNorm computes x · (1 + w)
-        return (1.0 + hf.weight).detach()
+    if hf is not None:  # the bridge: Hugging Face's Gemma RMSNorm computes x · (1 + w), OLMo-2's x · w
+        return (1.0 + hf.weight).detach() if type(hf).__name__.startswith("Gemma") else hf.weight.detach()
     return norm.w.detach()
 
 

@@ -44,9 +44,10 @@ from family_models import BACKEND, FAMILY_NAMES, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
 FAMILIES = ("gemma2",) if BACKEND == "hooked" else ("gemma3", "llama3", "neox", "granite") + tuple(
-    f for f in ("phi", "cohere", "falcon7b") if f in FAMILY_NAMES)  # the last three: one shared input norm
+    f for f in ("phi", "cohere", "falcon7b") if f in FAMILY_NAMES) + tuple(  # one shared input norm
+    f for f in ("olmo2", "olmo3") if f in FAMILY_NAMES)  # no input norms (TransformerLens 4)
 #: the post-norm families, checked on every method (the others: sender outputs and exact patching)
-FULL = ("gemma2", "gemma3")
+FULL = ("gemma2", "gemma3", "olmo2", "olmo3")
 
 bridge_only = pytest.mark.skipif(BACKEND != "bridge", reason="refusals of the TransformerBridge backend")
 

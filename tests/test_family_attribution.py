@@ -101,6 +101,18 @@ def _post_scales(model, layer):
     return [n for n in model.hook_dict if n.startswith(f"blocks.{layer}.ln") and "_post.hook_scale" in n]
 
 
+def _input_scales(model, layer, norm):
+    """The input norm ``norm``'s (``ln1`` / ``ln2``) scale hook of ``layer`` to freeze; none in a
+    block that has no input norm (OLMo-2: the sublayer reads the raw residual, and its only norms
+    are the post-sublayer ones)."""
+    name = f"blocks.{layer}.{norm}.hook_scale"
+    if name in model.hook_dict:
+        return [name]
+    block = model.blocks[layer]
+    assert getattr(block, norm, None) is None and getattr(block, f"{norm}_post", None) is not None, name
+    return []
+
+
 def _logit_scale(model) -> float:
     """What the model's logits are multiplied by after ``lm_head``, read from the Hugging Face
     config (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``); TransformerLens'
@@ -186,7 +198,7 @@ def _pre_activation_changes(model, tokens, cache, layer, units, vectors, pos=-1)
         return out
 
     seen = {}
-    hooks = [(site, put)] + _frozen(cache, [f"blocks.{layer}.ln2.hook_scale"])
+    hooks = [(site, put)] + _frozen(cache, _input_scales(model, layer, "ln2"))
     hooks.append((f"blocks.{layer}.mlp.hook_pre", lambda act, hook: seen.setdefault("pre", act.clone())))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens.expand(len(rows), -1), stop_at_layer=layer + 1)
@@ -241,7 +253,7 @@ def _value_changes(model, tokens, cache, layer, vectors, pos):
         return out
 
     seen = {}
-    hooks = [(f"blocks.{layer}.hook_resid_pre", put)] + _frozen(cache, [f"blocks.{layer}.ln1.hook_scale"])
+    hooks = [(f"blocks.{layer}.hook_resid_pre", put)] + _frozen(cache, _input_scales(model, layer, "ln1"))
     hooks.append((f"blocks.{layer}.attn.hook_v", lambda act, hook: seen.setdefault("v", act.clone())))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens.expand(len(rows), -1), stop_at_layer=layer + 1)

@@ -114,6 +114,49 @@ def test_an_uncovered_hf_model_is_refused_at_load_naming_it(build, match):
         load_model("tiny-uncovered", hf_model=build(), tokenizer=toy_tokenizer())
 
 
+@pytest.mark.parametrize("family", ["cohere", "olmo2", "olmo3"])
+@pytest.mark.parametrize("backend", [None, "bridge"])
+def test_a_family_the_installed_bridge_cannot_run_is_refused_naming_why(family, backend):
+    """Cohere, OLMo-2 and OLMo-3 need TransformerLens 4's bridge (``bridge.BRIDGE_MIN_VERSIONS``):
+    under 3.9 the load is refused before anything is wrapped, naming what the old bridge gets
+    wrong and the version to install; from 4 on the family matrix loads them."""
+    from interp_edit.adapter.bridge import version_gap
+    from interp_edit.adapter.tiny import tiny_hf_model
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    hf = tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
+    if version_gap(type(hf).__name__) is None:
+        pytest.skip("the installed TransformerLens' bridge runs it (the family matrix checks it)")
+    why = {"cohere": r"applies logit_scale only by folding it into W_U",
+           "olmo2": r"names OLMo-2's post-sublayer norms ln1 / ln2", "olmo3": r"names OLMo-2's post-sublayer norms ln1 / ln2"}
+    match = rf"{type(hf).__name__}' cannot run on backend='bridge' here: TransformerLens 3\.9's .*{why[family]}.*" \
+            r"install transformer-lens>=4 \(installed: 3\."
+    if backend is None and family == "olmo3":  # HookedTransformer 3.9 converts OLMo-3's config: the hooked backend refuses
+        match = rf"{match}|post-norm-only blocks of Olmo3ForCausalLM .*backend='bridge' covers OLMo-2 / OLMo-3 from " \
+                r"TransformerLens 4 on"
+    with pytest.raises(UnsupportedArchitectureError, match=match):
+        load_model(f"tiny-{family}", hf_model=hf, tokenizer=toy_tokenizer(), backend=backend)
+    assert not getattr(hf, "_interp_edit_bridged", False)  # refused before the bridge wrapped it
+
+
+@pytest.mark.parametrize("family", ["olmo2", "olmo3"])
+def test_a_bridge_that_names_the_post_norms_ln1_ln2_is_refused_at_boot(family, monkeypatch):
+    """Behind the version gate, the boot checks the layout of blocks without input norms: no
+    ln1 / ln2, the post-norms as ln1_post / ln2_post. TransformerLens 3.9's bridge, let past the
+    gate, names them ln1 / ln2 and is refused naming that."""
+    from interp_edit.adapter import bridge
+    from interp_edit.adapter.tiny import tiny_hf_model
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    hf = tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
+    if bridge.version_gap(type(hf).__name__) is None:
+        pytest.skip("the installed TransformerLens' bridge has the layout (the family matrix checks it)")
+    monkeypatch.setattr(bridge, "BRIDGE_MIN_VERSIONS", {})
+    with pytest.raises(UnsupportedArchitectureError, match=r"blocks without input norms.*gives block 0 ln1, ln2, "
+                                                           r"no ln1_post, no ln2_post"):
+        load_model(f"tiny-{family}", hf_model=hf, tokenizer=toy_tokenizer(), backend="bridge")
+
+
 @needs_hooked
 @pytest.mark.parametrize("fields, match", [
     (dict(attn_only=True), "attention-only blocks"),

@@ -4,6 +4,7 @@
 >>> arch.parallel_blocks                 # GPT-J, GPT-NeoX / Pythia, Phi-2: attention and MLP read resid_pre
 >>> arch.ffn_input_site                  # "resid_pre" there, "resid_mid" for sequential blocks
 >>> arch.post_norms                      # Gemma-2: a norm between W_out / W_O and the residual
+>>> arch.input_norms                     # False for OLMo-2 / OLMo-3: no norm before either sublayer
 >>> arch.shared_norm                     # Phi-2, Cohere, Falcon-7B: the MLP reads the attention's input norm
 >>> arch.kv_head(h)                      # the key/value head that query head h reads (GQA / MQA)
 
@@ -22,6 +23,10 @@ from interp_edit.adapter import bridge, config_fields
 from interp_edit.errors import UnsupportedArchitectureError
 
 _ARCH_ATTR = "_interp_edit_architecture"
+
+#: A block's input norms (before attention / before the MLP): absent where the architecture has
+#: none (``Architecture.input_norms`` False: OLMo-2 / OLMo-3).
+INPUT_NORMS = ("ln1", "ln2")
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,18 @@ class Architecture:
       weight delta of ``W_O`` / ``W_out`` must be added before that norm, and a head's part of
       the normed output is its frozen-scale share (its hook and gain:
       :func:`~interp_edit.adapter.hooks.post_norm_scale`).
-    - ``qk_norm``: queries and keys are normalised per head before rotary (Qwen3, Gemma-3); the
-      keys a key/value cache holds are the normed ones, not ``hook_k``.
+    - ``input_norms``: each sublayer reads the residual through a norm (``ln1`` / ``ln2``), as
+      in every pre-norm block; False where neither has one (OLMo-2, OLMo-3: their norms are the
+      post-sublayer ones, ``post_norms``). Attention and MLP then read the raw residual
+      (``resid_pre`` / ``resid_mid``): what a reader takes from ``ln1`` / ``ln2`` is gain 1, bias
+      0, scale 1 and no centring (:func:`~interp_edit.adapter.params.norm_weight`,
+      :func:`~interp_edit.adapter.readout.input_scale`), and the bridge has no ``ln1`` / ``ln2``
+      hook points (:func:`~interp_edit.adapter.bridge.check_no_input_norms`).
+    - ``qk_norm``: queries and keys are normalised before rotary (Qwen3, Gemma-3, OLMo-2); the
+      keys a key/value cache holds are the normed ones, not ``hook_k``. ``qk_norm_whole``: the
+      norm is over the whole projection (all heads' queries, all key/value heads' keys at once:
+      OLMo-2's ``q_norm`` / ``k_norm`` of width ``n_heads · d_head``), not per head — one head's
+      normed query depends on the others' through the shared scale.
     - ``gated_mlp``: ``act(x W_gate) * (x W_in)``; the nonlinearity acts on the gate.
     - ``n_kv_heads``: key/value heads (``n_heads`` for multi-head attention).
     - ``positional``: ``"standard"`` (learned, ``hook_pos_embed``) or ``"rotary"``.
@@ -103,6 +118,8 @@ class Architecture:
     logit_scale: float = 1.0
     shared_norm: bool = False
     residual_multiplier: float = 1.0
+    input_norms: bool = True
+    qk_norm_whole: bool = False
 
     @property
     def writes_raw_output(self) -> bool:
@@ -120,6 +137,12 @@ class Architecture:
     def norm_centres(self) -> bool:
         """Whether the normalisations subtract the mean (LayerNorm) or not (RMSNorm)."""
         return self.norm == "layernorm"
+
+    @property
+    def input_norm_centres(self) -> bool:
+        """Whether what a sublayer reads is centred: by its input norm (a LayerNorm); never where
+        there is no input norm (``input_norms`` False: the raw residual)."""
+        return self.input_norms and self.norm_centres
 
     @property
     def grouped_query(self) -> bool:
@@ -313,7 +336,9 @@ def check_supported(model, hf_config=None):
     if cfg.positional_embedding_type not in ("standard", "rotary"):
         missing.append(f"positional_embedding_type={cfg.positional_embedding_type!r} (covered: 'standard', 'rotary')")
     if cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        missing.append(f"post-norm-only blocks of {cfg.original_architecture} (norms after the sublayers, none before)")
+        missing.append(f"post-norm-only blocks of {cfg.original_architecture} (norms after the sublayers, none before, "
+                       "which HookedTransformer names ln1 / ln2, the input norms' names; backend='bridge' covers OLMo-2 / "
+                       "OLMo-3 from TransformerLens 4 on)")
     if getattr(cfg, "use_attn_in", False) or getattr(cfg, "use_split_qkv_input", False):
         missing.append("use_attn_in / use_split_qkv_input hook modes")
     if missing:

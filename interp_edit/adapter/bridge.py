@@ -18,6 +18,9 @@ handled here and nowhere else:
 - a block with one shared input norm (``Architecture.shared_norm``: Phi-2, Cohere, Falcon's old
   decoder) has no ``ln2`` on the bridge: its ``ln2`` hook names are made ln1's hook points,
   :func:`share_the_norm`, so every reader asks for ``ln2`` as on any other model;
+- blocks without input norms (``Architecture.input_norms`` False: OLMo-2, OLMo-3, from
+  TransformerLens 4 on) have no ``ln1`` / ``ln2`` hook points and their post-sublayer norms as
+  ``ln1_post`` / ``ln2_post``; the layout is checked at boot, :func:`check_no_input_norms`;
 - the per-head result and q / k / v input hooks (``use_attn_result`` …) are switched through
   the bridge's setters, and only where its attention forks them exactly (TransformerLens'
   per-head fork; not gated attention), :func:`edge_hooks_missing`, :func:`set_hook_switch`;
@@ -64,6 +67,9 @@ BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "GraniteForCausalLM": dict(norm="rmsnorm", gated=True),
     "SmolLM3ForCausalLM": dict(norm="rmsnorm", gated=True),
     "CohereForCausalLM": dict(norm="layernorm", gated=True),  # LayerNorm with a gain and no bias
+    # no input norms: RMSNorms after the sublayers only (ln1_post / ln2_post), from TransformerLens 4 on
+    "Olmo2ForCausalLM": dict(norm="rmsnorm", gated=True),
+    "Olmo3ForCausalLM": dict(norm="rmsnorm", gated=True),
 }
 
 #: What TransformerLens' bridge does with an attention it hands whole to the Hugging Face module
@@ -83,10 +89,14 @@ BRIDGE_GAPS: dict[str, str] = {
     + " (3.9's fires no attn.hook_pattern); and its ln2.hook_scale / hook_normalized drop the batch axis "
       "([batch·pos, ...] on 3.9 and 4.3)",
     "GPTNeoForCausalLM": _DELEGATED_ATTENTION.format(family="GPT-Neo") + " (3.9's the same)",
-    "Olmo2ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
-    "Olmo3ForCausalLM": "post-norm-only blocks (norms after the sublayers, none before): no ln1 / ln2 for the analyses to read",
 }
 
+
+_OLMO2_NAMES = (
+    "TransformerLens 3.9's bridge names OLMo-2's post-sublayer norms ln1 / ln2, the input norms' names, in blocks that "
+    "have no input norm: their hook_scale would be read as the scale the attention / MLP reads through, and there is no "
+    "ln1_post / ln2_post for the post-norm readers (frozen-scale shares, weight deltas before the norm); 4.x names "
+    "them ln1_post / ln2_post")
 
 #: Architectures the bridge backend covers only from a TransformerLens version on, with why the
 #: older bridge cannot (:func:`version_gap`; found by the load-time equivalence check).
@@ -94,6 +104,8 @@ BRIDGE_MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
     "CohereForCausalLM": ((4,), "TransformerLens 3.9's Cohere adapter applies logit_scale only by folding it into W_U "
                                 "when it processes the weights, which the bridge backend never does: its logits lack "
                                 "the scale (measured: 1.9 off Hugging Face's log-probabilities)"),
+    "Olmo2ForCausalLM": ((4,), _OLMO2_NAMES),
+    "Olmo3ForCausalLM": ((4,), _OLMO2_NAMES),
 }
 
 
@@ -239,7 +251,13 @@ def share_the_norm(model) -> None:
     the MLP's norm is — ln1's scale and output, same input and gain — and the gain, bias and eps
     of ``ln2`` are ln1's (:func:`norm_gain`). A hook *editing* ``ln2`` edits the one norm both
     sublayers read, as it would on the Hugging Face model. A block whose adapter disagrees with
-    the description (an ``ln2`` in a shared-norm block, none in another) is refused."""
+    the description (an ``ln2`` in a shared-norm block, none in another) is refused.
+
+    Blocks without input norms (``Architecture.input_norms`` False: OLMo-2, OLMo-3) are checked
+    by :func:`check_no_input_norms` instead, and nothing is mapped."""
+    if not _input_norms(model):
+        check_no_input_norms(model)
+        return
     shared = _shared_norm(model)
     for layer, block in enumerate(model.blocks):
         has_ln2 = getattr(block, "ln2", None) is not None
@@ -261,6 +279,33 @@ def share_the_norm(model) -> None:
             f"model architecture {model._interp_edit_hf_architecture!r}: the bridge does not resolve the shared norm's "
             f"ln2 hook names to ln1's (e.g. {missing[0]!r}); interp_edit needs them for the MLP's input norm"
         )
+
+
+def check_no_input_norms(model) -> None:
+    """The bridge's layout of blocks without input norms (``Architecture.input_norms`` False:
+    OLMo-2, OLMo-3), which :mod:`interp_edit.adapter` relies on: no ``ln1`` / ``ln2`` (so no
+    ``blocks.L.ln1.*`` / ``ln2.*`` hook points: a reader of an input norm gets gain 1, scale 1 —
+    :func:`~interp_edit.adapter.params.norm_weight`,
+    :func:`~interp_edit.adapter.readout.input_scale` — and never asks for them), the
+    post-sublayer norms as ``ln1_post`` / ``ln2_post`` (their ``hook_scale`` and
+    ``hook_normalized``; ``hook_attn_out`` / ``hook_mlp_out`` their outputs), and
+    ``hook_resid_mid`` the MLP's own input (TransformerLens 4's ``mlp.hook_in``). Anything else —
+    TransformerLens 3.9 names the post-norms ``ln1`` / ``ln2`` — is refused, naming what the
+    block has."""
+    names = model.hook_dict
+    for layer, block in enumerate(model.blocks):
+        wrong = [n for n in ("ln1", "ln2") if getattr(block, n, None) is not None]
+        wrong += [f"no {n}" for n in ("ln1_post", "ln2_post") if getattr(block, n, None) is None]
+        wrong += [f"no {p}" for p in (f"blocks.{layer}.{n}.{h}" for n in ("ln1_post", "ln2_post")
+                                      for h in ("hook_scale", "hook_normalized")) if p not in names]
+        mid = names.get(f"blocks.{layer}.hook_resid_mid")
+        if mid is None or mid is not getattr(getattr(block, "mlp", None), "hook_in", None):
+            wrong.append("a hook_resid_mid that is not the MLP's input")
+        if wrong:
+            raise UnsupportedArchitectureError(
+                f"model architecture {model._interp_edit_hf_architecture!r}: its config describes blocks without input "
+                f"norms (a norm after each sublayer only), but TransformerLens' bridge gives block {layer} "
+                f"{', '.join(wrong)}; interp_edit reads the post-sublayer norms as ln1_post / ln2_post")
 
 
 def _give_norms_a_gain(hf_model) -> None:
@@ -314,17 +359,28 @@ def parameter(model, name: str) -> torch.Tensor:
     raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
 
 
-def _shared_norm(model) -> bool:
-    """The description's ``shared_norm``, read from the Hugging Face config as
-    :mod:`~interp_edit.adapter.architecture` reads it (this module sits below that one) — once,
-    at boot (:func:`share_the_norm`): the norm readers ask for it on every layer."""
-    known = getattr(model, "_interp_edit_shared_norm", None)
+def _norm_layout(model) -> dict[str, bool]:
+    """The description's ``shared_norm`` and ``input_norms``, read from the Hugging Face config as
+    :mod:`~interp_edit.adapter.architecture` reads them (this module sits below that one) — once,
+    at boot (:func:`share_the_norm`): the norm readers ask for them on every layer."""
+    known = getattr(model, "_interp_edit_norm_layout", None)
     if known is None:
         from interp_edit.adapter import config_fields
 
-        known = bool(config_fields.describe_hf_config(model.original_model.config)["shared_norm"])
-        model._interp_edit_shared_norm = known
+        props = config_fields.describe_hf_config(model.original_model.config)
+        known = {p: bool(props[p]) for p in ("shared_norm", "input_norms")}
+        model._interp_edit_norm_layout = known
     return known
+
+
+def _shared_norm(model) -> bool:
+    """The description's ``shared_norm`` (:func:`_norm_layout`)."""
+    return _norm_layout(model)["shared_norm"]
+
+
+def _input_norms(model) -> bool:
+    """The description's ``input_norms`` (:func:`_norm_layout`)."""
+    return _norm_layout(model)["input_norms"]
 
 
 def _norm_module(model, norm: str, layer: int | None):
@@ -411,8 +467,9 @@ def edge_hooks_missing(model) -> str | None:
         if not getattr(attn, "supports_attn_result", False):
             return f"block {layer}'s {kind} computes no per-head result (supports_attn_result) in TransformerLens {tl}"
         ln1 = parts.get("ln1")
-        if ln1 is None or getattr(ln1, "original_component", None) is None:
+        if _input_norms(model) and (ln1 is None or getattr(ln1, "original_component", None) is None):
             return f"block {layer} has no ln1 for the q/k/v fork to read before (it would fork the normed input)"
+        # without input norms (OLMo-2) the attention's input is the block's: the fork reads resid_pre itself
         if not hasattr(block, "hook_mlp_in"):
             return f"block {layer} has no hook_mlp_in in TransformerLens {tl}"
         if _shared_norm(model):  # the MLP's input is routed through hook_mlp_in by shared_norm_mlp_inputs

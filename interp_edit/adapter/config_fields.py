@@ -30,7 +30,7 @@ from typing import Any
 #: ``positional`` / the sizes, follow from the family and the sizes).
 PROPERTIES = ("parallel_blocks", "qk_norm", "attn_bias", "mlp_bias", "sliding_window", "rotary_dim", "post_norms",
               "n_kv_heads", "attn_scale", "logit_softcap", "attn_softcap", "logit_scale", "embedding_scale",
-              "shared_norm", "residual_multiplier")
+              "shared_norm", "residual_multiplier", "input_norms", "qk_norm_whole")
 
 
 def _rope(config) -> dict:
@@ -128,7 +128,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule("use_qk_norm", "qk_norm", _flag, "cohere"),
     # biases
     FieldRule("attention_bias", "attn_bias", _flag,
-              "llama, gpt_neox, qwen3, gemma, gemma2, gemma3_text, granite, olmo, smollm3"),
+              "llama, gpt_neox, qwen3, gemma, gemma2, gemma3_text, granite, olmo, olmo2, olmo3, smollm3"),
     FieldRule("use_qkv_bias", "attn_bias", _flag, "stablelm"),
     FieldRule("use_bias", "attn_bias", _flag, "starcoder2"),
     FieldRule("use_bias", "mlp_bias", _flag, "starcoder2"),
@@ -139,7 +139,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule("bias", "mlp_bias", _flag, "falcon"),
     # sliding windows (Qwen2 / Qwen3: only with use_sliding_window)
     FieldRule("sliding_window", "sliding_window", _sliding_window,
-              "mistral, qwen2, qwen3, gemma2, gemma3_text, starcoder2, phi3, smollm3"),
+              "mistral, qwen2, qwen3, gemma2, gemma3_text, starcoder2, phi3, smollm3, olmo3"),
     FieldRule("use_sliding_window", "sliding_window",
               lambda c, v: _sliding_window(c, getattr(c, "sliding_window", None)), "qwen2, qwen3, smollm3"),
     FieldRule("window_size", "sliding_window",
@@ -194,13 +194,16 @@ FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
     "gpt_bigcode": dict(attn_bias=True, mlp_bias=True),
     "falcon": dict(),
     "olmo": dict(),
+    # no norm before either sublayer: an RMSNorm after each (post_norms), q/k RMSNorms over the whole projection
+    "olmo2": dict(post_norms=True, input_norms=False, qk_norm=True, qk_norm_whole=True),
+    "olmo3": dict(post_norms=True, input_norms=False, qk_norm=True, qk_norm_whole=True),
 }
 
 #: Every property's value where neither a family constant nor a field says otherwise.
 _DEFAULTS: dict[str, Any] = dict(
     parallel_blocks=False, qk_norm=False, attn_bias=False, mlp_bias=False, sliding_window=None, rotary_dim=None,
     post_norms=False, n_kv_heads=None, attn_scale=None, logit_softcap=None, attn_softcap=None, logit_scale=1.0,
-    embedding_scale=1.0, shared_norm=False, residual_multiplier=1.0,
+    embedding_scale=1.0, shared_norm=False, residual_multiplier=1.0, input_norms=True, qk_norm_whole=False,
 )
 
 #: Learned-position families (no rotary, so no rotary_dim).

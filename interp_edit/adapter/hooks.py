@@ -199,7 +199,8 @@ def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, A
 def cached_keys_values(model, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What a key/value cache holds for ``layer``, from the activations at ``attn.hook_k`` /
     ``attn.hook_v``: the keys after the per-head q/k norm where the architecture has one
-    (Qwen3; ``hook_k`` is taken before it), and after TransformerLens' ``clip_qkv``; both
+    (Qwen3; ``hook_k`` is taken before it; a norm over the whole projection, ``qk_norm_whole``,
+    is refused), and after TransformerLens' ``clip_qkv``; both
     before rotary (the cache is rotated when read)."""
     from interp_edit.adapter import bridge
     from interp_edit.adapter.architecture import architecture
@@ -207,7 +208,13 @@ def cached_keys_values(model, layer: int, keys: torch.Tensor, values: torch.Tens
     if bridge.is_bridge(model):  # no key/value prefix is reused on the bridge (supports_prefix_kv)
         return keys, values
     attn = model.blocks[layer].attn
-    if architecture(model).qk_norm:
+    arch = architecture(model)
+    if arch.qk_norm_whole:  # pragma: no cover - only the bridge loads such families (OLMo-2), and it reuses no cache
+        from interp_edit.errors import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError("qk_norm_whole: a key/value cache of keys normed over the whole projection "
+                                           "(HookedTransformer's q/k norm is per head)")
+    if arch.qk_norm:
         with torch.no_grad():
             keys = attn._apply_qk_norm(keys, attn.k_norm)
     clip = getattr(model.cfg, "clip_qkv", None)

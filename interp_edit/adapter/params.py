@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from interp_edit.adapter import bridge
-from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.architecture import INPUT_NORMS, architecture
 from interp_edit.adapter.hooks import hook_name
 
 #: Per-block weights by their TransformerLens names (shapes as TransformerLens stores them).
@@ -45,9 +45,16 @@ def layer_weight(model, name: str, layer: int) -> torch.Tensor:
     return getattr(getattr(model.blocks[layer], module), attr).detach()
 
 
+def _no_input_norm(model, norm: str) -> bool:
+    return norm in INPUT_NORMS and not architecture(model).input_norms
+
+
 def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The gain γ [d_model] of a normalisation (``"ln1"``, ``"ln2"`` of a block, or
-    ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``)."""
+    ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``; ``ln1`` /
+    ``ln2`` of a block without input norms, whose sublayers read the raw residual)."""
+    if _no_input_norm(model, norm):
+        return torch.ones(model.cfg.d_model, device=model.cfg.device)
     if bridge.is_bridge(model):
         return bridge.norm_gain(model, norm, layer)
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
@@ -56,7 +63,10 @@ def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
 
 
 def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
-    """The bias β [d_model] of a normalisation (zeros where it has none)."""
+    """The bias β [d_model] of a normalisation (zeros where it has none, or there is no such norm:
+    ``ln1`` / ``ln2`` without input norms)."""
+    if _no_input_norm(model, norm):
+        return torch.zeros(model.cfg.d_model, device=model.cfg.device)
     if bridge.is_bridge(model):
         bias = bridge.norm_bias(model, norm, layer)
         return bias if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
@@ -162,7 +172,8 @@ def model_fingerprint(model) -> str:
     described = dataclasses.asdict(architecture(model))
     described.pop("norm_folded")
     # properties added later: at their default they are left out, so those models' fingerprints stay as they were
-    for later, default in (("shared_norm", False), ("residual_multiplier", 1.0)):
+    for later, default in (("shared_norm", False), ("residual_multiplier", 1.0), ("input_norms", True),
+                           ("qk_norm_whole", False)):
         if described[later] == default:
             described.pop(later)
     cfg = model.cfg

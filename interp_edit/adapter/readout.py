@@ -19,6 +19,11 @@ are exact on every family.
   the row times r (:func:`write_weight`, :func:`write_scaled`; before a post-norm's gain,
   where the multiplier comes after the norm), so the neurons' shares again add up to
   ``attn_out`` / ``mlp_out``.
+- **No input norms** (OLMo-2, OLMo-3: ``Architecture.input_norms`` False): attention reads
+  ``resid_pre`` and the MLP ``resid_mid`` as they are. A reader of an input norm's scale σ
+  (:func:`input_scale`) gets 1, of its gain ones and of its bias zeros
+  (:func:`~interp_edit.adapter.params.norm_weight`), and nothing is centred
+  (``Architecture.input_norm_centres``): ``mlp.hook_pre`` is ``resid_mid · W_gate`` exactly.
 - **Gated MLPs**: ``m = act(x W_gate) ⊙ (x W_in)``; the nonlinearity acts on the gate, so the
   pre-activation of an FFN neuron is ``x W_gate`` (:func:`ffn_gate_weight`, ``mlp.hook_pre``).
 """
@@ -29,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.adapter.architecture import architecture
+from interp_edit.adapter.architecture import INPUT_NORMS, architecture
 from interp_edit.adapter.hooks import hook_name, softcap  # noqa: F401  (softcap: re-exported for the readouts)
 from interp_edit.errors import UnsupportedArchitectureError
 
@@ -73,9 +78,37 @@ def stream_points(model, cache: dict[str, Tensor]) -> Float[Tensor, "batch point
     return torch.stack(points, 1)
 
 
+def _input_norm_site(model, norm: str) -> str:
+    """The residual site the input norm ``norm`` reads: ``resid_pre`` (``ln1``), the FFN's input
+    site (``ln2``)."""
+    if norm not in INPUT_NORMS:
+        raise ValueError(f"norm must be 'ln1' or 'ln2', got {norm!r}")
+    return "resid_pre" if norm == "ln1" else architecture(model).ffn_input_site
+
+
+def input_scale_names(model, norm: str) -> list[str]:
+    """Hook names :func:`input_scale` needs for the input norm ``norm`` (``"ln1"`` / ``"ln2"``) of
+    every layer: its ``hook_scale``; where the blocks have no input norms, the residual the
+    sublayer reads instead (for the shape of the scale 1)."""
+    site = _input_norm_site(model, norm)
+    arch = architecture(model)
+    point = f"{norm}_scale" if arch.input_norms else site
+    return [hook_name(point, layer) for layer in range(arch.n_layers)]
+
+
+def input_scale(model, cache: dict[str, Tensor], norm: str, layer: int) -> Float[Tensor, "batch pos 1"]:
+    """The scale σ the input norm ``norm`` (``"ln1"`` before attention, ``"ln2"`` before the MLP) of
+    ``layer`` divides by in the cached run ([batch, pos, 1]); ones where the blocks have no input
+    norms (the sublayer reads the raw residual)."""
+    site = _input_norm_site(model, norm)
+    if not architecture(model).input_norms:
+        return torch.ones_like(cache[hook_name(site, layer)][..., :1])
+    return cache[hook_name(f"{norm}_scale", layer)]
+
+
 def ffn_gate_weight(model, layer: int) -> Float[Tensor, "d_model d_mlp"]:
     """The input weights of an FFN layer's nonlinearity: ``W_gate`` for gated MLPs, ``W_in``
-    otherwise; ``mlp.hook_pre`` is the input (after ``ln2``) times these (plus ``b_in`` for
+    otherwise; ``mlp.hook_pre`` is the input (after ``ln2``, where there is one) times these (plus ``b_in`` for
     non-gated MLPs)."""
     mlp = model.blocks[layer].mlp
     return (mlp.W_gate if architecture(model).gated_mlp else mlp.W_in).detach()

@@ -46,6 +46,8 @@ BRIDGE_ONLY_FAMILIES: dict[str, str] = {
     "smollm3": "SmolLM3: GQA, rotary on three layers of four (NoPE on the rest)",
     "cohere": "Cohere (Command-R): parallel blocks reading one shared LayerNorm (gain, no bias), GQA, logit scale",
     "falcon7b": "Falcon's old decoder (Falcon-7B): parallel blocks reading one shared norm, multi-query attention",
+    "olmo2": "OLMo-2: no input norms (RMSNorm after each sublayer only), q/k RMSNorm over the whole projection, GQA",
+    "olmo3": "OLMo-3: OLMo-2's blocks with local (a 4-token sliding window) and global layers",
 }
 
 _SIZES = {
@@ -109,6 +111,11 @@ def _configs(s: dict) -> dict[str, Callable[[], object]]:
             T.Gemma3TextConfig, s, num_key_value_heads=kv, head_dim=dh, sliding_window=C, query_pre_attn_scalar=dh)),
         "olmo": lambda: T.OlmoForCausalLM(_llama_like(T.OlmoConfig, s, num_key_value_heads=kv, pad_token_id=None,
                                                         bos_token_id=None, eos_token_id=None)),
+        "olmo2": lambda: T.Olmo2ForCausalLM(_llama_like(T.Olmo2Config, s, num_key_value_heads=kv, pad_token_id=None,
+                                                          bos_token_id=None, eos_token_id=None)),
+        "olmo3": lambda: T.Olmo3ForCausalLM(_llama_like(
+            T.Olmo3Config, s, num_key_value_heads=kv, sliding_window=4, pad_token_id=None, bos_token_id=None,
+            eos_token_id=None, layer_types=["sliding_attention" if (i + 1) % 3 else "full_attention" for i in range(L)])),
         "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(
             vocab_size=V, hidden_size=d, num_hidden_layers=L, num_attention_heads=H, num_kv_heads=1,
             new_decoder_architecture=True, parallel_attn=True, bias=False, max_position_embeddings=C,

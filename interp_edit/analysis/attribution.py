@@ -739,7 +739,9 @@ def _scored_attn(model, cache, readout, scores, coefs, k, n_tokens, promoted: _P
 
 
 def _centre(model, vectors: Tensor) -> Tensor:
-    return vectors - vectors.mean(-1, keepdim=True) if norm_centres(model) else vectors
+    """κ as a sublayer's input norm sees it: centred by a LayerNorm; as it is under RMSNorm, or
+    where there is no input norm (the raw residual is read)."""
+    return vectors - vectors.mean(-1, keepdim=True) if architecture(model).input_norm_centres else vectors
 
 
 #: Denominators below this (|h·κ|) give no query share (a share of almost nothing is noise).

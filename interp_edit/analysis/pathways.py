@@ -12,7 +12,8 @@ For a dataset of prompts with their answers, at the last token of each prompt:
   spec's ``v · W_in[:, i]`` with the block's input norm applied (gain γ, centring, this prompt's
   ln2 scale σ frozen): then ``c`` is exactly the amount the query neuron adds to the value
   neuron's pre-activation (for a model with folded norms it is the spec's dot product divided
-  by σ, after centring).
+  by σ, after centring; without input norms — OLMo-2 — γ is 1, σ is 1 and nothing is centred:
+  the spec's dot product itself).
 - **pathway weight** (k → v): ``c`` summed over the dataset; **query score** of k: the sum of
   its pathway weights over the value neurons. Query layers: FFN layers ranked by the sum of
   their neurons' query scores.
@@ -38,7 +39,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import hook_name, norm_weight, run_with_cache
-from interp_edit.adapter.readout import ffn_base, ffn_gate_weight, write_gain, write_gain_names, write_weight, written
+from interp_edit.adapter.readout import (
+    ffn_base,
+    ffn_gate_weight,
+    input_scale,
+    input_scale_names,
+    write_gain,
+    write_gain_names,
+    write_weight,
+    written,
+)
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
     METHODS,
@@ -203,7 +213,7 @@ def qv_pathways(
     if not 0 <= min_value_layer < n:
         raise InvalidArgumentError(f"min_value_layer must be in 0..{n - 1}, got {min_value_layer}")
     names = _layer_names(model) + [hook_name("ln_final_scale")]
-    names += [hook_name(site, layer) for site in ("mlp_post", "ln2_scale") for layer in range(n)]
+    names += [hook_name("mlp_post", layer) for layer in range(n)] + input_scale_names(model, "ln2")
     pruned = method == "exact_top_k"
     value_scores = torch.zeros(n, d_mlp, device=cfg.device)
     acts, inv_scales, target_ids, gains, readouts, bases, logit_scale = [], [], [], [], [], [], []
@@ -226,7 +236,7 @@ def qv_pathways(
             logit_scale.append(raw.abs().max().item())
         else:
             value_scores += ffn_value_scores(model, cache, readout, target_id, method=method, chunk_elements=chunk_elements)
-        inv_scales.append(torch.stack([1.0 / cache[hook_name("ln2_scale", layer)][0, -1, 0] for layer in range(n)]))
+        inv_scales.append(torch.stack([1.0 / input_scale(model, cache, "ln2", layer)[0, -1, 0] for layer in range(n)]))
         target_ids.append(target_id)
     acts_t, inv_t = torch.stack(acts), torch.stack(inv_scales)  # [prompt, layer, d_mlp], [prompt, layer]
     gains_t = torch.stack(gains) if gains else None  # [prompt, layer, d_model]
