@@ -26,10 +26,10 @@ BACKEND = os.environ.get("INTERP_EDIT_TEST_BACKEND") or ("hooked" if hooked_avai
 #: interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES): all but GPT-J, OPT, GPT-Neo (bridge.BRIDGE_GAPS: the
 #: bridge hands their attention whole to Hugging Face: attn.hook_pattern fires, if at all, after it and
 #: edits of it are discarded, on 3.9 and 4.3), plus the bridge-only ones.
-#: Less those the installed TransformerLens' bridge cannot run yet (bridge.BRIDGE_MIN_VERSIONS: Cohere, OLMo-2 and
-#: OLMo-3 need 4.x).
-_NEEDS_NEWER = tuple(f for f, cls in {"cohere": "CohereForCausalLM", "olmo2": "Olmo2ForCausalLM",
-                                      "olmo3": "Olmo3ForCausalLM"}.items() if version_gap(cls))
+#: Less those the installed TransformerLens' bridge cannot run yet (bridge.BRIDGE_MIN_VERSIONS: Cohere, Granite,
+#: OLMo-2 and OLMo-3 need 4.x).
+_NEEDS_NEWER = tuple(f for f, cls in {"cohere": "CohereForCausalLM", "granite": "GraniteForCausalLM",
+                                      "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}.items() if version_gap(cls))
 BRIDGE_FAMILY_NAMES = tuple(f for f in tuple(FAMILIES) + tuple(BRIDGE_ONLY_FAMILIES)
                             if f not in ("gptj", "opt", "gptneo") + _NEEDS_NEWER)
 

@@ -114,10 +114,10 @@ def test_an_uncovered_hf_model_is_refused_at_load_naming_it(build, match):
         load_model("tiny-uncovered", hf_model=build(), tokenizer=toy_tokenizer())
 
 
-@pytest.mark.parametrize("family", ["cohere", "olmo2", "olmo3"])
+@pytest.mark.parametrize("family", ["cohere", "granite", "olmo2", "olmo3"])
 @pytest.mark.parametrize("backend", [None, "bridge"])
 def test_a_family_the_installed_bridge_cannot_run_is_refused_naming_why(family, backend):
-    """Cohere, OLMo-2 and OLMo-3 need TransformerLens 4's bridge (``bridge.BRIDGE_MIN_VERSIONS``):
+    """Cohere, Granite, OLMo-2 and OLMo-3 need TransformerLens 4's bridge (``bridge.BRIDGE_MIN_VERSIONS``):
     under 3.9 the load is refused before anything is wrapped, naming what the old bridge gets
     wrong and the version to install; from 4 on the family matrix loads them."""
     from interp_edit.adapter.bridge import version_gap
@@ -127,7 +127,7 @@ def test_a_family_the_installed_bridge_cannot_run_is_refused_naming_why(family, 
     hf = tiny_hf_model(family, vocab_size=len(toy_tokenizer()))
     if version_gap(type(hf).__name__) is None:
         pytest.skip("the installed TransformerLens' bridge runs it (the family matrix checks it)")
-    why = {"cohere": r"applies logit_scale only by folding it into W_U",
+    why = {"cohere": r"applies logit_scale only by folding it into W_U", "granite": r"fires hook_embed before the embedding_multiplier",
            "olmo2": r"names OLMo-2's post-sublayer norms ln1 / ln2", "olmo3": r"names OLMo-2's post-sublayer norms ln1 / ln2"}
     match = rf"{type(hf).__name__}' cannot run on backend='bridge' here: TransformerLens 3\.9's .*{why[family]}.*" \
             r"install transformer-lens>=4 \(installed: 3\."

@@ -104,6 +104,10 @@ BRIDGE_MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
     "CohereForCausalLM": ((4,), "TransformerLens 3.9's Cohere adapter applies logit_scale only by folding it into W_U "
                                 "when it processes the weights, which the bridge backend never does: its logits lack "
                                 "the scale (measured: 1.9 off Hugging Face's log-probabilities)"),
+    "GraniteForCausalLM": ((4,), "TransformerLens 3.9's Granite adapter fires hook_embed before the embedding_multiplier, "
+                                 "so hook_embed is not what joins the residual (measured: resid_pre is the multiplier "
+                                 "times hook_embed) and the residual's components do not add up to it (direct logit "
+                                 "attribution 1.3% off the logit)"),
     "Olmo2ForCausalLM": ((4,), _OLMO2_NAMES),
     "Olmo3ForCausalLM": ((4,), _OLMO2_NAMES),
 }
