@@ -43,7 +43,8 @@ from circuit_reference import (
 from family_models import BACKEND, FAMILY_NAMES, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
-FAMILIES = ("gemma2",) if BACKEND == "hooked" else ("gemma3", "llama3", "neox", "granite") + tuple(
+FAMILIES = ("gemma2",) if BACKEND == "hooked" else ("gemma3", "llama3", "neox") + tuple(
+    f for f in ("granite",) if f in FAMILY_NAMES) + tuple(  # a residual multiplier (TransformerLens 4)
     f for f in ("phi", "cohere", "falcon7b") if f in FAMILY_NAMES) + tuple(  # one shared input norm
     f for f in ("olmo2", "olmo3") if f in FAMILY_NAMES)  # no input norms (TransformerLens 4)
 #: the post-norm families, checked on every method (the others: sender outputs and exact patching)
