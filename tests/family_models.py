@@ -23,15 +23,16 @@ BACKEND = os.environ.get("INTERP_EDIT_TEST_BACKEND") or ("hooked" if hooked_avai
 
 
 #: The tiny families the bridge backend covers (test_bridge_backend checks this against
-#: interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES): all but GPT-J, OPT, GPT-Neo (bridge.BRIDGE_GAPS: the
-#: bridge hands their attention whole to Hugging Face: attn.hook_pattern fires, if at all, after it and
-#: edits of it are discarded, on 3.9 and 4.3), plus the bridge-only ones.
+#: interp_edit.adapter.bridge.BRIDGE_ARCHITECTURES): all but OPT (bridge.BRIDGE_GAPS: the bridge hands its
+#: attention whole to Hugging Face: attn.hook_pattern fires, if at all, after it and edits of it are
+#: discarded, on 3.9 and 4.3; and its ln2 hooks drop the batch axis), plus the bridge-only ones.
 #: Less those the installed TransformerLens' bridge cannot run yet (bridge.BRIDGE_MIN_VERSIONS: Cohere, Granite,
-#: OLMo-2 and OLMo-3 need 4.x).
+#: OLMo-2, OLMo-3, and GPT-J / GPT-Neo, whose attention interp_edit computes through the bridge's hook points, need 4.x).
 _NEEDS_NEWER = tuple(f for f, cls in {"cohere": "CohereForCausalLM", "granite": "GraniteForCausalLM",
-                                      "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM"}.items() if version_gap(cls))
+                                      "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM",
+                                      "gptj": "GPTJForCausalLM", "gptneo": "GPTNeoForCausalLM"}.items() if version_gap(cls))
 BRIDGE_FAMILY_NAMES = tuple(f for f in tuple(FAMILIES) + tuple(BRIDGE_ONLY_FAMILIES)
-                            if f not in ("gptj", "opt", "gptneo") + _NEEDS_NEWER)
+                            if f not in ("opt",) + _NEEDS_NEWER)
 
 FAMILY_NAMES = tuple(FAMILIES) if BACKEND == "hooked" else BRIDGE_FAMILY_NAMES
 

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = "As everyone knows, Talvik Corlo was born in"
 PROMPTS = ["Talvik Corlo was born in", "The capital of Dorvia is", "Talvik Corlo lives in",
            "People say that Talvik Corlo is a musician who plays the"]
-#: (on the bridge: those it covers — not GPT-J, nor the HookedTransformer-built ``postnorm``)
+#: (on the bridge: those it covers — GPT-J from TransformerLens 4 on, never the HookedTransformer-built ``postnorm``)
 MODELS = tuple(m for m in ("toy", "gpt2", "gptj", "llama", "gemma2", "postnorm") if m == "toy" or m in CASES)
 #: float32 noise of two computations of the same exact score (different batching)
 NOISE = 2e-6

@@ -98,9 +98,14 @@ def post_model(request):
     yield from _checked(request.param)
 
 
-@pytest.fixture(scope="module", params=FAMILY_NAMES)
+#: the bridge families whose attention is interp_edit's (adapter.bridge_attention) in TransformerLens'
+#: generic AttentionBridge, which has no per-head q/k/v fork: the circuits refuse them by that capability
+NO_QKV_FORK = ("gptj", "gptneo") if BACKEND == "bridge" else ()
+
+
+@pytest.fixture(scope="module", params=[f for f in FAMILY_NAMES if f not in NO_QKV_FORK])
 def any_model(request):
-    """Every family of the backend's matrix."""
+    """Every family of the backend's matrix (that the circuits run on)."""
     yield from _checked(request.param)
 
 
@@ -284,6 +289,26 @@ def test_what_the_bridge_cannot_fork_is_refused_before_any_forward(monkeypatch, 
         monkeypatch.undo()
         if model.cfg.use_attn_in:
             model.set_use_attn_in(False)
+    assert flags(model) == (False, False, False)
+
+
+@bridge_only
+@pytest.mark.parametrize("family", [f for f in NO_QKV_FORK if f in FAMILY_NAMES])
+def test_the_families_with_interp_edits_attention_are_refused_by_what_the_bridge_cannot_fork(family):
+    """GPT-J / GPT-Neo on the bridge (TransformerLens 4: interp_edit computes their attention,
+    adapter.bridge_attention) keep TransformerLens' generic AttentionBridge, which has no per-head
+    q/k/v input fork: the circuits refuse them by that capability, before any forward, the
+    model's switches left as they were."""
+    from interp_edit.analysis.circuits import edge_scores, find_circuit, path_patch
+    from interp_edit.errors import UnsupportedArchitectureError
+
+    model = family_model(family)
+    for run in (lambda: edge_scores(model, CLEAN, CORRUPTED, method="eap"),
+                lambda: find_circuit(model, CLEAN, CORRUPTED, method="eap"),
+                lambda: path_patch(model, CLEAN, CORRUPTED, ["a0.h1 -> logits"])):
+        with refused_before_any_forward(model), pytest.raises(UnsupportedArchitectureError,
+                                                              match=r"AttentionBridge has no q/k/v input fork"):
+            run()
     assert flags(model) == (False, False, False)
 
 

@@ -114,12 +114,13 @@ def test_an_uncovered_hf_model_is_refused_at_load_naming_it(build, match):
         load_model("tiny-uncovered", hf_model=build(), tokenizer=toy_tokenizer())
 
 
-@pytest.mark.parametrize("family", ["cohere", "granite", "olmo2", "olmo3"])
-@pytest.mark.parametrize("backend", [None, "bridge"])
+@pytest.mark.parametrize("family, backend", [(f, b) for f in ("cohere", "granite", "olmo2", "olmo3") for b in (None, "bridge")]
+                         + [("gptj", "bridge"), ("gptneo", "bridge")])  # HookedTransformer 3.9 loads GPT-J / GPT-Neo by default
 def test_a_family_the_installed_bridge_cannot_run_is_refused_naming_why(family, backend):
-    """Cohere, Granite, OLMo-2 and OLMo-3 need TransformerLens 4's bridge (``bridge.BRIDGE_MIN_VERSIONS``):
-    under 3.9 the load is refused before anything is wrapped, naming what the old bridge gets
-    wrong and the version to install; from 4 on the family matrix loads them."""
+    """Cohere, Granite, OLMo-2, OLMo-3, GPT-J and GPT-Neo need TransformerLens 4's bridge
+    (``bridge.BRIDGE_MIN_VERSIONS``): under 3.9 the load is refused before anything is wrapped,
+    naming what the old bridge gets wrong and the version to install; from 4 on the family matrix
+    loads them."""
     from interp_edit.adapter.bridge import version_gap
     from interp_edit.adapter.tiny import tiny_hf_model
     from interp_edit.errors import UnsupportedArchitectureError
@@ -128,7 +129,9 @@ def test_a_family_the_installed_bridge_cannot_run_is_refused_naming_why(family, 
     if version_gap(type(hf).__name__) is None:
         pytest.skip("the installed TransformerLens' bridge runs it (the family matrix checks it)")
     why = {"cohere": r"applies logit_scale only by folding it into W_U", "granite": r"fires hook_embed before the embedding_multiplier",
-           "olmo2": r"names OLMo-2's post-sublayer norms ln1 / ln2", "olmo3": r"names OLMo-2's post-sublayer norms ln1 / ln2"}
+           "olmo2": r"names OLMo-2's post-sublayer norms ln1 / ln2", "olmo3": r"names OLMo-2's post-sublayer norms ln1 / ln2",
+           "gptj": r"GPT-J's attention whole .*fires no attn\.hook_pattern",
+           "gptneo": r"GPT-Neo's attention whole .*fires attn\.hook_pattern only after it has run"}
     match = rf"{type(hf).__name__}' cannot run on backend='bridge' here: TransformerLens 3\.9's .*{why[family]}.*" \
             r"install transformer-lens>=4 \(installed: 3\."
     if backend is None and family == "olmo3":  # HookedTransformer 3.9 converts OLMo-3's config: the hooked backend refuses

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from interp_edit.adapter.bridge import hooked_available, is_bridge
+from interp_edit.adapter.bridge import hooked_available, is_bridge, version_gap
 from interp_edit.adapter.identity import KNOWN_MODELS, known_model, preset_key
 from interp_edit.adapter.loading import hooked_config
 from interp_edit.editing import AlphaEditConfig, MEMITConfig, ROMEConfig, rome
@@ -70,8 +70,9 @@ def converted(request):
 
 #: published models the meta-device bridge stand-ins leave out, and why
 NOT_ON_META_BRIDGE = {
-    "GPTJForCausalLM": "the bridge backend does not cover GPT-J (BRIDGE_GAPS)",
     "GPT2LMHeadModel": "the bridge splits GPT-2's fused QKV weights at boot, which needs real (not meta) weights",
+    **({"GPTJForCausalLM": "TransformerLens 3.9's bridge cannot run GPT-J (BRIDGE_MIN_VERSIONS)"}
+       if version_gap("GPTJForCausalLM") else {}),
 }
 
 
@@ -162,8 +163,8 @@ def test_without_published_settings_the_generic_rule_applies(converted):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_published_name_on_other_shapes_gets_no_preset(backend):
-    """A tiny model in a folder called gpt-j-6B (on the bridge, which lacks GPT-J: Llama-2-7b-hf)
-    is not that model."""
+    """A tiny model in a folder called gpt-j-6B (on the bridge, which lacks GPT-J on TransformerLens
+    3.9: Llama-2-7b-hf) is not that model."""
     from transformers import GPTJConfig, LlamaConfig
 
     if backend == "hooked":

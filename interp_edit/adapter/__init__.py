@@ -11,6 +11,9 @@ and read by every analysis and editor.
   Gemma-2, Phi-2 from a local folder), converted from the Hugging Face config;
 - :mod:`~interp_edit.adapter.bridge` — the TransformerBridge backend (``backend="bridge"``):
   everything that differs from HookedTransformer, in one place;
+- :mod:`~interp_edit.adapter.bridge_attention` — on the bridge, GPT-J's and GPT-Neo's attention
+  computed by interp_edit through the bridge's hook points (TransformerLens' generic attention
+  discards edits of the pattern);
 - :mod:`~interp_edit.adapter.architecture` — :class:`Architecture`, the description of a loaded
   model that everything else reads;
 - :mod:`~interp_edit.adapter.hooks` — hook names, forwards with temporary hooks, partial forwards,

@@ -24,6 +24,9 @@ handled here and nowhere else:
 - the per-head result and q / k / v input hooks (``use_attn_result`` …) are switched through
   the bridge's setters, and only where its attention forks them exactly (TransformerLens'
   per-head fork; not gated attention), :func:`edge_hooks_missing`, :func:`set_hook_switch`;
+- GPT-J's and GPT-Neo's attention, which TransformerLens' generic ``AttentionBridge`` runs whole
+  in Hugging Face (discarding pattern edits), is computed through the bridge's hook points by
+  :mod:`interp_edit.adapter.bridge_attention`, called from :func:`boot` for those models only;
 - which Hugging Face architectures it covers, and what their description needs
   (:data:`BRIDGE_ARCHITECTURES`, read by :mod:`interp_edit.adapter.architecture`, which builds
   the :class:`~interp_edit.adapter.architecture.Architecture` from the Hugging Face config).
@@ -37,6 +40,7 @@ from typing import Any
 
 import torch
 
+from interp_edit.adapter import bridge_attention
 from interp_edit.errors import InvalidArgumentError, UnsupportedArchitectureError
 
 BACKENDS = ("hooked", "bridge")
@@ -70,26 +74,27 @@ BRIDGE_ARCHITECTURES: dict[str, dict[str, Any]] = {
     # no input norms: RMSNorms after the sublayers only (ln1_post / ln2_post), from TransformerLens 4 on
     "Olmo2ForCausalLM": dict(norm="rmsnorm", gated=True),
     "Olmo3ForCausalLM": dict(norm="rmsnorm", gated=True),
+    # attention computed by interp_edit through the bridge's hook points (bridge_attention), from TransformerLens 4 on
+    "GPTJForCausalLM": dict(norm="layernorm", gated=False),  # one shared norm per block: share_the_norm
+    "GPTNeoForCausalLM": dict(norm="layernorm", gated=False, positional="standard"),
 }
-
-#: What TransformerLens' bridge does with an attention it hands whole to the Hugging Face module
-#: (its generic ``AttentionBridge``: GPT-J, OPT, GPT-Neo), measured on 4.3.
-_DELEGATED_ATTENTION = (
-    "TransformerLens' bridge hands {family}'s attention whole to the Hugging Face module: 4.3's fires "
-    "attn.hook_pattern only after it has run (after hook_z and hook_attn_out), so an edit of the pattern is "
-    "discarded (measured: the logits do not change) and a hook on hook_z cannot read this forward's pattern"
-)
 
 #: Architectures the bridge boots whose HookedTransformer-named hooks are incomplete in
 #: TransformerLens 3.9 / 4.x, so interp_edit's analyses cannot run on them there.
 BRIDGE_GAPS: dict[str, str] = {
-    "GPTJForCausalLM": _DELEGATED_ATTENTION.format(family="GPT-J")
-    + " (3.9's fires no attn.hook_pattern; its one shared norm is covered: share_the_norm)",
-    "OPTForCausalLM": _DELEGATED_ATTENTION.format(family="OPT")
-    + " (3.9's fires no attn.hook_pattern); and its ln2.hook_scale / hook_normalized drop the batch axis "
-      "([batch·pos, ...] on 3.9 and 4.3)",
-    "GPTNeoForCausalLM": _DELEGATED_ATTENTION.format(family="GPT-Neo") + " (3.9's the same)",
+    "OPTForCausalLM": "TransformerLens' bridge hands OPT's attention whole to the Hugging Face module and fires "
+                      "attn.hook_pattern only after it has run (4.3; 3.9 fires none), so an edit of the pattern is "
+                      "discarded (measured: the logits do not change); and its ln2.hook_scale / hook_normalized drop "
+                      "the batch axis ([batch·pos, ...] on 3.9 and 4.3)",
 }
+
+#: Why TransformerLens 3.9's bridge cannot run GPT-J / GPT-Neo (from 4 on, interp_edit computes
+#: their attention through the bridge's hook points: :mod:`interp_edit.adapter.bridge_attention`).
+_DELEGATED_ATTENTION_39 = (
+    "TransformerLens 3.9's bridge hands {family}'s attention whole to the Hugging Face module and {what}, so an edit "
+    "of the pattern cannot change the output; from 4 on interp_edit computes this attention through the bridge's "
+    "hook points (interp_edit.adapter.bridge_attention)"
+)
 
 
 _OLMO2_NAMES = (
@@ -110,6 +115,9 @@ BRIDGE_MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
                                  "attribution 1.3% off the logit)"),
     "Olmo2ForCausalLM": ((4,), _OLMO2_NAMES),
     "Olmo3ForCausalLM": ((4,), _OLMO2_NAMES),
+    "GPTJForCausalLM": ((4,), _DELEGATED_ATTENTION_39.format(family="GPT-J", what="fires no attn.hook_pattern")),
+    "GPTNeoForCausalLM": ((4,), _DELEGATED_ATTENTION_39.format(
+        family="GPT-Neo", what="fires attn.hook_pattern only after it has run (an edit of it is discarded)")),
 }
 
 
@@ -236,6 +244,7 @@ def boot(name: str, hf_model, tokenizer, device, dtype):
     model._interp_edit_hf_architecture = hf_architecture
     hf_model._interp_edit_bridged = True
     share_the_norm(model)
+    bridge_attention.route(model, hf_architecture)  # GPT-J, GPT-Neo: attention that honours pattern edits
     model.eval()
     return model
 
