@@ -160,10 +160,11 @@ def test_llama_biases_refused_in_bfloat16_too(unlisted_gap):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_every_family_of_the_matrix_is_checked_at_load(family):
     """The family matrix's shared models (built once per session) were compared at load: float32,
-    within 2e-5 (measured: 3e-6 to 1.3e-5, docs/models.md)."""
+    within 2e-5 (measured: 3e-6 to 1.3e-5, docs/models.md); GPT-Neo on the bridge within 3e-5 (measured
+    2.1e-5: its attention scores are not divided by √d_head, so their rounding weighs more)."""
     check = load_check(family_model(family))
     assert check.checked and check.enforced and check.backend == BACKEND and check.dtype == "float32"
-    assert check.max_abs_diff < 2e-5
+    assert check.max_abs_diff < (3e-5 if family == "gptneo" and BACKEND == "bridge" else 2e-5)
 
 
 @pytest.mark.parametrize("family", ("gpt2", "llama3", "qwen3", "gemma", "neox"))
