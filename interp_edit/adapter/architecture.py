@@ -260,8 +260,9 @@ def _from_config(cfg, hf_config=None) -> Architecture:
             )
     else:
         default = _default_hf_config(str(cfg.original_architecture or ""))
+        # a custom model: every property at its default, with the biases a HookedTransformer holds
         props = config_fields.describe_hf_config(default) if default is not None else dict(
-            attn_bias=True, mlp_bias=True, logit_scale=1.0, shared_norm=False, input_norms=True, qk_norm_whole=False)
+            config_fields.DEFAULTS, attn_bias=True, mlp_bias=True)
         props = {**props, **stated}
     return Architecture(
         family=str(cfg.original_architecture or "custom"),

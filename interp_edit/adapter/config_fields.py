@@ -200,7 +200,7 @@ FAMILY_CONSTANTS: dict[str, dict[str, Any]] = {
 }
 
 #: Every property's value where neither a family constant nor a field says otherwise.
-_DEFAULTS: dict[str, Any] = dict(
+DEFAULTS: dict[str, Any] = dict(
     parallel_blocks=False, qk_norm=False, attn_bias=False, mlp_bias=False, sliding_window=None, rotary_dim=None,
     post_norms=False, n_kv_heads=None, attn_scale=None, logit_softcap=None, attn_softcap=None, logit_scale=1.0,
     embedding_scale=1.0, shared_norm=False, residual_multiplier=1.0, input_norms=True, qk_norm_whole=False,
@@ -220,7 +220,7 @@ def describe_hf_config(config) -> dict[str, Any]:
     """The description's forward-changing properties (:data:`PROPERTIES`) of a Hugging Face
     config: defaults, then the family constants, then the config's fields (:data:`FIELD_RULES`)."""
     model_type = str(getattr(config, "model_type", "") or "")
-    out = dict(_DEFAULTS)
+    out = dict(DEFAULTS)
     for prop, value in FAMILY_CONSTANTS.get(model_type, {}).items():
         out[prop] = value(config) if callable(value) else value
     for rule in rules_for(config):
