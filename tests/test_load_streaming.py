@@ -226,3 +226,52 @@ def test_unprocessed_load_shares_no_memory_with_the_user_object():
         for param in model.parameters():  # an edit of the loaded model must not reach hf
             param.add_(1.0)
     _assert_untouched(hf, before)
+
+
+def _layer_state():
+    """A converted layer's tensors as the streaming loop holds them (other tensors on meta)."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    return {"blocks.0.ln1.w": r(4), "blocks.0.attn.W_O": r(2, 3, 4), "blocks.0.attn.b_O": r(4),
+            "blocks.0.ln2.w": r(4), "blocks.0.mlp.W_in": r(4, 6), "blocks.0.mlp.W_out": r(6, 4),
+            "blocks.0.mlp.b_out": r(4), "blocks.0.shared_buffer": torch.tensor(-1e5),
+            "unembed.W_U": torch.empty(4, 9, device="meta")}
+
+
+def _fake_processing(mix: bool):
+    def process(state, cfg, processing):
+        out = dict(state)
+        out["blocks.0.attn.W_O"] = state["blocks.0.attn.W_O"] * state["blocks.0.ln1.w"]
+        out["blocks.0.attn.b_O"] = state["blocks.0.attn.b_O"] + state["blocks.0.attn.W_O"].sum((0, 1))
+        if mix:  # reads the MLP's output matrix: only the whole layer can compute it
+            out["blocks.0.attn.b_O"] = out["blocks.0.attn.b_O"] + state["blocks.0.mlp.W_out"].sum(0)
+        out["blocks.0.mlp.W_in"] = state["blocks.0.mlp.W_in"] * state["blocks.0.ln2.w"][:, None]
+        out["blocks.0.mlp.W_out"] = state["blocks.0.mlp.W_out"] - state["blocks.0.mlp.W_out"].mean(-1, keepdim=True)
+        return out
+    return process
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_a_layer_is_processed_one_part_at_a_time_or_whole(monkeypatch, mix):
+    from interp_edit.adapter import streaming
+
+    passes = []
+    fake = _fake_processing(mix)
+
+    def recording(state, cfg, processing):
+        passes.append(sorted(k for k, v in state.items() if v.device.type != "meta"))
+        return fake(state, cfg, processing)
+
+    monkeypatch.setattr(streaming, "_process", recording)
+    state = _layer_state()
+    expected = {k: v for k, v in fake(state, None, {}).items() if k.startswith("blocks.0.")}
+    got = {k: v for k, v in streaming._process_layer(state, None, {}).items() if k.startswith("blocks.0.")}
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        assert got[key].device.type != "meta" and torch.equal(got[key], value), key
+    if not mix:  # three parts, each pass holding one part's tensors (and the shared buffer) real
+        assert len(passes) == 3
+        assert "blocks.0.mlp.W_out" not in passes[0] and "blocks.0.attn.W_O" not in passes[2]
+        assert all("blocks.0.shared_buffer" in p for p in passes)
+    else:  # the attention pass raises (a meta tensor meets a real one): the whole layer once more
+        assert passes[-1] == sorted(k for k in state if k.startswith("blocks."))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from typing import Any
 
 import torch
@@ -177,14 +178,73 @@ def model_fingerprint(model) -> str:
         if described[later] == default:
             described.pop(later)
     cfg = model.cfg
+    header = json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True)
+    # the weights' hash is remembered on the model, keyed by the identity and version counter of
+    # each hashed tensor: hashing a large unembedding costs seconds (an 8 B model's is 2 GB in
+    # float32) and editors ask for the fingerprint on every edit
+    state = _weights_state(model)
+    remembered = model.__dict__.get(FINGERPRINT_ATTR)
+    if state is not None and remembered is not None and remembered[0] == header and _same_state(remembered[1], state):
+        return remembered[2]
     digest = hashlib.sha256()
-    digest.update(json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True).encode())
+    digest.update(header.encode())
     for tensor in _fingerprinted_weights(model):
         if tensor is None:
             continue
         rows = tensor.detach()[: 4096].to("cpu", torch.float32).contiguous()
         digest.update(rows.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    value = digest.hexdigest()[:16]
+    if state is not None:
+        object.__setattr__(model, FINGERPRINT_ATTR, (header, state, value))
+    return value
+
+
+#: where :func:`model_fingerprint` remembers its last value (on the model object)
+FINGERPRINT_ATTR = "_interp_edit_fingerprint"
+
+
+def _weights_state(model) -> tuple | None:
+    """What identifies the fingerprinted tensors' current contents without reading them: for
+    each, the tensor it is a view of (held weakly: a replaced parameter is another object), its
+    storage address, version counter (bumped by every in-place change made through the tensor
+    or a view of it), shape, dtype and device. None when a tensor keeps no version counter (made
+    under ``torch.inference_mode``): then nothing is remembered. A change made through ``.data``
+    (which has its own counter) is not seen; :func:`forget_fingerprint` drops the remembered
+    value."""
+    tensors = (model.W_E, bridge.position_embedding(model) if bridge.is_bridge(model) and
+               architecture(model).has_pos_embed else
+               (model.W_pos if not bridge.is_bridge(model) and model.cfg.positional_embedding_type == "standard"
+                else None), model.W_U)
+    state = []
+    for tensor in tensors:
+        if tensor is None:
+            state.append(None)
+            continue
+        if tensor.is_inference():
+            return None
+        base = tensor if tensor._base is None else tensor._base
+        state.append((weakref.ref(base), tensor.data_ptr(), tensor._version, tuple(tensor.shape), tensor.dtype,
+                      str(tensor.device)))
+    return tuple(state)
+
+
+def _same_state(old: tuple, new: tuple) -> bool:
+    """Two :func:`_weights_state` values name the same tensors in the same versions."""
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new, strict=True):
+        if a is None or b is None:
+            if a is not b:
+                return False
+        elif a[0]() is None or a[0]() is not b[0]() or a[1:] != b[1:]:
+            return False
+    return True
+
+
+def forget_fingerprint(model) -> None:
+    """Drop the fingerprint remembered on ``model`` (after changing its embeddings or unembedding
+    through ``.data``, which :func:`model_fingerprint` cannot see); the next call hashes again."""
+    model.__dict__.pop(FINGERPRINT_ATTR, None)
 
 
 def token_embeddings(model) -> torch.Tensor:

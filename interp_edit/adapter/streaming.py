@@ -213,6 +213,47 @@ def _process(state, cfg, processing: dict[str, bool]) -> dict[str, torch.Tensor]
     return ProcessWeights.process_weights(state, cfg, **{**processing, "fold_ln": fold_ln})
 
 
+#: A decoder layer's parts, processed one after the other (each a tuple of name prefixes within
+#: ``blocks.0.``), so that TransformerLens' float32 working copies are of one part at a time: the
+#: attention with its input norm, the MLP's input side with its norm, the MLP's output. A tensor no
+#: part names (a buffer, a post-norm) is real in every part.
+LAYER_PARTS = (("ln1", "attn."), ("ln2", "mlp.W_in", "mlp.W_gate", "mlp.b_in"), ("mlp.W_out", "mlp.b_out"))
+
+
+def _process_layer(state: dict[str, torch.Tensor], cfg, processing: dict[str, bool]) -> dict[str, torch.Tensor]:
+    """:func:`_process` of one converted layer (``blocks.0.``; every other tensor on the meta
+    device), one :data:`LAYER_PARTS` part at a time: in each pass the other parts' tensors are
+    meta stand-ins, and each output comes from the pass where it is a real tensor. A value that
+    depends on a meta tensor is meta (or the pass raises), so a real output is the whole pass's
+    value. Where a family's processing mixes parts (the pass raises, or some output is real in
+    no pass), the layer is processed whole."""
+    def part(key: str) -> int | None:
+        if not key.startswith("blocks.0."):
+            return None  # outside the layer: a meta stand-in already
+        name = key[len("blocks.0."):]
+        return next((i for i, prefixes in enumerate(LAYER_PARTS) if name.startswith(prefixes)), -1)
+
+    parts = {key: part(key) for key in state}
+    out: dict[str, torch.Tensor] = {}
+    names: set[str] = set()
+    try:
+        for index in sorted({p for p in parts.values() if p is not None and p >= 0}):
+            view = {k: v if parts[k] in (index, -1, None) else v.to("meta") for k, v in state.items()}
+            done = _process(view, cfg, processing)
+            for key, value in done.items():
+                if key.startswith("blocks.0."):
+                    names.add(key)
+                    if key not in out and value.device.type != "meta":
+                        out[key] = value
+            del view, done
+            _release_freed_memory()
+    except RuntimeError:  # a part's processing reads another part's tensor
+        return _process(state, cfg, processing)
+    if names - set(out):
+        return _process(state, cfg, processing)
+    return out
+
+
 class _Target:
     """The meta-built HookedTransformer whose parameters are filled in, part by part."""
 
@@ -240,6 +281,25 @@ class _Target:
         owner, _, leaf = key.rpartition(".")
         self.model.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(out, requires_grad=meta.requires_grad)
         self.written.add(key)
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed since the last call back to the operating system (glibc's
+    ``malloc_trim``; nothing elsewhere). Without it, glibc keeps the freed float32 working copies
+    of every converted layer in its heap (its mmap threshold grows to their size), and the
+    process' resident memory grows by about half the weights over a load."""
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # another C library (musl): nothing to trim
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _storages(module: torch.nn.Module) -> set[int]:
@@ -279,6 +339,7 @@ def stream_hooked(hf_model, cfg, tokenizer, processing: dict[str, bool], device,
                 target.assign(key, part.pop(key), sources)
             del part
         del state, sources
+    _release_freed_memory()
 
     for index in range(cfg.n_layers):
         prefix = f"{layer_prefix}{index}."
@@ -293,10 +354,11 @@ def stream_hooked(hf_model, cfg, tokenizer, processing: dict[str, bool], device,
             _fill_missing(state, target.expected(f"blocks.{index}.", "blocks.0."))
             _fill_missing(state, {k: v for k, v in target.params.items() if not k.startswith("blocks.")}, "meta")
             sources = _storages(layer)
-            state = _process(state, cfg_one, processing)
+            state = _process_layer(state, cfg_one, processing)
             for key in [k for k in state if k.startswith("blocks.0.")]:
                 target.assign(f"blocks.{index}." + key[len("blocks.0."):], state.pop(key), sources)
             del state, sources, layer
+        _release_freed_memory()
 
     missing = sorted(set(target.params) - target.written)
     if missing:

@@ -34,9 +34,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import (
+    applied_edit_stack,
     forward_to_layer,
     frozen_parameters,
     hook_name,
+    model_fingerprint,
     residual_from_layer,
     sublayer_output_hooks,
     unembed,
@@ -45,6 +47,7 @@ from interp_edit.batching import pad_right
 from interp_edit.editing.requests import TokenizedRequest, fill_prefix, tokenize_in_context
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.prompts import tokenize_with_subject
+from interp_edit.statistics.store import statistics_store
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,29 @@ def context_prefixes(model, n: int, length: int, seed: int = 0, top_k: int = 5, 
     ``length`` new tokens, or per ``(tokens, count)`` of ``lengths`` ``count`` texts of
     ``tokens − 1`` new tokens (ROME's ``context_template_length_params``). With ``starts``
     (MEMIT's start words): ``n // len(starts)`` texts from each, ``length`` tokens in all
-    including the start word's. ``join`` is the rule of :class:`TargetConfig.prefix_join`."""
+    including the start word's. ``join`` is the rule of :class:`TargetConfig.prefix_join`.
+
+    Sampled once per base model and settings, from the unedited model, then kept in the model's
+    statistics store, as the authors' code keeps its context templates for the whole run (ROME's
+    and MEMIT's ``CONTEXT_TEMPLATES_CACHE``): later edits, sequential ones applied in place
+    included, reuse them. Asked first while an edit is applied (in place or as hooks), they are
+    sampled from the edited model and not kept, so what is kept never depends on the order of
+    calls. :func:`~interp_edit.statistics.clear_statistics_cache` drops them."""
+    key = ("context_prefixes", model_fingerprint(model), str(model.cfg.dtype), id(model.tokenizer), n, length, seed,
+           top_k, tuple(starts), None if lengths is None else tuple(map(tuple, lengths)), join)
+    store = statistics_store(model)
+    if key in store.values:
+        return store.values[key]
+    sample = lambda: _sample_prefixes(model, n, length, seed, top_k, starts=starts, lengths=lengths, join=join)  # noqa: E731
+    if applied_edit_stack(model) or any(point._forward_hooks for point in model.hook_dict.values()):
+        return sample()
+    return store.remember(key, sample)
+
+
+@torch.no_grad()
+def _sample_prefixes(model, n: int, length: int, seed: int, top_k: int, *, starts: Sequence[str],
+                     lengths: Sequence[tuple[int, int]] | None, join: str) -> tuple[str, ...]:
+    """:func:`context_prefixes`, sampled from the model now."""
     groups: list[tuple[str, int, int]] = []  # (start text, new tokens, count)
     if starts:
         per = n // len(starts)

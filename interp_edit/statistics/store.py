@@ -1,7 +1,9 @@
 """The in-memory statistics store kept on the model object: the key statistics an editor loaded
 (per model fingerprint, site, layer, corpus and sample count) and the factorisations its solves
 reuse (ROME's LU factor of C, MEMIT's factor of λC, AlphaEdit's null-space projector P), so that
-a second edit reads no cache file, moves no moment to the device and factorises nothing again.
+a second edit reads no cache file, moves no moment to the device and factorises nothing again;
+and the context prefixes the editors sample from the base model (generated once per run, as in
+the authors' code).
 
     import interp_edit
     edit = interp_edit.rome(model, requests)     # reads the statistics, factorises C, keeps both
@@ -88,6 +90,8 @@ class StatisticsStore:
 
     entries: dict[tuple, _Entry] = field(default_factory=dict)
     factors: dict[tuple, tuple[weakref.ref, Any]] = field(default_factory=dict)
+    #: other values an editor derives from the base model once per run (its context prefixes)
+    values: dict[tuple, Any] = field(default_factory=dict)
 
     def get(self, key: tuple) -> KeyStatistics | None:
         entry = self.entries.get(key)
@@ -118,12 +122,20 @@ class StatisticsStore:
         self.factors[key] = (weakref.ref(moment), value)
         return value
 
+    def remember(self, key: tuple, build: Callable[[], T]) -> T:
+        """``build()`` the first time for ``key`` (a hashable description naming the base model,
+        e.g. by its fingerprint, and every setting the value depends on); the kept value after."""
+        if key not in self.values:
+            self.values[key] = build()
+        return self.values[key]
+
     def clear(self) -> None:
         self.entries.clear()
         self.factors.clear()
+        self.values.clear()
 
     def __len__(self) -> int:
-        return len(self.entries) + len(self.factors)
+        return len(self.entries) + len(self.factors) + len(self.values)
 
 
 def statistics_store(model) -> StatisticsStore:

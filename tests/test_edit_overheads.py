@@ -1,0 +1,137 @@
+"""What an editor no longer redoes on every edit: the model's fingerprint is remembered while
+the hashed tensors are unchanged (and hashed again when they change, however they change), and
+the context prefixes are sampled once per base model and settings (as the authors' code keeps its
+context templates), kept in the statistics store and dropped by ``clear_statistics_cache``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+import interp_edit.editing.targets as targets
+from interp_edit.adapter import architecture, forget_fingerprint, model_fingerprint
+from interp_edit.adapter import params as params_module
+from interp_edit.editing import rome
+from interp_edit.editing.targets import context_prefixes
+from interp_edit.statistics import clear_statistics_cache
+
+
+def _hashed_now(model) -> str:
+    """The fingerprint computed from scratch (its definition, written out again here)."""
+    import dataclasses
+
+    described = dataclasses.asdict(architecture(model))
+    described.pop("norm_folded")
+    for later, default in (("shared_norm", False), ("residual_multiplier", 1.0), ("input_norms", True),
+                           ("qk_norm_whole", False)):
+        if described[later] == default:
+            described.pop(later)
+    digest = hashlib.sha256(json.dumps([described, model.cfg.d_vocab, model.cfg.act_fn], sort_keys=True).encode())
+    pos = model.W_pos if model.cfg.positional_embedding_type == "standard" else None
+    for tensor in (model.W_E, pos, model.W_U):
+        if tensor is not None:
+            digest.update(tensor.detach()[:4096].to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_the_fingerprint_is_remembered_while_the_weights_are_unchanged(toy_model, monkeypatch):
+    forget_fingerprint(toy_model)
+    first = model_fingerprint(toy_model)
+    assert first == _hashed_now(toy_model)
+    reads = []
+    real = params_module._fingerprinted_weights
+    monkeypatch.setattr(params_module, "_fingerprinted_weights", lambda m: reads.append(1) or real(m))
+    assert model_fingerprint(toy_model) == first
+    assert reads == []  # remembered: no tensor hashed again
+
+
+def test_the_fingerprint_sees_every_change_of_the_hashed_weights(toy_model):
+    forget_fingerprint(toy_model)
+    before = model_fingerprint(toy_model)
+    w_u = toy_model.unembed.W_U
+    old = w_u[0, 0].item()
+    try:
+        with torch.no_grad():  # in place, through the parameter
+            w_u[0, 0] += 1.0
+        changed = model_fingerprint(toy_model)
+        assert changed != before and changed == _hashed_now(toy_model)
+        with torch.no_grad():
+            w_u[0, 0] = old
+        assert model_fingerprint(toy_model) == before
+        # a replaced parameter (another tensor, whatever its address and version)
+        replaced = torch.nn.Parameter(w_u.detach().clone(), requires_grad=w_u.requires_grad)
+        with torch.no_grad():
+            replaced[1, 1] += 1.0
+        toy_model.unembed.W_U = replaced
+        assert model_fingerprint(toy_model) == _hashed_now(toy_model) != before
+    finally:
+        toy_model.unembed.W_U = w_u
+    assert model_fingerprint(toy_model) == before
+    # through .data the counter does not move: forget_fingerprint is the documented way out
+    w_e = toy_model.embed.W_E
+    old = w_e[0, 0].item()
+    w_e.data[0, 0] += 1.0
+    try:
+        forget_fingerprint(toy_model)
+        assert model_fingerprint(toy_model) == _hashed_now(toy_model) != before
+    finally:
+        w_e.data[0, 0] = old
+        forget_fingerprint(toy_model)
+    assert model_fingerprint(toy_model) == before
+
+
+def test_context_prefixes_are_sampled_once_per_model_and_settings(toy_model, monkeypatch):
+    clear_statistics_cache(toy_model)
+    calls = []
+    real = targets._sample_prefixes
+    monkeypatch.setattr(targets, "_sample_prefixes", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    first = context_prefixes(toy_model, 4, 5)
+    assert context_prefixes(toy_model, 4, 5) == first and len(calls) == 1
+    other = context_prefixes(toy_model, 4, 6)  # other settings: sampled
+    assert len(calls) == 2 and other != first
+    context_prefixes(toy_model, 4, 5, seed=1)
+    assert len(calls) == 3
+    clear_statistics_cache(toy_model)
+    again = context_prefixes(toy_model, 4, 5)
+    assert len(calls) == 4 and again == first  # sampled again, seeded: the same texts
+
+
+def test_an_edit_applied_in_place_keeps_the_sampled_prefixes(toy_model, person_records):
+    """ROME's and MEMIT's code generate their context templates once per run: a second edit on
+    the edited model uses the first one's. Without the store they would come from the edited
+    model; checked to differ here, so the test can tell the two apart."""
+    clear_statistics_cache(toy_model)
+    settings = dict(layer=1, steps=3, n_prefixes=4, prefix_length=6)
+    base = context_prefixes(toy_model, 4, 6)
+    edit = rome(toy_model, person_records[:1], **settings).apply(toy_model)
+    try:
+        assert context_prefixes(toy_model, 4, 6) == base
+        sampled_now = targets._sample_prefixes(toy_model, 4, 6, 0, 5, starts=(), lengths=None, join="punctuate")
+        assert sampled_now != base  # the edited model samples others
+    finally:
+        edit.undo(toy_model)
+        clear_statistics_cache(toy_model)
+
+
+def test_prefixes_asked_first_on_an_edited_model_are_not_kept(toy_model, person_records):
+    """What is kept is the unedited model's: the same whatever was called first."""
+    clear_statistics_cache(toy_model)
+    edit = rome(toy_model, person_records[:1], layer=1, steps=3, n_prefixes=2, prefix_length=4)
+    clear_statistics_cache(toy_model)
+    edit.apply(toy_model)
+    try:
+        on_edited = context_prefixes(toy_model, 4, 6)
+    finally:
+        edit.undo(toy_model)
+    with edit.hooked(toy_model):
+        assert context_prefixes(toy_model, 4, 6) == on_edited  # sampled again (hooks), not kept
+    base = context_prefixes(toy_model, 4, 6)
+    assert base != on_edited
+    edit.apply(toy_model)
+    try:
+        assert context_prefixes(toy_model, 4, 6) == base  # kept from the unedited model
+    finally:
+        edit.undo(toy_model)
+        clear_statistics_cache(toy_model)
