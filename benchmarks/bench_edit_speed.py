@@ -70,13 +70,18 @@ def build(shape: dict, tokenizer, *, device: str = "cpu", dtype=torch.float32, n
 
 
 def toy_inputs(n_texts: int):
-    """(toy model, CounterFact records, statistics texts) of the toy world."""
+    """(toy model, CounterFact records with distinct subjects, statistics texts) of the toy world."""
     from interp_edit import load_model
     from interp_edit.statistics.collect import default_corpus
     from interp_edit.toyworld import counterfact_records, world_of
 
     toy = load_model("toyworld")
-    return toy, counterfact_records(world_of(toy)), default_corpus(toy, n_texts)
+    records, subjects = [], set()
+    for record in counterfact_records(world_of(toy)):  # one fact per subject: no two requests share a key
+        if record.subject not in subjects:
+            subjects.add(record.subject)
+            records.append(record)
+    return toy, records, default_corpus(toy, n_texts)
 
 
 def rome_cold_warm(model, records, corpus, cache_dir, device, repeats: int = 2, **settings) -> dict:

@@ -19,12 +19,14 @@ for the layer being converted (``safetensors.safe_open``, one tensor at a time) 
 after it. The result is the model TransformerLens' ``get_pretrained_state_dict`` +
 ``load_and_process_state_dict`` give (tests/test_load_streaming.py checks every tiny family).
 
-Peak memory above the start: the converted weights (×1.0) plus one layer's conversion in float32
-(or the embeddings/unembedding's, whichever is larger), plus what the memory allocator keeps of
-freed working copies. Measured on the CPU (benchmarks/bench_load_memory.py, a 0.85 B Llama-style
-model in bfloat16): 1.34× the weights' bytes from a folder, 1.46–1.60× from an object, 1.28× with
-``MALLOC_MMAP_THRESHOLD_=65536`` (glibc returning freed blocks); the larger the model, the smaller
-one layer's share.
+Peak memory above the start: the converted weights (×1.0) plus the float32 working copies of one
+part of one layer (TransformerLens' processing upcasts and copies what it is given; a layer is
+processed in :data:`LAYER_PARTS`, the other parts as meta stand-ins), or of the embeddings /
+unembedding, converted first while nothing else is held. Freed working copies are handed back to
+the operating system after each layer (glibc's ``malloc_trim``). Measured on the CPU
+(benchmarks/bench_load_memory.py, a 0.85 B Llama-style model in bfloat16): 1.17× the weights'
+bytes from a folder, 1.13× from an object (1.64× / 1.43× with the layer processed whole and no
+trim); the larger the model, the smaller one part's share.
 
 Every family TransformerLens converts with a per-layer loop over one list of decoder layers
 streams (GPT-2, GPT-J, GPT-NeoX, OPT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma-2, Phi); a
