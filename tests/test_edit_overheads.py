@@ -36,6 +36,19 @@ def _hashed_now(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def _parameter_behind(model, tensor):
+    return tensor if tensor._base is None else tensor._base
+
+
+def _owner(model, parameter):
+    """(module, attribute name) holding ``parameter``."""
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p is parameter:
+            owner, _, leaf = name.rpartition(".")
+            return model.get_submodule(owner), leaf
+    raise LookupError("no module holds this parameter")
+
+
 def test_the_fingerprint_is_remembered_while_the_weights_are_unchanged(toy_model, monkeypatch):
     forget_fingerprint(toy_model)
     first = model_fingerprint(toy_model)
@@ -50,27 +63,30 @@ def test_the_fingerprint_is_remembered_while_the_weights_are_unchanged(toy_model
 def test_the_fingerprint_sees_every_change_of_the_hashed_weights(toy_model):
     forget_fingerprint(toy_model)
     before = model_fingerprint(toy_model)
-    w_u = toy_model.unembed.W_U
-    old = w_u[0, 0].item()
+    w_u = _parameter_behind(toy_model, toy_model.W_U)  # the bridge's W_U is a view of lm_head's weight
+    owner, leaf = _owner(toy_model, w_u)
+    view = toy_model.W_U
+    old = view[0, 0].item()
     try:
         with torch.no_grad():  # in place, through the parameter
-            w_u[0, 0] += 1.0
+            toy_model.W_U[0, 0] += 1.0
         changed = model_fingerprint(toy_model)
         assert changed != before and changed == _hashed_now(toy_model)
         with torch.no_grad():
-            w_u[0, 0] = old
+            toy_model.W_U[0, 0] = old
         assert model_fingerprint(toy_model) == before
         # a replaced parameter (another tensor, whatever its address and version)
         replaced = torch.nn.Parameter(w_u.detach().clone(), requires_grad=w_u.requires_grad)
+        owner._parameters[leaf] = replaced
         with torch.no_grad():
-            replaced[1, 1] += 1.0
-        toy_model.unembed.W_U = replaced
+            toy_model.W_U[1, 1] += 1.0
         assert model_fingerprint(toy_model) == _hashed_now(toy_model) != before
     finally:
-        toy_model.unembed.W_U = w_u
+        owner._parameters[leaf] = w_u
+    del view
     assert model_fingerprint(toy_model) == before
     # through .data the counter does not move: forget_fingerprint is the documented way out
-    w_e = toy_model.embed.W_E
+    w_e = _parameter_behind(toy_model, toy_model.W_E)
     old = w_e[0, 0].item()
     w_e.data[0, 0] += 1.0
     try:
