@@ -151,3 +151,31 @@ def test_prefixes_asked_first_on_an_edited_model_are_not_kept(toy_model, person_
     finally:
         edit.undo(toy_model)
         clear_statistics_cache(toy_model)
+
+
+def test_temporary_hooks_remove_only_their_own(toy_model, monkeypatch):
+    from interp_edit.adapter import hook_counts
+    from interp_edit.adapter.hooks import temporary_hooks
+
+    tokens = torch.tensor([[toy_model.tokenizer.bos_token_id, 5, 6, 7]])
+    seen = []
+    name = "blocks.0.hook_resid_post"
+    user = lambda act, hook: seen.append("user")  # noqa: E731
+    with toy_model.hooks(fwd_hooks=[(name, user)]):  # a user's own hook, around ours
+        before = hook_counts(toy_model)
+        monkeypatch.setattr(toy_model, "reset_hooks", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reset")),
+                            raising=False)
+        with temporary_hooks(toy_model, [(name, lambda act, hook: seen.append("ours")),
+                                         ("blocks.1.hook_resid_post", lambda act, hook: act * 0)]):
+            zeroed = toy_model(tokens)
+        try:
+            with temporary_hooks(toy_model, [(name, lambda act, hook: 1 / 0)]):
+                toy_model(tokens)
+        except ZeroDivisionError:
+            pass
+        monkeypatch.undo()
+        assert hook_counts(toy_model) == before  # ours gone (after an exception too), the user's kept
+        seen.clear()
+        plain = toy_model(tokens)
+        assert seen == ["user"]
+    assert not torch.allclose(zeroed, plain)  # the hook ran (and changed the output) while it was on

@@ -379,7 +379,8 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
             sel_owner, sel_pos, local = owner[sel], edit_pos[sel], torch.arange(len(sel), device=device)
 
             def add_delta(out, hook, sel_owner=sel_owner, sel_pos=sel_pos, local=local):
-                return out + torch.zeros_like(out).index_put((local, sel_pos), delta[sel_owner].to(out.dtype))
+                # out + δ at each row's edit position (one position per row: nothing accumulates twice)
+                return out.index_put((local, sel_pos), delta[sel_owner].to(out.dtype), accumulate=True)
 
             final = residual_from_layer(model, start[sel], layer, delta_site(add_delta))
             is_rw = rewrite[sel]

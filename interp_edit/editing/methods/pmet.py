@@ -239,7 +239,7 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig) -> P
 
             def adder(kind, sel_owner=sel_owner, sel_pos=sel_pos, local=local):
                 def add(out, hook):
-                    return out + torch.zeros_like(out).index_put((local, sel_pos), delta[kind][sel_owner].to(out.dtype))
+                    return out.index_put((local, sel_pos), delta[kind][sel_owner].to(out.dtype), accumulate=True)
                 return add
 
             hooks = [h for kind in KINDS for h in sublayer_output_hooks(model, kind, layer, adder(kind))]
