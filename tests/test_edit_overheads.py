@@ -1,7 +1,8 @@
 """What an editor no longer redoes on every edit: the model's fingerprint is remembered while
 the hashed tensors are unchanged (and hashed again when they change, however they change), and
-the context prefixes are sampled once per base model and settings (as the authors' code keeps its
-context templates), kept in the statistics store and dropped by ``clear_statistics_cache``."""
+the unedited model's context prefixes are sampled once per settings (as the authors' code keeps its
+context templates), kept in the statistics store and dropped by ``clear_statistics_cache``; an
+edited model's are sampled again, as before; temporary hooks remove only their own."""
 
 from __future__ import annotations
 
@@ -114,43 +115,32 @@ def test_context_prefixes_are_sampled_once_per_model_and_settings(toy_model, mon
     assert len(calls) == 4 and again == first  # sampled again, seeded: the same texts
 
 
-def test_an_edit_applied_in_place_keeps_the_sampled_prefixes(toy_model, person_records):
-    """ROME's and MEMIT's code generate their context templates once per run: a second edit on
-    the edited model uses the first one's. Without the store they would come from the edited
-    model; checked to differ here, so the test can tell the two apart."""
-    clear_statistics_cache(toy_model)
-    settings = dict(layer=1, steps=3, n_prefixes=4, prefix_length=6)
-    base = context_prefixes(toy_model, 4, 6)
-    edit = rome(toy_model, person_records[:1], **settings).apply(toy_model)
-    try:
-        assert context_prefixes(toy_model, 4, 6) == base
-        sampled_now = targets._sample_prefixes(toy_model, 4, 6, 0, 5, starts=(), lengths=None, join="punctuate")
-        assert sampled_now != base  # the edited model samples others
-    finally:
-        edit.undo(toy_model)
-        clear_statistics_cache(toy_model)
-
-
-def test_prefixes_asked_first_on_an_edited_model_are_not_kept(toy_model, person_records):
-    """What is kept is the unedited model's: the same whatever was called first."""
+def test_an_edited_model_samples_its_own_prefixes_and_keeps_none(toy_model, person_records):
+    """With an edit applied (in place or as hooks) the prefixes come from the edited model, as
+    every edit before (the toy world's sequential numbers were measured so), and are not kept:
+    what is kept is the unedited model's, whatever was called first."""
     clear_statistics_cache(toy_model)
     edit = rome(toy_model, person_records[:1], layer=1, steps=3, n_prefixes=2, prefix_length=4)
     clear_statistics_cache(toy_model)
+    sample = lambda: targets._sample_prefixes(toy_model, 4, 6, 0, 5, starts=(), lengths=None,  # noqa: E731
+                                              join="punctuate")
     edit.apply(toy_model)
     try:
         on_edited = context_prefixes(toy_model, 4, 6)
+        assert on_edited == sample()
     finally:
         edit.undo(toy_model)
     with edit.hooked(toy_model):
-        assert context_prefixes(toy_model, 4, 6) == on_edited  # sampled again (hooks), not kept
+        assert context_prefixes(toy_model, 4, 6) == on_edited  # the hooked edit: the same model
     base = context_prefixes(toy_model, 4, 6)
-    assert base != on_edited
+    assert base != on_edited and base == sample()  # nothing was kept from the edited model
     edit.apply(toy_model)
     try:
-        assert context_prefixes(toy_model, 4, 6) == base  # kept from the unedited model
+        assert context_prefixes(toy_model, 4, 6) == on_edited  # sampled again, not the kept base ones
     finally:
         edit.undo(toy_model)
-        clear_statistics_cache(toy_model)
+    assert context_prefixes(toy_model, 4, 6) == base
+    clear_statistics_cache(toy_model)
 
 
 def test_temporary_hooks_remove_only_their_own(toy_model, monkeypatch):

@@ -116,12 +116,9 @@ def test_alphaedit_sequential_batches_keep_earlier_edits(toy_model, person_recor
     assert scores["efficacy"] >= 0.85
     assert scores["paraphrase"] >= 0.80
     assert scores["neighborhood"] >= 0.80
-    # measured: the first batch alone, after two later batches, efficacy 0.80 and magnitude 0.54
-    # (0.75 and 0.40 when each batch is made by a fresh editor that forgets the earlier keys);
-    # every batch with the context prefixes sampled once from the unedited model, as the
-    # authors' code keeps its templates for the run
-    assert first["efficacy"] >= 0.8
-    assert first["efficacy_magnitude"] >= 0.47
+    # measured: the first batch alone 0.90 after two later batches (0.80 when each batch is
+    # made by a fresh editor that forgets the earlier keys)
+    assert first["efficacy"] >= 0.85
     layer = editor.config.layers[0]  # its keys do not depend on any edit
     name = f"blocks.{layer}.mlp.W_out"
     later = sum(e.delta_matrix(name, toy_model).double() for e in applied[1:])

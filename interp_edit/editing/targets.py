@@ -138,21 +138,21 @@ def context_prefixes(model, n: int, length: int, seed: int = 0, top_k: int = 5, 
     (MEMIT's start words): ``n // len(starts)`` texts from each, ``length`` tokens in all
     including the start word's. ``join`` is the rule of :class:`TargetConfig.prefix_join`.
 
-    Sampled once per base model and settings, from the unedited model, then kept in the model's
-    statistics store, as the authors' code keeps its context templates for the whole run (ROME's
-    and MEMIT's ``CONTEXT_TEMPLATES_CACHE``): later edits, sequential ones applied in place
-    included, reuse them. Asked first while an edit is applied (in place or as hooks), they are
-    sampled from the edited model and not kept, so what is kept never depends on the order of
-    calls. :func:`~interp_edit.statistics.clear_statistics_cache` drops them."""
-    key = ("context_prefixes", model_fingerprint(model), str(model.cfg.dtype), id(model.tokenizer), n, length, seed,
-           top_k, tuple(starts), None if lengths is None else tuple(map(tuple, lengths)), join)
-    store = statistics_store(model)
-    if key in store.values:
-        return store.values[key]
+    Sampled from the model as it is now, like every edit before; from the unedited model (no
+    edit applied in place or as hooks), sampled once per base model and settings and then kept
+    in the model's statistics store, so that a series of edits each undone before the next (an
+    evaluation, a sweep) samples them once, as the authors' code keeps its context templates
+    (ROME's and MEMIT's ``CONTEXT_TEMPLATES_CACHE``). With an edit applied they are sampled
+    again from the edited model (a sequential run's later batches: a deviation from the
+    authors' code, which keeps the first batch's templates for the whole run; the toy world's
+    published sequential numbers were measured this way).
+    :func:`~interp_edit.statistics.clear_statistics_cache` drops the kept ones."""
     sample = lambda: _sample_prefixes(model, n, length, seed, top_k, starts=starts, lengths=lengths, join=join)  # noqa: E731
     if applied_edit_stack(model) or any(point._forward_hooks for point in model.hook_dict.values()):
         return sample()
-    return store.remember(key, sample)
+    key = ("context_prefixes", model_fingerprint(model), str(model.cfg.dtype), id(model.tokenizer), n, length, seed,
+           top_k, tuple(starts), None if lengths is None else tuple(map(tuple, lengths)), join)
+    return statistics_store(model).remember(key, sample)
 
 
 @torch.no_grad()
