@@ -211,12 +211,8 @@ def _weights_state(model) -> tuple | None:
     under ``torch.inference_mode``): then nothing is remembered. A change made through ``.data``
     (which has its own counter) is not seen; :func:`forget_fingerprint` drops the remembered
     value."""
-    tensors = (model.W_E, bridge.position_embedding(model) if bridge.is_bridge(model) and
-               architecture(model).has_pos_embed else
-               (model.W_pos if not bridge.is_bridge(model) and model.cfg.positional_embedding_type == "standard"
-                else None), model.W_U)
     state = []
-    for tensor in tensors:
+    for tensor in _fingerprint_sources(model):
         if tensor is None:
             state.append(None)
             continue
@@ -255,14 +251,24 @@ def token_embeddings(model) -> torch.Tensor:
     return model.W_E
 
 
-def _fingerprinted_weights(model) -> tuple:
-    """Token embedding (as ``hook_embed`` sees it), position embedding (or None), unembedding:
-    the same tensors on both backends for the same weights."""
+def _fingerprint_sources(model) -> tuple:
+    """The stored tensors the fingerprint reads: token embedding, position embedding (or None),
+    unembedding."""
     if bridge.is_bridge(model):
-        arch = architecture(model)
-        position = bridge.position_embedding(model) if arch.has_pos_embed else None
-        return bridge.token_embedding(model, arch.embedding_scale), position, model.W_U
-    return model.W_E, model.W_pos if model.cfg.positional_embedding_type == "standard" else None, model.W_U
+        position = bridge.position_embedding(model) if architecture(model).has_pos_embed else None
+    else:
+        position = model.W_pos if model.cfg.positional_embedding_type == "standard" else None
+    return model.W_E, position, model.W_U
+
+
+def _fingerprinted_weights(model) -> tuple:
+    """:func:`_fingerprint_sources` as hashed: the token embedding as ``hook_embed`` sees it (the
+    bridge's times the family's embedding scale), so the same tensors on both backends for the
+    same weights."""
+    w_e, position, w_u = _fingerprint_sources(model)
+    if bridge.is_bridge(model):
+        w_e = bridge.token_embedding(model, architecture(model).embedding_scale)
+    return w_e, position, w_u
 
 
 @contextlib.contextmanager
