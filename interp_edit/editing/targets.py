@@ -37,6 +37,7 @@ from interp_edit.adapter import (
     applied_edit_stack,
     forward_to_layer,
     frozen_parameters,
+    hook_counts,
     hook_name,
     model_fingerprint,
     residual_from_layer,
@@ -148,7 +149,7 @@ def context_prefixes(model, n: int, length: int, seed: int = 0, top_k: int = 5, 
     published sequential numbers were measured this way).
     :func:`~interp_edit.statistics.clear_statistics_cache` drops the kept ones."""
     sample = lambda: _sample_prefixes(model, n, length, seed, top_k, starts=starts, lengths=lengths, join=join)  # noqa: E731
-    if applied_edit_stack(model) or any(point._forward_hooks for point in model.hook_dict.values()):
+    if applied_edit_stack(model) or hook_counts(model):
         return sample()
     key = ("context_prefixes", model_fingerprint(model), str(model.cfg.dtype), id(model.tokenizer), n, length, seed,
            top_k, tuple(starts), None if lengths is None else tuple(map(tuple, lengths)), join)

@@ -2,8 +2,8 @@
 (per model fingerprint, site, layer, corpus and sample count) and the factorisations its solves
 reuse (ROME's LU factor of C, MEMIT's factor of λC, AlphaEdit's null-space projector P), so that
 a second edit reads no cache file, moves no moment to the device and factorises nothing again;
-and the context prefixes the editors sample from the base model (generated once per run, as in
-the authors' code).
+and the context prefixes the editors sample from the unedited model (sampled once per settings,
+as the authors' code keeps its context templates).
 
     import interp_edit
     edit = interp_edit.rome(model, requests)     # reads the statistics, factorises C, keeps both
@@ -90,7 +90,7 @@ class StatisticsStore:
 
     entries: dict[tuple, _Entry] = field(default_factory=dict)
     factors: dict[tuple, tuple[weakref.ref, Any]] = field(default_factory=dict)
-    #: other values an editor derives from the base model once per run (its context prefixes)
+    #: other values an editor derives once from the unedited model (its context prefixes)
     values: dict[tuple, Any] = field(default_factory=dict)
 
     def get(self, key: tuple) -> KeyStatistics | None:
