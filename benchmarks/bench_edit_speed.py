@@ -1,7 +1,8 @@
 """Editing speed: ROME per edit with the statistics store cold (cleared: the disk cache is read
 and C factorised again) and warm; MEMIT of 100 requests with the targets optimised in one batch
 (``chunk_size=64``) against one request at a time (``chunk_size=1``), with the largest delta
-difference; and sequential MEMIT / AlphaEdit editing in batches (each batch applied in place,
+difference; ROME's and MEMIT's target optimisation with the unedited prefix reused against every
+position recomputed (``reuse_prefix``); and sequential MEMIT / AlphaEdit editing in batches (each batch applied in place,
 statistics computed once).
 
     .venv/bin/python benchmarks/bench_edit_speed.py             # CPU: GPT-2-small shape, ~2-3 min
@@ -126,6 +127,34 @@ def memit_batched_vs_single(model, records, corpus, cache_dir, device, n: int = 
             "max_delta_difference": diff, "max_delta_abs": scale}
 
 
+def targets_prefix_reuse(model, records, device, tag: str, config_cls, n: int = 1, repeats: int = 2, **settings) -> dict:
+    """The target optimisation of ``n`` requests (``config_cls``' settings: ROME's v* at the MLP
+    output, MEMIT's z in the residual) with every position recomputed at every step
+    (``reuse_prefix=False``) and with the unedited prefix reused (``True``): medians over
+    ``repeats`` alternating runs, the speed-up, and the largest target difference."""
+    from interp_edit.adapter import model_fingerprint
+    from interp_edit.editing import prepare_requests
+    from interp_edit.editing.targets import optimise_targets, prefixes_for
+
+    cfg = config_cls.for_model(model, **settings)
+    layer = cfg.layer if hasattr(cfg, "layer") else max(cfg.layers)
+    site = "mlp_out" if hasattr(cfg, "layer") else "resid_post"
+    treqs = prepare_requests(model, records[:n], model_fingerprint(model))
+    prefixes, tcfg = prefixes_for(model, cfg), cfg.target_config()
+    run = lambda reuse: optimise_targets(model, treqs, layer, prefixes, tcfg, initial_site=site, reuse_prefix=reuse)  # noqa: E731
+    times: dict[bool, list[float]] = {False: [], True: []}
+    results = {}
+    for _ in range(repeats):
+        for reuse in (False, True):
+            seconds, results[reuse] = timed(lambda reuse=reuse: run(reuse), device)
+            times[reuse].append(seconds)
+    full, reused = stat.median(times[False]), stat.median(times[True])
+    diff = float((results[True].target - results[False].target).abs().max())
+    return {f"{tag}_targets_full_s": full, f"{tag}_targets_reused_prefix_s": reused,
+            f"{tag}_targets_reuse_speedup": full / reused, f"{tag}_targets_reuse_max_diff": diff,
+            f"{tag}_targets_max_abs": float(results[False].target.abs().max())}
+
+
 def one_edit(model, method: str, records, corpus, cache_dir, device, **settings) -> dict:
     """Seconds of one ``method`` edit of ``records`` (statistics cached and the store warm
     beforehand), and its info["seconds"] parts."""
@@ -203,6 +232,7 @@ def measure(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, dry_run: 
     _sync(device)
     out["llama_build_s"] = time.perf_counter() - t0
     out.update(rome_cold_warm(model, records, texts, cache_dir, device, **rome_settings))
+    out.update(targets_prefix_reuse(model, records, device, "rome", ROMEConfig, **rome_settings))
     out["rome_settings"] = ",".join(f"{k}:{v}" for k, v in sorted(rome_settings.items()))
     clear_statistics_cache(model)
     del model
@@ -231,6 +261,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from interp_edit.editing import MEMITConfig, ROMEConfig
+
     toy, records, texts = toy_inputs(1000)
     model = build(GPT2_SMALL, toy.tokenizer, name="gpt2-small-random")
     rome_settings = dict(layer=5, steps=4, n_prefixes=2, prefix_length=5, stats_samples=len(texts))
@@ -240,7 +272,10 @@ def main() -> None:
     print("memit_settings=" + ",".join(f"{k}:{v}" for k, v in memit_settings.items()))
     with tempfile.TemporaryDirectory() as cache_dir:
         values = {**rome_cold_warm(model, records, texts, cache_dir, "cpu", **rome_settings),
-                  **memit_batched_vs_single(model, records, texts, cache_dir, "cpu", n=args.requests, **memit_settings)}
+                  **memit_batched_vs_single(model, records, texts, cache_dir, "cpu", n=args.requests, **memit_settings),
+                  **targets_prefix_reuse(model, records, "cpu", "rome", ROMEConfig, **rome_settings),
+                  **targets_prefix_reuse(model, records, "cpu", f"memit_{args.requests}", MEMITConfig, n=args.requests,
+                                         repeats=1, **memit_settings)}
     for key, value in values.items():
         print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
 

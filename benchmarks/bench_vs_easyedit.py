@@ -40,7 +40,9 @@ Shims, each a property of this environment, not of the algorithms:
 - FT-L: the toy tokenizer puts BOS first; EasyEdit's ``execute_ft`` tokenises the prompts and
   the targets (" " + target) with the same call, so the tokenizer adds BOS to texts that do not
   start with a space (the prompts) and not to the targets (as GPT-2's tokenizer adds nothing);
-- AlphaEdit: the projection P is computed by EasyEdit's own ``get_project`` once (the code loads
+- AlphaEdit: ours with ``nullspace_precision="float32"`` (P from C's singular vectors in
+  float32, as the code; our default, float64, moves the deltas by about 8e-5 here); the
+  projection P is computed by EasyEdit's own ``get_project`` once (the code loads
   it from ``P_loc`` or computes it on its first call) and ``cache_c`` is reset before every edit
   (``reset_cache=True``) so each timed edit is a single edit on the unedited model, as ours
   (``alphaedit``: a fresh ``AlphaEditor`` per call); ``model_name`` "gpt2-xl" picks the code's
@@ -96,7 +98,9 @@ MEMIT_SETTINGS = dict(layers=(0, 1), steps=20, lr=0.5, weight_decay=0.5, kl_fact
                       n_prefixes=5, prefix_length=10, prefix_starts=("The", "Therefore", "Because", "I", "You"),
                       prefix_join="reference", key_average="by_type", early_stop_loss=0.05,
                       stats_samples=STATS_SAMPLES)
-ALPHA_SETTINGS = dict(MEMIT_SETTINGS, l2=1.0, nullspace_rule="absolute", nullspace_threshold=2e-2)
+#: P from C's singular vectors in float32, as the code computes it (our default decomposes C in float64)
+ALPHA_SETTINGS = dict(MEMIT_SETTINGS, l2=1.0, nullspace_rule="absolute", nullspace_threshold=2e-2,
+                      nullspace_precision="float32")
 FT_SETTINGS = dict(layer=0, steps=25, lr=1e-2, norm_constraint=2e-2, early_stop_loss=1e-2)
 
 

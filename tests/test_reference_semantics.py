@@ -152,6 +152,28 @@ def test_null_space_rules_on_a_hand_made_covariance():
     for rule, tau in (("relative", 0.05), ("energy", 0.9)):
         assert null_space_basis(cov * 1e4, rule, tau).shape[1] == null_space_basis(cov, rule, tau).shape[1]
     assert null_space_basis(cov * 1e4, "absolute", 2e-2).shape[1] == 0
+    # every rule under the authors' precision (singular vectors in float32): the same null spaces
+    for rule, tau in (("absolute", 2e-2), ("relative", 0.05), ("energy", 0.9)):
+        ours, theirs = null_space_basis(cov, rule, tau), null_space_basis(cov, rule, tau, "float32")
+        assert theirs.dtype == torch.float64
+        assert torch.allclose(theirs @ theirs.T, ours @ ours.T, atol=1e-6)
+
+
+def test_alphaedit_float32_projector_is_the_authors_float32_svd():
+    """``nullspace_precision="float32"``: P is the code's ``U[:, S < τ] U[:, S < τ]ᵀ`` from
+    ``torch.linalg.svd`` of C in float32 (to float32 rounding of the product), and differs from
+    the float64 one by more than that."""
+    keys = torch.randn(400, 24, generator=torch.Generator().manual_seed(1)) * torch.logspace(0, -2.5, 24)
+    cov = (keys.T @ keys / 400).double()
+    U, S, _ = torch.linalg.svd(cov.float(), full_matrices=False)
+    reference = U[:, S < 2e-2] @ U[:, S < 2e-2].T
+    basis = null_space_basis(cov, "absolute", 2e-2, "float32")
+    assert basis.shape[1] == int((S < 2e-2).sum()) > 0
+    assert torch.allclose((basis @ basis.T).float(), reference, atol=1e-6)
+    double = null_space_basis(cov, "absolute", 2e-2)
+    assert not torch.allclose(double @ double.T, basis @ basis.T, atol=1e-9, rtol=0)
+    with pytest.raises(EditConfigError, match="nullspace_precision"):
+        AlphaEditConfig(nullspace_precision="float16").validate()
 
 
 def test_alphaedit_reports_and_warns_about_degenerate_null_spaces(tiny_model, toy_world, tmp_path):

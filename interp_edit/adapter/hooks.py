@@ -155,20 +155,35 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
         if positions is not None:
             final = final[:, positions]
         return unembed(model, model.ln_final(final))
-    kwargs = {}
-    if prefix_kv is not None:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-
-        keys, values = prefix_kv
-        entries = [TransformerLensKeyValueCacheEntry(k, v, frozen=True) for k, v in zip(keys, values, strict=True)]
-        mask = torch.ones(residual.shape[0], keys[0].shape[1], dtype=torch.int, device=residual.device)
-        kwargs["past_kv_cache"] = TransformerLensKeyValueCache(entries, mask, frozen=True)
+    kwargs = _prefix_kv_kwargs(residual, prefix_kv)
     with temporary_hooks(model, hooks):
         final = model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers, **kwargs)
     if positions is not None:
         final = final[:, positions]
     return unembed(model, model.ln_final(final))
+
+
+def _prefix_kv_kwargs(residual: torch.Tensor, prefix_kv, prefix_mask: torch.Tensor | None = None) -> dict[str, Any]:
+    """HookedTransformer's keyword arguments that make a forward on ``residual`` (the positions
+    after a prefix) attend to a given key/value prefix: a frozen key/value cache (per layer,
+    [batch, prefix, head, d_head]; layers below the start are never read) and, with
+    ``prefix_mask`` ([batch, prefix], False on padding: a left-padded prefix of a different
+    length per row), the attention mask over prefix and new positions, from which
+    TransformerLens also takes each position's rotary index (``cumsum(mask) − 1``)."""
+    if prefix_kv is None:
+        return {}
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    keys, values = prefix_kv
+    entries = [TransformerLensKeyValueCacheEntry(k, v, frozen=True) for k, v in zip(keys, values, strict=True)]
+    batch, device = residual.shape[0], residual.device
+    if prefix_mask is None:
+        mask = torch.ones(batch, keys[0].shape[1], dtype=torch.int, device=device)
+        return {"past_kv_cache": TransformerLensKeyValueCache(entries, mask, frozen=True)}
+    mask = prefix_mask.to(device=device, dtype=torch.int)
+    full = torch.cat([mask, torch.ones(batch, residual.shape[1], dtype=torch.int, device=device)], dim=1)
+    return {"past_kv_cache": TransformerLensKeyValueCache(entries, mask, frozen=True), "attention_mask": full}
 
 
 def supports_prefix_kv(model) -> bool:
@@ -342,13 +357,24 @@ def forward_to_layer(model, tokens: torch.Tensor, stop_layer: int, names: list[s
     return cache
 
 
-def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = ()) -> torch.Tensor:
+def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = (),
+                        prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+                        prefix_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The final residual stream (before the final norm) of the blocks from ``start_layer`` on,
     run on ``residual`` with temporary hooks; differentiable. Callers normalise and unembed
-    only the positions they need (:func:`unembed`)."""
+    only the positions they need (:func:`unembed`).
+
+    With ``prefix_kv = (keys, values)`` (per layer, [batch, prefix, head, d_head], as
+    :func:`cached_keys_values` gives them), ``residual`` holds only the positions after a prefix
+    that is not recomputed; ``prefix_mask`` ([batch, prefix] bool) marks a left-padded prefix's
+    real positions, so that each row may have a prefix of its own length (the hooked backend
+    only: :func:`supports_prefix_kv`)."""
     from interp_edit.adapter import bridge
 
     if bridge.is_bridge(model):
+        if prefix_kv is not None:
+            raise ValueError("the bridge backend reuses no key/value prefix (supports_prefix_kv(model) is False)")
         return bridge.run_from_layer(model, residual, start_layer, hooks)
+    kwargs = _prefix_kv_kwargs(residual, prefix_kv, prefix_mask)
     with temporary_hooks(model, hooks):
-        return model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers)
+        return model(residual, start_at_layer=start_layer, stop_at_layer=model.cfg.n_layers, **kwargs)

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from interp_edit.adapter import (
     applied_edit_stack,
+    cached_keys_values,
     forward_to_layer,
     frozen_parameters,
     hook_counts,
@@ -42,6 +43,7 @@ from interp_edit.adapter import (
     model_fingerprint,
     residual_from_layer,
     sublayer_output_hooks,
+    supports_prefix_kv,
     unembed,
 )
 from interp_edit.batching import pad_right
@@ -255,6 +257,7 @@ class _Rows:
     target_ids: Tensor  # [row, t]
     target_mask: Tensor  # [row, t]
     bare_row: Tensor  # [request] the row of the bare prompt
+    lengths: Tensor  # [row] tokens before the padding
 
 
 def _build_rows(model, requests: Sequence[TokenizedRequest], prefixes: Sequence[str], essence: Sequence[str]) -> _Rows:
@@ -292,7 +295,7 @@ def _build_rows(model, requests: Sequence[TokenizedRequest], prefixes: Sequence[
     target_ids = torch.tensor([t + [0] * (width - len(t)) for t in tids])
     target_mask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tids])
     return _Rows(tokens, torch.tensor(edit_pos), torch.tensor(owner), torch.tensor(rewrite), target_pos, target_ids,
-                 target_mask, torch.tensor(bare_row))
+                 target_mask, torch.tensor(bare_row), torch.tensor([len(q) for q in seqs]))
 
 
 def max_updates(config: TargetConfig) -> int:
@@ -310,12 +313,20 @@ def kl_rows(original: Tensor, edited: Tensor, direction: str) -> Tensor:
 
 
 def optimise_targets(model, requests: Sequence[TokenizedRequest], layer: int, prefixes: Sequence[str],
-                     config: TargetConfig, *, initial_site: str = "mlp_out") -> TargetVectors:
+                     config: TargetConfig, *, initial_site: str = "mlp_out", reuse_prefix: bool | None = None) -> TargetVectors:
     """Optimise δ at the MLP output of ``layer`` for every request (see the module docstring).
     ``initial_site`` is what h₀ measures: ``"mlp_out"`` (ROME's v*) or ``"resid_post"``
     (MEMIT's z). Raises :class:`EditOptimizationError` naming the request when a loss is not
-    finite."""
-    parts = [_optimise_chunk(model, requests[s : s + config.chunk_size], layer, prefixes, config, initial_site)
+    finite.
+
+    ``reuse_prefix``: δ changes nothing before a row's edit token, so each step runs only the
+    positions from the edit token on, attending to the unedited run's keys and values of the
+    positions before it (one forward without gradients first); ``False`` runs every position at
+    every step. ``None`` (default): reuse where the backend can (the hooked backend:
+    :func:`~interp_edit.adapter.supports_prefix_kv`). Both give the same targets up to float
+    rounding (tests/test_target_prefix_reuse.py)."""
+    reuse = prefix_reuse(model, reuse_prefix)
+    parts = [_optimise_chunk(model, requests[s : s + config.chunk_size], layer, prefixes, config, initial_site, reuse)
              for s in range(0, len(requests), config.chunk_size)]
     return TargetVectors(
         torch.cat([p.initial for p in parts]), torch.cat([p.delta for p in parts]), torch.cat([p.nll for p in parts]),
@@ -323,11 +334,11 @@ def optimise_targets(model, requests: Sequence[TokenizedRequest], layer: int, pr
     )
 
 
-def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, initial_site: str) -> TargetVectors:
+def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, initial_site: str,
+                    reuse: bool) -> TargetVectors:
     device = model.cfg.device
     rows = _build_rows(model, requests, prefixes, config.essence_templates)
-    tokens = rows.tokens.to(device)
-    n_rows, n_req = tokens.shape[0], len(requests)
+    n_req = len(requests)
     edit_pos, owner = rows.edit_pos.to(device), rows.owner.to(device)
     rewrite = rows.is_rewrite.to(device)
     # ROME's v* lives in the space W_out writes to: the MLP's raw output (before a post-sublayer
@@ -346,18 +357,10 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
 
     with torch.no_grad():
         read = sublayer_output_hooks(model, "mlp", layer, keep_raw) if initial_site == "mlp_out" else []
-        names = [hook_name("resid_pre", layer)] + ([] if initial_site == "mlp_out" else [hook_name(initial_site, layer)])
-        cache = forward_to_layer(model, tokens, layer + 1, names, read)
-        start = cache[names[0]]
+        names = [] if initial_site == "mlp_out" else [hook_name(initial_site, layer)]
+        run = unedited_run(model, rows, layer, names, read, reuse)
         bare = rows.bare_row.to(device)
-        initial = (raw["mlp"] if initial_site == "mlp_out" else cache[names[1]])[bare, edit_pos[bare]].float()
-        # the unedited next-token distribution at the edit token of the essence rows
-        essence_rows = (~rewrite).nonzero().flatten()
-        reference = torch.zeros(n_rows, 0, device=device)
-        if len(essence_rows):
-            essence_logits = model(tokens[essence_rows])[torch.arange(len(essence_rows), device=device), edit_pos[essence_rows]]
-            reference = torch.zeros(n_rows, essence_logits.shape[-1], device=device)
-            reference[essence_rows] = torch.log_softmax(essence_logits.float(), -1)
+        initial = (raw["mlp"] if initial_site == "mlp_out" else run.acts[names[0]])[bare, edit_pos[bare]].float()
     init_norm = initial.norm(dim=-1)
     delta = torch.zeros(n_req, model.cfg.d_model, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
@@ -365,7 +368,7 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     # a host copy of ``done`` picks the rows to run: one host synchronisation per step (below)
     done_host, owner_host = torch.zeros(n_req, dtype=torch.bool), rows.owner
     steps = [max_updates(config)] * n_req
-    target_pos, target_ids = rows.target_pos.to(device), rows.target_ids.to(device)
+    target_ids = rows.target_ids.to(device)
     mask = rows.target_mask.to(device)
     per_request_rows = torch.bincount(owner[rewrite], minlength=n_req).float().clamp(min=1)
     n_essence = torch.bincount(owner[~rewrite], minlength=n_req).float().clamp(min=1)
@@ -377,23 +380,23 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
         for step in range(updates + 1):
             # only the rows of requests still optimising are run
             sel = (~done_host[owner_host]).nonzero().flatten().to(device)
-            sel_owner, sel_pos, local = owner[sel], edit_pos[sel], torch.arange(len(sel), device=device)
+            sel_owner, sel_pos, local = owner[sel], run.edit_col[sel], torch.arange(len(sel), device=device)
 
             def add_delta(out, hook, sel_owner=sel_owner, sel_pos=sel_pos, local=local):
                 # out + δ at each row's edit position (one position per row: nothing accumulates twice)
                 return out.index_put((local, sel_pos), delta[sel_owner].to(out.dtype), accumulate=True)
 
-            final = residual_from_layer(model, start[sel], layer, delta_site(add_delta))
+            final = run.final_residual(model, sel, delta_site(add_delta))
             is_rw = rewrite[sel]
             rw = local[is_rw]
-            logp = torch.log_softmax(unembed(model, model.ln_final(final[rw[:, None], target_pos[sel][is_rw]])).float(), -1)
+            logp = torch.log_softmax(unembed(model, model.ln_final(final[rw[:, None], run.target_pos[sel][is_rw]])).float(), -1)
             token_logp = logp.gather(-1, target_ids[sel][is_rw][..., None])[..., 0]
             row_mask = mask[sel][is_rw]
             row_nll = -(token_logp * row_mask).sum(-1) / row_mask.sum(-1).clamp(min=1)
             step_nll = torch.zeros(n_req, device=device).index_add(0, sel_owner[is_rw], row_nll) / per_request_rows
             es = local[~is_rw]
             current = torch.log_softmax(unembed(model, model.ln_final(final[es, sel_pos[~is_rw]])).float(), -1)
-            ref = reference[sel[~is_rw]]
+            ref = run.reference[sel[~is_rw]]
             # no essence rows at all (edits at a verb / object / last token): no KL term
             row_kl = kl_rows(ref, current, config.kl_direction) if len(es) else current.new_zeros(0)
             kl = torch.zeros(n_req, device=device).index_add(0, sel_owner[~is_rw], row_kl) / n_essence
@@ -429,5 +432,86 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     return TargetVectors(initial.detach(), delta.detach().clone(), nll.detach(), loss.detach(), steps)
 
 
-__all__ = ["TargetConfig", "TargetVectors", "compute_keys", "context_prefixes", "fill_prefix", "kl_rows", "max_updates",
-           "optimise_targets", "prefixes_for"]
+@dataclass
+class UneditedRun:
+    """What a target optimisation reads from the unedited model, once, before its steps: the
+    activations it named (whole rows), the residual at the edited layer that every step starts
+    from, the unedited next-token log-probs at the essence rows' edit token, and where the edit
+    token and the target positions sit in the rows a step runs. With a reused prefix
+    (:func:`unedited_run`'s ``reuse``) a step runs each row from its edit token on (left-aligned,
+    right-padded) and attends to the unedited keys and values of the positions before it
+    (right-aligned, left-padded: ``prefix_mask`` marks the real ones)."""
+
+    acts: dict[str, Tensor]
+    start: Tensor  # [row, pos, d_model] at the edited layer's input
+    reference: Tensor  # [row, vocab] log-probs (essence rows; zeros elsewhere), or [row, 0]
+    edit_col: Tensor  # [row] the edit token's position in ``start``
+    target_pos: Tensor  # [row, t] the positions predicting target tokens, in ``start``
+    layer: int
+    prefix_kv: tuple[list[Tensor], list[Tensor]] | None = None  # per layer from ``layer`` on
+    prefix_mask: Tensor | None = None  # [row, prefix]
+
+    def final_residual(self, model, sel: Tensor, hooks) -> Tensor:
+        """The final residual stream of rows ``sel`` run from the edited layer with ``hooks``."""
+        if self.prefix_kv is None:
+            return residual_from_layer(model, self.start[sel], self.layer, hooks)
+        keys, values = ([x[sel] for x in xs] for xs in self.prefix_kv)
+        below = self.layer  # layers below the edited one are never read: their entries are stand-ins
+        return residual_from_layer(model, self.start[sel], self.layer, hooks,
+                                   (keys[:1] * below + keys, values[:1] * below + values), self.prefix_mask[sel])
+
+
+def prefix_reuse(model, requested: bool | None) -> bool:
+    """Whether a target optimisation reuses the unedited prefix (``reuse_prefix``): ``None``
+    where the backend can (:func:`~interp_edit.adapter.supports_prefix_kv`); ``True`` on a
+    backend that cannot is refused."""
+    if requested and not supports_prefix_kv(model):
+        raise EditConfigError("reuse_prefix=True: this backend reuses no key/value prefix (supports_prefix_kv is False)")
+    return supports_prefix_kv(model) if requested is None else bool(requested)
+
+
+@torch.no_grad()
+def unedited_run(model, rows: _Rows, layer: int, names: Sequence[str], read, reuse: bool) -> UneditedRun:
+    """One forward of the unedited model over ``rows`` with the hooks ``read``, keeping
+    ``names``: stopped after ``layer`` without ``reuse``; with it, run to the end to keep every
+    higher layer's keys and values and the final residual (the essence rows' log-probs then come
+    from it, not from a forward of their own)."""
+    device, n_layers = model.cfg.device, model.cfg.n_layers
+    tokens, edit_pos, essence = rows.tokens.to(device), rows.edit_pos.to(device), (~rows.is_rewrite).nonzero().flatten()
+    first, last = hook_name("resid_pre", layer), hook_name("resid_post", n_layers - 1)
+    kv_names = [hook_name(site, i) for i in range(layer, n_layers) for site in ("k", "v")] if reuse else []
+    cache = forward_to_layer(model, tokens, n_layers if reuse else layer + 1,
+                             [first, *names, *kv_names, *([last] if reuse else [])], read)
+    reference = torch.zeros(len(tokens), 0, device=device)
+    if len(essence):
+        essence = essence.to(device)
+        if reuse:
+            logits = unembed(model, model.ln_final(cache[last][essence, edit_pos[essence]]))
+        else:
+            logits = model(tokens[essence])[torch.arange(len(essence), device=device), edit_pos[essence]]
+        reference = torch.zeros(len(tokens), logits.shape[-1], device=device)
+        reference[essence] = torch.log_softmax(logits.float(), -1)
+    acts = {name: cache[name] for name in names}
+    start, target_pos = cache[first], rows.target_pos.to(device)
+    if not reuse:
+        return UneditedRun(acts, start, reference, edit_pos, target_pos, layer)
+    lengths = rows.lengths.to(device)
+    width, before = int((lengths - edit_pos).max()), int(edit_pos.max())
+    cols = (edit_pos[:, None] + torch.arange(width, device=device)).clamp(max=start.shape[1] - 1)
+    suffix = start.gather(1, cols[..., None].expand(-1, -1, start.shape[-1]))
+    shifted = (target_pos - edit_pos[:, None]).clamp(min=0)
+    if before == 0:  # every edit token is its row's first position: nothing before it to reuse
+        return UneditedRun(acts, suffix, reference, torch.zeros_like(edit_pos), shifted, layer)
+    index = edit_pos[:, None] - before + torch.arange(before, device=device)
+    mask = index >= 0
+    index = index.clamp(min=0)
+    keys, values = [], []
+    for i in range(layer, n_layers):
+        k, v = cached_keys_values(model, i, cache[hook_name("k", i)], cache[hook_name("v", i)])
+        keys.append(k.gather(1, index[:, :, None, None].expand(-1, -1, *k.shape[2:])))
+        values.append(v.gather(1, index[:, :, None, None].expand(-1, -1, *v.shape[2:])))
+    return UneditedRun(acts, suffix, reference, torch.zeros_like(edit_pos), shifted, layer, (keys, values), mask)
+
+
+__all__ = ["TargetConfig", "TargetVectors", "UneditedRun", "compute_keys", "context_prefixes", "fill_prefix", "kl_rows", "max_updates",
+           "optimise_targets", "prefix_reuse", "prefixes_for", "unedited_run"]

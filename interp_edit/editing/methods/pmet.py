@@ -59,11 +59,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import (
-    forward_to_layer,
     frozen_parameters,
-    hook_name,
     model_fingerprint,
-    residual_from_layer,
     sublayer_output_hooks,
     unembed,
 )
@@ -83,7 +80,15 @@ from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig, memit_probe
 from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.editing.spread import probe_keys
-from interp_edit.editing.targets import _build_rows, compute_keys, kl_rows, max_updates, prefixes_for
+from interp_edit.editing.targets import (
+    _build_rows,
+    compute_keys,
+    kl_rows,
+    max_updates,
+    prefix_reuse,
+    prefixes_for,
+    unedited_run,
+)
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.statistics.keys import editor_statistics, provenance_records
 
@@ -186,21 +191,23 @@ class PMETTargets:
 
 
 def optimise_pmet_targets(model, requests: Sequence[TokenizedRequest], layer: int, prefixes: Sequence[str],
-                          cfg: PMETConfig) -> PMETTargets:
+                          cfg: PMETConfig, *, reuse_prefix: bool | None = None) -> PMETTargets:
     """δ_a and δ_m at the attention and FFN outputs of ``layer``, optimised jointly (module
-    docstring), in chunks of ``cfg.chunk_size`` requests."""
-    parts = [_optimise_chunk(model, requests[s : s + cfg.chunk_size], layer, prefixes, cfg)
+    docstring), in chunks of ``cfg.chunk_size`` requests. ``reuse_prefix``: as
+    :func:`~interp_edit.editing.targets.optimise_targets`' (the positions before each row's
+    edit token are not recomputed at every step; default: where the backend can)."""
+    reuse = prefix_reuse(model, reuse_prefix)
+    parts = [_optimise_chunk(model, requests[s : s + cfg.chunk_size], layer, prefixes, cfg, reuse)
              for s in range(0, len(requests), cfg.chunk_size)]
     return PMETTargets({k: torch.cat([p.initial[k] for p in parts]) for k in KINDS},
                        {k: torch.cat([p.delta[k] for p in parts]) for k in KINDS},
                        torch.cat([p.nll for p in parts]), [s for p in parts for s in p.steps])
 
 
-def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig) -> PMETTargets:
+def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig, reuse: bool) -> PMETTargets:
     device = model.cfg.device
     rows = _build_rows(model, requests, prefixes, cfg.essence_templates)
-    tokens = rows.tokens.to(device)
-    n_rows, n_req = tokens.shape[0], len(requests)
+    n_req = len(requests)
     edit_pos, owner, rewrite = rows.edit_pos.to(device), rows.owner.to(device), rows.is_rewrite.to(device)
     raw: dict[str, Tensor] = {}
 
@@ -211,16 +218,9 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig) -> P
 
     with torch.no_grad():
         read = [h for kind in KINDS for h in sublayer_output_hooks(model, kind, layer, keeper(kind))]
-        name = hook_name("resid_pre", layer)
-        start = forward_to_layer(model, tokens, layer + 1, [name], read)[name]
+        run = unedited_run(model, rows, layer, [], read, reuse)
         bare = rows.bare_row.to(device)
         initial = {kind: raw[kind][bare, edit_pos[bare]].float() for kind in KINDS}
-        essence_rows = (~rewrite).nonzero().flatten()
-        reference = torch.zeros(n_rows, 0, device=device)
-        if len(essence_rows):
-            logits = model(tokens[essence_rows])[torch.arange(len(essence_rows), device=device), edit_pos[essence_rows]]
-            reference = torch.zeros(n_rows, logits.shape[-1], device=device)
-            reference[essence_rows] = torch.log_softmax(logits.float(), -1)
     init_norm = {kind: initial[kind].norm(dim=-1).clamp(min=1e-8) for kind in KINDS}
     delta = {kind: torch.zeros(n_req, model.cfg.d_model, device=device, requires_grad=True) for kind in KINDS}
     optimiser = torch.optim.Adam([delta["mlp"], delta["attn"]], lr=cfg.lr)
@@ -228,14 +228,14 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig) -> P
     done = torch.zeros(n_req, dtype=torch.bool, device=device)
     updates = max_updates(cfg)
     steps = [updates] * n_req
-    target_pos, target_ids, mask = rows.target_pos.to(device), rows.target_ids.to(device), rows.target_mask.to(device)
+    target_ids, mask = rows.target_ids.to(device), rows.target_mask.to(device)
     n_rewrite = torch.bincount(owner[rewrite], minlength=n_req).float().clamp(min=1)
     n_essence = torch.bincount(owner[~rewrite], minlength=n_req).float().clamp(min=1)
     nll = torch.zeros(n_req, device=device)
     with frozen_parameters(model), torch.enable_grad():
         for step in range(updates + 1):
             sel = (~done[owner]).nonzero().flatten()
-            sel_owner, sel_pos, local = owner[sel], edit_pos[sel], torch.arange(len(sel), device=device)
+            sel_owner, sel_pos, local = owner[sel], run.edit_col[sel], torch.arange(len(sel), device=device)
 
             def adder(kind, sel_owner=sel_owner, sel_pos=sel_pos, local=local):
                 def add(out, hook):
@@ -243,10 +243,10 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig) -> P
                 return add
 
             hooks = [h for kind in KINDS for h in sublayer_output_hooks(model, kind, layer, adder(kind))]
-            final = residual_from_layer(model, start[sel], layer, hooks)
+            final = run.final_residual(model, sel, hooks)
             is_rw = rewrite[sel]
             rw = local[is_rw]
-            logp = torch.log_softmax(unembed(model, model.ln_final(final[rw[:, None], target_pos[sel][is_rw]])).float(), -1)
+            logp = torch.log_softmax(unembed(model, model.ln_final(final[rw[:, None], run.target_pos[sel][is_rw]])).float(), -1)
             token_logp = logp.gather(-1, target_ids[sel][is_rw][..., None])[..., 0]
             row_mask = mask[sel][is_rw]
             row_nll = -(token_logp * row_mask).sum(-1) / row_mask.sum(-1).clamp(min=1)
@@ -256,7 +256,7 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig) -> P
             not_top = torch.zeros(n_req, device=device).index_add(0, sel_owner[is_rw], missed) > 0
             es = local[~is_rw]
             current = torch.log_softmax(unembed(model, model.ln_final(final[es, sel_pos[~is_rw]])).float(), -1)
-            row_kl = kl_rows(reference[sel[~is_rw]], current, cfg.kl_direction) if len(es) else current.new_zeros(0)
+            row_kl = kl_rows(run.reference[sel[~is_rw]], current, cfg.kl_direction) if len(es) else current.new_zeros(0)
             kl = cfg.kl_factor * torch.zeros(n_req, device=device).index_add(0, sel_owner[~is_rw], row_kl) / n_essence
             decay = cfg.weight_decay * sum(delta[k].norm(dim=-1) / init_norm[k] ** 2 for k in KINDS)
             step_loss = nll_factor * step_nll + kl + decay
