@@ -55,6 +55,10 @@ handles a transformers-5 GPT-2 block's tensor output itself (``nethook.get_hidde
 Run locally, never in CI, on a checkout of EasyEdit:
 
     python benchmarks/bench_vs_easyedit.py PATH/TO/easyedit [--rounds 5] [--methods rome,memit,alphaedit,ft]
+        [--dtype float64]
+
+``--dtype float64`` runs both sides in float64 (the delta differences that are float32 rounding
+vanish there; the times are not the float32 ones).
 """
 
 from __future__ import annotations
@@ -176,10 +180,11 @@ class Bench:
         tok.save_pretrained(folder)
         from transformers import GPT2LMHeadModel
 
-        self.hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+        dtype = getattr(torch, args.dtype)
+        self.hf = GPT2LMHeadModel.from_pretrained(folder).eval().to(dtype)
         self.tok = tok
         self.model = load_model(str(folder), fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                fold_value_biases=False)
+                                fold_value_biases=False, dtype=dtype)
         sampler = CorpusSampler(world, seed=7919)
         self.corpus = [sampler.sample() for _ in range(STATS_SAMPLES)]
         records, seen = [], set()
@@ -354,10 +359,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--methods", default="rome,memit,alphaedit,ft")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="both models' dtype: float64 shows which delta differences are float32 rounding")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench = Bench(args)
-    print(f"device=cpu threads={args.threads} torch={torch.__version__}", flush=True)
+    print(f"device=cpu threads={args.threads} torch={torch.__version__} dtype={args.dtype}", flush=True)
     for method in args.methods.split(","):
         getattr(bench, f"bench_{method}")()
 

@@ -21,7 +21,8 @@ optimised target vectors (v* for ROME, z for MEMIT and its relatives).
   last backward); ``"updates"``: ``steps`` Adam updates. A request stops once its loss is below
   ``early_stop_loss``, and ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖h₀‖ after each update. All requests are optimised together in one batch (their losses are summed, and Adam
   is elementwise, so this equals one optimisation per request); the layers below the edited
-  one are run once, not at every step.
+  one are run once, not at every step, and so are the positions before each row's edit token
+  (``reuse_prefix``: a step attends to their unedited keys and values; :func:`unedited_run`).
 """
 
 from __future__ import annotations
