@@ -13,7 +13,7 @@ import pytest
 import torch
 from family_models import BACKEND, FAMILY_NAMES, family_model
 
-from interp_edit.adapter import model_fingerprint, supports_prefix_kv
+from interp_edit.adapter import model_fingerprint, supports_padded_prefix_kv
 from interp_edit.editing import EditRequest, MEMITConfig, ROMEConfig, prepare_requests
 from interp_edit.editing.targets import optimise_targets
 from interp_edit.errors import EditConfigError
@@ -72,7 +72,7 @@ def test_reused_prefix_gives_the_recomputed_targets_on_every_family(family):
     treqs = prepare_requests(model, [request, other], model_fingerprint(model))
     tcfg = dataclasses.replace(ROMEConfig.for_model(model).target_config(), steps=4, early_stop_loss=0.0)
     layer = model.cfg.n_layers // 2
-    if not supports_prefix_kv(model):
+    if not supports_padded_prefix_kv(model):
         with pytest.raises(EditConfigError, match="reuse_prefix"):
             optimise_targets(model, treqs, layer, PREFIXES, tcfg, reuse_prefix=True)
         return
@@ -95,3 +95,19 @@ def test_reused_prefix_gives_the_recomputed_pmet_targets(toy_model, person_recor
         assert float(full.delta[kind].norm(dim=-1).min()) > 0
         assert _close(full.delta[kind], reused.delta[kind]) <= TOL, kind
     assert _close(full.nll, reused.nll) <= TOL
+
+
+def test_no_padded_prefix_where_attention_counts_columns(toy_model):
+    """Dynamic-NTK rotary and log-n attention scaling read positions from the column count, which
+    a left-padded prefix shifts: no reuse by default, and ``reuse_prefix=True`` is refused."""
+    from types import SimpleNamespace
+
+    from interp_edit.editing.targets import prefix_reuse
+
+    assert prefix_reuse(toy_model, None) is (BACKEND == "hooked")
+    for field in ("use_dynamic_ntk_rope", "use_logn_attn"):
+        model = SimpleNamespace(cfg=SimpleNamespace(**{field: True}))
+        assert not supports_padded_prefix_kv(model)
+        assert prefix_reuse(model, None) is False
+        with pytest.raises(EditConfigError, match="supports_padded_prefix_kv"):
+            prefix_reuse(model, True)

@@ -46,6 +46,7 @@ from interp_edit.adapter.hooks import (
     run_with_cache,
     run_with_hooks,
     sublayer_output_hooks,
+    supports_padded_prefix_kv,
     supports_prefix_kv,
     unembed,
 )
@@ -89,6 +90,6 @@ __all__ = [
     "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "forget_fingerprint", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
-    "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_prefix_kv", "token_embeddings",
+    "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings",
     "backend_of", "applied_edit_stack", "weight_checksum",
 ]

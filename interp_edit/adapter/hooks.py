@@ -194,6 +194,16 @@ def supports_prefix_kv(model) -> bool:
     return not bridge.is_bridge(model)
 
 
+def supports_padded_prefix_kv(model) -> bool:
+    """Whether a key/value prefix may be left-padded (``residual_from_layer``'s
+    ``prefix_mask``: a prefix of its own length per row): where the prefix can be reused at all
+    (:func:`supports_prefix_kv`), except where attention reads positions from the number of
+    columns rather than from the mask (TransformerLens' dynamic-NTK rotary and log-n attention
+    scaling, Qwen-1's), which padding would shift."""
+    cfg = model.cfg
+    return supports_prefix_kv(model) and not (getattr(cfg, "use_dynamic_ntk_rope", False) or getattr(cfg, "use_logn_attn", False))
+
+
 def sublayer_output_hooks(model, kind: str, layer: int, fn) -> list[tuple[str, Any]]:
     """Hooks through which ``fn(raw, hook)`` sees — and may replace, by returning a tensor — the
     *raw* output of a block's attention (``kind="attn"``: ``z @ W_O + b_O``) or MLP (``"mlp"``:

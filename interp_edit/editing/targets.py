@@ -44,7 +44,7 @@ from interp_edit.adapter import (
     model_fingerprint,
     residual_from_layer,
     sublayer_output_hooks,
-    supports_prefix_kv,
+    supports_padded_prefix_kv,
     unembed,
 )
 from interp_edit.batching import pad_right
@@ -324,7 +324,7 @@ def optimise_targets(model, requests: Sequence[TokenizedRequest], layer: int, pr
     positions from the edit token on, attending to the unedited run's keys and values of the
     positions before it (one forward without gradients first); ``False`` runs every position at
     every step. ``None`` (default): reuse where the backend can (the hooked backend:
-    :func:`~interp_edit.adapter.supports_prefix_kv`). Both give the same targets up to float
+    :func:`~interp_edit.adapter.supports_padded_prefix_kv`). Both give the same targets up to float
     rounding (tests/test_target_prefix_reuse.py)."""
     reuse = prefix_reuse(model, reuse_prefix)
     parts = [_optimise_chunk(model, requests[s : s + config.chunk_size], layer, prefixes, config, initial_site, reuse)
@@ -464,11 +464,12 @@ class UneditedRun:
 
 def prefix_reuse(model, requested: bool | None) -> bool:
     """Whether a target optimisation reuses the unedited prefix (``reuse_prefix``): ``None``
-    where the backend can (:func:`~interp_edit.adapter.supports_prefix_kv`); ``True`` on a
-    backend that cannot is refused."""
-    if requested and not supports_prefix_kv(model):
-        raise EditConfigError("reuse_prefix=True: this backend reuses no key/value prefix (supports_prefix_kv is False)")
-    return supports_prefix_kv(model) if requested is None else bool(requested)
+    where the model can (:func:`~interp_edit.adapter.supports_padded_prefix_kv`: the rows'
+    prefixes are left-padded); ``True`` where it cannot is refused."""
+    if requested and not supports_padded_prefix_kv(model):
+        raise EditConfigError("reuse_prefix=True: this model reuses no left-padded key/value prefix "
+                              "(supports_padded_prefix_kv is False)")
+    return supports_padded_prefix_kv(model) if requested is None else bool(requested)
 
 
 @torch.no_grad()
