@@ -475,45 +475,56 @@ def prefix_reuse(model, requested: bool | None) -> bool:
 @torch.no_grad()
 def unedited_run(model, rows: _Rows, layer: int, names: Sequence[str], read, reuse: bool) -> UneditedRun:
     """One forward of the unedited model over ``rows`` with the hooks ``read``, keeping
-    ``names``: stopped after ``layer`` without ``reuse``; with it, run to the end to keep every
-    higher layer's keys and values and the final residual (the essence rows' log-probs then come
-    from it, not from a forward of their own)."""
+    ``names``: stopped after ``layer`` without ``reuse``; with it, run to the end, keeping of
+    every layer from ``layer`` on only the keys and values before each row's edit token (gathered
+    as they are computed) and of the final residual only the essence rows' edit token (their
+    log-probs then come from it, not from a forward of their own)."""
     device, n_layers = model.cfg.device, model.cfg.n_layers
-    tokens, edit_pos, essence = rows.tokens.to(device), rows.edit_pos.to(device), (~rows.is_rewrite).nonzero().flatten()
+    tokens, edit_pos = rows.tokens.to(device), rows.edit_pos.to(device)
+    essence = (~rows.is_rewrite).nonzero().flatten().to(device)
     first, last = hook_name("resid_pre", layer), hook_name("resid_post", n_layers - 1)
-    kv_names = [hook_name(site, i) for i in range(layer, n_layers) for site in ("k", "v")] if reuse else []
-    cache = forward_to_layer(model, tokens, n_layers if reuse else layer + 1,
-                             [first, *names, *kv_names, *([last] if reuse else [])], read)
-    reference = torch.zeros(len(tokens), 0, device=device)
-    if len(essence):
-        essence = essence.to(device)
-        if reuse:
-            logits = unembed(model, model.ln_final(cache[last][essence, edit_pos[essence]]))
-        else:
-            logits = model(tokens[essence])[torch.arange(len(essence), device=device), edit_pos[essence]]
-        reference = torch.zeros(len(tokens), logits.shape[-1], device=device)
-        reference[essence] = torch.log_softmax(logits.float(), -1)
-    acts = {name: cache[name] for name in names}
-    start, target_pos = cache[first], rows.target_pos.to(device)
+    target_pos = rows.target_pos.to(device)
     if not reuse:
-        return UneditedRun(acts, start, reference, edit_pos, target_pos, layer)
-    lengths = rows.lengths.to(device)
-    width, before = int((lengths - edit_pos).max()), int(edit_pos.max())
-    cols = (edit_pos[:, None] + torch.arange(width, device=device)).clamp(max=start.shape[1] - 1)
-    suffix = start.gather(1, cols[..., None].expand(-1, -1, start.shape[-1]))
-    shifted = (target_pos - edit_pos[:, None]).clamp(min=0)
-    if before == 0:  # every edit token is its row's first position: nothing before it to reuse
-        return UneditedRun(acts, suffix, reference, torch.zeros_like(edit_pos), shifted, layer)
+        cache = forward_to_layer(model, tokens, layer + 1, [first, *names], read)
+        reference = _essence_log_probs(model, len(tokens), essence, lambda: model(tokens[essence])[
+            torch.arange(len(essence), device=device), edit_pos[essence]])
+        return UneditedRun({n: cache[n] for n in names}, cache[first], reference, edit_pos, target_pos, layer)
+    before = int(edit_pos.max())
     index = edit_pos[:, None] - before + torch.arange(before, device=device)
     mask = index >= 0
     index = index.clamp(min=0)
-    keys, values = [], []
-    for i in range(layer, n_layers):
-        k, v = cached_keys_values(model, i, cache[hook_name("k", i)], cache[hook_name("v", i)])
-        keys.append(k.gather(1, index[:, :, None, None].expand(-1, -1, *k.shape[2:])))
-        values.append(v.gather(1, index[:, :, None, None].expand(-1, -1, *v.shape[2:])))
-    return UneditedRun(acts, suffix, reference, torch.zeros_like(edit_pos), shifted, layer, (keys, values), mask)
+    kept: dict[str, Tensor] = {}
 
+    def keep_prefix(act, hook):  # [row, pos, head, d_head] -> the positions before each edit token
+        kept[hook.name] = act.gather(1, index[:, :, None, None].expand(-1, -1, *act.shape[2:]))
+
+    def keep_essence(act, hook):
+        kept[last] = act[essence, edit_pos[essence]]
+
+    kv = [(hook_name(site, i), keep_prefix) for i in range(layer, n_layers) for site in ("k", "v")] if before else []
+    cache = forward_to_layer(model, tokens, n_layers, [first, *names], [*read, *kv, (last, keep_essence)])
+    reference = _essence_log_probs(model, len(tokens), essence, lambda: unembed(model, model.ln_final(kept[last])))
+    start = cache[first]
+    width = int((rows.lengths.to(device) - edit_pos).max())
+    cols = (edit_pos[:, None] + torch.arange(width, device=device)).clamp(max=start.shape[1] - 1)
+    suffix = start.gather(1, cols[..., None].expand(-1, -1, start.shape[-1]))
+    run = UneditedRun({n: cache[n] for n in names}, suffix, reference, torch.zeros_like(edit_pos),
+                      (target_pos - edit_pos[:, None]).clamp(min=0), layer)
+    if before:  # else every edit token is its row's first position: nothing before it to reuse
+        pairs = [cached_keys_values(model, i, kept[hook_name("k", i)], kept[hook_name("v", i)]) for i in range(layer, n_layers)]
+        run.prefix_kv, run.prefix_mask = ([k for k, _ in pairs], [v for _, v in pairs]), mask
+    return run
+
+
+def _essence_log_probs(model, n_rows: int, essence: Tensor, logits) -> Tensor:
+    """[row, vocab] unedited next-token log-probs at the essence rows (``logits()`` gives them;
+    zeros elsewhere), or [row, 0] without essence rows."""
+    if not len(essence):
+        return torch.zeros(n_rows, 0, device=model.cfg.device)
+    values = logits()
+    reference = torch.zeros(n_rows, values.shape[-1], device=values.device)
+    reference[essence] = torch.log_softmax(values.float(), -1)
+    return reference
 
 __all__ = ["TargetConfig", "TargetVectors", "UneditedRun", "compute_keys", "context_prefixes", "fill_prefix", "kl_rows", "max_updates",
            "optimise_targets", "prefix_reuse", "prefixes_for", "unedited_run"]
