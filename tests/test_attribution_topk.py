@@ -281,9 +281,16 @@ def test_exact_ties_are_ranked_by_index_as_in_the_full_computation(toy_model):
     order = [(v.layer, v.index) for v in paths_full.value_neurons]
     r = order.index((4, src))
     assert order[r + 1] == (4, dst)
+    d_mlp = model.cfg.d_mlp
     for n_value in (r + 1, r + 2):
         fast = qv_pathways(model, PROMPTS, n_value=n_value, method="exact_top_k")
-        assert [(v.layer, v.index) for v in fast.value_neurons] == order[:n_value]
+        got = [(v.layer, v.index) for v in fast.value_neurons]
+        # the full computation's top n_value, up to neurons whose scores differ by float noise only
+        # (the two methods round differently: (1, 21) and (5, 130) are 1.5e-8 apart on one thread)
+        assert_same_top_k(paths_full.value_scores[1:], [(layer - 1) * d_mlp + i for layer, i in got], n_value,
+                          noise=NOISE * len(PROMPTS))
+        # the exact twins: a cut between them keeps the lower index, as the full computation does
+        assert (4, src) in got and ((4, dst) in got) == (n_value == r + 2)
 
 
 def test_exact_top_k_results_plot_and_refuse_the_diff(toy_model):
