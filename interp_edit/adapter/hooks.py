@@ -378,7 +378,7 @@ def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: 
     :func:`cached_keys_values` gives them), ``residual`` holds only the positions after a prefix
     that is not recomputed; ``prefix_mask`` ([batch, prefix] bool) marks a left-padded prefix's
     real positions, so that each row may have a prefix of its own length (the hooked backend
-    only: :func:`supports_prefix_kv`)."""
+    only: :func:`supports_prefix_kv`; a left-padded one: :func:`supports_padded_prefix_kv`)."""
     from interp_edit.adapter import bridge
 
     if bridge.is_bridge(model):
