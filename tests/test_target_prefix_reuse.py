@@ -111,3 +111,18 @@ def test_no_padded_prefix_where_attention_counts_columns(toy_model):
         assert prefix_reuse(model, None) is False
         with pytest.raises(EditConfigError, match="supports_padded_prefix_kv"):
             prefix_reuse(model, True)
+
+
+def test_the_bridge_refuses_a_key_value_prefix():
+    """The bridge recomputes every position: both partial forwards refuse a given prefix."""
+    from family_models import BRIDGE_FAMILY_NAMES
+
+    from interp_edit.adapter import forward_from_layer, residual_from_layer
+
+    model = family_model(BRIDGE_FAMILY_NAMES[0], backend="bridge")
+    residual = torch.zeros(1, 2, model.cfg.d_model)
+    kv = ([torch.zeros(1, 1, 1, 1)], [torch.zeros(1, 1, 1, 1)])
+    with pytest.raises(ValueError, match="reuses no key/value prefix"):
+        residual_from_layer(model, residual, 0, [], kv)
+    with pytest.raises(ValueError, match="reuses no key/value prefix"):
+        forward_from_layer(model, residual, 0, [], None, kv)

@@ -149,8 +149,7 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
     from interp_edit.adapter import bridge
 
     if bridge.is_bridge(model):
-        if prefix_kv is not None:
-            raise ValueError("the bridge backend reuses no key/value prefix (supports_prefix_kv(model) is False)")
+        _refuse_bridge_prefix(prefix_kv)
         final = bridge.run_from_layer(model, residual, start_layer, hooks)
         if positions is not None:
             final = final[:, positions]
@@ -161,6 +160,12 @@ def forward_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: l
     if positions is not None:
         final = final[:, positions]
     return unembed(model, model.ln_final(final))
+
+
+def _refuse_bridge_prefix(prefix_kv) -> None:
+    """The bridge backend recomputes every position: a key/value prefix given to it is refused."""
+    if prefix_kv is not None:
+        raise ValueError("the bridge backend reuses no key/value prefix (supports_prefix_kv(model) is False)")
 
 
 def _prefix_kv_kwargs(residual: torch.Tensor, prefix_kv, prefix_mask: torch.Tensor | None = None) -> dict[str, Any]:
@@ -382,8 +387,7 @@ def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: 
     from interp_edit.adapter import bridge
 
     if bridge.is_bridge(model):
-        if prefix_kv is not None:
-            raise ValueError("the bridge backend reuses no key/value prefix (supports_prefix_kv(model) is False)")
+        _refuse_bridge_prefix(prefix_kv)
         return bridge.run_from_layer(model, residual, start_layer, hooks)
     kwargs = _prefix_kv_kwargs(residual, prefix_kv, prefix_mask)
     with temporary_hooks(model, hooks):

@@ -526,5 +526,6 @@ def _essence_log_probs(model, n_rows: int, essence: Tensor, logits) -> Tensor:
     reference[essence] = torch.log_softmax(values.float(), -1)
     return reference
 
+
 __all__ = ["TargetConfig", "TargetVectors", "UneditedRun", "compute_keys", "context_prefixes", "fill_prefix", "kl_rows", "max_updates",
            "optimise_targets", "prefix_reuse", "prefixes_for", "unedited_run"]
