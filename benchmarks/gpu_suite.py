@@ -17,6 +17,8 @@ Sections (each prints its own lines, prefixed by its name; a section that fails 
 - ``edit``: ROME at Llama-3-8B shape with its preset, MEMIT of 100 and 1,000 requests and
   AlphaEdit of 100 at GPT-2-XL shape, and sequential editing in batches of 100
   (``bench_edit_speed.measure``);
+- ``layout``: the hooked forward with the attention weights stored in the order it reads them
+  against TransformerLens' contiguous layout, at GPT-2-XL shape (``bench_attention_layout.measure``);
 - ``topk``: exact top-k neuron attribution at GPT-2-XL shape against one forward + backward.
 
 It needs no file outside the repository: the models are randomly initialised on the device,
@@ -130,8 +132,17 @@ def section_edit(device: str, dtype: torch.dtype, dry: bool) -> dict:
     return bench_edit_speed.measure(device=device, dtype=dtype, dry_run=dry)
 
 
+def section_layout(device: str, dtype: torch.dtype, dry: bool) -> dict:
+    """The hooked forward (and forward + backward) with the attention weights in the order it
+    reads them against TransformerLens' contiguous layout, at GPT-2-XL shape."""
+    import bench_attention_layout
+
+    return bench_attention_layout.measure(device=device, dtype=dtype, shape="tiny" if dry else "gpt2-xl", rounds=3)
+
+
 SECTIONS = {
     "load": section_load,
+    "layout": section_layout,
     "trace": section_trace,
     "stats": section_stats,
     "edit": section_edit,

@@ -20,6 +20,8 @@ and read by every analysis and editor.
   unembedding (with the logit soft-cap), persistent hooks;
 - :mod:`~interp_edit.adapter.params` — weights by name, the weights an ``Edit`` may change and
   their hook equivalents, fingerprints;
+- :mod:`~interp_edit.adapter.layout` — attention weights stored in the order the hooked
+  forward reads them (no per-forward weight copies);
 - :mod:`~interp_edit.adapter.export` — ``to_hf`` (GPT-2-shaped models);
 - :mod:`~interp_edit.adapter.tiny` — tiny randomly initialised Hugging Face models of every
   supported family, for tests and benchmarks;
@@ -50,6 +52,7 @@ from interp_edit.adapter.hooks import (
     supports_prefix_kv,
     unembed,
 )
+from interp_edit.adapter.layout import attention_layout_is_read_order, store_attention_as_read
 from interp_edit.adapter.loading import (
     BUILTIN_MODELS,
     CONFIG_FILE,
@@ -91,5 +94,5 @@ __all__ = [
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "forget_fingerprint", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
     "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings",
-    "backend_of", "applied_edit_stack", "weight_checksum",
+    "backend_of", "applied_edit_stack", "weight_checksum", "attention_layout_is_read_order", "store_attention_as_read",
 ]

@@ -117,7 +117,7 @@ def to_hf(model):
         sd[f"{p}.mlp.c_proj.bias"] = block.mlp.b_out
     norm("transformer.ln_f", model.ln_final)
     sd["transformer.ln_f.bias"], sd["lm_head.weight"] = final
-    sd = {k: v.detach().clone().float().cpu() for k, v in sd.items()}
+    sd = {k: v.detach().float().cpu().clone(memory_format=torch.contiguous_format) for k, v in sd.items()}
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]
     if missing or unexpected:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from interp_edit.adapter import bridge, config_fields, equivalence, families, streaming
+from interp_edit.adapter import bridge, config_fields, equivalence, families, layout, streaming
 from interp_edit.adapter.architecture import check_supported
 from interp_edit.errors import (
     CheckpointError,
@@ -73,7 +73,7 @@ def build_hooked_transformer(config: dict[str, Any], tokenizer=None, *, init_wei
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(**{**config, "init_weights": init_weights})
-    return HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    return _laid_out(HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right"))
 
 
 def load_model(
@@ -441,9 +441,9 @@ def _load_hub(name, device, dtype, tokenizer, processing, kwargs):
 
     if _official_model_name(name) is None:
         raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}")
-    return HookedTransformer.from_pretrained(
+    return _laid_out(HookedTransformer.from_pretrained(
         name, device=device, dtype=dtype, tokenizer=tokenizer, **processing, **kwargs
-    )
+    ))
 
 
 def _hooked_converts(hf_model) -> bool:
@@ -598,7 +598,7 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags, *, folder=No
     processing = _local_processing(flags, cfg)
     if streamed:
         try:
-            return streaming.stream_hooked(hf_model, cfg, tokenizer, processing, device, dtype, folder=folder)
+            return _laid_out(streaming.stream_hooked(hf_model, cfg, tokenizer, processing, device, dtype, folder=folder))
         except streaming.CannotStream:
             cfg = config()
     if folder is not None:
@@ -609,6 +609,13 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags, *, folder=No
     model.load_and_process_state_dict(state_dict, **processing)
     model.move_model_modules_to_device()
     model.eval()
+    return _laid_out(model)
+
+
+def _laid_out(model):
+    """Every hooked load ends here: attention weights stored in the order the forward reads them
+    (:mod:`~interp_edit.adapter.layout`)."""
+    layout.store_attention_as_read(model)
     return model
 
 
@@ -692,6 +699,7 @@ def load_checkpoint(
         fold_value_biases=fold_value_biases,
     )
     model.eval()
+    _laid_out(model)
     #: the checkpoint's config (e.g. a toy world's ``world`` section: see interp_edit.toyworld.model_world)
     model.checkpoint_config = meta
     return model

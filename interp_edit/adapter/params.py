@@ -102,10 +102,10 @@ def get_parameter(model, name: str) -> torch.nn.Parameter:
     changes change the model)."""
     if bridge.is_bridge(model):
         return bridge.parameter(model, name)
-    params = dict(model.named_parameters())
-    if name not in params:
-        raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')")
-    return params[name]
+    try:
+        return model.get_parameter(name)  # a walk down the name, not a listing of every parameter
+    except AttributeError:
+        raise KeyError(f"model has no parameter {name!r} (e.g. 'blocks.0.mlp.W_out', 'blocks.0.attn.W_O')") from None
 
 
 def has_parameter(model, name: str) -> bool:
