@@ -4,8 +4,10 @@ HookedTransformer keeps ``W_Q`` / ``W_K`` / ``W_V`` as [head, d_model, d_head] a
 [head, d_head, d_model], and on every forward rearranges each into the matrix ``F.linear``
 takes: [(head d_head), d_model] for the first three, [d_model, (head d_head)] for ``W_O``
 (``.contiguous()``). Stored contiguously in their own shape, that rearrangement copies the four
-weights of every layer on every forward (and the copies are kept for the backward): at GPT-2
-small shape, a fifth of a short forward's time on the CPU.
+weights of every layer on every forward (and the copies are kept for the backward). At GPT-2
+small shape on the CPU (one thread, one row of 7 tokens) the copies made a forward 1.23× and a
+forward + backward 1.21× slower; with 32 rows of 24 tokens the matmuls hide them
+(``benchmarks/bench_attention_layout.py``).
 
 :func:`store_attention_as_read` keeps every shape, value and ``Parameter`` object and changes
 only the strides: the data is laid out in the rearranged order, so the forward's rearrangement
@@ -15,6 +17,7 @@ index, in place or not, works on either layout; ``param.data.view(weight_matrix_
 of ``W_O`` stays a view (an edit of ``W_O`` changes the model). Only the hooked backend's
 loaders apply it (the bridge runs the Hugging Face modules, which read their own layout).
 
+>>> from interp_edit.adapter import attention_layout_is_read_order, load_model
 >>> model = load_model("toyworld")                   # hooked loads come laid out
 >>> attention_layout_is_read_order(model)
 True
@@ -55,7 +58,13 @@ def _attention_params(model):
 def store_attention_as_read(model) -> None:
     """Re-stride the attention weights of a HookedTransformer in place (one weight's copy at a
     time; the same ``Parameter`` objects, shapes and values). A model without such weights (the
-    bridge, a 4-bit model) is left as it is."""
+    bridge, a 4-bit model) is left as it is.
+
+    >>> model = HookedTransformer(cfg)                    # built by hand: TransformerLens' layout
+    >>> store_attention_as_read(model)                    # what load_model does
+    >>> attention_layout_is_read_order(model)
+    True
+    """
     for param, order in _attention_params(model):
         if param.device.type == "meta":
             continue
@@ -64,7 +73,11 @@ def store_attention_as_read(model) -> None:
 
 def attention_layout_is_read_order(model) -> bool:
     """Whether every attention weight the forward rearranges is stored in the rearranged order
-    (so the rearrangement copies nothing)."""
+    (so the rearrangement copies nothing).
+
+    >>> attention_layout_is_read_order(load_model("toyworld"))
+    True
+    """
     return all(param.permute(order).is_contiguous() for param, order in _attention_params(model))
 
 
