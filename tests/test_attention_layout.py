@@ -14,7 +14,7 @@ from family_models import BACKEND, FAMILY_NAMES, family_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from interp_edit.adapter import attention_layout_is_read_order, model_fingerprint, store_attention_as_read
-from interp_edit.adapter.layout import READ_ORDER
+from interp_edit.adapter.layout import READ_ORDER, as_stored
 
 pytestmark = pytest.mark.skipif(BACKEND != "hooked", reason="the hooked backend's HookedTransformer weights")
 
@@ -87,8 +87,36 @@ def test_relayout_keeps_parameters_shapes_and_values(toy_model):
     for b, n, p in _attention_weights(plain):
         same, values = before[(b, n)]
         assert p is same and p.shape == values.shape and torch.equal(p, values)
-    store_attention_as_read(plain)  # twice: still laid out, still the same values
+    ptrs = [p.data_ptr() for _, _, p in _attention_weights(plain)]
+    store_attention_as_read(plain)  # twice: nothing copied, still the same values
+    assert [p.data_ptr() for _, _, p in _attention_weights(plain)] == ptrs
     assert all(torch.equal(p, before[(b, n)][1]) for b, n, p in _attention_weights(plain))
+
+
+def test_as_stored_lays_out_attention_weights_and_leaves_others_contiguous():
+    w = torch.randn(4, 32, 8)
+    for name, order in (("blocks.2.attn.W_Q", (0, 2, 1)), ("blocks.2.attn._W_V", (0, 2, 1)), ("blocks.2.attn.W_O", (2, 0, 1))):
+        out = as_stored(name, w)
+        assert torch.equal(out, w) and out.permute(order).is_contiguous() and not out.is_contiguous()
+        assert as_stored(name, out).data_ptr() == out.data_ptr()  # already laid out: no copy
+    for name in ("blocks.2.mlp.W_in", "W_Q", "blocks.2.attn.b_Q"):
+        out = as_stored(name, w.transpose(0, 1))
+        assert out.is_contiguous() and torch.equal(out, w.transpose(0, 1))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_streamed_folder_load_is_laid_out(family, tmp_path):
+    from family_models import family_hf, toy_tokenizer
+
+    from interp_edit import load_model
+
+    family_hf(family).save_pretrained(tmp_path)
+    toy_tokenizer().save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), backend="hooked")
+    assert attention_layout_is_read_order(model)
+    with torch.no_grad():
+        tokens = model.to_tokens("The capital of France is")
+        assert torch.equal(model(tokens), family_model(family)(tokens))
 
 
 def test_dtype_and_device_moves_keep_the_layout(toy_model):

@@ -47,6 +47,10 @@ def _reference(hf, family, dtype):
 
 
 def _assert_same_model(got, ref):
+    from interp_edit.adapter import attention_layout_is_read_order
+
+    # the attention weights written in the order the forward reads them, with no second pass
+    assert attention_layout_is_read_order(got)
     a, b = got.state_dict(), ref.state_dict()
     assert sorted(a) == sorted(b)
     for key in b:

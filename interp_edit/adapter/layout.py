@@ -43,6 +43,23 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(range(len(order)), key=order.__getitem__))
 
 
+def as_stored(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` laid out as the HookedTransformer parameter ``name`` (e.g.
+    ``"blocks.3.attn.W_Q"``) is stored: an attention weight in read order, any other parameter
+    contiguous (a copy only where its memory is in another order). What the layer-by-layer
+    loader uses, so that no second pass re-lays the weights out.
+
+    >>> w = torch.zeros(4, 32, 8)                                # [head, d_model, d_head]
+    >>> as_stored("blocks.0.attn.W_Q", w).stride(), as_stored("blocks.0.mlp.W_in", w).stride()
+    ((256, 1, 32), (256, 8, 1))
+    """
+    owner, _, leaf = name.rpartition(".")
+    order = READ_ORDER.get(leaf)
+    if order is None or not owner.endswith("attn") or tensor.dim() != 3:
+        return tensor.contiguous()
+    return tensor.permute(order).contiguous().permute(_inverse(order))
+
+
 def _attention_params(model):
     for block in getattr(model, "blocks", ()):
         attn = getattr(block, "attn", None)
@@ -66,9 +83,8 @@ def store_attention_as_read(model) -> None:
     True
     """
     for param, order in _attention_params(model):
-        if param.device.type == "meta":
-            continue
-        param.data = param.data.permute(order).contiguous().permute(_inverse(order))
+        if param.device.type != "meta" and not param.permute(order).is_contiguous():
+            param.data = param.data.permute(order).contiguous().permute(_inverse(order))
 
 
 def attention_layout_is_read_order(model) -> bool:
@@ -81,4 +97,4 @@ def attention_layout_is_read_order(model) -> bool:
     return all(param.permute(order).is_contiguous() for param, order in _attention_params(model))
 
 
-__all__ = ["READ_ORDER", "attention_layout_is_read_order", "store_attention_as_read"]
+__all__ = ["READ_ORDER", "attention_layout_is_read_order", "as_stored", "store_attention_as_read"]

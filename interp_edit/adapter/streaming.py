@@ -48,6 +48,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from interp_edit.adapter import layout
+
 
 class CannotStream(Exception):
     """This model cannot be converted layer by layer (the loader converts it whole instead)."""
@@ -277,7 +279,8 @@ class _Target:
         meta = self.params[key]
         if tuple(value.shape) != tuple(meta.shape):
             raise CannotStream(f"{key}: converted shape {tuple(value.shape)}, model shape {tuple(meta.shape)}")
-        out = value.detach().to(device=self.device, dtype=self.dtype).contiguous()
+        # attention weights straight into the order the forward reads them (interp_edit.adapter.layout)
+        out = layout.as_stored(key, value.detach().to(device=self.device, dtype=self.dtype))
         if out.untyped_storage().data_ptr() in source_storages:  # never share memory with the source
             out = out.clone()
         owner, _, leaf = key.rpartition(".")
