@@ -14,6 +14,7 @@ and the value, never a ``TypeError`` deep inside. The rules:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -149,12 +150,19 @@ def _describe(annotation: Any) -> str:
     return "a finite float" if annotation is float else text.removeprefix("<class '").removesuffix("'>")
 
 
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field annotations (a class's annotations do not change, and
+    resolving them compiles every string annotation anew: most of a config check's time)."""
+    return typing.get_type_hints(cls)
+
+
 def check_fields(instance, error: type[Exception], *, in_place: bool = False):
     """A dataclass instance whose every field has its annotated type (lists given for tuple
     fields are turned into tuples; floats must be finite); else ``error`` naming the field, the
     value and the expected type. Returns the (possibly converted) instance; ``in_place`` (for
     ``__post_init__``) converts the instance itself, frozen or not."""
-    hints = typing.get_type_hints(type(instance))
+    hints = _field_hints(type(instance))
     changes = {}
     for f in dataclasses.fields(instance):
         if not f.init or f.name not in hints:

@@ -2,13 +2,16 @@
 the hashed tensors are unchanged (and hashed again when they change, however they change), and
 the unedited model's context prefixes are sampled once per settings (as the authors' code keeps its
 context templates), kept in the statistics store and dropped by ``clear_statistics_cache``; an
-edited model's are sampled again, as before; temporary hooks remove only their own."""
+edited model's are sampled again, as before; temporary hooks remove only their own; the residual
+entering a layer is read without running that layer; a config class's annotations are resolved
+once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
+import pytest
 import torch
 
 import interp_edit.editing.targets as targets
@@ -169,3 +172,41 @@ def test_temporary_hooks_remove_only_their_own(toy_model, monkeypatch):
         plain = toy_model(tokens)
         assert seen == ["user"]
     assert not torch.allclose(zeroed, plain)  # the hook ran (and changed the output) while it was on
+
+
+def test_the_residual_entering_a_layer_is_read_without_running_that_layer(toy_model):
+    from interp_edit.adapter import residual_at_layer
+    from interp_edit.adapter.bridge import is_bridge
+
+    tokens = torch.tensor([[toy_model.tokenizer.bos_token_id, 5, 6, 7, 8]])
+    seen: dict[str, torch.Tensor] = {}
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(toy_model.cfg.n_layers)]
+    toy_model.run_with_hooks(tokens, fwd_hooks=[(n, lambda act, hook: seen.__setitem__(hook.name, act.clone()))
+                                                for n in names])
+    for layer in range(toy_model.cfg.n_layers):
+        ran = []
+        with toy_model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda act, hook: ran.append(1))]):
+            got = residual_at_layer(toy_model, tokens, layer)
+        assert torch.equal(got, seen[f"blocks.{layer}.hook_resid_pre"]) and not got.requires_grad, layer
+        if not is_bridge(toy_model):
+            assert ran == [], f"block {layer} was run"
+    # a hook on the point itself changes what the layer receives: it is read after that hook
+    with toy_model.hooks(fwd_hooks=[("blocks.2.hook_resid_pre", lambda act, hook: act * 2)]):
+        doubled = residual_at_layer(toy_model, tokens, 2)
+    assert torch.equal(doubled, seen["blocks.2.hook_resid_pre"] * 2)
+
+
+def test_a_config_class_annotations_are_resolved_once(toy_model, monkeypatch):
+    import typing
+
+    from interp_edit.editing.methods.finetune import FTConfig
+    from interp_edit.errors import EditConfigError
+
+    FTConfig.for_model(toy_model, steps=3)
+    calls = []
+    real = typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints", lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = FTConfig.for_model(toy_model, steps=4, lr=0.5)
+    assert calls == [] and cfg.steps == 4 and cfg.lr == 0.5
+    with pytest.raises(EditConfigError, match="steps"):  # still checked
+        FTConfig.for_model(toy_model, steps="4")

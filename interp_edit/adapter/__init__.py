@@ -44,6 +44,7 @@ from interp_edit.adapter.hooks import (
     hook_counts,
     hook_name,
     remove_persistent_hook,
+    residual_at_layer,
     residual_from_layer,
     run_with_cache,
     run_with_hooks,
@@ -88,7 +89,7 @@ from interp_edit.adapter.params import (
 __all__ = [
     "LoadCheck",
     "load_check",
-    "Architecture", "architecture", "to_hf", "add_persistent_hook", "cached_keys_values", "forward_from_layer", "forward_to_layer",
+    "Architecture", "architecture", "to_hf", "add_persistent_hook", "cached_keys_values", "forward_from_layer", "forward_to_layer", "residual_at_layer",
     "hook_counts", "hook_name", "remove_persistent_hook", "residual_from_layer", "run_with_cache", "run_with_hooks", "sublayer_output_hooks",
     "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "forget_fingerprint", "frozen_parameters",

@@ -372,6 +372,23 @@ def forward_to_layer(model, tokens: torch.Tensor, stop_layer: int, names: list[s
     return cache
 
 
+def residual_at_layer(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """The residual stream entering block ``layer`` (what its ``hook_resid_pre`` sees, after the
+    model's own hooks), detached, from a forward that runs only the blocks before it.
+
+    >>> start = residual_at_layer(model, tokens, 3)      # [batch, pos, d_model]
+    >>> final = residual_from_layer(model, start, 3)     # the rest of the forward
+    """
+    from interp_edit.adapter import bridge
+
+    name = hook_name("resid_pre", layer)
+    if bridge.is_bridge(model) or model.hook_dict[name].fwd_hooks:
+        # the bridge's partial forward, or a hook on the point itself: read it where it fires
+        return forward_to_layer(model, tokens, layer + 1, [name])[name]
+    with torch.no_grad():
+        return model(tokens, stop_at_layer=layer)
+
+
 def residual_from_layer(model, residual: torch.Tensor, start_layer: int, hooks: list[tuple[str, Any]] = (),
                         prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
                         prefix_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -59,12 +59,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import (
-    forward_to_layer,
     frozen_parameters,
     get_parameter,
     hook_name,
     layer_weight,
     model_fingerprint,
+    residual_at_layer,
     residual_from_layer,
     sublayer_output_hooks,
     unembed,
@@ -279,8 +279,7 @@ def _optimise(model, request: TokenizedRequest, neurons: list[tuple[int, int]], 
     rows_of = {layer: torch.tensor([n for lay, n in neurons if lay == layer], device=device) for layer in layers}
     start_layer = layers[0]
     with torch.no_grad():
-        start_name = hook_name("resid_pre", start_layer)
-        start = forward_to_layer(model, tokens, start_layer + 1, [start_name])[start_name]
+        start = residual_at_layer(model, tokens, start_layer)
         reference = torch.log_softmax(model(tokens, return_type="logits").float(), -1)  # [row, pos, vocab]
     delta = torch.zeros(len(neurons), model.cfg.d_model, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=cfg.lr)

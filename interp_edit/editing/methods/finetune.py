@@ -15,11 +15,11 @@ from types import MappingProxyType
 import torch
 
 from interp_edit.adapter import (
-    forward_to_layer,
     frozen_parameters,
     get_parameter,
     hook_name,
     model_fingerprint,
+    residual_at_layer,
     residual_from_layer,
     sublayer_output_hooks,
     unembed,
@@ -89,7 +89,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
     ids = torch.tensor([[r.target_ids[min(i, len(r.target_ids) - 1)] for i in range(width)] for r in treqs], device=device)
     mask = torch.tensor([[float(i < len(r.target_ids)) for i in range(width)] for r in treqs], device=device)
     rows = torch.arange(len(treqs), device=device)[:, None]
-    start = forward_to_layer(model, tokens, cfg.layer + 1, [hook_name("resid_pre", cfg.layer)])[hook_name("resid_pre", cfg.layer)]
+    start = residual_at_layer(model, tokens, cfg.layer)
     weight = get_parameter(model, w_out_name(cfg.layer))
     # optimised in float32 (Adam on a half-precision tensor underflows): see interp_edit.precision
     change = torch.zeros(weight.shape, dtype=OPTIMISE_DTYPE, device=weight.device, requires_grad=True)
