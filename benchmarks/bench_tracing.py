@@ -79,8 +79,10 @@ def _timed(fn, repeats: int, device: str, warmup: bool):
 
 
 def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, loop: bool = True, *,
-          device: str = "cpu", merge: str = "auto", report=None) -> tuple[float, object]:
-    """Time the trace (and the baselines); print ``key=value`` lines and put them in ``report``."""
+          device: str = "cpu", merge: str = "auto", report=None, extra_merges=()) -> tuple[float, object]:
+    """Time the trace (and the baselines); print ``key=value`` lines and put them in ``report``.
+    ``extra_merges``: other merge modes timed on the same trace (``trace_<mode>_s``, and
+    ``trace_<mode>_max_abs_diff``, which is 0 where the modes agree), to compare the plans."""
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
 
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
@@ -99,6 +101,11 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, lo
     t_fast, fast = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples, merge=merge),
                           repeats, device, warm)
     put("trace_s", t_fast, ".3f")
+    for other in extra_merges:
+        t_other, alt = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
+                                                   merge=other), repeats, device, warm)
+        put(f"trace_{other}_s", t_other, ".3f")
+        put(f"trace_{other}_max_abs_diff", (alt.scores - fast.scores).abs().max().item(), ".2e")
     if loop:
         t_loop, slow = _timed(lambda: causal_trace_loop(model, PROMPT, SUBJECT, target, window=10, samples=samples),
                               max(1, repeats // 2), device, False)
@@ -135,12 +142,14 @@ def device_model(name: str, tokenizer, device: str, dtype: torch.dtype):
 
 
 def measure(device: str = "cuda", dtype: str = "bfloat16", models=("gpt2small", "gpt2xl"), *, samples: int = 10,
-            repeats: int = 3, tl_models=("gpt2small",), loop_models=("gpt2small",), merge: str = "auto") -> dict:
+            repeats: int = 3, tl_models=("gpt2small",), loop_models=("gpt2small",), merge: str = "auto",
+            extra_merges=()) -> dict:
     """Trace times and ratios on ``device``: ``{model}.trace_s`` (full hidden + MLP + attention
     trace, window 10), ``{model}.loop_s`` / ``trace_speedup_vs_loop`` (for ``loop_models``),
     ``{model}.trace_window1_s`` / ``tl_patching_s`` / ``trace_speedup_vs_tl_patching`` (for
     ``tl_models``: the same single-site restorations, the same noise and samples on both
-    sides), and the largest score differences to each baseline. Prints ``key=value`` lines."""
+    sides), and the largest score differences to each baseline; ``{model}.trace_<mode>_s`` for
+    each of ``extra_merges``. Prints ``key=value`` lines."""
     from interp_edit import load_model
 
     models = models.split(",") if isinstance(models, str) else list(models)
@@ -151,7 +160,7 @@ def measure(device: str = "cuda", dtype: str = "bfloat16", models=("gpt2small", 
         model = device_model(name, tokenizer, device, torch_dtype)
         with torch.no_grad():
             bench(name, model, repeats, samples, name in tl_models, name in loop_models, device=device, merge=merge,
-                  report=report)
+                  report=report, extra_merges=extra_merges)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()

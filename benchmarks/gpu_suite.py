@@ -104,14 +104,16 @@ def section_load(device: str, dtype: torch.dtype, dry: bool) -> dict:
 
 def section_trace(device: str, dtype: torch.dtype, dry: bool) -> dict:
     """A full causal trace (hidden + MLP + attention, window 10, 10 samples) at GPT-2-small and
-    GPT-2-XL shape, and TransformerLens' patching over the same rows at GPT-2-small shape."""
+    GPT-2-XL shape, and TransformerLens' patching over the same rows at GPT-2-small shape; the
+    same trace with ``merge="all"`` (cut only at the size limits) next to the default plan, to
+    check the planner's cost of one more forward (``forward_overhead_row_layers``) on this GPU."""
     import bench_tracing
 
     if dry:
         return bench_tracing.measure(device=device, dtype=dtype, models=("tiny",), samples=2, repeats=1,
-                                     tl_models=("tiny",), loop_models=("tiny",))
+                                     tl_models=("tiny",), loop_models=("tiny",), extra_merges=("all",))
     return bench_tracing.measure(device=device, dtype=dtype, models=("gpt2small", "gpt2xl"), samples=10, repeats=3,
-                                 tl_models=("gpt2small",), loop_models=())
+                                 tl_models=("gpt2small",), loop_models=(), extra_merges=("all",))
 
 
 def section_stats(device: str, dtype: torch.dtype, dry: bool) -> dict:
