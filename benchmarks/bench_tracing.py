@@ -102,7 +102,7 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, lo
                           repeats, device, warm)
     put("trace_s", t_fast, ".3f")
     for other in extra_merges:
-        t_other, alt = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
+        t_other, alt = _timed(lambda other=other: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
                                                    merge=other), repeats, device, warm)
         put(f"trace_{other}_s", t_other, ".3f")
         put(f"trace_{other}_max_abs_diff", (alt.scores - fast.scores).abs().max().item(), ".2e")

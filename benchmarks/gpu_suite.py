@@ -2,29 +2,31 @@
 
     python benchmarks/gpu_suite.py                 # on a CUDA machine: the published shapes, bf16
     python benchmarks/gpu_suite.py --dry-run       # anywhere: tiny shapes on the CPU, to check the script
-    python benchmarks/gpu_suite.py --only trace,rome --budget-s 300
+    python benchmarks/gpu_suite.py --only trace,edit --start-by-s 480
 
 Sections (each prints its own lines, prefixed by its name; a section that fails prints
 ``<section>.error=...`` and the suite goes on):
 
-- ``load``: peak GPU memory above the start of ``load_model`` (hooked and bridge, from a folder
-  and from a Hugging Face object) over the weights' bytes, at Llama-3-8B shape
-  (``bench_load_memory.measure``);
 - ``trace``: a full causal trace (hidden + MLP + attention, window 10, 10 samples, 12 tokens) at
   GPT-2-small and GPT-2-XL shape, and TransformerLens' patching over the same rows at GPT-2-small
   shape (``bench_tracing.measure``);
-- ``stats``: key-statistics collection against a plain forward's throughput (``bench_stats.measure``);
 - ``edit``: ROME at Llama-3-8B shape with its preset, MEMIT of 100 and 1,000 requests and
   AlphaEdit of 100 at GPT-2-XL shape, and sequential editing in batches of 100
   (``bench_edit_speed.measure``);
+- ``load``: peak GPU memory above the start of ``load_model`` (hooked and bridge, from a folder
+  and from a Hugging Face object) over the weights' bytes, at Llama-3-8B shape
+  (``bench_load_memory.measure``);
+- ``stats``: key-statistics collection against a plain forward's throughput (``bench_stats.measure``);
 - ``layout``: the hooked forward with the attention weights stored in the order it reads them
   against TransformerLens' contiguous layout, at GPT-2-XL shape (``bench_attention_layout.measure``);
 - ``topk``: exact top-k neuron attribution at GPT-2-XL shape against one forward + backward.
 
 It needs no file outside the repository: the models are randomly initialised on the device,
 the tokenizer is the toy world's. On a machine without a package registry, carry
-TransformerLens and what it imports as wheels (DEVELOPMENT.md says how). Each section keeps
-within its share of ``--budget-s`` by the sizes it picks, not by stopping mid-way.
+TransformerLens and what it imports as wheels (DEVELOPMENT.md says how). The sections run in
+the order above, the issue's targets first; ``--start-by-s`` skips (``<section>.skipped=1``) a
+section not started that many seconds into the run, so a run under a time limit ends with its
+summary line rather than being cut mid-section.
 """
 
 from __future__ import annotations
@@ -143,11 +145,11 @@ def section_layout(device: str, dtype: torch.dtype, dry: bool) -> dict:
 
 
 SECTIONS = {
-    "load": section_load,
-    "layout": section_layout,
     "trace": section_trace,
-    "stats": section_stats,
     "edit": section_edit,
+    "load": section_load,
+    "stats": section_stats,
+    "layout": section_layout,
     "topk": section_topk,
 }
 
@@ -172,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (checks the script; default: off)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated (default: all: {','.join(SECTIONS)})")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="model dtype (default: bfloat16)")
+    parser.add_argument("--start-by-s", type=float, default=None,
+                        help="skip the sections not started this many seconds into the run (default: run every section)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.only.split(",") if s not in SECTIONS]
     if unknown:
@@ -183,6 +187,9 @@ def main(argv=None) -> int:
     failed = 0
     for name in args.only.split(","):
         t0 = time.perf_counter()
+        if args.start_by_s is not None and t0 - start > args.start_by_s:
+            emit(name, {"skipped": 1})
+            continue
         try:
             emit(name, SECTIONS[name](device, dtype, args.dry_run))
         except Exception as err:  # one section's failure must not cost the others' figures

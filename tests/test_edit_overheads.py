@@ -185,7 +185,7 @@ def test_the_residual_entering_a_layer_is_read_without_running_that_layer(toy_mo
                                                 for n in names])
     for layer in range(toy_model.cfg.n_layers):
         ran = []
-        with toy_model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda act, hook: ran.append(1))]):
+        with toy_model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", lambda act, hook, ran=ran: ran.append(1))]):
             got = residual_at_layer(toy_model, tokens, layer)
         assert torch.equal(got, seen[f"blocks.{layer}.hook_resid_pre"]) and not got.requires_grad, layer
         if not is_bridge(toy_model):
