@@ -181,7 +181,7 @@ def test_the_residual_entering_a_layer_is_read_without_running_that_layer(toy_mo
     tokens = torch.tensor([[toy_model.tokenizer.bos_token_id, 5, 6, 7, 8]])
     seen: dict[str, torch.Tensor] = {}
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(toy_model.cfg.n_layers)]
-    toy_model.run_with_hooks(tokens, fwd_hooks=[(n, lambda act, hook: seen.__setitem__(hook.name, act.clone()))
+    toy_model.run_with_hooks(tokens, fwd_hooks=[(n, lambda act, hook, n=n: seen.__setitem__(n, act.clone()))
                                                 for n in names])
     for layer in range(toy_model.cfg.n_layers):
         ran = []
