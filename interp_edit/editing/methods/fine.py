@@ -64,8 +64,8 @@ from interp_edit.adapter import (
     hook_name,
     layer_weight,
     model_fingerprint,
-    residual_at_layer,
     residual_from_layer,
+    run_with_cache,
     sublayer_output_hooks,
     unembed,
 )
@@ -279,8 +279,11 @@ def _optimise(model, request: TokenizedRequest, neurons: list[tuple[int, int]], 
     rows_of = {layer: torch.tensor([n for lay, n in neurons if lay == layer], device=device) for layer in layers}
     start_layer = layers[0]
     with torch.no_grad():
-        start = residual_at_layer(model, tokens, start_layer)
-        reference = torch.log_softmax(model(tokens, return_type="logits").float(), -1)  # [row, pos, vocab]
+        # one forward gives both the unedited distribution and the residual entering start_layer
+        start_name = hook_name("resid_pre", start_layer)
+        logits, cache = run_with_cache(model, tokens, [start_name])
+        start = cache[start_name]
+        reference = torch.log_softmax(logits.float(), -1)  # [row, pos, vocab]
     delta = torch.zeros(len(neurons), model.cfg.d_model, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=cfg.lr)
     stop_nll = -math.log(cfg.early_stop_prob)
