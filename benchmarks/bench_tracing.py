@@ -24,7 +24,7 @@ prints ``{model}.bridge_vs_hooked_trace_time`` and the largest score difference 
 after one warm-up call (CUDA initialisation and kernel selection are not counted); the plain
 loop is skipped for ``gpt2xl`` (1,440 forwards). :func:`measure` returns the same numbers as a
 dict (for ``benchmarks/gpu_suite.py``).
-Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small,gpt2xl] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop] [--device cpu|cuda] [--dtype float32|bfloat16] [--merge auto|by_layer|all]``.
+Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small,gpt2xl] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop] [--device cpu|cuda] [--dtype float32|bfloat16] [--merge auto|by_layer|layers|all] [--count-ops]``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from common import gpt2_small_random, median_time, random_gpt2  # noqa: E402
+from common import aten_op_count, gpt2_small_random, median_time, random_gpt2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -79,10 +79,12 @@ def _timed(fn, repeats: int, device: str, warmup: bool):
 
 
 def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, loop: bool = True, *,
-          device: str = "cpu", merge: str = "auto", report=None, extra_merges=()) -> tuple[float, object]:
+          device: str = "cpu", merge: str = "auto", report=None, extra_merges=(), count_ops: bool = False) -> tuple[float, object]:
     """Time the trace (and the baselines); print ``key=value`` lines and put them in ``report``.
     ``extra_merges``: other merge modes timed on the same trace (``trace_<mode>_s``, and
-    ``trace_<mode>_max_abs_diff``, which is 0 where the modes agree), to compare the plans."""
+    ``trace_<mode>_max_abs_diff``, which is 0 where the modes agree), to compare the plans.
+    ``count_ops``: also ``trace_aten_ops``, the aten operations one trace dispatches (on a GPU,
+    about its kernel launches)."""
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
 
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
@@ -101,6 +103,9 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, lo
     t_fast, fast = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples, merge=merge),
                           repeats, device, warm)
     put("trace_s", t_fast, ".3f")
+    if count_ops:
+        put("trace_aten_ops", aten_op_count(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
+                                                                 merge=merge)), "d")
     for other in extra_merges:
         t_other, alt = _timed(lambda other=other: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
                                                    merge=other), repeats, device, warm)
@@ -178,7 +183,8 @@ def main() -> None:
     parser.add_argument("--no-loop", action="store_true", help="skip the plain-loop comparison")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (models built on the device: gpt2small, gpt2xl)")
     parser.add_argument("--dtype", default="float32", help="the models' dtype on --device cuda, e.g. bfloat16")
-    parser.add_argument("--merge", default="auto", choices=("auto", "by_layer", "all"), help="the engine's merge mode")
+    parser.add_argument("--merge", default="auto", choices=("auto", "by_layer", "all", "layers"), help="the engine's merge mode")
+    parser.add_argument("--count-ops", action="store_true", help="also count the aten operations of one trace")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device != "cpu":
@@ -199,7 +205,7 @@ def main() -> None:
             model = _model(name, backend, args.backend == "hooked", toy, tokenizer)
             with torch.no_grad():
                 results[backend] = bench(label, model, args.repeats, args.samples, not args.no_tl and backend == "hooked",
-                                         not args.no_loop, merge=args.merge)
+                                         not args.no_loop, merge=args.merge, count_ops=args.count_ops)
             del model
         if len(results) == 2:
             (t_h, r_h), (t_b, r_b) = results["hooked"], results["bridge"]

@@ -82,3 +82,22 @@ class PeakRSS:
         self.peak = self._status("VmHWM")
         self.extra = self.peak - self.start
         return False
+
+
+def aten_op_count(fn) -> int:
+    """The number of aten operations ``fn()`` dispatches (a ``TorchDispatchMode`` counter): on a
+    GPU about the kernels it launches, the cost that bounds a forward of few tokens there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as counter:
+        fn()
+    return counter.n

@@ -158,7 +158,8 @@ def test_lifelong_statistics_carry_over_two_sequential_calls(tiny_model, person_
     ref1 = _reference_batch(tiny_model, first, layers, "ans", tuple_size, lr, running)
     stat = state.stats[(64, 32)]
     assert state.n_batches == 1 and state.n_requests == 4 and stat.n == running.n
-    assert torch.allclose(stat.mean, running.mean, rtol=1e-6, atol=1e-9)
+    # float32 gradients (the backward may sum its branches in another order): atol at their resolution
+    assert torch.allclose(stat.mean, running.mean, rtol=1e-6, atol=1e-7)
     with e1.applied(tiny_model):  # the next batch is read on the edited model
         e2 = ultraedit(tiny_model, second, layers=layers, lr=lr, tuple_size=tuple_size, state=state)
         ref2 = _reference_batch(tiny_model, second, layers, "ans", tuple_size, lr, running)
@@ -167,8 +168,8 @@ def test_lifelong_statistics_carry_over_two_sequential_calls(tiny_model, person_
     stat = state.stats[(64, 32)]
     assert state.n_batches == 2 and state.n_requests == 8
     assert stat.n == running.n == 2 * (e1.info["rows"] + e2.info["rows"])
-    assert torch.allclose(stat.mean, running.mean, rtol=1e-6, atol=1e-9)
-    assert torch.allclose(stat.var, running.var, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(stat.mean, running.mean, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(stat.var, running.var, rtol=1e-6, atol=1e-7)
     assert e2.info["batches_before"] == 1 and e2.info["requests_before"] == 4
     for layer in layers:
         name = W_OUT.format(layer)

@@ -20,6 +20,9 @@ and read by every analysis and editor.
   unembedding (with the logit soft-cap), persistent hooks;
 - :mod:`~interp_edit.adapter.params` — weights by name, the weights an ``Edit`` may change and
   their hook equivalents, fingerprints;
+- :mod:`~interp_edit.adapter.shared_norm` — ``shared_first_norm``: a block's first norm computed
+  once for its queries, keys and values (TransformerLens computes it three times), inside every
+  forward the adapter runs;
 - :mod:`~interp_edit.adapter.layout` — attention weights stored in the order the hooked
   forward reads them (no per-forward weight copies);
 - :mod:`~interp_edit.adapter.export` — ``to_hf`` (GPT-2-shaped models);
@@ -85,6 +88,7 @@ from interp_edit.adapter.params import (
     weight_checksum,
     weight_matrix_shape,
 )
+from interp_edit.adapter.shared_norm import shared_first_norm
 
 __all__ = [
     "LoadCheck",
@@ -96,4 +100,5 @@ __all__ = [
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
     "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings",
     "backend_of", "applied_edit_stack", "weight_checksum", "attention_layout_is_read_order", "store_attention_as_read",
+    "shared_first_norm",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from interp_edit.adapter.shared_norm import shared_first_norm
+
 # --- hook points -------------------------------------------------------------------------
 #: Activation sites by the names interp_edit uses, and their TransformerLens hook names.
 _SITE_HOOKS = {
@@ -113,7 +115,7 @@ def temporary_hooks(model, fwd_hooks) -> Iterator[Any]:
     fwd_hooks = list(fwd_hooks)
     points = getattr(model, "hook_dict", {})
     if bridge.is_bridge(model) or not all(isinstance(name, str) and name in points for name, _ in fwd_hooks):
-        with model.hooks(fwd_hooks=fwd_hooks):
+        with model.hooks(fwd_hooks=fwd_hooks), shared_first_norm(model):
             yield model
         return
     added = []
@@ -122,7 +124,8 @@ def temporary_hooks(model, fwd_hooks) -> Iterator[Any]:
             point = points[name]
             point.add_hook(fn, dir="fwd")
             added.append((point, point.fwd_hooks[-1]))
-        yield model
+        with shared_first_norm(model):
+            yield model
     finally:
         for point, handle in reversed(added):
             handle.hook.remove()
@@ -385,7 +388,7 @@ def residual_at_layer(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     if bridge.is_bridge(model) or model.hook_dict[name].fwd_hooks:
         # the bridge's partial forward, or a hook on the point itself: read it where it fires
         return forward_to_layer(model, tokens, layer + 1, [name])[name]
-    with torch.no_grad():
+    with torch.no_grad(), shared_first_norm(model):
         return model(tokens, stop_at_layer=layer)
 
 
