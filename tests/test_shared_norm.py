@@ -10,7 +10,7 @@ from family_models import BACKEND, FAMILY_NAMES, family_model
 
 from interp_edit import load_model
 from interp_edit.adapter import run_with_hooks, shared_first_norm
-from interp_edit.adapter.shared_norm import _RepeatedNorm
+from interp_edit.adapter.shared_norm import _LastNorm, _SharedNorm
 
 pytestmark = pytest.mark.skipif(BACKEND != "hooked", reason="the HookedTransformer block's three ln1 calls")
 
@@ -66,7 +66,7 @@ def test_one_norm_per_block_and_restored_on_leaving(toy, monkeypatch):
     assert shared == toy.cfg.n_layers
     for block in toy.blocks:
         assert "forward" not in vars(block.ln1)
-        assert not block._forward_hooks
+    assert not toy._forward_pre_hooks
 
 
 def test_restored_after_an_exception(toy):
@@ -75,8 +75,7 @@ def test_restored_after_an_exception(toy):
 
     with pytest.raises(RuntimeError, match="boom"), shared_first_norm(toy):
         run_with_hooks(toy, _tokens(toy), [("blocks.2.hook_resid_mid", fail)])
-    for block in toy.blocks:
-        assert "forward" not in vars(block.ln1) and not block._forward_hooks
+    assert not any("forward" in vars(block.ln1) for block in toy.blocks) and not toy._forward_pre_hooks
 
 
 def test_hooks_on_the_norm_fire_as_without_it(toy):
@@ -100,18 +99,42 @@ def test_hooks_on_the_norm_fire_as_without_it(toy):
     assert torch.equal(reference, ours)
 
 
-def test_the_remembered_value_is_dropped_after_each_block(toy):
-    """Nothing of a forward is kept once a block has returned (no activation outlives it)."""
-    memos = []
+def test_only_the_last_call_is_kept_and_nothing_after_leaving(toy):
+    """A forward keeps at most one norm's input and output longer than TransformerLens would (no
+    activation of every layer), and nothing once the context is left."""
     with torch.no_grad(), shared_first_norm(toy):
-        memos = [vars(b.ln1)["forward"] for b in toy.blocks]
+        memos = {id(vars(b.ln1)["forward"].last) for b in toy.blocks}
+        last = vars(toy.blocks[0].ln1)["forward"].last
         toy(_tokens(toy))
-        assert all(m.input is None and m.output is None for m in memos)
+        assert len(memos) == 1 and last.entry[0] is toy.blocks[-1].ln1
+    assert last.entry is None
+
+
+def test_a_repeated_input_across_forwards_is_normalised_again():
+    """The same residual tensor given to several forwards in one context (as an optimisation loop
+    does): each forward normalises it again, so the weights it reads are the current ones, every
+    backward has its own graph, and a no-grad forward's value is never reused with grad."""
+    model = load_model("toyworld", fold_ln=False, center_writing_weights=False, center_unembed=False)
+    start = torch.randn(1, 5, model.cfg.d_model)
+    last = model.cfg.n_layers - 1  # a one-block forward: its norm is the last one called
+    norm = model.blocks[last].ln1
+    norm.w.requires_grad_(True)
+    with shared_first_norm(model):
+        with torch.no_grad():
+            model(start, start_at_layer=last)
+        for _ in range(2):  # two steps on the same input, each with its own backward
+            model(start, start_at_layer=last).sum().backward()
+        assert norm.w.grad is not None and norm.w.grad.abs().sum() > 0
+        with torch.no_grad():
+            norm.w.mul_(2.0)
+            changed = model(start, start_at_layer=last)
+    with torch.no_grad():
+        assert torch.equal(changed, model(start, start_at_layer=last))
 
 
 def test_an_input_changed_in_place_is_normalised_again(toy):
     norm = toy.blocks[0].ln1
-    memo = _RepeatedNorm(norm)
+    memo = _SharedNorm(norm, _LastNorm())
     x = torch.randn(1, 4, toy.cfg.d_model)
     first = memo(x)
     assert memo(x) is first
@@ -122,7 +145,10 @@ def test_an_input_changed_in_place_is_normalised_again(toy):
     x.mul_(2.0)
     again = memo(x)
     assert again is not first and torch.equal(again, norm(x))
-    assert not torch.equal(memo(x.clone()), first)
+    fresh = torch.randn_like(x, requires_grad=True)
+    with torch.no_grad():
+        assert memo(fresh).grad_fn is None
+    assert memo(fresh).grad_fn is not None  # a no-grad value is not reused with grad
 
 
 def test_split_attention_inputs_are_unchanged(toy):

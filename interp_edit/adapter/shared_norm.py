@@ -13,9 +13,13 @@ compute, and the backward sees one norm instead of three::
 
 The norm is computed again (as TransformerLens does) whenever a hook sits on one of its hook
 points (``ln1.hook_scale`` / ``ln1.hook_normalized``), checked on every call, so a hook fires
-exactly as often as without the context; and whenever the input is another tensor or was changed
-in place since. A block's remembered value is dropped when that block's forward returns.
-The bridge (its blocks are Hugging Face modules) is left as it is.
+exactly as often as without the context; whenever the input is another tensor or either tensor
+was changed in place since, or gradient mode changed; and at the start of every forward of the
+model. Only the last norm call is remembered, so a forward keeps at most one activation longer
+than it would (until the next block's norm). Entering the context where it is already entered
+costs one lookup, so the adapter enters it around each forward it runs and the loops that run
+many forwards may enter it once around them. The bridge (its blocks are Hugging Face modules) is
+left as it is.
 """
 
 from __future__ import annotations
@@ -26,58 +30,78 @@ from collections.abc import Iterator
 import torch
 
 
-def _hooked(points) -> bool:
+def _hooked(norm: torch.nn.Module) -> bool:
     return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
-               for p in points)
+               for p in norm._modules.values())
 
 
-class _RepeatedNorm:
-    """``norm.forward`` that returns its last output for the same, unchanged input tensor."""
+class _LastNorm:
+    """The last first-norm call of a forward: (norm, input, its version, output, its version,
+    grad mode)."""
 
-    __slots__ = ("forward", "points", "input", "version", "output", "out_version")
+    __slots__ = ("entry",)
 
-    def __init__(self, norm: torch.nn.Module):
-        self.forward = type(norm).forward.__get__(norm)
-        self.points = [m for m in norm.modules() if m is not norm]
-        self.clear()
+    def __init__(self):
+        self.entry = None
 
     def clear(self, *_) -> None:
-        self.input = self.output = None
-        self.version = self.out_version = -1
+        self.entry = None
+
+
+class _SharedNorm:
+    """A block's ``ln1.forward`` inside the context: the remembered output for the same norm,
+    the same unchanged input and the same grad mode; else the norm's own forward."""
+
+    __slots__ = ("norm", "compute", "last")
+
+    def __init__(self, norm: torch.nn.Module, last: _LastNorm):
+        self.norm, self.last = norm, last
+        self.compute = type(norm).forward.__get__(norm)
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or _hooked(self.points):
-            return self.forward(x, *args, **kwargs)
-        output = self.output
-        if (x is self.input and x._version == self.version and output is not None
-                and output._version == self.out_version):
-            return output
-        output = self.forward(x)
-        self.input, self.version, self.output, self.out_version = x, x._version, output, output._version
+        if args or kwargs or _hooked(self.norm):
+            return self.compute(x, *args, **kwargs)
+        grad = torch.is_grad_enabled()
+        entry = self.last.entry
+        if (entry is not None and entry[0] is self.norm and entry[1] is x and entry[2] == x._version
+                and entry[3]._version == entry[4] and entry[5] == grad):
+            return entry[3]
+        output = self.compute(x)
+        self.last.entry = (self.norm, x, x._version, output, output._version, grad)
         return output
+
+
+def _norms(model) -> list[torch.nn.Module]:
+    norms = (block._modules.get("ln1") for block in model.blocks._modules.values())
+    return [norm for norm in norms if norm is not None]
 
 
 @contextlib.contextmanager
 def shared_first_norm(model) -> Iterator[None]:
-    """Within the context, each block's ``ln1`` is computed once per input tensor per forward
-    (see the module's docstring); on exit the blocks are as they were."""
+    """Within the context, each block's ``ln1`` is computed once per input tensor (see the
+    module's docstring); on exit the blocks are as they were. Nested entries are free."""
     from interp_edit.adapter import bridge
 
     if bridge.is_bridge(model):
         yield
         return
-    patched = []
+    first = model.blocks[0]._modules.get("ln1") if len(model.blocks) else None
+    if first is None or "forward" in first.__dict__:  # entered already (or no norm to share)
+        yield
+        return
+    norms = _norms(model)
+    last = _LastNorm()
+    patched, handle = [], None
     try:
-        for block in model.blocks:
-            norm = getattr(block, "ln1", None)
-            if not isinstance(norm, torch.nn.Module) or "forward" in vars(norm):
-                continue
-            memo = _RepeatedNorm(norm)
-            norm.forward = memo
-            patched.append((norm, block.register_forward_hook(memo.clear), memo))
+        handle = model.register_forward_pre_hook(last.clear)  # nothing is reused across forwards
+        for norm in norms:
+            if "forward" not in vars(norm):
+                object.__setattr__(norm, "forward", _SharedNorm(norm, last))
+                patched.append(norm)
         yield
     finally:
-        for norm, handle, memo in patched:
+        for norm in patched:
+            object.__delattr__(norm, "forward")
+        if handle is not None:
             handle.remove()
-            memo.clear()
-            del norm.forward
+        last.clear()

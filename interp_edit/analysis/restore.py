@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name, supports_prefix_kv
+from interp_edit.adapter import cached_keys_values, forward_from_layer, hook_name, shared_first_norm, supports_prefix_kv
 from interp_edit.batching import (
     default_max_rows,
     forward_overhead_row_layers,
@@ -256,12 +256,13 @@ def run_restorations(
         overhead_rows = max(32.0, 8e6 / model.cfg.d_model**2)
         chunks = [chunk for members in groups.values()
                   for chunk in _position_chunks(members, restorations, samples, max_jobs, overhead_rows)]
-    for chunk in chunks:
-        index = torch.tensor(chunk, device=device)
-        for s0, s1 in sample_ranges:
-            ids = torch.arange(s0, s1, device=device)
-            values = _run_rows(model, [restorations[i] for i in chunk], base, source, score, positions, ids)
-            out[index, s0:s1] = values.reshape(len(chunk), s1 - s0).to(out.dtype)
+    with shared_first_norm(model):  # entered once for all the forwards
+        for chunk in chunks:
+            index = torch.tensor(chunk, device=device)
+            for s0, s1 in sample_ranges:
+                ids = torch.arange(s0, s1, device=device)
+                values = _run_rows(model, [restorations[i] for i in chunk], base, source, score, positions, ids)
+                out[index, s0:s1] = values.reshape(len(chunk), s1 - s0).to(out.dtype)
     return out.cpu()
 
 

@@ -43,6 +43,7 @@ from interp_edit.adapter import (
     hook_name,
     model_fingerprint,
     residual_from_layer,
+    shared_first_norm,
     sublayer_output_hooks,
     supports_padded_prefix_kv,
     unembed,
@@ -327,8 +328,9 @@ def optimise_targets(model, requests: Sequence[TokenizedRequest], layer: int, pr
     :func:`~interp_edit.adapter.supports_padded_prefix_kv`). Both give the same targets up to float
     rounding (tests/test_target_prefix_reuse.py)."""
     reuse = prefix_reuse(model, reuse_prefix)
-    parts = [_optimise_chunk(model, requests[s : s + config.chunk_size], layer, prefixes, config, initial_site, reuse)
-             for s in range(0, len(requests), config.chunk_size)]
+    with shared_first_norm(model):  # entered once for all the steps
+        parts = [_optimise_chunk(model, requests[s : s + config.chunk_size], layer, prefixes, config, initial_site, reuse)
+                 for s in range(0, len(requests), config.chunk_size)]
     return TargetVectors(
         torch.cat([p.initial for p in parts]), torch.cat([p.delta for p in parts]), torch.cat([p.nll for p in parts]),
         torch.cat([p.loss for p in parts]), [s for p in parts for s in p.steps],

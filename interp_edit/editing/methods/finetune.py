@@ -21,6 +21,7 @@ from interp_edit.adapter import (
     model_fingerprint,
     residual_at_layer,
     residual_from_layer,
+    shared_first_norm,
     sublayer_output_hooks,
     unembed,
 )
@@ -104,7 +105,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
 
     hooks = [(hook_name("mlp_post", cfg.layer), keep), *sublayer_output_hooks(model, "mlp", cfg.layer, add)]
     losses = []
-    with frozen_parameters(model), torch.enable_grad():
+    with frozen_parameters(model), torch.enable_grad(), shared_first_norm(model):
         for step in range(cfg.steps):
             final = residual_from_layer(model, start, cfg.layer, hooks)
             logp = torch.log_softmax(unembed(model, model.ln_final(final[rows, pos])).float(), -1)
