@@ -194,3 +194,18 @@ def test_gradients_agree(toy):
     finally:
         weight.requires_grad_(was)
     torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_adapter_forwards_share_the_norm(toy, monkeypatch):
+    """``run_with_hooks`` / ``run_with_cache`` / the partial forwards run inside the context."""
+    from interp_edit.adapter import residual_at_layer, residual_from_layer, run_with_cache
+
+    calls = _count_norm_calls(toy, monkeypatch)
+    tokens = _tokens(toy)
+    n = toy.cfg.n_layers
+    with torch.no_grad():
+        run_with_hooks(toy, tokens, [])
+        run_with_cache(toy, tokens, ["blocks.0.hook_resid_post"])
+        start = residual_at_layer(toy, tokens, 2)
+        residual_from_layer(toy, start, 2)
+    assert len(calls) == n + n + 2 + (n - 2)
