@@ -8,7 +8,7 @@ the relative ΔW error ‖ΔW_ours − ΔW_ref‖ / ‖ΔW_ref‖ per method, se
 ``key=value`` lines. Usage:
 
     .venv/bin/python benchmarks/reference_compare.py --rome ../rome --memit ../memit --alphaedit ../AlphaEdit
-        [--model toyworld|random-gpt2] [--export-dir DIR]
+        [--model toyworld|random-gpt2] [--export-dir DIR] [--kernels fused|transformer_lens]
 
 ``--model random-gpt2``: a randomly initialised GPT-2 (``tiny_hf_model("gpt2", size=...)``: weights
 N(0, init²) with ``--gpt2-init`` (0.2 by default; with it the keys are so large that no
@@ -239,7 +239,7 @@ def compare_rome(path, model, hf, tok, requests, covs, args) -> None:
         shift_word_positions(repr_tools)
         compute_u.layer_stats = lambda *a, **k: FakeStat(covs[int(re.findall(r"\d+", a[2])[0])].to(args.ref_dtype))
         btok = BosOnBatches(tok)
-        base = dict(layer=args.rome_layer, stats_samples=args.stats_samples, steps=args.steps, lr=args.lr,
+        base = dict(layer=args.rome_layer, stats_samples=args.stats_samples, kernels=args.kernels, steps=args.steps, lr=args.lr,
                     clamp_norm_factor=4.0, **ROME_REFERENCE)
         settings = {
             "bare_nokl": dict(prefixes=(), kl_factor=0.0),
@@ -284,7 +284,7 @@ def compare_memit(path, model, hf, tok, requests, covs, args) -> None:
         compute_z.nethook = tuple_block_outputs(compute_z.nethook)
         memit_main.layer_stats = lambda *a, **k: FakeStat(covs[int(re.findall(r"\d+", a[2])[0])].to(args.ref_dtype))
         btok = BosOnBatches(tok)
-        base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, steps=args.steps, lr=args.lr,
+        base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, kernels=args.kernels, steps=args.steps, lr=args.lr,
                     clamp_norm_factor=args.memit_clamp, mom2_update_weight=args.mom2_update_weight, **MEMIT_REFERENCE)
         settings = {"bare_nokl": dict(prefixes=(), kl_factor=0.0), "templates6_kl": dict(kl_factor=0.0625)}
         for name, fields in settings.items():
@@ -363,7 +363,7 @@ def compare_alphaedit(path, model, hf, tok, requests, covs, args) -> None:
             main.torch = float64_linalg()
         get_project = get_project_from(code, main.get_cov, main.torch)
         tag = "_reflinalg64" if args.ref_float64_linalg else ""
-        base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, steps=args.steps, lr=args.lr,
+        base = dict(layers=tuple(args.memit_layers), stats_samples=args.stats_samples, kernels=args.kernels, steps=args.steps, lr=args.lr,
                     clamp_norm_factor=args.memit_clamp, mom2_update_weight=args.mom2_update_weight, l2=args.l2,
                     **MEMIT_REFERENCE,
                     nullspace_rule="absolute", nullspace_threshold=2e-2)
@@ -450,6 +450,8 @@ def main() -> None:
                         help="run AlphaEdit's code's float32 solve and SVD in float64 (ours are float64)")
     parser.add_argument("--ref-cov-cache-float64", action="store_true",
                         help="MEMIT: the code's get_cov returns our float64 C (it rounds C to float32)")
+    parser.add_argument("--kernels", default="fused", choices=["fused", "transformer_lens"],
+                        help="our side's optimisation forwards (the editors' `kernels` field)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="toyworld", choices=["toyworld", "random-gpt2"])
     parser.add_argument("--gpt2-size", default="tiny", help="random-gpt2: a size of interp_edit.adapter.tiny (tiny, gpt2-small)")

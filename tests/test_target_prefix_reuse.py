@@ -3,7 +3,10 @@ runs only the positions from a row's edit token on, attending to the unedited ru
 values before it (left-padded: every row's prefix has its own length). It gives the targets
 of the run that recomputes every position, on the toy model and on every family (rotary
 positions, grouped keys, q/k norms, post-sublayer norms), for v* and z, with essence rows and
-with requests that stop early; the bridge backend, which reuses no prefix, refuses it."""
+with requests that stop early; the bridge backend, which reuses no prefix, refuses it. With
+TransformerLens' modules (``kernels="transformer_lens"``) the two agree within 1e-5; with the
+fused kernels (the default) the reused prefix's attention is a masked kernel and the recomputed
+one a causal kernel, whose rounding the optimisation carries further (within 1e-3)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from interp_edit.errors import EditConfigError
 
 #: context prefixes of different token lengths: the rows' edit tokens sit at different positions
 PREFIXES = ("", "Yes.", "It was a long and quiet day in the old town by the river.")
-TOL = 1e-5
+#: the largest difference (relative to the largest value) per ``kernels`` setting
+TOLERANCES = {"transformer_lens": 1e-5, "fused": 1e-3}
+TOL = TOLERANCES["transformer_lens"]
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,26 +38,28 @@ def _both(model, treqs, layer, tcfg, site):
     return full, reused
 
 
-def _assert_same(full, reused):
+def _assert_same(full, reused, tol=TOL):
     assert reused.steps == full.steps
     assert torch.equal(reused.initial, full.initial)  # read from the same unedited forward's site
     for name in ("delta", "nll", "loss"):
-        assert _close(getattr(full, name), getattr(reused, name)) <= TOL, name
+        assert _close(getattr(full, name), getattr(reused, name)) <= tol, name
 
 
 @pytest.mark.skipif(BACKEND != "hooked", reason="the hooked backend reuses a key/value prefix")
+@pytest.mark.parametrize("kernels", TOLERANCES)
 @pytest.mark.parametrize("site", ["mlp_out", "resid_post"])
-def test_reused_prefix_gives_the_recomputed_targets_on_the_toy_model(toy_model, person_records, site):
+def test_reused_prefix_gives_the_recomputed_targets_on_the_toy_model(toy_model, person_records, site, kernels):
     treqs = prepare_requests(toy_model, person_records[:6], model_fingerprint(toy_model))
-    tcfg = dataclasses.replace(MEMITConfig.for_model(toy_model).target_config(), steps=8, early_stop_loss=0.0)
+    tcfg = dataclasses.replace(MEMITConfig.for_model(toy_model).target_config(), steps=8, early_stop_loss=0.0,
+                               kernels=kernels)
     full, reused = _both(toy_model, treqs, 1, tcfg, site)
     assert float(full.delta.norm(dim=-1).min()) > 0.1  # the optimisation moved every δ
-    _assert_same(full, reused)
+    _assert_same(full, reused, TOLERANCES[kernels])
     # requests that stop early, at different steps
     stop = float(full.loss.quantile(0.5))
     full, reused = _both(toy_model, treqs, 1, dataclasses.replace(tcfg, early_stop_loss=stop), site)
     assert min(full.steps) < max(full.steps)
-    _assert_same(full, reused)
+    _assert_same(full, reused, TOLERANCES[kernels])
 
 
 @pytest.mark.skipif(BACKEND != "hooked", reason="the hooked backend reuses a key/value prefix")
@@ -64,13 +71,15 @@ def test_reused_prefix_is_the_default_where_the_backend_supports_it(toy_model, p
     assert torch.equal(default.delta, reused.delta)
 
 
+@pytest.mark.parametrize("kernels", TOLERANCES)
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_reused_prefix_gives_the_recomputed_targets_on_every_family(family):
+def test_reused_prefix_gives_the_recomputed_targets_on_every_family(family, kernels):
     model = family_model(family)
     request = EditRequest("{} was born in", "Talvik Corlo", target_new="Karsa", target_true="Veltra")
     other = EditRequest("{} plays the", "Zellen Hul", target_new="harp", target_true="drum")
     treqs = prepare_requests(model, [request, other], model_fingerprint(model))
-    tcfg = dataclasses.replace(ROMEConfig.for_model(model).target_config(), steps=4, early_stop_loss=0.0)
+    tcfg = dataclasses.replace(ROMEConfig.for_model(model).target_config(), steps=4, early_stop_loss=0.0,
+                               kernels=kernels)
     layer = model.cfg.n_layers // 2
     if not supports_padded_prefix_kv(model):
         with pytest.raises(EditConfigError, match="reuse_prefix"):
@@ -78,7 +87,7 @@ def test_reused_prefix_gives_the_recomputed_targets_on_every_family(family):
         return
     full, reused = _both(model, treqs, layer, tcfg, "mlp_out")
     assert float(full.delta.norm(dim=-1).min()) > 0
-    _assert_same(full, reused)
+    _assert_same(full, reused, TOLERANCES[kernels])
 
 
 @pytest.mark.skipif(BACKEND != "hooked", reason="the hooked backend reuses a key/value prefix")

@@ -23,6 +23,8 @@ and read by every analysis and editor.
 - :mod:`~interp_edit.adapter.shared_norm` — ``shared_first_norm``: a block's first norm computed
   once for its queries, keys and values (TransformerLens computes it three times), inside every
   forward the adapter runs;
+- :mod:`~interp_edit.adapter.fused` — ``fused_kernels``: TransformerLens' norms and attention
+  run as PyTorch's fused kernels (within float rounding), inside the editors' optimisation loops;
 - :mod:`~interp_edit.adapter.layout` — attention weights stored in the order the hooked
   forward reads them (no per-forward weight copies);
 - :mod:`~interp_edit.adapter.export` — ``to_hf`` (GPT-2-shaped models);
@@ -39,6 +41,7 @@ from interp_edit.adapter.architecture import Architecture, architecture
 from interp_edit.adapter.bridge import backend_of
 from interp_edit.adapter.equivalence import LoadCheck, load_check
 from interp_edit.adapter.export import to_hf
+from interp_edit.adapter.fused import KERNELS, fused_kernels
 from interp_edit.adapter.hooks import (
     add_persistent_hook,
     cached_keys_values,
@@ -100,5 +103,5 @@ __all__ = [
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
     "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings",
     "backend_of", "applied_edit_stack", "weight_checksum", "attention_layout_is_read_order", "store_attention_as_read",
-    "shared_first_norm",
+    "shared_first_norm", "fused_kernels", "KERNELS",
 ]

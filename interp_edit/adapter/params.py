@@ -167,25 +167,20 @@ def model_fingerprint(model) -> str:
     families whose embeddings happen to coincide (tiny random models built from one seed). The
     context length is not part of it: HookedTransformer caps some families' ``n_ctx`` at load, the
     bridge does not, and a learned position table is hashed anyway."""
-    import dataclasses
     import hashlib
 
-    described = dataclasses.asdict(architecture(model))
-    described.pop("norm_folded")
-    # properties added later: at their default they are left out, so those models' fingerprints stay as they were
-    for later, default in (("shared_norm", False), ("residual_multiplier", 1.0), ("input_norms", True),
-                           ("qk_norm_whole", False)):
-        if described[later] == default:
-            described.pop(later)
-    cfg = model.cfg
-    header = json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True)
+    arch, cfg = architecture(model), model.cfg
     # the weights' hash is remembered on the model, keyed by the identity and version counter of
     # each hashed tensor: hashing a large unembedding costs seconds (an 8 B model's is 2 GB in
-    # float32) and editors ask for the fingerprint on every edit
+    # float32) and editors ask for the fingerprint on every edit; the header with it, keyed by
+    # the (kept) Architecture object
+    key = (arch, cfg.d_vocab, cfg.act_fn)
     state = _weights_state(model)
     remembered = model.__dict__.get(FINGERPRINT_ATTR)
-    if state is not None and remembered is not None and remembered[0] == header and _same_state(remembered[1], state):
-        return remembered[2]
+    if (state is not None and remembered is not None and remembered[0][0] is arch and remembered[0][1:] == key[1:]
+            and _same_state(remembered[2], state)):
+        return remembered[3]
+    header = _fingerprint_header(arch, cfg)
     digest = hashlib.sha256()
     digest.update(header.encode())
     for tensor in _fingerprinted_weights(model):
@@ -195,8 +190,22 @@ def model_fingerprint(model) -> str:
         digest.update(rows.numpy().tobytes())
     value = digest.hexdigest()[:16]
     if state is not None:
-        object.__setattr__(model, FINGERPRINT_ATTR, (header, state, value))
+        object.__setattr__(model, FINGERPRINT_ATTR, (key, header, state, value))
     return value
+
+
+def _fingerprint_header(arch, cfg) -> str:
+    """The architecture's part of :func:`model_fingerprint`."""
+    import dataclasses
+
+    described = dataclasses.asdict(arch)
+    described.pop("norm_folded")
+    # properties added later: at their default they are left out, so those models' fingerprints stay as they were
+    for later, default in (("shared_norm", False), ("residual_multiplier", 1.0), ("input_norms", True),
+                           ("qk_norm_whole", False)):
+        if described[later] == default:
+            described.pop(later)
+    return json.dumps([described, cfg.d_vocab, cfg.act_fn], sort_keys=True)
 
 
 #: where :func:`model_fingerprint` remembers its last value (on the model object)
@@ -274,14 +283,28 @@ def _fingerprinted_weights(model) -> tuple:
 @contextlib.contextmanager
 def frozen_parameters(model):
     """No parameter of ``model`` requires grad inside the block; the flags are restored after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    thawed = [p for p in _parameters(model) if p.requires_grad]
     try:
-        for p, _ in flags:
+        for p in thawed:
             p.requires_grad_(False)
         yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for p in thawed:
+            p.requires_grad_(True)
+
+
+def _parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """``model.parameters()`` without building every module's name (a HookedTransformer has a
+    module per hook point; listing the toy model's parameters takes 74 µs instead of 135 µs)."""
+    found, seen, stack = [], set(), [model]
+    while stack:
+        module = stack.pop()
+        for p in module._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                found.append(p)
+        stack.extend(m for m in module._modules.values() if m is not None)
+    return found
 
 
 
@@ -302,9 +325,10 @@ def weight_checksum(tensor: torch.Tensor, *, chunk_rows: int = 1024) -> tuple[in
     width = ints.shape[1]
     for start in range(0, ints.shape[0], chunk_rows):
         block = ints[start : start + chunk_rows].to(torch.int64)
-        index = torch.arange(start * width, start * width + block.numel(), device=block.device).view(block.shape)
+        first = start * width + 1  # positions weigh 1, 2, 3, ...
+        index = torch.arange(first, first + block.numel(), device=block.device).view(block.shape)
         total += int(block.sum())
-        weighted += int((block * (index % 1_000_003 + 1)).sum())
+        weighted += int((block * index).sum())
     return total, weighted
 
 

@@ -30,9 +30,10 @@ from collections.abc import Iterator
 import torch
 
 
-def _hooked(norm: torch.nn.Module) -> bool:
+def hooked(module: torch.nn.Module) -> bool:
+    """Whether a hook sits on one of ``module``'s hook points (its direct submodules)."""
     return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
-               for p in norm._modules.values())
+               for p in module._modules.values())
 
 
 class _LastNorm:
@@ -56,10 +57,10 @@ class _SharedNorm:
 
     def __init__(self, norm: torch.nn.Module, last: _LastNorm):
         self.norm, self.last = norm, last
-        self.compute = type(norm).forward.__get__(norm)
+        self.compute = norm.forward  # TransformerLens' own, or the fused kernel's (adapter.fused)
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or _hooked(self.norm):
+        if args or kwargs or hooked(self.norm):
             return self.compute(x, *args, **kwargs)
         grad = torch.is_grad_enabled()
         entry = self.last.entry
@@ -86,7 +87,7 @@ def shared_first_norm(model) -> Iterator[None]:
         yield
         return
     first = model.blocks[0]._modules.get("ln1") if len(model.blocks) else None
-    if first is None or "forward" in vars(first):  # entered already (or no norm to share)
+    if first is None or isinstance(vars(first).get("forward"), _SharedNorm):  # entered already (or no norm to share)
         yield
         return
     norms = _norms(model)
@@ -95,13 +96,17 @@ def shared_first_norm(model) -> Iterator[None]:
     try:
         handle = model.register_forward_pre_hook(last.clear)  # nothing is reused across forwards
         for norm in norms:
-            if "forward" not in vars(norm):
+            own = vars(norm).get("forward")
+            if not isinstance(own, _SharedNorm):
                 object.__setattr__(norm, "forward", _SharedNorm(norm, last))
-                patched.append(norm)
+                patched.append((norm, own))
         yield
     finally:
-        for norm in patched:
-            object.__delattr__(norm, "forward")
+        for norm, own in reversed(patched):
+            if own is None:
+                object.__delattr__(norm, "forward")
+            else:
+                object.__setattr__(norm, "forward", own)
         if handle is not None:
             handle.remove()
         last.clear()

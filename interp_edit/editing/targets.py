@@ -35,10 +35,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import (
+    KERNELS,
     applied_edit_stack,
     cached_keys_values,
     forward_to_layer,
     frozen_parameters,
+    fused_kernels,
     hook_counts,
     hook_name,
     model_fingerprint,
@@ -100,6 +102,11 @@ class TargetConfig:
     essence_templates: tuple[str, ...] = ("{} is a",)
     #: requests optimised together (bounds memory)
     chunk_size: int = 64
+    #: the optimisation's forwards: "fused" (PyTorch's fused norm and attention kernels where
+    #: TransformerLens' module allows, as the reference code's Hugging Face models compute them;
+    #: within float rounding of TransformerLens, :mod:`interp_edit.adapter.fused`) or
+    #: "transformer_lens" (TransformerLens' modules, bit for bit)
+    kernels: str = "fused"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +115,8 @@ class TargetConfig:
         check_fields(self, EditConfigError, in_place=True)  # types (and finite floats) of every field
 
     def validate(self) -> None:
+        if self.kernels not in KERNELS:
+            raise EditConfigError(f"field 'kernels' must be one of {KERNELS}, got {self.kernels!r}")
         for name in ("steps", "chunk_size", "prefix_length"):
             if getattr(self, name) < 1:
                 raise EditConfigError(f"field {name!r} must be >= 1, got {getattr(self, name)}")
@@ -379,7 +388,9 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
     loss = torch.zeros(n_req, device=device)
 
     updates = max_updates(config)
-    with frozen_parameters(model), torch.enable_grad():
+    # the steps' forwards run fused (``config.kernels``); the unedited run above is TransformerLens' own
+    with (frozen_parameters(model), torch.enable_grad(), fused_kernels(model, config.kernels == "fused"),
+          shared_first_norm(model)):  # (the shared norm again, so that it shares the fused one)
         for step in range(updates + 1):
             # only the rows of requests still optimising are run
             sel = (~done_host[owner_host]).nonzero().flatten().to(device)

@@ -16,6 +16,7 @@ import torch
 
 from interp_edit.adapter import (
     frozen_parameters,
+    fused_kernels,
     get_parameter,
     hook_name,
     model_fingerprint,
@@ -105,7 +106,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
 
     hooks = [(hook_name("mlp_post", cfg.layer), keep), *sublayer_output_hooks(model, "mlp", cfg.layer, add)]
     losses = []
-    with frozen_parameters(model), torch.enable_grad(), shared_first_norm(model):
+    with frozen_parameters(model), torch.enable_grad(), fused_kernels(model, cfg.kernels == "fused"), shared_first_norm(model):
         for step in range(cfg.steps):
             final = residual_from_layer(model, start, cfg.layer, hooks)
             logp = torch.log_softmax(unembed(model, model.ln_final(final[rows, pos])).float(), -1)

@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.adapter import frozen_parameters, hook_name, model_fingerprint, run_with_cache
+from interp_edit.adapter import frozen_parameters, fused_kernels, hook_name, model_fingerprint, run_with_cache
 from interp_edit.editing.closed_form import check_layers
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit
@@ -235,7 +235,7 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
         return add
 
     hooks = [(n, adder(i)) for i, n in enumerate(names)]
-    with frozen_parameters(model), torch.enable_grad():
+    with frozen_parameters(model), torch.enable_grad(), fused_kernels(model, cfg.kernels == "fused"):
         for step in range(cfg.steps):
             with model.hooks(fwd_hooks=hooks):
                 logits = model(tokens)

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from interp_edit.adapter import (
     frozen_parameters,
+    fused_kernels,
     model_fingerprint,
     sublayer_output_hooks,
     unembed,
@@ -232,7 +233,7 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig, reus
     n_rewrite = torch.bincount(owner[rewrite], minlength=n_req).float().clamp(min=1)
     n_essence = torch.bincount(owner[~rewrite], minlength=n_req).float().clamp(min=1)
     nll = torch.zeros(n_req, device=device)
-    with frozen_parameters(model), torch.enable_grad():
+    with frozen_parameters(model), torch.enable_grad(), fused_kernels(model, cfg.kernels == "fused"):
         for step in range(updates + 1):
             sel = (~done[owner]).nonzero().flatten()
             sel_owner, sel_pos, local = owner[sel], run.edit_col[sel], torch.arange(len(sel), device=device)
