@@ -24,7 +24,7 @@ prints ``{model}.bridge_vs_hooked_trace_time`` and the largest score difference 
 after one warm-up call (CUDA initialisation and kernel selection are not counted); the plain
 loop is skipped for ``gpt2xl`` (1,440 forwards). :func:`measure` returns the same numbers as a
 dict (for ``benchmarks/gpu_suite.py``).
-Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small,gpt2xl] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop] [--device cpu|cuda] [--dtype float32|bfloat16] [--merge auto|by_layer|layers|all] [--count-ops]``.
+Usage: ``python benchmarks/bench_tracing.py [--repeats 3] [--models toy,gpt2small,llama3small,gpt2xl] [--samples 10] [--threads 2] [--no-tl] [--backend hooked|bridge|both] [--no-loop] [--device cpu|cuda] [--dtype float32|bfloat16] [--merge auto|by_layer|layers|all] [--count-ops] [--fused]``.
 """
 
 from __future__ import annotations
@@ -79,12 +79,15 @@ def _timed(fn, repeats: int, device: str, warmup: bool):
 
 
 def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, loop: bool = True, *,
-          device: str = "cpu", merge: str = "auto", report=None, extra_merges=(), count_ops: bool = False) -> tuple[float, object]:
+          device: str = "cpu", merge: str = "auto", report=None, extra_merges=(), count_ops: bool = False,
+          fused: bool = False) -> tuple[float, object]:
     """Time the trace (and the baselines); print ``key=value`` lines and put them in ``report``.
     ``extra_merges``: other merge modes timed on the same trace (``trace_<mode>_s``, and
     ``trace_<mode>_max_abs_diff``, which is 0 where the modes agree), to compare the plans.
     ``count_ops``: also ``trace_aten_ops``, the aten operations one trace dispatches (on a GPU,
-    about its kernel launches)."""
+    about its kernel launches). ``fused``: also the trace with ``kernels="fused"``
+    (``trace_fused_s``, its largest score difference, its aten operations with ``count_ops``, and
+    with the TransformerLens comparison ``trace_fused_speedup_vs_tl_patching``)."""
     from reference_tracer import causal_trace_loop  # tests/reference_tracer.py, the independent reference
 
     from interp_edit.analysis.tracing import TraceSettings, causal_trace, prepare_trace
@@ -106,6 +109,15 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, lo
     if count_ops:
         put("trace_aten_ops", aten_op_count(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
                                                                  merge=merge)), "d")
+    if fused:
+        t_fused, alt = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples, merge=merge,
+                                                   kernels="fused"), repeats, device, warm)
+        put("trace_fused_s", t_fused, ".3f")
+        put("trace_fused_vs_default", t_fast / t_fused, ".2f")
+        put("trace_fused_max_abs_diff", (alt.scores - fast.scores).abs().max().item(), ".2e")
+        if count_ops:
+            put("trace_fused_aten_ops", aten_op_count(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=10,
+                                                                           samples=samples, merge=merge, kernels="fused")), "d")
     for other in extra_merges:
         t_other, alt = _timed(lambda other=other: causal_trace(model, PROMPT, SUBJECT, target, window=10, samples=samples,
                                                    merge=other), repeats, device, warm)
@@ -133,6 +145,10 @@ def bench(name: str, model, repeats: int, samples: int = 10, tl: bool = True, lo
     put("tl_patching_s", t_tl, ".3f")
     put("trace_speedup_vs_tl_patching", t_tl / t_fast1, ".2f")
     put("trace_max_abs_diff_vs_tl_patching", tl_diff, ".2e")
+    if fused:
+        t_fused1, _ = _timed(lambda: causal_trace(model, PROMPT, SUBJECT, target, window=1, samples=samples, merge=merge,
+                                                  kernels="fused"), repeats, device, warm)
+        put("trace_fused_speedup_vs_tl_patching", t_tl / t_fused1, ".2f")
     return t_fast, fast
 
 
@@ -148,13 +164,14 @@ def device_model(name: str, tokenizer, device: str, dtype: torch.dtype):
 
 def measure(device: str = "cuda", dtype: str = "bfloat16", models=("gpt2small", "gpt2xl"), *, samples: int = 10,
             repeats: int = 3, tl_models=("gpt2small",), loop_models=("gpt2small",), merge: str = "auto",
-            extra_merges=()) -> dict:
+            extra_merges=(), fused: bool = True) -> dict:
     """Trace times and ratios on ``device``: ``{model}.trace_s`` (full hidden + MLP + attention
     trace, window 10), ``{model}.loop_s`` / ``trace_speedup_vs_loop`` (for ``loop_models``),
     ``{model}.trace_window1_s`` / ``tl_patching_s`` / ``trace_speedup_vs_tl_patching`` (for
     ``tl_models``: the same single-site restorations, the same noise and samples on both
     sides), and the largest score differences to each baseline; ``{model}.trace_<mode>_s`` for
-    each of ``extra_merges``. Prints ``key=value`` lines."""
+    each of ``extra_merges``; ``{model}.trace_fused_s`` and the rest with ``fused`` (``bench``).
+    Prints ``key=value`` lines."""
     from interp_edit import load_model
 
     models = models.split(",") if isinstance(models, str) else list(models)
@@ -165,7 +182,7 @@ def measure(device: str = "cuda", dtype: str = "bfloat16", models=("gpt2small", 
         model = device_model(name, tokenizer, device, torch_dtype)
         with torch.no_grad():
             bench(name, model, repeats, samples, name in tl_models, name in loop_models, device=device, merge=merge,
-                  report=report, extra_merges=extra_merges)
+                  report=report, extra_merges=extra_merges, fused=fused)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -185,13 +202,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="the models' dtype on --device cuda, e.g. bfloat16")
     parser.add_argument("--merge", default="auto", choices=("auto", "by_layer", "all", "layers"), help="the engine's merge mode")
     parser.add_argument("--count-ops", action="store_true", help="also count the aten operations of one trace")
+    parser.add_argument("--fused", action="store_true", help='also the trace with kernels="fused"')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device != "cpu":
         models = args.models.split(",")
         measure(args.device, args.dtype, models, samples=args.samples, repeats=args.repeats,
                 tl_models=() if args.no_tl else [m for m in models if m != "gpt2xl"],
-                loop_models=() if args.no_loop else [m for m in models if m != "gpt2xl"], merge=args.merge)
+                loop_models=() if args.no_loop else [m for m in models if m != "gpt2xl"], merge=args.merge,
+                fused=args.fused)
         return
     from interp_edit import load_model
 
@@ -205,7 +224,8 @@ def main() -> None:
             model = _model(name, backend, args.backend == "hooked", toy, tokenizer)
             with torch.no_grad():
                 results[backend] = bench(label, model, args.repeats, args.samples, not args.no_tl and backend == "hooked",
-                                         not args.no_loop, merge=args.merge, count_ops=args.count_ops)
+                                         not args.no_loop, merge=args.merge, count_ops=args.count_ops,
+                                         fused=args.fused and backend == "hooked")
             del model
         if len(results) == 2:
             (t_h, r_h), (t_b, r_b) = results["hooked"], results["bridge"]

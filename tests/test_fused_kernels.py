@@ -298,3 +298,30 @@ def test_target_optimisation_runs_fused(toy, monkeypatch):
     assert not calls and not attention
     name = next(iter(fused.deltas))
     torch.testing.assert_close(fused.delta_matrix(name, toy), plain.delta_matrix(name, toy), rtol=1e-3, atol=1e-5)
+
+
+def test_a_trace_with_fused_kernels(monkeypatch):
+    """``causal_trace(kernels="fused")``: every forward of the trace fused, scores within float
+    rounding of the default (TransformerLens' modules, none fused), the setting recorded; a bad
+    value is refused by name before any forward."""
+    from interp_edit.analysis.tracing import causal_trace
+    from interp_edit.errors import InvalidArgumentError
+
+    model = load_model("toyworld")
+    calls = _count_calls(monkeypatch, _FusedAttention)
+    args = ("Talvik Corlo was born in", "Talvik Corlo")
+    default = causal_trace(model, *args, samples=2)
+    assert not calls and default.settings.kernels == "transformer_lens"
+    fused = causal_trace(model, *args, samples=2, kernels="fused")
+    assert len(calls) >= model.cfg.n_layers and fused.settings.kernels == "fused"
+    assert (fused.scores - default.scores).abs().max() < 1e-5
+    assert default.scores.max() - default.scores.min() > 1e-2
+    assert _none_wrapped(model)
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        with pytest.raises(InvalidArgumentError, match="kernels"):
+            causal_trace(model, *args, samples=2, kernels="fast")
+    finally:
+        handle.remove()
+    assert not forwards

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp_edit.adapter import hook_name, token_embeddings
+from interp_edit.adapter import KERNELS, fused_kernels, hook_name, token_embeddings
 from interp_edit.analysis.gap import ScoreGap
 from interp_edit.analysis.restore import Restoration, cache_run, resolve_merge, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
@@ -43,6 +43,9 @@ class TraceSettings:
     noise_draw: Tensor | None = field(default=None, compare=False, repr=False)
     #: the generator the noise is drawn from instead of ``torch.Generator().manual_seed(seed)``
     generator: torch.Generator | None = field(default=None, compare=False, repr=False)
+    #: "transformer_lens" (TransformerLens' modules, bit for bit) or "fused" (PyTorch's fused norm
+    #: and attention kernels: :mod:`interp_edit.adapter.fused`)
+    kernels: str = "transformer_lens"
 
     def validate(self) -> None:
         if isinstance(self.kinds, str) or not all(isinstance(k, str) for k in self.kinds):
@@ -67,6 +70,7 @@ class TraceSettings:
                                             or not torch.isfinite(self.noise_draw).all()):
             raise InvalidArgumentError("noise_draw must be a finite tensor [samples, subject tokens, d_model]")
         check_metric(self.metric)
+        check_choice(self.kernels, "kernels", KERNELS)
 
 
 @dataclass
@@ -319,6 +323,7 @@ def causal_trace(
     max_rows: int | None = None,
     memory_budget: int | float | None = None,
     merge: str = "auto",
+    kernels: str = "transformer_lens",
 ) -> CausalTraceResult:
     """ROME's causal trace of one fact.
 
@@ -353,7 +358,10 @@ def causal_trace(
     restorations share a forward (:mod:`interp_edit.analysis.restore`): ``"layers"`` merges
     every kind and layer into few large forwards (the default on CUDA), ``"by_layer"`` runs
     one group per site and layers (the default elsewhere), ``"all"`` merges up to the size
-    limits only; the scores do not depend on it.
+    limits only; the scores do not depend on it. ``kernels="fused"`` runs every forward of the
+    trace with PyTorch's fused norm and attention kernels (:func:`interp_edit.adapter.fused_kernels`:
+    fewer operations, so fewer GPU kernel launches; scores within float rounding of the default,
+    TransformerLens' modules bit for bit).
 
     >>> trace = causal_trace(model, "Talvik Corlo was born in", "Talvik Corlo", samples=2)
     >>> trace.scores.shape[0]                        # kinds: hidden, mlp, attn
@@ -374,8 +382,15 @@ def causal_trace(
     resolve_merge(merge, model.cfg.device)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(check_sequence(kinds, "kinds"))
     settings = TraceSettings(kinds, corruption, noise, samples, window, metric, severed, seed,
-                             embedding_std, replacement, subject_occurrence, noise_draw, generator)
+                             embedding_std, replacement, subject_occurrence, noise_draw, generator, kernels)
     inputs = prepare_trace(model, prompt, subject, target, settings, replacements, foil)
+    with fused_kernels(model, kernels == "fused"):
+        return _trace(model, prompt, subject, settings, inputs, max_rows, memory_budget, merge)
+
+
+def _trace(model, prompt, subject, settings: TraceSettings, inputs, max_rows, memory_budget, merge) -> CausalTraceResult:
+    """The runs of :func:`causal_trace`, its arguments checked and its inputs prepared."""
+    metric, window, severed = settings.metric, settings.window, settings.severed
     positions = score_positions(len(inputs.tokenized.tokens), inputs.target)
 
     def score(logits):
