@@ -25,6 +25,8 @@ and read by every analysis and editor.
   forward the adapter runs;
 - :mod:`~interp_edit.adapter.fused` — ``fused_kernels``: TransformerLens' norms and attention
   run as PyTorch's fused kernels (within float rounding), inside the editors' optimisation loops;
+- :mod:`~interp_edit.adapter.forwards` — how those two contexts replace a module's ``forward`` and
+  give it back;
 - :mod:`~interp_edit.adapter.layout` — attention weights stored in the order the hooked
   forward reads them (no per-forward weight copies);
 - :mod:`~interp_edit.adapter.export` — ``to_hf`` (GPT-2-shaped models);

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from interp_edit.adapter.shared_norm import hooked
+from interp_edit.adapter.forwards import hooked, replace_forward, restore_forwards
 
 #: the settings of an editor's ``kernels`` field: fused kernels, or TransformerLens' modules
 KERNELS = ("fused", "transformer_lens")
@@ -205,17 +205,11 @@ def fused_kernels(model, enabled: bool = True) -> Iterator[None]:
     patched = []
     try:
         for module in _candidates(model):
-            own = vars(module).get("forward")
-            if isinstance(own, (_FusedNorm, _FusedAttention)):
+            if isinstance(vars(module).get("forward"), (_FusedNorm, _FusedAttention)):
                 continue  # entered already
             wrapper = _wrapper(module, module.forward)
             if wrapper is not None:
-                object.__setattr__(module, "forward", wrapper)
-                patched.append((module, own))
+                replace_forward(module, wrapper, patched)
         yield
     finally:
-        for module, own in reversed(patched):
-            if own is None:
-                object.__delattr__(module, "forward")
-            else:
-                object.__setattr__(module, "forward", own)
+        restore_forwards(patched)

@@ -29,11 +29,7 @@ from collections.abc import Iterator
 
 import torch
 
-
-def hooked(module: torch.nn.Module) -> bool:
-    """Whether a hook sits on one of ``module``'s hook points (its direct submodules)."""
-    return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
-               for p in module._modules.values())
+from interp_edit.adapter.forwards import hooked, replace_forward, restore_forwards
 
 
 class _LastNorm:
@@ -96,17 +92,11 @@ def shared_first_norm(model) -> Iterator[None]:
     try:
         handle = model.register_forward_pre_hook(last.clear)  # nothing is reused across forwards
         for norm in norms:
-            own = vars(norm).get("forward")
-            if not isinstance(own, _SharedNorm):
-                object.__setattr__(norm, "forward", _SharedNorm(norm, last))
-                patched.append((norm, own))
+            if not isinstance(vars(norm).get("forward"), _SharedNorm):
+                replace_forward(norm, _SharedNorm(norm, last), patched)
         yield
     finally:
-        for norm, own in reversed(patched):
-            if own is None:
-                object.__delattr__(norm, "forward")
-            else:
-                object.__setattr__(norm, "forward", own)
+        restore_forwards(patched)
         if handle is not None:
             handle.remove()
         last.clear()
