@@ -18,19 +18,20 @@ forward, checked on every call, whenever a hook sits on one of its hook points (
 call with an additive mask or a position bias. A call with TransformerLens' key/value cache
 entry and padding mask (the editors' reuse of an unedited prefix) is fused, with
 TransformerLens' causal and padding mask, its rotary positions and its zero pattern for a query
-that may attend to no key. An attention module
-keeps it for good (checked on entry) when its configuration has what the fused call does not
-reproduce: split or per-head inputs, a per-head result, local or bidirectional attention, ALiBi or
-relative position biases, soft-capped scores, query/key norms or clipping, log-n scaling,
-attention sinks, ungrouped key/value heads or 4-bit weights. The forward then differs from
+that may attend to no key. An attention module keeps TransformerLens' forward for good (checked
+on entry) when its configuration has what the fused call does not reproduce: split or per-head
+inputs, a per-head result, local or bidirectional attention, ALiBi or relative position biases,
+soft-capped scores, query/key norms or clipping, log-n scaling, attention sinks, ungrouped
+key/value heads or 4-bit weights. The forward then differs from
 TransformerLens' by float rounding only (``tests/test_fused_kernels.py``: every family, float32
 and bfloat16). In half precision the norms keep TransformerLens' float32 normalisation and its
 rounding before the weight.
 
 The editors' optimisation loops enter it (their ``kernels`` field, ``"fused"`` by default);
-the analyses do not, so a trace or a patching run is TransformerLens' computation exactly. The
-bridge (its blocks are Hugging Face modules, fused already) is left as it is. Entering it where
-it is already entered changes nothing.
+the analyses do not unless asked (``causal_trace(..., kernels="fused")``), so a trace or a
+patching run is TransformerLens' computation exactly by default. The bridge (its blocks are
+Hugging Face modules, fused already) is left as it is. Entering it where it is already entered
+changes nothing.
 """
 
 from __future__ import annotations
