@@ -17,11 +17,10 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
     """Right-pad id lists into a tensor; also return each sequence's length."""
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    out = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out, lengths
+    lengths = [len(s) for s in sequences]
+    width = max(lengths)
+    out = torch.tensor([[*s, *[pad_id] * (width - len(s))] for s in sequences], dtype=torch.long)
+    return out.view(len(sequences), width), torch.tensor(lengths, dtype=torch.long)
 
 
 @torch.no_grad()

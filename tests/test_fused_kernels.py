@@ -1,4 +1,4 @@
-"""``adapter.fused_kernels``: TransformerLens' norms and attention run as PyTorch's fused kernels
+"""``adapter.fused_kernels``: TransformerLens' norms, attention and tanh GELU run as PyTorch's fused kernels
 within float rounding of TransformerLens' own forward (its modules are the reference), every
 hooked module computed exactly as TransformerLens computes it, and every module as it was on
 leaving; the editors' ``kernels`` field selects it."""
@@ -11,7 +11,7 @@ from family_models import BACKEND, FAMILY_NAMES, family_model
 
 from interp_edit import load_model
 from interp_edit.adapter import fused_kernels, residual_from_layer, run_with_hooks, shared_first_norm
-from interp_edit.adapter.fused import _FusedAttention, _FusedNorm
+from interp_edit.adapter.fused import _FusedActivation, _FusedAttention, _FusedNorm
 from interp_edit.adapter.shared_norm import _SharedNorm
 from interp_edit.errors import EditConfigError
 
@@ -38,8 +38,14 @@ def _wrapped(model):
     return (sum(isinstance(f, _FusedNorm) for f in forwards), sum(isinstance(f, _FusedAttention) for f in forwards))
 
 
+def _activations(model) -> int:
+    """MLPs running the fused tanh GELU now."""
+    return sum(isinstance(vars(m).get("act_fn"), _FusedActivation) for m in model.modules())
+
+
 def _none_wrapped(model) -> bool:
-    return not any(isinstance(vars(m).get("forward"), (_FusedNorm, _FusedAttention, _SharedNorm)) for m in model.modules())
+    return not any(isinstance(vars(m).get("forward"), (_FusedNorm, _FusedAttention, _SharedNorm))
+                   or isinstance(vars(m).get("act_fn"), _FusedActivation) for m in model.modules())
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -51,10 +57,12 @@ def test_every_family_within_float_rounding(family, processed):
         reference = model(tokens)
         with fused_kernels(model):
             norms, attentions = _wrapped(model)
+            activations = _activations(model)
             fused = model(tokens)
     assert norms >= 2 * model.cfg.n_layers + 1 or family in ("gptj", "phi")  # GPT-J / Phi-2: one norm per block
     assert norms >= model.cfg.n_layers + 1
     assert attentions == NOT_FUSED_ATTENTION.get(family, model.cfg.n_layers)
+    assert activations == (model.cfg.n_layers if model.cfg.act_fn in ("gelu_new", "gelu_fast") else 0)
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=5e-5)
     assert not torch.equal(fused, reference)  # the fused kernels did run
     assert _none_wrapped(model)
@@ -84,6 +92,46 @@ def test_half_precision_within_its_rounding():
     assert fused.dtype == reference.dtype
     torch.testing.assert_close(fused, reference, rtol=0.05, atol=0.25)  # logits of up to 10 in bfloat16
     assert (fused - reference).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("name", ["gelu_new", "gelu_fast"])
+def test_the_tanh_gelu_and_its_gradient_within_float_rounding(name):
+    """The fused activation against TransformerLens' elementwise one, over values from -12 to 12."""
+    from transformer_lens.utilities import activation_functions
+
+    written_out = getattr(activation_functions, name)
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64).float().requires_grad_(True)
+    fused = _FusedActivation(torch.nn.Module(), written_out)(x)
+    (fused_grad,) = torch.autograd.grad(fused.sum(), x)
+    reference = written_out(x)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-5, atol=5e-6)  # gradients of up to 1.13
+    assert not torch.equal(fused, reference)  # a different computation
+
+
+def test_a_hooked_mlp_keeps_transformer_lens_activation(toy):
+    """A hook on an MLP's hook point: that MLP's activation is TransformerLens' function, called
+    with the same tensor; the other MLPs' are fused."""
+    calls = []
+
+    def previous(x):
+        calls.append(x)
+        return "transformer_lens"
+
+    mlp = toy.blocks[1].mlp
+    wrapper = _FusedActivation(mlp, previous)
+    x = torch.randn(2, 3, toy.cfg.d_mlp)
+    assert torch.equal(wrapper(x), torch.nn.functional.gelu(x, approximate="tanh")) and not calls
+    with toy.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", lambda act, hook: act)]):
+        assert wrapper(x) == "transformer_lens" and calls[0] is x
+    hooked_post = []
+    with torch.no_grad(), fused_kernels(toy):
+        assert _activations(toy) == toy.cfg.n_layers
+        reference = toy.blocks[1].mlp.act_fn.previous
+        run_with_hooks(toy, _tokens(toy), [("blocks.1.mlp.hook_pre", lambda act, hook: hooked_post.append(act))])
+    assert reference.__name__ == "gelu_new"
+    assert len(hooked_post) == 1
 
 
 def test_with_every_hook_point_hooked_it_is_transformer_lens_bit_for_bit(toy):
@@ -201,6 +249,7 @@ def test_restored_on_leaving_and_after_an_exception(toy):
 
     with pytest.raises(RuntimeError, match="boom"), fused_kernels(toy):
         assert _wrapped(toy) == (2 * toy.cfg.n_layers + 1, toy.cfg.n_layers)
+        assert _activations(toy) == toy.cfg.n_layers
         run_with_hooks(toy, _tokens(toy), [("blocks.2.hook_resid_mid", fail)])
     assert _none_wrapped(toy)
 
@@ -212,6 +261,8 @@ def test_nested_and_with_the_shared_norm_in_either_order(toy):
             alone = toy(tokens)
             with fused_kernels(toy):
                 assert _wrapped(toy) == (2 * toy.cfg.n_layers + 1, toy.cfg.n_layers)
+                assert _activations(toy) == toy.cfg.n_layers
+                assert isinstance(toy.blocks[0].mlp.act_fn.previous, type(lambda: 0))  # not wrapped twice
                 assert torch.equal(toy(tokens), alone)
             assert _wrapped(toy) == (2 * toy.cfg.n_layers + 1, toy.cfg.n_layers)  # the outer one still holds
             with shared_first_norm(toy):
@@ -227,7 +278,7 @@ def test_nested_and_with_the_shared_norm_in_either_order(toy):
 
 def test_disabled_enters_nothing(toy):
     with fused_kernels(toy, enabled=False):
-        assert _wrapped(toy) == (0, 0)
+        assert _wrapped(toy) == (0, 0) and _activations(toy) == 0
 
 
 def _count_calls(monkeypatch, cls):
@@ -264,8 +315,11 @@ def test_the_editors_kernels_field(toy, monkeypatch, method, settings):
         assert (len(calls) > 0) == (kernels == "fused")
     for name in edits["fused"].deltas:
         fused, plain = (edits[k].delta_matrix(name, toy) for k in ("fused", "transformer_lens"))
-        scale = plain.abs().max()
-        assert scale > 0 and (fused - plain).abs().max() <= 1e-2 * scale
+        scale, differ = plain.abs().max(), (fused - plain).abs()
+        # within rounding, but where Adam's normalised step (±lr at first) magnifies the rounding of
+        # a gradient entry near zero: one entry in 65,536 of FT-L's change differs by 1% of the scale
+        assert scale > 0 and differ.max() <= 5e-2 * scale
+        assert (differ > 1e-3 * scale).float().mean() <= 1e-3
     assert _none_wrapped(toy)
     with pytest.raises(EditConfigError, match="kernels"):
         edit(toy, [record], method, kernels="fast", **settings)

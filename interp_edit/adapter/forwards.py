@@ -1,4 +1,5 @@
-"""A module's ``forward`` replaced for the length of a context, and given back: the one rule the
+"""A module's ``forward`` (or a function its forward calls) replaced for the length of a context,
+and given back: the one rule the
 adapter's contexts that swap TransformerLens' computations (:mod:`~interp_edit.adapter.shared_norm`,
 :mod:`~interp_edit.adapter.fused`) follow. The replacement is an instance attribute, so
 ``module(x)`` still runs the module's hooks around it; contexts nest, each giving back what it
@@ -19,15 +20,21 @@ def hooked(module: torch.nn.Module) -> bool:
 
 def replace_forward(module: torch.nn.Module, forward: Any, replaced: list) -> None:
     """Give ``module`` the ``forward`` ``forward``, noting in ``replaced`` what it had."""
-    replaced.append((module, vars(module).get("forward")))
-    object.__setattr__(module, "forward", forward)
+    replace_attribute(module, "forward", forward, replaced)
+
+
+def replace_attribute(module: torch.nn.Module, name: str, value: Any, replaced: list) -> None:
+    """Set ``module``'s instance attribute ``name`` (a ``forward``, or a function the forward
+    calls, such as an MLP's ``act_fn``) to ``value``, noting in ``replaced`` what it had."""
+    replaced.append((module, name, vars(module).get(name)))
+    object.__setattr__(module, name, value)
 
 
 def restore_forwards(replaced: list) -> None:
     """Give every module in ``replaced`` back what it had, last replaced first."""
-    for module, own in reversed(replaced):
+    for module, name, own in reversed(replaced):
         if own is None:
-            object.__delattr__(module, "forward")
+            object.__delattr__(module, name)
         else:
-            object.__setattr__(module, "forward", own)
+            object.__setattr__(module, name, own)
     replaced.clear()

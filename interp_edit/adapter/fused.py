@@ -1,11 +1,12 @@
-"""PyTorch's fused norm and attention kernels in TransformerLens' modules, inside a context.
+"""PyTorch's fused norm, attention and GELU kernels in TransformerLens' modules, inside a context.
 
-TransformerLens writes LayerNorm and RMSNorm out in five to nine elementwise operations, and
+TransformerLens writes LayerNorm and RMSNorm out in five to nine elementwise operations,
 attention as explicit scores, a causal mask rebuilt in every layer, a softmax, a NaN guard and
-a weighted sum, each a separate operation in the forward and again in the backward. Inside
-:func:`fused_kernels` the norms run as one ``F.layer_norm`` / ``F.rms_norm`` and the attention
-core as one ``F.scaled_dot_product_attention``, as the Hugging Face models that the editors'
-reference code runs compute them::
+a weighted sum, and GPT-2's tanh GELU (``gelu_new``, ``gelu_fast``) in seven, each a separate
+operation in the forward and again in the backward. Inside :func:`fused_kernels` the norms run
+as one ``F.layer_norm`` / ``F.rms_norm``, the attention core as one
+``F.scaled_dot_product_attention`` (as the Hugging Face models that the editors' reference code
+runs compute them) and the tanh GELU of an MLP as one ``F.gelu(approximate="tanh")``::
 
     with fused_kernels(model):
         loss = loss_of(model(tokens))      # same result within float rounding, fewer operations
@@ -13,7 +14,7 @@ reference code runs compute them::
 
 The queries, keys, values and the output projection are TransformerLens' own computation, bit for
 bit; rotary positions are TransformerLens' ``apply_rotary``. A module keeps TransformerLens'
-forward, checked on every call, whenever a hook sits on one of its hook points (so
+forward (an MLP its activation), checked on every call, whenever a hook sits on one of its hook points (so
 ``run_with_cache`` and every patching hook see exactly what TransformerLens computes), and for a
 call with an additive mask or a position bias. A call with TransformerLens' key/value cache
 entry and padding mask (the editors' reuse of an unedited prefix) is fused, with
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from interp_edit.adapter.forwards import hooked, replace_forward, restore_forwards
+from interp_edit.adapter.forwards import hooked, replace_attribute, replace_forward, restore_forwards
 
 #: the settings of an editor's ``kernels`` field: fused kernels, or TransformerLens' modules
 KERNELS = ("fused", "transformer_lens")
@@ -85,6 +86,35 @@ class _FusedNorm:
         if w is not None:
             out = out * w
         return out + b if b is not None else out
+
+
+#: TransformerLens' MLP classes whose forward applies ``act_fn`` to the pre-activation alone
+_MLPS = ("MLP", "GatedMLP")
+#: TransformerLens' tanh GELUs written out elementwise (GPT-2's ``gelu_new``, ``gelu_fast``)
+_TANH_GELUS = ("gelu_new", "gelu_fast")
+
+
+class _FusedActivation:
+    """An MLP's ``act_fn`` inside the context: the tanh GELU as one ``F.gelu(approximate="tanh")``
+    (TransformerLens writes it out in seven elementwise operations, and autograd differentiates
+    each), or TransformerLens' own where a hook sits on one of the MLP's hook points."""
+
+    __slots__ = ("mlp", "previous")
+
+    def __init__(self, mlp: torch.nn.Module, previous):
+        self.mlp, self.previous = mlp, previous
+
+    def __call__(self, x: Float[torch.Tensor, "*rows d_mlp"]) -> Float[torch.Tensor, "*rows d_mlp"]:
+        if hooked(self.mlp):
+            return self.previous(x)
+        return F.gelu(x, approximate="tanh")
+
+
+def _fusable_activation(mlp: torch.nn.Module) -> bool:
+    """Whether this MLP's activation is a tanh GELU that TransformerLens writes out."""
+    act = vars(mlp).get("act_fn")
+    return (_from_transformer_lens(mlp, _MLPS) and getattr(act, "__name__", None) in _TANH_GELUS
+            and getattr(act, "__module__", "").startswith("transformer_lens."))
 
 
 def _fusable_attention(attn: torch.nn.Module) -> bool:
@@ -208,6 +238,9 @@ def fused_kernels(model, enabled: bool = True) -> Iterator[None]:
         for module in _candidates(model):
             if isinstance(vars(module).get("forward"), (_FusedNorm, _FusedAttention)):
                 continue  # entered already
+            if _fusable_activation(module):
+                replace_attribute(module, "act_fn", _FusedActivation(module, module.act_fn), patched)
+                continue
             wrapper = _wrapper(module, module.forward)
             if wrapper is not None:
                 replace_forward(module, wrapper, patched)

@@ -286,50 +286,60 @@ def frozen_parameters(model):
     thawed = [p for p in _parameters(model) if p.requires_grad]
     try:
         for p in thawed:
-            p.requires_grad_(False)
+            p.requires_grad = False
         yield model
     finally:
         for p in thawed:
-            p.requires_grad_(True)
+            p.requires_grad = True
 
 
 def _parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """``model.parameters()`` without building every module's name (a HookedTransformer has a
-    module per hook point; listing the toy model's parameters takes 74 µs instead of 135 µs)."""
-    found, seen, stack = [], set(), [model]
+    """``model.parameters()`` without building every module's name, and passing over the modules
+    without parameters or children at once (a HookedTransformer has a module per hook point:
+    listing the toy model's parameters takes 27 µs instead of 135 µs)."""
+    found: dict[int, torch.nn.Parameter] = {}
+    stack = [model]
     while stack:
         module = stack.pop()
-        for p in module._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                found.append(p)
-        stack.extend(m for m in module._modules.values() if m is not None)
-    return found
-
-
+        if module is None:
+            continue
+        if module._parameters:
+            for p in module._parameters.values():
+                if p is not None:
+                    found.setdefault(id(p), p)
+        if module._modules:
+            stack.extend(module._modules.values())
+    return list(found.values())
 
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 @torch.no_grad()
-def weight_checksum(tensor: torch.Tensor, *, chunk_rows: int = 1024) -> tuple[int, int]:
-    """An exact fingerprint of a tensor's bits, computed where it lives (no copy to the CPU):
-    the wrapping int64 sum of its elements read as integers, and the same sum weighted by
-    position. Any change of a value changes it (but for collisions no user edit makes); the
-    cost is one pass over the tensor, in chunks of ``chunk_rows`` rows."""
+def weight_checksum(tensor: torch.Tensor, *, chunk_rows: int = 4096) -> tuple[int, int, int]:
+    """An exact fingerprint of a tensor's bits, computed where it lives (no copy to the CPU).
+    Seen as a matrix [rows, cols] of integers (its elements' bits), it is the sum of its row
+    sums, and the row sums and the column sums weighted by their index (from 1), each row and
+    column sum wrapping at the element width (32 bits for float32: integer sums, so the same
+    bits give the same fingerprint in any order of summation). A change of one value changes its
+    row sum; rows or columns swapped change the weighted sums (but for collisions no user edit
+    makes). Two reductions over the tensor, in chunks of ``chunk_rows`` rows."""
     flat = tensor.detach().contiguous()
     flat = flat.view(-1, flat.shape[-1]) if flat.dim() > 1 else flat.view(1, -1)
     ints = flat.view(_INT_VIEW[flat.element_size()])
-    total = weighted = 0
-    width = ints.shape[1]
-    for start in range(0, ints.shape[0], chunk_rows):
-        block = ints[start : start + chunk_rows].to(torch.int64)
-        first = start * width + 1  # positions weigh 1, 2, 3, ...
-        index = torch.arange(first, first + block.numel(), device=block.device).view(block.shape)
-        total += int(block.sum())
-        weighted += int((block * index).sum())
-    return total, weighted
+    wrap = torch.int64 if ints.element_size() == 8 else torch.int32
+    n_rows, width = ints.shape
+    sums = torch.zeros(2, dtype=torch.int64, device=ints.device)  # the total and the rows weighted
+    columns = torch.zeros(width, dtype=wrap, device=ints.device)
+    for start in range(0, n_rows, chunk_rows):
+        block = ints[start : start + chunk_rows]
+        rows = block.sum(1, dtype=wrap).to(torch.int64)
+        index = torch.arange(start + 1, start + 1 + rows.numel(), device=rows.device)
+        sums += torch.stack([rows, rows * index]).sum(1)
+        columns += block.sum(0, dtype=wrap)
+    by_column = (columns.to(torch.int64) * torch.arange(1, width + 1, device=columns.device)).sum()
+    total, by_row, by_column = torch.cat([sums, by_column[None]]).tolist()  # one copy to the host
+    return total, by_row, by_column
 
 
 def post_norm_preimage(model, layer: int, kind: str, raw: torch.Tensor | None, change: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from interp_edit.adapter import (
 from interp_edit.adapter.params import APPLIED_EDITS_ATTR, weight_checksum
 from interp_edit.editing.hooks import hook_points
 from interp_edit.errors import EditApplicationError
-from interp_edit.precision import add_delta_
+from interp_edit.precision import add_delta_, all_finite
 
 _STACK_ATTR = APPLIED_EDITS_ATTR
 
@@ -93,6 +93,11 @@ class SparseRowDelta:
     def rank(self) -> int:
         return int(torch.linalg.matrix_rank(self.values.double()).item()) if len(self.rows) else 0
 
+    def covers(self, n_rows: int) -> bool:
+        """Whether the rows are all ``n_rows`` rows in order (fine-tuning changes every row of
+        ``W_out``): then ``ΔW`` is ``values`` itself and is added without gathering rows."""
+        return len(self.rows) == n_rows and torch.equal(self.rows.cpu(), torch.arange(n_rows))
+
     def dense(self, n_rows: int) -> Float[Tensor, "rows cols"]:
         """ΔW as a dense matrix of ``n_rows`` rows."""
         out = torch.zeros(n_rows, self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
@@ -107,6 +112,29 @@ class SparseRowDelta:
 
 
 Delta = LowRankDelta | SparseRowDelta
+
+
+class _Content:
+    """What an applied edit's stack entry keeps to refuse the same content applied twice: its
+    method, base model and deltas' names, kinds, shapes and dtypes at once, and its content hash
+    (one pass over every delta value) only when another edit alike in all those is applied, so
+    applying one edit costs no hash. The hash is of the edit as it is then (an edit's deltas are
+    not changed in place)."""
+
+    def __init__(self, edit: Edit) -> None:
+        self.edit = edit
+        self.key = (edit.method, edit.model_fingerprint, tuple(
+            (label, tuple((k, t.dtype, tuple(t.shape)) for k, t in sorted(tensors.items()))) for label, tensors in edit._parts()))
+        self._digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = self.edit.content_hash()
+        return self._digest
+
+    def same(self, other: _Content) -> bool:
+        return self.key == other.key and self.digest == other.digest
 
 
 @dataclass
@@ -153,7 +181,7 @@ class Edit:
         for name, delta in self.deltas.items():
             if not has_parameter(model, name):
                 raise EditApplicationError(f"this {self.method} edit changes the parameter {name!r}, which the model does not have")
-            if not all(torch.isfinite(t).all() for t in delta.tensors().values()):
+            if not all(all_finite(t) for t in delta.tensors().values()):
                 raise EditApplicationError(f"the delta of {name} holds non-finite values (NaN or inf); it would break the model")
             rows, cols = weight_matrix_shape(model, name)
             if isinstance(delta, LowRankDelta):
@@ -183,11 +211,11 @@ class Edit:
             setattr(model, _STACK_ATTR, stack)
         if any(entry[0] is self for entry in stack):
             raise EditApplicationError(f"this {self.method} edit is already applied to the model")
-        digest = self.content_hash()
-        if any(entry[3] == digest for entry in stack):
+        content = _Content(self)
+        if any(entry[3].same(content) for entry in stack):
             raise EditApplicationError(
-                f"an edit with the same content as this {self.method} edit (content hash {digest[:12]}) is already applied "
-                "to the model (e.g. the same file loaded twice); applying it again would add its deltas twice"
+                f"an edit with the same content as this {self.method} edit (content hash {content.digest[:12]}) is already "
+                "applied to the model (e.g. the same file loaded twice); applying it again would add its deltas twice"
             )
         originals: dict[str, Tensor] = {}
         handles: list[tuple[str, Any]] = []
@@ -198,30 +226,43 @@ class Edit:
             for name, delta in self.deltas.items():
                 param = get_parameter(model, name)
                 matrix = param.data.view(weight_matrix_shape(model, name))
-                if isinstance(delta, SparseRowDelta):
-                    rows = delta.rows.to(param.device)
+                rows = self._rows(name, matrix)
+                if rows is not None:
                     originals[name] = matrix[rows].clone()
                     block = matrix[rows]
                     add_delta_(block, delta.values)
                     matrix[rows] = block
                 else:
                     originals[name] = param.data.clone()
-                    add_delta_(matrix, delta.dense())
+                    add_delta_(matrix, self._dense(name))
         except BaseException:
             self._restore(model, originals, handles)
             raise
-        stack.append((self, originals, handles, digest, self._checksums(model)))
+        stack.append((self, originals, handles, content, self._checksums(model)))
         return self
+
+    def _rows(self, name: str, matrix: Tensor) -> Tensor | None:
+        """The rows of ``matrix`` (parameter ``name`` as a matrix) that a sparse delta writes, on
+        its device; ``None`` where the edit writes the whole matrix (a low-rank delta, or sparse
+        rows that are all the rows in order)."""
+        delta = self.deltas[name]
+        if isinstance(delta, LowRankDelta) or delta.covers(matrix.shape[0]):
+            return None
+        return delta.rows.to(matrix.device)
+
+    def _dense(self, name: str) -> Tensor:
+        """ΔW of a delta that writes the whole matrix (see :meth:`_rows`)."""
+        delta = self.deltas[name]
+        return delta.dense() if isinstance(delta, LowRankDelta) else delta.values
 
     def _edited_region(self, model, name: str) -> Tensor:
         """What this edit wrote in parameter ``name``: its rows for a sparse delta, else all of it."""
         param = get_parameter(model, name)
-        delta = self.deltas[name]
-        if isinstance(delta, SparseRowDelta):
-            return param.data.view(weight_matrix_shape(model, name))[delta.rows.to(param.device)]
-        return param.data
+        matrix = param.data.view(weight_matrix_shape(model, name))
+        rows = self._rows(name, matrix)
+        return param.data if rows is None else matrix[rows]
 
-    def _checksums(self, model) -> dict[str, tuple[int, int]]:
+    def _checksums(self, model) -> dict[str, tuple[int, ...]]:
         return {name: weight_checksum(self._edited_region(model, name)) for name in self.deltas}
 
     @torch.no_grad()
@@ -259,14 +300,13 @@ class Edit:
         for name in moved:  # keep the user's change: W_now - ΔW
             param = get_parameter(model, name)
             matrix = param.data.view(weight_matrix_shape(model, name))
-            delta = self.deltas[name]
-            if isinstance(delta, SparseRowDelta):
-                rows = delta.rows.to(param.device)
+            rows = self._rows(name, matrix)
+            if rows is not None:
                 block = matrix[rows]
-                add_delta_(block, -delta.values)
+                add_delta_(block, -self.deltas[name].values)
                 matrix[rows] = block
             else:
-                add_delta_(matrix, -delta.dense())
+                add_delta_(matrix, -self._dense(name))
         self._restore(model, {k: v for k, v in originals.items() if k not in moved}, handles)
         return self
 
@@ -275,9 +315,10 @@ class Edit:
             remove_persistent_hook(model, name, handle)
         for name, original in originals.items():
             param = get_parameter(model, name)
-            delta = self.deltas[name]
-            if isinstance(delta, SparseRowDelta):
-                param.data.view(weight_matrix_shape(model, name))[delta.rows.to(param.device)] = original
+            matrix = param.data.view(weight_matrix_shape(model, name))
+            rows = self._rows(name, matrix)
+            if rows is not None:
+                matrix[rows] = original
             else:
                 param.data.copy_(original)
 
@@ -312,15 +353,19 @@ class Edit:
         import hashlib
 
         digest = hashlib.sha256(json.dumps([self.method, self.model_fingerprint]).encode())
-        parts = [(f"delta::{name}", delta.tensors()) for name, delta in self.deltas.items()]
-        parts += [(f"hook::{label}::{steer.kind}::{steer.hook_name}", steer.tensors()) for label, steer in self.hooks.items()]
-        for label, tensors in sorted(parts, key=lambda p: p[0]):
+        for label, tensors in self._parts():
             digest.update(label.encode())
             for key in sorted(tensors):
                 tensor = tensors[key].detach().to("cpu").contiguous()
                 digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
                 digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         return digest.hexdigest()
+
+    def _parts(self) -> list[tuple[str, dict[str, Tensor]]]:
+        """What the edit does, as labelled tensors sorted by label: its deltas and its hooks."""
+        parts = [(f"delta::{name}", delta.tensors()) for name, delta in self.deltas.items()]
+        parts += [(f"hook::{label}::{steer.kind}::{steer.hook_name}", steer.tensors()) for label, steer in self.hooks.items()]
+        return sorted(parts, key=lambda p: p[0])
 
     # --- reporting ---------------------------------------------------------------------
     def layers(self) -> list[int]:
@@ -426,7 +471,7 @@ class Edit:
             raise CheckpointError(f"{path} is a safetensors file but not an interp_edit edit (no metadata)")
         meta = _check_metadata(path, raw)
         for key, tensor in tensors.items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            if not all_finite(tensor):
                 raise CheckpointError(f"{path}: tensor {key!r} holds non-finite values (NaN or inf)")
 
         def tensor(key: str) -> Tensor:

@@ -184,14 +184,18 @@ def edit_span_text(request: EditRequest, edit_token: str, index: int = 0) -> str
     return span
 
 
-def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str, before: str = "", index: int = 0) -> tuple[tuple[int, ...], int]:
+def edit_position_of(tokenizer, text: str, request: EditRequest, edit_token: str, before: str = "", index: int = 0,
+                     subject_tokens=None) -> tuple[tuple[int, ...], int]:
     """The ids of ``text`` (BOS first) and the position of ``edit_token`` in them. ``before``
     is the text ahead of the request's prompt in ``text`` (a context prefix), whose own
     occurrences of the span are skipped, as are occurrences inside the subject (a verb ``in``
-    is not the ``in`` of "Justin"); a span found only there raises :class:`EditRequestError`."""
+    is not the ``in`` of "Justin"); a span found only there raises :class:`EditRequestError`.
+    ``subject_tokens``: the caller's :func:`tokenize_with_subject` of ``text`` with the subject at
+    its slot, used instead of tokenising again for a subject or prompt token."""
     span = edit_span_text(request, edit_token, index)
     if span is None or edit_token.startswith("subject"):
-        tok = tokenize_with_subject(tokenizer, text, request.subject, occurrence=slot_occurrence(text, before, request))
+        tok = subject_tokens if subject_tokens is not None else tokenize_with_subject(
+            tokenizer, text, request.subject, occurrence=slot_occurrence(text, before, request))
         if span is None:
             return tok.tokens, len(tok.tokens) - 1
         return tok.tokens, _subject_position(tok.subject_span, edit_token, index, request.subject)
@@ -251,7 +255,7 @@ def prepare_requests(model, requests: Iterable, fingerprint: str,
                 f"{len(tok.tokens) + len(target_ids)} tokens, more than the model's context {model.cfg.n_ctx}"
             )
         try:
-            _, position = edit_position_of(model.tokenizer, request.text, request, edit_token, index=index)
+            _, position = edit_position_of(model.tokenizer, request.text, request, edit_token, index=index, subject_tokens=tok)
         except InterpEditError as err:
             if isinstance(err, EditRequestError):
                 raise

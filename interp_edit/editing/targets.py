@@ -51,6 +51,7 @@ from interp_edit.adapter import (
     unembed,
 )
 from interp_edit.batching import pad_right
+from interp_edit.editing.optimiser import adam
 from interp_edit.editing.requests import TokenizedRequest, fill_prefix, tokenize_in_context
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.prompts import tokenize_with_subject
@@ -102,10 +103,11 @@ class TargetConfig:
     essence_templates: tuple[str, ...] = ("{} is a",)
     #: requests optimised together (bounds memory)
     chunk_size: int = 64
-    #: the optimisation's forwards: "fused" (PyTorch's fused norm and attention kernels where
-    #: TransformerLens' module allows, as the reference code's Hugging Face models compute them;
-    #: within float rounding of TransformerLens, :mod:`interp_edit.adapter.fused`) or
-    #: "transformer_lens" (TransformerLens' modules, bit for bit)
+    #: the optimisation's kernels: "fused" (PyTorch's fused norm and attention kernels where
+    #: TransformerLens' module allows, as the reference code's Hugging Face models compute them,
+    #: :mod:`interp_edit.adapter.fused`, and its fused Adam, :mod:`interp_edit.editing.optimiser`;
+    #: within float rounding) or "transformer_lens" (TransformerLens' modules and the default
+    #: Adam, bit for bit)
     kernels: str = "fused"
     seed: int = 0
 
@@ -375,7 +377,7 @@ def _optimise_chunk(model, requests, layer, prefixes, config: TargetConfig, init
         initial = (raw["mlp"] if initial_site == "mlp_out" else run.acts[names[0]])[bare, edit_pos[bare]].float()
     init_norm = initial.norm(dim=-1)
     delta = torch.zeros(n_req, model.cfg.d_model, device=device, requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=config.lr)
+    optimiser = adam([delta], config.lr, config.kernels)
     done = torch.zeros(n_req, dtype=torch.bool, device=device)
     # a host copy of ``done`` picks the rows to run: one host synchronisation per step (below)
     done_host, owner_host = torch.zeros(n_req, dtype=torch.bool), rows.owner

@@ -30,6 +30,7 @@ from interp_edit.batching import pad_right
 from interp_edit.editing.closed_form import check_layers, w_out_name
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
+from interp_edit.editing.optimiser import adam
 from interp_edit.editing.requests import prepare_requests
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import OPTIMISE_DTYPE
@@ -95,7 +96,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
     weight = get_parameter(model, w_out_name(cfg.layer))
     # optimised in float32 (Adam on a half-precision tensor underflows): see interp_edit.precision
     change = torch.zeros(weight.shape, dtype=OPTIMISE_DTYPE, device=weight.device, requires_grad=True)
-    optimiser = torch.optim.Adam([change], lr=cfg.lr)
+    optimiser = adam([change], cfg.lr, cfg.kernels)
     store = {}
 
     def keep(act, hook):
@@ -125,6 +126,7 @@ def finetune(model, requests, config: FTConfig | None = None, *, corpus=None, ca
                 change.clamp_(-cfg.norm_constraint, cfg.norm_constraint)
     change = change.detach().cpu()
     changed = (change != 0).any(-1).nonzero().flatten()
-    delta = SparseRowDelta(changed, change[changed].clone())
+    # every row changed (the rule when a step was taken): the optimised tensor itself, no copy
+    delta = SparseRowDelta(changed, change if len(changed) == len(change) else change[changed].clone())
     return Edit("ft", {w_out_name(cfg.layer): delta}, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs],
                 {"loss": losses})

@@ -52,6 +52,7 @@ from interp_edit.editing.closed_form import check_layers
 from interp_edit.editing.config import EditorConfig, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.hooks import GatedLinearMap
+from interp_edit.editing.optimiser import adam
 from interp_edit.editing.requests import TokenizedRequest, fill_prefix, prepare_requests
 from interp_edit.editing.targets import prefixes_for
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError
@@ -227,7 +228,7 @@ def optimised_targets(model, texts: list[str], target_ids: list[tuple[int, ...]]
         source = torch.stack([cache[n][rows, last].float() for n in names])
     norms = source.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     delta = torch.zeros_like(source, requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=cfg.lr)
+    optimiser = adam([delta], cfg.lr, cfg.kernels)
 
     def adder(i):
         def add(act, hook):

@@ -79,6 +79,7 @@ from interp_edit.editing.config import resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig, memit_probe
+from interp_edit.editing.optimiser import adam
 from interp_edit.editing.requests import TokenizedRequest
 from interp_edit.editing.spread import probe_keys
 from interp_edit.editing.targets import (
@@ -224,7 +225,7 @@ def _optimise_chunk(model, requests, layer: int, prefixes, cfg: PMETConfig, reus
         initial = {kind: raw[kind][bare, edit_pos[bare]].float() for kind in KINDS}
     init_norm = {kind: initial[kind].norm(dim=-1).clamp(min=1e-8) for kind in KINDS}
     delta = {kind: torch.zeros(n_req, model.cfg.d_model, device=device, requires_grad=True) for kind in KINDS}
-    optimiser = torch.optim.Adam([delta["mlp"], delta["attn"]], lr=cfg.lr)
+    optimiser = adam([delta["mlp"], delta["attn"]], cfg.lr, cfg.kernels)
     nll_factor = torch.full((n_req,), cfg.nll_loss_factor, device=device)
     done = torch.zeros(n_req, dtype=torch.bool, device=device)
     updates = max_updates(cfg)
