@@ -245,3 +245,64 @@ def test_a_steering_hook_of_the_wrong_width_is_refused_and_nothing_is_added(tiny
     with pytest.raises(EditApplicationError, match="does not have"):
         missing.apply(tiny_model)
     assert hook_counts(tiny_model) == {} and applied_edits(tiny_model) == []
+
+
+def test_sparse_rows_covering_the_matrix_apply_and_undo_as_any_rows(tiny_model):
+    """Rows that are all the matrix's rows in order (FT-L's) are added without gathering them:
+    the same weights as the same rows given out of order, an exact undo, a refused undo after a
+    change, and ``changed="subtract"`` keeping it."""
+    from interp_edit.adapter.params import get_parameter
+
+    name, n = "blocks.0.mlp.W_out", tiny_model.cfg.d_mlp
+    values = torch.randn(n, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(3)) * 0.1
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(4))
+    covering = SparseRowDelta(torch.arange(n), values)
+    shuffled = SparseRowDelta(order, values[order])
+    assert covering.covers(n) and not shuffled.covers(n) and not SparseRowDelta(torch.arange(n - 1), values[1:]).covers(n)
+    fingerprint = model_fingerprint(tiny_model)
+    weight = get_parameter(tiny_model, name)
+    before = weight.detach().clone()
+    results = []
+    for delta in (covering, shuffled):
+        edit = Edit("test", {name: delta}, fingerprint).apply(tiny_model)
+        results.append(weight.detach().clone())
+        edit.undo(tiny_model)
+        assert torch.equal(weight, before)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], before + values)
+    edit = Edit("test", {name: covering}, fingerprint).apply(tiny_model)
+    with torch.no_grad():
+        weight[5, 2] += 1.0
+    with pytest.raises(EditApplicationError, match="no longer hold"):
+        edit.undo(tiny_model)
+    edit.undo(tiny_model, changed="subtract")
+    expected = before.clone()
+    expected[5, 2] += 1.0
+    assert torch.allclose(weight.detach(), expected, atol=1e-6)
+    with torch.no_grad():
+        weight.copy_(before)
+
+
+def test_edits_alike_in_shape_but_not_in_content_stack(tiny_model):
+    """Applying an edit hashes nothing unless an applied edit has the same method, base model and
+    delta shapes; then the contents decide: equal is refused, different stacks."""
+    first, second = random_edit(tiny_model, 0), random_edit(tiny_model, 1)
+    hashed = []
+    original = Edit.content_hash
+
+    def counting(self):
+        hashed.append(self)
+        return original(self)
+
+    Edit.content_hash = counting
+    try:
+        with first.applied(tiny_model):
+            assert hashed == []  # nothing applied before it: no hash
+            with second.applied(tiny_model):
+                assert {id(e) for e in hashed} == {id(first), id(second)}
+                assert applied_edits(tiny_model) == [first, second]
+            copy = Edit(first.method, dict(first.deltas), first.model_fingerprint)
+            with pytest.raises(EditApplicationError, match="same content"):
+                copy.apply(tiny_model)
+    finally:
+        Edit.content_hash = original
+    assert applied_edits(tiny_model) == []

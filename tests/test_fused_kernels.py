@@ -325,6 +325,27 @@ def test_the_editors_kernels_field(toy, monkeypatch, method, settings):
         edit(toy, [record], method, kernels="fast", **settings)
 
 
+def test_the_editors_adam():
+    """``kernels="fused"``: PyTorch's fused Adam, within rounding of the default after 25 steps;
+    ``"transformer_lens"``: the default implementation, bit for bit ``torch.optim.Adam``'s."""
+    from interp_edit.editing.optimiser import adam
+
+    g = torch.Generator().manual_seed(5)
+    target = torch.randn(64, 32, generator=g)
+    results = {}
+    for kind in ("fused", "transformer_lens", "torch"):
+        x = torch.zeros(64, 32, requires_grad=True)
+        optimiser = torch.optim.Adam([x], lr=0.05) if kind == "torch" else adam([x], 0.05, kind)
+        assert bool(optimiser.defaults["fused"]) == (kind == "fused")
+        for _ in range(25):
+            optimiser.zero_grad()
+            ((x - target) ** 2 * torch.linspace(0.01, 1, 32)).sum().backward()
+            optimiser.step()
+        results[kind] = x.detach()
+    assert torch.equal(results["transformer_lens"], results["torch"])
+    torch.testing.assert_close(results["fused"], results["torch"], rtol=1e-5, atol=1e-6)
+
+
 def test_ft_runs_its_attention_fused(toy, monkeypatch):
     from interp_edit.editing import edit
     from interp_edit.toyworld import counterfact_records, world_of

@@ -14,6 +14,8 @@ measured), so bf16 is compared by effect, fp16 also by delta.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ from interp_edit import activation_patch, average_indirect_effect, causal_trace,
 from interp_edit.adapter.bridge import hooked_available
 from interp_edit.errors import InvalidArgumentError
 from interp_edit.evaluation.logprobs import continuation_logprobs
-from interp_edit.precision import add_delta_, check_dtype
+from interp_edit.precision import add_delta_, all_finite, check_dtype
 
 CLEAN, CORRUPTED = "Talvik Corlo was born in", "Fenpas Astlo was born in"
 EDITORS = ("rome", "memit", "alphaedit", "ft", "fine", "memit_csk", "intattn", "mega", "emmet", "grace", "pmet", "ultraedit", "wise")
@@ -74,6 +76,24 @@ def test_a_delta_is_added_in_float32_and_rounded_once():
     same = w32.clone()
     add_delta_(same, d32)
     assert torch.equal(same, w32 + d32)  # float32: exactly the plain in-place add
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_sees_every_nan_and_infinity(dtype):
+    """One sum settles a finite tensor; a NaN or an infinity anywhere is seen; finite values whose
+    sum overflows (float16's 60,000 twice) are finite; integers are always finite."""
+    x = torch.randn(300, 7).to(dtype)
+    assert all_finite(x) and all_finite(x[:0])
+    for bad in (math.nan, math.inf, -math.inf):
+        for where in ((0, 0), (123, 4), (299, 6)):
+            y = x.clone()
+            y[where] = bad
+            assert not all_finite(y), (bad, where)
+    big = torch.full((4,), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not torch.isfinite(big.sum()) and all_finite(big)
+    mixed = torch.tensor([torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).max], dtype=dtype)
+    assert all_finite(mixed)
+    assert all_finite(torch.arange(5))
 
 
 def test_traces_patching_and_aie_match_float32(half, toy_model, person_records):

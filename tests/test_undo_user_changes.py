@@ -95,4 +95,8 @@ def test_the_checksum_sees_any_single_bit(toy_model):
     swapped = weight.clone()
     swapped[[0, 1]] = swapped[[1, 0]]  # same values, other places
     assert weight_checksum(swapped) != base
+    within = weight.clone()
+    within[:, [0, 1]] = within[:, [1, 0]]  # the same rows' sums, values in other columns
+    assert weight_checksum(within) != base
+    assert weight_checksum(weight, chunk_rows=7) == base  # the chunks do not matter
     assert weight_checksum(weight.to(torch.bfloat16)) != base  # another dtype's bits
