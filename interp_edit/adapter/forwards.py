@@ -1,9 +1,8 @@
 """A module's ``forward`` (or a function its forward calls) replaced for the length of a context,
-and given back: the one rule the
-adapter's contexts that swap TransformerLens' computations (:mod:`~interp_edit.adapter.shared_norm`,
-:mod:`~interp_edit.adapter.fused`) follow. The replacement is an instance attribute, so
-``module(x)`` still runs the module's hooks around it; contexts nest, each giving back what it
-found (its own attribute, or none: the class's)."""
+and given back: the one rule the adapter's contexts that swap TransformerLens' computations
+(:mod:`~interp_edit.adapter.shared_norm`, :mod:`~interp_edit.adapter.fused`) follow. The
+replacement is an instance attribute, so ``module(x)`` still runs the module's hooks around it;
+contexts nest, each giving back what it found (its own attribute, or none: the class's)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ runs compute them) and the tanh GELU of an MLP as one ``F.gelu(approximate="tanh
 
 The queries, keys, values and the output projection are TransformerLens' own computation, bit for
 bit; rotary positions are TransformerLens' ``apply_rotary``. A module keeps TransformerLens'
-forward (an MLP its activation), checked on every call, whenever a hook sits on one of its hook points (so
-``run_with_cache`` and every patching hook see exactly what TransformerLens computes), and for a
+forward (an MLP its activation), checked on every call, whenever a hook sits on one of its hook
+points (so ``run_with_cache`` and every patching hook see exactly what TransformerLens computes), and for a
 call with an additive mask or a position bias. A call with TransformerLens' key/value cache
 entry and padding mask (the editors' reuse of an unedited prefix) is fused, with
 TransformerLens' causal and padding mask, its rotary positions and its zero pattern for a query

@@ -228,8 +228,8 @@ class Edit:
                 matrix = param.data.view(weight_matrix_shape(model, name))
                 rows = self._rows(name, matrix)
                 if rows is not None:
-                    originals[name] = matrix[rows].clone()
-                    block = matrix[rows]
+                    block = matrix[rows]  # a copy: the original rows, kept, and the block to add to
+                    originals[name] = block.clone()
                     add_delta_(block, delta.values)
                     matrix[rows] = block
                 else:
