@@ -17,7 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+try:  # PyTorch's own list of the devices with fused optimiser kernels (a private helper)
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+except ImportError:  # without it: the default Adam everywhere
+    def _get_fused_kernels_supported_devices() -> list[str]:
+        return []
 
 
 def adam(params: Sequence[torch.Tensor], lr: float, kernels: str) -> torch.optim.Adam:
