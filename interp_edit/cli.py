@@ -366,7 +366,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a refused flag reported as every other user error is: one line,
-    ``interp-edit: error: ...``, naming the flag and where its help is; exit status 2."""
+    ``interp-edit: error: ...``, naming the flag and where its help is; exit status 2. Flags are
+    not abbreviated: a flag's value that begins like another flag (``--kinds --m``) is refused
+    naming the flag it was given to, not as an ambiguous abbreviation of others."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"interp-edit: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)

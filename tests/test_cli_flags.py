@@ -220,3 +220,20 @@ def test_any_value_parses_to_an_acceptable_one_or_is_refused_naming_the_flag(com
         return
     parsed = getattr(args, flag.lstrip("-").replace("-", "_"))
     assert FLAGS[(command, flag)](parsed), (value, parsed)
+
+
+@pytest.mark.parametrize("value", ["--m", "--mo", "--kinds", "--model"])
+def test_a_value_that_begins_like_a_flag_is_refused_naming_its_flag(value):
+    """Flags are not abbreviated: ``--kinds --m`` names ``--kinds`` (as an abbreviation, ``--m``
+    was refused as ambiguous between ``--model`` and ``--metric``, naming neither)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["trace", "--prompt", "p", "--subject", "s", "--kinds", value])
+    assert exit_.value.code == 2 and "argument --kinds" in err.getvalue()
+
+
+def test_flags_are_not_abbreviated():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        build_parser().parse_args(["trace", "--prompt", "p", "--subject", "s", "--kin", "hidden"])
+    assert "unrecognized arguments: --kin hidden" in err.getvalue()
