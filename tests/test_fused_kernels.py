@@ -400,3 +400,57 @@ def test_a_trace_with_fused_kernels(monkeypatch):
     finally:
         handle.remove()
     assert not forwards
+
+
+def _aie(model, kernels, merge="auto"):
+    from interp_edit.analysis.aie import average_indirect_effect
+    from interp_edit.toyworld import counterfact_records, world_of
+
+    facts = counterfact_records(world_of(model))[:2]
+    return average_indirect_effect(model, facts, samples=2, progress=False, kernels=kernels, merge=merge).effects
+
+
+def _token_aie(model, kernels, merge="auto"):
+    from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
+
+    facts = [TokenFact("Talvik Corlo was born in", "Talvik Corlo", None, 2)]  # the last subject token
+    res = edit_token_aie(model, facts, samples=2, kernels=kernels, merge=merge)
+    return torch.stack([res.hidden, res.severed])
+
+
+def _patch(model, kernels, merge="auto"):
+    from interp_edit.analysis.patching import activation_patch
+
+    res = activation_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in", answer="Karsa",
+                           sites=("mlp_out", "head_out"), kernels=kernels, merge=merge)
+    assert res.settings["kernels"] == kernels
+    return torch.cat([v.flatten() for v in res.results.values()])
+
+
+@pytest.mark.parametrize("run", [_aie, _token_aie, _patch], ids=["aie", "edit_token_aie", "activation_patch"])
+def test_the_analyses_kernels_and_merge_options(run, monkeypatch):
+    """The AIE, the AIE at an edit token and activation patching take ``kernels`` and ``merge``
+    as :func:`causal_trace` does: every forward fused, values within float rounding of the
+    default and independent of ``merge``; nothing left wrapped; a bad value refused by name
+    before any forward."""
+    from interp_edit.errors import InvalidArgumentError
+
+    model = load_model("toyworld")
+    calls = _count_calls(monkeypatch, _FusedAttention)
+    default = run(model, "transformer_lens")
+    assert not calls
+    fused = run(model, "fused")
+    assert len(calls) >= model.cfg.n_layers and _none_wrapped(model)
+    finite = default.isfinite()
+    assert torch.equal(finite, fused.isfinite()) and default[finite].abs().max() > 1e-2
+    assert (fused[finite] - default[finite]).abs().max() < 1e-5
+    assert torch.allclose(run(model, "transformer_lens", merge="all")[finite], default[finite], atol=1e-6)
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        for bad in (dict(kernels="fast"), dict(merge="everything")):
+            with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
+                run(model, **{"kernels": "transformer_lens", **bad})
+    finally:
+        handle.remove()
+    assert not forwards

@@ -90,6 +90,27 @@ def test_one_bad_fact_among_good_ones_is_named_before_any_trace(toy_model, perso
         average_indirect_effect(toy_model, facts, samples=1, progress=False)
 
 
+@FEW
+@given(position=st.integers(0, 2), bad=st.sampled_from(["subject", "past", "negative", "type", "target", "record"]))
+def test_one_bad_token_fact_among_good_ones_is_named_before_any_trace(toy_model, person_records, position, bad):
+    """``edit_token_aie`` checks every fact before its first forward, as the AIE does."""
+    from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
+
+    facts = [TokenFact(r.prompt.format(r.subject), r.subject, r.target_true, 1) for r in person_records[:3]]
+    f = facts[position]
+    facts[position] = {"subject": TokenFact(f.prompt, "Nobody Here", f.target, 1),
+                       "past": TokenFact(f.prompt, f.subject, f.target, 40),
+                       "negative": TokenFact(f.prompt, f.subject, f.target, -1),
+                       "type": TokenFact(f.prompt, f.subject, f.target, 1.5),
+                       "target": TokenFact(f.prompt, f.subject, 3, 1),
+                       "record": (f.prompt, f.subject, f.target, 1)}[bad]
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        with pytest.raises(InterpEditError, match=rf"facts\[{position}\]"):
+            edit_token_aie(toy_model, facts, samples=1)
+    assert not calls
+
+
 def test_an_empty_fact_list_and_a_too_large_k_are_named(toy_model):
     with pytest.raises(InterpEditError, match="no facts"):
         average_indirect_effect(toy_model, [], progress=False)

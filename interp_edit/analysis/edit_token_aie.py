@@ -20,10 +20,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp_edit.adapter import fused_kernels
+from interp_edit.analysis.restore import resolve_merge
 from interp_edit.analysis.scoring import encode_target
-from interp_edit.analysis.tracing import causal_trace, subject_embedding_std
-from interp_edit.batching import last_token_logits
-from interp_edit.errors import InvalidArgumentError
+from interp_edit.analysis.tracing import TraceSettings, causal_trace, subject_embedding_std
+from interp_edit.batching import last_token_logits, resolve_memory_budget
+from interp_edit.errors import InterpEditError, InvalidArgumentError
+from interp_edit.prompts import tokenize_with_subject
+from interp_edit.validation import check_int, check_str
 
 CURVES = ("mlp_mediated", "severed", "hidden")
 
@@ -110,13 +114,41 @@ class EditTokenAIE:
                 "settings": self.settings}
 
 
+def check_token_facts(model, facts: Sequence[TokenFact]) -> list[int]:
+    """Every fact is a :class:`TokenFact` of strings whose subject occurs in its prompt and whose
+    ``position`` is one of the prompt's tokens; the error names the fact's index. Nothing is run.
+    Returns each prompt's token count."""
+    if isinstance(facts, (str, TokenFact)) or not isinstance(facts, Sequence) or not facts:
+        raise InvalidArgumentError(f"facts must be a non-empty list of TokenFact, got {facts!r}")
+    lengths = []
+    for i, fact in enumerate(facts):
+        if not isinstance(fact, TokenFact):
+            raise InvalidArgumentError(f"facts[{i}]: expected a TokenFact, got {type(fact).__name__}")
+        try:
+            check_str(fact.target, "target", optional=True)
+            n = len(tokenize_with_subject(model.tokenizer, check_str(fact.prompt, "prompt"),
+                                          check_str(fact.subject, "subject")).tokens)
+            check_int(fact.position, "position", minimum=0)
+        except InterpEditError as err:
+            raise type(err)(f"facts[{i}]: {err}") from None
+        if fact.position >= n:
+            raise InvalidArgumentError(f"facts[{i}]: position {fact.position} is past the prompt's last token "
+                                       f"({n} tokens: {fact.prompt!r})")
+        lengths.append(n)
+    return lengths
+
+
 @torch.no_grad()
 def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, samples: int = 10, seed: int = 0,
-                   embedding_std: float | None = None, max_rows: int | None = None) -> EditTokenAIE:
+                   embedding_std: float | None = None, max_rows: int | None = None,
+                   memory_budget: int | float | None = None, merge: str = "auto",
+                   kernels: str = "transformer_lens") -> EditTokenAIE:
     """AIE per layer at each fact's ``position`` (see the module docstring). Facts the model gets
     wrong, and facts whose position lies before the subject (the corruption cannot reach it),
     are skipped and listed. The noise scale is 3 × the std of the embeddings of all the facts'
-    subject tokens unless ``embedding_std`` is given (as in ROME).
+    subject tokens unless ``embedding_std`` is given (as in ROME). ``max_rows``,
+    ``memory_budget``, ``merge`` and ``kernels`` are :func:`causal_trace`'s. Every fact and
+    setting is checked before any forward.
 
     >>> from interp_edit.analysis.edit_token_aie import TokenFact
     >>> facts = [TokenFact("Talvik Corlo was born in", "Talvik Corlo", "Karsa", position=4),  # "born"
@@ -125,8 +157,19 @@ def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, sam
     >>> res.n_facts + len(res.skipped), res.curve("mlp_mediated").shape
     (2, torch.Size([6]))
     """
-    if not facts:
-        raise InvalidArgumentError("no facts to trace")
+    check_token_facts(model, facts)
+    TraceSettings(("hidden",), "gaussian", noise, samples, 1, "prob", None, seed, embedding_std,
+                  kernels=kernels).validate()
+    if max_rows is not None:
+        check_int(max_rows, "max_rows", minimum=1)
+    resolve_merge(merge, model.cfg.device)
+    budget = resolve_memory_budget(memory_budget, model.cfg.device)
+    with fused_kernels(model, kernels == "fused"):  # entered once around every trace
+        return _average(model, facts, noise, samples, seed, embedding_std, max_rows, budget, merge, kernels)
+
+
+def _average(model, facts, noise, samples, seed, embedding_std, max_rows, budget, merge, kernels) -> EditTokenAIE:
+    """:func:`edit_token_aie`'s traces, its arguments checked."""
     std = embedding_std or subject_embedding_std(model, [f.subject for f in facts])
     predicted = last_token_logits(model, [f.prompt for f in facts]).argmax(-1).tolist()
     hidden, severed, skipped, clean, corrupted = [], [], [], [], []
@@ -135,7 +178,8 @@ def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, sam
             skipped.append(dict(index=i, prompt=fact.prompt, reason="the model does not predict the target"))
             continue
         traces = [causal_trace(model, fact.prompt, fact.subject, fact.target, kinds=("hidden",), noise=noise,
-                               samples=samples, severed=cut, seed=seed + i, embedding_std=std, max_rows=max_rows)
+                               samples=samples, severed=cut, seed=seed + i, embedding_std=std, max_rows=max_rows,
+                               memory_budget=budget, merge=merge)
                   for cut in (None, "mlp")]
         if not traces[0].subject_span[0] <= fact.position < len(traces[0].tokens):
             skipped.append(dict(index=i, prompt=fact.prompt,
@@ -149,4 +193,4 @@ def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, sam
         raise InvalidArgumentError(f"none of the {len(facts)} facts could be traced: {skipped[:3]}")
     return EditTokenAIE(torch.stack(hidden).mean(0), torch.stack(severed).mean(0), len(hidden), skipped,
                         sum(clean) / len(clean), sum(corrupted) / len(corrupted),
-                        dict(noise=noise, samples=samples, seed=seed, embedding_std=std))
+                        dict(noise=noise, samples=samples, seed=seed, embedding_std=std, kernels=kernels))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from interp_edit.adapter import hook_name
+from interp_edit.adapter import KERNELS, fused_kernels, hook_name
 from interp_edit.analysis.gap import ScoreGap
 from interp_edit.analysis.restore import Restoration, cache_run, resolve_merge, run_restorations
 from interp_edit.analysis.scoring import Target, check_metric, encode_target, score_logits, score_positions
@@ -200,6 +200,7 @@ def activation_patch(
     max_rows: int | None = None,
     memory_budget: int | float | None = None,
     merge: str = "auto",
+    kernels: str = "transformer_lens",
 ) -> PatchingResult:
     """Exact activation patching at every (layer, pos) / (layer, head[, pos]) of each site.
 
@@ -212,6 +213,8 @@ def activation_patch(
     share of the device's free memory, see :func:`interp_edit.batching.resolve_memory_budget`);
     the result does not depend on either, nor on ``merge`` (``"auto"`` | ``"by_layer"`` |
     ``"layers"`` | ``"all"``: which restorations share a forward, as in :func:`causal_trace`).
+    ``kernels="fused"`` runs every forward with PyTorch's fused kernels, as in
+    :func:`causal_trace` (the result changes by float rounding only).
 
     >>> res = activation_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in",
     ...                        answer="Karsa", sites=("mlp_out",))
@@ -220,15 +223,26 @@ def activation_patch(
     >>> res.results["mlp_out"].shape                       # [layer, pos]
     torch.Size([6, 6])
     """
-    from interp_edit.batching import check_memory_budget, resolve_memory_budget
-    from interp_edit.validation import check_int
+    from interp_edit.batching import check_memory_budget
+    from interp_edit.validation import check_choice, check_int
 
     if max_rows is not None:
         check_int(max_rows, "max_rows", minimum=1)
     check_memory_budget(memory_budget)
     resolve_merge(merge, model.cfg.device)
+    check_choice(kernels, "kernels", KERNELS)
     _check_direction(direction)
     pair = _prepare(model, clean, corrupted, answer, foil, metric, sites)
+    with fused_kernels(model, kernels == "fused"):
+        result = _patch_exact(model, pair, metric, sites, direction, max_rows, memory_budget, merge, clean, corrupted)
+    result.settings["kernels"] = kernels
+    return result
+
+
+def _patch_exact(model, pair: _Pair, metric, sites, direction, max_rows, memory_budget, merge, clean,
+                 corrupted) -> PatchingResult:
+    """:func:`activation_patch`'s runs, its arguments checked."""
+    from interp_edit.batching import resolve_memory_budget
 
     def score(logits):
         return score_logits(logits, pair.target, metric)
