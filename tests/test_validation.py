@@ -131,6 +131,47 @@ def test_every_editor_config_checks_field_types(toy_model, method):
     assert_unchanged(toy_model, state, no_edits=True)
 
 
+PREFIXED = ["rome", "memit", "alphaedit", "memit_csk", "fine", "intattn", "mega", "ace", "emmet", "pmet"]
+
+
+@pytest.mark.parametrize("method", PREFIXED)
+def test_context_prefixes_longer_than_the_context_are_refused_before_any_forward(toy_model, method):
+    """A prefix that leaves no room for the prompt in the model's context names its field
+    before any forward (it used to crash inside TransformerLens while sampling); one that
+    leaves a token is allowed past the check."""
+    state = snapshot(toy_model)
+    request = EditRequest("{} was born in", SUBJECT, "Veltra")
+    n_ctx = toy_model.cfg.n_ctx
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        for overrides, field in ((dict(prefix_length=n_ctx - 1, n_prefixes=2), "prefix_length"),
+                                 (dict(prefix_length=3 * n_ctx, n_prefixes=2), "prefix_length"),
+                                 (dict(prefix_lengths=((5, 1), (n_ctx, 2))), "prefix_lengths")):
+            if field == "prefix_lengths" and method == "fine":
+                continue
+            with pytest.raises(EditConfigError, match=f"field '{field}'.*context of {n_ctx}"):
+                edit(toy_model, [request], method, **overrides)
+    assert not calls
+    assert_unchanged(toy_model, state, no_edits=True)
+
+
+def test_the_prefix_room_rule_at_its_edge(toy_model):
+    """One token of room is enough for the check (the prompt's own fit is checked after
+    sampling); FT-L, which samples no prefixes, ignores the fields; given prefixes are not sampled."""
+    from interp_edit.editing.methods.finetune import FTConfig
+    from interp_edit.editing.methods.rome import ROMEConfig
+
+    n_ctx = toy_model.cfg.n_ctx
+    ROMEConfig.for_model(toy_model, prefix_length=n_ctx - 2)
+    ROMEConfig.for_model(toy_model, prefix_lengths=((n_ctx - 1, 3),))
+    ROMEConfig.for_model(toy_model, prefix_lengths=((n_ctx, 0),))  # none of that length sampled
+    ROMEConfig.for_model(toy_model, prefix_length=n_ctx, prefixes=("Given.",))
+    ROMEConfig.for_model(toy_model, prefix_length=n_ctx, n_prefixes=0)
+    FTConfig.for_model(toy_model, prefix_length=10 * n_ctx)
+    with pytest.raises(EditConfigError, match="prefix_lengths"):
+        ROMEConfig.for_model(toy_model, prefix_lengths=((n_ctx, 1),))
+
+
 @FEW
 @given(data=st.data())
 def test_config_fields_accept_their_type_and_refuse_others(data):

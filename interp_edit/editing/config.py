@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from interp_edit.adapter.identity import preset_key
-from interp_edit.editing.targets import TargetConfig
+from interp_edit.editing.targets import TargetConfig, check_prefix_room
 from interp_edit.errors import EditConfigError
 from interp_edit.statistics.collect import PACKINGS
 from interp_edit.validation import check_fields
@@ -66,6 +66,12 @@ class EditorConfig(TargetConfig):
         if not 0 < self.stats_tolerance < 1 or self.stats_max_samples < 1:
             raise EditConfigError("field 'stats_tolerance' must be in (0, 1) and 'stats_max_samples' >= 1, got "
                                   f"{self.stats_tolerance!r} and {self.stats_max_samples!r}")
+
+    def check_model(self, model) -> None:
+        """The checks of the fields that need the model, before any compute: the context
+        prefixes fit its context (:func:`~interp_edit.editing.targets.check_prefix_room`)."""
+        check_prefix_room(model, n=self.n_prefixes, length=self.prefix_length, lengths=self.prefix_lengths,
+                          starts=self.prefix_starts, given=self.prefixes)
 
     def target_config(self) -> TargetConfig:
         return TargetConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TargetConfig)})
@@ -157,6 +163,7 @@ def preset_config(cls, model, overrides: dict[str, Any]):
         preset = {name: base[name] for name in paper if name in base}
     config = check_fields(cls(**{**preset, **overrides, "preset": key}), EditConfigError)
     config.validate()
+    _check_model(config, model)
     return config
 
 
@@ -172,4 +179,12 @@ def resolve(config_class, model, config, overrides: dict[str, Any]):
     config = dataclasses.replace(config, **overrides) if overrides else config
     config = check_fields(config, EditConfigError)
     config.validate()
+    _check_model(config, model)
     return config
+
+
+def _check_model(config, model) -> None:
+    """A config's checks that need the model (its ``check_model``, where it has one)."""
+    check = getattr(config, "check_model", None)
+    if check is not None:
+        check(model)

@@ -74,7 +74,7 @@ from interp_edit.editing.closed_form import w_out_name
 from interp_edit.editing.config import preset_config, resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests, tokenize_in_context
-from interp_edit.editing.targets import context_prefixes
+from interp_edit.editing.targets import check_prefix_room, context_prefixes
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import add_delta_
 
@@ -162,8 +162,10 @@ class FiNEConfig:
             raise EditConfigError(f"field 'early_stop_prob' must lie in (0, 1), got {self.early_stop_prob!r}")
 
     def check_model(self, model) -> None:
-        """The fields that depend on the model: at least one editable layer, and no more
-        neurons per token than the editable layers hold."""
+        """The fields that depend on the model (checked by :func:`~interp_edit.editing.config.resolve`
+        before any compute): at least one editable layer, no more neurons per token than the
+        editable layers hold, and context prefixes that fit the model's context."""
+        check_prefix_room(model, n=self.n_prefixes, length=self.prefix_length)
         n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
         if self.n_frozen >= n_layers:
             raise EditConfigError(
@@ -345,8 +347,7 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     >>> with e.applied(model):
     ...     top = last_token_logits(model, ["Talvik Corlo was born in"]).argmax(-1)
     """
-    cfg = resolve(FiNEConfig, model, config, overrides)
-    cfg.check_model(model)
+    cfg = resolve(FiNEConfig, model, config, overrides)  # its fields checked against the model too
     fingerprint = model_fingerprint(model)
     treqs = prepare_requests(model, requests, fingerprint)
     layers = cfg.editable_layers(model)

@@ -62,6 +62,9 @@ class FTConfig(EditorConfig):
     def generic(cls, model):
         return {}
 
+    def check_model(self, model) -> None:
+        """Nothing that needs the model: FT-L samples no context prefixes."""
+
     def validate(self) -> None:
         super().validate()
         if self.norm_constraint <= 0:

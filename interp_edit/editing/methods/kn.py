@@ -283,8 +283,7 @@ def kn(model, requests, config: KNConfig | None = None, *, corpus=None, cache_di
     >>> len(e.info["neurons"][0]) == len(e.info["attributions"][0]) > 0
     True
     """
-    cfg = resolve(KNConfig, model, config, overrides)
-    cfg.check_model(model)
+    cfg = resolve(KNConfig, model, config, overrides)  # its fields checked against the model too
     fingerprint = model_fingerprint(model)
     treqs = prepare_requests(model, requests, fingerprint)
     for r in treqs:
