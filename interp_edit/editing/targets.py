@@ -219,7 +219,7 @@ def check_prefix_room(model, *, n: int, length: int, lengths: Sequence[tuple[int
     if lengths is not None:
         # (tokens, count): ``tokens`` counts the start token, BOS
         longest, field = max((tokens - 1 for tokens, count in lengths if count), default=0), "prefix_lengths"
-    elif starts:
+    elif starts and getattr(model, "tokenizer", None) is not None:  # (a start word longer than ``length`` is kept whole)
         longest = max(max(len(model.tokenizer.encode(s, add_special_tokens=False)), length) for s in starts)
     else:
         longest = length
