@@ -113,6 +113,21 @@ def test_traces_patching_and_aie_match_float32(half, toy_model, person_records):
     assert (ea.effects - eb.effects).nan_to_num().abs().max() < 0.02
 
 
+def test_direct_logit_attribution_matches_float32(half, toy_model):
+    """DLA on a half-precision model (it crashed mixing the float32 norm scale with half
+    weights): computed in float32 from the half activations, its parts sum to the model's own
+    logit difference within half rounding and match float32's DLA."""
+    from interp_edit import direct_logit_attribution
+
+    a = direct_logit_attribution(toy_model, CLEAN, "Karsa", foil="Gemmel")
+    b = direct_logit_attribution(half, CLEAN, "Karsa", foil="Gemmel")
+    assert b.heads.dtype == b.mlp.dtype == torch.float32
+    parts = b.embed + b.pos_embed + b.heads.sum().item() + b.attn_bias.sum().item() + b.mlp.sum().item() + b.constant
+    assert abs(parts - b.total) < 0.05 * abs(b.total)
+    assert (a.mlp - b.mlp).abs().max() < 0.1 and (a.heads - b.heads).abs().max() < 0.1
+    assert abs(a.total - b.total) < 0.1
+
+
 def test_neuron_attribution_matches_float32(half, toy_model, person_records):
     prompt, _, target = _fact(person_records)
     a, b = neuron_attribution(toy_model, prompt, target), neuron_attribution(half, prompt, target)

@@ -204,11 +204,13 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
     n = model.cfg.n_layers
     t_id = encode_target(model.tokenizer, target)[0]
     w_u, b_unembed = unembedding(model)  # times the logit scale (Cohere, Granite)
-    direction = w_u[:, t_id].detach().clone()
+    # the decomposition is computed in float32 at least (a half-precision model's pieces are cast)
+    acc = torch.promote_types(w_u.dtype, torch.float32)
+    direction = w_u[:, t_id].detach().to(acc, copy=True)
     b_u = b_unembed[t_id].item()
     if foil is not None:
         f_id = encode_target(model.tokenizer, foil)[0]
-        direction -= w_u[:, f_id].detach()
+        direction -= w_u[:, f_id].detach().to(acc)
         b_u -= b_unembed[f_id].item()
     arch = architecture(model)
     names = [hook_name("embed"), hook_name("ln_final_scale")] + write_gain_names(model)
@@ -217,12 +219,13 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
     names += [hook_name(site, layer) for site in ("z", "mlp_out") for layer in range(n)]
     names.append(hook_name("resid_post", n - 1))
     logits, cache = run_with_cache(model, tokens, names)
-    scale = cache[hook_name("ln_final_scale")][0, -1]  # [1]
-    ln_w, ln_b = norm_weight(model, "ln_final"), norm_bias(model, "ln_final")  # ones / zeros where folded
+    scale = cache[hook_name("ln_final_scale")][0, -1].to(acc)  # [1]
+    ln_w, ln_b = norm_weight(model, "ln_final").to(acc), norm_bias(model, "ln_final").to(acc)  # ones / zeros where folded
     readout = direction * ln_w
     centre = arch.norm_centres
 
     def project(vectors: Tensor) -> Tensor:  # [..., d_model] -> [...]
+        vectors = vectors.to(acc)
         if centre:
             vectors = vectors - vectors.mean(-1, keepdim=True)
         return (vectors / scale) @ readout
@@ -232,7 +235,8 @@ def direct_logit_attribution(model, prompt: str, target: str, foil: str | None =
         return None if g is None else g[0, -1]
 
     heads = torch.stack([
-        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1], write_weight(model, "W_O", layer), "h d, h d m -> h m"), gain(layer)))
+        project(written(einops.einsum(cache[hook_name("z", layer)][0, -1].to(acc), write_weight(model, "W_O", layer).to(acc),
+                                      "h d, h d m -> h m"), gain(layer)))
         for layer in range(n)
     ])
     attn_bias = torch.stack([project(written(write_scaled(model, get_parameter(model, f"blocks.{layer}.attn.b_O").detach()), gain(layer)))
