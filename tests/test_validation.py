@@ -17,7 +17,15 @@ from model_state import assert_unchanged, snapshot
 from interp_edit import average_indirect_effect, causal_trace, logit_lens
 from interp_edit.batching import last_token_logits
 from interp_edit.editing import Edit, EditRequest, edit, get_editor
-from interp_edit.errors import CheckpointError, EditApplicationError, EditConfigError, EditRequestError, InterpEditError
+from interp_edit.errors import (
+    CheckpointError,
+    EditApplicationError,
+    EditConfigError,
+    EditRequestError,
+    InterpEditError,
+    InvalidArgumentError,
+    PromptTooLongError,
+)
 from interp_edit.validation import check_fields, check_int, check_real
 
 PROMPT, SUBJECT = "Talvik Corlo was born in", "Talvik Corlo"
@@ -109,6 +117,37 @@ def test_one_bad_token_fact_among_good_ones_is_named_before_any_trace(toy_model,
         with pytest.raises(InterpEditError, match=rf"facts\[{position}\]"):
             edit_token_aie(toy_model, facts, samples=1)
     assert not calls
+
+
+@pytest.mark.parametrize("entry", ["activation_patch", "attribution_patch", "attribution_patch_error"])
+def test_patching_a_prompt_longer_than_the_context_is_named_before_any_forward(toy_model, entry):
+    """It crashed inside TransformerLens (a positional-embedding size mismatch) after a forward."""
+    import interp_edit
+
+    run = getattr(interp_edit, entry)
+    clean = "born in " * 40 + "Talvik Corlo was born in"
+    corrupted = "born in " * 40 + "Beldel Kordor was born in"
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        with pytest.raises(PromptTooLongError, match=f"context is {toy_model.cfg.n_ctx}"):
+            run(toy_model, clean, corrupted)
+        with pytest.raises(PromptTooLongError, match="with its answer"):  # the answer's tokens count
+            run(toy_model, " ".join(["born"] * 60), " ".join(["in"] * 60), answer=" ".join(["Karsa"] * 10))
+        with pytest.raises(InvalidArgumentError, match="sites must be a list"):
+            run(toy_model, PROMPT, PROMPT, sites=None)
+    assert not calls
+
+
+def test_attribution_patch_error_takes_the_exact_engines_options(toy_model):
+    """``merge`` and ``kernels`` go to the exact patching only (they raised a TypeError in
+    attribution patching, after the exact run)."""
+    from interp_edit import attribution_patch_error
+
+    clean, corrupted = "Talvik Corlo was born in", "Beldel Kordor was born in"
+    plain = attribution_patch_error(toy_model, clean, corrupted, sites=("mlp_out",))
+    for option in (dict(merge="all"), dict(kernels="fused"), dict(max_rows=3)):
+        other = attribution_patch_error(toy_model, clean, corrupted, sites=("mlp_out",), **option)
+        assert other["mlp_out"]["max_abs_error"] == pytest.approx(plain["mlp_out"]["max_abs_error"], abs=1e-5)
 
 
 def test_an_empty_fact_list_and_a_too_large_k_are_named(toy_model):

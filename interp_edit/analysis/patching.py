@@ -120,8 +120,8 @@ def _prepare(model, clean: str, corrupted: str, answer: str | None, foil: str | 
         check_str(text, f"{name} prompt", nonempty=False)
     check_str(answer, "answer", optional=True)
     check_str(foil, "foil", optional=True)
-    if isinstance(sites, str):
-        raise InvalidArgumentError(f"sites must be a list of site names, got the string {sites!r}")
+    if isinstance(sites, str) or not isinstance(sites, (list, tuple)):
+        raise InvalidArgumentError(f"sites must be a list of site names from {sorted(SITES)}, got {sites!r}")
     unknown = [s for s in sites if not isinstance(s, str) or s not in SITES]
     if unknown or not sites:
         raise InvalidArgumentError(f"unknown patching sites {unknown or sites}; choose from {sorted(SITES)}")
@@ -137,20 +137,25 @@ def _prepare(model, clean: str, corrupted: str, answer: str | None, foil: str | 
             f"clean prompt {clean!r} has {len(clean_ids)} tokens but corrupted prompt {corrupted!r} has "
             f"{len(corrupted_ids)}; patching needs prompts of equal token length"
         )
+    # the prompts with the teacher-forced answer fit the context: checked before the forward
+    given = encode_target(tok, answer) if answer is not None else None
+    length = len(clean_ids) + (len(given) - 1 if given else 0)
+    if length > model.cfg.n_ctx:
+        raise PromptTooLongError(f"prompt {clean!r}{' with its answer' if given else ''} is {length} tokens; the "
+                                 f"model's context is {model.cfg.n_ctx}")
+    given_foil = encode_target(tok, foil)[0] if foil is not None and metric == "logit_diff" else None
     device = model.cfg.device
     with torch.no_grad():
         both = model(torch.tensor([clean_ids, corrupted_ids], device=device), return_type="logits")[:, -1]
-    answer_ids = encode_target(tok, answer) if answer is not None else (both[0].argmax().item(),)
+    answer_ids = given if given is not None else (both[0].argmax().item(),)
     foil_id = None
     if metric == "logit_diff":
-        foil_id = encode_target(tok, foil)[0] if foil is not None else both[1].argmax().item()
+        foil_id = given_foil if given_foil is not None else both[1].argmax().item()
         if foil_id == answer_ids[0]:
             raise InvalidArgumentError(
                 f"the foil {tok.decode([foil_id])!r} equals the answer; pass answer= and foil= that differ"
             )
     extra = list(answer_ids[:-1])
-    if len(clean_ids) + len(extra) > model.cfg.n_ctx:
-        raise PromptTooLongError(f"prompt {clean!r} with its answer exceeds the model's context {model.cfg.n_ctx}")
     target = Target(answer if answer is not None else tok.decode(list(answer_ids)), answer_ids, foil_id)
     ids = clean_ids + extra
     return _Pair(
@@ -374,8 +379,9 @@ def attribution_patch_error(model, clean: str, corrupted: str, **kwargs) -> dict
     ['correlation', 'max_abs_error', 'mean_abs_error']
     """
     exact = activation_patch(model, clean, corrupted, **kwargs)
+    # the options of the exact engine's forwards, which attribution patching (two forwards, one backward) has not
     approx = attribution_patch(model, clean, corrupted, **{k: v for k, v in kwargs.items()
-                                                          if k not in ("max_rows", "memory_budget")})
+                                                          if k not in ("max_rows", "memory_budget", "merge", "kernels")})
     report = {}
     for site, value in exact.results.items():
         a, b = value.flatten(), approx.results[site].flatten()
