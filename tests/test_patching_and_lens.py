@@ -158,3 +158,28 @@ def test_lenses_refuse_a_prompt_longer_than_the_context(toy_model):
         logit_lens(toy_model, long_prompt)
     with pytest.raises(PromptTooLongError, match="Talvik Corlo"):
         direct_logit_attribution(toy_model, long_prompt, "Karsa")
+
+
+def test_noising_reports_the_sites_that_take_the_most_away(toy_model):
+    """Noising scores 1 where a corrupted activation changes nothing: the repr names the lowest
+    site of each grid (it named the highest, a site with no effect) and the colour bar says
+    what is kept, not restored."""
+    res = activation_patch(toy_model, CLEAN, CORRUPTED, answer="Karsa", sites=("resid_pre", "mlp_out"), direction="noise")
+    for site, values in res.results.items():
+        lowest = values.flatten().argmin().item()
+        layer, pos = divmod(lowest, values.shape[1])
+        assert f"{site}[{layer}, {pos}] " in repr(res)
+    assert "lowest=" in repr(res) and "peaks=" not in repr(res)
+    assert res.plot().layout.coloraxis.colorbar.title.text == "kept fraction"
+    denoise = activation_patch(toy_model, CLEAN, CORRUPTED, answer="Karsa", sites=("mlp_out",))
+    values = denoise.results["mlp_out"]
+    layer, pos = divmod(values.flatten().argmax().item(), values.shape[1])
+    assert f"peaks=[mlp_out[{layer}, {pos}] " in repr(denoise)
+    assert denoise.plot().layout.coloraxis.colorbar.title.text == "restored fraction"
+
+
+def test_plotting_one_site_by_name_and_an_absent_site(toy_model):
+    res = activation_patch(toy_model, CLEAN, CORRUPTED, sites=("mlp_out",))
+    assert len(res.plot("mlp_out").data) == 1
+    with pytest.raises(InvalidArgumentError, match="attn_out"):
+        res.plot(["attn_out"])

@@ -69,23 +69,33 @@ class PatchingResult:
     def __repr__(self) -> str:
         from interp_edit.reprs import number, short_repr, text
 
+        # denoising: the sites that restore the most (highest); noising: those whose corruption
+        # takes the most away (lowest: 1 is the clean run, unchanged)
+        noising = self.direction == "noise"
         peaks = []
         for site, values in self.results.items():
-            flat = values.nan_to_num(-float("inf")).flatten().argmax().item()
+            key = values.nan_to_num(float("inf")) if noising else values.nan_to_num(-float("inf"))
+            flat = (key.flatten().argmin() if noising else key.flatten().argmax()).item()
             index = [int(i) for i in torch.unravel_index(torch.tensor(flat), values.shape)]
             peaks.append(f"{site}{index} {number(values.flatten()[flat].item(), 3)}")
         return short_repr("PatchingResult", WARNING=self.gap.repr_note(), method=repr(self.method), direction=repr(self.direction),
                           clean=text(self.clean_prompt, 40), corrupted=text(self.corrupted_prompt, 40),
                           answer=text(self.answer), foil=text(self.foil) if self.foil is not None else None,
-                          metric=repr(self.metric), peaks="[" + "; ".join(peaks) + "]")
+                          metric=repr(self.metric), **{"lowest" if noising else "peaks": "[" + "; ".join(peaks) + "]"})
 
     def plot(self, sites: Sequence[str] | None = None):
-        """A Plotly figure: one heatmap per site (``sites``: a subset, default all).
+        """A Plotly figure: one heatmap per site (``sites``: a site name or a subset, default all).
 
         >>> fig = attribution_patch(model, "Talvik Corlo was born in", "Beldel Kordor was born in").plot(["mlp_out"])
         """
         from interp_edit.viz.patching import patching_figure
 
+        if isinstance(sites, str):
+            sites = [sites]
+        if sites is not None:
+            unknown = [s for s in sites if s not in self.results]
+            if unknown or not sites:
+                raise InvalidArgumentError(f"sites {unknown or list(sites)} are not in this result; it has {list(self.results)}")
         return patching_figure(self, sites)
 
     def save(self, path: str | Path) -> tuple[Path, Path]:

@@ -31,5 +31,5 @@ def patching_figure(result, sites=None) -> go.Figure:
         title=f"{result.method} patching ({result.direction}), {result.metric} normalised: clean 1, corrupted 0"
               f"{result.gap.title_note()}",
         height=520, width=max(500, 330 * len(sites)),
-        coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-1, cmax=1, colorbar=dict(title="restored fraction")))
+        coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-1, cmax=1, colorbar=dict(title="kept fraction" if result.direction == "noise" else "restored fraction")))
     return fit_layout(fig)
