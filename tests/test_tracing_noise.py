@@ -9,7 +9,7 @@ import torch
 from reference_tracer import causal_trace_loop
 
 from interp_edit.analysis.tracing import causal_trace, subject_embedding_std
-from interp_edit.errors import InvalidArgumentError
+from interp_edit.errors import InterpEditError, InvalidArgumentError
 
 PROMPT, SUBJECT, TARGET = "Talvik Corlo was born in", "Talvik Corlo", "Gemmel"
 SUBJECTS = ["Talvik Corlo", "Zellen Hulra", "Kortin Garlen", "Talvik Corlo"]
@@ -72,3 +72,35 @@ def test_a_generator_replaces_the_seed(tiny_model):
 def test_bad_noise_arguments_are_named(tiny_model, kwargs, match):
     with pytest.raises(InvalidArgumentError, match=match):
         causal_trace(tiny_model, PROMPT, SUBJECT, TARGET, kinds=("hidden",), samples=3, **kwargs)
+
+
+@pytest.mark.parametrize("family, style", [("llama3", "llama"), ("qwen2", "qwen")])
+def test_the_noise_scale_pools_the_tokens_a_prompt_gives_the_subject(family, style):
+    """With a SentencePiece tokenizer, encoding " " + subject adds a bare "▁" token that no
+    prompt gives the subject: it was pooled into σ. σ is now the std of the embedding rows of
+    the tokens the prompt's subject span holds, for both tokenizer kinds."""
+    from interp_edit import load_model
+    from interp_edit.adapter.tiny import tiny_hf_model
+    from interp_edit.adapter.tiny_tokenizers import tiny_tokenizer
+    from interp_edit.prompts import tokenize_with_subject
+
+    tok = tiny_tokenizer(style)
+    model = load_model(f"tiny-{family}", hf_model=tiny_hf_model(family, vocab_size=len(tok)), tokenizer=tok)
+    # (a byte-level BPE gives a prompt's first word other tokens than the same word after a space)
+    for prompt in ("We know that Talvik Corlo was born in", *([PROMPT] if style == "llama" else [])):
+        span = tokenize_with_subject(tok, prompt, SUBJECT)
+        rows = model.W_E[list(span.tokens[span.subject_span[0]:span.subject_span[1]])]
+        assert subject_embedding_std(model, [SUBJECT]) == pytest.approx(rows.float().std().item(), rel=1e-6)
+
+
+def test_the_subject_lists_items_are_named(toy_model):
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        for kwargs, match in ((dict(noise_subjects=[SUBJECT, 1]), r"noise_subjects\[1\] must be a string"),
+                              (dict(noise_subjects=[""]), r"noise_subjects\[0\]"),
+                              (dict(noise_subjects=[]), "noise_subjects is empty"),
+                              (dict(corruption="replace", replacements=["Zellen Hulra", 2]), r"replacements\[1\]"),
+                              (dict(corruption="replace", replacements=None), "replacements must be a list")):
+            with pytest.raises(InterpEditError, match=match):
+                causal_trace(toy_model, PROMPT, SUBJECT, **kwargs)
+    assert not calls

@@ -164,11 +164,21 @@ class CausalTraceResult:
         return save_figure(self.plot(layout), path)
 
 
-def subject_embedding_std(model, subjects: Sequence[str]) -> float:
+def subject_embedding_std(model, subjects: Sequence[str], name: str = "subjects") -> float:
     """Standard deviation of the token embeddings of the subjects' tokens, every token of every
     subject pooled (repeats kept): ROME's ``collect_embedding_std`` over a dataset's subjects
-    (its "s3" noise is 3 × this), or a single prompt's subject."""
-    ids = [t for s in subjects for t in model.tokenizer.encode(" " + s.strip(), add_special_tokens=False)]
+    (its "s3" noise is 3 × this), or a single prompt's subject. Each subject is tokenised as it
+    follows a word in a prompt (:func:`~interp_edit.prompts.encode_target`: no bare ``"▁"`` token
+    of SentencePiece tokenizers); ``name`` is what an error calls the subjects."""
+    from interp_edit.errors import TokenizationError
+
+    ids = []
+    for i, subject in enumerate(check_sequence(subjects, name)):
+        subject = check_str(subject, name, index=i)
+        try:
+            ids += encode_target(model.tokenizer, subject.strip())
+        except TokenizationError:  # a merge with the word before it: the subject's own tokens
+            ids += model.tokenizer.encode(" " + subject.strip(), add_special_tokens=False)
     w_e = token_embeddings(model)
     return w_e[torch.tensor(ids, device=w_e.device)].float().std().item()
 
@@ -373,9 +383,9 @@ def causal_trace(
     """
     window = default_window(model.cfg.n_layers) if window is None else window
     if noise_subjects is not None and embedding_std is None:
-        if isinstance(noise_subjects, str) or not noise_subjects:
-            raise InvalidArgumentError("noise_subjects must be a non-empty sequence of subject strings")
-        embedding_std = subject_embedding_std(model, list(noise_subjects))
+        embedding_std = subject_embedding_std(model, noise_subjects, "noise_subjects")
+    replacements = [check_str(r, "replacements", index=i)
+                    for i, r in enumerate(check_sequence(replacements, "replacements", nonempty=False))]
     if max_rows is not None:
         check_int(max_rows, "max_rows", minimum=1)
     check_memory_budget(memory_budget)
