@@ -150,6 +150,37 @@ def test_attribution_patch_error_takes_the_exact_engines_options(toy_model):
         assert other["mlp_out"]["max_abs_error"] == pytest.approx(plain["mlp_out"]["max_abs_error"], abs=1e-5)
 
 
+def test_the_aie_refuses_logit_diff_and_takes_dataset_cases(toy_model):
+    """``metric="logit_diff"`` needs a foil the AIE cannot take: refused by name before any
+    forward (it failed after one). ``load_dataset``'s cases are facts (by their rewrite)."""
+    from interp_edit import load_dataset
+
+    cases = load_dataset("toyworld-counterfact")[:2]
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        with pytest.raises(InvalidArgumentError, match="logit_diff.*foil"):
+            average_indirect_effect(toy_model, cases, samples=1, progress=False, metric="logit_diff")
+    assert not calls
+    from_cases = average_indirect_effect(toy_model, cases, kinds=("mlp",), samples=1, progress=False)
+    tuples = [(c.rewrite.text, c.rewrite.subject, c.rewrite.target_true) for c in cases]
+    from_tuples = average_indirect_effect(toy_model, tuples, kinds=("mlp",), samples=1, progress=False)
+    assert torch.equal(from_cases.effects.nan_to_num(), from_tuples.effects.nan_to_num())
+
+
+def test_result_lookups_name_what_they_lack(toy_model, person_records):
+    trace = causal_trace(toy_model, PROMPT, SUBJECT, samples=1, kinds=("hidden",))
+    with pytest.raises(InvalidArgumentError, match="kind must be one of \\['hidden'\\]"):
+        trace.kind("mlp")
+    with pytest.raises(InvalidArgumentError, match="k must be >= 0"):
+        trace.top_sites(-1)
+    assert trace.top_sites(0) == []
+    aie = average_indirect_effect(toy_model, person_records[:1], kinds=("mlp",), samples=1, progress=False)
+    with pytest.raises(InvalidArgumentError, match="kind must be one of"):
+        aie.peak("attn")
+    with pytest.raises(InvalidArgumentError, match="role must be one of"):
+        aie.curve("mlp", "middle")
+
+
 def test_an_empty_fact_list_and_a_too_large_k_are_named(toy_model):
     with pytest.raises(InterpEditError, match="no facts"):
         average_indirect_effect(toy_model, [], progress=False)

@@ -28,7 +28,7 @@ from interp_edit.batching import last_token_logits, resolve_memory_budget
 from interp_edit.errors import InterpEditError, InvalidArgumentError, PromptTooLongError
 from interp_edit.progress import progress_bar
 from interp_edit.prompts import tokenize_with_subject
-from interp_edit.validation import check_int, check_sequence, check_str
+from interp_edit.validation import check_choice, check_int, check_sequence, check_str
 
 ROLES = (
     "first_subject",
@@ -117,10 +117,13 @@ class AIEResult:
         return ScoreGap(self.mean_clean_score, self.mean_corrupted_score, self.settings.get("metric", "prob"), True)
 
     def curve(self, kind: str, role: str) -> Float[Tensor, " layer"]:
+        check_choice(kind, "kind", self.kinds)
+        check_choice(role, "role", self.roles)
         return self.effects[self.kinds.index(kind), self.roles.index(role)]
 
     def peak(self, kind: str) -> dict:
         """The (role, layer) with the largest mean effect of one kind."""
+        check_choice(kind, "kind", self.kinds)
         block = self.effects[self.kinds.index(kind)].nan_to_num(-math.inf)
         role, layer = divmod(block.argmax().item(), block.shape[1])
         return dict(kind=kind, role=self.roles[role], layer=layer, effect=block[role, layer].item())
@@ -150,9 +153,12 @@ class AIEResult:
 
 
 def _as_fact(fact, index: int = 0) -> tuple[str, str, str]:
-    """(prompt, subject, target) from a CounterFactRecord, a dict or a 3-tuple; a malformed
-    fact raises :class:`InvalidArgumentError` naming its index."""
+    """(prompt, subject, target) from a CounterFactRecord, a dataset case (its rewrite: e.g.
+    :func:`~interp_edit.data.load_dataset`'s), a dict or a 3-tuple; a malformed fact raises
+    :class:`InvalidArgumentError` naming its index."""
     try:
+        if hasattr(fact, "rewrite") and hasattr(fact.rewrite, "subject"):
+            fact = fact.rewrite
         if hasattr(fact, "prompt") and hasattr(fact, "subject"):
             prompt, subject, target = fact.prompt, fact.subject, fact.target_true
         elif isinstance(fact, dict):
@@ -225,6 +231,9 @@ def average_indirect_effect(
     >>> average_indirect_effect(model, facts, samples=2, progress=False).n_facts
     1
     """
+    if metric == "logit_diff":  # (checked before the facts: no fact can satisfy it)
+        raise InvalidArgumentError("metric 'logit_diff' needs a foil per fact, which the AIE does not take; "
+                                   "use 'prob' or 'logprob', or causal_trace(..., foil=) per fact")
     facts = [_as_fact(f, i) for i, f in enumerate(check_sequence(facts, "facts", nonempty=False))]
     check_facts(model, facts)
     window = default_window(model.cfg.n_layers) if window is None else window

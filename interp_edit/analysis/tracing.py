@@ -121,10 +121,12 @@ class CausalTraceResult:
         return self.scores - self.corrupted_score
 
     def kind(self, kind: str) -> Float[Tensor, "layer pos"]:
+        check_choice(kind, "kind", self.kinds)
         return self.scores[self.kinds.index(kind)]
 
     def top_sites(self, k: int = 5) -> list[dict]:
         """The ``k`` restorations with the largest indirect effect, over all kinds."""
+        check_int(k, "k", minimum=0)
         ie = self.indirect_effects
         order = torch.argsort(ie.flatten(), descending=True)[:k]
         sites = []
