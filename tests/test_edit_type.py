@@ -72,6 +72,22 @@ def test_hooked_equals_in_place_and_touches_no_weight(tiny_model):
     assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
 
 
+def test_hooking_an_edit_applied_in_place_is_refused(tiny_model, tmp_path):
+    """Hooks on top of the same deltas in the weights count them twice: refused for the edit
+    and for a copy of it (the same content, loaded from a file); allowed again after undo."""
+    e = random_edit(tiny_model, 5)
+    e.save(tmp_path / "e.safetensors")
+    copy = Edit.load(tmp_path / "e.safetensors", tiny_model)
+    with e.applied(tiny_model):
+        for which in (e, copy):
+            with pytest.raises(EditApplicationError, match="hooking it as well would add its deltas twice"):
+                with which.hooked(tiny_model):
+                    pass
+        assert not any(hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+    with e.hooked(tiny_model):
+        pass
+
+
 def test_edits_compose_and_undo_in_reverse_order_only(tiny_model):
     before = snapshot(tiny_model)
     first, second = random_edit(tiny_model, 2), random_edit(tiny_model, 3)

@@ -171,6 +171,20 @@ class Edit:
             self.library_version = __version__
 
     # --- applying --------------------------------------------------------------------
+    def _check_not_applied(self, stack: list, doing: str) -> _Content:
+        """Refuse (naming ``doing``) when this edit, or one with its content, is applied in place
+        already: its deltas would be added twice. Returns this edit's content key."""
+        if any(entry[0] is self for entry in stack):
+            raise EditApplicationError(f"this {self.method} edit is already applied to the model; {doing} would add "
+                                       "its deltas twice")
+        content = _Content(self)
+        if any(entry[3].same(content) for entry in stack):
+            raise EditApplicationError(
+                f"an edit with the same content as this {self.method} edit (content hash {content.digest[:12]}) is already "
+                f"applied to the model (e.g. the same file loaded twice); {doing} would add its deltas twice"
+            )
+        return content
+
     def _check_model(self, model) -> None:
         found = model_fingerprint(model)
         if found != self.model_fingerprint:
@@ -209,14 +223,7 @@ class Edit:
         if stack is None:
             stack = []
             setattr(model, _STACK_ATTR, stack)
-        if any(entry[0] is self for entry in stack):
-            raise EditApplicationError(f"this {self.method} edit is already applied to the model")
-        content = _Content(self)
-        if any(entry[3].same(content) for entry in stack):
-            raise EditApplicationError(
-                f"an edit with the same content as this {self.method} edit (content hash {content.digest[:12]}) is already "
-                "applied to the model (e.g. the same file loaded twice); applying it again would add its deltas twice"
-            )
+        content = self._check_not_applied(stack, "applying it again")
         originals: dict[str, Tensor] = {}
         handles: list[tuple[str, Any]] = []
         try:
@@ -337,8 +344,10 @@ class Edit:
         """``with edit.hooked(model):`` — the same effect added by hooks, no weight touched:
         for each delta, the input activation of the weight (``mlp.hook_post`` for ``W_out``,
         ``attn.hook_z`` for ``W_O``) times ΔW is added to its raw output (``hook_mlp_out``,
-        ``hook_attn_out``; before the post-sublayer norm where the architecture has one)."""
+        ``hook_attn_out``; before the post-sublayer norm where the architecture has one). Refused
+        while the edit is applied in place (its effect would count twice)."""
         self._check_model(model)
+        self._check_not_applied(getattr(model, _STACK_ATTR, None) or [], "hooking it as well")
         hooks = []
         for name, delta in self.deltas.items():
             hooks += delta_hooks(model, name, delta.through)
