@@ -193,6 +193,23 @@ def test_requests_on_one_key_are_warned_and_recorded(toy_model):
     assert (e.hooks["layer3"].epsilons <= 0).tolist() == [True, False, True]
 
 
+def test_a_batch_whose_every_key_collides_gives_an_edit_that_changes_nothing(toy_model):
+    """With no key given a radius no value can fire: training gets no gradient (it crashed in
+    autograd), the values stay as the authors' code leaves them, and the applied edit changes
+    no logit. The repr says none of the targets holds (not "at most one")."""
+    from interp_edit.batching import last_token_logits
+
+    requests = [EditRequest("{} was born in", "Talvik Corlo", "Gemmel"), EditRequest("{} plays the", "Talvik Corlo", "harp")]
+    with pytest.warns(KeyCollisionWarning):
+        e = grace(toy_model, requests, n_iter=2, edit_token="subject_last")
+    assert (e.hooks["layer3"].epsilons <= 0).all()
+    assert "share one key (none of their targets holds)" in repr(e)
+    prompts = [r.prompt.format(r.subject) for r in requests]
+    before = last_token_logits(toy_model, prompts)
+    with e.applied(toy_model):
+        assert torch.equal(last_token_logits(toy_model, prompts), before)
+
+
 def test_bad_request_is_refused_before_any_compute(toy_model):
     bad = [EditRequest("{} was born in", "Talvik Corlo", "Gemmel"), EditRequest("{} plays the", "Nobody Known", "")]
     with refused_before_any_forward(toy_model), pytest.raises(EditRequestError, match="request 1"):

@@ -409,11 +409,11 @@ class Edit:
 
     def warnings(self) -> list[str]:
         """What may make this edit's results mislead (shown in the repr): requests that share
-        one key (``info["key_collisions"]``), of which at most one per group can hold."""
-        out = []
-        for group in self.info.get("key_collisions") or []:
-            out.append(f"requests {list(group)} share one key (at most one of their targets can hold)")
-        return out
+        one key (``info["key_collisions"]``), of which at most one per group can hold (none, where
+        the editor records ``info["key_collisions_hold"] = "none"``: GRACE's split codebook)."""
+        holds = "none of their targets holds" if self.info.get("key_collisions_hold") == "none" else \
+            "at most one of their targets can hold"
+        return [f"requests {list(group)} share one key ({holds})" for group in self.info.get("key_collisions") or []]
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{r['parameter'] or r['hook']} ({r['kind']}, rank {r.get('rank')}, ‖Δ‖={r.get('delta_norm', 0.0):.3g})"

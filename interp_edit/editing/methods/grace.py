@@ -216,7 +216,9 @@ def _train_values(model, treqs, name: str, codebook: GraceCodebook, values: Tens
                     bad = which[int((~torch.isfinite(nll)).nonzero()[0])]
                     raise EditOptimizationError(f"request {treqs[bad].index} ({treqs[bad].request.text!r}): the GRACE value "
                                                 f"training gave a non-finite loss at step {step}; the model is unchanged")
-                if step == cfg.n_iter:
+                # no key of this round can fire (each query sits on another target's key: no
+                # radius): the values get no gradient and stay, as under the authors' code
+                if step == cfg.n_iter or not nll.requires_grad:
                     break
                 optimiser.zero_grad()
                 nll.sum().backward()
@@ -282,7 +284,7 @@ def grace(model, requests, config: GRACEConfig | None = None, *, corpus=None, ca
     timings["values"] = time.perf_counter() - start
     hook = GraceCodebook(name, keys, values.detach().cpu(), radii, cfg.replacement)
     info = {"layer": cfg.layer, "hook": name, "n_keys": len(keys), "key_requests": owners, "target_nll": nll,
-            "key_collisions": collisions,
+            "key_collisions": collisions, "key_collisions_hold": "none",
             "edit_positions": [r.edit_position for r in treqs], "seconds": timings}
     return Edit("grace", {}, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info,
                 hooks={f"layer{cfg.layer}": hook})
