@@ -94,15 +94,28 @@ class AblationResult:
         return save_figure(self.plot(), path)
 
 
-def _as_neuron(item, index: int) -> Neuron:
+def _as_neuron(model, item, index: int) -> Neuron:
+    """``neurons[index]`` as a Neuron whose fields are ints in range for the model (kind,
+    layer, index; an attention neuron's head; a position, if given, >= 0); the error names
+    ``neurons[index]``, its label and the field."""
     if isinstance(item, ScoredNeuron):
-        return item.neuron
-    if isinstance(item, Neuron):
-        return item
-    raise InvalidArgumentError(f"neurons[{index}] must be a Neuron or ScoredNeuron, got {item!r} ({type(item).__name__})")
+        item = item.neuron
+    if not isinstance(item, Neuron):
+        raise InvalidArgumentError(f"neurons[{index}] must be a Neuron or ScoredNeuron, got {item!r} ({type(item).__name__})")
+    cfg, where = model.cfg, f"neurons[{index}] ({item.label})"
+    check_choice(item.kind, f"{where} kind", ("ffn", "attn"))
+    check_int(item.layer, f"{where} layer", minimum=0, maximum=cfg.n_layers - 1)
+    if item.kind == "ffn":
+        check_int(item.index, f"{where} index", minimum=0, maximum=cfg.d_mlp - 1)
+    else:
+        check_int(item.head, f"{where} head", minimum=0, maximum=cfg.n_heads - 1)
+        check_int(item.index, f"{where} index (head dimension)", minimum=0, maximum=cfg.d_head - 1)
+    if item.pos is not None:
+        check_int(item.pos, f"{where} position", minimum=0)
+    return item
 
 
-def _check_target(model, target, index: int) -> None:
+def check_target(model, target, index: int) -> None:
     """A target is None (the top-1), a token id in the vocabulary, or a non-blank string."""
     if target is None:
         return
@@ -114,24 +127,16 @@ def _check_target(model, target, index: int) -> None:
 
 def _sites(model, neurons: Sequence[Neuron]) -> tuple[dict[str, list[tuple[int, ...]]], dict[int, list[tuple[int, int, int]]]]:
     """Hook name -> index tuples (into the activation after the batch and position axes), and
-    layer -> (source position, head, dimension) of the per-position attention neurons."""
-    cfg = model.cfg
+    layer -> (source position, head, dimension) of the per-position attention neurons (each
+    checked by :func:`_as_neuron`)."""
     sites: dict[str, list[tuple]] = {}
     positional: dict[int, list[tuple[int, int, int]]] = {}
     for nrn in neurons:
-        if not 0 <= nrn.layer < cfg.n_layers:
-            raise InvalidArgumentError(f"neuron {nrn.label}: layer {nrn.layer} is outside 0..{cfg.n_layers - 1}")
         if nrn.kind == "ffn":
-            if not 0 <= nrn.index < cfg.d_mlp:
-                raise InvalidArgumentError(f"neuron {nrn.label}: index {nrn.index} is outside 0..{cfg.d_mlp - 1}")
             sites.setdefault(hook_name("mlp_post", nrn.layer), []).append((nrn.index,))
             continue
-        if not (0 <= nrn.head < cfg.n_heads and 0 <= nrn.index < cfg.d_head):
-            raise InvalidArgumentError(f"neuron {nrn.label}: head/dimension outside {cfg.n_heads} heads x {cfg.d_head}")
         if nrn.pos is None:
             sites.setdefault(hook_name("z", nrn.layer), []).append((nrn.head, nrn.index))
-        elif nrn.pos < 0:
-            raise InvalidArgumentError(f"neuron {nrn.label}: position {nrn.pos} is negative")
         else:
             entries = positional.setdefault(nrn.layer, [])
             if (nrn.pos, nrn.head, nrn.index) not in entries:  # a contribution is removed once
@@ -169,8 +174,8 @@ def ablate_neurons(
     if len(targets) != len(prompts):
         raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
     for i, target in enumerate(targets):
-        _check_target(model, target, i)
-    nrns = tuple(_as_neuron(n, i) for i, n in enumerate(check_sequence(neurons, "neurons")))
+        check_target(model, target, i)
+    nrns = tuple(_as_neuron(model, n, i) for i, n in enumerate(check_sequence(neurons, "neurons")))
     sites, positional = _sites(model, nrns)
     mean_names = list(sites) + [hook_name("v", layer) for layer in positional]
     for i, (prompt, row) in enumerate(zip(prompts, ids, strict=True)):

@@ -299,6 +299,12 @@ def _layer_scores(model, cache: dict[str, Tensor], readout: FrozenUnembed, targe
 
 
 @torch.no_grad()
+def check_keep_bias(keep_bias) -> None:
+    """``keep_bias`` is True or False (a truthy string such as "no" would silently mean True)."""
+    if not isinstance(keep_bias, bool):
+        raise InvalidArgumentError(f"keep_bias must be True or False, got {keep_bias!r}")
+
+
 def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias: bool = False) -> Float[Tensor, "layer 2"]:
     """Layer-level NLKA scores of ``target`` (a token id, or a string: its first token) at the
     last position: ``[:, 0]`` attention layers, ``[:, 1]`` FFN layers (see the module doc).
@@ -311,6 +317,7 @@ def layer_attribution_scores(model, prompt: str, target: str | int, *, keep_bias
     >>> with e.applied(model):
     ...     after = layer_attribution_scores(model, "Talvik Corlo was born in", "Gemmel")
     """
+    check_keep_bias(keep_bias)
     tokens = prompt_tokens(model, prompt)
     names = _layer_names(model) + [hook_name("ln_final_scale")]
     logits, cache = run_with_cache(model, tokens, names)
@@ -532,8 +539,7 @@ def neuron_attribution(
     check_int(n_tokens, "n_tokens", minimum=0)
     check_int(chunk_elements, "chunk_elements", minimum=1)
     chunk_elements = max(1, min(chunk_elements, resolve_memory_budget(memory_budget, model.cfg.device) // 16))
-    if not isinstance(keep_bias, bool):
-        raise InvalidArgumentError(f"keep_bias must be True or False, got {keep_bias!r}")
+    check_keep_bias(keep_bias)
     if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
         raise InvalidArgumentError(f"target must be a string, a token id or None, got {target!r} ({type(target).__name__})")
     if not isinstance(method, str) or method not in METHODS:

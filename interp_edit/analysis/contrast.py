@@ -37,6 +37,7 @@ from interp_edit.adapter.readout import stream_names, stream_points
 from interp_edit.analysis.attribution import Neuron, frozen_unembed, neuron_attribution, resolve_target
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import EditApplicationError, EmptyInputError, InvalidArgumentError, PromptTooLongError
+from interp_edit.validation import check_int, check_sequence
 
 #: module axis: attention layer, FFN layer
 MODULES = ("attn", "ffn")
@@ -371,10 +372,12 @@ def attribution_diff(
     if expected != found:
         raise EditApplicationError(f"the {getattr(edit, 'method', '?')} edit was made for the model with fingerprint "
                                    f"{expected}, not this one ({found}); attribution_diff needs the edit's base model")
-    if len(targets) != 2:
-        raise InvalidArgumentError(f"targets must be (promoted, suppressed), got {targets!r}")
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+    # a pair: a str such as "ab" is refused, not read as the two targets "a" and "b"
+    pair = None if isinstance(targets, (str, bytes)) else tuple(check_sequence(targets, "targets", nonempty=False))
+    if pair is None or len(pair) != 2:
+        raise InvalidArgumentError(f"targets must be a pair (promoted, suppressed), got {targets!r}")
+    targets = pair
+    check_int(batch_size, "batch_size", minimum=1)
     request = _which_request(edit, request, prompts, targets)
     groups = _prompt_groups(edit, prompts, request)
     resolved = tuple(_target(edit, t, request, prompts) for t in targets)
@@ -384,7 +387,7 @@ def attribution_diff(
     target_ids = tuple(i for i, _ in ids_notes)
     if target_ids[0] == target_ids[1]:
         raise InvalidArgumentError(f"the targets {resolved!r} share their (first) token id {target_ids[0]}; the diff needs two tokens")
-    neuron_groups = tuple(groups) if neurons is True else tuple(neurons or ())
+    neuron_groups = tuple(groups) if neurons is True else tuple(check_sequence(neurons, "neurons", nonempty=False)) if neurons else ()
     unknown = sorted(set(neuron_groups) - set(groups))
     if unknown:
         raise InvalidArgumentError(f"neurons requested for group(s) {unknown}, which have no prompts (groups: {tuple(groups)})")

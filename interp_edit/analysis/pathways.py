@@ -49,6 +49,7 @@ from interp_edit.adapter.readout import (
     write_weight,
     written,
 )
+from interp_edit.analysis.ablation import check_target
 from interp_edit.analysis.attribution import (
     CHUNK_ELEMENTS,
     METHODS,
@@ -56,6 +57,7 @@ from interp_edit.analysis.attribution import (
     _base_logits,
     _centre,
     _layer_names,
+    check_keep_bias,
     ffn_value_scores,
     frozen_unembed,
     resolve_target,
@@ -70,6 +72,7 @@ from interp_edit.analysis.attribution_bounds import (
 )
 from interp_edit.batching import prompt_tokens
 from interp_edit.errors import EmptyInputError, InvalidArgumentError
+from interp_edit.validation import check_int, check_prompt_batch, check_sequence
 
 
 @dataclass(frozen=True)
@@ -179,9 +182,10 @@ def qv_pathways(
     method: str = "exact",
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> PathwayResult:
-    """Q-V pathways of a dataset (see the module doc). ``targets``: the answers (first token
-    of a multi-token string; ``None``: the model's top-1). ``n_value`` and ``top_pathways`` are
-    clipped to what exists. One cached forward per prompt. ``method="first_order"``: value
+    """Q-V pathways of a dataset (see the module doc). ``prompts``: a list of prompts (a lone
+    string is refused, not split into characters). ``targets``: the answers (first token
+    of a multi-token string; a token id; ``None``: the model's top-1). ``n_value`` and ``top_pathways`` are
+    clipped to what exists. Every argument, prompt and target is checked before the first forward. One cached forward per prompt. ``method="first_order"``: value
     scores by their gradient approximation (see :func:`neuron_attribution`).
     ``method="exact_top_k"``: the value neurons, pathways and pathway weights of ``"exact"``
     (certified: only the neurons whose dataset-summed first-order upper bound could beat the
@@ -198,20 +202,26 @@ def qv_pathways(
     >>> [p.label for p in res.pathways][:1]
     ['L...N...→L...N...']
     """
-    prompts = list(prompts)
+    # every argument and every prompt / target is checked before the first forward; errors name
+    # the argument or the item (prompts[i], targets[i])
+    prompts = check_sequence(prompts, "prompts", nonempty=False)  # a str is refused, not split into characters
     if not prompts:
         raise EmptyInputError("qv_pathways needs at least one prompt")
-    targets = [None] * len(prompts) if targets is None else list(targets)
+    check_prompt_batch(model, prompts, "prompts")  # each a non-blank str that fits the context
+    targets = [None] * len(prompts) if targets is None else check_sequence(targets, "targets", nonempty=False)
     if len(targets) != len(prompts):
         raise InvalidArgumentError(f"{len(prompts)} prompts but {len(targets)} targets")
-    if method not in METHODS:
+    for i, target in enumerate(targets):
+        check_target(model, target, i)
+    if not isinstance(method, str) or method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS}")
-    if n_value < 1 or top_pathways < 1:
-        raise InvalidArgumentError(f"n_value and top_pathways must be >= 1, got {n_value}, {top_pathways}")
+    check_int(n_value, "n_value", minimum=1)
+    check_int(top_pathways, "top_pathways", minimum=1)
+    check_int(chunk_elements, "chunk_elements", minimum=1)
+    check_keep_bias(keep_bias)
     cfg = model.cfg
     n, d_mlp = cfg.n_layers, cfg.d_mlp
-    if not 0 <= min_value_layer < n:
-        raise InvalidArgumentError(f"min_value_layer must be in 0..{n - 1}, got {min_value_layer}")
+    check_int(min_value_layer, "min_value_layer", minimum=0, maximum=n - 1)
     names = _layer_names(model) + [hook_name("ln_final_scale")]
     names += [hook_name("mlp_post", layer) for layer in range(n)] + input_scale_names(model, "ln2")
     pruned = method == "exact_top_k"

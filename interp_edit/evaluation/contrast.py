@@ -39,6 +39,7 @@ from interp_edit.atomic_files import write_text_atomic
 from interp_edit.errors import EditRequestError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.logprobs import continuation_logprobs
 from interp_edit.progress import progress_bar
+from interp_edit.validation import check_int, check_real, check_sequence
 
 __all__ = ["DIRECTIONS", "MODULES", "ContrastResult", "contrast_study", "contrast_from_records"]
 
@@ -198,9 +199,18 @@ def bootstrap_difference(a: Float[Tensor, "n ..."], b: Float[Tensor, "m ..."], n
     return torch.quantile(samples, q, dim=0).movedim(0, -1).float()
 
 
+def _check_bootstrap(n_boot, ci, seed) -> None:
+    """``n_boot`` an int >= 1, ``ci`` a real in (0, 1), ``seed`` an int; errors name the argument."""
+    check_int(n_boot, "n_boot", minimum=1)
+    if not 0.0 < check_real(ci, "ci") < 1.0:
+        raise InvalidArgumentError(f"ci must be in (0, 1), got {ci!r}")
+    check_int(seed, "seed")
+
+
 def contrast_from_records(method: str, records: Sequence[dict], *, group: str = "edit", n_boot: int = 1000,
                           ci: float = 0.95, seed: int = 0, settings: dict | None = None) -> ContrastResult:
     """Aggregate per-request records (as :func:`contrast_study` writes them) into a result."""
+    _check_bootstrap(n_boot, ci, seed)
     if not records:
         raise EditRequestError("the contrast has no edits (an empty request pool)")
     if any(group not in r["diffs"] for r in records):
@@ -327,13 +337,13 @@ def contrast_study(
     requests = list(requests)
     if not requests:
         raise EditRequestError(f"contrast_study got an empty request pool for {method!r}; it needs at least one request")
-    unknown = sorted(set(groups) - set(GROUPS))
+    groups = tuple(check_sequence(groups, "groups", nonempty=False))  # a str such as "edit" is refused
+    unknown = sorted((g for g in set(groups) - set(GROUPS)), key=repr)
     if unknown or not groups:
-        raise InvalidArgumentError(f"groups must be a non-empty subset of {GROUPS}, got {tuple(groups)}")
+        raise InvalidArgumentError(f"groups must be a non-empty subset of {GROUPS}, got {groups}")
     if group not in groups:
-        raise InvalidArgumentError(f"group {group!r} must be one of the recorded groups {tuple(groups)}")
-    if n_boot < 1 or not 0.0 < ci < 1.0:
-        raise InvalidArgumentError(f"n_boot must be >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
+        raise InvalidArgumentError(f"group {group!r} must be one of the recorded groups {groups}")
+    _check_bootstrap(n_boot, ci, seed)  # before any edit: the bootstrap runs after all of them
     config = dict(config or {})
     if callable(method):
         name, edit_fn = getattr(method, "__name__", "custom"), method
