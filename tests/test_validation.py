@@ -201,6 +201,22 @@ def test_every_editor_config_checks_field_types(toy_model, method):
     assert_unchanged(toy_model, state, no_edits=True)
 
 
+def test_a_preset_with_a_config_object_is_refused_not_relabelled(toy_model):
+    """``edit(..., config=cfg, preset=X)`` replaced only the label: the edit said preset X while
+    running cfg's settings. Refused before any forward, naming the field."""
+    from interp_edit.editing.methods.rome import ROMEConfig
+
+    state = snapshot(toy_model)
+    cfg = ROMEConfig.for_model(toy_model)
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        for preset in ("gpt2-xl", "paper", "toyworld"):
+            with pytest.raises(EditConfigError, match=f"field 'preset' \\('{preset}'\\).*ROMEConfig was given"):
+                edit(toy_model, [EditRequest("{} was born in", SUBJECT, "Veltra")], "rome", config=cfg, preset=preset)
+    assert not calls
+    assert_unchanged(toy_model, state, no_edits=True)
+
+
 PREFIXED = ["rome", "memit", "alphaedit", "memit_csk", "fine", "intattn", "mega", "ace", "emmet", "pmet"]
 
 

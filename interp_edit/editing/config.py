@@ -173,6 +173,12 @@ def resolve(config_class, model, config, overrides: dict[str, Any]):
         return config_class.for_model(model, **overrides)
     if not isinstance(config, config_class):
         raise EditConfigError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+    if "preset" in overrides:  # replacing the field would relabel the config without applying the preset
+        raise EditConfigError(
+            f"field 'preset' ({overrides['preset']!r}) selects a preset's settings, but a {config_class.__name__} was "
+            f"given (preset {config.preset!r}); pass preset= without config=, or {config_class.__name__}.for_model(model, "
+            "preset=...) as config"
+        )
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_class)})
     if unknown:
         raise EditConfigError(f"{config_class.__name__} has no field(s) {unknown}")
