@@ -286,13 +286,16 @@ def test_list_values_of_tuple_fields_become_tuples():
      "requests 0 and 1 conflict"),
     ([EditRequest("{} was born in", SUBJECT, "Veltra"), EditRequest("{} was born in", SUBJECT, "Veltra")],
      "request 1 duplicates request 0"),
+    # one text split into another subject: no model can continue it two ways
+    ([EditRequest("{} was born in", SUBJECT, "Veltra"), EditRequest("Talvik {} was born in", "Corlo", "Karsa")],
+     "requests 0 and 1 conflict: the same prompt"),
     ([EditRequest("{} was born in {city}", SUBJECT, "Veltra")], "stray template field"),
     ([EditRequest(5, SUBJECT, "Veltra")], "field 'prompt'"),
     ([EditRequest("{} was born in", [SUBJECT], "Veltra")], "field 'subject'"),
     ([EditRequest("{} was born in", SUBJECT, "Veltra", paraphrases="x {}")], "paraphrases"),
     ("not a list", "expected a list of edit requests"),
 ])
-@pytest.mark.parametrize("method", ["rome", "memit", "ft"])
+@pytest.mark.parametrize("method", ["rome", "memit", "ft", "grace", "wise"])
 def test_requests_are_checked_against_each_other_and_their_template(toy_model, requests, match, method):
     state = snapshot(toy_model)
     with pytest.raises(EditRequestError, match=match):

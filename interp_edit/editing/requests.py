@@ -266,24 +266,29 @@ def prepare_requests(model, requests: Iterable, fingerprint: str,
 
 
 def check_against_each_other(requests: Sequence[EditRequest]) -> None:
-    """Requests are checked against each other, not only one at a time: two requests with the
-    same subject and prompt but different new targets conflict (an editor would silently keep
-    one of them), and a request given twice is a duplicate; either raises
+    """Requests are checked against each other, not only one at a time: two requests whose
+    filled prompts are the same text but whose new targets differ conflict (no model can continue
+    one text two ways; an editor would silently keep one of them, whatever each names as its
+    subject), and a request given twice (same subject and prompt) is a duplicate; either raises
     :class:`EditRequestError` naming both indices."""
     seen: dict[tuple[str, str], int] = {}
+    texts: dict[str, int] = {}
     for index, request in enumerate(requests):
-        key = (request.subject.strip(), request.text.strip())
+        text = request.text.strip()
+        if text in texts and requests[texts[text]].target_new.strip() != request.target_new.strip():
+            first = requests[texts[text]]
+            raise EditRequestError(
+                f"requests {texts[text]} and {index} conflict: the same prompt {request.text!r} (subjects "
+                f"{first.subject!r} and {request.subject!r}) with different new targets ({first.target_new!r} vs "
+                f"{request.target_new!r})"
+            )
+        key = (request.subject.strip(), text)
         if key in seen:
-            first = requests[seen[key]]
-            if first.target_new.strip() != request.target_new.strip():
-                raise EditRequestError(
-                    f"requests {seen[key]} and {index} conflict: the same subject {request.subject!r} and prompt "
-                    f"{request.prompt!r} with different new targets ({first.target_new!r} vs {request.target_new!r})"
-                )
             raise EditRequestError(
                 f"request {index} duplicates request {seen[key]} ({request.text!r} -> {request.target_new!r}); give it once"
             )
         seen[key] = index
+        texts.setdefault(text, index)
 
 
 def key_collisions(requests: Sequence[TokenizedRequest]) -> list[list[int]]:
