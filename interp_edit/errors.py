@@ -212,3 +212,14 @@ class KeyCollisionWarning(UserWarning):
     >>> issubclass(KeyCollisionWarning, UserWarning)
     True
     """
+
+
+class ThinStatisticsWarning(UserWarning):
+    """Key statistics counted from fewer tokens than the key width: the second moment C is
+    rank-deficient, so a closed-form edit that solves with C⁻¹ can be large and rewrite facts it
+    was not asked to (raise ``stats_samples``). The message names the layer and both counts; the
+    edit's repr says so (from ``edit.info["stats"]``).
+
+    >>> issubclass(ThinStatisticsWarning, UserWarning)
+    True
+    """

@@ -50,6 +50,7 @@ from interp_edit.adapter.params import APPLIED_EDITS_ATTR, weight_checksum
 from interp_edit.editing.hooks import hook_points
 from interp_edit.errors import EditApplicationError
 from interp_edit.precision import add_delta_, all_finite
+from interp_edit.statistics.provenance import thin_statistics_note
 
 _STACK_ATTR = APPLIED_EDITS_ATTR
 
@@ -410,10 +411,15 @@ class Edit:
     def warnings(self) -> list[str]:
         """What may make this edit's results mislead (shown in the repr): requests that share
         one key (``info["key_collisions"]``), of which at most one per group can hold (none, where
-        the editor records ``info["key_collisions_hold"] = "none"``: GRACE's split codebook)."""
+        the editor records ``info["key_collisions_hold"] = "none"``: GRACE's split codebook), and
+        key statistics from fewer tokens than the key width (``info["stats"]``)."""
         holds = "none of their targets holds" if self.info.get("key_collisions_hold") == "none" else \
             "at most one of their targets can hold"
-        return [f"requests {list(group)} share one key ({holds})" for group in self.info.get("key_collisions") or []]
+        out = [f"requests {list(group)} share one key ({holds})" for group in self.info.get("key_collisions") or []]
+        # statistics counted from fewer tokens than the key width (``info["stats"]``: provenance records)
+        stats = self.info.get("stats")
+        records = [r for r in stats if isinstance(r, dict)] if isinstance(stats, list) else []
+        return out + [note for note in map(thin_statistics_note, records) if note]
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{r['parameter'] or r['hook']} ({r['kind']}, rank {r.get('rank')}, ‖Δ‖={r.get('delta_norm', 0.0):.3g})"

@@ -6,6 +6,7 @@ disk cache are in :mod:`interp_edit.statistics.collect`; the ``"auto"`` sample s
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import model_fingerprint
-from interp_edit.errors import EditConfigError
+from interp_edit.errors import EditConfigError, ThinStatisticsWarning
 from interp_edit.statistics.auto import auto_statistics
 from interp_edit.statistics.collect import (
     AUTO_TOLERANCE,
@@ -22,7 +23,7 @@ from interp_edit.statistics.collect import (
     check_packing,
     given_statistics,
 )
-from interp_edit.statistics.provenance import SITES, KeyStatistics
+from interp_edit.statistics.provenance import SITES, KeyStatistics, thin_statistics_note
 from interp_edit.statistics.store import corpus_key, statistics_store
 
 
@@ -120,10 +121,16 @@ def editor_statistics(model, cfg, layers: Sequence[int], *, site: str = "mlp_pos
     if cfg.stats_samples == "auto" and probe_keys is None:
         raise EditConfigError(f"field 'stats_samples': 'auto' watches the request keys of ROME / MEMIT / MEMIT-CSK; {method} "
                               "computes its statistics without them: give an integer")
-    return key_statistics(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
-                          batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
-                          probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance, max_samples=cfg.stats_max_samples,
-                          packing=cfg.stats_packing)
+    found = key_statistics(model, layers, site=site, corpus=corpus, n_samples=cfg.stats_samples,
+                           batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
+                           probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance,
+                           max_samples=cfg.stats_max_samples, packing=cfg.stats_packing)
+    for _, statistic in sorted(found.items()):
+        note = thin_statistics_note(statistic.provenance.as_dict())
+        if note:
+            who = type(cfg).__name__.removesuffix("Config") if method == "this editor" else method
+            warnings.warn(f"{who}: {note}", ThinStatisticsWarning, stacklevel=3)
+    return found
 
 
 def provenance_records(statistics: Mapping[int, KeyStatistics]) -> list[dict]:

@@ -5,6 +5,7 @@ where it came from), and the one check that a statistic suits a model, site and 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,3 +127,13 @@ def check_second_moment(moment: Tensor, *, what: str) -> None:
 
 
 __all__ = ["SITES", "KeyStatistics", "StatsProvenance", "check_second_moment", "check_statistics", "site_dim"]
+
+
+def thin_statistics_note(record: Mapping[str, Any]) -> str | None:
+    """What a statistic's provenance record (:meth:`StatsProvenance.as_dict`) says against it:
+    counted from fewer tokens than the key width (C is rank-deficient); else None."""
+    n_tokens, dim = record.get("n_tokens"), record.get("dim")
+    if not isinstance(n_tokens, int) or not isinstance(dim, int) or n_tokens >= dim:
+        return None
+    return (f"key statistics of {record.get('site')} layer {record.get('layer')} come from {n_tokens} tokens, fewer "
+            f"than the key width {dim}: C is rank-deficient and the edit may be large and spill over (raise stats_samples)")
