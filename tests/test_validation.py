@@ -217,6 +217,25 @@ def test_a_preset_with_a_config_object_is_refused_not_relabelled(toy_model):
     assert_unchanged(toy_model, state, no_edits=True)
 
 
+def test_a_cache_dir_a_method_and_apply_that_cannot_be_are_named_before_any_forward(toy_model, tmp_path):
+    """A cache_dir that is a file failed after computing the statistics (FileExistsError); one
+    that is not a path raised pathlib's TypeError; an unhashable method, a TypeError."""
+    state = snapshot(toy_model)
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    request = EditRequest("{} was born in", SUBJECT, "Veltra")
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        for kwargs, match in ((dict(cache_dir=str(a_file)), "cache_dir .* is a file, not a folder"),
+                              (dict(cache_dir=5), "cache_dir must be a folder path"),
+                              (dict(method=["rome"]), "unknown editing method"),
+                              (dict(apply="yes"), "apply must be True or False")):
+            with pytest.raises(EditConfigError, match=match):
+                edit(toy_model, [request], **{"method": "rome", "stats_samples": 50, **kwargs})
+    assert not calls
+    assert_unchanged(toy_model, state, no_edits=True)
+
+
 PREFIXED = ["rome", "memit", "alphaedit", "memit_csk", "fine", "intattn", "mega", "ace", "emmet", "pmet"]
 
 

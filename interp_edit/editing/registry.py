@@ -89,7 +89,7 @@ def get_editor(name: str) -> Editor:
     interp_edit.errors.EditConfigError: unknown editing method 'romee'; known: [...]
     """
     known = editors()
-    if name not in known:
+    if not isinstance(name, str) or name not in known:
         raise EditConfigError(f"unknown editing method {name!r}; known: {sorted(known)}")
     return known[name]
 
@@ -109,6 +109,8 @@ def edit(model, requests, method: str = "rome", *, config=None, apply: bool = Fa
     >>> _ = e.undo(model)                                 # back to the original weights
     """
     editor = get_editor(method)
+    if not isinstance(apply, bool):
+        raise EditConfigError(f"apply must be True or False, got {apply!r}")
     result = editor.fn(model, requests, config, **kwargs)
     if apply:
         result.apply(model)

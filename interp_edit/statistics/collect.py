@@ -72,11 +72,21 @@ _site_dim = site_dim  # kept for callers of the old name
 
 
 def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """The statistics cache folder: ``cache_dir``, else ``$INTERP_EDIT_CACHE``, else
+    ``~/.cache/interp_edit``. A ``cache_dir`` that is not a path, or a path that is a file, is
+    an :class:`EditConfigError` naming it (checked before any statistics are computed)."""
     if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path.home() / ".cache" / "interp_edit"
+        if isinstance(cache_dir, bool) or not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir).strip():
+            raise EditConfigError(f"cache_dir must be a folder path (str or Path) or None, got {cache_dir!r}")
+        folder = Path(cache_dir)
+    elif os.environ.get(CACHE_ENV):
+        folder = Path(os.environ[CACHE_ENV])
+    else:
+        folder = Path.home() / ".cache" / "interp_edit"
+    if folder.exists() and not folder.is_dir():
+        where = "cache_dir" if cache_dir is not None else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the cache folder"
+        raise EditConfigError(f"{where} {str(folder)!r} is a file, not a folder; give a folder for the statistics cache")
+    return folder
 
 
 def is_toy_default(model, corpus) -> bool:

@@ -66,6 +66,7 @@ def key_statistics(
     token counted); each packing has its own cache files."""
     layers = _check_args(model, layers, site, n_samples)
     check_packing(packing)
+    cache_folder(cache_dir)  # a cache_dir that cannot be a folder: named before any forward
     if n_samples == "auto" and packing != "bos":
         raise EditConfigError(f"packing={packing!r} is not available with n_samples='auto' (it samples with packing 'bos'); "
                               "give an integer sample size")
