@@ -248,3 +248,27 @@ def test_a_calibrated_edit_leaves_every_calibration_position_and_saves_its_thres
     loaded = Edit.load(calibrated.save(tmp_path / "calibrated"))
     for label, hook in calibrated.hooks.items():
         assert torch.equal(loaded.hooks[label].gate_thresholds, hook.gate_thresholds)
+
+
+@pytest.fixture(scope="module")
+def saved_map(toy_model, person_records, tmp_path_factory):
+    return mega(toy_model, person_records[:1], layers=(2,), n_prefixes=2).save(tmp_path_factory.mktemp("mega") / "ok")
+
+
+@pytest.mark.parametrize("tensor, shape", [("map", lambda s: (s[0], s[1], s[2] + 3)), ("basis", lambda s: (s[0], s[1] - 1, s[2])),
+                                           ("gate_mask", lambda s: (s[0], s[1] + 1)),
+                                           ("mu_target", lambda s: (s[0] + 1, s[1]))])
+def test_a_saved_map_whose_tensors_do_not_fit_together_is_refused_at_load(toy_model, saved_map, tmp_path, tensor, shape):
+    """It loaded, and the first forward failed inside torch.einsum."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from interp_edit.errors import CheckpointError
+
+    with safe_open(str(saved_map), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k in tensors if k.endswith(f"::{tensor}"))
+    tensors[key] = torch.zeros(shape(tuple(tensors[key].shape)), dtype=tensors[key].dtype)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not fit together"):
+        Edit.load(tmp_path / "bad.safetensors", toy_model)

@@ -174,6 +174,17 @@ class GatedLinearMap:
 
     @classmethod
     def from_saved(cls, hook_name: str, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> GatedLinearMap:
+        mu_s, mu_t, basis, mapping = tensors["mu_source"], tensors["mu_target"], tensors["basis"], tensors["map"]
+        keys, mask, thresholds = tensors["gate_keys"], tensors["gate_mask"], tensors.get("gate_thresholds")
+        n, d = mu_s.shape if mu_s.dim() == 2 else (None, None)
+        k = basis.shape[-1] if basis.dim() == 3 else None
+        if (n is None or k is None or mu_t.shape != mu_s.shape or basis.shape != (n, d, k) or mapping.shape != (n, k, k)
+                or keys.dim() != 3 or keys.shape[0] != n or keys.shape[2] != d or mask.shape != keys.shape[:2]
+                or (thresholds is not None and thresholds.shape != (n,))):
+            shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+            raise ValueError(f"gated-map tensors of shapes {shapes} do not fit together (mu_source [n, d], mu_target "
+                             "[n, d], basis [n, d, k], map [n, k, k], gate_keys [n, m, d], gate_mask [n, m], "
+                             "gate_thresholds [n])")
         return cls(hook_name, tensors["mu_source"], tensors["mu_target"], tensors["basis"], tensors["map"],
                    tensors["gate_keys"], tensors["gate_mask"].bool(), float(metadata["gate_threshold"]),
                    float(metadata.get("strength", 1.0)), tensors.get("gate_thresholds"))
