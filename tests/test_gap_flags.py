@@ -64,3 +64,27 @@ def test_the_floor_per_metric(metric):
     assert not ScoreGap(math.nan, 0.0, metric, True).reliable
     assert ScoreGap(1.0 + floor, 1.0, metric, None).reliable  # not checked: only the gap decides
     assert len(ScoreGap(0.0, 0.0, metric, False).warnings()) == 2
+
+
+def test_circuits_and_paths_warn_on_a_corruption_that_does_not_corrupt_and_an_unknown_answer(toy_model):
+    """Edge scores, circuits (both figures) and path patching carry the gap too: a corruption
+    that leaves the answer as likely as before, and an answer the clean run does not prefer,
+    are said in the repr and the figure titles; a known fact with a real corruption says nothing.
+    ``kl`` counts its gap as the corrupted run's divergence."""
+    from interp_edit.analysis.circuits import edge_scores, find_circuit, path_patch
+
+    clean, same = PROMPT, "Talvik Corlo is born in"
+    noise = find_circuit(toy_model, clean, same, answer="Karsa", foil="Gemmel", method="eap", n_edges=10, curve=(10,))
+    assert noise.scores.clean_prefers_target is True and "below 0.1 (logit_diff)" in repr(noise)
+    assert "below 0.1 (logit_diff)" in repr(noise.scores)
+    assert "WARNING" in title(noise.plot()) and "WARNING" in title(noise.plot("faithfulness"))
+    assert "WARNING" in title(noise.scores.plot())
+    paths = path_patch(toy_model, clean, same, [["input -> logits"]], answer="Karsa", foil="Gemmel")
+    assert "WARNING=" in repr(paths) and "WARNING" in title(paths.plot())
+    unknown = edge_scores(toy_model, clean, "Beldel Kordor was born in", answer="Gemmel", foil="Morvel", method="eap")
+    assert unknown.clean_prefers_target is False and "does not prefer the target" in repr(unknown)
+    known = find_circuit(toy_model, clean, "Beldel Kordor was born in", method="eap", n_edges=10, curve=(10,))
+    assert known.gap.reliable and known.scores.gap.reliable
+    assert "WARNING" not in repr(known) and "WARNING" not in title(known.plot()) + title(known.plot("faithfulness"))
+    kl = edge_scores(toy_model, clean, "Beldel Kordor was born in", metric="kl", method="eap")
+    assert kl.clean_value == pytest.approx(0.0, abs=1e-5) and kl.corrupted_value > 0.1 and kl.gap.reliable

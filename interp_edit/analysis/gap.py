@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: the smallest clean − corrupted gap worth localising, per metric (a probability: one point
-#: of probability; log-probabilities and logit differences: 0.1 nats / logits)
-GAP_FLOORS = {"prob": 0.01, "logprob": 0.1, "logit_diff": 0.1}
+#: of probability; log-probabilities, logit differences and KL divergences: 0.1 nats / logits)
+GAP_FLOORS = {"prob": 0.01, "logprob": 0.1, "logit_diff": 0.1, "kl": 0.1}
 
 
 @dataclass(frozen=True)
@@ -64,4 +64,13 @@ class ScoreGap:
         return "" if self.reliable else "<br><b>WARNING: " + "; ".join(self.warnings()) + "</b>"
 
 
-__all__ = ["GAP_FLOORS", "ScoreGap"]
+def metric_gap(clean: float, corrupted: float, metric: str, clean_prefers_target: bool | None = None) -> ScoreGap:
+    """The :class:`ScoreGap` of a measurement in ``metric``. ``"kl"`` (KL divergence from the
+    clean run: 0 for the clean run, larger the further a run strays) is lower for the clean run,
+    so its gap is the corrupted run's divergence minus the clean run's."""
+    if metric == "kl":
+        return ScoreGap(-clean, -corrupted, metric, clean_prefers_target)
+    return ScoreGap(clean, corrupted, metric, clean_prefers_target)
+
+
+__all__ = ["GAP_FLOORS", "ScoreGap", "metric_gap"]

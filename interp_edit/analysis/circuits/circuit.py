@@ -43,6 +43,7 @@ from interp_edit.analysis.circuits.engine import (
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
 from interp_edit.analysis.circuits.scores import EdgeScores, check_score_arguments, scores_for_task
+from interp_edit.analysis.gap import ScoreGap, metric_gap
 from interp_edit.errors import InvalidArgumentError
 
 SELECTIONS = ("top_n", "greedy")
@@ -75,6 +76,13 @@ class CircuitResult:
         return self.scores.graph
 
     @property
+    def gap(self) -> ScoreGap:
+        """The full model's − the corrupted run's metric (the faithfulness curve's 1 and 0) and
+        whether it is worth localising (see :mod:`~interp_edit.analysis.gap`); its warnings show
+        in the repr and the figures' titles."""
+        return metric_gap(self.clean_value, self.corrupted_value, self.scores.metric, self.scores.clean_prefers_target)
+
+    @property
     def edges(self) -> list[tuple[str, float]]:
         """The kept edges as (``"sender -> receiver"``, score), in selection order."""
         edges, flat = self.graph.edges(), self.scores.flat()
@@ -93,7 +101,7 @@ class CircuitResult:
         from interp_edit.reprs import number, short_repr, text
 
         at_n = (self.faithfulness[self.curve_sizes.index(self.n_edges)] if self.n_edges in self.curve_sizes else None)
-        return short_repr("CircuitResult", selection=repr(self.selection), method=repr(self.scores.method),
+        return short_repr("CircuitResult", WARNING=self.gap.repr_note(), selection=repr(self.selection), method=repr(self.scores.method),
                           metric=repr(self.scores.metric), edges=f"{self.n_edges}/{self.graph.n_edges}",
                           faithfulness=None if at_n is None else number(at_n, 3),
                           curve="[" + ", ".join(f"{k}: {number(f, 3)}" for k, f in
@@ -118,7 +126,8 @@ class CircuitResult:
         if self.n_edges in self.curve_sizes:
             note = f", faithfulness {self.faithfulness[self.curve_sizes.index(self.n_edges)]:.3f}"
         return circuit_figure(self.scores, self.order[:self.n_edges],
-                              f"{self.selection} circuit: {self.n_edges} edges by {self.scores.method} score{note}")
+                              f"{self.selection} circuit: {self.n_edges} edges by {self.scores.method} score{note}",
+                              gap=self.gap)
 
     def to_dict(self) -> dict:
         return dict(kind="CircuitResult", selection=self.selection, n_edges=self.n_edges,

@@ -215,6 +215,14 @@ class Task:
     metric: str
     #: log-probabilities of the clean run at each prompt's scored positions (for ``kl``)
     clean_logprobs: tuple[Tensor, ...]
+    #: per prompt: whether the clean run's top-1 token at the first scored position is the
+    #: target's first token (empty: not checked)
+    clean_prefers: tuple[bool, ...] = ()
+
+    @property
+    def prefers_target(self) -> bool | None:
+        """Whether the clean run prefers the target on every prompt (None: not checked)."""
+        return all(self.clean_prefers) if self.clean_prefers else None
 
     @property
     def n_prompts(self) -> int:
@@ -323,7 +331,13 @@ def prepare_task(model, clean, corrupted, answer=None, foil=None, metric: str = 
     c_tokens, k_tokens = c_tokens.to(device), k_tokens.to(device)
     logits = model(c_tokens, return_type="logits")
     logprobs = tuple(torch.log_softmax(logits[i, list(positions[i])].float(), -1) for i in range(len(cleans)))
-    return Task(tuple(cleans), tuple(corrupts), c_tokens, k_tokens, tuple(targets), positions, metric, logprobs)
+    return Task(tuple(cleans), tuple(corrupts), c_tokens, k_tokens, tuple(targets), positions, metric, logprobs,
+                _prefers(logits, targets, positions))
+
+
+def _prefers(logits: Tensor, targets: Sequence[Target], positions) -> tuple[bool, ...]:
+    """Per prompt: the clean run's top-1 at its first scored position is the target's first token."""
+    return tuple(int(logits[i, positions[i][0]].argmax()) == t.ids[0] for i, t in enumerate(targets))
 
 
 @torch.no_grad()
@@ -337,7 +351,8 @@ def task_on_model(model, task: Task) -> Task:
     clean, corrupted = task.clean.to(device), task.corrupted.to(device)
     logits = model(clean, return_type="logits")
     logprobs = tuple(torch.log_softmax(logits[i, list(task.positions[i])].float(), -1) for i in range(task.n_prompts))
-    return replace(task, clean=clean, corrupted=corrupted, clean_logprobs=logprobs)
+    return replace(task, clean=clean, corrupted=corrupted, clean_logprobs=logprobs,
+                   clean_prefers=_prefers(logits, task.targets, task.positions))
 
 
 # --- forwards -----------------------------------------------------------------------------

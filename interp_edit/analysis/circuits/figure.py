@@ -30,7 +30,7 @@ def _receiver_xy(graph, receiver) -> tuple[float, float]:
     return _node_xy(graph, receiver.kind, receiver.layer, None)
 
 
-def circuit_figure(scores, edge_order: list[int], title: str) -> go.Figure:
+def circuit_figure(scores, edge_order: list[int], title: str, gap=None) -> go.Figure:
     """Edges ``edge_order`` (indices into ``scores.graph.edges()``) of an :class:`EdgeScores`."""
     graph = scores.graph
     edges = graph.edges()
@@ -66,7 +66,8 @@ def circuit_figure(scores, edge_order: list[int], title: str) -> go.Figure:
     fig.update_yaxes(autorange="reversed", tickvals=ticks, ticktext=labels, title_text="layer")
     fig.update_xaxes(tickvals=list(range(graph.n_heads)) + [graph.n_heads + 0.5],
                      ticktext=[f"H{h}" for h in range(graph.n_heads)] + ["MLP"])
-    fig.update_layout(title=f"{title}; {scores.metric}, {len(scores.clean_prompts)} prompt(s)",
+    fig.update_layout(title=f"{title}; {scores.metric}, {len(scores.clean_prompts)} prompt(s)"
+                            f"{(gap or scores.gap).title_note()}",
                       height=max(420, 70 * graph.n_layers + 160), width=760, plot_bgcolor="white")
     return fit_layout(fig)
 
@@ -78,5 +79,6 @@ def faithfulness_figure(result) -> go.Figure:
     fig.update_xaxes(title_text="edges kept (the rest patched from the corrupted run)")
     fig.update_yaxes(title_text="share of the full model's metric")
     fig.update_layout(title=f"Faithfulness of {result.selection} circuits by {result.scores.method} scores "
-                            f"({result.scores.metric}): 1 = full model, 0 = corrupted", height=420, width=760)
+                            f"({result.scores.metric}): 1 = full model, 0 = corrupted{result.gap.title_note()}",
+                      height=420, width=760)
     return fit_layout(fig)

@@ -34,6 +34,7 @@ from interp_edit.analysis.circuits.engine import (
     sender_outputs,
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
+from interp_edit.analysis.gap import ScoreGap, metric_gap
 from interp_edit.errors import InvalidArgumentError
 
 
@@ -55,12 +56,20 @@ class PathPatchingResult:
     corrupted_prompts: tuple[str, ...]
     answers: tuple[str, ...]
     settings: dict = field(default_factory=dict)
+    #: whether the clean run prefers the answer on every prompt (None: not checked)
+    clean_prefers_target: bool | None = None
+
+    @property
+    def gap(self) -> ScoreGap:
+        """The clean − corrupted gap of the metric and whether it is worth localising (see
+        :mod:`~interp_edit.analysis.gap`); its warnings show in the repr and the figure title."""
+        return metric_gap(self.clean_value, self.corrupted_value, self.metric, self.clean_prefers_target)
 
     def __repr__(self) -> str:
         from interp_edit.reprs import number, short_repr, text
 
         order = self.effects.abs().argsort(descending=True).tolist()[:3]
-        return short_repr("PathPatchingResult", paths=str(len(self.paths)), metric=repr(self.metric),
+        return short_repr("PathPatchingResult", WARNING=self.gap.repr_note(), paths=str(len(self.paths)), metric=repr(self.metric),
                           clean=text(self.clean_prompts[0], 40), clean_value=number(self.clean_value),
                           corrupted_value=number(self.corrupted_value),
                           top="[" + "; ".join(f"{' | '.join(self.paths[i])}: {number(self.effects[i].item(), 3)}"
@@ -80,7 +89,7 @@ class PathPatchingResult:
         fig.update_yaxes(autorange="reversed")
         fig.update_xaxes(title_text=f"{self.metric}(path patched) − {self.metric}(clean)")
         fig.update_layout(title=f"Path patching, {len(self.clean_prompts)} prompt(s): clean {self.clean_value:.3g}, "
-                                f"corrupted {self.corrupted_value:.3g}", height=max(300, 40 * len(names) + 150), width=860)
+                                f"corrupted {self.corrupted_value:.3g}{self.gap.title_note()}", height=max(300, 40 * len(names) + 150), width=860)
         return fit_layout(fig)
 
     def save(self, path: str | Path) -> Path:
@@ -194,4 +203,5 @@ def path_patch(
         effects += (task.metric_rows(logits, row_prompt).reshape(k, n_p).mean(1) - m_clean).tolist()
     names = tuple(tuple(graph.edge_name(s, r) for s, r in chain) for chain in chains)
     return PathPatchingResult(names, torch.tensor(effects), metric, m_clean, m_corrupt, task.clean_prompts,
-                              task.corrupted_prompts, tuple(t.text for t in task.targets), settings=dict(max_rows=max_rows))
+                              task.corrupted_prompts, tuple(t.text for t in task.targets), settings=dict(max_rows=max_rows),
+                              clean_prefers_target=task.prefers_target)

@@ -50,6 +50,7 @@ from interp_edit.analysis.circuits.engine import (
     sender_outputs,
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
+from interp_edit.analysis.gap import ScoreGap, metric_gap
 
 METHODS = ("exact", "eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted")
 DIRECTIONS = ("noise", "denoise")
@@ -83,6 +84,14 @@ class EdgeScores:
     #: the task the scores were computed on (tokens, targets, foils): what
     #: :func:`~interp_edit.analysis.circuits.circuit.find_circuit` ``(scores=...)`` reuses
     task: Task | None = field(default=None, repr=False, compare=False)
+    #: whether the clean run prefers the answer on every prompt (None: not checked)
+    clean_prefers_target: bool | None = None
+
+    @property
+    def gap(self) -> ScoreGap:
+        """The clean − corrupted gap the scores rest on and whether it is worth localising (see
+        :mod:`~interp_edit.analysis.gap`); its warnings show in the repr and the figure title."""
+        return metric_gap(self.clean_value, self.corrupted_value, self.metric, self.clean_prefers_target)
 
     def flat(self) -> Float[Tensor, " edge"]:
         """The scores of the allowed edges in :meth:`EdgeGraph.edges` order."""
@@ -103,7 +112,7 @@ class EdgeScores:
         from interp_edit.reprs import number, short_repr, text
 
         best = self.top(3)
-        return short_repr("EdgeScores", method=repr(self.method), metric=repr(self.metric), direction=repr(self.direction),
+        return short_repr("EdgeScores", WARNING=self.gap.repr_note(), method=repr(self.method), metric=repr(self.metric), direction=repr(self.direction),
                           ig_steps=None if self.ig_steps is None else str(self.ig_steps), prompts=str(len(self.clean_prompts)),
                           clean=text(self.clean_prompts[0], 40), edges=str(self.graph.n_edges),
                           clean_value=number(self.clean_value), corrupted_value=number(self.corrupted_value),
@@ -204,7 +213,8 @@ def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_step
     return EdgeScores(graph, scores, method, task.metric, direction,
                       ig_steps if method.startswith("eap_ig") else None, m_clean, m_corrupt,
                       task.clean_prompts, task.corrupted_prompts, tuple(t.text for t in task.targets),
-                      settings=dict(max_rows=max_rows) if method == "exact" else {}, task=task)
+                      settings=dict(max_rows=max_rows) if method == "exact" else {}, task=task,
+                      clean_prefers_target=task.prefers_target)
 
 
 def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "sender receiver"]:
