@@ -83,6 +83,9 @@ BAD = [
     ({"editors": [{"method": "rome", "grid": {"layer": [1], "lr_typo": [0.1]}}]}, "sweep cell 0", "config.lr_typo", "no field"),
     ({"editors": [{"method": "rome", "grid": {"layer": [1, 9]}}]}, "sweep cell 1", "config.layer", "out of range"),
     ({"editors": [{"method": "memit", "grid": {"steps": [2, -1]}}]}, "sweep cell 1", "config", "steps"),
+    # the model's context, from its checkpoint config (no weights loaded)
+    ({"editors": [{"method": "rome", "grid": {"prefix_length": [4, 100]}}]}, "sweep cell 1", "config", "prefix_length"),
+    ({"editors": [{"method": "fine", "grid": {"top_k": [1, 10 ** 6]}}]}, "sweep cell 1", "config", "top_k"),
     ({"datasets": [{"name": "toyworld-counterfact", "n": 3}, {"name": "no-such-data"}]}, "sweep cell 1", "'dataset'", "no-such-data"),
     ({"models": ["toyworld", "no-such-model"]}, "sweep cell 4", "'model'", "no-such-model"),
     ({"seeds": []}, "axis", "'seeds'", "empty"),

@@ -214,7 +214,8 @@ def check_prefix_room(model, *, n: int, length: int, lengths: Sequence[tuple[int
     else :class:`EditConfigError` naming ``field`` (``"prefix_lengths"`` where ``lengths`` rules).
     Whether each prompt and its target fit after the sampled prefixes is checked once they are
     sampled (:func:`~interp_edit.editing.requests.tokenize_in_context`)."""
-    if given is not None or n == 0 and lengths is None:
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if given is not None or n == 0 and lengths is None or n_ctx is None:  # (a config without the context: nothing to check)
         return
     if lengths is not None:
         # (tokens, count): ``tokens`` counts the start token, BOS
@@ -223,10 +224,10 @@ def check_prefix_room(model, *, n: int, length: int, lengths: Sequence[tuple[int
         longest = max(max(len(model.tokenizer.encode(s, add_special_tokens=False)), length) for s in starts)
     else:
         longest = length
-    if 1 + longest >= model.cfg.n_ctx:
+    if 1 + longest >= n_ctx:
         raise EditConfigError(
             f"field '{field}': a context prefix of {longest} tokens after BOS leaves no room for the prompt in the "
-            f"model's context of {model.cfg.n_ctx} tokens; lower it (or 'n_prefixes'), or give 'prefixes'"
+            f"model's context of {n_ctx} tokens; lower it (or 'n_prefixes'), or give 'prefixes'"
         )
 
 

@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from interp_edit.errors import InterpEditError, SweepSpecError
@@ -103,19 +104,20 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 
 class _ModelShape:
-    """What config checks need of a model without loading its weights: its name and depth."""
+    """What config checks need of a model without loading its weights: its config (name, depth,
+    widths, context), no tokenizer."""
 
-    def __init__(self, model_name: str, n_layers: int) -> None:
-        self.cfg = type("cfg", (), {"model_name": model_name, "n_layers": n_layers})()
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
 
 
 def _model_shape(name: str, models: dict) -> _ModelShape | None:
-    """The model's name and depth (``None`` when only loading it would tell); an unknown name
+    """The model's config (``None`` when only loading it would tell); an unknown name
     raises ``ValueError``."""
     from interp_edit.adapter import BUILTIN_MODELS, CONFIG_FILE
 
     if name in models:
-        return _ModelShape(models[name].cfg.model_name, models[name].cfg.n_layers)
+        return _ModelShape(models[name].cfg)
     folder = BUILTIN_MODELS.get(name, Path(name))
     if folder.is_dir():
         config_file = folder / CONFIG_FILE
@@ -123,7 +125,7 @@ def _model_shape(name: str, models: dict) -> _ModelShape | None:
             raise ValueError(f"folder {str(folder)!r} has no {CONFIG_FILE}")
         config = json.loads(config_file.read_text())
         if "model" in config:  # an interp_edit checkpoint
-            return _ModelShape(config["model"].get("model_name", name), int(config["model"]["n_layers"]))
+            return _ModelShape(SimpleNamespace(**{"model_name": name, **config["model"]}))
         return None  # a Hugging Face folder: converted when loaded
     from interp_edit.adapter.loading import hub_name_loadable
 
