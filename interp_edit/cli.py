@@ -259,12 +259,14 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
 def _cmd_edit(args: argparse.Namespace) -> int:
     from interp_edit.adapter import load_model
     from interp_edit.editing import EditRequest, edit
-    from interp_edit.validation import check_int
+    from interp_edit.validation import check_int, check_prompt_batch
 
     _writable_file(args.out, "--out")
     _editor(args.method)
     model = load_model(args.model)
     check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
+    # every --check prompt (non-empty, within the context; the error names which) before the edit
+    check_prompt_batch(model, args.check, "--check", allow_empty=True)
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
     overrides = {}
     if args.layer is not None:

@@ -23,7 +23,9 @@ class ExperimentResult:
     batch (``rows``: its cases right after its edit; ``checkpoint``: the metrics on all cases
     edited so far, every ``eval_every`` batches), and timings. With ``protocol="both"`` the
     teacher-forced and the generation (``gen_*``) metrics sit side by side; sequential runs
-    also carry ``heldout_perplexity`` (baseline and every checkpoint).
+    also carry ``heldout_perplexity`` (baseline and every checkpoint). Batches whose requests
+    shared one key (:attr:`key_collisions`) make the repr, table, summary and figure title carry
+    a WARNING.
 
     >>> res = run_experiment(model, "toyworld-counterfact", "rome", n=2, unrelated=5, fluency=False, progress=False)
     >>> len(res.batches), sorted(res.final_metrics())[:2]
@@ -50,6 +52,27 @@ class ExperimentResult:
         """(number of edits so far, metrics) every ``eval_every`` batches."""
         return [{"n_edited": e["n_edited"], **e["checkpoint"]} for e in self.batches if "checkpoint" in e]
 
+    @property
+    def key_collisions(self) -> dict[int, list[list[int]]]:
+        """Batch index → its groups of requests (indices in the batch's requests) that shared one
+        key, so the editor could not tell them apart (``edit.info["key_collisions"]``, with its
+        :class:`~interp_edit.errors.KeyCollisionWarning`): at most one target per group can hold,
+        and the batch's scores include the others. Empty when no batch had any (and for results
+        saved before batches recorded them)."""
+        return {e["batch"]: e["key_collisions"] for e in self.batches if e.get("key_collisions")}
+
+    def warnings(self) -> list[str]:
+        """What may make these results mislead (shown in the repr, table and figure title)."""
+        found = self.key_collisions
+        if not found:
+            return []
+        batches = sorted(found)
+        shown = ", ".join(map(str, batches[:5])) + (", …" if len(batches) > 5 else "")
+        groups = sum(len(g) for g in found.values())
+        return [f"{len(batches)} of {len(self.batches)} batches (batch {shown}) held requests sharing one key "
+                f"({groups} group(s), see .key_collisions): the editor cannot tell them apart, so their scores "
+                "include targets that cannot all hold"]
+
     def final_metrics(self) -> dict:
         """Sequential runs: every edited case after the whole sequence; independent runs: each
         case right after its own edit (both: the last drift measurement)."""
@@ -59,9 +82,13 @@ class ExperimentResult:
         """Metric name → value (final metrics), plus the settings and timings."""
         metrics = {k: v for k, v in self.final_metrics().items() if k != "n_edited"}
         ordered = {k: metrics[k] for k in HEADLINE if k in metrics} | metrics
-        return {"method": self.settings["method"], "dataset": self.settings["dataset"], "n": self.settings["n"],
-                "batch_size": self.settings["batch_size"], "sequential": self.settings["sequential"], **ordered,
-                "edit_seconds": sum(e["edit_seconds"] for e in self.batches), "wall_seconds": self.wall_seconds}
+        out = {"method": self.settings["method"], "dataset": self.settings["dataset"], "n": self.settings["n"],
+               "batch_size": self.settings["batch_size"], "sequential": self.settings["sequential"], **ordered,
+               "edit_seconds": sum(e["edit_seconds"] for e in self.batches), "wall_seconds": self.wall_seconds}
+        warnings = self.warnings()
+        if warnings:  # (only then: a run without any keeps the summary it always had)
+            out["warnings"] = warnings
+        return out
 
     def table(self) -> str:
         """The summary as an aligned text table, with the unedited model's values beside."""
@@ -74,6 +101,7 @@ class ExperimentResult:
                 continue
             before = self.baseline.get(key)
             lines.append(f"{key:<30} {value:>10.4f} {before:>10.4f}" if before is not None else f"{key:<30} {value:>10.4f} {'':>10}")
+        lines += [f"WARNING: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -84,7 +112,9 @@ class ExperimentResult:
 
         s = self.summary()
         metrics = [k for k in HEADLINE if k in s][:4]
-        return short_repr("ExperimentResult", method=repr(s["method"]), dataset=repr(s["dataset"]), n=str(s["n"]),
+        warnings = self.warnings()
+        return short_repr("ExperimentResult", WARNING=repr("; ".join(warnings)) if warnings else None,
+                          method=repr(s["method"]), dataset=repr(s["dataset"]), n=str(s["n"]),
                           mode=f"{'sequential' if s['sequential'] else 'independent'}/{s['batch_size']}",
                           **{k: number(s[k]) for k in metrics}, wall_seconds=number(s["wall_seconds"], 3))
 
@@ -95,7 +125,8 @@ class ExperimentResult:
         rows = [(k, v, self.baseline.get(k, "")) for k, v in s.items()
                 if k not in ("method", "dataset", "n", "batch_size", "sequential") and isinstance(v, (int, float))]
         mode = "sequential" if s["sequential"] else "independent"
-        return html_table(f"{s['method']} on {s['dataset']}: {s['n']} edits, {mode}, batches of {s['batch_size']}",
+        notes = "".join(f" WARNING: {w}" for w in self.warnings())
+        return html_table(f"{s['method']} on {s['dataset']}: {s['n']} edits, {mode}, batches of {s['batch_size']}{notes}",
                           ("metric", "edited", "unedited"), rows)
 
     def plot(self, metrics: tuple[str, ...] | None = None):
@@ -109,7 +140,15 @@ class ExperimentResult:
         """
         from interp_edit.viz.experiments import experiment_figure
 
-        return experiment_figure(self, metrics)
+        fig = experiment_figure(self, metrics)
+        found = self.key_collisions
+        if found:  # the title says so too (refitted: the note takes another line)
+            from interp_edit.viz.layout import fit_layout
+
+            note = f"WARNING: {len(found)} of {len(self.batches)} batches held requests sharing one key"
+            fig.update_layout(title_text=f"{fig.layout.title.text}<br>{note}")
+            fit_layout(fig)
+        return fig
 
     def to_dict(self) -> dict:
         return {"settings": self.settings, "baseline": self.baseline, "batches": self.batches,

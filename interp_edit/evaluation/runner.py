@@ -32,7 +32,8 @@ batches are normalised with the statistics of every earlier one; other methods a
 on the edited model). The model gets its original weights back at the end, also on an exception.
 
 With ``out``, results go to ``out/results.jsonl`` (one line of settings, one of baseline metrics,
-one per finished batch) and, in sequential mode, each batch's edit to ``out/edits/`` (and the
+one per finished batch; a batch whose edit found requests sharing one key records their groups
+as ``key_collisions``) and, in sequential mode, each batch's edit to ``out/edits/`` (and the
 AlphaEditor's accumulated keys, UltraEdit's normalisation statistics). Running again with the
 same settings resumes after the last finished batch: the earlier edits are re-applied from their
 files, no case is repeated or lost.
@@ -43,7 +44,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -54,6 +55,7 @@ from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes,
 from interp_edit.evaluation.experiment import ExperimentResult
 from interp_edit.evaluation.generation import DEFAULT_GEN_TOKENS, check_gen_tokens, check_protocol
 from interp_edit.progress import progress_bar
+from interp_edit.validation import check_int, check_str
 
 RESULTS_FILE = "results.jsonl"
 #: the case formats :func:`evaluate_cases` measures
@@ -139,6 +141,39 @@ def _check_heldout(model, texts) -> list[str]:
         if len(ids) > model.cfg.n_ctx:
             raise InvalidArgumentError(f"heldout_texts[{i}] is {len(ids)} tokens with BOS; the model's context is {model.cfg.n_ctx}")
     return list(texts)
+
+
+#: config fields that name layers of the model (an int or a tuple of ints where set)
+_LAYER_FIELDS = ("layer", "layers", "mlp_layers", "attn_layers", "query_layers", "value_layers")
+
+
+def _check_config(model, method, config) -> dict:
+    """``config`` (the editor's config fields, and keyword arguments of its function such as
+    ``corpus``) as a dict, after resolving its fields against ``model`` as the editor does
+    (:func:`~interp_edit.editing.config.resolve`: the model's preset with the fields on top): an
+    unknown method, an unknown field or a bad value raises here, before any evaluation or
+    file. The editor still gets the dict itself, so a valid config computes as before."""
+    import inspect
+
+    from interp_edit.editing.closed_form import check_layers
+    from interp_edit.editing.config import resolve
+    from interp_edit.editing.registry import get_editor
+
+    check_str(method, "method")
+    editor = get_editor(method)
+    config = {} if config is None else config
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(f"config must be a dict of {editor.config_class.__name__} fields, "
+                                   f"got {config!r:.80} ({type(config).__name__})")
+    config = dict(config)
+    keywords = {name for name, p in inspect.signature(editor.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    resolved = resolve(editor.config_class, model, None, {k: v for k, v in config.items() if k not in keywords})
+    for name in _LAYER_FIELDS:  # the editors check their layers when called: here before any work
+        layers = getattr(resolved, name, None)
+        layers = (layers,) if isinstance(layers, int) and not isinstance(layers, bool) else layers
+        if isinstance(layers, tuple) and layers and all(isinstance(x, int) for x in layers):
+            check_layers(model, layers, name)
+    return config
 
 
 class _Session:
@@ -249,10 +284,19 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     from interp_edit.adapter import model_fingerprint
     from interp_edit.data import check_tokens, load_dataset
 
-    if batch_size < 1 or eval_every < 1 or unrelated < 0:
-        raise InvalidArgumentError(f"batch_size ({batch_size}) and eval_every ({eval_every}) must be >= 1, unrelated >= 0")
+    if n is not None:
+        check_int(n, "n", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(eval_every, "eval_every", minimum=1)
+    check_int(unrelated, "unrelated", minimum=0)
+    check_int(seed, "seed")
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    for name, value in (("sequential", sequential), ("fluency", fluency), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     check_protocol(protocol)
     check_gen_tokens(gen_tokens)
+    config = _check_config(model, method, config)  # before any evaluation or file: a bad field fails here
     if heldout_texts is not None:
         heldout_texts = _check_heldout(model, heldout_texts)
     from interp_edit.toyworld.model_world import check_same_world
@@ -265,7 +309,6 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                            f"{', '.join(EXPERIMENT_FORMATS)} cases (commonsense statements are scored by "
                            "interp_edit.evaluation.commonsense.commonsense_scores)")
     dataset = check_tokens(dataset, model.tokenizer)
-    config = dict(config or {})
     edited, others = _select(dataset, n, unrelated, seed)
     ripple_known = None
     if dataset.format == "ripple":  # RippleEdits' filter, on the unedited model, before any edit
@@ -335,6 +378,9 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
             all_rows += rows
             entry = {"type": "batch", "batch": b, "n_edited": sum(len(x) for x in batches[: b + 1]),
                      "case_ids": [c.case_id for c in cases], "edit_seconds": edit_seconds, "rows": rows}
+            collisions = (getattr(edit, "info", None) or {}).get("key_collisions")
+            if collisions:  # requests of this batch the editor could not tell apart (its KeyCollisionWarning)
+                entry["key_collisions"] = [[int(i) for i in group] for group in collisions]
             if (b + 1) % eval_every == 0 or b == len(batches) - 1:
                 drift, _ = unrelated_metrics(model, probes, reference)
                 if sequential:
