@@ -132,7 +132,7 @@ class EditApplicationError(InterpEditError, RuntimeError):
     ...     e.apply(model)
     Traceback (most recent call last):
     ...
-    interp_edit.errors.EditApplicationError: this rome edit is already applied to the model
+    interp_edit.errors.EditApplicationError: this rome edit is already applied to the model; applying it again would add its deltas twice
     """
 
 
