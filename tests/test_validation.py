@@ -236,6 +236,25 @@ def test_a_cache_dir_a_method_and_apply_that_cannot_be_are_named_before_any_forw
     assert_unchanged(toy_model, state, no_edits=True)
 
 
+@pytest.mark.parametrize("method, field, value", [
+    ("rome", "layer", 6), ("memit", "layers", (0, 9)), ("intattn", "attn_layers", (-1,)), ("ace", "query_layers", (7,)),
+    ("mega", "min_layer", 99), ("grace", "layer", 6), ("wise", "layer", 60), ("ultraedit", "layers", (1, 6)),
+    ("ft", "layer", 6), ("kn", "layers", (8,)),
+])
+def test_every_layer_field_is_checked_against_the_model_when_the_config_is_resolved(toy_model, method, field, value):
+    """One rule (``editing.config.check_layer_fields``) for every editor's layer fields, run when
+    the config is resolved: before any forward, and in ``for_model`` (MEGA's ``min_layer=99``
+    used to be accepted and ignored)."""
+    cls = get_editor(method).config_class
+    calls = []
+    with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
+        with pytest.raises(EditConfigError, match=f"field '{field}'.*(out of range|outside)"):
+            edit(toy_model, [EditRequest("{} was born in", SUBJECT, "Veltra")], method, **{field: value})
+        with pytest.raises(EditConfigError, match=f"field '{field}'"):
+            cls.for_model(toy_model, **{field: value})
+    assert not calls
+
+
 PREFIXED = ["rome", "memit", "alphaedit", "memit_csk", "fine", "intattn", "mega", "ace", "emmet", "pmet"]
 
 

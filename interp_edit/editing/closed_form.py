@@ -17,7 +17,7 @@ from torch import Tensor
 from interp_edit.adapter import forward_to_layer, get_parameter, hook_name, sublayer_output_hooks, weight_matrix_shape
 from interp_edit.editing.edit import LowRankDelta
 from interp_edit.editing.requests import TokenizedRequest
-from interp_edit.errors import EditConfigError, EditOptimizationError
+from interp_edit.errors import EditOptimizationError
 from interp_edit.precision import add_delta_
 from interp_edit.statistics.store import cached_factor
 
@@ -28,15 +28,6 @@ def w_out_name(layer: int) -> str:
 
 def w_o_name(layer: int) -> str:
     return f"blocks.{layer}.attn.W_O"
-
-
-def check_layers(model, layers: Sequence[int], field: str) -> None:
-    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
-    if bad or not layers:
-        raise EditConfigError(
-            f"field {field!r}: layers {list(layers)} out of range for this {model.cfg.n_layers}-layer model "
-            f"(valid: 0..{model.cfg.n_layers - 1})"
-        )
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ a model is its preset for that model with the caller's overrides on top."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -189,8 +190,34 @@ def resolve(config_class, model, config, overrides: dict[str, Any]):
     return config
 
 
+#: config fields that name layers of the model (an int, or a tuple of ints, where set)
+LAYER_FIELDS = ("layer", "layers", "mlp_layers", "attn_layers", "query_layers", "value_layers", "min_layer")
+
+
+def check_layers(model, layers: Sequence[int], field: str) -> None:
+    """Every layer of ``layers`` (non-empty) is one of the model's, else :class:`EditConfigError`
+    naming ``field``."""
+    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    if bad or not layers:
+        raise EditConfigError(
+            f"field {field!r}: layers {list(layers)} out of range for this {model.cfg.n_layers}-layer model "
+            f"(valid: 0..{model.cfg.n_layers - 1})"
+        )
+
+
+def check_layer_fields(config, model) -> None:
+    """The :data:`LAYER_FIELDS` ``config`` sets to layers (not ``None`` or ``"auto"``) are the model's."""
+    for name in LAYER_FIELDS:
+        value = getattr(config, name, None)
+        layers = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(layers, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            check_layers(model, layers, name)
+
+
 def _check_model(config, model) -> None:
-    """A config's checks that need the model (its ``check_model``, where it has one)."""
+    """A config's checks that need the model: its layer fields, and its own ``check_model``
+    where it has one."""
+    check_layer_fields(config, model)
     check = getattr(config, "check_model", None)
     if check is not None:
         check(model)

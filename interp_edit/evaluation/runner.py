@@ -143,19 +143,15 @@ def _check_heldout(model, texts) -> list[str]:
     return list(texts)
 
 
-#: config fields that name layers of the model (an int or a tuple of ints where set)
-_LAYER_FIELDS = ("layer", "layers", "mlp_layers", "attn_layers", "query_layers", "value_layers")
-
-
 def _check_config(model, method, config) -> dict:
     """``config`` (the editor's config fields, and keyword arguments of its function such as
     ``corpus``) as a dict, after resolving its fields against ``model`` as the editor does
     (:func:`~interp_edit.editing.config.resolve`: the model's preset with the fields on top): an
-    unknown method, an unknown field or a bad value raises here, before any evaluation or
-    file. The editor still gets the dict itself, so a valid config computes as before."""
+    unknown method, an unknown field or a bad value (a layer the model lacks included) raises
+    here, before any evaluation or file. The editor still gets the dict itself, so a valid
+    config computes as before."""
     import inspect
 
-    from interp_edit.editing.closed_form import check_layers
     from interp_edit.editing.config import resolve
     from interp_edit.editing.registry import get_editor
 
@@ -167,12 +163,7 @@ def _check_config(model, method, config) -> dict:
                                    f"got {config!r:.80} ({type(config).__name__})")
     config = dict(config)
     keywords = {name for name, p in inspect.signature(editor.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    resolved = resolve(editor.config_class, model, None, {k: v for k, v in config.items() if k not in keywords})
-    for name in _LAYER_FIELDS:  # the editors check their layers when called: here before any work
-        layers = getattr(resolved, name, None)
-        layers = (layers,) if isinstance(layers, int) and not isinstance(layers, bool) else layers
-        if isinstance(layers, tuple) and layers and all(isinstance(x, int) for x in layers):
-            check_layers(model, layers, name)
+    resolve(editor.config_class, model, None, {k: v for k, v in config.items() if k not in keywords})
     return config
 
 

@@ -169,16 +169,7 @@ def _check_config(cell: Cell, shape: _ModelShape | None) -> tuple[str, str] | No
     except (InterpEditError, TypeError, ValueError) as err:
         bad = next((k for k, _ in cell.config if repr(k) in str(err)), None)
         return (f"config.{bad}" if bad else "config"), str(err)
-    if shape is not None:
-        for name in sorted(names):
-            value = getattr(config, name)
-            layers = [value] if name == "layer" and isinstance(value, int) else value if name == "layers" else None
-            if layers is not None:
-                bad = [x for x in layers if not isinstance(x, int) or not 0 <= x < shape.cfg.n_layers]
-                if bad or not layers:
-                    return (f"config.{name}", f"layers {list(layers)} out of range for the {shape.cfg.n_layers}-layer "
-                                              f"model {cell.model!r} (valid: 0..{shape.cfg.n_layers - 1})")
-    return None
+    return None  # (with the model's shape, preset_config checked the layer fields against it too)
 
 
 def validate_cells(cells: list[Cell], models: dict | None = None) -> None:

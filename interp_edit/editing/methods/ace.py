@@ -46,8 +46,8 @@ from torch import Tensor
 
 from interp_edit.adapter import forward_to_layer, hook_name, model_fingerprint
 from interp_edit.batching import encode_prompts, pad_right
-from interp_edit.editing.closed_form import add_low_rank, check_layers, scratch_weights, solve, w_out_name
-from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.closed_form import add_low_rank, scratch_weights, solve, w_out_name
+from interp_edit.editing.config import EditorConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.requests import EditRequest, TokenizedRequest, as_request, prepare_requests
 from interp_edit.editing.spread import spread_update

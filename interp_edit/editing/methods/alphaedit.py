@@ -34,8 +34,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import model_fingerprint
-from interp_edit.editing.closed_form import check_layers, solve, w_out_name
-from interp_edit.editing.config import resolve
+from interp_edit.editing.closed_form import solve, w_out_name
+from interp_edit.editing.config import check_layers, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import check_requests_first, prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig

@@ -27,8 +27,8 @@ from interp_edit.adapter import (
     unembed,
 )
 from interp_edit.batching import pad_right
-from interp_edit.editing.closed_form import check_layers, w_out_name
-from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.closed_form import w_out_name
+from interp_edit.editing.config import EditorConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit, SparseRowDelta
 from interp_edit.editing.optimiser import adam
 from interp_edit.editing.requests import prepare_requests

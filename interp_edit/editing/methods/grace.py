@@ -48,8 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import forward_to_layer, frozen_parameters, hook_name, model_fingerprint
-from interp_edit.editing.closed_form import check_layers
-from interp_edit.editing.config import preset_config, resolve
+from interp_edit.editing.config import check_layers, preset_config, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.hooks import GRACE_REPLACEMENTS, GraceCodebook
 from interp_edit.editing.requests import prepare_requests

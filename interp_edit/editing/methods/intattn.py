@@ -63,7 +63,6 @@ from interp_edit.adapter import architecture, model_fingerprint, post_norm_preim
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
-    check_layers,
     memit_left_factor,
     raw_values_at_edit_tokens,
     scratch_weights,
@@ -71,7 +70,7 @@ from interp_edit.editing.closed_form import (
     w_o_name,
     w_out_name,
 )
-from interp_edit.editing.config import SubjectTokenConfig, resolve
+from interp_edit.editing.config import SubjectTokenConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig

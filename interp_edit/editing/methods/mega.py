@@ -48,8 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import frozen_parameters, fused_kernels, hook_name, model_fingerprint, run_with_cache
-from interp_edit.editing.closed_form import check_layers
-from interp_edit.editing.config import EditorConfig, resolve
+from interp_edit.editing.config import EditorConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.hooks import GatedLinearMap
 from interp_edit.editing.optimiser import adam

@@ -25,8 +25,8 @@ from types import MappingProxyType
 from torch import Tensor
 
 from interp_edit.adapter import model_fingerprint
-from interp_edit.editing.closed_form import check_layers, memit_left_factor
-from interp_edit.editing.config import SubjectTokenConfig, resolve
+from interp_edit.editing.closed_form import memit_left_factor
+from interp_edit.editing.config import SubjectTokenConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.spread import probe_keys, spread_update

@@ -37,8 +37,8 @@ from torch import Tensor
 from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.edit_token_aie import CURVES, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
-from interp_edit.editing.closed_form import check_layers, memit_left_factor
-from interp_edit.editing.config import resolve
+from interp_edit.editing.closed_form import memit_left_factor
+from interp_edit.editing.config import check_layers, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import check_key_collisions
 from interp_edit.editing.methods.memit import MEMITConfig, memit_probe

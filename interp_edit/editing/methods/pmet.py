@@ -68,14 +68,13 @@ from interp_edit.adapter import (
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
-    check_layers,
     memit_left_factor,
     raw_values_at_edit_tokens,
     scratch_weights,
     w_o_name,
     w_out_name,
 )
-from interp_edit.editing.config import resolve
+from interp_edit.editing.config import check_layers, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig, memit_probe

@@ -39,12 +39,11 @@ from interp_edit.adapter import get_parameter, model_fingerprint
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
-    check_layers,
     moment_solve,
     scratch_weights,
     w_out_name,
 )
-from interp_edit.editing.config import SubjectTokenConfig, resolve
+from interp_edit.editing.config import SubjectTokenConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
 from interp_edit.editing.targets import compute_keys, optimise_targets, prefixes_for

@@ -81,8 +81,8 @@ from interp_edit.adapter import (
     sublayer_output_hooks,
 )
 from interp_edit.batching import pad_right
-from interp_edit.editing.closed_form import check_layers, w_out_name
-from interp_edit.editing.config import preset_config, resolve
+from interp_edit.editing.closed_form import w_out_name
+from interp_edit.editing.config import check_layers, preset_config, resolve
 from interp_edit.editing.edit import Edit, LowRankDelta
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError, InvalidArgumentError

@@ -73,8 +73,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import frozen_parameters, get_parameter, hook_name, model_fingerprint
-from interp_edit.editing.closed_form import check_layers
-from interp_edit.editing.config import preset_config, resolve
+from interp_edit.editing.config import check_layers, preset_config, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.requests import prepare_requests, tokenize_in_context
 from interp_edit.editing.wise_memory import WISE_ROUTINGS, WiseSideMemory, activation_function
