@@ -243,15 +243,17 @@ def test_a_cache_dir_a_method_and_apply_that_cannot_be_are_named_before_any_forw
 ])
 def test_every_layer_field_is_checked_against_the_model_when_the_config_is_resolved(toy_model, method, field, value):
     """One rule (``editing.config.check_layer_fields``) for every editor's layer fields, run when
-    the config is resolved: before any forward, and in ``for_model`` (MEGA's ``min_layer=99``
-    used to be accepted and ignored)."""
+    the config is resolved for an edit: before any forward (MEGA's ``min_layer=99`` used to be
+    accepted and ignored). ``for_model`` alone still shows a preset without checking it."""
+    from interp_edit.editing.config import resolve
+
     cls = get_editor(method).config_class
     calls = []
     with toy_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: calls.append(1))]):
         with pytest.raises(EditConfigError, match=f"field '{field}'.*(out of range|outside)"):
             edit(toy_model, [EditRequest("{} was born in", SUBJECT, "Veltra")], method, **{field: value})
         with pytest.raises(EditConfigError, match=f"field '{field}'"):
-            cls.for_model(toy_model, **{field: value})
+            resolve(cls, toy_model, cls.for_model(toy_model, **{field: value}), {})
     assert not calls
 
 
@@ -282,18 +284,19 @@ def test_context_prefixes_longer_than_the_context_are_refused_before_any_forward
 def test_the_prefix_room_rule_at_its_edge(toy_model):
     """One token of room is enough for the check (the prompt's own fit is checked after
     sampling); FT-L, which samples no prefixes, ignores the fields; given prefixes are not sampled."""
+    from interp_edit.editing.config import resolve
     from interp_edit.editing.methods.finetune import FTConfig
     from interp_edit.editing.methods.rome import ROMEConfig
 
     n_ctx = toy_model.cfg.n_ctx
-    ROMEConfig.for_model(toy_model, prefix_length=n_ctx - 2)
-    ROMEConfig.for_model(toy_model, prefix_lengths=((n_ctx - 1, 3),))
-    ROMEConfig.for_model(toy_model, prefix_lengths=((n_ctx, 0),))  # none of that length sampled
-    ROMEConfig.for_model(toy_model, prefix_length=n_ctx, prefixes=("Given.",))
-    ROMEConfig.for_model(toy_model, prefix_length=n_ctx, n_prefixes=0)
-    FTConfig.for_model(toy_model, prefix_length=10 * n_ctx)
+    resolve(ROMEConfig, toy_model, None, dict(prefix_length=n_ctx - 2))
+    resolve(ROMEConfig, toy_model, None, dict(prefix_lengths=((n_ctx - 1, 3),)))
+    resolve(ROMEConfig, toy_model, None, dict(prefix_lengths=((n_ctx, 0),)))  # none of that length sampled
+    resolve(ROMEConfig, toy_model, None, dict(prefix_length=n_ctx, prefixes=("Given.",)))
+    resolve(ROMEConfig, toy_model, None, dict(prefix_length=n_ctx, n_prefixes=0))
+    resolve(FTConfig, toy_model, None, dict(prefix_length=10 * n_ctx))
     with pytest.raises(EditConfigError, match="prefix_lengths"):
-        ROMEConfig.for_model(toy_model, prefix_lengths=((n_ctx, 1),))
+        resolve(ROMEConfig, toy_model, None, dict(prefix_lengths=((n_ctx, 1),)))
 
 
 @FEW

@@ -164,14 +164,18 @@ def preset_config(cls, model, overrides: dict[str, Any]):
         preset = {name: base[name] for name in paper if name in base}
     config = check_fields(cls(**{**preset, **overrides, "preset": key}), EditConfigError)
     config.validate()
-    _check_model(config, model)
     return config
 
 
 def resolve(config_class, model, config, overrides: dict[str, Any]):
-    """A config instance: ``config`` (an instance) with ``overrides``, or the model's preset."""
+    """A config instance for an edit of ``model``: ``config`` (an instance) with ``overrides``,
+    or the model's preset; its fields are checked against the model too (:func:`check_against_model`:
+    layers, context prefixes, ...), before any compute. (``for_model`` alone does not: it also
+    shows another model's preset, e.g. ``ROMEConfig.for_model(model, preset="gpt2-xl")``.)"""
     if config is None:
-        return config_class.for_model(model, **overrides)
+        config = config_class.for_model(model, **overrides)
+        check_against_model(config, model)
+        return config
     if not isinstance(config, config_class):
         raise EditConfigError(f"expected a {config_class.__name__}, got {type(config).__name__}")
     if "preset" in overrides:  # replacing the field would relabel the config without applying the preset
@@ -186,7 +190,7 @@ def resolve(config_class, model, config, overrides: dict[str, Any]):
     config = dataclasses.replace(config, **overrides) if overrides else config
     config = check_fields(config, EditConfigError)
     config.validate()
-    _check_model(config, model)
+    check_against_model(config, model)
     return config
 
 
@@ -214,9 +218,9 @@ def check_layer_fields(config, model) -> None:
             check_layers(model, layers, name)
 
 
-def _check_model(config, model) -> None:
+def check_against_model(config, model) -> None:
     """A config's checks that need the model: its layer fields, and its own ``check_model``
-    where it has one."""
+    where it has one (e.g. the context prefixes fit the context)."""
     check_layer_fields(config, model)
     check = getattr(config, "check_model", None)
     if check is not None:

@@ -151,7 +151,7 @@ def _check_dataset(cell: Cell) -> None:
 
 def _check_config(cell: Cell, shape: _ModelShape | None) -> tuple[str, str] | None:
     """(field, problem) of the first bad config field of ``cell``, or ``None``."""
-    from interp_edit.editing.config import preset_config
+    from interp_edit.editing.config import check_against_model, preset_config
     from interp_edit.editing.registry import get_editor
 
     config_class = get_editor(cell.method).config_class
@@ -166,10 +166,11 @@ def _check_config(cell: Cell, shape: _ModelShape | None) -> tuple[str, str] | No
             config.validate()
         else:
             config = preset_config(config_class, shape, overrides)
+            check_against_model(config, shape)
     except (InterpEditError, TypeError, ValueError) as err:
         bad = next((k for k, _ in cell.config if repr(k) in str(err)), None)
         return (f"config.{bad}" if bad else "config"), str(err)
-    return None  # (with the model's shape, preset_config checked the layer fields against it too)
+    return None
 
 
 def validate_cells(cells: list[Cell], models: dict | None = None) -> None:
