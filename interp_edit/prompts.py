@@ -138,6 +138,22 @@ def tokenize_with_subject(tokenizer, prompt: str, subject: str, occurrence: int 
     return TokenizedPrompt(prompt, tokens, str_tokens, subject, (inside[0] + shift, inside[-1] + 1 + shift))
 
 
+def template_problem(prompt: str) -> str | None:
+    """What makes ``prompt`` no template of one subject slot, or None: it must hold exactly one
+    ``'{}'`` and no other brace (a stray field such as ``'{city}'`` would fail at ``format``).
+    The one rule of the dataset loaders and the edit requests.
+
+    >>> template_problem("{} was born in"), template_problem("{} lives in {city}")[:25]
+    (None, "has a brace besides the o")
+    """
+    if prompt.count("{}") != 1:
+        return "must contain exactly one '{}' where the subject goes"
+    stray = prompt.replace("{}", "", 1)
+    if "{" in stray or "}" in stray:
+        return "has a brace besides the one '{}' slot (a stray template field such as '{city}'?)"
+    return None
+
+
 #: the text a target is encoded after when the caller gives no prompt: one plain word
 NEUTRAL_CONTEXT = "The"
 

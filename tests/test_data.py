@@ -66,6 +66,11 @@ BAD = [
     ("counterfact", lambda r: r.update(paraphrase_prompts="one string"), "paraphrase_prompts", "list of strings"),
     ("counterfact", lambda r: r["requested_rewrite"].update(target_new={"str": 5}), "requested_rewrite.target_new", "expected a string"),
     ("counterfact", lambda r: r["requested_rewrite"].update(prompt="no slot"), "requested_rewrite.prompt", "exactly one"),
+    # a stray template field failed at .text (KeyError), after the model loaded and the baseline ran
+    ("counterfact", lambda r: r["requested_rewrite"].update(prompt="{} lives in {city}"), "requested_rewrite.prompt",
+     "a brace besides"),
+    ("zsre", lambda r: r.update(src=r["src"] + " {}"), "src", "exactly one"),
+    ("zsre", lambda r: r.update(src=r["src"] + " {x}"), "src", "a brace besides"),
     ("zsre", lambda r: r.update(rephrase=""), "rephrase", "empty string"),
     ("zsre", lambda r: r.update(answers=[]), "answers", "empty list"),
     ("zsre", lambda r: r.update(subject="Nobody"), "subject", "does not occur"),

@@ -38,6 +38,7 @@ from interp_edit.data.cases import (
     ZsRECase,
 )
 from interp_edit.errors import DatasetError
+from interp_edit.prompts import template_problem
 
 DEFAULT_MCQ_LABELS = ("A", "B", "C", "D", "E")
 
@@ -97,8 +98,9 @@ def _case_id(record: dict, where: Where, default: int | None = None) -> str:
 
 def parse_rewrite(data: dict, where: Where, prefix: str = "requested_rewrite.") -> Rewrite:
     prompt = _text(data, "prompt", where, prefix)
-    if prompt.count("{}") != 1:
-        raise where.error(prefix + "prompt", f"must contain exactly one '{{}}' for the subject: {prompt!r}")
+    problem = template_problem(prompt)
+    if problem:
+        raise where.error(prefix + "prompt", f"{problem}: {prompt!r}")
     rewrite = Rewrite(prompt, _text(data, "subject", where, prefix), _text(data, "target_new", where, prefix),
                       _text(data, "target_true", where, prefix))
     if rewrite.target_new.strip() == rewrite.target_true.strip():
@@ -129,6 +131,9 @@ def parse_zsre(record: dict, where: Where) -> ZsRECase:
     subject, src = _text(record, "subject", where), _text(record, "src", where)
     if subject not in src:
         raise where.error("subject", f"{subject!r} does not occur in src {src!r}")
+    problem = template_problem(src.replace(subject, "{}", 1))  # the case's prompt: src with the subject's slot
+    if problem:
+        raise where.error("src", f"as a template of its subject, {problem}: {src!r}")
     target_new = _text(record, "alt" if record.get("alt") is not None else "pred", where)
     rephrase = _text(record, "rephrase", where)
     answers = _texts(record, "answers", where)

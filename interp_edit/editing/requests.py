@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from interp_edit.errors import EditConfigError, EditRequestError, InterpEditError
-from interp_edit.prompts import CounterFactRecord, encode_target, tokenize_with_subject
+from interp_edit.prompts import CounterFactRecord, encode_target, template_problem, tokenize_with_subject
 
 
 @dataclass(frozen=True)
@@ -146,16 +146,9 @@ def validate_request(request: EditRequest, index: int) -> None:
             f"request {index}: field 'subject': {request.subject!r} is not in the prompt {request.prompt!r}, "
             "which has no '{}' for it either"
         )
-    if request.prompt.count("{}") != 1:
-        raise EditRequestError(
-            f"request {index}: field 'prompt' must contain exactly one '{{}}' where the subject goes: {request.prompt!r}"
-        )
-    stray = request.prompt.replace("{}", "", 1)
-    if "{" in stray or "}" in stray:
-        raise EditRequestError(
-            f"request {index}: field 'prompt' has a brace besides the one '{{}}' slot (a stray template field such as "
-            f"'{{city}}'?): {request.prompt!r}"
-        )
+    problem = template_problem(request.prompt)
+    if problem:
+        raise EditRequestError(f"request {index}: field 'prompt' {problem}: {request.prompt!r}")
     if request.target_true is not None and not isinstance(request.target_true, str):
         raise EditRequestError(f"request {index}: field 'target_true' is not a string: {request.target_true!r}")
     if isinstance(request.paraphrases, (str, bytes)) or not all(isinstance(p, str) and p.strip() for p in request.paraphrases):
