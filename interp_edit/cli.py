@@ -142,6 +142,8 @@ def _writable_folder(path: str | None, flag: str) -> Path | None:
     any compute."""
     if path is None:
         return None
+    if not path.strip():  # Path("") is the current folder, which a run would fill unasked
+        raise CommandLineError(f"{flag}: empty path; give a folder")
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -154,6 +156,8 @@ def _writable_folder(path: str | None, flag: str) -> Path | None:
 
 
 def _writable_file(path: str | None, flag: str) -> None:
+    if path is not None and not path.strip():
+        raise CommandLineError(f"{flag}: empty path; give a file name")
     if path is not None:
         _writable_folder(str(Path(path).parent), flag)
         if Path(path).is_dir():

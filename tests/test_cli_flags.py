@@ -195,6 +195,25 @@ def test_a_sweep_out_that_is_a_file_is_named(monkeypatch, capsys, tmp_path):
     assert taken.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("argv", [["evaluate", "--n", "1", "--out", ""], ["trace", "--prompt", "Talvik Corlo was born in",
+                                                                            "--subject", "Talvik Corlo", "--out", " "],
+                                  ["edit", "--prompt", "{} was born in", "--subject", "Talvik Corlo", "--target-new", "Karsa",
+                                   "--out", ""]])
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(monkeypatch, capsys, tmp_path, argv):
+    """``--out ""`` wrote a run's resume state (or a trace's figures) into the current folder."""
+    import interp_edit.adapter
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(interp_edit.adapter, "load_model", no_model)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interp-edit: error: --out: empty path") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
 # --- property: any value either parses to an acceptable one or is refused naming the flag --------
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)

@@ -143,6 +143,22 @@ def test_save_and_load_round_trip(tiny_model, tmp_path):
         assert torch.equal(a, logits(tiny_model))
 
 
+@pytest.mark.parametrize("key, dtype", [("blocks.1.mlp.W_out::left", torch.float16), ("blocks.1.mlp.W_out::left", torch.int64),
+                                        ("blocks.0.mlp.W_out::values", torch.int32)])
+def test_a_delta_of_another_dtype_is_refused_at_load(tiny_model, tmp_path, key, dtype):
+    """A factor cast to another dtype loaded, and the repr and apply failed in a matrix product."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = random_edit(tiny_model, 6).save(tmp_path / "ok")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="bad.safetensors.*(dtype|value matrix)"):
+        Edit.load(tmp_path / "bad.safetensors", tiny_model)
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="missing edit file"):
         Edit.load(tmp_path / "nope.safetensors")

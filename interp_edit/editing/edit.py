@@ -501,10 +501,14 @@ class Edit:
                 if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[0]:
                     raise CheckpointError(f"{path}: the low-rank delta of {name} has factors of shapes "
                                           f"{tuple(left.shape)} and {tuple(right.shape)}, which do not multiply")
+                if not left.is_floating_point() or left.dtype != right.dtype:
+                    raise CheckpointError(f"{path}: the low-rank delta of {name} has factors of dtypes {left.dtype} and "
+                                          f"{right.dtype}; expected one floating-point dtype")
                 deltas[name] = LowRankDelta(left, right)
             else:
                 rows, values = tensor(f"{name}::rows"), tensor(f"{name}::values")
-                if rows.dim() != 1 or rows.is_floating_point() or values.dim() != 2 or (len(rows) and int(rows.min()) < 0):
+                if (rows.dim() != 1 or rows.is_floating_point() or values.dim() != 2 or not values.is_floating_point()
+                        or (len(rows) and int(rows.min()) < 0)):
                     raise CheckpointError(f"{path}: the sparse-row delta of {name} has rows {tuple(rows.shape)} "
                                           f"({rows.dtype}) and values {tuple(values.shape)}; expected 1-D row indices >= 0 "
                                           "and a 2-D value matrix")
