@@ -89,6 +89,7 @@ BAD = [
     ({"datasets": [{"name": "toyworld-counterfact", "n": 3}, {"name": "no-such-data"}]}, "sweep cell 1", "'dataset'", "no-such-data"),
     ({"models": ["toyworld", "no-such-model"]}, "sweep cell 4", "'model'", "no-such-model"),
     ({"seeds": []}, "axis", "'seeds'", "empty"),
+    ({"datasets": [{"name": "toyworld-counterfact", "n": 1, "data": 5}]}, "datasets[0]", "'data'", "loaded Dataset"),
     ({"editors": [{"method": "rome", "grid": {"layer": []}}]}, "axis", "grid.layer", "empty"),
     ({"modes": ["parallel"]}, "modes[0]", "parallel", "independent"),
     ({"seed": [0]}, "unknown field", "seed", "seeds"),

@@ -107,7 +107,11 @@ class DatasetSlice:
         n = data.get("n")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise SweepSpecError(f"sweep spec: {where}: field 'n' must be a positive integer, got {n!r}")
-        return cls(data["name"], n, data.get("data"))
+        given = data.get("data")
+        if given is not None and not (hasattr(given, "cases") and hasattr(given, "format")):
+            raise SweepSpecError(f"sweep spec: {where}: field 'data' must be a loaded Dataset (load_dataset(...), from "
+                                 f"Python), got {given!r:.60}; in a grid file name the dataset with 'name'")
+        return cls(data["name"], n, given)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "n": self.n}
