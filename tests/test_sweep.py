@@ -222,3 +222,15 @@ def test_a_worker_killed_mid_cell_is_retried_and_resumes_losing_nothing(local_ra
         assert computed[1]["pid"] != computed[2]["pid"]  # ... in another worker process
         lines = (cell.folder(tmp_path) / "results.jsonl").read_text().splitlines()
         assert [json.loads(x)["type"] for x in lines] == ["settings", "baseline", "batch", "batch", "batch"]
+
+
+def test_a_dataset_file_rewritten_under_its_name_gives_other_cells(tmp_path):
+    """A sweep over a file took a rewritten file's cells as finished (the cell id hashed only the
+    file's name) and returned the old numbers. The file's contents are now part of the cell."""
+    path = tmp_path / "cases.json"
+    grid = GRID | {"datasets": [{"name": str(path)}], "editors": [{"method": "rome", "grid": {"layer": [1]}}]}
+    path.write_text(json.dumps([{"case_id": 0}]))
+    first = [c.cell_id for c in expand(load_spec(grid))]
+    assert [c.cell_id for c in expand(load_spec(grid))] == first  # the same contents: the same cells
+    path.write_text(json.dumps([{"case_id": 1}]))
+    assert not set(first) & {c.cell_id for c in expand(load_spec(grid))}

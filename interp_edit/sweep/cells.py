@@ -82,8 +82,14 @@ def _short(value) -> str:
     return str(value)
 
 
-def _data_key(data) -> str:
+def _data_key(data, name: str = "") -> str:
+    """What tells two runs' data apart beyond the dataset's name: an in-memory dataset's format
+    and case ids, or a dataset file's contents (a file rewritten under the same name is other
+    data, so its cells are not taken as finished); empty for a built-in dataset."""
     if data is None:
+        path = Path(name)
+        if name and path.is_file():
+            return "file:" + hashlib.sha1(path.read_bytes()).hexdigest()[:10]
         return ""
     ids = json.dumps([c.case_id for c in data.cases])
     return hashlib.sha1(f"{data.format}:{ids}".encode()).hexdigest()[:10]
@@ -99,7 +105,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
             for data, seed, mode in itertools.product(spec.datasets, spec.seeds, spec.modes):
                 cells.append(Cell(model, editor.method, tuple(config.items()), data.name, data.n, seed,
                                   mode == "sequential", spec.batch_size, spec.eval_every, spec.unrelated, spec.fluency,
-                                  spec.max_new_tokens, spec.threads, tuple(keys), data.data, _data_key(data.data)))
+                                  spec.max_new_tokens, spec.threads, tuple(keys), data.data, _data_key(data.data, data.name)))
     return cells
 
 
