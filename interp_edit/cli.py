@@ -104,6 +104,17 @@ def _ints_of(item):
     return parse
 
 
+def _file_stem(text: str) -> str:
+    """An argparse type: a file name stem for figures written into ``--out`` (no folder part,
+    not empty, not ``.`` or ``..``)."""
+    if not text.strip() or text in (".", "..") or any(sep in text for sep in ("/", "\\", "\0")):
+        raise argparse.ArgumentTypeError(f"expected a file name stem without a folder, e.g. 'trace1', got {text!r}; "
+                                         "give the folder with --out")
+    return text
+
+
+_file_stem.__name__ = "file name stem"
+
 POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 SEED, THREADS = _int_at_least(0, MAX_SEED), _int_at_least(1, MAX_THREADS)
 
@@ -158,6 +169,8 @@ def _writable_folder(path: str | None, flag: str) -> Path | None:
 def _writable_file(path: str | None, flag: str) -> None:
     if path is not None and not path.strip():
         raise CommandLineError(f"{flag}: empty path; give a file name")
+    if path is not None and path.rstrip().endswith(("/", "\\")):  # Path() drops the separator: "new/" became new.safetensors
+        raise CommandLineError(f"{flag} {path}: ends with a folder separator; give a file name, e.g. {path.rstrip()}edit.safetensors")
     if path is not None:
         _writable_folder(str(Path(path).parent), flag)
         if Path(path).is_dir():
@@ -431,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--seed", type=SEED, default=0, help="seed of the noise")
     trace.add_argument("--top", type=POSITIVE, default=5, help="restoration sites printed")
     trace.add_argument("--out", default="results/figures", help="folder for the figures")
-    trace.add_argument("--name", default="causal_trace", help="file name stem of the figures")
+    trace.add_argument("--name", type=_file_stem, default="causal_trace", help="file name stem of the figures")
     trace.set_defaults(func=_cmd_trace)
 
     attribute = _sub(sub, "attribute", help="neuron-level attribution of one prompt: ranked value neurons, layer "
@@ -448,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or the exact top-k certified by first-order bounds (exact_top_k)")
     attribute.add_argument("--show", type=POSITIVE, default=15, help="neurons printed")
     attribute.add_argument("--out", default="results/figures", help="folder for the figures")
-    attribute.add_argument("--name", default="attribution", help="file name stem of the figures")
+    attribute.add_argument("--name", type=_file_stem, default="attribution", help="file name stem of the figures")
     attribute.set_defaults(func=_cmd_attribute)
 
     edit = _sub(sub, "edit", help="edit one fact; print the top-k before and after, save the edit",

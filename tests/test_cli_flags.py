@@ -62,6 +62,12 @@ def _one_of(allowed):
 
 POSITIVE, NON_NEGATIVE, SEED, THREADS = _int_in(1), _int_in(0), _int_in(0, 2**32 - 1), _int_in(1, 1024)
 
+
+def _stem(v) -> bool:
+    """A figure's file name stem: text naming no folder (it is joined to --out)."""
+    return isinstance(v, str) and v.strip() != "" and v not in (".", "..") and not {"/", "\\", "\0"} & set(v)
+
+
 #: (command, flag) -> whether a parsed value is acceptable; every flag with a type or choices
 FLAGS = {
     ("", "--threads"): THREADS,
@@ -70,9 +76,9 @@ FLAGS = {
     ("trace", "--kinds"): _names(KINDS), ("trace", "--corruption"): _one_of(("gaussian", "replace")),
     ("trace", "--noise"): _positive_finite, ("trace", "--samples"): POSITIVE, ("trace", "--window"): POSITIVE,
     ("trace", "--metric"): _one_of(("prob", "logprob", "logit_diff")), ("trace", "--severed"): _one_of(("mlp", "attn")),
-    ("trace", "--seed"): SEED, ("trace", "--top"): POSITIVE,
+    ("trace", "--seed"): SEED, ("trace", "--top"): POSITIVE, ("trace", "--name"): _stem,
     ("attribute", "--top-k"): POSITIVE, ("attribute", "--method"): _one_of(("exact", "first_order", "exact_top_k")),
-    ("attribute", "--show"): POSITIVE,
+    ("attribute", "--show"): POSITIVE, ("attribute", "--name"): _stem,
     ("edit", "--method"): _one_of(METHODS), ("edit", "--layer"): NON_NEGATIVE, ("edit", "--layers"): _layers,
     ("edit", "--top-k"): POSITIVE,
     ("evaluate", "--method"): _one_of(METHODS), ("evaluate", "--n"): POSITIVE, ("evaluate", "--batch-size"): POSITIVE,
@@ -214,6 +220,31 @@ def test_an_empty_out_is_refused_not_taken_as_the_current_folder(monkeypatch, ca
     assert not list(tmp_path.iterdir())
 
 
+def test_an_edit_out_ending_in_a_separator_is_refused_not_saved_beside_it(monkeypatch, capsys, tmp_path):
+    """``--out new/`` saved ``new.safetensors`` beside the folder the user named."""
+    import interp_edit.adapter
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(interp_edit.adapter, "load_model", no_model)
+    monkeypatch.chdir(tmp_path)
+    assert main(["edit", "--prompt", "{} was born in", "--subject", "Talvik Corlo", "--target-new", "Karsa",
+                 "--out", "new/"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interp-edit: error: --out new/: ends with a folder separator") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["", " ", "a/b", "../up", ".", ".."])
+def test_a_figure_name_with_a_folder_or_none_is_refused_naming_the_flag(name):
+    for command in ("trace", "attribute"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*PREFIX[command], "--name", name])
+        assert exit_.value.code == 2 and "argument --name" in err.getvalue() and "--out" in err.getvalue()
+
+
 # --- property: any value either parses to an acceptable one or is refused naming the flag --------
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
@@ -221,7 +252,7 @@ _NUMBERS = st.one_of(st.integers(-2**70, 2**70).map(str), st.floats().map(repr),
                      st.sampled_from(["0", "1", "-1", "1.0", "1e3", " 7 ", "inf", "nan", "-inf", "4294967296", "1025", "9" * 5000]))
 _NAMES = st.lists(st.sampled_from([*KINDS, *GROUPS, *RELATIONS, "bogus", "", " "]), min_size=1, max_size=3).map(",".join)
 _LISTS = st.lists(st.integers(-3, 3).map(str) | _TEXT, min_size=1, max_size=3).map(",".join)
-_CHOICES = st.sampled_from([*METHODS, "gaussian", "replace", "prob", "logit_diff", "mlp", "exact", "ray", "ROME"])
+_CHOICES = st.sampled_from(["a/b", "../x", "/", ".", "..", "x\\y", *METHODS, "gaussian", "replace", "prob", "logit_diff", "mlp", "exact", "ray", "ROME"])
 VALUES = st.one_of(_NUMBERS, _TEXT, _NAMES, _LISTS, _CHOICES)
 
 

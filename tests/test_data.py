@@ -47,6 +47,21 @@ def test_files_in_each_format_round_trip_with_the_format_sniffed(tmp_path, toy_r
     assert dataset[0].rewrites()[0].target_new
 
 
+@pytest.mark.parametrize("name", sorted(builtin_datasets()))
+def test_a_file_of_every_builtin_format_is_sniffed_as_that_format(tmp_path, toy_world, name):
+    """Every format the loader parses is told from its first record (a commonsense file was
+    sniffed as CounterFact and refused for fields it does not have)."""
+    spec = builtin_datasets()[name]
+    dataset = load_dataset(write(tmp_path, spec.build(toy_world, 0)[:5]))
+    assert dataset.format == spec.format and len(dataset) == 5
+
+
+@pytest.mark.parametrize("spec", ["hf:", "hf: ", "hf::train"])
+def test_a_hub_spec_without_a_repository_is_named(spec):
+    with pytest.raises(DatasetError, match="no repository named; give hf:owner/name"):
+        load_dataset(spec)
+
+
 def test_mquake_toy_edits_change_an_intermediate_hop(toy_world):
     dataset = load_dataset("toyworld-mquake", world=toy_world)
     for case in dataset:
@@ -74,6 +89,8 @@ BAD = [
     ("zsre", lambda r: r.update(rephrase=""), "rephrase", "empty string"),
     ("zsre", lambda r: r.update(answers=[]), "answers", "empty list"),
     ("zsre", lambda r: r.update(subject="Nobody"), "subject", "does not occur"),
+    # refused only when the edit was built, after the model loaded and the baseline ran
+    ("zsre", lambda r: r.update(alt=" " + r["answers"][0].strip()), "alt", "equals answers[0]"),
     ("mquake", lambda r: r.update(requested_rewrite=[]), "requested_rewrite", "non-empty list"),
     ("mquake", lambda r: r.update(questions=[]), "questions", "empty list"),
     ("mcq", lambda r: r["questions"][1].update(kind="recall"), "questions[1].kind", "not one of"),

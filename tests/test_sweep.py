@@ -127,6 +127,30 @@ def test_a_failed_cell_is_retried_and_reported_and_the_rest_finish(toy_model, tm
     assert "failed" in result.table() and "bad cell" in rows[broken]["error"]
 
 
+def test_a_cell_refused_for_its_input_is_not_retried(toy_model, tmp_path):
+    """A bad record or config fails the same way on every attempt: it is tried once, recorded as
+    invalid and listed as failed; an unexpected error is still retried."""
+    from interp_edit.errors import DatasetError
+
+    cells = expand(load_spec(ROME))
+    invalid, crashing = cells[0].cell_id, cells[1].cell_id
+    calls = []
+
+    def fn(cell, root, model):
+        calls.append(cell.cell_id)
+        if cell.cell_id == invalid:
+            raise DatasetError("record 3: field 'alt': bad")
+        if cell.cell_id == crashing:
+            raise RuntimeError("out of memory")
+        return {"cell": cell.cell_id}
+
+    result = run_sweep(ROME, tmp_path, models={"toyworld": toy_model}, retries=2, progress=False, cell_fn=fn)
+    assert calls.count(invalid) == 1 and calls.count(crashing) == 3
+    assert set(result.failed) == {invalid, crashing} and "field 'alt'" in result.failed[invalid][0]
+    attempts = [json.loads(x) for x in (tmp_path / "attempts.jsonl").read_text().splitlines()]
+    assert [a["status"] for a in attempts if a["cell_id"] == invalid] == ["invalid"]
+
+
 def test_an_interrupted_sweep_resumes_where_it_stopped(toy_model, tmp_path, reference):
     cells = expand(load_spec(ROME))
     stop = cells[1].cell_id
@@ -234,3 +258,37 @@ def test_a_dataset_file_rewritten_under_its_name_gives_other_cells(tmp_path):
     assert [c.cell_id for c in expand(load_spec(grid))] == first  # the same contents: the same cells
     path.write_text(json.dumps([{"case_id": 1}]))
     assert not set(first) & {c.cell_id for c in expand(load_spec(grid))}
+
+
+def test_a_dataset_file_is_read_once_per_sweep_not_once_per_cell(tmp_path, monkeypatch):
+    import interp_edit.sweep.cells as cells_module
+
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps([{"case_id": 0}]))
+    reads = []
+    real = cells_module._data_key
+    monkeypatch.setattr(cells_module, "_data_key", lambda *a: reads.append(a) or real(*a))
+    cells = expand(load_spec(GRID | {"datasets": [{"name": str(path)}], "seeds": [0, 1, 2]}))
+    assert len(cells) == 12 and len(reads) == 1 and len({c.data_key for c in cells}) == 1
+
+
+@pytest.mark.parametrize(("records", "n", "detail"), [
+    ("bad", None, "record 1: field 'paraphrase_prompts'"),
+    ("good", 3, "n=3 but the dataset has 2 cases"),
+])
+def test_a_dataset_file_is_checked_before_any_cell_runs(toy_world, tmp_path, records, n, detail):
+    """A bad record (or an n larger than the file) failed every cell, after its model loaded,
+    and each was retried."""
+    from interp_edit.data.toyworld import toy_counterfact
+
+    cases = toy_counterfact(toy_world)[:2]
+    if records == "bad":
+        cases[1]["paraphrase_prompts"] = []
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(cases))
+    data = {"name": str(path)} | ({"n": n} if n else {})
+    calls = []
+    with pytest.raises(SweepSpecError) as err:
+        run_sweep(GRID | {"datasets": [data]}, tmp_path / "out", cell_fn=lambda *a: calls.append(a), progress=False)
+    assert "field 'dataset'" in str(err.value) and detail in str(err.value), str(err.value)
+    assert not calls and not (tmp_path / "out").exists()

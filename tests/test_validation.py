@@ -281,9 +281,23 @@ def test_context_prefixes_longer_than_the_context_are_refused_before_any_forward
     assert_unchanged(toy_model, state, no_edits=True)
 
 
+@pytest.mark.parametrize("field", ["kl_factor", "stats_samples", "n_prefixes", "clamp_norm_factor", "edit_token"])
+def test_ft_refuses_the_fields_it_would_ignore(toy_model, field):
+    """FT-L's config inherited the target optimisation's and the statistics' fields and accepted
+    them unread: ``edit(model, reqs, "ft", kl_factor=10)`` ran as if it were not given."""
+    from interp_edit.editing import edit
+    from interp_edit.editing.methods.finetune import FTConfig
+
+    state = snapshot(toy_model)
+    with pytest.raises(EditConfigError, match=f"{field}"):
+        edit(toy_model, [EditRequest("{} was born in", SUBJECT, "Veltra")], "ft", **{field: 1})
+    assert_unchanged(toy_model, state, no_edits=True)
+    assert FTConfig().early_stop_loss == 1e-2  # the authors' ft_main threshold
+
+
 def test_the_prefix_room_rule_at_its_edge(toy_model):
     """One token of room is enough for the check (the prompt's own fit is checked after
-    sampling); FT-L, which samples no prefixes, ignores the fields; given prefixes are not sampled."""
+    sampling); FT-L, which samples no prefixes, has no such fields; given prefixes are not sampled."""
     from interp_edit.editing.config import resolve
     from interp_edit.editing.methods.finetune import FTConfig
     from interp_edit.editing.methods.rome import ROMEConfig
@@ -294,7 +308,8 @@ def test_the_prefix_room_rule_at_its_edge(toy_model):
     resolve(ROMEConfig, toy_model, None, dict(prefix_lengths=((n_ctx, 0),)))  # none of that length sampled
     resolve(ROMEConfig, toy_model, None, dict(prefix_length=n_ctx, prefixes=("Given.",)))
     resolve(ROMEConfig, toy_model, None, dict(prefix_length=n_ctx, n_prefixes=0))
-    resolve(FTConfig, toy_model, None, dict(prefix_length=10 * n_ctx))
+    with pytest.raises(EditConfigError, match="prefix_length"):
+        resolve(FTConfig, toy_model, None, dict(prefix_length=10 * n_ctx))
     with pytest.raises(EditConfigError, match="prefix_lengths"):
         resolve(ROMEConfig, toy_model, None, dict(prefix_lengths=((n_ctx, 1),)))
 

@@ -134,9 +134,12 @@ def parse_zsre(record: dict, where: Where) -> ZsRECase:
     problem = template_problem(src.replace(subject, "{}", 1))  # the case's prompt: src with the subject's slot
     if problem:
         raise where.error("src", f"as a template of its subject, {problem}: {src!r}")
-    target_new = _text(record, "alt" if record.get("alt") is not None else "pred", where)
+    new_field = "alt" if record.get("alt") is not None else "pred"
+    target_new = _text(record, new_field, where)
     rephrase = _text(record, "rephrase", where)
     answers = _texts(record, "answers", where)
+    if target_new.strip() == answers[0].strip():  # answers[0] is the edit's target_true
+        raise where.error(new_field, f"equals answers[0] ({target_new!r}), the current answer: nothing to edit")
     return ZsRECase(_case_id(record, where, default=where.index), subject, src, rephrase, target_new, answers,
                     _text(record, "loc", where), _text(record, "loc_ans", where))
 
@@ -192,5 +195,7 @@ def sniff_format(record: Any) -> str | None:
     if isinstance(rewrite, dict):
         if "tests" in record and "edit_kind" in record:
             return "ripple"
+        if "relapse" in record and "kind" in record:
+            return "commonsense"
         return "mcq" if "questions" in record else "counterfact"
     return None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from interp_edit.data.cases import FORMATS, CounterFactCase, Dataset, MCQCase, MQuAKECase, ZsRECase
+from interp_edit.data.cases import CounterFactCase, Dataset, MCQCase, MQuAKECase, ZsRECase
 from interp_edit.data.formats import PARSERS, Where, sniff_format
 from interp_edit.errors import DatasetError
 
@@ -41,12 +41,17 @@ def builtin_datasets() -> dict[str, BuiltinDataset]:
     return {d.name: d for d in found}
 
 
-def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None) -> Dataset:
-    """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset`."""
+def _parsers() -> dict:
+    """Every record format's parser, by format name."""
     from interp_edit.data.commonsense import parse_commonsense
     from interp_edit.data.ripple import parse_ripple
 
-    parsers = {**PARSERS, "commonsense": parse_commonsense, "ripple": parse_ripple}
+    return {**PARSERS, "commonsense": parse_commonsense, "ripple": parse_ripple}
+
+
+def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None) -> Dataset:
+    """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset`."""
+    parsers = _parsers()
     if fmt not in parsers:
         raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(parsers)}")
     parse = parsers[fmt]
@@ -94,6 +99,8 @@ def _read_records(path: Path) -> list:
 
 def _from_hub(spec: str) -> list[dict]:
     repo, _, split = spec.removeprefix("hf:").partition(":")
+    if not repo.strip():
+        raise DatasetError(f"{spec!r}: no repository named; give hf:owner/name or hf:owner/name:split")
     try:
         import datasets
     except ImportError:
@@ -146,7 +153,7 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
             raise DatasetError(f"no dataset named {key!r} and no such file; built-in datasets: {sorted(builtins)}")
         fmt = format or (sniff_format(records[0]) if records else None)
         if fmt is None:
-            raise DatasetError(f"{key}: cannot tell the format from the first record; pass format= one of {list(FORMATS)}")
+            raise DatasetError(f"{key}: cannot tell the format from the first record; pass format= one of {list(_parsers())}")
         dataset = parse_records(records, fmt, key, strict=strict, name=path.stem if not key.startswith("hf:") else key)
     return check_tokens(dataset, tokenizer, strict=strict) if tokenizer is not None else dataset
 

@@ -98,14 +98,16 @@ def _data_key(data, name: str = "") -> str:
 def expand(spec: SweepSpec) -> list[Cell]:
     """Every cell of the grid, in a fixed order (models, editors, grid values, datasets, seeds, modes)."""
     cells = []
+    data_keys = [_data_key(data.data, data.name) for data in spec.datasets]  # a file is read once, not once per cell
     for model, editor in itertools.product(spec.models, spec.editors):
         keys = [k for k, _ in editor.grid]
         for values in itertools.product(*(vs for _, vs in editor.grid)):
             config = dict(editor.config) | dict(zip(keys, values, strict=True))
-            for data, seed, mode in itertools.product(spec.datasets, spec.seeds, spec.modes):
+            for (data, data_key), seed, mode in itertools.product(zip(spec.datasets, data_keys, strict=True),
+                                                                  spec.seeds, spec.modes):
                 cells.append(Cell(model, editor.method, tuple(config.items()), data.name, data.n, seed,
                                   mode == "sequential", spec.batch_size, spec.eval_every, spec.unrelated, spec.fluency,
-                                  spec.max_new_tokens, spec.threads, tuple(keys), data.data, _data_key(data.data, data.name)))
+                                  spec.max_new_tokens, spec.threads, tuple(keys), data.data, data_key))
     return cells
 
 
@@ -141,13 +143,23 @@ def _model_shape(name: str, models: dict) -> _ModelShape | None:
     return None
 
 
-def _check_dataset(cell: Cell) -> None:
-    from interp_edit.data import builtin_datasets
+def _check_dataset(cell: Cell, sizes: dict[str, int]) -> None:
+    """``cell``'s dataset exists, a file's records are valid (read once per file: ``sizes``
+    caches its number of cases), and ``n`` is no more than the cases it has."""
+    from interp_edit.data import builtin_datasets, load_dataset
+    from interp_edit.errors import DatasetError
 
     if cell.data is not None:
         size = len(cell.data)
-    elif cell.dataset in builtin_datasets() or Path(cell.dataset).is_file() or cell.dataset.startswith("hf:"):
-        return
+    elif cell.dataset in builtin_datasets() or cell.dataset.startswith("hf:"):
+        return  # a built-in dataset's size depends on the model's world; the hub is read when the cell runs
+    elif Path(cell.dataset).is_file():
+        if cell.dataset not in sizes:
+            try:
+                sizes[cell.dataset] = len(load_dataset(cell.dataset))
+            except DatasetError as err:  # a bad record would fail every cell of this dataset
+                raise ValueError(str(err)) from None
+        size = sizes[cell.dataset]
     else:
         raise ValueError(f"unknown dataset {cell.dataset!r}: not a built-in dataset ({sorted(builtin_datasets())}) "
                          "nor an existing file")
@@ -186,6 +198,7 @@ def validate_cells(cells: list[Cell], models: dict | None = None) -> None:
 
     known = editors()
     shapes: dict[str, _ModelShape | None] = {}
+    sizes: dict[str, int] = {}
     for index, cell in enumerate(cells):
         where = f"sweep cell {index} ({cell.label})"
         if cell.model not in shapes:
@@ -199,6 +212,6 @@ def validate_cells(cells: list[Cell], models: dict | None = None) -> None:
         if problem is not None:
             raise SweepSpecError(f"{where}: field {problem[0]!r}: {problem[1]}")
         try:
-            _check_dataset(cell)
+            _check_dataset(cell, sizes)
         except ValueError as err:
             raise SweepSpecError(f"{where}: field 'dataset': {err}") from None

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from interp_edit.errors import SweepExecutorError
+from interp_edit.errors import InterpEditError, SweepExecutorError
 
 Outcome = tuple[str, Any]
 #: a cell function: ``fn(cell, root, model)`` -> a JSON-able result (``model``: a loaded model or ``None``)
@@ -27,6 +27,15 @@ CellFn = Callable[..., Any]
 
 def _error_text(err: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(err), err)).strip()
+
+
+def failure(err: BaseException, limit: int | None = None) -> Outcome:
+    """A failed attempt's outcome: ``("invalid", text)`` for an input this package refused (an
+    :class:`~interp_edit.errors.InterpEditError` that is a ``ValueError``: a bad record, config
+    or request fails the same way every time, so it is not retried), else ``("error", text)``."""
+    text = _error_text(err)
+    text = text[-limit:] if limit is not None else text
+    return ("invalid" if isinstance(err, InterpEditError) and isinstance(err, ValueError) else "error"), text
 
 
 class InProcessExecutor:
@@ -46,8 +55,8 @@ class InProcessExecutor:
                 if cell.model not in loaded:
                     loaded[cell.model] = load_model(cell.model)
                 yield cell, ("ok", fn(cell, str(root), loaded[cell.model]))
-            except Exception as err:  # a failed cell is reported and retried, never fatal
-                yield cell, ("error", _error_text(err))
+            except Exception as err:  # a failed cell is reported (and retried unless invalid), never fatal
+                yield cell, failure(err)
 
     def close(self) -> None:
         pass
@@ -78,7 +87,7 @@ class ProcessExecutor:
                 try:
                     yield futures[future], ("ok", future.result())
                 except Exception as err:  # includes BrokenProcessPool: a worker died
-                    yield futures[future], ("error", _error_text(err))
+                    yield futures[future], failure(err)
 
     def close(self) -> None:
         pass
@@ -167,8 +176,8 @@ class RayExecutor:
                 cell = pending.pop(ref)
                 try:
                     yield cell, ("ok", ray.get(ref))
-                except Exception as err:  # RayTaskError, WorkerCrashedError...: a failed attempt
-                    yield cell, ("error", _error_text(err)[-3000:])
+                except Exception as err:  # RayTaskError (an instance of the cell's error too), WorkerCrashedError...
+                    yield cell, failure(err, limit=3000)
 
     def close(self) -> None:
         if self._started:

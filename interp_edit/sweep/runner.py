@@ -99,7 +99,9 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
     ``executor``: ``"inprocess"`` (default; ``models`` maps model names to already loaded
     models), ``"processes"`` (``workers`` local processes), ``"ray"`` (a local Ray instance
     with ``workers`` CPUs, or the cluster at ``address``), or an executor object. A failed cell
-    is retried up to ``retries`` times; cells still failing are listed in the result's
+    is retried up to ``retries`` times, unless it failed on an input this package refused (a
+    ``ValueError`` of :mod:`interp_edit.errors`: a bad record or config fails the same way
+    again); cells still failing are listed in the result's
     ``failed`` (their finished batches stay on disk for the next run). Every cell is checked
     before any runs (:class:`~interp_edit.errors.SweepSpecError` names the cell and field).
 
@@ -142,9 +144,10 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
                 if status == "ok":
                     results[cell.cell_id] = value
                     bar.update(1)
-                else:
+                else:  # "invalid" (an input refused: it would fail again) is not retried
                     errors.setdefault(cell.cell_id, []).append(value)
-                    failed.append(cell)
+                    if status != "invalid":
+                        failed.append(cell)
                     entry["error"] = value
                 _append(root / ATTEMPTS_FILE, entry)
             again = {c.cell_id for c in failed}
