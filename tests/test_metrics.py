@@ -154,3 +154,51 @@ def test_case_rows_use_the_same_definitions(stub):
     assert mrow["option_entropy_locality"] == pytest.approx(math.log2(5), abs=1e-6)
     summary = aggregate([row])
     assert summary["counterfact_score"] == pytest.approx(counterfact_score(1.0, 0.5, 0.5))
+
+
+def test_counterfact_scores_magnitude_is_the_product_as_in_case_rows(stub):
+    """Review defect: ``counterfact_scores`` exponentiated the mean per-token log-prob while
+    ``evaluate_cases`` / ``efficacy_magnitude`` use the product; one name, one definition."""
+    from interp_edit.evaluation.counterfact import counterfact_scores
+    from interp_edit.prompts import CounterFactRecord
+
+    record = CounterFactRecord(0, "{} in", "x", "r", "rome", "new york", (), (), (), ())
+    [row] = counterfact_scores(stub, [record])
+    want = 0.5 * 0.4 - 0.3  # p(new york) = 0.5 · 0.4 (product), p(rome) = 0.3
+    assert row["efficacy_magnitude"] == pytest.approx(want, abs=1e-6)
+    assert efficacy_magnitude(stub, ["x in"], "new york", "rome") == pytest.approx(want, abs=1e-6)
+    case = CounterFactCase("c", Rewrite("{} in", "x", "new york", "rome"), (), ())
+    assert evaluate_cases(stub, [case])[0]["efficacy_magnitude"] == pytest.approx(want, abs=1e-6)
+    assert row["efficacy"] == 1.0  # compared by mean log-prob: sqrt(0.2) > 0.3
+
+
+def test_bad_arguments_are_named_before_any_forward(stub):
+    """Review defects: a bad ``compare`` was refused only after the forward, a single prompt
+    string was scored character by character, and ``max_new_tokens`` < 1 was silently empty."""
+    from interp_edit.errors import InvalidArgumentError
+    from interp_edit.evaluation.metrics import corpus_perplexity, greedy_generate, greedy_token_ids
+
+    calls = []
+    forward = stub.__call__
+    stub.__class__ = type("Counting", (StubModel,), {"__call__": lambda self, *a, **k: calls.append(1) or forward(*a, **k)})
+    case = CounterFactCase("c", Rewrite("{}", "q1", "new", "old"), ("q4",), ("q2",))
+    bad = [
+        ("compare", lambda: evaluate_cases(stub, [case], compare="sum")),
+        ("compare", lambda: efficacy_score(stub, ["q1"], "new", "old", compare="sum")),
+        ("compare", lambda: neighborhood_score(stub, ["q1"], "new", "old", compare="sum")),
+        ("max_new_tokens", lambda: evaluate_cases(stub, [case], fluency=True, max_new_tokens=0)),
+        ("max_new_tokens", lambda: greedy_token_ids(stub, ["q1"], max_new_tokens=-1)),
+        ("cases", lambda: evaluate_cases(stub, case)),
+        ("prompts", lambda: efficacy_score(stub, "q1", "new", "old")),
+        ("prompts", lambda: token_accuracy(stub, "q1", "new")),
+        ("prompts", lambda: greedy_generate(stub, "q1", 2)),
+        ("texts", lambda: corpus_perplexity(stub, "q1 new")),
+        ("target_new", lambda: efficacy_score(stub, ["q1"], None, "old")),
+        ("answers", lambda: multihop_accuracy(stub, [["x in"]], [])),
+        ("weights", lambda: ngram_entropy("a b c d", ns=(2, 3), weights=(1.0,))),
+    ]
+    for name, call in bad:
+        with pytest.raises(InvalidArgumentError, match=name):
+            call()
+    assert calls == []
+    assert evaluate_cases(stub, []) == [] and aggregate([]) == {}

@@ -37,6 +37,7 @@ from interp_edit.data.cases import MCQ_KINDS, CounterFactCase, MCQCase, MQuAKECa
 from interp_edit.data.ripple import RippleCase
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
 from interp_edit.evaluation.metrics import (
+    COMPARISONS,
     any_phrasing_right,
     counterfact_score,
     generation_fluency,
@@ -45,6 +46,7 @@ from interp_edit.evaluation.metrics import (
     option_entropy,
     option_probabilities,
 )
+from interp_edit.validation import check_choice, check_int, check_sequence
 
 
 class _Pairs:
@@ -105,8 +107,11 @@ def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tok
         uses_teacher_forcing,
     )
 
+    cases = check_sequence(cases, "cases", nonempty=False)
     check_protocol(protocol)
     check_gen_tokens(gen_tokens)
+    check_choice(compare, "compare", COMPARISONS)
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
     if uses_teacher_forcing(protocol):
         rows = _teacher_forced_rows(model, cases, compare)
     else:

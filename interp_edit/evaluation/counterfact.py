@@ -6,7 +6,10 @@
   and true object), averaged;
 - ``same_subject``: p(answer) > p(new) on the subject's other relations (the edit must not
   leak into them);
-- magnitudes: mean p(new) − p(true).
+- magnitudes: mean p(new) − p(true), a target's probability the product of its teacher-forced
+  token probabilities (as in :mod:`~interp_edit.evaluation.metrics` and
+  :func:`~interp_edit.evaluation.evaluate_cases`; ROME's ``summarize.py`` exponentiates the mean
+  per-token log-probability instead — the same for one-token targets, docs/evaluation.md).
 
 Multi-token targets are compared by their mean per-token teacher-forced log-probability (as
 ROME's evaluation does). These are *scores* in the paper's sense, not EasyEdit's token accuracy.
@@ -16,7 +19,6 @@ counts for neither side), the one rule all metrics share.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
@@ -58,7 +60,7 @@ def counterfact_scores(model, records: Sequence[CounterFactRecord]) -> list[dict
             wins = new_beats_true(new, true) if kind in ("efficacy", "paraphrase") else new_beats_true(true, new)
             row[kind].append(float(wins[0]))
             if kind == "efficacy":
-                magnitude = math.exp(float(new.mean[0])) - math.exp(float(true.mean[0]))
+                magnitude = float(new.prob[0] - true.prob[0])
         out.append({k: (sum(v) / len(v) if v else float("nan")) for k, v in row.items()} | {"efficacy_magnitude": magnitude})
     return out
 

@@ -46,26 +46,36 @@ from torch import Tensor
 from interp_edit.batching import encode_prompts, last_token_logits, pad_right
 from interp_edit.errors import InvalidArgumentError, TokenizationError
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
+from interp_edit.validation import check_choice, check_int, check_sequence
 
 COMPARISONS = ("mean_logprob", "prob")
 
 
-def _repeat(value: str | Sequence[str], n: int) -> list[str]:
-    return [value] * n if isinstance(value, str) else list(value)
+def _prompts(prompts, name: str = "prompts") -> list[str]:
+    """``prompts`` as a list; a single string (which would be scored character by character)
+    or a non-sequence is an :class:`~interp_edit.errors.InvalidArgumentError` naming ``name``."""
+    return check_sequence(prompts, name, nonempty=False)
+
+
+def _repeat(value: str | Sequence[str], n: int, name: str = "target") -> list[str]:
+    return [value] * n if isinstance(value, str) else check_sequence(value, name, nonempty=False)
+
+
+def _check_compare(compare: str) -> str:
+    return check_choice(compare, "compare", COMPARISONS)
 
 
 def new_beats_true(new: TokenScores, true: TokenScores, compare: str = "mean_logprob") -> Bool[Tensor, " n"]:
     """[p(new) > p(true)] per prompt, strictly (see the module docstring for ``compare``);
     ``new_beats_true(true, new)`` is [p(true) > p(new)] — a tie counts for neither."""
-    if compare not in COMPARISONS:
-        raise InvalidArgumentError(f"unknown comparison {compare!r}; choose one of {COMPARISONS}")
+    _check_compare(compare)
     return new.mean > true.mean if compare == "mean_logprob" else new.total > true.total
 
 
 def _pair(model, prompts, target_new, target_true) -> tuple[TokenScores, TokenScores]:
-    prompts = list(prompts)
-    new = _repeat(target_new, len(prompts))
-    true = _repeat(target_true, len(prompts))
+    prompts = _prompts(prompts)
+    new = _repeat(target_new, len(prompts), "target_new")
+    true = _repeat(target_true, len(prompts), "target_true")
     scores = score_continuations(model, prompts + prompts, new + true)
     n = len(prompts)
     return (TokenScores(scores.logprobs[:n], scores.top1[:n]), TokenScores(scores.logprobs[n:], scores.top1[n:]))
@@ -78,6 +88,7 @@ def _mean(values: Tensor) -> float:
 def efficacy_score(model, prompts: Sequence[str], target_new: str | Sequence[str], target_true: str | Sequence[str],
                    compare: str = "mean_logprob") -> float:
     """Mean over prompts of [p(new) > p(true)]."""
+    _check_compare(compare)
     new, true = _pair(model, prompts, target_new, target_true)
     return _mean(new_beats_true(new, true, compare))
 
@@ -101,6 +112,7 @@ def paraphrase_magnitude(model, paraphrases: Sequence[str], target_new, target_t
 
 def neighborhood_score(model, prompts: Sequence[str], target_new, target_true, compare: str = "mean_logprob") -> float:
     """Mean over neighbourhood prompts of [p(true) > p(new)]."""
+    _check_compare(compare)
     new, true = _pair(model, prompts, target_new, target_true)
     return _mean(new_beats_true(true, new, compare))
 
@@ -123,7 +135,8 @@ def counterfact_score(efficacy: float, paraphrase: float, neighborhood: float) -
 def token_accuracy(model, prompts: Sequence[str], targets: str | Sequence[str]) -> Float[Tensor, " n"]:
     """Per prompt: the fraction of the target's tokens that are the top-1 prediction when the
     target is teacher-forced (zsRE / EasyEdit's accuracy)."""
-    return score_continuations(model, list(prompts), _repeat(targets, len(prompts))).token_accuracy
+    prompts = _prompts(prompts)
+    return score_continuations(model, prompts, _repeat(targets, len(prompts), "targets")).token_accuracy
 
 
 def any_phrasing_right(exact: Bool[Tensor, " rows"] | Sequence[bool], groups: Sequence[Sequence[int]]) -> list[float]:
@@ -142,6 +155,9 @@ def answered(model, prompts: Sequence[str], answers: Sequence[Sequence[str]]) ->
 def multihop_correct(model, questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]) -> Bool[Tensor, " n"]:
     """Per multi-hop question: whether any of its phrasings is answered right (any answer
     alias counts)."""
+    questions, answers = _prompts(questions, "questions"), _prompts(answers, "answers")
+    if len(questions) != len(answers):
+        raise InvalidArgumentError(f"{len(questions)} questions but {len(answers)} lists of answers")
     prompts, targets, groups = [], [], []
     for phrasings, options in zip(questions, answers, strict=True):
         if isinstance(phrasings, str) or isinstance(options, str):
@@ -171,6 +187,8 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
     """Generation entropy of one text: the mean over n of weight_n · H_n, H_n the entropy (bits)
     of the text's word n-gram frequencies (words: runs of letters/digits and single
     punctuation marks). The defaults are ROME's GE; a text repeating one word scores 0."""
+    if len(ns) != len(weights):
+        raise InvalidArgumentError(f"ngram_entropy: {len(ns)} n-gram sizes ns={tuple(ns)} but {len(weights)} weights={tuple(weights)}")
     words = _WORD.findall(text)
     parts = []
     for n, weight in zip(ns, weights, strict=True):
@@ -192,6 +210,9 @@ def greedy_token_ids(model, prompts: Sequence[str], max_new_tokens: int = 50, ba
     >>> [model.tokenizer.decode(i) for i in ids]
     [' Karsa']
     """
+    prompts = _prompts(prompts)
+    check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
     out: list[list[int]] = []
@@ -219,6 +240,7 @@ def greedy_token_ids(model, prompts: Sequence[str], max_new_tokens: int = 50, ba
 def greedy_generate(model, prompts: Sequence[str], max_new_tokens: int = 50, batch_size: int = 64) -> list[str]:
     """Greedy continuations of each prompt (prompt text included), at most ``max_new_tokens``
     and never past the model's context; a row stops at the end-of-text token."""
+    prompts = _prompts(prompts)
     tokenizer = model.tokenizer
     new = greedy_token_ids(model, prompts, max_new_tokens, batch_size)
     return [tokenizer.decode(tokenizer.encode(p, add_special_tokens=False) + ids) for p, ids in zip(prompts, new, strict=True)]
@@ -242,7 +264,7 @@ def corpus_perplexity(model, texts: Sequence[str], batch_size: int = 32) -> floa
     >>> 1.0 <= ppl < 10
     True
     """
-    ids = encode_prompts(model.tokenizer, list(texts))
+    ids = encode_prompts(model.tokenizer, _prompts(texts, "texts"))
     nll, count = 0.0, 0
     for start in range(0, len(ids), batch_size):
         tokens, lengths = pad_right(ids[start : start + batch_size], model.tokenizer.pad_token_id or 0)
