@@ -316,6 +316,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = _json_object(args.config, "--config")
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
+    if args.zsre_target != "alt":
+        from interp_edit.data import load_dataset
+
+        data = load_dataset(data, model=model, zsre_target=args.zsre_target)
+        if data.format != "zsre":
+            raise CommandLineError(f"--zsre-target {args.zsre_target}: dataset {data.name!r} is {data.format!r}, not zsRE")
     result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
                             fluency=not args.no_fluency, config=config, progress=not args.quiet,
@@ -484,10 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd = _sub(sub, "evaluate", help="edit n dataset cases in batches (independent or sequential); print the metrics",
                   description="Edit n cases of a data set in batches (independent or sequential); print the metrics.")
     ev_cmd.add_argument("--model", default="toyworld", help="model name or folder")
-    ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq) or a JSON / JSONL "
+    ev_cmd.add_argument("--data", help="built-in dataset (toyworld-counterfact, -zsre, -mquake, -mcq, -ripple) or a JSON / JSONL "
                         "file (default: the one that suits the method: toyworld-mquake for ace, toyworld-counterfact "
                         "otherwise)")
     ev_cmd.add_argument("--method", default="rome", choices=METHODS, help=_METHOD_HELP)
+    ev_cmd.add_argument("--zsre-target", default="alt", choices=("alt", "answer"),
+                        help="a zsRE case's new answer: its 'alt' (EasyEdit) or answers[0] (ROME / MEMIT / AlphaEdit, "
+                        "whose published zsRE numbers are of this)")
     ev_cmd.add_argument("--n", type=POSITIVE, help="number of cases edited (default: all)")
     ev_cmd.add_argument("--batch-size", type=POSITIVE, default=1, help="requests per edit")
     ev_cmd.add_argument("--sequential", action="store_true", help="keep every batch's edit (off: undo each batch)")

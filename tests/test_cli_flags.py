@@ -83,6 +83,7 @@ FLAGS = {
     ("edit", "--top-k"): POSITIVE,
     ("evaluate", "--method"): _one_of(METHODS), ("evaluate", "--n"): POSITIVE, ("evaluate", "--batch-size"): POSITIVE,
     ("evaluate", "--eval-every"): POSITIVE, ("evaluate", "--unrelated"): NON_NEGATIVE, ("evaluate", "--seed"): SEED,
+    ("evaluate", "--zsre-target"): _one_of(("alt", "answer")),
     ("evaluate", "--protocol"): _one_of(("teacher_forced", "generation", "both")), ("evaluate", "--gen-tokens"): POSITIVE,
     ("contrast", "--method"): _one_of(METHODS), ("contrast", "--n"): POSITIVE, ("contrast", "--relations"): _names(RELATIONS),
     ("contrast", "--groups"): _names(GROUPS), ("contrast", "--n-boot"): POSITIVE, ("contrast", "--seed"): SEED,

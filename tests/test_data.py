@@ -62,6 +62,35 @@ def test_a_hub_spec_without_a_repository_is_named(spec):
         load_dataset(spec)
 
 
+def test_zsre_written_as_rome_does_takes_the_first_answer_as_the_new_target(tmp_path, toy_records):
+    """ROME / MEMIT / AlphaEdit (dsets/zsre.py) write answers[0] and name no replaced answer;
+    EasyEdit writes alt over answers[0]. The file's alt is not read the first way."""
+    records = copy.deepcopy(toy_records["zsre"])
+    path = write(tmp_path, records)
+    easyedit, rome_like = load_dataset(path), load_dataset(path, zsre_target="answer")
+    for record, a, b in zip(records, easyedit, rome_like, strict=True):
+        assert (a.rewrite.target_new, a.rewrite.target_true) == (record["alt"], record["answers"][0])
+        assert (b.rewrite.target_new, b.rewrite.target_true) == (record["answers"][0], None)
+        assert b.rewrite.text == record["src"] and b.case_id == a.case_id
+    assert easyedit.zsre_target == "alt" and rome_like.zsre_target == "answer" and "zsre_target='answer'" in repr(rome_like)
+    for record in records:
+        record.pop("alt")
+        record["answers"] = [record["answers"][0]]
+    assert len(load_dataset(write(tmp_path, records, "no_alt.json"), zsre_target="answer")) == len(records)
+    assert load_dataset(path, zsre_target="answer", tokenizer=None).zsre_target == "answer"
+
+
+@pytest.mark.parametrize("value", ["answers", None, 1, "ALT"])
+def test_a_bad_zsre_target_is_named_before_anything_is_read(value):
+    with pytest.raises(DatasetError, match="zsre_target must be one of"):
+        load_dataset("no-such-file.json", zsre_target=value)
+
+
+def test_the_token_check_keeps_the_zsre_convention(toy_model):
+    data = load_dataset("toyworld-zsre", zsre_target="answer", tokenizer=toy_model.tokenizer)
+    assert data.zsre_target == "answer" and data[0].rewrite.target_true is None
+
+
 def test_mquake_toy_edits_change_an_intermediate_hop(toy_world):
     dataset = load_dataset("toyworld-mquake", world=toy_world)
     for case in dataset:

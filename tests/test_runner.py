@@ -121,6 +121,38 @@ def test_cli_evaluate_prints_one_json_object(tmp_path, capsys):
     assert "toyworld-mquake" in capsys.readouterr().err
 
 
+def test_zsre_written_as_rome_does_edits_the_first_answer_and_scores_token_accuracy(toy_model, monkeypatch):
+    """zsre_target='answer': the editor is asked for answers[0] with no replaced answer, the
+    token accuracies are reported, the comparisons (nothing to compare with) are NaN, and the
+    convention is part of the run's settings."""
+    import math
+
+    data = load_dataset("toyworld-zsre", zsre_target="answer")
+    asked = []
+    real = runner._requests
+    monkeypatch.setattr(runner, "_requests", lambda cases: asked.extend(real(cases)) or real(cases))
+    result = run_experiment(toy_model, data, "ft", n=2, batch_size=2, unrelated=2, fluency=False, progress=False,
+                            config={"steps": 2})
+    cases = {c.case_id: c for c in data}
+    edited = [cases[i] for i in result.batches[0]["case_ids"]]
+    assert [(r.target_new, r.target_true) for r in asked] == [(c.answers[0], None) for c in edited]
+    assert result.settings["zsre_target"] == "answer"
+    for row in result.rows:
+        assert 0 <= row["efficacy_token_accuracy"] <= 1 and math.isnan(row["efficacy_score"])
+
+
+def test_cli_zsre_target_is_passed_to_the_run_and_refused_for_other_formats(tmp_path, capsys):
+    from interp_edit.cli import main
+
+    args = ["evaluate", "--data", "toyworld-zsre", "--zsre-target", "answer", "--method", "ft", "--config",
+            '{"steps": 1}', "--n", "1", "--unrelated", "1", "--no-fluency", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    settings = json.loads((tmp_path / "run" / "results.jsonl").read_text().splitlines()[0])
+    assert settings["zsre_target"] == "answer"
+    assert main(["evaluate", "--data", "toyworld-mcq", "--zsre-target", "answer", "--quiet"]) == 2
+    assert "--zsre-target answer: dataset 'toyworld-mcq' is 'mcq', not zsRE" in capsys.readouterr().err
+
+
 def test_an_editor_that_takes_whole_cases_gets_them(toy_model):
     """ACE needs each case's multi-hop questions: the runner passes it the cases, and the
     model is restored afterwards."""

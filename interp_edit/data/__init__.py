@@ -5,6 +5,7 @@ This layer never imports the editing layer."""
 from interp_edit.data.cases import (
     FORMATS,
     MCQ_KINDS,
+    ZSRE_TARGETS,
     CounterFactCase,
     Dataset,
     MCQCase,
@@ -20,6 +21,7 @@ from interp_edit.statistics.corpus import Corpus, read_texts
 __all__ = [
     "FORMATS",
     "MCQ_KINDS",
+    "ZSRE_TARGETS",
     "CounterFactCase",
     "Dataset",
     "MCQCase",

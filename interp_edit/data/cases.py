@@ -64,11 +64,18 @@ class CounterFactCase:
         return (self.rewrite,)
 
 
+#: zsRE's new target: ``"alt"`` (EasyEdit: the file's ``alt`` replaces ``answers[0]``) or
+#: ``"answer"`` (ROME / MEMIT / AlphaEdit ``dsets/zsre.py``: ``answers[0]`` is written, nothing named as replaced)
+ZSRE_TARGETS = ("alt", "answer")
+
+
 @dataclass(frozen=True)
 class ZsRECase:
     """A zsRE question (MEND split): ``src`` asked about ``subject``, rewritten to
-    ``target_new`` (the file's ``alt``); ``rephrase`` is a paraphrase; ``loc`` / ``loc_ans`` an
-    unrelated question and its answer (specificity)."""
+    ``target_new``; ``rephrase`` is a paraphrase; ``loc`` / ``loc_ans`` an unrelated question
+    and its answer (specificity). Which answer is the new one is the loader's ``zsre_target``
+    (:data:`ZSRE_TARGETS`): the file's ``alt`` with ``answers[0]`` as the one replaced
+    (EasyEdit), or ``answers[0]`` itself with none replaced (ROME / MEMIT / AlphaEdit)."""
 
     case_id: str
     subject: str
@@ -78,11 +85,12 @@ class ZsRECase:
     answers: tuple[str, ...]
     loc: str
     loc_ans: str
+    #: the answer the edit replaces (``None``: none named, as in ROME's zsRE requests)
+    target_true: str | None = None
 
     @property
     def rewrite(self) -> Rewrite:
-        return Rewrite(self.src.replace(self.subject, "{}", 1), self.subject, self.target_new,
-                       self.answers[0] if self.answers else None)
+        return Rewrite(self.src.replace(self.subject, "{}", 1), self.subject, self.target_new, self.target_true)
 
     def rewrites(self) -> tuple[Rewrite, ...]:
         return (self.rewrite,)
@@ -156,6 +164,8 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     #: the toy world a built-in dataset was built from (a ``WorldSpec``; ``None`` for files)
     world: object | None = None
+    #: a zsRE dataset's new target (one of :data:`ZSRE_TARGETS`; ``None`` for other formats)
+    zsre_target: str | None = None
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -171,7 +181,8 @@ class Dataset:
         return len(self.skipped)
 
     def __repr__(self) -> str:
-        return f"Dataset(name={self.name!r}, format={self.format!r}, cases={len(self.cases)}, skipped={self.n_skipped})"
+        convention = f", zsre_target={self.zsre_target!r}" if self.zsre_target == "answer" else ""
+        return f"Dataset(name={self.name!r}, format={self.format!r}, cases={len(self.cases)}, skipped={self.n_skipped}{convention})"
 
 
 def case_to_dict(case) -> dict:

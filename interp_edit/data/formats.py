@@ -11,7 +11,8 @@ index and the field. Formats:
 - **zsre** (MEND split, e.g. ``zsre_mem_eval.json``): ``subject``, ``src`` (contains the
   subject), ``alt`` (the new answer; ``pred`` when ``alt`` is absent), ``answers`` (non-empty
   list; the first is the true answer), ``rephrase`` (non-empty), ``loc``, ``loc_ans``;
-  ``case_id`` optional (default: the record index).
+  ``case_id`` optional (default: the record index). With ``zsre_target="answer"`` (ROME /
+  MEMIT / AlphaEdit) the edit writes ``answers[0]`` and ``alt`` is not read.
 - **mquake** (``MQuAKE-CF-3k.json``): ``case_id``, ``requested_rewrite`` (non-empty list of
   CounterFact rewrites), ``questions`` (non-empty), ``answer``, ``new_answer``,
   ``answer_alias`` / ``new_answer_alias`` (optional lists).
@@ -127,21 +128,26 @@ def parse_counterfact(record: dict, where: Where) -> CounterFactCase:
     )
 
 
-def parse_zsre(record: dict, where: Where) -> ZsRECase:
+def parse_zsre(record: dict, where: Where, target: str = "alt") -> ZsRECase:
+    """One zsRE record; ``target`` (:data:`~interp_edit.data.cases.ZSRE_TARGETS`) picks the new answer."""
     subject, src = _text(record, "subject", where), _text(record, "src", where)
     if subject not in src:
         raise where.error("subject", f"{subject!r} does not occur in src {src!r}")
     problem = template_problem(src.replace(subject, "{}", 1))  # the case's prompt: src with the subject's slot
     if problem:
         raise where.error("src", f"as a template of its subject, {problem}: {src!r}")
-    new_field = "alt" if record.get("alt") is not None else "pred"
-    target_new = _text(record, new_field, where)
     rephrase = _text(record, "rephrase", where)
     answers = _texts(record, "answers", where)
-    if target_new.strip() == answers[0].strip():  # answers[0] is the edit's target_true
-        raise where.error(new_field, f"equals answers[0] ({target_new!r}), the current answer: nothing to edit")
+    if target == "answer":  # ROME's dsets/zsre.py: the first answer is written; alt is not read
+        target_new, target_true = answers[0], None
+    else:
+        new_field = "alt" if record.get("alt") is not None else "pred"
+        target_new, target_true = _text(record, new_field, where), answers[0]
+        if target_new.strip() == target_true.strip():
+            raise where.error(new_field, f"equals answers[0] ({target_new!r}), the answer it replaces: nothing to "
+                              "edit (zsre_target='answer' writes answers[0] instead, as ROME / MEMIT do)")
     return ZsRECase(_case_id(record, where, default=where.index), subject, src, rephrase, target_new, answers,
-                    _text(record, "loc", where), _text(record, "loc_ans", where))
+                    _text(record, "loc", where), _text(record, "loc_ans", where), target_true)
 
 
 def parse_mquake(record: dict, where: Where) -> MQuAKECase:

@@ -5,13 +5,14 @@ them in ``Dataset.skipped``."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from interp_edit.data.cases import CounterFactCase, Dataset, MCQCase, MQuAKECase, ZsRECase
-from interp_edit.data.formats import PARSERS, Where, sniff_format
+from interp_edit.data.cases import ZSRE_TARGETS, CounterFactCase, Dataset, MCQCase, MQuAKECase, ZsRECase
+from interp_edit.data.formats import PARSERS, Where, parse_zsre, sniff_format
 from interp_edit.errors import DatasetError
 
 
@@ -49,12 +50,24 @@ def _parsers() -> dict:
     return {**PARSERS, "commonsense": parse_commonsense, "ripple": parse_ripple}
 
 
-def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None) -> Dataset:
-    """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset`."""
+def check_zsre_target(zsre_target) -> str:
+    """``zsre_target`` if it is one of :data:`~interp_edit.data.cases.ZSRE_TARGETS`, else
+    :class:`DatasetError` naming it."""
+    if not isinstance(zsre_target, str) or zsre_target not in ZSRE_TARGETS:
+        raise DatasetError(f"zsre_target must be one of {ZSRE_TARGETS} ('alt': EasyEdit's new answer; 'answer': "
+                           f"answers[0], as ROME / MEMIT / AlphaEdit), got {zsre_target!r}")
+    return zsre_target
+
+
+def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None,
+                  zsre_target: str = "alt") -> Dataset:
+    """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset` (``zsre_target``:
+    see :func:`load_dataset`)."""
+    check_zsre_target(zsre_target)
     parsers = _parsers()
     if fmt not in parsers:
         raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(parsers)}")
-    parse = parsers[fmt]
+    parse = parsers[fmt] if fmt != "zsre" else functools.partial(parse_zsre, target=zsre_target)
     cases, skipped, seen = [], [], {}
     for index, record in enumerate(records):
         where = Where(source, index)
@@ -69,7 +82,7 @@ def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = Tr
             continue
         seen[case.case_id] = index
         cases.append(case)
-    return Dataset(name or source, fmt, tuple(cases), source, skipped)
+    return Dataset(name or source, fmt, tuple(cases), source, skipped, zsre_target=zsre_target if fmt == "zsre" else None)
 
 
 def _read_records(path: Path) -> list:
@@ -112,7 +125,7 @@ def _from_hub(spec: str) -> list[dict]:
 
 
 def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict: bool = True,
-                 world=None, seed: int = 0, tokenizer=None, model=None) -> Dataset:
+                 world=None, seed: int = 0, tokenizer=None, model=None, zsre_target: str = "alt") -> Dataset:
     """A validated dataset: a built-in name (``toyworld-counterfact``, ``toyworld-zsre``,
     ``toyworld-mquake``, ``toyworld-mcq``, ``toyworld-csk``, ``toyworld-ripple``), a local ``.json`` (a list of records) or ``.jsonl``
     file, or ``hf:owner/name[:split]``. The format is guessed from the first record unless
@@ -122,6 +135,12 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
     A built-in dataset is built from ``world``, else from ``model``'s own toy world (the one
     its checkpoint names), else from the shipped model's world; ``world`` and ``model`` of
     different worlds raise :class:`DatasetError` naming both.
+
+    ``zsre_target``: a zsRE case's new answer. ``"alt"`` (default; EasyEdit): the record's
+    ``alt`` replaces ``answers[0]``. ``"answer"`` (ROME / MEMIT / AlphaEdit ``dsets/zsre.py``,
+    whose published zsRE numbers are of this): ``answers[0]`` is written, no answer named as
+    replaced (the edit's efficacy / paraphrase *scores*, which compare against it, are NaN; the
+    token accuracies are the papers' metrics).
 
     >>> load_dataset("toyworld-zsre")
     Dataset(name='toyworld-zsre', format='zsre', cases=..., skipped=0)
@@ -133,6 +152,7 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
     """
     from interp_edit.toyworld.model_world import WorldSpec, check_same_world, shipped_world, world_or_shipped
 
+    check_zsre_target(zsre_target)
     builtins = builtin_datasets()
     key = str(name_or_path)
     if key in builtins:
@@ -141,7 +161,7 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
             world = world_or_shipped(model) if model is not None else shipped_world()
         elif model is not None:
             check_same_world(model, WorldSpec.of(world), f"dataset {key!r} (world=)")
-        dataset = parse_records(spec.build(world, seed), spec.format, key, strict=strict, name=key)
+        dataset = parse_records(spec.build(world, seed), spec.format, key, strict=strict, name=key, zsre_target=zsre_target)
         dataset = replace(dataset, world=WorldSpec.of(world))
     else:
         path = Path(key)
@@ -154,7 +174,8 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
         fmt = format or (sniff_format(records[0]) if records else None)
         if fmt is None:
             raise DatasetError(f"{key}: cannot tell the format from the first record; pass format= one of {list(_parsers())}")
-        dataset = parse_records(records, fmt, key, strict=strict, name=path.stem if not key.startswith("hf:") else key)
+        dataset = parse_records(records, fmt, key, strict=strict, name=path.stem if not key.startswith("hf:") else key,
+                                zsre_target=zsre_target)
     return check_tokens(dataset, tokenizer, strict=strict) if tokenizer is not None else dataset
 
 
@@ -195,4 +216,4 @@ def check_tokens(dataset: Dataset, tokenizer, *, strict: bool = True) -> Dataset
             raise DatasetError(problem)
         else:
             skipped.append(problem)
-    return Dataset(dataset.name, dataset.format, tuple(keep), dataset.source, skipped, dataset.world)
+    return replace(dataset, cases=tuple(keep), skipped=skipped)

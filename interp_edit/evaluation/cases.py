@@ -76,10 +76,17 @@ def _mean(values) -> float:
 
 
 def _comparison(pairs: _Pairs, prompts: Sequence[str], rewrite: Rewrite):
-    new, true = pairs.add(prompts, rewrite.target_new), pairs.add(prompts, rewrite.target_true)
+    """The new target's scores on ``prompts`` and, when the rewrite names the answer it
+    replaces, the comparison with it (else NaN: nothing to compare with, e.g. zsRE written as
+    ROME does)."""
+    new = pairs.add(prompts, rewrite.target_new)
+    true = pairs.add(prompts, rewrite.target_true) if rewrite.target_true is not None else None
 
-    def finish(compare: str = "mean_logprob", reverse: bool = False) -> tuple[TokenScores, TokenScores, torch.Tensor]:
-        a, b = pairs.get(new), pairs.get(true)
+    def finish(compare: str = "mean_logprob", reverse: bool = False) -> tuple[TokenScores, TokenScores | None, torch.Tensor]:
+        a = pairs.get(new)
+        if true is None:
+            return a, None, torch.full((len(prompts),), math.nan)
+        b = pairs.get(true)
         return a, b, new_beats_true(b, a, compare) if reverse else new_beats_true(a, b, compare)
 
     return finish
@@ -234,7 +241,8 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
 
 def fact_probes(cases: Sequence) -> list[tuple[str, str]]:
     """(prompt, true answer) of each case's first rewrite: unrelated facts to watch for drift."""
-    return [(c.rewrites()[0].text, c.rewrites()[0].target_true) for c in cases if c.rewrites()[0].target_true]
+    return [(c.src, c.answers[0]) if isinstance(c, ZsRECase) else (c.rewrites()[0].text, c.rewrites()[0].target_true)
+            for c in cases if isinstance(c, ZsRECase) or c.rewrites()[0].target_true]
 
 
 def unrelated_metrics(model, probes: Sequence[tuple[str, str]], reference: Sequence[float] | None = None) -> tuple[dict, list[float]]:

@@ -315,6 +315,8 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         "library_version": _library_version(),  # results of another version are not resumed into
     }
     settings["protocol"] = protocol  # (a file of an earlier version has none: it was teacher forced)
+    if dataset.format == "zsre":  # which answer the edits write: results of the other convention are not resumed into
+        settings["zsre_target"] = getattr(dataset, "zsre_target", None) or "alt"
     if ripple_known is not None:
         settings["ripple_known_tests"] = ripple_known
     if protocol != "teacher_forced":

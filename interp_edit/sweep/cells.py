@@ -92,7 +92,8 @@ def _data_key(data, name: str = "") -> str:
             return "file:" + hashlib.sha1(path.read_bytes()).hexdigest()[:10]
         return ""
     ids = json.dumps([c.case_id for c in data.cases])
-    return hashlib.sha1(f"{data.format}:{ids}".encode()).hexdigest()[:10]
+    convention = ":answer" if getattr(data, "zsre_target", None) == "answer" else ""  # zsRE written as ROME does
+    return hashlib.sha1(f"{data.format}{convention}:{ids}".encode()).hexdigest()[:10]
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
