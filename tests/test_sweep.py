@@ -292,3 +292,14 @@ def test_a_dataset_file_is_checked_before_any_cell_runs(toy_world, tmp_path, rec
         run_sweep(GRID | {"datasets": [data]}, tmp_path / "out", cell_fn=lambda *a: calls.append(a), progress=False)
     assert "field 'dataset'" in str(err.value) and detail in str(err.value), str(err.value)
     assert not calls and not (tmp_path / "out").exists()
+
+
+def test_a_zsre_dataset_written_as_rome_does_is_other_cells():
+    """The same zsRE cases with another new answer (zsre_target) are other cells, not finished ones."""
+    from interp_edit.data import load_dataset
+
+    def ids(zsre_target):
+        data = load_dataset("toyworld-zsre", zsre_target=zsre_target)
+        return {c.cell_id for c in expand(load_spec(ONE_CELL | {"datasets": [{"name": "zs", "data": data, "n": 2}]}))}
+
+    assert ids("alt") == ids("alt") and not ids("alt") & ids("answer")
