@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp_edit.adapter import fused_kernels
+from interp_edit.analysis.gap import ScoreGap
 from interp_edit.analysis.restore import resolve_merge
 from interp_edit.analysis.scoring import encode_target
 from interp_edit.analysis.tracing import TraceSettings, causal_trace, subject_embedding_std
@@ -67,6 +68,13 @@ class EditTokenAIE:
     settings: dict = field(default_factory=dict)
 
     @property
+    def gap(self) -> ScoreGap:
+        """The mean clean − corrupted gap (probabilities) of the traced facts and whether it is
+        worth localising (see :mod:`~interp_edit.analysis.gap`); its warnings show in the repr
+        and the figure title, as :class:`~interp_edit.analysis.aie.AIEResult`'s do."""
+        return ScoreGap(self.mean_clean_score, self.mean_corrupted_score, "prob", True)
+
+    @property
     def mlp_mediated(self) -> Float[Tensor, " layer"]:
         return self.hidden - self.severed
 
@@ -81,7 +89,7 @@ class EditTokenAIE:
 
         curve = self.mlp_mediated
         peak = int(curve.nan_to_num(-float("inf")).argmax()) if curve.numel() else None
-        return short_repr("EditTokenAIE", n_facts=str(self.n_facts), skipped=str(len(self.skipped)),
+        return short_repr("EditTokenAIE", WARNING=self.gap.repr_note(), n_facts=str(self.n_facts), skipped=str(len(self.skipped)),
                           clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
                           mlp_mediated_peak=f"L{peak} {number(curve[peak].item(), 3)}" if peak is not None else None)
 

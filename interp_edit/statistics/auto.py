@@ -83,6 +83,10 @@ def auto_statistics(model, layers: Sequence[int], site: str, corpus,
     texts = None if named_toy else corpus_texts(model, corpus, max_samples)  # read (and checked) before any forward
     keys = keys() if callable(keys) else keys
     K = {}
+    if not isinstance(keys, Mapping) or any(layer not in keys for layer in layers):
+        given = sorted(keys) if isinstance(keys, Mapping) else type(keys).__name__
+        raise EditConfigError(f"n_samples='auto' needs the request keys of layers {list(layers)}; the probe keys given "
+                              f"are of {given}")
     for layer in layers:
         k = torch.as_tensor(keys[layer]).detach().to("cpu", torch.float64)
         if k.ndim != 2 or k.shape[-1] != dim:

@@ -36,6 +36,7 @@ until the statistics stop changing what the edit computes: see :func:`auto_stati
 from __future__ import annotations
 
 import json
+import operator
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
 from interp_edit.statistics.corpus import Corpus, corpus_hash, describe, read_texts
 from interp_edit.statistics.provenance import SITES, KeyStatistics, StatsProvenance, check_statistics, site_dim
+from interp_edit.validation import check_int, check_sequence
 
 CACHE_ENV = "INTERP_EDIT_CACHE"
 WIKITEXT = ("wikitext", "wikitext-103-raw-v1")
@@ -137,9 +139,21 @@ def _corpus_id(model, corpus, texts: Sequence[str] | None, n: int) -> str:
     return f"{corpus_hash(texts)}_{len(texts)}"
 
 
+def forward_dtype(model) -> str:
+    """The dtype the model's forwards run in (its weights'), e.g. ``"float32"``: the keys, so C,
+    depend on it, and the fingerprint cannot tell a bfloat16-stored checkpoint loaded in
+    float32 from the same loaded in bfloat16."""
+    from interp_edit.precision import model_dtype
+
+    return str(model_dtype(model)).removeprefix("torch.")
+
+
 def _stem(model, site: str, corpus_id: str, packing: str = "bos") -> str:
-    """The cache file name's stem; a packing other than the default is part of it."""
-    return f"{model_fingerprint(model)}_{site}_{corpus_id}" + ("" if packing == "bos" else f"_{packing}")
+    """The cache file name's stem; a packing other than the default, and a forward dtype other
+    than float32, are part of it."""
+    dtype = forward_dtype(model)
+    return (f"{model_fingerprint(model)}_{site}_{corpus_id}" + ("" if packing == "bos" else f"_{packing}")
+            + ("" if dtype == "float32" else f"_{dtype}"))
 
 
 def _cached(model, folder: Path, stem: str, site: str, layers: Sequence[int], packing: str = "bos") -> dict[int, KeyStatistics]:
@@ -206,6 +220,25 @@ def token_ids(model, texts: Sequence[str], corpus=None, packing: str = "bos") ->
         raise CorpusError(f"the statistics corpus ({corpus_label(model, corpus)}) has no token "
                           f"{'besides BOS' if packing == 'bos' else 'to count'}")
     return ids
+
+
+def check_layers_and_site(model, layers, site) -> list[int]:
+    """``layers`` (an iterable of layer indices of ``model``, not empty) sorted without
+    repeats, and ``site`` one of :data:`SITES`; else an :class:`EditConfigError` naming the
+    bad value (checked before any forward)."""
+    if site not in SITES:
+        raise EditConfigError(f"unknown statistics site {site!r}; choose one of {SITES}")
+    items = check_sequence(layers, "statistics layers", error=EditConfigError)
+    for i, layer in enumerate(items):
+        try:
+            if isinstance(layer, bool):
+                raise TypeError
+            items[i] = operator.index(layer)  # an int, numpy or torch integer; not 1.0, "1" or True
+        except TypeError:
+            raise EditConfigError(f"statistics layers[{i}] must be an integer, got {layer!r} ({type(layer).__name__})") from None
+    if min(items) < 0 or max(items) >= model.cfg.n_layers:
+        raise EditConfigError(f"statistics layers {sorted(set(items))} out of range for a {model.cfg.n_layers}-layer model")
+    return sorted(set(items))
 
 
 def check_packing(packing) -> None:
@@ -309,6 +342,8 @@ def collect_second_moments(model, layers: Sequence[int], site: str, texts: Seque
 
         moments = collect_second_moments(model, [3, 4], "mlp_post", texts)  # {3: C₃, 4: C₄}
     """
+    layers = check_layers_and_site(model, layers, site)
+    check_int(batch_size, "batch_size", minimum=1, error=EditConfigError)
     sums, count = accumulate(model, layers, site, token_ids(model, texts, packing=packing), batch_size=batch_size,
                              batch_tokens=batch_tokens, progress=progress, packing=packing)
     return {layer: (total / count).cpu() for layer, total in sums.items()}
@@ -317,7 +352,8 @@ def collect_second_moments(model, layers: Sequence[int], site: str, texts: Seque
 def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tokens, auto=None, packing: str = "bos"
            ) -> KeyStatistics:
     prov = StatsProvenance(model_fingerprint(model), site, layer, site_dim(model, site), corpus, chash, n_texts, n_tokens,
-                           "float64", "computed", str(path), auto=auto, packing=packing)
+                           "float64", "computed", str(path), auto=auto, packing=packing,
+                           extra={"model_dtype": forward_dtype(model)})
     stats = KeyStatistics(moment.cpu(), prov)
     write_cache(path, stats)
     return stats
@@ -332,7 +368,12 @@ def given_statistics(model, stats, site: str, layers: Sequence[int]) -> dict[int
 
     wanted = list(layers)
     if isinstance(stats, Mapping):
-        items = [(int(layer), value) for layer, value in stats.items()]
+        items = []
+        for layer, value in stats.items():
+            try:
+                items.append((operator.index(layer) if not isinstance(layer, str) else int(layer), value))
+            except (TypeError, ValueError):
+                raise StatisticsMismatchError(f"stats= dict keys must be layer numbers, got {layer!r}") from None
     elif isinstance(stats, (list, tuple)):
         items = [(None, value) for value in stats]
     elif isinstance(stats, (str, Path)) and Path(stats).is_dir():
@@ -401,6 +442,9 @@ def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -
         check_statistics(stats, model, site, layer, what=f"the cached statistics {str(path)!r}")
         if (stats.provenance.packing or "bos") != packing:
             raise ValueError(f"its packing is {stats.provenance.packing!r}, not {packing!r}")
+        recorded = (stats.provenance.extra or {}).get("model_dtype")
+        if recorded is not None and recorded != forward_dtype(model):
+            raise ValueError(f"it was computed by the model in {recorded}, not {forward_dtype(model)}")
         if not torch.isfinite(stats.moment).all():
             raise ValueError("non-finite values")
         return KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))

@@ -20,21 +20,21 @@ from interp_edit.statistics.collect import (
     AUTO_TOLERANCE,
     _fixed_statistics,
     cache_folder,
+    check_layers_and_site,
     check_packing,
+    forward_dtype,
     given_statistics,
 )
-from interp_edit.statistics.provenance import SITES, KeyStatistics, thin_statistics_note
+from interp_edit.statistics.provenance import KeyStatistics, thin_statistics_note
 from interp_edit.statistics.store import corpus_key, statistics_store
+from interp_edit.validation import check_int
 
 
-def _check_args(model, layers, site, n_samples) -> list[int]:
-    layers = sorted(set(int(layer) for layer in layers))
-    if site not in SITES:
-        raise EditConfigError(f"unknown statistics site {site!r}; choose one of {SITES}")
-    if not layers or min(layers) < 0 or max(layers) >= model.cfg.n_layers:
-        raise EditConfigError(f"statistics layers {layers} out of range for a {model.cfg.n_layers}-layer model")
+def _check_args(model, layers, site, n_samples, batch_size=1) -> list[int]:
+    layers = check_layers_and_site(model, layers, site)
     if n_samples != "auto" and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
         raise EditConfigError(f"n_samples must be an integer >= 1 or 'auto', got {n_samples!r}")
+    check_int(batch_size, "batch_size", minimum=1, error=EditConfigError)
     return layers
 
 
@@ -64,7 +64,7 @@ def key_statistics(
     ``packing``: how texts become token rows (:data:`~interp_edit.statistics.collect.PACKINGS`:
     ``"bos"``, ours, or ``"rome"``, ROME's ``layer_stats``: each text cut to the context, every
     token counted); each packing has its own cache files."""
-    layers = _check_args(model, layers, site, n_samples)
+    layers = _check_args(model, layers, site, n_samples, batch_size)
     check_packing(packing)
     cache_folder(cache_dir)  # a cache_dir that cannot be a folder: named before any forward
     if n_samples == "auto" and packing != "bos":
@@ -93,7 +93,7 @@ def _stored_fixed_statistics(model, layers, site, corpus, n_samples, batch_size,
     if spec is None:  # an iterator of texts: nothing names it without consuming it
         return _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress, packing=packing)
     store = statistics_store(model)
-    base = (model_fingerprint(model), site, spec, n_samples, packing, str(cache_folder(cache_dir)))
+    base = (model_fingerprint(model), forward_dtype(model), site, spec, n_samples, packing, str(cache_folder(cache_dir)))
     found = {layer: store.get((*base, layer)) for layer in layers}
     missing = [layer for layer in layers if found[layer] is None]
     if missing:

@@ -35,7 +35,7 @@ import torch
 
 from interp_edit.atomic_files import atomic_path
 from interp_edit.errors import StatisticsMismatchError
-from interp_edit.statistics.provenance import KeyStatistics, StatsProvenance, check_statistics
+from interp_edit.statistics.provenance import SITES, KeyStatistics, StatsProvenance, check_statistics
 
 #: architecture -> (module whose input is the ``mlp_post`` key, module whose input is the ``z`` key)
 HF_MODULES: dict[str, tuple[str, str]] = {
@@ -107,6 +107,18 @@ def _scalar(value):
     return value.item() if value.ndim == 0 else value
 
 
+def _integer(value, what: str, path) -> int:
+    """``value`` (a scalar array of the file) as an int: a whole, finite number (not a bool, not
+    a string); else :class:`StatisticsMismatchError` naming the file and ``what``."""
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "iuf":
+        raise StatisticsMismatchError(f"statistics file {str(path)!r}: {what} must be one whole number, got {value!r}")
+    number = array.reshape(()).item()
+    if not np.isfinite(number) or number != int(number):
+        raise StatisticsMismatchError(f"statistics file {str(path)!r}: {what} must be one whole number, got {number!r}")
+    return int(number)
+
+
 def read_npz(path, model, *, layer: int | None = None, site: str | None = None, model_name: str | None = None) -> KeyStatistics:
     """The statistic in a ROME / MEMIT / EasyEdit (or our exported) ``.npz`` file, checked for
     ``model`` (and ``site`` / ``layer`` when given): a file of another model, site, layer or
@@ -123,7 +135,10 @@ def read_npz(path, model, *, layer: int | None = None, site: str | None = None, 
     ours = {k[len(PREFIX):]: _scalar(v) for k, v in arrays.items() if k.startswith(PREFIX)}
     parsed = _FILE.match(path.stem)
     if ours.get("site") is not None:
-        file_site, file_layer = str(ours["site"]), int(ours["layer"])
+        file_site, file_layer = str(ours["site"]), _integer(ours.get("layer", np.array("")), "'interp_edit.layer'", path)
+        if file_site not in SITES:
+            raise StatisticsMismatchError(f"statistics file {str(path)!r}: 'interp_edit.site' is {file_site!r}, not a key site "
+                                          f"{SITES}")
     elif parsed:
         file_site, file_layer = parse_module(parsed.group("module"), path)
     else:
@@ -143,8 +158,13 @@ def read_npz(path, model, *, layer: int | None = None, site: str | None = None, 
             raise StatisticsMismatchError(f"statistics file {str(path)!r} is of model {claimed!r}; this model is "
                                           f"{sorted(model_names(model))[0]!r} (names: {sorted(model_names(model))})")
         file_model = claimed
-    count = int(_scalar(arrays["mom2.count"]))
+    if not 0 <= file_layer < model.cfg.n_layers:
+        raise StatisticsMismatchError(f"statistics file {str(path)!r} is of layer {file_layer}; this model has "
+                                      f"{model.cfg.n_layers} layers")
+    count = _integer(arrays["mom2.count"], "'mom2.count' (the number of tokens summed)", path)
     sums = arrays["mom2.mom2"]
+    if sums.dtype.kind not in "iuf":
+        raise StatisticsMismatchError(f"statistics file {str(path)!r}: 'mom2.mom2' holds {sums.dtype} values, not real numbers")
     if count < 1 or sums.ndim != 2:
         raise StatisticsMismatchError(f"statistics file {str(path)!r}: count {count} or moment shape {sums.shape} is invalid")
     moment = torch.from_numpy(np.asarray(sums, dtype=np.float64)) / count
@@ -153,8 +173,9 @@ def read_npz(path, model, *, layer: int | None = None, site: str | None = None, 
     constructor = str(_scalar(arrays.get("mom2.constructor", np.array(""))))
     source = "interp_edit-npz" if ours else "easyedit-npz" if "easyeditor" in constructor else "rome-npz"
     dataset = path.parent.name.removesuffix("_stats") if in_layout else None
-    n_texts = ours.get("n_texts", _scalar(arrays["sample_size"]) if "sample_size" in arrays else (parsed.group("n") if parsed else None))
-    n_texts = None if n_texts is None or int(n_texts) < 0 else int(n_texts)
+    n_texts = ours.get("n_texts", _scalar(arrays["sample_size"]) if "sample_size" in arrays else (int(parsed.group("n")) if parsed and parsed.group("n") else None))
+    n_texts = None if n_texts is None else _integer(n_texts, "the sample size (number of texts)", path)
+    n_texts = None if n_texts is None or n_texts < 0 else n_texts
     prov = StatsProvenance(
         model_fingerprint=fingerprint or "", site=file_site, layer=file_layer, dim=int(sums.shape[0]),
         corpus=str(ours.get("corpus") or (f"{dataset} (as the file's folder names it)" if dataset else "unknown")),

@@ -24,6 +24,6 @@ def edit_token_aie_figure(result, window: Sequence[int] = ()) -> go.Figure:
         fig.add_vrect(x0=min(window) - 0.4, x1=max(window) + 0.4, fillcolor="#fdae6b", opacity=0.25, line_width=0,
                       annotation_text="edited layers", annotation_position="top left")
     fig.update_layout(title=f"AIE at the edit token over {result.n_facts} facts ({len(result.skipped)} skipped); "
-                            f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}",
+                            f"clean {result.mean_clean_score:.3f}, corrupted {result.mean_corrupted_score:.3f}{result.gap.title_note()}",
                       xaxis_title="layer", yaxis_title="average indirect effect", height=420, width=640)
     return fit_layout(fig)

@@ -47,10 +47,24 @@ def save_figure(fig, path: str | Path, *, scale: float = 2.0, plotlyjs: str = "s
     :func:`output_root`); it must contain the file."""
     if plotlyjs not in PLOTLYJS:
         raise ExportError(f"plotlyjs must be one of {list(PLOTLYJS)}, got {plotlyjs!r}")
-    base = Path(path)
-    if base.suffix in (".html", ".png"):
+    from interp_edit.validation import check_positive_finite
+
+    check_positive_finite(scale, "scale", error=ExportError)
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise ExportError(f"path must be a file path (str or Path), got {path!r}")
+    text = os.fspath(path)
+    base = Path(text)
+    if not base.name or base.name in (".", "..") or text.endswith(("/", os.sep)):
+        raise ExportError(f"path {text!r} names a folder, not a file; give a file name, e.g. {str(base / 'figure.html')!r}")
+    if base.suffix.lower() in (".html", ".png"):
         base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
+    blocking = next((p for p in (base.parent, *base.parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ExportError(f"path {text!r}: {str(blocking)!r} is a file, not a folder")
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"path {text!r}: its folder cannot be created ({err.strerror or err})") from None
     html, png = base.with_suffix(".html"), base.with_suffix(".png")
     if plotlyjs == "inline":
         include: str | bool = True
