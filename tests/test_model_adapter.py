@@ -177,6 +177,32 @@ def test_corrupt_checkpoint_file_is_named(checkpoint_copy, filename):
     assert filename in str(err.value)
 
 
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("d_model", "128", "must be an integer >= 1"), ("n_layers", 2.0, "must be an integer >= 1"),
+    ("n_heads", True, "must be an integer >= 1"), ("eps", "1e-5", "must be a positive number"),
+    ("act_fn", 3, "must be a string"), ("normalization_type", ["LN"], "must be a string or null"),
+    ("default_prepend_bos", "yes", "must be true or false"), ("n_ctx", None, "must be an integer >= 1"),
+    ("widht", 4, "is not a checkpoint config field"), ("d_head", "<missing>", "is missing"),
+])
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_a_mistyped_checkpoint_config_field_is_named(checkpoint_copy, field, value, problem, backend):
+    """A hand-edited config.json raised a bare TypeError / ValueError while the model was built."""
+    import json
+
+    from interp_edit.adapter.bridge import hooked_available
+
+    if backend == "hooked" and not hooked_available():
+        pytest.skip("TransformerLens 4.x has no HookedTransformer")
+    meta = json.loads((checkpoint_copy / "config.json").read_text())
+    if value == "<missing>":
+        del meta["model"][field]
+    else:
+        meta["model"][field] = value
+    (checkpoint_copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"config.json: field 'model.{field}' {problem}"):
+        load_model(str(checkpoint_copy), backend=backend)
+
+
 def test_weights_not_matching_the_config_are_reported(checkpoint_copy):
     import json
 

@@ -339,6 +339,10 @@ HOOKED_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]] = {
                                       "GPT-Neo with an MLP width other than 4 × hidden_size (the converter assumes 4×)"),
     ("llama", "attention_bias"): (lambda c, v: v is True, "Llama attention biases"),
     ("llama", "mlp_bias"): (lambda c, v: v is True, "Llama MLP biases"),
+    # these converters take d_head = hidden_size / num_attention_heads whatever head_dim says
+    **{(family, "head_dim"): (lambda c, v: v is not None and v != c.hidden_size // c.num_attention_heads,
+                              f"{name} with head_dim other than hidden_size / num_attention_heads")
+       for family, name in (("llama", "Llama"), ("qwen2", "Qwen2"), ("phi3", "Phi-3"))},
 }
 
 

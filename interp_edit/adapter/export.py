@@ -51,6 +51,14 @@ def to_hf(model):
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from interp_edit.adapter import bridge
+
+    if bridge.is_bridge(model):
+        raise ExportError(
+            "cannot export to GPT2LMHeadModel: to_hf exports a HookedTransformer, and this model is a TransformerBridge "
+            "(backend='bridge'), which runs its Hugging Face model as it is: that model is model.original_model "
+            "(save it with model.original_model.save_pretrained(folder))"
+        )
     cfg = model.cfg
     problems = []
     if cfg.positional_embedding_type != "standard":
@@ -65,6 +73,19 @@ def to_hf(model):
         problems.append(f"n_heads*d_head={cfg.n_heads * cfg.d_head} != d_model={cfg.d_model}")
     if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
         problems.append("grouped-query attention")
+    # what GPT-2's attention computes: every layer global, scores divided by sqrt(d_head), no cap or q/k norm (a
+    # config without these fields, e.g. a checkpoint's, has HookedTransformerConfig's defaults: GPT-2's)
+    if getattr(cfg, "use_local_attn", False):
+        problems.append(f"local (sliding-window) attention layers (attn_types={cfg.attn_types}, window_size={cfg.window_size})")
+    scale = float(getattr(cfg, "attn_scale", cfg.d_head ** 0.5)) if getattr(cfg, "use_attn_scale", True) else 1.0
+    if abs(scale - cfg.d_head ** 0.5) > 1e-6 * cfg.d_head ** 0.5:
+        problems.append(f"attention scores divided by {scale:g} (GPT-2 divides by sqrt(d_head) = {cfg.d_head ** 0.5:g})")
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        problems.append("attention scores divided by the layer index (scale_attn_by_inverse_layer_idx)")
+    if (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0 or (getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) > 0:
+        problems.append("attention-score or final-logit soft-caps")
+    if getattr(cfg, "use_qk_norm", False):
+        problems.append("q/k norms")
     if cfg.d_vocab_out != cfg.d_vocab:
         problems.append(f"d_vocab_out={cfg.d_vocab_out} != d_vocab={cfg.d_vocab}")
     final = _final_norm_bias_and_lm_head(model)

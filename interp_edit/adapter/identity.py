@@ -1,8 +1,8 @@
 """Which published model a loaded model is, recognised from its architecture and dimensions.
 
-A model loaded with ``hf_model=`` or from a local folder carries a temporary folder name as
-``cfg.model_name``, so the editors' presets (the papers' hyperparameters per model) cannot be
-looked up by name. :func:`known_model` recognises the models the knowledge-editing papers use
+A model loaded with ``hf_model=`` or from a local folder carries the name it was loaded by (a
+label, a folder path) as ``cfg.model_name``, so the editors' presets (the papers' hyperparameters
+per model) cannot be looked up by name. :func:`known_model` recognises the models the knowledge-editing papers use
 from what does not depend on how they were loaded: the Hugging Face architecture and the
 dimensions (layers, width, heads, key/value heads, MLP width, vocabulary).
 

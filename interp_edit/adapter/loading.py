@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -203,6 +204,7 @@ def load_model(
             folder, tokenizer = name, _folder_tokenizer(name, tokenizer)
             _check_tokenizer_fits(tokenizer, name, backend, _folder_vocab(name), folder=name)
             hf_model = _folder_skeleton(name, dtype)
+            _check_folder_weights(name, hf_model, dtype)
             if hf_model is None:
                 folder, (hf_model, tokenizer) = None, _read_local_hf(name, tokenizer, dtype)
         else:
@@ -227,8 +229,9 @@ def load_model(
                 f"model architecture {type(hf_model).__name__!r} cannot run on backend='hooked': TransformerLens' "
                 "HookedTransformer has no converter for it; load it with backend='bridge' (or leave backend unset)"
             )
-        model = check_supported(_load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder),
-                                hf_config=hf_model.config)
+        model = _load_local_hf(name, hf_model, tokenizer, device, dtype, flags, folder=folder)
+        model.cfg.model_name = name  # the name it was loaded by, as on the bridge (not hooked_config's temporary folder)
+        model = check_supported(model, hf_config=hf_model.config)
         reference = equivalence.reference(hf_model, probe_vocab)  # None for a folder's meta skeleton
         if reference is None and check_equivalence and folder is not None:  # asked for: read the folder's model whole for the probe
             reference = equivalence.reference(_read_local_hf_weights(folder, dtype, "cpu"), probe_vocab)
@@ -330,6 +333,12 @@ def _check_device(device) -> None:
     count = torch.cuda.device_count() if parsed.type == "cuda" and torch.cuda.is_available() else 0
     if parsed.type == "cuda" and (parsed.index or 0) >= count:
         raise InvalidArgumentError(f"device= {device!r}: this machine has {count} CUDA device(s) torch can use")
+    if parsed.type not in ("cpu", "cuda", "meta"):  # mps, xpu, ...: an empty tensor there says whether torch can use it
+        try:
+            torch.empty(0, device=parsed)
+        except (RuntimeError, AssertionError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InvalidArgumentError(f"device= {device!r}: torch cannot use it on this machine ({first[:200]})") from None
 
 
 def _check_hf_model(hf_model) -> None:
@@ -511,6 +520,24 @@ def _folder_skeleton(name, dtype):
         return None
 
 
+def _check_folder_weights(folder, skeleton, dtype) -> None:
+    """Before any weight is read: the folder's safetensors files readable, and each tensor of the
+    shape its config.json gives (else :class:`CheckpointError` naming the file or the tensors,
+    where transformers would raise a bare ``RuntimeError`` pointing at a report it did not show)."""
+    if skeleton is None:
+        return
+    try:
+        weights = streaming.FolderWeights(folder, skeleton, dtype, "cpu")
+    except streaming.CannotStream:  # not safetensors, or keys that are not the parameters: transformers reads it
+        return
+    wrong = weights.mismatches()
+    if wrong:
+        raise CheckpointError(
+            f"the weights in {folder} do not match {Path(folder) / CONFIG_FILE}: {'; '.join(wrong[:4])}"
+            + (f" (and {len(wrong) - 4} more)" if len(wrong) > 4 else "")
+        )
+
+
 def _checkpoint_on_bridge(folder, device, dtype):
     """A toy-world-style checkpoint (HookedTransformer weights) on the bridge backend: exported
     to a GPT-2 Hugging Face model (:func:`~interp_edit.adapter.export.to_hf`, read from the
@@ -648,11 +675,15 @@ def hooked_config(hf_config, *, architecture: str | None = None, fold_ln: bool =
             cfg = loading.get_pretrained_model_config(
                 tmp, hf_cfg=config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype
             )
-        except NotImplementedError:
+        except (NotImplementedError, KeyError, AttributeError) as err:
+            # NotImplementedError: no converter; KeyError / AttributeError: a converter for another kind of
+            # model (BERT, T5: TransformerLens' encoders), whose config is no HookedTransformer's
+            kind = "" if isinstance(err, NotImplementedError) else (
+                f" that makes a HookedTransformer (its conversion fails: {type(err).__name__} {err})")
             raise UnsupportedArchitectureError(
                 f"model architecture {hf_architecture!r} is not covered by interp_edit: TransformerLens has no "
-                f"config converter for it (covered: the families of interp_edit.adapter.tiny.FAMILIES and the "
-                "other architectures TransformerLens converts)"
+                f"config converter for it{kind} (covered: the families of interp_edit.adapter.tiny.FAMILIES and the "
+                "other causal language models TransformerLens converts)"
             ) from None
     if getattr(config, "n_inner", None):  # TransformerLens assumes d_mlp = 4 d_model for GPT-2
         cfg.d_mlp = config.n_inner
@@ -712,8 +743,9 @@ def _read_checkpoint(folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     meta = _read_json(folder / CONFIG_FILE)
-    if "model" not in meta:
+    if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"checkpoint file {folder / CONFIG_FILE} has no 'model' section")
+    _check_checkpoint_config(meta["model"], folder / CONFIG_FILE)
     tokenizer_file = folder / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(f"missing checkpoint file {tokenizer_file}")
@@ -732,9 +764,17 @@ def _read_checkpoint(folder: Path):
 
 
 def save_checkpoint(model, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Write weights (safetensors), config and tokenizer of an unprocessed model to a folder."""
+    """Write weights (safetensors), config and tokenizer of an unprocessed model to a folder.
+
+    The config records the fields of :data:`_CONFIG_FIELDS` (the toy world's architecture); a
+    model whose config sets another field that changes its forward (a gated MLP, grouped-query
+    attention, local attention, ...: a converted Hugging Face model of most families), or a
+    TransformerBridge, is refused with :class:`CheckpointError` before anything is written (its
+    checkpoint would not load, or would load as another model); save the Hugging Face model
+    instead (:func:`~interp_edit.adapter.export.to_hf`, or ``model.original_model`` on the bridge)."""
     from safetensors.torch import save_file
 
+    _check_checkpointable(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask"))}
@@ -758,6 +798,82 @@ _CONFIG_FIELDS = (
     "act_fn", "normalization_type", "positional_embedding_type", "eps", "default_prepend_bos",
     "original_architecture", "model_name", "seed",
 )
+
+
+#: the checkpoint config's fields by kind (what :func:`_check_checkpoint_config` reads them as)
+_POSITIVE_INT_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab")
+_TEXT_FIELDS = ("act_fn", "positional_embedding_type", "model_name")
+_REQUIRED_FIELDS = ("n_layers", "d_model", "n_ctx", "d_head")
+
+
+def _check_checkpoint_config(section, path: Path) -> None:
+    """The ``model`` section of a checkpoint's config.json holds :data:`_CONFIG_FIELDS` of the
+    right types (else :class:`CheckpointError` naming the file and the field, where building the
+    model raised a bare ``TypeError`` or ``ValueError``)."""
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint file {path}: field 'model.{field}' {problem}")
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(section, dict):
+        raise CheckpointError(f"checkpoint file {path}: 'model' must be an object of config fields, got {section!r:.80}")
+    unknown = sorted(set(section) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise bad(unknown[0], f"is not a checkpoint config field (fields: {', '.join(_CONFIG_FIELDS)})")
+    for field in _REQUIRED_FIELDS:
+        if field not in section:
+            raise bad(field, "is missing")
+    for field, value in section.items():
+        if field in _POSITIVE_INT_FIELDS and not (integer(value) and value >= 1):
+            raise bad(field, f"must be an integer >= 1, got {value!r}")
+        if field == "d_vocab_out" and not (integer(value) and (value >= 1 or value == -1)):
+            raise bad(field, f"must be an integer >= 1 (or -1: d_vocab), got {value!r}")
+        if field in _TEXT_FIELDS and not isinstance(value, str):
+            raise bad(field, f"must be a string, got {value!r}")
+        if field in ("normalization_type", "original_architecture") and not (value is None or isinstance(value, str)):
+            raise bad(field, f"must be a string or null, got {value!r}")
+        if field == "eps" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
+            raise bad(field, f"must be a positive number, got {value!r}")
+        if field == "default_prepend_bos" and not isinstance(value, bool):
+            raise bad(field, f"must be true or false, got {value!r}")
+        if field == "seed" and not (value is None or integer(value)):
+            raise bad(field, f"must be an integer or null, got {value!r}")
+
+
+#: HookedTransformerConfig fields a checkpoint need not record: where and in which dtype the model runs, hook
+#: switches, initialisation and bookkeeping (none changes what the loaded model computes).
+_UNRECORDED_FIELDS = frozenset({
+    "device", "n_devices", "dtype", "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in",
+    "use_hook_tokens", "ungroup_grouped_query_attention", "init_mode", "initializer_range", "init_weights", "n_params",
+    "tokenizer_name", "tokenizer_prepends_bos", "from_checkpoint", "checkpoint_index", "checkpoint_label_type",
+    "checkpoint_value", "trust_remote_code", "load_in_4bit", "quantization_method", "decoder_start_token_id",
+    "tie_word_embeddings", "layer_norm_folding",
+})
+
+
+def _check_checkpointable(model) -> None:
+    """Refuse (before writing) a model :func:`save_checkpoint`'s config cannot describe: a bridge, or a
+    HookedTransformer whose config differs, in a field that changes the forward, from the one
+    :func:`load_checkpoint` builds from the recorded fields."""
+    if bridge.is_bridge(model):
+        raise CheckpointError(
+            "save_checkpoint writes a HookedTransformer's weights; this model is a TransformerBridge (backend='bridge'), "
+            "whose weights are its Hugging Face model's: save model.original_model.save_pretrained(folder) and the "
+            "tokenizer, then load_model(folder)"
+        )
+    from transformer_lens import HookedTransformerConfig
+
+    rebuilt = HookedTransformerConfig(**model_config_dict(model)).to_dict()
+    current = model.cfg.to_dict()
+    lost = sorted(f"{k}={v!r}" for k, v in current.items() if k not in _UNRECORDED_FIELDS and rebuilt.get(k) != v)
+    if lost:
+        raise CheckpointError(
+            f"cannot save model {model.cfg.model_name!r} as a checkpoint: its config.json records only "
+            f"{', '.join(_CONFIG_FIELDS)}, and this model also has {', '.join(lost)} (loaded back it would be another "
+            "model); save its Hugging Face model instead (to_hf for GPT-2-shaped models, or the Hugging Face model it was "
+            "loaded from)"
+        )
 
 
 def model_config_dict(model) -> dict[str, Any]:

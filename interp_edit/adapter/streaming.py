@@ -96,7 +96,7 @@ class FolderWeights:
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (folder / "model.safetensors").is_file():
-            with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            with _opened(folder / "model.safetensors") as f:
                 weight_map = {key: "model.safetensors" for key in f.keys()}
         else:
             raise CannotStream(f"no safetensors weights in {folder}")
@@ -114,6 +114,24 @@ class FolderWeights:
             if not any(n in self.files for n in names):
                 raise CannotStream(f"{folder} holds no weights for {names[0]}")
 
+    def mismatches(self) -> list[str]:
+        """``name: file shape, model shape`` for each tensor whose shape in the files is not the
+        skeleton's (a config.json that does not describe the folder's weights), read from the
+        files' headers only."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        by_file: dict[Path, list[tuple[str, str]]] = {}
+        for name, (file, key) in self.files.items():
+            if name in params:
+                by_file.setdefault(file, []).append((name, key))
+        out = []
+        for file, names in by_file.items():
+            with _opened(file) as f:
+                for name, key in names:
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != tuple(params[name].shape):
+                        out.append(f"{name}: {shape} in {file.name}, {tuple(params[name].shape)} by config.json")
+        return out
+
     @contextmanager
     def loaded(self, keep) -> Iterator[None]:
         """Within the block, the skeleton's parameters whose name satisfies ``keep`` hold the
@@ -126,7 +144,7 @@ class FolderWeights:
             by_file.setdefault(file, []).append((key, names))
         try:
             for file, groups in by_file.items():
-                with safe_open(str(file), framework="pt") as f:
+                with _opened(file) as f:
                     for key, names in groups:
                         tensor = f.get_tensor(key).to(device=self.device, dtype=self.dtype)
                         param = torch.nn.Parameter(tensor, requires_grad=False)
@@ -140,6 +158,21 @@ class FolderWeights:
         finally:
             for module, leaf, old in reversed(saved):
                 module._parameters[leaf] = old
+
+
+@contextmanager
+def _opened(file: Path):
+    """``safe_open`` of a weights file; a file it cannot read is a :class:`CheckpointError` naming it."""
+    from interp_edit.errors import CheckpointError
+
+    try:
+        handle = safe_open(str(file), framework="pt")
+    except FileNotFoundError:
+        raise CheckpointError(f"missing checkpoint file {file}") from None
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type varies by version
+        raise CheckpointError(f"cannot read checkpoint file {file}: {err}") from None
+    with handle as f:
+        yield f
 
 
 def _renames(hf_model) -> list[tuple[list[str], str]]:
