@@ -46,7 +46,7 @@ def _config(name: str, n_layers: int) -> dict:
         # the tiny models' key covariances are full rank: the published absolute threshold (2e-2)
         # calls nothing "null" (a zero edit); the scale-free rule keeps the weak half
         "alphaedit": dict(FAST, layers=(0, mid), nullspace_rule="relative", nullspace_threshold=0.5),
-        "ft": dict(FAST, layer=mid),
+        "ft": dict(steps=FAST["steps"], layer=mid),  # FT-L has no prefix or statistics fields
         "fine": dict(steps=6, n_frozen=1, top_k=2),
         "kn": dict(steps=4, batch_size=4),
         # one request, one target token: "mask" reads every position (with "ans" one row, refused)

@@ -53,6 +53,8 @@ from interp_edit.precision import add_delta_, all_finite
 from interp_edit.statistics.provenance import thin_statistics_note
 
 _STACK_ATTR = APPLIED_EDITS_ATTR
+#: the content keys of the edits active through ``Edit.hooked`` on a model (kept on the model object)
+_HOOKED_ATTR = "_interp_edit_hooked"
 
 
 @dataclass(frozen=True)
@@ -172,17 +174,28 @@ class Edit:
             self.library_version = __version__
 
     # --- applying --------------------------------------------------------------------
-    def _check_not_applied(self, stack: list, doing: str) -> _Content:
+    def _check_not_applied(self, model, doing: str) -> _Content:
         """Refuse (naming ``doing``) when this edit, or one with its content, is applied in place
-        already: its deltas would be added twice. Returns this edit's content key."""
+        already or active through :meth:`hooked`: its deltas would be added twice. Returns this
+        edit's content key."""
+        stack = getattr(model, _STACK_ATTR, None) or []
+        hooked = getattr(model, _HOOKED_ATTR, None) or []
         if any(entry[0] is self for entry in stack):
             raise EditApplicationError(f"this {self.method} edit is already applied to the model; {doing} would add "
                                        "its deltas twice")
+        if any(entry.edit is self for entry in hooked):
+            raise EditApplicationError(f"this {self.method} edit is already active through hooks (inside "
+                                       f"`with edit.hooked(model):`); {doing} would add its deltas twice")
         content = _Content(self)
         if any(entry[3].same(content) for entry in stack):
             raise EditApplicationError(
                 f"an edit with the same content as this {self.method} edit (content hash {content.digest[:12]}) is already "
                 f"applied to the model (e.g. the same file loaded twice); {doing} would add its deltas twice"
+            )
+        if any(entry.same(content) for entry in hooked):
+            raise EditApplicationError(
+                f"an edit with the same content as this {self.method} edit (content hash {content.digest[:12]}) is already "
+                f"active through hooks (inside `with edit.hooked(model):`); {doing} would add its deltas twice"
             )
         return content
 
@@ -224,7 +237,7 @@ class Edit:
         if stack is None:
             stack = []
             setattr(model, _STACK_ATTR, stack)
-        content = self._check_not_applied(stack, "applying it again")
+        content = self._check_not_applied(model, "applying it again")
         originals: dict[str, Tensor] = {}
         handles: list[tuple[str, Any]] = []
         try:
@@ -346,19 +359,28 @@ class Edit:
         for each delta, the input activation of the weight (``mlp.hook_post`` for ``W_out``,
         ``attn.hook_z`` for ``W_O``) times ΔW is added to its raw output (``hook_mlp_out``,
         ``hook_attn_out``; before the post-sublayer norm where the architecture has one). Refused
-        while the edit is applied in place (its effect would count twice)."""
+        while the edit (or one with its content) is applied in place or already hooked, and applying
+        it inside the block is refused (its effect would count twice)."""
         self._check_model(model)
-        self._check_not_applied(getattr(model, _STACK_ATTR, None) or [], "hooking it as well")
+        content = self._check_not_applied(model, "hooking it as well")
         hooks = []
         for name, delta in self.deltas.items():
             hooks += delta_hooks(model, name, delta.through)
         hooks += [pair for steer in self.hooks.values() for pair in hook_points(model, steer)]
-        with model.hooks(fwd_hooks=hooks):
-            yield model
+        hooked = getattr(model, _HOOKED_ATTR, None)
+        if hooked is None:
+            hooked = []
+            setattr(model, _HOOKED_ATTR, hooked)
+        hooked.append(content)  # so that applying it (or hooking it again) inside the block is refused
+        try:
+            with model.hooks(fwd_hooks=hooks):
+                yield model
+        finally:
+            hooked.remove(content)
 
     def content_hash(self) -> str:
         """A hash of what the edit does to a model: its method, base-model fingerprint, deltas
-        (names, kinds, shapes, values) and hooks. Two edits with the same content — e.g. one
+        (names, kinds, shapes, values) and hooks (their tensors and settings). Two edits with the same content — e.g. one
         file loaded twice — have the same hash."""
         import hashlib
 
@@ -374,7 +396,9 @@ class Edit:
     def _parts(self) -> list[tuple[str, dict[str, Tensor]]]:
         """What the edit does, as labelled tensors sorted by label: its deltas and its hooks."""
         parts = [(f"delta::{name}", delta.tensors()) for name, delta in self.deltas.items()]
-        parts += [(f"hook::{label}::{steer.kind}::{steer.hook_name}", steer.tensors()) for label, steer in self.hooks.items()]
+        # a hook's settings (a steering scale, GRACE's replacement, WISE's threshold) are part of what it does
+        parts += [(f"hook::{label}::{steer.kind}::{steer.hook_name}::{json.dumps(steer.metadata(), sort_keys=True, default=_json_default)}",
+                   steer.tensors()) for label, steer in self.hooks.items()]
         return sorted(parts, key=lambda p: p[0])
 
     # --- reporting ---------------------------------------------------------------------
@@ -580,3 +604,23 @@ def _json_default(obj):
 def applied_edits(model) -> list[Edit]:
     """The edits currently applied in place to ``model``, oldest first."""
     return [entry[0] for entry in applied_edit_stack(model)]
+
+
+def content_active(model, digest: str) -> bool:
+    """Whether an edit whose :meth:`Edit.content_hash` is ``digest`` acts on ``model``: applied in
+    place or inside ``with edit.hooked(model):``. Newest first; each applied edit is hashed at
+    most once (sequential editors check their previous batch's edit with it)."""
+    hooked = getattr(model, _HOOKED_ATTR, None) or []
+    return any(entry.digest == digest for entry in hooked) or \
+        any(entry[3].digest == digest for entry in reversed(applied_edit_stack(model)))
+
+
+def check_previous_applied(model, digest: str | None, what: str) -> None:
+    """Refuse a sequential editor's next batch when the edit of its previous one (content hash
+    ``digest``; None before the first) does not act on ``model``: the editor's carried state
+    (``what``) already counts that batch, so the next batch would be computed as if the edit held."""
+    if digest is not None and not content_active(model, digest):
+        raise EditApplicationError(
+            f"{what} already counts the previous batch, but its edit (content hash {digest[:12]}) is not applied "
+            "to the model (never applied, or undone since): apply each returned edit before the next call, or start a "
+            "new sequence")

@@ -239,6 +239,7 @@ class _Session:
             state = torch.load(state_path)
             self.alpha.preserved = {int(k): v.to(self.model.cfg.device) for k, v in state["preserved"].items()}
             self.alpha.n_edited = state["n_edited"]
+            self.alpha.last_edit_hash = applied[-1].content_hash()  # re-applied above: the next batch may follow it
         if self.ultra is not None:
             from interp_edit.editing import UltraEditState
 

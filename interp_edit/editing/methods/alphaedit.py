@@ -15,7 +15,8 @@ solved in float64 (the code: float32). C is decomposed in float64 (``nullspace_p
 a named deviation: the code takes the singular vectors of C in float32, ``"float32"`` here, whose
 rounding moves the deltas by about 1e-4 of their size on the toy model; measured next to EasyEdit
 by ``benchmarks/bench_vs_easyedit.py``). Sequential editing: create one editor, then call it
-batch by batch, applying each returned :class:`Edit` before the next call.
+batch by batch, applying each returned :class:`Edit` before the next call (a call whose
+previous edit is not applied, never or undone since, is refused: its keys are preserved already).
 
 Compared with the authors' code (jianghoucheng/AlphaEdit): the targets and keys are MEMIT's
 (``compute_z`` / ``compute_ks`` are MEMIT's with BOS handling); K_p K_pᵀ is accumulated from
@@ -36,7 +37,7 @@ from torch import Tensor
 from interp_edit.adapter import model_fingerprint
 from interp_edit.editing.closed_form import solve, w_out_name
 from interp_edit.editing.config import check_layers, resolve
-from interp_edit.editing.edit import Edit
+from interp_edit.editing.edit import Edit, check_previous_applied
 from interp_edit.editing.edit_token_choice import check_requests_first, prepare_at_edit_tokens
 from interp_edit.editing.methods.memit import MEMITConfig
 from interp_edit.editing.spread import spread_update
@@ -176,11 +177,14 @@ class AlphaEditor:
         #: K_p K_pᵀ of the edits made so far, per layer
         self.preserved = {layer: torch.zeros_like(p) for layer, p in self.projections.items()}
         self.n_edited = 0
+        #: the content hash of the last edit returned: the next call needs it applied (its keys are preserved)
+        self.last_edit_hash: str | None = None
 
     def __call__(self, model, requests) -> Edit:
         """Edit ``requests`` as one batch; remembers their keys for later batches."""
         if model_fingerprint(model) != self.model_fingerprint:
             raise EditRequestError("this AlphaEditor was created for another model; create one per model")
+        check_previous_applied(model, self.last_edit_hash, f"this AlphaEditor ({self.n_edited} edits preserved)")
         treqs, token_info = prepare_at_edit_tokens(model, requests, self.model_fingerprint, self.config, self.config.layers)
         cfg = self.config
 
@@ -194,12 +198,14 @@ class AlphaEditor:
         for layer, keys in result.keys.items():
             self.preserved[layer] += keys @ keys.T
         self.n_edited += len(treqs)
-        return Edit("alphaedit", result.deltas, self.model_fingerprint, cfg.as_dict(),
+        edit = Edit("alphaedit", result.deltas, self.model_fingerprint, cfg.as_dict(),
                     [r.request.as_dict() for r in treqs],
                     {"target_nll": result.target_nll, "seconds": result.timings, "nullspace_dims": dict(self.nullspace_dims),
                      "key_dim": self.key_dim,
                      "edits_before": self.n_edited - len(treqs), "edit_token": token_info, "key_collisions": token_info["key_collisions"],
                      "stats": self.stats_provenance})
+        self.last_edit_hash = edit.content_hash()
+        return edit
 
 
 def alphaedit(model, requests, config: AlphaEditConfig | None = None, *, corpus=None, cache_dir=None, stats=None,

@@ -35,7 +35,8 @@ For one edited weight (``W_out`` of a layer in ``layers``; TransformerLens orien
 state: pass one :class:`UltraEditState` as ``state=`` to every call of a sequence (it is updated
 in place once the batch's edit has been computed; an error leaves it as it was) and apply each
 returned :class:`Edit` before the next call — the next batch's keys and gradients are read on
-the edited model, as in the code's ``sequential_valid``. Without ``state`` the call starts from
+the edited model, as in the code's ``sequential_valid`` (a call whose state's previous edit is not
+applied, never or undone since, is refused). Without ``state`` the call starts from
 empty statistics (the code's first batch). :class:`UltraEditor` holds a state for you, and
 ``run_experiment(..., sequential=True)`` passes one state through its batches (saved with each
 batch for resuming). Undoing an edit does not take its rows out of the statistics (the code
@@ -83,7 +84,7 @@ from interp_edit.adapter import (
 from interp_edit.batching import pad_right
 from interp_edit.editing.closed_form import w_out_name
 from interp_edit.editing.config import check_layers, preset_config, resolve
-from interp_edit.editing.edit import Edit, LowRankDelta
+from interp_edit.editing.edit import Edit, LowRankDelta, check_previous_applied
 from interp_edit.editing.requests import TokenizedRequest, prepare_requests
 from interp_edit.errors import EditConfigError, EditOptimizationError, EditRequestError, InvalidArgumentError
 
@@ -215,6 +216,8 @@ class UltraEditState:
         self.model_fingerprint: str | None = None
         self.n_batches = 0
         self.n_requests = 0
+        #: the content hash of the last batch's edit: the next call needs it applied
+        self.last_edit_hash: str | None = None
 
     def rows(self) -> dict[tuple[int, int], int]:
         """Rows seen so far, per weight shape."""
@@ -226,6 +229,7 @@ class UltraEditState:
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers (for ``torch.save``); :meth:`from_state_dict` reads it back."""
         return {"model_fingerprint": self.model_fingerprint, "n_batches": self.n_batches, "n_requests": self.n_requests,
+                "last_edit_hash": self.last_edit_hash,
                 "stats": {f"{a}x{b}": {"n": s.n, "mean": s.mean.clone(), "var": s.var.clone()}
                           for (a, b), s in self.stats.items()}}
 
@@ -234,6 +238,7 @@ class UltraEditState:
         state = cls()
         state.model_fingerprint, state.n_batches, state.n_requests = (
             saved["model_fingerprint"], int(saved["n_batches"]), int(saved["n_requests"]))
+        state.last_edit_hash = saved.get("last_edit_hash")  # (files written before it was kept: None)
         for key, value in saved["stats"].items():
             a, b = (int(x) for x in key.split("x"))
             stat = RunningMeanStd(a + b)
@@ -378,6 +383,8 @@ def ultraedit(model, requests, config: UltraEditConfig | None = None, *, state: 
     if state is not None and state.model_fingerprint not in (None, fingerprint):
         raise InvalidArgumentError(f"argument 'state' holds statistics of another model (fingerprint "
                                    f"{state.model_fingerprint}, this model {fingerprint}); use one state per model")
+    if state is not None:
+        check_previous_applied(model, state.last_edit_hash, f"argument 'state' ({state.n_batches} batch(es) so far)")
     treqs = prepare_requests(model, requests, fingerprint)
     groups = _groups(_sequences(treqs), cfg.tuple_size)
     n_rows = sum(len(_rows_of(g, cfg.token)) for g in groups)
@@ -415,9 +422,11 @@ def ultraedit(model, requests, config: UltraEditConfig | None = None, *, state: 
     info = {"rows": n_rows, "groups": len(groups), "normaliser_rows": stat.n,
             "batches_before": new_state.n_batches - 1, "requests_before": new_state.n_requests - len(treqs),
             "seconds": {"cache": cache_seconds, "total": time.perf_counter() - start}}
+    edit = Edit("ultraedit", deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info)
     if state is not None:
+        new_state.last_edit_hash = edit.content_hash()
         state._take(new_state)
-    return Edit("ultraedit", deltas, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info)
+    return edit
 
 
 __all__ = ["TOKENS", "RunningMeanStd", "UltraEditConfig", "UltraEditState", "UltraEditor", "keys_and_gradients",

@@ -316,7 +316,7 @@ def _previous(memory, model, cfg: WISEConfig, fingerprint: str) -> WiseSideMemor
     """The side memory a call continues (``memory``), checked before any compute."""
     if memory is None:
         return None
-    from interp_edit.editing.edit import applied_edits
+    from interp_edit.editing.edit import content_active
 
     hooks = list(getattr(memory, "hooks", {}).values())
     if not isinstance(memory, Edit) or memory.method != "wise" or len(hooks) != 1 or not isinstance(hooks[0], WiseSideMemory):
@@ -327,7 +327,7 @@ def _previous(memory, model, cfg: WISEConfig, fingerprint: str) -> WiseSideMemor
     held = hooks[0]
     if held.layer != cfg.layer:
         raise EditConfigError(f"argument 'memory': its side memory is at layer {held.layer}, field 'layer' is {cfg.layer}")
-    if any(e is memory or e.content_hash() == memory.content_hash() for e in applied_edits(model)):
+    if content_active(model, memory.content_hash()):  # applied in place, or inside its hooked block
         raise EditConfigError("argument 'memory': that WISE edit is applied to the model; undo it first (the new edit "
                               "holds the extended memory and replaces it)")
     return held
