@@ -224,3 +224,84 @@ def test_registry_presets_and_run_experiment(toy_model):
     res = run_experiment(toy_model, "toyworld-counterfact", "grace", n=2, batch_size=2, unrelated=5, fluency=False,
                          progress=False, config={"n_iter": 5})
     assert res.settings["method"] == "grace" and "efficacy_score" in res.final_metrics()
+
+
+def test_a_continued_codebook_is_the_one_the_whole_sequence_builds(toy_model, facts):
+    """memory=: the authors' adaptor keeps one codebook across edits. Continuing a 3-request
+    codebook with 3 more gives the keys, radii and key owners of building all 6 in one call,
+    keeps the trained values of keys no new request reaches, holds all 6 requests, and the first
+    call's edits still hold."""
+    first = grace(toy_model, facts[:3])
+    more = grace(toy_model, facts[3:6], memory=first)
+    whole = grace(toy_model, facts[:6])
+    book, old, ref = more.hooks["layer3"], first.hooks["layer3"], whole.hooks["layer3"]
+    assert torch.equal(book.keys, ref.keys) and torch.equal(book.epsilons, ref.epsilons)
+    assert more.info["key_requests"] == whole.info["key_requests"] and more.info["key_labels"] == whole.info["key_labels"]
+    assert torch.equal(book.values[:3], old.values)  # distinct prompts: no new request joins an old key
+    assert len(more.requests) == 6 and more.info["continues"] == first.content_hash() and len(more.info["target_nll"]) == 3
+    with more.applied(toy_model):
+        top = _last_logits(toy_model, [r.prompt.format(r.subject) for r in facts[:6]]).argmax(-1)
+    assert [toy_model.tokenizer.decode(t).strip() for t in top] == [r.target_new for r in facts[:6]]
+
+
+def test_a_conflict_with_an_earlier_calls_key_splits_both_radii(toy_model):
+    """One query (read in another call: equal up to float rounding), another target, in a later
+    call: the authors' split applies across calls (stacked codebooks never compared them) — both
+    radii shrink to half the keys' distance, and neither key can fire on the other's prompt."""
+    first = grace(toy_model, [EditRequest("{} was born in", "Talvik Corlo", "Gemmel")], n_iter=2, edit_token="subject_last")
+    more = grace(toy_model, [EditRequest("{} plays the", "Talvik Corlo", "harp")], n_iter=2, edit_token="subject_last",
+                 memory=first)
+    book = more.hooks["layer3"]
+    distance = float((book.keys[0] - book.keys[1]).norm())
+    assert more.info["n_keys"] == 2 and distance < 1e-3 and first.hooks["layer3"].epsilons.item() == 3.0
+    assert book.epsilons.tolist() == pytest.approx([distance / 2 - 1e-5, distance / 2], abs=1e-6)
+
+
+def test_a_memory_that_cannot_be_continued_is_refused_before_any_compute(toy_model, facts):
+    first = grace(toy_model, facts[:1], n_iter=2)
+    with first.applied(toy_model), pytest.raises(EditConfigError, match="memory.*undo it first"):
+        grace(toy_model, facts[1:2], n_iter=2, memory=first)
+    older = Edit(first.method, {}, first.model_fingerprint, first.config, first.requests,
+                 {k: v for k, v in first.info.items() if k != "key_labels"}, hooks=dict(first.hooks))
+    for memory, fields, match in [(first, {"layer": 2}, "blocks.3.hook_mlp_out"), (first, {"replacement": "all"}, "replacement"),
+                                  (older, {}, "does not record its keys' targets"), ("grace", {}, "must be an Edit returned by grace")]:
+        with refused_before_any_forward(toy_model), pytest.raises(EditConfigError, match=match):
+            grace(toy_model, facts[1:2], n_iter=2, memory=memory, **fields)
+
+
+def test_a_sequential_run_extends_one_codebook_and_resumes_to_the_same_one(toy_model, tmp_path):
+    """Sequential GRACE runs keep one codebook (memory=), not one stacked per batch; a resumed
+    run re-applies the last codebook only and ends with the codebook of the protocol run by hand."""
+    from interp_edit.data import load_dataset
+    from interp_edit.evaluation import runner
+    from interp_edit.evaluation.runner import run_experiment
+
+    kwargs = dict(n=3, batch_size=1, sequential=True, unrelated=2, fluency=False, progress=False, seed=1,
+                  config={"n_iter": 3})
+    state = snapshot(toy_model)
+    result = run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "run", **kwargs)
+    assert_unchanged(toy_model, state, no_edits=True)
+    last = Edit.load(tmp_path / "run" / result.batches[-1]["edit_file"])
+    assert list(last.hooks) == ["layer3"] and len(last.requests) == 3
+    data = {c.case_id: c for c in load_dataset("toyworld-counterfact")}
+    memory = None
+    for entry in result.batches:
+        memory = grace(toy_model, runner._requests([data[i] for i in entry["case_ids"]]), memory=memory, n_iter=3)
+    assert memory.content_hash() == last.content_hash()
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second(batch):
+        if batch == 1:
+            raise Stop
+    original = runner._after_batch
+    runner._after_batch = stop_after_second
+    try:
+        with pytest.raises(Stop):
+            run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "cut", **kwargs)
+    finally:
+        runner._after_batch = original
+    resumed = run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "cut", **kwargs)
+    assert Edit.load(tmp_path / "cut" / resumed.batches[-1]["edit_file"]).content_hash() == last.content_hash()
+    assert_unchanged(toy_model, state, no_edits=True)

@@ -228,3 +228,45 @@ def test_registry_presets_and_run_experiment(toy_model):
     res = run_experiment(toy_model, "toyworld-counterfact", "wise", n=2, batch_size=2, unrelated=5, fluency=False,
                          progress=False, config={"n_iter": 3})
     assert res.settings["method"] == "wise" and "efficacy_score" in res.final_metrics()
+
+
+def test_a_sequential_run_extends_one_memory_and_resumes_to_the_same_one(toy_model, tmp_path):
+    """Sequential WISE follows its lifelong protocol: each batch extends the last batch's side
+    memory (memory=), the model holds one memory, not one stacked per batch; a resumed run
+    re-applies the last memory only and ends with the same memory as the protocol run by hand."""
+    from interp_edit.data import load_dataset
+    from interp_edit.evaluation import runner
+    from interp_edit.evaluation.runner import run_experiment
+
+    kwargs = dict(n=3, batch_size=1, sequential=True, unrelated=2, fluency=False, progress=False, seed=1,
+                  config={"n_iter": 2})
+    state = snapshot(toy_model)
+    result = run_experiment(toy_model, "toyworld-counterfact", "wise", out=tmp_path / "run", **kwargs)
+    assert_unchanged(toy_model, state, no_edits=True)
+    files = [tmp_path / "run" / entry["edit_file"] for entry in result.batches]
+    last = Edit.load(files[-1])
+    assert list(last.hooks) == ["layer4"] and last.hooks["layer4"].n_edits == 3
+    # by hand: the same requests, each call continuing the memory before it (none applied meanwhile)
+    data = {c.case_id: c for c in load_dataset("toyworld-counterfact")}
+    memory = None
+    for entry in result.batches:
+        requests = [r for i in entry["case_ids"] for r in runner._requests([data[i]])]
+        memory = wise(toy_model, requests, memory=memory, n_iter=2)
+    assert memory.content_hash() == last.content_hash()
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second(batch):
+        if batch == 1:
+            raise Stop
+    original = runner._after_batch
+    runner._after_batch = stop_after_second
+    try:
+        with pytest.raises(Stop):
+            run_experiment(toy_model, "toyworld-counterfact", "wise", out=tmp_path / "cut", **kwargs)
+    finally:
+        runner._after_batch = original
+    resumed = run_experiment(toy_model, "toyworld-counterfact", "wise", out=tmp_path / "cut", **kwargs)
+    assert Edit.load(tmp_path / "cut" / resumed.batches[-1]["edit_file"]).content_hash() == last.content_hash()
+    assert_unchanged(toy_model, state, no_edits=True)

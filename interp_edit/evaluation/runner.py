@@ -28,8 +28,11 @@ carries each ripple kind's accuracy.
 Independent mode undoes each batch's edit before the next; sequential mode keeps them
 (AlphaEdit through one :class:`~interp_edit.editing.AlphaEditor`, so later batches preserve the
 keys of earlier ones; UltraEdit with one :class:`~interp_edit.editing.UltraEditState`, so later
-batches are normalised with the statistics of every earlier one; other methods are simply called
-on the edited model). The model gets its original weights back at the end, also on an exception.
+batches are normalised with the statistics of every earlier one; WISE and GRACE with one side
+memory / codebook that each batch extends, as their lifelong protocols do: the previous batch's
+edit is undone and passed as ``memory=``, and the new edit, holding the whole memory, replaces it;
+other methods are simply called on the edited model). The model gets its original weights back at the end, also on an
+exception.
 
 With ``out``, results go to ``out/results.jsonl`` (one line of settings, one of baseline metrics,
 one per finished batch; a batch whose edit found requests sharing one key records their groups
@@ -193,11 +196,21 @@ class _Session:
         if self.editor.prepare is not None:
             self.config = self.editor.prepare(self.model, self.items(cases), self.config)
 
-    def edit(self, cases):
+    @property
+    def extends_memory(self) -> bool:
+        """Sequential WISE / GRACE: each batch extends the side memory / codebook of the one before (``memory=``)."""
+        return self.sequential and self.method in ("wise", "grace")
+
+    def edit(self, cases, applied: list):
+        """The edit of ``cases`` on the model with ``applied`` (this run's edits so far, applied in
+        place); sequential WISE / GRACE undo the last one and extend its memory (it leaves ``applied``)."""
         if self.alpha is not None:
             return self.alpha(self.model, _requests(cases))
         if self.ultra is not None:
             return self.editor.fn(self.model, self.items(cases), state=self.ultra, **self.config)
+        if self.extends_memory and applied:
+            previous = applied.pop().undo(self.model)
+            return self.editor.fn(self.model, self.items(cases), memory=previous, **self.config)
         return self.editor.fn(self.model, self.items(cases), **self.config)
 
     def _paths(self, batch: int) -> tuple[Path, Path]:
@@ -229,7 +242,8 @@ class _Session:
         applied = []
         if not self.sequential or done == 0:
             return applied
-        for batch in range(done):
+        # sequential WISE / GRACE: the last batch's edit holds the whole memory, the earlier ones are its past
+        for batch in range(done - 1 if self.extends_memory else 0, done):
             edit_path, _ = self._paths(batch)
             applied.append(Edit.load(edit_path).apply(self.model))
         if self.alpha is not None:
@@ -364,7 +378,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         for b in range(len(done), len(batches)):
             cases = batches[b]
             t0 = time.perf_counter()
-            edit = session.edit(cases)
+            edit = session.edit(cases, applied)
             edit_seconds = time.perf_counter() - t0
             edit.apply(model)
             applied.append(edit)

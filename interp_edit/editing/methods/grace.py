@@ -131,10 +131,14 @@ class GRACEConfig:
         return dataclasses.asdict(self)
 
 
-def build_codebook(queries: Float[Tensor, "n d"], labels: list[tuple[int, ...]], eps: float
+def build_codebook(queries: Float[Tensor, "n d"], labels: list[tuple[int, ...]], eps: float,
+                   start: tuple[Tensor, Tensor, list[tuple[int, ...]], list[list[int]]] | None = None
                    ) -> tuple[Tensor, Tensor, list[list[int]]]:
     """The authors' key rules, request by request (see the module docstring): keys [m, d],
-    radii [m] and, per key, the requests whose value it is (in order).
+    radii [m] and, per key, the requests whose value it is (in order). ``start``: the codebook
+    these requests extend — its keys, radii, key labels and owners (requests numbered before
+    these, which are numbered on from ``1 + max`` of them) — as the authors' adaptor keeps one
+    codebook across edits.
 
     >>> keys, radii, owners = build_codebook(torch.tensor([[0.0, 0.0], [1.5, 0.0]]), [(1,), (2,)], eps=1.0)
     >>> radii.tolist(), owners      # two targets within reach: two keys, the radii split at d / 2
@@ -144,7 +148,12 @@ def build_codebook(queries: Float[Tensor, "n d"], labels: list[tuple[int, ...]],
     radii: list[float] = []
     key_labels: list[tuple[int, ...]] = []
     owners: list[list[int]] = []
-    for i, (query, label) in enumerate(zip(queries.double(), labels, strict=True)):
+    offset = 0
+    if start is not None:
+        keys, radii = list(start[0].double()), [float(r) for r in start[1]]
+        key_labels, owners = [tuple(x) for x in start[2]], [list(o) for o in start[3]]
+        offset = 1 + max((i for own in owners for i in own), default=-1)
+    for i, (query, label) in enumerate(zip(queries.double(), labels, strict=True), start=offset):
         if keys:
             dist = (torch.stack(keys) - query).norm(dim=-1)
             d, j = float(dist.min()), int(dist.argmin())
@@ -229,12 +238,41 @@ def _train_values(model, treqs, name: str, codebook: GraceCodebook, values: Tens
     return nll_out
 
 
-def grace(model, requests, config: GRACEConfig | None = None, *, corpus=None, cache_dir=None, stats=None,
-          progress: bool = False, **overrides) -> Edit:
+def _previous(memory, model, cfg: GRACEConfig, fingerprint: str, name: str) -> tuple[GraceCodebook, list, list] | None:
+    """The codebook a call continues (``memory``), its key labels and owners, checked before any compute."""
+    if memory is None:
+        return None
+    from interp_edit.editing.edit import content_active
+
+    hooks = list(getattr(memory, "hooks", {}).values())
+    if not isinstance(memory, Edit) or memory.method != "grace" or len(hooks) != 1 or not isinstance(hooks[0], GraceCodebook):
+        raise EditConfigError(f"argument 'memory' must be an Edit returned by grace(), got {type(memory).__name__}")
+    if memory.model_fingerprint != fingerprint:
+        raise EditConfigError(f"argument 'memory': that GRACE edit was made for another model "
+                              f"(fingerprint {memory.model_fingerprint}, this model {fingerprint})")
+    held = hooks[0]
+    if held.hook_name != name or held.replacement != cfg.replacement:
+        raise EditConfigError(f"argument 'memory': its codebook is at {held.hook_name} with replacement "
+                              f"{held.replacement!r}; fields 'layer' / 'site' / 'replacement' give {name} and {cfg.replacement!r}")
+    labels, owners = memory.info.get("key_labels"), memory.info.get("key_requests")
+    if labels is None or owners is None or len(labels) != len(held.keys) or len(owners) != len(held.keys):
+        raise EditConfigError("argument 'memory': that GRACE edit does not record its keys' targets (made by an older "
+                              "version); it cannot be continued")
+    if content_active(model, memory.content_hash()):  # applied in place, or inside its hooked block
+        raise EditConfigError("argument 'memory': that GRACE edit is applied to the model; undo it first (the new edit "
+                              "holds the extended codebook and replaces it)")
+    return held, [tuple(x) for x in labels], [list(o) for o in owners]
+
+
+def grace(model, requests, config: GRACEConfig | None = None, *, memory: Edit | None = None, corpus=None, cache_dir=None,
+          stats=None, progress: bool = False, **overrides) -> Edit:
     """A GRACE edit of ``requests`` (EditRequests, CounterFact records or dicts): one
-    :class:`GraceCodebook` hook at ``site`` of ``layer``, no weight delta. ``corpus`` /
-    ``cache_dir`` / ``stats`` / ``progress`` are accepted for a uniform call and unused (GRACE
-    needs no key statistics). The model is unchanged; apply the returned :class:`Edit`.
+    :class:`GraceCodebook` hook at ``site`` of ``layer``, no weight delta. ``memory``: an
+    earlier GRACE edit whose codebook this call extends, as the authors' adaptor keeps one
+    codebook across a sequence of edits (its keys, radii and values; the old edit must not be
+    applied: the new one holds the whole codebook and replaces it). ``corpus`` / ``cache_dir``
+    / ``stats`` / ``progress`` are accepted for a uniform call and unused (GRACE needs no key
+    statistics). The model is unchanged; apply the returned :class:`Edit`.
 
     >>> e = grace(model, records[:1])
     >>> e.changes_weights, list(e.hooks)
@@ -245,8 +283,9 @@ def grace(model, requests, config: GRACEConfig | None = None, *, corpus=None, ca
     cfg = resolve(GRACEConfig, model, config, overrides)
     check_layers(model, [cfg.layer], "layer")
     fingerprint = model_fingerprint(model)
-    treqs = prepare_requests(model, requests, fingerprint, edit_token=cfg.edit_token)
     name = hook_name(cfg.site, cfg.layer)
+    prior = _previous(memory, model, cfg, fingerprint, name)
+    treqs = prepare_requests(model, requests, fingerprint, edit_token=cfg.edit_token)
     start = time.perf_counter()
     # the queries: the site's activation at each request's edit token (a layer's own activation
     # does not depend on a codebook at that layer, so they are read once, on the unedited model)
@@ -257,9 +296,15 @@ def grace(model, requests, config: GRACEConfig | None = None, *, corpus=None, ca
         act = forward_to_layer(model, tokens.to(model.cfg.device), cfg.layer + 1, [name])[name]
     queries = act[torch.arange(len(treqs), device=act.device),
                   torch.tensor([r.edit_position for r in treqs], device=act.device)].float()
-    keys, radii, owners = build_codebook(queries.cpu(), [tuple(r.target_ids) for r in treqs], cfg.eps)
+    labels = [tuple(r.target_ids) for r in treqs]
+    start_book = None if prior is None else (prior[0].keys.float().cpu(), prior[0].epsilons.float().cpu(), prior[1], prior[2])
+    n_before = 0 if prior is None else len(prior[0].keys)
+    offset = 0 if prior is None else 1 + max((i for own in prior[2] for i in own), default=-1)
+    keys, radii, owners = build_codebook(queries.cpu(), labels, cfg.eps, start=start_book)
+    key_labels = [*(prior[1] if prior is not None else []), *(labels[own[0] - offset] for own in owners[n_before:])]
     # a query on another target's key (d = 0): the split leaves both radii <= 0 (the authors' rule), neither holds
-    collisions = lost_requests(keys, radii, owners)
+    # (groups with a request of this call: an earlier call's were warned about then; numbers count the memory's requests)
+    collisions = [group for group in lost_requests(keys, radii, owners) if max(group) >= offset]
     if collisions:
         import warnings
 
@@ -268,24 +313,32 @@ def grace(model, requests, config: GRACEConfig | None = None, *, corpus=None, ca
         warnings.warn(f"GRACE: requests {collisions} have the same query (layer {cfg.layer}, {cfg.site} at "
                       f"{cfg.edit_token}) and other targets: the codebook's split (the authors' rule) leaves their keys "
                       "no radius, so none of them holds; edit them in separate calls", KeyCollisionWarning, stacklevel=2)
+    new_keys = keys[n_before:]
     if cfg.value_init == "warm":
-        values = keys.clone()
+        values = new_keys.clone()
     else:
         generator = torch.Generator().manual_seed(cfg.seed)
-        values = torch.rand(keys.shape, generator=generator)
+        values = torch.rand(new_keys.shape, generator=generator)
+    if prior is not None:  # the codebook's trained values go on (a key a request joins trains further)
+        values = torch.cat([prior[0].values.float().cpu(), values])
     device = model.cfg.device
     codebook = GraceCodebook(name, keys.to(device), values.to(device), radii.to(device), cfg.replacement)
     values = values.to(device)
-    rounds = [[(key, own[r]) for key, own in enumerate(owners) if len(own) > r] for r in range(max(map(len, owners)))]
+    # this call's requests, numbered from 0 here: rounds of (key, request) pairs
+    fresh = [[i - offset for i in own if i >= offset] for own in owners]
+    rounds = [[(key, own[r]) for key, own in enumerate(fresh) if len(own) > r] for r in range(max(map(len, fresh)))]
     timings = {"codebook": time.perf_counter() - start}
     start = time.perf_counter()
     nll = _train_values(model, treqs, name, codebook, values, rounds, cfg)
     timings["values"] = time.perf_counter() - start
     hook = GraceCodebook(name, keys, values.detach().cpu(), radii, cfg.replacement)
-    info = {"layer": cfg.layer, "hook": name, "n_keys": len(keys), "key_requests": owners, "target_nll": nll,
+    info = {"layer": cfg.layer, "hook": name, "n_keys": len(keys), "key_requests": owners,
+            "key_labels": [list(label) for label in key_labels], "target_nll": nll,
             "key_collisions": collisions, "key_collisions_hold": "none",
-            "edit_positions": [r.edit_position for r in treqs], "seconds": timings}
-    return Edit("grace", {}, fingerprint, cfg.as_dict(), [r.request.as_dict() for r in treqs], info,
+            "edit_positions": [r.edit_position for r in treqs], "seconds": timings,
+            "continues": memory.content_hash() if memory is not None else None}
+    held_requests = list(memory.requests) if memory is not None else []
+    return Edit("grace", {}, fingerprint, cfg.as_dict(), held_requests + [r.request.as_dict() for r in treqs], info,
                 hooks={f"layer{cfg.layer}": hook})
 
 
