@@ -157,6 +157,18 @@ def test_figure_export_refuses_bad_paths_by_name(tmp_path, monkeypatch, path, ma
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing written
 
 
+def test_an_existing_folder_given_as_the_path_is_refused_not_written_beside(tmp_path):
+    import plotly.graph_objects as go
+
+    from interp_edit.errors import ExportError
+    from interp_edit.viz.export import save_figure
+
+    (tmp_path / "figs").mkdir()
+    with pytest.raises(ExportError, match="names a folder"):
+        save_figure(go.Figure(), tmp_path / "figs", plotlyjs="inline")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"] and not list((tmp_path / "figs").iterdir())
+
+
 @pytest.mark.parametrize("scale", [0, -1.0, float("nan"), "2"])
 def test_figure_export_refuses_a_bad_scale(tmp_path, scale):
     import plotly.graph_objects as go

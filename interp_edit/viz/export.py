@@ -54,7 +54,8 @@ def save_figure(fig, path: str | Path, *, scale: float = 2.0, plotlyjs: str = "s
         raise ExportError(f"path must be a file path (str or Path), got {path!r}")
     text = os.fspath(path)
     base = Path(text)
-    if not base.name or base.name in (".", "..") or text.endswith(("/", os.sep)):
+    if not base.name or base.name in (".", "..") or text.endswith(("/", os.sep)) or base.is_dir():
+        # (an existing folder given without a separator wrote <folder>.html beside it, not into it)
         raise ExportError(f"path {text!r} names a folder, not a file; give a file name, e.g. {str(base / 'figure.html')!r}")
     if base.suffix.lower() in (".html", ".png"):
         base = base.with_suffix("")
