@@ -131,6 +131,31 @@ def test_the_forward_dtype_keys_the_cache(tmp_path):
     assert fixed.provenance.source == "computed" and torch.equal(fixed.moment, other.moment)
 
 
+def test_the_context_texts_are_cut_to_keys_the_cache(tmp_path):
+    """The fingerprint leaves n_ctx out (TransformerLens caps some families' context, the bridge
+    does not): a model whose context cuts the corpus' texts shorter read the other's C."""
+    from interp_edit import load_model
+    from interp_edit.adapter import model_fingerprint
+
+    texts = [" ".join(TEXTS * 4)] * 3  # about 40 tokens each
+    full, capped = load_model("toyworld"), load_model("toyworld")
+    capped.cfg.n_ctx = 12
+    assert model_fingerprint(full) == model_fingerprint(capped)
+    first = key_statistics(full, [2], corpus=texts, cache_dir=tmp_path, progress=False)[2]
+    other = key_statistics(capped, [2], corpus=texts, cache_dir=tmp_path, progress=False)[2]
+    assert other.provenance.source == "computed" and other.provenance.path != first.provenance.path
+    assert other.provenance.n_tokens < first.provenance.n_tokens and not torch.equal(first.moment, other.moment)
+    from interp_edit.statistics import clear_statistics_cache
+
+    clear_statistics_cache(capped)
+    import shutil
+
+    shutil.copy(first.provenance.path, other.provenance.path)  # a full-context file under the capped name
+    with pytest.warns(UserWarning, match="cut to 64 tokens, this model's context is 12"):
+        fixed = key_statistics(capped, [2], corpus=texts, cache_dir=tmp_path, progress=False)[2]
+    assert fixed.provenance.source == "computed" and torch.equal(fixed.moment, other.moment)
+
+
 def test_an_edit_token_aie_without_a_gap_warns_in_repr_and_title(toy_model):
     from interp_edit.analysis.edit_token_aie import TokenFact, edit_token_aie
 

@@ -149,11 +149,12 @@ def forward_dtype(model) -> str:
 
 
 def _stem(model, site: str, corpus_id: str, packing: str = "bos") -> str:
-    """The cache file name's stem; a packing other than the default, and a forward dtype other
-    than float32, are part of it."""
+    """The cache file name's stem; a packing other than the default, a forward dtype other than
+    float32, and the context texts are cut to (the fingerprint leaves it out: TransformerLens caps
+    some families' ``n_ctx``, the bridge does not, and a long text's C differs) are part of it."""
     dtype = forward_dtype(model)
     return (f"{model_fingerprint(model)}_{site}_{corpus_id}" + ("" if packing == "bos" else f"_{packing}")
-            + ("" if dtype == "float32" else f"_{dtype}"))
+            + ("" if dtype == "float32" else f"_{dtype}") + f"_ctx{model.cfg.n_ctx}")
 
 
 def _cached(model, folder: Path, stem: str, site: str, layers: Sequence[int], packing: str = "bos") -> dict[int, KeyStatistics]:
@@ -353,7 +354,7 @@ def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tok
            ) -> KeyStatistics:
     prov = StatsProvenance(model_fingerprint(model), site, layer, site_dim(model, site), corpus, chash, n_texts, n_tokens,
                            "float64", "computed", str(path), auto=auto, packing=packing,
-                           extra={"model_dtype": forward_dtype(model)})
+                           extra={"model_dtype": forward_dtype(model), "n_ctx": int(model.cfg.n_ctx)})
     stats = KeyStatistics(moment.cpu(), prov)
     write_cache(path, stats)
     return stats
@@ -445,6 +446,9 @@ def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -
         recorded = (stats.provenance.extra or {}).get("model_dtype")
         if recorded is not None and recorded != forward_dtype(model):
             raise ValueError(f"it was computed by the model in {recorded}, not {forward_dtype(model)}")
+        cut = (stats.provenance.extra or {}).get("n_ctx")
+        if cut is not None and cut != model.cfg.n_ctx:
+            raise ValueError(f"its texts were cut to {cut} tokens, this model's context is {model.cfg.n_ctx}")
         if not torch.isfinite(stats.moment).all():
             raise ValueError("non-finite values")
         return KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))

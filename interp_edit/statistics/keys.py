@@ -93,7 +93,8 @@ def _stored_fixed_statistics(model, layers, site, corpus, n_samples, batch_size,
     if spec is None:  # an iterator of texts: nothing names it without consuming it
         return _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_dir, progress, packing=packing)
     store = statistics_store(model)
-    base = (model_fingerprint(model), forward_dtype(model), site, spec, n_samples, packing, str(cache_folder(cache_dir)))
+    base = (model_fingerprint(model), forward_dtype(model), model.cfg.n_ctx, site, spec, n_samples, packing,
+            str(cache_folder(cache_dir)))
     found = {layer: store.get((*base, layer)) for layer in layers}
     missing = [layer for layer in layers if found[layer] is None]
     if missing:
