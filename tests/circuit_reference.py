@@ -266,7 +266,9 @@ def ref_gradients(model, tokens, metric, receivers, extra_hooks=()):
     hooks = list(extra_hooks) + [(h, lambda a, hook, h=h: probe_hook(a, hook, h)) for h in names]
     with split_inputs(model), torch.enable_grad():
         value = metric(logits_of(model, tokens, hooks))
-        grads = dict(zip(names, torch.autograd.grad(value, [probes[n] for n in names]), strict=True))
+        # a receiver upstream of an extra hook that replaces its activation gets no gradient: zero
+        found = torch.autograd.grad(value, [probes[n] for n in names], allow_unused=True)
+        grads = {n: torch.zeros_like(probes[n]) if g is None else g for n, g in zip(names, found, strict=True)}
     out = {}
     for name, (_, hook, index, _, _) in wanted.items():
         out[name] = grads[hook][0] if index is None else grads[hook][0, :, index]

@@ -33,6 +33,7 @@ from circuit_reference import (
     ref_path_integral,
     ref_path_patch,
     ref_receivers,
+    ref_riemann,
     ref_senders,
     sample_edges,
 )
@@ -168,6 +169,71 @@ def test_eap_ig_activations_approaches_the_path_integral_of_the_senders_layer(fa
     assert errors[1] < 0.2 * scale, (errors, scale)
     inputs = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=2)
     torch.testing.assert_close(runs[2].scores[0], inputs.scores[0], atol=1e-4 * scale, rtol=1e-4)
+
+
+@hooked_only
+@pytest.mark.parametrize("family", ("gpt2", "llama"))
+def test_eap_ig_riemann_points_are_the_named_ones_not_the_reference_codes(family):
+    """The two named deviations from hannamw/EAP-IG (docs/circuits.md, *Next to the authors'
+    code*), point by point with 3 steps. Over inputs: α = 1/3, 2/3, 1 (the clean run counted,
+    the corrupted one not), where the reference's loop takes α = 0, 1/3, 2/3. Over activations:
+    an edge integrates along its sender's own layer only (layer-1 heads, layer-1 MLP), where the
+    reference averages each edge over every layer's path."""
+    from interp_edit.analysis.circuits import edge_scores
+
+    model = family_model(family)
+    right, left = (1 / 3, 2 / 3, 1.0), (0.0, 1 / 3, 2 / 3)
+    inputs = [("input", "a0.h2<q>"), ("input", "m1"), ("input", "logits"), ("a0.h1", "m2"), ("m1", "a2.h0<v>")]
+    got = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=3)
+    want, theirs = ref_riemann(model, "blocks.0.hook_resid_pre", inputs, right), \
+        ref_riemann(model, "blocks.0.hook_resid_pre", inputs, left)
+    scale = max(abs(v) for v in want.values())
+    for edge, value in want.items():
+        assert got.edge(*edge) == pytest.approx(value, rel=1e-4, abs=1e-5 * scale), edge
+    assert max(abs(got.edge(*e) - theirs[e]) for e in inputs) > 0.01 * scale  # the left sum differs here
+
+    heads = [("a1.h0", "a2.h1<q>"), ("a1.h3", "m2"), ("a1.h2", "logits")]
+    mlp = [("m1", "a2.h3<k>"), ("m1", "logits")]
+    acts = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_activations", ig_steps=3)
+    want = {**ref_riemann(model, "blocks.1.attn.hook_result", heads, right),
+            **ref_riemann(model, "blocks.1.hook_mlp_out", mlp, right)}
+    other = ref_riemann(model, "blocks.0.hook_mlp_out", heads + mlp, right)  # another layer's path
+    scale = max(abs(v) for v in want.values())
+    for edge, value in want.items():
+        assert acts.edge(*edge) == pytest.approx(value, rel=1e-4, abs=1e-5 * scale), edge
+    assert max(abs(want[e] - other[e]) for e in want) > 0.01 * scale  # the paths differ: the choice matters
+
+
+@hooked_only
+def test_the_reference_codes_eap_ig_conventions_are_named_options():
+    """ig_points="left" and ig_paths="all" are hannamw/EAP-IG's conventions: the left Riemann
+    points over inputs; over activations every edge averaged over every layer's path (input,
+    each layer's heads, each MLP), against references written in the test."""
+    from interp_edit.analysis.circuits import edge_scores
+    from interp_edit.errors import InvalidArgumentError
+
+    model = family_model("gpt2")
+    left = (0.0, 1 / 3, 2 / 3)
+    edges = [("input", "a0.h2<q>"), ("a0.h1", "m2"), ("m1", "a2.h0<v>"), ("a1.h2", "logits"), ("m0", "logits")]
+    got = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", ig_steps=3, ig_points="left")
+    want = ref_riemann(model, "blocks.0.hook_resid_pre", edges, left)
+    scale = max(abs(v) for v in want.values())
+    for edge, value in want.items():
+        assert got.edge(*edge) == pytest.approx(value, rel=1e-4, abs=1e-5 * scale), edge
+    assert got.settings == {"ig_points": "left"}
+
+    paths = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.{site}" for layer in range(model.cfg.n_layers)
+                                           for site in ("attn.hook_result", "hook_mlp_out")]
+    per_path = [ref_riemann(model, hook, edges, (1 / 3, 2 / 3, 1.0)) for hook in paths]
+    mean = {e: sum(p[e] for p in per_path) / len(paths) for e in edges}
+    acts = edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_activations", ig_steps=3, ig_paths="all")
+    scale = max(abs(v) for v in mean.values())
+    for edge, value in mean.items():
+        assert acts.edge(*edge) == pytest.approx(value, rel=1e-4, abs=1e-5 * scale), edge
+    assert acts.settings == {"ig_points": "right", "ig_paths": "all"}
+    for bad in ({"ig_points": "middle"}, {"ig_paths": "mine"}):
+        with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
+            edge_scores(model, CLEAN, CORRUPTED, method="eap_ig_inputs", **bad)
 
 
 # --- circuits -------------------------------------------------------------------------------

@@ -22,6 +22,13 @@ reading the corrupted run's output of the sender, ``M(patched) − M(clean)``; w
   the rest of the run is clean; (2 n_layers + 1) · ig_steps forward + backward passes.
 - ``"clean_corrupted"``: Δ_s · the mean of the gradients at the clean and the corrupted runs.
 
+Next to the authors' code (hannamw/EAP-IG, ``benchmarks/fidelity_eap_ig.py``): EAP,
+clean–corrupted and exact patching agree to float precision; EAP-IG differs by two named
+options whose defaults are ours — ``ig_points="right"`` where their inputs loop takes α = k / m
+for k = 0 … m − 1 (``"left"``; theirs = ours + 2 (clean_corrupted − eap) / m), and
+``ig_paths="own"`` where their activations variant averages every edge over all the layers'
+paths (``"all"``) (docs/circuits.md, *Next to the authors' code*).
+
 Metrics (:data:`~interp_edit.analysis.circuits.engine.METRICS`): ``logit_diff`` (answer −
 foil), ``prob``, ``logprob`` and ``kl`` (KL(p_clean ‖ p_run): zero with zero gradient at the
 clean run, so EAP scores it 0 — use EAP-IG).
@@ -140,12 +147,22 @@ class EdgeScores:
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
 
-def check_score_arguments(method, direction, ig_steps, max_rows) -> None:
+#: EAP-IG's Riemann points: ``"right"`` (α = k/m, k = 1 … m: the clean run counted) or ``"left"``
+#: (k = 0 … m − 1: the corrupted run counted, hannamw/EAP-IG's inputs loop)
+IG_POINTS = ("right", "left")
+#: EAP-IG over activations, the path an edge is integrated along: ``"own"`` (its sender's own
+#: layer output) or ``"all"`` (the mean over every layer's path, hannamw/EAP-IG's code)
+IG_PATHS = ("own", "all")
+
+
+def check_score_arguments(method, direction, ig_steps, max_rows, ig_points="right", ig_paths="own") -> None:
     from interp_edit.validation import check_choice, check_int
 
     check_choice(method, "method", METHODS)
     check_choice(direction, "direction", DIRECTIONS)
     check_int(ig_steps, "ig_steps", minimum=1)
+    check_choice(ig_points, "ig_points", IG_POINTS)
+    check_choice(ig_paths, "ig_paths", IG_PATHS)
     if max_rows is not None:
         check_int(max_rows, "max_rows", minimum=1)
 
@@ -162,13 +179,17 @@ def edge_scores(
     ig_steps: int = 5,
     direction: str = "noise",
     max_rows: int | None = None,
+    ig_points: str = "right",
+    ig_paths: str = "own",
 ) -> EdgeScores:
     """Score every edge of :func:`edge_graph` ``(model)`` by ``method`` (see the module
     docstring) over the prompt pairs ``clean[i]`` / ``corrupted[i]`` (one string each, or lists
     of equal length; the two prompts of a pair must have one token length). ``answer`` defaults
     to each clean prompt's top token, ``foil`` (``logit_diff``) to the corrupted one's.
-    ``max_rows``: the rows of one exact-patching forward (default 64). The model is left as it
-    was; every argument is checked before any forward.
+    ``max_rows``: the rows of one exact-patching forward (default 64). ``ig_points`` /
+    ``ig_paths``: EAP-IG's Riemann points (:data:`IG_POINTS`) and, over activations, the path
+    of an edge (:data:`IG_PATHS`); ``"left"`` / ``"all"`` are hannamw/EAP-IG's code (see the
+    module docstring). The model is left as it was; every argument is checked before any forward.
 
     >>> s = edge_scores(model, ["Talvik Corlo was born in", "Beldel Kordor was born in"],
     ...                 ["Beldel Kordor was born in", "Talvik Corlo was born in"],
@@ -176,16 +197,17 @@ def edge_scores(
     >>> s.method, s.answers
     ('clean_corrupted', ('Karsa', 'Gemmel'))
     """
-    check_score_arguments(method, direction, ig_steps, max_rows)
+    check_score_arguments(method, direction, ig_steps, max_rows, ig_points, ig_paths)
     check_arguments(clean, corrupted, answer, foil, metric)
     check_edge_model(model)
     task = prepare_task(model, clean, corrupted, answer, foil, metric)
     graph = edge_graph(model)
-    return scores_for_task(model, graph, task, method=method, ig_steps=ig_steps, direction=direction, max_rows=max_rows)
+    return scores_for_task(model, graph, task, method=method, ig_steps=ig_steps, direction=direction, max_rows=max_rows,
+                           ig_points=ig_points, ig_paths=ig_paths)
 
 
 def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_steps: int, direction: str,
-                    max_rows: int | None) -> EdgeScores:
+                    max_rows: int | None, ig_points: str = "right", ig_paths: str = "own") -> EdgeScores:
     clean_out = sender_outputs(model, graph, task.clean)
     corrupt_out = sender_outputs(model, graph, task.corrupted)
     with torch.no_grad():
@@ -203,18 +225,27 @@ def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_step
                  + receiver_gradients(model, graph, task.corrupted, task.mean_metric)) / 2
         scores = _contract(graph, delta, grads)
     elif method == "eap_ig_inputs":
-        grads = _ig_gradients(model, graph, task, 0, clean_out, corrupt_out, ig_steps)
+        grads = _ig_gradients(model, graph, task, 0, clean_out, corrupt_out, ig_steps, ig_points)
         scores = _contract(graph, delta, grads)
     else:
         scores = torch.zeros(len(graph.senders), len(graph.receivers))
-        for group, senders in enumerate(g.senders for g in sender_groups(model, graph)):
-            grads = _ig_gradients(model, graph, task, group, clean_out, corrupt_out, ig_steps)
-            scores[senders] = _contract(graph, delta, grads)[senders]
+        groups = [g.senders for g in sender_groups(model, graph)]
+        for group, senders in enumerate(groups):
+            contracted = _contract(graph, delta, _ig_gradients(model, graph, task, group, clean_out, corrupt_out, ig_steps,
+                                                               ig_points))
+            if ig_paths == "own":  # an edge along its sender's own layer's path
+                scores[senders] = contracted[senders]
+            else:  # every edge on every layer's path, averaged (the reference code's)
+                scores += contracted / len(groups)
+    settings = {}
+    if method == "exact":
+        settings = dict(max_rows=max_rows)
+    elif method.startswith("eap_ig"):
+        settings = dict(ig_points=ig_points, **({"ig_paths": ig_paths} if method == "eap_ig_activations" else {}))
     return EdgeScores(graph, scores, method, task.metric, direction,
                       ig_steps if method.startswith("eap_ig") else None, m_clean, m_corrupt,
                       task.clean_prompts, task.corrupted_prompts, tuple(t.text for t in task.targets),
-                      settings=dict(max_rows=max_rows) if method == "exact" else {}, task=task,
-                      clean_prefers_target=task.prefers_target)
+                      settings=settings, task=task, clean_prefers_target=task.prefers_target)
 
 
 def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "sender receiver"]:
@@ -223,10 +254,10 @@ def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "
 
 
 def _ig_gradients(model, graph: EdgeGraph, task: Task, group: int, clean_out: Tensor, corrupt_out: Tensor,
-                  steps: int) -> Tensor:
-    """The mean receiver gradients over the right Riemann sum of the path that moves sender
-    group ``group`` (0: the input embeddings) from its corrupted to its clean output, the rest
-    of the run clean. Where the group's write hook holds its outputs' sum (a post-norm block's
+                  steps: int, points: str = "right") -> Tensor:
+    """The mean receiver gradients over the Riemann sum (``points``: :data:`IG_POINTS`) of the
+    path that moves sender group ``group`` (0: the input embeddings) from its corrupted to its
+    clean output, the rest of the run clean. Where the group's write hook holds its outputs' sum (a post-norm block's
     heads), that sum moves by the change of the outputs along the path."""
     g = sender_groups(model, graph)[group]
     clean_g, corrupt_g = clean_out[:, :, g.senders], corrupt_out[:, :, g.senders]
@@ -238,7 +269,7 @@ def _ig_gradients(model, graph: EdgeGraph, task: Task, group: int, clean_out: Te
         return (value if g.heads else value[:, :, 0]).to(act.dtype)
 
     total = None
-    for k in range(1, steps + 1):
+    for k in (range(1, steps + 1) if points == "right" else range(steps)):
         grads = receiver_gradients(model, graph, task.clean, task.mean_metric,
                                    hooks=[(g.write, functools.partial(interpolate, alpha=k / steps))])
         total = grads if total is None else total + grads
