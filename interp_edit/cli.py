@@ -29,6 +29,8 @@ RELATIONS = ("born_in", "profession", "speaks", "instrument", "located_in", "cap
 MAX_SEED = 2**32 - 1
 #: the most threads a flag takes (torch crashes on absurd thread counts)
 MAX_THREADS = 1024
+#: the most people a toy world holds (:data:`interp_edit.toyworld.world.MAX_PEOPLE`, kept equal by a test)
+MAX_PEOPLE = 24800
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -117,6 +119,7 @@ _file_stem.__name__ = "file name stem"
 
 POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 SEED, THREADS = _int_at_least(0, MAX_SEED), _int_at_least(1, MAX_THREADS)
+PEOPLE = _int_at_least(2, MAX_PEOPLE)
 
 
 def _editor(name: str, flag: str = "--method"):
@@ -558,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=POSITIVE, help="optimisation steps (default: the shipped config)")
     train.add_argument("--seed", type=SEED, help="training seed: initialisation and training text (default 0)")
     train.add_argument("--world-seed", type=SEED, help="seed of the world: who the people are and their facts (default 0)")
-    train.add_argument("--n-people", type=POSITIVE, help="people in the world (default 400)")
+    train.add_argument("--n-people", type=PEOPLE, help=f"people in the world, 2 to {MAX_PEOPLE} (default 400)")
     train.add_argument("--threads", type=THREADS, help="CPU threads used for training (default 2)")
     train.add_argument("--d-mlp", type=POSITIVE, help="MLP width of every block (default 512)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

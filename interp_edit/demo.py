@@ -108,9 +108,12 @@ def edit_one_fact(model, records, seed: int, figures: Path | None = None) -> Non
     from interp_edit.editing import rome
 
     rng = random.Random(stable_seed("demo-edit", seed))
-    record = rng.choice([r for r in records if r.relation_id == "born_in"])
-    prompts = [record.prompt.format(record.subject), record.paraphrase_prompts[0], record.neighborhood_prompts[0],
-               record.same_subject_prompts[0][0]]
+    born_in = [r for r in records if r.relation_id == "born_in"]
+    # a fact with a neighbour (another person born in that city; a small world may have none)
+    record = rng.choice([r for r in born_in if r.neighborhood_prompts] or born_in)
+    shown = [("edit prompt", record.prompt.format(record.subject)), ("paraphrase", record.paraphrase_prompts[0]),
+             *[("neighbour", p) for p in record.neighborhood_prompts[:1]], ("other fact", record.same_subject_prompts[0][0])]
+    prompts = [prompt for _, prompt in shown]
     start = time.perf_counter()
     edit = rome(model, [record])
     seconds = time.perf_counter() - start
@@ -125,8 +128,7 @@ def edit_one_fact(model, records, seed: int, figures: Path | None = None) -> Non
         after = top3()
     print(f"\nROME edit ({seconds:.1f}s, layer {edit.layers()[0]}): {record.subject} born in "
           f"{record.target_true} -> {record.target_new}")
-    for label, prompt, b, a in zip(("edit prompt", "paraphrase", "neighbour", "other fact"), prompts, before, after,
-                                   strict=True):
+    for (label, prompt), b, a in zip(shown, before, after, strict=True):
         print(f"  {label:11} {prompt!r}")
         print(f"    before: {b}")
         print(f"    after:  {a}")

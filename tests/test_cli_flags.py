@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interp_edit import cli
-from interp_edit.cli import GROUPS, KINDS, MAX_SEED, MAX_THREADS, METHODS, RELATIONS, build_parser, main
+from interp_edit.cli import GROUPS, KINDS, MAX_PEOPLE, MAX_SEED, MAX_THREADS, METHODS, RELATIONS, build_parser, main
 
 #: the arguments each (sub)command needs besides the flag under test
 PREFIX = {
@@ -90,7 +90,7 @@ FLAGS = {
     ("sweep", "--executor"): _one_of(("inprocess", "processes", "ray")), ("sweep", "--workers"): POSITIVE,
     ("sweep", "--retries"): NON_NEGATIVE, ("sweep", "--connect-timeout"): _positive_finite,
     ("toy train", "--steps"): POSITIVE, ("toy train", "--seed"): SEED, ("toy train", "--world-seed"): SEED,
-    ("toy train", "--n-people"): POSITIVE, ("toy train", "--threads"): THREADS, ("toy train", "--d-mlp"): POSITIVE,
+    ("toy train", "--n-people"): _int_in(2, 24800), ("toy train", "--threads"): THREADS, ("toy train", "--d-mlp"): POSITIVE,
 }
 
 
@@ -121,6 +121,14 @@ def test_the_relations_flag_knows_the_toy_worlds_relations():
     assert RELATIONS == tuple(spec.id for spec in SPECS)
 
 
+def test_the_people_flag_knows_the_largest_world():
+    from interp_edit.toyworld.world import MAX_PEOPLE as WORLD_MAX
+    from interp_edit.toyworld.world import build_world
+
+    assert MAX_PEOPLE == WORLD_MAX
+    assert len(build_world(0, n_people=MAX_PEOPLE).people) == MAX_PEOPLE
+
+
 # --- bad values: one line naming the flag and the value, before any command runs -----------------
 
 BAD = [
@@ -144,6 +152,7 @@ BAD = [
     ("sweep", "--connect-timeout", "inf"), ("sweep", "--executor", "slurm"),
     ("toy train", "--seed", "-1"), ("toy train", "--world-seed", "seven"), ("toy train", "--threads", "0"),
     ("toy train", "--threads", str(MAX_THREADS + 1)), ("toy train", "--d-mlp", "0"),
+    ("toy train", "--n-people", "1"), ("toy train", "--n-people", str(MAX_PEOPLE + 1)),
 ]
 
 

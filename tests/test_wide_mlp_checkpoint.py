@@ -47,5 +47,5 @@ def test_it_knows_most_of_its_facts(wide_model):
     logits = last_token_logits(wide_model, [r.prompt.format(r.subject) for r in sample])
     right = [wide_model.tokenizer.decode([int(i)]).strip() == r.target_true
              for i, r in zip(logits.argmax(-1), sample, strict=True)]
-    # toy eval of this checkpoint (every fact x 18 training templates): fact_acc 0.719
+    # toy eval of this checkpoint (every fact x 19 training templates): fact_acc 0.719
     assert sum(right) / len(right) >= 0.6

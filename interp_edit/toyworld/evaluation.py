@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from interp_edit.batching import last_token_logits
-from interp_edit.errors import TokenizationError
+from interp_edit.errors import DatasetError, TokenizationError
+from interp_edit.toyworld.model_world import WorldSpec, world_spec_of
 from interp_edit.toyworld.templates import BIRTH_COUNTRY, relation
 from interp_edit.toyworld.world import ToyWorld
 
@@ -50,7 +51,14 @@ def evaluation_sets(world: ToyWorld) -> dict[str, tuple[list[str], list[str]]]:
 def evaluate_toyworld(model, world: ToyWorld, batch_size: int = 512) -> dict[str, float]:
     """``fact_acc`` (training templates), ``paraphrase_acc`` (held-out templates),
     ``twohop_trained_acc`` / ``twohop_heldout_acc`` (birth country of people whose composition
-    was / was not trained, training phrasings) and ``twohop_trained_paraphrase_acc``."""
+    was / was not trained, training phrasings) and ``twohop_trained_paraphrase_acc``.
+
+    ``world`` must be the model's own (``world_of(model)``) when the model carries one: the
+    accuracies of another world's facts would measure nothing, so that is refused before any forward."""
+    model_spec, given = world_spec_of(model), WorldSpec.of(world)
+    if model_spec is not None and model_spec != given:
+        raise DatasetError(f"evaluate_toyworld was given the {given}, but the model was trained on the {model_spec}: "
+                           "its people and facts are not the model's; pass world_of(model)")
     return {
         f"{key}_acc": top1_accuracy(model, prompts, answers, batch_size)
         for key, (prompts, answers) in evaluation_sets(world).items()

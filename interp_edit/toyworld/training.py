@@ -11,11 +11,19 @@ import torch
 
 from interp_edit.adapter import build_hooked_transformer, save_checkpoint
 from interp_edit.batching import pad_right
+from interp_edit.errors import InvalidArgumentError
 from interp_edit.progress import progress_bar
 from interp_edit.toyworld.corpus import CorpusMixture, CorpusSampler
 from interp_edit.toyworld.model_world import WorldSpec, attach_world
 from interp_edit.toyworld.tokenizer import build_tokenizer
-from interp_edit.toyworld.world import build_world
+from interp_edit.toyworld.world import build_world, check_n_people
+
+
+def _check_counts(owner: str, minimum: int, **values: object) -> None:
+    """Raise :class:`InvalidArgumentError` naming the first field that is not an integer >= ``minimum``."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InvalidArgumentError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,10 @@ class ToyModelConfig:
     n_ctx: int = 64
 
     def __post_init__(self) -> None:
+        _check_counts("ToyModelConfig", 1, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+                      d_mlp=self.d_mlp, n_ctx=self.n_ctx)
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise InvalidArgumentError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
     def hooked_config(self, d_vocab: int, seed: int) -> dict:
         return dict(
@@ -70,6 +80,18 @@ class ToyTrainConfig:
     threads: int = 2
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
     mixture: CorpusMixture = field(default_factory=CorpusMixture)
+
+    def __post_init__(self) -> None:
+        """Every size and rate checked when the config is made, before a world is built or a step taken."""
+        check_n_people(self.n_people)
+        _check_counts("ToyTrainConfig", 1, steps=self.steps, batch_size=self.batch_size, threads=self.threads)
+        _check_counts("ToyTrainConfig", 0, warmup_steps=self.warmup_steps)
+        for name, positive in (("lr", True), ("grad_clip", True), ("weight_decay", False), ("min_lr_ratio", False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (positive and value == 0):
+                raise InvalidArgumentError(f"ToyTrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                                           f"got {value!r}")
 
 
 def learning_rate(step: int, cfg: ToyTrainConfig) -> float:

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from interp_edit.errors import InvalidArgumentError
 from interp_edit.toyworld.templates import BIRTH_COUNTRY, PERSON_RELATIONS, relation
 
 CITIES = (
@@ -42,6 +43,10 @@ _INITIALS = ("Tal", "Mer", "Kor", "Bel", "Dra", "Sol", "Fen", "Gar", "Hul", "Jor
              "Cor", "Dem", "Ev", "Hal", "Ith", "Kel", "Mor", "Ped")
 _CONTINUATIONS = ("vo", "ra", "len", "dor", "mi", "sa", "tin", "bek", "ro", "na", "vik",
                   "del", "ko", "rin", "wa", "lo", "ser", "mon", "ta", "fi", "gun", "pas")
+#: first names, and one-token last names, of every world (the other syllable pairs are long last names)
+_N_FIRST_NAMES = _N_SHORT_LAST_NAMES = 40
+#: the most people a world holds: every first name with every last name (the same for every seed)
+MAX_PEOPLE = _N_FIRST_NAMES * (len(_INITIALS) * len(_CONTINUATIONS) - _N_FIRST_NAMES)
 
 
 def stable_seed(*parts: object) -> int:
@@ -139,6 +144,13 @@ class ToyWorld:
         }
 
 
+def check_n_people(n_people: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``n_people`` is an integer from 2 to
+    :data:`MAX_PEOPLE` (checked before anything is built or trained)."""
+    if isinstance(n_people, bool) or not isinstance(n_people, int) or not 2 <= n_people <= MAX_PEOPLE:
+        raise InvalidArgumentError(f"n_people must be an integer from 2 to {MAX_PEOPLE}, got {n_people!r}")
+
+
 def build_world(seed: int = 0, n_people: int = 400) -> ToyWorld:
     """Build the toy world deterministically from ``seed``.
 
@@ -147,23 +159,19 @@ def build_world(seed: int = 0, n_people: int = 400) -> ToyWorld:
     countries (3 each); each country's capital is one of its cities and it has its own
     language. The birth-country composition is trained for half of the people.
     """
-    if n_people < 2:
-        raise ValueError(f"n_people must be at least 2, got {n_people}")
+    check_n_people(n_people)
     rng = random.Random(stable_seed("toyworld", seed))
 
     # Name parts: each syllable combination is a distinct word.
     combos = [i + c for i in _INITIALS for c in _CONTINUATIONS]
     rng.shuffle(combos)
-    first_names = tuple(sorted(combos[:40]))
-    short_last = tuple(sorted(combos[40:80]))
+    first_names = tuple(sorted(combos[:_N_FIRST_NAMES]))
+    short_last = tuple(sorted(combos[_N_FIRST_NAMES : _N_FIRST_NAMES + _N_SHORT_LAST_NAMES]))
     used = set(first_names) | set(short_last)
     last_initials = tuple(sorted(set(_INITIALS)))
     last_conts = tuple(sorted(set(_CONTINUATIONS)))
-    long_last = sorted(c for c in combos[80:] if c not in used)
-
-    max_people = len(first_names) * (len(short_last) + len(long_last))
-    if n_people > max_people:
-        raise ValueError(f"n_people must be at most {max_people}, got {n_people}")
+    long_last = sorted(c for c in combos[_N_FIRST_NAMES + _N_SHORT_LAST_NAMES :] if c not in used)
+    assert len(first_names) * (len(short_last) + len(long_last)) == MAX_PEOPLE
     people: list[Person] = []
     seen: set[str] = set()
     while len(people) < n_people:
