@@ -83,8 +83,14 @@ def test_to_hf_refuses_gpt_neo_local_unscaled_attention():
 
 
 def test_to_hf_refuses_a_bridge_naming_its_hugging_face_model():
+    """TransformerLens 3.9's bridge exposes no W_pos (a raw AttributeError): refused, naming
+    model.original_model. TransformerLens 4's exports (test_model_adapter's export tests)."""
+    from interp_edit.adapter.bridge import hooked_available
+
+    if not hooked_available():
+        pytest.skip("TransformerLens 4's bridge exposes the weights: the export works there")
     model = load_model("toyworld", backend="bridge")
-    with pytest.raises(ExportError, match="TransformerBridge.*model.original_model"):
+    with pytest.raises(ExportError, match="TransformerBridge.*does not expose.*model.original_model"):
         to_hf(model)
 
 

@@ -49,16 +49,23 @@ def to_hf(model):
     >>> tokenizer.decode(hf_model(ids).logits[0, -1].argmax())     # the same answer as the TL model
     ' Karsa'
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from interp_edit.adapter import bridge
 
-    if bridge.is_bridge(model):
+    if not bridge.is_bridge(model):
+        return _to_hf(model)
+    try:  # TransformerLens 4's bridge exposes the HookedTransformer weights to_hf reads; 3.9's does not
+        return _to_hf(model)
+    except AttributeError as err:
         raise ExportError(
-            "cannot export to GPT2LMHeadModel: to_hf exports a HookedTransformer, and this model is a TransformerBridge "
-            "(backend='bridge'), which runs its Hugging Face model as it is: that model is model.original_model "
-            "(save it with model.original_model.save_pretrained(folder))"
-        )
+            f"cannot export to GPT2LMHeadModel: this TransformerBridge (backend='bridge') does not expose the "
+            f"HookedTransformer weights to_hf reads ({err}); it runs its Hugging Face model as it is: that model is "
+            "model.original_model (save it with model.original_model.save_pretrained(folder))"
+        ) from None
+
+
+def _to_hf(model):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     cfg = model.cfg
     problems = []
     if cfg.positional_embedding_type != "standard":
@@ -77,7 +84,8 @@ def to_hf(model):
     # config without these fields, e.g. a checkpoint's, has HookedTransformerConfig's defaults: GPT-2's)
     if getattr(cfg, "use_local_attn", False):
         problems.append(f"local (sliding-window) attention layers (attn_types={cfg.attn_types}, window_size={cfg.window_size})")
-    scale = float(getattr(cfg, "attn_scale", cfg.d_head ** 0.5)) if getattr(cfg, "use_attn_scale", True) else 1.0
+    scale = float(getattr(cfg, "attn_scale", -1.0) or -1.0) if getattr(cfg, "use_attn_scale", True) else 1.0
+    scale = cfg.d_head ** 0.5 if scale < 0 else scale  # -1: unset (a bridge's config), sqrt(d_head)
     if abs(scale - cfg.d_head ** 0.5) > 1e-6 * cfg.d_head ** 0.5:
         problems.append(f"attention scores divided by {scale:g} (GPT-2 divides by sqrt(d_head) = {cfg.d_head ** 0.5:g})")
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
