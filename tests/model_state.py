@@ -38,3 +38,24 @@ def refused_before_any_forward(model):
         handle.remove()
     assert calls == [], "a forward ran before the bad input was refused"
     assert_unchanged(model, state)
+
+
+class StoppedRun(Exception):
+    """Raised by :func:`stops_after_batch`: an experiment interrupted after a recorded batch."""
+
+
+@contextlib.contextmanager
+def stops_after_batch(batch: int):
+    """Within the block, ``run_experiment`` raises :class:`StoppedRun` once batch ``batch`` is recorded."""
+    from interp_edit.evaluation import runner
+
+    def stop(done: int) -> None:
+        if done == batch:
+            raise StoppedRun(f"stopped after batch {done}")
+
+    original = runner._after_batch
+    runner._after_batch = stop
+    try:
+        yield
+    finally:
+        runner._after_batch = original

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_state import assert_unchanged, refused_before_any_forward, snapshot
+from model_state import StoppedRun, assert_unchanged, refused_before_any_forward, snapshot, stops_after_batch
 
 from interp_edit.editing import Edit, EditRequest, get_editor
 from interp_edit.editing.methods.grace import GraceCodebook, GRACEConfig, build_codebook, grace
@@ -289,19 +289,8 @@ def test_a_sequential_run_extends_one_codebook_and_resumes_to_the_same_one(toy_m
         memory = grace(toy_model, runner._requests([data[i] for i in entry["case_ids"]]), memory=memory, n_iter=3)
     assert memory.content_hash() == last.content_hash()
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_second(batch):
-        if batch == 1:
-            raise Stop
-    original = runner._after_batch
-    runner._after_batch = stop_after_second
-    try:
-        with pytest.raises(Stop):
-            run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "cut", **kwargs)
-    finally:
-        runner._after_batch = original
+    with stops_after_batch(1), pytest.raises(StoppedRun):
+        run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "cut", **kwargs)
     resumed = run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "cut", **kwargs)
     assert Edit.load(tmp_path / "cut" / resumed.batches[-1]["edit_file"]).content_hash() == last.content_hash()
     assert_unchanged(toy_model, state, no_edits=True)

@@ -48,7 +48,7 @@ from interp_edit.adapter import (
 )
 from interp_edit.adapter.params import APPLIED_EDITS_ATTR, weight_checksum
 from interp_edit.editing.hooks import hook_points
-from interp_edit.errors import EditApplicationError
+from interp_edit.errors import EditApplicationError, EditConfigError
 from interp_edit.precision import add_delta_, all_finite
 from interp_edit.statistics.provenance import thin_statistics_note
 
@@ -624,3 +624,23 @@ def check_previous_applied(model, digest: str | None, what: str) -> None:
             f"{what} already counts the previous batch, but its edit (content hash {digest[:12]}) is not applied "
             "to the model (never applied, or undone since): apply each returned edit before the next call, or start a "
             "new sequence")
+
+
+def continued_memory(memory, method: str, kind: type, fingerprint: str):
+    """The one hook (of type ``kind``) of ``memory``, an earlier ``method`` edit that a lifelong
+    call continues (``memory=``: WISE's side memory, GRACE's codebook) on the model with
+    ``fingerprint``; anything else is an :class:`~interp_edit.errors.EditConfigError`."""
+    hooks = list(getattr(memory, "hooks", {}).values())
+    if not isinstance(memory, Edit) or memory.method != method or len(hooks) != 1 or not isinstance(hooks[0], kind):
+        raise EditConfigError(f"argument 'memory' must be an Edit returned by {method}(), got {type(memory).__name__}")
+    if memory.model_fingerprint != fingerprint:
+        raise EditConfigError(f"argument 'memory': that {method} edit was made for another model "
+                              f"(fingerprint {memory.model_fingerprint}, this model {fingerprint})")
+    return hooks[0]
+
+
+def check_memory_not_active(memory: Edit, model) -> None:
+    """A memory a call continues must not act on the model: the new edit holds it extended and replaces it."""
+    if content_active(model, memory.content_hash()):  # applied in place, or inside its hooked block
+        raise EditConfigError(f"argument 'memory': that {memory.method} edit is applied to the model; undo it first "
+                              "(the new edit holds the extended memory and replaces it)")

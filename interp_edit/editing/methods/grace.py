@@ -242,15 +242,9 @@ def _previous(memory, model, cfg: GRACEConfig, fingerprint: str, name: str) -> t
     """The codebook a call continues (``memory``), its key labels and owners, checked before any compute."""
     if memory is None:
         return None
-    from interp_edit.editing.edit import content_active
+    from interp_edit.editing.edit import check_memory_not_active, continued_memory
 
-    hooks = list(getattr(memory, "hooks", {}).values())
-    if not isinstance(memory, Edit) or memory.method != "grace" or len(hooks) != 1 or not isinstance(hooks[0], GraceCodebook):
-        raise EditConfigError(f"argument 'memory' must be an Edit returned by grace(), got {type(memory).__name__}")
-    if memory.model_fingerprint != fingerprint:
-        raise EditConfigError(f"argument 'memory': that GRACE edit was made for another model "
-                              f"(fingerprint {memory.model_fingerprint}, this model {fingerprint})")
-    held = hooks[0]
+    held = continued_memory(memory, "grace", GraceCodebook, fingerprint)
     if held.hook_name != name or held.replacement != cfg.replacement:
         raise EditConfigError(f"argument 'memory': its codebook is at {held.hook_name} with replacement "
                               f"{held.replacement!r}; fields 'layer' / 'site' / 'replacement' give {name} and {cfg.replacement!r}")
@@ -258,9 +252,7 @@ def _previous(memory, model, cfg: GRACEConfig, fingerprint: str, name: str) -> t
     if labels is None or owners is None or len(labels) != len(held.keys) or len(owners) != len(held.keys):
         raise EditConfigError("argument 'memory': that GRACE edit does not record its keys' targets (made by an older "
                               "version); it cannot be continued")
-    if content_active(model, memory.content_hash()):  # applied in place, or inside its hooked block
-        raise EditConfigError("argument 'memory': that GRACE edit is applied to the model; undo it first (the new edit "
-                              "holds the extended codebook and replaces it)")
+    check_memory_not_active(memory, model)
     return held, [tuple(x) for x in labels], [list(o) for o in owners]
 
 

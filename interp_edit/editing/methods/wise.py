@@ -316,20 +316,12 @@ def _previous(memory, model, cfg: WISEConfig, fingerprint: str) -> WiseSideMemor
     """The side memory a call continues (``memory``), checked before any compute."""
     if memory is None:
         return None
-    from interp_edit.editing.edit import content_active
+    from interp_edit.editing.edit import check_memory_not_active, continued_memory
 
-    hooks = list(getattr(memory, "hooks", {}).values())
-    if not isinstance(memory, Edit) or memory.method != "wise" or len(hooks) != 1 or not isinstance(hooks[0], WiseSideMemory):
-        raise EditConfigError(f"argument 'memory' must be an Edit returned by wise(), got {type(memory).__name__}")
-    if memory.model_fingerprint != fingerprint:
-        raise EditConfigError(f"argument 'memory': that WISE edit was made for another model "
-                              f"(fingerprint {memory.model_fingerprint}, this model {model_fingerprint(model)})")
-    held = hooks[0]
+    held = continued_memory(memory, "wise", WiseSideMemory, fingerprint)
     if held.layer != cfg.layer:
         raise EditConfigError(f"argument 'memory': its side memory is at layer {held.layer}, field 'layer' is {cfg.layer}")
-    if content_active(model, memory.content_hash()):  # applied in place, or inside its hooked block
-        raise EditConfigError("argument 'memory': that WISE edit is applied to the model; undo it first (the new edit "
-                              "holds the extended memory and replaces it)")
+    check_memory_not_active(memory, model)
     return held
 
 
