@@ -77,7 +77,10 @@ def test_a_replaced_cache_file_is_read_again(toy_model, tmp_path):
     path = first.provenance.path
     with safe_open(path, "pt") as handle:
         meta = handle.metadata()
-    save_file({"moment": 2 * first.moment}, path, metadata=meta)  # another statistic in the same file
+    from interp_edit.statistics.collect import moment_checksum
+
+    # another statistic written in the same file, with its own checksum
+    save_file({"moment": 2 * first.moment}, path, metadata={**meta, "crc32": moment_checksum(2 * first.moment)})
     again = key_statistics(toy_model, [0], corpus=texts, n_samples=2, cache_dir=tmp_path, progress=False)[0]
     assert torch.equal(again.moment, 2 * first.moment) and json.loads(meta["provenance"])["layer"] == 0
     # other texts are another entry

@@ -204,3 +204,50 @@ def test_figure_export_refuses_a_bad_scale(tmp_path, scale):
     with pytest.raises(ExportError, match="scale"):
         save_figure(go.Figure(), tmp_path / "fig", plotlyjs="inline", scale=scale)
     assert list(tmp_path.iterdir()) == []
+
+
+def _rewrite_moment(path, moment):
+    """Rewrite a cache file's moment, keeping its metadata (provenance and checksum) as written."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    save_file({"moment": moment.contiguous()}, str(path), metadata=meta)
+
+
+def test_a_cache_file_changed_after_it_was_written_is_not_used(toy_model, tmp_path):
+    from interp_edit.statistics import clear_statistics_cache
+
+    first = key_statistics(toy_model, [1], corpus=TEXTS, cache_dir=tmp_path, progress=False)[1]
+    clear_statistics_cache(toy_model)
+    changed = first.moment.clone()
+    changed[0, 0] += 1e-3  # provenance and size as written: only the checksum tells
+    _rewrite_moment(first.provenance.path, changed)
+    with pytest.warns(UserWarning, match="does not match the checksum"):
+        fixed = key_statistics(toy_model, [1], corpus=TEXTS, cache_dir=tmp_path, progress=False)[1]
+    assert fixed.provenance.source == "computed" and torch.equal(fixed.moment, first.moment)
+    # a file given by path is refused outright, naming it
+    _rewrite_moment(first.provenance.path, changed)
+    with pytest.raises(StatisticsMismatchError, match="does not match the checksum"):
+        key_statistics(toy_model, [1], cache_dir=tmp_path, progress=False, stats={1: first.provenance.path})
+    # an unchanged file is read back as written
+    _rewrite_moment(first.provenance.path, first.moment)
+    clear_statistics_cache(toy_model)
+    again = key_statistics(toy_model, [1], corpus=TEXTS, cache_dir=tmp_path, progress=False)[1]
+    assert again.provenance.source == "cache" and torch.equal(again.moment, first.moment)
+
+
+def test_a_folder_where_a_cache_file_goes_is_named_before_any_forward(toy_model, tmp_path):
+    from interp_edit.statistics import clear_statistics_cache
+
+    first = key_statistics(toy_model, [2], corpus=TEXTS, cache_dir=tmp_path, progress=False)[2]
+    clear_statistics_cache(toy_model)
+    path = first.provenance.path
+    import os
+
+    os.remove(path)
+    os.mkdir(path)
+    with refused_before_any_forward(toy_model), pytest.raises(EditConfigError, match="is a folder") as err:
+        key_statistics(toy_model, [2], corpus=TEXTS, cache_dir=tmp_path, progress=False)
+    assert str(path) in str(err.value)

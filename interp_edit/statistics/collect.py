@@ -39,6 +39,7 @@ import json
 import operator
 import os
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -193,6 +194,8 @@ def _fixed_statistics(model, layers, site, corpus, n_samples, batch_size, cache_
     found = _cached(model, folder, stem, site, layers, packing)
     missing = [layer for layer in layers if layer not in found]
     if missing:
+        for layer in missing:
+            check_cache_target(folder / f"{stem}_L{layer}.safetensors")
         _require_base(model, missing)
         if texts is None:
             texts = default_corpus(model, n_samples)
@@ -425,6 +428,10 @@ def load_cache_file(path: Path) -> KeyStatistics:
         raise StatisticsMismatchError(f"statistics file {str(path)!r} cannot be read ({err})") from None
     if "provenance" not in meta:
         raise StatisticsMismatchError(f"statistics file {str(path)!r} records no provenance (an older cache file)")
+    if "crc32" in meta and meta["crc32"] != moment_checksum(moment):
+        raise StatisticsMismatchError(
+            f"statistics file {str(path)!r}: its moment does not match the checksum written with it (the file was "
+            "changed after it was written)")
     try:
         prov = StatsProvenance(**json.loads(meta["provenance"]))
     except (TypeError, ValueError) as err:
@@ -465,9 +472,27 @@ def write_cache(path: Path, stats: KeyStatistics) -> None:
 
     from interp_edit.atomic_files import atomic_path
 
+    check_cache_target(path)
     prov = stats.provenance.replace(path=None)
+    moment = stats.moment.contiguous()
     with atomic_path(path) as tmp:
-        save_file({"moment": stats.moment.contiguous()}, str(tmp), metadata={"provenance": json.dumps(prov.as_dict())})
+        save_file({"moment": moment}, str(tmp),
+                  metadata={"provenance": json.dumps(prov.as_dict()), "crc32": moment_checksum(moment)})
+
+
+def moment_checksum(moment: Tensor) -> str:
+    """The CRC-32 of a moment's bytes (as stored), written with a cache file and checked when it
+    is read: a file changed after it was written is not used (about 3 GB/s on one CPU core)."""
+    data = moment.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(data):08x}"
+
+
+def check_cache_target(path: Path) -> None:
+    """An :class:`EditConfigError` when something other than a file is where a cache file goes
+    (checked before any statistics are computed, and again when the file is written)."""
+    if path.exists() and not path.is_file():
+        raise EditConfigError(f"the statistics cache file {str(path)!r} is a folder (or not a file); move it away "
+                              "or give another cache_dir")
 
 
 __all__ = ["BATCH_TOKENS", "CACHE_ENV", "PACKINGS", "SITES", "KeyStatistics", "StatsProvenance", "accumulate", "batches",
