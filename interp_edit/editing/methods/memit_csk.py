@@ -6,8 +6,14 @@ configurable edit token and a layer window chosen by causal tracing. Spec: metho
   subject, verb or object span (the spans are given in the request: ``EditRequest.verb`` /
   ``.object``), or at the prompt's last token. Everything else is MEMIT's
   :func:`~interp_edit.editing.methods.memit.spread_update` (same least-squares update per layer).
-  The subject's "essence" KL term only constrains subject-token edits (the essence prompts
-  hold the subject alone).
+  The KL ("essence") term follows the authors' code (anshitag/memit_csk ``compute_z``): its
+  prompt ``"{} is a:"`` holds the *edited word* alone — the subject, verb or object span —
+  and δ is added, and the KL read, at the edit token's first / last token of it
+  (``essence_word="edit_span"``). ``essence_word="subject"`` (ours before, kept by the
+  ``toyworld`` preset, whose published numbers were measured with it) fills it with the subject
+  only, so that a verb- or object-token edit has no KL term. ``prompt_last`` has no span and
+  no KL term (the code's ``"last"`` fact token is unsupported: it raises). Against the code on
+  the exported toy model: ``benchmarks/reference_compare_memit_csk.py``, docs/fidelity.md.
 - ``layers="auto"``: per-layer AIE at the edit token of the first ``trace_samples`` requests
   (:func:`~interp_edit.analysis.edit_token_aie.edit_token_aie`, hidden-state traces with and
   without the later MLPs severed, scored on each request's ``target_true`` or, without one, its
@@ -55,10 +61,12 @@ class MEMITCSKConfig(MEMITConfig):
     """MEMIT-CSK's settings: MEMIT's fields plus the edit token and the layer choice.
 
     Defaults: ``layers="auto"`` with ``window`` 5 (the paper's W); the GPT-2 XL preset is the
-    paper's fixed layers 1–5 (MEMIT's λ, clamp and prefixes). The paper gives no GPT-J window,
+    paper's fixed layers 1–5 (MEMIT's λ, clamp and prefixes; the code's hparams/MEMIT_CSK/gpt2-xl.json),
+    the KL prompt the code's ``"{} is a:"`` filled with the edited span. The paper gives no GPT-J window,
     so that preset traces (``"auto"``) with MEMIT's GPT-J λ. The toy-world preset uses a window
     of 2 on its 6 layers: on 100 statements edited at the verb's last token, W = 1 / 2 / 3 gave
-    efficacy 0.97 / 1.00 / 1.00 and relapse 0.26 / 0.13 / 0.15 (``benchmarks/memit_csk_tokens.py``).
+    efficacy 0.97 / 1.00 / 1.00 and relapse 0.26 / 0.13 / 0.15 (``benchmarks/memit_csk_tokens.py``),
+    with the essence semantics it was measured with (``essence_word="subject"``, MEMIT's ``"{} is a"``).
 
     >>> cfg = MEMITCSKConfig.for_model(model, edit_token="verb_last")
     >>> cfg.preset, cfg.layers, cfg.window        # layers traced per batch, 2 wide
@@ -84,11 +92,19 @@ class MEMITCSKConfig(MEMITConfig):
     #: where the subject's corruption does not reach the edit token, and any window is then
     #: arbitrary); a choice the paper leaves open
     min_window_effect: float = 0.01
+    #: the code's KL prompt (``compute_z``'s ``kl_prompts``; MEMIT's is ``"{} is a"``: the same
+    #: KL, which is read at the edited word, before the colon)
+    essence_templates: tuple[str, ...] = ("{} is a:",)
+    #: ``"edit_span"`` (the code's): the essence prompts hold the edited subject / verb / object
+    #: span; ``"subject"``: the subject only (no KL term at a verb or object token)
+    essence_word: str = "edit_span"
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {"layers": (1, 2, 3, 4, 5)},
         "gpt-j-6B": {"mom2_update_weight": 15_000.0},
-        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "layers": AUTO, "window": 2},
+        # the essence semantics its published numbers were measured with
+        "toyworld": {**MEMITConfig.PRESETS["toyworld"], "layers": AUTO, "window": 2,
+                     "essence_templates": ("{} is a",), "essence_word": "subject"},
     })
 
     @classmethod
