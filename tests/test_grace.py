@@ -11,7 +11,7 @@ import torch
 from model_state import StoppedRun, assert_unchanged, refused_before_any_forward, snapshot, stops_after_batch
 
 from interp_edit.editing import Edit, EditRequest, get_editor
-from interp_edit.editing.methods.grace import GraceCodebook, GRACEConfig, build_codebook, grace
+from interp_edit.editing.methods.grace import GraceCodebook, GRACEConfig, build_codebook, grace, lost_requests
 from interp_edit.errors import EditConfigError, EditRequestError, KeyCollisionWarning
 from interp_edit.evaluation.counterfact import counterfact_scores, mean_scores
 
@@ -235,7 +235,9 @@ def test_a_continued_codebook_is_the_one_the_whole_sequence_builds(toy_model, fa
     more = grace(toy_model, facts[3:6], memory=first)
     whole = grace(toy_model, facts[:6])
     book, old, ref = more.hooks["layer3"], first.hooks["layer3"], whole.hooks["layer3"]
-    assert torch.equal(book.keys, ref.keys) and torch.equal(book.epsilons, ref.epsilons)
+    # keys read in batches of 3 and of 6: equal up to the CPU's batch-size-dependent rounding (~1e-6)
+    torch.testing.assert_close(book.keys, ref.keys, rtol=0, atol=1e-5)
+    torch.testing.assert_close(book.epsilons, ref.epsilons, rtol=0, atol=1e-5)
     assert more.info["key_requests"] == whole.info["key_requests"] and more.info["key_labels"] == whole.info["key_labels"]
     assert torch.equal(book.values[:3], old.values)  # distinct prompts: no new request joins an old key
     assert len(more.requests) == 6 and more.info["continues"] == first.content_hash() and len(more.info["target_nll"]) == 3
@@ -249,8 +251,11 @@ def test_a_conflict_with_an_earlier_calls_key_splits_both_radii(toy_model):
     call: the authors' split applies across calls (stacked codebooks never compared them) — both
     radii shrink to half the keys' distance, and neither key can fire on the other's prompt."""
     first = grace(toy_model, [EditRequest("{} was born in", "Talvik Corlo", "Gemmel")], n_iter=2, edit_token="subject_last")
-    more = grace(toy_model, [EditRequest("{} plays the", "Talvik Corlo", "harp")], n_iter=2, edit_token="subject_last",
-                 memory=first)
+    # the earlier key's radius goes <= 0 and the new one's is a rounding error's: warned and recorded as lost
+    with pytest.warns(KeyCollisionWarning, match=r"\[\[0, 1\]\]"):
+        more = grace(toy_model, [EditRequest("{} plays the", "Talvik Corlo", "harp")], n_iter=2,
+                     edit_token="subject_last", memory=first)
+    assert more.info["key_collisions"] == [[0, 1]]
     book = more.hooks["layer3"]
     distance = float((book.keys[0] - book.keys[1]).norm())
     assert more.info["n_keys"] == 2 and distance < 1e-3 and first.hooks["layer3"].epsilons.item() == 3.0
@@ -294,3 +299,19 @@ def test_a_sequential_run_extends_one_codebook_and_resumes_to_the_same_one(toy_m
     resumed = run_experiment(toy_model, "toyworld-counterfact", "grace", out=tmp_path / "cut", **kwargs)
     assert Edit.load(tmp_path / "cut" / resumed.batches[-1]["edit_file"]).content_hash() == last.content_hash()
     assert_unchanged(toy_model, state, no_edits=True)
+
+
+def test_a_near_coincident_conflict_is_lost_whichever_call_made_the_first_key():
+    """A query equal to another target's key up to float rounding (3e-6 apart: read in another
+    call or another batch) leaves the earlier key's radius <= 0 and the new one a rounding error's:
+    both requests are reported lost, also when the earlier key came from an earlier call."""
+    e1 = torch.eye(4)[0]
+    queries, labels = torch.stack([e1, e1 + 3e-6 * torch.eye(4)[1]]), [(1,), (2,)]
+    keys, radii, owners = build_codebook(queries, labels, eps=1.0)
+    assert radii[0] <= 0 < radii[1] < 1e-5 and lost_requests(keys, radii, owners) == [[0, 1]]
+    start = build_codebook(queries[:1], labels[:1], eps=1.0)
+    keys, radii, owners = build_codebook(queries[1:], labels[1:], eps=1.0, start=(start[0], start[1], labels[:1], start[2]))
+    assert owners == [[0], [1]] and lost_requests(keys, radii, owners) == [[0, 1]]
+    # farther apart than the rule's margin: both keep a radius, nothing is lost
+    keys, radii, owners = build_codebook(torch.stack([e1, 2 * e1]), labels, eps=1.0)
+    assert lost_requests(keys, radii, owners) == []

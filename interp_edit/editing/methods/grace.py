@@ -58,6 +58,8 @@ REPLACEMENTS = GRACE_REPLACEMENTS
 SITES = ("mlp_out", "resid_post", "attn_out")
 EDIT_TOKENS = ("prompt_last", "subject_last")
 VALUE_INITS = ("cold", "warm")
+#: the authors' conflict rule shrinks the earlier key's radius to d / 2 - SPLIT_MARGIN
+SPLIT_MARGIN = 1e-5
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def build_codebook(queries: Float[Tensor, "n d"], labels: list[tuple[int, ...]],
             keys.append(query), radii.append(eps), key_labels.append(label), owners.append([i])
         elif key_labels[j] != label:  # a conflict: a new key, both radii split
             keys.append(query), radii.append(d / 2), key_labels.append(label), owners.append([i])
-            radii[j] = d / 2 - 1e-5
+            radii[j] = d / 2 - SPLIT_MARGIN
         else:  # the same target: cover the query with key j
             radii[j] = max(radii[j], d)
             owners[j].append(i)
@@ -169,16 +171,25 @@ def build_codebook(queries: Float[Tensor, "n d"], labels: list[tuple[int, ...]],
 
 
 def lost_requests(keys: Tensor, radii: Tensor, owners: list[list[int]]) -> list[list[int]]:
-    """Groups of requests whose keys coincide and whose radii the conflict rule left at <= 0
-    (the same query, other targets): none of them holds. One group per distinct key."""
-    groups: list[tuple[Tensor, list[int]]] = []
+    """Groups of requests whose keys coincide (up to float rounding: within ``2 * SPLIT_MARGIN``,
+    where the conflict rule leaves the earlier key's radius <= 0) and one of whose radii the rule
+    left at <= 0 (the same query, other targets): none of them holds reliably. One group per key
+    with no radius, with the keys that near it.
+
+    >>> keys = torch.tensor([[0.0, 0.0], [3e-6, 0.0], [5.0, 0.0]])
+    >>> lost_requests(keys, torch.tensor([-8.5e-6, 1.5e-6, 1.0]), [[0], [1], [2]])
+    [[0, 1]]
+    """
+    groups: list[list[int]] = []
     for j in (radii <= 0).nonzero().flatten().tolist():
-        group = next((g for key, g in groups if torch.equal(key, keys[j])), None)
+        near = ((keys.double() - keys[j].double()).norm(dim=-1) <= 2 * SPLIT_MARGIN).nonzero().flatten().tolist()
+        members = {i for k in near for i in owners[k]}
+        group = next((g for g in groups if g & members), None)
         if group is None:
-            groups.append((keys[j], list(owners[j])))
+            groups.append(members)
         else:
-            group.extend(owners[j])
-    return [sorted(set(g)) for _, g in groups]
+            group |= members
+    return [sorted(g) for g in groups]
 
 
 def _rows(model, treqs, which: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
