@@ -18,7 +18,7 @@ from interp_edit.editing.methods.rome import rome
 from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
 from interp_edit.statistics.corpus import corpus_hash
 from interp_edit.statistics.keys import key_statistics
-from interp_edit.statistics.npz import read_npz, write_npz
+from interp_edit.statistics.npz import find_npz, read_npz, write_npz
 
 FAST = dict(layer=0, steps=2, n_prefixes=1, prefix_length=3, prefix_lengths=None)
 REQUEST = {"prompt": "{} was born in", "subject": "Talvik Corlo", "target_new": "Karsa"}
@@ -57,13 +57,13 @@ def count_forwards(model):
 
 
 def rome_layout(root, model_dir: str, module: str, sums: np.ndarray, count: int, n_texts: int | None,
-                constructor: str = "util.runningstats.SecondMoment()"):
+                constructor: str = "util.runningstats.SecondMoment()", tokens_suffix: str = ""):
     """A file as kmeng01/rome's layer_stats writes it: <model>/<ds>_stats/<module>_<precision>_mom2_<n>.npz
     with the keys CombinedStat(mom2=SecondMoment()).state_dict() plus tally's sample_size."""
     folder = root / model_dir / "wikipedia_stats"
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "" if n_texts is None else f"_{n_texts}"
-    path = folder / f"{module}_{sums.dtype.name}_mom2{suffix}.npz"
+    path = folder / f"{module}_{sums.dtype.name}_mom2{tokens_suffix}{suffix}.npz"
     np.savez(path, **{"mom2.constructor": np.array(constructor), "mom2.count": np.array(count), "mom2.mom2": sums,
                       "sample_size": np.array(np.nan if n_texts is None else n_texts)})
     return path
@@ -271,3 +271,17 @@ def test_memit_auto_watches_its_own_solve_and_given_statistics_skip_the_corpus(t
     assert torch.equal(again.deltas["blocks.0.mlp.W_out"].dense(), edit.deltas["blocks.0.mlp.W_out"].dense())
     with pytest.raises(StatisticsMismatchError, match="are of layer 1; the edit needs layer 0"):
         memit(toy_model, [REQUEST], stats={0: stats[1]}, cache_dir=tmp_path, **fast)
+
+
+@pytest.mark.parametrize("tokens_suffix", ["_t{batch_tokens}", "_t512"])
+def test_rome_files_of_a_batch_token_budget_are_found(toy_model, toy_world, tmp_path, tokens_suffix):
+    """kmeng01/rome's layer_stats names a file of a batch_tokens budget below the context with the
+    literal, unformatted suffix "_t{batch_tokens}" (its string is not an f-string)."""
+    texts = corpus(toy_world, 120)
+    sums, count = plain_moment(toy_model, texts, 0)
+    stats_dir = tmp_path / "stats"
+    path = rome_layout(stats_dir, "toyworld", "transformer.h.0.mlp.c_proj", sums.numpy(), count, 120,
+                       tokens_suffix=tokens_suffix)
+    assert find_npz(stats_dir, toy_model, "mlp_post", [0]) == {0: path}
+    got = key_statistics(toy_model, [0], stats=stats_dir, progress=False)[0]
+    assert got.provenance.source == "rome-npz" and torch.allclose(got.moment, sums / count, rtol=1e-12, atol=1e-15)

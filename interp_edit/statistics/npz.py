@@ -2,7 +2,9 @@
 
 The layout (read from kmeng01/rome ``rome/layer_stats.py`` and ``util/runningstats.py``; MEMIT
 and EasyEdit use the same code): one ``numpy.savez`` file per layer, at
-``<stats_dir>/<model>/<dataset>_stats/<module>_<precision>_mom2_<n>.npz`` with
+``<stats_dir>/<model>/<dataset>_stats/<module>_<precision>_mom2_<n>.npz`` (with a ``batch_tokens``
+budget below the context, ``..._mom2_t{batch_tokens}_<n>.npz``, the braces literally: the code's
+suffix is not an f-string) with
 
 - ``mom2.mom2``: the *sum* Σ k kᵀ over the counted tokens, in ``<precision>`` (float32 by default),
 - ``mom2.count``: the number of tokens summed (C = mom2 / count),
@@ -57,7 +59,7 @@ _MODULE = re.compile(r"(?:^|\.)(?:h|layers|blocks)\.(\d+)\.(.+)$")
 _MLP_TAILS = {"mlp.c_proj", "mlp.fc_out", "mlp.down_proj", "mlp.dense_4h_to_h", "mlp.fc2", "fc2", "mlp.W_out"}
 _ATTN_TAILS = {"attn.c_proj", "attn.out_proj", "attn.attention.out_proj", "self_attn.o_proj", "self_attn.out_proj",
                "self_attn.dense", "attention.dense", "self_attention.dense", "attn.W_O"}
-_FILE = re.compile(r"^(?P<module>.+)_(?P<precision>float16|float32|float64|bfloat16)_(?P<stats>[a-z0-9_-]+?)(?:_t\d+)?(?:_(?P<n>\d+))?$")
+_FILE = re.compile(r"^(?P<module>.+)_(?P<precision>float16|float32|float64|bfloat16)_(?P<stats>[a-z0-9_-]+?)(?:_t(?:\d+|\{batch_tokens\}))?(?:_(?P<n>\d+))?$")
 PREFIX = "interp_edit."
 
 
