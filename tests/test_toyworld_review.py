@@ -104,3 +104,26 @@ def test_what_the_notebooks_point_to_is_there():
     assert "**Threads**" in (ROOT / "docs" / "jupyter.md").read_text()
     assert "--thresholds" in (ROOT / "docs" / "edit-analysis.md").read_text()
     assert "16 CounterFact cases" in (ROOT / "docs" / "tracing.md").read_text()
+
+
+def test_mcq_cases_of_a_two_person_world_leave_out_only_the_locality_question(toy_world):
+    """In a two-person world no one is born outside a rewrite's two cities: the locality question
+    has no neighbour (the builder raised an IndexError); the other three questions are there,
+    and a full world's cases are unchanged (every one has a neighbour)."""
+    from interp_edit.data.formats import parse_mcq, Where
+    from interp_edit.data.toyworld import toy_mcq
+
+    tiny = build_world(n_people=2)
+    cases = toy_mcq(tiny)
+    lacking = 0
+    for case in cases:
+        rewrite = case["requested_rewrite"]
+        other = next(p.name for p in tiny.people if p.name != rewrite["subject"])
+        has_neighbour = tiny.lookup(other, "born_in") not in (rewrite["target_new"]["str"], rewrite["target_true"]["str"])
+        kinds = ["reliability", "generalisation", *(["locality"] if has_neighbour else []), "portability"]
+        assert [q["kind"] for q in case["questions"]] == kinds
+        lacking += not has_neighbour
+    assert lacking  # the world size where it arises
+    full = toy_mcq(toy_world)
+    assert all(len(c["questions"]) == 4 for c in full)
+    parse_mcq(cases[0], Where("toyworld-mcq", 0))  # a well-formed case

@@ -102,7 +102,9 @@ def _options(rng: random.Random, pool: tuple[str, ...], must: list[str], k: int 
 
 
 def toy_mcq(world: ToyWorld, seed: int = 0) -> list[dict]:
-    """One cloze multiple-choice case per ``born_in`` rewrite (see the module docstring)."""
+    """One cloze multiple-choice case per ``born_in`` rewrite (see the module docstring); in a world
+    where no one else is born outside the rewrite's two cities (a few people), the case has no
+    locality question."""
     records = [r for r in counterfact_records(world, seed=seed) if r.relation_id == "born_in"]
     spec = relation("born_in")
     out = []
@@ -110,9 +112,10 @@ def toy_mcq(world: ToyWorld, seed: int = 0) -> list[dict]:
         rng = random.Random(stable_seed("toy-mcq", world.seed, seed, r.case_id))
         new_country = world.lookup(r.target_new, "located_in")
         old_country = world.lookup(r.target_true, "located_in")
-        neighbour = rng.choice([p.name for p in world.people if p.name != r.subject
-                                and world.lookup(p.name, "born_in") not in (r.target_new, r.target_true)])
-        neighbour_city = world.lookup(neighbour, "born_in")
+        neighbours = [p.name for p in world.people if p.name != r.subject
+                      and world.lookup(p.name, "born_in") not in (r.target_new, r.target_true)]
+        # a tiny world may have no one born elsewhere: that case has no locality question
+        neighbour = rng.choice(neighbours) if neighbours else None
 
         def question(kind: str, prompt: str, pool: tuple[str, ...], answer: str, also: list[str], rng=rng) -> dict:
             options = _options(rng, pool, [answer, *also])
@@ -122,7 +125,8 @@ def toy_mcq(world: ToyWorld, seed: int = 0) -> list[dict]:
         questions = [
             question("reliability", r.prompt.format(r.subject), cities, r.target_new, [r.target_true]),
             question("generalisation", rng.choice(r.paraphrase_prompts), cities, r.target_new, [r.target_true]),
-            question("locality", spec.canonical_template.format(neighbour), cities, neighbour_city, [r.target_new]),
+            *([question("locality", spec.canonical_template.format(neighbour), cities,
+                        world.lookup(neighbour, "born_in"), [r.target_new])] if neighbour is not None else []),
             question("portability", _birth_country_questions(r.subject)[0], countries, new_country,
                      [old_country] if old_country != new_country else []),
         ]
