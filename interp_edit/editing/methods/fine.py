@@ -6,14 +6,15 @@ For each request, on the prompt teacher-forced with the new target:
    editable layers ``0 … n_layers − 1 − n_frozen`` is scored by its direct contribution to the
    token the *unedited* model predicts there, ``t`` (its argmax):
    ``c = m_i · (W_out^l[i] · W_U[:, t])`` with ``m`` = ``mlp.hook_post`` at that position. The
-   ``top_k`` neurons per target token (over all editable layers together) are kept; their union
-   (distinct rows per layer) is the request's neuron set. One cached forward, one matrix product
-   per layer — no loop over neurons.
-2. **Edit.** A vector ``δ_n ∈ R^{d_model}`` per selected neuron is learned; the neuron's output
-   becomes ``m_n · (W_out[n] + δ_n)`` at every position, which is exactly a change of row ``n`` of
-   ``W_out`` by ``δ_n``. Loss (per step)::
+   ``top_k`` neurons per target token (over all editable layers together) are kept. One cached
+   forward, one matrix product per layer — no loop over neurons.
+2. **Edit.** A vector ``δ_s ∈ R^{d_model}`` per slot is learned: as in the authors' code, one
+   slot per (target token, rank), so a neuron in the top-k of several target tokens gets several
+   δ, each its own Adam parameter and its own part of the norm (``neuron_slots="union"``: one δ per
+   distinct neuron). A neuron ``n``'s output becomes ``m_n · (W_out[n] + Σ_s δ_s)`` at every
+   position, which is exactly a change of row ``n`` of ``W_out`` by the sum. Loss (per step)::
 
-       max_j NLL_j + α · KL(original ‖ edited) + β · (−log(1 − p_rep)) + γ · ‖δ‖
+       max_j NLL_j + α · KL(original ‖ edited) + β · max_j (−log(1 − p_rep,j)) + γ · ‖δ‖
 
    - ``NLL_j``: −log p of target token ``j``, teacher-forced, averaged over the bare prompt and
      the context prefixes (``n_prefixes``; ROME-style generated prefixes, the paper leaves their
@@ -21,17 +22,27 @@ For each request, on the prompt teacher-forced with the new target:
    - KL: of the next-token distributions at the *prompt positions before the target* (every
      position whose next token is still part of the prompt, context prefixes included), original
      ‖ edited, averaged over those positions.
-   - repetition penalty: ``p_rep`` = p(first target token) at the position right after the full
-     target (the model should not start the target again), averaged over the rows.
+   - repetition penalty: the largest ``−log(1 − p_rep,j)`` over the target tokens j, ``p_rep,j``
+     = p(target token j) at the position right after the full target (the model should not
+     repeat the target), averaged over the rows (the authors' code; ``repetition="first"``: the
+     first target token only).
    - ``‖δ‖``: the Frobenius norm of all the request's δ together.
 
-   Adam (lr ``lr``, a choice the paper leaves open), at most ``steps`` steps, stopping once
+   Adam (lr ``lr``: the paper leaves it open, the authors' code uses 1e-3 on GPT-J and
+   Llama-3-8B, 5e-3 on Llama-2-7B), at most ``steps`` steps, stopping once
    ``max_j NLL_j < −log(early_stop_prob)`` (FiNE: every target token at p > 0.9). Finally
-   ``W_out[n] += δ_n``.
+   ``W_out[n] += Σ_s δ_s``. δ is float32 (the precision rule); the code learns it in bfloat16
+   (``delta_dtype="bfloat16"``).
 
-Several requests in one call are edited **one after another** (like :mod:`rome`): each request
-locates its neurons on the model with the earlier requests' δ already written (inside a scratch
-transaction), so a later request sees the earlier ones. The returned :class:`Edit` holds one
+Several requests in one call are edited **one after another** (like :mod:`rome`; the code's
+editor with ``keep_original_weight=False``): each request locates its neurons on the model with
+the earlier requests' δ already written (inside a scratch transaction), so a later request sees
+the earlier ones. ``sequential=False`` is the code's ``apply_fine_to_model`` given several
+requests (its ``batch_edit``): each request located and optimised on the model as given, the δ
+summed. ``benchmarks/reference_compare_fine.py`` runs the authors' code next to this one
+(docs/fidelity.md). The neuron score reads ``model.W_U``: the code's ``lm_head`` on an
+unprocessed model; TransformerLens' default processing of a Hugging Face model folds the final
+norm's gain into it and centres it, which changes the scores. The returned :class:`Edit` holds one
 :class:`SparseRowDelta` per touched layer (``"blocks.{l}.mlp.W_out"``) whose rows are distinct:
 a neuron chosen by several requests carries the sum of their δ. The model is unchanged by the
 call, also when it fails. The KL reference of a request is the model with the earlier requests
@@ -78,13 +89,18 @@ from interp_edit.editing.targets import check_prefix_room, context_prefixes
 from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import add_delta_
 
+NEURON_SLOTS = ("per_token", "union")
+REPETITION = ("max", "first")
+DELTA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class FiNEConfig:
-    """FiNE's settings. Defaults are the paper's (top 5 neurons per target token, the last 3
-    layers frozen, α = 1, β = 10, γ = 0.1, ≤ 50 Adam steps, stop at p > 0.9 for every target
-    token); ``lr``, ``n_prefixes`` and ``prefix_length`` are left open by the paper (documented
-    choices here). The ``"toyworld"`` preset was chosen by measurement
+    """FiNE's settings. Defaults are the paper's and the authors' code's (top 5 neurons per target
+    token, the last 3 layers frozen, α = 1, β = 10, γ = 0.1, ≤ 50 Adam steps, stop at p > 0.9 for
+    every target token, lr 1e-3, one δ per (token, rank) slot, the repetition penalty's max over
+    the target tokens); ``n_prefixes`` and ``prefix_length`` are choices here (the code uses
+    none), and float32 δ (the code: bfloat16, ``delta_dtype``). The ``"toyworld"`` preset was chosen by measurement
     (``benchmarks/fine_vs_rome.py``).
 
     >>> cfg = FiNEConfig.for_model(model, top_k=3)
@@ -104,14 +120,30 @@ class FiNEConfig:
     norm_weight: float = 0.1
     #: Adam steps at most
     steps: int = 50
-    #: Adam learning rate of δ [choice: the paper leaves it open]
-    lr: float = 0.1
+    #: Adam learning rate of δ (the paper leaves it open; the authors' code: 1e-3 for GPT-J and
+    #: Llama-3-8B, 5e-3 for Llama-2-7B)
+    lr: float = 1e-3
     #: stop once every target token has probability above this (max NLL < −log p)
     early_stop_prob: float = 0.9
     #: context prefixes besides the bare prompt in the NLL / KL / repetition terms [choice]
     n_prefixes: int = 0
     #: tokens per generated context prefix [choice]
     prefix_length: int = 10
+    #: ``"per_token"`` (the authors' code): one δ per (target token, rank) slot, so a neuron in the
+    #: top-k of several target tokens gets several δ (each in the norm term, their sum written);
+    #: ``"union"``: one δ per distinct neuron
+    neuron_slots: str = "per_token"
+    #: ``"max"`` (the authors' code): the largest −log(1 − p(target token j)) over every target
+    #: token j at the position after the full target; ``"first"``: the first target token only
+    repetition: str = "max"
+    #: several requests in one call: ``True`` one after another (each located and optimised with
+    #: the earlier requests' δ written, as the code's editor with ``keep_original_weight=False``);
+    #: ``False`` as the code's ``apply_fine_to_model`` given several requests (its ``batch_edit``):
+    #: every request located and optimised on the model as given, the δ summed
+    sequential: bool = True
+    #: dtype of the learned δ: ``"float32"`` or ``"bfloat16"`` (the authors' code: δ, its Adam
+    #: moments and the neuron activations multiplied by it in bfloat16)
+    delta_dtype: str = "float32"
     seed: int = 0
     #: the preset these settings started from (see :func:`interp_edit.editing.config.preset_config`)
     preset: str | None = None
@@ -119,7 +151,10 @@ class FiNEConfig:
     #: model name -> field values; fields a preset leaves out keep the class defaults
     PRESETS: ClassVar[MappingProxyType] = MappingProxyType({
         "gpt2-xl": {},
-        "gpt-j-6B": {},
+        # the authors' hparams/FINE/*.yaml
+        "gpt-j-6B": {"lr": 1e-3},
+        "Llama-2-7b-hf": {"lr": 5e-3},
+        "Meta-Llama-3-8B": {"lr": 1e-3},
         # measured with benchmarks/fine_vs_rome.py --sweep (30 edits): efficacy 1.00 for every
         # n_frozen 0-5; neighbourhood falls the more layers are frozen (lr 0.02: 0.41 / 0.38 /
         # 0.35 / 0.31 for 0-3 frozen), so 1 frozen layer — the paper's 3 of 28 (GPT-J) is ~10%
@@ -158,6 +193,9 @@ class FiNEConfig:
                 raise EditConfigError(f"field {name!r} must be a finite number >= 0, got {value!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise EditConfigError(f"field 'lr' must be a finite number > 0, got {self.lr!r}")
+        for name, allowed in (("neuron_slots", NEURON_SLOTS), ("repetition", REPETITION), ("delta_dtype", DELTA_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise EditConfigError(f"field {name!r} must be one of {sorted(allowed)}, got {getattr(self, name)!r}")
         if not 0 < self.early_stop_prob < 1:
             raise EditConfigError(f"field 'early_stop_prob' must lie in (0, 1), got {self.early_stop_prob!r}")
 
@@ -200,7 +238,12 @@ class NeuronSelection:
 
     def union(self) -> list[tuple[int, int]]:
         """Distinct (layer, neuron) pairs, sorted."""
-        return sorted(set(zip(self.layers.flatten().tolist(), self.neurons.flatten().tolist(), strict=True)))
+        return sorted(set(self.slots()))
+
+    def slots(self) -> list[tuple[int, int]]:
+        """Every (layer, neuron) of every token's top-k, token by token (a neuron chosen for
+        several tokens appears once per token): the authors' code's δ slots."""
+        return list(zip(self.layers.flatten().tolist(), self.neurons.flatten().tolist(), strict=True))
 
 
 @torch.no_grad()
@@ -286,7 +329,7 @@ def _optimise(model, request: TokenizedRequest, neurons: list[tuple[int, int]], 
         logits, cache = run_with_cache(model, tokens, [start_name])
         start = cache[start_name]
         reference = torch.log_softmax(logits.float(), -1)  # [row, pos, vocab]
-    delta = torch.zeros(len(neurons), model.cfg.d_model, device=device, requires_grad=True)
+    delta = torch.zeros(len(neurons), model.cfg.d_model, dtype=DELTA_DTYPES[cfg.delta_dtype], device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=cfg.lr)
     stop_nll = -math.log(cfg.early_stop_prob)
     store: dict[int, Tensor] = {}
@@ -313,8 +356,9 @@ def _optimise(model, request: TokenizedRequest, neurons: list[tuple[int, int]], 
             nll = -token_logp.mean(0)  # [token], mean over the context prefixes
             kl_rows = (reference.exp() * (reference - logp)).sum(-1)  # [row, pos]
             kl = (kl_rows * kl_mask).sum() / kl_mask.sum().clamp(min=1)
-            p_repeat = logp[row_index, repeat_pos, target_ids[0]].exp()
-            repetition = -torch.log1p(-p_repeat.clamp(max=1 - 1e-6)).mean()
+            p_repeat = logp[row_index[:, None], repeat_pos[:, None], target_ids[None]].exp()  # [row, token]
+            penalty = -torch.log1p(-p_repeat.clamp(max=1 - 1e-6))
+            repetition = penalty[:, 0].mean() if cfg.repetition == "first" else penalty.mean(0).max()
             loss = nll.max() + cfg.kl_weight * kl + cfg.repetition_weight * repetition + cfg.norm_weight * delta.norm()
             max_nll, loss_value = float(nll.max().detach()), float(loss.detach())
             if not math.isfinite(loss_value):
@@ -366,7 +410,7 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
         for request in iterator:
             start = time.perf_counter()
             selection = select_neurons(model, request, cfg.top_k, layers)
-            neurons = selection.union()
+            neurons = selection.slots() if cfg.neuron_slots == "per_token" else selection.union()
             fit = _optimise(model, request, neurons, prefixes, cfg)
             if not torch.isfinite(fit.delta).all():
                 raise EditOptimizationError(f"request {request.index} ({request.request.text!r}): non-finite δ; the model is unchanged")
@@ -377,14 +421,16 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
             with torch.no_grad():
                 for (layer, row), value in zip(neurons, delta, strict=True):
                     key = (int(layer), int(row))
-                    weight = get_parameter(model, w_out_name(key[0])).data
-                    if key not in originals:
-                        originals[key] = weight[key[1]].clone()
-                    add_delta_(weight[key[1]], value)
+                    if cfg.sequential:  # the next request sees this one (undone in `finally`)
+                        weight = get_parameter(model, w_out_name(key[0])).data
+                        if key not in originals:
+                            originals[key] = weight[key[1]].clone()
+                        add_delta_(weight[key[1]], value)
                     totals[key] = totals.get(key, 0.0) + value.double().cpu()
+            touched = sorted(set(neurons))
             info["selected"].append([list(n) for n in selection.union()])
-            info["neurons"].append([list(n) for n in neurons])
-            info["neurons_touched"].append(len(neurons))
+            info["neurons"].append([list(n) for n in touched])
+            info["neurons_touched"].append(len(touched))
             info["max_nll"].append(fit.max_nll)
             info["loss"].append(fit.loss)
             info["steps"].append(fit.steps)
