@@ -30,11 +30,38 @@ A request is an :class:`ACERequest` (single-hop fact(s) + multi-hop prompts and 
 answers), or anything carrying that structure: a MQuAKE case or record, or a CounterFact case
 or record with a ``multihop`` probe. A plain single-hop request has no hop structure and is
 refused with an :class:`~interp_edit.errors.EditRequestError` naming the request and the field.
+
+**The authors' code** (yjywdzh/ACE, ``ace/edit/ace/ace_main.py`` ``execute_ace`` with
+``compute_zs.py`` / ``compute_ks.py``, built on PMET's code) edits differently from the steps
+above; ``variant="reference"`` follows it (the default ``"pathways"`` is the design above):
+
+- the requests are the single-hop facts only (``requested_rewrite``), at the subject's last
+  token; the multi-hop questions play no part in the edit (here they still choose the layers,
+  when these are not fixed: the code's layers are set by hand from its notebooks' neuron
+  attribution);
+- the layers come as two groups, ``[query_layers, value_layers]`` (GPT-J: ``[[3..8], [23, 24, 25]]``),
+  edited in that order as one flat list; PMET's joint attention + FFN targets
+  (:func:`~interp_edit.editing.methods.pmet.optimise_pmet_targets`: NLL + KL("{} is a") +
+  ‖δ‖/‖h‖² decay, clamp, the code's stopping rules) at the *last* layer of the last group, z;
+- every layer l of both groups writes ``W_O`` (attention ``out_proj``, with ``update_attention``;
+  the GPT-J and Qwen3 hparams list it) and then ``W_out`` (``fc_out``) with PMET's closed form
+  ``ΔW = (λC + KKᵀ)⁻¹ K R``, R = (z − the current module output at z's layer) / √(layers left
+  *in l's group*) (``group_split="group"``; ``"flat"``: / √(layers left in the flat list) —
+  what the code does on every call after its first in one process, because ``execute_ace``
+  flattens ``hparams.layers`` in place); one λ per group (query / value ``mom2_update_weight``;
+  the code has one for both); both modules' keys at l are read before l's first write (the
+  code's ``compute_ks_parallel``), the residual after every write.
+
+So the first group alone writes the whole remaining residual at z's layer (its last layer has
+share √1); the second group writes what is left after it. The target optimisation follows the
+config's target fields (the code's: ``kl_direction="edited||original"``,
+``step_count="reference"``, MEMIT's prefixes and ``key_average="by_type"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -84,6 +111,10 @@ class ACERequest:
 
 #: the stage orders :class:`ACEConfig` knows
 ORDERS = ("value_first", "query_first")
+#: ``"pathways"``: the two-stage design of the module docstring; ``"reference"``: the authors' code
+VARIANTS = ("pathways", "reference")
+#: the reference variant's residual share: per layer group (the code as written) or over all layers
+GROUP_SPLITS = ("group", "flat")
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,14 @@ class ACEConfig(EditorConfig):
     preserve_weight: float = 1.0
     clamp_norm_factor: float = 0.75
     n_prefixes: int = 5
+    #: ``"pathways"`` (the design above) or ``"reference"`` (the authors' code's editing step:
+    #: PMET over the two layer groups on the facts; module docstring)
+    variant: str = "pathways"
+    #: reference variant: also write ``W_O`` at every edited layer (the code's GPT-J / Qwen3 hparams)
+    update_attention: bool = True
+    #: reference variant: the residual share, √(layers left in the group) (``"group"``, the code
+    #: as written) or √(layers left in all) (``"flat"``, the code after its first call)
+    group_split: str = "group"
 
     PRESETS = MappingProxyType({
         "gpt2-xl": {},
@@ -149,6 +188,10 @@ class ACEConfig(EditorConfig):
                 raise EditConfigError(f"field {name!r} must be None or increasing and non-empty, got {layers}")
         if self.order not in ORDERS:
             raise EditConfigError(f"field 'order' must be one of {ORDERS}, got {self.order!r}")
+        if self.variant not in VARIANTS:
+            raise EditConfigError(f"field 'variant' must be one of {VARIANTS}, got {self.variant!r}")
+        if self.group_split not in GROUP_SPLITS:
+            raise EditConfigError(f"field 'group_split' must be one of {GROUP_SPLITS}, got {self.group_split!r}")
         for name in ("value_mom2_update_weight", "query_mom2_update_weight", "preserve_weight"):
             if getattr(self, name) < 0:
                 raise EditConfigError(f"field {name!r} must be >= 0, got {getattr(self, name)}")
@@ -389,6 +432,9 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
     seconds = {"layers": time.perf_counter() - start}
     start = time.perf_counter()
     all_layers = sorted(set(layers["query_layers"]) | set(layers["value_layers"]))
+    if cfg.variant == "reference":
+        return _reference_edit(model, rows, layers, cfg, fingerprint, seconds, corpus=corpus, cache_dir=cache_dir,
+                               stats=stats, progress=progress)
     statistics = editor_statistics(model, cfg, all_layers, corpus=corpus, cache_dir=cache_dir, progress=progress,
                                    stats=stats, method="ACE")
     covs = {layer: s.moment for layer, s in statistics.items()}
@@ -426,5 +472,82 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
     return Edit("ace", deltas, fingerprint, cfg.as_dict(), [r.as_dict() for r in rows.requests], info)
 
 
+def reference_shares(groups: Sequence[Sequence[int]], split: str = "group") -> list[tuple[int, int, float]]:
+    """The code's write order and residual shares: ``(layer, group, share)`` for every layer of
+    the flattened ``groups``, share = √(layers left in its group) (``"group"``) or √(layers left
+    in the flat list) (``"flat"``).
+
+    >>> reference_shares([(3, 4), (6,)])
+    [(3, 0, 1.4142135623730951), (4, 0, 1.0), (6, 1, 1.0)]
+    """
+    flat = [(layer, g) for g, group in enumerate(groups) for layer in group]
+    out = []
+    for i, (layer, g) in enumerate(flat):
+        left = len(groups[g]) - list(groups[g]).index(layer) if split == "group" else len(flat) - i
+        out.append((layer, g, math.sqrt(left)))
+    return out
+
+
+def _reference_edit(model, rows: ACERows, layers: dict, cfg: ACEConfig, fingerprint: str, seconds: dict, *,
+                    corpus, cache_dir, stats, progress) -> Edit:
+    """``variant="reference"``: the authors' code's editing step (module docstring)."""
+    from interp_edit.editing.closed_form import memit_left_factor, raw_values_at_edit_tokens, w_o_name
+    from interp_edit.editing.methods.pmet import KEY_SITES, PMETConfig, optimise_pmet_targets, pmet_residual
+    from interp_edit.editing.targets import TargetConfig, compute_keys, prefixes_for
+
+    if any(r.preserve_prompts for r in rows.requests):
+        raise EditConfigError("field 'variant': the reference variant (the authors' code) has no preserved-prompt term; "
+                              "drop the requests' preserve_prompts or use variant='pathways'")
+    groups = (tuple(layers["query_layers"]), tuple(layers["value_layers"]))
+    if set(groups[0]) & set(groups[1]):
+        raise EditConfigError(f"field 'variant': the reference variant edits each layer once, but the query layers "
+                              f"{groups[0]} and value layers {groups[1]} share {sorted(set(groups[0]) & set(groups[1]))}")
+    flat = [*groups[0], *groups[1]]
+    z_layer = flat[-1]
+    facts = list(rows.query)
+    kinds = ("attn", "mlp") if cfg.update_attention else ("mlp",)
+    names = {"attn": w_o_name, "mlp": w_out_name}
+    weight = (cfg.query_mom2_update_weight, cfg.value_mom2_update_weight)
+    start = time.perf_counter()
+    covs, provenance = {}, []
+    for kind in kinds:
+        site = KEY_SITES[kind]
+        given = stats.get(site) if isinstance(stats, dict) and set(stats) <= set(KEY_SITES.values()) else stats
+        full = editor_statistics(model, cfg, sorted(flat), site=site, corpus=corpus, cache_dir=cache_dir,
+                                 progress=progress, stats=given, method="ACE")
+        covs[kind] = {layer: s.moment for layer, s in full.items()}
+        provenance += provenance_records(full)
+    seconds["stats"] = time.perf_counter() - start
+    start = time.perf_counter()
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TargetConfig)}
+    pcfg = PMETConfig(**shared, layers=tuple(flat), update_attention=cfg.update_attention)
+    prefixes = prefixes_for(model, cfg)
+    targets = optimise_pmet_targets(model, facts, z_layer, prefixes, pcfg)
+    seconds["targets"] = time.perf_counter() - start
+    start = time.perf_counter()
+    deltas: dict[str, LowRankDelta] = {}
+    shares = reference_shares(groups, cfg.group_split)
+    with scratch_weights(model, [names[kind](layer) for layer in flat for kind in kinds]):
+        for layer, group, share in shares:
+            # the code's compute_ks_parallel: every module's keys before the layer's first write
+            keys = {kind: compute_keys(model, facts, layer, prefixes, site=KEY_SITES[kind],
+                                       average=cfg.key_average).double().T for kind in kinds}
+            for kind in kinds:  # the attention before the FFN, the residual re-read after each write
+                current = raw_values_at_edit_tokens(model, facts, z_layer, kind)
+                residual = pmet_residual(targets.target(kind).double().to(current.device), current, share)
+                left = memit_left_factor(model, covs[kind][layer], weight[group], keys[kind],
+                                         f"ACE {kind} layer {layer}")
+                delta = LowRankDelta(left.float().cpu(), residual.float().cpu())
+                add_low_rank(model, names[kind](layer), delta)
+                deltas[names[kind](layer)] = delta
+    seconds["update"] = time.perf_counter() - start
+    info = {**layers, "variant": "reference", "z_layer": z_layer,
+            "shares": [{"layer": layer, "group": ("query", "value")[g], "share": share} for layer, g, share in shares],
+            "target_nll": targets.nll.tolist(), "target_steps": targets.steps,
+            "target_delta_norms": {k: targets.delta[k].norm(dim=-1).tolist() for k in targets.delta},
+            "prefixes": list(prefixes), "seconds": seconds, "stats": provenance}
+    return Edit("ace", deltas, fingerprint, cfg.as_dict(), [r.as_dict() for r in rows.requests], info)
+
+
 __all__ = ["ACEConfig", "ACERequest", "ACERows", "ace", "as_ace_request", "choose_layers", "last_token_keys",
-           "prepare_ace_requests"]
+           "prepare_ace_requests", "reference_shares"]
