@@ -14,6 +14,14 @@ and routes a sequence to the side memory when its score (the mean of ``d_p`` ove
 the largest ``d_p`` when it has more than 100, the code's rule) is at least the threshold
 ``activation_floor · act_ratio``; otherwise the output is returned bit for bit.
 
+Beyond one shard (the code's ``save_freq`` / ``merge_freq``), the hook also holds the saved
+(and merged) memories ``memories[i]`` (each a ``W_mem − W_out``) with their floors, and routes
+as the code's retrieval does (``WISEAdapter.forward``, ``retrieve``): with ``s_0`` the current
+shard's score and ``s_i`` memory ``i``'s, the running best starts at ``s_0`` (even when ``s_0``
+is under its threshold), memory ``i`` (in order) takes over when ``s_i`` > the running best and
+``s_i`` > ``floor_i · act_ratio``; if none does and ``s_0`` < the current threshold, the main
+memory's output is returned bit for bit.
+
 The hook reads two activations (``A`` and the MLP output), so besides the
 :class:`~interp_edit.editing.hooks.ActivationHook` methods it has :meth:`WiseSideMemory.hook_points`:
 the (hook name, function) pairs that :meth:`Edit.apply <interp_edit.editing.edit.Edit.apply>`
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 #: how a forward's sequences are routed (see :class:`WiseSideMemory`)
@@ -76,8 +84,17 @@ class WiseSideMemory:
     routing: str = "sequence"
     mask: Bool[Tensor, "d_mlp d_model"] | None = None
     n_edits: int = 0
+    #: the saved and merged memories (the code's ``memory_weight``, as ``W_mem − W_out``), oldest first
+    memories: Float[Tensor, "memory d_mlp d_model"] | None = None
+    #: their floors (the code's ``memory_mean_act[i].min_act()``; a merged memory's is its shards' least)
+    memory_floors: tuple[float, ...] = ()
 
     kind: ClassVar[str] = "wise_side_memory"
+
+    @property
+    def n_memories(self) -> int:
+        """How many saved (or merged) memories the hook holds besides the current shard."""
+        return 0 if self.memories is None else int(self.memories.shape[0])
 
     @property
     def layer(self) -> int:
@@ -100,6 +117,13 @@ class WiseSideMemory:
         key = (str(device), dtype)
         if key not in moved:
             moved[key] = self.delta.detach().to(device, dtype)
+        return moved[key]
+
+    def _memories_on(self, device, dtype) -> Tensor:
+        moved = self.__dict__.setdefault("_moved", {})
+        key = ("memories", str(device), dtype)
+        if key not in moved:
+            moved[key] = self.memories.detach().to(device, dtype)
         return moved[key]
 
     def side_output(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
@@ -125,15 +149,57 @@ class WiseSideMemory:
             per_sequence = per_sequence.mean().expand_as(per_sequence)
         return per_sequence[:, None].expand_as(distances)
 
+    def _candidates(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
+                    ) -> tuple[Int[Tensor, "batch pos"], list[Tensor]]:
+        """The code's retrieval among the saved memories and the current shard: the choice per
+        position (-1 the main memory, ``i`` < ``n_memories`` memory ``i``, ``n_memories`` the
+        current shard) and the candidates' outputs (memories first, the current shard last)."""
+        phi = activation_function(self.act_fn)
+        side = self.side_output(inputs, outputs)
+        base = outputs.to(side.dtype)
+        phi_base = phi(base)
+        current = self.scores((phi(side) - phi_base).norm(dim=-1))
+        k = self.n_memories
+        choice = torch.full(current.shape, k, dtype=torch.long, device=current.device)
+        best, candidates = current, []
+        if k:
+            weights = self._memories_on(inputs.device, side.dtype)
+            a = inputs.to(side.dtype)
+            for i in range(k):
+                out = base + a @ weights[i]
+                score = self.scores((phi(out) - phi_base).norm(dim=-1))
+                wins = (score > best) & (score > self.memory_floors[i] * self.act_ratio)
+                choice = torch.where(wins, i, choice)
+                best = torch.where(wins, score, best)
+                candidates.append(out)
+        candidates.append(side)
+        return torch.where((choice == k) & (current < self.threshold), -1, choice), candidates
+
+    def retrieve(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
+                 ) -> Int[Tensor, "batch pos"]:
+        """Per position: the memory it is routed to (-1 the main memory, ``i`` < ``n_memories``
+        saved memory ``i``, ``n_memories`` the current shard)."""
+        return self._candidates(inputs, outputs)[0]
+
     def routed(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
                ) -> Bool[Tensor, "batch pos"]:
-        """Per position: whether it is routed to the side memory."""
+        """Per position: whether it is routed to a side memory (any, when several are held)."""
+        if self.n_memories:
+            return self.retrieve(inputs, outputs) >= 0
         return self.scores(self.distances(inputs, outputs)) >= self.threshold
 
     def route(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
               ) -> Float[Tensor, "batch pos d_model"]:
-        """The MLP output with the routed positions' replaced by the side memory's; with none
+        """The MLP output with the routed positions' replaced by their memory's; with none
         routed, ``outputs`` itself (bit for bit)."""
+        if self.n_memories:
+            choice, candidates = self._candidates(inputs, outputs)
+            if not bool((choice >= 0).any()):
+                return outputs
+            result = outputs
+            for i, out in enumerate(candidates):
+                result = torch.where((choice == i)[..., None], out.to(outputs.dtype), result)
+            return result
         use = self.routed(inputs, outputs)
         if not bool(use.any()):
             return outputs
@@ -162,24 +228,34 @@ class WiseSideMemory:
         out = {"delta": self.delta}
         if self.mask is not None:
             out["mask"] = self.mask
+        if self.memories is not None:
+            out["memories"] = self.memories
         return out
 
     def metadata(self) -> dict[str, Any]:
-        return {"activation_floor": self.activation_floor, "act_ratio": self.act_ratio, "act_fn": self.act_fn,
-                "routing": self.routing, "n_edits": self.n_edits}
+        out = {"activation_floor": self.activation_floor, "act_ratio": self.act_ratio, "act_fn": self.act_fn,
+               "routing": self.routing, "n_edits": self.n_edits}
+        if self.memories is not None:
+            out["memory_floors"] = list(self.memory_floors)
+        return out
 
     @classmethod
     def from_saved(cls, hook_name: str, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> WiseSideMemory:
-        delta, mask = tensors["delta"], tensors.get("mask")
-        if delta.dim() != 2 or (mask is not None and mask.shape != delta.shape):
+        delta, mask, memories = tensors["delta"], tensors.get("mask"), tensors.get("memories")
+        if delta.dim() != 2 or (mask is not None and mask.shape != delta.shape) or (
+                memories is not None and (memories.dim() != 3 or memories.shape[1:] != delta.shape)):
             raise ValueError(f"side-memory tensors of shapes delta {tuple(delta.shape)}, mask "
-                             f"{None if mask is None else tuple(mask.shape)} do not fit together")
+                             f"{None if mask is None else tuple(mask.shape)}, memories "
+                             f"{None if memories is None else tuple(memories.shape)} do not fit together")
+        floors = tuple(float(f) for f in metadata.get("memory_floors", ()))
+        if len(floors) != (0 if memories is None else memories.shape[0]):
+            raise ValueError(f"{len(floors)} memory floors for {0 if memories is None else memories.shape[0]} memories")
         if metadata.get("routing") not in WISE_ROUTINGS:
             raise ValueError(f"routing {metadata.get('routing')!r} is not one of {WISE_ROUTINGS}")
         activation_function(metadata["act_fn"])
         return cls(hook_name, delta, float(metadata["activation_floor"]), float(metadata["act_ratio"]),
                    str(metadata["act_fn"]), metadata["routing"], None if mask is None else mask.bool(),
-                   int(metadata.get("n_edits", 0)))
+                   int(metadata.get("n_edits", 0)), memories, floors)
 
     def check(self, model) -> None:
         from interp_edit.errors import EditApplicationError
@@ -189,13 +265,17 @@ class WiseSideMemory:
         if tuple(self.delta.shape) != (model.cfg.d_mlp, model.cfg.d_model):
             raise EditApplicationError(f"the {self.kind} hook's side memory has shape {tuple(self.delta.shape)}, the "
                                        f"model's W_out {(model.cfg.d_mlp, model.cfg.d_model)}")
+        if self.memories is not None and tuple(self.memories.shape[1:]) != tuple(self.delta.shape):
+            raise EditApplicationError(f"the {self.kind} hook's memories have shape {tuple(self.memories.shape)}, its "
+                                       f"side memory {tuple(self.delta.shape)}")
         if getattr(model.cfg, "act_fn", None) != self.act_fn:
             raise EditApplicationError(f"the {self.kind} hook measures distances with {self.act_fn!r}, the model's "
                                        f"activation is {getattr(model.cfg, 'act_fn', None)!r}")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "rank": int(min(self.delta.shape)), "delta_norm": float(self.delta.double().norm()),
-                "threshold": self.threshold, "routing": self.routing, "edits": self.n_edits}
+                "threshold": self.threshold, "routing": self.routing, "edits": self.n_edits,
+                **({"memories": self.n_memories} if self.n_memories else {})}
 
 
 __all__ = ["LONG_SEQUENCE", "WISE_ROUTINGS", "WiseSideMemory", "activation_function"]

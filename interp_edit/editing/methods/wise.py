@@ -31,8 +31,8 @@ memory's edits; the router sends a sequence to the side memory when its mean dis
 largest when it has more than 100 positions) is ≥ ``activation_floor · act_ratio``, and returns
 the main memory's output bit for bit otherwise (:class:`~interp_edit.editing.wise_memory.WiseSideMemory`).
 
-Follows zjunlp/EasyEdit ``easyeditor/models/wise/`` (``WISE.py``, ``utils.py``) with
-``retrieve`` and one side memory. Named deviations:
+Follows zjunlp/EasyEdit ``easyeditor/models/wise/`` (``WISE.py``, ``utils.py``, ``merge/``) with
+``retrieve``. Named deviations:
 
 - ``routing``: the code decides once per forward, by the batch's mean score; ``"sequence"``
   (default) decides per sequence (the code's rule at batch size 1, how its evaluation runs),
@@ -47,14 +47,28 @@ Follows zjunlp/EasyEdit ``easyeditor/models/wise/`` (``WISE.py``, ``utils.py``) 
 - ``loc_prompts`` fewer than the requests are cycled in order (the code cycles and shuffles
   with Python's global ``random``); by default they are the generated template texts. Context
   texts are generated from BOS + the start word (TransformerLens's convention).
-- Merging (the code's ``save_freq`` / ``merge_freq`` with TIES and several memories) is not
-  implemented: one side memory holds at most ``save_freq`` edits (one shard, one mask), and a
-  call that would exceed it is refused. The chat template (Llama-3 / Qwen hparams'
-  ``use_chat_template``) and the ``replay`` option are not implemented either.
+- Shards and merging (the code's ``save_freq`` / ``merge_freq``, ``retrieve``): after every
+  ``save_freq`` edits (counted from the memory's first edit: the code's ``editing_total_cnt``)
+  the current side memory is saved with its floor (``memory_weight`` / ``memory_mean_act``),
+  and the next shard trains from W_out again (the code's ``new_weight = original weight``)
+  under a new mask (:func:`shard_mask`: the next draw of the seeded generator, as the code's
+  next draw of numpy's global one; independent and possibly overlapping, as the code's
+  ``generate_activation_mask`` — its ``generate_non_overlapping_mask`` is never called). After
+  every ``merge_freq`` edits the last ``merge_freq // save_freq`` saved memories are replaced by
+  their merge (:func:`merge_deltas`, ``merge_alg`` "ties" with ``densities`` and ``weights``:
+  the code's ``GTA('magnitude', 'sum', normalize=True)``), whose floor is the merged shards'
+  least. Retrieval among the memories is the code's (see
+  :class:`~interp_edit.editing.wise_memory.WiseSideMemory`). Deviations: a memory's output adds
+  b_out (the code's ``F.linear(x, W_mem)`` drops the layer's bias; no bias in Llama-style
+  MLPs); ``merge_freq`` must be a multiple of ``save_freq`` (else the code merges without
+  saving and drops the current shard); ``retrieve=False`` (the code merges into the main
+  memory's weight instead) and the random / slerp / linear merges are refused.
+- The chat template (Llama-3 / Qwen hparams' ``use_chat_template``) and the ``replay`` option
+  are not implemented.
 
 Lifelong editing: ``wise(model, more, memory=edit)`` continues the side memory of an earlier
 WISE ``edit`` (not applied at the time: undo it first) — its ``W_side``, ``activation_floor``,
-mask and edit count — and returns a new :class:`~interp_edit.editing.edit.Edit` holding the
+mask, edit count and saved memories with their floors — and returns a new :class:`~interp_edit.editing.edit.Edit` holding the
 extended memory (and every request it holds), which replaces the old one. Nothing is kept
 between calls anywhere else.
 """
@@ -84,6 +98,11 @@ TEMPLATE_STARTS = ("I", "You", "Because", "Yes", "Q: ")
 TEMPLATE_LENGTHS = (5, 10)
 #: the code's EarlyStopMeter: stop when the loss is <= this and moved by <= EARLY_STOP_DELTA
 EARLY_STOP_LOSS, EARLY_STOP_DELTA = 0.02, 1e-4
+#: the code's deterministic GTA merges (``merge_dict``): (sparsify, sign consensus, normalise)
+MERGE_ALGORITHMS = MappingProxyType({"ties": ("magnitude", "sum", True), "magnitude_norm": ("magnitude", None, True),
+                                     "magnitude": ("magnitude", None, False), "sign": (None, "sum", True)})
+#: the code's other merges (random DARE, slerp, linear): refused by name
+UNIMPLEMENTED_MERGES = ("dare_ties", "dare_linear", "slerp", "linear")
 
 
 @dataclass(frozen=True)
@@ -116,8 +135,23 @@ class WISEConfig:
     act_ratio: float = 0.8
     #: |W_side − W_out| <= norm_constraint entrywise (the code's clamp)
     norm_constraint: float = 1.0
-    #: edits one side memory (one shard, one mask) holds at most (the code's ``save_freq``)
+    #: edits per shard (the code's ``save_freq``): after each ``save_freq`` edits the current side
+    #: memory is saved with its floor, and the next shard starts from W_out with a new mask
     save_freq: int = 500
+    #: after each ``merge_freq`` edits the last ``merge_freq // save_freq`` saved memories are merged
+    #: into one (the code's ``merge_freq``; a multiple of ``save_freq``)
+    merge_freq: int = 1000
+    #: how memories are merged (the code's ``merge_alg``): "ties" (trim each task vector to its
+    #: ``densities`` largest magnitudes, elect each entry's sign by the summed weighted mass, mean
+    #: of the agreeing entries), or the code's other deterministic GTA variants "magnitude_norm",
+    #: "magnitude", "sign"
+    merge_alg: str = "ties"
+    #: the share of each memory's entries TIES keeps (the code's ``densities``)
+    densities: float = 0.53
+    #: the merge weight, split evenly over the merged memories (the code's ``weights``)
+    weights: float = 1.0
+    #: retrieval among the saved memories (the code's ``retrieve``; only True is implemented)
+    retrieve: bool = True
     #: the context texts before the prompt ('<text> {}'), besides the bare prompt; None =
     #: generated greedily by the model from the code's start words (5 and 10 new tokens)
     prefixes: tuple[str, ...] | None = None
@@ -176,6 +210,19 @@ class WISEConfig:
                 raise EditConfigError(f"field {name!r} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.mask_ratio <= 1:
             raise EditConfigError(f"field 'mask_ratio' must be in (0, 1], got {self.mask_ratio}")
+        if self.merge_freq < 1 or self.merge_freq % self.save_freq:
+            raise EditConfigError(f"field 'merge_freq' must be a positive multiple of field 'save_freq' ({self.save_freq}), "
+                                  f"got {self.merge_freq} (the code would merge without saving the current shard)")
+        if self.merge_alg not in MERGE_ALGORITHMS:
+            raise EditConfigError(f"field 'merge_alg' must be one of {tuple(MERGE_ALGORITHMS)}, got {self.merge_alg!r}"
+                                  + (" (the code has it; not implemented here)" if self.merge_alg in UNIMPLEMENTED_MERGES else ""))
+        if not 0 < self.densities <= 1:
+            raise EditConfigError(f"field 'densities' must be in (0, 1], got {self.densities}")
+        if not self.weights > 0:
+            raise EditConfigError(f"field 'weights' must be > 0, got {self.weights}")
+        if not self.retrieve:
+            raise EditConfigError("field 'retrieve': only True is implemented (the code's retrieve=False merges the memories "
+                                  "into the main memory's weight)")
         if self.routing not in WISE_ROUTINGS:
             raise EditConfigError(f"field 'routing' must be one of {WISE_ROUTINGS}, got {self.routing!r}")
         if self.seed < 0:
@@ -222,6 +269,51 @@ def gradient_mask(shape: tuple[int, ...], ratio: float, seed: int) -> Bool[Tenso
     """
     drawn = np.random.RandomState(seed).choice([1, 0], size=math.prod(shape), p=[ratio, 1 - ratio])
     return torch.from_numpy(drawn.reshape(shape) == 1)
+
+
+def shard_mask(shape: tuple[int, ...], ratio: float, seed: int, shard: int) -> Bool[Tensor, "d_mlp d_model"]:
+    """Shard ``shard``'s mask: the ``shard + 1``-th draw of :func:`gradient_mask`'s rule from one
+    generator seeded with ``seed`` (the code draws each shard's mask from numpy's global generator
+    as the shard starts; shard 0's is :func:`gradient_mask`). Masks of shards may overlap, as the
+    code's (``generate_activation_mask``; its ``generate_non_overlapping_mask`` is never called)."""
+    state = np.random.RandomState(seed)
+    for _ in range(shard + 1):
+        drawn = state.choice([1, 0], size=math.prod(shape), p=[ratio, 1 - ratio])
+    return torch.from_numpy(drawn.reshape(shape) == 1)
+
+
+def merge_deltas(deltas: list[Tensor], alg: str = "ties", density: float = 0.53, weight: float = 1.0) -> Tensor:
+    """The code's merge of memories (``GTA.execute``, its base W_out subtracted: task vectors in,
+    task vector out): each task vector with weight ``weight / len(deltas)``; "ties" keeps each
+    vector's ``int(density · numel)`` largest magnitudes (chosen on float32 magnitudes, as the code
+    on CPU), elects each entry's sign by the sign of the weighted sum (≥ 0: positive), and takes the
+    weighted mean of the entries of that sign (0 where none).
+
+    >>> merge_deltas([torch.tensor([1.0, -2.0, 3.0]), torch.tensor([3.0, 1.0, -1.0])], density=1.0)
+    tensor([ 2., -2.,  3.])
+    """
+    sparsify, consensus, normalize = MERGE_ALGORITHMS[alg]
+    if sparsify == "magnitude" and density < 1:
+        trimmed = []
+        for delta in deltas:
+            keep = torch.zeros_like(delta)
+            keep.view(-1)[torch.topk(delta.abs().reshape(-1).float(), k=int(density * delta.numel()), largest=True).indices] = 1
+            trimmed.append(delta * keep)
+        deltas = trimmed
+    stacked = torch.stack(deltas)
+    w = torch.full((len(deltas),), weight / len(deltas), dtype=stacked.dtype, device=stacked.device)
+    w = w.view(-1, *[1] * (stacked.dim() - 1))
+    weighted = stacked * w
+    if consensus == "sum":
+        agree = (weighted.sign() == (weighted.sum(0) >= 0).to(stacked.dtype) * 2 - 1).to(stacked.dtype)
+        mixed = (weighted * agree).sum(0)
+        divisor = (w * agree).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(0)
+        divisor = w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    return mixed / divisor if normalize else mixed
 
 
 def margin_loss(in_scope: Float[Tensor, " template"], out_scope: Float[Tensor, " loc"], alpha: float, beta: float,
@@ -321,6 +413,13 @@ def _previous(memory, model, cfg: WISEConfig, fingerprint: str) -> WiseSideMemor
     held = continued_memory(memory, "wise", WiseSideMemory, fingerprint)
     if held.layer != cfg.layer:
         raise EditConfigError(f"argument 'memory': its side memory is at layer {held.layer}, field 'layer' is {cfg.layer}")
+    for name in ("save_freq", "merge_freq"):  # shard and merge boundaries count from the memory's first edit
+        old = (memory.config or {}).get(name)
+        if old is not None and old != getattr(cfg, name):
+            raise EditConfigError(f"field {name!r} is {getattr(cfg, name)}, the memory's is {old}: a continued memory "
+                                  "keeps its shard and merge boundaries")
+    if held.mask is None and held.n_edits % cfg.save_freq:
+        raise EditConfigError("argument 'memory': its current shard holds edits but no gradient mask")
     check_memory_not_active(memory, model)
     return held
 
@@ -328,7 +427,8 @@ def _previous(memory, model, cfg: WISEConfig, fingerprint: str) -> WiseSideMemor
 def wise(model, requests, config: WISEConfig | None = None, *, memory: Edit | None = None, corpus=None, cache_dir=None,
          stats=None, progress: bool = False, **overrides) -> Edit:
     """A WISE edit of ``requests`` (EditRequests, CounterFact records or dicts), edited one after
-    another into one side memory of layer ``layer``'s W_out: a
+    another into side memories of layer ``layer``'s W_out (a shard per ``save_freq`` edits,
+    merged per ``merge_freq``): a
     :class:`~interp_edit.editing.wise_memory.WiseSideMemory` hook, no weight delta. ``memory``:
     an earlier WISE edit whose side memory this call continues (see the module docstring).
     ``corpus`` / ``cache_dir`` / ``stats`` / ``progress`` are accepted for a uniform call and
@@ -344,9 +444,8 @@ def wise(model, requests, config: WISEConfig | None = None, *, memory: Edit | No
     treqs = prepare_requests(model, requests, fingerprint)
     held = _previous(memory, model, cfg, fingerprint)
     before = held.n_edits if held is not None else 0
-    if before + len(treqs) > cfg.save_freq:
-        raise EditConfigError(f"field 'save_freq': one side memory holds at most {cfg.save_freq} edits, this call would "
-                              f"make it {before + len(treqs)}; WISE's merging of shards is not implemented")
+    if cfg.densities < 1 and MERGE_ALGORITHMS[cfg.merge_alg][0] and int(cfg.densities * model.cfg.d_mlp * model.cfg.d_model) < 1:
+        raise EditConfigError(f"field 'densities' ({cfg.densities}) keeps no entry of a {model.cfg.d_mlp}×{model.cfg.d_model} memory")
     act_fn = getattr(model.cfg, "act_fn", None)
     try:
         phi = activation_function(act_fn)
@@ -362,28 +461,57 @@ def wise(model, requests, config: WISEConfig | None = None, *, memory: Edit | No
     w_out = get_parameter(model, f"blocks.{cfg.layer}.mlp.W_out").detach()
     main = w_out.to(torch.promote_types(w_out.dtype, torch.float32))  # float32 (float64 for a float64 model)
     side = (main + held.delta.to(main.device, main.dtype) if held is not None else main.clone()).requires_grad_(True)
-    mask = (held.mask if held is not None and held.mask is not None else
-            gradient_mask(tuple(main.shape), cfg.mask_ratio, cfg.seed)).to(main.device, main.dtype)
+    mask = held.mask.to(main.device, main.dtype) if held is not None and before % cfg.save_freq else None
     floor = held.activation_floor if held is not None else math.inf
-    runs = []
+    memories = list(held.memories.to(main.device, main.dtype).unbind(0)) if held is not None and held.n_memories else []
+    floors = list(held.memory_floors) if held is not None else []
+    runs, saved_at, merged_at = [], [], []
+    n = before
+
+    def boundary():  # after the n-th edit: the code's save_weight and merge_weight (retrieve) where they fall
+        nonlocal side, floor, mask
+        if n % cfg.save_freq == 0:  # keep the shard (and its floor); the next starts from W_out
+            memories.append(side.detach() - main)
+            floors.append(floor)
+            side, floor, mask = main.clone().requires_grad_(True), math.inf, None
+            saved_at.append(n)
+        if n % cfg.merge_freq == 0:  # the last merge_freq // save_freq memories into one
+            count = cfg.merge_freq // cfg.save_freq
+            merged = merge_deltas(memories[-count:], cfg.merge_alg, cfg.densities, cfg.weights)
+            merged_floor = min(floors[-count:])
+            del memories[-count:], floors[-count:]
+            memories.append(merged)
+            floors.append(merged_floor)
+            merged_at.append(n)
+
+    if before and before % cfg.save_freq == 0 and math.isfinite(floor):  # a full shard held as the current one
+        boundary()
     with frozen_parameters(model), torch.enable_grad():
         for rows in all_rows:
+            if n % cfg.save_freq == 0:  # a shard starts: a new mask (the code's generate_activation_mask)
+                mask = shard_mask(tuple(main.shape), cfg.mask_ratio, cfg.seed, n // cfg.save_freq).to(main.device, main.dtype)
             run = _edit_one(model, side, main, mask, rows, cfg, phi)
             floor = min(floor, run["in_scope"])
             runs.append(run)
+            n += 1
+            boundary()
     timings["train"] = time.perf_counter() - start
     delta = (side.detach() - main).cpu()
     hook = WiseSideMemory(hook_name("mlp_out", cfg.layer), delta, floor, cfg.act_ratio, act_fn, cfg.routing,
-                          mask.bool().cpu(), before + len(treqs))
+                          None if mask is None else mask.bool().cpu(), n,
+                          torch.stack(memories).cpu() if memories else None, tuple(floors))
     info = {"layer": cfg.layer, "hook": hook.hook_name, "n_edits": hook.n_edits, "activation_floor": floor,
             "threshold": hook.threshold, "in_scope": [r["in_scope"] for r in runs], "steps": [r["steps"] for r in runs],
             "loss": [r["loss"] for r in runs], "nll": [r["nll"] for r in runs],
             "out_scope_last": [r["out_scope_last"] for r in runs], "prefixes": list(prefixes),
             "loc_prompts": [locs[(before + i) % len(locs)] for i in range(len(treqs))],
             "continues": memory.content_hash() if memory is not None else None, "seconds": timings}
+    if memories or saved_at:
+        info.update(memories=len(memories), memory_floors=list(floors), saved_at=saved_at, merged_at=merged_at)
     held_requests = list(memory.requests) if memory is not None else []
     return Edit("wise", {}, fingerprint, cfg.as_dict(), held_requests + [r.request.as_dict() for r in treqs], info,
                 hooks={f"layer{cfg.layer}": hook})
 
 
-__all__ = ["WISEConfig", "WiseSideMemory", "context_texts", "gradient_mask", "margin_loss", "wise"]
+__all__ = ["MERGE_ALGORITHMS", "WISEConfig", "WiseSideMemory", "context_texts", "gradient_mask", "margin_loss", "merge_deltas",
+           "shard_mask", "wise"]
