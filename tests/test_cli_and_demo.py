@@ -46,9 +46,26 @@ def test_trace_command_reports_bad_input(capsys, tmp_path):
     assert "Nobody" in capsys.readouterr().err
 
 
-def test_toy_eval_prints_key_value_lines(capsys, toy_metrics):
+def test_toy_eval_prints_key_value_lines(capsys, toy_model, toy_world, toy_metrics, monkeypatch):
+    """`toy eval` evaluates the shipped model on its world and prints every metric. The evaluation
+    itself (48 s) is the session's `toy_metrics`: the command's call is checked to be of the same
+    model (weights) and world, and answered with it."""
+    from interp_edit.adapter import model_fingerprint
+    from interp_edit.toyworld import evaluation
+
+    calls = []
+
+    def same_evaluation(model, world, *args, **kwargs):
+        calls.append(1)
+        assert model_fingerprint(model) == model_fingerprint(toy_model)
+        assert world.people == toy_world.people and world.seed == toy_world.seed
+        return dict(toy_metrics)
+
+    monkeypatch.setattr(evaluation, "evaluate_toyworld", same_evaluation)
     assert main(["toy", "eval"]) == 0
+    assert calls == [1]
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert set(toy_metrics) <= set(lines)
     for key in ("fact_acc", "paraphrase_acc", "twohop_trained_acc", "twohop_heldout_acc"):
         assert float(lines[key]) == pytest.approx(toy_metrics[key], abs=1e-4)
 
