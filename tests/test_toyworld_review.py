@@ -110,7 +110,7 @@ def test_mcq_cases_of_a_two_person_world_leave_out_only_the_locality_question(to
     """In a two-person world no one is born outside a rewrite's two cities: the locality question
     has no neighbour (the builder raised an IndexError); the other three questions are there,
     and a full world's cases are unchanged (every one has a neighbour)."""
-    from interp_edit.data.formats import parse_mcq, Where
+    from interp_edit.data.formats import Where, parse_mcq
     from interp_edit.data.toyworld import toy_mcq
 
     tiny = build_world(n_people=2)
