@@ -85,6 +85,18 @@ def person_records(toy_world):
 
 
 @pytest.fixture(scope="session")
+def distinct_subject_records(person_records):
+    """The first 8 records of ``person_records[100:]`` about 8 different people (WISE's tests)."""
+    out, seen = [], set()
+    for r in person_records[100:]:
+        if r.subject not in seen:
+            seen.add(r.subject)
+            out.append(r)
+        if len(out) == 8:
+            return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model(toy_model):
     """A tiny randomly initialised GPT-2-style model sharing the toy tokenizer (tests that
     change it restore it bit for bit)."""

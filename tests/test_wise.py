@@ -36,14 +36,8 @@ def _cache(model, hook, text):
 
 
 @pytest.fixture(scope="module")
-def facts(person_records):
-    out, seen = [], set()
-    for r in person_records[100:]:
-        if r.subject not in seen:
-            seen.add(r.subject)
-            out.append(r)
-        if len(out) == 7:
-            return out
+def facts(distinct_subject_records):
+    return distinct_subject_records[:7]
 
 
 @pytest.fixture(scope="module")

@@ -67,14 +67,8 @@ def test_merge_against_a_hand_ties(alg, trim, elect, normalize):
 
 
 @pytest.fixture(scope="module")
-def facts(person_records):
-    out, seen = [], set()
-    for r in person_records[100:]:
-        if r.subject not in seen:
-            seen.add(r.subject)
-            out.append(r)
-        if len(out) == 8:
-            return out
+def facts(distinct_subject_records):
+    return distinct_subject_records[:8]
 
 
 @pytest.fixture(scope="module")
