@@ -129,3 +129,48 @@ def test_learning_rates_are_the_codes():
     assert FiNEConfig.PRESETS["Llama-2-7b-hf"]["lr"] == 5e-3
     assert FiNEConfig.PRESETS["Meta-Llama-3-8B"]["lr"] == 1e-3
     assert FiNEConfig().top_k == 5 and FiNEConfig().n_frozen == 3 and FiNEConfig().steps == 50  # neuron_num, last_layer, epochs
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({}, ("final_norm_folded", "centred")),  # TransformerLens' hub defaults
+    ({"fold_ln": False, "center_unembed": False}, ()),
+    ({"fold_ln": True, "center_unembed": False}, ("final_norm_folded",)),
+    ({"fold_ln": False, "center_unembed": True}, ("centred",)),
+])
+def test_the_unembedding_processing_is_read_from_the_model(flags, expected):
+    from interp_edit import load_model
+    from interp_edit.adapter import unembedding_processing
+    from interp_edit.adapter.bridge import hooked_available
+    from interp_edit.adapter.tiny import tiny_hf_model
+
+    if not hooked_available():
+        pytest.skip("weight processing is HookedTransformer's (the bridge keeps the Hugging Face weights)")
+    tokenizer = load_model("toyworld").tokenizer
+    hf = tiny_hf_model("llama", vocab_size=len(tokenizer))
+    raw = hf.lm_head.weight.detach().T.clone()  # [d_model, vocab], before any processing
+    model = load_model("tiny-llama", hf_model=hf, tokenizer=tokenizer, **flags)
+    assert unembedding_processing(model) == expected
+    # the reference: the model's W_U against the checkpoint's lm_head, by hand
+    assert torch.equal(model.W_U.detach(), raw) == (expected == ())
+
+
+def test_a_centred_trained_unembedding_is_recognised_and_fine_warns_on_it(toy_model, person_records):
+    from interp_edit.adapter import unembedding_processing
+
+    assert unembedding_processing(toy_model) == ()  # the toy model is loaded unprocessed
+    with pytest.warns() as caught:  # nothing FiNE-specific on an unprocessed model
+        fine(toy_model, person_records[:1], steps=1)
+        import warnings
+
+        warnings.warn("sentinel", UserWarning)
+    assert [str(w.message) for w in caught] == ["sentinel"]
+    w_u = toy_model.W_U.data
+    original = w_u.clone()
+    try:
+        w_u -= w_u.mean(-1, keepdim=True)  # TransformerLens' center_unembed, by hand
+        assert unembedding_processing(toy_model) == ("centred",)
+        with pytest.warns(UserWarning, match=r"processed \(centred\).*fold_ln=False, center_unembed=False"):
+            e = fine(toy_model, person_records[:1], steps=1)
+        assert e.info["unembedding_processing"] == ["centred"]
+    finally:
+        w_u.copy_(original)

@@ -60,6 +60,7 @@ from interp_edit.adapter.hooks import (
     supports_padded_prefix_kv,
     supports_prefix_kv,
     unembed,
+    unembedding_processing,
 )
 from interp_edit.adapter.layout import attention_layout_is_read_order, store_attention_as_read
 from interp_edit.adapter.loading import (
@@ -100,7 +101,7 @@ __all__ = [
     "load_check",
     "Architecture", "architecture", "to_hf", "add_persistent_hook", "cached_keys_values", "forward_from_layer", "forward_to_layer", "residual_at_layer",
     "hook_counts", "hook_name", "remove_persistent_hook", "residual_from_layer", "run_with_cache", "run_with_hooks", "sublayer_output_hooks",
-    "unembed", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
+    "unembed", "unembedding_processing", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "forget_fingerprint", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
     "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings",

@@ -314,6 +314,34 @@ def unembedding(model) -> tuple[torch.Tensor, torch.Tensor]:
     return model.W_U * scale, model.b_U * scale
 
 
+def unembedding_processing(model) -> tuple[str, ...]:
+    """How the model's ``W_U`` differs from the checkpoint's raw unembedding (``lm_head``): the
+    processing TransformerLens applies to a hub model by default, read from the model itself.
+
+    - ``"final_norm_folded"``: the final norm's gain is folded into ``W_U`` (``fold_ln``: the
+      architecture's ``norm_folded``);
+    - ``"centred"``: every row of ``W_U`` has mean 0 over the vocabulary (``center_unembed``),
+      measured: the largest row mean is under 1 % of the spread a row mean of uncentred random
+      weights has (``rms(W_U) / √vocab``). A trained or random uncentred ``W_U`` is far above.
+
+    Empty for the bridge (no processing) and a model loaded with the processing off. A method
+    that reads ``W_U`` as the authors' code reads ``lm_head`` (FiNE's neuron scores) warns with it.
+
+    >>> unembedding_processing(load_model("toyworld"))
+    ()
+    """
+    from interp_edit.adapter.architecture import architecture
+
+    out = ["final_norm_folded"] if architecture(model).norm_folded else []
+    with torch.no_grad():
+        w_u = model.W_U.detach()
+        row_means = w_u.mean(-1, dtype=torch.float64)  # [d_model]
+        spread = w_u.double().pow(2).mean().sqrt() / w_u.shape[-1] ** 0.5
+        if float(spread) > 0 and float(row_means.abs().max()) < 0.01 * float(spread):
+            out.append("centred")
+    return tuple(out)
+
+
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """``cap · tanh(logits / cap)`` (Gemma-2's final-logit soft-cap); ``logits`` for ``None``."""
     return logits if cap is None else cap * torch.tanh(logits / cap)

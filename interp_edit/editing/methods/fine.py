@@ -42,7 +42,9 @@ requests (its ``batch_edit``): each request located and optimised on the model a
 summed. ``benchmarks/reference_compare_fine.py`` runs the authors' code next to this one
 (docs/fidelity.md). The neuron score reads ``model.W_U``: the code's ``lm_head`` on an
 unprocessed model; TransformerLens' default processing of a Hugging Face model folds the final
-norm's gain into it and centres it, which changes the scores. The returned :class:`Edit` holds one
+norm's gain into it and centres it, which changes the scores: on such a model the call warns
+(:func:`~interp_edit.adapter.unembedding_processing`, also in ``edit.info["unembedding_processing"]``);
+load with ``fold_ln=False, center_unembed=False`` to follow the code. The returned :class:`Edit` holds one
 :class:`SparseRowDelta` per touched layer (``"blocks.{l}.mlp.W_out"``) whose rows are distinct:
 a neuron chosen by several requests carries the sum of their δ. The model is unchanged by the
 call, also when it fails. The KL reference of a request is the model with the earlier requests
@@ -61,6 +63,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -79,6 +82,7 @@ from interp_edit.adapter import (
     run_with_cache,
     sublayer_output_hooks,
     unembed,
+    unembedding_processing,
 )
 from interp_edit.batching import pad_right
 from interp_edit.editing.closed_form import w_out_name
@@ -90,6 +94,11 @@ from interp_edit.errors import EditConfigError, EditOptimizationError
 from interp_edit.precision import add_delta_
 
 NEURON_SLOTS = ("per_token", "union")
+_PROCESSED_UNEMBEDDING = (
+    "FiNE scores neurons with model.W_U, which on this model is processed ({}) unlike the raw "
+    "lm_head the authors' code reads, so it may select other neurons than the code does; load the "
+    "model with fold_ln=False, center_unembed=False (or backend='bridge') to follow the code"
+)
 REPETITION = ("max", "first")
 DELTA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -394,13 +403,16 @@ def fine(model, requests, config: FiNEConfig | None = None, *, corpus=None, cach
     cfg = resolve(FiNEConfig, model, config, overrides)  # its fields checked against the model too
     fingerprint = model_fingerprint(model)
     treqs = prepare_requests(model, requests, fingerprint)
+    processing = unembedding_processing(model)
+    if processing:
+        warnings.warn(_PROCESSED_UNEMBEDDING.format(", ".join(processing)), UserWarning, stacklevel=2)
     layers = cfg.editable_layers(model)
     prefixes = context_prefixes(model, cfg.n_prefixes, cfg.prefix_length, cfg.seed)
     # only the touched rows are kept (never a dense copy of every editable W_out): their sums of
     # updates, and their original values, written back at the end whatever happens
     totals: dict[tuple[int, int], Tensor] = {}
     originals: dict[tuple[int, int], Tensor] = {}
-    info: dict[str, list] = {"selected": [], "neurons": [], "neurons_touched": [], "max_nll": [], "loss": [], "steps": [], "seconds": []}
+    info: dict[str, Any] = {"unembedding_processing": list(processing), "selected": [], "neurons": [], "neurons_touched": [], "max_nll": [], "loss": [], "steps": [], "seconds": []}
     iterator = treqs
     if progress:
         from interp_edit.progress import progress_bar
