@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,31 @@ def test_a_replaced_cache_file_is_read_again(toy_model, tmp_path):
     # other texts are another entry
     other = key_statistics(toy_model, [0], corpus=texts[:1], n_samples=2, cache_dir=tmp_path, progress=False)[0]
     assert not torch.equal(other.moment, first.moment)
+
+
+def test_a_cache_file_written_in_float32_is_read_as_float64(toy_model, tmp_path):
+    from interp_edit.statistics.collect import load_cache_file, moment_checksum
+    from interp_edit.errors import StatisticsMismatchError
+
+    clear_statistics_cache(toy_model)
+    texts = ["Korwa Drarin plays the harp.", "Talvik Corlo was born in Karsa."]
+    first = key_statistics(toy_model, [0], corpus=texts, n_samples=2, cache_dir=tmp_path, progress=False)[0]
+    assert first.moment.dtype == torch.float64
+    path = first.provenance.path
+    with safe_open(path, "pt") as handle:
+        meta = handle.metadata()
+    narrow = first.moment.float()  # a user's file, written in float32 with its checksum
+    save_file({"moment": narrow}, path, metadata={**meta, "crc32": moment_checksum(narrow)})
+    clear_statistics_cache(toy_model)
+    again = key_statistics(toy_model, [0], corpus=texts, n_samples=2, cache_dir=tmp_path, progress=False)[0]
+    assert again.moment.dtype == torch.float64 and torch.equal(again.moment, narrow.double())
+    given = key_statistics(toy_model, [0], stats=[path], progress=False)[0]
+    assert given.moment.dtype == torch.float64 and torch.equal(given.moment, narrow.double())
+    counts = torch.ones_like(narrow, dtype=torch.int64)  # not a moment at all
+    save_file({"moment": counts}, path, metadata={**meta, "crc32": moment_checksum(counts)})
+    with pytest.raises(StatisticsMismatchError, match=r"its moment holds torch.int64 values"):
+        load_cache_file(Path(path))
+    clear_statistics_cache(toy_model)
 
 
 @pytest.mark.parametrize("weight", [1.0, 100.0, 20_000.0])

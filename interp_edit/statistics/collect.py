@@ -436,7 +436,10 @@ def load_cache_file(path: Path) -> KeyStatistics:
         prov = StatsProvenance(**json.loads(meta["provenance"]))
     except (TypeError, ValueError) as err:
         raise StatisticsMismatchError(f"statistics file {str(path)!r} has unreadable provenance ({err})") from None
-    return KeyStatistics(moment, prov.replace(path=str(path)))
+    if not moment.is_floating_point():
+        raise StatisticsMismatchError(f"statistics file {str(path)!r}: its moment holds {moment.dtype} values, not real numbers")
+    # float64, as every moment the toolkit computes (a file written in another precision is widened)
+    return KeyStatistics(moment.to(torch.float64), prov.replace(path=str(path)))
 
 
 def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -> KeyStatistics | None:
