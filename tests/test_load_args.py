@@ -133,10 +133,19 @@ def test_model_object_without_a_tokenizer_is_refused_and_untouched(backend):
     (0, r"device= must be a str or torch.device .* got 0 \(int\)"),
     ("nonsense", r"device= 'nonsense' is not a torch device"),
     ("cuda:99", r"device= 'cuda:99': this machine has \d+ CUDA device"),
+    ("meta", r"device= 'meta': a model on the meta device holds no weights"),
+    (torch.device("meta"), r"device= device\(type='meta'\): a model on the meta device holds no weights"),
 ])
 def test_device_of_the_wrong_kind_is_refused(device, match):
     with pytest.raises(InvalidArgumentError, match=match):
         load_model("toyworld", device=device)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_meta_device_is_refused_for_real_weights_and_untouched(backend):
+    hf = tiny_hf_model("llama", vocab_size=len(_tokenizer()))
+    _refused(hf, r"device= 'meta': a model on the meta device holds no weights", backend=backend, device="meta",
+             tokenizer=_tokenizer())
 
 
 @pytest.mark.parametrize("flag", ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"])

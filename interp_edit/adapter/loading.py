@@ -129,7 +129,9 @@ def load_model(
     :mod:`interp_edit.precision`. Another dtype raises ``InvalidArgumentError`` before loading.
 
     Every argument is checked where it enters, before anything is loaded (a ``hf_model`` passed
-    in is left as it was): ``name`` a str (or a path), ``device`` a str or ``torch.device``, the
+    in is left as it was): ``name`` a str (or a path), ``device`` a str or ``torch.device`` this
+    machine has (``"meta"`` only for an ``hf_model`` built on the meta device: weights loaded
+    there would be dropped), the
     processing flags ``True`` / ``False`` / ``None``, ``hf_model`` a ``transformers.PreTrainedModel``,
     ``tokenizer`` a ``transformers.PreTrainedTokenizerBase`` of at most the model's vocabulary
     (a smaller one is fine). A model converted from Hugging Face (a folder or ``hf_model=``) needs
@@ -311,29 +313,36 @@ def _check_load_args(name, device, flags: dict[str, Any], hf_model, tokenizer) -
     from interp_edit.validation import check_str
 
     name = check_str(os.fspath(name) if isinstance(name, os.PathLike) else name, "name")
-    _check_device(device)
+    _check_hf_model(hf_model)
+    _check_device(device, hf_model)
     for flag, value in flags.items():
         if value is not None and not isinstance(value, bool):
             raise InvalidArgumentError(
                 f"{flag}= must be True, False or None (the default for the model's kind), got {_shown(value)}"
             )
-    _check_hf_model(hf_model)
     _check_tokenizer_kind(tokenizer)
     return name
 
 
-def _check_device(device) -> None:
-    """``device``: a ``torch.device`` or a str torch parses as one, on hardware this machine has."""
+def _check_device(device, hf_model=None) -> None:
+    """``device``: a ``torch.device`` or a str torch parses as one, on hardware this machine has.
+    ``"meta"`` only for an ``hf_model`` that is itself on the meta device (a weightless model the
+    caller built to read its architecture): loading real weights there would drop them."""
     if not isinstance(device, (str, torch.device)):
         raise InvalidArgumentError(f"device= must be a str or torch.device (e.g. 'cpu', 'cuda', 'cuda:1'), got {_shown(device)}")
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as err:
         raise InvalidArgumentError(f"device= {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1'): {err}") from None
+    if parsed.type == "meta" and not (hf_model is not None and all(p.is_meta for p in hf_model.parameters())):
+        raise InvalidArgumentError(
+            f"device= {device!r}: a model on the meta device holds no weights, so no analysis or editor can run on "
+            "it; load on 'cpu' or 'cuda' (device='meta' is for an hf_model= built on the meta device, to read its "
+            "architecture)")
     count = torch.cuda.device_count() if parsed.type == "cuda" and torch.cuda.is_available() else 0
     if parsed.type == "cuda" and (parsed.index or 0) >= count:
         raise InvalidArgumentError(f"device= {device!r}: this machine has {count} CUDA device(s) torch can use")
-    if parsed.type not in ("cpu", "cuda", "meta"):  # mps, xpu, ...: an empty tensor there says whether torch can use it
+    if parsed.type not in ("cpu", "cuda"):  # mps, xpu, ...: an empty tensor there says whether torch can use it
         try:
             torch.empty(0, device=parsed)
         except (RuntimeError, AssertionError) as err:
