@@ -171,3 +171,79 @@ def test_a_folder_whose_config_does_not_describe_its_weights_is_refused_naming_t
     with pytest.raises(CheckpointError, match=r"do not match .*config.json: transformer\..*\(64, 192\) in model.safetensors, "
                                               r"\(128, 384\) by config.json"):
         load_model(str(folder), backend=backend)
+
+
+def _untied_llama_folder(path, n_layers_in_config: int | None = None):
+    """A tiny untied Llama saved with save_pretrained (its config may claim more layers)."""
+    import json
+
+    spec = dict(_SIZES["tiny"], vocab_size=_vocab(), init=0.2)
+    torch.manual_seed(0)
+    hf = T.LlamaForCausalLM(_llama_like(T.LlamaConfig, spec, tie_word_embeddings=False)).eval()
+    hf.save_pretrained(path)
+    toy_tokenizer().save_pretrained(path)
+    if n_layers_in_config is not None:
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": n_layers_in_config}))
+    return path
+
+
+def _drop_tensor(folder, key: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    del state[key]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+@pytest.mark.parametrize("key", ["model.layers.1.mlp.down_proj.weight", "lm_head.weight"])
+def test_a_folder_missing_a_weight_is_refused_naming_it(backend, key, tmp_path):
+    # transformers filled the missing tensor with random values, and its report of it was not shown
+    if backend == "hooked" and not hooked_available():
+        pytest.skip("the hooked backend needs TransformerLens 3.x")
+    folder = _untied_llama_folder(tmp_path)
+    _drop_tensor(folder, key)
+    with pytest.raises(CheckpointError, match=rf"do not match .*config.json: no tensor for {key.replace('.', '[.]')}"):
+        load_model(str(folder), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_a_config_with_more_layers_than_the_weights_is_refused(backend, tmp_path):
+    if backend == "hooked" and not hooked_available():
+        pytest.skip("the hooked backend needs TransformerLens 3.x")
+    n_layers = _SIZES["tiny"]["n_layers"]
+    folder = _untied_llama_folder(tmp_path, n_layers_in_config=n_layers + 1)
+    with pytest.raises(CheckpointError, match=rf"no tensor for model[.]layers[.]{n_layers}[.]"):
+        load_model(str(folder), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_a_folder_without_a_weights_file_or_no_folder_at_all_is_named(backend, tmp_path):
+    from interp_edit.errors import ModelNotFoundError
+
+    if backend == "hooked" and not hooked_available():
+        pytest.skip("the hooked backend needs TransformerLens 3.x")
+    folder = _gpt2_folder(tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing weights file in .*model: none of model.safetensors"):
+        load_model(str(folder), backend=backend)
+    for typo in (str(tmp_path / "modle"), "./checkpoints/modle", "runs/2026/modle"):
+        with pytest.raises(ModelNotFoundError, match=rf"no such folder '{typo}'"):
+            load_model(typo, backend=backend)
+
+
+def test_a_repository_id_the_hub_cannot_serve_is_named_as_neither_folder_nor_hub_model(monkeypatch):
+    # on TransformerLens 4 an owner/name id goes to the hub; a mistyped relative folder looks like one
+    from interp_edit.adapter import loading
+    from interp_edit.errors import ModelNotFoundError
+
+    monkeypatch.setattr(loading, "hub_name_loadable", lambda name: True)
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(T.AutoModelForCausalLM, "from_pretrained", offline)
+    with pytest.raises(ModelNotFoundError, match=r"'checkpoints/modle' is no folder here .* could not be loaded from the "
+                                                 r"Hugging Face hub: We couldn't connect"):
+        load_model("checkpoints/modle", backend="bridge")

@@ -200,6 +200,11 @@ def load_model(
         name = str(BUILTIN_MODELS[name])
     elif hf_model is None and Path(name).is_dir() and not (Path(name) / CONFIG_FILE).is_file():
         raise CheckpointError(f"missing checkpoint file {Path(name) / CONFIG_FILE}")
+    elif hf_model is None and _path_like(name) and not Path(name).exists():
+        raise ModelNotFoundError(f"no such folder {name!r} (from {os.getcwd()!r}); load_model reads a model folder "
+                                 "written by save_pretrained or save_checkpoint, or a name it knows")
+    if hf_model is None and _is_local_hf_folder(name) and not any((Path(name) / f).is_file() for f in HF_WEIGHT_FILES):
+        raise CheckpointError(f"missing weights file in {name}: none of {', '.join(HF_WEIGHT_FILES)}")
     if hf_model is not None or _is_local_hf_folder(name):
         folder = None
         if hf_model is None:  # the folder's model as a meta skeleton: its class and config, no memory
@@ -255,7 +260,12 @@ def load_model(
 
         if not hub_name_loadable(name):
             raise ModelNotFoundError(f"unknown model name {name!r}. {_resolution_help()}")
-        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except OSError as err:  # offline, or no such repository (or a mistyped relative folder)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelNotFoundError(f"{name!r} is no folder here ({os.getcwd()!r}) and could not be loaded from the "
+                                     f"Hugging Face hub: {first[:300]}") from err
         families.check_covered(hf.config, type(hf).__name__)
         bridge.check_bridge_family(type(hf).__name__, hooked_can=_hooked_converts(hf))
         _check_conversion(hf, "bridge")
@@ -411,6 +421,17 @@ def _folder_vocab(folder: str) -> int | None:
     return data.get("vocab_size") or (text.get("vocab_size") if isinstance(text, dict) else None)
 
 
+#: the weights files of a ``save_pretrained`` folder, one of which it holds
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _path_like(name: str) -> bool:
+    """A name that can only be a path, not a hub id or a TransformerLens name: absolute,
+    relative to ``.`` / ``..`` / ``~``, ending in a separator, or of more than two parts."""
+    return (os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\", "..\\")) or name.endswith(("/", os.sep))
+            or name.count("/") >= 2)
+
+
 def _is_local_hf_folder(name: str) -> bool:
     """A folder whose config.json is a Hugging Face model config (it has ``model_type``)."""
     path = Path(name) / CONFIG_FILE
@@ -509,7 +530,15 @@ def _read_local_hf_weights(name, dtype, device):
 
     device = torch.device(device)
     placement = {} if device.type == "cpu" else {"device_map": {"": device}}
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, low_cpu_mem_usage=True, **placement)
+    model, report = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, low_cpu_mem_usage=True,
+                                                         output_loading_info=True, **placement)
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:  # transformers fills them with random values; its report of it is not shown
+        raise CheckpointError(
+            f"the weights in {name} do not match {Path(name) / CONFIG_FILE}: no tensor for "
+            f"{', '.join(missing[:4])}" + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else "")
+            + " (a missing or partial weights file?)")
+    return model
 
 
 def _folder_tokenizer(name, tokenizer):
