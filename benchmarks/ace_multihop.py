@@ -54,6 +54,8 @@ def main() -> None:
         "ace": lambda c: ace(model, [c.ace_request()]),
         "ace_query_first": lambda c: ace(model, [c.ace_request()], order="query_first"),
         "ace_preserve": lambda c: ace(model, [c.ace_request(preserve=True)]),
+        # the authors' code's editing step (PMET on the single-hop fact over the two layer groups)
+        "ace_reference": lambda c: ace(model, [c.ace_request()], variant="reference"),
         "memit": lambda c: memit(model, [c.fact]),
         "rome": lambda c: rome(model, [c.fact]),
     }

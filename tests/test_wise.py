@@ -184,6 +184,45 @@ def test_routing_options(edit5):
     assert torch.equal(hook.scores(long)[0, 0], long.max())  # > 100 positions: the largest (the code's)
 
 
+def test_a_sequence_is_scored_by_its_own_positions_not_its_batchs_padding(edit5):
+    hook = edit5.hooks["layer4"]
+    torch.manual_seed(0)
+    d = torch.rand(3, 120) * 10
+    lengths = torch.tensor([120, 7, 101])
+    got = hook.scores(d, lengths)[:, 0]
+    # by hand: the mean of a row's first L distances; the largest of them beyond 100 (the code's)
+    assert torch.allclose(got[1], d[1, :7].mean()) and torch.equal(got[0], d[0].max()) and torch.equal(got[2], d[2, :101].max())
+    assert torch.equal(hook.scores(d[1:2, :7])[0, 0], got[1])  # the same row alone, unpadded
+
+
+def test_padded_lengths_read_the_right_padding_off_the_embeddings(toy_model):
+    from interp_edit.adapter import hook_name, padded_lengths
+    from interp_edit.batching import pad_right
+
+    rows = [toy_model.to_tokens(t)[0].tolist() for t in ("Zellen Hul plays the", "The capital of Norvania is a city")]
+    tokens, lengths = pad_right(rows, toy_model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, cache = toy_model.run_with_cache(tokens, names_filter=lambda n: n == hook_name("embed"))
+    assert padded_lengths(toy_model, cache[hook_name("embed")]).tolist() == [len(r) for r in rows] == lengths.tolist()
+
+
+def test_a_prompt_is_routed_as_alone_whatever_it_is_batched_with(toy_model, toy_world):
+    # a neighbour the router sends to the side memory alone (its mean distance 30.2 over the 28.2
+    # threshold) was sent to the main memory next to a longer prompt, whose padding lowered its
+    # mean to 28.0: log p of the new target -0.80 alone, -8.55 batched
+    from interp_edit.evaluation.logprobs import score_continuations
+    from interp_edit.toyworld import counterfact_records
+
+    record = counterfact_records(toy_world)[0]
+    e = wise(toy_model, [record])
+    longer = "In the old records, as everyone in the town has always known, Pimser Jorrin was born in"
+    with e.applied(toy_model):
+        for prompt in [*record.neighborhood_prompts, record.prompt.format(record.subject)]:
+            alone = score_continuations(toy_model, [prompt], [record.target_new]).logprobs[0]
+            batched = score_continuations(toy_model, [prompt, longer], [record.target_new] * 2).logprobs[0]
+            assert torch.allclose(batched, alone, atol=1e-4), prompt
+
+
 @pytest.mark.parametrize("fields, match", [
     (dict(n_iter=0), "n_iter"),
     (dict(lr=0.0), "lr"),
@@ -253,3 +292,18 @@ def test_a_sequential_run_extends_one_memory_and_resumes_to_the_same_one(toy_mod
     resumed = run_experiment(toy_model, "toyworld-counterfact", "wise", out=tmp_path / "cut", **kwargs)
     assert Edit.load(tmp_path / "cut" / resumed.batches[-1]["edit_file"]).content_hash() == last.content_hash()
     assert_unchanged(toy_model, state, no_edits=True)
+
+
+@pytest.mark.parametrize("family", __import__("family_models").FAMILY_NAMES)
+def test_padded_lengths_on_every_family(family):
+    from family_models import family_model
+
+    from interp_edit.adapter import hook_name, padded_lengths
+    from interp_edit.batching import pad_right
+
+    model = family_model(family)
+    rows = [[1, 5, 9, 11, 7], [1, 5, 9], [1, 13]]
+    tokens, lengths = pad_right(rows, model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n == hook_name("embed"))
+    assert padded_lengths(model, cache[hook_name("embed")]).tolist() == [5, 3, 2]

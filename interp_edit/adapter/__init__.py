@@ -90,6 +90,7 @@ from interp_edit.adapter.params import (
     norm_weight,
     parameter_layer,
     post_norm_preimage,
+    padded_lengths,
     token_embeddings,
     weight_checksum,
     weight_matrix_shape,
@@ -104,7 +105,7 @@ __all__ = [
     "unembed", "unembedding_processing", "BUILTIN_MODELS", "CONFIG_FILE", "HUB_PROCESSING", "WEIGHTS_FILE", "build_hooked_transformer",
     "load_checkpoint", "load_model", "model_config_dict", "save_checkpoint", "delta_hook_sites", "delta_hooks", "forget_fingerprint", "frozen_parameters",
     "get_parameter", "layer_weight", "model_fingerprint", "norm_bias", "norm_centres", "norm_weight",
-    "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings",
+    "parameter_layer", "post_norm_preimage", "weight_matrix_shape", "has_parameter", "supports_padded_prefix_kv", "supports_prefix_kv", "token_embeddings", "padded_lengths",
     "backend_of", "applied_edit_stack", "weight_checksum", "attention_layout_is_read_order", "store_attention_as_read",
     "shared_first_norm", "fused_kernels", "KERNELS",
 ]

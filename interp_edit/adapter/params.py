@@ -260,6 +260,31 @@ def token_embeddings(model) -> torch.Tensor:
     return model.W_E
 
 
+def padded_lengths(model, embedded: torch.Tensor, pad_row: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Each sequence's length before the right padding of its batch, read from ``hook_embed``'s
+    activation ``embedded`` [batch, pos, d_model]: the trailing positions whose embedding is the
+    pad token's (``model.tokenizer.pad_token_id``, what :func:`~interp_edit.batching.pad_right`
+    and TransformerLens pad with) are padding. A sequence keeps at least its first position (a
+    BOS-first row is never all padding). None where the tokenizer has no pad token.
+
+    ``pad_row``: the pad token's embedding as ``hook_embed`` sees it, when the caller keeps it
+    (it is read from :func:`token_embeddings` otherwise).
+
+    >>> padded_lengths(model, model.embed(pad_right([[1, 5, 7], [1, 5]], pad_id)[0]))
+    tensor([3, 2])
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None or embedded.dim() != 3:
+        return None
+    if pad_row is None:
+        pad_row = token_embeddings(model)[pad].detach()
+    pad_row = pad_row.to(embedded.device, embedded.dtype)
+    is_pad = (embedded.detach() == pad_row).all(-1)  # [batch, pos]
+    trailing = is_pad.flip(-1).to(torch.int64).cumprod(-1).sum(-1)
+    return (embedded.shape[1] - trailing).clamp(min=1)
+
+
 def _fingerprint_sources(model) -> tuple:
     """The stored tensors the fingerprint reads: token embedding, position embedding (or None),
     unembedding."""

@@ -11,7 +11,8 @@ it holds when the hook runs). Per input, the router compares the two memories' o
     function, applied to both outputs as the authors' ``euc`` does),
 
 and routes a sequence to the side memory when its score (the mean of ``d_p`` over its positions;
-the largest ``d_p`` when it has more than 100, the code's rule) is at least the threshold
+the largest ``d_p`` when it has more than 100, the code's rule; a batch's right padding is not
+among a sequence's positions) is at least the threshold
 ``activation_floor · act_ratio``; otherwise the output is returned bit for bit.
 
 Beyond one shard (the code's ``save_freq`` / ``merge_freq``), the hook also holds the saved
@@ -139,18 +140,29 @@ class WiseSideMemory:
         side = self.side_output(inputs, outputs)
         return (phi(side) - phi(outputs.to(side.dtype))).norm(dim=-1)
 
-    def scores(self, distances: Float[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
-        """What each position is routed by (see ``routing``), broadcast to [batch, pos]."""
+    def scores(self, distances: Float[Tensor, "batch pos"], lengths: Int[Tensor, " batch"] | None = None
+               ) -> Float[Tensor, "batch pos"]:
+        """What each position is routed by (see ``routing``), broadcast to [batch, pos]. A
+        sequence's score reads its first ``lengths[b]`` positions only (its real tokens, before
+        the right padding of a batch; all positions when ``lengths`` is None), so a prompt is
+        routed as it is alone, whatever it is batched with."""
         if self.routing == "prefix":
             count = torch.arange(1, distances.shape[1] + 1, device=distances.device, dtype=distances.dtype)
             return distances.cumsum(-1) / count
-        per_sequence = distances.amax(-1) if distances.shape[1] > LONG_SEQUENCE else distances.mean(-1)
+        if lengths is None:
+            per_sequence = distances.amax(-1) if distances.shape[1] > LONG_SEQUENCE else distances.mean(-1)
+        else:
+            lengths = lengths.to(distances.device)
+            real = torch.arange(distances.shape[1], device=distances.device)[None, :] < lengths[:, None]
+            mean = distances.masked_fill(~real, 0).sum(-1) / lengths.to(distances.dtype)
+            largest = distances.masked_fill(~real, float("-inf")).amax(-1)
+            per_sequence = torch.where(lengths > LONG_SEQUENCE, largest, mean)
         if self.routing == "batch":
             per_sequence = per_sequence.mean().expand_as(per_sequence)
         return per_sequence[:, None].expand_as(distances)
 
-    def _candidates(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
-                    ) -> tuple[Int[Tensor, "batch pos"], list[Tensor]]:
+    def _candidates(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"],
+                    lengths: Int[Tensor, " batch"] | None = None) -> tuple[Int[Tensor, "batch pos"], list[Tensor]]:
         """The code's retrieval among the saved memories and the current shard: the choice per
         position (-1 the main memory, ``i`` < ``n_memories`` memory ``i``, ``n_memories`` the
         current shard) and the candidates' outputs (memories first, the current shard last)."""
@@ -158,7 +170,7 @@ class WiseSideMemory:
         side = self.side_output(inputs, outputs)
         base = outputs.to(side.dtype)
         phi_base = phi(base)
-        current = self.scores((phi(side) - phi_base).norm(dim=-1))
+        current = self.scores((phi(side) - phi_base).norm(dim=-1), lengths)
         k = self.n_memories
         choice = torch.full(current.shape, k, dtype=torch.long, device=current.device)
         best, candidates = current, []
@@ -167,7 +179,7 @@ class WiseSideMemory:
             a = inputs.to(side.dtype)
             for i in range(k):
                 out = base + a @ weights[i]
-                score = self.scores((phi(out) - phi_base).norm(dim=-1))
+                score = self.scores((phi(out) - phi_base).norm(dim=-1), lengths)
                 wins = (score > best) & (score > self.memory_floors[i] * self.act_ratio)
                 choice = torch.where(wins, i, choice)
                 best = torch.where(wins, score, best)
@@ -175,32 +187,33 @@ class WiseSideMemory:
         candidates.append(side)
         return torch.where((choice == k) & (current < self.threshold), -1, choice), candidates
 
-    def retrieve(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
-                 ) -> Int[Tensor, "batch pos"]:
+    def retrieve(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"],
+                 lengths: Int[Tensor, " batch"] | None = None) -> Int[Tensor, "batch pos"]:
         """Per position: the memory it is routed to (-1 the main memory, ``i`` < ``n_memories``
         saved memory ``i``, ``n_memories`` the current shard)."""
-        return self._candidates(inputs, outputs)[0]
+        return self._candidates(inputs, outputs, lengths)[0]
 
-    def routed(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
-               ) -> Bool[Tensor, "batch pos"]:
+    def routed(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"],
+               lengths: Int[Tensor, " batch"] | None = None) -> Bool[Tensor, "batch pos"]:
         """Per position: whether it is routed to a side memory (any, when several are held)."""
         if self.n_memories:
-            return self.retrieve(inputs, outputs) >= 0
-        return self.scores(self.distances(inputs, outputs)) >= self.threshold
+            return self.retrieve(inputs, outputs, lengths) >= 0
+        return self.scores(self.distances(inputs, outputs), lengths) >= self.threshold
 
-    def route(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"]
-              ) -> Float[Tensor, "batch pos d_model"]:
+    def route(self, inputs: Float[Tensor, "batch pos d_mlp"], outputs: Float[Tensor, "batch pos d_model"],
+              lengths: Int[Tensor, " batch"] | None = None) -> Float[Tensor, "batch pos d_model"]:
         """The MLP output with the routed positions' replaced by their memory's; with none
-        routed, ``outputs`` itself (bit for bit)."""
+        routed, ``outputs`` itself (bit for bit). ``lengths``: each sequence's real tokens (see
+        :meth:`scores`)."""
         if self.n_memories:
-            choice, candidates = self._candidates(inputs, outputs)
+            choice, candidates = self._candidates(inputs, outputs, lengths)
             if not bool((choice >= 0).any()):
                 return outputs
             result = outputs
             for i, out in enumerate(candidates):
                 result = torch.where((choice == i)[..., None], out.to(outputs.dtype), result)
             return result
-        use = self.routed(inputs, outputs)
+        use = self.routed(inputs, outputs, lengths)
         if not bool(use.any()):
             return outputs
         return torch.where(use[..., None], self.side_output(inputs, outputs).to(outputs.dtype), outputs)
@@ -210,19 +223,32 @@ class WiseSideMemory:
         return self.route(inputs, outputs)
 
     def hook_points(self, model) -> list[tuple[str, Any]]:
-        """The hooks that make this memory act on ``model``: keep ``A`` at ``mlp.hook_post``, route
-        the MLP's raw output (before a post-MLP norm where the architecture has one)."""
-        from interp_edit.adapter.hooks import sublayer_output_hooks
+        """The hooks that make this memory act on ``model``: note each sequence's real length at
+        ``hook_embed`` (:func:`~interp_edit.adapter.params.padded_lengths`: a batch's right
+        padding is not part of a sequence's score), keep ``A`` at ``mlp.hook_post``, route the
+        MLP's raw output (before a post-MLP norm where the architecture has one)."""
+        from interp_edit.adapter.hooks import hook_name, sublayer_output_hooks
+        from interp_edit.adapter.params import padded_lengths, token_embeddings
 
         slot: dict[str, Tensor] = {}
+        pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None)
+        pad_row = None if pad is None else token_embeddings(model)[pad].detach().clone()
+
+        def lengths(embedded, hook):
+            slot["lengths"] = padded_lengths(model, embedded, pad_row)
 
         def keep(act, hook):
             slot["input"] = act
 
         def replace(out, hook):
-            return self.route(slot.pop("input"), out)
+            known = slot.get("lengths")
+            # a forward started past the embedding (a trace's restorations) has no lengths of its own
+            if known is not None and (known.shape[0] != out.shape[0] or int(known.max()) > out.shape[1]):
+                known = None
+            return self.route(slot.pop("input"), out, known)
 
-        return [(self.input_hook, keep), *sublayer_output_hooks(model, "mlp", self.layer, replace)]
+        return [(hook_name("embed"), lengths), (self.input_hook, keep),
+                *sublayer_output_hooks(model, "mlp", self.layer, replace)]
 
     def tensors(self) -> dict[str, Tensor]:
         out = {"delta": self.delta}
