@@ -22,8 +22,10 @@ from interp_edit.editing.targets import context_prefixes
 from interp_edit.statistics import clear_statistics_cache
 
 
-def _hashed_now(model) -> str:
-    """The fingerprint computed from scratch (its definition, written out again here)."""
+def _hashed_now(model, rounded: bool = True) -> str:
+    """The fingerprint computed from scratch (its definition, written out again here); with
+    ``rounded=False`` as earlier versions computed it (the weights hashed as loaded, not as
+    bfloat16 numbers)."""
     import dataclasses
 
     described = dataclasses.asdict(architecture(model))
@@ -36,8 +38,23 @@ def _hashed_now(model) -> str:
     pos = model.W_pos if model.cfg.positional_embedding_type == "standard" else None
     for tensor in (model.W_E, pos, model.W_U):
         if tensor is not None:
-            digest.update(tensor.detach()[:4096].to("cpu", torch.float32).contiguous().numpy().tobytes())
+            rows = tensor.detach()[:4096]
+            rows = rows.to(torch.bfloat16) if rounded else rows
+            digest.update(rows.to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def test_an_edit_recording_the_fingerprint_of_an_earlier_version_still_applies(toy_model, tmp_path):
+    from interp_edit.editing import Edit, SparseRowDelta
+
+    old = _hashed_now(toy_model, rounded=False)
+    assert old != model_fingerprint(toy_model)
+    delta = SparseRowDelta(torch.tensor([3]), torch.full((1, toy_model.cfg.d_model), 1e-3))
+    Edit("ft", {"blocks.1.mlp.W_out": delta}, old).save(tmp_path / "old.safetensors")
+    weight = toy_model.blocks[1].mlp.W_out.detach().clone()
+    with Edit.load(tmp_path / "old.safetensors", toy_model).applied(toy_model):
+        assert not torch.equal(toy_model.blocks[1].mlp.W_out, weight)
+    assert torch.equal(toy_model.blocks[1].mlp.W_out, weight)
 
 
 def _parameter_behind(model, tensor):

@@ -198,6 +198,27 @@ def test_fingerprint_tells_apart_families_whose_embeddings_coincide():
     assert model_fingerprint(llama) != model_fingerprint(mistral)
 
 
+def test_a_checkpoint_loaded_in_float32_or_bfloat16_has_one_fingerprint_and_takes_the_same_edits(toy_model):
+    """An edit computed on the float32 toy model applies to the model loaded in bfloat16 (its
+    embeddings differ by rounding: the fingerprint reads them as bfloat16 numbers); float16 and
+    another checkpoint do not take it."""
+    from interp_edit import load_model
+    from interp_edit.adapter.params import token_embeddings
+
+    bf16 = load_model("toyworld", dtype=torch.bfloat16)
+    assert not torch.equal(token_embeddings(bf16).float(), token_embeddings(toy_model))
+    assert model_fingerprint(bf16) == model_fingerprint(toy_model)
+    edit = random_edit(toy_model, 3, scale=0.01)
+    weight = bf16.blocks[1].mlp.W_out.detach().clone()
+    with edit.applied(bf16):
+        assert not torch.equal(bf16.blocks[1].mlp.W_out, weight)
+    assert torch.equal(bf16.blocks[1].mlp.W_out, weight)
+    with pytest.raises(EditApplicationError, match=r"fingerprint .* a float16 load or other weight processing"):
+        edit.apply(load_model("toyworld", dtype=torch.float16))
+    with pytest.raises(EditApplicationError):
+        Edit(edit.method, edit.deltas, "0123456789abcdef", edit.config).apply(toy_model)
+
+
 def test_summary_reports_layers_ranks_and_norms(tiny_model):
     edit = random_edit(tiny_model, 8)
     rows = {r["parameter"]: r for r in edit.summary(tiny_model)}

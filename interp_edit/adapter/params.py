@@ -162,11 +162,25 @@ def model_fingerprint(model) -> str:
     """A short hash identifying the *base* model: its architecture (the
     :class:`~interp_edit.adapter.architecture.Architecture` description, which names the Hugging
     Face family, less ``norm_folded``, a loading choice) and the weights that no editor changes
-    (token and position embeddings, unembedding). It is therefore the same before and after an
-    edit, on either backend, and differs between two differently trained models — and between two
-    families whose embeddings happen to coincide (tiny random models built from one seed). The
-    context length is not part of it: HookedTransformer caps some families' ``n_ctx`` at load, the
-    bridge does not, and a learned position table is hashed anyway."""
+    (token and position embeddings, unembedding), hashed as bfloat16 numbers. It is therefore
+    the same before and after an edit, on either backend, for a checkpoint loaded in float32 or
+    bfloat16 (an edit computed on one applies to the other), and differs between two
+    differently trained models — and between two families whose embeddings happen to coincide
+    (tiny random models built from one seed). The context length is not part of it:
+    HookedTransformer caps some families' ``n_ctx`` at load, the bridge does not, and a learned
+    position table is hashed anyway. Fingerprints recorded before the bfloat16 rounding (an
+    edit file or statistics of an earlier version) are recognised by :func:`fingerprint_matches`."""
+    return _fingerprint(model, legacy=False)
+
+
+def fingerprint_matches(recorded: str, model) -> bool:
+    """Whether a recorded fingerprint (an edit's, a statistic's) is ``model``'s: its
+    :func:`model_fingerprint`, or the one earlier versions computed (the weights hashed as
+    loaded, not rounded to bfloat16; computed only when the first differs)."""
+    return recorded == model_fingerprint(model) or recorded == _fingerprint(model, legacy=True)
+
+
+def _fingerprint(model, *, legacy: bool) -> str:
     import hashlib
 
     arch, cfg = architecture(model), model.cfg
@@ -175,8 +189,8 @@ def model_fingerprint(model) -> str:
     # float32) and editors ask for the fingerprint on every edit; the header with it, keyed by
     # the (kept) Architecture object
     key = (arch, cfg.d_vocab, cfg.act_fn)
-    state = _weights_state(model)
-    remembered = model.__dict__.get(FINGERPRINT_ATTR)
+    state = None if legacy else _weights_state(model)
+    remembered = None if legacy else model.__dict__.get(FINGERPRINT_ATTR)
     if (state is not None and remembered is not None and remembered[0][0] is arch and remembered[0][1:] == key[1:]
             and _same_state(remembered[2], state)):
         return remembered[3]
@@ -186,8 +200,10 @@ def model_fingerprint(model) -> str:
     for tensor in _fingerprinted_weights(model):
         if tensor is None:
             continue
-        rows = tensor.detach()[: 4096].to("cpu", torch.float32).contiguous()
-        digest.update(rows.numpy().tobytes())
+        rows = tensor.detach()[: 4096]
+        if not legacy:  # float32 and bfloat16 loads of a checkpoint hash alike
+            rows = rows.to(torch.bfloat16)
+        digest.update(rows.to("cpu", torch.float32).contiguous().numpy().tobytes())
     value = digest.hexdigest()[:16]
     if state is not None:
         object.__setattr__(model, FINGERPRINT_ATTR, (key, header, state, value))

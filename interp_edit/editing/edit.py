@@ -46,7 +46,7 @@ from interp_edit.adapter import (
     remove_persistent_hook,
     weight_matrix_shape,
 )
-from interp_edit.adapter.params import APPLIED_EDITS_ATTR, weight_checksum
+from interp_edit.adapter.params import APPLIED_EDITS_ATTR, fingerprint_matches, weight_checksum
 from interp_edit.editing.hooks import hook_points
 from interp_edit.errors import EditApplicationError, EditConfigError
 from interp_edit.precision import add_delta_, all_finite
@@ -200,11 +200,13 @@ class Edit:
         return content
 
     def _check_model(self, model) -> None:
-        found = model_fingerprint(model)
-        if found != self.model_fingerprint:
+        if not fingerprint_matches(self.model_fingerprint, model):
             raise EditApplicationError(
                 f"this {self.method} edit was made for the model with fingerprint {self.model_fingerprint}, "
-                f"not this one ({found}); edits only apply to the base model they were computed on"
+                f"not this one ({model_fingerprint(model)}); edits only apply to the base model they were computed "
+                "on (the fingerprint reads the architecture and the embeddings and unembedding as bfloat16 numbers: "
+                "another checkpoint, a float16 load or other weight processing, e.g. fold_ln or center_unembed, "
+                "differ)"
             )
         for name, delta in self.deltas.items():
             if not has_parameter(model, name):

@@ -142,8 +142,8 @@ def _corpus_id(model, corpus, texts: Sequence[str] | None, n: int) -> str:
 
 def forward_dtype(model) -> str:
     """The dtype the model's forwards run in (its weights'), e.g. ``"float32"``: the keys, so C,
-    depend on it, and the fingerprint cannot tell a bfloat16-stored checkpoint loaded in
-    float32 from the same loaded in bfloat16."""
+    depend on it, and the fingerprint does not tell a checkpoint loaded in float32 from the
+    same loaded in bfloat16."""
     from interp_edit.precision import model_dtype
 
     return str(model_dtype(model)).removeprefix("torch.")
