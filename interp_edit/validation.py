@@ -181,5 +181,75 @@ def check_fields(instance, error: type[Exception], *, in_place: bool = False):
     return dataclasses.replace(instance, **changes) if changes else instance
 
 
+def _check_value(value: Any, annotation: Any, path: str, fail) -> Any:
+    """``value`` (lists turned into tuples where the annotation wants one) if it has the
+    annotated type, its texts non-blank and its dataclasses' fields checked in turn; else
+    ``fail(path, problem)`` naming the innermost item at fault (``field[i][j]``)."""
+    if typing.get_origin(annotation) is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(args) != len(value):
+            fail(path, f"must be {_describe(annotation)} ({len(args)} items), got {value!r}")
+        return tuple(_check_value(v, a, f"{path}[{j}]", fail) for j, (v, a) in enumerate(zip(value, args, strict=True)))
+    if isinstance(value, list) and not _accepts(value, annotation) and _accepts(tuple(value), annotation):
+        value = tuple(value)
+    if not _accepts(value, annotation):
+        fail(path, f"must be {_describe(annotation)}, got {value!r} ({type(value).__name__})")
+    if isinstance(value, str) and not value.strip():
+        fail(path, f"is an empty string {value!r}")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _check_tree(value, path + ".", fail)
+    return value
+
+
+def _check_tree(instance, prefix: str, fail, fields: Sequence[str] | None = None):
+    hints = _field_hints(type(instance))
+    changes = {}
+    for f in dataclasses.fields(instance):
+        if not f.init or f.name not in hints or (fields is not None and f.name not in fields):
+            continue
+        value = getattr(instance, f.name)
+        checked = _check_value(value, hints[f.name], prefix + f.name, fail)
+        if checked is not value and (type(checked) is not type(value) or checked != value):
+            changes[f.name] = checked
+    return dataclasses.replace(instance, **changes) if changes else instance
+
+
+def check_records(items: Any, name: str, kind: type | tuple[type, ...], *, convert=None, required: Sequence[str] = (),
+                  fields: Sequence[str] | None = None, hint: str = "", error: type[Exception] = InvalidArgumentError) -> list:
+    """The records an evaluation entry point scores, checked before any compute: ``items`` a
+    list; each one a ``kind`` (after ``convert(item, index)``, which turns an input it can read
+    unambiguously, such as a public dataset dict, into one, and returns anything else as
+    given); every field of the annotated type (recursively into nested records, lists given for
+    tuples), every text non-blank, and the dotted ``required`` fields not ``None``
+    (``fields``: the only top-level fields checked, those the entry point reads). A bad item
+    raises ``error`` naming ``name[index]`` and the field (``hint``: what to pass instead of an
+    item of the wrong type)."""
+    records = check_sequence(items, name, nonempty=False, error=error)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    out = []
+    for index, item in enumerate(records):
+        where = _where(name, index)
+        if convert is not None and not isinstance(item, kinds):
+            item = convert(item, index)
+        if not isinstance(item, kinds):
+            raise error(f"{where}: expected a {' or '.join(k.__name__ for k in kinds)}, got {type(item).__name__}"
+                        f"{'; ' + hint if hint else ''}")
+
+        def fail(path: str, problem: str, where=where, item=item):
+            raise error(f"{where}: field {path!r} of the {type(item).__name__} {problem}")
+
+        item = _check_tree(item, "", fail, fields)
+        for path in required:
+            value = item
+            for part in path.split("."):
+                value = getattr(value, part)
+            if value is None:
+                fail(path, "is required here, got None")
+        out.append(item)
+    return out
+
+
 __all__ = ["check_choice", "check_fields", "check_int", "check_positive_finite", "check_prompt_batch", "check_real",
-           "check_sequence", "check_str"]
+           "check_records", "check_sequence", "check_str"]

@@ -110,9 +110,61 @@ class TokenizedRequest:
         return self.subject_span[1] - 1
 
 
+#: the keys of a flat request dict (one without ``requested_rewrite``): this class's fields,
+#: EasyEdit's names for two of them, and fields of the evaluation records that ``edit()`` does
+#: not read; any other key is refused (:func:`as_request`) rather than silently dropped
+REQUEST_KEYS = ("prompt", "subject", "target_new", "target_true", "paraphrases", "verb", "object")
+#: EasyEdit's per-request keys (``BaseEditor.edit``): ``ground_truth`` is ``target_true``,
+#: ``rephrase_prompt`` (a str or a list) the ``paraphrases``; the locality / portability inputs
+#: are evaluation inputs, accepted and not read by the editors
+EASYEDIT_KEYS = ("ground_truth", "rephrase_prompt", "locality", "locality_prompt", "locality_ground_truth",
+                 "loc_prompt", "portability", "portability_prompt", "portability_ground_truth")
+#: fields of a :class:`CounterFactRecord` (flattened) other than the request's own:
+#: ``paraphrase_prompts`` are read as the paraphrases, the others are evaluation data
+RECORD_KEYS = ("case_id", "relation_id", "paraphrase_prompts", "neighborhood_prompts", "attribute_prompts",
+               "generation_prompts", "same_subject_prompts")
+_FLAT_KEYS = REQUEST_KEYS + EASYEDIT_KEYS + RECORD_KEYS
+
+
+def _flat_request(item: dict, index: int) -> dict:
+    """A flat request dict's fields under this class's names: EasyEdit's ``ground_truth`` and
+    ``rephrase_prompt`` (and CounterFact's ``paraphrase_prompts``) renamed, a key no format
+    knows refused, and an EasyEdit prompt written out in full (no ``{}``) turned into a
+    template at the subject's first occurrence."""
+    unknown = [key for key in item if key not in _FLAT_KEYS]
+    if unknown:
+        raise EditRequestError(
+            f"request {index}: unknown key {unknown[0]!r}{f' (and {unknown[1:]})' if unknown[1:] else ''}; a request dict "
+            f"takes {list(REQUEST_KEYS)}, EasyEdit's {list(EASYEDIT_KEYS)} (ground_truth is target_true, rephrase_prompt "
+            f"the paraphrases), CounterFact record fields {list(RECORD_KEYS)}, or a public CounterFact record "
+            "(with 'requested_rewrite')"
+        )
+    data = {key: item[key] for key in REQUEST_KEYS if key in item}
+
+    def same(value):  # lists and tuples alike; EasyEdit's rephrase_prompt may be one str
+        return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else value
+
+    for ours, theirs in (("target_true", "ground_truth"), ("paraphrases", "rephrase_prompt"),
+                         ("paraphrases", "paraphrase_prompts")):
+        if item.get(theirs) is None:
+            continue
+        value = same(item[theirs]) if theirs == "rephrase_prompt" else item[theirs]
+        if data.get(ours) is not None and same(data[ours]) != same(value):
+            raise EditRequestError(f"request {index}: fields {ours!r} and {theirs!r} (the same field under two "
+                                   f"names) differ: {data[ours]!r} vs {item[theirs]!r}; give one of them")
+        data[ours] = value
+    prompt, subject = data.get("prompt"), data.get("subject")
+    if (any(key in item for key in EASYEDIT_KEYS) and isinstance(prompt, str) and isinstance(subject, str)
+            and subject and "{}" not in prompt and subject in prompt):
+        data["prompt"] = prompt.replace(subject, "{}", 1)  # EasyEdit's prompts hold the subject itself
+    return data
+
+
 def as_request(item, index: int = 0) -> EditRequest:
-    """An :class:`EditRequest` from an EditRequest, a :class:`CounterFactRecord`, or a dict
-    (either this class's fields or a public CounterFact record with ``requested_rewrite``)."""
+    """An :class:`EditRequest` from an EditRequest, a :class:`CounterFactRecord`, or a dict:
+    either this class's fields (EasyEdit's ``ground_truth`` / ``rephrase_prompt`` read as
+    ``target_true`` / ``paraphrases``; a key of no format refused, see :data:`REQUEST_KEYS`) or
+    a public CounterFact record with ``requested_rewrite``."""
     if isinstance(item, EditRequest):
         return item
     if isinstance(item, TokenizedRequest):
@@ -121,15 +173,22 @@ def as_request(item, index: int = 0) -> EditRequest:
         return EditRequest(item.prompt, item.subject, item.target_new, item.target_true,
                            tuple(item.paraphrase_prompts))
     if isinstance(item, dict):
-        data = item.get("requested_rewrite", item)
+        data = item.get("requested_rewrite", None)
+        if data is None:
+            data = _flat_request(item, index)
+            paraphrases = data.get("paraphrases")
+        else:
+            paraphrases = item.get("paraphrase_prompts", data.get("paraphrases"))
         try:
             def text(value):
                 return value["str"] if isinstance(value, dict) else value
 
+            if isinstance(paraphrases, (str, bytes)):
+                raise EditRequestError(f"request {index}: field 'paraphrases' must be a list of non-empty strings, "
+                                       f"got {paraphrases!r}")
             return EditRequest(data["prompt"], data["subject"], text(data["target_new"]),
                                text(data["target_true"]) if data.get("target_true") is not None else None,
-                               tuple(item.get("paraphrase_prompts", data.get("paraphrases", ())) or ()),
-                               data.get("verb"), data.get("object"))
+                               tuple(paraphrases or ()), data.get("verb"), data.get("object"))
         except KeyError as err:
             raise EditRequestError(f"request {index}: missing field {err.args[0]!r} in {item!r}") from None
     raise EditRequestError(f"request {index}: expected an EditRequest, a CounterFactRecord or a dict, got {type(item).__name__}")

@@ -46,7 +46,7 @@ from interp_edit.evaluation.metrics import (
     option_entropy,
     option_probabilities,
 )
-from interp_edit.validation import check_choice, check_int, check_sequence
+from interp_edit.validation import check_choice, check_int, check_records
 
 
 class _Pairs:
@@ -114,7 +114,8 @@ def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tok
         uses_teacher_forcing,
     )
 
-    cases = check_sequence(cases, "cases", nonempty=False)
+    cases = check_records(cases, "cases", (CounterFactCase, ZsRECase, MQuAKECase, RippleCase, MCQCase),
+                          hint="load them with interp_edit.data.load_dataset(...)")
     check_protocol(protocol)
     check_gen_tokens(gen_tokens)
     check_choice(compare, "compare", COMPARISONS)

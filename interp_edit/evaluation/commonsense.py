@@ -76,7 +76,13 @@ def _relapse_statements(cases: Sequence) -> list:
 def commonsense_scores(model, edit, cases: Sequence) -> CommonsenseScores:
     """Score ``edit`` (an :class:`~interp_edit.editing.Edit` of ``cases``' rewrites, not
     applied) on ``cases``: the model is measured unedited, then with the edit applied, and is
-    left unedited."""
+    left unedited. Every case is checked first (a bad one raises
+    :class:`~interp_edit.errors.InvalidArgumentError` naming its index and field)."""
+    from interp_edit.data.commonsense import CommonsenseCase
+    from interp_edit.validation import check_records
+
+    cases = check_records(cases, "cases", CommonsenseCase, fields=("rewrite", "paraphrase_prompts", "relapse"),
+                          hint="load them with load_dataset('toyworld-csk')")
     prompts = [case.rewrite.text for case in cases]
     new = [case.rewrite.target_new for case in cases]
     para = [(p, case.rewrite.target_new) for case in cases for p in case.paraphrase_prompts]

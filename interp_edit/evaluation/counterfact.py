@@ -21,15 +21,65 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from interp_edit.errors import DatasetError, InvalidArgumentError
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
 from interp_edit.evaluation.metrics import new_beats_true
 from interp_edit.prompts import CounterFactRecord
+from interp_edit.validation import check_records
+
+#: what counterfact_scores needs, for the error on an input that lacks it
+_NEEDS = ("counterfact_scores needs a CounterFactRecord (interp_edit.toyworld.counterfact_records) or a public "
+          "CounterFact record dict (requested_rewrite {prompt, subject, target_new, target_true}, paraphrase_prompts, "
+          "neighborhood_prompts; e.g. the cases of load_dataset(...) as r.to_counterfact() or the file's records): a "
+          "plain edit request has no paraphrase or neighbourhood prompts to score (for the rewrite prompt alone use "
+          "interp_edit.evaluation.metrics.efficacy_score)")
 
 
-def counterfact_scores(model, records: Sequence[CounterFactRecord]) -> list[dict[str, float]]:
+def _from_counterfact(item, index: int):
+    """A public CounterFact record dict as a :class:`CounterFactRecord`, parsed by the data
+    loaders' parser (the case id defaults to the index; ``same_subject_prompts``, this
+    toolkit's extension, is read when given); anything else is returned as given."""
+    from interp_edit.data.formats import Where, parse_counterfact
+
+    if not isinstance(item, dict):
+        return item
+    if "requested_rewrite" not in item:
+        raise InvalidArgumentError(f"records[{index}]: a dict without 'requested_rewrite' (keys {sorted(item)}); {_NEEDS}")
+    try:
+        case = parse_counterfact({"case_id": index, **item} if item.get("case_id") is None else item,
+                                 Where("counterfact_scores records", index))
+    except DatasetError as err:
+        raise InvalidArgumentError(str(err)) from None
+    same = item.get("same_subject_prompts") or ()
+    if isinstance(same, (str, bytes)) or not isinstance(same, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 for p in same):
+        raise InvalidArgumentError(f"records[{index}]: field 'same_subject_prompts' must be a list of "
+                                   f"[prompt, answer] pairs, got {same!r}")
+    rewrite = item["requested_rewrite"]
+    relation = rewrite.get("relation_id") if isinstance(rewrite.get("relation_id"), str) else None
+    r = case.rewrite
+    return CounterFactRecord(int(case.case_id) if case.case_id.lstrip("-").isdigit() else index, r.prompt, r.subject,
+                             relation or "unknown", r.target_true, r.target_new, case.paraphrase_prompts,
+                             case.neighborhood_prompts, case.attribute_prompts, tuple(tuple(p) for p in same))
+
+
+def check_counterfact_records(records) -> list[CounterFactRecord]:
+    """``records`` as CounterFactRecords (public CounterFact dicts converted), every field
+    checked: an :class:`~interp_edit.errors.InvalidArgumentError` names the index and the field."""
+    return check_records(records, "records", CounterFactRecord, convert=_from_counterfact, hint=_NEEDS,
+                         fields=("prompt", "subject", "target_new", "target_true", "paraphrase_prompts",
+                                 "neighborhood_prompts", "same_subject_prompts"))
+
+
+def counterfact_scores(model, records: Sequence[CounterFactRecord | dict]) -> list[dict[str, float]]:
     """Per record: ``efficacy``, ``paraphrase``, ``neighborhood``, ``same_subject`` scores and
     ``efficacy_magnitude`` (p(new) − p(true) on the rewrite prompt). All prompts of all records
-    are scored in shared batches."""
+    are scored in shared batches. A record is a :class:`CounterFactRecord` or a public
+    CounterFact record dict (read by the data loaders' parser); anything else, or a bad field,
+    raises :class:`~interp_edit.errors.InvalidArgumentError` naming the index and the field
+    before anything is scored (an :class:`~interp_edit.editing.EditRequest` has no paraphrase
+    or neighbourhood prompts, and the error says what to pass)."""
+    records = check_counterfact_records(records)
     prompts, targets, owners = [], [], []
 
     def add(record_index: int, kind: str, texts: Sequence[str], answer_pairs: Sequence[tuple[str, str]]):

@@ -32,6 +32,7 @@ from interp_edit.editing.methods.ace import ACERequest
 from interp_edit.editing.requests import EditRequest
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
 from interp_edit.evaluation.metrics import any_phrasing_right, new_beats_true
+from interp_edit.validation import check_records
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,13 @@ def _wins(scores, first: list[int], second: list[int]) -> float:
 
 def multihop_edit_scores(model, cases: Sequence[MultiHopEditCase]) -> list[dict]:
     """One row of scores per case (see the module docstring), every continuation scored in
-    one batched pass."""
+    one batched pass. Every case is checked first (a bad one raises
+    :class:`~interp_edit.errors.InvalidArgumentError` naming its index and field)."""
+    cases = check_records(cases, "cases", MultiHopEditCase, required=("fact.target_true",),
+                          fields=("case_id", "fact", "hops", "edit_questions", "heldout_questions", "new_answer",
+                                  "other_chains", "paraphrase_prompts", "neighborhood_prompts",
+                                  "neighborhood_questions", "knew_chain"),
+                          hint="build the cases with toy_multihop_edit_cases(world)")
     batch = _Batch()
     plans = []
     for case in cases:

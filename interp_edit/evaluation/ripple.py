@@ -81,7 +81,12 @@ def ripple_scores(model, cases: Sequence[RippleCase], *, before: bool = False) -
     """Per case: each kind's accuracy (mean over its tests of "any phrasing answered"; NaN for
     a kind the case has no test of), plus ``case_id`` and ``edit_kind``. ``before=True`` checks
     the answers the tests had before the edit (run it on the unedited model to find the facts
-    it knew)."""
+    it knew). Every case is checked first (a bad one raises
+    :class:`~interp_edit.errors.InvalidArgumentError` naming its index and field)."""
+    from interp_edit.validation import check_records
+
+    cases = check_records(cases, "cases", RippleCase, fields=("case_id", "edit_kind", "tests"),
+                          hint="load them with toy_ripple_cases(world) or load_dataset('toyworld-ripple')")
     return [{"case_id": c.case_id, "edit_kind": c.edit_kind, **_by_kind(c, flags)}
             for c, flags in zip(cases, _answered(model, cases, before), strict=True)]
 
