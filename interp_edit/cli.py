@@ -1,5 +1,7 @@
 """The ``interp-edit`` command line (argparse). Every flag's value is checked when the
-arguments are parsed or, for editor names, right after, before any model loads; heavy imports
+arguments are parsed or, for editor names, right after, before any model loads, and so are a
+command's data file and records, config fields, request and texts (what needs the model, e.g. a
+layer against its depth, after it loads, before any compute); heavy imports
 happen inside the commands, so ``--help`` is quick. Every flag's help shows its default
 (:class:`HelpFormatter`)."""
 
@@ -151,6 +153,69 @@ def _json_object(text: str | None, flag: str) -> dict:
     return value
 
 
+def _check_config(editor, fields: dict, flag: str, model_name: str) -> dict:
+    """``fields`` (editor config fields given by ``flag``) checked against the editor's config
+    class before the model loads: an unknown field name, a value of the wrong type and, where
+    the model's config can be read without loading its weights (a checkpoint folder, e.g. the
+    toy world's: the sweep's :func:`~interp_edit.sweep.cells._model_shape`), a value its preset
+    for the model rejects. Keyword arguments of the editor's function (e.g. ``corpus``) pass as
+    the run passes them. What needs the loaded model (a layer index against its depth, the
+    context prefixes) is checked after loading. Returns ``fields``."""
+    import dataclasses
+    import inspect
+
+    from interp_edit.editing.config import preset_config
+    from interp_edit.errors import EditConfigError
+    from interp_edit.sweep.cells import _model_shape
+    from interp_edit.validation import check_fields
+
+    cls = editor.config_class
+    keywords = {name for name, p in inspect.signature(editor.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    own = {k: v for k, v in fields.items() if k not in keywords}
+    try:
+        shape = _model_shape(model_name, {})
+    except (ValueError, OSError):  # an unknown or unreadable model: loading it says why
+        shape = None
+    try:
+        if shape is not None:
+            preset_config(cls, shape, own)
+        else:  # names and types only: how fields combine depends on the model's preset
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(own) - names)
+            if unknown:
+                raise EditConfigError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
+            check_fields(cls(**own), EditConfigError)
+    except EditConfigError as err:
+        raise CommandLineError(f"{flag}: {err}") from None
+    return fields
+
+
+def _experiment_data(data: str, zsre_target: str, n: int | None):
+    """``--data`` read and checked before the model loads: a built-in name, or a file's (or the
+    hub's) records parsed and validated, with ``--n`` no more than its cases; its format one
+    that experiments evaluate (zsRE for ``--zsre-target answer``). Returns the loaded dataset,
+    or a built-in dataset's name (it is built from the loaded model's world)."""
+    from interp_edit.data import builtin_datasets, load_dataset
+    from interp_edit.errors import DatasetError, InvalidArgumentError
+    from interp_edit.evaluation.runner import EXPERIMENT_FORMATS
+
+    builtins = builtin_datasets()
+    if data in builtins:
+        dataset, name, fmt = data, data, builtins[data].format
+    else:
+        dataset = load_dataset(data, zsre_target=zsre_target)
+        name, fmt = dataset.name, dataset.format
+        if n is not None and n > len(dataset):
+            raise InvalidArgumentError(f"--n {n} but the dataset {name!r} has {len(dataset)} cases")
+    if fmt not in EXPERIMENT_FORMATS:
+        raise DatasetError(f"dataset {name!r} has {fmt!r} cases; experiments evaluate "
+                           f"{', '.join(EXPERIMENT_FORMATS)} cases (commonsense statements are scored by "
+                           "interp_edit.evaluation.commonsense.commonsense_scores)")
+    if zsre_target != "alt" and fmt != "zsre":
+        raise CommandLineError(f"--zsre-target {zsre_target}: dataset {name!r} is {fmt!r}, not zsRE")
+    return dataset
+
+
 def _writable_folder(path: str | None, flag: str) -> Path | None:
     """``path`` as a folder that exists (created if needed) and can be written, checked before
     any compute."""
@@ -178,6 +243,14 @@ def _writable_file(path: str | None, flag: str) -> None:
         _writable_folder(str(Path(path).parent), flag)
         if Path(path).is_dir():
             raise CommandLineError(f"{flag} {path}: is a folder; give a file name")
+
+
+def _check_texts(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """The text flags ``names`` that are given are not empty (checked before the model loads)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value.strip():
+            raise CommandLineError(f"--{name}: empty text {value!r}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -224,6 +297,13 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     from interp_edit.adapter import load_model
     from interp_edit.analysis import causal_trace
 
+    _check_texts(args, ("prompt", "subject", "target", "foil", "replacement"))
+    if args.subject not in args.prompt:
+        raise CommandLineError(f"--subject {args.subject!r}: does not occur in --prompt {args.prompt!r}")
+    if args.metric == "logit_diff" and args.foil is None:
+        raise CommandLineError("--metric logit_diff needs --foil (the competing answer)")
+    if args.corruption == "replace" and args.replacement is None:
+        raise CommandLineError("--corruption replace needs --replacement (the subject swapped in)")
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
     result = causal_trace(
@@ -246,6 +326,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from interp_edit.adapter import load_model
     from interp_edit.analysis import neuron_attribution
 
+    _check_texts(args, ("prompt", "target"))
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
     result = neuron_attribution(model, args.prompt, args.target, top_k=args.top_k, keep_bias=args.keep_bias, method=args.method)
@@ -279,20 +360,25 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
 def _cmd_edit(args: argparse.Namespace) -> int:
     from interp_edit.adapter import load_model
     from interp_edit.editing import EditRequest, edit
+    from interp_edit.editing.requests import validate_request
     from interp_edit.validation import check_int, check_prompt_batch
 
     _writable_file(args.out, "--out")
-    _editor(args.method)
-    model = load_model(args.model)
-    check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
-    # every --check prompt (non-empty, within the context; the error names which) before the edit
-    check_prompt_batch(model, args.check, "--check", allow_empty=True)
+    editor = _editor(args.method)
+    # the request and the config fields the flags set, before the model loads (a layer against
+    # the model's depth after)
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
+    validate_request(request, 0)
     overrides = {}
     if args.layer is not None:
         overrides["layer"] = args.layer
     if args.layers:
         overrides["layers"] = args.layers
+    _check_config(editor, overrides, "/".join(f"--{k}" for k in overrides), args.model)
+    model = load_model(args.model)
+    check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
+    # every --check prompt (non-empty, within the context; the error names which) before the edit
+    check_prompt_batch(model, args.check, "--check", allow_empty=True)
     result = edit(model, [request], args.method, **overrides)
     prompts = [request.text, *args.check]
     for prompt in prompts:
@@ -315,16 +401,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from interp_edit.evaluation import run_experiment
 
     editor = _editor(args.method)
-    data = args.data or editor.default_data
-    config = _json_object(args.config, "--config")
+    # everything checkable without the model before it loads: the data, its records, the config
+    data = _experiment_data(args.data or editor.default_data, args.zsre_target, args.n)
+    config = _check_config(editor, _json_object(args.config, "--config"), "--config", args.model)
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
-    if args.zsre_target != "alt":
+    if isinstance(data, str) and args.zsre_target != "alt":  # a built-in dataset, of the model's world
         from interp_edit.data import load_dataset
 
         data = load_dataset(data, model=model, zsre_target=args.zsre_target)
-        if data.format != "zsre":
-            raise CommandLineError(f"--zsre-target {args.zsre_target}: dataset {data.name!r} is {data.format!r}, not zsRE")
     result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
                             fluency=not args.no_fluency, config=config, progress=not args.quiet,
@@ -348,8 +433,8 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     from interp_edit.toyworld import counterfact_records, world_or_shipped
     from interp_edit.toyworld.world import stable_seed
 
-    _editor(args.method)
-    config = _json_object(args.config, "--config")
+    editor = _editor(args.method)
+    config = _check_config(editor, _json_object(args.config, "--config"), "--config", args.model)
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
     records = [r for r in counterfact_records(world_or_shipped(model)) if r.relation_id in args.relations]
