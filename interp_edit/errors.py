@@ -215,10 +215,12 @@ class KeyCollisionWarning(UserWarning):
 
 
 class ThinStatisticsWarning(UserWarning):
-    """Key statistics counted from fewer tokens than the key width: the second moment C is
-    rank-deficient, so a closed-form edit that solves with C⁻¹ can be large and rewrite facts it
-    was not asked to (raise ``stats_samples``). The message names the layer and both counts; the
-    edit's repr says so (from ``edit.info["stats"]``).
+    """Rank-deficient key statistics: counted from fewer tokens than the key width, or of a
+    numerical rank below it (a few texts repeated, templated texts whose keys span few
+    directions). A closed-form edit that solves with C⁻¹ can then be large and rewrite facts it
+    was not asked to (raise ``stats_samples``, or give more varied texts). The message names the
+    site, the layer and the counts or the rank; the edit's repr says so (from
+    ``edit.info["stats"]``).
 
     >>> issubclass(ThinStatisticsWarning, UserWarning)
     True

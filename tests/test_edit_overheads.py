@@ -227,3 +227,22 @@ def test_a_config_class_annotations_are_resolved_once(toy_model, monkeypatch):
     assert calls == [] and cfg.steps == 4 and cfg.lr == 0.5
     with pytest.raises(EditConfigError, match="steps"):  # still checked
         FTConfig.for_model(toy_model, steps="4")
+
+
+def test_statistics_recording_the_fingerprint_of_an_earlier_version_are_still_the_models(toy_model):
+    from interp_edit.errors import StatisticsMismatchError
+    from interp_edit.statistics import KeyStatistics
+    from interp_edit.statistics.provenance import check_statistics
+
+    d_mlp = toy_model.cfg.d_mlp
+    from interp_edit.statistics.provenance import StatsProvenance
+
+    stats = KeyStatistics(torch.eye(d_mlp, dtype=torch.float64), None)
+    base = dict(site="mlp_post", layer=1, dim=d_mlp, corpus="test", corpus_hash="0", n_texts=1, n_tokens=10 * d_mlp,
+                dtype="float64", source="computed")
+
+    for fingerprint in (model_fingerprint(toy_model), _hashed_now(toy_model, rounded=False)):
+        check_statistics(KeyStatistics(stats.moment, StatsProvenance(fingerprint, **base)), toy_model, "mlp_post", 1, what="stats")
+    with pytest.raises(StatisticsMismatchError, match="are of another model"):
+        check_statistics(KeyStatistics(stats.moment, StatsProvenance("0123456789abcdef", **base)), toy_model, "mlp_post", 1,
+                         what="stats")

@@ -438,11 +438,12 @@ class Edit:
         """What may make this edit's results mislead (shown in the repr): requests that share
         one key (``info["key_collisions"]``), of which at most one per group can hold (none, where
         the editor records ``info["key_collisions_hold"] = "none"``: GRACE's split codebook), and
-        key statistics from fewer tokens than the key width (``info["stats"]``)."""
+        rank-deficient key statistics: from fewer tokens than the key width, or of a numerical
+        rank below it (``info["stats"]``; :func:`~interp_edit.statistics.provenance.thin_statistics_note`)."""
         holds = "none of their targets holds" if self.info.get("key_collisions_hold") == "none" else \
             "at most one of their targets can hold"
         out = [f"requests {list(group)} share one key ({holds})" for group in self.info.get("key_collisions") or []]
-        # statistics counted from fewer tokens than the key width (``info["stats"]``: provenance records)
+        # rank-deficient statistics (``info["stats"]``: provenance records)
         stats = self.info.get("stats")
         records = [r for r in stats if isinstance(r, dict)] if isinstance(stats, list) else []
         return out + [note for note in map(thin_statistics_note, records) if note]

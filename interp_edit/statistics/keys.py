@@ -25,8 +25,8 @@ from interp_edit.statistics.collect import (
     forward_dtype,
     given_statistics,
 )
-from interp_edit.statistics.provenance import KeyStatistics, thin_statistics_note
-from interp_edit.statistics.store import corpus_key, statistics_store
+from interp_edit.statistics.provenance import RANK_RTOL, KeyStatistics, numerical_rank, thin_statistics_note
+from interp_edit.statistics.store import cached_factor, corpus_key, statistics_store
 from interp_edit.validation import check_int
 
 
@@ -127,12 +127,25 @@ def editor_statistics(model, cfg, layers: Sequence[int], *, site: str = "mlp_pos
                            batch_size=cfg.stats_batch_size, cache_dir=cache_dir, progress=progress, stats=stats,
                            probe_keys=probe_keys, probe=probe, tolerance=cfg.stats_tolerance,
                            max_samples=cfg.stats_max_samples, packing=cfg.stats_packing)
+    found = {layer: with_rank(model, statistic) for layer, statistic in found.items()}
     for _, statistic in sorted(found.items()):
         note = thin_statistics_note(statistic.provenance.as_dict())
         if note:
             who = type(cfg).__name__.removesuffix("Config") if method == "this editor" else method
             warnings.warn(f"{who}: {note}", ThinStatisticsWarning, stacklevel=3)
     return found
+
+
+def with_rank(model, statistic: KeyStatistics) -> KeyStatistics:
+    """``statistic`` with its provenance's ``rank`` filled in (:func:`numerical_rank`, on the
+    model's device): estimated once per moment tensor and kept in the model's statistics store
+    with the solves' factorisations, so a second edit with the same statistics pays nothing."""
+    if statistic.provenance.rank is not None:
+        return statistic
+    device = getattr(model.cfg, "device", None)
+    rank = cached_factor(model, statistic.moment, ("rank", RANK_RTOL, str(device)),
+                         lambda: numerical_rank(statistic.moment, device=device))
+    return KeyStatistics(statistic.moment, statistic.provenance.replace(rank=rank)) if rank is not None else statistic
 
 
 def provenance_records(statistics: Mapping[int, KeyStatistics]) -> list[dict]:
