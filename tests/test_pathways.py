@@ -37,7 +37,10 @@ def test_shapes_and_rankings(toy_model, result, two_hop):
     assert torch.allclose(result.query_layer_scores, result.query_scores.sum(-1))
     assert torch.allclose(result.query_scores, result.pathway_weights.sum(-1))
     assert result.value_layer_scores[result.value_layers].tolist() == sorted(result.value_layer_scores.tolist(), reverse=True)
-    assert result.query_layer_scores[result.query_layers].tolist() == sorted(result.query_layer_scores.tolist(), reverse=True)
+    # query layers: only those holding a pathway (the last layer never does), by signed score
+    holding = [layer for layer in range(n) if result.pathway_weights[layer].ne(0).any()]
+    assert sorted(result.query_layers) == holding and n - 1 not in holding
+    assert result.query_layer_scores[result.query_layers].tolist() == sorted(result.query_layer_scores[holding].tolist(), reverse=True)
     value_of = [result.value_scores[v.layer, v.index].item() for v in result.value_neurons]
     assert value_of == sorted(value_of, reverse=True) and value_of[0] == pytest.approx(result.value_scores[1:].max().item())
     assert min(v.layer for v in result.value_neurons) >= 1
@@ -113,6 +116,44 @@ def test_bad_input(toy_model, two_hop):
         qv_pathways(toy_model, prompts[:1], answers[:1], min_value_layer=n)
     clipped = qv_pathways(toy_model, prompts[:1], answers[:1], n_value=2, top_pathways=10**6)
     assert 0 < len(clipped.pathways) == int((clipped.pathway_weights != 0).sum())
+
+
+#: the review's prompts: with every neuron of layers >= 1 a value neuron, every query layer's summed score is negative
+BIRTH = ["Talvik Corlo was born in", "Beldel Kordor was born in"]
+
+
+def test_query_layers_rank_only_layers_that_hold_a_pathway(toy_model):
+    """A layer at or above the highest value neuron's scores exactly 0 by construction: it is
+    not ranked, even when every real query layer's signed sum is negative (it used to rank
+    first, above them)."""
+    n = toy_model.cfg.n_layers
+    res = qv_pathways(toy_model, BIRTH, n_value=10**6, top_pathways=3)
+    assert max(v.layer for v in res.value_neurons) == n - 1
+    scores = res.query_layer_scores
+    assert scores[: n - 1].lt(0).all() and scores[n - 1] == 0  # the case that used to rank layer n - 1 first
+    assert sorted(res.query_layers) == list(range(n - 1))
+    assert res.query_layers == sorted(range(n - 1), key=lambda layer: -scores[layer].item())  # largest signed sum first
+    assert f"query_layers={res.query_layers[:3]}" in repr(res) and "WARNING" not in repr(res)
+    # value layers: every layer with a nonzero value score, largest signed sum first
+    assert res.value_layers == sorted(range(n), key=lambda layer: -res.value_layer_scores[layer].item())
+    # a value neuron in layer 2 at most: layers 2 and up hold no query neuron
+    low = qv_pathways(toy_model, BIRTH, n_value=3, min_value_layer=1, top_pathways=3)
+    top = max(v.layer for v in low.value_neurons)
+    assert sorted(low.query_layers) == [layer for layer in range(top) if low.pathway_weights[layer].ne(0).any()]
+    assert all(layer < top for layer in low.query_layers)
+
+
+def test_no_pathway_is_said_in_the_repr_and_the_figures(toy_model, result):
+    res = qv_pathways(toy_model, BIRTH, n_value=5, min_value_layer=0)
+    assert {v.layer for v in res.value_neurons} == {0}  # nothing below layer 0 can feed them
+    assert res.pathways == [] and res.query_layer_scores.eq(0).all()
+    assert res.query_layers == [] and "query_layers=[]" in repr(res)
+    assert repr(res).startswith("PathwayResult(WARNING='no query → value pathway")
+    for view in ("sankey", "layers"):
+        assert "WARNING: no query → value pathway" in res.plot(view).layout.title.text
+    assert res.value_layers  # the value evidence is still there
+    # a result with pathways carries no warning
+    assert result.warnings() == [] and "WARNING" not in repr(result) and "WARNING" not in result.plot().layout.title.text
 
 
 def test_figures(result):

@@ -139,6 +139,36 @@ def test_bad_input_raises_specific_errors(toy_model, kwargs, error, words):
     assert all(not hp.fwd_hooks for hp in toy_model.hook_dict.values())
 
 
+@pytest.mark.parametrize("kinds, severed", [(("mlp", "attn"), "mlp"), (("mlp",), "attn"), ("attn", "mlp")])
+def test_severed_without_hidden_is_refused_before_any_forward(toy_model, kinds, severed):
+    """Severing acts on hidden-state restorations only: without "hidden" in kinds it would be
+    silently ignored (the scores equal the unsevered trace's) while the settings record it."""
+    from model_state import refused_before_any_forward
+
+    from interp_edit import average_indirect_effect
+
+    with refused_before_any_forward(toy_model):
+        with pytest.raises(InvalidArgumentError, match=rf"severed='{severed}' needs 'hidden' in kinds.*kinds=\("):
+            causal_trace(toy_model, PROMPT, SUBJECT, kinds=kinds, severed=severed, samples=2)
+        with pytest.raises(InvalidArgumentError, match=rf"severed='{severed}' needs 'hidden' in kinds.*kinds=\("):
+            average_indirect_effect(toy_model, [(PROMPT, SUBJECT, "Karsa")], kinds=(kinds,) if isinstance(kinds, str) else kinds,
+                                    severed=severed, samples=2, progress=False)
+
+
+def test_severed_shows_in_the_repr(toy_model):
+    from interp_edit import average_indirect_effect
+
+    kw = dict(kinds=("hidden", "mlp"), samples=2)
+    severed = causal_trace(toy_model, PROMPT, SUBJECT, severed="attn", **kw)
+    plain = causal_trace(toy_model, PROMPT, SUBJECT, **kw)
+    assert "severed=attn" in repr(severed) and "severed" not in repr(plain)
+    assert not torch.equal(severed.scores[0], plain.scores[0]) and torch.equal(severed.scores[1], plain.scores[1])
+    fact = [(PROMPT, SUBJECT, "Karsa")]
+    aie = average_indirect_effect(toy_model, fact, kinds=("hidden",), severed="mlp", samples=2, progress=False)
+    assert "severed=mlp" in repr(aie) and aie.settings["severed"] == "mlp"
+    assert "severed" not in repr(average_indirect_effect(toy_model, fact, kinds=("hidden",), samples=2, progress=False))
+
+
 def test_hooks_are_removed_after_an_exception_inside_a_hook(toy_model, monkeypatch):
     import interp_edit.analysis.restore as restore
 

@@ -137,6 +137,7 @@ class AIEResult:
             peaks.append(f"{kind} {p['role']} L{p['layer']} {number(p['effect'], 3)}")
         return short_repr("AIEResult", WARNING=self.gap.repr_note(),
                           n_facts=str(self.n_facts), skipped=str(self.n_skipped),
+                          severed=self.settings.get("severed"),
                           clean=number(self.mean_clean_score), corrupted=number(self.mean_corrupted_score),
                           peaks="[" + "; ".join(peaks) + "]")
 
@@ -219,7 +220,8 @@ def average_indirect_effect(
     the indirect effects by token role × layer. Facts are CounterFact records, CounterFact
     dicts or ``(prompt, subject, target)`` tuples. The noise scale is, as in ROME, 3 × the std
     of the embeddings of all the facts' subject tokens unless ``embedding_std`` is given.
-    ``max_rows`` and ``memory_budget`` bound each batched forward, ``merge`` chooses which
+    ``severed`` is :func:`causal_trace`'s (it needs ``"hidden"`` in ``kinds``). ``max_rows``
+    and ``memory_budget`` bound each batched forward, ``merge`` chooses which
     restorations share one and ``kernels="fused"`` runs every forward with PyTorch's fused
     kernels, all as in :func:`causal_trace` (the effects do not depend on the first three; the
     fused kernels change them by float rounding only).

@@ -18,6 +18,16 @@ For a dataset of prompts with their answers, at the last token of each prompt:
   its pathway weights over the value neurons. Query layers: FFN layers ranked by the sum of
   their neurons' query scores.
 
+Rankings are best first by the signed sum (largest first): a weight or score can be negative (a
+query neuron that lowers the value neuron's pre-activation, a value neuron that lowers the
+answer's log-probability), and a negative sum ranks below a positive one, however large in
+magnitude. Only layers with evidence are ranked: ``query_layers`` lists the layers holding at
+least one nonzero pathway weight (never a layer at or above the highest value neuron's, whose
+query score is 0 by construction); ``value_layers`` the layers with a nonzero value score
+(every FFN layer, those below ``min_value_layer`` included: their neurons promote the answer
+directly, they are only never chosen as value neurons). With no pathway at all (e.g. every value
+neuron in layer 0) ``query_layers`` is empty and the repr and figure title say so (``WARNING``).
+
 Every family (:mod:`interp_edit.adapter.readout`): for a **gated MLP** the value neuron's
 pre-activation is its gate's, ``x W_gate[:, i]`` (κ from ``W_gate``: the nonlinearity acts there,
 ``mlp.hook_pre``); with **post-sublayer norms** (Gemma-2) the query neuron's output joins the
@@ -78,7 +88,8 @@ from interp_edit.validation import check_int, check_prompt_batch, check_sequence
 @dataclass(frozen=True)
 class Pathway:
     """A query → value pathway: an earlier FFN ``query`` neuron whose output the ``value``
-    neuron reads, with the pathway's ``weight`` (its share of the value neuron's score).
+    neuron reads, with the pathway's ``weight``: the amount the query neuron adds to the value
+    neuron's pre-activation, summed over the prompts (see the module doc; it can be negative).
 
     >>> res = qv_pathways(model, ["Talvik Corlo was born in", "Sevko Sevdel was born in"], n_value=5, top_pathways=3)
     >>> p = res.pathways[0]
@@ -121,13 +132,22 @@ class PathwayResult:
 
     @property
     def value_layers(self) -> list[int]:
-        """FFN layers, best value layer first."""
-        return self.value_layer_scores.argsort(descending=True).tolist()
+        """FFN layers with a nonzero value score, best value layer (largest signed sum) first."""
+        return _ranked_layers(self.value_layer_scores, self.value_layer_scores != 0)
 
     @property
     def query_layers(self) -> list[int]:
-        """FFN layers, best query layer first."""
-        return self.query_layer_scores.argsort(descending=True).tolist()
+        """FFN layers that hold a pathway (a nonzero pathway weight), best query layer (largest
+        signed sum of query scores) first; empty when there is no pathway."""
+        return _ranked_layers(self.query_layer_scores, self.pathway_weights.flatten(1).ne(0).any(1))
+
+    def warnings(self) -> list[str]:
+        """What makes the result misleading (shown in the repr and the figure title): no pathway."""
+        if self.pathway_weights.ne(0).any():
+            return []
+        layers = sorted({v.layer for v in self.value_neurons})
+        return [f"no query → value pathway: no FFN neuron below the value neurons (layers {layers}) adds to "
+                "their pre-activations; query_layers is empty (raise min_value_layer or n_value)"]
 
     def layer_flow(self) -> Float[Tensor, "query_layer value_layer"]:
         """Summed positive weights of the top pathways by (query layer, value layer)."""
@@ -149,19 +169,25 @@ class PathwayResult:
         from interp_edit.reprs import number, short_repr
 
         top = self.pathways[0] if self.pathways else None
-        return short_repr("PathwayResult", prompts=str(len(self.prompts)), value_layers=str(self.value_layers[:3]),
+        warnings = self.warnings()
+        return short_repr("PathwayResult", WARNING=repr("; ".join(warnings)) if warnings else None,
+                          prompts=str(len(self.prompts)), value_layers=str(self.value_layers[:3]),
                           query_layers=str(self.query_layers[:3]), pathways=str(len(self.pathways)),
                           top=f"{top.label} {number(top.weight, 3)}" if top else None)
 
     def plot(self, view: str = "sankey"):
         """A Plotly figure: ``sankey`` (layer → layer flow of the top pathways) or ``layers``
-        (value / query layer scores).
+        (value / query layer scores). The title ends with the result's warnings, if any.
 
         >>> fig = qv_pathways(model, ["Talvik Corlo was born in"], n_value=5).plot("layers")
         """
         from interp_edit.viz.pathways import pathway_figure
 
-        return pathway_figure(self, view)
+        fig = pathway_figure(self, view)
+        warnings = self.warnings()
+        if warnings:
+            fig.update_layout(title_text=f"{fig.layout.title.text}<br><b>WARNING: {'; '.join(warnings)}</b>")
+        return fig
 
     def save(self, path: str | Path, view: str = "sankey") -> tuple[Path, Path]:
         from interp_edit.viz.export import save_figure
@@ -296,6 +322,12 @@ def qv_pathways(
                       method=method, **extra),
         value_bounds=None if value_bounds is None else value_bounds.cpu(),
     )
+
+
+def _ranked_layers(scores: Tensor, keep: Tensor) -> list[int]:
+    """The layers where ``keep`` holds, largest signed ``scores`` first (ties by layer)."""
+    order = scores.argsort(descending=True, stable=True).tolist()
+    return [layer for layer in order if keep[layer]]
 
 
 def _dataset_value_scores(model, readouts, bases, acts, gains, target_ids, rows: Tensor, chunk_elements: int) -> Tensor:

@@ -61,6 +61,11 @@ class TraceSettings:
         check_int(self.subject_occurrence, "subject_occurrence", minimum=0)
         if self.severed is not None:
             check_choice(self.severed, "severed (None or)", ("mlp", "attn"))
+            if "hidden" not in self.kinds:  # severing only acts on hidden-state restorations
+                raise InvalidArgumentError(
+                    f"severed={self.severed!r} needs 'hidden' in kinds, got kinds={tuple(self.kinds)!r}: severing "
+                    "freezes the later MLP / attention outputs while the hidden state is restored, and changes "
+                    "nothing for 'mlp' / 'attn' restorations")
         if self.embedding_std is not None:
             check_positive_finite(self.embedding_std, "embedding_std")
         check_str(self.replacement, "replacement", optional=True)
@@ -145,7 +150,8 @@ class CausalTraceResult:
                 if top else None)
         return short_repr("CausalTraceResult", WARNING=self.gap.repr_note(),
                           prompt=text(self.prompt), subject=text(self.subject), target=text(self.target),
-                          metric=self.settings.metric, window=str(self.settings.window), clean=number(self.clean_score),
+                          metric=self.settings.metric, window=str(self.settings.window), severed=self.settings.severed,
+                          clean=number(self.clean_score),
                           corrupted=number(self.corrupted_score), top_site=site)
 
     def plot(self, layout: str = "rome"):
@@ -355,7 +361,8 @@ def causal_trace(
 
     For each layer and position the clean value is restored into the corrupted run:
     ``hidden`` = the residual stream after the layer (``severed="mlp"|"attn"`` freezes the MLP
-    or attention outputs of all later layers at that position to their corrupted values);
+    or attention outputs of all later layers at that position to their corrupted values; it
+    acts on ``hidden`` restorations only, so it is refused when ``kinds`` has no ``"hidden"``);
     ``mlp`` / ``attn`` = the MLP / attention outputs of ``window`` layers centred on the layer
     (clipped at the ends); ``window=None`` (default) is :func:`default_window` of the model's
     depth (ROME's code uses 10 at any depth: pass ``window=10`` for that). The target defaults
