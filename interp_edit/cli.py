@@ -304,6 +304,16 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         raise CommandLineError("--metric logit_diff needs --foil (the competing answer)")
     if args.corruption == "replace" and args.replacement is None:
         raise CommandLineError("--corruption replace needs --replacement (the subject swapped in)")
+    from interp_edit.analysis.tracing import TraceSettings
+    from interp_edit.errors import InterpEditError
+
+    try:  # the trace's own checks of its settings (--severed with --kinds ...), before the model loads
+        given = dict(kinds=tuple(args.kinds), corruption=args.corruption, noise=args.noise, samples=args.samples,
+                     window=args.window, metric=args.metric, severed=args.severed, seed=args.seed,
+                     replacement=args.replacement)
+        TraceSettings(**{k: v for k, v in given.items() if v is not None}).validate()
+    except InterpEditError as err:
+        raise CommandLineError(f"--severed / --kinds / trace settings: {err}") from None
     _writable_folder(args.out, "--out")
     model = load_model(args.model)
     result = causal_trace(

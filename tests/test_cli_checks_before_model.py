@@ -66,6 +66,8 @@ BAD = [
     ([*TRACE, "--metric", "logit_diff"], "--metric logit_diff needs --foil"),
     ([*TRACE, "--corruption", "replace"], "--corruption replace needs --replacement"),
     (["trace", "--prompt", " ", "--subject", " "], "--prompt: empty text"),
+    (["trace", "--prompt", "Talvik Corlo was born in", "--subject", "Talvik Corlo", "--kinds", "mlp", "--severed", "mlp"],
+     "severed='mlp' needs 'hidden' in kinds"),
     (["attribute", "--prompt", ""], "--prompt: empty text"),
     (["attribute", "--prompt", "Talvik Corlo was born in", "--target", " "], "--target: empty text"),
 ]
