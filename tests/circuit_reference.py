@@ -329,12 +329,13 @@ def ref_circuit_metric(model, keep):
     return (value - none) / (full - none)
 
 
-def ref_path_patch(model, path):
+def ref_path_patch(model, path, metric="logit_diff"):
     """Classic path patching, hop by hop: the first receiver's input gets the sender's corrupted
     output; a clean run with that input records the next sender's output; the next receiver's
-    input gets that output's change, …; the last run's metric minus the clean one."""
+    input gets that output's change, …; the last run — only the last receiver's input changed,
+    everything after it computed freely — gives the metric, minus the clean one's."""
     clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
-    metric = ref_metric(model, clean, corrupted, "logit_diff")
+    metric = ref_metric(model, clean, corrupted, metric)
     clean_out, corrupt_out = ref_outputs(model, clean), ref_outputs(model, corrupted)
     edges = [tuple(p.strip() for p in e.split("->")) for e in path]
     delta = corrupt_out[edges[0][0]] - clean_out[edges[0][0]]
@@ -347,6 +348,25 @@ def ref_path_patch(model, path):
         value = metric(logits_of(model, clean, [add_at(model, edges[-1][1], delta)])).item()
         base = metric(logits_of(model, clean)).item()
     return value - base
+
+
+def receiver_kind_edges(model):
+    """One edge into a receiver of every kind, by name: ``<v>``, ``<q>``, ``<k>`` (a key/value
+    head's with grouped-query attention), an MLP (from an MLP; from a head of an earlier layer,
+    and of its own layer in a sequential block) and ``logits``."""
+    kv = "kv" if n_kv_heads(model) != model.cfg.n_heads else "h"
+    edges = [("input", f"a0.{kv}0<v>"), ("a0.h0", "a1.h1<q>"), ("m0", f"a1.{kv}0<k>"), ("m0", "m1"), ("a1.h2", "m2")]
+    if not parallel(model):
+        edges.append(("a1.h3", "m1"))
+    return edges + [("m1", "logits")]
+
+
+def two_edge_paths(model):
+    """Paths of two edges that do not end at ``logits``: through an MLP, through a query input
+    into a value input, into an MLP, and through a value input (a key/value head's)."""
+    kv = "kv" if n_kv_heads(model) != model.cfg.n_heads else "h"
+    return [["input -> m0", "m0 -> m1"], ["a0.h0 -> a1.h3<q>", f"a1.h3 -> a2.{kv}0<v>"],
+            ["input -> a1.h2<q>", "a1.h2 -> m2"], [f"input -> a1.{kv}0<v>", "a1.h0 -> m2"]]
 
 
 def assert_first_order_terms(model, edges, clean_text=CLEAN, corrupted_text=CORRUPTED):

@@ -27,15 +27,20 @@ from circuit_reference import (
     CLEAN,
     CORRUPTED,
     assert_first_order_terms,
+    receiver_kind_edges,
     ref_allowed,
     ref_circuit_metric,
     ref_exact_scores,
+    ref_gradients,
+    ref_metric,
     ref_path_integral,
     ref_path_patch,
     ref_receivers,
     ref_riemann,
     ref_senders,
+    ref_tokens,
     sample_edges,
+    two_edge_paths,
 )
 from family_models import BACKEND, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
@@ -119,12 +124,8 @@ def test_a_batch_of_prompts_scores_the_mean_of_its_prompts():
 @hooked_only
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eap_and_clean_corrupted_equal_the_hand_computed_first_order_terms(family):
-    from interp_edit.analysis.circuits import edge_scores
-
     model = family_model(family)
     assert_first_order_terms(model, sample_edges(model))
-    kl = edge_scores(model, CLEAN, CORRUPTED, method="eap", metric="kl")  # zero gradient at the clean run
-    assert kl.scores.abs().max() < 1e-5
 
 
 @hooked_only
@@ -308,8 +309,8 @@ def test_a_circuit_from_scores_given_equals_one_that_computes_them():
     from interp_edit.analysis.circuits import edge_scores, find_circuit
 
     model = family_model("gpt2")
-    computed = find_circuit(model, CLEAN, CORRUPTED, method="eap", metric="kl", n_edges=15, curve=(0, 5, 15))
-    scores = edge_scores(model, CLEAN, CORRUPTED, method="eap", metric="kl")
+    computed = find_circuit(model, CLEAN, CORRUPTED, method="clean_corrupted", metric="kl", n_edges=15, curve=(0, 5, 15))
+    scores = edge_scores(model, CLEAN, CORRUPTED, method="clean_corrupted", metric="kl")
     calls = []
     with model.hooks(bwd_hooks=[("hook_embed", lambda grad, hook: calls.append(1))]):
         reused = find_circuit(model, scores=scores, n_edges=15, curve=(0, 5, 15), selection="top_n")
@@ -321,7 +322,7 @@ def test_a_circuit_from_scores_given_equals_one_that_computes_them():
         with torch.no_grad():
             model.blocks[0].mlp.W_out.mul_(3.0)
         on_edited = find_circuit(model, scores=scores, n_edges=15, curve=(15,))
-        fresh = find_circuit(model, CLEAN, CORRUPTED, method="eap", metric="kl", n_edges=15, curve=(15,))
+        fresh = find_circuit(model, CLEAN, CORRUPTED, method="clean_corrupted", metric="kl", n_edges=15, curve=(15,))
         # the same kept edges, measured on the edited model (the KL reference is its own clean run)
         assert on_edited.clean_value == pytest.approx(0.0, abs=1e-6)
         from interp_edit.analysis.circuits.circuit import faithfulness_curve
@@ -384,6 +385,38 @@ def test_bad_input_is_refused_before_any_forward(kwargs, named):
     clean, corrupted = args.pop("clean"), args.pop("corrupted")
     with refused_before_any_forward(model), pytest.raises(InterpEditError, match=named.replace("[", r"\[")):
         edge_scores(model, clean, corrupted, **args)
+
+
+KL_ZERO = [dict(method="eap"), dict(method="eap_ig_inputs", ig_steps=1), dict(method="eap_ig_activations", ig_steps=1),
+           dict(method="eap_ig_activations", ig_steps=1, ig_paths="all")]
+
+
+def test_kl_scores_that_are_zero_by_construction_are_refused_before_any_forward():
+    """KL(p_clean ‖ p_run) is 0 with a zero gradient at the clean run (checked here with
+    autograd), so EAP (noising: its gradient at the clean run) and EAP-IG with one right Riemann
+    point (α = 1: the clean run) score every edge 0 — refused by edge_scores and find_circuit
+    before any forward, naming method, metric and ig_steps and what to use instead; the
+    combinations whose gradient is taken elsewhere (denoising EAP, the left point, two steps,
+    clean–corrupted) still score."""
+    from interp_edit.analysis.circuits import edge_scores, find_circuit
+    from interp_edit.errors import InvalidArgumentError
+
+    model = family_model("gpt2")
+    clean, corrupted = ref_tokens(model, CLEAN), ref_tokens(model, CORRUPTED)
+    grads = ref_gradients(model, clean, ref_metric(model, clean, corrupted, "kl"), {"a1.h0<q>", "m1", "logits"})
+    assert max(g.abs().max().item() for g in grads.values()) < 1e-5  # why: nothing to first order at the clean run
+    for kwargs in KL_ZERO:
+        named = f"method={kwargs['method']!r}.*metric='kl'" if kwargs["method"] == "eap" else \
+            f"method={kwargs['method']!r} with ig_steps=1 and metric='kl'"
+        with refused_before_any_forward(model), pytest.raises(InvalidArgumentError, match=named) as err:
+            edge_scores(model, CLEAN, CORRUPTED, metric="kl", **kwargs)
+        assert "eap_ig_inputs" in str(err.value) and "ig_steps >= 2" in str(err.value) and "'exact'" in str(err.value)
+        circuit_kwargs = {k: v for k, v in kwargs.items() if k != "ig_paths"}
+        with refused_before_any_forward(model), pytest.raises(InvalidArgumentError, match=named):
+            find_circuit(model, CLEAN, CORRUPTED, metric="kl", n_edges=5, **circuit_kwargs)
+    for kwargs in (dict(method="eap", direction="denoise"), dict(method="eap_ig_inputs", ig_steps=1, ig_points="left"),
+                   dict(method="eap_ig_inputs", ig_steps=2), dict(method="clean_corrupted")):
+        assert edge_scores(model, CLEAN, CORRUPTED, metric="kl", **kwargs).scores.abs().max() > 1e-3, kwargs
 
 
 @pytest.mark.parametrize("kwargs,named", [(dict(n_edges=10**6), "n_edges"), (dict(curve=(5, -1)), r"curve\[1\]"),
@@ -449,6 +482,37 @@ def test_path_patching_equals_a_hop_by_hop_hook_loop(family):
     one = edge_scores(model, CLEAN, CORRUPTED, method="exact", max_rows=300)  # a one-edge path is edge patching
     assert res.effects[0].item() == pytest.approx(one.edge("a0.h1", "logits"), abs=1e-5)
     assert repr(res).startswith("PathPatchingResult(") and len(res.plot().data[0].y) == len(paths)
+    assert_unchanged(model, state)
+
+
+@hooked_only
+@pytest.mark.parametrize("family", ("toy",) + FAMILIES)
+def test_a_path_not_ending_at_logits_passes_its_last_receivers_change_on(family, request):
+    """Classic path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): the last receiver's
+    node passes its changed output on freely. So a one-edge path is exact edge patching of that
+    edge for every receiver kind (q / k / v inputs, MLP inputs, logits): the one-edge-at-a-time
+    loop of the reference; and a two-edge path that ends at a q/k/v or MLP input is the
+    hop-by-hop loop (before the fix both were ~0: every receiver after the path read clean)."""
+    from interp_edit.analysis.circuits import edge_scores, path_patch
+
+    model = request.getfixturevalue("toy_model") if family == "toy" else family_model(family)
+    state = snapshot(model)
+    edges = receiver_kind_edges(model)
+    want = ref_exact_scores(model, ("logit_diff",), edges)["logit_diff"]
+    paths = [f"{s} -> {r}" for s, r in edges] + two_edge_paths(model)
+    res = path_patch(model, CLEAN, CORRUPTED, paths)
+    got = dict(zip([tuple(p) for p in res.paths], res.effects.tolist(), strict=True))
+    for s, r in edges:
+        value = want[(s, r)]
+        assert got[(f"{s} -> {r}",)] == pytest.approx(value, abs=1e-4 * max(1.0, abs(value))), (s, r)
+    for path in two_edge_paths(model):
+        value = ref_path_patch(model, path)
+        assert got[tuple(path)] == pytest.approx(value, abs=1e-4 * max(1.0, abs(value))), path
+    assert max(abs(want[e]) for e in edges if e[1] != "logits") > 1e-2  # the check has something to see
+    if family == "toy":  # and the engine's exact edge patching is the same number
+        exact = edge_scores(model, CLEAN, CORRUPTED, method="exact", max_rows=600)
+        for s, r in edges:
+            assert got[(f"{s} -> {r}",)] == pytest.approx(exact.edge(s, r), abs=1e-5), (s, r)
     assert_unchanged(model, state)
 
 

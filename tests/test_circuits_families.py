@@ -30,6 +30,7 @@ from circuit_reference import (
     n_kv_heads,
     parallel,
     post_norm_gain,
+    receiver_kind_edges,
     ref_cache,
     ref_circuit_metric,
     ref_exact_scores,
@@ -39,6 +40,7 @@ from circuit_reference import (
     ref_tokens,
     residual_multiplier,
     sample_edges,
+    two_edge_paths,
 )
 from family_models import BACKEND, FAMILY_NAMES, family_model
 from model_state import assert_unchanged, refused_before_any_forward, snapshot
@@ -230,6 +232,23 @@ def test_path_patching_equals_a_hop_by_hop_hook_loop(post_model):
     for path, effect in zip(paths, res.effects.tolist(), strict=True):
         want = ref_path_patch(model, path)
         assert effect == pytest.approx(want, abs=1e-4 * max(1.0, abs(want))), path
+
+
+def test_a_path_not_ending_at_logits_passes_its_last_receivers_change_on(model):
+    """A one-edge path is exact edge patching (the reference's one-edge loop) for every receiver
+    kind, and a two-edge path ending at a q/k/v or MLP input the hop-by-hop loop, in every family
+    (post-norms: the last node's layer-mates' frozen-scale shares move with the norm's scale)."""
+    from interp_edit.analysis.circuits import path_patch
+
+    metric = "prob" if one_top_token(model) else "logit_diff"  # no logit difference where the top tokens coincide
+    edges = receiver_kind_edges(model)
+    want = {(f"{s} -> {r}",): v for (s, r), v in ref_exact_scores(model, (metric,), edges)[metric].items()}
+    want.update({tuple(p): ref_path_patch(model, p, metric) for p in two_edge_paths(model)})
+    res = path_patch(model, CLEAN, CORRUPTED, [list(p) for p in want], metric=metric)
+    scale = max(abs(v) for v in want.values())
+    assert scale > 1e-4  # the check has something to see
+    for path, effect in zip(res.paths, res.effects.tolist(), strict=True):
+        assert effect == pytest.approx(want[path], abs=2e-4 * scale + 1e-6), (metric, path)
 
 
 def test_faithfulness_is_the_metric_of_the_circuit_run(post_model):

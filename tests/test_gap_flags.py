@@ -86,5 +86,5 @@ def test_circuits_and_paths_warn_on_a_corruption_that_does_not_corrupt_and_an_un
     known = find_circuit(toy_model, clean, "Beldel Kordor was born in", method="eap", n_edges=10, curve=(10,))
     assert known.gap.reliable and known.scores.gap.reliable
     assert "WARNING" not in repr(known) and "WARNING" not in title(known.plot()) + title(known.plot("faithfulness"))
-    kl = edge_scores(toy_model, clean, "Beldel Kordor was born in", metric="kl", method="eap")
+    kl = edge_scores(toy_model, clean, "Beldel Kordor was born in", metric="kl", method="clean_corrupted")
     assert kl.clean_value == pytest.approx(0.0, abs=1e-5) and kl.corrupted_value > 0.1 and kl.gap.reliable

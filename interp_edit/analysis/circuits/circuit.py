@@ -286,14 +286,15 @@ def find_circuit(
 
     if scores is not None:
         method, metric, ig_steps = _check_reused(scores, clean, corrupted, answer, foil, method, metric, ig_steps)
-        check_score_arguments(method, "noise", ig_steps or 1, max_rows)
+        check_score_arguments(method, scores.direction, ig_steps or 1, max_rows,
+                              scores.settings.get("ig_points", "right"), metric=metric)
     else:
         method = "eap_ig_inputs" if method is None else method
         metric = "logit_diff" if metric is None else metric
         ig_steps = 5 if ig_steps is None else ig_steps
         if clean is None or corrupted is None:
             raise InvalidArgumentError("find_circuit needs clean= and corrupted= prompts, or scores= (an EdgeScores)")
-        check_score_arguments(method, "noise", ig_steps, max_rows)
+        check_score_arguments(method, "noise", ig_steps, max_rows, metric=metric)
         check_arguments(clean, corrupted, answer, foil, metric)
     check_choice(selection, "selection", SELECTIONS)
     check_edge_model(model)

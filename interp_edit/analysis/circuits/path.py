@@ -10,9 +10,14 @@ sender being the node that reads the previous edge's receiver (head ``a3.h2`` re
 ``a3.h2<q|k|v>``, and with grouped-query attention ``a3.kv1<k|v>`` when it is in that key/value
 group; MLP ``m3`` reads ``m3``). Its effect is ``M(path patched) − M(clean)`` in the clean run
 where the first edge's receiver reads the corrupted output of the first sender, each later
-edge's receiver reads its sender's output *as changed by the path*, and every other receiver
-reads the clean outputs — the change travels along the path only (Wang et al. 2022;
-Goldowsky-Dill et al. 2023). A one-edge path is exact edge patching of that edge.
+edge's receiver reads its sender's output *as changed by the path*, every other receiver reads
+the clean outputs of the path's senders — the change travels along the path only — and the
+path's last receiver's node (the head(s) reading it, or the MLP) passes its changed output on
+freely: every node after it computes from its changed output as in an ordinary forward (Wang et
+al. 2022; Goldowsky-Dill et al. 2023). So a one-edge path is exact edge patching of that edge
+(:func:`~interp_edit.analysis.circuits.scores.edge_scores` ``method="exact"``) whatever its
+receiver (``<q>``, ``<k>``, ``<v>``, an MLP, ``logits``), and a path ending at ``logits`` has
+no node after it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from interp_edit.analysis.circuits.engine import (
     check_edge_model,
     masked_forward,
     prepare_task,
+    sender_groups,
     sender_outputs,
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
@@ -111,6 +117,27 @@ def _reads(graph: EdgeGraph, sender: int, receiver: int) -> bool:
     return s.kind == "mlp" and r.kind == "mlp" and r.layer == s.layer
 
 
+def reads_matrix(graph: EdgeGraph) -> Tensor:
+    """``[sender, receiver]``: whether the sender's node computes from the receiver (:func:`_reads`)."""
+    return torch.tensor([[_reads(graph, s, r) for r in range(len(graph.receivers))] for s in range(len(graph.senders))],
+                        dtype=torch.bool).reshape(len(graph.senders), len(graph.receivers))
+
+
+def free_after(graph: EdgeGraph, reads: Tensor, receiver: int, shared: Sequence[slice] = ()) -> Tensor:
+    """Which senders pass their output on freely in a path ending at ``receiver``: the node(s)
+    reading it (the heads of a q/k/v receiver, the MLP of an MLP receiver), every sender after
+    them (one reading a receiver they write to), and the senders of a ``shared`` group (a
+    post-norm block's heads, whose frozen-scale shares move with the norm's scale) holding one
+    of those; none for ``logits``. ``reads``: :func:`reads_matrix`."""
+    nodes = reads[:, receiver]
+    written = graph.allowed[nodes].any(0)  # the receivers the nodes write to
+    free = nodes | (reads & written).any(1)
+    for group in shared:
+        if free[group].any():
+            free[group] = True
+    return free
+
+
 def parse_paths(graph: EdgeGraph, paths) -> list[list[tuple[int, int]]]:
     """Each path as (sender index, receiver index) edges, checked (errors name the path)."""
     from interp_edit.validation import check_sequence
@@ -175,10 +202,14 @@ def path_patch(
     corrupt_out = sender_outputs(model, graph, task.corrupted)
     n_p, n_s, n_r = task.n_prompts, len(graph.senders), len(graph.receivers)
     device = task.clean.device
-    # per path: the first edge reads the corrupted output, the later ones this run's, all else clean
+    # per path: the first edge reads the corrupted output, the later ones this run's, the edges
+    # out of the last receiver's node and the nodes after it this run's, all else clean
     from_clean, from_corrupt = [], []
+    reads = reads_matrix(graph)
+    shared = [g.senders for g in sender_groups(model, graph) if g.summed]
     for chain in chains:
         to_clean = graph.allowed.clone().float()
+        to_clean[free_after(graph, reads, chain[-1][1], shared)] = 0.0
         to_corrupt = torch.zeros(n_s, n_r)
         s0, r0 = chain[0]
         to_clean[s0, r0], to_corrupt[s0, r0] = 0.0, 1.0

@@ -31,7 +31,8 @@ paths (``"all"``) (docs/circuits.md, *Next to the authors' code*).
 
 Metrics (:data:`~interp_edit.analysis.circuits.engine.METRICS`): ``logit_diff`` (answer −
 foil), ``prob``, ``logprob`` and ``kl`` (KL(p_clean ‖ p_run): zero with zero gradient at the
-clean run, so EAP scores it 0 — use EAP-IG).
+clean run, so EAP — and EAP-IG with ``ig_steps=1`` — would score every edge 0; that is refused
+before any forward, naming method, metric and ig_steps: use EAP-IG with more steps, or ``exact``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from interp_edit.analysis.circuits.engine import (
 )
 from interp_edit.analysis.circuits.graph import EdgeGraph, edge_graph
 from interp_edit.analysis.gap import ScoreGap, metric_gap
+from interp_edit.errors import InvalidArgumentError
 
 METHODS = ("exact", "eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted")
 DIRECTIONS = ("noise", "denoise")
@@ -155,7 +157,28 @@ IG_POINTS = ("right", "left")
 IG_PATHS = ("own", "all")
 
 
-def check_score_arguments(method, direction, ig_steps, max_rows, ig_points="right", ig_paths="own") -> None:
+def zero_by_construction(method: str, metric: str, direction: str, ig_steps: int | None,
+                         ig_points: str = "right") -> str | None:
+    """Why ``method`` scores every edge 0 with ``metric`` whatever the model (None: it does not).
+    KL(p_clean ‖ p_run) is 0 with a zero gradient at the clean run, so a score built only from
+    gradients at the clean run is identically 0: EAP with ``direction="noise"`` (its base run is
+    the clean run) and EAP-IG with ``ig_steps=1`` and the right Riemann point (α = 1: the clean
+    run; over activations every path ends there too). The one rule behind the refusal."""
+    if metric != "kl":
+        return None
+    if method == "eap" and direction == "noise":
+        return ("method='eap' with metric='kl' (direction='noise') scores every edge 0: KL(p_clean ‖ p_run) is "
+                "0 with a zero gradient at the clean run, where EAP takes its gradient")
+    if method.startswith("eap_ig") and ig_steps == 1 and ig_points == "right":
+        return (f"method={method!r} with ig_steps=1 and metric='kl' scores every edge 0: one right Riemann point "
+                "is the clean run, where KL(p_clean ‖ p_run) is 0 with a zero gradient")
+    return None
+
+
+def check_score_arguments(method, direction, ig_steps, max_rows, ig_points="right", ig_paths="own",
+                          metric=None) -> None:
+    """Every scoring argument checked, nothing run; ``metric`` (when given) with the method:
+    a combination that scores 0 by construction (:func:`zero_by_construction`) is refused."""
     from interp_edit.validation import check_choice, check_int
 
     check_choice(method, "method", METHODS)
@@ -165,6 +188,10 @@ def check_score_arguments(method, direction, ig_steps, max_rows, ig_points="righ
     check_choice(ig_paths, "ig_paths", IG_PATHS)
     if max_rows is not None:
         check_int(max_rows, "max_rows", minimum=1)
+    why = None if metric is None else zero_by_construction(method, metric, direction, ig_steps, ig_points)
+    if why is not None:
+        raise InvalidArgumentError(f"{why}; use method='eap_ig_inputs' (or 'eap_ig_activations') with ig_steps >= 2, "
+                                   "method='exact', or another metric")
 
 
 def edge_scores(
@@ -197,7 +224,7 @@ def edge_scores(
     >>> s.method, s.answers
     ('clean_corrupted', ('Karsa', 'Gemmel'))
     """
-    check_score_arguments(method, direction, ig_steps, max_rows, ig_points, ig_paths)
+    check_score_arguments(method, direction, ig_steps, max_rows, ig_points, ig_paths, metric=metric)
     check_arguments(clean, corrupted, answer, foil, metric)
     check_edge_model(model)
     task = prepare_task(model, clean, corrupted, answer, foil, metric)
