@@ -105,6 +105,16 @@ def test_layers_are_the_pathway_ranking_of_the_multihop_prompts(toy_model, cases
     assert fixed["query_layers"] == (1,) and fixed["value_layers"] == (1, 4) and fixed["query_source"] == "config"
 
 
+def test_no_pathway_to_choose_query_layers_from_is_refused_by_name(toy_model, cases, monkeypatch):
+    import interp_edit.analysis.pathways as pathways
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(pathways, "qv_pathways", lambda *a, **k: SimpleNamespace(query_layers=[], value_layers=[3, 4]))
+    rows = prepare_ace_requests(toy_model, [cases[0].ace_request()], model_fingerprint(toy_model))
+    with pytest.raises(EditConfigError, match=r"field 'query_layers': qv_pathways found no query → value pathway"):
+        choose_layers(toy_model, rows, ACEConfig.for_model(toy_model))
+
+
 def test_overlapping_stages_add_up_and_requests_convert(toy_model, toy_world, cases):
     from interp_edit.data import load_dataset
 

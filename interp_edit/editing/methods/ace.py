@@ -370,6 +370,10 @@ def choose_layers(model, rows: ACERows, cfg: ACEConfig) -> dict:
         if query is None:
             ranked = [layer for layer in result.query_layers if layer < model.cfg.n_layers - 1]
             query = tuple(sorted(ranked[: cfg.n_query_layers]))
+            if not query:
+                raise EditConfigError(
+                    "field 'query_layers': qv_pathways found no query → value pathway over the requests' multi-hop "
+                    "prompts, so no query layer can be chosen; give query_layers= (and value_layers=)")
             out["query_source"] = "pathways"
         if value is None:
             floor = max(query) + 1 if cfg.value_above_query else 0
