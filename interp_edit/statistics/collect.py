@@ -48,6 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp_edit.adapter import applied_edit_stack, forward_to_layer, hook_name, model_fingerprint
+from interp_edit.adapter.block_digest import digests_match, key_site_digest
 from interp_edit.batching import encode_prompts, pad_right
 from interp_edit.errors import CorpusError, EditConfigError, StatisticsMismatchError
 from interp_edit.statistics.corpus import Corpus, corpus_hash, describe, read_texts
@@ -159,9 +160,9 @@ def _stem(model, site: str, corpus_id: str, packing: str = "bos") -> str:
 
 
 def _cached(model, folder: Path, stem: str, site: str, layers: Sequence[int], packing: str = "bos") -> dict[int, KeyStatistics]:
-    found = {}
+    found, blocks = {}, {}  # blocks: their weights' sums, read once for all layers
     for layer in layers:
-        cached = read_cache(folder / f"{stem}_L{layer}.safetensors", model, site, layer, packing)
+        cached = read_cache(folder / f"{stem}_L{layer}.safetensors", model, site, layer, packing, blocks=blocks)
         if cached is not None:
             found[layer] = cached
     return found
@@ -357,7 +358,8 @@ def _store(model, path: Path, site, layer, moment, corpus, chash, n_texts, n_tok
            ) -> KeyStatistics:
     prov = StatsProvenance(model_fingerprint(model), site, layer, site_dim(model, site), corpus, chash, n_texts, n_tokens,
                            "float64", "computed", str(path), auto=auto, packing=packing,
-                           extra={"model_dtype": forward_dtype(model), "n_ctx": int(model.cfg.n_ctx)})
+                           extra={"model_dtype": forward_dtype(model), "n_ctx": int(model.cfg.n_ctx),
+                                  "blocks_digest": key_site_digest(model, layer, site)})
     stats = KeyStatistics(moment.cpu(), prov)
     write_cache(path, stats)
     return stats
@@ -442,10 +444,14 @@ def load_cache_file(path: Path) -> KeyStatistics:
     return KeyStatistics(moment.to(torch.float64), prov.replace(path=str(path)))
 
 
-def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -> KeyStatistics | None:
+def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos", *, blocks: dict | None = None
+               ) -> KeyStatistics | None:
     """The cached statistic at ``path`` if it is readable, finite and its provenance matches
     (``packing`` included: a file that records none is of the default ``"bos"``, the only one
-    before packings were recorded); else None, with a warning when a file was there."""
+    before packings were recorded; and the weights that compute the keys,
+    :func:`~interp_edit.adapter.block_digest.key_site_digest`, where the file records them and no
+    edit is applied in place — the statistics are the base model's); else None, with a warning
+    when a file was there. ``blocks``: the blocks' sums, shared by the reads of one model."""
     if not path.is_file():
         return None
     try:
@@ -459,11 +465,17 @@ def read_cache(path: Path, model, site: str, layer: int, packing: str = "bos") -
         cut = (stats.provenance.extra or {}).get("n_ctx")
         if cut is not None and cut != model.cfg.n_ctx:
             raise ValueError(f"its texts were cut to {cut} tokens, this model's context is {model.cfg.n_ctx}")
+        blocks_recorded = (stats.provenance.extra or {}).get("blocks_digest")
+        if blocks_recorded is not None and not applied_edit_stack(model) and not digests_match(
+                blocks_recorded, key_site_digest(model, layer, site, blocks)):
+            raise ValueError(f"it was computed by a model whose blocks up to layer {layer} differ from this model's (same "
+                             "embeddings, other weights: an edited, merged or fine-tuned checkpoint)")
         if not torch.isfinite(stats.moment).all():
             raise ValueError("non-finite values")
         return KeyStatistics(stats.moment, stats.provenance.replace(source="cache"))
     except Exception as err:
-        warnings.warn(f"statistics cache file {path} is unreadable ({err}); recomputing it", stacklevel=4)
+        warnings.warn(f"statistics cache file {path} is unreadable or not this model's ({err}); recomputing it",
+                      stacklevel=4)
         return None
 
 
