@@ -127,8 +127,8 @@ def test_the_woodbury_memit_solve_equals_the_dense_solve(toy_model, weight):
     assert torch.allclose(memit_left_factor(toy_model, cov, weight, keys2, "test"),
                           torch.linalg.solve(weight * cov + keys2 @ keys2.T, keys2), rtol=1e-9, atol=1e-12)
     # λ = 0 and a singular C fall back to the dense solve
-    singular = torch.zeros_like(cov)
-    singular[:40, :40] = torch.eye(40, dtype=torch.float64)
+    singular = torch.zeros_like(cov)  # rank d - 40, and the 40 keys span the rest
+    singular[40:, 40:] = torch.eye(len(cov) - 40, dtype=torch.float64)
     assert torch.allclose(memit_left_factor(toy_model, singular, weight, keys, "test"),
                           torch.linalg.solve(weight * singular + keys @ keys.T, keys))
     clear_statistics_cache(toy_model)

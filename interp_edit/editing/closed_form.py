@@ -81,24 +81,50 @@ def _at_edit_tokens(model, requests, layer: int, names, hooks, read) -> Tensor:
     return act[torch.arange(len(requests), device=act.device), torch.tensor([r.edit_position for r in requests], device=act.device)]
 
 
-def solve(matrix: Tensor, rhs: Tensor, what: str) -> Tensor:
-    """``matrix⁻¹ rhs`` in float64; a singular or non-finite system raises an error naming it."""
-    try:
-        out = torch.linalg.solve(matrix.double(), rhs.double())
-    except torch.linalg.LinAlgError as err:
-        raise EditOptimizationError(
-            f"the {what} solve is singular ({err}); a statistics weight (mom2_update_weight) of 0 with fewer keys "
-            "than the key width gives a singular system: raise it above 0; the model is unchanged"
-        ) from None
-    if not torch.isfinite(out).all():
-        raise EditOptimizationError(f"the {what} solve gave non-finite values; the model is unchanged")
-    return out
+#: a pivot of the LU factor below this fraction of the largest (times the width) marks a system
+#: singular up to float64 rounding: its solution is rounding noise, however finite
+SINGULAR_PIVOT = 1e-14
+
+
+def solve(matrix: Tensor, rhs: Tensor, what: str, *, near_singular: bool = True) -> Tensor:
+    """``matrix⁻¹ rhs`` in float64; a singular or non-finite system raises an error naming it.
+    Singular includes singular up to rounding (an LU pivot below ``width · 1e-14`` of the
+    largest; e.g. MEMIT's ``KKᵀ`` with λ = 0 and fewer keys than the key width), which
+    :func:`torch.linalg.solve` answers with huge finite values — unless ``near_singular`` is
+    False (statistics of too few tokens, which the editors warn about and mark instead)."""
+    matrix = matrix.double()
+    lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+    if int(info) != 0:
+        raise _singular(what, f"U[{int(info) - 1}, {int(info) - 1}] is zero")
+    diagonal = lu.diagonal().abs()
+    smallest, largest = (float(v) for v in torch.stack([diagonal.min(), diagonal.max()]).tolist())
+    if near_singular and not smallest > SINGULAR_PIVOT * len(matrix) * largest:  # NaN too
+        raise _singular(what, f"its smallest LU pivot is {smallest / largest if largest else 0.0:.1e} of the largest")
+    column = rhs.ndim == 1
+    out = torch.linalg.lu_solve(lu, pivots, rhs.double()[:, None] if column else rhs.double())
+    return _finite(out[:, 0] if column else out, what)
+
+
+def check_statistics_weight(model, weight: float, n_keys: int, site: str, field: str, method: str) -> None:
+    """Refuse, before any compute, a statistics weight λ of 0 with fewer keys (one per request)
+    than the key width at ``site``: ``(λC + KKᵀ)`` is then singular and its solve would be
+    rounding noise (refused again, after the targets, by :func:`solve`)."""
+    from interp_edit.errors import EditConfigError
+    from interp_edit.statistics.provenance import site_dim
+
+    width = site_dim(model, site)
+    if weight == 0 and n_keys < width:
+        raise EditConfigError(
+            f"{method}: field {field!r} is 0 with {n_keys} request(s), fewer than the key width {width} at {site}: "
+            f"(0·C + KKᵀ) is singular; give {field} > 0 (the preset's value) or at least {width} requests")
 
 
 def _singular(what: str, detail: str) -> EditOptimizationError:
     return EditOptimizationError(
-        f"the {what} solve is singular ({detail}); a statistics weight (mom2_update_weight) of 0 with fewer keys "
-        "than the key width gives a singular system: raise it above 0; the model is unchanged")
+        f"the {what} solve is singular ({detail}): the keys and statistics do not span the key width, as with a "
+        "statistics weight (mom2_update_weight) of 0 and fewer keys than the key width, or statistics of too few "
+        "distinct tokens; raise mom2_update_weight above 0 or collect the statistics over more varied text; the "
+        "model is unchanged")
 
 
 def _finite(out: Tensor, what: str) -> Tensor:
@@ -143,14 +169,14 @@ def memit_left_factor(model, moment: Float[Tensor, "key key"], weight: float, ke
         return factor if int(info) == 0 else None
 
     factor = cached_factor(model, moment, ("cholesky", float(weight), str(device)), build) if weight > 0 else None
-    if factor is None:
-        return solve(weight * moment.to(device) + keys @ keys.T, keys, what)
+    if factor is None:  # λ = 0 must not be singular; a singular C (thin statistics) is warned about where it is read
+        return solve(weight * moment.to(device) + keys @ keys.T, keys, what, near_singular=weight == 0)
     keys = keys.double()
     x = torch.cholesky_solve(keys, factor)  # (λC)⁻¹K  [d, n]
     inner = torch.eye(keys.shape[1], dtype=x.dtype, device=device) + keys.T @ x  # symmetric positive definite
     inner_factor, info = torch.linalg.cholesky_ex(inner)
     if int(info) != 0:
-        return solve(weight * moment.to(device) + keys @ keys.T, keys, what)
+        return solve(weight * moment.to(device) + keys @ keys.T, keys, what, near_singular=weight == 0)
     return _finite(torch.cholesky_solve(x.T, inner_factor).T, what)
 
 

@@ -63,6 +63,7 @@ from interp_edit.adapter import architecture, model_fingerprint, post_norm_preim
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
+    check_statistics_weight,
     memit_left_factor,
     raw_values_at_edit_tokens,
     scratch_weights,
@@ -235,6 +236,10 @@ def intattn(model, requests, config: IntAttnConfig | None = None, *, corpus=None
     check_layers(model, cfg.attn_layers, "attn_layers")
     fingerprint = model_fingerprint(model)
     treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, cfg.mlp_layers)
+    if cfg.alpha != 1:  # the sites written (alpha None: traced, both may be)
+        check_statistics_weight(model, cfg.mom2_update_weight, len(treqs), "mlp_post", "mom2_update_weight", "IntAttn")
+    if cfg.alpha != 0:
+        check_statistics_weight(model, cfg.attn_mom2_update_weight, len(treqs), "z", "attn_mom2_update_weight", "IntAttn")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     trace = traced_alpha(model, treqs, cfg) if cfg.alpha is None else None

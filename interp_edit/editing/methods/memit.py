@@ -25,7 +25,7 @@ from types import MappingProxyType
 from torch import Tensor
 
 from interp_edit.adapter import model_fingerprint
-from interp_edit.editing.closed_form import memit_left_factor
+from interp_edit.editing.closed_form import check_statistics_weight, memit_left_factor
 from interp_edit.editing.config import SubjectTokenConfig, check_layers, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import prepare_at_edit_tokens
@@ -121,6 +121,7 @@ def memit(model, requests, config: MEMITConfig | None = None, *, corpus=None, ca
     check_layers(model, cfg.layers, "layers")
     fingerprint = model_fingerprint(model)
     treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, cfg.layers)
+    check_statistics_weight(model, cfg.mom2_update_weight, len(treqs), "mlp_post", "mom2_update_weight", "MEMIT")
     start = time.perf_counter()
     statistics = editor_statistics(model, cfg, cfg.layers, corpus=corpus, cache_dir=cache_dir, progress=progress, stats=stats,
                                    probe_keys=lambda: probe_keys(model, treqs, cfg, cfg.layers),

@@ -43,7 +43,7 @@ from torch import Tensor
 from interp_edit.adapter import model_fingerprint
 from interp_edit.analysis.edit_token_aie import CURVES, TokenFact, edit_token_aie
 from interp_edit.analysis.layers import select_layer_window
-from interp_edit.editing.closed_form import memit_left_factor
+from interp_edit.editing.closed_form import check_statistics_weight, memit_left_factor
 from interp_edit.editing.config import check_layers, resolve
 from interp_edit.editing.edit import Edit
 from interp_edit.editing.edit_token_choice import check_key_collisions
@@ -187,6 +187,7 @@ def memit_csk(model, requests, config: MEMITCSKConfig | None = None, *, corpus=N
         check_layers(model, cfg.layers, "layers")
     fingerprint = model_fingerprint(model)
     treqs = prepare_requests(model, requests, fingerprint, edit_token=cfg.edit_token)
+    check_statistics_weight(model, cfg.mom2_update_weight, len(treqs), "mlp_post", "mom2_update_weight", "MEMIT-CSK")
     collisions = check_key_collisions(model, treqs, cfg)  # before tracing and statistics
     start = time.perf_counter()
     aie_info = None

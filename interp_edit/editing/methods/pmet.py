@@ -68,6 +68,7 @@ from interp_edit.adapter import (
 from interp_edit.editing.closed_form import (
     add_low_rank,
     check_finite,
+    check_statistics_weight,
     memit_left_factor,
     raw_values_at_edit_tokens,
     scratch_weights,
@@ -311,6 +312,10 @@ def pmet(model, requests, config: PMETConfig | None = None, *, corpus=None, cach
     treqs, token_info = prepare_at_edit_tokens(model, requests, fingerprint, cfg, cfg.layers)
     kinds = KINDS if cfg.update_attention else ("mlp",)
     weight = {"mlp": cfg.mom2_update_weight, "attn": cfg.attn_weight()}
+    for kind in kinds:
+        check_statistics_weight(model, weight[kind], len(treqs), KEY_SITES[kind],
+                                "attn_mom2_update_weight" if kind == "attn" and cfg.attn_mom2_update_weight is not None
+                                else "mom2_update_weight", "PMET")
     start = time.perf_counter()
     covs, provenance = {}, []
     for kind in kinds:
