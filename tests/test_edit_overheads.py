@@ -246,3 +246,22 @@ def test_statistics_recording_the_fingerprint_of_an_earlier_version_are_still_th
     with pytest.raises(StatisticsMismatchError, match="are of another model"):
         check_statistics(KeyStatistics(stats.moment, StatsProvenance("0123456789abcdef", **base)), toy_model, "mlp_post", 1,
                          what="stats")
+
+
+def test_a_lifelong_memory_recording_the_fingerprint_of_an_earlier_version_is_continued(toy_model, person_records):
+    """GRACE's codebook (and WISE's side memory, through the same check) saved by an earlier
+    version records the unrounded fingerprint; continuing it on the same model is allowed, and
+    a memory of another model is still refused."""
+    import dataclasses
+
+    from interp_edit.editing.methods.grace import grace
+    from interp_edit.errors import EditConfigError
+
+    first = grace(toy_model, person_records[:1], n_iter=2)
+    older = dataclasses.replace(first, model_fingerprint=_hashed_now(toy_model, rounded=False))
+    assert older.model_fingerprint != model_fingerprint(toy_model)
+    more = grace(toy_model, person_records[1:2], n_iter=2, memory=older)
+    assert len(more.requests) == 2 and more.model_fingerprint == model_fingerprint(toy_model)
+    other = dataclasses.replace(first, model_fingerprint="0123456789abcdef")
+    with pytest.raises(EditConfigError, match="made for another model"):
+        grace(toy_model, person_records[1:2], n_iter=2, memory=other)

@@ -629,16 +629,17 @@ def check_previous_applied(model, digest: str | None, what: str) -> None:
             "new sequence")
 
 
-def continued_memory(memory, method: str, kind: type, fingerprint: str):
+def continued_memory(memory, method: str, kind: type, model):
     """The one hook (of type ``kind``) of ``memory``, an earlier ``method`` edit that a lifelong
-    call continues (``memory=``: WISE's side memory, GRACE's codebook) on the model with
-    ``fingerprint``; anything else is an :class:`~interp_edit.errors.EditConfigError`."""
+    call continues (``memory=``: WISE's side memory, GRACE's codebook) on ``model`` (its
+    fingerprint, or the one an earlier version recorded: :func:`fingerprint_matches`); anything
+    else is an :class:`~interp_edit.errors.EditConfigError`."""
     hooks = list(getattr(memory, "hooks", {}).values())
     if not isinstance(memory, Edit) or memory.method != method or len(hooks) != 1 or not isinstance(hooks[0], kind):
         raise EditConfigError(f"argument 'memory' must be an Edit returned by {method}(), got {type(memory).__name__}")
-    if memory.model_fingerprint != fingerprint:
+    if not fingerprint_matches(memory.model_fingerprint, model):
         raise EditConfigError(f"argument 'memory': that {method} edit was made for another model "
-                              f"(fingerprint {memory.model_fingerprint}, this model {fingerprint})")
+                              f"(fingerprint {memory.model_fingerprint}, this model {model_fingerprint(model)})")
     return hooks[0]
 
 

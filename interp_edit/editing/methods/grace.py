@@ -255,7 +255,7 @@ def _previous(memory, model, cfg: GRACEConfig, fingerprint: str, name: str) -> t
         return None
     from interp_edit.editing.edit import check_memory_not_active, continued_memory
 
-    held = continued_memory(memory, "grace", GraceCodebook, fingerprint)
+    held = continued_memory(memory, "grace", GraceCodebook, model)
     if held.hook_name != name or held.replacement != cfg.replacement:
         raise EditConfigError(f"argument 'memory': its codebook is at {held.hook_name} with replacement "
                               f"{held.replacement!r}; fields 'layer' / 'site' / 'replacement' give {name} and {cfg.replacement!r}")

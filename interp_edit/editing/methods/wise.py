@@ -410,7 +410,7 @@ def _previous(memory, model, cfg: WISEConfig, fingerprint: str) -> WiseSideMemor
         return None
     from interp_edit.editing.edit import check_memory_not_active, continued_memory
 
-    held = continued_memory(memory, "wise", WiseSideMemory, fingerprint)
+    held = continued_memory(memory, "wise", WiseSideMemory, model)
     if held.layer != cfg.layer:
         raise EditConfigError(f"argument 'memory': its side memory is at layer {held.layer}, field 'layer' is {cfg.layer}")
     for name in ("save_freq", "merge_freq"):  # shard and merge boundaries count from the memory's first edit
