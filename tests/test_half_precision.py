@@ -230,3 +230,27 @@ def test_ace_in_bfloat16_matches_float32(toy_model, toy_world, bf16_model):
     # effect (ACE's query objective leaves the direction underdetermined)
     assert sorted(ref.deltas) == sorted(got.deltas)
     assert ref.info["query_layers"] == got.info["query_layers"] and ref.info["value_layers"] == got.info["value_layers"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_attribution_on_a_processed_half_precision_family_model_matches_float32(dtype):
+    """A Hugging Face family loaded with TransformerLens' processing has no final-norm gain
+    (folded into W_U): the ones standing in for it are in the model's dtype, so the frozen
+    unembedding stays in it (a float32 stand-in made every NLKA analysis raise a dtype error in
+    bfloat16 and float16). Scores within 5% of their scale of float32's (measured: bfloat16 ≤ 1.6%
+    hooked, ≤ 3.0% on the bridge; float16 ≤ 0.3%). The pathways' value-layer scores are compared,
+    not the query-layer ones: those depend on which 10 value neurons are chosen, and a near-tie at
+    the 10th flips in float16 on the bridge (query-layer sum 17.44 → 14.54)."""
+    from interp_edit import layer_attribution_scores, qv_pathways
+    from interp_edit.adapter import norm_weight
+    from tests.family_models import family_model
+
+    full, half = family_model("llama"), family_model("llama", dtype=dtype)
+    assert norm_weight(half, "ln_final").dtype == dtype
+    for score in (lambda m: neuron_attribution(m, CLEAN, "Karsa").layer_scores,
+                  lambda m: layer_attribution_scores(m, CLEAN, "Karsa"),
+                  lambda m: qv_pathways(m, [CLEAN, CORRUPTED], ["Karsa", "Karsa"], n_value=10,
+                                        top_pathways=5).value_layer_scores):
+        expected, got = score(full).float(), score(half).float()
+        assert torch.isfinite(got).all()
+        assert float((got - expected).abs().max()) <= 0.05 * float(expected.abs().max())

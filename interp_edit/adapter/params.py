@@ -46,6 +46,12 @@ def layer_weight(model, name: str, layer: int) -> torch.Tensor:
     return getattr(getattr(model.blocks[layer], module), attr).detach()
 
 
+def _like_weights(model) -> dict:
+    """Device and dtype of the model's weights: the ones / zeros standing in for a norm that is
+    not there multiply bfloat16 or float16 weights without promoting them to float32."""
+    return {"device": model.cfg.device, "dtype": model.W_E.dtype}
+
+
 def _no_input_norm(model, norm: str) -> bool:
     return norm in INPUT_NORMS and not architecture(model).input_norms
 
@@ -55,25 +61,25 @@ def norm_weight(model, norm: str, layer: int | None = None) -> torch.Tensor:
     ``"ln_final"``); ones where the model has none (folded LayerNorm, ``LNPre``; ``ln1`` /
     ``ln2`` of a block without input norms, whose sublayers read the raw residual)."""
     if _no_input_norm(model, norm):
-        return torch.ones(model.cfg.d_model, device=model.cfg.device)
+        return torch.ones(model.cfg.d_model, **_like_weights(model))
     if bridge.is_bridge(model):
         return bridge.norm_gain(model, norm, layer)
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
     weight = getattr(module, "w", None)
-    return weight.detach() if weight is not None else torch.ones(model.cfg.d_model, device=model.cfg.device)
+    return weight.detach() if weight is not None else torch.ones(model.cfg.d_model, **_like_weights(model))
 
 
 def norm_bias(model, norm: str, layer: int | None = None) -> torch.Tensor:
     """The bias β [d_model] of a normalisation (zeros where it has none, or there is no such norm:
     ``ln1`` / ``ln2`` without input norms)."""
     if _no_input_norm(model, norm):
-        return torch.zeros(model.cfg.d_model, device=model.cfg.device)
+        return torch.zeros(model.cfg.d_model, **_like_weights(model))
     if bridge.is_bridge(model):
         bias = bridge.norm_bias(model, norm, layer)
-        return bias if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
+        return bias if bias is not None else torch.zeros(model.cfg.d_model, **_like_weights(model))
     module = model.ln_final if norm == "ln_final" else getattr(model.blocks[layer], norm)
     bias = getattr(module, "b", None)
-    return bias.detach() if bias is not None else torch.zeros(model.cfg.d_model, device=model.cfg.device)
+    return bias.detach() if bias is not None else torch.zeros(model.cfg.d_model, **_like_weights(model))
 
 
 def norm_centres(model) -> bool:
