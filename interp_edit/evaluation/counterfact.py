@@ -74,7 +74,9 @@ def check_counterfact_records(records) -> list[CounterFactRecord]:
 def counterfact_scores(model, records: Sequence[CounterFactRecord | dict]) -> list[dict[str, float]]:
     """Per record: ``efficacy``, ``paraphrase``, ``neighborhood``, ``same_subject`` scores and
     ``efficacy_magnitude`` (p(new) − p(true) on the rewrite prompt). All prompts of all records
-    are scored in shared batches. A record is a :class:`CounterFactRecord` or a public
+    are scored in shared batches; each score is the mean over the record's prompts of that kind
+    by position, so a prompt listed twice counts twice (as in
+    :func:`~interp_edit.evaluation.evaluate_cases`). A record is a :class:`CounterFactRecord` or a public
     CounterFact record dict (read by the data loaders' parser); anything else, or a bad field,
     raises :class:`~interp_edit.errors.InvalidArgumentError` naming the index and the field
     before anything is scored (an :class:`~interp_edit.editing.EditRequest` has no paraphrase
@@ -82,24 +84,27 @@ def counterfact_scores(model, records: Sequence[CounterFactRecord | dict]) -> li
     records = check_counterfact_records(records)
     prompts, targets, owners = [], [], []
 
-    def add(record_index: int, kind: str, texts: Sequence[str], answer_pairs: Sequence[tuple[str, str]]):
-        for text in texts:
-            for label, target in answer_pairs:
-                prompts.append(text)
-                targets.append(target)
-                owners.append((record_index, kind, label, text))
+    def add(record_index: int, kind: str, position: int, text: str, answer_pairs: Sequence[tuple[str, str]]):
+        # a prompt is owned by its position in the record (kind, index), not its text: a
+        # prompt repeated within a record counts once per occurrence, as in evaluate_cases
+        for label, target in answer_pairs:
+            prompts.append(text)
+            targets.append(target)
+            owners.append((record_index, kind, position, label))
 
     for i, r in enumerate(records):
         pair = (("new", r.target_new), ("true", r.target_true))
-        add(i, "efficacy", [r.prompt.format(r.subject)], pair)
-        add(i, "paraphrase", r.paraphrase_prompts, pair)
-        add(i, "neighborhood", r.neighborhood_prompts, pair)
-        for text, answer in r.same_subject_prompts:
-            add(i, "same_subject", [text], (("new", r.target_new), ("true", answer)))
+        add(i, "efficacy", 0, r.prompt.format(r.subject), pair)
+        for j, text in enumerate(r.paraphrase_prompts):
+            add(i, "paraphrase", j, text, pair)
+        for j, text in enumerate(r.neighborhood_prompts):
+            add(i, "neighborhood", j, text, pair)
+        for j, (text, answer) in enumerate(r.same_subject_prompts):
+            add(i, "same_subject", j, text, (("new", r.target_new), ("true", answer)))
     scores = score_continuations(model, prompts, targets) if prompts else TokenScores([], [])
-    pairs: list[dict[tuple[str, str], dict[str, TokenScores]]] = [{} for _ in records]
-    for row_index, (i, kind, label, text) in enumerate(owners):
-        pairs[i].setdefault((kind, text), {})[label] = TokenScores([scores.logprobs[row_index]], [scores.top1[row_index]])
+    pairs: list[dict[tuple[str, int], dict[str, TokenScores]]] = [{} for _ in records]
+    for row_index, (i, kind, position, label) in enumerate(owners):
+        pairs[i].setdefault((kind, position), {})[label] = TokenScores([scores.logprobs[row_index]], [scores.top1[row_index]])
     out = []
     for per_record in pairs:
         row: dict[str, list[float]] = {k: [] for k in ("efficacy", "paraphrase", "neighborhood", "same_subject")}

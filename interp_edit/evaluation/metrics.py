@@ -35,6 +35,7 @@ those logits, in bits (log2 5 for a uniform five-way choice).
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -58,7 +59,16 @@ def _prompts(prompts, name: str = "prompts") -> list[str]:
 
 
 def _repeat(value: str | Sequence[str], n: int, name: str = "target") -> list[str]:
-    return [value] * n if isinstance(value, str) else check_sequence(value, name, nonempty=False)
+    """``value`` once per prompt: a single string repeated ``n`` times, or a list of exactly
+    ``n`` (one per prompt); any other count is an
+    :class:`~interp_edit.errors.InvalidArgumentError` naming ``name`` and the counts given."""
+    if isinstance(value, str):
+        return [value] * n
+    values = check_sequence(value, name, nonempty=False)
+    if len(values) != n:
+        raise InvalidArgumentError(f"{name} has {len(values)} entries for {n} prompts: give one per prompt, "
+                                   f"or a single string for all")
+    return values
 
 
 def _check_compare(compare: str) -> str:
@@ -73,6 +83,8 @@ def new_beats_true(new: TokenScores, true: TokenScores, compare: str = "mean_log
 
 
 def _pair(model, prompts, target_new, target_true) -> tuple[TokenScores, TokenScores]:
+    """The scores of ``target_new`` and of ``target_true`` after each prompt (one forward pass
+    for both); the prompts and the two targets' counts are checked before it."""
     prompts = _prompts(prompts)
     new = _repeat(target_new, len(prompts), "target_new")
     true = _repeat(target_true, len(prompts), "target_true")
@@ -154,14 +166,23 @@ def answered(model, prompts: Sequence[str], answers: Sequence[Sequence[str]]) ->
 
 def multihop_correct(model, questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]) -> Bool[Tensor, " n"]:
     """Per multi-hop question: whether any of its phrasings is answered right (any answer
-    alias counts)."""
+    alias counts). Every question needs at least one phrasing and one answer (a question with
+    none could never be answered right): an empty list is an
+    :class:`~interp_edit.errors.InvalidArgumentError` naming ``questions[i]`` / ``answers[i]``,
+    raised before any forward pass."""
     questions, answers = _prompts(questions, "questions"), _prompts(answers, "answers")
     if len(questions) != len(answers):
         raise InvalidArgumentError(f"{len(questions)} questions but {len(answers)} lists of answers")
     prompts, targets, groups = [], [], []
-    for phrasings, options in zip(questions, answers, strict=True):
+    for i, (phrasings, options) in enumerate(zip(questions, answers, strict=True)):
         if isinstance(phrasings, str) or isinstance(options, str):
             raise InvalidArgumentError(f"each question needs a list of phrasings and a list of answers, got {phrasings!r}, {options!r}")
+        phrasings = check_sequence(phrasings, f"questions[{i}]", nonempty=False)
+        options = check_sequence(options, f"answers[{i}]", nonempty=False)
+        if not phrasings:
+            raise InvalidArgumentError(f"questions[{i}] has no phrasings: a question needs at least one")
+        if not options:
+            raise InvalidArgumentError(f"answers[{i}] is empty: question {i} needs at least one answer")
         group = []
         for phrasing in phrasings:
             for answer in options:
@@ -202,9 +223,11 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
 @torch.no_grad()
 def greedy_token_ids(model, prompts: Sequence[str], max_new_tokens: int = 50, batch_size: int = 64) -> list[list[int]]:
     """The greedily decoded new token ids of each prompt (BOS + prompt, the prompt not
-    included), batched with right padding: at every step one forward of the batch and the
-    argmax of each row's logits at its own last real position. At most ``max_new_tokens`` and
-    never past the model's context; a row stops at the end-of-text token (not included).
+    included), batched with right padding: at every step one forward of the batch's unfinished
+    rows and the argmax of each row's logits at its own last real position. Each row has its
+    own limit — at most ``max_new_tokens`` and never past the model's context — so a prompt's
+    generation does not depend on its batch-mates; a row stops at the end-of-text token (not
+    included).
 
     >>> ids = greedy_token_ids(model, ["Talvik Corlo was born in"], max_new_tokens=1)
     >>> [model.tokenizer.decode(i) for i in ids]
@@ -219,20 +242,16 @@ def greedy_token_ids(model, prompts: Sequence[str], max_new_tokens: int = 50, ba
     for start in range(0, len(prompts), batch_size):
         rows = encode_prompts(tokenizer, prompts[start : start + batch_size])
         starts = [len(r) for r in rows]
-        done = [False] * len(rows)
-        steps = max(0, min(max_new_tokens, model.cfg.n_ctx - max(len(r) for r in rows)))
-        for _ in range(steps):
-            tokens, lengths = pad_right(rows, tokenizer.pad_token_id or 0)
+        limits = [min(n + max_new_tokens, model.cfg.n_ctx) for n in starts]  # each row's own final length
+        active = [i for i, r in enumerate(rows) if len(r) < limits[i]]
+        while active:
+            tokens, lengths = pad_right([rows[i] for i in active], tokenizer.pad_token_id or 0)
             logits = model(tokens.to(model.cfg.device))
-            nxt = logits[torch.arange(len(rows)), lengths.to(logits.device) - 1].argmax(-1).tolist()
-            for i, token in enumerate(nxt):
-                if not done[i]:
-                    if token == eos:
-                        done[i] = True
-                    else:
-                        rows[i].append(token)
-            if all(done):
-                break
+            nxt = logits[torch.arange(len(active)), lengths.to(logits.device) - 1].argmax(-1).tolist()
+            for i, token in zip(active, nxt, strict=True):
+                if token != eos:
+                    rows[i].append(token)
+            active = [i for i, token in zip(active, nxt, strict=True) if token != eos and len(rows[i]) < limits[i]]
         out += [r[n:] for r, n in zip(rows, starts, strict=True)]
     return out
 
@@ -290,10 +309,22 @@ def label_token_ids(tokenizer, labels: Sequence[str]) -> Int[Tensor, " k"]:
     return torch.tensor(ids)
 
 
+def _check_options(prompts, labels) -> tuple[list[str], list[list[str]]]:
+    """``prompts`` and ``labels`` as lists, one non-empty list of option labels per prompt;
+    else an :class:`~interp_edit.errors.InvalidArgumentError` naming the argument."""
+    prompts, labels = _prompts(prompts), check_sequence(labels, "labels", nonempty=False)
+    if len(labels) != len(prompts):
+        raise InvalidArgumentError(f"labels has {len(labels)} lists of options for {len(prompts)} prompts: give one per prompt")
+    return prompts, [check_sequence(opts, f"labels[{i}]") for i, opts in enumerate(labels)]
+
+
 def option_probabilities(model, prompts: Sequence[str], labels: Sequence[Sequence[str]]) -> list[Float[Tensor, " k"]]:
-    """Per question: the softmax over its option labels' next-token logits after the prompt."""
-    logits = last_token_logits(model, list(prompts))
-    return [torch.softmax(row[label_token_ids(model.tokenizer, opts)], -1) for row, opts in zip(logits, labels, strict=True)]
+    """Per question: the softmax over its option labels' next-token logits after the prompt
+    (the arguments and the labels' tokens checked before the forward pass)."""
+    prompts, labels = _check_options(prompts, labels)
+    ids = [label_token_ids(model.tokenizer, opts) for opts in labels]
+    logits = last_token_logits(model, prompts)
+    return [torch.softmax(row[opts], -1) for row, opts in zip(logits, ids, strict=True)]
 
 
 def option_entropy(probs: Float[Tensor, "*batch k"]) -> Float[Tensor, "*batch"]:
@@ -306,7 +337,29 @@ def mcq_choices(probs: Sequence[Float[Tensor, " k"]]) -> Int[Tensor, " n"]:
     return torch.stack([p.argmax() for p in probs]) if probs else torch.zeros(0, dtype=torch.long)
 
 
+def _option_index(answer, i: int, n_options: int) -> int:
+    """``answers[i]`` as an int in [0, n_options) (an int, a NumPy integer or an integer 0-d
+    tensor); else an :class:`~interp_edit.errors.InvalidArgumentError` naming it and its value."""
+    try:
+        index = None if isinstance(answer, bool) else operator.index(answer)
+    except TypeError:
+        index = None
+    if index is None:
+        raise InvalidArgumentError(f"answers[{i}] must be an integer option index, got {answer!r} ({type(answer).__name__})")
+    if not 0 <= index < n_options:
+        raise InvalidArgumentError(f"answers[{i}] = {index} is not an option index: question {i} has "
+                                   f"{n_options} options (0 to {n_options - 1})")
+    return index
+
+
 def mcq_accuracy(model, prompts: Sequence[str], labels: Sequence[Sequence[str]], answers: Sequence[int]) -> float:
-    """The fraction of questions whose chosen option is ``answers[i]``."""
+    """The fraction of questions whose chosen option is ``answers[i]``: one answer per prompt,
+    an index into its labels (0 <= answers[i] < len(labels[i])); else an
+    :class:`~interp_edit.errors.InvalidArgumentError` naming ``answers[i]``, before any forward."""
+    prompts, labels = _check_options(prompts, labels)
+    answers = check_sequence(answers, "answers", nonempty=False)
+    if len(answers) != len(prompts):
+        raise InvalidArgumentError(f"answers has {len(answers)} entries for {len(prompts)} prompts: give one per prompt")
+    answers = [_option_index(answer, i, len(opts)) for i, (answer, opts) in enumerate(zip(answers, labels, strict=True))]
     chosen = mcq_choices(option_probabilities(model, prompts, labels))
-    return _mean(chosen == torch.tensor(list(answers)))
+    return _mean(chosen == torch.tensor(answers, dtype=torch.long))
