@@ -145,7 +145,7 @@ class ExperimentResult:
         if found:  # the title says so too (refitted: the note takes another line)
             from interp_edit.viz.layout import fit_layout
 
-            note = f"WARNING: {len(found)} of {len(self.batches)} batches held requests sharing one key"
+            note = collision_note(len(found), len(self.batches), "batches")
             fig.update_layout(title_text=f"{fig.layout.title.text}<br>{note}")
             fit_layout(fig)
         return fig
@@ -174,15 +174,39 @@ class ExperimentResult:
         return cls(data["settings"], data["baseline"], data["batches"], data["wall_seconds"])
 
 
+#: what a merged table appends to the row of a result that has :meth:`ExperimentResult.warnings`
+WARNING_MARK = " (WARNING)"
+
+
+def collision_note(affected: int, total: int, unit: str) -> str:
+    """The one-line note a figure's title carries when ``affected`` of ``total`` ``unit``
+    (batches of one result, cells of a sweep) held requests sharing one key."""
+    return f"WARNING: {affected} of {total} {unit} held requests sharing one key"
+
+
+def warning_lines(labelled: list[tuple[str, list[str]]]) -> list[str]:
+    """The lines a table merging several results ends with: ``WARNING: <label>: <warning>`` for
+    each warning (:meth:`ExperimentResult.warnings`) of each ``(label, warnings)``, after an empty
+    line (which ends a Markdown table); none when no result has any."""
+    lines = [f"WARNING: {label}: {w}" for label, warnings in labelled for w in warnings]
+    return ["", *lines] if lines else []
+
+
 def comparison_table(results: list[ExperimentResult], metrics: tuple[str, ...] = (
         "efficacy_score", "paraphrase_score", "neighborhood_score", "counterfact_score", "fluency",
         "multihop_accuracy", "unrelated_accuracy")) -> str:
-    """A Markdown table, one row per result: method, mode, the metrics, wall time."""
+    """A Markdown table, one row per result: method, mode, the metrics, wall time. A result with
+    warnings (requests sharing one key) has its method marked :data:`WARNING_MARK` and its
+    warnings under the table (:func:`warning_lines`)."""
     head = ["method", "mode", "n", *metrics, "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for result in results:
+    labelled = []
+    for row, result in enumerate(results, 1):
         s = result.summary()
         mode = f"sequential/{s['batch_size']}" if s["sequential"] else f"independent/{s['batch_size']}"
-        cells = [s["method"], mode, str(s["n"])] + [f"{s.get(m, math.nan):.3f}" for m in metrics] + [f"{s['wall_seconds']:.0f}"]
+        warnings = s.get("warnings", [])
+        cells = ([s["method"] + (WARNING_MARK if warnings else ""), mode, str(s["n"])]
+                 + [f"{s.get(m, math.nan):.3f}" for m in metrics] + [f"{s['wall_seconds']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        labelled.append((f"row {row} ({s['method']} {mode})", warnings))
+    return "\n".join(lines + warning_lines(labelled))

@@ -7,7 +7,8 @@
 - every ``eval_every`` batches (and after the last), all cases edited so far — in sequential
   mode on the model with every edit so far applied, the curves of papers on sequential editing;
   in independent mode the running mean of the per-batch rows;
-- a fixed sample of ``unrelated`` other cases' true facts (drift: accuracy, log-prob drop);
+- a fixed sample of ``unrelated`` other cases' true facts, about subjects no edit touches
+  (drift: accuracy, log-prob drop);
 - in sequential mode, at each checkpoint (and on the unedited model, in the baseline), the
   ``heldout_perplexity`` of a fixed held-out corpus: the butterfly-effect paper's cheap
   surrogate for model collapse. For a toy-world dataset the corpus is :data:`HELDOUT_TEXTS`
@@ -80,12 +81,35 @@ def _library_version() -> str:
 
 
 def _select(dataset, n: int | None, n_unrelated: int, seed: int) -> tuple[list, list]:
+    """The edited cases (the first ``n`` of a seeded shuffle) and the unrelated ones (drift
+    probes): the next cases of the shuffle whose probed subject (the subject of their first
+    rewrite, the fact :func:`~interp_edit.evaluation.cases.fact_probes` asks) is no edited case's
+    subject (of any of its rewrites), up to ``n_unrelated`` — another relation of an edited
+    subject is not an unrelated fact, an edit may well move it. When fewer such cases remain, a
+    ``UserWarning`` gives the count and all of them are used."""
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
     n = len(order) if n is None else n
     if not 1 <= n <= len(order):
         raise InvalidArgumentError(f"n={n} but the dataset {dataset.name!r} has {len(order)} cases")
-    return [dataset[i] for i in order[:n]], [dataset[i] for i in order[n : n + n_unrelated]]
+    edited = [dataset[i] for i in order[:n]]
+    subjects = {r.subject for case in edited for r in case.rewrites()}
+    others, skipped = [], 0
+    for i in order[n:]:
+        if len(others) == n_unrelated:
+            break
+        if dataset[i].rewrites()[0].subject in subjects:
+            skipped += 1
+        else:
+            others.append(dataset[i])
+    if len(others) < n_unrelated:
+        import warnings
+
+        warnings.warn(f"unrelated={n_unrelated}, but only {len(others)} of the {len(order) - n} cases of dataset "
+                      f"{dataset.name!r} beyond the {n} edited ones are about a subject no edit touches ({skipped} "
+                      f"skipped: facts of an edited subject are not unrelated); drift is measured on those {len(others)}",
+                      UserWarning, stacklevel=3)
+    return edited, others
 
 
 def _requests(cases: Sequence) -> list:
@@ -327,6 +351,8 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         "sequential": sequential, "eval_every": eval_every, "seed": seed, "unrelated": len(others), "fluency": fluency,
         "max_new_tokens": max_new_tokens, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "model_fingerprint": model_fingerprint(model), "case_ids": [c.case_id for c in edited],
+        # the drift probes' cases: a file whose probes were others (an earlier selection) is not resumed into
+        "unrelated_case_ids": [c.case_id for c in others],
         "library_version": _library_version(),  # results of another version are not resumed into
     }
     settings["protocol"] = protocol  # (a file of an earlier version has none: it was teacher forced)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp_edit.atomic_files import write_text_atomic
-from interp_edit.evaluation.experiment import ExperimentResult
+from interp_edit.evaluation.experiment import WARNING_MARK, ExperimentResult, warning_lines
 
 #: the metrics the merged table shows by default (those a cell lacks are blank)
 TABLE_METRICS = ("efficacy_score", "paraphrase_score", "neighborhood_score", "multihop_accuracy",
@@ -66,24 +66,29 @@ class SweepResult:
         return out
 
     def table(self, metrics: tuple[str, ...] = TABLE_METRICS) -> str:
-        """The merged summary as a Markdown table, one row per cell."""
+        """The merged summary as a Markdown table, one row per cell. A cell whose result has
+        warnings (requests sharing one key) has its status marked and its warnings under the
+        table, as :func:`~interp_edit.evaluation.comparison_table` does."""
         rows = self.rows()
         metrics = tuple(m for m in metrics if any(m in r for r in rows))
         head = ["cell", "model", "method", "config", "dataset", "seed", "mode", "status", *metrics, "wall s"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             values = [str(r["cell"]), r["model"], r["method"], r["config"] or "-", f"{r['dataset']}" +
-                      (f" (n={r['n']})" if r["n"] is not None else ""), str(r["seed"]), r["mode"], r["status"]]
+                      (f" (n={r['n']})" if r["n"] is not None else ""), str(r["seed"]), r["mode"],
+                      r["status"] + (WARNING_MARK if r.get("warnings") else "")]
             values += [f"{r[m]:.3f}" if isinstance(r.get(m), float) and not math.isnan(r[m]) else "" for m in metrics]
             values.append(f"{r['wall_seconds']:.1f}" if "wall_seconds" in r else "")
             lines.append("| " + " | ".join(values) + " |")
-        return "\n".join(lines)
+        labelled = [(f"cell {r['cell']} ({self.cells[r['cell']].label})", r.get("warnings", [])) for r in rows]
+        return "\n".join(lines + warning_lines(labelled))
 
     def __str__(self) -> str:
         return self.table()
 
     def plot(self, metrics: tuple[str, ...] = ("efficacy_score", "paraphrase_score", "neighborhood_score")):
-        """A Plotly figure: one panel per metric, one bar per finished cell (grouped by method).
+        """A Plotly figure: one panel per metric, one bar per finished cell (grouped by method);
+        cells whose batches held requests sharing one key are marked, and the title says so.
 
         >>> spec = {"models": ["toyworld"], "editors": [{"method": "ft", "config": {"steps": 5}}],
         ...         "datasets": [{"name": "toyworld-counterfact", "n": 1}], "unrelated": 2, "fluency": False}

@@ -1,12 +1,18 @@
-"""``run_sweep``: expand a grid into cells, check them all, run the unfinished ones on an
+"""``run_sweep``: expand a grid into cells, check them all, run (or resume) them on an
 executor, retry failed ones, and merge every cell's summary.
 
 A sweep's folder holds ``sweep.json`` (the spec and its cells), ``attempts.jsonl`` (one line
 per attempt of a cell: ok or the error) and ``cells/<cell id>/`` with the cell's own resumable
 ``results.jsonl`` (:func:`~interp_edit.evaluation.run_experiment`) and, once it finished,
-``summary.json``. Running the same sweep again skips finished cells and resumes unfinished
-ones after their last finished batch, so an interrupted sweep (or a killed worker) loses
-nothing.
+``summary.json``. Running the same sweep again resumes every cell through ``run_experiment``:
+an unfinished one after its last finished batch, so an interrupted sweep (or a killed worker)
+loses nothing; a finished one without editing or measuring anything again. A cell's
+``summary.json`` alone is never taken as its result: ``run_experiment``'s resume compares the
+settings its ``results.jsonl`` was written with (the model's fingerprint, the selected cases,
+the library version...) with the run's now, so a cell computed on another model (a model
+with other weights under the same name) is refused — a failed cell whose error names its folder
+and the differing settings — rather than returned as this model's result. (With the
+``processes`` or ``ray`` executor each finished cell therefore loads its model once more.)
 """
 
 from __future__ import annotations
@@ -57,17 +63,6 @@ def run_cell(cell: Cell, root: str, model=None) -> dict:
     data = result.to_dict()
     write_text_atomic(folder / SUMMARY_FILE, json.dumps(data))
     return data
-
-
-def finished(cell: Cell, root: str | Path) -> dict | None:
-    """The saved result of a finished cell, else ``None``."""
-    path = cell.folder(root) / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
 
 
 def check_out(out, name: str = "out=") -> Path:
@@ -128,13 +123,12 @@ def run_sweep(spec: SweepSpec | Mapping | str | Path, out: str | Path, *, execut
     root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(root / SPEC_FILE, json.dumps({"spec": spec.to_dict(), "cells": [c.to_dict() | {"cell_id": c.cell_id}
                                                                                    for c in cells]}, indent=1))
-    results = {c.cell_id: r for c in cells if (r := finished(c, root)) is not None}
+    results: dict[str, dict] = {}
     errors: dict[str, list[str]] = {}
     start = time.perf_counter()
-    bar = progress_bar(total=len(cells), initial=len(results), desc=f"sweep ({getattr(runner, 'name', 'custom')})",
-                       disable=not progress)
+    bar = progress_bar(total=len(cells), desc=f"sweep ({getattr(runner, 'name', 'custom')})", disable=not progress)
     try:
-        pending = [c for c in cells if c.cell_id not in results]
+        pending = list(cells)  # finished ones too: run_experiment's resume decides whether their results hold (module docstring)
         for attempt in range(1, retries + 2):
             if not pending:
                 break

@@ -1,7 +1,9 @@
 """The merged figure of a sweep: one panel per metric, one horizontal bar per finished cell.
 
 The cells are rows (their labels, e.g. ``rome layer=3 s0 ind [2]``, read horizontally on the
-shared y axis, one line each), so labels never overlap however many cells there are."""
+shared y axis, one line each), so labels never overlap however many cells there are. A cell
+whose batches held requests sharing one key has its label marked and the title says so, as an
+experiment's own figure does."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ ROW_PX = 24
 
 
 def cell_label(row: dict) -> str:
-    return " ".join(str(p) for p in (row["method"], row["config"], f"s{row['seed']}", row["mode"][:3], f"[{row['cell']}]")
-                    if p != "")
+    """A cell's row label; a cell with warnings (requests sharing one key) ends in ``WARNING_MARK``."""
+    from interp_edit.evaluation.experiment import WARNING_MARK
+
+    label = " ".join(str(p) for p in (row["method"], row["config"], f"s{row['seed']}", row["mode"][:3], f"[{row['cell']}]")
+                     if p != "")
+    return label + (WARNING_MARK if row.get("warnings") else "")
 
 
 def sweep_figure(result, metrics: Sequence[str]):
@@ -21,6 +27,7 @@ def sweep_figure(result, metrics: Sequence[str]):
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
+    from interp_edit.evaluation.experiment import collision_note
     from interp_edit.viz.layout import fit_layout
 
     rows = [r for r in result.rows() if r["status"] == "ok"]
@@ -39,7 +46,13 @@ def sweep_figure(result, metrics: Sequence[str]):
         fig.update_xaxes(title_text="value", row=1, col=col)
     fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], automargin=True, row=1, col=1)
     longest = max((len(label) for label in order), default=10)
-    fig.update_layout(title=f"Sweep: {len(rows)} finished cells of {len(result.cells)}", template="plotly_white",
+    title = f"Sweep: {len(rows)} finished cells of {len(result.cells)}"
+    # a row's warnings are its ExperimentResult.warnings(): batches that held requests sharing one key
+    colliding = [r["cell"] for r in rows if r.get("warnings")]
+    if colliding:  # as ExperimentResult.plot says it, on another line; the cells' labels are marked
+        shown = ", ".join(map(str, colliding[:5])) + (", …" if len(colliding) > 5 else "")
+        title += "<br>" + collision_note(len(colliding), len(rows), "finished cells") + f" (cell {shown})"
+    fig.update_layout(title=title, template="plotly_white",
                       width=max(600, 260 * len(metrics) + 7 * longest), height=220 + ROW_PX * len(rows),
                       margin=dict(l=int(7 * longest) + 20), barmode="overlay")
     return fit_layout(fig)
