@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 
 import torch
@@ -30,6 +29,7 @@ from interp_edit import load_model
 from interp_edit.data import load_dataset
 from interp_edit.editing import AlphaEditor, get_editor
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
+from interp_edit.evaluation.runner import select_cases
 
 HEAD = ("efficacy_score", "paraphrase_score", "neighborhood_score", "fluency")
 
@@ -152,10 +152,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     data = load_dataset("toyworld-counterfact", tokenizer=model.tokenizer, model=model)
-    order = list(range(len(data)))
-    random.Random(args.seed).shuffle(order)
-    edited = [data[i] for i in order[: args.n]]
-    probes = fact_probes([data[i] for i in order[args.n : args.n + args.unrelated]])
+    edited, others = select_cases(data, args.n, args.unrelated, args.seed)  # run_experiment's cases and drift probes
+    probes = fact_probes(others)
     batches = [edited[i : i + args.batch_size] for i in range(0, len(edited), args.batch_size)]
     print(f"cases={len(edited)} batches={len(batches)} batch_size={args.batch_size} unrelated_probes={len(probes)}", flush=True)
     config = json.loads(args.config)

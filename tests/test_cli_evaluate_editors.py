@@ -57,7 +57,7 @@ def test_memit_csk_traces_the_experiment_once_and_every_batch_shares_the_layers(
     import importlib
 
     from interp_edit.evaluation import run_experiment
-    from interp_edit.evaluation.runner import _requests, _select
+    from interp_edit.evaluation.runner import _requests, select_cases
 
     module = importlib.import_module("interp_edit.editing.methods.memit_csk")  # the package exports a function of that name
     seen, original = [], module.memit_csk
@@ -72,7 +72,7 @@ def test_memit_csk_traces_the_experiment_once_and_every_batch_shares_the_layers(
     dataset = load_dataset("toyworld-counterfact")
     result = run_experiment(toy_model, dataset, "memit_csk", n=3, unrelated=0, fluency=False, progress=False)
     assert result.summary()["n"] == 3 and len(seen) == 3
-    edited, _ = _select(dataset, 3, 0, 0)
+    edited, _ = select_cases(dataset, 3, 0, 0)
     expected = module.fix_auto_layers(toy_model, _requests(edited), {})["layers"]
     assert seen == [expected] * 3  # one window, traced over the experiment's requests, for every batch
     assert module.fix_auto_layers(toy_model, _requests(edited), {"layers": [0, 1]}) == {"layers": [0, 1]}

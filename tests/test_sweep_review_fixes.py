@@ -138,10 +138,10 @@ def _expected_unrelated(dataset, n: int, k: int, seed: int) -> list[str]:
 
 
 def test_unrelated_probes_are_no_edited_subjects_facts(toy_model):
-    from interp_edit.evaluation.runner import _select
+    from interp_edit.evaluation.runner import select_cases
 
     dataset = load_dataset("toyworld-counterfact", model=toy_model)
-    edited, others = _select(dataset, 500, 100, 0)
+    edited, others = select_cases(dataset, 500, 100, 0)
     subjects = {c.rewrite.subject for c in edited}
     assert sum(c.rewrite.subject in subjects for c in others) == 0  # was 63 of 100
     assert [c.case_id for c in others] == _expected_unrelated(dataset, 500, 100, 0)
@@ -167,7 +167,7 @@ def test_an_experiment_records_and_resumes_only_its_unrelated_cases(toy_model, t
 
 
 def test_too_few_unrelated_cases_warn_with_the_count(toy_model):
-    from interp_edit.evaluation.runner import _select
+    from interp_edit.evaluation.runner import select_cases
 
     dataset = load_dataset("toyworld-counterfact", model=toy_model)
     subject = dataset[0].rewrite.subject
@@ -179,7 +179,7 @@ def test_too_few_unrelated_cases_warn_with_the_count(toy_model):
     seed = next(s for s in range(100) if _expected_unrelated(small, 1, 3, s) == [stranger.case_id])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        edited, others = _select(small, 1, 3, seed)
+        edited, others = select_cases(small, 1, 3, seed)
     assert [c.case_id for c in others] == [stranger.case_id]
     (warning,) = [w for w in caught if issubclass(w.category, UserWarning)]
     assert "unrelated=3, but only 1 of the 3 cases" in str(warning.message) and "2 skipped" in str(warning.message)

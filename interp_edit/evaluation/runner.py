@@ -80,7 +80,7 @@ def _library_version() -> str:
     return __version__
 
 
-def _select(dataset, n: int | None, n_unrelated: int, seed: int) -> tuple[list, list]:
+def select_cases(dataset, n: int | None, n_unrelated: int, seed: int) -> tuple[list, list]:
     """The edited cases (the first ``n`` of a seeded shuffle) and the unrelated ones (drift
     probes): the next cases of the shuffle whose probed subject (the subject of their first
     rewrite, the fact :func:`~interp_edit.evaluation.cases.fact_probes` asks) is no edited case's
@@ -339,7 +339,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                            f"{', '.join(EXPERIMENT_FORMATS)} cases (commonsense statements are scored by "
                            "interp_edit.evaluation.commonsense.commonsense_scores)")
     dataset = check_tokens(dataset, model.tokenizer)
-    edited, others = _select(dataset, n, unrelated, seed)
+    edited, others = select_cases(dataset, n, unrelated, seed)
     ripple_known = None
     if dataset.format == "ripple":  # RippleEdits' filter, on the unedited model, before any edit
         from interp_edit.evaluation.ripple import known_tests_only
