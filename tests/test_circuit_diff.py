@@ -8,6 +8,7 @@ bitwise unchanged, and bad input is refused before any forward."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -129,7 +130,9 @@ def test_a_null_edit_changes_nothing(toy_model, record):
     assert torch.equal(d.before.scores, d.after.scores)
     assert d.change.abs().max().item() == 0.0 and d.top_changes(1)[0][3] == 0.0
     assert d.old_circuit == d.new_circuit and d.shared_edges == 10 and d.on_old == d.on_new
-    assert d.old_carried == pytest.approx(1.0, abs=1e-6)
+    assert d.old_margin_after == d.old_margin_before  # the old circuit carries what it carried ...
+    # ... which is nothing here (10 edges, margin ~ -7e-6): no share of it is reported
+    assert math.isnan(d.old_carried) and "does not carry the old answer" in d.old_carried_reason
 
 
 def test_a_steering_edit_marks_the_layers_attention(toy_model, record):

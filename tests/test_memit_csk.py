@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from model_state import assert_unchanged, snapshot
+from model_state import assert_unchanged, refused_before_any_forward, snapshot
 
 from interp_edit.adapter import hook_name, model_fingerprint, run_with_cache
 from interp_edit.analysis.edit_token_aie import EditTokenAIE, TokenFact, edit_token_aie
@@ -189,3 +189,22 @@ def test_auto_layers_refuse_a_flat_aie_curve(toy_model, statements):
     with pytest.raises(EditConfigError, match=r"'object_last' is flat.*min_window_effect 0.01"):
         memit_csk(toy_model, requests_of(cases), edit_token="object_last", trace_samples=3)
     assert_unchanged(toy_model, state)
+
+
+def test_auto_layers_leave_out_requests_whose_edit_token_is_before_the_subject(toy_model):
+    """An edit token before the subject cannot be traced (the noise starts at the subject): the
+    window is traced over the other requests, and refused by name when none is left."""
+    from interp_edit.editing.methods.memit_csk import trace_layer_window
+
+    cfg = MEMITCSKConfig.for_model(toy_model, trace_samples=2)
+    after = EditRequest("{} was born in", "Talvik Corlo", "Gemmel", verb="was born in")
+    before = EditRequest("As for being born in, {} was born in", "Korwa Drarin", "Gemmel", verb="being born in")
+    fp = model_fingerprint(toy_model)
+    mixed = prepare_requests(toy_model, [before, after], fp, edit_token="verb_last")
+    assert mixed[0].edit_position < mixed[0].subject_span[0] and mixed[1].edit_position >= mixed[1].subject_span[1]
+    layers, info = trace_layer_window(toy_model, mixed, cfg)
+    alone = trace_layer_window(toy_model, mixed[1:], cfg)
+    assert info["n_facts"] == 1 and layers == alone[0] and info["mlp_mediated"] == alone[1]["mlp_mediated"]
+    only_before = prepare_requests(toy_model, [before], fp, edit_token="verb_last")
+    with refused_before_any_forward(toy_model), pytest.raises(EditConfigError, match="comes before the subject in every traced"):
+        trace_layer_window(toy_model, only_before, cfg)

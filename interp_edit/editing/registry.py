@@ -115,3 +115,29 @@ def edit(model, requests, method: str = "rome", *, config=None, apply: bool = Fa
     if apply:
         result.apply(model)
     return result
+
+
+def check_editor_config(model, method, config) -> dict:
+    """``config`` (the editor's config fields, and keyword arguments of its function such as
+    ``corpus``) as a dict, after resolving its fields against ``model`` as the editor does
+    (:func:`~interp_edit.editing.config.resolve`: the model's preset with the fields on top): an
+    unknown method, a config that is not a mapping, an unknown field or a bad value (a layer the
+    model lacks included) raises here, before any evaluation or file. The editor still gets the
+    dict itself, so a valid config computes as before."""
+    import inspect
+    from collections.abc import Mapping
+
+    from interp_edit.editing.config import resolve
+    from interp_edit.errors import InvalidArgumentError
+    from interp_edit.validation import check_str
+
+    check_str(method, "method")
+    editor = get_editor(method)
+    config = {} if config is None else config
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(f"config must be a dict of {editor.config_class.__name__} fields, "
+                                   f"got {config!r:.80} ({type(config).__name__})")
+    config = dict(config)
+    keywords = {name for name, p in inspect.signature(editor.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    resolve(editor.config_class, model, None, {k: v for k, v in config.items() if k not in keywords})
+    return config

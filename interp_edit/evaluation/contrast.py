@@ -44,7 +44,8 @@ from interp_edit.validation import check_int, check_real, check_sequence
 __all__ = ["DIRECTIONS", "MODULES", "ContrastResult", "contrast_study", "contrast_from_records"]
 
 RESULTS_FILE = "contrast.jsonl"
-#: below this many edits in the smaller group, :meth:`ContrastResult.summary` warns
+#: below this many edits in the smaller group a defined contrast warns
+#: (:attr:`ContrastResult.small_group_warning`: its repr, summary and every figure title)
 SMALL_GROUP = 5
 
 
@@ -88,6 +89,17 @@ class ContrastResult:
     @property
     def defined(self) -> bool:
         return self.undefined_reason is None
+
+    @property
+    def small_group_warning(self) -> str | None:
+        """The warning of a defined contrast whose smaller group has fewer than
+        :data:`SMALL_GROUP` edits (``None`` otherwise); the repr, :meth:`summary` and every
+        figure title carry it."""
+        smaller = min(self.n_success, self.n_failure)
+        if not self.defined or smaller >= SMALL_GROUP:
+            return None
+        return (f"only {smaller} in the smaller group: its mean is that of a few edits and the bootstrap "
+                "intervals hardly reflect its spread")
 
     @property
     def label(self) -> str:
@@ -153,9 +165,8 @@ class ContrastResult:
         if not self.defined:
             return f"{head}; contrast undefined: {self.undefined_reason}"
         p = self.pattern()
-        if min(self.n_success, self.n_failure) < SMALL_GROUP:
-            head += (f" [only {min(self.n_success, self.n_failure)} in the smaller group: its mean is that of a few edits "
-                     "and the bootstrap intervals hardly reflect its spread]")
+        if self.small_group_warning is not None:
+            head += f" [{self.small_group_warning}]"
         return (f"{head}; leverage attn promote_new late {p['attn_promote_late']:+.3f} / early {p['attn_promote_early']:+.3f}, "
                 f"suppress_old attn {p['attn_suppress']:+.3f} ffn {p['ffn_suppress']:+.3f}; "
                 f"top attn promote layers {self.top_layers(k=2)}")
@@ -168,13 +179,17 @@ class ContrastResult:
         if not self.defined:
             return short_repr("ContrastResult", **fields, undefined=repr(self.undefined_reason))
         p = self.pattern()
-        return short_repr("ContrastResult", **fields, attn_promote_late=number(p["attn_promote_late"], 3),
+        warning = self.small_group_warning
+        return short_repr("ContrastResult", WARNING=None if warning is None else repr(warning), **fields,
+                          attn_promote_late=number(p["attn_promote_late"], 3),
                           attn_promote_early=number(p["attn_promote_early"], 3), attn_suppress=number(p["attn_suppress"], 3),
                           ffn_suppress=number(p["ffn_suppress"], 3))
 
     def plot(self, view: str = "panels"):
         """A Plotly figure: ``panels`` (success / failure / leverage maps side by side),
-        ``leverage`` (profile with bootstrap error bars), ``margins`` (efficacy margins by group).
+        ``leverage`` (profile with bootstrap error bars), ``margins`` (the efficacy margins on the
+        rewrite prompt, successes and failures: the same whatever ``group``). Every title says
+        when the contrast is undefined and carries :attr:`small_group_warning`.
 
         >>> fig = contrast_study(model, "rome", records[:2], n_boot=10, progress=False).plot("margins")
         """

@@ -183,7 +183,11 @@ def multihop_edit_scores(model, cases: Sequence[MultiHopEditCase]) -> list[dict]
 
 def mark_known_chains(model, cases: Sequence[MultiHopEditCase]) -> list[MultiHopEditCase]:
     """The cases with ``knew_chain`` set: whether the (unedited) ``model`` answers the case's
-    chain with the old answer by any of its phrasings."""
+    chain with the old answer by any of its phrasings. Every case is checked first, as in
+    :func:`multihop_edit_scores`."""
+    cases = check_records(cases, "cases", MultiHopEditCase,
+                          fields=("case_id", "edit_questions", "heldout_questions", "answer"),
+                          hint="build the cases with toy_multihop_edit_cases(world)")
     batch = _Batch()
     index = [batch.add(c.edit_questions + c.heldout_questions, c.answer) for c in cases]
     scores = score_continuations(model, batch.prompts, batch.targets)

@@ -49,6 +49,21 @@ def toy_ripple_cases(world, n: int | None = None, *, people_per_city: int = 5, s
     return [parse_ripple(r, Where("toyworld-ripple", i)) for i, r in enumerate(records)]
 
 
+def _check_cases(cases, fields: Sequence[str], *, nonempty: bool = False) -> list[RippleCase]:
+    """``cases`` as a list of :class:`RippleCase` whose ``fields`` are checked, before any
+    forward (:func:`~interp_edit.validation.check_records`: a bad case raises
+    :class:`~interp_edit.errors.InvalidArgumentError` naming its index and field; ``nonempty``:
+    an empty list too)."""
+    from interp_edit.errors import InvalidArgumentError
+    from interp_edit.validation import check_records
+
+    hint = "load them with toy_ripple_cases(world) or load_dataset('toyworld-ripple')"
+    cases = check_records(cases, "cases", RippleCase, fields=fields, hint=hint)
+    if nonempty and not cases:
+        raise InvalidArgumentError(f"cases is empty: no RippleCase to edit; {hint}")
+    return cases
+
+
 def _answered(model, cases: Sequence[RippleCase], before: bool) -> list[list[bool]]:
     """Per case, per test: answered right (any phrasing; ``before``: the pre-edit answer)."""
     from interp_edit.evaluation.metrics import answered, any_phrasing_right
@@ -83,10 +98,7 @@ def ripple_scores(model, cases: Sequence[RippleCase], *, before: bool = False) -
     the answers the tests had before the edit (run it on the unedited model to find the facts
     it knew). Every case is checked first (a bad one raises
     :class:`~interp_edit.errors.InvalidArgumentError` naming its index and field)."""
-    from interp_edit.validation import check_records
-
-    cases = check_records(cases, "cases", RippleCase, fields=("case_id", "edit_kind", "tests"),
-                          hint="load them with toy_ripple_cases(world) or load_dataset('toyworld-ripple')")
+    cases = _check_cases(cases, ("case_id", "edit_kind", "tests"))
     return [{"case_id": c.case_id, "edit_kind": c.edit_kind, **_by_kind(c, flags)}
             for c, flags in zip(cases, _answered(model, cases, before), strict=True)]
 
@@ -161,22 +173,25 @@ def ripple_study(model, method: str, cases: Sequence[RippleCase], *, config: dic
     """Edit each case on its own with ``method`` (``config``: its fields), score its tests
     after the edit and undo it. Accuracy counts only the tests the unedited model answered
     right before (RippleEdits' filter); ``efficacy`` is the edited fact answered with its new
-    object. The model is unchanged afterwards.
+    object. The model is unchanged afterwards. The cases (a non-empty list of
+    :class:`RippleCase`), the method and its config are checked before any forward.
 
     >>> res = ripple_study(model, "rome", toy_ripple_cases(world, n=2), config={"steps": 5})
     >>> len(res.rows), res.rows[0]["edit_kind"]
     (2, 'person')
     """
     from interp_edit.editing import edit
+    from interp_edit.editing.registry import check_editor_config
     from interp_edit.evaluation.metrics import answered
 
-    cases = list(cases)
+    cases = _check_cases(cases, ("case_id", "edit_kind", "rewrite", "tests"), nonempty=True)
+    config = check_editor_config(model, method, config)  # the method by the registry's lookup, its fields resolved
     knew = _answered(model, cases, before=True)
     known = {kind: sum(k for c, flags in zip(cases, knew, strict=True) for t, k in zip(c.tests, flags, strict=True)
                        if t.kind == kind) for kind in RIPPLE_KINDS}
     rows = []
     for case, keep in zip(cases, knew, strict=True):
-        e = edit(model, [case.rewrite.as_dict()], method, **(config or {}))
+        e = edit(model, [case.rewrite.as_dict()], method, **config)
         with e.applied(model):
             flags = _answered(model, [case], before=False)[0]
             efficacy = float(answered(model, [case.rewrite.text], [[case.rewrite.target_new]])[0])

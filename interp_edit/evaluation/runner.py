@@ -48,18 +48,19 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from interp_edit.atomic_files import atomic_path, write_text_atomic
+from interp_edit.editing.registry import check_editor_config
 from interp_edit.errors import DatasetError, ExperimentError, InvalidArgumentError
 from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
 from interp_edit.evaluation.experiment import ExperimentResult
 from interp_edit.evaluation.generation import DEFAULT_GEN_TOKENS, check_gen_tokens, check_protocol
 from interp_edit.progress import progress_bar
-from interp_edit.validation import check_int, check_str
+from interp_edit.validation import check_int
 
 RESULTS_FILE = "results.jsonl"
 #: the case formats :func:`evaluate_cases` measures
@@ -168,30 +169,6 @@ def _check_heldout(model, texts) -> list[str]:
         if len(ids) > model.cfg.n_ctx:
             raise InvalidArgumentError(f"heldout_texts[{i}] is {len(ids)} tokens with BOS; the model's context is {model.cfg.n_ctx}")
     return list(texts)
-
-
-def _check_config(model, method, config) -> dict:
-    """``config`` (the editor's config fields, and keyword arguments of its function such as
-    ``corpus``) as a dict, after resolving its fields against ``model`` as the editor does
-    (:func:`~interp_edit.editing.config.resolve`: the model's preset with the fields on top): an
-    unknown method, an unknown field or a bad value (a layer the model lacks included) raises
-    here, before any evaluation or file. The editor still gets the dict itself, so a valid
-    config computes as before."""
-    import inspect
-
-    from interp_edit.editing.config import resolve
-    from interp_edit.editing.registry import get_editor
-
-    check_str(method, "method")
-    editor = get_editor(method)
-    config = {} if config is None else config
-    if not isinstance(config, Mapping):
-        raise InvalidArgumentError(f"config must be a dict of {editor.config_class.__name__} fields, "
-                                   f"got {config!r:.80} ({type(config).__name__})")
-    config = dict(config)
-    keywords = {name for name, p in inspect.signature(editor.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    resolve(editor.config_class, model, None, {k: v for k, v in config.items() if k not in keywords})
-    return config
 
 
 class _Session:
@@ -326,7 +303,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
             raise InvalidArgumentError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     check_protocol(protocol)
     check_gen_tokens(gen_tokens)
-    config = _check_config(model, method, config)  # before any evaluation or file: a bad field fails here
+    config = check_editor_config(model, method, config)  # before any evaluation or file: a bad field fails here
     if heldout_texts is not None:
         heldout_texts = _check_heldout(model, heldout_texts)
     from interp_edit.toyworld.model_world import check_same_world

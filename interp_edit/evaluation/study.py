@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +164,9 @@ def gap_ripple_study(model, methods: Sequence[str] = ("rome", "memit", "alphaedi
                      config: dict[str, dict] | None = None, progress: bool = False) -> GapRippleStudy:
     """Run the study (module docstring) on ``model`` (a toy-world model). ``max_n`` caps every
     run's length (a quick look; the published points need none); ``config``: per method, its
-    config fields. The model is unchanged afterwards.
+    config fields (a dict whose keys are among ``methods``: settings of a method not run are
+    refused, not ignored). Every argument, each method's config resolved against the model
+    included, is checked before any compute. The model is unchanged afterwards.
 
     >>> study = gap_ripple_study(model, ["rome"], max_n=1, config={"rome": {"steps": 3}})
     >>> study.point("rome", "toyworld-counterfact", 1)["gen_efficacy_exact"]
@@ -172,7 +174,8 @@ def gap_ripple_study(model, methods: Sequence[str] = ("rome", "memit", "alphaedi
     >>> study.save("study")                                 # one JSON per method
     [PosixPath('study/rome.json')]
     """
-    from interp_edit.editing.registry import editors
+    from interp_edit.editing.registry import check_editor_config, editors
+    from interp_edit.errors import InterpEditError
     from interp_edit.evaluation.runner import run_experiment
 
     known = editors()
@@ -181,6 +184,19 @@ def gap_ripple_study(model, methods: Sequence[str] = ("rome", "memit", "alphaedi
             raise InvalidArgumentError(f"methods: unknown method {method!r}; known: {sorted(known)}")
     if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1):
         raise InvalidArgumentError(f"max_n must be an integer >= 1, got {max_n!r}")
+    if config is not None and not isinstance(config, Mapping):
+        raise InvalidArgumentError(f"config must be a dict {{method: {{field: value}}}} for the methods {list(methods)}, "
+                                   f"got {config!r:.80} ({type(config).__name__})")
+    config = dict(config or {})
+    for key in config:
+        if key not in methods:
+            raise InvalidArgumentError(f"config: key {key!r} is not one of the methods run {list(methods)}; "
+                                       "its settings would be ignored")
+    for method in methods:
+        try:
+            config[method] = check_editor_config(model, method, config.get(method))
+        except InterpEditError as err:
+            raise type(err)(f"config[{method!r}]: {err}") from None
     runs: dict[str, list[dict]] = {}
     for method in methods:
         runs[method] = []
@@ -190,7 +206,7 @@ def gap_ripple_study(model, methods: Sequence[str] = ("rome", "memit", "alphaedi
                 continue  # capped by max_n to a run already made
             start = time.perf_counter()
             res = run_experiment(model, dataset, method, n=n, sequential=mode == "sequential", eval_every=n,
-                                 progress=progress, config=(config or {}).get(method), **STUDY_SETTINGS)
+                                 progress=progress, config=config[method], **STUDY_SETTINGS)
             runs[method].append({"dataset": dataset, "mode": mode, "n": n, "metrics": res.final_metrics(),
                                  "baseline": res.baseline, "ripple_known_tests": res.settings.get("ripple_known_tests"),
                                  "wall_s": round(time.perf_counter() - start, 1)})

@@ -102,12 +102,16 @@ def attribution_diff_figure(result, view: str = "heatmap", group: str = "edit") 
 
 
 def contrast_figure(result, view: str = "panels") -> go.Figure:
-    """Figures of a :class:`~interp_edit.evaluation.contrast.ContrastResult`."""
+    """Figures of a :class:`~interp_edit.evaluation.contrast.ContrastResult`. Every title ends
+    with the notes of the result: the contrast undefined (and why), a small group
+    (:attr:`~interp_edit.evaluation.contrast.ContrastResult.small_group_warning`)."""
     if view not in CONTRAST_VIEWS:
         raise InvalidArgumentError(f"view must be one of {CONTRAST_VIEWS}, got {view!r}")
     counts = f"{result.n_success} successes, {result.n_failure} failures"
     head = f"{result.label}, {result.group} prompts, {counts}"
-    undefined = "" if result.defined else f" — contrast undefined: {result.undefined_reason}"
+    small = result.small_group_warning
+    notes = (("" if result.defined else f" — contrast undefined: {result.undefined_reason}")
+             + ("" if small is None else f"<br><b>WARNING: {small}</b>"))
     n_layers = result.n_layers
     if view == "panels":
         cols = ("successes", "failures", "leverage")
@@ -119,7 +123,7 @@ def contrast_figure(result, view: str = "panels") -> go.Figure:
             maps = (result.success_mean, result.failure_mean, result.leverage)
             for c, values in enumerate(maps):
                 fig.add_trace(diff_heatmap(values[:, :, d], "coloraxis2" if c == 2 else "coloraxis"), row=d + 1, col=c + 1)
-        fig.update_layout(title=f"Mean after − before diffs (leverage = successes − failures): {head}{undefined}", height=300 + 90 * n_layers, width=1200,
+        fig.update_layout(title=f"Mean after − before diffs (leverage = successes − failures): {head}{notes}", height=300 + 90 * n_layers, width=1200,
                           coloraxis=diverging_axis(bound), coloraxis2=diverging_axis(lev_bound, "Δ log p(target)"))
         return fit_layout(fig)
     if view == "leverage":
@@ -137,12 +141,14 @@ def contrast_figure(result, view: str = "panels") -> go.Figure:
             fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1, col=d + 1)
             fig.update_xaxes(title_text="layer", dtick=1, row=1, col=d + 1)
         fig.update_yaxes(title_text="success − failure (Δ log p)", row=1, col=1)
-        fig.update_layout(title=f"Leverage profile with {result.ci:.0%} bootstrap intervals: {head}{undefined}",
+        fig.update_layout(title=f"Leverage profile with {result.ci:.0%} bootstrap intervals: {head}{notes}",
                           height=450, width=1100)
         return fit_layout(fig)
     fig = go.Figure()
     for label, mask in (("success", result.success), ("failure", ~result.success)):
         fig.add_trace(go.Histogram(x=result.margins[mask].tolist(), name=label, opacity=0.7, nbinsx=30))
-    fig.update_layout(title=f"Efficacy margin after the edit (mean log p(new) − log p(true)): {head}", barmode="overlay",
+    # the margins (and the success split) are measured on the rewrite prompt, whatever the group
+    fig.update_layout(title=f"Efficacy margin on the rewrite prompt after the edit (mean log p(new) − log p(true)): "
+                            f"{result.label}, {counts}{notes}", barmode="overlay",
                       xaxis_title="margin", yaxis_title="edits", height=420, width=800)
     return fit_layout(fig)

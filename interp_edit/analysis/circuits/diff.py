@@ -52,7 +52,17 @@ run (faithfulness 0, and ``old_carried`` undefined).
   ``logprob``: of the old answer) and ``M(C)`` the clean run with every edge outside ``C``
   patched from the corrupted run (as faithfulness). 1: the old circuit's edges deliver the
   old answer as before; 0: they deliver no more than the corrupted run; negative: they now
-  push the new answer. It is ``nan`` where the unedited margin is 0.
+  push the new answer. Both margins are signed in the *old* answer's favour (> 0: the circuit's
+  edges raise the old answer above the corrupted run), so the ratio means something only where
+  the denominator is a margin the old circuit really carries: ``old_carried`` is ``nan``, with
+  the reason in :attr:`CircuitDiffResult.old_carried_reason` (the repr's ``WARNING=`` and the
+  figure titles, as :class:`~interp_edit.analysis.gap.ScoreGap`'s warnings), where the unedited
+  margin ``M'_unedited(C_old) − M'_unedited(corrupted)`` is <= 0 (the old circuit does not carry
+  the old answer: two negative margins would read as a positive share) or where the old
+  circuit's faithfulness for the old answer (that margin over the old answer's clean −
+  corrupted gap; with ``logit_diff`` equal to ``old_faithfulness``) is below
+  :data:`OLD_CARRIED_FLOOR` (the circuit carries so little of the old answer that the ratio
+  divides by noise: a margin of 0.43 falling to −2.7 would read −6.4).
 
 The edit is applied only inside this call (``with edit.applied(model)``) and undone before it
 returns, also on an exception; every argument is checked before any forward.
@@ -78,6 +88,10 @@ from interp_edit.errors import EditApplicationError, InvalidArgumentError
 #: the metrics a circuit diff scores (``kl`` has no answer, so no old / new orientation)
 DIFF_METRICS = tuple(m for m in METRICS if m != "kl")
 SELECTIONS = ("top_n", "greedy")
+#: the least faithfulness (for the old answer, on the unedited model) an old circuit needs for
+#: ``old_carried`` to be reported: below it the old circuit is not the old answer's circuit and
+#: the ratio of its margins divides by noise
+OLD_CARRIED_FLOOR = 0.1
 
 
 @dataclass
@@ -118,6 +132,10 @@ class CircuitDiffResult:
     #: M'(C_old) − M'(corrupted) for the old answer, on the unedited and the edited model
     old_margin_before: float
     old_margin_after: float
+    #: faithfulness of ``C_old`` for the old answer (against the new) on the unedited model:
+    #: ``old_margin_before`` over the old answer's clean − corrupted gap (``logit_diff``: equal
+    #: to ``old_faithfulness``)
+    old_answer_faithfulness: float
     replacement: str | None = None
     settings: dict = field(default_factory=dict)
 
@@ -126,9 +144,23 @@ class CircuitDiffResult:
         return self.before.graph
 
     @property
+    def old_carried_reason(self) -> str | None:
+        """Why ``old_carried`` is undefined (``None`` when it is reported): the unedited old
+        circuit does not carry the old answer (margin <= 0) or carries less than
+        :data:`OLD_CARRIED_FLOOR` of it (see the module docstring)."""
+        if not self.old_margin_before > 0:
+            return (f"old_carried undefined: the old circuit does not carry the old answer "
+                    f"(unedited margin {self.old_margin_before:.3g} <= 0)")
+        if not self.old_answer_faithfulness >= OLD_CARRIED_FLOOR:
+            return (f"old_carried undefined: the old circuit's faithfulness for the old answer "
+                    f"{self.old_answer_faithfulness:.3g} is below {OLD_CARRIED_FLOOR:g}")
+        return None
+
+    @property
     def old_carried(self) -> float:
-        """The share of the old circuit still carrying the old answer (module docstring)."""
-        if abs(self.old_margin_before) < 1e-12:
+        """The share of the old circuit still carrying the old answer (module docstring);
+        ``nan`` when :attr:`old_carried_reason` says why it is undefined."""
+        if self.old_carried_reason is not None:
             return math.nan
         return self.old_margin_after / self.old_margin_before
 
@@ -173,7 +205,9 @@ class CircuitDiffResult:
             return "{" + ", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in on.items()) + "}"
 
         top = "; ".join(f"{n} {number(c, 3)}" for n, _, _, c in self.top_changes(3))
-        return short_repr("CircuitDiffResult", method=repr(self.method),
+        reason = self.old_carried_reason
+        return short_repr("CircuitDiffResult", WARNING=None if reason is None else repr(reason),
+                          method=repr(self.method),
                           request=f"{self.request} of {self.n_requests}",
                           targets=f"({self.targets[1]!r} -> {self.targets[0]!r})",
                           edges=f"{self.n_edges}/{self.graph.n_edges} shared {self.shared_edges}",
@@ -209,6 +243,8 @@ class CircuitDiffResult:
             faith = self.old_faithfulness if view == "old" else self.new_faithfulness
             fig = circuit_figure(scores, order[:self.n_edges], f"{view} circuit ({'before' if view == 'old' else 'after'} "
                                  f"the edit): {self.n_edges} edges, faithfulness {faith:.3f}, {who}")
+        if self.old_carried_reason is not None:
+            fig.update_layout(title_text=f"{fig.layout.title.text}<br><b>WARNING: {self.old_carried_reason}</b>")
         return self._mark_edited(fig)
 
     def _mark_edited(self, fig):
@@ -240,7 +276,9 @@ class CircuitDiffResult:
                     edited_nodes=list(self.edited_nodes), on_old=self.on_old, on_new=self.on_new,
                     old_faithfulness=self.old_faithfulness, new_faithfulness=self.new_faithfulness,
                     old_margin_before=self.old_margin_before, old_margin_after=self.old_margin_after,
+                    old_answer_faithfulness=self.old_answer_faithfulness,
                     old_carried=None if math.isnan(self.old_carried) else self.old_carried,
+                    old_carried_reason=self.old_carried_reason,
                     old_circuit=self.old_circuit, new_circuit=self.new_circuit,
                     top_changes=[list(row) for row in self.top_changes(50)], settings=self.settings,
                     before=self.before.to_dict(), after=self.after.to_dict())
@@ -442,18 +480,19 @@ def circuit_diff(
         task_old = prepare_task(model, clean, corrupted, old, new, metric)
         f_old, m_clean, m_corrupt = faithfulness_curve(model, task_old, graph, old_order,
                                                        [min(n_edges, len(old_order))], max_rows or 64)
-        return scores, order, faith, f_old[0] * (m_clean - m_corrupt)
+        return scores, order, faith, f_old[0] * (m_clean - m_corrupt), f_old[0]
 
-    before, old_order, old_faith, margin_before = measure()
+    before, old_order, old_faith, margin_before, old_answer_faith = measure()
     with edit.applied(model):
-        after, new_order, new_faith, margin_after = measure(order_from=old_order)
+        after, new_order, new_faith, margin_after, _ = measure(order_from=old_order)
     n_kept = min(n_edges, len(old_order), len(new_order))
     return CircuitDiffResult(
         before=before, after=after, n_edges=n_kept, selection=selection, old_order=old_order, new_order=new_order,
         method=str(getattr(edit, "method", "edit")), request=request, n_requests=n_requests, targets=(new, old),
         edited_layers=layers, edited_nodes=nodes, on_old=_on_circuit(graph, old_order, n_kept, nodes),
         on_new=_on_circuit(graph, new_order, n_kept, nodes), old_faithfulness=old_faith, new_faithfulness=new_faith,
-        old_margin_before=margin_before, old_margin_after=margin_after, replacement=chosen,
+        old_margin_before=margin_before, old_margin_after=margin_after, old_answer_faithfulness=old_answer_faith,
+        replacement=chosen,
         settings=dict(method=method, ig_steps=ig_steps, metric=metric, paraphrases=paraphrases, seed=seed,
                       max_rows=max_rows, model_fingerprint=found))
 

@@ -140,8 +140,14 @@ class MEMITCSKConfig(MEMITConfig):
 def trace_layer_window(model, treqs: list[TokenizedRequest], cfg: MEMITCSKConfig) -> tuple[tuple[int, ...], dict]:
     """The layer window from the AIE at the edit token of the first ``trace_samples`` requests,
     and the AIE curves (for ``edit.info``)."""
+    sampled = treqs[: cfg.trace_samples]
+    # an edit token before the subject cannot be traced (the noise starts at the subject): those requests are left out
     facts = [TokenFact(r.request.text, r.request.subject, r.request.target_true, r.edit_position)
-             for r in treqs[: cfg.trace_samples]]
+             for r in sampled if r.edit_position >= r.subject_span[0]]
+    if not facts:
+        raise EditConfigError(f"field 'layers' is 'auto' but the edit token {cfg.edit_token!r} comes before the subject in "
+                              f"every traced request {[r.index for r in sampled]}: nothing to trace; give the layers "
+                              "explicitly")
     try:
         aie = edit_token_aie(model, facts, noise=cfg.trace_noise, samples=cfg.trace_noise_samples, seed=cfg.seed)
     except InvalidArgumentError as err:
