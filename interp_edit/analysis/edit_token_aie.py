@@ -8,6 +8,11 @@ same noise draws: ``hidden`` restores the residual ``h^l`` at the chosen positio
 does the same while the MLP outputs of all later layers at that position stay at their
 corrupted values. Their difference, ``mlp_mediated = hidden − severed``, is the part of the
 effect that needs the later MLPs.
+
+Every fact's traces draw their noise from the call's ``seed``, as the authors' code draws every
+trace's from ``RandomState(1)`` (and as :func:`~interp_edit.analysis.aie.average_indirect_effect`
+does): a fact is corrupted the same way wherever it stands in the list, so the result does not
+depend on the facts' order.
 """
 
 from __future__ import annotations
@@ -124,8 +129,9 @@ class EditTokenAIE:
 
 def check_token_facts(model, facts: Sequence[TokenFact]) -> list[int]:
     """Every fact is a :class:`TokenFact` of strings whose subject occurs in its prompt and whose
-    ``position`` is one of the prompt's tokens; the error names the fact's index. Nothing is run.
-    Returns each prompt's token count."""
+    ``position`` is one of the prompt's tokens at or after the subject's first token (the
+    corruption of the subject cannot reach a position before it); the error names the fact's
+    index. Nothing is run. Returns each prompt's token count."""
     if isinstance(facts, (str, TokenFact)) or not isinstance(facts, Sequence) or not facts:
         raise InvalidArgumentError(f"facts must be a non-empty list of TokenFact, got {facts!r}")
     lengths = []
@@ -134,14 +140,19 @@ def check_token_facts(model, facts: Sequence[TokenFact]) -> list[int]:
             raise InvalidArgumentError(f"facts[{i}]: expected a TokenFact, got {type(fact).__name__}")
         try:
             check_str(fact.target, "target", optional=True)
-            n = len(tokenize_with_subject(model.tokenizer, check_str(fact.prompt, "prompt"),
-                                          check_str(fact.subject, "subject")).tokens)
+            tok = tokenize_with_subject(model.tokenizer, check_str(fact.prompt, "prompt"),
+                                        check_str(fact.subject, "subject"))
             check_int(fact.position, "position", minimum=0)
         except InterpEditError as err:
             raise type(err)(f"facts[{i}]: {err}") from None
+        n, start = len(tok.tokens), tok.subject_span[0]
         if fact.position >= n:
             raise InvalidArgumentError(f"facts[{i}]: position {fact.position} is past the prompt's last token "
                                        f"({n} tokens: {fact.prompt!r})")
+        if fact.position < start:
+            raise InvalidArgumentError(f"facts[{i}]: position {fact.position} is before the subject {fact.subject!r} "
+                                       f"(its first token is at {start}): the corruption cannot reach it; choose a "
+                                       "position at or after the subject's first token")
         lengths.append(n)
     return lengths
 
@@ -152,11 +163,12 @@ def edit_token_aie(model, facts: Sequence[TokenFact], *, noise: float = 3.0, sam
                    memory_budget: int | float | None = None, merge: str = "auto",
                    kernels: str = "transformer_lens") -> EditTokenAIE:
     """AIE per layer at each fact's ``position`` (see the module docstring). Facts the model gets
-    wrong, and facts whose position lies before the subject (the corruption cannot reach it),
-    are skipped and listed. The noise scale is 3 × the std of the embeddings of all the facts'
-    subject tokens unless ``embedding_std`` is given (as in ROME). ``max_rows``,
-    ``memory_budget``, ``merge`` and ``kernels`` are :func:`causal_trace`'s. Every fact and
-    setting is checked before any forward.
+    wrong are skipped and listed; a position before the subject (the corruption cannot reach
+    it) is refused (:func:`check_token_facts`). Every fact's noise comes from ``seed`` (the
+    module docstring), so the facts' order does not matter. The
+    noise scale is 3 × the std of the embeddings of all the facts' subject tokens unless
+    ``embedding_std`` is given (as in ROME). ``max_rows``, ``memory_budget``, ``merge`` and
+    ``kernels`` are :func:`causal_trace`'s. Every fact and setting is checked before any forward.
 
     >>> from interp_edit.analysis.edit_token_aie import TokenFact
     >>> facts = [TokenFact("Talvik Corlo was born in", "Talvik Corlo", "Karsa", position=4),  # "born"
@@ -186,13 +198,9 @@ def _average(model, facts, noise, samples, seed, embedding_std, max_rows, budget
             skipped.append(dict(index=i, prompt=fact.prompt, reason="the model does not predict the target"))
             continue
         traces = [causal_trace(model, fact.prompt, fact.subject, fact.target, kinds=("hidden",), noise=noise,
-                               samples=samples, severed=cut, seed=seed + i, embedding_std=std, max_rows=max_rows,
-                               memory_budget=budget, merge=merge)
+                               samples=samples, severed=cut, seed=seed, embedding_std=std,
+                               max_rows=max_rows, memory_budget=budget, merge=merge)
                   for cut in (None, "mlp")]
-        if not traces[0].subject_span[0] <= fact.position < len(traces[0].tokens):
-            skipped.append(dict(index=i, prompt=fact.prompt,
-                                reason=f"position {fact.position} is not at or after the subject's first token"))
-            continue
         hidden.append(traces[0].indirect_effects[0, :, fact.position])
         severed.append(traces[1].indirect_effects[0, :, fact.position])
         clean.append(traces[0].clean_score)

@@ -123,9 +123,9 @@ def _mlp_restoration_row(model, traced: Sequence[TokenizedRequest], cfg: Subject
                          std: float) -> list[float]:
     """Per subject offset: the MLP-output restoration effect at ``layers``, averaged over the requests."""
     total = None
-    for i, r in enumerate(traced):
+    for r in traced:
         trace = causal_trace(model, r.request.text, r.request.subject, None, kinds=("mlp",), window=1,
-                             samples=cfg.token_trace_noise_samples, seed=cfg.seed + i, embedding_std=std)
+                             samples=cfg.token_trace_noise_samples, seed=cfg.seed, embedding_std=std)
         start, end = trace.subject_span
         row = trace.indirect_effects[0][list(layers)][:, start:end].mean(0)
         total = row if total is None else total + row

@@ -242,7 +242,7 @@ def localization_vs_editing(model, method: str, requests, *, layers: Sequence[in
     effects, kept, skipped = [], [], []
     for i, fact in enumerate(facts):
         try:
-            traced = edit_token_aie(model, [fact], noise=noise, samples=samples, seed=seed + i, embedding_std=std)
+            traced = edit_token_aie(model, [fact], noise=noise, samples=samples, seed=seed, embedding_std=std)
         except InvalidArgumentError:
             skipped.append({"case_id": cases[i].case_id, "reason": "the model does not predict the true target"})
             continue
