@@ -106,8 +106,9 @@ def test_layers_are_the_pathway_ranking_of_the_multihop_prompts(toy_model, cases
 
 
 def test_no_pathway_to_choose_query_layers_from_is_refused_by_name(toy_model, cases, monkeypatch):
-    import interp_edit.analysis.pathways as pathways
     from types import SimpleNamespace
+
+    import interp_edit.analysis.pathways as pathways
 
     monkeypatch.setattr(pathways, "qv_pathways", lambda *a, **k: SimpleNamespace(query_layers=[], value_layers=[3, 4]))
     rows = prepare_ace_requests(toy_model, [cases[0].ace_request()], model_fingerprint(toy_model))

@@ -90,8 +90,8 @@ def test_a_replaced_cache_file_is_read_again(toy_model, tmp_path):
 
 
 def test_a_cache_file_written_in_float32_is_read_as_float64(toy_model, tmp_path):
-    from interp_edit.statistics.collect import load_cache_file, moment_checksum
     from interp_edit.errors import StatisticsMismatchError
+    from interp_edit.statistics.collect import load_cache_file, moment_checksum
 
     clear_statistics_cache(toy_model)
     texts = ["Korwa Drarin plays the harp.", "Talvik Corlo was born in Karsa."]
