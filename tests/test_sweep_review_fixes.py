@@ -49,9 +49,9 @@ def test_a_cell_finished_on_another_model_is_refused_not_returned(toy_model, oth
     (cell_id,) = first.results
     stored = (tmp_path / "cells" / cell_id / "results.jsonl").read_text()
     # same name, other weights: the stored result is not this model's
-    other = run_sweep(ONE_CELL, tmp_path, models={"toyworld": other_model}, retries=0, progress=False)
+    other = run_sweep(ONE_CELL, tmp_path, models={"toyworld": other_model}, progress=False)  # default retries=2
     assert other.results == {}
-    (error,) = other.failed[cell_id]
+    (error,) = other.failed[cell_id]  # refused once: files on disk fail the same way again, so no retry
     assert "ExperimentError" in error and cell_id in error and "['model_fingerprint']" in error
     assert other.rows()[0]["status"] == "failed"
     assert (tmp_path / "cells" / cell_id / "results.jsonl").read_text() == stored  # nothing overwritten

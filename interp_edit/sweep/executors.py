@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from interp_edit.errors import InterpEditError, SweepExecutorError
+from interp_edit.errors import ExperimentError, InterpEditError, SweepExecutorError
 
 Outcome = tuple[str, Any]
 #: a cell function: ``fn(cell, root, model)`` -> a JSON-able result (``model``: a loaded model or ``None``)
@@ -32,10 +32,13 @@ def _error_text(err: BaseException) -> str:
 def failure(err: BaseException, limit: int | None = None) -> Outcome:
     """A failed attempt's outcome: ``("invalid", text)`` for an input this package refused (an
     :class:`~interp_edit.errors.InterpEditError` that is a ``ValueError``: a bad record, config
-    or request fails the same way every time, so it is not retried), else ``("error", text)``."""
+    or request fails the same way every time, so it is not retried; and an
+    :class:`~interp_edit.errors.ExperimentError`: the cell's folder holds another run's results,
+    which a retry finds again), else ``("error", text)``."""
     text = _error_text(err)
     text = text[-limit:] if limit is not None else text
-    return ("invalid" if isinstance(err, InterpEditError) and isinstance(err, ValueError) else "error"), text
+    refused = isinstance(err, ExperimentError) or (isinstance(err, InterpEditError) and isinstance(err, ValueError))
+    return ("invalid" if refused else "error"), text
 
 
 class InProcessExecutor:
