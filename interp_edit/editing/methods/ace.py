@@ -452,7 +452,8 @@ def ace(model, requests, config: ACEConfig | None = None, *, corpus=None, cache_
             if preserved and preserve and cfg.preserve_weight:
                 kept = last_token_keys(model, preserve, layer).double().to(keys.device).T  # [d_mlp, n_p]
                 matrix = matrix + cfg.preserve_weight * kept @ kept.T
-            return solve(matrix, keys, f"ACE layer {layer}")
+            # λ = 0 must not be singular; a singular C (thin statistics) is warned about where it is read
+            return solve(matrix, keys, f"ACE layer {layer}", near_singular=weight == 0)
 
         return factor
 
