@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_state import refused_before_any_forward
 
 from interp_edit.errors import InvalidArgumentError
 
@@ -50,28 +51,13 @@ def _greedy_alone(model, prompt: str, max_new_tokens: int) -> list[int]:
     return ids[start:]
 
 
-class _Forwards:
-    """Counts the model's forward passes (a pre-hook on the module)."""
-
-    def __init__(self, model):
-        self.n = 0
-        self.handle = model.register_forward_pre_hook(lambda *_: setattr(self, "n", self.n + 1))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_same_state(model, before):
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+def _each_refused(model, bad) -> None:
+    """Every ``(message, call)`` of ``bad`` raises an InvalidArgumentError matching ``message``,
+    with no forward run and the model left as it was."""
+    with refused_before_any_forward(model):
+        for message, call in bad:
+            with pytest.raises(InvalidArgumentError, match=message):
+                call()
 
 
 # --- 1. counterfact_scores: a repeated prompt counts once per position -----------------------
@@ -135,7 +121,6 @@ def test_mcq_accuracy_refuses_answers_of_the_wrong_count_or_range(toy_model):
 
     prompts = ["Talvik Corlo was born in", B]
     labels = [["Karsa", "Gemmel"], ["Karsa", "Gemmel"]]
-    before = _state(toy_model)
     bad = [
         (r"answers has 2 entries for 1 prompts", lambda: mcq_accuracy(toy_model, prompts[:1], labels[:1], [0, 1])),
         (r"answers has 1 entries for 2 prompts", lambda: mcq_accuracy(toy_model, prompts, labels, [0])),
@@ -147,12 +132,7 @@ def test_mcq_accuracy_refuses_answers_of_the_wrong_count_or_range(toy_model):
         (r"answers\[0\].*1\.0", lambda: mcq_accuracy(toy_model, prompts, labels, [1.0, 0])),
         (r"labels has 1 lists of options for 2 prompts", lambda: mcq_accuracy(toy_model, prompts, labels[:1], [0, 0])),
     ]
-    with _Forwards(toy_model) as forwards:
-        for message, call in bad:
-            with pytest.raises(InvalidArgumentError, match=message):
-                call()
-    assert forwards.n == 0
-    _assert_same_state(toy_model, before)
+    _each_refused(toy_model, bad)
     # good answers: against each prompt's own argmax over the two labels
     want = []
     for p in prompts:
@@ -170,17 +150,12 @@ def test_multihop_refuses_a_question_without_phrasings_or_answers(toy_model):
     from interp_edit.evaluation.metrics import multihop_accuracy, multihop_correct
 
     right = "Talvik Corlo was born in"
-    before = _state(toy_model)
-    with _Forwards(toy_model) as forwards:
-        for fn in (multihop_accuracy, multihop_correct):
-            with pytest.raises(InvalidArgumentError, match=r"questions\[0\]"):
-                fn(toy_model, [[], [right]], [["Karsa"], ["Karsa"]])
-            with pytest.raises(InvalidArgumentError, match=r"questions\[1\]"):
-                fn(toy_model, [[right], ()], [["Karsa"], ["Karsa"]])
-            with pytest.raises(InvalidArgumentError, match=r"answers\[1\]"):
-                fn(toy_model, [[right], [right]], [["Karsa"], []])
-    assert forwards.n == 0
-    _assert_same_state(toy_model, before)
+    _each_refused(toy_model, [
+        (pattern, lambda fn=fn, q=q, a=a: fn(toy_model, q, a))
+        for fn in (multihop_accuracy, multihop_correct)
+        for pattern, q, a in ((r"questions\[0\]", [[], [right]], [["Karsa"], ["Karsa"]]),
+                              (r"questions\[1\]", [[right], ()], [["Karsa"], ["Karsa"]]),
+                              (r"answers\[1\]", [[right], [right]], [["Karsa"], []]))])
     # the reference: greedy decoding of the prompt alone emits " Karsa" first
     assert toy_model.tokenizer.decode(_greedy_alone(toy_model, right, 1)) == " Karsa"
     assert multihop_accuracy(toy_model, [[right], [right, B]], [["Karsa"], ["Nowhere", "Karsa"]]) == 1.0
@@ -199,7 +174,6 @@ def test_efficacy_targets_of_the_wrong_count_are_named_with_the_callers_counts(t
     )
 
     prompts = ["Talvik Corlo was born in", B]
-    before = _state(toy_model)
     bad = [
         (r"target_new has 1 entries for 2 prompts", lambda: efficacy_score(toy_model, prompts, ["Gemmel"], ["Karsa", "Karsa"])),
         (r"target_true has 3 entries for 2 prompts", lambda: efficacy_score(toy_model, prompts, "Gemmel", ["Karsa"] * 3)),
@@ -209,12 +183,7 @@ def test_efficacy_targets_of_the_wrong_count_are_named_with_the_callers_counts(t
         (r"target_new has 1 entries for 2 prompts", lambda: paraphrase_score(toy_model, prompts, ["Gemmel"], "Karsa")),
         (r"targets has 1 entries for 2 prompts", lambda: token_accuracy(toy_model, prompts, ["Karsa"])),
     ]
-    with _Forwards(toy_model) as forwards:
-        for message, call in bad:
-            with pytest.raises(InvalidArgumentError, match=message):
-                call()
-    assert forwards.n == 0
-    _assert_same_state(toy_model, before)
+    _each_refused(toy_model, bad)
     # one target per prompt: against each prompt scored alone
     new, true = ["Gemmel", "Karsa"], ["Karsa", "Gemmel"]
     want = sum(_mean_logprob(toy_model, p, n) > _mean_logprob(toy_model, p, t) for p, n, t in zip(prompts, new, true, strict=True)) / 2
