@@ -10,7 +10,7 @@ the relative ΔW error ‖ΔW_ours − ΔW_ref‖ / ‖ΔW_ref‖ per method, se
     .venv/bin/python benchmarks/reference_compare.py --rome ../rome --memit ../memit --alphaedit ../AlphaEdit
         [--model toyworld|random-gpt2] [--export-dir DIR] [--kernels fused|transformer_lens]
 
-``--model random-gpt2``: a randomly initialised GPT-2 (``tiny_hf_model("gpt2", size=...)``: weights
+``--model random-gpt2``: a randomly initialised GPT-2 (``tiny_hf_model("gpt2", vocab_size=len(tok), size=...)``: weights
 N(0, init²) with ``--gpt2-init`` (0.2 by default; with it the keys are so large that no
 eigenvalue of C lies below AlphaEdit's hard-coded 2e-2, so AlphaEdit's update is exactly 0 on
 both sides; ``--gpt2-init 0.02``, GPT-2's own initializer_range, leaves a null space), norm gains U(0.5, 1.5), non-zero biases; the toy world's tokenizer) is saved with

@@ -1,7 +1,7 @@
 """FiNE next to the authors' code (opanhw/FiNE, an EasyEdit fork: ``easyeditor/models/fine/``
 ``apply_fine_to_model`` / ``execute_fine`` / ``get_top_neurons`` and the activation-recording
 ``easyeditor/modified_models/modeling_llama2._LlamaForCausalLM``, all run unmodified) on a tiny
-randomly initialised Llama (``tiny_hf_model("llama")``: d_model 64, 3 layers, d_mlp 128, the toy
+randomly initialised Llama (``tiny_hf_model("llama", vocab_size=len(tok))``: d_model 64, 3 layers, d_mlp 128, the toy
 world's tokenizer), saved with ``save_pretrained``: the code gets ``_LlamaForCausalLM.from_pretrained``
 of that folder, our side ``load_model`` of the same folder without weight processing (so ``W_U`` is
 the code's ``lm_head`` and ``W_out`` its ``down_proj``). 4 toy-world requests whose new targets are

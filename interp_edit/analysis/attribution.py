@@ -507,7 +507,8 @@ def neuron_attribution(
 
     ``target``: a string (leading space added; a multi-token string is scored by its first
     token and ``target_note`` says so), a token id, or ``None`` for the model's top-1 token.
-    ``top_k`` is clipped to the number of neurons. ``keep_bias``: add the final norm's and the
+    Each list holds ``min(top_k, neurons of its kind)`` neurons (the result's ``top_k`` is the number
+    asked for). ``keep_bias``: add the final norm's and the
     unembedding's biases to the readout (default: dropped, as in the spec). ``n_tokens``: tokens
     shown per top neuron. ``method="first_order"`` replaces each neuron's exact score by its
     gradient approximation ``c · ∂ log p / ∂c`` at the base (no projection of every neuron onto
