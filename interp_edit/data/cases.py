@@ -166,6 +166,13 @@ class Dataset:
     world: object | None = None
     #: a zsRE dataset's new target (one of :data:`ZSRE_TARGETS`; ``None`` for other formats)
     zsre_target: str | None = None
+    #: where each case's record is in the source, as error messages name it (``"record 3"``,
+    #: ``"record 3 (line 5)"`` in a JSONL file), one per case; empty: the case's position
+    places: tuple[str, ...] = ()
+
+    def place(self, index: int) -> str:
+        """Where case ``index`` came from in the source (see :attr:`places`)."""
+        return self.places[index] if len(self.places) == len(self.cases) else f"record {index}"
 
     def __len__(self) -> int:
         return len(self.cases)

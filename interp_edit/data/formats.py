@@ -1,7 +1,8 @@
 """Parsers of the public record formats, validating each record field by field.
 
 A bad record raises :class:`~interp_edit.errors.DatasetError` naming the file, the record
-index and the field. Formats:
+index (its position among the file's records, blank JSONL lines not counted; in a JSONL file
+also its line number) and the field. Formats:
 
 - **counterfact** (ROME's ``counterfact.json``): ``case_id``, ``requested_rewrite`` {``prompt``
   with ``{}``, ``subject``, ``target_new`` {``str``}, ``target_true`` {``str``}, ``relation_id``},
@@ -50,9 +51,16 @@ class Where:
 
     source: str
     index: int
+    #: the record's line in a JSONL file (``None`` for a JSON list or records in memory)
+    line: int | None = None
+
+    @property
+    def record(self) -> str:
+        """``record <index>`` (its position among the file's records), with its line in a JSONL file."""
+        return f"record {self.index}" + (f" (line {self.line})" if self.line is not None else "")
 
     def error(self, field: str, problem: str) -> DatasetError:
-        return DatasetError(f"{self.source}: record {self.index}: field {field!r}: {problem}")
+        return DatasetError(f"{self.source}: {self.record}: field {field!r}: {problem}")
 
 
 def _get(record: dict, key: str, where: Where, prefix: str = "") -> Any:

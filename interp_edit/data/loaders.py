@@ -60,17 +60,17 @@ def check_zsre_target(zsre_target) -> str:
 
 
 def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = True, name: str | None = None,
-                  zsre_target: str = "alt") -> Dataset:
+                  zsre_target: str = "alt", lines: Sequence[int] | None = None) -> Dataset:
     """Validate ``records`` (dicts) of format ``fmt`` into a :class:`Dataset` (``zsre_target``:
-    see :func:`load_dataset`)."""
+    see :func:`load_dataset`; ``lines``: each record's line in a JSONL file, for messages)."""
     check_zsre_target(zsre_target)
     parsers = _parsers()
     if fmt not in parsers:
         raise DatasetError(f"{source}: unknown format {fmt!r}; formats: {list(parsers)}")
     parse = parsers[fmt] if fmt != "zsre" else functools.partial(parse_zsre, target=zsre_target)
-    cases, skipped, seen = [], [], {}
+    cases, skipped, seen, places = [], [], {}, []
     for index, record in enumerate(records):
-        where = Where(source, index)
+        where = Where(source, index, lines[index] if lines is not None else None)
         try:
             case = parse(record, where)
             if case.case_id in seen:
@@ -82,10 +82,13 @@ def parse_records(records: Sequence, fmt: str, source: str, *, strict: bool = Tr
             continue
         seen[case.case_id] = index
         cases.append(case)
-    return Dataset(name or source, fmt, tuple(cases), source, skipped, zsre_target=zsre_target if fmt == "zsre" else None)
+        places.append(where.record)
+    return Dataset(name or source, fmt, tuple(cases), source, skipped, zsre_target=zsre_target if fmt == "zsre" else None,
+                   places=tuple(places))
 
 
-def _read_records(path: Path) -> list:
+def _read_records(path: Path) -> tuple[list, list[int] | None]:
+    """The file's records and, for JSONL, each one's line number (blank lines are skipped)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -93,21 +96,22 @@ def _read_records(path: Path) -> list:
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the file as UTF-8 JSON") from None
     if path.suffix == ".jsonl":
-        records = []
+        records, lines = [], []
         for line_no, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise DatasetError(f"{path}: line {line_no}: not JSON: {err}") from None
-        return records
+                lines.append(line_no)
+        return records, lines
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not JSON: {err}") from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
+    return data, None
 
 
 def _from_hub(spec: str) -> list[dict]:
@@ -165,55 +169,77 @@ def load_dataset(name_or_path: str | Path, *, format: str | None = None, strict:
         dataset = replace(dataset, world=WorldSpec.of(world))
     else:
         path = Path(key)
+        lines = None
         if key.startswith("hf:"):
             records = _from_hub(key)
         elif path.is_file():
-            records = _read_records(path)
+            records, lines = _read_records(path)
         else:
             raise DatasetError(f"no dataset named {key!r} and no such file; built-in datasets: {sorted(builtins)}")
         fmt = format or (sniff_format(records[0]) if records else None)
         if fmt is None:
             raise DatasetError(f"{key}: cannot tell the format from the first record; pass format= one of {list(_parsers())}")
         dataset = parse_records(records, fmt, key, strict=strict, name=path.stem if not key.startswith("hf:") else key,
-                                zsre_target=zsre_target)
+                                zsre_target=zsre_target, lines=lines)
     return check_tokens(dataset, tokenizer, strict=strict) if tokenizer is not None else dataset
 
 
-def _targets(case) -> list[tuple[str, str, bool]]:
-    """(field, text, must be one token) of every string a metric scores as a continuation."""
+def _targets(case) -> list[tuple[str, str, str | None]]:
+    """(field, text, the prompt it must be one token after, or ``None``: at least one token) of
+    every string a metric scores as a continuation."""
     out = []
     for i, r in enumerate(case.rewrites()):
         prefix = "requested_rewrite." if len(case.rewrites()) == 1 else f"requested_rewrite[{i}]."
-        out += [(prefix + "target_new", r.target_new, False), (prefix + "target_true", r.target_true or " x", False)]
+        out += [(prefix + "target_new", r.target_new, None), (prefix + "target_true", r.target_true or " x", None)]
     if isinstance(case, ZsRECase):
-        out += [("loc_ans", case.loc_ans, False)] + [(f"answers[{i}]", a, False) for i, a in enumerate(case.answers)]
+        out += [("loc_ans", case.loc_ans, None)] + [(f"answers[{i}]", a, None) for i, a in enumerate(case.answers)]
     probe = case.probe if isinstance(case, MQuAKECase) else getattr(case, "multihop", None) if isinstance(case, CounterFactCase) else None
     if probe is not None:
         prefix = "multihop." if isinstance(case, CounterFactCase) else ""
-        out += [(prefix + "answer", probe.answer, False), (prefix + "new_answer", probe.new_answer, False)]
+        out += [(prefix + "answer", probe.answer, None), (prefix + "new_answer", probe.new_answer, None)]
     if isinstance(case, MCQCase):
         for q, question in enumerate(case.questions):
-            out += [(f"questions[{q}].labels[{i}]", label, True) for i, label in enumerate(question.labels)]
+            out += [(f"questions[{q}].labels[{i}]", label, question.prompt) for i, label in enumerate(question.labels)]
     return out
+
+
+def _label_problem(tokenizer, label: str, prompt: str) -> str | None:
+    """Why ``label`` is not one token as the continuation of ``prompt`` (the token whose logit
+    the question compares), or ``None``. Judged in context, as ``encode_target`` scores a target:
+    a SentencePiece / Metaspace tokenizer encodes ``" A"`` alone as ``["▁", "▁A"]`` but continues
+    a prompt with the one token ``"▁A"``."""
+    from interp_edit.errors import InterpEditError
+    from interp_edit.prompts import encode_target
+
+    try:
+        ids = encode_target(tokenizer, label.lstrip(" "), prompt)
+    except InterpEditError as err:
+        return f"does not tokenise as the continuation of its question's prompt ({err})"
+    return None if len(ids) == 1 else f"is {len(ids)} tokens after its question's prompt, not one"
 
 
 def check_tokens(dataset: Dataset, tokenizer, *, strict: bool = True) -> Dataset:
     """Targets must tokenise (with their leading space) to at least one token, and MCQ labels
-    to exactly one. A failure names the source, the case's position and id, and the field;
-    ``strict=False`` drops such cases (counted in ``skipped``)."""
-    keep, skipped = [], list(dataset.skipped)
+    to exactly one as the continuation of their question's prompt. A failure names the source,
+    the case's record (its position in the file, and its line in a JSONL file) and id, and the
+    field; ``strict=False`` drops such cases (counted in ``skipped``)."""
+    keep, skipped, places = [], list(dataset.skipped), []
     for index, case in enumerate(dataset.cases):
         problem = None
-        for field, text, one in _targets(case):
-            ids = tokenizer.encode(" " + text.lstrip(" "), add_special_tokens=False) if text.strip() else []
-            if not ids or (one and len(ids) != 1):
-                what = "tokenises to nothing" if not ids else f"is {len(ids)} tokens, not one"
-                problem = f"{dataset.source}: record {index} (case {case.case_id}): field {field!r}: {text!r} {what}"
+        for field, text, prompt in _targets(case):
+            if prompt is not None and text.strip():
+                what = _label_problem(tokenizer, text, prompt)
+            else:
+                ids = tokenizer.encode(" " + text.lstrip(" "), add_special_tokens=False) if text.strip() else []
+                what = None if ids else "tokenises to nothing"
+            if what is not None:
+                problem = f"{dataset.source}: {dataset.place(index)} (case {case.case_id}): field {field!r}: {text!r} {what}"
                 break
         if problem is None:
             keep.append(case)
+            places.append(dataset.place(index))
         elif strict:
             raise DatasetError(problem)
         else:
             skipped.append(problem)
-    return replace(dataset, cases=tuple(keep), skipped=skipped)
+    return replace(dataset, cases=tuple(keep), skipped=skipped, places=tuple(places))

@@ -114,11 +114,14 @@ class TokenizedRequest:
 #: EasyEdit's names for two of them, and fields of the evaluation records that ``edit()`` does
 #: not read; any other key is refused (:func:`as_request`) rather than silently dropped
 REQUEST_KEYS = ("prompt", "subject", "target_new", "target_true", "paraphrases", "verb", "object")
-#: EasyEdit's per-request keys (``BaseEditor.edit``): ``ground_truth`` is ``target_true``,
-#: ``rephrase_prompt`` (a str or a list) the ``paraphrases``; the locality / portability inputs
-#: are evaluation inputs, accepted and not read by the editors
+#: EasyEdit's per-request keys (``BaseEditor.edit``, the KnowEdit files of ``examples/KnowEdit.md``):
+#: ``ground_truth`` is ``target_true`` (KnowEdit's ZsRE gives a list: its first answer is taken),
+#: ``rephrase_prompt`` (a str or a list) the ``paraphrases``; the locality / portability inputs,
+#: ``cond`` (the in-context editors' "old >> new || prompt" line) and ``KnowEditDataset``'s
+#: ``portability_*`` / ``locality_*`` lists are evaluation inputs, accepted and not read by the editors
 EASYEDIT_KEYS = ("ground_truth", "rephrase_prompt", "locality", "locality_prompt", "locality_ground_truth",
-                 "loc_prompt", "portability", "portability_prompt", "portability_ground_truth")
+                 "loc_prompt", "portability", "portability_prompt", "portability_ground_truth", "cond",
+                 "portability_r", "portability_s", "portability_l", "locality_rs", "locality_f")
 #: fields of a :class:`CounterFactRecord` (flattened) other than the request's own:
 #: ``paraphrase_prompts`` are read as the paraphrases, the others are evaluation data
 RECORD_KEYS = ("case_id", "relation_id", "paraphrase_prompts", "neighborhood_prompts", "attribute_prompts",
@@ -140,6 +143,15 @@ def _flat_request(item: dict, index: int) -> dict:
             "(with 'requested_rewrite')"
         )
     data = {key: item[key] for key in REQUEST_KEYS if key in item}
+    item = dict(item)
+    if item.get("ground_truth") is not None:
+        item["ground_truth"] = _first_answer(item["ground_truth"], index)
+    for key in ("rephrase_prompt", "paraphrase_prompts"):
+        value = item.get(key)
+        if value is not None and not (isinstance(value, str) and value.strip() or isinstance(value, (list, tuple))
+                                      and all(isinstance(p, str) and p.strip() for p in value)):
+            raise EditRequestError(f"request {index}: field {key!r} must be a non-empty string or a list of non-empty "
+                                   f"strings, got {value!r}")
 
     def same(value):  # lists and tuples alike; EasyEdit's rephrase_prompt may be one str
         return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else value
@@ -160,11 +172,29 @@ def _flat_request(item: dict, index: int) -> dict:
     return data
 
 
+def _first_answer(value, index: int) -> str:
+    """EasyEdit's ``ground_truth``: a string, or (KnowEdit's ZsRE) a list of answers whose first
+    is the one replaced, as EasyEdit reads it; anything else is an error naming ``ground_truth``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise EditRequestError(f"request {index}: field 'ground_truth' is an empty list; give the answer the edit "
+                                   "replaces (a string, or a list whose first item is it)")
+        if not isinstance(value[0], str) or not value[0].strip():
+            raise EditRequestError(f"request {index}: field 'ground_truth[0]' must be a non-empty string, got {value[0]!r}")
+        return value[0]
+    raise EditRequestError(f"request {index}: field 'ground_truth' must be a string or a list of strings, got "
+                           f"{value!r} ({type(value).__name__})")
+
+
 def as_request(item, index: int = 0) -> EditRequest:
     """An :class:`EditRequest` from an EditRequest, a :class:`CounterFactRecord`, or a dict:
     either this class's fields (EasyEdit's ``ground_truth`` / ``rephrase_prompt`` read as
     ``target_true`` / ``paraphrases``; a key of no format refused, see :data:`REQUEST_KEYS`) or
-    a public CounterFact record with ``requested_rewrite``."""
+    a public CounterFact record with ``requested_rewrite``; or any object with an ``as_dict()``
+    giving such a dict, e.g. a data set case's :class:`~interp_edit.data.cases.Rewrite`
+    (``case.rewrites()``). A MQuAKE record (several rewrites) is refused: edit its rewrites."""
     if isinstance(item, EditRequest):
         return item
     if isinstance(item, TokenizedRequest):
@@ -172,8 +202,22 @@ def as_request(item, index: int = 0) -> EditRequest:
     if isinstance(item, CounterFactRecord):
         return EditRequest(item.prompt, item.subject, item.target_new, item.target_true,
                            tuple(item.paraphrase_prompts))
+    if not isinstance(item, dict) and callable(getattr(item, "as_dict", None)) and not isinstance(item, type):
+        # a Rewrite of the data layer (which never imports this one) reads as its dict
+        as_dict = item.as_dict()
+        if not isinstance(as_dict, dict):
+            raise EditRequestError(f"request {index}: {type(item).__name__}.as_dict() gave a {type(as_dict).__name__}, not a dict")
+        item = as_dict
     if isinstance(item, dict):
         data = item.get("requested_rewrite", None)
+        if isinstance(data, (list, tuple)):
+            raise EditRequestError(
+                f"request {index}: field 'requested_rewrite' is a list of {len(data)} rewrites (a MQuAKE case); a "
+                "request is one rewrite: load the file with interp_edit.data.load_dataset(...) and pass each case's "
+                "rewrites, [r for case in dataset for r in case.rewrites()]")
+        if data is not None and not isinstance(data, dict):
+            raise EditRequestError(f"request {index}: field 'requested_rewrite' must be an object with prompt, subject "
+                                   f"and target_new, got {type(data).__name__} {data!r:.80}")
         if data is None:
             data = _flat_request(item, index)
             paraphrases = data.get("paraphrases")
@@ -191,7 +235,8 @@ def as_request(item, index: int = 0) -> EditRequest:
                                tuple(paraphrases or ()), data.get("verb"), data.get("object"))
         except KeyError as err:
             raise EditRequestError(f"request {index}: missing field {err.args[0]!r} in {item!r}") from None
-    raise EditRequestError(f"request {index}: expected an EditRequest, a CounterFactRecord or a dict, got {type(item).__name__}")
+    raise EditRequestError(f"request {index}: expected an EditRequest, a CounterFactRecord, a data set Rewrite "
+                           f"(case.rewrites()) or a dict, got {type(item).__name__}")
 
 
 def validate_request(request: EditRequest, index: int) -> None:
@@ -278,9 +323,12 @@ def prepare_requests(model, requests: Iterable, fingerprint: str,
     :data:`EDIT_TOKENS` or ``"subject_<k>"``, or one per request) is where keys are read and
     targets written. Already tokenised requests must come from a model with the same
     fingerprint."""
-    if isinstance(requests, (str, bytes)) or not isinstance(requests, (EditRequest, CounterFactRecord, dict, Iterable)):
+    if isinstance(requests, (str, bytes)) or not (isinstance(requests, (EditRequest, CounterFactRecord, dict, Iterable))
+                                                  or callable(getattr(requests, "as_dict", None))):
         raise EditRequestError(f"expected a list of edit requests, got {requests!r} ({type(requests).__name__})")
-    items = list(requests) if not isinstance(requests, (EditRequest, CounterFactRecord, dict)) else [requests]
+    single = isinstance(requests, (EditRequest, CounterFactRecord, dict)) or (
+        not isinstance(requests, Iterable) and callable(getattr(requests, "as_dict", None)))  # one Rewrite
+    items = [requests] if single else list(requests)
     if not items:
         raise EditRequestError("no edit requests given")
     tokens = [edit_token] * len(items) if isinstance(edit_token, str) else list(edit_token)

@@ -102,6 +102,78 @@ def _multihop(pairs: _Pairs, questions: Sequence[str], answers: Sequence[str]):
     return finish
 
 
+def case_texts(case, *, fluency: bool = False) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(field, prompt, targets teacher-forced after it) of every prompt an evaluation of
+    ``case`` runs (the fields named as in the case's file; no targets: the prompt alone is read,
+    a multiple-choice question's last token or a prompt continued by greedy decoding)."""
+    out: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def rewrite(prefix: str, r: Rewrite) -> None:
+        out.append((prefix + "prompt", r.text, (r.target_new,) + ((r.target_true,) if r.target_true is not None else ())))
+
+    if isinstance(case, CounterFactCase):
+        r = case.rewrite
+        both = (r.target_new,) + ((r.target_true,) if r.target_true is not None else ())
+        rewrite("requested_rewrite.", r)
+        out += [(f"paraphrase_prompts[{i}]", p, both) for i, p in enumerate(case.paraphrase_prompts)]
+        out += [(f"neighborhood_prompts[{i}]", p, both) for i, p in enumerate(case.neighborhood_prompts)]
+        if case.multihop is not None:
+            h = case.multihop
+            out += [(f"multihop.questions[{i}]", q, (h.new_answer, *h.new_answer_aliases)) for i, q in enumerate(h.questions)]
+        if fluency:
+            out += [(f"generation_prompts[{i}]", p, ()) for i, p in enumerate(case.generation_prompts)]
+    elif isinstance(case, ZsRECase):
+        both = (case.target_new,) + ((case.target_true,) if case.target_true is not None else ())
+        out += [("src", case.src, both), ("rephrase", case.rephrase, both), ("loc", case.loc, (case.loc_ans,))]
+    elif isinstance(case, MQuAKECase):
+        for i, r in enumerate(case.requested_rewrite):
+            rewrite(f"requested_rewrite[{i}].", r)
+        p = case.probe
+        answers = (p.new_answer, *p.new_answer_aliases, p.answer, *p.answer_aliases)
+        out += [(f"questions[{i}]", q, answers) for i, q in enumerate(p.questions)]
+    elif isinstance(case, RippleCase):
+        rewrite("requested_rewrite.", case.rewrite)
+        out += [(f"tests[{t}].prompts[{i}]", q, (test.answer, test.before)) for t, test in enumerate(case.tests)
+                for i, q in enumerate(test.prompts)]
+    elif isinstance(case, MCQCase):
+        rewrite("requested_rewrite.", case.rewrite)
+        out += [(f"questions[{i}].prompt", q.prompt, ()) for i, q in enumerate(case.questions)]
+    return out
+
+
+def check_lengths(model, named: Sequence[tuple[str, str, str, Sequence[str]]]) -> None:
+    """Every (what, field, prompt, targets) fits the model's context: BOS, the prompt's tokens and
+    every target's tokens but its last (what a teacher-forced forward reads; a prompt read alone
+    needs one position more than itself). Else :class:`~interp_edit.errors.PromptTooLongError`
+    naming ``what`` (e.g. ``case 12``) and the field, before any forward. Targets are tokenised
+    only where a generous bound (one token per UTF-8 byte) could overflow the context."""
+    from interp_edit.batching import encode_prompts
+    from interp_edit.errors import PromptTooLongError
+    from interp_edit.prompts import encode_target
+
+    n_ctx, tokenizer = getattr(getattr(model, "cfg", None), "n_ctx", None), getattr(model, "tokenizer", None)
+    if n_ctx is None or tokenizer is None:  # a stand-in without a context or tokenizer (tests' scorers): nothing to check
+        return
+    unique = list(dict.fromkeys(prompt for _, _, prompt, _ in named))
+    lengths = dict(zip(unique, (len(ids) for ids in encode_prompts(tokenizer, unique)), strict=True))
+    for what, field, prompt, targets in named:
+        size = lengths[prompt]
+        for target in targets:
+            if size + len((" " + target.lstrip(" ")).encode("utf-8")) - 1 > n_ctx:
+                size = max(size, lengths[prompt] + len(encode_target(tokenizer, target, prompt)) - 1)
+        if size > n_ctx:
+            with_target = " with its target" if size > lengths[prompt] else ""
+            raise PromptTooLongError(f"{what}: field {field!r}: {prompt!r:.120}{with_target} is {size} tokens (BOS "
+                                     f"included), more than the model's context {n_ctx}")
+
+
+def check_case_lengths(model, cases: Sequence, *, fluency: bool = False) -> None:
+    """:func:`check_lengths` of every prompt :func:`evaluate_cases` runs on ``cases``, naming the
+    case by its id and the field."""
+    check_lengths(model, [(f"case {case.case_id}", field, prompt, targets) for case in cases
+                          for field, prompt, targets in case_texts(case, fluency=fluency)])
+
+
 def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tokens: int = 50,
                    compare: str = "mean_logprob", protocol: str = "teacher_forced", gen_tokens: int = 8) -> list[dict]:
     """One dict of metrics per case (keys by format and ``protocol``: see the module
@@ -120,6 +192,7 @@ def evaluate_cases(model, cases: Sequence, *, fluency: bool = False, max_new_tok
     check_gen_tokens(gen_tokens)
     check_choice(compare, "compare", COMPARISONS)
     check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    check_case_lengths(model, cases, fluency=fluency)  # a prompt beyond the context: named, before any forward
     if uses_teacher_forcing(protocol):
         rows = _teacher_forced_rows(model, cases, compare)
     else:
@@ -240,10 +313,15 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
+def probed_cases(cases: Sequence) -> list:
+    """The cases :func:`fact_probes` asks about: those whose true answer is known."""
+    return [c for c in cases if isinstance(c, ZsRECase) or c.rewrites()[0].target_true]
+
+
 def fact_probes(cases: Sequence) -> list[tuple[str, str]]:
     """(prompt, true answer) of each case's first rewrite: unrelated facts to watch for drift."""
     return [(c.src, c.answers[0]) if isinstance(c, ZsRECase) else (c.rewrites()[0].text, c.rewrites()[0].target_true)
-            for c in cases if isinstance(c, ZsRECase) or c.rewrites()[0].target_true]
+            for c in probed_cases(cases)]
 
 
 def unrelated_metrics(model, probes: Sequence[tuple[str, str]], reference: Sequence[float] | None = None) -> tuple[dict, list[float]]:

@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interp_edit.analysis.scoring import encode_target
 from interp_edit.batching import encode_prompts, last_token_logits, pad_right
 from interp_edit.errors import InvalidArgumentError, TokenizationError
 from interp_edit.evaluation.logprobs import TokenScores, score_continuations
@@ -298,13 +299,20 @@ def corpus_perplexity(model, texts: Sequence[str], batch_size: int = 32) -> floa
 
 # --- multiple choice -------------------------------------------------------------------------
 
-def label_token_ids(tokenizer, labels: Sequence[str]) -> Int[Tensor, " k"]:
-    """The one token of each option label (with a leading space, as a continuation)."""
+def label_token_ids(tokenizer, labels: Sequence[str], prompt: str | None = None) -> Int[Tensor, " k"]:
+    """The one token of each option label as the continuation of ``prompt`` (with a leading
+    space; :func:`~interp_edit.prompts.encode_target`, whose neutral context stands in for a
+    prompt not given). In context, not alone: a SentencePiece / Metaspace tokenizer (Llama,
+    Mistral) encodes ``" A"`` alone as ``["▁", "▁A"]`` but continues a prompt with ``"▁A"``."""
     ids = []
     for label in labels:
-        found = tokenizer.encode(" " + label.lstrip(" "), add_special_tokens=False)
+        try:
+            found = encode_target(tokenizer, label.lstrip(" "), prompt)
+        except TokenizationError as err:
+            raise TokenizationError(f"option label {label!r} does not tokenise as a continuation: {err}") from None
         if len(found) != 1:
-            raise TokenizationError(f"option label {label!r} is {len(found)} tokens ({found}); a label must be one token")
+            raise TokenizationError(f"option label {label!r} is {len(found)} tokens ({list(found)}) after the prompt; "
+                                    "a label must be one token")
         ids.append(found[0])
     return torch.tensor(ids)
 
@@ -322,7 +330,7 @@ def option_probabilities(model, prompts: Sequence[str], labels: Sequence[Sequenc
     """Per question: the softmax over its option labels' next-token logits after the prompt
     (the arguments and the labels' tokens checked before the forward pass)."""
     prompts, labels = _check_options(prompts, labels)
-    ids = [label_token_ids(model.tokenizer, opts) for opts in labels]
+    ids = [label_token_ids(model.tokenizer, opts, prompt) for prompt, opts in zip(prompts, labels, strict=True)]
     logits = last_token_logits(model, prompts)
     return [torch.softmax(row[opts], -1) for row, opts in zip(logits, ids, strict=True)]
 

@@ -39,7 +39,8 @@ With ``out``, results go to ``out/results.jsonl`` (one line of settings, one of 
 one per finished batch; a batch whose edit found requests sharing one key records their groups
 as ``key_collisions``) and, in sequential mode, each batch's edit to ``out/edits/`` (and the
 AlphaEditor's accumulated keys, UltraEdit's normalisation statistics). Running again with the
-same settings resumes after the last finished batch: the earlier edits are re-applied from their
+same settings and the same cases (``settings["cases_sha256"]``: a hash of the edited cases'
+content and of the drift probes) resumes after the last finished batch: the earlier edits are re-applied from their
 files, no case is repeated or lost.
 """
 
@@ -56,7 +57,15 @@ import torch
 from interp_edit.atomic_files import atomic_path, write_text_atomic
 from interp_edit.editing.registry import check_editor_config
 from interp_edit.errors import DatasetError, ExperimentError, InvalidArgumentError
-from interp_edit.evaluation.cases import aggregate, evaluate_cases, fact_probes, unrelated_metrics
+from interp_edit.evaluation.cases import (
+    aggregate,
+    check_case_lengths,
+    check_lengths,
+    evaluate_cases,
+    fact_probes,
+    probed_cases,
+    unrelated_metrics,
+)
 from interp_edit.evaluation.experiment import ExperimentResult
 from interp_edit.evaluation.generation import DEFAULT_GEN_TOKENS, check_gen_tokens, check_protocol
 from interp_edit.progress import progress_bar
@@ -113,10 +122,87 @@ def select_cases(dataset, n: int | None, n_unrelated: int, seed: int) -> tuple[l
     return edited, others
 
 
+def _same_rewrite(r) -> tuple[str, str, str]:
+    """What makes two rewrites one edit: the subject, the filled prompt and the new target."""
+    return r.subject.strip(), r.text.strip(), r.target_new.strip()
+
+
 def _requests(cases: Sequence) -> list:
+    """The edit requests of ``cases``: each rewrite once (MQuAKE cases of one batch often share a
+    rewrite; an identical one is edited once, not refused as a duplicate)."""
     from interp_edit.editing import EditRequest
 
-    return [EditRequest(r.prompt, r.subject, r.target_new, r.target_true) for c in cases for r in c.rewrites()]
+    unique = {}
+    for c in cases:
+        for r in c.rewrites():
+            unique.setdefault(_same_rewrite(r), r)
+    return [EditRequest(r.prompt, r.subject, r.target_new, r.target_true) for r in unique.values()]
+
+
+def check_batch_rewrites(batches: Sequence[Sequence]) -> None:
+    """Before any evaluation or file: within each batch, two rewrites of one filled prompt must
+    ask for the same new target (no edit can continue one text two ways); else
+    :class:`~interp_edit.errors.EditRequestError` naming the batch, the prompt and both cases' ids.
+    Identical rewrites (subject, prompt and new target) are allowed: they are edited once."""
+    from interp_edit.errors import EditRequestError
+
+    for b, cases in enumerate(batches):
+        first: dict[str, tuple[object, object]] = {}
+        for case in cases:
+            for r in case.rewrites():
+                text = r.text.strip()
+                if text not in first:
+                    first[text] = (case, r)
+                    continue
+                other, seen = first[text]
+                if seen.target_new.strip() != r.target_new.strip():
+                    raise EditRequestError(
+                        f"cases {other.case_id} and {case.case_id} (batch {b}) conflict: the same prompt {r.text!r} "
+                        f"(subjects {seen.subject!r} and {r.subject!r}) with different new targets ({seen.target_new!r} "
+                        f"vs {r.target_new!r}); one edit cannot write both: use batch_size=1 or leave one case out")
+
+
+def cases_digest(cases: Sequence, probes: Sequence[tuple[str, str]]) -> str:
+    """The SHA-256 of what a run edits and measures: every field of the edited cases (rewrites,
+    prompts, targets, ids) and the drift probes' prompts and answers; a results file of other
+    content is not resumed into."""
+    import hashlib
+
+    from interp_edit.data.cases import case_to_dict
+
+    content = {"cases": [case_to_dict(c) for c in cases], "unrelated_probes": [list(p) for p in probes]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _format_of(case) -> str | None:
+    """The experiment format of a case (``None``: not a case of one)."""
+    from interp_edit.data.cases import CounterFactCase, MCQCase, MQuAKECase, ZsRECase
+    from interp_edit.data.ripple import RippleCase
+
+    kinds = {CounterFactCase: "counterfact", ZsRECase: "zsre", MQuAKECase: "mquake", MCQCase: "mcq", RippleCase: "ripple"}
+    return kinds.get(type(case))
+
+
+def _as_dataset(cases):
+    """A list / tuple of cases (e.g. ``dataset[:10]``) as a :class:`~interp_edit.data.Dataset`
+    of their one format; cases of no or of several formats are a :class:`DatasetError` naming them."""
+    from interp_edit.data.cases import Dataset
+    from interp_edit.validation import check_sequence
+
+    items = check_sequence(cases, "dataset", error=DatasetError)
+    formats = [_format_of(c) for c in items]
+    for i, fmt in enumerate(formats):
+        if fmt is None:
+            raise DatasetError(f"dataset[{i}]: expected a case of one of {', '.join(EXPERIMENT_FORMATS)} (load them with "
+                               f"interp_edit.data.load_dataset), got {type(items[i]).__name__}")
+        if fmt != formats[0]:
+            raise DatasetError(f"dataset[{i}] is a {fmt} case but dataset[0] a {formats[0]} one: an experiment runs "
+                               "cases of one format")
+    zsre_target = None
+    if formats[0] == "zsre":  # the convention the loader used: a target it replaces named or not
+        zsre_target = "answer" if items[0].target_true is None else "alt"
+    name = f"{len(items)} {formats[0]} cases"
+    return Dataset(name, formats[0], tuple(items), source=name, zsre_target=zsre_target)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -133,6 +219,10 @@ def _append(path: Path, entry: dict) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
         handle.flush()
+
+
+#: settings a results file of an earlier version may lack: such a file is resumed without comparing them
+_ADDED_SETTINGS = ("cases_sha256",)
 
 
 def _comparable(settings: dict) -> dict:
@@ -289,7 +379,7 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     (['gen_efficacy_exact', 'gen_efficacy_contains'], True)
     """
     from interp_edit.adapter import model_fingerprint
-    from interp_edit.data import check_tokens, load_dataset
+    from interp_edit.data import Dataset, check_tokens, load_dataset
 
     if n is not None:
         check_int(n, "n", minimum=1)
@@ -310,6 +400,8 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
 
     if isinstance(dataset, (str, Path)):
         dataset = load_dataset(dataset, model=model)
+    elif not isinstance(dataset, Dataset):  # a list / slice of cases, as evaluate_cases takes
+        dataset = _as_dataset(dataset)
     check_same_world(model, getattr(dataset, "world", None), f"dataset {dataset.name!r}")
     if dataset.format not in EXPERIMENT_FORMATS:
         raise DatasetError(f"dataset {dataset.name!r} has {dataset.format!r} cases; experiments evaluate "
@@ -317,6 +409,12 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
                            "interp_edit.evaluation.commonsense.commonsense_scores)")
     dataset = check_tokens(dataset, model.tokenizer)
     edited, others = select_cases(dataset, n, unrelated, seed)
+    probes = fact_probes(others)
+    # before any forward or file: every prompt fits the context, no batch asks one prompt for two targets
+    check_case_lengths(model, edited, fluency=fluency)
+    check_lengths(model, [(f"unrelated case {c.case_id}", "src" if dataset.format == "zsre" else "requested_rewrite.prompt",
+                           prompt, (answer,)) for c, (prompt, answer) in zip(probed_cases(others), probes, strict=True)])
+    check_batch_rewrites([edited[i : i + batch_size] for i in range(0, len(edited), batch_size)])
     ripple_known = None
     if dataset.format == "ripple":  # RippleEdits' filter, on the unedited model, before any edit
         from interp_edit.evaluation.ripple import known_tests_only
@@ -337,6 +435,8 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
         settings["zsre_target"] = getattr(dataset, "zsre_target", None) or "alt"
     if ripple_known is not None:
         settings["ripple_known_tests"] = ripple_known
+    # the content itself (requests, prompts, targets): another file of the same name and ids is not resumed into
+    settings["cases_sha256"] = cases_digest(edited, probes)
     if protocol != "teacher_forced":
         settings["gen_tokens"] = gen_tokens
     heldout = None
@@ -353,7 +453,6 @@ def run_experiment(model, dataset, method: str, *, n: int | None = None, batch_s
     path = folder / RESULTS_FILE if folder is not None else None
     session = _Session(model, method, sequential, config, folder)
     session.prepare(edited)  # the editor's own check of the cases, before any work
-    probes = fact_probes(others)
     records = _resume(path, settings)
     if records:  # drop a line cut by the interruption, and anything after it
         write_text_atomic(path, "".join(json.dumps(line) + "\n" for line in [{"type": "settings", **settings}, *records]))
@@ -433,8 +532,12 @@ def _resume(path: Path | None, settings: dict) -> list[dict]:
     if not lines or lines[0].get("type") != "settings":
         return []
     found = {k: v for k, v in lines[0].items() if k != "type"}
-    if _comparable(found) != _comparable(json.loads(json.dumps(settings))):
-        differ = sorted(k for k in set(found) | set(settings) if found.get(k) != json.loads(json.dumps(settings)).get(k))
+    wanted = json.loads(json.dumps(settings))
+    for key in _ADDED_SETTINGS:  # a file that records no content hash (an older run) stays resumable
+        if key not in found:
+            wanted.pop(key, None)
+    if _comparable(found) != _comparable(wanted):
+        differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         raise ExperimentError(f"{path} holds a run with other settings (differing: {differ}); use another --out folder")
     entries = [line for line in lines[1:] if line.get("type") in ("baseline", "batch")]
     if not entries or entries[0]["type"] != "baseline":
