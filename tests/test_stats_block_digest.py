@@ -108,3 +108,50 @@ def test_edits_applied_in_place_read_the_base_models_cache(toy_model, tmp_path):
     finally:
         edit.undo(toy_model)
     assert torch.equal(again[2], base[2])
+
+
+def _kept_moments(model, layers, tmp_path):
+    """Read with the in-memory store as it is (a second edit's view), no warning allowed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return second_moments(model, layers, corpus=TEXTS, cache_dir=tmp_path, progress=False)
+
+
+def test_kept_statistics_follow_blocks_changed_in_place_without_an_edit(toy_model, tmp_path):
+    """The in-memory store (what a second edit reads) applies the disk cache's rule: after a
+    fine-tune of block 0 in place (embeddings unchanged, no Edit), layer 1's statistics are those
+    of the changed model (what a fresh model object reads), not the kept ones; once the weights
+    are back, the base's again."""
+    clear_statistics_cache(toy_model)
+    base = _kept_moments(toy_model, [1], tmp_path)[1]
+    w_in = toy_model.blocks[0].mlp.W_in
+    saved = w_in.detach().clone()
+    try:
+        with torch.no_grad():
+            w_in.mul_(1.5)
+        changed = _kept_moments(toy_model, [1], tmp_path)[1]
+        assert not torch.allclose(changed, base, rtol=1e-6, atol=0)
+        assert torch.equal(changed, _no_warning_moments(toy_model, [1], tmp_path)[1])  # what a fresh read gives
+    finally:
+        with torch.no_grad():
+            w_in.copy_(saved)
+    assert torch.allclose(_kept_moments(toy_model, [1], tmp_path)[1], base, rtol=1e-12, atol=0)
+
+
+def test_kept_statistics_stay_while_an_edit_is_applied(toy_model, tmp_path):
+    """While an edit is applied the statistics are the base model's, even after an in-place write
+    (the edit's W_out is in layer 2's digest): the kept tensor itself is returned, nothing is
+    recomputed or re-read."""
+    from interp_edit.adapter import model_fingerprint
+    from interp_edit.editing import Edit, LowRankDelta
+
+    cfg = toy_model.cfg
+    clear_statistics_cache(toy_model)
+    base = _kept_moments(toy_model, [2], tmp_path)[2]
+    edit = Edit("test", {"blocks.1.mlp.W_out": LowRankDelta(torch.ones(cfg.d_mlp, 1), torch.ones(1, cfg.d_model))},
+                model_fingerprint(toy_model))
+    with edit.applied(toy_model):
+        with torch.no_grad():  # an in-place write while it is applied (same values): the weights' versions move
+            toy_model.blocks[0].mlp.W_in.mul_(1.0)
+        assert _kept_moments(toy_model, [2], tmp_path)[2] is base
+    assert _kept_moments(toy_model, [2], tmp_path)[2] is base  # undone bit for bit: still the base's

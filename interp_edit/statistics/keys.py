@@ -95,12 +95,12 @@ def _stored_fixed_statistics(model, layers, site, corpus, n_samples, batch_size,
     store = statistics_store(model)
     base = (model_fingerprint(model), forward_dtype(model), model.cfg.n_ctx, site, spec, n_samples, packing,
             str(cache_folder(cache_dir)))
-    found = {layer: store.get((*base, layer)) for layer in layers}
+    found = {layer: store.get((*base, layer), model) for layer in layers}
     missing = [layer for layer in layers if found[layer] is None]
     if missing:
         for layer, stats in _fixed_statistics(model, missing, site, corpus, n_samples, batch_size, cache_dir, progress,
                                               packing=packing).items():
-            store.put((*base, layer), stats)
+            store.put((*base, layer), stats, model)
             found[layer] = stats
     return found
 

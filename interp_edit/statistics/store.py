@@ -15,7 +15,9 @@ Rules (the disk cache's, unchanged): statistics belong to the *base* model, name
 fingerprint (:func:`~interp_edit.adapter.model_fingerprint`), so edits applied in place do not
 invalidate them; a model whose fingerprint changes (other embeddings) gets fresh ones. A stored
 entry is used only while its cache file is the one it was read from (same path, size and
-modification time): a replaced or deleted file is read (or recomputed) again, as without the store.
+modification time): a replaced or deleted file is read (or recomputed) again, as without the store;
+and, when a weight was written in place since (no edit applied), only while the blocks below its
+key site are those it was computed with (the disk cache's digest rule).
 Factorisations are kept per moment tensor (weakly: a moment nobody holds frees its factors).
 The store lives on the model (attribute ``_interp_edit_statistics_store``), never in module state.
 """
@@ -76,10 +78,23 @@ def corpus_key(corpus) -> tuple | None:
     return None
 
 
+def weight_versions(model) -> tuple | None:
+    """Each parameter's storage address and in-place version counter: an optimiser step,
+    ``load_state_dict`` or any in-place write through the parameter changes them (a write
+    through ``.data``, as the Edit type makes, does not: :func:`clear_statistics_cache` after
+    such a change of your own). None when a parameter keeps no counter (made under
+    ``torch.inference_mode``): then every read checks the blocks."""
+    params = list(model.parameters())
+    if any(p.is_inference() for p in params):
+        return None
+    return tuple((p.data_ptr(), p._version) for p in params)
+
+
 @dataclass
 class _Entry:
     stats: KeyStatistics
     signature: tuple | None  # the cache file it came from
+    versions: tuple | None = None  # the weights' versions when it was last checked (weight_versions)
 
 
 @dataclass
@@ -93,20 +108,34 @@ class StatisticsStore:
     #: other values an editor derives once from the unedited model (its context prefixes)
     values: dict[tuple, Any] = field(default_factory=dict)
 
-    def get(self, key: tuple) -> KeyStatistics | None:
+    def get(self, key: tuple, model=None) -> KeyStatistics | None:
+        """The kept statistic of ``key``, or None: when its cache file changed or went, and (with
+        ``model``) when the model's blocks were changed in place by something other than an
+        applied edit (a fine-tune, ``load_state_dict`` of another checkpoint with the same
+        embeddings): the disk cache's rule, :func:`~interp_edit.adapter.block_digest.key_site_digest`
+        compared with the one the statistic records, checked only when a weight was written since."""
         entry = self.entries.get(key)
         if entry is None:
             return None
         if entry.signature is not None and _file_signature(entry.signature[0]) != entry.signature:
             del self.entries[key]  # the cache file changed or went: read it again
             return None
+        if model is not None:
+            versions = weight_versions(model)
+            if versions is None or versions != entry.versions:
+                if not _blocks_as_recorded(model, entry.stats):
+                    del self.entries[key]
+                    return None
+                entry.versions = versions
         return entry.stats
 
-    def put(self, key: tuple, stats: KeyStatistics) -> KeyStatistics:
-        """Keep ``stats`` (read back later as from the disk cache); returns what is kept."""
+    def put(self, key: tuple, stats: KeyStatistics, model=None) -> KeyStatistics:
+        """Keep ``stats`` (read back later as from the disk cache); returns what is kept.
+        ``model``: the model whose weights :meth:`get` watches (see there)."""
         kept = KeyStatistics(stats.moment, stats.provenance.replace(source="cache")) \
             if stats.provenance.source == "computed" else stats
-        self.entries[key] = _Entry(kept, _file_signature(stats.provenance.path))
+        self.entries[key] = _Entry(kept, _file_signature(stats.provenance.path),
+                                   None if model is None else weight_versions(model))
         return kept
 
     def factor(self, moment: Tensor, what: tuple, build: Callable[[], T]) -> T:
@@ -136,6 +165,18 @@ class StatisticsStore:
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.factors) + len(self.values)
+
+
+def _blocks_as_recorded(model, stats: KeyStatistics) -> bool:
+    """Whether the weights that compute ``stats``' keys are those it was computed with: true while
+    an edit is applied (the statistics are the base model's) or when it records no digest."""
+    from interp_edit.adapter import applied_edit_stack
+    from interp_edit.adapter.block_digest import digests_match, key_site_digest
+
+    recorded = (stats.provenance.extra or {}).get("blocks_digest")
+    if recorded is None or applied_edit_stack(model):
+        return True
+    return digests_match(recorded, key_site_digest(model, stats.provenance.layer, stats.provenance.site))
 
 
 def statistics_store(model) -> StatisticsStore:
