@@ -8,6 +8,7 @@ happen inside the commands, so ``--help`` is quick. Every flag's help shows its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -140,6 +141,45 @@ class CommandLineError(Exception):
     the message names the flag."""
 
 
+def _one_line(err: BaseException) -> str:
+    """An expected error as one line (an OSError with its file named)."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+        message = f"{err.filename}: {message}"
+    return message
+
+
+@contextlib.contextmanager
+def _from_flag(flag: str, errors: tuple[type[BaseException], ...] | None = None):
+    """Errors raised inside, about the value ``flag`` gave (by default every
+    :class:`~interp_edit.errors.InterpEditError` and ``OSError``), re-raised as a
+    :class:`CommandLineError` naming the flag: the one line :func:`main` prints (exit status 2)
+    for what is found only once the model has loaded (a missing model folder, a layer the model
+    lacks, more cases than its world's data set has)."""
+    if errors is None:
+        from interp_edit.errors import InterpEditError
+
+        errors = (InterpEditError, OSError)
+    try:
+        yield
+    except errors as err:
+        raise CommandLineError(f"{flag}: {_one_line(err)}") from None
+
+
+def _load(name: str, flag: str = "--model"):
+    """The model ``flag`` names, loaded; a load that fails is reported naming ``flag``."""
+    from interp_edit.adapter import load_model
+
+    with _from_flag(flag):
+        return load_model(name)
+
+
+def _check_n(n: int | None, dataset) -> None:
+    """``--n`` no more than the cases of ``dataset`` (a loaded :class:`~interp_edit.data.Dataset`)."""
+    if n is not None and n > len(dataset):
+        raise CommandLineError(f"--n {n} but the dataset {dataset.name!r} has {len(dataset)} cases")
+
+
 def _json_object(text: str | None, flag: str) -> dict:
     """The JSON object given to ``flag`` (``{}`` if not given)."""
     if not text:
@@ -196,7 +236,7 @@ def _experiment_data(data: str, zsre_target: str, n: int | None):
     that experiments evaluate (zsRE for ``--zsre-target answer``). Returns the loaded dataset,
     or a built-in dataset's name (it is built from the loaded model's world)."""
     from interp_edit.data import builtin_datasets, load_dataset
-    from interp_edit.errors import DatasetError, InvalidArgumentError
+    from interp_edit.errors import DatasetError
     from interp_edit.evaluation.runner import EXPERIMENT_FORMATS
 
     builtins = builtin_datasets()
@@ -205,8 +245,7 @@ def _experiment_data(data: str, zsre_target: str, n: int | None):
     else:
         dataset = load_dataset(data, zsre_target=zsre_target)
         name, fmt = dataset.name, dataset.format
-        if n is not None and n > len(dataset):
-            raise InvalidArgumentError(f"--n {n} but the dataset {name!r} has {len(dataset)} cases")
+        _check_n(n, dataset)
     if fmt not in EXPERIMENT_FORMATS:
         raise DatasetError(f"dataset {name!r} has {fmt!r} cases; experiments evaluate "
                            f"{', '.join(EXPERIMENT_FORMATS)} cases (commonsense statements are scored by "
@@ -255,10 +294,12 @@ def _check_texts(args: argparse.Namespace, names: tuple[str, ...]) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from interp_edit.demo import run_demo
+    from interp_edit.errors import CheckpointError, ModelNotFoundError
 
     _writable_folder(args.figures, "--figures")
-    run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed, figures=args.figures, aie_facts=args.aie_facts,
-             model=args.model)
+    with _from_flag("--model", (ModelNotFoundError, CheckpointError)):  # the demo loads nothing else
+        run_demo(n_facts=args.facts, top_k=args.top_k, seed=args.seed, figures=args.figures, aie_facts=args.aie_facts,
+                 model=args.model)
     return 0
 
 
@@ -283,18 +324,16 @@ def _cmd_toy_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy_eval(args: argparse.Namespace) -> int:
-    from interp_edit.adapter import load_model
     from interp_edit.toyworld import world_of
     from interp_edit.toyworld.evaluation import evaluate_toyworld
 
-    model = load_model(args.checkpoint or "toyworld")
+    model = _load(args.checkpoint or "toyworld", "--checkpoint")
     for key, value in evaluate_toyworld(model, world_of(model)).items():
         print(f"{key}={value:.4f}")
     return 0
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    from interp_edit.adapter import load_model
     from interp_edit.analysis import causal_trace
 
     _check_texts(args, ("prompt", "subject", "target", "foil", "replacement"))
@@ -315,7 +354,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     except InterpEditError as err:
         raise CommandLineError(f"--severed / --kinds / trace settings: {err}") from None
     _writable_folder(args.out, "--out")
-    model = load_model(args.model)
+    model = _load(args.model)
     result = causal_trace(
         model, args.prompt, args.subject, args.target, kinds=args.kinds,
         corruption=args.corruption, noise=args.noise, samples=args.samples, window=args.window,
@@ -333,12 +372,11 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
-    from interp_edit.adapter import load_model
     from interp_edit.analysis import neuron_attribution
 
     _check_texts(args, ("prompt", "target"))
     _writable_folder(args.out, "--out")
-    model = load_model(args.model)
+    model = _load(args.model)
     result = neuron_attribution(model, args.prompt, args.target, top_k=args.top_k, keep_bias=args.keep_bias, method=args.method)
     print(f"target={result.target_token!r} target_id={result.target_id} logprob_frozen_norm={result.logprob:.4f} "
           f"logprob_model={result.model_logprob:.4f}")
@@ -368,8 +406,8 @@ def _top_k_lines(model, prompt: str, k: int) -> list[str]:
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
-    from interp_edit.adapter import load_model
     from interp_edit.editing import EditRequest, edit
+    from interp_edit.editing.registry import check_editor_config
     from interp_edit.editing.requests import validate_request
     from interp_edit.validation import check_int, check_prompt_batch
 
@@ -384,8 +422,12 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         overrides["layer"] = args.layer
     if args.layers:
         overrides["layers"] = args.layers
-    _check_config(editor, overrides, "/".join(f"--{k}" for k in overrides), args.model)
-    model = load_model(args.model)
+    flags = "/".join(f"--{k}" for k in overrides)
+    _check_config(editor, overrides, flags, args.model)
+    model = _load(args.model)
+    if overrides:  # against the loaded model (a layer it lacks), before any compute
+        with _from_flag(flags):
+            check_editor_config(model, args.method, overrides)
     check_int(args.top_k, "--top-k", minimum=1, maximum=model.cfg.d_vocab_out)
     # every --check prompt (non-empty, within the context; the error names which) before the edit
     check_prompt_batch(model, args.check, "--check", allow_empty=True)
@@ -407,7 +449,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import math
 
-    from interp_edit.adapter import load_model
+    from interp_edit.editing.registry import check_editor_config
     from interp_edit.evaluation import run_experiment
 
     editor = _editor(args.method)
@@ -415,11 +457,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = _experiment_data(args.data or editor.default_data, args.zsre_target, args.n)
     config = _check_config(editor, _json_object(args.config, "--config"), "--config", args.model)
     _writable_folder(args.out, "--out")
-    model = load_model(args.model)
-    if isinstance(data, str) and args.zsre_target != "alt":  # a built-in dataset, of the model's world
+    model = _load(args.model)
+    if isinstance(data, str):  # a built-in dataset, of the model's world: --n against its cases
         from interp_edit.data import load_dataset
 
-        data = load_dataset(data, model=model, zsre_target=args.zsre_target)
+        with _from_flag("--data"):
+            data = load_dataset(data, model=model, zsre_target=args.zsre_target)
+        _check_n(args.n, data)
+    with _from_flag("--config"):  # against the loaded model (a layer it lacks), before any edit
+        check_editor_config(model, args.method, config)
     result = run_experiment(model, data, args.method, n=args.n, batch_size=args.batch_size, sequential=args.sequential,
                             eval_every=args.eval_every, seed=args.seed, out=args.out, unrelated=args.unrelated,
                             fluency=not args.no_fluency, config=config, progress=not args.quiet,
@@ -438,7 +484,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_contrast(args: argparse.Namespace) -> int:
     import random
 
-    from interp_edit.adapter import load_model
+    from interp_edit.editing.registry import check_editor_config
     from interp_edit.evaluation.contrast import contrast_study
     from interp_edit.toyworld import counterfact_records, world_or_shipped
     from interp_edit.toyworld.world import stable_seed
@@ -446,7 +492,9 @@ def _cmd_contrast(args: argparse.Namespace) -> int:
     editor = _editor(args.method)
     config = _check_config(editor, _json_object(args.config, "--config"), "--config", args.model)
     _writable_folder(args.out, "--out")
-    model = load_model(args.model)
+    model = _load(args.model)
+    with _from_flag("--config"):  # against the loaded model (a layer it lacks), before any edit
+        check_editor_config(model, args.method, config)
     records = [r for r in counterfact_records(world_or_shipped(model)) if r.relation_id in args.relations]
     random.Random(stable_seed("contrast", args.seed)).shuffle(records)
     out = Path(args.out) if args.out else None
@@ -685,10 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (InterpEditError, CommandLineError, OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         # expected errors (bad input, files, JSON): one line naming the flag or file, no traceback
-        message = " ".join(str(err).split()) or type(err).__name__
-        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
-            message = f"{err.filename}: {message}"
-        print(f"interp-edit: error: {message}", file=sys.stderr)
+        print(f"interp-edit: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

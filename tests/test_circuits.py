@@ -19,6 +19,7 @@ checked on either backend."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -541,3 +542,94 @@ def test_settings_and_hooks_are_restored_after_an_exception():
         masked_forward(model, graph, task.clean, source, torch.zeros(1, 3, 3))
     assert flags(model) == (False, False, False)
     assert_unchanged(model, state)
+
+
+# --- review fixes: undefined faithfulness, multi-token answers, top(n) ----------------------
+
+
+def _top_two(model, prompt):
+    """The model's two most likely next tokens after ``prompt`` (an answer and a foil that differ)."""
+    top = model(model.to_tokens(prompt))[0, -1].topk(2).indices.tolist()
+    return model.tokenizer.decode([top[0]]), model.tokenizer.decode([top[1]])
+
+
+def test_same_prompts_make_faithfulness_undefined_within_the_engines_rounding():
+    """Clean == corrupted: the engine's full-model and everything-patched runs differ only by
+    float rounding (batches of other shapes; ~3e-6 logits on the tiny GPT-2, which a fixed 1e-12
+    let through as a curve of noise over noise). The tolerance is the dtype's eps times the
+    scored logits' scale, so the intended error is raised — before any forward by find_circuit
+    for identical prompts, by faithfulness_curve for a prepared task — while a small but real
+    gap (prob ~2e-4) is still measured, with the repr's WARNING."""
+    from interp_edit.analysis.circuits import edge_graph, find_circuit
+    from interp_edit.analysis.circuits.circuit import faithfulness_curve, rounding_tolerance
+    from interp_edit.analysis.circuits.engine import prepare_task
+    from interp_edit.analysis.gap import metric_gap
+    from interp_edit.errors import InvalidArgumentError
+
+    model = family_model("gpt2")
+    answer, foil = _top_two(model, CLEAN)
+    graph = edge_graph(model)
+    task = prepare_task(model, CLEAN, CLEAN, answer, foil)
+    with pytest.raises(InvalidArgumentError, match="float32 rounding.*faithfulness is undefined"):
+        faithfulness_curve(model, task, graph, list(range(graph.n_edges)), [1, 10])
+    with refused_before_any_forward(model), pytest.raises(InvalidArgumentError, match="same prompts.*undefined"):
+        find_circuit(model, [CLEAN, CORRUPTED], [CLEAN, CORRUPTED], answer=answer, foil=foil, method="eap")
+    # the tolerance: eps of the dtype times the scale of the metric and the logits
+    assert rounding_tolerance(torch.float32, 0.1, 0.1, 20.0) == pytest.approx(8 * 2**-23 * 20)
+    assert rounding_tolerance(torch.bfloat16, -3.0, 0.0, 0.5) == pytest.approx(8 * 2**-7 * 3)
+    # a real gap far below the metric's floor is measured (and flagged by the results' gap)
+    small = prepare_task(model, CLEAN, CORRUPTED, "born", metric="prob")
+    faith, m_clean, m_corrupt = faithfulness_curve(model, small, graph, list(range(graph.n_edges)), [0, graph.n_edges])
+    assert 1e-5 < m_clean - m_corrupt < 1e-2 and faith == [0.0, pytest.approx(1.0, abs=1e-3)]
+    assert "below 0.01 (prob)" in metric_gap(m_clean, m_corrupt, "prob").repr_note()
+
+
+def test_logit_diff_scores_a_multi_token_answer_and_foil_by_their_first_token_and_says_so():
+    """The first-token rule of interp_edit.analysis.scoring (and of ``attribute --target``):
+    with logit_diff, ``answer=" Karsa Gemmel"`` / ``foil=" Gemmel Karsa"`` score exactly as
+    " Karsa" / " Gemmel", and the result names each cut argument and its token count (it used
+    to cut them silently); other metrics teacher-force the whole answer, with no note."""
+    from interp_edit.analysis.circuits import find_circuit
+    from interp_edit.analysis.circuits.engine import prepare_task
+
+    model = family_model("gpt2")
+    assert len(model.to_str_tokens(" Karsa Gemmel", prepend_bos=False)) == 2
+    one = prepare_task(model, CLEAN, CORRUPTED, " Karsa", " Gemmel")
+    two = prepare_task(model, CLEAN, CORRUPTED, " Karsa Gemmel", " Gemmel Karsa")
+    # the same tokens, targets and scored position: every score is computed from the same numbers
+    assert torch.equal(one.clean, two.clean) and torch.equal(one.corrupted, two.corrupted)
+    assert one.positions == two.positions and one.notes == ()
+    assert [(t.ids, t.foil_id) for t in one.targets] == [(t.ids, t.foil_id) for t in two.targets]
+    scores = _two_token_scores()
+    assert scores.target_notes == two.notes and len(two.notes) == 2
+    assert scores.target_notes[0].startswith("answer ' Karsa Gemmel' of prompt 0 is 2 tokens")
+    assert scores.target_notes[1].startswith("foil ' Gemmel Karsa' of prompt 0 is 2 tokens")
+    assert "first token ' Karsa'" in scores.target_notes[0] and "first token ' Gemmel'" in scores.target_notes[1]
+    assert "note=" in repr(scores) and "Karsa Gemmel" in repr(scores) and scores.to_dict()["target_notes"]
+    c = find_circuit(model, scores=scores, n_edges=3, curve=(3,))
+    assert c.target_notes == scores.target_notes and "note=" in repr(c)
+    whole = prepare_task(model, CLEAN, CORRUPTED, " Karsa Gemmel", metric="logprob")
+    assert whole.notes == () and len(whole.targets[0].ids) == 2 and len(whole.positions[0]) == 2
+
+
+@functools.cache
+def _two_token_scores():
+    """EAP scores with a two-token answer and foil (shared by the tests below)."""
+    from interp_edit.analysis.circuits import edge_scores
+
+    return edge_scores(family_model("gpt2"), CLEAN, CORRUPTED, answer=" Karsa Gemmel", foil=" Gemmel Karsa", method="eap")
+
+
+def test_top_and_plot_refuse_a_negative_or_non_integer_count():
+    """``top(n)`` / ``plot(n_edges)`` check their count as find_circuit checks ``n_edges``
+    (check_int): ``top(-1)`` used to return all edges but one and ``top(2.5)`` a bare TypeError."""
+    from interp_edit.errors import InvalidArgumentError
+
+    scores = _two_token_scores()
+    for bad, message in ((-1, "n must be >= 0, got -1"), (2.5, "n must be an integer, got 2.5"),
+                         (True, "n must be an integer")):
+        with pytest.raises(InvalidArgumentError, match=message):
+            scores.top(bad)
+        with pytest.raises(InvalidArgumentError, match=message.replace("n must", "n_edges must")):
+            scores.plot(n_edges=bad)
+    assert scores.top(0) == [] and len(scores.top(3)) == 3 and len(scores.top(10**6)) == scores.graph.n_edges

@@ -173,3 +173,47 @@ def test_bad_values_are_refused_naming_the_flag_before_a_model_loads(monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert flag in capsys.readouterr().err
+
+
+def test_docs_cli_md_documents_every_flag_and_choice_of_every_command():
+    """docs/cli.md has a section per command (``### interp-edit trace``, ``### interp-edit toy
+    train``, ...) naming every flag its ``--help`` lists (as `` `--flag` `` or `` `--flag VALUE` ``)
+    and every choice of a choice flag (as a word; the editors once, under ``edit``); and wherever the page writes a flag with its choices
+    (``--method exact|first_order``) they are the parser's. It missed ``toy train --d-mlp`` /
+    ``--quiet``, ``sweep --connect-timeout`` / ``--no-figure`` / ``--quiet`` and
+    ``attribute --method exact_top_k``."""
+    import re
+    from pathlib import Path
+
+    from interp_edit.cli import build_parser
+
+    doc = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    sections = {m.group(1).strip(): m.group(2) for m in
+                re.finditer(r"^### (interp-edit[^\n]*)\n(.*?)(?=^#{1,3} |\Z)", doc, re.S | re.M)}
+    choices_of: dict[tuple[str, str], tuple] = {}
+    missing = []
+    for where, (_, action) in _options(build_parser()):
+        command = f"interp-edit {where}".strip()
+        flag = action.option_strings[0]
+        if action.choices:
+            choices_of[(command.split()[-1], flag)] = tuple(action.choices)
+        section = sections.get(command)
+        if section is None:
+            missing.append(f"{command}: no '### {command}' section")
+            continue
+        if not re.search(rf"`{re.escape(flag)}[` ]", section):
+            missing.append(f"{command} {flag}")
+        # the editors are listed once, under edit; evaluate and contrast refer to them ("as for `edit`")
+        listed = section + (sections["interp-edit edit"] if flag == "--method" and "as for `edit`" in section else "")
+        missing += [f"{command} {flag} choice {c!r}" for c in action.choices or ()
+                    if not re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", listed)]
+    assert not missing, "not in docs/cli.md:\n" + "\n".join(missing)
+    # a flag written with its choices lists the parser's, in the table and the sections alike
+    for line in doc.splitlines():
+        command = re.match(r"\| `interp-edit (\w+)|### interp-edit (\w+)", line)
+        if command is None:
+            continue
+        name = command.group(1) or command.group(2)
+        for flag, listed in re.findall(r"(--[\w-]+) ((?:\w+\\?\|)+\w+)", line):
+            if (name, flag) in choices_of:
+                assert set(listed.replace("\\", "").split("|")) == set(choices_of[(name, flag)]), (line, flag)

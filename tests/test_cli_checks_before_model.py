@@ -100,3 +100,60 @@ def test_good_input_and_what_needs_the_model_pass_on_to_loading_it(loads, argv):
     with pytest.raises(ModelLoaded):
         main(argv)
     assert len(loads) == 1
+
+
+# --- what needs the model: checked once it has loaded, still naming the flag ----------------
+
+
+@pytest.fixture
+def toy_loads(monkeypatch, toy_model):
+    """``load_model("toyworld")`` answered with the session's toy model (any other name loads as
+    usual); the model must still be unedited afterwards."""
+    import interp_edit.adapter
+    from interp_edit.editing import applied_edits
+
+    real = interp_edit.adapter.load_model
+
+    def load_model(name, *args, **kwargs):
+        return toy_model if name == "toyworld" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(interp_edit.adapter, "load_model", load_model)
+    yield
+    assert applied_edits(toy_model) == []
+
+
+AFTER_LOAD = [
+    ([*EDIT, "--layer", "99"], "--layer: field 'layer': layers [99] out of range for this 6-layer model"),
+    (["edit", "--method", "memit", *EDIT[1:], "--layers", "1,99"], "--layers: field 'layers': layers [1, 99] out of range"),
+    (["evaluate", "--n", "999999", "--quiet", "--no-fluency"],
+     "--n 999999 but the dataset 'toyworld-counterfact' has 1624 cases"),
+    (["evaluate", "--config", '{"layer": 99}', "--n", "1"], "--config: field 'layer': layers [99] out of range"),
+    (["contrast", "--config", '{"layer": 99}', "--n", "1"], "--config: field 'layer': layers [99] out of range"),
+    ([*TRACE, "--model", "/nonexistent/dir"], "--model: no such folder '/nonexistent/dir'"),
+    (["attribute", "--prompt", "Talvik Corlo was born in", "--model", "/nonexistent"], "--model: no such folder"),
+    (["demo", "--model", "/nonexistent"], "--model: no such folder '/nonexistent'"),
+    (["toy", "eval", "--checkpoint", "/nonexistent"], "--checkpoint: no such folder '/nonexistent'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), AFTER_LOAD, ids=[" ".join(a)[:60] for a, _ in AFTER_LOAD])
+def test_what_needs_the_model_is_refused_naming_the_flag_once_it_has_loaded(toy_loads, capsys, tmp_path, monkeypatch,
+                                                                            argv, message):
+    """A layer the model lacks, more cases than its world's data set has, a model or checkpoint
+    that is not there: one line naming the flag (it used to be the library's message alone, e.g.
+    ``n=999999 but ...``), exit status 2, no traceback, nothing computed or edited."""
+    import interp_edit.editing
+    import interp_edit.evaluation
+    import interp_edit.evaluation.contrast
+
+    def no_edit(*args, **kwargs):
+        raise AssertionError("an edit ran before the bad flag was refused")
+
+    monkeypatch.setattr(interp_edit.editing, "edit", no_edit)
+    monkeypatch.setattr(interp_edit.evaluation, "run_experiment", no_edit)
+    monkeypatch.setattr(interp_edit.evaluation.contrast, "contrast_study", no_edit)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interp-edit: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err

@@ -37,6 +37,7 @@ from interp_edit.analysis.circuits.engine import (
     check_arguments,
     check_edge_model,
     masked_forward,
+    notes_repr,
     prepare_task,
     sender_outputs,
     task_on_model,
@@ -83,6 +84,11 @@ class CircuitResult:
         return metric_gap(self.clean_value, self.corrupted_value, self.scores.metric, self.scores.clean_prefers_target)
 
     @property
+    def target_notes(self) -> tuple[str, ...]:
+        """The scores' notes on multi-token answers and foils (``logit_diff``: first token scored)."""
+        return self.scores.target_notes
+
+    @property
     def edges(self) -> list[tuple[str, float]]:
         """The kept edges as (``"sender -> receiver"``, score), in selection order."""
         edges, flat = self.graph.edges(), self.scores.flat()
@@ -101,7 +107,8 @@ class CircuitResult:
         from interp_edit.reprs import number, short_repr, text
 
         at_n = (self.faithfulness[self.curve_sizes.index(self.n_edges)] if self.n_edges in self.curve_sizes else None)
-        return short_repr("CircuitResult", WARNING=self.gap.repr_note(), selection=repr(self.selection), method=repr(self.scores.method),
+        return short_repr("CircuitResult", WARNING=self.gap.repr_note(), note=notes_repr(self.scores.target_notes),
+                          selection=repr(self.selection), method=repr(self.scores.method),
                           metric=repr(self.scores.metric), edges=f"{self.n_edges}/{self.graph.n_edges}",
                           faithfulness=None if at_n is None else number(at_n, 3),
                           curve="[" + ", ".join(f"{k}: {number(f, 3)}" for k, f in
@@ -220,6 +227,7 @@ def faithfulness_curve(model, task: Task, graph: EdgeGraph, order: Sequence[int]
     values = []
     per_chunk = max(1, max_rows // n_prompts)
     device = task.clean.device
+    logit_scale, dtype = 0.0, None
     for start in range(0, len(masks), per_chunk):
         chunk = torch.stack(masks[start:start + per_chunk]).to(device)
         rows = chunk.shape[0] * n_prompts
@@ -227,11 +235,51 @@ def faithfulness_curve(model, task: Task, graph: EdgeGraph, order: Sequence[int]
         mask = chunk.repeat_interleave(n_prompts, 0)
         logits = masked_forward(model, graph, task.clean[row_prompt], corrupt_out[row_prompt], mask)
         values += task.metric_rows(logits, row_prompt).reshape(rows // n_prompts, n_prompts).mean(1).tolist()
+        logit_scale, dtype = max(logit_scale, _scored_logit_scale(task, logits, row_prompt)), logits.dtype
     m_clean, m_corrupt = values[0], values[1]
     denom = m_clean - m_corrupt
-    if abs(denom) < 1e-12:
-        raise InvalidArgumentError("the clean and corrupted prompts score the same; faithfulness is undefined")
+    tol = rounding_tolerance(dtype, m_clean, m_corrupt, logit_scale)
+    if not abs(denom) > tol:
+        raise InvalidArgumentError(
+            f"the clean and corrupted prompts score the same: M(clean) - M(corrupted) = {denom:.3g} ({task.metric}) is "
+            f"within the {str(dtype).removeprefix('torch.')} rounding of the engine's forwards (tolerance {tol:.2g}); "
+            "faithfulness is undefined")
     return [(v - m_corrupt) / denom for v in values[2:]], m_clean, m_corrupt
+
+
+#: the rounding tolerance of a clean − corrupted gap, in units of the dtype's eps times the scale
+#: of the scored logits (see :func:`rounding_tolerance`)
+ROUNDING_EPS = 8
+
+
+def rounding_tolerance(dtype: torch.dtype, m_clean: float, m_corrupt: float, logit_scale: float) -> float:
+    """The largest clean − corrupted gap that rounding alone can make: ``ROUNDING_EPS · eps(dtype)
+    · max(|M(clean)|, |M(corrupted)|, max |logit|, 1)``.
+
+    Every metric is computed from the logits at the scored positions, and a forward in
+    ``dtype`` rounds them at about ``eps(dtype)`` times their magnitude (``max |logit|``, over
+    the runs of the curve: logit differences and log-probabilities move with the logits, not
+    with the metric's own value). The engine's two runs of one prompt — the full model and the
+    everything-patched run, in batches of other shapes — differ by a few such units (up to 5
+    measured in float32 on the tiny GPT-2, GPT-NeoX and Llama-3 models; 0 on the toy model in
+    bfloat16 / float16), so a gap within 8 of them is rounding, not a difference of the prompts.
+
+    >>> rounding_tolerance(torch.float32, 5.68, 5.68, 9.7) < 1e-5 < rounding_tolerance(torch.bfloat16, 5.68, 5.68, 9.7)
+    True
+    """
+    eps = torch.finfo(dtype).eps if dtype is not None and dtype.is_floating_point else torch.finfo(torch.float32).eps
+    return ROUNDING_EPS * eps * max(abs(m_clean), abs(m_corrupt), logit_scale, 1.0)
+
+
+def _scored_logit_scale(task: Task, logits: torch.Tensor, row_prompt: torch.Tensor) -> float:
+    """The largest |logit| at the scored positions of the rows (row ``i`` a run of prompt
+    ``row_prompt[i]``)."""
+    scale = 0.0
+    for i in range(task.n_prompts):
+        rows = (row_prompt == i).nonzero().squeeze(1)
+        if rows.numel():
+            scale = max(scale, logits[rows][:, list(task.positions[i])].float().abs().max().item())
+    return scale
 
 
 def _default_sizes(n_total: int, n_edges: int) -> list[int]:
@@ -295,7 +343,11 @@ def find_circuit(
         if clean is None or corrupted is None:
             raise InvalidArgumentError("find_circuit needs clean= and corrupted= prompts, or scores= (an EdgeScores)")
         check_score_arguments(method, "noise", ig_steps, max_rows, metric=metric)
-        check_arguments(clean, corrupted, answer, foil, metric)
+        cleans, corrupts, _, _ = check_arguments(clean, corrupted, answer, foil, metric)
+        if cleans == corrupts:
+            raise InvalidArgumentError(f"clean and corrupted are the same prompts ({cleans[0]!r}"
+                                       f"{'' if len(cleans) == 1 else ', ...'}): they score the same, so "
+                                       "faithfulness is undefined; pass corrupted prompts that differ")
     check_choice(selection, "selection", SELECTIONS)
     check_edge_model(model)
     graph = edge_graph(model)

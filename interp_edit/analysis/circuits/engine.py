@@ -218,6 +218,9 @@ class Task:
     #: per prompt: whether the clean run's top-1 token at the first scored position is the
     #: target's first token (empty: not checked)
     clean_prefers: tuple[bool, ...] = ()
+    #: what the first-token rule of ``logit_diff`` cut (:func:`first_token`): one note per
+    #: multi-token answer or foil
+    notes: tuple[str, ...] = ()
 
     @property
     def prefers_target(self) -> bool | None:
@@ -284,10 +287,32 @@ def check_arguments(clean, corrupted, answer, foil, metric) -> tuple[list[str], 
     return cleans, corrupts, answers, foils
 
 
+def first_token(tokenizer, text: str, name: str, index: int, prompt: str) -> tuple[int, str | None]:
+    """The token ``logit_diff`` scores for the answer or foil ``text`` of prompt ``index``, and
+    a note when ``text`` is several tokens. The rule is :mod:`interp_edit.analysis.scoring`'s
+    (``logit(t_0) − logit(foil)`` at the last prompt token, first token only), as in
+    ``neuron_attribution`` / ``interp-edit attribute --target``: a multi-token answer or foil is
+    scored by its first token, and the note says so (``EdgeScores.target_notes``)."""
+    ids = encode_target(tokenizer, text, prompt)
+    if len(ids) == 1:
+        return ids[0], None
+    return ids[0], (f"{name} {text!r} of prompt {index} is {len(ids)} tokens; logit_diff scores its first token "
+                    f"{tokenizer.decode([ids[0]])!r}")
+
+
+def notes_repr(notes: Sequence[str]) -> str | None:
+    """A result's repr ``note=`` value: the first target note and how many more (None: none)."""
+    if not notes:
+        return None
+    return repr(notes[0] + ("" if len(notes) == 1 else f" (+{len(notes) - 1} more)"))
+
+
 @torch.no_grad()
 def prepare_task(model, clean, corrupted, answer=None, foil=None, metric: str = "logit_diff") -> Task:
     """Tokenise and check a task; the answer defaults to the clean run's top token and the
-    foil (``logit_diff``) to the corrupted run's. Errors name the prompt's index."""
+    foil (``logit_diff``) to the corrupted run's. With ``logit_diff`` a multi-token answer or
+    foil is scored by its first token (:func:`first_token`; ``Task.notes`` says so); the other
+    metrics teacher-force a multi-token answer. Errors name the prompt's index."""
     from interp_edit.batching import pad_right
     from interp_edit.validation import check_prompt_batch
 
@@ -307,15 +332,21 @@ def prepare_task(model, clean, corrupted, answer=None, foil=None, metric: str = 
     last = torch.arange(len(cleans)), lengths - 1
     top_clean = model(c_tokens.to(device), return_type="logits")[last].argmax(-1).cpu()
     top_corrupt = model(k_tokens.to(device), return_type="logits")[last].argmax(-1).cpu()
-    targets, full_clean, full_corrupt = [], [], []
+    targets, full_clean, full_corrupt, notes = [], [], [], []
     for i in range(len(cleans)):
-        ids = encode_target(tok, answers[i], cleans[i]) if answers[i] is not None else (int(top_clean[i]),)
         foil_id = None
         if metric == "logit_diff":
-            foil_id = encode_target(tok, foils[i], cleans[i])[0] if foils[i] is not None else int(top_corrupt[i])
+            answer_id, note = ((int(top_clean[i]), None) if answers[i] is None
+                               else first_token(tok, answers[i], "answer", i, cleans[i]))
+            foil_id, foil_note = ((int(top_corrupt[i]), None) if foils[i] is None
+                                  else first_token(tok, foils[i], "foil", i, cleans[i]))
+            ids = (answer_id,)
+            notes += [n for n in (note, foil_note) if n is not None]
             if foil_id == ids[0]:
                 raise InvalidArgumentError(
                     f"the foil {tok.decode([foil_id])!r} of prompt {i} equals its answer; pass answer= and foil= that differ")
+        else:
+            ids = encode_target(tok, answers[i], cleans[i]) if answers[i] is not None else (int(top_clean[i]),)
         extra = list(ids[:-1])
         if len(clean_ids[i]) + len(extra) > model.cfg.n_ctx:
             from interp_edit.errors import PromptTooLongError
@@ -332,7 +363,7 @@ def prepare_task(model, clean, corrupted, answer=None, foil=None, metric: str = 
     logits = model(c_tokens, return_type="logits")
     logprobs = tuple(torch.log_softmax(logits[i, list(positions[i])].float(), -1) for i in range(len(cleans)))
     return Task(tuple(cleans), tuple(corrupts), c_tokens, k_tokens, tuple(targets), positions, metric, logprobs,
-                _prefers(logits, targets, positions))
+                _prefers(logits, targets, positions), tuple(notes))
 
 
 def _prefers(logits: Tensor, targets: Sequence[Target], positions) -> tuple[bool, ...]:

@@ -35,6 +35,7 @@ from interp_edit.analysis.circuits.engine import (
     check_arguments,
     check_edge_model,
     masked_forward,
+    notes_repr,
     prepare_task,
     sender_groups,
     sender_outputs,
@@ -64,6 +65,8 @@ class PathPatchingResult:
     settings: dict = field(default_factory=dict)
     #: whether the clean run prefers the answer on every prompt (None: not checked)
     clean_prefers_target: bool | None = None
+    #: with ``logit_diff``, one note per multi-token answer or foil (only its first token is scored)
+    target_notes: tuple[str, ...] = ()
 
     @property
     def gap(self) -> ScoreGap:
@@ -75,7 +78,7 @@ class PathPatchingResult:
         from interp_edit.reprs import number, short_repr, text
 
         order = self.effects.abs().argsort(descending=True).tolist()[:3]
-        return short_repr("PathPatchingResult", WARNING=self.gap.repr_note(), paths=str(len(self.paths)), metric=repr(self.metric),
+        return short_repr("PathPatchingResult", WARNING=self.gap.repr_note(), note=notes_repr(self.target_notes), paths=str(len(self.paths)), metric=repr(self.metric),
                           clean=text(self.clean_prompts[0], 40), clean_value=number(self.clean_value),
                           corrupted_value=number(self.corrupted_value),
                           top="[" + "; ".join(f"{' | '.join(self.paths[i])}: {number(self.effects[i].item(), 3)}"
@@ -105,7 +108,7 @@ class PathPatchingResult:
         data = dict(kind="PathPatchingResult", paths=[list(p) for p in self.paths], effects=self.effects.tolist(),
                     metric=self.metric, clean_value=self.clean_value, corrupted_value=self.corrupted_value,
                     clean_prompts=list(self.clean_prompts), corrupted_prompts=list(self.corrupted_prompts),
-                    answers=list(self.answers), settings=self.settings)
+                    answers=list(self.answers), target_notes=list(self.target_notes), settings=self.settings)
         return write_text_atomic(path, json.dumps(data, indent=1))
 
 
@@ -235,4 +238,4 @@ def path_patch(
     names = tuple(tuple(graph.edge_name(s, r) for s, r in chain) for chain in chains)
     return PathPatchingResult(names, torch.tensor(effects), metric, m_clean, m_corrupt, task.clean_prompts,
                               task.corrupted_prompts, tuple(t.text for t in task.targets), settings=dict(max_rows=max_rows),
-                              clean_prefers_target=task.prefers_target)
+                              clean_prefers_target=task.prefers_target, target_notes=task.notes)

@@ -52,6 +52,7 @@ from interp_edit.analysis.circuits.engine import (
     check_arguments,
     check_edge_model,
     edge_forward,
+    notes_repr,
     prepare_task,
     receiver_gradients,
     sender_groups,
@@ -95,6 +96,9 @@ class EdgeScores:
     task: Task | None = field(default=None, repr=False, compare=False)
     #: whether the clean run prefers the answer on every prompt (None: not checked)
     clean_prefers_target: bool | None = None
+    #: with ``logit_diff``, one note per multi-token answer or foil: only its first token is
+    #: scored (:func:`~interp_edit.analysis.circuits.engine.first_token`)
+    target_notes: tuple[str, ...] = ()
 
     @property
     def gap(self) -> ScoreGap:
@@ -107,7 +111,12 @@ class EdgeScores:
         return self.scores[self.graph.allowed]
 
     def top(self, n: int) -> list[tuple[str, float]]:
-        """The ``n`` edges of largest absolute score, as (``"sender -> receiver"``, score)."""
+        """The ``n`` edges of largest absolute score, as (``"sender -> receiver"``, score) (every
+        edge where ``n`` exceeds them; ``n`` a non-negative integer, else
+        :class:`~interp_edit.errors.InvalidArgumentError` naming it, as :func:`find_circuit`'s ``n_edges``)."""
+        from interp_edit.validation import check_int
+
+        check_int(n, "n", minimum=0)
         edges = self.graph.edges()
         flat = self.flat()
         order = flat.abs().argsort(descending=True, stable=True)[:n]
@@ -121,15 +130,19 @@ class EdgeScores:
         from interp_edit.reprs import number, short_repr, text
 
         best = self.top(3)
-        return short_repr("EdgeScores", WARNING=self.gap.repr_note(), method=repr(self.method), metric=repr(self.metric), direction=repr(self.direction),
+        return short_repr("EdgeScores", WARNING=self.gap.repr_note(), note=notes_repr(self.target_notes), method=repr(self.method), metric=repr(self.metric), direction=repr(self.direction),
                           ig_steps=None if self.ig_steps is None else str(self.ig_steps), prompts=str(len(self.clean_prompts)),
                           clean=text(self.clean_prompts[0], 40), edges=str(self.graph.n_edges),
                           clean_value=number(self.clean_value), corrupted_value=number(self.corrupted_value),
                           top="[" + "; ".join(f"{n} {number(v, 3)}" for n, v in best) + "]")
 
     def plot(self, n_edges: int = 40):
-        """The graph of the ``n_edges`` top-scoring edges (see :meth:`CircuitResult.plot`)."""
+        """The graph of the ``n_edges`` top-scoring edges (see :meth:`CircuitResult.plot`);
+        ``n_edges`` is checked as :meth:`top`'s ``n``."""
         from interp_edit.analysis.circuits.figure import circuit_figure
+        from interp_edit.validation import check_int
+
+        check_int(n_edges, "n_edges", minimum=0)
 
         order = self.flat().abs().argsort(descending=True, stable=True)[:n_edges]
         return circuit_figure(self, order.tolist(), f"top {len(order)} edges by |{self.method} score|")
@@ -138,7 +151,8 @@ class EdgeScores:
         return dict(kind="EdgeScores", method=self.method, metric=self.metric, direction=self.direction,
                     ig_steps=self.ig_steps, clean_value=self.clean_value, corrupted_value=self.corrupted_value,
                     clean_prompts=list(self.clean_prompts), corrupted_prompts=list(self.corrupted_prompts),
-                    answers=list(self.answers), settings=self.settings, family=self.graph.family,
+                    answers=list(self.answers), target_notes=list(self.target_notes), settings=self.settings,
+                    family=self.graph.family,
                     senders=[s.name for s in self.graph.senders], receivers=[r.name for r in self.graph.receivers],
                     edges=[[self.graph.edge_name(s, r), self.scores[s, r].item()] for s, r in self.graph.edges()])
 
@@ -272,7 +286,8 @@ def scores_for_task(model, graph: EdgeGraph, task: Task, *, method: str, ig_step
     return EdgeScores(graph, scores, method, task.metric, direction,
                       ig_steps if method.startswith("eap_ig") else None, m_clean, m_corrupt,
                       task.clean_prompts, task.corrupted_prompts, tuple(t.text for t in task.targets),
-                      settings=settings, task=task, clean_prefers_target=task.prefers_target)
+                      settings=settings, task=task, clean_prefers_target=task.prefers_target, target_notes=task.notes)
+
 
 
 def _contract(graph: EdgeGraph, delta: Tensor, grads: Tensor) -> Float[Tensor, "sender receiver"]:
