@@ -275,3 +275,20 @@ def test_the_newest_dense_text_models_are_refused_naming_the_property(model_type
         pytest.skip(f"transformers cannot build a tiny {model_type}: {type(err).__name__}: {err}")
     with pytest.raises(UnsupportedArchitectureError, match=match):
         load_model(f"tiny-{model_type}", hf_model=hf, tokenizer=toy_tokenizer())
+
+
+def test_unscaled_gpt2_attention_is_refused_on_the_bridge_naming_the_field():
+    """The bridge's GPT-2 attention divides scores by √d_head whatever scale_attn_weights says
+    (a 2.35 log-prob gap on a tiny model): refused before converting, naming the field, where
+    the hooked backend converts it."""
+    import transformers
+
+    tok = toy_tokenizer()
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=64, n_layer=2, n_head=4, scale_attn_weights=False)).eval()
+    with pytest.raises(UnsupportedArchitectureError, match=r"cannot run on backend='bridge'.*scale_attn_weights=False"):
+        load_model("unscaled-gpt2", hf_model=hf, tokenizer=tok, backend="bridge")
+    if hooked_available():
+        model = load_model("unscaled-gpt2", hf_model=hf, tokenizer=tok, backend="hooked")
+        assert architecture(model).attn_scale == pytest.approx(1.0)

@@ -162,7 +162,7 @@ def test_a_centred_trained_unembedding_is_recognised_and_fine_warns_on_it(toy_mo
         fine(toy_model, person_records[:1], steps=1)
         import warnings
 
-        warnings.warn("sentinel", UserWarning)
+        warnings.warn("sentinel", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["sentinel"]
     w_u = toy_model.W_U.data
     original = w_u.clone()

@@ -134,8 +134,48 @@ def test_folder_through_load_model_reads_no_whole_model(family, tmp_path, monkey
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     for dtype in (torch.float32, torch.bfloat16):
         model = load_model(str(tmp_path), tokenizer=toy_tokenizer(), backend="hooked", dtype=dtype)
-        _assert_same_model(model, _reference(hf.to(dtype) if dtype != torch.float32 else hf, family, dtype))
-        hf = _hf(family)
+        # the float32 folder converted and processed in float32, rounded to bfloat16 once (as hf_model=hf gives)
+        _assert_same_model(model, _reference(hf, family, dtype))
+
+
+def _rounded_once(model, dtype):
+    return {k: v.to(dtype) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("stored", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("family", ("gpt2", "gemma2", "phi"))
+def test_half_precision_folder_load_is_the_float32_load_rounded_once(family, stored, tmp_path):
+    """A bfloat16 / float16 load of a folder equals, bit for bit, the float32 load of the same
+    folder cast to that dtype (the weights folded and centred in float32, rounded once), and so
+    has its fingerprint: an edit computed on one applies to the other."""
+    from interp_edit import load_model
+    from interp_edit.adapter import model_fingerprint
+
+    _hf(family).to(stored).save_pretrained(tmp_path)
+    full = load_model(str(tmp_path), tokenizer=toy_tokenizer(), backend="hooked")
+    for dtype in (torch.bfloat16, torch.float16):
+        half = load_model(str(tmp_path), tokenizer=toy_tokenizer(), backend="hooked", dtype=dtype)
+        expected, got = _rounded_once(full, dtype), half.state_dict()
+        assert sorted(got) == sorted(expected)
+        assert [k for k in expected if not torch.equal(got[k], expected[k])] == [], dtype
+        if dtype == torch.bfloat16:  # the fingerprint hashes bfloat16 numbers (float16's are rounded twice)
+            assert model_fingerprint(half) == model_fingerprint(full)
+
+
+def test_half_precision_folder_load_without_streaming_is_the_float32_load_rounded_once(tmp_path, monkeypatch):
+    """The same where the folder cannot be streamed (TransformerLens' whole-model conversion)."""
+    from interp_edit import load_model
+    from interp_edit.adapter import streaming
+
+    def cannot(*args, **kwargs):
+        raise streaming.CannotStream("forced by the test")
+
+    _hf("llama3").save_pretrained(tmp_path)
+    full = load_model(str(tmp_path), tokenizer=toy_tokenizer(), backend="hooked")
+    monkeypatch.setattr(streaming, "stream_hooked", cannot)
+    half = load_model(str(tmp_path), tokenizer=toy_tokenizer(), backend="hooked", dtype=torch.bfloat16)
+    expected, got = _rounded_once(full, torch.bfloat16), half.state_dict()
+    assert [k for k in expected if not torch.equal(got[k], expected[k])] == []
 
 
 def test_folder_keeps_no_hugging_face_tensor_alive(tmp_path, monkeypatch):

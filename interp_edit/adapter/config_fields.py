@@ -371,6 +371,9 @@ BRIDGE_FIELD_GAPS: dict[tuple[str, str], tuple[Callable[[Any, Any], bool], str]]
                                                       "q/k norm: it refuses to boot, or would skip it)"),
     ("gpt_bigcode", "multi_query"): (lambda c, v: not v, "GPT-BigCode with multi-head attention (the bridge's adapter "
                                                           "splits q/k/v for multi-query attention only)"),
+    ("gpt2", "scale_attn_weights"): (lambda c, v: v is False, "GPT-2 with unscaled attention scores (the bridge's "
+                                                              "attention divides them by sqrt(d_head) whatever the config "
+                                                              "says)"),
 }
 
 

@@ -578,19 +578,21 @@ def _check_folder_weights(folder, skeleton, dtype) -> None:
 
 def _checkpoint_on_bridge(folder, device, dtype):
     """A toy-world-style checkpoint (HookedTransformer weights) on the bridge backend: exported
-    to a GPT-2 Hugging Face model (:func:`~interp_edit.adapter.export.to_hf`, read from the
-    weights file: no HookedTransformer is built) and booted."""
+    to a GPT-2 Hugging Face model (:func:`~interp_edit.adapter.export.checkpoint_to_hf`, read from
+    the weights file: no HookedTransformer is built) and booted. A processed checkpoint's norms
+    (``fold_ln``: ``LNPre``, no gain or bias in the file) become LayerNorms of gain 1 and bias 0,
+    which compute what ``LNPre`` does; the folded gains are in the weights after them."""
     from types import SimpleNamespace
 
-    from interp_edit.adapter.export import to_hf
+    from interp_edit.adapter.export import checkpoint_to_hf
 
     folder = Path(folder)
     meta, tokenizer, state = _read_checkpoint(folder)
     cfg = SimpleNamespace(**{"attn_only": False, "parallel_attn_mlp": False, "gated_mlp": False, "n_key_value_heads": None,
                              "d_vocab_out": meta["model"].get("d_vocab"), **meta["model"]})
 
-    def tree(prefix):
-        out = SimpleNamespace()
+    def tree(prefix, norms=()):
+        out = SimpleNamespace(**{norm: SimpleNamespace() for norm in norms})  # a norm with no tensor in the file: LNPre
         for key, value in state.items():
             if key.startswith(prefix):
                 module, _, attr = key[len(prefix):].rpartition(".")
@@ -603,10 +605,10 @@ def _checkpoint_on_bridge(folder, device, dtype):
     top = SimpleNamespace(
         cfg=cfg, tokenizer=tokenizer, W_E=state["embed.W_E"], W_pos=state["pos_embed.W_pos"],
         W_U=state["unembed.W_U"], b_U=state["unembed.b_U"], ln_final=tree("ln_final."),
-        blocks=[tree(f"blocks.{i}.") for i in range(cfg.n_layers)],
+        blocks=[tree(f"blocks.{i}.", ("ln1", "ln2")) for i in range(cfg.n_layers)],
     )
     try:
-        hf, _ = to_hf(top)
+        hf, _ = checkpoint_to_hf(top)
     except RuntimeError as err:  # the weights' shapes are not the config's
         detail = str(err).strip().splitlines()[1:2] or [str(err)]
         raise CheckpointError(
@@ -666,8 +668,8 @@ def _load_local_hf(name, hf_model, tokenizer, device, dtype, flags, *, folder=No
             return _laid_out(streaming.stream_hooked(hf_model, cfg, tokenizer, processing, device, dtype, folder=folder))
         except streaming.CannotStream:
             cfg = config()
-    if folder is not None:
-        hf_model, tokenizer = _read_local_hf(folder, tokenizer, dtype)
+    if folder is not None:  # read in float32 for a half-precision load: processed, then rounded once (as streamed)
+        hf_model, tokenizer = _read_local_hf(folder, tokenizer, streaming.processing_dtype(dtype))
     with tempfile.TemporaryDirectory() as tmp:  # TransformerLens wants an existing path; it reads hf_model
         state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")

@@ -19,14 +19,22 @@ for the layer being converted (``safetensors.safe_open``, one tensor at a time) 
 after it. The result is the model TransformerLens' ``get_pretrained_state_dict`` +
 ``load_and_process_state_dict`` give (tests/test_load_streaming.py checks every tiny family).
 
-Peak memory above the start: the converted weights (×1.0) plus the float32 working copies of one
-part of one layer (TransformerLens' processing upcasts and copies what it is given; a layer is
-processed in :data:`LAYER_PARTS`, the other parts as meta stand-ins), or of the embeddings /
-unembedding, converted first while nothing else is held. Freed working copies are handed back to
+Precision: from a folder, each tensor is read in float32 (:func:`processing_dtype`; float64 for
+a float64 load), converted and processed in it, and cast to the target dtype once, when it becomes
+the model's parameter: exactly what a float32 ``hf_model=`` object gives (reading a float32
+folder straight into bfloat16 would round each weight twice, before and after folding, and give
+another fingerprint). A bfloat16-stored folder is read exactly into float32.
+
+Peak memory above the start: the converted weights (×1.0) plus one decoder layer in float32 (as
+read, and as converted) and the float32 working copies of one part of that layer
+(TransformerLens' processing upcasts and copies what it is given; a layer is processed in
+:data:`LAYER_PARTS`, the other parts as meta stand-ins), or of the embeddings / unembedding,
+converted first while nothing else is held. Freed working copies are handed back to
 the operating system after each layer (glibc's ``malloc_trim``). Measured on the CPU
-(benchmarks/bench_load_memory.py, a 0.85 B Llama-style model in bfloat16): 1.17× the weights'
-bytes from a folder, 1.13× from an object (1.64× / 1.43× with the layer processed whole and no
-trim); the larger the model, the smaller one part's share.
+(benchmarks/bench_load_memory.py, a 0.85 B Llama-style model in bfloat16): 1.21× the weights'
+bytes from a folder, 1.14× from an object (1.17× from a folder while its layers were read in the
+target dtype; 1.64× / 1.43× with the layer processed whole and no trim); the larger the model,
+the smaller one layer's share.
 
 Every family TransformerLens converts with a per-layer loop over one list of decoder layers
 streams (GPT-2, GPT-J, GPT-NeoX, OPT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma-2, Phi); a
@@ -88,7 +96,11 @@ def _view(module: torch.nn.Module, path: list[str], layers: list[torch.nn.Module
 
 class FolderWeights:
     """The safetensors files of a ``save_pretrained`` folder, read a few tensors at a time into
-    a meta skeleton of the model (:func:`folder_skeleton`)."""
+    a meta skeleton of the model (:func:`folder_skeleton`).
+
+    ``dtype`` is the dtype the tensors are read in: :func:`stream_hooked` passes the processing
+    dtype (:func:`processing_dtype`, float32 for a half-precision load), never the half-precision
+    target, so that each weight is rounded to the target once, after the processing."""
 
     def __init__(self, folder: str | Path, hf_model, dtype: torch.dtype, device: str | torch.device):
         folder = Path(folder)
@@ -135,7 +147,7 @@ class FolderWeights:
     @contextmanager
     def loaded(self, keep) -> Iterator[None]:
         """Within the block, the skeleton's parameters whose name satisfies ``keep`` hold the
-        file's tensors (in the target dtype, on the target device); after it, meta again."""
+        file's tensors (in this reader's dtype, on its device); after it, meta again."""
         wanted = [names for names in self.groups if keep(names[0])]
         saved = []
         by_file: dict[Path, list[tuple[str, list[str]]]] = {}
@@ -207,6 +219,16 @@ def folder_skeleton(folder: str | Path, dtype: torch.dtype):
     config = AutoConfig.from_pretrained(str(folder))
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def processing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a load into ``dtype`` converts and processes the weights in: float32 for
+    bfloat16 / float16 (float64 for float64). The result is cast to ``dtype`` once, at the end, as
+    for a float32 ``hf_model=`` object: a half-precision folder load is bit-identical to the same
+    model's float32 load cast to ``dtype`` (same fingerprint; a float32 edit applies to it)."""
+    from interp_edit.precision import accumulate_dtype
+
+    return accumulate_dtype(dtype)
 
 
 # --- the TransformerLens side ----------------------------------------------------------------
@@ -357,7 +379,9 @@ def stream_hooked(hf_model, cfg, tokenizer, processing: dict[str, bool], device,
 
     layers_name, layers = find_layers(hf_model, cfg.n_layers)
     path = layers_name.split(".")
-    weights = FolderWeights(folder, hf_model, dtype, device) if folder is not None else None
+    # read in the processing dtype (float32 for a half-precision load): rounding each tensor to
+    # bfloat16 here and again after folding would differ from the float32 path by one ulp
+    weights = FolderWeights(folder, hf_model, processing_dtype(dtype), device) if folder is not None else None
     with init_empty_weights(include_buffers=False):
         model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
     target = _Target(model, device, dtype)
